@@ -1,0 +1,175 @@
+-- Agents: a function over a stream, run as one coroutine per instance.
+-- Error policy (Faust's default is "log"): an error is logged with the agent's
+-- name, the script's file:line and a traceback; the event is acknowledged and
+-- the instance restarts on the same stream, from the next event.
+local core = require "fstream.core"
+local Stream = require "fstream.stream"
+
+local Agent = {}
+Agent.__index = Agent
+
+local OPTIONS = {
+  sink = true, concurrency = true, on_error = true, key_type = true, value_type = true,
+  key_serializer = true, value_serializer = true, partitions = true,
+}
+local ON_ERROR = { log = true, skip = true, crash = true }
+
+function Agent.new(app, name, source, fn, opts, level)
+  level = level + 1
+  opts = opts or {}
+  if type(name) ~= "string" or name == "" then error("agent name must be a non-empty string", level) end
+  if type(fn) ~= "function" then error(string.format("agent '%s': the third argument must be a function(stream)", name), level) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error(string.format("agent '%s': unknown option '%s'", name, tostring(k)), level) end
+  end
+  local on_error = opts.on_error or "log"
+  if not ON_ERROR[on_error] then
+    error(string.format("agent '%s': on_error must be one of log, skip, crash (got '%s')", name, tostring(on_error)), level)
+  end
+  local concurrency = opts.concurrency or 1
+  if math.type(concurrency) ~= "integer" or concurrency < 1 then
+    error(string.format("agent '%s': concurrency must be a positive integer", name), level)
+  end
+  local self = setmetatable({
+    app = app, name = name, fn = fn, on_error = on_error, concurrency = concurrency,
+    sinks = {}, topics = {}, topics_by_name = {}, streams = {}, instances = 0,
+    processed_since_failure = 0, failures = 0,
+  }, Agent)
+  -- Source: a topic, a list of topics, or nothing (anonymous agent: its own topic).
+  local Topic = require "fstream.topic"
+  local sources
+  if source == nil then
+    sources = { app:topic(app.id .. "-" .. name, {
+      key_type = opts.key_type, value_type = opts.value_type, key_serializer = opts.key_serializer,
+      value_serializer = opts.value_serializer, partitions = opts.partitions,
+    }) }
+    self.own_topic = sources[1]
+  elseif getmetatable(source) == Topic then
+    sources = { source }
+  elseif type(source) == "table" and getmetatable(source) == nil and #source > 0 then
+    sources = source
+  else
+    error(string.format("agent '%s': source must be a topic, a list of topics, or nil", name), level)
+  end
+  for _, t in ipairs(sources) do
+    if getmetatable(t) ~= Topic then error(string.format("agent '%s': every source must be a topic", name), level) end
+    self.topics[#self.topics + 1] = t
+    self.topics_by_name[t.name] = t
+    if t.post_decode then self.post_decode = true end
+  end
+  local sinks = opts.sink or {}
+  if type(sinks) ~= "table" or getmetatable(sinks) ~= nil then sinks = { sinks } end
+  for _, s in ipairs(sinks) do
+    local mt = getmetatable(s)
+    if not (type(s) == "function" or mt == Topic or mt == Agent or (mt and mt.__call)) then
+      error(string.format("agent '%s': a sink must be a function, a topic or an agent", name), level)
+    end
+    self.sinks[#self.sinks + 1] = s
+  end
+  return self
+end
+
+-- Sends to the agent's own topic (anonymous agents) or its first source topic.
+function Agent:send(msg)
+  return self.topics[1]:send(msg)
+end
+
+function Agent:send_and_wait(msg)
+  return self.topics[1]:send_and_wait(msg)
+end
+
+-- Sinks: functions are called, topics and agents are sent the value.
+function Agent:_to_sinks(value)
+  for _, s in ipairs(self.sinks) do
+    if type(s) == "function" then
+      s(value)
+    elseif type(s) == "table" and type(s.send) == "function" then
+      s:send { value = value }
+    else
+      s(value)
+    end
+  end
+end
+
+local function where(ev)
+  if not ev then return "" end
+  return string.format(" (event %s[%s]@%s)", tostring(ev.topic), tostring(ev.partition), tostring(ev.offset))
+end
+
+-- A message that could not be decoded or did not match the topic's types.
+-- It is acknowledged and skipped (under "crash" the worker stops instead).
+function Agent:_bad_event(ev)
+  local msg = string.format("agent %s: cannot decode %s[%d]@%d: %s", self.name, ev.topic,
+    ev.partition, ev.offset, ev.error)
+  if self.on_error == "crash" then
+    core.log("error", msg .. "; stopping (on_error = crash)")
+    self.app.rt:fatal(msg)
+  elseif self.on_error ~= "skip" then
+    core.log("warn", msg .. "; skipped")
+  end
+end
+
+function Agent:_start_instance(stream, delay)
+  local rt = self.app.rt
+  self.instances = self.instances + 1
+  local fn = self.fn
+  local body = function()
+    if delay and delay > 0 then core.sleep(delay) end
+    return fn(stream)
+  end
+  rt:spawn(body, function(ok, err, traceback)
+    self.instances = self.instances - 1
+    if ok then
+      stream.cs:ack()
+      if not rt:stopping() then
+        core.log("info", string.format("agent %s returned; its events are acknowledged from now on", self.name))
+        if self.instances == 0 then rt:close_agent(self.id) end
+      end
+      return
+    end
+    local ev = stream.i > 0 and { stream.cs:meta(stream.i) } or nil
+    if ev then ev = { topic = ev[1], partition = ev[2], offset = ev[3] } end
+    if self.on_error == "crash" then
+      core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
+      rt:fatal(string.format("agent %s failed: %s (on_error = crash: not committing)", self.name, tostring(err)))
+      return
+    end
+    if self.on_error == "log" then
+      core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
+    end
+    if rt:stopping() then return end
+    -- An agent that fails before touching an event would spin: back off then.
+    local progressed = stream.i ~= (self._last_fail_i or -1) or stream.n ~= (self._last_fail_n or -1)
+    self._last_fail_i, self._last_fail_n = stream.i, stream.n
+    self.failures = progressed and 0 or self.failures + 1
+    local backoff = self.failures > 0 and math.min(0.1 * 2 ^ (self.failures - 1), 5.0) or 0
+    self:_start_instance(stream, backoff)
+  end, "agent")
+end
+
+function Agent:_start(rt)
+  local tids = {}
+  for _, t in ipairs(self.topics) do tids[#tids + 1] = t.id end
+  self.id = rt:agent(self.name, tids)
+  for _ = 1, self.concurrency do
+    local stream = Stream.new(self, rt:stream(self.id))
+    self.streams[#self.streams + 1] = stream
+    self:_start_instance(stream)
+  end
+end
+
+function Agent:describe()
+  local srcs = {}
+  for _, t in ipairs(self.topics) do srcs[#srcs + 1] = t.name end
+  local sinks = {}
+  for _, s in ipairs(self.sinks) do
+    if type(s) == "table" and s.name then sinks[#sinks + 1] = s.name
+    elseif s == print then sinks[#sinks + 1] = "print"
+    else sinks[#sinks + 1] = "function" end
+  end
+  return string.format("%s <- %s%s%s", self.name, table.concat(srcs, ", "),
+    #sinks > 0 and (" -> " .. table.concat(sinks, ", ")) or "",
+    self.concurrency > 1 and string.format(" (concurrency %d)", self.concurrency) or "")
+end
+
+return Agent

@@ -1,0 +1,138 @@
+-- The app: what a script declares (topics, agents, tasks, timers) and how a
+-- worker starts it.
+local core = require "fstream.core"
+local Topic = require "fstream.topic"
+local Agent = require "fstream.agent"
+
+local App = {}
+App.__index = App
+
+local OPTIONS = {
+  broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
+  max_queued = true,
+}
+
+function App.new(id, opts, level)
+  level = level or 2
+  if type(id) ~= "string" or not id:match("^[%w%._%-]+$") then
+    error("app id must be a non-empty string of letters, digits, '.', '_' or '-'", level)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("app options must be a table", level) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error(string.format("app '%s': unknown option '%s'", id, tostring(k)), level) end
+  end
+  local pg = opts.processing_guarantee or "at_least_once"
+  if pg ~= "at_least_once" then
+    error(string.format("app '%s': processing_guarantee '%s' is not available in this version (at_least_once)", id, tostring(pg)), level)
+  end
+  local tp = opts.topic_partitions or 8
+  if math.type(tp) ~= "integer" or tp < 1 then error("topic_partitions must be a positive integer", level) end
+  local ci = opts.commit_interval or 2.8
+  if type(ci) ~= "number" or ci <= 0 then error("commit_interval must be a positive number of seconds", level) end
+  return setmetatable({
+    id = id,
+    broker = opts.broker or "kafka://localhost:9092",
+    topic_partitions = tp,
+    commit_interval = ci,
+    processing_guarantee = pg,
+    max_queued = opts.max_queued,
+    topics = {}, topic_list = {},
+    agents = {}, agent_list = {},
+    tasks = {},
+  }, App)
+end
+
+function App:topic(name, opts)
+  local t = self.topics[name]
+  if t then
+    if not t:same_schema(opts) then
+      error(string.format("topic '%s' is already declared with other serializers or types", name), 2)
+    end
+    return t
+  end
+  if self.rt then error("topics must be declared before the worker starts", 2) end
+  t = Topic.new(self, name, opts, 2)
+  self.topics[name] = t
+  self.topic_list[#self.topic_list + 1] = t
+  return t
+end
+
+-- app:agent(name, source, function(stream) ... end, opts)
+function App:agent(name, source, fn, opts)
+  if self.agents[name] then error(string.format("agent '%s' is already defined", tostring(name)), 2) end
+  if self.rt then error("agents must be defined before the worker starts", 2) end
+  local a = Agent.new(self, name, source, fn, opts, 2)
+  self.agents[name] = a
+  self.agent_list[#self.agent_list + 1] = a
+  return a
+end
+
+local function callsite(level)
+  local info = debug.getinfo(level + 1, "Sl")
+  return info and string.format("%s:%d", info.short_src, info.currentline) or "?"
+end
+
+-- app:task(fn): runs once when the worker starts.
+function App:task(fn, opts)
+  if type(fn) ~= "function" then error("task expects a function", 2) end
+  if opts ~= nil and (type(opts) ~= "table" or next(opts) ~= nil) then
+    error("task: unknown options", 2)
+  end
+  self.tasks[#self.tasks + 1] = { fn = fn, name = "task at " .. callsite(2) }
+end
+
+-- app:timer(interval, fn): calls fn every `interval` seconds (first call after
+-- one interval), never two at once; an error is logged and the timer goes on.
+function App:timer(interval, fn, opts)
+  if type(interval) ~= "number" or interval <= 0 then error("timer interval must be a positive number of seconds", 2) end
+  if type(fn) ~= "function" then error("timer expects a function", 2) end
+  if opts ~= nil and (type(opts) ~= "table" or next(opts) ~= nil) then
+    error("timer: unknown options", 2)
+  end
+  local name = "timer at " .. callsite(2)
+  self.tasks[#self.tasks + 1] = {
+    name = name,
+    fn = function()
+      local handler = function(e) return debug.traceback(tostring(e), 2) end
+      while true do
+        core.sleep(interval)
+        local ok, err = xpcall(fn, handler)
+        if not ok then core.log("error", name .. " failed: " .. err) end
+      end
+    end,
+  }
+end
+
+-- Starts the app on a runtime: `settings` = { broker=URL, test=bool }.
+function App:_start(settings)
+  if self.rt then error("app '" .. self.id .. "' is already running", 2) end
+  local rt = core.new {
+    group = self.id,
+    broker = settings.broker or self.broker,
+    test = settings.test,
+    commit_interval = self.commit_interval,
+    max_queued = self.max_queued,
+  }
+  self.rt = rt
+  for _, t in ipairs(self.topic_list) do
+    t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions)
+  end
+  for _, a in ipairs(self.agent_list) do a:_start(rt) end
+  rt:start()
+  for _, task in ipairs(self.tasks) do
+    rt:spawn(task.fn, function(ok, err, tb)
+      if not ok then core.log("error", string.format("%s failed: %s\n%s", task.name, tostring(err), tb)) end
+    end, "task")
+  end
+  return rt
+end
+
+function App:_stop()
+  if self.rt then
+    self.rt:close()
+    self.rt = nil
+  end
+end
+
+return App

@@ -1,0 +1,146 @@
+-- The command line: main.c parses argv into a table and calls cli.main.
+local core = require "fstream.core"
+
+local cli = {}
+
+local function fail(code, fmt, ...)
+  io.stderr:write("fstream-lua: ", string.format(fmt, ...), "\n")
+  return code
+end
+
+-- Runs the app script and returns the app it created, or nil, exit code.
+local function load_app(path)
+  local f = io.open(path, "r")
+  if not f then return nil, fail(2, "cannot open app script '%s'", path) end
+  f:close()
+  -- Modules next to the script can be required by name.
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+  local chunk, err = loadfile(path)
+  if not chunk then return nil, fail(1, "%s", err) end
+  local fstream = require "fstream"
+  local ok, lerr = xpcall(chunk, function(e) return debug.traceback(tostring(e), 2) end)
+  if not ok then return nil, fail(1, "error while loading %s: %s", path, lerr) end
+  local app = fstream._apps[#fstream._apps]
+  if not app then return nil, fail(1, "%s did not create an app (call fstream.app(id, opts))", path) end
+  return app
+end
+
+local function broker_of(app, opts)
+  return opts.broker or os.getenv("FSTREAM_BROKER") or app.broker
+end
+
+local function banner(app, rt, broker)
+  local lines = { string.format("fstream-lua %s worker (pid %s)", require("fstream").version, tostring(core.pid or "?")) }
+  local function add(k, v) lines[#lines + 1] = string.format("  %-10s %s", k, v) end
+  add("app", app.id)
+  local bootstrap, embedded = rt:broker()
+  if embedded then
+    add("broker", string.format("%s embedded, listening on %s (e.g. kcat -b %s -L)", broker, bootstrap, bootstrap))
+  else
+    add("broker", broker)
+  end
+  add("guarantee", app.processing_guarantee)
+  for i, a in ipairs(app.agent_list) do add(i == 1 and "agents" or "", a:describe()) end
+  if #app.agent_list == 0 then add("agents", "(none)") end
+  for i, t in ipairs(app.topic_list) do add(i == 1 and "topics" or "", t:describe()) end
+  io.stderr:write(table.concat(lines, "\n"), "\n")
+end
+
+function cli.worker(opts)
+  local app, code = load_app(opts.app)
+  if not app then return code end
+  local broker = broker_of(app, opts)
+  local ok, rt = pcall(app._start, app, { broker = broker })
+  if not ok then return fail(1, "cannot start app '%s': %s", app.id, tostring(rt)) end
+  banner(app, rt, broker)
+  core.log("info", "worker started")
+  local rc = rt:run()
+  core.log("info", string.format("worker stopped (exit %d)", rc))
+  app:_stop()
+  return rc
+end
+
+function cli.send(opts)
+  local app, code = load_app(opts.app)
+  if not app then return code end
+  local target = opts.target
+  local topic
+  if target:sub(1, 1) == "@" then
+    local agent = app.agents[target:sub(2)]
+    if not agent then return fail(2, "no agent named '%s' in %s", target:sub(2), opts.app) end
+    topic = agent.topics[1]
+  else
+    topic = app.topics[target] or app:topic(target)
+  end
+  local text = opts.args[1]
+  if text == nil then return fail(2, "send needs a VALUE") end
+  if #opts.args > 1 then return fail(2, "unexpected argument '%s'", opts.args[2]) end
+  local value = text
+  if topic.value_serializer == "json" then
+    local v, err = core.json.decode(text)
+    if err then return fail(2, "VALUE is not JSON (%s); topic %s uses the json serializer: quote strings, e.g. '\"%s\"'", err, topic.name, text) end
+    value = v
+  end
+  local key = opts.key
+  if key and topic.key_serializer == "json" then key = core.json.decode(key) or key end
+  local partition = opts.partition and math.tointeger(tonumber(opts.partition))
+  local rep = opts["repeat"] and math.tointeger(tonumber(opts["repeat"])) or 1
+  if opts.partition and not partition then return fail(2, "--partition needs an integer") end
+  if not rep or rep < 1 then return fail(2, "--repeat needs a positive integer") end
+  local broker = broker_of(app, opts)
+  if broker:match("^memory://") then
+    io.stderr:write("fstream-lua: note: ", app.id, " uses the embedded broker, which lives inside one process;",
+      " pass --broker kafka://ADDRESS (the address a worker or `fstream-lua broker` prints)\n")
+  end
+  -- A runtime with only topics and no agents: nothing joins the consumer group.
+  app.agent_list, app.tasks = {}, {}
+  local rt = app:_start { broker = broker }
+  local status = 0
+  rt:spawn(function()
+    for _ = 1, rep do
+      local md, err = topic:send_and_wait { key = key, value = value, partition = partition }
+      if not md then
+        io.stderr:write("fstream-lua: send failed: ", tostring(err), "\n")
+        status = 1
+        break
+      end
+      print(string.format("%s[%d]@%d", topic.name, md.partition, md.offset))
+    end
+    rt:stop("sent")
+  end, function(ok, err)
+    if not ok then
+      io.stderr:write("fstream-lua: ", tostring(err), "\n")
+      status = 1
+      rt:stop("failed")
+    end
+  end, "task")
+  local rc = rt:run()
+  app:_stop()
+  return status ~= 0 and status or rc
+end
+
+function cli.agents(opts)
+  local app, code = load_app(opts.app)
+  if not app then return code end
+  for _, a in ipairs(app.agent_list) do print(a:describe()) end
+  return 0
+end
+
+function cli.broker(opts)
+  local n = opts.brokers and math.tointeger(tonumber(opts.brokers)) or 1
+  local p = opts.partitions and math.tointeger(tonumber(opts.partitions)) or 8
+  if not n then return fail(2, "--brokers needs an integer") end
+  if not p then return fail(2, "--partitions needs an integer") end
+  core.run_broker { brokers = n, address_file = opts.address_file, partitions = p, topics = opts.topics }
+  return 0
+end
+
+function cli.main(cmd, opts)
+  if opts.args and #opts.args > 0 and cmd ~= "send" then
+    return fail(2, "unexpected argument '%s'", opts.args[1])
+  end
+  return cli[cmd](opts)
+end
+
+return cli

@@ -1,0 +1,140 @@
+-- Streams: what an agent iterates. `for v in stream do` pulls from a buffer
+-- that the C side fills a batch at a time; asking for the next event
+-- acknowledges the previous ones (Faust's semantics).
+local core = require "fstream.core"
+
+local Stream = {}
+
+local MODE_VALUE, MODE_ITEMS, MODE_EVENTS = 0, 1, 2
+local BATCH = 256
+
+function Stream.new(agent, cstream)
+  local self = setmetatable({
+    agent = agent,
+    cs = cstream,
+    buf = {},
+    n = 0,  -- entries in buf (pairs in items mode)
+    i = 0,  -- entries handed to the agent
+    mode = MODE_VALUE,
+    ended = false,
+  }, Stream)
+  cstream:bind(self)
+  return self
+end
+
+-- Runs the topic's Lua decoding (custom serializer, declared types) over the
+-- buffer, dropping entries that fail and reporting them to the agent.
+local function post_decode(self, n, mode)
+  local buf, topics, out = self.buf, self.agent.topics_by_name, 0
+  for i = 1, n do
+    local tname, partition, offset = self.cs:meta(out + 1)
+    local topic = topics[tname]
+    local k, v, err
+    if mode == MODE_ITEMS then
+      k, err = topic:decode_key(buf[2 * i - 1])
+      if err == nil then v, err = topic:decode_value(buf[2 * i]) end
+    elseif mode == MODE_EVENTS then
+      local ev = buf[i]
+      if ev.key ~= nil then ev.key, err = topic:decode_key(ev.key) end
+      if err == nil then ev.value, err = topic:decode_value(ev.value) end
+      v = ev
+    else
+      v, err = topic:decode_value(buf[i])
+    end
+    if err ~= nil then
+      self.cs:drop(out + 1)
+      self.agent:_bad_event({ topic = tname, partition = partition, offset = offset, error = err })
+    else
+      out = out + 1
+      if mode == MODE_ITEMS then
+        buf[2 * out - 1], buf[2 * out] = k, v
+      else
+        buf[out] = v
+      end
+    end
+  end
+  return out
+end
+
+-- Refills the buffer; false when the stream ended (the worker is stopping).
+function Stream:_fill(mode)
+  while true do
+    local n, bad = self.cs:take(self.buf, BATCH, mode)
+    if n == nil then
+      self.ended, self.n, self.i = true, 0, 0
+      return false
+    end
+    if self.agent.post_decode and n > 0 then n = post_decode(self, n, mode) end
+    if bad then self.agent:_bad_event(bad) end
+    self.mode, self.n, self.i = mode, n, 0
+    if n > 0 then return true end
+  end
+end
+
+-- for value in stream do
+function Stream:__call()
+  local i = self.i
+  if i >= self.n or self.mode ~= MODE_VALUE then
+    if not self:_fill(MODE_VALUE) then return nil end
+    i = 0
+  end
+  i = i + 1
+  self.i = i
+  return self.buf[i]
+end
+
+-- for key, value in stream:items() do
+function Stream:items()
+  return function()
+    local i = self.i
+    if i >= self.n or self.mode ~= MODE_ITEMS then
+      if not self:_fill(MODE_ITEMS) then return nil end
+      i = 0
+    end
+    i = i + 1
+    self.i = i
+    return self.buf[2 * i - 1], self.buf[2 * i]
+  end
+end
+
+-- for ev in stream:events() do  (ev.key ev.value ev.topic ev.partition ev.offset ev.timestamp ev.headers)
+function Stream:events()
+  return function()
+    local i = self.i
+    if i >= self.n or self.mode ~= MODE_EVENTS then
+      if not self:_fill(MODE_EVENTS) then return nil end
+      i = 0
+    end
+    i = i + 1
+    self.i = i
+    return self.buf[i]
+  end
+end
+
+-- for i, value in stream:enumerate() do  (i counts from 1)
+function Stream:enumerate()
+  local count = 0
+  return function()
+    local v = self()
+    if v == nil then return nil end
+    count = count + 1
+    return count, v
+  end
+end
+
+-- The event currently being processed: topic, partition, offset, timestamp.
+function Stream:current()
+  if self.i < 1 then return nil end
+  return self.cs:meta(self.i)
+end
+
+-- Faust's `yield value`: hands the value to the agent's sinks.
+function Stream:yield(value)
+  return self.agent:_to_sinks(value)
+end
+
+Stream.__index = Stream
+Stream.__name = "fstream.Stream"
+Stream.__tostring = function(self) return "Stream(" .. self.agent.name .. ")" end
+
+return Stream

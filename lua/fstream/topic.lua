@@ -1,0 +1,147 @@
+-- Topics: names, serializers and types, and sending.
+local core = require "fstream.core"
+
+local Topic = {}
+Topic.__index = Topic
+
+local SERIALIZERS = { raw = true, json = true }
+local SCALAR_TYPES = { string = true, number = true, integer = true, boolean = true, table = true, any = true }
+local OPTIONS = {
+  key_type = true, value_type = true, key_serializer = true, value_serializer = true,
+  partitions = true,
+}
+
+local function check_serializer(s, what, level)
+  if s == nil then return end
+  if type(s) == "string" then
+    if not SERIALIZERS[s] then
+      error(string.format("%s '%s' is unknown (raw, json, or a table with encode and decode)", what, s), level)
+    end
+  elseif type(s) ~= "table" or type(s.encode) ~= "function" or type(s.decode) ~= "function" then
+    error(what .. " must be 'raw', 'json' or a table with encode and decode functions", level)
+  end
+end
+
+local function check_type(t, what, level)
+  if t == nil then return end
+  if type(t) == "string" then
+    if not SCALAR_TYPES[t] then
+      error(string.format("%s '%s' is unknown (string, number, integer, boolean, table, any or a record)", what, t), level)
+    end
+  elseif type(t) ~= "table" or type(t.from) ~= "function" then
+    error(what .. " must be a type name or a record type", level)
+  end
+end
+
+-- Converts a decoded value to the declared type; returns value or nil, message.
+local function coerce(v, ty, serializer)
+  if ty == nil or ty == "any" or v == core.null then return v end
+  if type(ty) == "table" then return ty.from(v) end
+  if ty == "string" then
+    if type(v) == "string" then return v end
+  elseif ty == "number" or ty == "integer" then
+    if serializer == "raw" and type(v) == "string" then v = tonumber(v) end
+    if ty == "integer" and type(v) == "number" then v = math.tointeger(v) end
+    if type(v) == "number" then return v end
+  elseif ty == "boolean" then
+    if type(v) == "boolean" then return v end
+  elseif ty == "table" then
+    if type(v) == "table" then return v end
+  end
+  return nil, string.format("expected %s, got %s", ty, type(v) == "string" and string.format("%q", v:sub(1, 40)) or type(v))
+end
+
+function Topic.new(app, name, opts, level)
+  level = (level or 2) + 1
+  if type(name) ~= "string" or name == "" then error("topic name must be a non-empty string", level) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error(string.format("topic '%s': unknown option '%s'", name, tostring(k)), level) end
+  end
+  check_serializer(opts.key_serializer, "key_serializer", level)
+  check_serializer(opts.value_serializer, "value_serializer", level)
+  check_type(opts.key_type, "key_type", level)
+  check_type(opts.value_type, "value_type", level)
+  local self = setmetatable({
+    app = app,
+    name = name,
+    key_serializer = opts.key_serializer or "raw",
+    value_serializer = opts.value_serializer or "json",
+    key_type = opts.key_type,
+    value_type = opts.value_type,
+    partitions = opts.partitions or app.topic_partitions,
+  }, Topic)
+  -- The C side handles raw and json; a custom serializer is applied here and
+  -- travels through C as raw bytes.
+  self.key_codec = type(self.key_serializer) == "string" and self.key_serializer or "raw"
+  self.value_codec = type(self.value_serializer) == "string" and self.value_serializer or "raw"
+  self.key_custom = type(self.key_serializer) == "table" and self.key_serializer or nil
+  self.value_custom = type(self.value_serializer) == "table" and self.value_serializer or nil
+  -- Does a decoded value need a pass in Lua (custom codec or a declared type)?
+  self.post_decode = self.key_custom or self.value_custom or self.key_type or self.value_type
+  return self
+end
+
+function Topic:same_schema(opts)
+  opts = opts or {}
+  return (opts.key_serializer or "raw") == self.key_serializer
+    and (opts.value_serializer or "json") == self.value_serializer
+    and opts.key_type == self.key_type and opts.value_type == self.value_type
+end
+
+-- Decodes what C handed over (already raw/json-decoded) into the declared types.
+function Topic:decode_key(k)
+  if self.key_custom and k ~= core.null then
+    local ok, v = pcall(self.key_custom.decode, k)
+    if not ok then return nil, "key serializer: " .. tostring(v) end
+    k = v
+  end
+  return coerce(k, self.key_type, self.key_serializer)
+end
+
+function Topic:decode_value(v)
+  if self.value_custom and v ~= core.null then
+    local ok, d = pcall(self.value_custom.decode, v)
+    if not ok then return nil, "value serializer: " .. tostring(d) end
+    v = d
+  end
+  local ok, r, err = pcall(coerce, v, self.value_type, self.value_serializer)
+  if not ok then return nil, tostring(r) end
+  return r, err
+end
+
+local function prepare(self, msg, level)
+  if type(msg) ~= "table" then
+    error(string.format("%s:send expects a table {key=, value=, headers=, partition=}", self.name), level)
+  end
+  local rt = self.app.rt
+  if not rt then
+    error(string.format("topic '%s': cannot send before the worker starts (send from an agent, task or timer)", self.name), level)
+  end
+  local key, value = msg.key, msg.value
+  if self.key_custom and key ~= nil then key = self.key_custom.encode(key) end
+  if self.value_custom and value ~= nil then value = self.value_custom.encode(value) end
+  return rt, key, value
+end
+
+-- Non-blocking: the message is delivered before the offsets of the event being
+-- processed are committed.
+function Topic:send(msg)
+  local rt, key, value = prepare(self, msg, 3)
+  rt:produce(self.id, key, value, msg.partition, msg.headers)
+end
+
+-- Yields until the broker acknowledged the message; returns {partition=, offset=}
+-- or nil, error.
+function Topic:send_and_wait(msg)
+  local rt, key, value = prepare(self, msg, 3)
+  return rt:produce_wait(self.id, key, value, msg.partition, msg.headers)
+end
+
+function Topic:describe()
+  local function s(x) return type(x) == "table" and "custom" or x end
+  return string.format("%s (key %s, value %s, %d partitions)", self.name, s(self.key_serializer),
+    s(self.value_serializer), self.partitions)
+end
+
+return Topic

@@ -1,0 +1,894 @@
+/* fs_json: strict JSON codec between JSON text and Lua values (see fs_json.h). */
+
+#include "fs_json.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#define JSON_ARRAY_MT "fstream.json.array"
+#define JSON_BUFFER_MT "fstream.json.buffer"
+#define JSON_MAX_DEPTH 512
+
+/* Growing a table from empty rehashes at every power of two, which costs more
+ * than the slots below waste on small containers; 8 covers a typical record
+ * (about 20% faster on the benchmark message). */
+#define JSON_ARRAY_PRESIZE 4
+#define JSON_OBJECT_PRESIZE 8
+
+/* module.encode keeps its buffer between calls so the steady state does not
+ * allocate; past this size it is given back so one huge message does not pin
+ * the memory for the life of the state. */
+#define JSON_KEEP_BUFFER ((size_t)1 << 20)
+
+/* The escaped-string decoder holds a luaL_Buffer (about 1 KiB); if it were
+ * inlined into the recursive value decoder every nesting level would pay for it. */
+#if defined(__GNUC__)
+#define JSON_NOINLINE __attribute__((noinline))
+#else
+#define JSON_NOINLINE
+#endif
+
+/* Only its address matters: it is the null sentinel, unique per process. */
+static char json_null;
+
+/* 1 where a string scanner must stop and look: '"', '\\', control characters
+ * and every non-ASCII byte (which starts a UTF-8 sequence to validate). */
+static const unsigned char str_special[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+/* Two decimal digits per lookup halves the divisions when formatting integers. */
+static const char digit_pairs[] = "0001020304050607080910111213141516171819"
+                                  "2021222324252627282930313233343536373839"
+                                  "4041424344454647484950515253545556575859"
+                                  "6061626364656667686970717273747576777879"
+                                  "8081828384858687888990919293949596979899";
+
+/* Every power of ten up to 1e22 is exact in a double, which is what makes the
+ * fast float path below correctly rounded. */
+static const double pow10_exact[] = {
+    1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+};
+
+/* Creates the array metatable on first use, so the C API works even when
+ * luaopen_fstream_json never ran in this state. */
+static void push_array_mt(lua_State *L)
+{
+    luaL_newmetatable(L, JSON_ARRAY_MT);
+}
+
+/* Length of the well-formed UTF-8 sequence at p (2..4 bytes), or 0 for stray
+ * continuation bytes, overlong forms, encoded UTF-16 surrogates, code points
+ * above U+10FFFF and sequences cut short by `end`. The second-byte ranges are
+ * those of RFC 3629's grammar. */
+static inline size_t utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned c = p[0];
+    size_t avail = (size_t)(end - p);
+
+    if (c < 0xC2) return 0;
+    if (c < 0xE0) return (avail >= 2 && (p[1] & 0xC0) == 0x80) ? 2 : 0;
+    if (c < 0xF0) {
+        if (avail < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return 0;
+        if (c == 0xE0 && p[1] < 0xA0) return 0;
+        if (c == 0xED && p[1] >= 0xA0) return 0;
+        return 3;
+    }
+    if (c < 0xF5) {
+        if (avail < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 ||
+            (p[3] & 0xC0) != 0x80)
+            return 0;
+        if (c == 0xF0 && p[1] < 0x90) return 0;
+        if (c == 0xF4 && p[1] >= 0x90) return 0;
+        return 4;
+    }
+    return 0;
+}
+
+/* Skips bytes that go through a string unchanged (plain ASCII and valid UTF-8).
+ * Stops at end, '"', '\\', a control character, or a byte >= 0x80 that does
+ * not start a valid sequence. */
+static inline const unsigned char *scan_run(const unsigned char *p, const unsigned char *end)
+{
+    for (;;) {
+        size_t n;
+        while (p < end && !str_special[*p]) p++;
+        if (p == end || *p < 0x80) return p;
+        if ((n = utf8_len(p, end)) == 0) return p;
+        p += n;
+    }
+}
+
+/* ---------------------------------------------------------------- decoder */
+
+typedef struct json_dec {
+    lua_State *L;
+    const unsigned char *p; /* next byte to read */
+    const unsigned char *start;
+    const unsigned char *end;
+    char *err;
+    size_t errlen;
+    int mt; /* stack index of the array metatable, fetched once per decode */
+    int depth;
+} json_dec;
+
+static int dec_value(json_dec *d);
+
+static int dec_fail(json_dec *d, const unsigned char *at, const char *what)
+{
+    if (d->err && d->errlen)
+        snprintf(d->err, d->errlen, "invalid JSON at byte %zu: %s", (size_t)(at - d->start),
+                 what);
+    return -1;
+}
+
+/* Says "end of input" when that is what made `at` wrong. */
+static int dec_unexpected(json_dec *d, const unsigned char *at, const char *what)
+{
+    return dec_fail(d, at, at == d->end ? "unexpected end of input" : what);
+}
+
+static inline const unsigned char *skip_ws(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    return p;
+}
+
+static long hex4(const unsigned char *p, const unsigned char *end)
+{
+    long v = 0;
+    int i;
+    if (end - p < 4) return -1;
+    for (i = 0; i < 4; i++) {
+        unsigned c = p[i], lc = c | 0x20;
+        if (c >= '0' && c <= '9')
+            v = v << 4 | (long)(c - '0');
+        else if (lc >= 'a' && lc <= 'f')
+            v = v << 4 | (long)(lc - 'a' + 10);
+        else
+            return -1;
+    }
+    return v;
+}
+
+/* Decodes the \u escape at p (pointing at the backslash), joining a UTF-16
+ * surrogate pair into one code point. Returns the byte after it, or NULL. */
+static const unsigned char *dec_unicode(json_dec *d, const unsigned char *p, luaL_Buffer *B)
+{
+    const unsigned char *q = p + 6;
+    long cp = hex4(p + 2, d->end), lo;
+    char u[4];
+    size_t n;
+
+    if (cp < 0) {
+        dec_fail(d, p, "invalid \\u escape");
+        return NULL;
+    }
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (d->end - q < 6 || q[0] != '\\' || q[1] != 'u' || (lo = hex4(q + 2, d->end)) < 0xDC00 ||
+            lo > 0xDFFF) {
+            dec_fail(d, p, "unpaired surrogate in \\u escape");
+            return NULL;
+        }
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        q += 6;
+    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        dec_fail(d, p, "unpaired surrogate in \\u escape");
+        return NULL;
+    }
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6);
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12);
+        u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18);
+        u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+        u[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    luaL_addlstring(B, u, n);
+    return q;
+}
+
+/* Slow path of dec_string, entered at the first byte the fast scan could not
+ * pass: builds the string in a luaL_Buffer, so only strings with escapes copy,
+ * and it also produces the error for the malformed cases. */
+static JSON_NOINLINE int dec_string_slow(json_dec *d, const unsigned char *run,
+                                         const unsigned char *p)
+{
+    const unsigned char *end = d->end;
+    luaL_Buffer B;
+
+    luaL_buffinit(d->L, &B);
+    for (;;) {
+        char c;
+        luaL_addlstring(&B, (const char *)run, (size_t)(p - run));
+        if (p == end) return dec_fail(d, p, "unexpected end of input in string");
+        if (*p == '"') break;
+        if (*p >= 0x80) return dec_fail(d, p, "invalid UTF-8 in string");
+        if (*p < 0x20) return dec_fail(d, p, "control character in string");
+        if (end - p < 2) return dec_fail(d, end, "unexpected end of input in string");
+        switch (p[1]) {
+        case '"': c = '"'; break;
+        case '\\': c = '\\'; break;
+        case '/': c = '/'; break;
+        case 'b': c = '\b'; break;
+        case 'f': c = '\f'; break;
+        case 'n': c = '\n'; break;
+        case 'r': c = '\r'; break;
+        case 't': c = '\t'; break;
+        case 'u': c = 0; break;
+        default: return dec_fail(d, p, "invalid escape in string");
+        }
+        if (c) {
+            luaL_addchar(&B, c);
+            p += 2;
+        } else if ((p = dec_unicode(d, p, &B)) == NULL) {
+            return -1;
+        }
+        run = p;
+        p = scan_run(p, end);
+    }
+    luaL_pushresult(&B);
+    d->p = p + 1;
+    return 0;
+}
+
+/* The common case, a string without escapes, is pushed straight from the input. */
+static int dec_string(json_dec *d)
+{
+    const unsigned char *run = d->p + 1, *p = scan_run(run, d->end);
+    if (p < d->end && *p == '"') {
+        lua_pushlstring(d->L, (const char *)run, (size_t)(p - run));
+        d->p = p + 1;
+        return 0;
+    }
+    return dec_string_slow(d, run, p);
+}
+
+/* Numbers whose digits fit in a uint64 are converted here; everything else
+ * (more than 19 digits, big exponents, int64 overflow) goes through Lua's own
+ * strtod-based conversion, which also copes with a non-"C" LC_NUMERIC. */
+static int dec_number(json_dec *d)
+{
+    const unsigned char *p = d->p, *end = d->end, *start = p;
+    uint64_t m = 0; /* all significant digits, integer and fraction */
+    int nd = 0, nfrac = 0, isfloat = 0, neg = 0;
+    long ev = 0; /* exponent as written, clamped */
+    char tmp[64];
+    size_t len;
+
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    if (p == end || *p < '0' || *p > '9') return dec_unexpected(d, p, "expected a digit");
+    if (*p == '0') {
+        p++;
+        nd = 1;
+        if (p < end && *p >= '0' && *p <= '9') return dec_fail(d, p, "leading zero in number");
+    } else {
+        for (; p < end && *p >= '0' && *p <= '9'; p++, nd++) m = m * 10 + (uint64_t)(*p - '0');
+    }
+    if (p < end && *p == '.') {
+        isfloat = 1;
+        p++;
+        if (p == end || *p < '0' || *p > '9') return dec_unexpected(d, p, "expected a digit");
+        for (; p < end && *p >= '0' && *p <= '9'; p++, nd++, nfrac++)
+            m = m * 10 + (uint64_t)(*p - '0');
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        int eneg = 0;
+        isfloat = 1;
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) eneg = *p++ == '-';
+        if (p == end || *p < '0' || *p > '9') return dec_unexpected(d, p, "expected a digit");
+        for (; p < end && *p >= '0' && *p <= '9'; p++)
+            if (ev < 100000) ev = ev * 10 + (*p - '0');
+        if (eneg) ev = -ev;
+    }
+    d->p = p;
+
+    if (!isfloat && nd <= 19) {
+        if (m <= (uint64_t)LUA_MAXINTEGER) {
+            lua_pushinteger(d->L, neg ? -(lua_Integer)m : (lua_Integer)m);
+            return 0;
+        }
+        if (neg && m == (uint64_t)LUA_MAXINTEGER + 1) {
+            lua_pushinteger(d->L, LUA_MININTEGER);
+            return 0;
+        }
+    }
+#if FLT_EVAL_METHOD == 0
+    /* Both operands are exact doubles, so one IEEE multiply or divide gives the
+     * correctly rounded result (Clinger's fast path). */
+    if (nd <= 19 && m <= ((uint64_t)1 << 53)) {
+        long e = ev - nfrac;
+        if (e >= -22 && e <= 22) {
+            double x = (double)m;
+            x = e < 0 ? x / pow10_exact[-e] : x * pow10_exact[e];
+            lua_pushnumber(d->L, neg ? -x : x);
+            return 0;
+        }
+    }
+#endif
+    len = (size_t)(p - start);
+    if (len < sizeof tmp) {
+        memcpy(tmp, start, len);
+        tmp[len] = '\0';
+        if (lua_stringtonumber(d->L, tmp) != 0) return 0;
+    } else {
+        lua_pushlstring(d->L, (const char *)start, len);
+        if (lua_stringtonumber(d->L, lua_tostring(d->L, -1)) != 0) {
+            lua_remove(d->L, -2);
+            return 0;
+        }
+    }
+    return dec_fail(d, start, "number cannot be converted");
+}
+
+static int dec_array(json_dec *d)
+{
+    lua_State *L = d->L;
+    lua_Integer n = 0;
+
+    if (++d->depth > JSON_MAX_DEPTH) return dec_fail(d, d->p, "nesting deeper than 512");
+    if (!lua_checkstack(L, 4)) return dec_fail(d, d->p, "Lua stack exhausted");
+    lua_createtable(L, JSON_ARRAY_PRESIZE, 0);
+    lua_pushvalue(L, d->mt);
+    lua_setmetatable(L, -2);
+    d->p = skip_ws(d->p + 1, d->end);
+    if (d->p < d->end && *d->p == ']') {
+        d->p++;
+        d->depth--;
+        return 0;
+    }
+    for (;;) {
+        if (dec_value(d) < 0) return -1;
+        lua_rawseti(L, -2, ++n);
+        d->p = skip_ws(d->p, d->end);
+        if (d->p < d->end && *d->p == ',') {
+            d->p = skip_ws(d->p + 1, d->end);
+        } else if (d->p < d->end && *d->p == ']') {
+            d->p++;
+            break;
+        } else {
+            return dec_unexpected(d, d->p, "expected ',' or ']'");
+        }
+    }
+    d->depth--;
+    return 0;
+}
+
+static int dec_object(json_dec *d)
+{
+    lua_State *L = d->L;
+
+    if (++d->depth > JSON_MAX_DEPTH) return dec_fail(d, d->p, "nesting deeper than 512");
+    if (!lua_checkstack(L, 4)) return dec_fail(d, d->p, "Lua stack exhausted");
+    lua_createtable(L, 0, JSON_OBJECT_PRESIZE);
+    d->p = skip_ws(d->p + 1, d->end);
+    if (d->p < d->end && *d->p == '}') {
+        d->p++;
+        d->depth--;
+        return 0;
+    }
+    for (;;) {
+        int r;
+        if (d->p == d->end || *d->p != '"') return dec_unexpected(d, d->p, "expected a string key");
+        if (dec_string(d) < 0) return -1;
+        d->p = skip_ws(d->p, d->end);
+        if (d->p == d->end || *d->p != ':') return dec_unexpected(d, d->p, "expected ':'");
+        d->p = skip_ws(d->p + 1, d->end);
+        if ((r = dec_value(d)) < 0) return -1;
+        if (r > 0) {
+            /* null members are absent; storing nil (rather than skipping) keeps
+             * "last duplicate wins" true for {"a":1,"a":null} too */
+            lua_pop(L, 1);
+            lua_pushnil(L);
+        }
+        lua_rawset(L, -3);
+        d->p = skip_ws(d->p, d->end);
+        if (d->p < d->end && *d->p == ',') {
+            d->p = skip_ws(d->p + 1, d->end);
+        } else if (d->p < d->end && *d->p == '}') {
+            d->p++;
+            break;
+        } else {
+            return dec_unexpected(d, d->p, "expected ',' or '}'");
+        }
+    }
+    d->depth--;
+    return 0;
+}
+
+static int dec_word(json_dec *d, const char *word, size_t n)
+{
+    if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0)
+        return dec_fail(d, d->p, "invalid literal");
+    d->p += n;
+    return 0;
+}
+
+/* Pushes one value. Returns 1 when it was null (the sentinel is pushed), so
+ * that objects can drop the member, 0 otherwise, -1 on error. */
+static int dec_value(json_dec *d)
+{
+    if (d->p == d->end) return dec_fail(d, d->p, "unexpected end of input");
+    switch (*d->p) {
+    case '{': return dec_object(d);
+    case '[': return dec_array(d);
+    case '"': return dec_string(d);
+    case '-': case '0': case '1': case '2': case '3': case '4':
+    case '5': case '6': case '7': case '8': case '9':
+        return dec_number(d);
+    case 't':
+        if (dec_word(d, "true", 4) < 0) return -1;
+        lua_pushboolean(d->L, 1);
+        return 0;
+    case 'f':
+        if (dec_word(d, "false", 5) < 0) return -1;
+        lua_pushboolean(d->L, 0);
+        return 0;
+    case 'n':
+        if (dec_word(d, "null", 4) < 0) return -1;
+        lua_pushlightuserdata(d->L, &json_null);
+        return 1;
+    default: return dec_fail(d, d->p, "expected a value");
+    }
+}
+
+int fs_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t errlen)
+{
+    json_dec d;
+    int top = lua_gettop(L);
+
+    d.L = L;
+    d.start = d.p = (const unsigned char *)(s ? s : "");
+    d.end = d.start + (s ? len : 0);
+    d.err = err;
+    d.errlen = errlen;
+    d.depth = 0;
+    if (!lua_checkstack(L, 4)) return dec_fail(&d, d.p, "Lua stack exhausted");
+    push_array_mt(L);
+    d.mt = lua_gettop(L);
+    d.p = skip_ws(d.p, d.end);
+    if (dec_value(&d) < 0) goto fail;
+    d.p = skip_ws(d.p, d.end);
+    if (d.p != d.end) {
+        dec_fail(&d, d.p, "unexpected data after the value");
+        goto fail;
+    }
+    lua_remove(L, d.mt);
+    return 0;
+fail:
+    lua_settop(L, top);
+    return -1;
+}
+
+/* ---------------------------------------------------------------- encoder */
+
+typedef struct json_enc {
+    lua_State *L;
+    fs_buf *b;
+    char *err;
+    size_t errlen;
+    int mt; /* stack index of the array metatable */
+    int depth;
+    int nomem; /* sticky: checked once at the end instead of after every write */
+} json_enc;
+
+static int enc_value(json_enc *e, int idx);
+
+static int enc_fail(json_enc *e, const char *fmt, ...)
+{
+    va_list ap;
+    if (e->err && e->errlen) {
+        va_start(ap, fmt);
+        vsnprintf(e->err, e->errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static inline void enc_add(json_enc *e, const void *s, size_t n)
+{
+    if (fs_buf_add(e->b, s, n)) e->nomem = 1;
+}
+
+static inline void enc_addc(json_enc *e, char c)
+{
+    if (fs_buf_addc(e->b, c)) e->nomem = 1;
+}
+
+static void enc_integer(json_enc *e, lua_Integer v)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    /* unsigned negation is defined for LUA_MININTEGER, signed is not */
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+
+    while (u >= 100) {
+        p -= 2;
+        memcpy(p, digit_pairs + 2 * (u % 100), 2);
+        u /= 100;
+    }
+    if (u >= 10) {
+        p -= 2;
+        memcpy(p, digit_pairs + 2 * u, 2);
+    } else {
+        *--p = (char)('0' + u);
+    }
+    if (v < 0) *--p = '-';
+    enc_add(e, p, (size_t)(tmp + sizeof tmp - p));
+}
+
+/* printf+strtod cost several hundred ns per float; most floats in messages are
+ * short decimals like prices. When x == m / 10^k for an m of at most 15 digits
+ * (checked with one correctly rounded division, i.e. exactly what strtod would
+ * read back) and %g would not use an exponent (1e-4 <= |x| < 1e15), the
+ * smallest such k gives the very digits "%.15g" prints, so write them directly.
+ * Returns the length, or 0 to leave x to the printf path. */
+static size_t fmt_float_fast(char *out, double x)
+{
+    double ax = fabs(x);
+    uint64_t m = 0, ip, fp;
+    int k;
+    size_t n = 0, i;
+    char tmp[24], *p;
+
+    if (!(ax >= 1e-4 && ax < 1e15)) return 0;
+    for (k = 0; k <= 19; k++) {
+        double scaled = ax * pow10_exact[k];
+        if (scaled >= 1e15) return 0;
+        m = (uint64_t)(scaled + 0.5);
+        if ((double)m / pow10_exact[k] == ax) break;
+    }
+    if (k > 19) return 0;
+    if (signbit(x)) out[n++] = '-';
+    ip = m / (uint64_t)pow10_exact[k];
+    fp = m % (uint64_t)pow10_exact[k];
+    p = tmp + sizeof tmp;
+    do {
+        *--p = (char)('0' + ip % 10);
+        ip /= 10;
+    } while (ip);
+    memcpy(out + n, p, (size_t)(tmp + sizeof tmp - p));
+    n += (size_t)(tmp + sizeof tmp - p);
+    out[n++] = '.';
+    if (k == 0) {
+        out[n++] = '0';
+        return n;
+    }
+    for (i = (size_t)k; i > 0; i--) {
+        out[n + i - 1] = (char)('0' + fp % 10);
+        fp /= 10;
+    }
+    n += (size_t)k;
+    while (out[n - 1] == '0' && out[n - 2] != '.') n--;
+    return n;
+}
+
+static int enc_float(json_enc *e, double x)
+{
+    char tmp[40], out[40];
+    size_t i, n = 0;
+    int dot = 0, exp = 0;
+
+    if (isnan(x)) return enc_fail(e, "cannot encode NaN");
+    if (isinf(x)) return enc_fail(e, "cannot encode %s", x > 0 ? "inf" : "-inf");
+    if ((n = fmt_float_fast(out, x)) != 0) {
+        enc_add(e, out, n);
+        return 0;
+    }
+    /* Shortest of the three precisions that reads back as the same double;
+     * %.17g always does. */
+    snprintf(tmp, sizeof tmp, "%.15g", x);
+    if (strtod(tmp, NULL) != x) {
+        snprintf(tmp, sizeof tmp, "%.16g", x);
+        if (strtod(tmp, NULL) != x) snprintf(tmp, sizeof tmp, "%.17g", x);
+    }
+    /* printf and strtod follow LC_NUMERIC, which Lua code may have changed:
+     * whatever the locale used as decimal point becomes '.'. */
+    for (i = 0; tmp[i]; i++) {
+        char c = tmp[i];
+        if ((c >= '0' && c <= '9') || c == '-' || c == '+') {
+            out[n++] = c;
+        } else if (c == 'e') {
+            out[n++] = c;
+            exp = 1;
+        } else if (!dot) {
+            out[n++] = '.';
+            dot = 1;
+        }
+    }
+    /* "3" would come back as an integer */
+    if (!dot && !exp) {
+        out[n++] = '.';
+        out[n++] = '0';
+    }
+    enc_add(e, out, n);
+    return 0;
+}
+
+static int enc_string(json_enc *e, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+
+    if (fs_buf_reserve(e->b, len + 2)) e->nomem = 1;
+    enc_addc(e, '"');
+    for (;;) {
+        const unsigned char *run = p;
+        char esc[6];
+        size_t n = 2;
+
+        p = scan_run(p, end);
+        enc_add(e, run, (size_t)(p - run));
+        if (p == end) break;
+        if (*p >= 0x80)
+            return enc_fail(e, "cannot encode: invalid UTF-8 in string at byte %zu",
+                            (size_t)(p - (const unsigned char *)s));
+        esc[0] = '\\';
+        switch (*p) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[*p >> 4];
+            esc[5] = hex[*p & 0xF];
+            n = 6;
+        }
+        enc_add(e, esc, n);
+        p++;
+    }
+    enc_addc(e, '"');
+    return 0;
+}
+
+/* A plain table is an array when its keys are exactly 1..n: every key is an
+ * integer in [1, n] and there are n of them (keys are distinct). */
+static int is_sequence(lua_State *L, int idx, lua_Integer n)
+{
+    lua_Integer count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_Integer k;
+        if (!lua_isinteger(L, -2) || (k = lua_tointeger(L, -2)) < 1 || k > n) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        count++;
+        lua_pop(L, 1);
+    }
+    return count == n;
+}
+
+static int enc_table(json_enc *e, int idx)
+{
+    lua_State *L = e->L;
+    lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
+    int isarray = 0, first = 1;
+
+    if (++e->depth > JSON_MAX_DEPTH)
+        return enc_fail(e, "cannot encode: nesting deeper than 512 (or a cycle)");
+    if (!lua_checkstack(L, 4)) return enc_fail(e, "cannot encode: Lua stack exhausted");
+    if (lua_getmetatable(L, idx)) {
+        isarray = lua_rawequal(L, -1, e->mt);
+        lua_pop(L, 1);
+    }
+    if (!isarray && n > 0) isarray = is_sequence(L, idx, n);
+
+    if (isarray) {
+        enc_addc(e, '[');
+        for (i = 1; i <= n; i++) {
+            if (i > 1) enc_addc(e, ',');
+            lua_rawgeti(L, idx, i);
+            if (enc_value(e, lua_gettop(L)) < 0) return -1;
+            lua_pop(L, 1);
+        }
+        enc_addc(e, ']');
+    } else {
+        enc_addc(e, '{');
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (!first) enc_addc(e, ',');
+            first = 0;
+            if (lua_type(L, -2) == LUA_TSTRING) {
+                size_t klen;
+                const char *k = lua_tolstring(L, -2, &klen);
+                if (enc_string(e, k, klen) < 0) return -1;
+            } else if (lua_isinteger(L, -2)) {
+                enc_addc(e, '"');
+                enc_integer(e, lua_tointeger(L, -2));
+                enc_addc(e, '"');
+            } else {
+                return enc_fail(e, "cannot encode a table key of type %s",
+                                lua_type(L, -2) == LUA_TNUMBER ? "float" : luaL_typename(L, -2));
+            }
+            enc_addc(e, ':');
+            if (enc_value(e, lua_gettop(L)) < 0) return -1;
+            lua_pop(L, 1);
+        }
+        enc_addc(e, '}');
+    }
+    e->depth--;
+    return 0;
+}
+
+static int enc_value(json_enc *e, int idx)
+{
+    lua_State *L = e->L;
+    size_t len;
+    const char *s;
+
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: enc_add(e, "null", 4); return 0;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx))
+            enc_add(e, "true", 4);
+        else
+            enc_add(e, "false", 5);
+        return 0;
+    case LUA_TNUMBER:
+        if (!lua_isinteger(L, idx)) return enc_float(e, (double)lua_tonumber(L, idx));
+        enc_integer(e, lua_tointeger(L, idx));
+        return 0;
+    case LUA_TSTRING:
+        s = lua_tolstring(L, idx, &len);
+        return enc_string(e, s, len);
+    case LUA_TTABLE: return enc_table(e, idx);
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == &json_null) {
+            enc_add(e, "null", 4);
+            return 0;
+        }
+        break;
+    default: break;
+    }
+    return enc_fail(e, "cannot encode a %s", luaL_typename(L, idx));
+}
+
+int fs_json_encode(lua_State *L, int idx, fs_buf *b, char *err, size_t errlen)
+{
+    json_enc e;
+    int top = lua_gettop(L), rc;
+    size_t len0 = b->len;
+
+    e.L = L;
+    e.b = b;
+    e.err = err;
+    e.errlen = errlen;
+    e.depth = 0;
+    e.nomem = 0;
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, 4)) return enc_fail(&e, "cannot encode: Lua stack exhausted");
+    push_array_mt(L);
+    e.mt = lua_gettop(L);
+    rc = enc_value(&e, idx);
+    if (rc == 0 && e.nomem) rc = enc_fail(&e, "cannot encode: out of memory");
+    lua_settop(L, top);
+    if (rc != 0) b->len = len0;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- module */
+
+static int l_json_encode(lua_State *L)
+{
+    fs_buf *b = (fs_buf *)lua_touserdata(L, lua_upvalueindex(1));
+    char err[128];
+
+    luaL_checkany(L, 1);
+    fs_buf_reset(b);
+    if (fs_json_encode(L, 1, b, err, sizeof err) != 0) return luaL_error(L, "%s", err);
+    lua_pushlstring(L, b->data, b->len);
+    if (b->cap > JSON_KEEP_BUFFER) fs_buf_free(b);
+    return 1;
+}
+
+static int l_json_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char err[128];
+
+    if (fs_json_decode(L, s, len, err, sizeof err) != 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    return 1;
+}
+
+static int l_json_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);
+    }
+    push_array_mt(L);
+    /* silently replacing a record's metatable would break it in odd ways later */
+    if (lua_getmetatable(L, 1) && !lua_rawequal(L, -1, -2))
+        return luaL_argerror(L, 1, "table already has a metatable");
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+static int l_json_gc(lua_State *L)
+{
+    fs_buf_free((fs_buf *)luaL_checkudata(L, 1, JSON_BUFFER_MT));
+    return 0;
+}
+
+static const luaL_Reg json_funcs[] = {
+    {"encode", l_json_encode},
+    {"decode", l_json_decode},
+    {"array", l_json_array},
+    {"null", NULL}, /* placeholder */
+    {NULL, NULL},
+};
+
+int luaopen_fstream_json(lua_State *L)
+{
+    fs_buf *b;
+
+    luaL_checkversion(L);
+    push_array_mt(L);
+    lua_pop(L, 1);
+    luaL_newlibtable(L, json_funcs);
+    /* encode's reusable output buffer, freed by the GC with the module */
+    b = (fs_buf *)lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    if (luaL_newmetatable(L, JSON_BUFFER_MT)) {
+        lua_pushcfunction(L, l_json_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    luaL_setfuncs(L, json_funcs, 1);
+    lua_pushlightuserdata(L, &json_null);
+    lua_setfield(L, -2, "null");
+    return 1;
+}

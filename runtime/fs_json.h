@@ -1,0 +1,68 @@
+/* fs_json: a strict JSON (RFC 8259) codec between JSON text and Lua values.
+ *
+ * Exists because lua-cjson turns every number into a float; here integers that
+ * fit in int64 stay Lua integers both ways.
+ *
+ * Value mapping
+ *   object  <-> table (string keys; integer keys are written as decimal strings)
+ *   array   <-> table 1..n carrying the metatable registered as
+ *               "fstream.json.array" (so an empty array survives a round trip)
+ *   string  <-> string (always valid UTF-8; \uXXXX escapes decode to UTF-8)
+ *   number  <-> integer when the text has no fraction/exponent and fits in int64
+ *               ("-0" included), float otherwise; floats are written in the
+ *               shortest form that reads back exactly and always look like floats
+ *               ("3.0", "1e+300")
+ *   true/false <-> boolean
+ *   null    <-> the null sentinel, a light userdata exposed as module.null. An
+ *               object member whose value is null is left out of the table; an
+ *               array element (and a top-level null) becomes the sentinel. nil
+ *               encodes as null too.
+ * Nesting deeper than 512 containers is rejected both ways; on encode this is
+ * also what stops reference cycles.
+ *
+ * Neither function calls metamethods: tables are read with raw access, so record
+ * objects with their own metatables are encoded from their raw fields. */
+#ifndef FS_JSON_H
+#define FS_JSON_H
+
+#include <lua.h>
+
+#include "fs_buf.h"
+
+/* Decodes `len` bytes of JSON text (need not be NUL-terminated; the caller keeps
+ * ownership of `s`) and pushes one Lua value. Returns 0 on success.
+ *
+ * On failure pushes nothing, returns -1 and writes a NUL-terminated one-line
+ * message into err (truncated to errlen; err may be NULL), of the form
+ *   "invalid JSON at byte N: <what>"
+ * where N is the 0-based offset of the first byte that makes the text invalid
+ * (N == len when the text ends too early).
+ *
+ * Never raises a Lua error except memory errors (then the stack is unwound by
+ * whoever catches them). Needs up to 2 stack slots per nesting level; grows the
+ * stack itself with lua_checkstack. */
+int fs_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t errlen);
+
+/* Appends the JSON text of the value at stack index idx to b; does not reset b
+ * and never adds a NUL. Returns 0 on success.
+ *
+ * On failure returns -1, truncates b back to its length on entry (no partial
+ * value is left behind) and writes a one-line message into err (err may be NULL):
+ * an unsupported type ("cannot encode a function"), NaN or infinity, nesting
+ * deeper than 512 (or a cycle), invalid UTF-8 in a string or key, a key that is
+ * neither a string nor an integer, or out of memory while growing b.
+ *
+ * Leaves the Lua stack as it found it. Does not raise Lua errors except memory
+ * errors. */
+int fs_json_encode(lua_State *L, int idx, fs_buf *b, char *err, size_t errlen);
+
+/* Lua module: returns a table
+ *   encode(v)  -> string; raises an error with the message when v cannot be
+ *                 encoded (that is a programming error, not bad input)
+ *   decode(s)  -> value, or nil plus the message when s is not valid JSON
+ *   null       -> the null sentinel (light userdata)
+ *   array([t]) -> sets the array metatable on t (a new table when omitted) and
+ *                 returns it; raises if t already has a different metatable */
+int luaopen_fstream_json(lua_State *L);
+
+#endif

@@ -1,0 +1,510 @@
+/* fs_kafka: the librdkafka transport — consumer, producer, the embedded mock
+ * cluster (memory://), rebalances, and the at-least-once checkpoint:
+ * snapshot committable offsets, wait until every message produced before the
+ * snapshot is delivered, then commit. librdkafka's threads never touch Lua:
+ * they only write to eventfds that wake the loop. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "fs_log.h"
+#include "fs_rt.h"
+#include <librdkafka/rdkafka_mock.h>
+
+#define FS_CONSUME_BATCH 1024
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    int lv = level <= 3 ? FS_LOG_ERROR : level <= 4 ? FS_LOG_WARN : level <= 6 ? FS_LOG_INFO
+                                                                              : FS_LOG_DEBUG;
+    /* librdkafka is chatty at notice level about things the worker handles itself. */
+    if (lv == FS_LOG_INFO) lv = FS_LOG_DEBUG;
+    if (lv >= fs_log_level) fs_log(lv, "kafka %s: %s", fac, buf);
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    fs_rt *rt = opaque;
+    (void)rk;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char buf[512];
+        rd_kafka_fatal_error(rk, buf, sizeof buf);
+        fs_rt_fatal(rt, "kafka fatal error: %s", buf);
+        return;
+    }
+    fs_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
+}
+
+static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
+{
+    if (rd_kafka_conf_set(c, k, v, err, errlen) != RD_KAFKA_CONF_OK) return -1;
+    return 0;
+}
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    fs_rt *rt = opaque;
+    (void)rk;
+    uintptr_t tag = (uintptr_t)m->_private;
+    fs_waiter *w = tag > 2 ? (fs_waiter *)m->_private : NULL;
+    int epoch = w ? w->epoch : (int)tag - 1;
+    rt->inflight[epoch & 1]--;
+    if (m->err) {
+        rt->delivery_errors++;
+        if (!w)
+            fs_rt_fatal(rt,
+                        "delivery to %s failed: %s — stopping without committing, so the "
+                        "input that produced it is processed again on restart",
+                        rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+    }
+    if (w) {
+        w->err = m->err;
+        w->partition = m->partition;
+        w->offset = m->offset;
+        if (w->co) fs_sched_ready(w->co);
+        else free(w);
+    }
+}
+
+static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    if (err == RD_KAFKA_RESP_ERR__NO_OFFSET) return;
+    if (err) {
+        fs_warn("offset commit failed: %s (the next checkpoint retries)", rd_kafka_err2str(err));
+        return;
+    }
+    for (int i = 0; offsets && i < offsets->cnt; i++)
+        if (offsets->elems[i].err)
+            fs_warn("offset commit of %s[%d] failed: %s", offsets->elems[i].topic,
+                    (int)offsets->elems[i].partition, rd_kafka_err2str(offsets->elems[i].err));
+}
+
+/* Commits the committable offset of every assigned partition (or only those in
+ * `only`) that moved since the last commit. */
+static int commit_parts(fs_rt *rt, rd_kafka_topic_partition_list_t *only, int use_snap, int sync)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(16);
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        for (int j = 0; j < t->nparts; j++) {
+            fs_part *p = t->parts[j];
+            if (!p || !p->assigned) continue;
+            if (only && !rd_kafka_topic_partition_list_find(only, t->name, p->id)) continue;
+            int64_t off = use_snap ? p->snap : fs_part_committable(p);
+            if (off < 0 || off <= p->committed) continue;
+            rd_kafka_topic_partition_list_add(list, t->name, p->id)->offset = off;
+            p->committed = off;
+        }
+    }
+    int rc = 0;
+    if (list->cnt) {
+        rt->commits++;
+        fs_debug("committing %d partition offsets", list->cnt);
+        rd_kafka_resp_err_t err = rd_kafka_commit(rt->consumer, list, !sync);
+        if (err && sync) {
+            fs_warn("offset commit failed: %s", rd_kafka_err2str(err));
+            rc = -1;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+    return rc;
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    fs_rt *rt = opaque;
+    char names[1024];
+    size_t n = 0;
+    names[0] = 0;
+    for (int i = 0; i < parts->cnt && n < sizeof names - 64; i++)
+        n += (size_t)snprintf(names + n, sizeof names - n, "%s%s[%d]", i ? " " : "",
+                              parts->elems[i].topic, (int)parts->elems[i].partition);
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* Ask where each partition resumes so a gap (log start moved past it) is reported. */
+        rd_kafka_topic_partition_list_t *c = rd_kafka_topic_partition_list_copy(parts);
+        if (rd_kafka_committed(rk, c, 10000)) {
+            for (int i = 0; i < c->cnt; i++) c->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+        }
+        for (int i = 0; i < c->cnt; i++) {
+            fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
+            fs_part *p = t ? fs_part_get(t, c->elems[i].partition) : NULL;
+            if (p) fs_part_assign(p, c->elems[i].offset >= 0 ? c->elems[i].offset : -1);
+        }
+        rd_kafka_topic_partition_list_destroy(c);
+        fs_info("assigned %d partitions: %s", parts->cnt, names);
+        rd_kafka_assign(rk, parts);
+    } else {
+        fs_info("revoking %d partitions: %s", parts->cnt, names);
+        fs_sync_acks(rt);
+        /* Outputs of acknowledged events must be delivered before their offsets commit. */
+        if (rd_kafka_flush(rt->producer, 30000))
+            fs_warn("producer flush timed out during rebalance; not committing");
+        else
+            commit_parts(rt, parts, 0, 1);
+        for (int i = 0; i < parts->cnt; i++) {
+            fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
+            fs_part *p = t ? fs_part_get(t, parts->elems[i].partition) : NULL;
+            if (p) fs_part_revoke(rt, p);
+        }
+        rt->ckpt_active = 0;
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+static void wake_cb(fs_io *io, uint32_t events)
+{
+    fs_rt *rt = io->data;
+    uint64_t v;
+    (void)events;
+    if (read(io->fd, &v, sizeof v) < 0 && errno != EAGAIN) fs_warn("eventfd read: %s", strerror(errno));
+    if (io == &rt->cio) rt->consume_pending = 1;
+    else rt->produce_pending = 1;
+}
+
+static int watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io)
+{
+    *fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (*fd < 0) return -1;
+    static const char one[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    rd_kafka_queue_io_event_enable(q, *fd, one, sizeof one);
+    io->fd = *fd;
+    io->cb = wake_cb;
+    io->data = rt;
+    return fs_io_add(&rt->loop, io, EPOLLIN);
+}
+
+int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
+{
+    char bootstrap[1024];
+    rd_kafka_conf_t *c = NULL;
+    if (strncmp(broker, "memory://", 9) == 0) {
+        c = rd_kafka_conf_new();
+        rd_kafka_conf_set_log_cb(c, log_cb);
+        rt->mock_host = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
+        if (!rt->mock_host) goto fail; /* rd_kafka_new keeps conf only on success */
+        c = NULL;
+        rt->mock = rd_kafka_mock_cluster_new(rt->mock_host, 1);
+        if (!rt->mock) {
+            snprintf(err, errlen, "could not start the embedded broker");
+            return -1;
+        }
+        snprintf(bootstrap, sizeof bootstrap, "%s", rd_kafka_mock_cluster_bootstraps(rt->mock));
+        rt->embedded = 1;
+    } else if (strncmp(broker, "kafka://", 8) == 0) {
+        snprintf(bootstrap, sizeof bootstrap, "%s", broker + 8);
+    } else {
+        snprintf(err, errlen, "unknown broker URL '%s' (use memory:// or kafka://host:port)", broker);
+        return -1;
+    }
+    rt->broker = strdup(bootstrap);
+
+    c = rd_kafka_conf_new();
+    rd_kafka_conf_set_opaque(c, rt);
+    rd_kafka_conf_set_log_cb(c, log_cb);
+    rd_kafka_conf_set_error_cb(c, error_cb);
+    rd_kafka_conf_set_dr_msg_cb(c, dr_cb);
+    if (conf_set(c, "bootstrap.servers", bootstrap, err, errlen) ||
+        conf_set(c, "client.id", rt->group, err, errlen) ||
+        conf_set(c, "linger.ms", "5", err, errlen) ||
+        conf_set(c, "enable.idempotence", "true", err, errlen) ||
+        conf_set(c, "partitioner", "murmur2_random", err, errlen) ||
+        conf_set(c, "queue.buffering.max.messages", "1000000", err, errlen) ||
+        conf_set(c, "batch.num.messages", "10000", err, errlen))
+        goto fail;
+    rt->producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
+    if (!rt->producer) goto fail;
+    c = NULL;
+
+    c = rd_kafka_conf_new();
+    rd_kafka_conf_set_opaque(c, rt);
+    rd_kafka_conf_set_log_cb(c, log_cb);
+    rd_kafka_conf_set_error_cb(c, error_cb);
+    rd_kafka_conf_set_rebalance_cb(c, rebalance_cb);
+    rd_kafka_conf_set_offset_commit_cb(c, commit_cb);
+    if (conf_set(c, "bootstrap.servers", bootstrap, err, errlen) ||
+        conf_set(c, "group.id", rt->group, err, errlen) ||
+        conf_set(c, "client.id", rt->group, err, errlen) ||
+        conf_set(c, "enable.auto.commit", "false", err, errlen) ||
+        conf_set(c, "enable.auto.offset.store", "false", err, errlen) ||
+        conf_set(c, "auto.offset.reset", "earliest", err, errlen) ||
+        conf_set(c, "allow.auto.create.topics", "true", err, errlen) ||
+        conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
+        conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
+        conf_set(c, "partition.assignment.strategy", "range,roundrobin", err, errlen))
+        goto fail;
+    rt->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, errlen);
+    if (!rt->consumer) goto fail;
+    c = NULL;
+    rd_kafka_poll_set_consumer(rt->consumer);
+    rt->cq = rd_kafka_queue_get_consumer(rt->consumer);
+    rt->pq = rd_kafka_queue_get_main(rt->producer);
+    if (watch_queue(rt, rt->cq, &rt->cfd, &rt->cio) || watch_queue(rt, rt->pq, &rt->pfd, &rt->pio)) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+fail:
+    if (c) rd_kafka_conf_destroy(c);
+    return -1;
+}
+
+/* Creates the app's topics: directly on the embedded broker, with the admin API
+ * elsewhere (a standalone embedded broker does not support it and auto-creates). */
+static void create_topics(fs_rt *rt)
+{
+    if (rt->mock) {
+        for (int i = 0; i < rt->ntopics; i++)
+            rd_kafka_mock_topic_create(rt->mock, rt->topics[i]->name, rt->topics[i]->partitions, 1);
+        return;
+    }
+    int n = rt->ntopics;
+    if (!n) return;
+    rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof *nt);
+    char errstr[256];
+    for (int i = 0; i < n; i++)
+        nt[i] = rd_kafka_NewTopic_new(rt->topics[i]->name, rt->topics[i]->partitions, -1, errstr,
+                                      sizeof errstr);
+    rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(rt->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(o, 15000, errstr, sizeof errstr);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rt->producer);
+    rd_kafka_CreateTopics(rt->producer, nt, (size_t)n, o, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 20000);
+    const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
+    if (!ev) {
+        fs_warn("creating topics timed out; relying on broker auto-creation");
+    } else if (rd_kafka_event_error(ev)) {
+        fs_debug("create topics: %s; relying on broker auto-creation", rd_kafka_event_error_string(ev));
+    } else if (res) {
+        size_t cnt;
+        const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &cnt);
+        for (size_t i = 0; i < cnt; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(tr[i]);
+            if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+                fs_info("created topic %s", rd_kafka_topic_result_name(tr[i]));
+            else if (e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+                fs_warn("could not create topic %s: %s", rd_kafka_topic_result_name(tr[i]),
+                        rd_kafka_topic_result_error_string(tr[i]));
+        }
+    }
+    if (ev) rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_AdminOptions_destroy(o);
+    rd_kafka_NewTopic_destroy_array(nt, (size_t)n);
+    free(nt);
+}
+
+int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
+{
+    create_topics(rt);
+    rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(rt->ntopics);
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        t->rkt = rd_kafka_topic_new(rt->producer, t->name, NULL);
+        int consumed = 0;
+        for (int j = 0; j < t->nsubs; j++) consumed |= !t->subs[j]->closed;
+        if (consumed) rd_kafka_topic_partition_list_add(subs, t->name, RD_KAFKA_PARTITION_UA);
+    }
+    int rc = 0;
+    if (subs->cnt) {
+        rd_kafka_resp_err_t e = rd_kafka_subscribe(rt->consumer, subs);
+        if (e) {
+            snprintf(err, errlen, "subscribe failed: %s", rd_kafka_err2str(e));
+            rc = -1;
+        } else {
+            rt->subscribed = 1;
+            rt->consume_pending = 1;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(subs);
+    return rc;
+}
+
+static fs_topic *topic_of(fs_rt *rt, rd_kafka_topic_t *rkt, rd_kafka_topic_t **last_rkt,
+                          fs_topic **last)
+{
+    if (rkt == *last_rkt) return *last;
+    *last_rkt = rkt;
+    *last = fs_topic_find(rt, rd_kafka_topic_name(rkt));
+    return *last;
+}
+
+void fs_kafka_poll(fs_rt *rt)
+{
+    if (rt->produce_pending) {
+        rt->produce_pending = 0;
+        rd_kafka_poll(rt->producer, 0);
+    }
+    if (!rt->consume_pending || !rt->subscribed || rt->stopping || rt->queued >= rt->max_queued)
+        return;
+    rd_kafka_message_t *msgs[FS_CONSUME_BATCH];
+    ssize_t n = rd_kafka_consume_batch_queue(rt->cq, 0, msgs, FS_CONSUME_BATCH);
+    if (n < 0) {
+        fs_warn("consume failed: %s", rd_kafka_err2str(rd_kafka_last_error()));
+        return;
+    }
+    rt->consume_pending = n == FS_CONSUME_BATCH;
+    if (n == 0) return;
+    fs_batch *b = fs_batch_new((int)n, 0);
+    if (!b) {
+        fs_rt_fatal(rt, "out of memory");
+        for (ssize_t i = 0; i < n; i++) rd_kafka_message_destroy(msgs[i]);
+        return;
+    }
+    rd_kafka_topic_t *last_rkt = NULL;
+    fs_topic *last = NULL;
+    for (ssize_t i = 0; i < n; i++) {
+        rd_kafka_message_t *m = msgs[i];
+        if (m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                fs_warn("consumer: %s%s%s", m->rkt ? rd_kafka_topic_name(m->rkt) : "",
+                        m->rkt ? ": " : "", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        fs_topic *t = topic_of(rt, m->rkt, &last_rkt, &last);
+        if (!t) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        fs_dispatch(rt, b, m, t, rd_kafka_message_timestamp(m, NULL), NULL);
+    }
+    fs_batch_done(b);
+}
+
+int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
+               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, fs_waiter *w, char *err,
+               size_t errlen)
+{
+    if (rt->test) {
+        int32_t p;
+        int64_t off;
+        int rc = fs_memlog_append(rt, t, partition, key, klen, val, vlen, hdrs, 0, &p, &off);
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        if (rc) {
+            snprintf(err, errlen, "partition %d of %s does not exist", (int)partition, t->name);
+            return -1;
+        }
+        if (w) {
+            w->partition = p;
+            w->offset = off;
+            w->err = 0;
+        }
+        t->produced++;
+        return 0;
+    }
+    int epoch = rt->epoch;
+    void *opaque = (void *)(uintptr_t)(1 + (epoch & 1));
+    if (w) {
+        w->epoch = epoch;
+        opaque = w;
+    }
+    for (int tries = 0;; tries++) {
+        rd_kafka_resp_err_t e;
+        if (hdrs)
+            e = rd_kafka_producev(rt->producer, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_PARTITION(partition),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                  RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_KEY(key, klen),
+                                  RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+        else
+            e = rd_kafka_producev(rt->producer, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_PARTITION(partition),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                  RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_KEY(key, klen),
+                                  RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+        if (!e) break;
+        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            /* Back-pressure: serve delivery reports until there is room again. */
+            if (tries == 1000) fs_warn("producer queue full for 10 s; still waiting for the broker");
+            rd_kafka_poll(rt->producer, 10);
+            continue;
+        }
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        snprintf(err, errlen, "cannot send to %s: %s", t->name, rd_kafka_err2str(e));
+        return -1;
+    }
+    rt->inflight[epoch & 1]++;
+    t->produced++;
+    return 0;
+}
+
+void fs_checkpoint_begin(fs_rt *rt)
+{
+    if (rt->ckpt_active) return;
+    fs_sync_acks(rt);
+    for (int i = 0; i < rt->ntopics; i++)
+        for (int j = 0; j < rt->topics[i]->nparts; j++) {
+            fs_part *p = rt->topics[i]->parts[j];
+            if (p && p->assigned) p->snap = fs_part_committable(p);
+        }
+    rt->ckpt_epoch = rt->epoch;
+    rt->epoch++;
+    rt->ckpt_active = 1;
+    fs_checkpoint_poll(rt);
+}
+
+void fs_checkpoint_poll(fs_rt *rt)
+{
+    if (!rt->ckpt_active || rt->inflight[rt->ckpt_epoch & 1] > 0 || rt->fatal) return;
+    rt->ckpt_active = 0;
+    if (rt->test) return;
+    commit_parts(rt, NULL, 1, 0);
+}
+
+int fs_checkpoint_sync(fs_rt *rt, int timeout_ms)
+{
+    if (rt->test || !rt->consumer) return 0;
+    rt->ckpt_active = 0;
+    if (rd_kafka_flush(rt->producer, timeout_ms)) {
+        fs_error("could not deliver %d messages in %d ms; not committing their input",
+                 rd_kafka_outq_len(rt->producer), timeout_ms);
+        return -1;
+    }
+    if (rt->fatal) return -1;
+    fs_sync_acks(rt);
+    return commit_parts(rt, NULL, 0, 1);
+}
+
+void fs_kafka_close(fs_rt *rt)
+{
+    if (rt->consumer) {
+        if (rt->cq) rd_kafka_queue_destroy(rt->cq);
+        rt->cq = NULL;
+        rd_kafka_consumer_close(rt->consumer); /* leaves the group */
+        rd_kafka_destroy(rt->consumer);
+        rt->consumer = NULL;
+    }
+    for (int i = 0; i < rt->ntopics; i++)
+        if (rt->topics[i]->rkt) {
+            rd_kafka_topic_destroy(rt->topics[i]->rkt);
+            rt->topics[i]->rkt = NULL;
+        }
+    if (rt->producer) {
+        if (rt->pq) rd_kafka_queue_destroy(rt->pq);
+        rt->pq = NULL;
+        rd_kafka_flush(rt->producer, 5000);
+        rd_kafka_destroy(rt->producer);
+        rt->producer = NULL;
+    }
+    if (rt->mock) rd_kafka_mock_cluster_destroy(rt->mock);
+    rt->mock = NULL;
+    if (rt->mock_host) rd_kafka_destroy(rt->mock_host);
+    rt->mock_host = NULL;
+    if (rt->cfd > 0) close(rt->cfd);
+    if (rt->pfd > 0) close(rt->pfd);
+    rt->cfd = rt->pfd = -1;
+}
+
+/* Kafka's default partitioner (murmur2 of the key), taken from librdkafka so the
+ * in-memory transport places keys where a Java or librdkafka producer would. */
+int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n)
+{
+    return rd_kafka_msg_partitioner_murmur2(NULL, key, len, n, NULL, NULL);
+}

@@ -1,0 +1,19 @@
+/* fs_log: one-line log records on stderr, `YYYY-mm-ddTHH:MM:SS.mmm LEVEL message`.
+ * Safe to call from librdkafka's threads (one fprintf per record). */
+#ifndef FS_LOG_H
+#define FS_LOG_H
+
+enum { FS_LOG_DEBUG = 0, FS_LOG_INFO, FS_LOG_WARN, FS_LOG_ERROR, FS_LOG_OFF };
+
+extern int fs_log_level;
+
+/* Returns the level for "debug|info|warn|error", or -1. */
+int fs_log_parse_level(const char *name);
+void fs_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define fs_debug(...) (fs_log_level <= FS_LOG_DEBUG ? fs_log(FS_LOG_DEBUG, __VA_ARGS__) : (void)0)
+#define fs_info(...) fs_log(FS_LOG_INFO, __VA_ARGS__)
+#define fs_warn(...) fs_log(FS_LOG_WARN, __VA_ARGS__)
+#define fs_error(...) fs_log(FS_LOG_ERROR, __VA_ARGS__)
+
+#endif

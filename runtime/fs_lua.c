@@ -1,0 +1,916 @@
+/* fs_lua: the runtime's Lua face, module "fstream.core".
+ *
+ * Mechanisms only: register topics and agents, spawn coroutines, take a batch
+ * of events, produce, run the loop. The policy (the stream DSL, error
+ * handling, sinks) lives in lua/fstream/. A stream's take crosses into C once
+ * per batch and fills a Lua table in place, so the per-message cost in Lua is
+ * one table read. */
+#include <lauxlib.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "fs_json.h"
+#include "fs_log.h"
+#include "fs_rt.h"
+
+#define RT_MT "fstream.Runtime"
+#define STREAM_MT "fstream.Stream"
+#define FS_MAX_TAKE 4096
+
+enum { MODE_VALUE = 0, MODE_ITEMS = 1, MODE_EVENTS = 2 };
+
+static void *null_ptr; /* the JSON null sentinel's light userdata */
+
+typedef struct {
+    fs_rt *rt;
+} rt_ud;
+
+typedef struct {
+    fs_stream *s;
+    fs_rt *rt;
+} stream_ud;
+
+static fs_rt *check_rt(lua_State *L, int idx)
+{
+    rt_ud *u = luaL_checkudata(L, idx, RT_MT);
+    if (!u->rt) luaL_error(L, "runtime is closed");
+    return u->rt;
+}
+
+static fs_topic *check_topic(lua_State *L, fs_rt *rt, int idx)
+{
+    lua_Integer id = luaL_checkinteger(L, idx);
+    if (id < 1 || id > rt->ntopics) luaL_error(L, "unknown topic id %d", (int)id);
+    return rt->topics[id - 1];
+}
+
+static int parse_codec(lua_State *L, int idx)
+{
+    const char *c = luaL_optstring(L, idx, "raw");
+    if (strcmp(c, "raw") == 0) return FS_CODEC_RAW;
+    if (strcmp(c, "json") == 0) return FS_CODEC_JSON;
+    return luaL_error(L, "unknown codec '%s' (raw or json)", c);
+}
+
+/* Pushes the decoded payload; absent payloads (tombstones) become the null
+ * sentinel so that `for v in stream` never ends on one. */
+static int push_payload(lua_State *L, int codec, const void *p, size_t n, char *err, size_t errlen)
+{
+    if (!p) {
+        lua_pushlightuserdata(L, null_ptr);
+        return 0;
+    }
+    if (codec == FS_CODEC_JSON) return fs_json_decode(L, p, n, err, errlen);
+    lua_pushlstring(L, p, n);
+    return 0;
+}
+
+/* Encodes the value at idx into b; *absent is set for nil (a null payload). */
+static int encode_payload(lua_State *L, int idx, int codec, fs_buf *b, int *absent, char *err,
+                          size_t errlen)
+{
+    fs_buf_reset(b);
+    *absent = 0;
+    int t = lua_type(L, idx);
+    if (t == LUA_TNONE || t == LUA_TNIL ||
+        (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == null_ptr && codec == FS_CODEC_RAW)) {
+        *absent = 1;
+        return 0;
+    }
+    if (codec == FS_CODEC_JSON) return fs_json_encode(L, idx, b, err, errlen);
+    if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n); /* numbers: converted copy */
+        if (fs_buf_add(b, s, n)) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    snprintf(err, errlen, "the raw serializer needs a string, got a %s", lua_typename(L, t));
+    return -1;
+}
+
+static rd_kafka_headers_t *check_headers(lua_State *L, int idx)
+{
+    if (lua_isnoneornil(L, idx)) return NULL;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
+            rd_kafka_headers_destroy(h);
+            luaL_error(L, "headers must map strings to strings");
+        }
+        size_t vl;
+        const char *v = lua_tolstring(L, -1, &vl);
+        rd_kafka_header_add(h, lua_tostring(L, -2), -1, v, (ssize_t)vl);
+        lua_pop(L, 1);
+    }
+    return h;
+}
+
+static void push_headers(lua_State *L, fs_event *e)
+{
+    rd_kafka_headers_t *h = e->hdrs;
+    if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) h = NULL;
+    lua_newtable(L);
+    if (!h) return;
+    const char *name;
+    const void *v;
+    size_t vl;
+    for (size_t i = 0; !rd_kafka_header_get_all(h, i, &name, &v, &vl); i++) {
+        lua_pushlstring(L, v ? v : "", v ? vl : 0);
+        lua_setfield(L, -2, name);
+    }
+}
+
+/* ---- runtime ---- */
+
+static int l_core_new(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "group");
+    const char *group = luaL_checkstring(L, -1);
+    lua_getfield(L, 1, "broker");
+    const char *broker = luaL_optstring(L, -1, "memory://");
+    lua_getfield(L, 1, "test");
+    int test = lua_toboolean(L, -1);
+    lua_getfield(L, 1, "commit_interval");
+    double ci = luaL_optnumber(L, -1, 2.8);
+    lua_getfield(L, 1, "max_queued");
+    lua_Integer maxq = luaL_optinteger(L, -1, 20000);
+
+    rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->rt = NULL;
+    luaL_setmetatable(L, RT_MT);
+    fs_rt *rt = calloc(1, sizeof *rt);
+    if (!rt) return luaL_error(L, "out of memory");
+    rt->L = L;
+    rt->test = test;
+    rt->cfd = rt->pfd = rt->sfd = -1;
+    rt->group = strdup(group);
+    rt->commit_interval_ms = (int64_t)(ci * 1000);
+    if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
+    rt->max_queued = maxq;
+    if (fs_loop_init(&rt->loop, test)) {
+        free(rt->group);
+        free(rt);
+        return luaL_error(L, "epoll_create failed");
+    }
+    u->rt = rt;
+    if (test) {
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        rt->wall_offset_ms = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+        rt->broker = strdup("");
+        return 1;
+    }
+    char err[512];
+    if (fs_kafka_open(rt, broker, err, sizeof err)) return luaL_error(L, "%s", err);
+    return 1;
+}
+
+static void rt_free(fs_rt *rt)
+{
+    fs_sched_kill_all(rt);
+    for (int i = 0; i < rt->nagents; i++) fs_agent_close(rt, rt->agents[i]);
+    fs_kafka_close(rt);
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        for (int j = 0; j < t->nparts; j++)
+            if (t->parts[j]) free(t->parts[j]->ring), free(t->parts[j]);
+        fs_memlog_free(t);
+        free(t->parts);
+        free(t->subs);
+        free(t->name);
+        free(t);
+    }
+    for (int i = 0; i < rt->nagents; i++) {
+        fs_agent *a = rt->agents[i];
+        for (int j = 0; j < a->nstreams; j++) {
+            if (a->streams[j]->lua_ref > 0) luaL_unref(rt->L, LUA_REGISTRYINDEX, a->streams[j]->lua_ref);
+            free(a->streams[j]->taken);
+            free(a->streams[j]);
+        }
+        free(a->streams);
+        free(a->q);
+        free(a->name);
+        free(a);
+    }
+    free(rt->topics);
+    free(rt->agents);
+    if (rt->sfd >= 0) close(rt->sfd);
+    fs_loop_close(&rt->loop);
+    fs_buf_free(&rt->kbuf);
+    fs_buf_free(&rt->vbuf);
+    free(rt->broker);
+    free(rt->group);
+    free(rt);
+}
+
+static int l_rt_close(lua_State *L)
+{
+    rt_ud *u = luaL_checkudata(L, 1, RT_MT);
+    if (u->rt) {
+        fs_rt *rt = u->rt;
+        rt->L = L;
+        u->rt = NULL;
+        rt_free(rt);
+    }
+    return 0;
+}
+
+static int l_rt_topic(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    int kc = parse_codec(L, 3), vc = parse_codec(L, 4);
+    int parts = (int)luaL_optinteger(L, 5, 8);
+    fs_topic *t = fs_topic_find(rt, name);
+    if (t) {
+        lua_pushinteger(L, t->id + 1);
+        return 1;
+    }
+    if (rt->subscribed) return luaL_error(L, "topics must be declared before the worker starts");
+    fs_topic **ts = realloc(rt->topics, (size_t)(rt->ntopics + 1) * sizeof *ts);
+    t = calloc(1, sizeof *t);
+    if (!ts || !t) return luaL_error(L, "out of memory");
+    rt->topics = ts;
+    t->rt = rt;
+    t->id = rt->ntopics;
+    t->name = strdup(name);
+    t->key_codec = kc;
+    t->value_codec = vc;
+    t->partitions = parts > 0 ? parts : 1;
+    rt->topics[rt->ntopics++] = t;
+    lua_pushinteger(L, t->id + 1);
+    return 1;
+}
+
+static int l_rt_agent(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    fs_agent **as = realloc(rt->agents, (size_t)(rt->nagents + 1) * sizeof *as);
+    fs_agent *a = calloc(1, sizeof *a);
+    if (!as || !a) return luaL_error(L, "out of memory");
+    rt->agents = as;
+    a->rt = rt;
+    a->id = rt->nagents;
+    a->name = strdup(name);
+    rt->agents[rt->nagents++] = a;
+    lua_Integer n = luaL_len(L, 3);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, 3, i);
+        fs_topic *t = check_topic(L, rt, -1);
+        lua_pop(L, 1);
+        fs_agent **subs = realloc(t->subs, (size_t)(t->nsubs + 1) * sizeof *subs);
+        if (!subs) return luaL_error(L, "out of memory");
+        t->subs = subs;
+        t->subs[t->nsubs++] = a;
+    }
+    lua_pushinteger(L, a->id + 1);
+    return 1;
+}
+
+static fs_agent *check_agent(lua_State *L, fs_rt *rt, int idx)
+{
+    lua_Integer id = luaL_checkinteger(L, idx);
+    if (id < 1 || id > rt->nagents) luaL_error(L, "unknown agent id %d", (int)id);
+    return rt->agents[id - 1];
+}
+
+static int l_rt_stream(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_agent *a = check_agent(L, rt, 2);
+    fs_stream **ss = realloc(a->streams, (size_t)(a->nstreams + 1) * sizeof *ss);
+    fs_stream *s = calloc(1, sizeof *s);
+    if (!ss || !s) return luaL_error(L, "out of memory");
+    a->streams = ss;
+    s->agent = a;
+    a->streams[a->nstreams++] = s;
+    stream_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
+    u->s = s;
+    u->rt = rt;
+    luaL_setmetatable(L, STREAM_MT);
+    lua_pushvalue(L, 1); /* the stream keeps its runtime alive */
+    lua_setiuservalue(L, -2, 1);
+    return 1;
+}
+
+static int l_rt_close_agent(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_agent_close(rt, check_agent(L, rt, 2));
+    return 0;
+}
+
+static int l_rt_spawn(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    const char *kind = luaL_optstring(L, 4, "task");
+    lua_pushinteger(L, fs_sched_spawn(rt, L, 2, 3, strcmp(kind, "agent") == 0 ? FS_KIND_AGENT : FS_KIND_TASK));
+    return 1;
+}
+
+static int l_rt_start(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    if (rt->test) {
+        rt->subscribed = 1;
+        return 0;
+    }
+    char err[512];
+    if (fs_kafka_start(rt, err, sizeof err)) return luaL_error(L, "%s", err);
+    return 0;
+}
+
+static int l_rt_run(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    if (rt->test) return luaL_error(L, "use run_until_idle with the in-memory transport");
+    rt->L = L;
+    lua_pushinteger(L, fs_rt_run(rt));
+    return 1;
+}
+
+static int l_rt_run_until_idle(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    rt->L = L;
+    int rc = fs_rt_run_until_idle(rt, luaL_optinteger(L, 2, 1000000));
+    if (rt->fatal) return luaL_error(L, "%s", rt->fatal_msg);
+    if (rc > 0) return luaL_error(L, "the app did not become idle (an agent keeps sending to itself?)");
+    return 0;
+}
+
+static int l_rt_advance(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    double secs = luaL_checknumber(L, 2);
+    if (!rt->test) return luaL_error(L, "advance needs the in-memory transport");
+    rt->L = L;
+    int64_t target = fs_loop_now(&rt->loop) + (int64_t)llround(secs * 1000);
+    /* Step from timer to timer so work triggered by one timer sees the time it fired at. */
+    for (;;) {
+        if (fs_rt_run_until_idle(rt, 1000000)) break;
+        int64_t next = fs_loop_next_when(&rt->loop);
+        if (next > target) break;
+        fs_loop_set_fake_now(&rt->loop, next);
+    }
+    fs_loop_set_fake_now(&rt->loop, target);
+    fs_rt_run_until_idle(rt, 1000000);
+    if (rt->fatal) return luaL_error(L, "%s", rt->fatal_msg);
+    return 0;
+}
+
+static int l_rt_stop(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_rt_request_stop(rt, luaL_optstring(L, 2, "requested"));
+    return 0;
+}
+
+static int l_rt_stopping(lua_State *L)
+{
+    lua_pushboolean(L, check_rt(L, 1)->stopping);
+    return 1;
+}
+
+static int l_rt_fatal(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_rt_fatal(rt, "%s", luaL_checkstring(L, 2));
+    return 0;
+}
+
+/* Encodes and sends args (tid, key, value, partition, headers) at 2..6. Raises on
+ * bad arguments before anything is allocated; with wp, allocates the delivery
+ * waiter only once nothing can raise any more. */
+static void produce(lua_State *L, fs_rt *rt, fs_waiter **wp, int external, int32_t *p_out,
+                    int64_t *o_out)
+{
+    fs_topic *t = check_topic(L, rt, 2);
+    int32_t partition = (int32_t)luaL_optinteger(L, 5, -1);
+    /* test_send(..., raw=true) bypasses the codecs: a test can send malformed bytes. */
+    int raw = external && lua_toboolean(L, 7);
+    char err[256];
+    int kabs, vabs;
+    if (encode_payload(L, 3, raw ? FS_CODEC_RAW : t->key_codec, &rt->kbuf, &kabs, err, sizeof err))
+        luaL_error(L, "cannot encode key for %s: %s", t->name, err);
+    if (encode_payload(L, 4, raw ? FS_CODEC_RAW : t->value_codec, &rt->vbuf, &vabs, err, sizeof err))
+        luaL_error(L, "cannot encode value for %s: %s", t->name, err);
+    if (!lua_isnoneornil(L, 6)) luaL_checktype(L, 6, LUA_TTABLE);
+    const void *k = kabs ? NULL : (rt->kbuf.data ? rt->kbuf.data : "");
+    const void *v = vabs ? NULL : (rt->vbuf.data ? rt->vbuf.data : "");
+    size_t kl = kabs ? 0 : rt->kbuf.len, vl = vabs ? 0 : rt->vbuf.len;
+    rd_kafka_headers_t *h = check_headers(L, 6);
+    if (external) {
+        int rc = fs_memlog_append(rt, t, partition, k, kl, v, vl, h, 1, p_out, o_out);
+        if (h) rd_kafka_headers_destroy(h);
+        if (rc) luaL_error(L, "partition %d of %s does not exist", (int)partition, t->name);
+        return;
+    }
+    fs_waiter *w = NULL;
+    if (wp) {
+        w = *wp = calloc(1, sizeof *w);
+        if (!w) {
+            if (h) rd_kafka_headers_destroy(h);
+            luaL_error(L, "out of memory");
+        }
+        w->partition = -1;
+        w->offset = -1;
+    }
+    if (fs_produce(rt, t, partition, k, kl, v, vl, h, w, err, sizeof err)) {
+        free(w);
+        luaL_error(L, "%s", err);
+    }
+}
+
+static int l_rt_produce(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    produce(L, rt, NULL, 0, NULL, NULL);
+    return 0;
+}
+
+static int push_delivery(lua_State *L, fs_waiter *w)
+{
+    if (w->err) {
+        lua_pushnil(L);
+        lua_pushstring(L, rd_kafka_err2str(w->err));
+        free(w);
+        return 2;
+    }
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, w->partition);
+    lua_setfield(L, -2, "partition");
+    lua_pushinteger(L, w->offset);
+    lua_setfield(L, -2, "offset");
+    free(w);
+    return 1;
+}
+
+static int produce_wait_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    fs_waiter *w = (fs_waiter *)ctx;
+    fs_co *co = fs_co_current(L);
+    if (co) co->waiter = NULL;
+    return push_delivery(L, w);
+}
+
+/* produce_wait(...) -> {partition=, offset=} | nil, err — yields until delivered. */
+static int l_rt_produce_wait(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_co *co = fs_co_current(L);
+    if (!co) return luaL_error(L, "send_and_wait must be called from an agent, task or timer");
+    fs_waiter *w = NULL;
+    produce(L, rt, &w, 0, NULL, NULL);
+    if (rt->test) return push_delivery(L, w);
+    w->co = co;
+    co->waiter = w;
+    co->state = FS_CO_WAITING;
+    co->wait = FS_WAIT_DELIVERY;
+    return lua_yieldk(L, 0, (lua_KContext)w, produce_wait_k);
+}
+
+static int l_rt_test_send(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    if (!rt->test) return luaL_error(L, "test_send needs the in-memory transport");
+    int32_t p;
+    int64_t o;
+    produce(L, rt, NULL, 1, &p, &o);
+    lua_pushinteger(L, p);
+    lua_pushinteger(L, o);
+    return 2;
+}
+
+static int l_rt_outputs(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_memlog_push_outputs(L, rt, check_topic(L, rt, 2));
+    return 1;
+}
+
+static int l_rt_broker(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    lua_pushstring(L, rt->broker ? rt->broker : "");
+    lua_pushboolean(L, rt->embedded);
+    return 2;
+}
+
+static int l_rt_now(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)fs_rt_wall_ms(check_rt(L, 1)) / 1000.0);
+    return 1;
+}
+
+static int l_rt_stats(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    rt->L = L;
+    fs_sync_acks(rt);
+    lua_newtable(L);
+#define STAT(name, v) (lua_pushinteger(L, (lua_Integer)(v)), lua_setfield(L, -2, name))
+    STAT("events_in", rt->events_in);
+    STAT("events_acked", rt->events_acked);
+    STAT("queued", rt->queued);
+    STAT("commits", rt->commits);
+    STAT("decode_errors", rt->decode_errors);
+    STAT("delivery_errors", rt->delivery_errors);
+    STAT("coroutines", rt->nlive);
+    STAT("inflight", rt->inflight[0] + rt->inflight[1]);
+#undef STAT
+    lua_newtable(L);
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        lua_createtable(L, 0, 3);
+        lua_pushinteger(L, t->produced);
+        lua_setfield(L, -2, "produced");
+        lua_pushinteger(L, t->consumed);
+        lua_setfield(L, -2, "consumed");
+        lua_newtable(L);
+        for (int j = 0; j < t->nparts; j++) {
+            fs_part *p = t->parts[j];
+            if (!p || !p->assigned) continue;
+            lua_createtable(L, 0, 2);
+            lua_pushinteger(L, fs_part_committable(p));
+            lua_setfield(L, -2, "committable");
+            lua_pushinteger(L, p->committed);
+            lua_setfield(L, -2, "committed");
+            lua_rawseti(L, -2, j);
+        }
+        lua_setfield(L, -2, "partitions");
+        lua_setfield(L, -2, t->name);
+    }
+    lua_setfield(L, -2, "topics");
+    return 1;
+}
+
+/* ---- streams ---- */
+
+static stream_ud *check_stream(lua_State *L, int idx)
+{
+    stream_ud *u = luaL_checkudata(L, idx, STREAM_MT);
+    lua_getiuservalue(L, idx, 1);
+    rt_ud *r = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!r || !r->rt) luaL_error(L, "runtime is closed");
+    return u;
+}
+
+static void push_event(lua_State *L, fs_event *e, int err_only)
+{
+    fs_topic *t = e->part->topic;
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, t->name);
+    lua_setfield(L, -2, "topic");
+    lua_pushinteger(L, e->m->partition);
+    lua_setfield(L, -2, "partition");
+    lua_pushinteger(L, e->m->offset);
+    lua_setfield(L, -2, "offset");
+    if (e->ts >= 0) {
+        lua_pushnumber(L, (lua_Number)e->ts / 1000.0);
+        lua_setfield(L, -2, "timestamp");
+    }
+    if (err_only) {
+        if (e->m->key) lua_pushlstring(L, e->m->key, e->m->key_len), lua_setfield(L, -2, "key_bytes");
+        if (e->m->payload)
+            lua_pushlstring(L, e->m->payload, e->m->len), lua_setfield(L, -2, "value_bytes");
+    }
+    push_headers(L, e);
+    lua_setfield(L, -2, "headers");
+}
+
+/* Fills buf from the agent's queue; stops before an event that fails to decode
+ * and returns it as the second result (it is acknowledged with the rest). */
+static int fill(lua_State *L, stream_ud *u)
+{
+    fs_stream *s = u->s;
+    fs_agent *a = s->agent;
+    fs_rt *rt = u->rt;
+    lua_Integer max = luaL_checkinteger(L, 3);
+    int mode = (int)luaL_checkinteger(L, 4);
+    if (max < 1) max = 1;
+    if (max > FS_MAX_TAKE) max = FS_MAX_TAKE;
+    if ((size_t)max > s->captaken) {
+        fs_event **tk = realloc(s->taken, (size_t)max * sizeof *tk);
+        if (!tk) return luaL_error(L, "out of memory");
+        s->taken = tk;
+        s->captaken = (size_t)max;
+    }
+    char err[256];
+    lua_Integer n = 0;
+    while (n < max && a->qlen) {
+        fs_event *e = a->q[a->qhead];
+        a->qhead = (a->qhead + 1) % a->qcap;
+        a->qlen--;
+        rt->queued--;
+        s->taken[s->ntaken++] = e;
+        fs_topic *t = e->part->topic;
+        rd_kafka_message_t *m = e->m;
+        int bad = 0;
+        if (mode == MODE_VALUE) {
+            bad = push_payload(L, t->value_codec, m->payload, m->len, err, sizeof err);
+            if (!bad) lua_rawseti(L, 2, ++n);
+        } else if (mode == MODE_ITEMS) {
+            bad = push_payload(L, t->key_codec, m->key, m->key_len, err, sizeof err);
+            if (!bad) {
+                bad = push_payload(L, t->value_codec, m->payload, m->len, err, sizeof err);
+                if (bad) lua_pop(L, 1);
+            }
+            if (!bad) {
+                lua_rawseti(L, 2, 2 * n + 2);
+                lua_rawseti(L, 2, 2 * n + 1);
+                n++;
+            }
+        } else {
+            push_event(L, e, 0);
+            if (m->key) {
+                bad = push_payload(L, t->key_codec, m->key, m->key_len, err, sizeof err);
+                if (!bad) lua_setfield(L, -2, "key");
+            }
+            if (!bad) {
+                bad = push_payload(L, t->value_codec, m->payload, m->len, err, sizeof err);
+                if (!bad) lua_setfield(L, -2, "value");
+            }
+            if (bad) lua_pop(L, 1);
+            else lua_rawseti(L, 2, ++n);
+        }
+        if (bad) {
+            rt->decode_errors++;
+            lua_pushinteger(L, n);
+            push_event(L, e, 1);
+            lua_pushstring(L, err);
+            lua_setfield(L, -2, "error");
+            return 2;
+        }
+    }
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static int take_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    stream_ud *u = (stream_ud *)ctx;
+    fs_stream *s = u->s;
+    if (!s->agent->qlen) {
+        if (u->rt->stopping || s->agent->closed) {
+            lua_pushnil(L);
+            return 1;
+        }
+        fs_co *co = fs_co_current(L);
+        if (!co) return luaL_error(L, "a stream can only be read from an agent coroutine");
+        s->waiter = co;
+        co->stream = s;
+        co->state = FS_CO_WAITING;
+        co->wait = FS_WAIT_TAKE;
+        return lua_yieldk(L, 0, ctx, take_k);
+    }
+    return fill(L, u);
+}
+
+/* stream:take(buf, max, mode) -> n [, bad_event] | nil (the stream ended).
+ * Acknowledges the previous batch first: the agent asked for more. */
+static int l_stream_take(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    fs_stream_ack_taken(u->rt, u->s);
+    return take_k(L, 0, (lua_KContext)u);
+}
+
+/* stream:bind(tbl): the Lua Stream whose field `i` tells how far the agent got. */
+static int l_stream_bind(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (u->s->lua_ref > 0) luaL_unref(L, LUA_REGISTRYINDEX, u->s->lua_ref);
+    lua_pushvalue(L, 2);
+    u->s->lua_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* stream:drop(i): the i-th event of the last take failed Lua-side decoding; it
+ * is acknowledged and removed so positions keep matching the Lua buffer. */
+static int l_stream_drop(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    fs_stream *s = u->s;
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (size_t)i > s->ntaken || (size_t)i <= s->nacked) return 0;
+    fs_event_ack(u->rt, s->taken[i - 1]);
+    memmove(&s->taken[i - 1], &s->taken[i], (s->ntaken - (size_t)i) * sizeof *s->taken);
+    s->ntaken--;
+    return 0;
+}
+
+void fs_sync_acks(fs_rt *rt)
+{
+    lua_State *L = rt->L;
+    for (int a = 0; a < rt->nagents; a++) {
+        fs_agent *ag = rt->agents[a];
+        for (int j = 0; j < ag->nstreams; j++) {
+            fs_stream *s = ag->streams[j];
+            if (s->lua_ref <= 0 || s->ntaken <= s->nacked) continue;
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
+            lua_getfield(L, -1, "i");
+            lua_Integer pos = lua_tointeger(L, -1);
+            lua_pop(L, 2);
+            /* Event `pos` is in progress; everything before it is finished. */
+            size_t done = pos > 1 ? (size_t)(pos - 1) : 0;
+            if (done > s->ntaken) done = s->ntaken;
+            for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
+        }
+    }
+}
+
+/* stream:ack() — acknowledge what the last take handed out (the agent ended). */
+static int l_stream_ack(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    fs_stream_ack_taken(u->rt, u->s);
+    return 0;
+}
+
+/* stream:meta(i) -> topic, partition, offset, timestamp of the i-th event of the last take */
+static int l_stream_meta(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (size_t)i > u->s->ntaken) return 0;
+    fs_event *e = u->s->taken[i - 1];
+    lua_pushstring(L, e->part->topic->name);
+    lua_pushinteger(L, e->m->partition);
+    lua_pushinteger(L, e->m->offset);
+    if (e->ts >= 0) lua_pushnumber(L, (lua_Number)e->ts / 1000.0);
+    else lua_pushnil(L);
+    return 4;
+}
+
+/* ---- module functions ---- */
+
+static int l_sleep(lua_State *L)
+{
+    double secs = luaL_checknumber(L, 1);
+    fs_co *co = fs_co_current(L);
+    if (!co) return luaL_error(L, "fstream.sleep must be called from an agent, task or timer");
+    return fs_sched_sleep(L, co, (int64_t)llround(secs * 1000));
+}
+
+static int l_current(lua_State *L)
+{
+    fs_co *co = fs_co_current(L);
+    if (!co) return 0;
+    lua_pushinteger(L, co->id);
+    return 1;
+}
+
+/* core.redirect_stderr(path | nil): points fd 2 at a file, or back. For specs
+ * that check what the worker logs. */
+static int l_redirect_stderr(lua_State *L)
+{
+    static int saved = -1;
+    fflush(stderr);
+    if (lua_isnoneornil(L, 1)) {
+        if (saved >= 0) dup2(saved, 2), close(saved), saved = -1;
+        return 0;
+    }
+    int fd = open(luaL_checkstring(L, 1), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return luaL_error(L, "cannot open %s", lua_tostring(L, 1));
+    if (saved < 0) saved = dup(2);
+    dup2(fd, 2);
+    close(fd);
+    return 0;
+}
+
+/* core.partition_for(key, n): where Kafka's default partitioner puts key. */
+static int l_partition_for(lua_State *L)
+{
+    size_t len;
+    const char *k = luaL_checklstring(L, 1, &len);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n > 0 && n <= INT32_MAX, 2, "partition count out of range");
+    lua_pushinteger(L, fs_murmur2_partition(k, len, (int32_t)n));
+    return 1;
+}
+
+static int l_set_log_level(lua_State *L)
+{
+    int lv = fs_log_parse_level(luaL_checkstring(L, 1));
+    if (lv < 0) return luaL_error(L, "unknown log level '%s'", lua_tostring(L, 1));
+    fs_log_level = lv;
+    return 0;
+}
+
+static int l_log(lua_State *L)
+{
+    int lv = fs_log_parse_level(luaL_checkstring(L, 1));
+    if (lv < 0) lv = FS_LOG_INFO;
+    if (lv >= fs_log_level) fs_log(lv, "%s", luaL_checkstring(L, 2));
+    return 0;
+}
+
+static int l_log_enabled(lua_State *L)
+{
+    int lv = fs_log_parse_level(luaL_checkstring(L, 1));
+    lua_pushboolean(L, lv >= fs_log_level);
+    return 1;
+}
+
+int fs_broker_run(lua_State *L); /* fs_broker.c */
+
+static const luaL_Reg rt_methods[] = {
+    {"topic", l_rt_topic},
+    {"agent", l_rt_agent},
+    {"stream", l_rt_stream},
+    {"close_agent", l_rt_close_agent},
+    {"spawn", l_rt_spawn},
+    {"start", l_rt_start},
+    {"run", l_rt_run},
+    {"run_until_idle", l_rt_run_until_idle},
+    {"advance", l_rt_advance},
+    {"stop", l_rt_stop},
+    {"stopping", l_rt_stopping},
+    {"fatal", l_rt_fatal},
+    {"produce", l_rt_produce},
+    {"produce_wait", l_rt_produce_wait},
+    {"test_send", l_rt_test_send},
+    {"outputs", l_rt_outputs},
+    {"broker", l_rt_broker},
+    {"now", l_rt_now},
+    {"stats", l_rt_stats},
+    {"close", l_rt_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg stream_methods[] = {
+    {"take", l_stream_take},
+    {"ack", l_stream_ack},
+    {"bind", l_stream_bind},
+    {"drop", l_stream_drop},
+    {"meta", l_stream_meta},
+    {NULL, NULL},
+};
+
+static const luaL_Reg core_funcs[] = {
+    {"new", l_core_new},
+    {"sleep", l_sleep},
+    {"current", l_current},
+    {"partition_for", l_partition_for},
+    {"redirect_stderr", l_redirect_stderr},
+    {"set_log_level", l_set_log_level},
+    {"log", l_log},
+    {"log_enabled", l_log_enabled},
+    {"run_broker", fs_broker_run},
+    {NULL, NULL},
+};
+
+int luaopen_fstream_core(lua_State *L)
+{
+    /* User coroutines copy the main thread's extra space: make it "no scheduler
+     * coroutine" so host functions can tell them apart from ours. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    memset(lua_getextraspace(lua_tothread(L, -1)), 0, LUA_EXTRASPACE);
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, RT_MT);
+    luaL_newlib(L, rt_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_rt_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_rt_close);
+    lua_setfield(L, -2, "__close");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, STREAM_MT);
+    luaL_newlib(L, stream_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
+    luaL_newlib(L, core_funcs);
+    luaopen_fstream_json(L);
+    lua_getfield(L, -1, "null");
+    null_ptr = lua_touserdata(L, -1);
+    lua_setfield(L, -3, "null");
+    lua_setfield(L, -2, "json");
+    lua_pushinteger(L, (lua_Integer)getpid());
+    lua_setfield(L, -2, "pid");
+    lua_pushstring(L, rd_kafka_version_str());
+    lua_setfield(L, -2, "librdkafka_version");
+    return 1;
+}

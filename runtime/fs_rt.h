@@ -1,0 +1,245 @@
+/* fs_rt: one worker's runtime — the objects every subsystem shares.
+ *
+ * One worker = one process = one lua_State = one fs_rt. The transport is either
+ * librdkafka (fs_kafka.c: a real cluster, or the embedded mock cluster) or the
+ * in-memory log used by fstream.testing (fs_memlog.c); everything between
+ * "a batch of messages arrived" and "an offset may be committed" (fs_stream.c)
+ * is shared by both.
+ *
+ * Lifetimes: topics, partitions and agents live as long as the runtime.
+ * Events live in batches; an event is released when every agent that received
+ * it has acknowledged it, and its batch (and librdkafka messages) when all of
+ * its events are released. */
+#ifndef FS_RT_H
+#define FS_RT_H
+
+#include <librdkafka/rdkafka.h>
+#include <lua.h>
+#include <stdint.h>
+
+#include "fs_buf.h"
+#include "fs_loop.h"
+
+enum { FS_CODEC_RAW = 0, FS_CODEC_JSON = 1 };
+enum { FS_CO_READY = 1, FS_CO_WAITING, FS_CO_RUNNING, FS_CO_DEAD };
+enum { FS_WAIT_NONE = 0, FS_WAIT_SLEEP, FS_WAIT_TAKE, FS_WAIT_DELIVERY, FS_WAIT_YIELD };
+enum { FS_KIND_AGENT = 0, FS_KIND_TASK = 1 };
+
+typedef struct fs_rt fs_rt;
+typedef struct fs_co fs_co;
+typedef struct fs_topic fs_topic;
+typedef struct fs_part fs_part;
+typedef struct fs_agent fs_agent;
+typedef struct fs_stream fs_stream;
+typedef struct fs_event fs_event;
+typedef struct fs_batch fs_batch;
+typedef struct fs_waiter fs_waiter;
+typedef struct fs_memtopic fs_memtopic;
+
+/* A Lua coroutine run by the scheduler (agent instance, task, timer). */
+struct fs_co {
+    fs_rt *rt;
+    lua_State *L;
+    int ref;      /* registry ref keeping the thread alive */
+    int exit_ref; /* registry ref of on_exit(ok, err, traceback), or LUA_NOREF */
+    int id;
+    int kind;
+    int state;
+    int wait;  /* FS_WAIT_* while state == FS_CO_WAITING */
+    int nargs; /* values already pushed on L for the next resume */
+    fs_timer timer;
+    fs_stream *stream;  /* FS_WAIT_TAKE */
+    fs_waiter *waiter;  /* FS_WAIT_DELIVERY */
+    fs_co *ready_next;  /* ready queue link */
+    fs_co *prev, *next; /* list of live coroutines */
+};
+
+/* A partition this worker consumes: tracks which offsets every agent finished. */
+struct fs_part {
+    fs_topic *topic;
+    int32_t id;
+    int assigned;
+    uint32_t gen; /* bumped on assign/revoke; events of an older generation are stale */
+    struct fs_slot {
+        int64_t offset;
+        int32_t pending; /* agents that still hold the event */
+    } *ring;
+    size_t rcap, rhead, rlen;
+    uint64_t rbase;     /* sequence number of ring[rhead] */
+    int64_t next;       /* offset after the last delivered event, -1 if none yet */
+    int64_t committed;  /* last committed offset, -1 if none */
+    int64_t snap;       /* committable offset captured by the running checkpoint */
+    int64_t delivered;  /* events delivered since assignment (stats) */
+};
+
+struct fs_topic {
+    fs_rt *rt;
+    int id;
+    char *name;
+    int key_codec, value_codec;
+    int partitions;        /* partition count used when the worker creates it */
+    rd_kafka_topic_t *rkt; /* producer-side handle */
+    fs_agent **subs;
+    int nsubs;
+    fs_part **parts;
+    int nparts;
+    fs_memtopic *mem; /* in-memory transport */
+    int64_t produced, consumed;
+};
+
+struct fs_event {
+    rd_kafka_message_t *m;
+    fs_batch *batch;
+    fs_part *part;
+    uint64_t seq;
+    uint32_t gen;
+    int32_t refs;
+    int64_t ts;               /* milliseconds since the epoch, -1 unknown */
+    rd_kafka_headers_t *hdrs; /* owned here only for in-memory messages */
+};
+
+struct fs_batch {
+    int live;
+    int owned; /* 1: messages were allocated by fs_memlog, 0: librdkafka's */
+    int n;
+    fs_event ev[];
+};
+
+struct fs_agent {
+    fs_rt *rt;
+    int id;
+    char *name;
+    fs_event **q; /* ring of events not yet handed to a stream */
+    size_t qcap, qhead, qlen;
+    fs_stream **streams;
+    int nstreams;
+    int closed;
+};
+
+/* One agent instance's view of its agent's input. Events handed out by the
+ * last take are acknowledged by the next take (the agent asked for more). */
+struct fs_stream {
+    fs_agent *agent;
+    fs_event **taken;
+    size_t ntaken, captaken;
+    size_t nacked; /* taken[0..nacked) are already acknowledged */
+    int lua_ref;   /* the Lua Stream table, whose field `i` is the agent's position */
+    fs_co *waiter;
+};
+
+/* A send_and_wait in flight. Owned by the delivery report; co is cleared if
+ * the coroutine dies first. */
+struct fs_waiter {
+    fs_co *co;
+    int epoch;
+    rd_kafka_resp_err_t err;
+    int32_t partition;
+    int64_t offset;
+};
+
+struct fs_rt {
+    lua_State *L; /* main state: on_exit callbacks run here */
+    fs_loop loop;
+    int test;     /* in-memory transport and fake clock */
+    char *group;
+    char *broker; /* bootstrap servers ("" for in-memory) */
+    int embedded; /* memory:// — the worker hosts a mock cluster */
+
+    rd_kafka_t *consumer, *producer, *mock_host;
+    rd_kafka_queue_t *cq, *pq;
+    struct rd_kafka_mock_cluster_s *mock;
+    int cfd, pfd, sfd; /* eventfds for the consumer/producer queues, signalfd */
+    fs_io cio, pio, sio;
+    int consume_pending, produce_pending;
+    int subscribed;
+    int64_t wall_offset_ms; /* fake clock: epoch ms at fake time 0 */
+
+    fs_topic **topics;
+    int ntopics;
+    fs_agent **agents;
+    int nagents;
+
+    /* scheduler */
+    fs_co *ready_head, *ready_tail;
+    fs_co *live;
+    int nlive, nlive_agents, next_co_id;
+    fs_co *current;
+
+    /* offsets and checkpoints */
+    int epoch;
+    int64_t inflight[2]; /* undelivered messages per epoch parity */
+    int ckpt_active, ckpt_epoch;
+    int64_t commit_interval_ms;
+    fs_timer commit_timer;
+    int64_t queued;        /* events waiting in agent queues */
+    int64_t max_queued;    /* stop fetching above this (back-pressure) */
+    int64_t commits, events_in, events_acked, decode_errors, delivery_errors;
+
+    /* lifecycle */
+    int stopping, stopped, exit_code, signals;
+    int64_t stop_deadline;
+    int fatal;
+    char fatal_msg[512];
+
+    fs_buf kbuf, vbuf;
+};
+
+/* fs_sched.c */
+fs_co *fs_co_current(lua_State *L);
+int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind);
+void fs_sched_ready(fs_co *co);
+int fs_sched_run_ready(fs_rt *rt); /* resumes every ready coroutine once; returns count */
+void fs_sched_kill(fs_co *co);
+void fs_sched_kill_all(fs_rt *rt);
+int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms);
+int fs_sched_traceback(lua_State *L); /* message handler for lua_pcall */
+
+/* fs_stream.c */
+fs_topic *fs_topic_find(fs_rt *rt, const char *name);
+fs_part *fs_part_get(fs_topic *t, int32_t partition);
+void fs_part_assign(fs_part *p, int64_t committed);
+void fs_part_revoke(fs_rt *rt, fs_part *p);
+int64_t fs_part_committable(const fs_part *p);
+fs_batch *fs_batch_new(int n, int owned);
+/* Hands one message to every agent subscribed to its topic; takes ownership of m. */
+void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int64_t ts,
+                 rd_kafka_headers_t *hdrs);
+void fs_batch_done(fs_batch *b); /* dispatch finished adding to b */
+void fs_event_ack(fs_rt *rt, fs_event *e);
+void fs_stream_ack_taken(fs_rt *rt, fs_stream *s);
+void fs_agent_close(fs_rt *rt, fs_agent *a);
+void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
+
+/* fs_lua.c: acknowledges every event an agent has moved past (reads each
+ * stream's position from Lua); called before offsets are snapshotted. */
+void fs_sync_acks(fs_rt *rt);
+
+/* fs_kafka.c */
+int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen);
+int fs_kafka_start(fs_rt *rt, char *err, size_t errlen);
+void fs_kafka_poll(fs_rt *rt);
+void fs_kafka_close(fs_rt *rt);
+int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
+               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, fs_waiter *w, char *err,
+               size_t errlen);
+void fs_checkpoint_begin(fs_rt *rt);
+void fs_checkpoint_poll(fs_rt *rt);
+int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
+int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
+
+/* fs_memlog.c */
+int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
+                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int external,
+                     int32_t *part_out, int64_t *offset_out);
+int fs_memlog_deliver(fs_rt *rt); /* dispatches unread messages; returns how many */
+void fs_memlog_push_outputs(lua_State *L, fs_rt *rt, fs_topic *t);
+void fs_memlog_free(fs_topic *t);
+
+/* fs_runtime.c */
+int64_t fs_rt_wall_ms(fs_rt *rt);
+void fs_rt_fatal(fs_rt *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int fs_rt_run(fs_rt *rt);
+int fs_rt_run_until_idle(fs_rt *rt, int64_t max_ms);
+void fs_rt_request_stop(fs_rt *rt, const char *why);
+
+#endif

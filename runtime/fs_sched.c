@@ -1,0 +1,229 @@
+/* fs_sched: the scheduler. Every agent instance, task and timer callback is a
+ * Lua coroutine; resume_one() is the only caller of lua_resume. A coroutine
+ * blocks only inside a host function that records why it waits and ends with
+ * lua_yield; the event that ends the wait calls fs_sched_ready and the loop
+ * resumes it later — handlers never resume coroutines themselves. */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs_log.h"
+#include "fs_rt.h"
+
+fs_co *fs_co_current(lua_State *L)
+{
+    fs_co *co = *(fs_co **)lua_getextraspace(L);
+    if (co && co->L == L && co->state == FS_CO_RUNNING) return co;
+    return NULL;
+}
+
+int fs_sched_traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+static void link_ready(fs_rt *rt, fs_co *co)
+{
+    co->ready_next = NULL;
+    if (rt->ready_tail) rt->ready_tail->ready_next = co;
+    else rt->ready_head = co;
+    rt->ready_tail = co;
+}
+
+static void unlink_ready(fs_rt *rt, fs_co *co)
+{
+    fs_co *prev = NULL;
+    for (fs_co *c = rt->ready_head; c; prev = c, c = c->ready_next) {
+        if (c != co) continue;
+        if (prev) prev->ready_next = c->ready_next;
+        else rt->ready_head = c->ready_next;
+        if (rt->ready_tail == c) rt->ready_tail = prev;
+        return;
+    }
+}
+
+void fs_sched_ready(fs_co *co)
+{
+    if (co->state == FS_CO_READY || co->state == FS_CO_DEAD) return;
+    if (co->state == FS_CO_WAITING && co->wait == FS_WAIT_SLEEP)
+        fs_timer_stop(&co->rt->loop, &co->timer);
+    co->state = FS_CO_READY;
+    co->wait = FS_WAIT_NONE;
+    link_ready(co->rt, co);
+}
+
+static void timer_fired(fs_timer *t)
+{
+    fs_sched_ready(t->data);
+}
+
+int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind)
+{
+    fs_co *co = calloc(1, sizeof *co);
+    if (!co) return luaL_error(L, "out of memory");
+    co->rt = rt;
+    co->kind = kind;
+    co->id = ++rt->next_co_id;
+    co->L = lua_newthread(L);
+    co->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    co->exit_ref = LUA_NOREF;
+    if (exit_idx && !lua_isnoneornil(L, exit_idx)) {
+        lua_pushvalue(L, exit_idx);
+        co->exit_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    *(fs_co **)lua_getextraspace(co->L) = co;
+    lua_pushvalue(L, fn_idx);
+    lua_xmove(L, co->L, 1);
+    co->timer.cb = timer_fired;
+    co->timer.data = co;
+    co->next = rt->live;
+    if (rt->live) rt->live->prev = co;
+    rt->live = co;
+    rt->nlive++;
+    if (kind == FS_KIND_AGENT) rt->nlive_agents++;
+    co->state = FS_CO_WAITING;
+    fs_sched_ready(co);
+    return co->id;
+}
+
+/* Detaches co from whatever it waits on and frees it. */
+static void release(fs_co *co)
+{
+    fs_rt *rt = co->rt;
+    if (co->state == FS_CO_READY) unlink_ready(rt, co);
+    fs_timer_stop(&rt->loop, &co->timer);
+    if (co->stream && co->stream->waiter == co) co->stream->waiter = NULL;
+    if (co->waiter) co->waiter->co = NULL;
+    co->state = FS_CO_DEAD;
+    if (co->prev) co->prev->next = co->next;
+    else rt->live = co->next;
+    if (co->next) co->next->prev = co->prev;
+    rt->nlive--;
+    if (co->kind == FS_KIND_AGENT) rt->nlive_agents--;
+    *(fs_co **)lua_getextraspace(co->L) = NULL;
+    lua_resetthread(co->L);
+    luaL_unref(rt->L, LUA_REGISTRYINDEX, co->ref);
+    luaL_unref(rt->L, LUA_REGISTRYINDEX, co->exit_ref);
+    free(co);
+}
+
+/* Calls on_exit(ok, err, traceback) in the main state; its errors are logged. */
+static void call_exit(fs_co *co, int ok)
+{
+    fs_rt *rt = co->rt;
+    lua_State *L = rt->L;
+    int exit_ref = co->exit_ref;
+    co->exit_ref = LUA_NOREF;
+    if (exit_ref == LUA_NOREF) {
+        if (!ok) fs_error("%s", lua_tostring(L, -1));
+        lua_pop(L, ok ? 0 : 2);
+        return;
+    }
+    int nargs = ok ? 1 : 3;
+    lua_pushcfunction(L, fs_sched_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, exit_ref);
+    lua_pushboolean(L, ok);
+    if (!ok) lua_rotate(L, -5, 3); /* move error and traceback after ok */
+    int base = lua_gettop(L) - nargs - 1;
+    if (lua_pcall(L, nargs, 0, base)) fs_error("on_exit handler failed: %s", lua_tostring(L, -1));
+    lua_settop(L, base - 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, exit_ref);
+}
+
+static void resume_one(fs_rt *rt, fs_co *co)
+{
+    int nres = 0;
+    int nargs = co->nargs;
+    co->nargs = 0;
+    co->state = FS_CO_RUNNING;
+    co->wait = FS_WAIT_NONE;
+    fs_co *outer = rt->current;
+    rt->current = co;
+    int st = lua_resume(co->L, rt->L, nargs, &nres);
+    rt->current = outer;
+    if (co->state == FS_CO_DEAD) return; /* killed itself while running: already freed */
+    if (st == LUA_YIELD) {
+        lua_pop(co->L, nres);
+        /* A plain coroutine.yield() in agent code: treat it as "let others run". */
+        if (co->state == FS_CO_RUNNING) {
+            co->state = FS_CO_WAITING;
+            co->wait = FS_WAIT_YIELD;
+            fs_sched_ready(co);
+        }
+        return;
+    }
+    lua_State *L = rt->L;
+    if (st == LUA_OK) {
+        call_exit(co, 1);
+    } else {
+        /* The coroutine's stack is intact: take the traceback from where it failed. */
+        lua_xmove(co->L, L, 1);
+        const char *msg = lua_tostring(L, -1);
+        if (!msg) {
+            if (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
+                lua_replace(L, -2);
+            } else {
+                lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
+                lua_replace(L, -2);
+            }
+            msg = lua_tostring(L, -1);
+        }
+        luaL_traceback(L, co->L, NULL, 0);
+        call_exit(co, 0);
+    }
+    if (co->state != FS_CO_DEAD) release(co);
+}
+
+int fs_sched_run_ready(fs_rt *rt)
+{
+    /* Only the coroutines ready now: one that readies itself again runs next round,
+     * so the loop gets back to I/O between rounds. */
+    fs_co *tail = rt->ready_tail;
+    int n = 0;
+    while (rt->ready_head) {
+        fs_co *co = rt->ready_head;
+        rt->ready_head = co->ready_next;
+        if (!rt->ready_head) rt->ready_tail = NULL;
+        co->ready_next = NULL;
+        resume_one(rt, co);
+        n++;
+        if (co == tail) break;
+    }
+    return n;
+}
+
+void fs_sched_kill(fs_co *co)
+{
+    if (co->state == FS_CO_RUNNING) {
+        /* Can't free a running coroutine's thread under it: finish at next yield. */
+        co->exit_ref = (luaL_unref(co->rt->L, LUA_REGISTRYINDEX, co->exit_ref), LUA_NOREF);
+        return;
+    }
+    luaL_unref(co->rt->L, LUA_REGISTRYINDEX, co->exit_ref);
+    co->exit_ref = LUA_NOREF;
+    release(co);
+}
+
+void fs_sched_kill_all(fs_rt *rt)
+{
+    fs_co *co = rt->live;
+    while (co) {
+        fs_co *next = co->next;
+        if (co->state != FS_CO_RUNNING) fs_sched_kill(co);
+        co = next;
+    }
+}
+
+int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms)
+{
+    co->state = FS_CO_WAITING;
+    co->wait = FS_WAIT_SLEEP;
+    if (fs_timer_start(&co->rt->loop, &co->timer, ms)) return luaL_error(L, "out of memory");
+    return lua_yield(L, 0);
+}

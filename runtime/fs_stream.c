@@ -1,0 +1,264 @@
+/* fs_stream: from "a message arrived" to "its offset may be committed".
+ *
+ * Each consumed message becomes an fs_event in a batch and is queued to every
+ * agent subscribed to its topic. Each partition keeps a ring of its delivered,
+ * not yet fully acknowledged offsets in delivery order; the committable offset
+ * is the oldest one still pending (or the next offset when none is), so a
+ * commit never skips an event some agent has not finished. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs_log.h"
+#include "fs_rt.h"
+
+fs_topic *fs_topic_find(fs_rt *rt, const char *name)
+{
+    for (int i = 0; i < rt->ntopics; i++)
+        if (strcmp(rt->topics[i]->name, name) == 0) return rt->topics[i];
+    return NULL;
+}
+
+fs_part *fs_part_get(fs_topic *t, int32_t partition)
+{
+    if (partition < 0) return NULL;
+    if (partition >= t->nparts) {
+        int n = partition + 1;
+        fs_part **p = realloc(t->parts, (size_t)n * sizeof *p);
+        if (!p) return NULL;
+        memset(p + t->nparts, 0, (size_t)(n - t->nparts) * sizeof *p);
+        t->parts = p;
+        t->nparts = n;
+    }
+    if (!t->parts[partition]) {
+        fs_part *p = calloc(1, sizeof *p);
+        if (!p) return NULL;
+        p->topic = t;
+        p->id = partition;
+        p->next = -1;
+        p->committed = -1;
+        p->snap = -1;
+        t->parts[partition] = p;
+    }
+    return t->parts[partition];
+}
+
+void fs_part_assign(fs_part *p, int64_t committed)
+{
+    p->assigned = 1;
+    p->gen++;
+    p->rhead = p->rlen = 0;
+    p->next = -1;
+    p->committed = committed;
+    p->snap = -1;
+    p->delivered = 0;
+}
+
+/* Events of a revoked partition still waiting in agent queues are dropped:
+ * whoever owns the partition next will receive them again. */
+void fs_part_revoke(fs_rt *rt, fs_part *p)
+{
+    p->assigned = 0;
+    p->gen++;
+    for (int i = 0; i < rt->nagents; i++) {
+        fs_agent *a = rt->agents[i];
+        size_t kept = 0;
+        for (size_t j = 0; j < a->qlen; j++) {
+            fs_event *e = a->q[(a->qhead + j) % a->qcap];
+            if (e->part == p) {
+                fs_event_ack(rt, e);
+                rt->queued--;
+            } else {
+                a->q[(a->qhead + kept) % a->qcap] = e;
+                kept++;
+            }
+        }
+        a->qlen = kept;
+    }
+    p->rhead = p->rlen = 0;
+}
+
+int64_t fs_part_committable(const fs_part *p)
+{
+    if (p->rlen) return p->ring[p->rhead].offset;
+    return p->next;
+}
+
+fs_batch *fs_batch_new(int n, int owned)
+{
+    fs_batch *b = malloc(sizeof *b + (size_t)n * sizeof(fs_event));
+    if (!b) return NULL;
+    b->live = 1; /* held by the dispatcher until fs_batch_done */
+    b->owned = owned;
+    b->n = 0;
+    return b;
+}
+
+static void batch_unref(fs_batch *b)
+{
+    if (--b->live == 0) free(b);
+}
+
+void fs_batch_done(fs_batch *b)
+{
+    batch_unref(b);
+}
+
+static void event_free(fs_event *e)
+{
+    if (e->batch->owned) {
+        if (e->hdrs) rd_kafka_headers_destroy(e->hdrs);
+        free(e->m);
+    } else {
+        rd_kafka_message_destroy(e->m);
+    }
+    e->m = NULL;
+    batch_unref(e->batch);
+}
+
+static int ring_push(fs_part *p, int64_t offset, int32_t pending, uint64_t *seq)
+{
+    if (p->rlen == p->rcap) {
+        size_t cap = p->rcap ? p->rcap * 2 : 1024;
+        struct fs_slot *r = malloc(cap * sizeof *r);
+        if (!r) return -1;
+        for (size_t i = 0; i < p->rlen; i++) r[i] = p->ring[(p->rhead + i) % p->rcap];
+        free(p->ring);
+        p->ring = r;
+        p->rcap = cap;
+        p->rhead = 0;
+    }
+    size_t i = (p->rhead + p->rlen) % p->rcap;
+    p->ring[i].offset = offset;
+    p->ring[i].pending = pending;
+    *seq = p->rbase + p->rlen;
+    p->rlen++;
+    return 0;
+}
+
+static void agent_push(fs_rt *rt, fs_agent *a, fs_event *e)
+{
+    if (a->qlen == a->qcap) {
+        size_t cap = a->qcap ? a->qcap * 2 : 1024;
+        fs_event **q = malloc(cap * sizeof *q);
+        if (!q) {
+            fs_rt_fatal(rt, "out of memory queueing an event for agent %s", a->name);
+            fs_event_ack(rt, e);
+            return;
+        }
+        for (size_t i = 0; i < a->qlen; i++) q[i] = a->q[(a->qhead + i) % a->qcap];
+        free(a->q);
+        a->q = q;
+        a->qcap = cap;
+        a->qhead = 0;
+    }
+    a->q[(a->qhead + a->qlen) % a->qcap] = e;
+    a->qlen++;
+    rt->queued++;
+    for (int i = 0; i < a->nstreams; i++) {
+        fs_stream *s = a->streams[i];
+        if (s->waiter) {
+            fs_co *co = s->waiter;
+            s->waiter = NULL;
+            co->stream = NULL;
+            fs_sched_ready(co);
+            break;
+        }
+    }
+}
+
+void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int64_t ts,
+                 rd_kafka_headers_t *hdrs)
+{
+    fs_event *e = &b->ev[b->n++];
+    b->live++;
+    e->m = m;
+    e->batch = b;
+    e->ts = ts;
+    e->hdrs = hdrs;
+    e->part = fs_part_get(t, m->partition);
+    int nsubs = 0;
+    for (int i = 0; i < t->nsubs; i++) nsubs += !t->subs[i]->closed;
+    if (!e->part || !e->part->assigned) { /* stale: arrived after a revoke */
+        e->part = NULL;
+        event_free(e);
+        return;
+    }
+    fs_part *p = e->part;
+    e->gen = p->gen;
+    e->refs = nsubs;
+    if (p->delivered == 0 && p->committed >= 0 && m->offset > p->committed)
+        fs_warn("%s[%d]: resumed at offset %lld but the committed offset is %lld: up to %lld "
+                "messages are no longer on the broker (its log start moved)",
+                t->name, (int)p->id, (long long)m->offset, (long long)p->committed,
+                (long long)(m->offset - p->committed));
+    p->next = m->offset + 1;
+    p->delivered++;
+    t->consumed++;
+    rt->events_in++;
+    if (ring_push(p, m->offset, nsubs, &e->seq)) {
+        fs_rt_fatal(rt, "out of memory tracking offsets of %s[%d]", t->name, (int)p->id);
+        event_free(e);
+        return;
+    }
+    if (nsubs == 0) {
+        e->refs = 1;
+        fs_event_ack(rt, e);
+        return;
+    }
+    for (int i = 0; i < t->nsubs; i++)
+        if (!t->subs[i]->closed) agent_push(rt, t->subs[i], e);
+}
+
+void fs_event_ack(fs_rt *rt, fs_event *e)
+{
+    fs_part *p = e->part;
+    if (p && e->gen == p->gen && e->seq >= p->rbase && e->seq < p->rbase + p->rlen) {
+        struct fs_slot *s = &p->ring[(p->rhead + (e->seq - p->rbase)) % p->rcap];
+        s->pending--;
+        while (p->rlen && p->ring[p->rhead].pending <= 0) {
+            p->rhead = (p->rhead + 1) % p->rcap;
+            p->rlen--;
+            p->rbase++;
+        }
+    }
+    if (--e->refs <= 0) {
+        rt->events_acked++;
+        event_free(e);
+    }
+}
+
+void fs_stream_ack_taken(fs_rt *rt, fs_stream *s)
+{
+    for (size_t i = s->nacked; i < s->ntaken; i++) fs_event_ack(rt, s->taken[i]);
+    s->ntaken = s->nacked = 0;
+}
+
+void fs_agent_close(fs_rt *rt, fs_agent *a)
+{
+    if (a->closed) return;
+    a->closed = 1;
+    while (a->qlen) {
+        fs_event *e = a->q[a->qhead];
+        a->qhead = (a->qhead + 1) % a->qcap;
+        a->qlen--;
+        rt->queued--;
+        fs_event_ack(rt, e);
+    }
+    for (int i = 0; i < a->nstreams; i++) fs_stream_ack_taken(rt, a->streams[i]);
+}
+
+void fs_wake_streams(fs_rt *rt)
+{
+    for (int i = 0; i < rt->nagents; i++) {
+        fs_agent *a = rt->agents[i];
+        for (int j = 0; j < a->nstreams; j++) {
+            fs_stream *s = a->streams[j];
+            if (s->waiter) {
+                fs_co *co = s->waiter;
+                s->waiter = NULL;
+                co->stream = NULL;
+                fs_sched_ready(co);
+            }
+        }
+    }
+}

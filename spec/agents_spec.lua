@@ -1,0 +1,258 @@
+-- Agents, streams, sinks and topics through fstream.testing (in-memory broker, fake clock).
+local fstream = require "fstream"
+
+local function app(id, opts)
+  opts = opts or {}
+  opts.topic_partitions = opts.topic_partitions or 4
+  return fstream.app(id, opts)
+end
+
+describe("an agent", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("sees every value sent to its topic, in order within a partition", function()
+    local a = app("order")
+    local seen = {}
+    local nums = a:topic("nums")
+    a:agent("collect", nums, function(stream)
+      for v in stream do seen[#seen + 1] = v end
+    end)
+    t = fstream.testing(a)
+    for i = 1, 100 do t:send(nums, { key = "k", value = i }) end
+    t:run()
+    assert.are.equal(100, #seen)
+    for i = 1, 100 do assert.are.equal(i, seen[i]) end
+  end)
+
+  it("keeps JSON integers as integers and floats as floats", function()
+    local a = app("types")
+    local got
+    local orders = a:topic("orders")
+    a:agent("o", orders, function(stream) for v in stream do got = v end end)
+    t = fstream.testing(a)
+    t:send(orders, { id = 12345678901234567, amount = 2.5, n = 3 })
+    t:run()
+    assert.are.equal("integer", math.type(got.id))
+    assert.are.equal(12345678901234567, got.id)
+    assert.are.equal("float", math.type(got.amount))
+    assert.are.equal("integer", math.type(got.n))
+  end)
+
+  it("yields to every sink: a function, a topic and another agent", function()
+    local a = app("sinks")
+    local fn_got, b_got = {}, {}
+    local log = a:topic("agent_log")
+    local b = a:agent("agent_b", nil, function(stream)
+      for v in stream do b_got[#b_got + 1] = v end
+    end)
+    local adding = a:topic("adding")
+    a:agent("adder", adding, function(stream)
+      for v in stream do stream:yield(v.a + v.b) end
+    end, { sink = { function(v) fn_got[#fn_got + 1] = v end, log, b } })
+    t = fstream.testing(a)
+    t:send(adding, { a = 1, b = 2 })
+    t:send(adding, { a = 10, b = 20 })
+    t:run()
+    table.sort(fn_got); table.sort(b_got)
+    assert.are.same({ 3, 30 }, fn_got)
+    assert.are.same({ 3, 30 }, b_got)
+    local out = t:outputs(log)
+    table.sort(out)
+    assert.are.same({ 3, 30 }, out)
+  end)
+
+  it("gives every agent on one topic its own copy of each message", function()
+    local a = app("fanout")
+    local x, y = 0, 0
+    local src = a:topic("src")
+    a:agent("x", src, function(s) for v in s do x = x + v end end)
+    a:agent("y", src, function(s) for v in s do y = y + 2 * v end end)
+    t = fstream.testing(a)
+    for i = 1, 10 do t:send(src, i) end
+    t:run()
+    assert.are.equal(55, x)
+    assert.are.equal(110, y)
+  end)
+
+  it("iterates key and value with stream:items()", function()
+    local a = app("items")
+    local got = {}
+    local clicks = a:topic("clicks", { value_type = "integer" })
+    a:agent("count", clicks, function(stream)
+      for url, n in stream:items() do got[url] = (got[url] or 0) + n end
+    end)
+    t = fstream.testing(a)
+    t:send(clicks, { key = "/a", value = 2 })
+    t:send(clicks, { key = "/b", value = 5 })
+    t:send(clicks, { key = "/a", value = 1 })
+    t:run()
+    assert.are.same({ ["/a"] = 3, ["/b"] = 5 }, got)
+  end)
+
+  it("exposes metadata with stream:events()", function()
+    local a = app("events")
+    local evs = {}
+    local src = a:topic("src")
+    a:agent("e", src, function(stream)
+      for ev in stream:events() do evs[#evs + 1] = ev end
+    end)
+    t = fstream.testing(a)
+    t:send(src, { key = "k1", value = { x = 1 }, partition = 2, headers = { trace = "abc" } })
+    t:run()
+    assert.are.equal(1, #evs)
+    local ev = evs[1]
+    assert.are.equal("k1", ev.key)
+    assert.are.same({ x = 1 }, ev.value)
+    assert.are.equal("src", ev.topic)
+    assert.are.equal(2, ev.partition)
+    assert.are.equal(0, ev.offset)
+    assert.are.equal("abc", ev.headers.trace)
+    assert.is_true(math.abs(ev.timestamp - t:now()) < 5)
+  end)
+
+  it("numbers values from 1 with stream:enumerate()", function()
+    local a = app("enum")
+    local got = {}
+    local src = a:topic("src")
+    a:agent("e", src, function(stream)
+      for i, v in stream:enumerate() do got[i] = v end
+    end)
+    t = fstream.testing(a)
+    t:send(src, { key = "k", value = "a" }); t:send(src, { key = "k", value = "b" })
+    t:run()
+    assert.are.same({ "a", "b" }, got)
+  end)
+
+  it("receives agent:send on an anonymous agent's own topic", function()
+    local a = app("anon")
+    local sums = {}
+    local adder = a:agent("adding", nil, function(stream)
+      for v in stream do sums[#sums + 1] = v.a + v.b end
+    end)
+    assert.are.equal("anon-adding", adder.topics[1].name)
+    t = fstream.testing(a)
+    t:send(adder, { key = "k", value = { a = 1, b = 2 } })
+    t:run()
+    assert.are.same({ 3 }, sums)
+  end)
+
+  it("can send to an agent from another agent", function()
+    local a = app("chain")
+    local got = {}
+    local second = a:agent("second", nil, function(s) for v in s do got[#got + 1] = v end end)
+    local src = a:topic("src")
+    a:agent("first", src, function(s)
+      for v in s do second:send { value = v * 10 } end
+    end)
+    t = fstream.testing(a)
+    t:send(src, 4)
+    t:run()
+    assert.are.same({ 40 }, got)
+  end)
+
+  it("returns partition and offset from send_and_wait", function()
+    local a = app("saw")
+    local mds = {}
+    local src, out = a:topic("src"), a:topic("out")
+    a:agent("w", src, function(s)
+      for v in s do mds[#mds + 1] = out:send_and_wait { value = v, partition = 1 } end
+    end)
+    t = fstream.testing(a)
+    t:send(src, "x"); t:send(src, "y")
+    t:run()
+    assert.are.same({ { partition = 1, offset = 0 }, { partition = 1, offset = 1 } }, mds)
+  end)
+
+  it("places keyed messages where Kafka's murmur2 partitioner does", function()
+    local a = app("murmur")
+    local out = a:topic("out", { partitions = 8 })
+    local keys = {}
+    for i = 1, 200 do keys[i] = "key-" .. i end
+    a:task(function()
+      for _, k in ipairs(keys) do out:send { key = k, value = 1 } end
+    end)
+    t = fstream.testing(a)
+    t:run()
+    local core = require "fstream.core"
+    local used = {}
+    for _, m in ipairs(t:messages(out)) do
+      assert.are.equal(core.partition_for(m.key, 8), m.partition)
+      used[m.partition] = true
+    end
+    assert.are.equal(200, #t:messages(out))
+    for p = 0, 7 do assert.is_true(used[p], "partition " .. p .. " unused") end
+  end)
+end)
+
+describe("serializers and types", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("passes raw bytes through unchanged", function()
+    local a = app("raw")
+    local got
+    local src = a:topic("src", { value_serializer = "raw" })
+    local out = a:topic("out", { value_serializer = "raw" })
+    a:agent("r", src, function(s) for v in s do got = v; out:send { value = v .. "!" } end end)
+    t = fstream.testing(a)
+    t:send(src, "\0\1\255bytes")
+    t:run()
+    assert.are.equal("\0\1\255bytes", got)
+    assert.are.same({ "\0\1\255bytes!" }, t:outputs(out))
+  end)
+
+  it("uses a custom {encode, decode} serializer both ways", function()
+    local a = app("custom")
+    local csv = {
+      encode = function(v) return table.concat(v, ",") end,
+      decode = function(s) local r = {} for x in s:gmatch("[^,]+") do r[#r + 1] = x end return r end,
+    }
+    local got
+    local src = a:topic("src", { value_serializer = csv })
+    local out = a:topic("out", { value_serializer = csv })
+    a:agent("c", src, function(s) for v in s do got = v; out:send { value = { v[2], v[1] } } end end)
+    t = fstream.testing(a)
+    t:send(src, { "a", "b" })
+    t:run()
+    assert.are.same({ "a", "b" }, got)
+    assert.are.same({ { "b", "a" } }, t:outputs(out))
+  end)
+
+  it("converts raw keys to a declared key_type", function()
+    local a = app("ktype")
+    local keys = {}
+    local src = a:topic("src", { key_type = "integer" })
+    a:agent("k", src, function(s) for k in s:items() do keys[#keys + 1] = k end end)
+    t = fstream.testing(a)
+    t:send(src, { key = "42", value = 1 })
+    t:run()
+    assert.are.same({ 42 }, keys)
+    assert.are.equal("integer", math.type(keys[1]))
+  end)
+
+  it("skips a value that does not match value_type and keeps going", function()
+    local a = app("vtype")
+    local got = {}
+    local src = a:topic("src", { value_type = "number" })
+    a:agent("n", src, function(s) for v in s do got[#got + 1] = v end end)
+    t = fstream.testing(a)
+    t:send(src, { key = "k", value = 1 })
+    t:send(src, { key = "k", value = "not a number" })
+    t:send(src, { key = "k", value = 3 })
+    t:run()
+    assert.are.same({ 1, 3 }, got)
+  end)
+
+  it("rejects an unknown serializer when the topic is declared", function()
+    local a = app("badser")
+    assert.has_error(function() a:topic("x", { value_serializer = "avro" }) end,
+      "value_serializer 'avro' is unknown (raw, json, or a table with encode and decode)")
+  end)
+
+  it("rejects declaring one topic twice with different serializers", function()
+    local a = app("twice")
+    a:topic("x")
+    assert.has_error(function() a:topic("x", { value_serializer = "raw" }) end)
+  end)
+end)

@@ -1,0 +1,167 @@
+-- Failure paths inside one process: agent errors, bad input, misuse.
+local fstream = require "fstream"
+
+local function app(id, opts)
+  opts = opts or {}
+  opts.topic_partitions = opts.topic_partitions or 2
+  return fstream.app(id, opts)
+end
+
+-- Captures what the runtime logs to stderr while fn runs.
+local function capture_stderr(fn)
+  local core = require "fstream.core"
+  local path = os.tmpname()
+  core.redirect_stderr(path) -- the C logger writes to fd 2
+  local ok, err = pcall(fn)
+  core.redirect_stderr(nil)
+  local f = assert(io.open(path))
+  local text = f:read("a")
+  f:close()
+  os.remove(path)
+  if not ok then error(err, 0) end
+  return text
+end
+
+describe("an agent that raises", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("is logged with agent name, file:line and traceback, and restarts on the next event", function()
+    local a = app("boom")
+    local seen = {}
+    local src = a:topic("src")
+    a:agent("fragile", src, function(stream)
+      for v in stream do
+        if v == 2 then error("bad value " .. v) end
+        seen[#seen + 1] = v
+      end
+    end)
+    t = fstream.testing(a)
+    for i = 1, 4 do t:send(src, { key = "k", value = i }) end
+    local log = capture_stderr(function() t:run() end)
+    assert.are.same({ 1, 3, 4 }, seen)
+    assert.matches("agent fragile failed: spec/errors_spec.lua:%d+: bad value 2", log)
+    assert.matches("event src%[%d%]@1", log)
+    assert.matches("stack traceback:", log)
+  end)
+
+  it("with on_error = skip drops the event silently and goes on", function()
+    local a = app("skip")
+    local seen = {}
+    local src = a:topic("src")
+    a:agent("s", src, function(stream)
+      for v in stream do
+        if v % 2 == 0 then error("even") end
+        seen[#seen + 1] = v
+      end
+    end, { on_error = "skip" })
+    t = fstream.testing(a)
+    for i = 1, 6 do t:send(src, { key = "k", value = i }) end
+    local log = capture_stderr(function() t:run() end)
+    assert.are.same({ 1, 3, 5 }, seen)
+    assert.are.equal("", log)
+  end)
+
+  it("with on_error = crash stops the worker and says why", function()
+    local a = app("crash")
+    local src = a:topic("src")
+    a:agent("c", src, function(stream)
+      for _ in stream do error("fatal problem") end
+    end, { on_error = "crash" })
+    t = fstream.testing(a)
+    t:send(src, 1)
+    local err
+    capture_stderr(function()
+      local ok, e = pcall(function() t:run() end)
+      assert.is_false(ok)
+      err = e
+    end)
+    assert.matches("agent c failed: .*fatal problem", err)
+  end)
+
+  it("that fails before reading any event backs off instead of spinning", function()
+    local a = app("spin")
+    local starts = 0
+    a:agent("s", a:topic("src"), function(stream)
+      starts = starts + 1
+      error("broken at start")
+    end)
+    t = fstream.testing(a)
+    capture_stderr(function()
+      t:run()
+      t:advance(1.0)
+    end)
+    -- 0 + 0.1 + 0.2 + 0.4 s of back-off fit in one second: a handful of restarts, not thousands.
+    assert.is_true(starts >= 3 and starts <= 6, "restarts: " .. starts)
+  end)
+end)
+
+describe("a message the codec cannot decode", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("is logged with topic, partition and offset and skipped; later ones are processed", function()
+    local a = app("badjson")
+    local seen = {}
+    local orders = a:topic("orders")
+    a:agent("o", orders, function(stream)
+      for v in stream do seen[#seen + 1] = v.id end
+    end)
+    t = fstream.testing(a)
+    t:send(orders, { key = "k", value = { id = 1 } })
+    t:send_raw(orders, '{"id": 2', { key = "k" })
+    t:send_raw(orders, "\xff\xfe not utf-8", { key = "k" })
+    t:send(orders, { key = "k", value = { id = 3 } })
+    local log = capture_stderr(function() t:run() end)
+    assert.are.same({ 1, 3 }, seen)
+    assert.matches("cannot decode orders%[%d%]@1: invalid JSON at byte 8", log)
+    assert.matches("cannot decode orders%[%d%]@2: invalid JSON", log)
+    assert.are.equal(2, t:stats().decode_errors)
+  end)
+
+  it("is acknowledged, so the committable offset moves past it", function()
+    local a = app("badack")
+    local orders = a:topic("orders", { partitions = 1 })
+    a:agent("o", orders, function(stream) for _ in stream do end end)
+    t = fstream.testing(a)
+    t:send_raw(orders, "not json")
+    t:send(orders, { ok = true })
+    capture_stderr(function() t:run() end)
+    -- The agent waits for more: everything it was handed is acknowledged.
+    local p0 = t:stats().topics.orders.partitions[0]
+    assert.are.equal(2, p0.committable)
+  end)
+end)
+
+describe("misuse", function()
+  it("sending before the worker starts names the topic", function()
+    local a = app("early")
+    local x = a:topic("x")
+    assert.has_error(function() x:send { value = 1 } end,
+      "topic 'x': cannot send before the worker starts (send from an agent, task or timer)")
+  end)
+
+  it("fstream.sleep outside a coroutine is an error", function()
+    assert.has_error(function() fstream.sleep(0.1) end,
+      "fstream.sleep must be called from an agent, task or timer")
+  end)
+
+  it("an unknown app option is rejected with its name", function()
+    assert.has_error(function() fstream.app("x", { brokr = "memory://" }) end,
+      "app 'x': unknown option 'brokr'")
+  end)
+
+  it("a value the raw serializer cannot carry is a clear error", function()
+    local a = app("rawbad")
+    local out = a:topic("out", { value_serializer = "raw" })
+    local err
+    a:task(function()
+      local ok, e = pcall(out.send, out, { value = { 1, 2 } })
+      err = e
+    end)
+    local t = fstream.testing(a)
+    t:run()
+    t:close()
+    assert.matches("cannot encode value for out: the raw serializer needs a string, got a table", err)
+  end)
+end)

@@ -1,0 +1,115 @@
+-- Tasks, timers and fstream.sleep on the fake clock of fstream.testing.
+local fstream = require "fstream"
+
+describe("timers and tasks", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("a task runs once at start", function()
+    local a = fstream.app("task1", { topic_partitions = 1 })
+    local runs = 0
+    a:task(function() runs = runs + 1 end)
+    t = fstream.testing(a)
+    t:run()
+    t:advance(10)
+    assert.are.equal(1, runs)
+  end)
+
+  it("a timer fires every interval of the fake clock, first after one interval", function()
+    local a = fstream.app("timer1", { topic_partitions = 1 })
+    local at = {}
+    local start
+    a:timer(3.0, function() at[#at + 1] = t:now() - start end)
+    t = fstream.testing(a)
+    start = t:now()
+    t:run()
+    assert.are.equal(0, #at)
+    t:advance(10)
+    assert.are.equal(3, #at)
+    assert.are.same({ 3.0, 6.0, 9.0 }, at)
+  end)
+
+  it("a timer that raises is logged and keeps firing", function()
+    local a = fstream.app("timer2", { topic_partitions = 1 })
+    local n = 0
+    a:timer(1.0, function() n = n + 1; if n == 1 then error("first tick fails") end end)
+    t = fstream.testing(a)
+    local core = require "fstream.core"
+    local path = os.tmpname()
+    core.redirect_stderr(path)
+    t:advance(3)
+    core.redirect_stderr(nil)
+    local log = io.open(path):read("a")
+    os.remove(path)
+    assert.are.equal(3, n)
+    assert.matches("timer at spec/timers_spec.lua:%d+ failed: spec/timers_spec.lua:%d+: first tick fails", log)
+  end)
+
+  it("a timer can send to a topic that an agent consumes", function()
+    local a = fstream.app("timer3", { topic_partitions = 2 })
+    local ticks = a:topic("ticks")
+    local got = {}
+    a:agent("c", ticks, function(s) for v in s do got[#got + 1] = v end end)
+    local i = 0
+    a:timer(1.0, function() i = i + 1; ticks:send { key = "t", value = i } end)
+    t = fstream.testing(a)
+    t:advance(5)
+    assert.are.same({ 1, 2, 3, 4, 5 }, got)
+  end)
+
+  it("fstream.sleep suspends one coroutine while others run", function()
+    local a = fstream.app("sleep1", { topic_partitions = 1 })
+    local order = {}
+    local slow, fast = a:topic("slow"), a:topic("fast")
+    a:agent("s", slow, function(s)
+      for v in s do fstream.sleep(5); order[#order + 1] = "slow " .. v end
+    end)
+    a:agent("f", fast, function(s)
+      for v in s do order[#order + 1] = "fast " .. v end
+    end)
+    t = fstream.testing(a)
+    t:send(slow, 1)
+    t:send(fast, 2)
+    t:run()
+    assert.are.same({ "fast 2" }, order)
+    t:advance(5)
+    assert.are.same({ "fast 2", "slow 1" }, order)
+  end)
+end)
+
+describe("offsets", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("are committable only up to the oldest event some agent still holds", function()
+    local a = fstream.app("offs1", { topic_partitions = 1 })
+    local src = a:topic("src")
+    a:agent("quick", src, function(s) for _ in s do end end)
+    a:agent("slow", src, function(s) for _ in s do fstream.sleep(10) end end)
+    t = fstream.testing(a)
+    for i = 1, 3 do t:send(src, i) end
+    t:run()
+    local p = function() return t:stats().topics.src.partitions[0].committable end
+    -- "slow" is still on offset 0; "quick" finished all three.
+    assert.are.equal(0, p())
+    t:advance(10) -- slow finishes offset 0 and asks for the next
+    assert.are.equal(1, p())
+    t:advance(20)
+    assert.are.equal(3, p())
+  end)
+
+  it("an event is acknowledged when its agent asks for the next one", function()
+    local a = fstream.app("offs2", { topic_partitions = 1 })
+    local src = a:topic("src")
+    a:agent("one", src, function(s)
+      for v in s do fstream.sleep(1) end
+    end)
+    t = fstream.testing(a)
+    t:send(src, "a")
+    t:run()
+    assert.are.equal(0, t:stats().topics.src.partitions[0].committable)
+    t:advance(1)
+    -- Done with "a" and waiting for more: "a" is acknowledged.
+    assert.are.equal(1, t:stats().topics.src.partitions[0].committable)
+  end)
+end)
