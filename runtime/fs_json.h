@@ -4,14 +4,21 @@
  * fit in int64 stay Lua integers both ways.
  *
  * Value mapping
- *   object  <-> table (string keys; integer keys are written as decimal strings)
+ *   object  <-> table (string keys; integer keys are written as decimal strings;
+ *               of duplicate keys in the text the last one wins)
  *   array   <-> table 1..n carrying the metatable registered as
- *               "fstream.json.array" (so an empty array survives a round trip)
+ *               "fstream.json.array" (so an empty array survives a round trip).
+ *               Encoding: a table with that metatable is written as t[1..#t]
+ *               (raw length; other keys are ignored); a table without it is an
+ *               array only when its keys are exactly 1..n with n >= 1, so a
+ *               table with holes or extra keys becomes an object. An empty
+ *               table without the metatable is {}.
  *   string  <-> string (always valid UTF-8; \uXXXX escapes decode to UTF-8)
  *   number  <-> integer when the text has no fraction/exponent and fits in int64
- *               ("-0" included), float otherwise; floats are written in the
- *               shortest form that reads back exactly and always look like floats
- *               ("3.0", "1e+300")
+ *               ("-0" included), float otherwise (text beyond the double range
+ *               decodes to +-inf, which encode then rejects); floats are written
+ *               with the fewest of 15, 16 or 17 significant digits that read
+ *               back exactly, and always look like floats ("3.0", "1e+300")
  *   true/false <-> boolean
  *   null    <-> the null sentinel, a light userdata exposed as module.null. An
  *               object member whose value is null is left out of the table; an
