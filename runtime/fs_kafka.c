@@ -257,8 +257,10 @@ fail:
     return -1;
 }
 
-/* Creates the app's topics: directly on the embedded broker, with the admin API
- * elsewhere (a standalone embedded broker does not support it and auto-creates). */
+/* Creates the app's topics that do not exist yet: directly on the embedded
+ * broker, with the admin API elsewhere. A standalone embedded broker
+ * (`fstream-lua broker`) has no CreateTopics; there the request times out
+ * quickly and the broker auto-creates topics on first use. */
 static void create_topics(fs_rt *rt)
 {
     if (rt->mock) {
@@ -266,23 +268,38 @@ static void create_topics(fs_rt *rt)
             rd_kafka_mock_topic_create(rt->mock, rt->topics[i]->name, rt->topics[i]->partitions, 1);
         return;
     }
-    int n = rt->ntopics;
-    if (!n) return;
-    rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof *nt);
+    if (!rt->ntopics) return;
+    const struct rd_kafka_metadata *md = NULL;
+    if (rd_kafka_metadata(rt->producer, 1, NULL, &md, 10000)) md = NULL;
     char errstr[256];
-    for (int i = 0; i < n; i++)
-        nt[i] = rd_kafka_NewTopic_new(rt->topics[i]->name, rt->topics[i]->partitions, -1, errstr,
-                                      sizeof errstr);
+    rd_kafka_NewTopic_t **nt = calloc((size_t)rt->ntopics, sizeof *nt);
+    size_t n = 0;
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        int exists = 0;
+        for (int j = 0; md && j < md->topic_cnt; j++)
+            if (strcmp(md->topics[j].topic, t->name) == 0 && !md->topics[j].err) {
+                exists = 1;
+                if (md->topics[j].partition_cnt != t->partitions)
+                    fs_debug("topic %s has %d partitions (the app would create %d)", t->name,
+                             md->topics[j].partition_cnt, t->partitions);
+            }
+        if (!exists) nt[n++] = rd_kafka_NewTopic_new(t->name, t->partitions, -1, errstr, sizeof errstr);
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    if (!n) {
+        free(nt);
+        return;
+    }
     rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(rt->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    rd_kafka_AdminOptions_set_request_timeout(o, 15000, errstr, sizeof errstr);
+    rd_kafka_AdminOptions_set_request_timeout(o, 3000, errstr, sizeof errstr);
     rd_kafka_queue_t *q = rd_kafka_queue_new(rt->producer);
-    rd_kafka_CreateTopics(rt->producer, nt, (size_t)n, o, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 20000);
+    rd_kafka_CreateTopics(rt->producer, nt, n, o, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 10000);
     const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
-    if (!ev) {
-        fs_warn("creating topics timed out; relying on broker auto-creation");
-    } else if (rd_kafka_event_error(ev)) {
-        fs_debug("create topics: %s; relying on broker auto-creation", rd_kafka_event_error_string(ev));
+    if (!ev || rd_kafka_event_error(ev)) {
+        fs_info("could not create topics (%s); relying on the broker's auto-creation",
+                ev ? rd_kafka_event_error_string(ev) : "no answer");
     } else if (res) {
         size_t cnt;
         const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &cnt);
@@ -298,7 +315,7 @@ static void create_topics(fs_rt *rt)
     if (ev) rd_kafka_event_destroy(ev);
     rd_kafka_queue_destroy(q);
     rd_kafka_AdminOptions_destroy(o);
-    rd_kafka_NewTopic_destroy_array(nt, (size_t)n);
+    rd_kafka_NewTopic_destroy_array(nt, n);
     free(nt);
 }
 

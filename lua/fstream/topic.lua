@@ -11,7 +11,9 @@ local OPTIONS = {
   partitions = true,
 }
 
+-- `level` is the caller's level as seen from Topic.new; these helpers add their own.
 local function check_serializer(s, what, level)
+  level = level + 1
   if s == nil then return end
   if type(s) == "string" then
     if not SERIALIZERS[s] then
@@ -23,6 +25,7 @@ local function check_serializer(s, what, level)
 end
 
 local function check_type(t, what, level)
+  level = level + 1
   if t == nil then return end
   if type(t) == "string" then
     if not SCALAR_TYPES[t] then

@@ -1,0 +1,63 @@
+-- Every example runs and shows something, driven by fstream.testing's fake clock.
+local fstream = require "fstream"
+local root = os.getenv("FSTREAM_ROOT") or "."
+
+local function run_example(name, seconds)
+  local printed = {}
+  local saved = print
+  _G.print = function(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring(select(i, ...)) end
+    printed[#printed + 1] = table.concat(parts, "\t")
+  end
+  local ok, err = pcall(function()
+    assert(loadfile(root .. "/examples/" .. name))()
+    local app = fstream._apps[#fstream._apps]
+    local t = fstream.testing(app)
+    t:advance(seconds)
+    t:close()
+  end)
+  _G.print = saved
+  assert(ok, err)
+  return printed
+end
+
+local function count(lines, pattern)
+  local n = 0
+  for _, l in ipairs(lines) do if l:match(pattern) then n = n + 1 end end
+  return n
+end
+
+describe("examples", function()
+  it("myagent.lua: the agent receives, yields, and every sink sees each value", function()
+    local out = run_example("myagent.lua", 3)
+    assert.are.equal(3, count(out, "^MYAGENT RECEIVED %-%- {"))
+    assert.are.equal(3, count(out, "^AGENT YIELD: {"))
+    assert.are.equal(3, count(out, "^AGENT B RECEIVED: {"))
+  end)
+
+  it("adding.lua: every Add yields a + b", function()
+    local out = run_example("adding.lua", 5)
+    local sent, yielded = {}, {}
+    for _, l in ipairs(out) do
+      local a, b = l:match("^sending Add%(a=(%d+), b=(%d+)%)")
+      if a then sent[#sent + 1] = tonumber(a) + tonumber(b) end
+      local s = l:match("^AGENT YIELD: (%d+)")
+      if s then yielded[#yielded + 1] = tonumber(s) end
+    end
+    assert.are.equal(5, #sent)
+    assert.are.same(sent, yielded)
+  end)
+
+  it("pipeline.lua: reports only orders above 1000", function()
+    local out = run_example("pipeline.lua", 10)
+    local n = 0
+    for _, l in ipairs(out) do
+      local total = l:match("^large order from a%d: %a+ for ([%d%.]+)$")
+      assert(total, "unexpected line: " .. l)
+      assert.is_true(tonumber(total) > 1000)
+      n = n + 1
+    end
+    assert.is_true(n > 0, "100 random orders produced no large one")
+  end)
+end)

@@ -1,0 +1,74 @@
+-- Integration: the worker against a real Apache Kafka broker (KRaft, single
+-- node) that this spec starts and stops with scripts/kafka.
+local proc = require "spec.support.proc"
+
+local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+local port = os.getenv("FSTREAM_TEST_KAFKA_PORT") or "19192"
+local dir = proc.tmp .. "/kafka"
+
+describe("a worker on a real Kafka broker", function()
+  local addr
+  setup(function()
+    local out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, proc.quote(dir)))
+    assert(rc == 0, "could not start Kafka:\n" .. out)
+    addr = out:match("(127%.0%.0%.1:%d+)%s*$")
+    assert(addr, out)
+  end)
+  teardown(function()
+    proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, proc.quote(dir)))
+  end)
+
+  it("creates its topics, processes 10,000 messages, and resumes after a clean stop", function()
+    local env = { APP_ID = "kafka-relay-" .. uniq, IN = "kin-" .. uniq, OUT = "kout-" .. uniq }
+    local w = proc.worker("relay.lua", env, addr, { create = false })
+    assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
+    -- The worker created both topics with the app's partition count.
+    local md = proc.run(string.format("kcat -L -b %s -t %s", addr, env.IN))
+    assert.matches("with 4 partitions", md)
+    proc.produce_lines(addr, env.IN, proc.numbers(1, 10000))
+    local out = proc.wait_count(addr, env.OUT, 10000, 120)
+    assert.are.equal(10000, #out)
+    local c = proc.counts(out, "out:")
+    for i = 1, 10000 do assert(c[i] == 1, "message " .. i .. " seen " .. tostring(c[i]) .. " times") end
+    assert.are.equal(0, w:stop())
+
+    proc.produce_lines(addr, env.IN, proc.numbers(10001, 10100))
+    local w2 = proc.worker("relay.lua", env, addr, { create = false })
+    out = proc.wait_count(addr, env.OUT, 10100, 120)
+    proc.sleep(1.5)
+    out = proc.consume_all(addr, env.OUT)
+    assert.are.equal(0, w2:stop())
+    assert.are.equal(10100, #out)
+  end)
+
+  it("loses nothing when killed with SIGKILL mid-stream", function()
+    local n = 20000
+    local env = { APP_ID = "kafka-kill-" .. uniq, IN = "kkin-" .. uniq, OUT = "kkout-" .. uniq, THROTTLE = "0.05" }
+    local w = proc.worker("relay.lua", env, addr, { create = false })
+    assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
+    proc.produce_lines(addr, env.IN, proc.numbers(1, n))
+    proc.wait_count(addr, env.OUT, 4000, 120)
+    w:signal("KILL")
+    assert.are.equal(137, w:wait(10))
+    local partial = #proc.consume_all(addr, env.OUT)
+    assert.is_true(partial < n)
+    env.THROTTLE = "0"
+    local w2 = proc.worker("relay.lua", env, addr, { create = false })
+    local c
+    local deadline = os.time() + 120
+    repeat
+      proc.sleep(0.5)
+      c = proc.counts(proc.consume_all(addr, env.OUT), "out:")
+      local missing = 0
+      for i = 1, n do if not c[i] then missing = missing + 1 end end
+    until missing == 0 or os.time() > deadline
+    assert.are.equal(0, w2:stop())
+    local dups = 0
+    for i = 1, n do
+      assert(c[i], "message " .. i .. " was lost")
+      assert(c[i] <= 2, "message " .. i .. " processed " .. c[i] .. " times")
+      dups = dups + c[i] - 1
+    end
+    assert.is_true(dups < partial, string.format("%d duplicates after %d outputs", dups, partial))
+  end)
+end)

@@ -1,0 +1,171 @@
+-- End to end: the real fstream-lua binary, a broker process, and kcat as the
+-- independent client that produces input and reads output.
+local proc = require "spec.support.proc"
+
+local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
+local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+
+local worker, numbers, counts = proc.worker, proc.numbers, proc.counts
+
+describe("a worker on a standalone embedded broker", function()
+  local broker, addr
+  setup(function() broker, addr = proc.broker({}, 4) end)
+  teardown(function() broker:stop() end)
+
+  it("processes 10,000 messages, exits 0 on SIGTERM with offsets committed, and resumes after them", function()
+    local env = { APP_ID = "relay-" .. uniq, IN = "relay-in-" .. uniq, OUT = "relay-out-" .. uniq }
+    proc.produce_lines(addr, env.IN, numbers(1, 10000))
+    local w = worker("relay.lua", env, addr)
+    local out = proc.wait_count(addr, env.OUT, 10000, 90)
+    assert.are.equal(10000, #out, w:output())
+    local c = counts(out, "out:")
+    for i = 1, 10000 do assert(c[i] == 1, "message " .. i .. " seen " .. tostring(c[i]) .. " times") end
+    assert.are.equal(0, w:stop())
+    assert.matches("final checkpoint done: offsets committed", w:output())
+
+    -- Restart: nothing already committed is processed again; new input is.
+    proc.produce_lines(addr, env.IN, numbers(10001, 10010))
+    local w2 = worker("relay.lua", env, addr)
+    out = proc.wait_count(addr, env.OUT, 10010, 60)
+    proc.sleep(1.5) -- give a wrongly rewound worker time to show duplicates
+    out = proc.consume_all(addr, env.OUT)
+    assert.are.equal(0, w2:stop())
+    assert.are.equal(10010, #out)
+    c = counts(out, "out:")
+    for i = 10001, 10010 do assert.are.equal(1, c[i]) end
+  end)
+
+  it("loses nothing when killed with SIGKILL mid-stream; duplicates only for uncommitted events", function()
+    local n = 20000
+    local env = { APP_ID = "kill-" .. uniq, IN = "kill-in-" .. uniq, OUT = "kill-out-" .. uniq, THROTTLE = "0.05" }
+    proc.produce_lines(addr, env.IN, numbers(1, n))
+    local w = worker("relay.lua", env, addr)
+    local partial = proc.wait_count(addr, env.OUT, 4000, 90)
+    w:signal("KILL")
+    assert.are.equal(137, w:wait(10))
+    partial = proc.consume_all(addr, env.OUT)
+    assert.is_true(#partial < n, "the worker finished before it was killed")
+
+    env.THROTTLE = "0"
+    local w2 = worker("relay.lua", env, addr)
+    local deadline = os.time() + 120
+    local c
+    repeat
+      proc.sleep(0.5)
+      c = counts(proc.consume_all(addr, env.OUT), "out:")
+      local missing = 0
+      for i = 1, n do if not c[i] then missing = missing + 1 end end
+    until missing == 0 or os.time() > deadline
+    assert.are.equal(0, w2:stop())
+    local dups = 0
+    for i = 1, n do
+      assert(c[i], "message " .. i .. " was lost")
+      assert(c[i] <= 2, "message " .. i .. " processed " .. c[i] .. " times")
+      dups = dups + c[i] - 1
+    end
+    -- Only what was processed after the last commit (0.5 s interval) runs twice.
+    assert.is_true(dups < #partial, string.format("%d duplicates after %d outputs", dups, #partial))
+  end)
+
+  it("keeps running through malformed JSON and an agent that raises", function()
+    local env = { APP_ID = "fragile-" .. uniq, IN = "fragile-in-" .. uniq, OUT = "fragile-out-" .. uniq }
+    local lines = {}
+    for i = 1, 1000 do
+      lines[#lines + 1] = string.format('{"n": %d}', i)
+      if i % 250 == 0 then lines[#lines + 1] = '{"n": ' end
+    end
+    proc.produce_lines(addr, env.IN, lines)
+    local w = worker("fragile.lua", env, addr)
+    local out = proc.wait_count(addr, env.OUT, 990, 60)
+    proc.sleep(0.5)
+    assert.is_true(w:alive(), "worker died:\n" .. w:output())
+    -- A message sent after the failures is still processed.
+    proc.produce_lines(addr, env.IN, { '{"n": 1001}' })
+    out = proc.wait_count(addr, env.OUT, 991, 30)
+    assert.are.equal(991, #out)
+    local log = w:output()
+    assert.are.equal(0, w:stop())
+    assert.matches("agent fragile failed: .*spec/fixtures/fragile.lua:11: refusing order 100", log)
+    assert.matches("stack traceback:", log)
+    assert.matches("cannot decode fragile%-in%-[%d%-]+%[%d%]@%d+: invalid JSON at byte 6: unexpected end of input", log)
+    local seen = {}
+    for _, v in ipairs(out) do seen[v:match('"n":(%d+)')] = true end
+    for i = 1, 1001 do
+      if i % 100 ~= 0 then assert(seen[tostring(i)], "missing " .. i) end
+    end
+  end)
+
+  it("`fstream-lua send` delivers a value to an anonymous agent", function()
+    local env = { APP_ID = "adder-" .. uniq, OUT = "sums-" .. uniq }
+    local w = worker("adder.lua", env, addr)
+    assert.truthy(w:wait_for("assigned %d+ partitions", 30), w:output())
+    local out, rc = proc.run(string.format("env APP_ID=%s OUT=%s %s send %s/adder.lua @adding --broker kafka://%s --key k1 '{\"a\": 20, \"b\": 22}'",
+      env.APP_ID, env.OUT, bin, fixtures, addr))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find(env.APP_ID .. "-adding[", 1, true), out)
+    local sums = proc.wait_count(addr, env.OUT, 1, 30)
+    assert.are.same({ "42" }, sums)
+    assert.are.equal(0, w:stop())
+  end)
+end)
+
+describe("a worker on the embedded broker (memory://)", function()
+  it("prints its bootstrap address and serves kcat", function()
+    local cmd = string.format("env APP_ID=mem-%s IN=min OUT=mout %s worker %s/relay.lua", uniq, bin, fixtures)
+    local w = proc.spawn(cmd, "worker-memory")
+    local addr = w:wait_for("listening on ([%d%.]+:%d+)", 20)
+    assert.truthy(addr, w:output())
+    assert.truthy(w:wait_for("assigned %d+ partitions", 30), w:output())
+    proc.produce_lines(addr, "min", numbers(1, 100))
+    local out = proc.wait_count(addr, "mout", 100, 30)
+    assert.are.equal(100, #out)
+    assert.are.equal(0, w:stop())
+  end)
+end)
+
+describe("the command line", function()
+  it("reports a syntax error with file:line and exits 1", function()
+    local out, rc = proc.run(bin .. " worker " .. fixtures .. "/syntax_error.lua")
+    assert.are.equal(1, rc)
+    assert.truthy(out:find("spec/fixtures/syntax_error.lua:6: ')' expected", 1, true), out)
+  end)
+
+  it("reports an error at the script's top level with file:line and exits 1", function()
+    local out, rc = proc.run(bin .. " worker " .. fixtures .. "/toplevel_error.lua")
+    assert.are.equal(1, rc)
+    assert.truthy(out:find("spec/fixtures/toplevel_error.lua:3: value_serializer 'yaml' is unknown", 1, true), out)
+  end)
+
+  it("rejects an unknown option with a one-line error and usage, exit 2", function()
+    local out, rc = proc.run(bin .. " worker " .. fixtures .. "/relay.lua --frobnicate")
+    assert.are.equal(2, rc)
+    assert.matches("^fstream%-lua: unknown option '%-%-frobnicate'\nusage:", out)
+  end)
+
+  it("rejects a missing app file, exit 2", function()
+    local out, rc = proc.run(bin .. " worker /nonexistent/app.lua")
+    assert.are.equal(2, rc)
+    assert.matches("cannot open app script '/nonexistent/app.lua'", out)
+  end)
+
+  it("rejects an unknown command, exit 2", function()
+    local out, rc = proc.run(bin .. " wrok app.lua")
+    assert.are.equal(2, rc)
+    assert.matches("unknown command 'wrok'", out)
+  end)
+
+  it("prints its version and help", function()
+    local out, rc = proc.run(bin .. " --version")
+    assert.are.equal(0, rc)
+    assert.matches("^fstream%-lua %d+%.%d+%.%d+", out)
+    out, rc = proc.run(bin .. " worker --help")
+    assert.are.equal(0, rc)
+    assert.matches("usage: fstream%-lua worker APP.lua", out)
+  end)
+
+  it("lists agents with their topics and sinks", function()
+    local out, rc = proc.run("APP_ID=x OUT=s " .. bin .. " agents " .. fixtures .. "/adder.lua")
+    assert.are.equal(0, rc, out)
+    assert.are.equal("adding <- x-adding -> s\n", out)
+  end)
+end)
