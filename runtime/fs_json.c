@@ -1,6 +1,7 @@
 /* fs_json: strict JSON codec between JSON text and Lua values (see fs_json.h). */
 
 #include "fs_json.h"
+#include "fs_dtoa.h"
 
 #include <float.h>
 #include <math.h>
@@ -554,91 +555,14 @@ static void enc_integer(json_enc *e, lua_Integer v)
     enc_add(e, p, (size_t)(tmp + sizeof tmp - p));
 }
 
-/* printf+strtod cost several hundred ns per float; most floats in messages are
- * short decimals like prices. When x == m / 10^k for an m of at most 15 digits
- * (checked with one correctly rounded division, i.e. exactly what strtod would
- * read back) and %g would not use an exponent (1e-4 <= |x| < 1e15), the
- * smallest such k gives the very digits "%.15g" prints, so write them directly.
- * Returns the length, or 0 to leave x to the printf path. */
-static size_t fmt_float_fast(char *out, double x)
-{
-    double ax = fabs(x);
-    uint64_t m = 0, ip, fp;
-    int k;
-    size_t n = 0, i;
-    char tmp[24], *p;
-
-    if (!(ax >= 1e-4 && ax < 1e15)) return 0;
-    for (k = 0; k <= 19; k++) {
-        double scaled = ax * pow10_exact[k];
-        if (scaled >= 1e15) return 0;
-        m = (uint64_t)(scaled + 0.5);
-        if ((double)m / pow10_exact[k] == ax) break;
-    }
-    if (k > 19) return 0;
-    if (signbit(x)) out[n++] = '-';
-    ip = m / (uint64_t)pow10_exact[k];
-    fp = m % (uint64_t)pow10_exact[k];
-    p = tmp + sizeof tmp;
-    do {
-        *--p = (char)('0' + ip % 10);
-        ip /= 10;
-    } while (ip);
-    memcpy(out + n, p, (size_t)(tmp + sizeof tmp - p));
-    n += (size_t)(tmp + sizeof tmp - p);
-    out[n++] = '.';
-    if (k == 0) {
-        out[n++] = '0';
-        return n;
-    }
-    for (i = (size_t)k; i > 0; i--) {
-        out[n + i - 1] = (char)('0' + fp % 10);
-        fp /= 10;
-    }
-    n += (size_t)k;
-    while (out[n - 1] == '0' && out[n - 2] != '.') n--;
-    return n;
-}
-
 static int enc_float(json_enc *e, double x)
 {
-    char tmp[40], out[40];
-    size_t i, n = 0;
-    int dot = 0, exp = 0;
-
+    char out[40];
     if (isnan(x)) return enc_fail(e, "cannot encode NaN");
     if (isinf(x)) return enc_fail(e, "cannot encode %s", x > 0 ? "inf" : "-inf");
-    if ((n = fmt_float_fast(out, x)) != 0) {
-        enc_add(e, out, n);
-        return 0;
-    }
-    /* Shortest of the three precisions that reads back as the same double;
-     * %.17g always does. */
-    snprintf(tmp, sizeof tmp, "%.15g", x);
-    if (strtod(tmp, NULL) != x) {
-        snprintf(tmp, sizeof tmp, "%.16g", x);
-        if (strtod(tmp, NULL) != x) snprintf(tmp, sizeof tmp, "%.17g", x);
-    }
-    /* printf and strtod follow LC_NUMERIC, which Lua code may have changed:
-     * whatever the locale used as decimal point becomes '.'. */
-    for (i = 0; tmp[i]; i++) {
-        char c = tmp[i];
-        if ((c >= '0' && c <= '9') || c == '-' || c == '+') {
-            out[n++] = c;
-        } else if (c == 'e') {
-            out[n++] = c;
-            exp = 1;
-        } else if (!dot) {
-            out[n++] = '.';
-            dot = 1;
-        }
-    }
-    /* "3" would come back as an integer */
-    if (!dot && !exp) {
-        out[n++] = '.';
-        out[n++] = '0';
-    }
-    enc_add(e, out, n);
+    int n = fs_dtoa_shortest(x, out, (int)sizeof out);
+    if (n < 0) return enc_fail(e, "cannot encode %g", x);
+    enc_add(e, out, (size_t)n);
     return 0;
 }
 

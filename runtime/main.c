@@ -126,6 +126,9 @@ int main(int argc, char **argv)
     lua_State *L = luaL_newstate();
     if (!L) return 1;
     luaL_openlibs(L);
+    /* Agents create many short-lived tables (decoded values, messages): the
+     * generational collector handles those for less than the incremental one. */
+    lua_gc(L, LUA_GCGEN, 0, 0);
     install_modules(L);
 
     lua_newtable(L); /* options */
