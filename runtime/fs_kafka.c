@@ -54,6 +54,10 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     fs_waiter *w = tag > 2 ? (fs_waiter *)m->_private : NULL;
     int epoch = w ? w->epoch : (int)tag - 1;
     rt->inflight[epoch & 1]--;
+    fs_topic *t = m->rkt ? rd_kafka_topic_opaque(m->rkt) : NULL;
+    if (t && t->table && !m->err && m->partition < t->table->partitions &&
+        m->offset + 1 > t->table->parts[m->partition].cl_next)
+        t->table->parts[m->partition].cl_next = m->offset + 1;
     if (m->err) {
         rt->delivery_errors++;
         if (!w)
@@ -134,22 +138,46 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (rd_kafka_committed(rk, c, 10000)) {
             for (int i = 0; i < c->cnt; i++) c->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
         }
+        fs_info("assigned %d partitions: %s", parts->cnt, names);
+        /* Tables follow their partitions: open and recover them before any event of
+         * the partition reaches an agent. */
+        for (int i = 0; i < c->cnt; i++) {
+            int32_t p = c->elems[i].partition;
+            int seen = 0;
+            for (int j = 0; j < i; j++) seen |= c->elems[j].partition == p;
+            if (!seen && fs_tables_hold(rt, p)) break;
+        }
         for (int i = 0; i < c->cnt; i++) {
             fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
             fs_part *p = t ? fs_part_get(t, c->elems[i].partition) : NULL;
-            if (p) fs_part_assign(p, c->elems[i].offset >= 0 ? c->elems[i].offset : -1);
+            int64_t committed = c->elems[i].offset >= 0 ? c->elems[i].offset : -1;
+            /* LMDB may be ahead of the commit (killed between the two): resume there. */
+            int64_t stored = t ? fs_tables_resume_offset(rt, t->name, c->elems[i].partition) : -1;
+            if (stored > committed) {
+                fs_info("%s[%d]: resuming at %lld from local state (committed: %lld)", t->name,
+                        (int)c->elems[i].partition, (long long)stored, (long long)committed);
+                parts->elems[i].offset = stored;
+                committed = stored;
+            }
+            if (p) fs_part_assign(p, committed);
         }
         rd_kafka_topic_partition_list_destroy(c);
-        fs_info("assigned %d partitions: %s", parts->cnt, names);
         rd_kafka_assign(rk, parts);
     } else {
         fs_info("revoking %d partitions: %s", parts->cnt, names);
         fs_sync_acks(rt);
+        fs_tables_flush(rt);
         /* Outputs of acknowledged events must be delivered before their offsets commit. */
         if (rd_kafka_flush(rt->producer, 30000))
             fs_warn("producer flush timed out during rebalance; not committing");
-        else
+        else if (!rt->fatal && fs_tables_write(rt, 0) == 0)
             commit_parts(rt, parts, 0, 1);
+        for (int i = 0; i < parts->cnt; i++) {
+            int32_t p = parts->elems[i].partition;
+            int seen = 0;
+            for (int j = 0; j < i; j++) seen |= parts->elems[j].partition == p;
+            if (!seen) fs_tables_release(rt, p);
+        }
         for (int i = 0; i < parts->cnt; i++) {
             fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
             fs_part *p = t ? fs_part_get(t, parts->elems[i].partition) : NULL;
@@ -180,6 +208,41 @@ static int watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io)
     io->cb = wake_cb;
     io->data = rt;
     return fs_io_add(&rt->loop, io, EPOLLIN);
+}
+
+/* A consumer of this worker's cluster. The group consumer (group == rt->group)
+ * gets the rebalance and commit callbacks; others (changelog recovery) are
+ * assign-only and read committed data. */
+rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    int main_group = strcmp(group, rt->group) == 0;
+    rd_kafka_conf_set_opaque(c, rt);
+    rd_kafka_conf_set_log_cb(c, log_cb);
+    rd_kafka_conf_set_error_cb(c, error_cb);
+    if (main_group) {
+        rd_kafka_conf_set_rebalance_cb(c, rebalance_cb);
+        rd_kafka_conf_set_offset_commit_cb(c, commit_cb);
+    }
+    if (conf_set(c, "bootstrap.servers", rt->broker, err, errlen) ||
+        conf_set(c, "group.id", group, err, errlen) ||
+        conf_set(c, "client.id", group, err, errlen) ||
+        conf_set(c, "enable.auto.commit", "false", err, errlen) ||
+        conf_set(c, "enable.auto.offset.store", "false", err, errlen) ||
+        conf_set(c, "auto.offset.reset", "earliest", err, errlen) ||
+        conf_set(c, "isolation.level", "read_committed", err, errlen) ||
+        conf_set(c, "enable.partition.eof", main_group ? "false" : "true", err, errlen) ||
+        (main_group && (conf_set(c, "allow.auto.create.topics", "true", err, errlen) ||
+                        conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
+                        conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
+                        conf_set(c, "partition.assignment.strategy", "range,roundrobin", err,
+                                 errlen)))) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, errlen);
+    if (!rk) rd_kafka_conf_destroy(c);
+    return rk;
 }
 
 int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
@@ -224,26 +287,8 @@ int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
     if (!rt->producer) goto fail;
     c = NULL;
 
-    c = rd_kafka_conf_new();
-    rd_kafka_conf_set_opaque(c, rt);
-    rd_kafka_conf_set_log_cb(c, log_cb);
-    rd_kafka_conf_set_error_cb(c, error_cb);
-    rd_kafka_conf_set_rebalance_cb(c, rebalance_cb);
-    rd_kafka_conf_set_offset_commit_cb(c, commit_cb);
-    if (conf_set(c, "bootstrap.servers", bootstrap, err, errlen) ||
-        conf_set(c, "group.id", rt->group, err, errlen) ||
-        conf_set(c, "client.id", rt->group, err, errlen) ||
-        conf_set(c, "enable.auto.commit", "false", err, errlen) ||
-        conf_set(c, "enable.auto.offset.store", "false", err, errlen) ||
-        conf_set(c, "auto.offset.reset", "earliest", err, errlen) ||
-        conf_set(c, "allow.auto.create.topics", "true", err, errlen) ||
-        conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
-        conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
-        conf_set(c, "partition.assignment.strategy", "range,roundrobin", err, errlen))
-        goto fail;
-    rt->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, errlen);
-    if (!rt->consumer) goto fail;
-    c = NULL;
+    rt->consumer = fs_kafka_new_consumer(rt, rt->group, err, errlen);
+    if (!rt->consumer) return -1;
     rd_kafka_poll_set_consumer(rt->consumer);
     rt->cq = rd_kafka_queue_get_consumer(rt->consumer);
     rt->pq = rd_kafka_queue_get_main(rt->producer);
@@ -280,11 +325,20 @@ static void create_topics(fs_rt *rt)
         for (int j = 0; md && j < md->topic_cnt; j++)
             if (strcmp(md->topics[j].topic, t->name) == 0 && !md->topics[j].err) {
                 exists = 1;
-                if (md->topics[j].partition_cnt != t->partitions)
+                if (md->topics[j].partition_cnt != t->partitions && t->table)
+                    fs_rt_fatal(rt,
+                                "changelog topic %s has %d partitions but table %s has %d: a "
+                                "table's partitions must match its changelog's",
+                                t->name, md->topics[j].partition_cnt, t->table->name, t->partitions);
+                else if (md->topics[j].partition_cnt != t->partitions)
                     fs_debug("topic %s has %d partitions (the app would create %d)", t->name,
                              md->topics[j].partition_cnt, t->partitions);
             }
-        if (!exists) nt[n++] = rd_kafka_NewTopic_new(t->name, t->partitions, -1, errstr, sizeof errstr);
+        if (exists) continue;
+        nt[n] = rd_kafka_NewTopic_new(t->name, t->partitions, -1, errstr, sizeof errstr);
+        /* Changelogs keep the latest value per key: compaction, as Kafka Streams does. */
+        if (t->compact) rd_kafka_NewTopic_set_config(nt[n], "cleanup.policy", "compact");
+        n++;
     }
     if (md) rd_kafka_metadata_destroy(md);
     if (!n) {
@@ -322,13 +376,19 @@ static void create_topics(fs_rt *rt)
 int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
 {
     create_topics(rt);
+    if (rt->fatal) {
+        snprintf(err, errlen, "%s", rt->fatal_msg);
+        return -1;
+    }
     rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(rt->ntopics);
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
-        t->rkt = rd_kafka_topic_new(rt->producer, t->name, NULL);
+        rd_kafka_topic_conf_t *tc = rd_kafka_topic_conf_new();
+        rd_kafka_topic_conf_set_opaque(tc, t); /* delivery reports find the topic */
+        t->rkt = rd_kafka_topic_new(rt->producer, t->name, tc);
         int consumed = 0;
         for (int j = 0; j < t->nsubs; j++) consumed |= !t->subs[j]->closed;
-        if (consumed) rd_kafka_topic_partition_list_add(subs, t->name, RD_KAFKA_PARTITION_UA);
+        if (consumed && !t->table) rd_kafka_topic_partition_list_add(subs, t->name, RD_KAFKA_PARTITION_UA);
     }
     int rc = 0;
     if (subs->cnt) {
@@ -456,6 +516,9 @@ void fs_checkpoint_begin(fs_rt *rt)
 {
     if (rt->ckpt_active) return;
     fs_sync_acks(rt);
+    /* Tables stage their dirty entries now: their changelog records belong to this
+     * checkpoint's epoch, like every output produced before the snapshot. */
+    if (fs_tables_flush(rt)) return;
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
@@ -472,6 +535,7 @@ void fs_checkpoint_poll(fs_rt *rt)
     if (!rt->ckpt_active || rt->inflight[rt->ckpt_epoch & 1] > 0 || rt->fatal) return;
     rt->ckpt_active = 0;
     if (rt->test) return;
+    if (fs_tables_write(rt, 1)) return;
     commit_parts(rt, NULL, 1, 0);
 }
 
@@ -479,18 +543,23 @@ int fs_checkpoint_sync(fs_rt *rt, int timeout_ms)
 {
     if (rt->test || !rt->consumer) return 0;
     rt->ckpt_active = 0;
+    fs_sync_acks(rt);
+    if (fs_tables_flush(rt)) return -1;
     if (rd_kafka_flush(rt->producer, timeout_ms)) {
         fs_error("could not deliver %d messages in %d ms; not committing their input",
                  rd_kafka_outq_len(rt->producer), timeout_ms);
         return -1;
     }
-    if (rt->fatal) return -1;
-    fs_sync_acks(rt);
+    if (rt->fatal || fs_tables_write(rt, 0)) return -1;
     return commit_parts(rt, NULL, 0, 1);
 }
 
 void fs_kafka_close(fs_rt *rt)
 {
+    if (rt->recovery) { /* before the embedded cluster it talks to goes away */
+        rd_kafka_destroy(rt->recovery);
+        rt->recovery = NULL;
+    }
     if (rt->consumer) {
         if (rt->cq) rd_kafka_queue_destroy(rt->cq);
         rt->cq = NULL;

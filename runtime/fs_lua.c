@@ -18,6 +18,7 @@
 #include "fs_json.h"
 #include "fs_log.h"
 #include "fs_rt.h"
+#include "fs_store.h"
 
 #define RT_MT "fstream.Runtime"
 #define STREAM_MT "fstream.Stream"
@@ -182,6 +183,8 @@ static void rt_free(fs_rt *rt)
     fs_sched_kill_all(rt);
     for (int i = 0; i < rt->nagents; i++) fs_agent_close(rt, rt->agents[i]);
     fs_kafka_close(rt);
+    fs_tables_close(rt);
+    if (rt->table_hook_ref > 0) luaL_unref(rt->L, LUA_REGISTRYINDEX, rt->table_hook_ref);
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++)
@@ -326,8 +329,13 @@ static int l_rt_spawn(lua_State *L)
 static int l_rt_start(lua_State *L)
 {
     fs_rt *rt = check_rt(L, 1);
+    rt->L = L;
     if (rt->test) {
         rt->subscribed = 1;
+        int maxp = 0;
+        for (int i = 0; i < rt->ntables; i++)
+            if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
+        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p);
         return 0;
     }
     char err[512];
@@ -534,6 +542,9 @@ static int l_rt_stats(lua_State *L)
     STAT("delivery_errors", rt->delivery_errors);
     STAT("coroutines", rt->nlive);
     STAT("inflight", rt->inflight[0] + rt->inflight[1]);
+    STAT("changelog_records", rt->changelog_records);
+    STAT("lmdb_writes", rt->lmdb_writes);
+    STAT("recovered_records", rt->recovered_records);
 #undef STAT
     lua_newtable(L);
     for (int i = 0; i < rt->ntopics; i++) {
@@ -559,6 +570,147 @@ static int l_rt_stats(lua_State *L)
     }
     lua_setfield(L, -2, "topics");
     return 1;
+}
+
+/* ---- tables ---- */
+
+static fs_table *check_table(lua_State *L, fs_rt *rt, int idx)
+{
+    lua_Integer id = luaL_checkinteger(L, idx);
+    if (id < 1 || id > rt->ntables) luaL_error(L, "unknown table id %d", (int)id);
+    return rt->tables[id - 1];
+}
+
+/* rt:table(name, changelog_tid, dir, partitions) -> id */
+static int l_rt_table(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    fs_topic *cl = check_topic(L, rt, 3);
+    const char *dir = luaL_checkstring(L, 4);
+    int parts = (int)luaL_checkinteger(L, 5);
+    if (rt->subscribed) return luaL_error(L, "tables must be declared before the worker starts");
+    fs_table **ts = realloc(rt->tables, (size_t)(rt->ntables + 1) * sizeof *ts);
+    fs_table *t = calloc(1, sizeof *t);
+    if (!ts || !t) return luaL_error(L, "out of memory");
+    rt->tables = ts;
+    t->parts = calloc((size_t)parts, sizeof *t->parts);
+    if (!t->parts) return luaL_error(L, "out of memory");
+    t->rt = rt;
+    t->id = rt->ntables;
+    t->name = strdup(name);
+    t->dir = strdup(dir);
+    t->partitions = parts;
+    t->changelog = cl;
+    cl->table = t;
+    cl->compact = 1;
+    rt->tables[rt->ntables++] = t;
+    lua_pushinteger(L, t->id + 1);
+    return 1;
+}
+
+/* rt:table_hook(fn): fn(event, partition) with "flush", "hold", "release". */
+static int l_rt_table_hook(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (rt->table_hook_ref > 0) luaL_unref(L, LUA_REGISTRYINDEX, rt->table_hook_ref);
+    lua_pushvalue(L, 2);
+    rt->table_hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* rt:table_get(id, p, key_bytes) -> value_bytes | nil (LMDB; nothing staged) */
+static int l_rt_table_get(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_table *t = check_table(L, rt, 2);
+    lua_Integer p = luaL_checkinteger(L, 3);
+    size_t kl;
+    const char *k = luaL_checklstring(L, 4, &kl);
+    if (p < 0 || p >= t->partitions || !t->parts[p].store) return 0;
+    char err[256];
+    int found;
+    if (fs_store_get(t->parts[p].store, k, kl, &rt->vbuf, &found, err, sizeof err))
+        return luaL_error(L, "table %s[%d]: %s", t->name, (int)p, err);
+    if (!found) return 0;
+    lua_pushlstring(L, rt->vbuf.data, rt->vbuf.len);
+    return 1;
+}
+
+/* rt:table_stage(id, p, key_bytes, value_bytes | nil): to the changelog now, to LMDB
+ * once the checkpoint's messages are delivered. */
+static int l_rt_table_stage(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_table *t = check_table(L, rt, 2);
+    lua_Integer p = luaL_checkinteger(L, 3);
+    size_t kl, vl = 0;
+    const char *k = luaL_checklstring(L, 4, &kl);
+    const char *v = luaL_optlstring(L, 5, NULL, &vl);
+    char err[256];
+    if (fs_table_stage(rt, t, (int32_t)p, k, kl, v, vl, err, sizeof err))
+        return luaL_error(L, "%s", err);
+    return 0;
+}
+
+struct scan_ud {
+    lua_State *L;
+    lua_Integer n;
+};
+
+static int scan_cb(void *ud, const void *k, size_t kl, const void *v, size_t vl)
+{
+    struct scan_ud *s = ud;
+    lua_pushlstring(s->L, k, kl);
+    lua_rawseti(s->L, -3, ++s->n);
+    lua_pushlstring(s->L, v, vl);
+    lua_rawseti(s->L, -2, s->n);
+    return 0;
+}
+
+static int push_scan(lua_State *L, fs_store *st, const char *what)
+{
+    char err[256];
+    lua_newtable(L);
+    lua_newtable(L);
+    struct scan_ud ud = {L, 0};
+    if (st && fs_store_scan(st, scan_cb, &ud, err, sizeof err))
+        return luaL_error(L, "%s: %s", what, err);
+    return 2;
+}
+
+/* rt:table_scan(id, p) -> {key_bytes...}, {value_bytes...} from LMDB */
+static int l_rt_table_scan(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_table *t = check_table(L, rt, 2);
+    lua_Integer p = luaL_checkinteger(L, 3);
+    fs_store *st = p >= 0 && p < t->partitions ? t->parts[p].store : NULL;
+    return push_scan(L, st, t->name);
+}
+
+/* core.store_scan(dir) -> keys, values, meta: reads a store offline (CLI). */
+static int l_store_scan(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    char err[512];
+    fs_store *st;
+    if (fs_store_open(&st, dir, 1, err, sizeof err)) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    push_scan(L, st, dir);
+    int64_t v;
+    int found;
+    lua_newtable(L);
+    if (fs_store_meta_get(st, "changelog", &v, &found, err, sizeof err) == 0 && found) {
+        lua_pushinteger(L, v);
+        lua_setfield(L, -2, "changelog");
+    }
+    fs_store_close(st);
+    return 3;
 }
 
 /* ---- streams ---- */
@@ -855,6 +1007,11 @@ static const luaL_Reg rt_methods[] = {
     {"broker", l_rt_broker},
     {"now", l_rt_now},
     {"stats", l_rt_stats},
+    {"table", l_rt_table},
+    {"table_hook", l_rt_table_hook},
+    {"table_get", l_rt_table_get},
+    {"table_stage", l_rt_table_stage},
+    {"table_scan", l_rt_table_scan},
     {"close", l_rt_close},
     {NULL, NULL},
 };
@@ -878,6 +1035,7 @@ static const luaL_Reg core_funcs[] = {
     {"log", l_log},
     {"log_enabled", l_log_enabled},
     {"run_broker", fs_broker_run},
+    {"store_scan", l_store_scan},
     {NULL, NULL},
 };
 

@@ -35,6 +35,8 @@ typedef struct fs_event fs_event;
 typedef struct fs_batch fs_batch;
 typedef struct fs_waiter fs_waiter;
 typedef struct fs_memtopic fs_memtopic;
+typedef struct fs_table fs_table;
+struct fs_store;
 
 /* A Lua coroutine run by the scheduler (agent instance, task, timer). */
 struct fs_co {
@@ -84,7 +86,31 @@ struct fs_topic {
     fs_part **parts;
     int nparts;
     fs_memtopic *mem; /* in-memory transport */
+    fs_table *table;  /* set on a table's changelog topic */
+    int compact;      /* created with cleanup.policy=compact */
     int64_t produced, consumed;
+};
+
+/* A table: one LMDB store per partition this worker holds, plus the writes
+ * staged by the running checkpoint (produced to the changelog, written to
+ * LMDB once the changelog has them). */
+struct fs_table {
+    fs_rt *rt;
+    int id;
+    char *name;
+    char *dir; /* <data dir>/<table> */
+    int partitions;
+    fs_topic *changelog;
+    struct fs_tpart {
+        struct fs_store *store; /* open while this worker holds the partition */
+        fs_buf arena;           /* staged keys and values */
+        struct fs_staged {
+            size_t koff, klen, voff, vlen;
+            int del;
+        } *ops;
+        size_t nops, capops;
+        int64_t cl_next; /* changelog offset after the last delivered staged record */
+    } *parts;
 };
 
 struct fs_event {
@@ -158,6 +184,10 @@ struct fs_rt {
     int ntopics;
     fs_agent **agents;
     int nagents;
+    fs_table **tables;
+    int ntables;
+    rd_kafka_t *recovery; /* assign-only consumer that replays changelogs */
+    int table_hook_ref;   /* Lua function(event, partition): "flush" | "hold" | "release" */
 
     /* scheduler */
     fs_co *ready_head, *ready_tail;
@@ -174,6 +204,7 @@ struct fs_rt {
     int64_t queued;        /* events waiting in agent queues */
     int64_t max_queued;    /* stop fetching above this (back-pressure) */
     int64_t commits, events_in, events_acked, decode_errors, delivery_errors;
+    int64_t changelog_records, lmdb_writes, recovered_records;
 
     /* lifecycle */
     int stopping, stopped, exit_code, signals;
@@ -214,6 +245,16 @@ void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
  * stream's position from Lua); called before offsets are snapshotted. */
 void fs_sync_acks(fs_rt *rt);
 
+/* fs_table.c */
+int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */
+void fs_tables_release(fs_rt *rt, int32_t p); /* close partition p (after a checkpoint) */
+int fs_tables_flush(fs_rt *rt);              /* Lua stages dirty entries (changelog + staging) */
+int fs_tables_write(fs_rt *rt, int use_snap); /* staged entries -> LMDB with offsets */
+int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p);
+int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
+                   size_t vl, char *err, size_t errlen);
+void fs_tables_close(fs_rt *rt);
+
 /* fs_kafka.c */
 int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen);
 int fs_kafka_start(fs_rt *rt, char *err, size_t errlen);
@@ -226,6 +267,7 @@ void fs_checkpoint_begin(fs_rt *rt);
 void fs_checkpoint_poll(fs_rt *rt);
 int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
 int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
+rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
 
 /* fs_memlog.c */
 int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,

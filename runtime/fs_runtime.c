@@ -96,6 +96,11 @@ static void finish(fs_rt *rt)
         rt->exit_code = 1;
     } else if (fs_checkpoint_sync(rt, 30000) == 0) {
         fs_info("final checkpoint done: offsets committed");
+        if (rt->ntables)
+            fs_info("tables: %lld changelog records and %lld LMDB writes for %lld events; "
+                    "%lld records recovered",
+                    (long long)rt->changelog_records, (long long)rt->lmdb_writes,
+                    (long long)rt->events_in, (long long)rt->recovered_records);
     } else {
         rt->exit_code = 1;
     }

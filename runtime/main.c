@@ -11,10 +11,11 @@
 #include "fs_log.h"
 
 #define USAGE                                                                                      \
-    "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL]\n"                \
+    "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"  \
     "       fstream-lua send APP.lua TOPIC|@AGENT [--key K] [--partition N] [--repeat N]\n"        \
     "                   [--broker URL] VALUE\n"                                                    \
-    "       fstream-lua agents APP.lua\n"                                                          \
+    "       fstream-lua agents APP.lua | tables APP.lua | reset APP.lua [--store URL]\n"          \
+    "       fstream-lua table APP.lua NAME [--key K] [--store URL]\n"                              \
     "       fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file F]\n" \
     "       fstream-lua --version | --help | COMMAND --help\n"
 
@@ -37,6 +38,11 @@ struct opt {
 static const struct opt opts[] = {
     {"worker", "--loglevel", "-l", "loglevel", 1, 0},
     {"worker", "--broker", NULL, "broker", 1, 0},
+    {"worker", "--store", NULL, "store", 1, 0},
+    {"tables", "--store", NULL, "store", 1, 0},
+    {"table", "--store", NULL, "store", 1, 0},
+    {"table", "--key", "-k", "key", 1, 0},
+    {"reset", "--store", NULL, "store", 1, 0},
     {"send", "--key", "-k", "key", 1, 0},
     {"send", "--partition", "-p", "partition", 1, 0},
     {"send", "--repeat", "-n", "repeat", 1, 0},
@@ -51,8 +57,11 @@ static const struct opt opts[] = {
 };
 
 static const char *positional[][3] = {
-    {"worker", "app", NULL}, {"send", "app", "target"}, {"agents", "app", NULL}, {"broker", NULL, NULL},
+    {"worker", "app", NULL}, {"send", "app", "target"}, {"agents", "app", NULL},
+    {"broker", NULL, NULL},  {"tables", "app", NULL},   {"table", "app", NULL},
+    {"reset", "app", NULL},
 };
+#define NCOMMANDS (int)(sizeof positional / sizeof positional[0])
 
 static int traceback(lua_State *L)
 {
@@ -108,7 +117,7 @@ int main(int argc, char **argv)
         return 0;
     }
     int known = -1;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < NCOMMANDS; i++)
         if (strcmp(cmd, positional[i][0]) == 0) known = i;
     if (known < 0) return usage_error("unknown command '%s'", cmd);
 

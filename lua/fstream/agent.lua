@@ -114,6 +114,8 @@ function Agent:_start_instance(stream, delay)
   self.instances = self.instances + 1
   local fn = self.fn
   local body = function()
+    -- Tables find the event being processed (its partition) through this.
+    require("fstream.table").streams_by_co[coroutine.running()] = stream
     if delay and delay > 0 then core.sleep(delay) end
     return fn(stream)
   end

@@ -3,13 +3,14 @@
 local core = require "fstream.core"
 local Topic = require "fstream.topic"
 local Agent = require "fstream.agent"
+local Table = require "fstream.table"
 
 local App = {}
 App.__index = App
 
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
-  max_queued = true,
+  max_queued = true, store = true,
 }
 
 function App.new(id, opts, level)
@@ -28,6 +29,10 @@ function App.new(id, opts, level)
   end
   local tp = opts.topic_partitions or 8
   if math.type(tp) ~= "integer" or tp < 1 then error("topic_partitions must be a positive integer", level) end
+  local store = opts.store or "lmdb://"
+  if type(store) ~= "string" or not store:match("^lmdb://") then
+    error(string.format("app '%s': store must be \"lmdb://[directory]\"", id), level)
+  end
   local ci = opts.commit_interval or 2.8
   if type(ci) ~= "number" or ci <= 0 then error("commit_interval must be a positive number of seconds", level) end
   return setmetatable({
@@ -37,7 +42,9 @@ function App.new(id, opts, level)
     commit_interval = ci,
     processing_guarantee = pg,
     max_queued = opts.max_queued,
+    store = store,
     topics = {}, topic_list = {},
+    tables = {}, table_list = {},
     agents = {}, agent_list = {},
     tasks = {},
   }, App)
@@ -56,6 +63,23 @@ function App:topic(name, opts)
   self.topics[name] = t
   self.topic_list[#self.topic_list + 1] = t
   return t
+end
+
+-- app:table(name, {default=, key_serializer=, value_serializer=, partitions=, changelog_topic=})
+function App:table(name, opts)
+  if self.tables[name] then error(string.format("table '%s' is already defined", tostring(name)), 2) end
+  if self.rt then error("tables must be defined before the worker starts", 2) end
+  local t = Table.new(self, name, opts, 2)
+  self.tables[name] = t
+  self.table_list[#self.table_list + 1] = t
+  return t
+end
+
+-- Directory holding the app's LMDB files: store = "lmdb://DIR", default ./<id>-data.
+function App:data_dir(store)
+  local dir = (store or self.store):match("^lmdb://(.*)$")
+  if dir == nil or dir == "" then dir = "./" .. self.id .. "-data" end
+  return dir
 end
 
 -- app:agent(name, source, function(stream) ... end, opts)
@@ -117,6 +141,16 @@ function App:_start(settings)
   self.rt = rt
   for _, t in ipairs(self.topic_list) do
     t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions)
+  end
+  local dir = self:data_dir(settings.store)
+  for _, t in ipairs(self.table_list) do
+    rawset(t, "id", rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions))
+  end
+  if #self.table_list > 0 then
+    local tables = self.table_list
+    rt:table_hook(function(event, p)
+      for _, t in ipairs(tables) do Table._on(t, event, p) end
+    end)
   end
   for _, a in ipairs(self.agent_list) do a:_start(rt) end
   rt:start()

@@ -30,7 +30,7 @@ local function broker_of(app, opts)
   return opts.broker or os.getenv("FSTREAM_BROKER") or app.broker
 end
 
-local function banner(app, rt, broker)
+local function banner(app, rt, broker, opts)
   local lines = { string.format("fstream-lua %s worker (pid %s)", require("fstream").version, tostring(core.pid or "?")) }
   local function add(k, v) lines[#lines + 1] = string.format("  %-10s %s", k, v) end
   add("app", app.id)
@@ -44,6 +44,9 @@ local function banner(app, rt, broker)
   for i, a in ipairs(app.agent_list) do add(i == 1 and "agents" or "", a:describe()) end
   if #app.agent_list == 0 then add("agents", "(none)") end
   for i, t in ipairs(app.topic_list) do add(i == 1 and "topics" or "", t:describe()) end
+  local Table = require "fstream.table"
+  for i, t in ipairs(app.table_list) do add(i == 1 and "tables" or "", Table.describe(t)) end
+  if #app.table_list > 0 then add("store", app:data_dir(opts.store)) end
   io.stderr:write(table.concat(lines, "\n"), "\n")
 end
 
@@ -51,9 +54,9 @@ function cli.worker(opts)
   local app, code = load_app(opts.app)
   if not app then return code end
   local broker = broker_of(app, opts)
-  local ok, rt = pcall(app._start, app, { broker = broker })
+  local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store })
   if not ok then return fail(1, "cannot start app '%s': %s", app.id, tostring(rt)) end
-  banner(app, rt, broker)
+  banner(app, rt, broker, opts)
   core.log("info", "worker started")
   local rc = rt:run()
   core.log("info", string.format("worker stopped (exit %d)", rc))
@@ -120,6 +123,73 @@ function cli.send(opts)
   return status ~= 0 and status or rc
 end
 
+function cli.tables(opts)
+  local app, code = load_app(opts.app)
+  if not app then return code end
+  local dir = app:data_dir(opts.store)
+  for _, t in ipairs(app.table_list) do
+    local local_parts = {}
+    for p = 0, t.partitions - 1 do
+      local f = io.open(string.format("%s/%s/%d/data.mdb", dir, t.name, p))
+      if f then f:close(); local_parts[#local_parts + 1] = tostring(p) end
+    end
+    print(string.format("%s\tpartitions=%d\tchangelog=%s\tlocal=%s\tdir=%s/%s", t.name, t.partitions,
+      t.changelog.name, #local_parts > 0 and table.concat(local_parts, ",") or "-", dir, t.name))
+  end
+  return 0
+end
+
+-- Reads a table's local LMDB files offline: one JSON line per entry.
+function cli.table(opts)
+  local app, code = load_app(opts.app)
+  if not app then return code end
+  local name = opts.args[1]
+  if not name then return fail(2, "table needs a NAME") end
+  if #opts.args > 1 then return fail(2, "unexpected argument '%s'", opts.args[2]) end
+  local t = app.tables[name]
+  if not t then return fail(2, "no table named '%s' in %s", name, opts.app) end
+  local Table = require "fstream.table"
+  local want
+  if opts.key then
+    local k = opts.key
+    if t.key_serializer == "json" then k = core.json.decode(k) or k end
+    want = t.encode_key(k)
+  end
+  local dir = app:data_dir(opts.store)
+  local found = 0
+  for p = 0, t.partitions - 1 do
+    local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
+    if keys then
+      for i = 1, #keys do
+        if not want or keys[i] == want then
+          found = found + 1
+          local v = t.decode_value(values[i])
+          io.write(core.json.encode { key = t.decode_key(keys[i]), value = v, partition = p }, "\n")
+        end
+      end
+    end
+  end
+  local _ = Table
+  if want and found == 0 then return fail(1, "key %s is not in the local partitions of %s", opts.key, name) end
+  return 0
+end
+
+-- Deletes the app's local state (the changelogs on the broker are untouched:
+-- the next start rebuilds from them).
+function cli.reset(opts)
+  local app, code = load_app(opts.app)
+  if not app then return code end
+  local dir = app:data_dir(opts.store)
+  for _, t in ipairs(app.table_list) do
+    local path = dir .. "/" .. t.name
+    local ok = os.execute("rm -rf '" .. path:gsub("'", "'\\''") .. "'")
+    if not ok then return fail(1, "cannot delete %s", path) end
+  end
+  os.remove(dir)
+  print("deleted local state of " .. app.id .. " in " .. dir)
+  return 0
+end
+
 function cli.agents(opts)
   local app, code = load_app(opts.app)
   if not app then return code end
@@ -137,7 +207,7 @@ function cli.broker(opts)
 end
 
 function cli.main(cmd, opts)
-  if opts.args and #opts.args > 0 and cmd ~= "send" then
+  if opts.args and #opts.args > 0 and cmd ~= "send" and cmd ~= "table" then
     return fail(2, "unexpected argument '%s'", opts.args[1])
   end
   return cli[cmd](opts)

@@ -93,6 +93,17 @@ function Testing:outputs(target)
   return values
 end
 
+-- The app's table by name (or the table itself): read it like the app does,
+-- e.g. t:table("word_counts")["hello"]. Reads search every partition.
+function Testing:table(target)
+  if type(target) == "string" then
+    local tb = self.app.tables[target]
+    if not tb then error(string.format("no table named '%s' in app '%s'", target, self.app.id), 2) end
+    return tb
+  end
+  return target
+end
+
 function Testing:now()
   return self.rt:now()
 end

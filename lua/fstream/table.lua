@@ -1,0 +1,212 @@
+-- Tables: a key-value map per app, partitioned like its source topics, stored
+-- in LMDB (one environment per partition) and backed by a compacted Kafka
+-- changelog "<app>-<table>-changelog".
+--
+-- A record cache (Kafka Streams style) sits in front of LMDB: the live Lua
+-- values of the keys touched since the last checkpoint. `t[k] = t[k] + 1` on a
+-- hot key costs one LMDB write and one changelog record per checkpoint, not
+-- one per event. At a checkpoint the dirty entries are encoded and staged
+-- (produced to the changelog now, written to LMDB once delivered); they stay
+-- readable from `prev` until then.
+local core = require "fstream.core"
+
+local Table = {}
+local MISSING, TOMBSTONE = {}, {}
+
+local OPTIONS = {
+  default = true, key_type = true, value_type = true, key_serializer = true,
+  value_serializer = true, partitions = true, changelog_topic = true,
+}
+local METHODS = {}
+
+-- The stream whose event the running coroutine is processing (set by agents).
+Table.streams_by_co = setmetatable({}, { __mode = "k" })
+
+local function codec(ser)
+  if type(ser) == "table" then return ser.encode, ser.decode end
+  if ser == "json" then
+    return core.json.encode, function(b)
+      local v, err = core.json.decode(b)
+      if err then error(err, 0) end
+      return v
+    end
+  end
+  return function(v)
+    if type(v) == "number" then return tostring(v) end
+    if type(v) ~= "string" then error("the raw serializer needs a string, got a " .. type(v), 0) end
+    return v
+  end, function(b) return b end
+end
+
+function Table.new(app, name, opts, level)
+  level = level + 1
+  opts = opts or {}
+  if type(name) ~= "string" or not name:match("^[%w%._%-]+$") then
+    error("table name must be a non-empty string of letters, digits, '.', '_' or '-'", level)
+  end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error(string.format("table '%s': unknown option '%s'", name, tostring(k)), level) end
+  end
+  local partitions = opts.partitions or app.topic_partitions
+  local self = {
+    app = app, name = name, default = opts.default, partitions = partitions,
+    key_serializer = opts.key_serializer or "json",
+    value_serializer = opts.value_serializer or "json",
+    parts = {},
+  }
+  self.encode_key, self.decode_key = codec(self.key_serializer)
+  self.encode_value, self.decode_value = codec(self.value_serializer)
+  -- The changelog travels as bytes: the table encodes, the topic is raw.
+  self.changelog = app:topic(opts.changelog_topic or (app.id .. "-" .. name .. "-changelog"), {
+    key_serializer = "raw", value_serializer = "raw", partitions = partitions,
+  })
+  return setmetatable(self, Table)
+end
+
+local function default_of(self)
+  local d = self.default
+  if type(d) == "function" then return d() end
+  return d
+end
+
+-- Partition of the event being processed by the running agent, if any.
+local function event_partition()
+  local s = Table.streams_by_co[coroutine.running()]
+  if s and s.i > 0 then
+    local _, p = s.cs:meta(s.i)
+    return p
+  end
+end
+
+local function lookup(self, p, part, kb)
+  local v = part.cache[kb]
+  if v == nil then v = part.prev[kb] end
+  if v == nil then
+    local vb = self.app.rt:table_get(self.id, p, kb)
+    if vb then v = self.decode_value(vb) else v = MISSING end
+    part.cache[kb] = v
+  end
+  if v == TOMBSTONE then return MISSING end
+  return v
+end
+
+local function held(self, p)
+  local part = self.parts[p]
+  if not part then
+    error(string.format("table '%s': partition %d is not on this worker", self.name, p), 3)
+  end
+  return part
+end
+
+-- Value or MISSING; inside an agent only the event's partition is consulted
+-- (co-partitioning), elsewhere every partition this worker holds.
+local function read(self, k)
+  if not self.app.rt then error(string.format("table '%s': the worker is not running", self.name), 3) end
+  local kb = self.encode_key(k)
+  local p = event_partition()
+  if p then return lookup(self, p, held(self, p), kb) end
+  for q, part in pairs(self.parts) do
+    local v = lookup(self, q, part, kb)
+    if v ~= MISSING then return v end
+  end
+  return MISSING
+end
+
+local function write(self, k, v)
+  local p = event_partition()
+  if not p then
+    error(string.format("table '%s': writes must happen while an agent processes an event "
+      .. "(a write goes to that event's partition)", self.name), 3)
+  end
+  local part = held(self, p)
+  local kb = self.encode_key(k)
+  part.cache[kb] = v == nil and TOMBSTONE or v
+  part.dirty[kb] = true
+end
+
+function METHODS.get(self, k)
+  local v = read(self, k)
+  if v == MISSING then return nil end
+  return v
+end
+
+-- t:update(k, fn): t[k] = fn(t[k]) (fn receives the default when k is missing).
+function METHODS.update(self, k, fn)
+  local v = read(self, k)
+  if v == MISSING then v = default_of(self) end
+  local nv = fn(v)
+  write(self, k, nv)
+  return nv
+end
+
+function METHODS.set(self, k, v) write(self, k, v) end
+function METHODS.delete(self, k) write(self, k, nil) end
+
+-- for k, v in t:items() do — the partitions this worker holds, in no set order.
+function METHODS.items(self)
+  local rt = self.app.rt
+  local merged = {}
+  for p, part in pairs(self.parts) do
+    local keys, values = rt:table_scan(self.id, p)
+    for i = 1, #keys do merged[keys[i]] = self.decode_value(values[i]) end
+    for kb, v in pairs(part.prev) do merged[kb] = v end
+    for kb, v in pairs(part.cache) do
+      if v ~= MISSING then merged[kb] = v end
+    end
+  end
+  local kb, v
+  return function()
+    repeat
+      kb, v = next(merged, kb)
+    until kb == nil or v ~= TOMBSTONE
+    if kb == nil then return nil end
+    return self.decode_key(kb), v
+  end
+end
+
+Table.__index = function(self, k)
+  local m = METHODS[k]
+  if m then return m end
+  local v = read(self, k)
+  if v == MISSING then return default_of(self) end
+  return v
+end
+
+Table.__newindex = function(self, k, v)
+  write(self, k, v)
+end
+
+Table.__name = "fstream.Table"
+
+-- Checkpoint hook: "flush" stages dirty entries; "hold"/"release" follow the
+-- partitions this worker is assigned.
+-- (Called as Table._on(t, ...): on a table, t.x reads the key "x".)
+function Table._on(self, event, p)
+  if event == "hold" then
+    rawset(self.parts, p, { cache = {}, prev = {}, dirty = {} })
+  elseif event == "release" then
+    self.parts[p] = nil
+  elseif event == "flush" then
+    local rt = self.app.rt
+    for q, part in pairs(self.parts) do
+      if next(part.dirty) then
+        local prev = {}
+        for kb in pairs(part.dirty) do
+          local v = part.cache[kb]
+          rt:table_stage(self.id, q, kb, v ~= TOMBSTONE and self.encode_value(v) or nil)
+          prev[kb] = v
+        end
+        part.prev, part.dirty = prev, {}
+      else
+        part.prev = {}
+      end
+      part.cache = {}
+    end
+  end
+end
+
+function Table.describe(self)
+  return string.format("%s (%d partitions, changelog %s)", self.name, self.partitions, self.changelog.name)
+end
+
+return Table

@@ -1,0 +1,216 @@
+#include "fs_store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define FS_STORE_INITIAL_MAP (64u << 20)
+
+struct fs_store {
+    MDB_env *env;
+    MDB_dbi data, meta;
+    size_t mapsize;
+    char *path;
+};
+
+static int fail(char *err, size_t errlen, const char *what, int rc)
+{
+    if (err) snprintf(err, errlen, "%s: %s", what, mdb_strerror(rc));
+    return -1;
+}
+
+static int mkdirs(const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct stat st;
+    if (readonly && stat(dir, &st)) {
+        snprintf(err, errlen, "%s: no such store", dir);
+        return -1;
+    }
+    if (!readonly && mkdirs(dir)) {
+        snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    fs_store *s = calloc(1, sizeof *s);
+    if (!s) return -1;
+    s->path = strdup(dir);
+    int rc = mdb_env_create(&s->env);
+    if (rc) goto fail;
+    mdb_env_set_maxdbs(s->env, 2);
+    /* Keep the existing map size if the file is bigger than our default. */
+    s->mapsize = FS_STORE_INITIAL_MAP;
+    char file[4200];
+    snprintf(file, sizeof file, "%s/data.mdb", dir);
+    if (stat(file, &st) == 0 && (size_t)st.st_size > s->mapsize) s->mapsize = (size_t)st.st_size;
+    mdb_env_set_mapsize(s->env, s->mapsize);
+    /* NOTLS: transactions are not tied to threads (one loop thread anyway). */
+    rc = mdb_env_open(s->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0644);
+    if (rc) goto fail;
+    MDB_txn *txn;
+    rc = mdb_txn_begin(s->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
+    if (rc) goto fail;
+    rc = mdb_dbi_open(txn, "data", readonly ? 0 : MDB_CREATE, &s->data);
+    if (!rc) rc = mdb_dbi_open(txn, "meta", readonly ? 0 : MDB_CREATE, &s->meta);
+    if (rc) {
+        mdb_txn_abort(txn);
+        goto fail;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc) goto fail;
+    *out = s;
+    return 0;
+fail:
+    fail(err, errlen, dir, rc);
+    fs_store_close(s);
+    return -1;
+}
+
+void fs_store_close(fs_store *s)
+{
+    if (!s) return;
+    if (s->env) mdb_env_close(s->env);
+    free(s->path);
+    free(s);
+}
+
+const char *fs_store_path(const fs_store *s)
+{
+    return s->path;
+}
+
+int fs_store_get(fs_store *s, const void *key, size_t klen, fs_buf *out, int *found, char *err,
+                 size_t errlen)
+{
+    MDB_txn *txn;
+    *found = 0;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return fail(err, errlen, "read", rc);
+    MDB_val k = {klen, (void *)key}, v;
+    rc = mdb_get(txn, s->data, &k, &v);
+    if (rc == 0) {
+        fs_buf_reset(out);
+        /* The value lives in the map only until the transaction ends: copy it. */
+        if (fs_buf_add(out, v.mv_data, v.mv_size)) rc = ENOMEM;
+        else *found = 1;
+    } else if (rc == MDB_NOTFOUND) {
+        rc = 0;
+    }
+    mdb_txn_abort(txn);
+    return rc ? fail(err, errlen, "read", rc) : 0;
+}
+
+static int write_once(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
+                      size_t nmeta)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc) return rc;
+    for (size_t i = 0; i < nops && !rc; i++) {
+        MDB_val k = {ops[i].klen, (void *)ops[i].key};
+        if (ops[i].val) {
+            MDB_val v = {ops[i].vlen, (void *)ops[i].val};
+            rc = mdb_put(txn, s->data, &k, &v, 0);
+        } else {
+            rc = mdb_del(txn, s->data, &k, NULL);
+            if (rc == MDB_NOTFOUND) rc = 0;
+        }
+    }
+    for (size_t i = 0; i < nmeta && !rc; i++) {
+        MDB_val k = {strlen(meta[i].name), (void *)meta[i].name};
+        MDB_val v = {sizeof(int64_t), (void *)&meta[i].value};
+        rc = mdb_put(txn, s->meta, &k, &v, 0);
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    return mdb_txn_commit(txn);
+}
+
+int fs_store_write(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
+                   size_t nmeta, int sync, char *err, size_t errlen)
+{
+    mdb_env_set_flags(s->env, MDB_NOSYNC, !sync);
+    for (;;) {
+        int rc = write_once(s, ops, nops, meta, nmeta);
+        if (rc == 0) break;
+        if (rc != MDB_MAP_FULL) return fail(err, errlen, "write", rc);
+        /* No transaction is open now, so the map may grow. */
+        s->mapsize *= 2;
+        rc = mdb_env_set_mapsize(s->env, s->mapsize);
+        if (rc) return fail(err, errlen, "grow map", rc);
+    }
+    if (!sync) mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
+    return 0;
+}
+
+int fs_store_sync(fs_store *s)
+{
+    return mdb_env_sync(s->env, 1);
+}
+
+int fs_store_meta_get(fs_store *s, const char *name, int64_t *value, int *found, char *err,
+                      size_t errlen)
+{
+    MDB_txn *txn;
+    *found = 0;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return fail(err, errlen, "read meta", rc);
+    MDB_val k = {strlen(name), (void *)name}, v;
+    rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == 0 && v.mv_size == sizeof(int64_t)) {
+        memcpy(value, v.mv_data, sizeof(int64_t));
+        *found = 1;
+    }
+    mdb_txn_abort(txn);
+    return rc && rc != MDB_NOTFOUND ? fail(err, errlen, "read meta", rc) : 0;
+}
+
+int fs_store_scan(fs_store *s, int (*cb)(void *ud, const void *k, size_t kl, const void *v, size_t vl),
+                  void *ud, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return fail(err, errlen, "scan", rc);
+    rc = mdb_cursor_open(txn, s->data, &cur);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return fail(err, errlen, "scan", rc);
+    }
+    MDB_val k, v;
+    int stop = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && !stop;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        stop = cb(ud, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    if (stop) return stop;
+    return rc == MDB_NOTFOUND ? 0 : fail(err, errlen, "scan", rc);
+}
+
+size_t fs_store_count(fs_store *s)
+{
+    MDB_txn *txn;
+    MDB_stat st;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) return 0;
+    size_t n = mdb_stat(txn, s->data, &st) ? 0 : st.ms_entries;
+    mdb_txn_abort(txn);
+    return n;
+}

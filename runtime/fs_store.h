@@ -1,0 +1,61 @@
+/* fs_store: one LMDB environment holding one partition of one table.
+ *
+ * Two named databases: "data" (encoded key -> encoded value) and "meta"
+ * (name -> int64: the changelog offset the data covers, the input offsets it
+ * reflects). A batch of writes and the meta values that describe it commit in
+ * one write transaction, so data and offsets never disagree. The map grows
+ * (doubling) when full instead of failing with MDB_MAP_FULL.
+ *
+ * Lifetimes: values returned by fs_store_get are copied into the caller's
+ * buffer before the read transaction ends; no transaction is held between
+ * calls (nothing is held across a coroutine yield). */
+#ifndef FS_STORE_H
+#define FS_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fs_buf.h"
+
+typedef struct fs_store fs_store;
+
+typedef struct fs_store_op {
+    const void *key;
+    size_t klen;
+    const void *val; /* NULL: delete the key */
+    size_t vlen;
+} fs_store_op;
+
+typedef struct fs_store_meta {
+    const char *name;
+    int64_t value;
+} fs_store_meta;
+
+/* Opens (creating the directory and files as needed) the store in `dir`.
+ * readonly: for offline readers (fstream-lua table); fails if it doesn't exist. */
+int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size_t errlen);
+void fs_store_close(fs_store *s);
+
+/* Looks key up; on a hit copies the value into out (reset first) and sets *found. */
+int fs_store_get(fs_store *s, const void *key, size_t klen, fs_buf *out, int *found, char *err,
+                 size_t errlen);
+
+/* Applies ops and sets meta values in one write transaction. sync=0 skips the
+ * fsync (recovery batches; the caller syncs at the end with fs_store_sync). */
+int fs_store_write(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
+                   size_t nmeta, int sync, char *err, size_t errlen);
+int fs_store_sync(fs_store *s);
+
+/* Reads a meta value; *found is 0 when absent. */
+int fs_store_meta_get(fs_store *s, const char *name, int64_t *value, int *found, char *err,
+                      size_t errlen);
+
+/* Calls cb for every entry in key order inside one read transaction; cb must
+ * copy what it keeps. A non-zero return from cb stops the scan and is returned. */
+int fs_store_scan(fs_store *s, int (*cb)(void *ud, const void *k, size_t kl, const void *v, size_t vl),
+                  void *ud, char *err, size_t errlen);
+
+size_t fs_store_count(fs_store *s);
+const char *fs_store_path(const fs_store *s);
+
+#endif

@@ -1,0 +1,338 @@
+/* fs_table: tables' partitions on this worker — LMDB stores, staged writes,
+ * recovery from the changelog, and where input resumes.
+ *
+ * Checkpoint order (DESIGN §3): Lua stages every dirty entry, which produces
+ * it to the changelog; once every message of the checkpoint is delivered the
+ * staged entries go to LMDB in one transaction per partition together with the
+ * changelog offset they cover and the input offsets they reflect; then the
+ * consumer offsets are committed. LMDB is therefore never ahead of the
+ * changelog, and a restart resumes input from the later of the committed
+ * offset and the one LMDB recorded. */
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fs_log.h"
+#include "fs_rt.h"
+#include "fs_store.h"
+
+#define RECOVERY_BATCH 20000
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int call_hook(fs_rt *rt, const char *event, int32_t p)
+{
+    if (rt->table_hook_ref <= 0) return 0;
+    lua_State *L = rt->L;
+    lua_pushcfunction(L, fs_sched_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->table_hook_ref);
+    lua_pushstring(L, event);
+    lua_pushinteger(L, p);
+    if (lua_pcall(L, 2, 0, -4)) {
+        fs_rt_fatal(rt, "tables (%s): %s", event, lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return -1;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+int fs_tables_flush(fs_rt *rt)
+{
+    return rt->ntables ? call_hook(rt, "flush", -1) : 0;
+}
+
+int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
+                   size_t vl, char *err, size_t errlen)
+{
+    if (p < 0 || p >= t->partitions || !t->parts[p].store) {
+        snprintf(err, errlen, "table %s: partition %d is not held by this worker", t->name, (int)p);
+        return -1;
+    }
+    struct fs_tpart *tp = &t->parts[p];
+    if (tp->nops == tp->capops) {
+        size_t cap = tp->capops ? tp->capops * 2 : 256;
+        struct fs_staged *ops = realloc(tp->ops, cap * sizeof *ops);
+        if (!ops) goto oom;
+        tp->ops = ops;
+        tp->capops = cap;
+    }
+    struct fs_staged *op = &tp->ops[tp->nops];
+    op->koff = tp->arena.len;
+    op->klen = kl;
+    if (fs_buf_add(&tp->arena, k, kl)) goto oom;
+    op->del = v == NULL;
+    op->voff = tp->arena.len;
+    op->vlen = v ? vl : 0;
+    if (v && fs_buf_add(&tp->arena, v, vl)) goto oom;
+    if (fs_produce(rt, t->changelog, p, k, kl, v, vl, NULL, NULL, err, errlen)) return -1;
+    tp->nops++;
+    rt->changelog_records++;
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory");
+    return -1;
+}
+
+/* Input offsets of partition p that the staged state reflects. */
+static size_t input_meta(fs_rt *rt, int32_t p, int use_snap, fs_store_meta *meta, char (*names)[300],
+                         size_t max)
+{
+    size_t n = 0;
+    for (int i = 0; i < rt->ntopics && n < max; i++) {
+        fs_topic *t = rt->topics[i];
+        if (t->table || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
+        int64_t off = use_snap ? t->parts[p]->snap : fs_part_committable(t->parts[p]);
+        if (off < 0) continue;
+        snprintf(names[n], sizeof names[n], "in/%s", t->name);
+        meta[n].name = names[n];
+        meta[n].value = off;
+        n++;
+    }
+    return n;
+}
+
+int fs_tables_write(fs_rt *rt, int use_snap)
+{
+    char err[512];
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        for (int p = 0; p < t->partitions; p++) {
+            struct fs_tpart *tp = &t->parts[p];
+            if (!tp->store || !tp->nops) continue;
+            fs_store_op *ops = malloc(tp->nops * sizeof *ops);
+            if (!ops) return -1;
+            for (size_t j = 0; j < tp->nops; j++) {
+                struct fs_staged *s = &tp->ops[j];
+                ops[j].key = tp->arena.data + s->koff;
+                ops[j].klen = s->klen;
+                ops[j].val = s->del ? NULL : tp->arena.data + s->voff;
+                ops[j].vlen = s->vlen;
+            }
+            fs_store_meta meta[65];
+            char names[64][300];
+            size_t nmeta = input_meta(rt, p, use_snap, meta, names, 64);
+            if (tp->cl_next >= 0) {
+                meta[nmeta].name = "changelog";
+                meta[nmeta].value = tp->cl_next;
+                nmeta++;
+            }
+            int rc = fs_store_write(tp->store, ops, tp->nops, meta, nmeta, 1, err, sizeof err);
+            free(ops);
+            if (rc) {
+                fs_rt_fatal(rt, "table %s[%d]: %s", t->name, p, err);
+                return -1;
+            }
+            rt->lmdb_writes += (int64_t)tp->nops;
+            tp->nops = 0;
+            fs_buf_reset(&tp->arena);
+        }
+    }
+    return 0;
+}
+
+int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p)
+{
+    char name[300], err[256];
+    snprintf(name, sizeof name, "in/%s", topic);
+    int64_t best = -1;
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        if (p >= t->partitions || !t->parts[p].store) continue;
+        int64_t v;
+        int found;
+        if (fs_store_meta_get(t->parts[p].store, name, &v, &found, err, sizeof err) == 0 && found &&
+            v > best)
+            best = v;
+    }
+    return best;
+}
+
+/* Replays changelog partition p from the offset the store covers to the end. */
+static int recover(fs_rt *rt, fs_table *t, int32_t p)
+{
+    struct fs_tpart *tp = &t->parts[p];
+    char err[512];
+    int64_t start = 0, v;
+    int found;
+    if (fs_store_meta_get(tp->store, "changelog", &v, &found, err, sizeof err)) {
+        fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
+        return -1;
+    }
+    if (found) start = v;
+    int64_t lo = 0, hi = 0;
+    const char *cl = t->changelog->name;
+    rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(rt->recovery, cl, p, &lo, &hi, 10000);
+    if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || e == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION) {
+        lo = hi = 0;
+    } else if (e) {
+        fs_rt_fatal(rt, "table %s[%d]: cannot read the end of %s: %s", t->name, (int)p, cl,
+                    rd_kafka_err2str(e));
+        return -1;
+    }
+    if (start > hi) {
+        fs_rt_fatal(rt,
+                    "table %s[%d]: local state (in %s) covers changelog %s up to offset %lld but the "
+                    "changelog ends at %lld — was the changelog deleted or recreated? Run "
+                    "`fstream-lua reset` to rebuild from what the changelog holds",
+                    t->name, (int)p, fs_store_path(tp->store), cl, (long long)start, (long long)hi);
+        return -1;
+    }
+    if (start < lo) {
+        if (found)
+            fs_warn("table %s[%d]: changelog %s starts at %lld but local state stops at %lld: "
+                    "%lld records are gone from the broker",
+                    t->name, (int)p, cl, (long long)lo, (long long)start, (long long)(lo - start));
+        start = lo;
+    }
+    if (start >= hi) {
+        tp->cl_next = start;
+        return 0;
+    }
+    int64_t total = hi - start, done = 0;
+    fs_info("recovering table %s[%d]: %lld changelog records (offsets %lld..%lld)", t->name, (int)p,
+            (long long)total, (long long)start, (long long)(hi - 1));
+    rd_kafka_topic_partition_list_t *a = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(a, cl, p)->offset = start;
+    rd_kafka_assign(rt->recovery, a);
+    rd_kafka_topic_partition_list_destroy(a);
+    rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rt->recovery);
+    double t0 = now_s(), last_log = t0;
+    fs_store_op *ops = malloc(RECOVERY_BATCH * sizeof *ops);
+    rd_kafka_message_t **held = malloc(RECOVERY_BATCH * sizeof *held);
+    size_t nops = 0;
+    int64_t next = start;
+    int rc = 0, idle = 0;
+    while (next < hi && rc == 0) {
+        rd_kafka_message_t *msgs[1024];
+        size_t room = RECOVERY_BATCH - nops < 1024 ? RECOVERY_BATCH - nops : 1024;
+        ssize_t n = rd_kafka_consume_batch_queue(q, 1000, msgs, room);
+        if (n <= 0) {
+            if (++idle > 30) {
+                fs_rt_fatal(rt, "table %s[%d]: changelog %s stopped at %lld of %lld", t->name,
+                            (int)p, cl, (long long)next, (long long)hi);
+                rc = -1;
+            }
+        }
+        for (ssize_t i = 0; i < n; i++) {
+            rd_kafka_message_t *m = msgs[i];
+            if (m->err) {
+                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                    fs_warn("recovery of %s[%d]: %s", cl, (int)p, rd_kafka_message_errstr(m));
+                rd_kafka_message_destroy(m);
+                continue;
+            }
+            idle = 0;
+            ops[nops].key = m->key;
+            ops[nops].klen = m->key_len;
+            ops[nops].val = m->payload;
+            ops[nops].vlen = m->len;
+            held[nops++] = m;
+            next = m->offset + 1;
+        }
+        if (nops == RECOVERY_BATCH || (nops && next >= hi) || (nops && n <= 0)) {
+            fs_store_meta meta = {"changelog", next};
+            if (fs_store_write(tp->store, ops, nops, &meta, 1, 0, err, sizeof err)) {
+                fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
+                rc = -1;
+            }
+            for (size_t i = 0; i < nops; i++) rd_kafka_message_destroy(held[i]);
+            done += (int64_t)nops;
+            rt->recovered_records += (int64_t)nops;
+            nops = 0;
+        }
+        double tn = now_s();
+        if (tn - last_log >= 2.0) {
+            last_log = tn;
+            fs_info("recovering table %s[%d]: %lld/%lld records (%.0f%%), %.0f records/s", t->name,
+                    (int)p, (long long)done, (long long)total, 100.0 * (double)done / (double)total,
+                    (double)done / (tn - t0));
+        }
+    }
+    for (size_t i = 0; i < nops; i++) rd_kafka_message_destroy(held[i]);
+    free(ops);
+    free(held);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_assign(rt->recovery, NULL);
+    fs_store_sync(tp->store);
+    tp->cl_next = next;
+    if (rc == 0)
+        fs_info("recovered table %s[%d]: %lld records in %.2f s", t->name, (int)p, (long long)done,
+                now_s() - t0);
+    return rc;
+}
+
+int fs_tables_hold(fs_rt *rt, int32_t p)
+{
+    char err[512], dir[4200];
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        if (p < 0 || p >= t->partitions || t->parts[p].store) continue;
+        if (rt->test) continue; /* fstream.testing keeps tables in Lua only */
+        snprintf(dir, sizeof dir, "%s/%d", t->dir, (int)p);
+        if (fs_store_open(&t->parts[p].store, dir, 0, err, sizeof err)) {
+            fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
+            return -1;
+        }
+        t->parts[p].cl_next = -1;
+        {
+            if (!rt->recovery) {
+                char g[512];
+                snprintf(g, sizeof g, "%s-recovery", rt->group);
+                rt->recovery = fs_kafka_new_consumer(rt, g, err, sizeof err);
+                if (!rt->recovery) {
+                    fs_rt_fatal(rt, "recovery consumer: %s", err);
+                    return -1;
+                }
+            }
+            if (recover(rt, t, p)) return -1;
+        }
+    }
+    return call_hook(rt, "hold", p);
+}
+
+void fs_tables_release(fs_rt *rt, int32_t p)
+{
+    int any = 0;
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        if (p < 0 || p >= t->partitions || !t->parts[p].store) continue;
+        fs_store_close(t->parts[p].store);
+        t->parts[p].store = NULL;
+        t->parts[p].nops = 0;
+        fs_buf_reset(&t->parts[p].arena);
+        any = 1;
+    }
+    if (any) call_hook(rt, "release", p);
+}
+
+void fs_tables_close(fs_rt *rt)
+{
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        for (int p = 0; p < t->partitions; p++) {
+            fs_store_close(t->parts[p].store);
+            fs_buf_free(&t->parts[p].arena);
+            free(t->parts[p].ops);
+        }
+        free(t->parts);
+        free(t->dir);
+        free(t->name);
+        free(t);
+    }
+    free(rt->tables);
+    rt->tables = NULL;
+    rt->ntables = 0;
+    if (rt->recovery) {
+        rd_kafka_consumer_close(rt->recovery);
+        rd_kafka_destroy(rt->recovery);
+        rt->recovery = NULL;
+    }
+}
