@@ -163,29 +163,63 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         rd_kafka_topic_partition_list_destroy(c);
         rd_kafka_assign(rk, parts);
+        rt->paused = 0; /* a new assignment starts fetching */
     } else {
+        /* Agents may be in the middle of an event of these partitions (a table
+         * write, a send, a sleep). Committing now would count that event twice
+         * when the next owner replays it, so the unassignment waits — librdkafka
+         * holds the rebalance until rd_kafka_assign(NULL) — while a fence stops
+         * agents from starting further events of these partitions. */
         fs_info("revoking %d partitions: %s", parts->cnt, names);
-        fs_sync_acks(rt);
-        fs_tables_flush(rt);
-        /* Outputs of acknowledged events must be delivered before their offsets commit. */
-        if (rd_kafka_flush(rt->producer, 30000))
-            fs_warn("producer flush timed out during rebalance; not committing");
-        else if (!rt->fatal && fs_tables_write(rt, 0) == 0)
-            commit_parts(rt, parts, 0, 1);
-        for (int i = 0; i < parts->cnt; i++) {
-            int32_t p = parts->elems[i].partition;
-            int seen = 0;
-            for (int j = 0; j < i; j++) seen |= parts->elems[j].partition == p;
-            if (!seen) fs_tables_release(rt, p);
-        }
+        if (rt->revoke) rd_kafka_topic_partition_list_destroy(rt->revoke);
+        rt->revoke = rd_kafka_topic_partition_list_copy(parts);
+        rt->revoke_deadline = fs_loop_now(&rt->loop) + 10000;
         for (int i = 0; i < parts->cnt; i++) {
             fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
             fs_part *p = t ? fs_part_get(t, parts->elems[i].partition) : NULL;
-            if (p) fs_part_revoke(rt, p);
+            if (!p) continue;
+            p->revoking = 1;
+            fs_part_drop_queued(rt, p);
         }
-        rt->ckpt_active = 0;
-        rd_kafka_assign(rk, NULL);
+        fs_fence_streams(rt, 1);
+        fs_kafka_revoke_poll(rt);
     }
+}
+
+void fs_kafka_revoke_poll(fs_rt *rt)
+{
+    if (!rt->revoke) return;
+    fs_sync_acks(rt);
+    if (!fs_streams_clear(rt)) {
+        if (fs_loop_now(&rt->loop) < rt->revoke_deadline && !rt->stopped) return;
+        fs_warn("agents still busy with events of revoked partitions after 10 s; revoking anyway "
+                "(those events will be processed again by the next owner)");
+    }
+    rd_kafka_topic_partition_list_t *parts = rt->revoke;
+    rt->revoke = NULL;
+    fs_fence_streams(rt, 0); /* drops what agents had not started */
+    fs_tables_flush(rt, 1);
+    /* Outputs of acknowledged events must be delivered before their offsets commit. */
+    if (rd_kafka_flush(rt->producer, 30000))
+        fs_warn("producer flush timed out during rebalance; not committing");
+    else if (!rt->fatal && fs_tables_write(rt, 0) == 0)
+        commit_parts(rt, parts, 0, 1);
+    for (int i = 0; i < parts->cnt; i++) {
+        int32_t p = parts->elems[i].partition;
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= parts->elems[j].partition == p;
+        if (!seen) fs_tables_release(rt, p);
+    }
+    for (int i = 0; i < parts->cnt; i++) {
+        fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
+        fs_part *p = t ? fs_part_get(t, parts->elems[i].partition) : NULL;
+        if (p) fs_part_revoke(rt, p);
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+    rt->ckpt_active = 0;
+    rd_kafka_assign(rt->consumer, NULL);
+    rt->consume_pending = 1;
+    fs_info("revocation done");
 }
 
 static void wake_cb(fs_io *io, uint32_t events)
@@ -237,6 +271,12 @@ rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_
                         conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
                         conf_set(c, "partition.assignment.strategy", "range,roundrobin", err,
                                  errlen)))) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
+    /* FSTREAM_KAFKA_DEBUG=cgrp,fetch,...: librdkafka's own debug contexts (log level debug). */
+    const char *dbg = getenv("FSTREAM_KAFKA_DEBUG");
+    if (dbg && *dbg && conf_set(c, "debug", dbg, err, errlen)) {
         rd_kafka_conf_destroy(c);
         return NULL;
     }
@@ -420,8 +460,26 @@ void fs_kafka_poll(fs_rt *rt)
         rt->produce_pending = 0;
         rd_kafka_poll(rt->producer, 0);
     }
-    if (!rt->consume_pending || !rt->subscribed || rt->stopping || rt->queued >= rt->max_queued)
+    if (rt->revoke) {
+        fs_kafka_revoke_poll(rt);
         return;
+    }
+    if (!rt->subscribed || rt->stopping) return;
+    /* Back-pressure pauses fetching, but the queue is still served: rebalances
+     * and commit results arrive on it, and a worker that stops reading it would
+     * never answer a rebalance. */
+    int over = rt->queued >= rt->max_queued;
+    if (over != rt->paused && (over || rt->queued < rt->max_queued / 2)) {
+        rd_kafka_topic_partition_list_t *a = NULL;
+        if (!rd_kafka_assignment(rt->consumer, &a) && a) {
+            if (over) rd_kafka_pause_partitions(rt->consumer, a);
+            else rd_kafka_resume_partitions(rt->consumer, a);
+            rd_kafka_topic_partition_list_destroy(a);
+        }
+        rt->paused = over;
+        fs_debug("%s fetching (%lld events queued)", over ? "paused" : "resumed", (long long)rt->queued);
+    }
+    if (!rt->consume_pending) return;
     rd_kafka_message_t *msgs[FS_CONSUME_BATCH];
     ssize_t n = rd_kafka_consume_batch_queue(rt->cq, 0, msgs, FS_CONSUME_BATCH);
     if (n < 0) {
@@ -518,7 +576,7 @@ void fs_checkpoint_begin(fs_rt *rt)
     fs_sync_acks(rt);
     /* Tables stage their dirty entries now: their changelog records belong to this
      * checkpoint's epoch, like every output produced before the snapshot. */
-    if (fs_tables_flush(rt)) return;
+    if (fs_tables_flush(rt, 0)) return;
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
@@ -544,7 +602,7 @@ int fs_checkpoint_sync(fs_rt *rt, int timeout_ms)
     if (rt->test || !rt->consumer) return 0;
     rt->ckpt_active = 0;
     fs_sync_acks(rt);
-    if (fs_tables_flush(rt)) return -1;
+    if (fs_tables_flush(rt, 1)) return -1;
     if (rd_kafka_flush(rt->producer, timeout_ms)) {
         fs_error("could not deliver %d messages in %d ms; not committing their input",
                  rd_kafka_outq_len(rt->producer), timeout_ms);

@@ -892,6 +892,107 @@ void fs_sync_acks(fs_rt *rt)
     }
 }
 
+/* Removes from a stream's buffer the events after position `i` that belong to
+ * partitions being revoked (the agent has not started them); they are
+ * acknowledged here and will be delivered to the partition's next owner. The
+ * Lua Stream table is at stack index tbl. */
+static void drop_revoked(fs_rt *rt, fs_stream *s, lua_State *L, int tbl)
+{
+    lua_getfield(L, tbl, "i");
+    lua_Integer i = lua_tointeger(L, -1);
+    lua_getfield(L, tbl, "n");
+    lua_Integer n = lua_tointeger(L, -1);
+    lua_getfield(L, tbl, "mode");
+    int pairs = lua_tointeger(L, -1) == MODE_ITEMS;
+    lua_getfield(L, tbl, "buf");
+    int buf = lua_gettop(L);
+    if (n > (lua_Integer)s->ntaken) n = (lua_Integer)s->ntaken;
+    /* A stream waiting in take has handed everything out (its i is stale). */
+    if (i > n) i = n;
+    if (i < 0) i = 0;
+    lua_Integer w = i;
+    for (lua_Integer j = i + 1; j <= n; j++) {
+        fs_event *e = s->taken[j - 1];
+        if (e->part->revoking || !e->part->assigned) {
+            fs_event_release(rt, e);
+            continue;
+        }
+        w++;
+        if (w != j) {
+            s->taken[w - 1] = e;
+            int width = pairs ? 2 : 1;
+            for (int k = 0; k < width; k++) {
+                lua_rawgeti(L, buf, width * (j - 1) + 1 + k);
+                lua_rawseti(L, buf, width * (w - 1) + 1 + k);
+            }
+        }
+    }
+    /* An event that failed to decode sits after the buffer's entries: keep it. */
+    size_t tail = s->ntaken - (size_t)n;
+    if (tail && w != n) memmove(&s->taken[w], &s->taken[n], tail * sizeof *s->taken);
+    s->ntaken = (size_t)w + tail;
+    lua_pushinteger(L, w);
+    lua_setfield(L, tbl, "n");
+    lua_settop(L, tbl);
+}
+
+/* stream:fence(tbl): the agent asks for the next event while a revocation is
+ * pending: everything up to its position is finished, the rest of revoked
+ * partitions is dropped. */
+static int l_stream_fence(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    fs_stream *s = u->s;
+    lua_getfield(L, 2, "i");
+    lua_Integer i = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    for (; (lua_Integer)s->nacked < i && s->nacked < s->ntaken; s->nacked++)
+        fs_event_ack(u->rt, s->taken[s->nacked]);
+    drop_revoked(u->rt, s, L, 2);
+    return 0;
+}
+
+void fs_fence_streams(fs_rt *rt, int on)
+{
+    lua_State *L = rt->L;
+    for (int a = 0; a < rt->nagents; a++) {
+        fs_agent *ag = rt->agents[a];
+        for (int j = 0; j < ag->nstreams; j++) {
+            fs_stream *s = ag->streams[j];
+            if (s->lua_ref <= 0) continue;
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
+            int tbl = lua_gettop(L);
+            if (on) lua_pushboolean(L, 1);
+            else lua_pushnil(L);
+            lua_setfield(L, tbl, "fence");
+            if (!on) drop_revoked(rt, s, L, tbl);
+            lua_settop(L, tbl - 1);
+        }
+    }
+}
+
+int fs_streams_clear(fs_rt *rt)
+{
+    lua_State *L = rt->L;
+    for (int a = 0; a < rt->nagents; a++) {
+        fs_agent *ag = rt->agents[a];
+        for (int j = 0; j < ag->nstreams; j++) {
+            fs_stream *s = ag->streams[j];
+            if (s->lua_ref <= 0 || s->ntaken == 0) continue;
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
+            lua_getfield(L, -1, "i");
+            lua_Integer pos = lua_tointeger(L, -1);
+            lua_pop(L, 2);
+            /* Event `pos` is in progress unless already acknowledged. */
+            if (pos >= 1 && (size_t)pos <= s->ntaken && (size_t)pos > s->nacked &&
+                s->taken[pos - 1]->part->revoking)
+                return 0;
+        }
+    }
+    return 1;
+}
+
 /* stream:ack() — acknowledge what the last take handed out (the agent ended). */
 static int l_stream_ack(lua_State *L)
 {
@@ -1021,6 +1122,7 @@ static const luaL_Reg stream_methods[] = {
     {"ack", l_stream_ack},
     {"bind", l_stream_bind},
     {"drop", l_stream_drop},
+    {"fence", l_stream_fence},
     {"meta", l_stream_meta},
     {NULL, NULL},
 };

@@ -61,6 +61,7 @@ struct fs_part {
     fs_topic *topic;
     int32_t id;
     int assigned;
+    int revoking; /* revoked, waiting for agents to finish its events in progress */
     uint32_t gen; /* bumped on assign/revoke; events of an older generation are stale */
     struct fs_slot {
         int64_t offset;
@@ -110,6 +111,7 @@ struct fs_table {
         } *ops;
         size_t nops, capops;
         int64_t cl_next; /* changelog offset after the last delivered staged record */
+        char in_hdr[1024]; /* "topic@offset;..." input offsets this flush reflects */
     } *parts;
 };
 
@@ -178,6 +180,9 @@ struct fs_rt {
     fs_io cio, pio, sio;
     int consume_pending, produce_pending;
     int subscribed;
+    int paused; /* fetching paused: agents have max_queued events waiting */
+    rd_kafka_topic_partition_list_t *revoke; /* a revocation waiting for agents, or NULL */
+    int64_t revoke_deadline;
     int64_t wall_offset_ms; /* fake clock: epoch ms at fake time 0 */
 
     fs_topic **topics;
@@ -229,6 +234,7 @@ int fs_sched_traceback(lua_State *L); /* message handler for lua_pcall */
 fs_topic *fs_topic_find(fs_rt *rt, const char *name);
 fs_part *fs_part_get(fs_topic *t, int32_t partition);
 void fs_part_assign(fs_part *p, int64_t committed);
+void fs_part_drop_queued(fs_rt *rt, fs_part *p);
 void fs_part_revoke(fs_rt *rt, fs_part *p);
 int64_t fs_part_committable(const fs_part *p);
 fs_batch *fs_batch_new(int n, int owned);
@@ -237,6 +243,7 @@ void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int
                  rd_kafka_headers_t *hdrs);
 void fs_batch_done(fs_batch *b); /* dispatch finished adding to b */
 void fs_event_ack(fs_rt *rt, fs_event *e);
+void fs_event_release(fs_rt *rt, fs_event *e);
 void fs_stream_ack_taken(fs_rt *rt, fs_stream *s);
 void fs_agent_close(fs_rt *rt, fs_agent *a);
 void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
@@ -244,11 +251,19 @@ void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
 /* fs_lua.c: acknowledges every event an agent has moved past (reads each
  * stream's position from Lua); called before offsets are snapshotted. */
 void fs_sync_acks(fs_rt *rt);
+/* fs_lua.c: sets or clears the `fence` flag of every Lua stream, and drops
+ * events of revoking partitions that agents have not started yet. */
+void fs_fence_streams(fs_rt *rt, int on);
+/* fs_lua.c: 1 when no agent is in the middle of an event of a revoking partition. */
+int fs_streams_clear(fs_rt *rt);
 
 /* fs_table.c */
 int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */
 void fs_tables_release(fs_rt *rt, int32_t p); /* close partition p (after a checkpoint) */
-int fs_tables_flush(fs_rt *rt);              /* Lua stages dirty entries (changelog + staging) */
+/* Lua stages dirty entries (changelog + staging). force: also give every held
+ * partition with nothing to stage one record carrying the input offsets (at a
+ * revocation or shutdown: the next owner must resume exactly there). */
+int fs_tables_flush(fs_rt *rt, int force);
 int fs_tables_write(fs_rt *rt, int use_snap); /* staged entries -> LMDB with offsets */
 int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p);
 int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
@@ -267,6 +282,7 @@ void fs_checkpoint_begin(fs_rt *rt);
 void fs_checkpoint_poll(fs_rt *rt);
 int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
 int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
+void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
 rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
 
 /* fs_memlog.c */

@@ -90,6 +90,10 @@ static int setup_signals(fs_rt *rt)
 
 static void finish(fs_rt *rt)
 {
+    if (rt->revoke) {
+        rt->revoke_deadline = 0;
+        fs_kafka_revoke_poll(rt);
+    }
     fs_sched_kill_all(rt);
     if (rt->fatal) {
         fs_error("%s", rt->fatal_msg);
@@ -116,10 +120,10 @@ int fs_rt_run(fs_rt *rt)
     rt->commit_timer.data = rt;
     fs_timer_start(&rt->loop, &rt->commit_timer, rt->commit_interval_ms);
     while (!rt->stopped) {
-        int busy = rt->ready_head || rt->produce_pending ||
-                   (rt->consume_pending && !rt->stopping && rt->queued < rt->max_queued);
+        int busy = rt->ready_head || rt->produce_pending || (rt->consume_pending && !rt->stopping);
         int64_t t = fs_loop_next_timeout(&rt->loop);
         int timeout = busy ? 0 : (t < 0 || t > 1000) ? 1000 : (int)t;
+        if (rt->revoke && timeout > 20) timeout = 20; /* waiting for agents to reach a boundary */
         if (fs_loop_poll(&rt->loop, timeout) < 0) fs_rt_fatal(rt, "epoll_wait failed");
         fs_kafka_poll(rt);
         fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));

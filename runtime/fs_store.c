@@ -205,6 +205,33 @@ int fs_store_scan(fs_store *s, int (*cb)(void *ud, const void *k, size_t kl, con
     return rc == MDB_NOTFOUND ? 0 : fail(err, errlen, "scan", rc);
 }
 
+int fs_store_last(fs_store *s, fs_buf *k, fs_buf *v, int *found, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    *found = 0;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) return fail(err, errlen, "read", rc);
+    rc = mdb_cursor_open(txn, s->data, &cur);
+    if (rc == 0) {
+        MDB_val mk, mv;
+        rc = mdb_cursor_get(cur, &mk, &mv, MDB_LAST);
+        if (rc == 0) {
+            fs_buf_reset(k);
+            fs_buf_reset(v);
+            if (fs_buf_add(k, mk.mv_data, mk.mv_size) || fs_buf_add(v, mv.mv_data, mv.mv_size))
+                rc = ENOMEM;
+            else
+                *found = 1;
+        } else if (rc == MDB_NOTFOUND) {
+            rc = 0;
+        }
+        mdb_cursor_close(cur);
+    }
+    mdb_txn_abort(txn);
+    return rc ? fail(err, errlen, "read", rc) : 0;
+}
+
 size_t fs_store_count(fs_store *s)
 {
     MDB_txn *txn;

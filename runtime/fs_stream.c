@@ -55,17 +55,15 @@ void fs_part_assign(fs_part *p, int64_t committed)
 
 /* Events of a revoked partition still waiting in agent queues are dropped:
  * whoever owns the partition next will receive them again. */
-void fs_part_revoke(fs_rt *rt, fs_part *p)
+void fs_part_drop_queued(fs_rt *rt, fs_part *p)
 {
-    p->assigned = 0;
-    p->gen++;
     for (int i = 0; i < rt->nagents; i++) {
         fs_agent *a = rt->agents[i];
         size_t kept = 0;
         for (size_t j = 0; j < a->qlen; j++) {
             fs_event *e = a->q[(a->qhead + j) % a->qcap];
             if (e->part == p) {
-                fs_event_ack(rt, e);
+                fs_event_release(rt, e);
                 rt->queued--;
             } else {
                 a->q[(a->qhead + kept) % a->qcap] = e;
@@ -74,6 +72,14 @@ void fs_part_revoke(fs_rt *rt, fs_part *p)
         }
         a->qlen = kept;
     }
+}
+
+void fs_part_revoke(fs_rt *rt, fs_part *p)
+{
+    fs_part_drop_queued(rt, p);
+    p->assigned = 0;
+    p->revoking = 0;
+    p->gen++;
     p->rhead = p->rlen = 0;
 }
 
@@ -178,7 +184,7 @@ void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int
     e->part = fs_part_get(t, m->partition);
     int nsubs = 0;
     for (int i = 0; i < t->nsubs; i++) nsubs += !t->subs[i]->closed;
-    if (!e->part || !e->part->assigned) { /* stale: arrived after a revoke */
+    if (!e->part || !e->part->assigned || e->part->revoking) { /* stale: after a revoke */
         e->part = NULL;
         event_free(e);
         return;
@@ -207,6 +213,14 @@ void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int
     }
     for (int i = 0; i < t->nsubs; i++)
         if (!t->subs[i]->closed) agent_push(rt, t->subs[i], e);
+}
+
+/* Lets go of an event an agent will not process here (its partition is being
+ * revoked): its offset stays uncommitted so the next owner processes it. */
+void fs_event_release(fs_rt *rt, fs_event *e)
+{
+    (void)rt;
+    if (--e->refs <= 0) event_free(e);
 }
 
 void fs_event_ack(fs_rt *rt, fs_event *e)

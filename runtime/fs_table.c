@@ -44,9 +44,53 @@ static int call_hook(fs_rt *rt, const char *event, int32_t p)
     return 0;
 }
 
-int fs_tables_flush(fs_rt *rt)
+#define IN_HEADER "fstream-in"
+
+/* "topic@offset;..." for the input partitions numbered p: what the state
+ * staged now reflects. */
+static void input_header(fs_rt *rt, int32_t p, char *out, size_t size)
 {
-    return rt->ntables ? call_hook(rt, "flush", -1) : 0;
+    size_t n = 0;
+    out[0] = 0;
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        if (t->table || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
+        int64_t off = fs_part_committable(t->parts[p]);
+        if (off < 0) continue;
+        int m = snprintf(out + n, size - n, "%s@%lld;", t->name, (long long)off);
+        if (m < 0 || (size_t)m >= size - n) break;
+        n += (size_t)m;
+    }
+}
+
+int fs_tables_flush(fs_rt *rt, int force)
+{
+    if (!rt->ntables) return 0;
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        for (int p = 0; p < t->partitions; p++)
+            if (t->parts[p].store)
+                input_header(rt, p, t->parts[p].in_hdr, sizeof t->parts[p].in_hdr);
+    }
+    if (call_hook(rt, "flush", -1)) return -1;
+    if (!force) return 0;
+    char err[512];
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        for (int p = 0; p < t->partitions; p++) {
+            struct fs_tpart *tp = &t->parts[p];
+            if (!tp->store || tp->nops || !tp->in_hdr[0]) continue;
+            /* Re-writing the last key with its stored value changes nothing under
+             * compaction, and its header tells the next owner where input resumes. */
+            int found;
+            if (fs_store_last(tp->store, &rt->kbuf, &rt->vbuf, &found, err, sizeof err) == 0 &&
+                found &&
+                fs_table_stage(rt, t, p, rt->kbuf.data, rt->kbuf.len, rt->vbuf.data, rt->vbuf.len,
+                               err, sizeof err))
+                fs_warn("table %s[%d]: %s", t->name, p, err);
+        }
+    }
+    return 0;
 }
 
 int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
@@ -72,7 +116,14 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
     op->voff = tp->arena.len;
     op->vlen = v ? vl : 0;
     if (v && fs_buf_add(&tp->arena, v, vl)) goto oom;
-    if (fs_produce(rt, t->changelog, p, k, kl, v, vl, NULL, NULL, err, errlen)) return -1;
+    /* Each record says which input it reflects: whoever replays the changelog
+     * resumes the input there, even if the offset commit never happened. */
+    rd_kafka_headers_t *h = NULL;
+    if (tp->in_hdr[0]) {
+        h = rd_kafka_headers_new(1);
+        rd_kafka_header_add(h, IN_HEADER, -1, tp->in_hdr, -1);
+    }
+    if (fs_produce(rt, t->changelog, p, k, kl, v, vl, h, NULL, err, errlen)) return -1;
     tp->nops++;
     rt->changelog_records++;
     return 0;
@@ -155,6 +206,40 @@ int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p)
     return best;
 }
 
+/* Keeps, per input topic, the largest offset named in a record's fstream-in header. */
+struct in_offsets {
+    int n;
+    char names[32][256];
+    int64_t offs[32];
+};
+
+static void note_input(struct in_offsets *io, const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *h;
+    const void *v;
+    size_t vl;
+    if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, IN_HEADER, &v, &vl)) return;
+    char buf[1024];
+    if (vl >= sizeof buf) return;
+    memcpy(buf, v, vl);
+    buf[vl] = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ";", &save); tok; tok = strtok_r(NULL, ";", &save)) {
+        char *at = strrchr(tok, '@');
+        if (!at) continue;
+        *at = 0;
+        int64_t off = strtoll(at + 1, NULL, 10);
+        int i;
+        for (i = 0; i < io->n && strcmp(io->names[i], tok); i++) {}
+        if (i == io->n) {
+            if (io->n == 32 || strlen(tok) >= sizeof io->names[0]) continue;
+            snprintf(io->names[io->n], sizeof io->names[0], "%s", tok);
+            io->offs[io->n++] = -1;
+        }
+        if (off > io->offs[i]) io->offs[i] = off;
+    }
+}
+
 /* Replays changelog partition p from the offset the store covers to the end. */
 static int recover(fs_rt *rt, fs_table *t, int32_t p)
 {
@@ -210,12 +295,13 @@ static int recover(fs_rt *rt, fs_table *t, int32_t p)
     size_t nops = 0;
     int64_t next = start;
     int rc = 0, idle = 0;
+    struct in_offsets inputs = {0};
     while (next < hi && rc == 0) {
         rd_kafka_message_t *msgs[1024];
         size_t room = RECOVERY_BATCH - nops < 1024 ? RECOVERY_BATCH - nops : 1024;
-        ssize_t n = rd_kafka_consume_batch_queue(q, 1000, msgs, room);
+        ssize_t n = rd_kafka_consume_batch_queue(q, 100, msgs, room);
         if (n <= 0) {
-            if (++idle > 30) {
+            if (++idle > 300) {
                 fs_rt_fatal(rt, "table %s[%d]: changelog %s stopped at %lld of %lld", t->name,
                             (int)p, cl, (long long)next, (long long)hi);
                 rc = -1;
@@ -230,6 +316,7 @@ static int recover(fs_rt *rt, fs_table *t, int32_t p)
                 continue;
             }
             idle = 0;
+            note_input(&inputs, m);
             ops[nops].key = m->key;
             ops[nops].klen = m->key_len;
             ops[nops].val = m->payload;
@@ -261,6 +348,25 @@ static int recover(fs_rt *rt, fs_table *t, int32_t p)
     free(held);
     rd_kafka_queue_destroy(q);
     rd_kafka_assign(rt->recovery, NULL);
+    /* The input offsets the replayed state reflects (never moving one back). */
+    fs_store_meta meta[32];
+    char names[32][300];
+    size_t nmeta = 0;
+    for (int i = 0; i < inputs.n && rc == 0; i++) {
+        int64_t have;
+        int found2;
+        snprintf(names[nmeta], sizeof names[nmeta], "in/%s", inputs.names[i]);
+        if (fs_store_meta_get(tp->store, names[nmeta], &have, &found2, err, sizeof err) == 0 &&
+            found2 && have >= inputs.offs[i])
+            continue;
+        meta[nmeta].name = names[nmeta];
+        meta[nmeta].value = inputs.offs[i];
+        nmeta++;
+    }
+    if (rc == 0 && nmeta && fs_store_write(tp->store, NULL, 0, meta, nmeta, 0, err, sizeof err)) {
+        fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
+        rc = -1;
+    }
     fs_store_sync(tp->store);
     tp->cl_next = next;
     if (rc == 0)

@@ -71,43 +71,40 @@ function Stream:_fill(mode)
   end
 end
 
--- for value in stream do
-function Stream:__call()
+-- Moves to the next entry of `mode`, refilling the buffer as needed; returns
+-- its index or nil when the stream ended. While a partition is being revoked
+-- (`fence`), the C side first drops buffered events of that partition.
+local function advance(self, mode)
+  if self.fence then self.cs:fence(self) end
   local i = self.i
-  if i >= self.n or self.mode ~= MODE_VALUE then
-    if not self:_fill(MODE_VALUE) then return nil end
+  if i >= self.n or self.mode ~= mode then
+    if not self:_fill(mode) then return nil end
     i = 0
   end
   i = i + 1
   self.i = i
-  return self.buf[i]
+  return i
+end
+
+-- for value in stream do
+function Stream:__call()
+  local i = advance(self, MODE_VALUE)
+  if i then return self.buf[i] end
 end
 
 -- for key, value in stream:items() do
 function Stream:items()
   return function()
-    local i = self.i
-    if i >= self.n or self.mode ~= MODE_ITEMS then
-      if not self:_fill(MODE_ITEMS) then return nil end
-      i = 0
-    end
-    i = i + 1
-    self.i = i
-    return self.buf[2 * i - 1], self.buf[2 * i]
+    local i = advance(self, MODE_ITEMS)
+    if i then return self.buf[2 * i - 1], self.buf[2 * i] end
   end
 end
 
 -- for ev in stream:events() do  (ev.key ev.value ev.topic ev.partition ev.offset ev.timestamp ev.headers)
 function Stream:events()
   return function()
-    local i = self.i
-    if i >= self.n or self.mode ~= MODE_EVENTS then
-      if not self:_fill(MODE_EVENTS) then return nil end
-      i = 0
-    end
-    i = i + 1
-    self.i = i
-    return self.buf[i]
+    local i = advance(self, MODE_EVENTS)
+    if i then return self.buf[i] end
   end
 end
 

@@ -1,0 +1,155 @@
+-- Tables end to end: LMDB files, changelogs on a broker process, restarts,
+-- rebuilds, rebalances and kill -9, checked with `fstream-lua table`.
+local proc = require "spec.support.proc"
+local json = require("fstream.core").json
+
+local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
+local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+
+-- 446 words, word i appearing i times: 99,681 words in a fixed shuffled order.
+local function corpus(tag)
+  local lines, expected = {}, {}
+  for i = 1, 446 do
+    local w = tag .. i
+    expected[w] = i
+    for _ = 1, i do lines[#lines + 1] = w .. ":" .. w end
+  end
+  local seed = 12345
+  for i = #lines, 2, -1 do
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    local j = seed % i + 1
+    lines[i], lines[j] = lines[j], lines[i]
+  end
+  return lines, expected
+end
+
+local function wc_worker(env, addr, store)
+  proc.create_topics(addr, env.IN)
+  return proc.spawn(string.format("env APP_ID=%s IN=%s THROTTLE=%s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
+    env.APP_ID, env.IN, env.THROTTLE or "0", bin, fixtures, addr, store), "worker-wc")
+end
+
+-- The table as `fstream-lua table` prints it: word -> count (summed over stores).
+local function read_counts(env, ...)
+  local counts = {}
+  for _, store in ipairs { ... } do
+    local out, rc = proc.run(string.format("env APP_ID=%s IN=%s %s table %s/wordcount.lua word_counts --store lmdb://%s 2>/dev/null",
+      env.APP_ID, env.IN, bin, fixtures, store))
+    assert(rc == 0, out)
+    for line in out:gmatch("[^\n]+") do
+      local row = assert(json.decode(line))
+      assert(counts[row.key] == nil, "key " .. row.key .. " is in two stores")
+      counts[row.key] = row.value
+    end
+  end
+  return counts
+end
+
+local function total(counts)
+  local n = 0
+  for _, v in pairs(counts) do n = n + v end
+  return n
+end
+
+-- Waits until the worker has committed everything it was given.
+local function wait_total(env, n, timeout, w, ...)
+  local stores = { ... }
+  local deadline = os.time() + (timeout or 60)
+  local c
+  repeat
+    proc.sleep(0.5)
+    c = read_counts(env, table.unpack(stores))
+  until total(c) >= n or os.time() > deadline
+  return c
+end
+
+describe("a table on a standalone embedded broker", function()
+  local broker, addr
+  setup(function() broker, addr = proc.broker({}, 4) end)
+  teardown(function() broker:stop() end)
+
+  it("counts 99,681 words exactly, keeps them across a restart, and rebuilds them from the changelog", function()
+    local env = { APP_ID = "wc-" .. uniq, IN = "wc-in-" .. uniq }
+    local store = proc.tmp .. "/wc-store-" .. uniq
+    local lines, expected = corpus("w")
+    proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+    local w = wc_worker(env, addr, store)
+    local c = wait_total(env, #lines, 90, w, store)
+    assert.are.equal(0, w:stop())
+    assert.matches("tables: %d+ changelog records", w:output())
+    c = read_counts(env, store)
+    assert.are.same(expected, c)
+
+    -- Restart with more input: the counts carry on from the stored values.
+    proc.produce_lines(addr, env.IN, { "w1:w1", "w446:w446", "new:new" }, { key_delim = ":" })
+    w = wc_worker(env, addr, store)
+    c = wait_total(env, #lines + 3, 60, w, store)
+    assert.are.equal(0, w:stop())
+    expected.w1, expected.w446, expected.new = expected.w1 + 1, expected.w446 + 1, 1
+    assert.are.same(expected, read_counts(env, store))
+
+    -- Local files gone: the worker rebuilds them from the changelog, exactly.
+    local out, rc = proc.run(string.format("env APP_ID=%s IN=%s %s reset %s/wordcount.lua --store lmdb://%s",
+      env.APP_ID, env.IN, bin, fixtures, store))
+    assert.are.equal(0, rc, out)
+    assert.are.same({}, read_counts(env, store))
+    w = wc_worker(env, addr, store)
+    assert.truthy(w:wait_for("recovered table word_counts%[%d%]", 60), w:output())
+    proc.sleep(1)
+    assert.are.equal(0, w:stop())
+    assert.matches("recovering table word_counts%[%d%]: %d+ changelog records", w:output())
+    assert.are.same(expected, read_counts(env, store))
+  end)
+
+  it("stays exact when one of two workers leaves mid-stream", function()
+    local env = { APP_ID = "wc2-" .. uniq, IN = "wc2-in-" .. uniq, THROTTLE = "0.05" }
+    local s1, s2 = proc.tmp .. "/wc2-a-" .. uniq, proc.tmp .. "/wc2-b-" .. uniq
+    local lines, expected = corpus("r")
+    proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+    local a = wc_worker(env, addr, s1)
+    assert.truthy(a:wait_for("assigned 4 partitions", 30), a:output())
+    local b = wc_worker(env, addr, s2)
+    -- Both share the partitions, then A leaves while input is still flowing.
+    assert.truthy(b:wait_for("assigned 2 partitions", 60), b:output())
+    proc.sleep(2)
+    assert.are.equal(0, a:stop())
+    assert.truthy(b:wait_for("assigned 4 partitions", 60), b:output())
+    env.THROTTLE = "0"
+    local c
+    local deadline = os.time() + 90
+    repeat
+      proc.sleep(1)
+      c = read_counts(env, s2)
+    until total(c) >= #lines or os.time() > deadline
+    assert.are.equal(0, b:stop())
+    -- B now holds every partition: its store alone has every word, counted once.
+    assert.are.same(expected, read_counts(env, s2))
+    assert.matches("recovered table word_counts", b:output())
+  end)
+
+  it("loses no word when killed with SIGKILL; over-counts only what followed the last checkpoint", function()
+    local env = { APP_ID = "wc3-" .. uniq, IN = "wc3-in-" .. uniq, THROTTLE = "0.05" }
+    local store = proc.tmp .. "/wc3-" .. uniq
+    local lines, expected = corpus("k")
+    proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+    local w = wc_worker(env, addr, store)
+    wait_total(env, 20000, 90, w, store)
+    w:signal("KILL")
+    assert.are.equal(137, w:wait(10))
+    local before = total(read_counts(env, store))
+    assert.is_true(before < #lines, "finished before the kill")
+    env.THROTTLE = "0"
+    w = wc_worker(env, addr, store)
+    local c = wait_total(env, #lines, 90, w, store)
+    proc.sleep(1)
+    assert.are.equal(0, w:stop())
+    c = read_counts(env, store)
+    local over = 0
+    for word, n in pairs(expected) do
+      assert(c[word] and c[word] >= n, word .. " lost: " .. tostring(c[word]) .. " < " .. n)
+      over = over + c[word] - n
+    end
+    -- Re-processed events are those after the last checkpoint (0.5 s of a throttled stream).
+    assert.is_true(over < 10000, "over-counted by " .. over)
+  end)
+end)

@@ -1,0 +1,139 @@
+-- Tables through fstream.testing (state kept in Lua; persistence is covered end to end).
+local fstream = require "fstream"
+
+local function app(id)
+  return fstream.app(id, { topic_partitions = 4 })
+end
+
+describe("a table", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("counts words exactly, reading the default for new keys", function()
+    local a = app("wc")
+    local words = a:topic("words", { value_serializer = "raw" })
+    local counts = a:table("word_counts", { default = 0 })
+    a:agent("count", words, function(stream)
+      for w in stream do counts[w] = counts[w] + 1 end
+    end)
+    t = fstream.testing(a)
+    local expected = {}
+    for i = 1, 50 do
+      for _ = 1, i do
+        local w = "w" .. i
+        t:send(words, { key = w, value = w })
+        expected[w] = (expected[w] or 0) + 1
+      end
+    end
+    t:run()
+    local tb = t:table("word_counts")
+    for w, n in pairs(expected) do assert.are.equal(n, tb[w]) end
+    assert.are.equal(0, tb["never-seen"])
+    local seen = 0
+    for k, v in tb:items() do
+      assert.are.equal(expected[k], v)
+      seen = seen + 1
+    end
+    assert.are.equal(50, seen)
+  end)
+
+  it("calls a function default for each missing key", function()
+    local a = app("fdefault")
+    local src = a:topic("src", { value_serializer = "raw" })
+    local lists = a:table("lists", { default = function() return {} end })
+    a:agent("collect", src, function(stream)
+      for k, v in stream:items() do
+        local l = lists[k]
+        l[#l + 1] = v
+        lists[k] = l
+      end
+    end)
+    t = fstream.testing(a)
+    t:send(src, { key = "a", value = "1" })
+    t:send(src, { key = "b", value = "2" })
+    t:send(src, { key = "a", value = "3" })
+    t:run()
+    assert.are.same({ "1", "3" }, t:table(lists).a)
+    assert.are.same({ "2" }, t:table(lists).b)
+  end)
+
+  it("deletes with t[k] = nil, distinguishes get from the default, and updates with a function", function()
+    local a = app("ops")
+    local cmds = a:topic("cmds")
+    local tb = a:table("kv", { default = -1 })
+    a:agent("apply", cmds, function(stream)
+      for c in stream do
+        if c.op == "set" then tb[c.k] = c.v
+        elseif c.op == "del" then tb[c.k] = nil
+        elseif c.op == "add" then tb:update(c.k, function(old) return old + c.v end) end
+      end
+    end)
+    t = fstream.testing(a)
+    t:send(cmds, { key = "x", value = { op = "set", k = "x", v = 10 } })
+    t:send(cmds, { key = "y", value = { op = "set", k = "y", v = 20 } })
+    t:send(cmds, { key = "y", value = { op = "del", k = "y" } })
+    t:send(cmds, { key = "x", value = { op = "add", k = "x", v = 5 } })
+    t:send(cmds, { key = "z", value = { op = "add", k = "z", v = 5 } })
+    t:run()
+    assert.are.equal(15, tb.x)
+    assert.are.equal(-1, tb.y)      -- deleted: the default again
+    assert.is_nil(tb:get("y"))       -- get has no default
+    assert.are.equal(4, tb.z)        -- update started from the default
+    local keys = {}
+    for k in tb:items() do keys[#keys + 1] = k end
+    table.sort(keys)
+    assert.are.same({ "x", "z" }, keys)
+  end)
+
+  it("writes into the partition of the event being processed", function()
+    local a = app("copart")
+    local src = a:topic("src", { value_serializer = "raw" })
+    local tb = a:table("where", { default = 0 })
+    a:agent("w", src, function(stream)
+      for ev in stream:events() do tb[ev.value] = ev.partition end
+    end)
+    t = fstream.testing(a)
+    t:send(src, { value = "a", partition = 3 })
+    t:send(src, { value = "b", partition = 1 })
+    t:run()
+    local parts = rawget(tb, "parts")
+    local json = require("fstream.core").json
+    assert.are.equal(3, parts[3].cache[json.encode("a")])
+    assert.are.equal(1, parts[1].cache[json.encode("b")])
+    assert.is_nil(parts[0].cache[json.encode("a")])
+  end)
+
+  it("refuses a write outside an agent's event with a clear error", function()
+    local a = app("outside")
+    local tb = a:table("t1", { default = 0 })
+    local err
+    a:task(function()
+      local ok, e = pcall(function() tb["k"] = 1 end)
+      err = e
+    end)
+    t = fstream.testing(a)
+    t:run()
+    assert.matches("table 't1': writes must happen while an agent processes an event", err)
+  end)
+
+  it("uses a raw key serializer when asked", function()
+    local a = app("rawkeys")
+    local src = a:topic("src", { value_serializer = "raw" })
+    local tb = a:table("raw", { default = 0, key_serializer = "raw" })
+    a:agent("w", src, function(stream) for v in stream do tb[v] = tb[v] + 1 end end)
+    t = fstream.testing(a)
+    t:send(src, { key = "k", value = "k" })
+    t:send(src, { key = "k", value = "k" })
+    t:run()
+    assert.are.equal(2, tb.k)
+    assert.is_not_nil(rawget(tb, "parts")[0].cache["k"] or rawget(tb, "parts")[1].cache["k"]
+      or rawget(tb, "parts")[2].cache["k"] or rawget(tb, "parts")[3].cache["k"])
+  end)
+
+  it("rejects unknown options and a second table of the same name", function()
+    local a = app("tbad")
+    assert.has_error(function() a:table("x", { defualt = 0 }) end, "table 'x': unknown option 'defualt'")
+    a:table("y")
+    assert.has_error(function() a:table("y") end, "table 'y' is already defined")
+  end)
+end)
