@@ -61,3 +61,30 @@ describe("examples", function()
     assert.is_true(n > 0, "100 random orders produced no large one")
   end)
 end)
+
+describe("table examples", function()
+  it("wordcount.lua: counts grow and the top words are printed", function()
+    local out = run_example("wordcount.lua", 10)
+    local tops = {}
+    for _, l in ipairs(out) do
+      local rest = l:match("^top words: (.*)$")
+      if rest then tops[#tops + 1] = rest end
+    end
+    assert.are.equal(2, #tops)
+    local function sum(s) local n = 0 for c in s:gmatch("=(%d+)") do n = n + tonumber(c) end return n end
+    assert.is_true(sum(tops[2]) > sum(tops[1]), "counts did not grow: " .. tops[1] .. " / " .. tops[2])
+  end)
+
+  it("withdrawals.lua: prints a running total for each user it has seen", function()
+    local out = run_example("withdrawals.lua", 10)
+    local last
+    for _, l in ipairs(out) do
+      local rest = l:match("^totals: (.*)$")
+      if rest then last = rest end
+    end
+    assert.truthy(last, table.concat(out, "\n"))
+    local n = 0
+    for _ in last:gmatch("%a+=[%d%.]+") do n = n + 1 end
+    assert.is_true(n >= 3, last)
+  end)
+end)

@@ -72,3 +72,43 @@ describe("a worker on a real Kafka broker", function()
     assert.is_true(dups < partial, string.format("%d duplicates after %d outputs", dups, partial))
   end)
 end)
+
+describe("a table on a real Kafka broker", function()
+  local wc = require "spec.support.wordcount"
+  local addr
+  setup(function()
+    local out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, proc.quote(dir)))
+    assert(rc == 0, "could not start Kafka:\n" .. out)
+    addr = out:match("(127%.0%.0%.1:%d+)%s*$")
+  end)
+  teardown(function()
+    proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, proc.quote(dir)))
+  end)
+
+  it("counts exactly, keeps a compacted changelog, and rebuilds from it", function()
+    local env = { APP_ID = "kwc-" .. uniq, IN = "kwc-in-" .. uniq }
+    local store = proc.tmp .. "/kwc-" .. uniq
+    local lines, expected = wc.corpus("q")
+    local w = wc.worker(env, addr, store, { create = false })
+    assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
+    proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+    wc.wait_total(env, #lines, 120, w, store)
+    assert.are.equal(0, w:stop())
+    assert.are.same(expected, wc.read_counts(env, store))
+
+    local changelog = env.APP_ID .. "-word_counts-changelog"
+    local cfg, rc = proc.run(string.format("%s/scripts/kafka topic-config %s --port %s", proc.root, changelog, port))
+    assert.are.equal(0, rc, cfg)
+    assert.matches("cleanup.policy=compact", cfg)
+    local md = proc.run(string.format("kcat -L -b %s -t %s", addr, changelog))
+    assert.matches("with 4 partitions", md)
+
+    proc.run(string.format("env APP_ID=%s IN=%s %s reset %s/spec/fixtures/wordcount.lua --store lmdb://%s",
+      env.APP_ID, env.IN, proc.bin, proc.root, store))
+    w = wc.worker(env, addr, store, { create = false })
+    assert.truthy(w:wait_for("recovered table word_counts%[3%]", 60), w:output())
+    proc.sleep(1)
+    assert.are.equal(0, w:stop())
+    assert.are.same(expected, wc.read_counts(env, store))
+  end)
+end)

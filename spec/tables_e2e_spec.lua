@@ -1,67 +1,11 @@
 -- Tables end to end: LMDB files, changelogs on a broker process, restarts,
 -- rebuilds, rebalances and kill -9, checked with `fstream-lua table`.
 local proc = require "spec.support.proc"
-local json = require("fstream.core").json
-
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 
--- 446 words, word i appearing i times: 99,681 words in a fixed shuffled order.
-local function corpus(tag)
-  local lines, expected = {}, {}
-  for i = 1, 446 do
-    local w = tag .. i
-    expected[w] = i
-    for _ = 1, i do lines[#lines + 1] = w .. ":" .. w end
-  end
-  local seed = 12345
-  for i = #lines, 2, -1 do
-    seed = (seed * 1103515245 + 12345) % 2147483648
-    local j = seed % i + 1
-    lines[i], lines[j] = lines[j], lines[i]
-  end
-  return lines, expected
-end
-
-local function wc_worker(env, addr, store)
-  proc.create_topics(addr, env.IN)
-  return proc.spawn(string.format("env APP_ID=%s IN=%s THROTTLE=%s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
-    env.APP_ID, env.IN, env.THROTTLE or "0", bin, fixtures, addr, store), "worker-wc")
-end
-
--- The table as `fstream-lua table` prints it: word -> count (summed over stores).
-local function read_counts(env, ...)
-  local counts = {}
-  for _, store in ipairs { ... } do
-    local out, rc = proc.run(string.format("env APP_ID=%s IN=%s %s table %s/wordcount.lua word_counts --store lmdb://%s 2>/dev/null",
-      env.APP_ID, env.IN, bin, fixtures, store))
-    assert(rc == 0, out)
-    for line in out:gmatch("[^\n]+") do
-      local row = assert(json.decode(line))
-      assert(counts[row.key] == nil, "key " .. row.key .. " is in two stores")
-      counts[row.key] = row.value
-    end
-  end
-  return counts
-end
-
-local function total(counts)
-  local n = 0
-  for _, v in pairs(counts) do n = n + v end
-  return n
-end
-
--- Waits until the worker has committed everything it was given.
-local function wait_total(env, n, timeout, w, ...)
-  local stores = { ... }
-  local deadline = os.time() + (timeout or 60)
-  local c
-  repeat
-    proc.sleep(0.5)
-    c = read_counts(env, table.unpack(stores))
-  until total(c) >= n or os.time() > deadline
-  return c
-end
+local wc = require "spec.support.wordcount"
+local corpus, wc_worker, read_counts, total, wait_total = wc.corpus, wc.worker, wc.read_counts, wc.total, wc.wait_total
 
 describe("a table on a standalone embedded broker", function()
   local broker, addr

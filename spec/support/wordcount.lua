@@ -1,0 +1,66 @@
+-- Word-count helpers shared by the table specs (embedded broker and real Kafka).
+local proc = require "spec.support.proc"
+local json = require("fstream.core").json
+
+local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
+local wc = {}
+
+-- 446 words, word i appearing i times: 99,681 words in a fixed shuffled order.
+function wc.corpus(tag)
+  local lines, expected = {}, {}
+  for i = 1, 446 do
+    local w = tag .. i
+    expected[w] = i
+    for _ = 1, i do lines[#lines + 1] = w .. ":" .. w end
+  end
+  local seed = 12345
+  for i = #lines, 2, -1 do
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    local j = seed % i + 1
+    lines[i], lines[j] = lines[j], lines[i]
+  end
+  return lines, expected
+end
+
+-- opts.create = false: leave topic creation to the worker (real Kafka).
+function wc.worker(env, addr, store, opts)
+  if not (opts and opts.create == false) then proc.create_topics(addr, env.IN) end
+  return proc.spawn(string.format("env APP_ID=%s IN=%s THROTTLE=%s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
+    env.APP_ID, env.IN, env.THROTTLE or "0", bin, fixtures, addr, store), "worker-wc")
+end
+
+-- The table as `fstream-lua table` prints it: word -> count (summed over stores).
+function wc.read_counts(env, ...)
+  local counts = {}
+  for _, store in ipairs { ... } do
+    local out, rc = proc.run(string.format("env APP_ID=%s IN=%s %s table %s/wordcount.lua word_counts --store lmdb://%s 2>/dev/null",
+      env.APP_ID, env.IN, bin, fixtures, store))
+    assert(rc == 0, out)
+    for line in out:gmatch("[^\n]+") do
+      local row = assert(json.decode(line))
+      assert(counts[row.key] == nil, "key " .. row.key .. " is in two stores")
+      counts[row.key] = row.value
+    end
+  end
+  return counts
+end
+
+function wc.total(counts)
+  local n = 0
+  for _, v in pairs(counts) do n = n + v end
+  return n
+end
+
+-- Waits until the worker has committed everything it was given.
+function wc.wait_total(env, n, timeout, w, ...)
+  local stores = { ... }
+  local deadline = os.time() + (timeout or 60)
+  local c
+  repeat
+    proc.sleep(0.5)
+    c = wc.read_counts(env, table.unpack(stores))
+  until wc.total(c) >= n or os.time() > deadline
+  return c
+end
+
+return wc
