@@ -229,10 +229,11 @@ static void wake_cb(fs_io *io, uint32_t events)
     (void)events;
     if (read(io->fd, &v, sizeof v) < 0 && errno != EAGAIN) fs_warn("eventfd read: %s", strerror(errno));
     if (io == &rt->cio) rt->consume_pending = 1;
+    else if (io == &rt->tio) rt->tail_pending = 1;
     else rt->produce_pending = 1;
 }
 
-static int watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io)
+int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io)
 {
     *fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (*fd < 0) return -1;
@@ -332,7 +333,8 @@ int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
     rd_kafka_poll_set_consumer(rt->consumer);
     rt->cq = rd_kafka_queue_get_consumer(rt->consumer);
     rt->pq = rd_kafka_queue_get_main(rt->producer);
-    if (watch_queue(rt, rt->cq, &rt->cfd, &rt->cio) || watch_queue(rt, rt->pq, &rt->pfd, &rt->pio)) {
+    if (fs_kafka_watch_queue(rt, rt->cq, &rt->cfd, &rt->cio) ||
+        fs_kafka_watch_queue(rt, rt->pq, &rt->pfd, &rt->pio)) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         return -1;
     }
@@ -416,7 +418,7 @@ static void create_topics(fs_rt *rt)
 int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
 {
     create_topics(rt);
-    if (rt->fatal) {
+    if (rt->fatal || fs_tables_start_global(rt)) {
         snprintf(err, errlen, "%s", rt->fatal_msg);
         return -1;
     }
@@ -460,6 +462,7 @@ void fs_kafka_poll(fs_rt *rt)
         rt->produce_pending = 0;
         rd_kafka_poll(rt->producer, 0);
     }
+    if (rt->tail_pending) fs_tables_tail_poll(rt);
     if (rt->revoke) {
         fs_kafka_revoke_poll(rt);
         return;
@@ -617,6 +620,14 @@ void fs_kafka_close(fs_rt *rt)
     if (rt->recovery) { /* before the embedded cluster it talks to goes away */
         rd_kafka_destroy(rt->recovery);
         rt->recovery = NULL;
+    }
+    if (rt->tail) {
+        if (rt->tq) rd_kafka_queue_destroy(rt->tq);
+        rt->tq = NULL;
+        rd_kafka_destroy(rt->tail);
+        rt->tail = NULL;
+        if (rt->tfd > 0) close(rt->tfd);
+        rt->tfd = -1;
     }
     if (rt->consumer) {
         if (rt->cq) rd_kafka_queue_destroy(rt->cq);

@@ -155,7 +155,7 @@ static int l_core_new(lua_State *L)
     if (!rt) return luaL_error(L, "out of memory");
     rt->L = L;
     rt->test = test;
-    rt->cfd = rt->pfd = rt->sfd = -1;
+    rt->cfd = rt->pfd = rt->sfd = rt->tfd = -1;
     rt->group = strdup(group);
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
@@ -336,6 +336,7 @@ static int l_rt_start(lua_State *L)
         for (int i = 0; i < rt->ntables; i++)
             if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
         for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p);
+        fs_tables_start_global(rt);
         return 0;
     }
     char err[512];
@@ -581,7 +582,7 @@ static fs_table *check_table(lua_State *L, fs_rt *rt, int idx)
     return rt->tables[id - 1];
 }
 
-/* rt:table(name, changelog_tid, dir, partitions) -> id */
+/* rt:table(name, changelog_tid, dir, partitions, global) -> id */
 static int l_rt_table(lua_State *L)
 {
     fs_rt *rt = check_rt(L, 1);
@@ -601,6 +602,7 @@ static int l_rt_table(lua_State *L)
     t->name = strdup(name);
     t->dir = strdup(dir);
     t->partitions = parts;
+    t->global = lua_toboolean(L, 6);
     t->changelog = cl;
     cl->table = t;
     cl->compact = 1;

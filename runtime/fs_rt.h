@@ -101,6 +101,7 @@ struct fs_table {
     char *name;
     char *dir; /* <data dir>/<table> */
     int partitions;
+    int global; /* every worker holds every partition and tails the changelog */
     fs_topic *changelog;
     struct fs_tpart {
         struct fs_store *store; /* open while this worker holds the partition */
@@ -192,6 +193,10 @@ struct fs_rt {
     fs_table **tables;
     int ntables;
     rd_kafka_t *recovery; /* assign-only consumer that replays changelogs */
+    rd_kafka_t *tail;     /* assign-only consumer following global tables' changelogs */
+    rd_kafka_queue_t *tq;
+    int tfd, tail_pending;
+    fs_io tio;
     int table_hook_ref;   /* Lua function(event, partition): "flush" | "hold" | "release" */
 
     /* scheduler */
@@ -269,6 +274,8 @@ int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p);
 int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
                    size_t vl, char *err, size_t errlen);
 void fs_tables_close(fs_rt *rt);
+int fs_tables_start_global(fs_rt *rt);       /* recover global tables, then follow them */
+void fs_tables_tail_poll(fs_rt *rt);         /* apply what other workers wrote to them */
 
 /* fs_kafka.c */
 int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen);
@@ -284,6 +291,7 @@ int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything 
 int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
 void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
 rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
+int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io);
 
 /* fs_memlog.c */
 int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,

@@ -120,7 +120,8 @@ int fs_rt_run(fs_rt *rt)
     rt->commit_timer.data = rt;
     fs_timer_start(&rt->loop, &rt->commit_timer, rt->commit_interval_ms);
     while (!rt->stopped) {
-        int busy = rt->ready_head || rt->produce_pending || (rt->consume_pending && !rt->stopping);
+        int busy = rt->ready_head || rt->produce_pending || rt->tail_pending ||
+                   (rt->consume_pending && !rt->stopping);
         int64_t t = fs_loop_next_timeout(&rt->loop);
         int timeout = busy ? 0 : (t < 0 || t > 1000) ? 1000 : (int)t;
         if (rt->revoke && timeout > 20) timeout = 20; /* waiting for agents to reach a boundary */

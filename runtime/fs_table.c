@@ -27,15 +27,27 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int call_hook(fs_rt *rt, const char *event, int32_t p)
+/* hook(event, partition, table_id, keys): table_id 0 = every partitioned
+ * (non-global) table; keys (for "changed") is on the stack top when nkeys. */
+static int call_hook(fs_rt *rt, const char *event, int32_t p, int tid, int with_keys)
 {
-    if (rt->table_hook_ref <= 0) return 0;
     lua_State *L = rt->L;
+    if (rt->table_hook_ref <= 0) {
+        if (with_keys) lua_pop(L, 1);
+        return 0;
+    }
     lua_pushcfunction(L, fs_sched_traceback);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->table_hook_ref);
     lua_pushstring(L, event);
     lua_pushinteger(L, p);
-    if (lua_pcall(L, 2, 0, -4)) {
+    lua_pushinteger(L, tid);
+    int base = lua_gettop(L) - 4;
+    if (with_keys) {
+        lua_pushvalue(L, base - 1);
+        lua_remove(L, base - 1);
+        base--;
+    }
+    if (lua_pcall(L, with_keys ? 4 : 3, 0, base)) {
         fs_rt_fatal(rt, "tables (%s): %s", event, lua_tostring(L, -1));
         lua_pop(L, 2);
         return -1;
@@ -72,14 +84,14 @@ int fs_tables_flush(fs_rt *rt, int force)
             if (t->parts[p].store)
                 input_header(rt, p, t->parts[p].in_hdr, sizeof t->parts[p].in_hdr);
     }
-    if (call_hook(rt, "flush", -1)) return -1;
+    if (call_hook(rt, "flush", -1, 0, 0)) return -1;
     if (!force) return 0;
     char err[512];
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
         for (int p = 0; p < t->partitions; p++) {
             struct fs_tpart *tp = &t->parts[p];
-            if (!tp->store || tp->nops || !tp->in_hdr[0]) continue;
+            if (!tp->store || tp->nops || !tp->in_hdr[0] || t->global) continue;
             /* Re-writing the last key with its stored value changes nothing under
              * compaction, and its header tells the next owner where input resumes. */
             int found;
@@ -170,7 +182,7 @@ int fs_tables_write(fs_rt *rt, int use_snap)
             fs_store_meta meta[65];
             char names[64][300];
             size_t nmeta = input_meta(rt, p, use_snap, meta, names, 64);
-            if (tp->cl_next >= 0) {
+            if (tp->cl_next >= 0 && !t->global) { /* the tail owns a global table's */
                 meta[nmeta].name = "changelog";
                 meta[nmeta].value = tp->cl_next;
                 nmeta++;
@@ -375,33 +387,121 @@ static int recover(fs_rt *rt, fs_table *t, int32_t p)
     return rc;
 }
 
-int fs_tables_hold(fs_rt *rt, int32_t p)
+/* Opens partition p of t and replays its changelog into it. */
+static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
 {
     char err[512], dir[4200];
-    for (int i = 0; i < rt->ntables; i++) {
-        fs_table *t = rt->tables[i];
-        if (p < 0 || p >= t->partitions || t->parts[p].store) continue;
-        if (rt->test) continue; /* fstream.testing keeps tables in Lua only */
-        snprintf(dir, sizeof dir, "%s/%d", t->dir, (int)p);
-        if (fs_store_open(&t->parts[p].store, dir, 0, err, sizeof err)) {
-            fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
+    snprintf(dir, sizeof dir, "%s/%d", t->dir, (int)p);
+    if (fs_store_open(&t->parts[p].store, dir, 0, err, sizeof err)) {
+        fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
+        return -1;
+    }
+    t->parts[p].cl_next = -1;
+    if (!rt->recovery) {
+        char g[512];
+        snprintf(g, sizeof g, "%s-recovery", rt->group);
+        rt->recovery = fs_kafka_new_consumer(rt, g, err, sizeof err);
+        if (!rt->recovery) {
+            fs_rt_fatal(rt, "recovery consumer: %s", err);
             return -1;
         }
-        t->parts[p].cl_next = -1;
-        {
-            if (!rt->recovery) {
-                char g[512];
-                snprintf(g, sizeof g, "%s-recovery", rt->group);
-                rt->recovery = fs_kafka_new_consumer(rt, g, err, sizeof err);
-                if (!rt->recovery) {
-                    fs_rt_fatal(rt, "recovery consumer: %s", err);
-                    return -1;
-                }
+    }
+    return recover(rt, t, p);
+}
+
+int fs_tables_hold(fs_rt *rt, int32_t p)
+{
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        if (p < 0 || p >= t->partitions || t->parts[p].store || t->global) continue;
+        if (rt->test) continue; /* fstream.testing keeps tables in Lua only */
+        if (open_and_recover(rt, t, p)) return -1;
+    }
+    return call_hook(rt, "hold", p, 0, 0);
+}
+
+int fs_tables_start_global(fs_rt *rt)
+{
+    rd_kafka_topic_partition_list_t *follow = rd_kafka_topic_partition_list_new(8);
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        if (!t->global) continue;
+        for (int32_t p = 0; p < t->partitions; p++) {
+            if (!rt->test && open_and_recover(rt, t, p)) {
+                rd_kafka_topic_partition_list_destroy(follow);
+                return -1;
             }
-            if (recover(rt, t, p)) return -1;
+            if (call_hook(rt, "hold", p, t->id + 1, 0)) break;
+            if (!rt->test)
+                rd_kafka_topic_partition_list_add(follow, t->changelog->name, p)->offset =
+                    t->parts[p].cl_next >= 0 ? t->parts[p].cl_next : RD_KAFKA_OFFSET_BEGINNING;
         }
     }
-    return call_hook(rt, "hold", p);
+    int rc = 0;
+    if (follow->cnt) {
+        char err[512], g[512];
+        snprintf(g, sizeof g, "%s-global", rt->group);
+        rt->tail = fs_kafka_new_consumer(rt, g, err, sizeof err);
+        if (!rt->tail) {
+            fs_rt_fatal(rt, "global table consumer: %s", err);
+            rc = -1;
+        } else {
+            rt->tq = rd_kafka_queue_get_consumer(rt->tail);
+            rd_kafka_assign(rt->tail, follow);
+            fs_kafka_watch_queue(rt, rt->tq, &rt->tfd, &rt->tio);
+            rt->tail_pending = 1;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(follow);
+    return rc ? rc : (rt->fatal ? -1 : 0);
+}
+
+/* Applies records of global tables' changelogs (this worker's own writes come
+ * back too: applying them again is harmless) and tells Lua which keys changed. */
+void fs_tables_tail_poll(fs_rt *rt)
+{
+    rt->tail_pending = 0;
+    if (!rt->tail) return;
+    rd_kafka_message_t *msgs[1024];
+    ssize_t n = rd_kafka_consume_batch_queue(rt->tq, 0, msgs, 1024);
+    if (n <= 0) return;
+    rt->tail_pending = n == 1024;
+    char err[512];
+    lua_State *L = rt->L;
+    for (ssize_t i = 0; i < n;) {
+        rd_kafka_message_t *m = msgs[i];
+        fs_topic *ct = m->err || !m->rkt ? NULL : fs_topic_find(rt, rd_kafka_topic_name(m->rkt));
+        if (!ct || !ct->table || m->partition >= ct->table->partitions) {
+            if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                fs_warn("global tables: %s", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            i++;
+            continue;
+        }
+        /* A run of records of one table partition: one LMDB transaction. */
+        fs_table *t = ct->table;
+        int32_t p = m->partition;
+        ssize_t j = i;
+        fs_store_op ops[1024];
+        size_t nops = 0;
+        lua_newtable(L);
+        while (j < n && !msgs[j]->err && msgs[j]->rkt == m->rkt && msgs[j]->partition == p) {
+            ops[nops].key = msgs[j]->key;
+            ops[nops].klen = msgs[j]->key_len;
+            ops[nops].val = msgs[j]->payload;
+            ops[nops].vlen = msgs[j]->len;
+            lua_pushlstring(L, msgs[j]->key ? msgs[j]->key : "", msgs[j]->key_len);
+            lua_rawseti(L, -2, (lua_Integer)++nops);
+            j++;
+        }
+        fs_store_meta meta = {"changelog", msgs[j - 1]->offset + 1};
+        if (t->parts[p].store &&
+            fs_store_write(t->parts[p].store, ops, nops, &meta, 1, 0, err, sizeof err))
+            fs_rt_fatal(rt, "global table %s[%d]: %s", t->name, (int)p, err);
+        call_hook(rt, "changed", p, t->id + 1, 1);
+        for (ssize_t k = i; k < j; k++) rd_kafka_message_destroy(msgs[k]);
+        i = j;
+    }
 }
 
 void fs_tables_release(fs_rt *rt, int32_t p)
@@ -409,14 +509,14 @@ void fs_tables_release(fs_rt *rt, int32_t p)
     int any = 0;
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
-        if (p < 0 || p >= t->partitions || !t->parts[p].store) continue;
+        if (p < 0 || p >= t->partitions || !t->parts[p].store || t->global) continue;
         fs_store_close(t->parts[p].store);
         t->parts[p].store = NULL;
         t->parts[p].nops = 0;
         fs_buf_reset(&t->parts[p].arena);
         any = 1;
     }
-    if (any) call_hook(rt, "release", p);
+    if (any) call_hook(rt, "release", p, 0, 0);
 }
 
 void fs_tables_close(fs_rt *rt)

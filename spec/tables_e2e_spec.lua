@@ -97,3 +97,41 @@ describe("a table on a standalone embedded broker", function()
     assert.is_true(over < 10000, "over-counted by " .. over)
   end)
 end)
+
+describe("a global table on a standalone embedded broker", function()
+  local broker, addr
+  setup(function() broker, addr = proc.broker({}, 4) end)
+  teardown(function() broker:stop() end)
+
+  it("reaches every worker: each holds every key, whoever processed the write", function()
+    local env = { APP_ID = "glob-" .. uniq, IN = "glob-in-" .. uniq }
+    local s1, s2 = proc.tmp .. "/glob-a-" .. uniq, proc.tmp .. "/glob-b-" .. uniq
+    proc.create_topics(addr, env.IN)
+    local function start(store)
+      return proc.spawn(string.format("env APP_ID=%s IN=%s %s worker %s/global.lua --broker kafka://%s --store lmdb://%s",
+        env.APP_ID, env.IN, bin, fixtures, addr, store), "worker-global")
+    end
+    local a = start(s1)
+    assert.truthy(a:wait_for("assigned 4 partitions", 30), a:output())
+    local b = start(s2)
+    assert.truthy(b:wait_for("assigned 2 partitions", 60), b:output())
+    assert.truthy(a:wait_for("assigned 2 partitions", 60), a:output())
+    local lines = {}
+    for i = 1, 200 do lines[#lines + 1] = "k" .. i .. ":" .. i end
+    proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+    proc.sleep(4)
+    assert.are.equal(0, a:stop())
+    assert.are.equal(0, b:stop())
+    for _, store in ipairs { s1, s2 } do
+      local out, rc = proc.run(string.format("env APP_ID=%s IN=%s %s table %s/global.lua rates --store lmdb://%s",
+        env.APP_ID, env.IN, bin, fixtures, store))
+      assert.are.equal(0, rc, out)
+      local got = {}
+      for line in out:gmatch("[^\n]+") do
+        local row = require("fstream.core").json.decode(line)
+        got[row.key] = row.value
+      end
+      for i = 1, 200 do assert.are.equal(i, got["k" .. i], store .. " lacks k" .. i) end
+    end
+  end)
+end)

@@ -137,3 +137,27 @@ describe("a table", function()
     assert.has_error(function() a:table("y") end, "table 'y' is already defined")
   end)
 end)
+
+describe("a global table", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("accepts writes outside an event and reads them from anywhere", function()
+    local a = fstream.app("glob1", { topic_partitions = 4 })
+    local rates = a:global_table("rates", { default = 1.0 })
+    local src = a:topic("src")
+    local seen = {}
+    a:task(function() rates["EUR"] = 0.9; rates["SEK"] = 11.2 end)
+    a:agent("use", src, function(stream)
+      for v in stream do seen[#seen + 1] = v.amount * rates[v.currency] end
+    end)
+    t = fstream.testing(a)
+    t:run()
+    t:send(src, { key = "x", value = { amount = 10, currency = "EUR" } })
+    t:send(src, { key = "y", value = { amount = 10, currency = "USD" } })
+    t:run()
+    table.sort(seen) -- two keys, two partitions: no order between them
+    assert.are.same({ 9.0, 10.0 }, seen)
+    assert.are.equal(11.2, t:table("rates").SEK)
+  end)
+end)

@@ -75,6 +75,17 @@ function App:table(name, opts)
   return t
 end
 
+-- app:global_table(name, opts): every worker holds all of it and follows its
+-- changelog; same options as app:table.
+function App:global_table(name, opts)
+  if self.tables[name] then error(string.format("table '%s' is already defined", tostring(name)), 2) end
+  if self.rt then error("tables must be defined before the worker starts", 2) end
+  local t = Table.new(self, name, opts, 2, true)
+  self.tables[name] = t
+  self.table_list[#self.table_list + 1] = t
+  return t
+end
+
 -- Directory holding the app's LMDB files: store = "lmdb://DIR", default ./<id>-data.
 function App:data_dir(store)
   local dir = (store or self.store):match("^lmdb://(.*)$")
@@ -144,12 +155,12 @@ function App:_start(settings)
   end
   local dir = self:data_dir(settings.store)
   for _, t in ipairs(self.table_list) do
-    rawset(t, "id", rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions))
+    rawset(t, "id", rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global))
   end
   if #self.table_list > 0 then
     local tables = self.table_list
-    rt:table_hook(function(event, p)
-      for _, t in ipairs(tables) do Table._on(t, event, p) end
+    rt:table_hook(function(event, p, tid, keys)
+      for _, t in ipairs(tables) do Table._on(t, event, p, tid, keys) end
     end)
   end
   for _, a in ipairs(self.agent_list) do a:_start(rt) end

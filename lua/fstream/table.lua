@@ -38,7 +38,9 @@ local function codec(ser)
   end, function(b) return b end
 end
 
-function Table.new(app, name, opts, level)
+-- global: every worker holds every partition and follows the changelog
+-- (Faust's GlobalTable); keys are placed by hash, so writes need no event.
+function Table.new(app, name, opts, level, global)
   level = level + 1
   opts = opts or {}
   if type(name) ~= "string" or not name:match("^[%w%._%-]+$") then
@@ -49,7 +51,7 @@ function Table.new(app, name, opts, level)
   end
   local partitions = opts.partitions or app.topic_partitions
   local self = {
-    app = app, name = name, default = opts.default, partitions = partitions,
+    app = app, name = name, default = opts.default, partitions = partitions, global = global or false,
     key_serializer = opts.key_serializer or "json",
     value_serializer = opts.value_serializer or "json",
     parts = {},
@@ -103,6 +105,10 @@ end
 local function read(self, k)
   if not self.app.rt then error(string.format("table '%s': the worker is not running", self.name), 3) end
   local kb = self.encode_key(k)
+  if self.global then
+    local p = core.partition_for(kb, self.partitions)
+    return lookup(self, p, held(self, p), kb)
+  end
   local p = event_partition()
   if p then return lookup(self, p, held(self, p), kb) end
   for q, part in pairs(self.parts) do
@@ -113,7 +119,13 @@ local function read(self, k)
 end
 
 local function write(self, k, v)
-  local p = event_partition()
+  local p
+  if self.global then
+    if not self.app.rt then error(string.format("table '%s': the worker is not running", self.name), 3) end
+    p = core.partition_for(self.encode_key(k), self.partitions)
+  else
+    p = event_partition()
+  end
   if not p then
     error(string.format("table '%s': writes must happen while an agent processes an event "
       .. "(a write goes to that event's partition)", self.name), 3)
@@ -181,8 +193,20 @@ Table.__name = "fstream.Table"
 -- Checkpoint hook: "flush" stages dirty entries; "hold"/"release" follow the
 -- partitions this worker is assigned.
 -- (Called as Table._on(t, ...): on a table, t.x reads the key "x".)
-function Table._on(self, event, p)
-  if event == "hold" then
+function Table._on(self, event, p, tid, keys)
+  -- Partition moves (tid 0) concern partitioned tables; global tables get their own.
+  if event ~= "flush" and (tid == 0) == self.global then return end
+  if tid ~= 0 and tid ~= self.id then return end
+  if event == "changed" then
+    -- Another worker (or this one, echoed) wrote these keys: forget cached
+    -- copies unless this worker has a newer write of its own pending.
+    local part = self.parts[p]
+    if part then
+      for _, kb in ipairs(keys) do
+        if not part.dirty[kb] and part.prev[kb] == nil then part.cache[kb] = nil end
+      end
+    end
+  elseif event == "hold" then
     rawset(self.parts, p, { cache = {}, prev = {}, dirty = {} })
   elseif event == "release" then
     self.parts[p] = nil
@@ -206,7 +230,8 @@ function Table._on(self, event, p)
 end
 
 function Table.describe(self)
-  return string.format("%s (%d partitions, changelog %s)", self.name, self.partitions, self.changelog.name)
+  return string.format("%s (%s%d partitions, changelog %s)", self.name, self.global and "global, " or "",
+    self.partitions, self.changelog.name)
 end
 
 return Table
