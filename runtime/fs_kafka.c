@@ -519,13 +519,13 @@ void fs_kafka_poll(fs_rt *rt)
 }
 
 int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, fs_waiter *w, char *err,
-               size_t errlen)
+               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
+               fs_waiter *w, char *err, size_t errlen)
 {
     if (rt->test) {
         int32_t p;
         int64_t off;
-        int rc = fs_memlog_append(rt, t, partition, key, klen, val, vlen, hdrs, 0, &p, &off);
+        int rc = fs_memlog_append(rt, t, partition, key, klen, val, vlen, hdrs, ts_ms, 0, &p, &off);
         if (hdrs) rd_kafka_headers_destroy(hdrs);
         if (rc) {
             snprintf(err, errlen, "partition %d of %s does not exist", (int)partition, t->name);
@@ -551,12 +551,14 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
             e = rd_kafka_producev(rt->producer, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_PARTITION(partition),
                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                   RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_KEY(key, klen),
-                                  RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+                                  RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_TIMESTAMP(ts_ms),
+                                  RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
         else
             e = rd_kafka_producev(rt->producer, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_PARTITION(partition),
                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                   RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_KEY(key, klen),
-                                  RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+                                  RD_KAFKA_V_TIMESTAMP(ts_ms), RD_KAFKA_V_OPAQUE(opaque),
+                                  RD_KAFKA_V_END);
         if (!e) break;
         if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
             /* Back-pressure: serve delivery reports until there is room again. */

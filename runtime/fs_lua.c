@@ -403,7 +403,7 @@ static int l_rt_fatal(lua_State *L)
     return 0;
 }
 
-/* Encodes and sends args (tid, key, value, partition, headers) at 2..6. Raises on
+/* Encodes and sends args (tid, key, value, partition, headers, raw, timestamp) at 2..8. Raises on
  * bad arguments before anything is allocated; with wp, allocates the delivery
  * waiter only once nothing can raise any more. */
 static void produce(lua_State *L, fs_rt *rt, fs_waiter **wp, int external, int32_t *p_out,
@@ -423,9 +423,10 @@ static void produce(lua_State *L, fs_rt *rt, fs_waiter **wp, int external, int32
     const void *k = kabs ? NULL : (rt->kbuf.data ? rt->kbuf.data : "");
     const void *v = vabs ? NULL : (rt->vbuf.data ? rt->vbuf.data : "");
     size_t kl = kabs ? 0 : rt->kbuf.len, vl = vabs ? 0 : rt->vbuf.len;
+    int64_t ts_ms = lua_isnoneornil(L, 8) ? 0 : (int64_t)llround(luaL_checknumber(L, 8) * 1000.0);
     rd_kafka_headers_t *h = check_headers(L, 6);
     if (external) {
-        int rc = fs_memlog_append(rt, t, partition, k, kl, v, vl, h, 1, p_out, o_out);
+        int rc = fs_memlog_append(rt, t, partition, k, kl, v, vl, h, ts_ms, 1, p_out, o_out);
         if (h) rd_kafka_headers_destroy(h);
         if (rc) luaL_error(L, "partition %d of %s does not exist", (int)partition, t->name);
         return;
@@ -440,7 +441,7 @@ static void produce(lua_State *L, fs_rt *rt, fs_waiter **wp, int external, int32
         w->partition = -1;
         w->offset = -1;
     }
-    if (fs_produce(rt, t, partition, k, kl, v, vl, h, w, err, sizeof err)) {
+    if (fs_produce(rt, t, partition, k, kl, v, vl, h, ts_ms, w, err, sizeof err)) {
         free(w);
         luaL_error(L, "%s", err);
     }

@@ -46,8 +46,8 @@ static char *dup_bytes(const void *p, size_t n)
 }
 
 int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int external,
-                     int32_t *part_out, int64_t *offset_out)
+                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
+                     int external, int32_t *part_out, int64_t *offset_out)
 {
     fs_memtopic *mt = memtopic(t);
     if (!mt) return -1;
@@ -68,7 +68,7 @@ int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key,
     m->val = dup_bytes(val, vlen);
     m->vlen = vlen;
     m->hdrs = hdrs ? rd_kafka_headers_copy(hdrs) : NULL;
-    m->ts = fs_rt_wall_ms(rt);
+    m->ts = ts_ms > 0 ? ts_ms : fs_rt_wall_ms(rt);
     m->external = external;
     *part_out = partition;
     *offset_out = (int64_t)p->n;

@@ -282,9 +282,10 @@ int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen);
 int fs_kafka_start(fs_rt *rt, char *err, size_t errlen);
 void fs_kafka_poll(fs_rt *rt);
 void fs_kafka_close(fs_rt *rt);
+/* ts_ms: the message timestamp (ms since the epoch), 0 for "now". */
 int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, fs_waiter *w, char *err,
-               size_t errlen);
+               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
+               fs_waiter *w, char *err, size_t errlen);
 void fs_checkpoint_begin(fs_rt *rt);
 void fs_checkpoint_poll(fs_rt *rt);
 int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
@@ -295,8 +296,8 @@ int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io);
 
 /* fs_memlog.c */
 int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int external,
-                     int32_t *part_out, int64_t *offset_out);
+                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
+                     int external, int32_t *part_out, int64_t *offset_out);
 int fs_memlog_deliver(fs_rt *rt); /* dispatches unread messages; returns how many */
 void fs_memlog_push_outputs(lua_State *L, fs_rt *rt, fs_topic *t);
 void fs_memlog_free(fs_topic *t);

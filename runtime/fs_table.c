@@ -135,7 +135,7 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
         h = rd_kafka_headers_new(1);
         rd_kafka_header_add(h, IN_HEADER, -1, tp->in_hdr, -1);
     }
-    if (fs_produce(rt, t->changelog, p, k, kl, v, vl, h, NULL, err, errlen)) return -1;
+    if (fs_produce(rt, t->changelog, p, k, kl, v, vl, h, 0, NULL, err, errlen)) return -1;
     tp->nops++;
     rt->changelog_records++;
     return 0;

@@ -10,7 +10,7 @@ App.__index = App
 
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
-  max_queued = true, store = true,
+  max_queued = true, store = true, table_cleanup_interval = true,
 }
 
 function App.new(id, opts, level)
@@ -33,6 +33,8 @@ function App.new(id, opts, level)
   if type(store) ~= "string" or not store:match("^lmdb://") then
     error(string.format("app '%s': store must be \"lmdb://[directory]\"", id), level)
   end
+  local tci = opts.table_cleanup_interval or 1.0
+  if type(tci) ~= "number" or tci <= 0 then error("table_cleanup_interval must be a positive number of seconds", level) end
   local ci = opts.commit_interval or 2.8
   if type(ci) ~= "number" or ci <= 0 then error("commit_interval must be a positive number of seconds", level) end
   return setmetatable({
@@ -43,6 +45,7 @@ function App.new(id, opts, level)
     processing_guarantee = pg,
     max_queued = opts.max_queued,
     store = store,
+    table_cleanup_interval = tci,
     topics = {}, topic_list = {},
     tables = {}, table_list = {},
     agents = {}, agent_list = {},

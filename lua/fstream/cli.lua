@@ -161,7 +161,8 @@ function cli.table(opts)
     local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
     if keys then
       for i = 1, #keys do
-        if not want or keys[i] == want then
+        -- Keys starting with a NUL byte are the runtime's own (window stream time).
+        if keys[i]:byte(1) ~= 0 and (not want or keys[i] == want) then
           found = found + 1
           local v = t.decode_value(values[i])
           io.write(core.json.encode { key = t.decode_key(keys[i]), value = v, partition = p }, "\n")

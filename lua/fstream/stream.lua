@@ -125,6 +125,15 @@ function Stream:current()
   return self.cs:meta(self.i)
 end
 
+-- The value of the event in hand (the decoded value in every view).
+function Stream:current_value()
+  local i = self.i
+  if i < 1 or i > self.n then return nil end
+  if self.mode == MODE_ITEMS then return self.buf[2 * i] end
+  if self.mode == MODE_EVENTS then return self.buf[i].value end
+  return self.buf[i]
+end
+
 -- Faust's `yield value`: hands the value to the agent's sinks.
 function Stream:yield(value)
   return self.agent:_to_sinks(value)

@@ -16,6 +16,7 @@ local MISSING, TOMBSTONE = {}, {}
 local OPTIONS = {
   default = true, key_type = true, value_type = true, key_serializer = true,
   value_serializer = true, partitions = true, changelog_topic = true,
+  on_window_close = true, on_late = true,
 }
 local METHODS = {}
 
@@ -50,8 +51,14 @@ function Table.new(app, name, opts, level, global)
     if not OPTIONS[k] then error(string.format("table '%s': unknown option '%s'", name, tostring(k)), level) end
   end
   local partitions = opts.partitions or app.topic_partitions
+  for _, cb in ipairs { "on_window_close", "on_late" } do
+    if opts[cb] ~= nil and type(opts[cb]) ~= "function" then
+      error(string.format("table '%s': %s must be a function", name, cb), level)
+    end
+  end
   local self = {
     app = app, name = name, default = opts.default, partitions = partitions, global = global or false,
+    on_window_close = opts.on_window_close, on_late = opts.on_late,
     key_serializer = opts.key_serializer or "json",
     value_serializer = opts.value_serializer or "json",
     parts = {},
@@ -65,8 +72,9 @@ function Table.new(app, name, opts, level, global)
   return setmetatable(self, Table)
 end
 
+-- Optional fields are read raw: on a table, t.x would read the key "x".
 local function default_of(self)
-  local d = self.default
+  local d = rawget(self, "default")
   if type(d) == "function" then return d() end
   return d
 end
@@ -136,6 +144,44 @@ local function write(self, k, v)
   part.dirty[kb] = true
 end
 
+-- Internals used by windowed tables: explicit partitions and raw key bytes.
+-- Keys starting with "\0" are the runtime's own (window stream time), never
+-- user keys (JSON and raw user keys cannot start with a NUL through the API).
+Table.MISSING = MISSING
+
+function Table._lookup(self, p, kb)
+  local part = self.parts[p]
+  if not part then return nil end
+  local v = lookup(self, p, part, kb)
+  if v == MISSING then return nil end
+  return v
+end
+
+function Table._put(self, p, kb, v)
+  local part = held(self, p)
+  part.cache[kb] = v == nil and TOMBSTONE or v
+  part.dirty[kb] = true
+end
+
+-- Every live entry of partition p (LMDB overlaid with pending writes): kb -> value.
+function Table._scan(self, p)
+  local part = self.parts[p]
+  local merged = {}
+  if not part then return merged end
+  local keys, values = self.app.rt:table_scan(self.id, p)
+  for i = 1, #keys do merged[keys[i]] = self.decode_value(values[i]) end
+  for kb, v in pairs(part.prev) do merged[kb] = v end
+  for kb, v in pairs(part.cache) do
+    if v ~= MISSING then merged[kb] = v end
+  end
+  for kb, v in pairs(merged) do
+    if v == TOMBSTONE then merged[kb] = nil end
+  end
+  return merged
+end
+
+Table.event_partition = event_partition
+
 function METHODS.get(self, k)
   local v = read(self, k)
   if v == MISSING then return nil end
@@ -144,6 +190,8 @@ end
 
 -- t:update(k, fn): t[k] = fn(t[k]) (fn receives the default when k is missing).
 function METHODS.update(self, k, fn)
+  local w = rawget(self, "window")
+  if w then return w:update(self, k, fn) end
   local v = read(self, k)
   if v == MISSING then v = default_of(self) end
   local nv = fn(v)
@@ -170,7 +218,7 @@ function METHODS.items(self)
   return function()
     repeat
       kb, v = next(merged, kb)
-    until kb == nil or v ~= TOMBSTONE
+    until kb == nil or (v ~= TOMBSTONE and kb:byte(1) ~= 0)
     if kb == nil then return nil end
     return self.decode_key(kb), v
   end
@@ -179,16 +227,33 @@ end
 Table.__index = function(self, k)
   local m = METHODS[k]
   if m then return m end
+  local w = rawget(self, "window")
+  if w then return w:set_for(self, k) end
   local v = read(self, k)
   if v == MISSING then return default_of(self) end
   return v
 end
 
 Table.__newindex = function(self, k, v)
+  local w = rawget(self, "window")
+  if w then return w:assign(self, k, v) end
   write(self, k, v)
 end
 
 Table.__name = "fstream.Table"
+
+-- Windowing: t:tumbling(size, {expires}), t:hopping(size, step, {expires}),
+-- t:sliding(size, {expires}), then :relative_to_stream() (default),
+-- :relative_to_field(name) or :relative_to_now(). See lua/fstream/window.lua.
+for _, kind in ipairs { "tumbling", "hopping", "sliding" } do
+  METHODS[kind] = function(self, ...)
+    require("fstream.window").configure(self, kind, ...)
+    return self
+  end
+end
+function METHODS.relative_to_stream(self) require("fstream.window").relative(self, "stream"); return self end
+function METHODS.relative_to_now(self) require("fstream.window").relative(self, "now"); return self end
+function METHODS.relative_to_field(self, field) require("fstream.window").relative(self, "field", field); return self end
 
 -- Checkpoint hook: "flush" stages dirty entries; "hold"/"release" follow the
 -- partitions this worker is assigned.
@@ -208,8 +273,12 @@ function Table._on(self, event, p, tid, keys)
     end
   elseif event == "hold" then
     rawset(self.parts, p, { cache = {}, prev = {}, dirty = {} })
+    local w = rawget(self, "window")
+    if w then w:hold(self, p) end
   elseif event == "release" then
     self.parts[p] = nil
+    local w = rawget(self, "window")
+    if w then w:release(self, p) end
   elseif event == "flush" then
     local rt = self.app.rt
     for q, part in pairs(self.parts) do

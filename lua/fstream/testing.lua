@@ -30,7 +30,7 @@ local function resolve(self, target)
   error("target must be a topic, an agent or a name", 3)
 end
 
-local MESSAGE_FIELDS = { key = true, value = true, headers = true, partition = true }
+local MESSAGE_FIELDS = { key = true, value = true, headers = true, partition = true, timestamp = true }
 
 local function is_message(v)
   if type(v) ~= "table" or getmetatable(v) ~= nil or v.value == nil then return false end
@@ -40,7 +40,8 @@ local function is_message(v)
   return true
 end
 
--- t:send(target, value) or t:send(target, {key=, value=, headers=, partition=}).
+-- t:send(target, value) or t:send(target, {key=, value=, headers=, partition=, timestamp=}).
+-- timestamp: the message's time in seconds since the epoch (default: the fake clock).
 -- Returns partition, offset. Does not run the app: call t:run().
 function Testing:send(target, msg)
   local topic = resolve(self, target)
@@ -48,7 +49,7 @@ function Testing:send(target, msg)
   local key, value = msg.key, msg.value
   if topic.key_custom and key ~= nil then key = topic.key_custom.encode(key) end
   if topic.value_custom and value ~= nil then value = topic.value_custom.encode(value) end
-  return self.rt:test_send(topic.id, key, value, msg.partition, msg.headers)
+  return self.rt:test_send(topic.id, key, value, msg.partition, msg.headers, false, msg.timestamp)
 end
 
 -- t:send_raw(target, bytes, {key=, headers=, partition=}): sends bytes as they
@@ -56,7 +57,7 @@ end
 function Testing:send_raw(target, bytes, opts)
   local topic = resolve(self, target)
   opts = opts or {}
-  return self.rt:test_send(topic.id, opts.key, bytes, opts.partition, opts.headers, true)
+  return self.rt:test_send(topic.id, opts.key, bytes, opts.partition, opts.headers, true, opts.timestamp)
 end
 
 -- Runs until every agent waits for input and no timer is due.

@@ -133,18 +133,18 @@ function Topic:send(msg)
   local rt = self.app.rt
   -- The per-message path: no custom serializer, nothing to check in Lua.
   if rt and type(msg) == "table" and not self.key_custom and not self.value_custom then
-    return rt:produce(self.id, msg.key, msg.value, msg.partition, msg.headers)
+    return rt:produce(self.id, msg.key, msg.value, msg.partition, msg.headers, nil, msg.timestamp)
   end
   local key, value
   rt, key, value = prepare(self, msg, 3)
-  rt:produce(self.id, key, value, msg.partition, msg.headers)
+  rt:produce(self.id, key, value, msg.partition, msg.headers, nil, msg.timestamp)
 end
 
 -- Yields until the broker acknowledged the message; returns {partition=, offset=}
 -- or nil, error.
 function Topic:send_and_wait(msg)
   local rt, key, value = prepare(self, msg, 3)
-  return rt:produce_wait(self.id, key, value, msg.partition, msg.headers)
+  return rt:produce_wait(self.id, key, value, msg.partition, msg.headers, nil, msg.timestamp)
 end
 
 function Topic:describe()

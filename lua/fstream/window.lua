@@ -1,0 +1,354 @@
+-- Windowed tables: a table whose values are kept per (key, window).
+--
+-- Every window of a key is an entry of the underlying table under the key
+-- bytes '[key, start]' (JSON), so windows are changelogged, checkpointed and
+-- recovered like any table entry. Per partition the worker keeps an index of
+-- the open windows and the partition's stream time (the largest event time
+-- seen), stored under a reserved key so that it survives restarts and
+-- rebalances. A window closes when stream time (wall clock for
+-- relative_to_now) passes its end plus `expires`: on_window_close(key,
+-- window, value) runs in its own coroutine with the final value, then the
+-- entry is deleted. An event for a window that has closed is late: it is
+-- counted, handed to on_late(key, value), and never re-opens the window.
+local core = require "fstream.core"
+local Table = require "fstream.table"
+
+local json = core.json
+local STREAM_TIME = "\0stream_time"
+
+local Window = {}
+Window.__index = Window
+
+local M = {}
+
+local function check_seconds(v, what, level)
+  if type(v) ~= "number" or v <= 0 or v ~= v or v == math.huge then
+    error(what .. " must be a positive number of seconds", level)
+  end
+end
+
+function M.configure(t, kind, a, b, c)
+  local level = 4
+  if rawget(t, "window") then error(string.format("table '%s' is already windowed", t.name), level) end
+  if t.app.rt then error("windows must be set up before the worker starts", level) end
+  if t.global then error("a global table cannot be windowed", level) end
+  local size, step, opts = a, nil, b
+  if kind == "hopping" then step, opts = b, c end
+  check_seconds(size, kind .. " size", level)
+  if kind == "hopping" then
+    check_seconds(step, "hopping step", level)
+    if step > size then error("hopping step must not be larger than the size", level) end
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error(kind .. " options must be a table {expires=}", level) end
+  for k in pairs(opts) do
+    if k ~= "expires" then error(string.format("%s: unknown option '%s'", kind, tostring(k)), level) end
+  end
+  local expires = opts.expires or 0
+  if type(expires) ~= "number" or expires < 0 then error("expires must be a number of seconds >= 0", level) end
+  if t.key_serializer ~= "json" then
+    error(string.format("windowed table '%s' needs the json key serializer", t.name), level)
+  end
+  local w = setmetatable({
+    kind = kind, size = size, step = step or size, expires = expires,
+    time = "stream", field = nil,
+    parts = {},          -- p -> { index = {kb -> {key, start, end}}, stream_time = number }
+    late = 0, closed = 0,
+  }, Window)
+  rawset(t, "window", w)
+  local app = t.app
+  -- The closer: every table_cleanup_interval, close what has expired.
+  app.tasks[#app.tasks + 1] = {
+    name = "window closer of " .. t.name,
+    fn = function()
+      while true do
+        core.sleep(app.table_cleanup_interval)
+        for p in pairs(w.parts) do w:close_expired(t, p) end
+      end
+    end,
+  }
+end
+
+function M.relative(t, how, field)
+  local w = rawget(t, "window")
+  if not w then error(string.format("table '%s': call tumbling, hopping or sliding first", t.name), 3) end
+  if how == "field" and (type(field) ~= "string" or field == "") then
+    error("relative_to_field needs a field name", 3)
+  end
+  w.time, w.field = how, field
+end
+
+-- Seconds since the epoch from a number (seconds, or milliseconds when it is
+-- too large to be seconds) or an ISO-8601 text like 2024-06-27T15:43:43.315342
+-- (a space may replace the T; no zone means UTC).
+local function days_from_civil(y, m, d)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+function M.parse_time(v)
+  if type(v) == "number" then
+    if v > 1e11 then return v / 1000 end
+    return v
+  end
+  if type(v) ~= "string" then return nil, "expected a number or an ISO-8601 time, got " .. type(v) end
+  local y, mo, d, h, mi, sec, frac, zone =
+    v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$")
+  if not y then return nil, string.format("not an ISO-8601 time: %q", v) end
+  local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400
+    + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
+  if frac ~= "" and frac ~= "." then t = t + tonumber("0" .. frac) end
+  if zone ~= "" and zone ~= "Z" then
+    local sign, zh, zm = zone:match("^([+-])(%d%d):?(%d%d)$")
+    if not sign then return nil, string.format("bad time zone in %q", v) end
+    local off = tonumber(zh) * 3600 + tonumber(zm) * 60
+    t = sign == "+" and t - off or t + off
+  end
+  return t
+end
+
+local function current_stream()
+  return Table.streams_by_co[coroutine.running()]
+end
+
+-- The time an operation refers to: the event's (stream or field) or now.
+function Window:event_time(t)
+  if self.time == "now" then return t.app.rt:now() end
+  local s = current_stream()
+  if not s or s.i < 1 then
+    error(string.format("windowed table '%s': needs an event being processed (or relative_to_now)", t.name), 4)
+  end
+  if self.time == "field" then
+    local v = s:current_value()
+    local raw = type(v) == "table" and v[self.field] or nil
+    local secs, err = M.parse_time(raw)
+    if not secs then
+      error(string.format("windowed table '%s': field '%s': %s", t.name, self.field, err or "missing"), 4)
+    end
+    return secs
+  end
+  local _, _, _, ts = s.cs:meta(s.i)
+  return ts
+end
+
+-- Starts of the windows of `key` that contain time `at`.
+function Window:starts(t, p, key, at)
+  local out = {}
+  if self.kind == "tumbling" then
+    out[1] = math.floor(at / self.size) * self.size
+  elseif self.kind == "hopping" then
+    local s = math.floor(at / self.step) * self.step
+    while s > at - self.size do
+      out[#out + 1] = s
+      s = s - self.step
+    end
+  else -- sliding: every open window of the key containing `at`, plus one starting at `at`
+    local wp = self.parts[p]
+    local own = false
+    for _, win in pairs(wp and wp.index or {}) do
+      if win.key == key and win.start <= at and at < win.start + self.size then
+        out[#out + 1] = win.start
+        if win.start == at then own = true end
+      end
+    end
+    if not own then out[#out + 1] = at end
+    table.sort(out)
+  end
+  return out
+end
+
+local function window_kb(key, start)
+  return json.encode { key, start }
+end
+
+function Window:part(t, p)
+  local wp = self.parts[p]
+  if not wp then error(string.format("table '%s': partition %d is not on this worker", t.name, p), 4) end
+  return wp
+end
+
+function Window:clock(p)
+  if self.time == "now" then return nil end
+  return self.parts[p].stream_time
+end
+
+function Window:is_closed(p, t, start)
+  local now = self.time == "now" and t.app.rt:now() or self.parts[p].stream_time
+  return now ~= nil and now > start + self.size + self.expires
+end
+
+-- t:update(key, fn): fn applied to the value of every window containing the
+-- event's time (a hopping event updates size/step windows).
+function Window:update(t, key, fn)
+  local at = self:event_time(t)
+  local p = Table.event_partition() or error(string.format(
+    "windowed table '%s': update must happen while an agent processes an event", t.name), 3)
+  local wp = self:part(t, p)
+  if self.time ~= "now" and (wp.stream_time == nil or at > wp.stream_time) then
+    wp.stream_time = at
+    Table._put(t, p, STREAM_TIME, at)
+  end
+  local late = false
+  local result
+  for _, s in ipairs(self:starts(t, p, key, at)) do
+    if self:is_closed(p, t, s) then
+      late = true
+    else
+      local kb = window_kb(key, s)
+      local old = Table._lookup(t, p, kb)
+      if old == nil then
+        old = rawget(t, "default")
+        if type(old) == "function" then old = old() end
+      end
+      result = fn(old)
+      Table._put(t, p, kb, result)
+      wp.index[kb] = { key = key, start = s, ["end"] = s + self.size }
+      if not wp.min_end or s + self.size < wp.min_end then wp.min_end = s + self.size end
+    end
+  end
+  if late then
+    self.late = self.late + 1
+    local on_late = rawget(t, "on_late")
+    if on_late then
+      local s = current_stream()
+      on_late(key, s and s:current_value())
+    end
+  end
+  self:maybe_close(t, p)
+  return result
+end
+
+-- t[key] = v: tumbling tables only (a hopping event belongs to several windows).
+function Window:assign(t, key, v)
+  if self.kind ~= "tumbling" then
+    error(string.format("windowed table '%s' is %s: an event belongs to several windows; use "
+      .. "%s:update(key, function(old) ... end)", t.name, self.kind, t.name), 3)
+  end
+  return self:update(t, key, function() return v end)
+end
+
+-- t[key]: the key's windows, read at the event's time (or now).
+local WindowSet = {}
+WindowSet.__index = WindowSet
+
+function Window:set_for(t, key)
+  return setmetatable({ table = t, window = self, key = key }, WindowSet)
+end
+
+local function value_at(ws, at)
+  local w, t = ws.window, ws.table
+  local p = Table.event_partition()
+  local starts
+  local parts = {}
+  if p then parts[1] = p else for q in pairs(w.parts) do parts[#parts + 1] = q end end
+  for _, q in ipairs(parts) do
+    starts = w:starts(t, q, ws.key, at)
+    -- The newest window containing the time (Faust's choice for value()).
+    for i = #starts, 1, -1 do
+      local v = Table._lookup(t, q, window_kb(ws.key, starts[i]))
+      if v ~= nil then return v end
+    end
+  end
+  local d = rawget(t, "default")
+  if type(d) == "function" then d = d() end
+  return d
+end
+
+function WindowSet:current() return value_at(self, self.window:event_time(self.table)) end
+WindowSet.value = WindowSet.current
+function WindowSet:now() return value_at(self, self.table.app.rt:now()) end
+function WindowSet:delta(seconds) return value_at(self, self.window:event_time(self.table) - seconds) end
+
+-- Every window of the key, oldest first: { {start=, ["end"]=, value=}, ... }.
+function WindowSet:windows()
+  local w, t, out = self.window, self.table, {}
+  for p, wp in pairs(w.parts) do
+    for kb, win in pairs(wp.index) do
+      if win.key == self.key then
+        out[#out + 1] = { start = win.start, ["end"] = win["end"], value = Table._lookup(t, p, kb) }
+      end
+    end
+  end
+  table.sort(out, function(a, b) return a.start < b.start end)
+  return out
+end
+
+-- Rebuilds the partition's window index and stream time from its entries.
+function Window:hold(t, p)
+  local wp = { index = {}, stream_time = nil }
+  self.parts[p] = wp
+  if not t.app.rt then return end
+  for kb, v in pairs(Table._scan(t, p)) do
+    if kb == STREAM_TIME then
+      wp.stream_time = v
+    elseif kb:byte(1) ~= 0 then
+      local k = json.decode(kb)
+      if type(k) == "table" and k[2] ~= nil then
+        wp.index[kb] = { key = k[1], start = k[2], ["end"] = k[2] + self.size }
+        if not wp.min_end or k[2] + self.size < wp.min_end then wp.min_end = k[2] + self.size end
+      end
+    end
+  end
+end
+
+function Window:release(_, p)
+  self.parts[p] = nil
+end
+
+-- Closes, in end order, every window of partition p that has expired.
+function Window:close_expired(t, p)
+  local wp = self.parts[p]
+  if not wp or wp.closing then return end
+  local due = {}
+  for kb, win in pairs(wp.index) do
+    if self:is_closed(p, t, win.start) then due[#due + 1] = { kb = kb, win = win } end
+  end
+  if #due == 0 then return end
+  table.sort(due, function(a, b)
+    if a.win["end"] ~= b.win["end"] then return a.win["end"] < b.win["end"] end
+    return a.kb < b.kb
+  end)
+  wp.closing = true
+  for _, d in ipairs(due) do
+    if self.parts[p] ~= wp then break end -- released meanwhile
+    local value = Table._lookup(t, p, d.kb)
+    if value == nil then
+      value = rawget(t, "default")
+      if type(value) == "function" then value = value() end
+    end
+    wp.index[d.kb] = nil
+    Table._put(t, p, d.kb, nil)
+    self.closed = self.closed + 1
+    local on_close = rawget(t, "on_window_close")
+    if on_close then
+      local ok, err = xpcall(on_close, debug.traceback, d.win.key,
+        { start = d.win.start, ["end"] = d.win["end"] }, value)
+      if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
+    end
+  end
+  wp.closing = nil
+  wp.min_end = nil
+  for _, win in pairs(wp.index) do
+    if not wp.min_end or win["end"] < wp.min_end then wp.min_end = win["end"] end
+  end
+end
+
+-- When stream time moved past a window's expiry, close without waiting for
+-- the next cleanup tick (in a coroutine of its own: callbacks may block).
+function Window:maybe_close(t, p)
+  local wp = self.parts[p]
+  if wp.closing or self.time == "now" or not wp.min_end then return end
+  if wp.stream_time > wp.min_end + self.expires then
+    wp.closing_soon = wp.closing_soon or t.app.rt:spawn(function()
+      wp.closing_soon = nil
+      self:close_expired(t, p)
+    end, nil, "task")
+  end
+end
+
+M.Window = Window
+return M

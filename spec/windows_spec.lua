@@ -1,0 +1,216 @@
+-- Windowed tables on fstream.testing's fake clock, with exact expectations.
+local fstream = require "fstream"
+local window = require "fstream.window"
+
+-- An app with one windowed table over topic "ev"; values {k=, ts=, n=}.
+local function setup_app(id, configure, update)
+  local a = fstream.app(id, { topic_partitions = 1, table_cleanup_interval = 1.0 })
+  local closed, late = {}, {}
+  local ev = a:topic("ev")
+  local tb = configure(a:table("w", {
+    default = update and function() return {} end or 0,
+    on_window_close = function(key, win, value)
+      closed[#closed + 1] = { key = key, start = win.start, ["end"] = win["end"], value = value }
+    end,
+    on_late = function(key, value) late[#late + 1] = value.n end,
+  }))
+  a:agent("agg", ev, function(stream)
+    for v in stream do
+      if update then tb:update(v.k, function(l) l[#l + 1] = v.n; return l end)
+      else tb:update(v.k, function(c) return c + 1 end) end
+    end
+  end)
+  local t = fstream.testing(a)
+  return t, closed, late, ev, tb
+end
+
+local function by_start(closed)
+  table.sort(closed, function(x, y) return x.start < y.start end)
+  return closed
+end
+
+describe("windows", function()
+  it("hopping 10 s / 1 s: every closed window holds exactly its events, in order, once", function()
+    local t, closed, late, ev = setup_app("hop", function(tb)
+      return tb:hopping(10, 1, { expires = 0 }):relative_to_field("ts")
+    end, true)
+    local times = { 1000, 1000.5, 1003, 1007.25, 1009, 1012, 1015, 1030 }
+    for n, ts in ipairs(times) do t:send(ev, { key = "s", value = { k = "s", ts = ts, n = n } }) end
+    t:run()
+    t:advance(2)
+    by_start(closed)
+    -- Stream time is 1030: windows ending before 1030 are closed (991..1019 starts).
+    local seen = {}
+    for _, c in ipairs(closed) do
+      assert.is_nil(seen[c.start], "window " .. c.start .. " closed twice")
+      seen[c.start] = true
+      assert.are.equal(c.start + 10, c["end"])
+      local expect = {}
+      for n, ts in ipairs(times) do
+        if ts >= c.start and ts < c["end"] then expect[#expect + 1] = n end
+      end
+      assert.are.same(expect, c.value, "window " .. c.start)
+    end
+    assert.are.equal(991, closed[1].start)
+    assert.are.equal(1015, closed[#closed].start)   -- [1015, 1025) ended before 1030
+    assert.are.equal(25, #closed)                    -- starts 991..1015
+    assert.are.same({}, late)
+    t:close()
+  end)
+
+  it("tumbling: exact counts per window, each closed once", function()
+    local t, closed, _, ev = setup_app("tumb", function(tb)
+      return tb:tumbling(60, { expires = 10 }):relative_to_field("ts")
+    end)
+    local n = 0
+    for minute = 0, 4 do
+      for i = 1, minute + 1 do
+        n = n + 1
+        t:send(ev, { key = "u", value = { k = "u", ts = 6000 + minute * 60 + i, n = n } })
+      end
+    end
+    t:send(ev, { key = "u", value = { k = "u", ts = 6000 + 5 * 60 + 30, n = 99 } })
+    t:run()
+    t:advance(3)
+    by_start(closed)
+    local counts = {}
+    for _, c in ipairs(closed) do counts[#counts + 1] = c.value end
+    -- stream time 6330: windows with end + 10 < 6330 closed (the fifth ends at 6300).
+    assert.are.same({ 1, 2, 3, 4, 5 }, counts)
+    t:close()
+  end)
+
+  it("sliding: a window per event time holding the events of the next `size` seconds", function()
+    local t, closed, _, ev = setup_app("slide", function(tb)
+      return tb:sliding(5, { expires = 0 }):relative_to_field("ts")
+    end, true)
+    for n, ts in ipairs { 100, 102, 104, 106, 120 } do
+      t:send(ev, { key = "x", value = { k = "x", ts = ts, n = n } })
+    end
+    t:run()
+    t:advance(2)
+    by_start(closed)
+    local got = {}
+    for _, c in ipairs(closed) do got[#got + 1] = { c.start, c.value } end
+    assert.are.same({ { 100, { 1, 2, 3 } }, { 102, { 2, 3, 4 } }, { 104, { 3, 4 } }, { 106, { 4 } } }, got)
+    t:close()
+  end)
+
+  it("counts a late event, hands it to on_late, and does not re-open its window", function()
+    local t, closed, late, ev, tb = setup_app("late", function(tb)
+      return tb:tumbling(10, { expires = 0 }):relative_to_field("ts")
+    end)
+    t:send(ev, { key = "a", value = { k = "a", ts = 100, n = 1 } })
+    t:send(ev, { key = "a", value = { k = "a", ts = 125, n = 2 } })
+    t:run()
+    t:advance(2)
+    assert.are.equal(1, #closed)
+    t:send(ev, { key = "a", value = { k = "a", ts = 105, n = 3 } })   -- window [100,110) closed
+    t:run()
+    t:advance(2)
+    assert.are.same({ 3 }, late)
+    assert.are.equal(1, #closed)
+    assert.are.equal(1, rawget(tb, "window").late)
+    t:close()
+  end)
+
+  it("reads epoch seconds, epoch milliseconds and ISO-8601 field times alike", function()
+    assert.are.equal(1719503023.315342, window.parse_time("2024-06-27T15:43:43.315342"))
+    assert.are.equal(1719503023, window.parse_time("2024-06-27 15:43:43"))
+    assert.are.equal(1719503023, window.parse_time("2024-06-27T17:43:43+02:00"))
+    assert.are.equal(1719503023.5, window.parse_time(1719503023500))
+    assert.are.equal(1719503023, window.parse_time(1719503023))
+    assert.is_nil(window.parse_time("yesterday"))
+    local t, closed, _, ev = setup_app("iso", function(tb)
+      return tb:tumbling(10, { expires = 0 }):relative_to_field("ts")
+    end)
+    t:send(ev, { key = "a", value = { k = "a", ts = "2024-06-27T15:43:41.1", n = 1 } })
+    t:send(ev, { key = "a", value = { k = "a", ts = 1719503028000, n = 2 } })
+    t:send(ev, { key = "a", value = { k = "a", ts = 1719503050, n = 3 } })
+    t:run()
+    t:advance(2)
+    assert.are.equal(1, #closed)
+    assert.are.equal(1719503020, closed[1].start)
+    assert.are.equal(2, closed[1].value)
+    t:close()
+  end)
+
+  it("uses the message timestamp by default", function()
+    local t, closed, _, ev = setup_app("streamtime", function(tb) return tb:tumbling(10) end)
+    t:send(ev, { key = "a", value = { k = "a", n = 1 }, timestamp = 500 })
+    t:send(ev, { key = "a", value = { k = "a", n = 2 }, timestamp = 505 })
+    t:send(ev, { key = "a", value = { k = "a", n = 3 }, timestamp = 520 })
+    t:run()
+    t:advance(2)
+    assert.are.equal(1, #closed)
+    assert.are.same({ 500, 2 }, { closed[1].start, closed[1].value })
+    t:close()
+  end)
+
+  it("closes relative_to_now windows on the fake clock", function()
+    local t, closed, _, ev = setup_app("now", function(tb) return tb:tumbling(10):relative_to_now() end)
+    t:send(ev, { key = "a", value = { k = "a", n = 1 } })
+    t:send(ev, { key = "a", value = { k = "a", n = 2 } })
+    t:run()
+    assert.are.equal(0, #closed)
+    t:advance(25)
+    assert.are.equal(1, #closed)
+    assert.are.equal(2, closed[1].value)
+    t:close()
+  end)
+
+  it("refuses t[k] = v on a hopping table, pointing to update", function()
+    local a = fstream.app("hopset", { topic_partitions = 1 })
+    local tb = a:table("h", { default = 0 }):hopping(10, 5)
+    local ev = a:topic("ev")
+    local err
+    a:agent("x", ev, function(s)
+      for _ in s do err = select(2, pcall(function() tb["k"] = 1 end)) end
+    end)
+    local t = fstream.testing(a)
+    t:send(ev, { key = "k", value = 1 })
+    t:run()
+    assert.matches("windowed table 'h' is hopping: an event belongs to several windows; use h:update", err)
+    t:close()
+  end)
+
+  it("reads a key's windows with value(), delta() and windows()", function()
+    local a = fstream.app("wset", { topic_partitions = 1 })
+    local tb = a:table("c", { default = 0 }):tumbling(10, { expires = 60 }):relative_to_field("ts")
+    local ev = a:topic("ev")
+    local reads = {}
+    a:agent("x", ev, function(s)
+      for v in s do
+        tb["k"] = tb["k"]:value() + 1
+        reads[#reads + 1] = { tb["k"]:value(), tb["k"]:delta(10) }
+      end
+    end)
+    local t = fstream.testing(a)
+    for _, ts in ipairs { 100, 101, 112 } do t:send(ev, { key = "k", value = { ts = ts } }) end
+    t:run()
+    assert.are.same({ { 1, 0 }, { 2, 0 }, { 1, 2 } }, reads)
+    local ws = tb["k"]:windows()
+    assert.are.same({ 100, 110 }, { ws[1].start, ws[2].start })
+    t:close()
+  end)
+
+  it("lets on_window_close send to a topic", function()
+    local a = fstream.app("wsend", { topic_partitions = 1 })
+    local out = a:topic("stats")
+    local tb = a:table("c", { default = 0, on_window_close = function(key, win, value)
+      out:send { key = key, value = { user = key, start = win.start, count = value } }
+    end }):tumbling(10):relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("x", ev, function(s) for v in s do tb:update(v.u, function(c) return c + 1 end) end end)
+    local t = fstream.testing(a)
+    for _, e in ipairs { { "a", 1 }, { "b", 2 }, { "a", 3 }, { "a", 30 } } do
+      t:send(ev, { key = "k", value = { u = e[1], ts = e[2] } })
+    end
+    t:run()
+    t:advance(2)
+    local got = t:outputs(out)
+    table.sort(got, function(x, y) return x.user < y.user end)
+    assert.are.same({ { user = "a", start = 0, count = 2 }, { user = "b", start = 0, count = 1 } }, got)
+    t:close()
+  end)
+end)
