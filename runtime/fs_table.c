@@ -413,6 +413,14 @@ int fs_tables_hold(fs_rt *rt, int32_t p)
 {
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
+        if (!t->global && p >= t->partitions) {
+            fs_rt_fatal(rt,
+                        "this worker was assigned input partition %d but table %s has %d "
+                        "partitions: a table needs the partition count of the topics whose events "
+                        "write it (table option partitions, or the app's topic_partitions)",
+                        (int)p, t->name, t->partitions);
+            return -1;
+        }
         if (p < 0 || p >= t->partitions || t->parts[p].store || t->global) continue;
         if (rt->test) continue; /* fstream.testing keeps tables in Lua only */
         if (open_and_recover(rt, t, p)) return -1;

@@ -135,3 +135,50 @@ describe("a global table on a standalone embedded broker", function()
     end
   end)
 end)
+
+describe("a windowed table on a standalone embedded broker", function()
+  local broker, addr
+  setup(function() broker, addr = proc.broker({}, 2) end)
+  teardown(function() broker:stop() end)
+
+  it("closes a window that was open when the worker stopped, once, after the restart", function()
+    local env = { APP_ID = "win-" .. uniq, IN = "win-in-" .. uniq, OUT = "win-out-" .. uniq }
+    local store = proc.tmp .. "/win-" .. uniq
+    proc.create_topics(addr, env.IN, env.OUT)
+    local function start()
+      return proc.spawn(string.format("env APP_ID=%s IN=%s OUT=%s %s worker %s/windows.lua --broker kafka://%s --store lmdb://%s",
+        env.APP_ID, env.IN, env.OUT, bin, fixtures, addr, store), "worker-windows")
+    end
+    local w = start()
+    assert.truthy(w:wait_for("assigned %d+ partitions", 30), w:output())
+    proc.produce_lines(addr, env.IN, { 'a:{"user":"a","ts":100}', 'a:{"user":"a","ts":101}',
+      'a:{"user":"a","ts":105.5}' }, { key_delim = ":" })
+    proc.sleep(2)
+    assert.are.equal(0, w:stop())
+    assert.are.same({}, proc.consume_all(addr, env.OUT))   -- still open: stream time is 105.5
+
+    w = start()
+    assert.truthy(w:wait_for("assigned %d+ partitions", 30), w:output())
+    proc.produce_lines(addr, env.IN, { 'a:{"user":"a","ts":130}' }, { key_delim = ":" })
+    local out = proc.wait_count(addr, env.OUT, 1, 30)
+    proc.sleep(1.5)
+    out = proc.consume_all(addr, env.OUT)
+    assert.are.equal(0, w:stop())
+    assert.are.equal(1, #out, table.concat(out, "\n"))
+    local row = require("fstream.core").json.decode(out[1])
+    assert.are.same({ user = "a", start = 100, count = 3 }, row)
+  end)
+end)
+
+describe("a table whose input has more partitions than the table", function()
+  it("stops the worker with an error that names both counts", function()
+    local topic = "wide-in-" .. uniq
+    local broker, addr = proc.broker({ topic }, 8)
+    local env = { APP_ID = "wide-" .. uniq, IN = topic }
+    local w = wc_worker(env, addr, proc.tmp .. "/wide-" .. uniq)
+    local rc = w:wait(60)
+    broker:stop()
+    assert.are.equal(1, rc, w:output())
+    assert.matches("assigned input partition %d but table word_counts has 4 partitions", w:output())
+  end)
+end)
