@@ -88,3 +88,41 @@ describe("table examples", function()
     assert.is_true(n >= 3, last)
   end)
 end)
+
+describe("window examples", function()
+  it("page_views.lua: closed windows report per-user counts that add up to the window's events", function()
+    local out = run_example("page_views.lua", 40)
+    local windows, current = {}, nil
+    for _, l in ipairs(out) do
+      local n = l:match("^window %d%d:%d%d:%d%d%.%.%d%d:%d%d:%d%d: (%d+) events$")
+      if n then current = { total = tonumber(n), sum = 0 }; windows[#windows + 1] = current end
+      local c = l:match("^  UserStats%(user_id=User%d, count=(%d+)%)$")
+      if c then current.sum = current.sum + tonumber(c) end
+    end
+    assert.is_true(#windows >= 2, table.concat(out, "\n"))
+    local total = 0
+    for _, w in ipairs(windows) do
+      assert.are.equal(w.total, w.sum)
+      total = total + w.total
+    end
+    assert.are.equal(0, total % 20)   -- whole batches of 20 events fall into windows
+  end)
+
+  it("forecast.lua: one forecast per second, close to the rising trend", function()
+    local out = run_example("forecast.lua", 20)
+    local full = {}
+    for _, l in ipairs(out) do
+      local samples, ws, we, f = l:match("^sensor%-1: (%d+) samples in %[(%d+), (%d+)%) %-> forecast ([%-%d%.]+) at %d+$")
+      if samples then
+        assert.are.equal(10, tonumber(we) - tonumber(ws))
+        assert.is_true(tonumber(samples) <= 40)
+        if tonumber(samples) == 40 then full[#full + 1] = tonumber(f) end
+      end
+    end
+    assert.is_true(#full >= 5, table.concat(out, "\n"))
+    -- The sensor rises 2 units a second: forecasts a second apart differ by about 2.
+    for i = 2, #full do
+      assert.is_true(math.abs(full[i] - full[i - 1] - 2) < 0.6, full[i - 1] .. " -> " .. full[i])
+    end
+  end)
+end)
