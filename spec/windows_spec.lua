@@ -214,3 +214,66 @@ describe("windows", function()
     t:close()
   end)
 end)
+
+describe("hopping windows with combine (per step-slice aggregation)", function()
+  local function run(combine)
+    local a = fstream.app("comb" .. tostring(combine ~= nil), { topic_partitions = 1 })
+    local closed = {}
+    local tb = a:table("h", {
+      default = function() return {} end,
+      on_window_close = function(key, win, value)
+        closed[#closed + 1] = { key = key, start = win.start, value = value }
+      end,
+    }):hopping(10, 2, { expires = 0, combine = combine }):relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("agg", ev, function(stream)
+      for v in stream do tb:update(v.k, function(l) l[#l + 1] = v.n; return l end) end
+    end)
+    local t = fstream.testing(a)
+    local n = 0
+    for _, e in ipairs { { "a", 100 }, { "b", 101 }, { "a", 103.5 }, { "a", 104 }, { "b", 108 },
+      { "a", 111 }, { "b", 115 }, { "a", 150 }, { "b", 150 } } do
+      n = n + 1
+      t:send(ev, { key = e[1], value = { k = e[1], ts = e[2], n = n } })
+    end
+    t:run()
+    t:advance(2)
+    t:close()
+    table.sort(closed, function(x, y) return x.key < y.key or (x.key == y.key and x.start < y.start) end)
+    return closed
+  end
+
+  it("closes the same windows with the same values as updating every window", function()
+    local concat = function(x, y)
+      local r = {}
+      for _, v in ipairs(x) do r[#r + 1] = v end
+      for _, v in ipairs(y) do r[#r + 1] = v end
+      return r
+    end
+    local naive, sliced = run(nil), run(concat)
+    assert.is_true(#naive > 10)
+    assert.are.same(naive, sliced)
+  end)
+end)
+
+describe("combine mode", function()
+  it("closes a window as soon as stream time passes it, without waiting for the cleanup tick", function()
+    local a = fstream.app("combprompt", { topic_partitions = 1, table_cleanup_interval = 3600 })
+    local closed = {}
+    local tb = a:table("h", { default = 0, on_window_close = function(k, w, v)
+      closed[#closed + 1] = { w.start, v }
+    end }):hopping(10, 5, { combine = function(x, y) return x + y end }):relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("agg", ev, function(s) for v in s do tb:update("k", function(c) return c + 1 end) end end)
+    local t = fstream.testing(a)
+    t:send(ev, { key = "k", value = { ts = 101 } })
+    t:send(ev, { key = "k", value = { ts = 107 } })
+    t:send(ev, { key = "k", value = { ts = 111 } })   -- passes the ends of [95,105) and [100,110)
+    t:run()
+    assert.are.same({ { 95, 1 }, { 100, 2 } }, closed)
+    t:send(ev, { key = "k", value = { ts = 116 } })   -- passes [105,115)
+    t:run()
+    assert.are.same({ { 95, 1 }, { 100, 2 }, { 105, 2 } }, closed)
+    t:close()
+  end)
+end)

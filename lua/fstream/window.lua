@@ -15,6 +15,7 @@ local Table = require "fstream.table"
 
 local json = core.json
 local STREAM_TIME = "\0stream_time"
+local CLOSED_THROUGH = "\0closed_through"
 
 local Window = {}
 Window.__index = Window
@@ -42,7 +43,12 @@ function M.configure(t, kind, a, b, c)
   opts = opts or {}
   if type(opts) ~= "table" then error(kind .. " options must be a table {expires=}", level) end
   for k in pairs(opts) do
-    if k ~= "expires" then error(string.format("%s: unknown option '%s'", kind, tostring(k)), level) end
+    if k ~= "expires" and not (k == "combine" and kind == "hopping") then
+      error(string.format("%s: unknown option '%s'", kind, tostring(k)), level)
+    end
+  end
+  if opts.combine ~= nil and type(opts.combine) ~= "function" then
+    error("hopping: combine must be a function(a, b) -> a and b combined", level)
   end
   local expires = opts.expires or 0
   if type(expires) ~= "number" or expires < 0 then error("expires must be a number of seconds >= 0", level) end
@@ -51,6 +57,10 @@ function M.configure(t, kind, a, b, c)
   end
   local w = setmetatable({
     kind = kind, size = size, step = step or size, expires = expires,
+    -- With an associative combine(a, b), a hopping table stores one value per
+    -- step-slice and folds the slices of a window when it is read or closed:
+    -- an event costs one update whatever size/step is.
+    combine = opts.combine,
     time = "stream", field = nil,
     parts = {},          -- p -> { index = {kb -> {key, start, end}}, stream_time = number }
     late = 0, closed = 0,
@@ -183,6 +193,12 @@ end
 
 -- t:update(key, fn): fn applied to the value of every window containing the
 -- event's time (a hopping event updates size/step windows).
+local function default_value(t)
+  local d = rawget(t, "default")
+  if type(d) == "function" then d = d() end
+  return d
+end
+
 function Window:update(t, key, fn)
   local at = self:event_time(t)
   local p = Table.event_partition() or error(string.format(
@@ -192,6 +208,7 @@ function Window:update(t, key, fn)
     wp.stream_time = at
     Table._put(t, p, STREAM_TIME, at)
   end
+  if self.combine then return self:update_slice(t, p, wp, key, at, fn) end
   local late = false
   local result
   for _, s in ipairs(self:starts(t, p, key, at)) do
@@ -222,6 +239,64 @@ function Window:update(t, key, fn)
   return result
 end
 
+function Window:late_event(t, key)
+  self.late = self.late + 1
+  local on_late = rawget(t, "on_late")
+  if on_late then
+    local s = current_stream()
+    on_late(key, s and s:current_value())
+  end
+end
+
+-- combine mode: the event goes into its step-slice only.
+function Window:update_slice(t, p, wp, key, at, fn)
+  local newest = math.floor(at / self.step) * self.step
+  local starts = self:starts(t, p, key, at)
+  if self:is_closed(p, t, newest) then -- every window of this event has closed
+    self:late_event(t, key)
+    return nil
+  end
+  if self:is_closed(p, t, starts[#starts]) then self:late_event(t, key) end
+  local kb = window_kb(key, newest)
+  local old = Table._lookup(t, p, kb)
+  if old == nil then old = default_value(t) end
+  local result = fn(old)
+  Table._put(t, p, kb, result)
+  wp.index[kb] = { key = key, start = newest, ["end"] = newest + self.step }
+  self:note_slice(wp, newest)
+  self:maybe_close(t, p)
+  return result
+end
+
+-- The end of the first window containing slice u that is still open at time
+-- `now` (nil: every window containing it has closed).
+function Window:first_open_end(u, now)
+  local e = u + self.step
+  if now ~= nil and e + self.expires < now then
+    e = e + self.step * math.ceil((now - self.expires - e) / self.step)
+    if e + self.expires < now then e = e + self.step end
+  end
+  if e > u + self.size then return nil end
+  return e
+end
+
+function Window:note_slice(wp, u)
+  local e = self:first_open_end(u, wp.closed_through)
+  if e and (not wp.next_due or e + self.expires < wp.next_due) then wp.next_due = e + self.expires end
+end
+
+-- The value of hopping window [s, s + size) folded from its slices.
+function Window:fold(t, p, key, s)
+  local acc
+  for u = s, s + self.size - self.step, self.step do
+    local v = Table._lookup(t, p, window_kb(key, u))
+    if v ~= nil then
+      if acc == nil then acc = v else acc = self.combine(acc, v) end
+    end
+  end
+  return acc
+end
+
 -- t[key] = v: tumbling tables only (a hopping event belongs to several windows).
 function Window:assign(t, key, v)
   if self.kind ~= "tumbling" then
@@ -246,12 +321,18 @@ local function value_at(ws, at)
   local parts = {}
   if p then parts[1] = p else for q in pairs(w.parts) do parts[#parts + 1] = q end end
   for _, q in ipairs(parts) do
+    if w.combine then
+      local v = w:fold(t, q, ws.key, math.floor(at / w.step) * w.step)
+      if v ~= nil then return v end
+      goto continue
+    end
     starts = w:starts(t, q, ws.key, at)
     -- The newest window containing the time (Faust's choice for value()).
     for i = #starts, 1, -1 do
       local v = Table._lookup(t, q, window_kb(ws.key, starts[i]))
       if v ~= nil then return v end
     end
+    ::continue::
   end
   local d = rawget(t, "default")
   if type(d) == "function" then d = d() end
@@ -285,24 +366,88 @@ function Window:hold(t, p)
   for kb, v in pairs(Table._scan(t, p)) do
     if kb == STREAM_TIME then
       wp.stream_time = v
+    elseif kb == CLOSED_THROUGH then
+      wp.closed_through = v
     elseif kb:byte(1) ~= 0 then
       local k = json.decode(kb)
       if type(k) == "table" and k[2] ~= nil then
-        wp.index[kb] = { key = k[1], start = k[2], ["end"] = k[2] + self.size }
+        local len = self.combine and self.step or self.size
+        wp.index[kb] = { key = k[1], start = k[2], ["end"] = k[2] + len }
         if not wp.min_end or k[2] + self.size < wp.min_end then wp.min_end = k[2] + self.size end
       end
     end
   end
+  self:rebuild_due(wp)
+end
+
+function Window:rebuild_due(wp)
+  if not self.combine then return end
+  wp.next_due = nil
+  for _, win in pairs(wp.index) do self:note_slice(wp, win.start) end
 end
 
 function Window:release(_, p)
   self.parts[p] = nil
 end
 
+-- combine mode: closes the windows that expired since the last pass, each
+-- folded from its slices, then drops slices no open window needs.
+function Window:close_slices(t, p, wp)
+  local now = self.time == "now" and t.app.rt:now() or wp.stream_time
+  if now == nil then return end
+  local from = wp.closed_through
+  local function closed_at(time, s) return time ~= nil and time > s + self.size + self.expires end
+  local by_key = {}
+  for kb, win in pairs(wp.index) do
+    local l = by_key[win.key]
+    if not l then l = { key = win.key }; by_key[win.key] = l end
+    l[#l + 1] = win.start
+    l[win.start] = kb
+  end
+  local keys = {}
+  for _, l in pairs(by_key) do keys[#keys + 1] = l end
+  table.sort(keys, function(a, b) return json.encode(a.key) < json.encode(b.key) end)
+  wp.closing = true
+  local on_close = rawget(t, "on_window_close")
+  for _, l in ipairs(keys) do
+    local due = {}
+    for _, u in ipairs(l) do
+      local s = u - self.size + self.step
+      while s <= u do
+        if closed_at(now, s) and not closed_at(from, s) then due[s] = true end
+        s = s + self.step
+      end
+    end
+    local order = {}
+    for s in pairs(due) do order[#order + 1] = s end
+    table.sort(order)
+    for _, s in ipairs(order) do
+      local value = self:fold(t, p, l.key, s)
+      self.closed = self.closed + 1
+      if on_close then
+        local ok, err = xpcall(on_close, debug.traceback, l.key, { start = s, ["end"] = s + self.size }, value)
+        if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
+      end
+    end
+    for _, u in ipairs(l) do
+      if closed_at(now, u) then -- the newest window containing slice u has closed
+        wp.index[l[u]] = nil
+        Table._put(t, p, l[u], nil)
+      end
+    end
+  end
+  wp.closed_through = now
+  Table._put(t, p, CLOSED_THROUGH, now)
+  wp.closing = nil
+  wp.next_due = nil
+  for _, win in pairs(wp.index) do self:note_slice(wp, win.start) end
+end
+
 -- Closes, in end order, every window of partition p that has expired.
 function Window:close_expired(t, p)
   local wp = self.parts[p]
   if not wp or wp.closing then return end
+  if self.combine then return self:close_slices(t, p, wp) end
   local due = {}
   for kb, win in pairs(wp.index) do
     if self:is_closed(p, t, win.start) then due[#due + 1] = { kb = kb, win = win } end
@@ -341,8 +486,11 @@ end
 -- the next cleanup tick (in a coroutine of its own: callbacks may block).
 function Window:maybe_close(t, p)
   local wp = self.parts[p]
-  if wp.closing or self.time == "now" or not wp.min_end then return end
-  if wp.stream_time > wp.min_end + self.expires then
+  if wp.closing or self.time == "now" then return end
+  local due
+  if self.combine then due = wp.next_due
+  else due = wp.min_end and wp.min_end + self.expires end
+  if due and wp.stream_time > due then
     wp.closing_soon = wp.closing_soon or t.app.rt:spawn(function()
       wp.closing_soon = nil
       self:close_expired(t, p)
