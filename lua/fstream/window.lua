@@ -175,6 +175,64 @@ local function window_kb(key, start)
   return json.encode { key, start }
 end
 
+-- A binary min-heap of numbers (distinct window ends of a partition).
+local function heap_push(h, v)
+  local i = #h + 1
+  h[i] = v
+  while i > 1 do
+    local parent = i // 2
+    if h[parent] <= v then break end
+    h[i], h[parent] = h[parent], v
+    i = parent
+  end
+end
+
+local function heap_pop(h)
+  local top, n = h[1], #h
+  h[1], h[n] = h[n], nil
+  n = n - 1
+  local i = 1
+  while true do
+    local l, r, m = 2 * i, 2 * i + 1, i
+    if l <= n and h[l] < h[m] then m = l end
+    if r <= n and h[r] < h[m] then m = r end
+    if m == i then break end
+    h[i], h[m] = h[m], h[i]
+    i = m
+  end
+  return top
+end
+
+-- Registers an open window (or, in combine mode, a slice) of partition state wp.
+-- Windows are bucketed by their end, so closing touches only what is due.
+function Window:track(wp, kb, key, start)
+  if wp.index[kb] then return end
+  if self.combine then
+    wp.index[kb] = { key = key, start = start, ["end"] = start + self.step }
+    local ks = json.encode(key)
+    local l = wp.keys[ks]
+    if not l then l = { key = key }; wp.keys[ks] = l end
+    local n = #l
+    if n == 0 or l[n] < start then
+      l[n + 1] = start
+    else -- out of order: keep the list sorted
+      l[n + 1] = start
+      table.sort(l)
+    end
+    self:note_slice(wp, start)
+    return
+  end
+  local e = start + self.size
+  wp.index[kb] = { key = key, start = start, ["end"] = e }
+  local b = wp.buckets[e]
+  if not b then
+    b = {}
+    wp.buckets[e] = b
+    heap_push(wp.ends, e)
+  end
+  b[#b + 1] = kb
+end
+
 function Window:part(t, p)
   local wp = self.parts[p]
   if not wp then error(string.format("table '%s': partition %d is not on this worker", t.name, p), 4) end
@@ -223,8 +281,7 @@ function Window:update(t, key, fn)
       end
       result = fn(old)
       Table._put(t, p, kb, result)
-      wp.index[kb] = { key = key, start = s, ["end"] = s + self.size }
-      if not wp.min_end or s + self.size < wp.min_end then wp.min_end = s + self.size end
+      self:track(wp, kb, key, s)
     end
   end
   if late then
@@ -262,8 +319,7 @@ function Window:update_slice(t, p, wp, key, at, fn)
   if old == nil then old = default_value(t) end
   local result = fn(old)
   Table._put(t, p, kb, result)
-  wp.index[kb] = { key = key, start = newest, ["end"] = newest + self.step }
-  self:note_slice(wp, newest)
+  self:track(wp, kb, key, newest)
   self:maybe_close(t, p)
   return result
 end
@@ -360,7 +416,7 @@ end
 
 -- Rebuilds the partition's window index and stream time from its entries.
 function Window:hold(t, p)
-  local wp = { index = {}, stream_time = nil }
+  local wp = { index = {}, buckets = {}, ends = {}, keys = {}, stream_time = nil }
   self.parts[p] = wp
   if not t.app.rt then return end
   for kb, v in pairs(Table._scan(t, p)) do
@@ -370,77 +426,68 @@ function Window:hold(t, p)
       wp.closed_through = v
     elseif kb:byte(1) ~= 0 then
       local k = json.decode(kb)
-      if type(k) == "table" and k[2] ~= nil then
-        local len = self.combine and self.step or self.size
-        wp.index[kb] = { key = k[1], start = k[2], ["end"] = k[2] + len }
-        if not wp.min_end or k[2] + self.size < wp.min_end then wp.min_end = k[2] + self.size end
-      end
+      if type(k) == "table" and k[2] ~= nil then self:track(wp, kb, k[1], k[2]) end
     end
   end
-  self:rebuild_due(wp)
-end
-
-function Window:rebuild_due(wp)
-  if not self.combine then return end
-  wp.next_due = nil
-  for _, win in pairs(wp.index) do self:note_slice(wp, win.start) end
 end
 
 function Window:release(_, p)
   self.parts[p] = nil
 end
 
--- combine mode: closes the windows that expired since the last pass, each
--- folded from its slices, then drops slices no open window needs.
+-- combine mode: closes, in order, the windows that expired since the last
+-- pass — each folded from its slices — then drops the slices that no open
+-- window needs any more.
 function Window:close_slices(t, p, wp)
   local now = self.time == "now" and t.app.rt:now() or wp.stream_time
   if now == nil then return end
-  local from = wp.closed_through
-  local function closed_at(time, s) return time ~= nil and time > s + self.size + self.expires end
-  local by_key = {}
-  for kb, win in pairs(wp.index) do
-    local l = by_key[win.key]
-    if not l then l = { key = win.key }; by_key[win.key] = l end
-    l[#l + 1] = win.start
-    l[win.start] = kb
-  end
-  local keys = {}
-  for _, l in pairs(by_key) do keys[#keys + 1] = l end
-  table.sort(keys, function(a, b) return json.encode(a.key) < json.encode(b.key) end)
+  local gone = now - self.size - self.expires -- windows starting before this have closed
+  local from = wp.closed_through and (wp.closed_through - self.size - self.expires) or -math.huge
+  local lists = {}
+  for ks, l in pairs(wp.keys) do lists[#lists + 1] = { ks, l } end
+  table.sort(lists, function(a, b) return a[1] < b[1] end)
   wp.closing = true
   local on_close = rawget(t, "on_window_close")
-  for _, l in ipairs(keys) do
-    local due = {}
-    for _, u in ipairs(l) do
-      local s = u - self.size + self.step
-      while s <= u do
-        if closed_at(now, s) and not closed_at(from, s) then due[s] = true end
-        s = s + self.step
-      end
-    end
-    local order = {}
-    for s in pairs(due) do order[#order + 1] = s end
-    table.sort(order)
-    for _, s in ipairs(order) do
+  for _, entry in ipairs(lists) do
+    local l = entry[2]
+    -- Due starts: closed now, not closed at the last pass, overlapping a slice.
+    local lo = math.max(from, l[1] - self.size + self.step)
+    -- Windows starting before `from` were closed by an earlier pass.
+    local s = math.ceil(lo / self.step) * self.step
+    while s < gone and s <= l[#l] do
       local value = self:fold(t, p, l.key, s)
-      self.closed = self.closed + 1
-      if on_close then
-        local ok, err = xpcall(on_close, debug.traceback, l.key, { start = s, ["end"] = s + self.size }, value)
-        if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
+      if value ~= nil then
+        self.closed = self.closed + 1
+        if on_close then
+          local ok, err = xpcall(on_close, debug.traceback, l.key, { start = s, ["end"] = s + self.size }, value)
+          if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
+        end
+      end
+      s = s + self.step
+    end
+    -- Slices whose newest window (the one starting at them) has closed.
+    local keep = 0
+    for i = 1, #l do
+      local u = l[i]
+      if u < gone then
+        local kb = window_kb(l.key, u)
+        wp.index[kb] = nil
+        Table._put(t, p, kb, nil)
+      else
+        keep = keep + 1
+        l[keep] = u
       end
     end
-    for _, u in ipairs(l) do
-      if closed_at(now, u) then -- the newest window containing slice u has closed
-        wp.index[l[u]] = nil
-        Table._put(t, p, l[u], nil)
-      end
-    end
+    for i = #l, keep + 1, -1 do l[i] = nil end
+    if keep == 0 then wp.keys[entry[1]] = nil end
   end
   wp.closed_through = now
   Table._put(t, p, CLOSED_THROUGH, now)
   wp.closing = nil
   wp.next_due = nil
-  for _, win in pairs(wp.index) do self:note_slice(wp, win.start) end
+  for _, l in pairs(wp.keys) do
+    for _, u in ipairs(l) do self:note_slice(wp, u) end
+  end
 end
 
 -- Closes, in end order, every window of partition p that has expired.
@@ -448,38 +495,32 @@ function Window:close_expired(t, p)
   local wp = self.parts[p]
   if not wp or wp.closing then return end
   if self.combine then return self:close_slices(t, p, wp) end
-  local due = {}
-  for kb, win in pairs(wp.index) do
-    if self:is_closed(p, t, win.start) then due[#due + 1] = { kb = kb, win = win } end
-  end
-  if #due == 0 then return end
-  table.sort(due, function(a, b)
-    if a.win["end"] ~= b.win["end"] then return a.win["end"] < b.win["end"] end
-    return a.kb < b.kb
-  end)
+  local now = self.time == "now" and t.app.rt:now() or wp.stream_time
+  if now == nil then return end
   wp.closing = true
-  for _, d in ipairs(due) do
-    if self.parts[p] ~= wp then break end -- released meanwhile
-    local value = Table._lookup(t, p, d.kb)
-    if value == nil then
-      value = rawget(t, "default")
-      if type(value) == "function" then value = value() end
-    end
-    wp.index[d.kb] = nil
-    Table._put(t, p, d.kb, nil)
-    self.closed = self.closed + 1
-    local on_close = rawget(t, "on_window_close")
-    if on_close then
-      local ok, err = xpcall(on_close, debug.traceback, d.win.key,
-        { start = d.win.start, ["end"] = d.win["end"] }, value)
-      if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
+  local on_close = rawget(t, "on_window_close")
+  while wp.ends[1] and wp.ends[1] + self.expires < now do
+    local e = heap_pop(wp.ends)
+    local bucket = wp.buckets[e]
+    wp.buckets[e] = nil
+    table.sort(bucket)
+    for _, kb in ipairs(bucket) do
+      local win = wp.index[kb]
+      if win and self.parts[p] == wp then
+        local value = Table._lookup(t, p, kb)
+        if value == nil then value = default_value(t) end
+        wp.index[kb] = nil
+        Table._put(t, p, kb, nil)
+        self.closed = self.closed + 1
+        if on_close then
+          local ok, err = xpcall(on_close, debug.traceback, win.key,
+            { start = win.start, ["end"] = win["end"] }, value)
+          if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
+        end
+      end
     end
   end
   wp.closing = nil
-  wp.min_end = nil
-  for _, win in pairs(wp.index) do
-    if not wp.min_end or win["end"] < wp.min_end then wp.min_end = win["end"] end
-  end
 end
 
 -- When stream time moved past a window's expiry, close without waiting for
@@ -489,7 +530,7 @@ function Window:maybe_close(t, p)
   if wp.closing or self.time == "now" then return end
   local due
   if self.combine then due = wp.next_due
-  else due = wp.min_end and wp.min_end + self.expires end
+  else due = wp.ends[1] and wp.ends[1] + self.expires end
   if due and wp.stream_time > due then
     wp.closing_soon = wp.closing_soon or t.app.rt:spawn(function()
       wp.closing_soon = nil
