@@ -15,6 +15,11 @@ function fstream.app(id, opts)
   return app
 end
 
+-- fstream.record(name, fields): a validated record type (see lua/fstream/record.lua).
+function fstream.record(name, fields)
+  return require("fstream.record").define(name, fields, 2)
+end
+
 -- Suspends the calling agent, task or timer for `seconds`; others keep running.
 function fstream.sleep(seconds)
   return core.sleep(seconds)
