@@ -411,8 +411,9 @@ static void produce(lua_State *L, fs_rt *rt, fs_waiter **wp, int external, int32
 {
     fs_topic *t = check_topic(L, rt, 2);
     int32_t partition = (int32_t)luaL_optinteger(L, 5, -1);
-    /* test_send(..., raw=true) bypasses the codecs: a test can send malformed bytes. */
-    int raw = external && lua_toboolean(L, 7);
+    /* raw=true bypasses the codecs: dead-letter and retry copies keep the original
+     * bytes, and a test can send malformed bytes. */
+    int raw = lua_toboolean(L, 7);
     char err[256];
     int kabs, vabs;
     if (encode_payload(L, 3, raw ? FS_CODEC_RAW : t->key_codec, &rt->kbuf, &kabs, err, sizeof err))
@@ -1004,6 +1005,17 @@ static int l_stream_ack(lua_State *L)
     return 0;
 }
 
+/* stream:raw(i) -> {topic, partition, offset, timestamp, key_bytes, value_bytes, headers}
+ * of the i-th event of the last take: the original message, for dead letters. */
+static int l_stream_raw(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (size_t)i > u->s->ntaken) return 0;
+    push_event(L, u->s->taken[i - 1], 1);
+    return 1;
+}
+
 /* stream:meta(i) -> topic, partition, offset, timestamp of the i-th event of the last take */
 static int l_stream_meta(lua_State *L)
 {
@@ -1127,6 +1139,7 @@ static const luaL_Reg stream_methods[] = {
     {"drop", l_stream_drop},
     {"fence", l_stream_fence},
     {"meta", l_stream_meta},
+    {"raw", l_stream_raw},
     {NULL, NULL},
 };
 

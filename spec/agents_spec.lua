@@ -256,3 +256,26 @@ describe("serializers and types", function()
     assert.has_error(function() a:topic("x", { value_serializer = "raw" }) end)
   end)
 end)
+
+describe("agent concurrency", function()
+  local function run(concurrency)
+    local a = fstream.app("conc" .. concurrency, { topic_partitions = 2 })
+    local src = a:topic("src")
+    local done = 0
+    a:agent("slow", src, function(stream)
+      for _ in stream do fstream.sleep(0.05); done = done + 1 end
+    end, { concurrency = concurrency })
+    local t = fstream.testing(a)
+    for i = 1, 40 do t:send(src, { key = "k" .. i, value = i }) end
+    t:run()
+    t:advance(0.5)
+    local n = done
+    t:close()
+    return n
+  end
+
+  it("with 4 instances sleeping 50 ms per event finishes 40 events in 0.5 s (one instance: 10)", function()
+    assert.are.equal(40, run(4))
+    assert.are.equal(10, run(1))
+  end)
+end)

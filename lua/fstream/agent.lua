@@ -12,7 +12,7 @@ local OPTIONS = {
   sink = true, concurrency = true, on_error = true, key_type = true, value_type = true,
   key_serializer = true, value_serializer = true, partitions = true,
 }
-local ON_ERROR = { log = true, skip = true, crash = true }
+local ON_ERROR = { log = true, skip = true, crash = true, dlq = true, retry = true }
 
 function Agent.new(app, name, source, fn, opts, level)
   level = level + 1
@@ -22,16 +22,29 @@ function Agent.new(app, name, source, fn, opts, level)
   for k in pairs(opts) do
     if not OPTIONS[k] then error(string.format("agent '%s': unknown option '%s'", name, tostring(k)), level) end
   end
-  local on_error = opts.on_error or "log"
+  -- on_error: "log" | "skip" | "crash" | "dlq" | "retry" | { "retry", attempts = 3, backoff = 1.0 }
+  local on_error, retry = opts.on_error or "log", nil
+  if type(on_error) == "table" then
+    retry = { attempts = on_error.attempts or 3, backoff = on_error.backoff or 1.0 }
+    on_error = on_error[1]
+    if on_error ~= "retry" then
+      error(string.format("agent '%s': a table on_error is { \"retry\", attempts =, backoff = }", name), level)
+    end
+  elseif on_error == "retry" then
+    retry = { attempts = 3, backoff = 1.0 }
+  end
   if not ON_ERROR[on_error] then
-    error(string.format("agent '%s': on_error must be one of log, skip, crash (got '%s')", name, tostring(on_error)), level)
+    error(string.format("agent '%s': on_error must be one of log, skip, crash, dlq, retry (got '%s')", name, tostring(on_error)), level)
+  end
+  if retry and (math.type(retry.attempts) ~= "integer" or retry.attempts < 1 or type(retry.backoff) ~= "number" or retry.backoff < 0) then
+    error(string.format("agent '%s': retry needs an integer attempts >= 1 and a backoff >= 0 seconds", name), level)
   end
   local concurrency = opts.concurrency or 1
   if math.type(concurrency) ~= "integer" or concurrency < 1 then
     error(string.format("agent '%s': concurrency must be a positive integer", name), level)
   end
   local self = setmetatable({
-    app = app, name = name, fn = fn, on_error = on_error, concurrency = concurrency,
+    app = app, name = name, fn = fn, on_error = on_error, retry = retry, concurrency = concurrency,
     sinks = {}, topics = {}, topics_by_name = {}, streams = {}, instances = 0,
     processed_since_failure = 0, failures = 0,
   }, Agent)
@@ -56,6 +69,20 @@ function Agent.new(app, name, source, fn, opts, level)
     self.topics[#self.topics + 1] = t
     self.topics_by_name[t.name] = t
     if t.post_decode then self.post_decode = true end
+  end
+  -- Dead letters keep the original bytes: raw topics. Retries go through a topic
+  -- with the source's serializers, which this agent also reads.
+  if on_error == "dlq" or on_error == "retry" then
+    self.dlq = app:topic(app.id .. "-" .. name .. "-dlq", { key_serializer = "raw", value_serializer = "raw" })
+  end
+  if on_error == "retry" then
+    local src = self.topics[1]
+    self.retry_topic = app:topic(app.id .. "-" .. name .. "-retry", {
+      key_serializer = src.key_serializer, value_serializer = src.value_serializer,
+      key_type = src.key_type, value_type = src.value_type,
+    })
+    self.topics[#self.topics + 1] = self.retry_topic
+    self.topics_by_name[self.retry_topic.name] = self.retry_topic
   end
   local sinks = opts.sink or {}
   if type(sinks) ~= "table" or getmetatable(sinks) ~= nil then sinks = { sinks } end
@@ -96,14 +123,57 @@ local function where(ev)
   return string.format(" (event %s[%s]@%s)", tostring(ev.topic), tostring(ev.partition), tostring(ev.offset))
 end
 
+local HEADER_LIMIT = 8192
+
+-- Sends the original message (raw bytes, original headers) to the dead-letter
+-- topic with what went wrong, or back through the retry topic.
+function Agent:_divert(ev, err, traceback, topic, extra)
+  local headers = {}
+  for k, v in pairs(ev.headers or {}) do headers[k] = v end
+  headers["fstream-error"] = tostring(err):sub(1, HEADER_LIMIT)
+  if traceback then headers["fstream-traceback"] = tostring(traceback):sub(1, HEADER_LIMIT) end
+  headers["fstream-agent"] = self.name
+  -- Where the message first came from (a retried one keeps its origin).
+  if not headers["fstream-topic"] or ev.topic ~= (self.retry_topic and self.retry_topic.name) then
+    headers["fstream-topic"] = ev.topic
+    headers["fstream-partition"] = tostring(ev.partition)
+    headers["fstream-offset"] = tostring(ev.offset)
+  end
+  for k, v in pairs(extra or {}) do headers[k] = v end
+  self.app.rt:produce(topic.id, ev.key_bytes, ev.value_bytes, nil, headers, true)
+end
+
+-- The "dlq" and "retry" policies for a failed event (its original message in ev).
+function Agent:_dead_letter(ev, err, traceback)
+  if self.retry then
+    local attempt = tonumber(ev.headers and ev.headers["fstream-attempt"] or "0") + 1
+    if attempt < self.retry.attempts and ev.value_bytes ~= nil and not ev.undecodable then
+      local at = self.app.rt:now() + self.retry.backoff * attempt
+      self:_divert(ev, err, traceback, self.retry_topic,
+        { ["fstream-attempt"] = tostring(attempt), ["fstream-not-before"] = string.format("%.3f", at) })
+      core.log("warn", string.format("agent %s: %s[%d]@%d failed (attempt %d of %d), retrying in %.1f s: %s",
+        self.name, ev.topic, ev.partition, ev.offset, attempt, self.retry.attempts,
+        self.retry.backoff * attempt, tostring(err)))
+      return
+    end
+  end
+  self:_divert(ev, err, traceback, self.dlq)
+  core.log("warn", string.format("agent %s: %s[%d]@%d sent to %s: %s", self.name, ev.topic, ev.partition,
+    ev.offset, self.dlq.name, tostring(err)))
+end
+
 -- A message that could not be decoded or did not match the topic's types.
--- It is acknowledged and skipped (under "crash" the worker stops instead).
+-- It is acknowledged and skipped (under "crash" the worker stops instead;
+-- under "dlq"/"retry" its original bytes go to the dead-letter topic).
 function Agent:_bad_event(ev)
   local msg = string.format("agent %s: cannot decode %s[%d]@%d: %s", self.name, ev.topic,
     ev.partition, ev.offset, ev.error)
   if self.on_error == "crash" then
     core.log("error", msg .. "; stopping (on_error = crash)")
     self.app.rt:fatal(msg)
+  elseif self.dlq then
+    ev.undecodable = true
+    self:_dead_letter(ev, ev.error)
   elseif self.on_error ~= "skip" then
     core.log("warn", msg .. "; skipped")
   end
@@ -138,6 +208,13 @@ function Agent:_start_instance(stream, delay)
     end
     if self.on_error == "log" then
       core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
+    elseif self.dlq then
+      local raw = stream.i > 0 and stream.cs:raw(stream.i)
+      if raw then
+        self:_dead_letter(raw, err, traceback)
+      else
+        core.log("error", string.format("agent %s failed outside an event: %s\n%s", self.name, tostring(err), traceback))
+      end
     end
     if rt:stopping() then return end
     -- An agent that fails before touching an event would spin: back off then.

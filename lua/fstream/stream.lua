@@ -12,6 +12,9 @@ function Stream.new(agent, cstream)
   local self = setmetatable({
     agent = agent,
     cs = cstream,
+    -- Instances of a concurrent agent share its input: each takes one event
+    -- at a time, or the first would take a whole batch and the rest would idle.
+    batch = agent.concurrency > 1 and 1 or BATCH,
     buf = {},
     n = 0,  -- entries in buf (pairs in items mode)
     i = 0,  -- entries handed to the agent
@@ -59,7 +62,7 @@ end
 -- Refills the buffer; false when the stream ended (the worker is stopping).
 function Stream:_fill(mode)
   while true do
-    local n, bad = self.cs:take(self.buf, BATCH, mode)
+    local n, bad = self.cs:take(self.buf, self.batch, mode)
     if n == nil then
       self.ended, self.n, self.i = true, 0, 0
       return false
@@ -83,6 +86,15 @@ local function advance(self, mode)
   end
   i = i + 1
   self.i = i
+  -- A retried message waits out its backoff before the agent sees it again.
+  if self.agent.retry_topic then
+    local raw = self.cs:raw(i)
+    local not_before = raw and raw.topic == self.agent.retry_topic.name and tonumber(raw.headers["fstream-not-before"])
+    if not_before then
+      local wait = not_before - self.agent.app.rt:now()
+      if wait > 0 then core.sleep(wait) end
+    end
+  end
   return i
 end
 
