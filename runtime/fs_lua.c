@@ -820,33 +820,60 @@ static int fill(lua_State *L, stream_ud *u)
     return 1;
 }
 
+/* Waits for events: until at least `want` are queued, or (with a timeout)
+ * until the timer armed at the first wait fires. */
 static int take_k(lua_State *L, int status, lua_KContext ctx)
 {
     (void)status;
     stream_ud *u = (stream_ud *)ctx;
     fs_stream *s = u->s;
-    if (!s->agent->qlen) {
-        if (u->rt->stopping || s->agent->closed) {
-            lua_pushnil(L);
-            return 1;
-        }
-        fs_co *co = fs_co_current(L);
-        if (!co) return luaL_error(L, "a stream can only be read from an agent coroutine");
-        s->waiter = co;
-        co->stream = s;
-        co->state = FS_CO_WAITING;
-        co->wait = FS_WAIT_TAKE;
-        return lua_yieldk(L, 0, ctx, take_k);
+    fs_co *co = fs_co_current(L);
+    if (co && s->waiter == co) s->waiter = NULL;
+    if (co) co->stream = NULL;
+    double timeout = luaL_optnumber(L, 5, -1);
+    lua_Integer want = luaL_optinteger(L, 6, 1);
+    lua_Integer max = luaL_checkinteger(L, 3);
+    if (want > max) want = max;
+    if (want < 1) want = 1;
+    int stopping = u->rt->stopping || s->agent->closed;
+    int timed_out = timeout >= 0 && co && lua_toboolean(L, 7) && !fs_timer_active(&co->timer);
+    if ((lua_Integer)s->agent->qlen >= want || (s->agent->qlen && (stopping || timed_out))) {
+        if (co) fs_timer_stop(&u->rt->loop, &co->timer);
+        return fill(L, u);
     }
-    return fill(L, u);
+    if (stopping) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (timed_out) {
+        lua_pushboolean(L, 0); /* nothing came in time */
+        return 1;
+    }
+    if (!co) return luaL_error(L, "a stream can only be read from an agent or task coroutine");
+    if (timeout >= 0 && !lua_toboolean(L, 7) && s->agent->qlen > 0) {
+        /* The deadline counts from the first event of the batch; slot 7 remembers
+         * that it is armed. */
+        lua_settop(L, 6);
+        lua_pushboolean(L, 1);
+        if (fs_timer_start(&u->rt->loop, &co->timer, (int64_t)llround(timeout * 1000)))
+            return luaL_error(L, "out of memory");
+    }
+    s->waiter = co;
+    co->stream = s;
+    co->state = FS_CO_WAITING;
+    co->wait = FS_WAIT_TAKE;
+    return lua_yieldk(L, 0, ctx, take_k);
 }
 
-/* stream:take(buf, max, mode) -> n [, bad_event] | nil (the stream ended).
- * Acknowledges the previous batch first: the agent asked for more. */
+/* stream:take(buf, max, mode [, timeout [, want]]) -> n [, bad_event] | false (timed
+ * out, nothing taken) | nil (the stream ended). Acknowledges the previous batch
+ * first: the agent asked for more. */
 static int l_stream_take(lua_State *L)
 {
     stream_ud *u = check_stream(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 6);
+    lua_pushboolean(L, 0); /* slot 7: deadline armed */
     fs_stream_ack_taken(u->rt, u->s);
     return take_k(L, 0, (lua_KContext)u);
 }

@@ -51,6 +51,8 @@ static void unlink_ready(fs_rt *rt, fs_co *co)
 void fs_sched_ready(fs_co *co)
 {
     if (co->state == FS_CO_READY || co->state == FS_CO_DEAD) return;
+    /* A sleep ends here; a take with a deadline keeps its timer armed: the
+     * continuation decides whether enough arrived or the deadline passed. */
     if (co->state == FS_CO_WAITING && co->wait == FS_WAIT_SLEEP)
         fs_timer_stop(&co->rt->loop, &co->timer);
     co->state = FS_CO_READY;

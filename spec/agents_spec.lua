@@ -279,3 +279,55 @@ describe("agent concurrency", function()
     assert.are.equal(10, run(1))
   end)
 end)
+
+describe("stream operators", function()
+  it("filter and map chain lazily; echo forwards every value", function()
+    local a = fstream.app("ops", { topic_partitions = 1 })
+    local src, copy = a:topic("src"), a:topic("copy")
+    local got = {}
+    a:agent("x", src, function(stream)
+      for v in stream:filter(function(v) return v > 10 end):map(function(v) return v * v end):echo(copy) do
+        got[#got + 1] = v
+      end
+    end)
+    local t = fstream.testing(a)
+    for _, v in ipairs { 5, 11, 3, 20 } do t:send(src, { key = "k", value = v }) end
+    t:run()
+    assert.are.same({ 121, 400 }, got)
+    assert.are.same({ 121, 400 }, t:outputs(copy))
+    t:close()
+  end)
+
+  it("take(100, 0.5) gives full batches under load and a partial one after 0.5 s when idle", function()
+    local a = fstream.app("take", { topic_partitions = 1 })
+    local src = a:topic("src")
+    local sizes = {}
+    a:agent("b", src, function(stream)
+      for batch in stream:take(100, 0.5) do sizes[#sizes + 1] = #batch end
+    end)
+    local t = fstream.testing(a)
+    for i = 1, 250 do t:send(src, { key = "k", value = i }) end
+    t:run()
+    assert.are.same({ 100, 100 }, sizes)        -- 50 wait for more
+    t:advance(0.4)
+    assert.are.same({ 100, 100 }, sizes)
+    t:advance(0.2)
+    assert.are.same({ 100, 100, 50 }, sizes)    -- 0.5 s after they arrived
+    t:close()
+  end)
+
+  it("keeps a batch unacknowledged until the next take", function()
+    local a = fstream.app("takeack", { topic_partitions = 1 })
+    local src = a:topic("src")
+    a:agent("b", src, function(stream)
+      for _ in stream:take(3) do fstream.sleep(10) end
+    end)
+    local t = fstream.testing(a)
+    for i = 1, 6 do t:send(src, { key = "k", value = i }) end
+    t:run()
+    assert.are.equal(0, t:stats().topics.src.partitions[0].committable)
+    t:advance(10)
+    assert.are.equal(3, t:stats().topics.src.partitions[0].committable)
+    t:close()
+  end)
+end)

@@ -137,6 +137,85 @@ function Stream:current()
   return self.cs:meta(self.i)
 end
 
+-- take(max, within): batches of up to `max` values; a shorter batch once
+-- `within` seconds have passed since its first value arrived. The batch stays
+-- unacknowledged until the agent asks for the next one.
+function Stream:take(max, within)
+  if math.type(max) ~= "integer" or max < 1 then error("take: max must be a positive integer", 2) end
+  if within ~= nil and (type(within) ~= "number" or within < 0) then error("take: within must be seconds >= 0", 2) end
+  return function()
+    while true do
+      local n, bad = self.cs:take(self.buf, max, MODE_VALUE, within or -1, within and max or 1)
+      if n == nil then
+        self.ended, self.n, self.i = true, 0, 0
+        return nil
+      end
+      if n then
+        if self.agent.post_decode and n > 0 then n = post_decode(self, n, MODE_VALUE) end
+        if bad then self.agent:_bad_event(bad) end
+        if n > 0 then
+          local batch = table.move(self.buf, 1, n, 1, {})
+          -- Position 1: the whole batch counts as in progress until the next take.
+          self.mode, self.n, self.i = MODE_VALUE, n, 1
+          return batch
+        end
+      end
+    end
+  end
+end
+
+-- Views: stream:filter(f), :map(f), :echo(topic, ...) chain lazily over a
+-- stream; `for v in stream:filter(f):map(g) do`.
+local View = {}
+View.__index = View
+View.__call = function(self) return self.next() end
+
+local function view(base, nxt)
+  return setmetatable({ base = base, next = nxt }, View)
+end
+
+function View:filter(f)
+  local nxt = self.next
+  return view(self.base, function()
+    while true do
+      local v = nxt()
+      if v == nil or f(v) then return v end
+    end
+  end)
+end
+
+function View:map(f)
+  local nxt = self.next
+  return view(self.base, function()
+    local v = nxt()
+    if v == nil then return nil end
+    local r = f(v)
+    if r == nil then r = core.null end -- nil would end the loop
+    return r
+  end)
+end
+
+-- echo(topic, ...): forwards every value to the topics (or agents) and passes it on.
+function View:echo(...)
+  local nxt, targets = self.next, { ... }
+  return view(self.base, function()
+    local v = nxt()
+    if v ~= nil then
+      for _, t in ipairs(targets) do t:send { value = v } end
+    end
+    return v
+  end)
+end
+
+function View:yield(v) return self.base:yield(v) end
+function View:current() return self.base:current() end
+
+for _, op in ipairs { "filter", "map", "echo" } do
+  Stream[op] = function(self, ...)
+    return View[op](view(self, function() return self() end), ...)
+  end
+end
+
 -- The value of the event in hand (the decoded value in every view).
 function Stream:current_value()
   local i = self.i
