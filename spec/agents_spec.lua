@@ -331,3 +331,40 @@ describe("stream operators", function()
     t:close()
   end)
 end)
+
+describe("app:stream with processors", function()
+  it("runs processors in order, keeps the value on nil, drops on fstream.skip; as an agent's source", function()
+    local a = fstream.app("procs", { topic_partitions = 1 })
+    local src = a:topic("src")
+    local function add_default_language(v) if not v.language then v.language = "US" end return v end
+    local function drop_test(v) if v.test then return fstream.skip end end
+    local function noop(_) end
+    local s = a:stream(src, { processors = { add_default_language, drop_test, noop } })
+    local got = {}
+    a:agent("x", s, function(stream) for v in stream do got[#got + 1] = v.id .. ":" .. v.language end end)
+    local t = fstream.testing(a)
+    t:send(src, { key = "k", value = { id = 1 } })
+    t:send(src, { key = "k", value = { id = 2, test = true } })
+    t:send(src, { key = "k", value = { id = 3, language = "SE" } })
+    t:run()
+    assert.are.same({ "1:US", "3:SE" }, got)
+    assert.are.equal(3, t:stats().topics.src.partitions[0].committable)  -- the skipped one is done too
+    t:close()
+  end)
+
+  it("can be iterated from a task, and a processor may sleep", function()
+    local a = fstream.app("procs2", { topic_partitions = 1 })
+    local src = a:topic("src")
+    local s = a:stream(src, { processors = { function(v) fstream.sleep(1); return v * 2 end } })
+    local got = {}
+    a:task(function() for v in s do got[#got + 1] = v end end)
+    local t = fstream.testing(a)
+    t:send(src, { key = "k", value = 1 })
+    t:send(src, { key = "k", value = 2 })
+    t:run()
+    assert.are.same({}, got)
+    t:advance(2)
+    assert.are.same({ 2, 4 }, got)
+    t:close()
+  end)
+end)

@@ -10,7 +10,7 @@ Agent.__index = Agent
 
 local OPTIONS = {
   sink = true, concurrency = true, on_error = true, key_type = true, value_type = true,
-  key_serializer = true, value_serializer = true, partitions = true,
+  key_serializer = true, value_serializer = true, partitions = true, internal = true,
 }
 local ON_ERROR = { log = true, skip = true, crash = true, dlq = true, retry = true }
 
@@ -18,7 +18,9 @@ function Agent.new(app, name, source, fn, opts, level)
   level = level + 1
   opts = opts or {}
   if type(name) ~= "string" or name == "" then error("agent name must be a non-empty string", level) end
-  if type(fn) ~= "function" then error(string.format("agent '%s': the third argument must be a function(stream)", name), level) end
+  if type(fn) ~= "function" and not opts.internal then
+    error(string.format("agent '%s': the third argument must be a function(stream)", name), level)
+  end
   for k in pairs(opts) do
     if not OPTIONS[k] then error(string.format("agent '%s': unknown option '%s'", name, tostring(k)), level) end
   end
@@ -59,6 +61,10 @@ function Agent.new(app, name, source, fn, opts, level)
     self.own_topic = sources[1]
   elseif getmetatable(source) == Topic then
     sources = { source }
+  elseif type(source) == "table" and source.is_stream_source then
+    sources = source.topics
+    self.processors = #source.processors > 0 and source.processors or nil
+    source.used_by = self
   elseif type(source) == "table" and getmetatable(source) == nil and #source > 0 then
     sources = source
   else
@@ -230,6 +236,10 @@ function Agent:_start(rt)
   local tids = {}
   for _, t in ipairs(self.topics) do tids[#tids + 1] = t.id end
   self.id = rt:agent(self.name, tids)
+  if not self.fn then -- an app:stream read from a task: no coroutine of its own
+    self.streams[1] = Stream.new(self, rt:stream(self.id))
+    return
+  end
   for _ = 1, self.concurrency do
     local stream = Stream.new(self, rt:stream(self.id))
     self.streams[#self.streams + 1] = stream

@@ -96,6 +96,45 @@ function App:data_dir(store)
   return dir
 end
 
+-- app:stream(source, {processors = {f, ...}}): a stream of a topic (or list of
+-- topics) whose values go through the processors first. Use it as an agent's
+-- source, or iterate it in a task: `for v in s do ... end`.
+local StreamSource = {}
+StreamSource.__index = StreamSource
+StreamSource.__call = function(self)
+  local agent = self.used_by
+  if not agent or not agent.streams[1] then error("app:stream: the worker is not running", 2) end
+  -- Table writes from this task go to the partition of the event in hand.
+  Table.streams_by_co[coroutine.running()] = agent.streams[1]
+  return agent.streams[1]()
+end
+for _, op in ipairs { "filter", "map", "echo", "take", "items", "events", "enumerate" } do
+  StreamSource[op] = function(self, ...)
+    local agent = self.used_by
+    if not agent or not agent.streams[1] then error("app:stream: the worker is not running", 2) end
+    local s = agent.streams[1]
+    return s[op](s, ...)
+  end
+end
+
+function App:stream(source, opts)
+  if self.rt then error("streams must be declared before the worker starts", 2) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "processors" then error(string.format("app:stream: unknown option '%s'", tostring(k)), 2) end
+  end
+  local procs = opts.processors or {}
+  for i, p in ipairs(procs) do
+    if type(p) ~= "function" then error(string.format("app:stream: processor %d is not a function", i), 2) end
+  end
+  local topics = getmetatable(source) == Topic and { source } or source
+  if type(topics) ~= "table" or #topics == 0 then error("app:stream: source must be a topic or a list of topics", 2) end
+  self.stream_sources = self.stream_sources or {}
+  local s = setmetatable({ is_stream_source = true, topics = topics, processors = procs }, StreamSource)
+  self.stream_sources[#self.stream_sources + 1] = s
+  return s
+end
+
 -- app:agent(name, source, function(stream) ... end, opts)
 function App:agent(name, source, fn, opts)
   if self.agents[name] then error(string.format("agent '%s' is already defined", tostring(name)), 2) end
@@ -165,6 +204,13 @@ function App:_start(settings)
     rt:table_hook(function(event, p, tid, keys)
       for _, t in ipairs(tables) do Table._on(t, event, p, tid, keys) end
     end)
+  end
+  -- A stream that no agent uses is read from a task: it gets an agent of its own.
+  for i, src in ipairs(self.stream_sources or {}) do
+    if not src.used_by then
+      local a = Agent.new(self, string.format("stream-%d", i), src, nil, { internal = true }, 1)
+      self.agent_list[#self.agent_list + 1] = a
+    end
   end
   for _, a in ipairs(self.agent_list) do a:_start(rt) end
   rt:start()

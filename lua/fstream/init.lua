@@ -6,6 +6,7 @@ local fstream = {
   null = core.null, -- a JSON null / absent Kafka payload
   json = core.json,
   _apps = {},      -- every app created, in order (the CLI runs the last one)
+  skip = setmetatable({}, { __tostring = function() return "fstream.skip" end }), -- a processor drops the event
 }
 
 -- fstream.app(id, opts): see lua/fstream/app.lua for the options.

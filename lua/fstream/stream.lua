@@ -59,6 +59,33 @@ local function post_decode(self, n, mode)
   return out
 end
 
+-- Processors (app:stream) run over a fresh batch in order, each on the value
+-- the previous one returned (nil keeps the value, fstream.skip drops the event).
+local function process(self, n, mode)
+  local procs, skip = self.agent.processors, require("fstream").skip
+  local buf, out = self.buf, 0
+  for i = 1, n do
+    local v
+    if mode == MODE_ITEMS then v = buf[2 * out + 2] elseif mode == MODE_EVENTS then v = buf[out + 1].value
+    else v = buf[out + 1] end
+    for _, p in ipairs(procs) do
+      local r = p(v)
+      if r == skip then v = skip; break end
+      if r ~= nil then v = r end
+    end
+    if v == skip then
+      self.cs:drop(out + 1)
+      if mode == MODE_ITEMS then table.remove(buf, 2 * out + 1); table.remove(buf, 2 * out + 1)
+      else table.remove(buf, out + 1) end
+    else
+      out = out + 1
+      if mode == MODE_ITEMS then buf[2 * out] = v elseif mode == MODE_EVENTS then buf[out].value = v
+      else buf[out] = v end
+    end
+  end
+  return out
+end
+
 -- Refills the buffer; false when the stream ended (the worker is stopping).
 function Stream:_fill(mode)
   while true do
@@ -70,6 +97,10 @@ function Stream:_fill(mode)
     if self.agent.post_decode and n > 0 then n = post_decode(self, n, mode) end
     if bad then self.agent:_bad_event(bad) end
     self.mode, self.n, self.i = mode, n, 0
+    if self.agent.processors and n > 0 then
+      n = process(self, n, mode)
+      self.n = n
+    end
     if n > 0 then return true end
   end
 end
