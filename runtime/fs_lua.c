@@ -516,6 +516,19 @@ static int l_rt_outputs(lua_State *L)
     return 1;
 }
 
+/* rt:assigned(tid, p): whether this worker holds partition p of the topic (always
+ * true on the in-memory transport, where one worker holds everything). */
+static int l_rt_assigned(lua_State *L)
+{
+    fs_rt *rt = check_rt(L, 1);
+    fs_topic *t = check_topic(L, rt, 2);
+    lua_Integer p = luaL_checkinteger(L, 3);
+    int yes = rt->test || (p >= 0 && p < t->nparts && t->parts[p] && t->parts[p]->assigned &&
+                           !t->parts[p]->revoking);
+    lua_pushboolean(L, yes);
+    return 1;
+}
+
 static int l_rt_broker(lua_State *L)
 {
     fs_rt *rt = check_rt(L, 1);
@@ -1148,6 +1161,7 @@ static const luaL_Reg rt_methods[] = {
     {"test_send", l_rt_test_send},
     {"outputs", l_rt_outputs},
     {"broker", l_rt_broker},
+    {"assigned", l_rt_assigned},
     {"now", l_rt_now},
     {"stats", l_rt_stats},
     {"table", l_rt_table},

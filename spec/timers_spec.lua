@@ -113,3 +113,33 @@ describe("offsets", function()
     assert.are.equal(1, t:stats().topics.src.partitions[0].committable)
   end)
 end)
+
+describe("crontab", function()
+  local cron = require "fstream.cron"
+
+  it("computes the next matching minute", function()
+    local s = cron.parse("*/5 * * * *")
+    assert.are.equal(1700000100, cron.next_time(s, 1700000000, true))   -- 22:13:20 -> 22:15
+    s = cron.parse("30 9 * * 1-5")                                     -- weekdays 09:30 UTC
+    assert.are.equal("2023-11-15 09:30", os.date("!%Y-%m-%d %H:%M", cron.next_time(s, 1700000000, true)))
+    s = cron.parse("0 0 1 1 *")
+    assert.are.equal("2024-01-01 00:00", os.date("!%Y-%m-%d %H:%M", cron.next_time(s, 1700000000, true)))
+  end)
+
+  it("rejects malformed specs clearly", function()
+    assert.has_error(function() cron.parse("* * *") end, '"* * *": expected 5 fields (minute hour day month weekday)')
+    assert.has_error(function() cron.parse("61 * * * *") end, 'bad minute field "61"')
+  end)
+
+  it("fires on the fake clock at the scheduled minutes", function()
+    local a = fstream.app("cron1", { topic_partitions = 1 })
+    local fired = {}
+    local t
+    a:crontab("*/10 * * * *", function() fired[#fired + 1] = t:now() % 600 end, { on_leader = true })
+    t = fstream.testing(a)
+    t:advance(1800)
+    assert.is_true(#fired == 3, "fired " .. #fired .. " times")
+    for _, r in ipairs(fired) do assert.are.equal(0, r) end
+    t:close()
+  end)
+end)

@@ -187,3 +187,36 @@ describe("the command line", function()
     assert.are.equal("adding <- x-adding -> s\n", out)
   end)
 end)
+
+describe("on_leader", function()
+  it("runs a timer on exactly one of two workers", function()
+    local env = { APP_ID = "lead-" .. uniq, OUT = "lead-out-" .. uniq }
+    local broker, addr = proc.broker({ env.APP_ID .. "-__leader" }, 1)
+    proc.create_topics(addr, env.OUT)
+    local function start()
+      return proc.spawn(string.format("env APP_ID=%s OUT=%s %s worker %s/leader.lua --broker kafka://%s",
+        env.APP_ID, env.OUT, bin, fixtures, addr), "worker-leader")
+    end
+    local a = start()
+    assert.truthy(a:wait_for("assigned 1 partitions", 30), a:output())
+    local b = start()
+    assert.truthy(b:wait_for("assigned %d partitions", 60), b:output())   -- 0 or 1: one leads
+    proc.sleep(3)
+    local since = os.time()
+    proc.sleep(3)
+    assert.are.equal(0, a:stop())
+    assert.are.equal(0, b:stop())
+    local lines = proc.consume_all(addr, env.OUT)
+    broker:stop()
+    local json = require("fstream.core").json
+    local pids, n = {}, 0
+    for _, line in ipairs(lines) do
+      local v = json.decode(line)
+      if v and v.at >= since then pids[v.pid] = true; n = n + 1 end
+    end
+    local count = 0
+    for _ in pairs(pids) do count = count + 1 end
+    assert.is_true(n >= 5, "only " .. n .. " ticks")
+    assert.are.equal(1, count)
+  end)
+end)

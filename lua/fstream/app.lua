@@ -150,23 +150,56 @@ local function callsite(level)
   return info and string.format("%s:%d", info.short_src, info.currentline) or "?"
 end
 
--- app:task(fn): runs once when the worker starts.
+local function check_opts(what, opts, allowed)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then error(what .. ": options must be a table", 3) end
+  for k in pairs(opts) do
+    if not allowed[k] then error(string.format("%s: unknown option '%s'", what, tostring(k)), 3) end
+  end
+  return opts
+end
+
+-- Leadership (on_leader = true): the worker assigned partition 0 of the
+-- one-partition topic "<app>-__leader" leads; the group coordinator picks
+-- exactly one, and a new one when it leaves.
+function App:_leader_topic()
+  if not self.leader_topic then
+    self.leader_topic = self:topic(self.id .. "-__leader", { partitions = 1 })
+    local a = Agent.new(self, "__leader", self.leader_topic, nil, { internal = true }, 1)
+    self.agent_list[#self.agent_list + 1] = a
+  end
+  return self.leader_topic
+end
+
+-- Whether this worker is the group's leader (see on_leader).
+function App:is_leader()
+  return self.rt ~= nil and self.leader_topic ~= nil and self.rt:assigned(self.leader_topic.id, 0)
+end
+
+-- app:task(fn, {on_leader = true}): runs once when the worker starts (with
+-- on_leader: once this worker leads the group).
 function App:task(fn, opts)
   if type(fn) ~= "function" then error("task expects a function", 2) end
-  if opts ~= nil and (type(opts) ~= "table" or next(opts) ~= nil) then
-    error("task: unknown options", 2)
+  opts = check_opts("task", opts, { on_leader = true })
+  local body = fn
+  if opts.on_leader then
+    self:_leader_topic()
+    body = function()
+      while not self:is_leader() do core.sleep(0.2) end
+      return fn()
+    end
   end
-  self.tasks[#self.tasks + 1] = { fn = fn, name = "task at " .. callsite(2) }
+  self.tasks[#self.tasks + 1] = { fn = body, name = "task at " .. callsite(2) }
 end
 
 -- app:timer(interval, fn): calls fn every `interval` seconds (first call after
 -- one interval), never two at once; an error is logged and the timer goes on.
+-- With on_leader = true it fires only on the group's leader.
 function App:timer(interval, fn, opts)
   if type(interval) ~= "number" or interval <= 0 then error("timer interval must be a positive number of seconds", 2) end
   if type(fn) ~= "function" then error("timer expects a function", 2) end
-  if opts ~= nil and (type(opts) ~= "table" or next(opts) ~= nil) then
-    error("timer: unknown options", 2)
-  end
+  opts = check_opts("timer", opts, { on_leader = true })
+  if opts.on_leader then self:_leader_topic() end
   local name = "timer at " .. callsite(2)
   self.tasks[#self.tasks + 1] = {
     name = name,
@@ -174,8 +207,39 @@ function App:timer(interval, fn, opts)
       local handler = function(e) return debug.traceback(tostring(e), 2) end
       while true do
         core.sleep(interval)
-        local ok, err = xpcall(fn, handler)
-        if not ok then core.log("error", name .. " failed: " .. err) end
+        if not opts.on_leader or self:is_leader() then
+          local ok, err = xpcall(fn, handler)
+          if not ok then core.log("error", name .. " failed: " .. err) end
+        end
+      end
+    end,
+  }
+end
+
+-- app:crontab("*/5 * * * *", fn, {timezone = "UTC" | "local", on_leader = true}):
+-- minute hour day-of-month month day-of-week, each *, N, A-B, A,B or */N.
+function App:crontab(spec, fn, opts)
+  if type(fn) ~= "function" then error("crontab expects a function", 2) end
+  opts = check_opts("crontab", opts, { timezone = true, on_leader = true })
+  local tz = opts.timezone or "UTC"
+  if tz ~= "UTC" and tz ~= "local" then error("crontab: timezone must be \"UTC\" or \"local\"", 2) end
+  local cron = require("fstream.cron")
+  local ok, schedule = pcall(cron.parse, spec)
+  if not ok then error("crontab: " .. tostring(schedule), 2) end
+  if opts.on_leader then self:_leader_topic() end
+  local name = string.format("crontab %q at %s", spec, callsite(2))
+  self.tasks[#self.tasks + 1] = {
+    name = name,
+    fn = function()
+      local handler = function(e) return debug.traceback(tostring(e), 2) end
+      while true do
+        local now = self.rt:now()
+        local at = cron.next_time(schedule, now, tz == "UTC")
+        core.sleep(at - now)
+        if not opts.on_leader or self:is_leader() then
+          local ok2, err = xpcall(fn, handler)
+          if not ok2 then core.log("error", name .. " failed: " .. err) end
+        end
       end
     end,
   }
