@@ -368,3 +368,35 @@ describe("app:stream with processors", function()
     t:close()
   end)
 end)
+
+describe("group_by", function()
+  it("re-keys events through a repartition topic so per-key tables follow the new key", function()
+    local a = fstream.app("gb", { topic_partitions = 4 })
+    local orders = a:topic("orders")
+    local totals = a:table("totals", { default = 0 })
+    local where = {}
+    a:agent("process", orders:group_by("account_id", { name = "by_account" }), function(stream)
+      for ev in stream:events() do
+        totals[ev.value.account_id] = totals[ev.value.account_id] + ev.value.amount
+        where[ev.value.account_id] = where[ev.value.account_id] or {}
+        where[ev.value.account_id][ev.partition] = true
+      end
+    end)
+    local t = fstream.testing(a)
+    -- Keyed by order id: one account's orders land on several input partitions.
+    for i = 1, 40 do
+      t:send(orders, { key = "order-" .. i, value = { account_id = "acct-" .. (i % 3), amount = i } })
+    end
+    t:run()
+    local expect = { 0, 0, 0 }
+    for i = 1, 40 do expect[i % 3 + 1] = expect[i % 3 + 1] + i end
+    for k = 0, 2 do assert.are.equal(expect[k + 1], t:table("totals")["acct-" .. k]) end
+    for acct, parts in pairs(where) do
+      local n = 0
+      for _ in pairs(parts) do n = n + 1 end
+      assert.are.equal(1, n, acct .. " seen on several partitions after group_by")
+    end
+    assert.is_not_nil(a.topics["gb-process-by_account-repartition"])
+    t:close()
+  end)
+end)

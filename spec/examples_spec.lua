@@ -126,3 +126,34 @@ describe("window examples", function()
     end
   end)
 end)
+
+describe("stream examples", function()
+  it("orders.lua: per-account totals after group_by", function()
+    local out = run_example("orders.lua", 11)
+    local last
+    for _, l in ipairs(out) do last = l:match("^totals: (.*)$") or last end
+    assert.truthy(last, table.concat(out, "\n"))
+    local n = 0
+    for _ in last:gmatch("account%-%d=[%d%.]+") do n = n + 1 end
+    assert.is_true(n >= 3, last)
+  end)
+
+  it("dlq.lua: invalid payments reach the DLQ, busy ones succeed on attempt 2", function()
+    local core = require "fstream.core"
+    local path = os.tmpname()
+    core.redirect_stderr(path)
+    local ok, out = pcall(run_example, "dlq.lua", 12)
+    core.redirect_stderr(nil)
+    os.remove(path)
+    assert(ok, out)
+    local retried, dead_validation, dead_error = 0, 0, 0
+    for _, l in ipairs(out) do
+      if l:match("^charged payment %d+ .* on attempt 2$") then retried = retried + 1 end
+      if l:match("^DLQ: .*Payment%.id: expected integer") then dead_validation = dead_validation + 1 end
+      if l:match("^DLQ: .*amount must be positive") then dead_error = dead_error + 1 end
+    end
+    assert.is_true(retried >= 2, table.concat(out, "\n"))
+    assert.is_true(dead_validation >= 2, table.concat(out, "\n"))
+    assert.is_true(dead_error >= 1, table.concat(out, "\n"))
+  end)
+end)

@@ -61,6 +61,8 @@ function Agent.new(app, name, source, fn, opts, level)
     self.own_topic = sources[1]
   elseif getmetatable(source) == Topic then
     sources = { source }
+  elseif type(source) == "table" and source.is_group_by then
+    sources = { self:_repartition(source, level + 1) }
   elseif type(source) == "table" and source.is_stream_source then
     sources = source.topics
     self.processors = #source.processors > 0 and source.processors or nil
@@ -100,6 +102,34 @@ function Agent.new(app, name, source, fn, opts, level)
     self.sinks[#self.sinks + 1] = s
   end
   return self
+end
+
+-- group_by: a forwarder agent reads the original topics (through their
+-- processors), computes each event's new key and sends it to the repartition
+-- topic, which this agent reads instead.
+function Agent:_repartition(g, level)
+  local app, src = self.app, g.topics[1]
+  local rtopic = app:topic(string.format("%s-%s-%s-repartition", app.id, self.name, g.name), {
+    key_serializer = "raw", value_serializer = src.value_serializer, value_type = src.value_type,
+    partitions = src.partitions,
+  })
+  local key = g.key
+  local keyfn = type(key) == "function" and key or function(v) return v[key] end
+  local agent_name = self.name
+  local fwd = Agent.new(app, self.name .. "-" .. g.name .. "-repartitioner",
+    { is_stream_source = true, topics = g.topics, processors = g.processors },
+    function(stream)
+      for v in stream do
+        local k = keyfn(v)
+        if type(k) ~= "string" and type(k) ~= "number" then
+          error(string.format("group_by of agent %s: the key must be a string or a number, got %s", agent_name, type(k)))
+        end
+        rtopic:send { key = tostring(k), value = v }
+      end
+    end, {}, level)
+  app.agents[fwd.name] = fwd
+  app.agent_list[#app.agent_list + 1] = fwd
+  return rtopic
 end
 
 -- Sends to the agent's own topic (anonymous agents) or its first source topic.

@@ -108,6 +108,10 @@ StreamSource.__call = function(self)
   Table.streams_by_co[coroutine.running()] = agent.streams[1]
   return agent.streams[1]()
 end
+function StreamSource:group_by(key, opts)
+  return Topic.group_by_source(self.topics, self.processors, key, opts, 3)
+end
+
 for _, op in ipairs { "filter", "map", "echo", "take", "items", "events", "enumerate" } do
   StreamSource[op] = function(self, ...)
     local agent = self.used_by

@@ -45,8 +45,11 @@ local function post_decode(self, n, mode)
       v, err = topic:decode_value(buf[i])
     end
     if err ~= nil then
+      -- The original message (bytes and headers) goes with the error: dead letters keep it.
+      local bad = self.cs:raw(out + 1) or { topic = tname, partition = partition, offset = offset }
+      bad.error = err
       self.cs:drop(out + 1)
-      self.agent:_bad_event({ topic = tname, partition = partition, offset = offset, error = err })
+      self.agent:_bad_event(bad)
     else
       out = out + 1
       if mode == MODE_ITEMS then

@@ -147,6 +147,26 @@ function Topic:send_and_wait(msg)
   return rt:produce_wait(self.id, key, value, msg.partition, msg.headers, nil, msg.timestamp)
 end
 
+-- topic:group_by(field | function(value) -> key, {name = ...}): a source that
+-- re-keys the topic's events through "<app>-<agent>-<name>-repartition", so the
+-- agent reading it (and the tables it writes) are partitioned by the new key.
+function Topic:group_by(key, opts)
+  return Topic.group_by_source({ self }, {}, key, opts, 3)
+end
+
+function Topic.group_by_source(topics, processors, key, opts, level)
+  if type(key) ~= "string" and type(key) ~= "function" then
+    error("group_by needs a field name or a function(value) -> key", level)
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "name" then error(string.format("group_by: unknown option '%s'", tostring(k)), level) end
+  end
+  local name = opts.name or (type(key) == "string" and key) or nil
+  if not name then error("group_by with a function needs {name = ...} for its repartition topic", level) end
+  return { is_group_by = true, topics = topics, processors = processors, key = key, name = name }
+end
+
 function Topic:describe()
   local function s(x) return type(x) == "table" and "custom" or x end
   return string.format("%s (key %s, value %s, %d partitions)", self.name, s(self.key_serializer),
