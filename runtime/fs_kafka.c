@@ -50,9 +50,12 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     fs_rt *rt = opaque;
     (void)rk;
+    /* Opaque: 1/2 = a send of epoch parity 0/1, 3/4 = the same but best effort
+     * (a dead letter: its failure is logged, not fatal), else a waiter. */
     uintptr_t tag = (uintptr_t)m->_private;
-    fs_waiter *w = tag > 2 ? (fs_waiter *)m->_private : NULL;
-    int epoch = w ? w->epoch : (int)tag - 1;
+    fs_waiter *w = tag > 4 ? (fs_waiter *)m->_private : NULL;
+    int best_effort = tag == 3 || tag == 4;
+    int epoch = w ? w->epoch : (int)((tag - 1) & 1);
     rt->inflight[epoch & 1]--;
     fs_topic *t = m->rkt ? rd_kafka_topic_opaque(m->rkt) : NULL;
     if (t && t->table && !m->err && m->partition < t->table->partitions &&
@@ -60,7 +63,12 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         t->table->parts[m->partition].cl_next = m->offset + 1;
     if (m->err) {
         rt->delivery_errors++;
-        if (!w)
+        if (best_effort)
+            fs_error("could not deliver a dead letter to %s[%d] (%zu bytes): %s — it is lost; "
+                     "the original is still on its topic",
+                     rd_kafka_topic_name(m->rkt), (int)m->partition, m->len,
+                     rd_kafka_err2str(m->err));
+        else if (!w)
             fs_rt_fatal(rt,
                         "delivery to %s failed: %s — stopping without committing, so the "
                         "input that produced it is processed again on restart",
@@ -322,7 +330,10 @@ int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
         conf_set(c, "enable.idempotence", "true", err, errlen) ||
         conf_set(c, "partitioner", "murmur2_random", err, errlen) ||
         conf_set(c, "queue.buffering.max.messages", "1000000", err, errlen) ||
-        conf_set(c, "batch.num.messages", "10000", err, errlen))
+        conf_set(c, "batch.num.messages", "10000", err, errlen) ||
+        /* What the worker consumed it may have to copy (dead letters): let the
+         * broker, not the client, decide what is too large. */
+        conf_set(c, "message.max.bytes", "16777216", err, errlen))
         goto fail;
     rt->producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
     if (!rt->producer) goto fail;
@@ -540,7 +551,7 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
         return 0;
     }
     int epoch = rt->epoch;
-    void *opaque = (void *)(uintptr_t)(1 + (epoch & 1));
+    void *opaque = (void *)(uintptr_t)(1 + (epoch & 1) + (rt->best_effort ? 2 : 0));
     if (w) {
         w->epoch = epoch;
         opaque = w;

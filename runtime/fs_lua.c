@@ -448,10 +448,13 @@ static void produce(lua_State *L, fs_rt *rt, fs_waiter **wp, int external, int32
     }
 }
 
+/* rt:produce(tid, key, value, partition, headers, raw, timestamp, best_effort) */
 static int l_rt_produce(lua_State *L)
 {
     fs_rt *rt = check_rt(L, 1);
+    rt->best_effort = lua_toboolean(L, 9);
     produce(L, rt, NULL, 0, NULL, NULL);
+    rt->best_effort = 0;
     return 0;
 }
 

@@ -215,6 +215,7 @@ struct fs_rt {
     int64_t max_queued;    /* stop fetching above this (back-pressure) */
     int64_t commits, events_in, events_acked, decode_errors, delivery_errors;
     int64_t changelog_records, lmdb_writes, recovered_records;
+    int best_effort; /* the send being made is a dead letter (see dr_cb) */
 
     /* lifecycle */
     int stopping, stopped, exit_code, signals;

@@ -220,3 +220,59 @@ describe("on_leader", function()
     assert.are.equal(1, count)
   end)
 end)
+
+describe("bad input", function()
+  it("10,000 messages, a third bad: each bad one in the DLQ byte for byte, each good one processed", function()
+    local broker, addr = proc.broker({}, 4)
+    local env = { APP_ID = "bad-" .. uniq, IN = "bad-in-" .. uniq, OUT = "bad-out-" .. uniq }
+    local dlq = env.APP_ID .. "-check-dlq"
+    proc.create_topics(addr, env.IN, env.OUT, dlq)
+    local lines, good, bad = {}, {}, {}
+    local big = string.rep("x", 1024 * 1024)
+    for i = 1, 10000 do
+      local line
+      if i % 3 ~= 0 then
+        line = string.format('{"id":%d,"amount":%d.5,"note":"ok"}', i, i)
+        good[#good + 1] = i
+      else
+        local kind = (i // 3) % 3
+        if i % 1250 == 0 then
+          line = string.format('{"id":%d,"amount":1,"note":"%s"}', i, big)  -- oversized
+        elseif kind == 0 then
+          line = string.format('{"id":%d,"amount":', i)                    -- malformed JSON
+        elseif kind == 1 then
+          line = string.format('{"id":"%d","amount":true}', i)               -- wrong types
+        else
+          line = string.format('{"id":%d,"amount":1,"note":"\xff\xfe%d"}', i, i) -- invalid UTF-8
+        end
+        bad["b" .. i] = line
+      end
+      lines[#lines + 1] = (i % 3 ~= 0 and ("g" .. i) or ("b" .. i)) .. "\t" .. line
+    end
+    proc.produce_lines(addr, env.IN, lines, { key_delim = "\t" })
+    local w = proc.worker("badinput.lua", env, addr)
+    local out = proc.wait_count(addr, env.OUT, #good, 120)
+    local nbad = 0
+    for _ in pairs(bad) do nbad = nbad + 1 end
+    proc.wait_count(addr, dlq, nbad, 60)
+    assert.is_true(w:alive(), "worker died:\n" .. w:output():sub(-2000))
+    assert.are.equal(0, w:stop())
+    -- Every good one processed once.
+    assert.are.equal(#good, #out)
+    local seen = {}
+    for _, v in ipairs(out) do seen[tonumber(v)] = true end
+    for _, i in ipairs(good) do assert(seen[i], "good message " .. i .. " missing") end
+    -- Every bad one in the DLQ, byte for byte.
+    local dead = proc.run(string.format("kcat -C -b %s -t %s -o beginning -e -q -X fetch.message.max.bytes=4000000 -f '%%k\\t%%s\\n'", addr, dlq))
+    local got = 0
+    for entry in dead:gmatch("[^\n]+") do
+      local k, v = entry:match("^(b%d+)\t(.*)$")
+      assert(k and bad[k], "unexpected DLQ entry " .. entry:sub(1, 80))
+      assert(bad[k] == v, "DLQ bytes differ for " .. k)
+      got = got + 1
+    end
+    broker:stop()
+    assert.are.equal(nbad, got)
+    assert.are.equal(10000, #out + got)
+  end)
+end)

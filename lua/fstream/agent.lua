@@ -160,14 +160,17 @@ local function where(ev)
 end
 
 local HEADER_LIMIT = 8192
+local BIG = 512 * 1024 -- past this a dead letter carries a short error and no traceback
 
 -- Sends the original message (raw bytes, original headers) to the dead-letter
 -- topic with what went wrong, or back through the retry topic.
 function Agent:_divert(ev, err, traceback, topic, extra)
   local headers = {}
   for k, v in pairs(ev.headers or {}) do headers[k] = v end
-  headers["fstream-error"] = tostring(err):sub(1, HEADER_LIMIT)
-  if traceback then headers["fstream-traceback"] = tostring(traceback):sub(1, HEADER_LIMIT) end
+  -- The copy must fit where the original did: keep diagnostics short for big ones.
+  local big = ev.value_bytes and #ev.value_bytes > BIG
+  headers["fstream-error"] = tostring(err):sub(1, big and 1024 or HEADER_LIMIT)
+  if traceback and not big then headers["fstream-traceback"] = tostring(traceback):sub(1, HEADER_LIMIT) end
   headers["fstream-agent"] = self.name
   -- Where the message first came from (a retried one keeps its origin).
   if not headers["fstream-topic"] or ev.topic ~= (self.retry_topic and self.retry_topic.name) then
@@ -176,7 +179,7 @@ function Agent:_divert(ev, err, traceback, topic, extra)
     headers["fstream-offset"] = tostring(ev.offset)
   end
   for k, v in pairs(extra or {}) do headers[k] = v end
-  self.app.rt:produce(topic.id, ev.key_bytes, ev.value_bytes, nil, headers, true)
+  self.app.rt:produce(topic.id, ev.key_bytes, ev.value_bytes, nil, headers, true, nil, topic == self.dlq)
 end
 
 -- The "dlq" and "retry" policies for a failed event (its original message in ev).
@@ -209,7 +212,8 @@ function Agent:_bad_event(ev)
     self.app.rt:fatal(msg)
   elseif self.dlq then
     ev.undecodable = true
-    self:_dead_letter(ev, ev.error)
+    local ok, err = pcall(self._dead_letter, self, ev, ev.error)
+    if not ok then core.log("error", string.format("%s; and it could not go to the DLQ: %s", msg, tostring(err))) end
   elseif self.on_error ~= "skip" then
     core.log("warn", msg .. "; skipped")
   end
@@ -246,10 +250,17 @@ function Agent:_start_instance(stream, delay)
       core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
     elseif self.dlq then
       local raw = stream.i > 0 and stream.cs:raw(stream.i)
-      if raw then
-        self:_dead_letter(raw, err, traceback)
-      else
-        core.log("error", string.format("agent %s failed outside an event: %s\n%s", self.name, tostring(err), traceback))
+      -- Whatever happens to the dead letter, the agent is restarted below.
+      local ok, derr = pcall(function()
+        if raw then
+          self:_dead_letter(raw, err, traceback)
+        else
+          core.log("error", string.format("agent %s failed outside an event: %s\n%s", self.name, tostring(err), traceback))
+        end
+      end)
+      if not ok then
+        core.log("error", string.format("agent %s: could not divert a failed event%s: %s (the event failed with: %s)",
+          self.name, where(ev), tostring(derr), tostring(err)))
       end
     end
     if rt:stopping() then return end

@@ -129,7 +129,7 @@ function proc.produce_lines(addr, topic, lines, opts)
   opts = opts or {}
   local path = proc.write(string.format("%s/lines-%d-%d.txt", proc.tmp, os.time(), seq), table.concat(lines, "\n") .. "\n")
   local key = opts.key_delim and (" -K" .. q(opts.key_delim)) or ""
-  local out, rc = proc.run(string.format("kcat -P -b %s -t %s%s -l %s", addr, q(topic), key, q(path)))
+  local out, rc = proc.run(string.format("kcat -P -b %s -t %s%s -X message.max.bytes=4000000 -l %s", addr, q(topic), key, q(path)))
   os.remove(path)
   assert(rc == 0, "kcat produce failed: " .. out)
 end
