@@ -199,6 +199,7 @@ static void rt_free(fs_rt *rt)
         fs_agent *a = rt->agents[i];
         for (int j = 0; j < a->nstreams; j++) {
             if (a->streams[j]->lua_ref > 0) luaL_unref(rt->L, LUA_REGISTRYINDEX, a->streams[j]->lua_ref);
+            free(a->streams[j]->open);
             free(a->streams[j]->taken);
             free(a->streams[j]);
         }
@@ -759,6 +760,8 @@ static void push_event(lua_State *L, fs_event *e, int err_only)
         lua_pushnumber(L, (lua_Number)e->ts / 1000.0);
         lua_setfield(L, -2, "timestamp");
     }
+    lua_pushlightuserdata(L, e); /* identifies the event for stream:ack_event (noack) */
+    lua_setfield(L, -2, "_event");
     if (err_only) {
         if (e->m->key) lua_pushlstring(L, e->m->key, e->m->key_len), lua_setfield(L, -2, "key_bytes");
         if (e->m->payload)
@@ -793,6 +796,7 @@ static int fill(lua_State *L, stream_ud *u)
         a->qlen--;
         rt->queued--;
         s->taken[s->ntaken++] = e;
+        if (s->manual && fs_stream_open_add(s, e)) return luaL_error(L, "out of memory");
         fs_topic *t = e->part->topic;
         rd_kafka_message_t *m = e->m;
         int bad = 0;
@@ -825,6 +829,8 @@ static int fill(lua_State *L, stream_ud *u)
         }
         if (bad) {
             rt->decode_errors++;
+            /* The agent never sees it: done here, even under noack. */
+            if (s->manual && fs_stream_open_remove(s, e) == 0) fs_event_ack(rt, e);
             lua_pushinteger(L, n);
             push_event(L, e, 1);
             lua_pushstring(L, err);
@@ -913,6 +919,7 @@ static int l_stream_drop(lua_State *L)
     fs_stream *s = u->s;
     lua_Integer i = luaL_checkinteger(L, 2);
     if (i < 1 || (size_t)i > s->ntaken || (size_t)i <= s->nacked) return 0;
+    if (s->manual) fs_stream_open_remove(s, s->taken[i - 1]);
     fs_event_ack(u->rt, s->taken[i - 1]);
     memmove(&s->taken[i - 1], &s->taken[i], (s->ntaken - (size_t)i) * sizeof *s->taken);
     s->ntaken--;
@@ -926,7 +933,7 @@ void fs_sync_acks(fs_rt *rt)
         fs_agent *ag = rt->agents[a];
         for (int j = 0; j < ag->nstreams; j++) {
             fs_stream *s = ag->streams[j];
-            if (s->lua_ref <= 0 || s->ntaken <= s->nacked) continue;
+            if (s->lua_ref <= 0 || s->ntaken <= s->nacked || s->manual) continue;
             lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
             lua_getfield(L, -1, "i");
             lua_Integer pos = lua_tointeger(L, -1);
@@ -961,6 +968,7 @@ static void drop_revoked(fs_rt *rt, fs_stream *s, lua_State *L, int tbl)
     for (lua_Integer j = i + 1; j <= n; j++) {
         fs_event *e = s->taken[j - 1];
         if (e->part->revoking || !e->part->assigned) {
+            if (s->manual) fs_stream_open_remove(s, e);
             fs_event_release(rt, e);
             continue;
         }
@@ -994,7 +1002,7 @@ static int l_stream_fence(lua_State *L)
     lua_getfield(L, 2, "i");
     lua_Integer i = lua_tointeger(L, -1);
     lua_pop(L, 1);
-    for (; (lua_Integer)s->nacked < i && s->nacked < s->ntaken; s->nacked++)
+    for (; !s->manual && (lua_Integer)s->nacked < i && s->nacked < s->ntaken; s->nacked++)
         fs_event_ack(u->rt, s->taken[s->nacked]);
     drop_revoked(u->rt, s, L, 2);
     return 0;
@@ -1026,7 +1034,9 @@ int fs_streams_clear(fs_rt *rt)
         fs_agent *ag = rt->agents[a];
         for (int j = 0; j < ag->nstreams; j++) {
             fs_stream *s = ag->streams[j];
-            if (s->lua_ref <= 0 || s->ntaken == 0) continue;
+            for (size_t k = 0; k < s->nopen; k++)
+                if (s->open[k]->part->revoking) return 0; /* not acknowledged yet */
+            if (s->lua_ref <= 0 || s->ntaken == 0 || s->manual) continue;
             lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
             lua_getfield(L, -1, "i");
             lua_Integer pos = lua_tointeger(L, -1);
@@ -1037,6 +1047,27 @@ int fs_streams_clear(fs_rt *rt)
                 return 0;
         }
     }
+    return 1;
+}
+
+/* stream:set_manual(): noack mode — events are acknowledged one by one. */
+static int l_stream_set_manual(lua_State *L)
+{
+    check_stream(L, 1)->s->manual = 1;
+    return 0;
+}
+
+/* stream:ack_event(ev._event) -> true | nil, "unknown event" */
+static int l_stream_ack_event(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    luaL_checktype(L, 2, LUA_TLIGHTUSERDATA);
+    if (fs_stream_ack_event(u->rt, u->s, lua_touserdata(L, 2))) {
+        lua_pushnil(L);
+        lua_pushstring(L, "event already acknowledged or not from this stream");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -1182,6 +1213,8 @@ static const luaL_Reg stream_methods[] = {
     {"bind", l_stream_bind},
     {"drop", l_stream_drop},
     {"fence", l_stream_fence},
+    {"set_manual", l_stream_set_manual},
+    {"ack_event", l_stream_ack_event},
     {"meta", l_stream_meta},
     {"raw", l_stream_raw},
     {NULL, NULL},

@@ -153,6 +153,9 @@ struct fs_stream {
     size_t ntaken, captaken;
     size_t nacked; /* taken[0..nacked) are already acknowledged */
     int lua_ref;   /* the Lua Stream table, whose field `i` is the agent's position */
+    int manual;    /* noack: events wait in `open` until the agent acks each */
+    fs_event **open;
+    size_t nopen, capopen;
     fs_co *waiter;
 };
 
@@ -251,6 +254,10 @@ void fs_batch_done(fs_batch *b); /* dispatch finished adding to b */
 void fs_event_ack(fs_rt *rt, fs_event *e);
 void fs_event_release(fs_rt *rt, fs_event *e);
 void fs_stream_ack_taken(fs_rt *rt, fs_stream *s);
+/* noack streams: acknowledges one event handed out earlier; -1 if unknown. */
+int fs_stream_ack_event(fs_rt *rt, fs_stream *s, fs_event *e);
+int fs_stream_open_add(fs_stream *s, fs_event *e);
+int fs_stream_open_remove(fs_stream *s, const fs_event *e);
 void fs_agent_close(fs_rt *rt, fs_agent *a);
 void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
 

@@ -243,8 +243,42 @@ void fs_event_ack(fs_rt *rt, fs_event *e)
 
 void fs_stream_ack_taken(fs_rt *rt, fs_stream *s)
 {
-    for (size_t i = s->nacked; i < s->ntaken; i++) fs_event_ack(rt, s->taken[i]);
+    /* noack: handed-out events live in `open` until the agent acknowledges each. */
+    if (!s->manual)
+        for (size_t i = s->nacked; i < s->ntaken; i++) fs_event_ack(rt, s->taken[i]);
     s->ntaken = s->nacked = 0;
+}
+
+int fs_stream_open_add(fs_stream *s, fs_event *e)
+{
+    if (s->nopen == s->capopen) {
+        size_t cap = s->capopen ? s->capopen * 2 : 256;
+        fs_event **o = realloc(s->open, cap * sizeof *o);
+        if (!o) return -1;
+        s->open = o;
+        s->capopen = cap;
+    }
+    s->open[s->nopen++] = e;
+    return 0;
+}
+
+/* Removes e from a manual stream's open events; 0 if it was there. */
+int fs_stream_open_remove(fs_stream *s, const fs_event *e)
+{
+    for (size_t i = 0; i < s->nopen; i++) {
+        if (s->open[i] != e) continue;
+        memmove(&s->open[i], &s->open[i + 1], (s->nopen - i - 1) * sizeof *s->open);
+        s->nopen--;
+        return 0;
+    }
+    return -1;
+}
+
+int fs_stream_ack_event(fs_rt *rt, fs_stream *s, fs_event *e)
+{
+    if (fs_stream_open_remove(s, e)) return -1;
+    fs_event_ack(rt, e);
+    return 0;
 }
 
 void fs_agent_close(fs_rt *rt, fs_agent *a)
@@ -258,7 +292,13 @@ void fs_agent_close(fs_rt *rt, fs_agent *a)
         rt->queued--;
         fs_event_ack(rt, e);
     }
-    for (int i = 0; i < a->nstreams; i++) fs_stream_ack_taken(rt, a->streams[i]);
+    for (int i = 0; i < a->nstreams; i++) {
+        fs_stream *s = a->streams[i];
+        fs_stream_ack_taken(rt, s);
+        /* noack events nobody will acknowledge now: release their memory. */
+        for (size_t k = 0; k < s->nopen; k++) fs_event_release(rt, s->open[k]);
+        s->nopen = 0;
+    }
 }
 
 void fs_wake_streams(fs_rt *rt)

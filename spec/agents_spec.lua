@@ -400,3 +400,27 @@ describe("group_by", function()
     t:close()
   end)
 end)
+
+describe("noack", function()
+  it("commits only what the agent acknowledged with ev:ack()", function()
+    local a = fstream.app("noack", { topic_partitions = 1 })
+    local src = a:topic("src")
+    local held = {}
+    a:agent("m", src, function(stream)
+      for ev in stream:noack():events() do held[#held + 1] = ev end
+    end)
+    local t = fstream.testing(a)
+    for i = 1, 5 do t:send(src, { key = "k", value = i }) end
+    t:run()
+    local committable = function() return t:stats().topics.src.partitions[0].committable end
+    assert.are.equal(0, committable())     -- asked for more, acknowledged nothing
+    held[2]:ack()
+    assert.are.equal(0, committable())     -- offset 0 is still open
+    held[1]:ack()
+    assert.are.equal(2, committable())
+    held[5]:ack(); held[3]:ack(); held[4]:ack()
+    assert.are.equal(5, committable())
+    assert.has_error(function() held[1]:ack() end, "event already acknowledged or not from this stream")
+    t:close()
+  end)
+end)

@@ -146,12 +146,38 @@ function Stream:items()
   end
 end
 
+-- An event of a noack stream: ev:ack() when the agent is really done with it.
+local Event = {}
+Event.__index = Event
+function Event:ack()
+  local ok, err = self._stream.cs:ack_event(self._event)
+  if not ok then error(err, 2) end
+end
+
 -- for ev in stream:events() do  (ev.key ev.value ev.topic ev.partition ev.offset ev.timestamp ev.headers)
 function Stream:events()
   return function()
     local i = advance(self, MODE_EVENTS)
-    if i then return self.buf[i] end
+    if i then
+      local ev = self.buf[i]
+      if self.manual then
+        ev._stream = self
+        setmetatable(ev, Event)
+      end
+      return ev
+    end
   end
+end
+
+-- stream:noack(): events are no longer acknowledged by asking for the next
+-- one; the agent calls ev:ack() (stream:events()) when it is really done —
+-- until then the event's offset is not committed.
+function Stream:noack()
+  if not self.manual then
+    self.manual = true
+    self.cs:set_manual()
+  end
+  return self
 end
 
 -- for i, value in stream:enumerate() do  (i counts from 1)
