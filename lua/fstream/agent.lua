@@ -107,18 +107,23 @@ end
 -- group_by: a forwarder agent reads the original topics (through their
 -- processors), computes each event's new key and sends it to the repartition
 -- topic, which this agent reads instead.
+-- (through: the same with the events' own keys and a topic given by the app.)
 function Agent:_repartition(g, level)
   local app, src = self.app, g.topics[1]
-  local rtopic = app:topic(string.format("%s-%s-%s-repartition", app.id, self.name, g.name), {
+  local rtopic = g.through or app:topic(string.format("%s-%s-%s-repartition", app.id, self.name, g.name), {
     key_serializer = "raw", value_serializer = src.value_serializer, value_type = src.value_type,
     partitions = src.partitions,
   })
   local key = g.key
   local keyfn = type(key) == "function" and key or function(v) return v[key] end
   local agent_name = self.name
-  local fwd = Agent.new(app, self.name .. "-" .. g.name .. "-repartitioner",
-    { is_stream_source = true, topics = g.topics, processors = g.processors },
-    function(stream)
+  local forward
+  if g.through then
+    forward = function(stream)
+      for k, v in stream:items() do rtopic:send { key = k ~= core.null and k or nil, value = v } end
+    end
+  else
+    forward = function(stream)
       for v in stream do
         local k = keyfn(v)
         if type(k) ~= "string" and type(k) ~= "number" then
@@ -126,7 +131,10 @@ function Agent:_repartition(g, level)
         end
         rtopic:send { key = tostring(k), value = v }
       end
-    end, {}, level)
+    end
+  end
+  local fwd = Agent.new(app, self.name .. "-" .. g.name .. (g.through and "-through" or "-repartitioner"),
+    { is_stream_source = true, topics = g.topics, processors = g.processors }, forward, {}, level)
   app.agents[fwd.name] = fwd
   app.agent_list[#app.agent_list + 1] = fwd
   return rtopic

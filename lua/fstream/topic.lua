@@ -167,6 +167,54 @@ function Topic.group_by_source(topics, processors, key, opts, level)
   return { is_group_by = true, topics = topics, processors = processors, key = key, name = name }
 end
 
+-- topic:through(dest): a source that forwards the topic's events (key and
+-- value) to `dest`, so the agent reads them from there (Faust's through).
+function Topic:through(dest)
+  if getmetatable(dest) ~= Topic then error("through needs a topic", 2) end
+  return { is_group_by = true, through = dest, topics = { self }, processors = {}, name = dest.name }
+end
+
+-- Chains on topics run as an implicit agent:
+--   app:topic("input"):filter(function(v) return v > 10 end):map(function(v) return v * v end):to_topic("output")
+local Chain = {}
+Chain.__index = Chain
+
+local function chain(topic, ops, op, f)
+  if type(f) ~= "function" then error(op .. " needs a function", 3) end
+  local c = setmetatable({ topic = topic, ops = {} }, Chain)
+  for i, o in ipairs(ops) do c.ops[i] = o end
+  c.ops[#c.ops + 1] = { op, f }
+  return c
+end
+
+function Topic:filter(f) return chain(self, {}, "filter", f) end
+function Topic:map(f) return chain(self, {}, "map", f) end
+function Chain:filter(f) return chain(self.topic, self.ops, "filter", f) end
+function Chain:map(f) return chain(self.topic, self.ops, "map", f) end
+
+-- to_topic(name | topic): starts forwarding (keys kept) when the worker starts.
+function Chain:to_topic(dest)
+  local app = self.topic.app
+  if type(dest) == "string" then dest = app:topic(dest) end
+  if getmetatable(dest) ~= Topic then error("to_topic needs a topic or a topic name", 2) end
+  local ops = self.ops
+  app.chains = (app.chains or 0) + 1
+  app:agent(string.format("chain-%d-%s-to-%s", app.chains, self.topic.name, dest.name), self.topic, function(stream)
+    for k, v in stream:items() do
+      local keep = true
+      for _, o in ipairs(ops) do
+        if o[1] == "filter" then
+          if not o[2](v) then keep = false; break end
+        else
+          v = o[2](v)
+        end
+      end
+      if keep then dest:send { key = k ~= core.null and k or nil, value = v } end
+    end
+  end)
+  return dest
+end
+
 function Topic:describe()
   local function s(x) return type(x) == "table" and "custom" or x end
   return string.format("%s (key %s, value %s, %d partitions)", self.name, s(self.key_serializer),
