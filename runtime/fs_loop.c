@@ -132,6 +132,12 @@ int fs_io_add(fs_loop *l, fs_io *io, uint32_t events)
     return epoll_ctl(l->epfd, EPOLL_CTL_ADD, io->fd, &ev);
 }
 
+int fs_io_mod(fs_loop *l, fs_io *io, uint32_t events)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = io};
+    return epoll_ctl(l->epfd, EPOLL_CTL_MOD, io->fd, &ev);
+}
+
 void fs_io_del(fs_loop *l, fs_io *io)
 {
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL);

@@ -61,6 +61,7 @@ int64_t fs_loop_next_when(const fs_loop *l);
 int fs_loop_run_timers(fs_loop *l, int64_t now);
 
 int fs_io_add(fs_loop *l, fs_io *io, uint32_t events);
+int fs_io_mod(fs_loop *l, fs_io *io, uint32_t events);
 void fs_io_del(fs_loop *l, fs_io *io);
 /* Waits up to timeout_ms (-1: forever) and dispatches I/O handlers. Returns
  * the number of handlers run, or -1 on error other than EINTR. */

@@ -181,6 +181,7 @@ static int l_core_new(lua_State *L)
 static void rt_free(fs_rt *rt)
 {
     fs_sched_kill_all(rt);
+    fs_http_close(rt);
     for (int i = 0; i < rt->nagents; i++) fs_agent_close(rt, rt->agents[i]);
     fs_kafka_close(rt);
     fs_tables_close(rt);
@@ -1231,6 +1232,7 @@ static const luaL_Reg core_funcs[] = {
     {"log_enabled", l_log_enabled},
     {"run_broker", fs_broker_run},
     {"store_scan", l_store_scan},
+    {"http_request", fs_http_request},
     {NULL, NULL},
 };
 

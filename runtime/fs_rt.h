@@ -22,7 +22,7 @@
 
 enum { FS_CODEC_RAW = 0, FS_CODEC_JSON = 1 };
 enum { FS_CO_READY = 1, FS_CO_WAITING, FS_CO_RUNNING, FS_CO_DEAD };
-enum { FS_WAIT_NONE = 0, FS_WAIT_SLEEP, FS_WAIT_TAKE, FS_WAIT_DELIVERY, FS_WAIT_YIELD };
+enum { FS_WAIT_NONE = 0, FS_WAIT_SLEEP, FS_WAIT_TAKE, FS_WAIT_DELIVERY, FS_WAIT_YIELD, FS_WAIT_IO };
 enum { FS_KIND_AGENT = 0, FS_KIND_TASK = 1 };
 
 typedef struct fs_rt fs_rt;
@@ -52,6 +52,8 @@ struct fs_co {
     fs_timer timer;
     fs_stream *stream;  /* FS_WAIT_TAKE */
     fs_waiter *waiter;  /* FS_WAIT_DELIVERY */
+    void *pending;      /* FS_WAIT_IO: an operation owned by its subsystem */
+    void (*cancel)(fs_co *co); /* called if the coroutine dies while waiting */
     fs_co *ready_next;  /* ready queue link */
     fs_co *prev, *next; /* list of live coroutines */
 };
@@ -220,6 +222,11 @@ struct fs_rt {
     int64_t changelog_records, lmdb_writes, recovered_records;
     int best_effort; /* the send being made is a dead letter (see dr_cb) */
 
+    /* fs_http.c: libcurl multi driven by this loop */
+    void *curlm;
+    fs_timer http_timer;
+    int http_inflight;
+
     /* lifecycle */
     int stopping, stopped, exit_code, signals;
     int64_t stop_deadline;
@@ -309,6 +316,11 @@ int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key,
 int fs_memlog_deliver(fs_rt *rt); /* dispatches unread messages; returns how many */
 void fs_memlog_push_outputs(lua_State *L, fs_rt *rt, fs_topic *t);
 void fs_memlog_free(fs_topic *t);
+
+/* fs_http.c */
+int fs_http_request(lua_State *L); /* core.http_request{...}: yields until done */
+void fs_http_poll(fs_rt *rt);       /* test transport: progress transfers without epoll */
+void fs_http_close(fs_rt *rt);
 
 /* fs_runtime.c */
 int64_t fs_rt_wall_ms(fs_rt *rt);

@@ -94,7 +94,8 @@ static void finish(fs_rt *rt)
         rt->revoke_deadline = 0;
         fs_kafka_revoke_poll(rt);
     }
-    fs_sched_kill_all(rt);
+    fs_sched_kill_all(rt); /* cancels HTTP requests still in flight */
+    fs_http_close(rt);
     if (rt->fatal) {
         fs_error("%s", rt->fatal_msg);
         rt->exit_code = 1;
@@ -154,6 +155,10 @@ int fs_rt_run_until_idle(fs_rt *rt, int64_t max_rounds)
     int64_t rounds = 0;
     for (;;) {
         int n = fs_memlog_deliver(rt);
+        if (rt->http_inflight) { /* real transfers: not idle until they finish */
+            fs_http_poll(rt);
+            n++;
+        }
         n += fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));
         n += fs_sched_run_ready(rt);
         if (rt->fatal) return -1;

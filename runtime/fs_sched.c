@@ -102,6 +102,10 @@ static void release(fs_co *co)
     fs_timer_stop(&rt->loop, &co->timer);
     if (co->stream && co->stream->waiter == co) co->stream->waiter = NULL;
     if (co->waiter) co->waiter->co = NULL;
+    if (co->cancel) {
+        co->cancel(co);
+        co->cancel = NULL;
+    }
     co->state = FS_CO_DEAD;
     if (co->prev) co->prev->next = co->next;
     else rt->live = co->next;

@@ -26,6 +26,11 @@ function fstream.sleep(seconds)
   return core.sleep(seconds)
 end
 
+-- Non-blocking HTTP: fstream.http.request{method=, url=, headers=, body=, timeout=}
+-- yields the calling coroutine until the response; returns {status=, headers=, body=}
+-- or nil, error. Other agents keep running meanwhile.
+fstream.http = { request = function(req) return core.http_request(req) end }
+
 -- Faust's test_context: the app on an in-memory broker with a fake clock.
 function fstream.testing(app)
   return require("fstream.testing").new(app)
