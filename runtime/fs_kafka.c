@@ -436,8 +436,10 @@ int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
     rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(rt->ntopics);
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
-        rd_kafka_topic_conf_t *tc = rd_kafka_topic_conf_new();
-        rd_kafka_topic_conf_set_opaque(tc, t); /* delivery reports find the topic */
+        /* A copy of the producer's defaults (the murmur2 partitioner among them),
+         * plus the topic as opaque so delivery reports find it. */
+        rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(rt->producer);
+        rd_kafka_topic_conf_set_opaque(tc, t);
         t->rkt = rd_kafka_topic_new(rt->producer, t->name, tc);
         int consumed = 0;
         for (int j = 0; j < t->nsubs; j++) consumed |= !t->subs[j]->closed;

@@ -182,3 +182,61 @@ describe("a table whose input has more partitions than the table", function()
     assert.matches("assigned input partition %d but table word_counts has 4 partitions", w:output())
   end)
 end)
+
+describe("group_by with two workers", function()
+  it("totals are exact and each account lives only on the worker owning its new partition", function()
+    local broker, addr = proc.broker({}, 4)
+    local env = { APP_ID = "gb-" .. uniq, IN = "gb-in-" .. uniq }
+    local rep = env.APP_ID .. "-process-by_account-repartition"
+    proc.create_topics(addr, env.IN, rep, env.APP_ID .. "-totals-changelog")
+    local s1, s2 = proc.tmp .. "/gb-a-" .. uniq, proc.tmp .. "/gb-b-" .. uniq
+    local function start(store)
+      return proc.spawn(string.format("env APP_ID=%s IN=%s %s worker %s/groupby.lua --broker kafka://%s --store lmdb://%s",
+        env.APP_ID, env.IN, bin, fixtures, addr, store), "worker-gb")
+    end
+    local a = start(s1)
+    assert.truthy(a:wait_for("assigned 8 partitions", 30), a:output())
+    local b = start(s2)
+    assert.truthy(b:wait_for("assigned 4 partitions", 60), b:output())
+    assert.truthy(a:wait_for("assigned 4 partitions", 60), a:output())
+    local lines, expect = {}, {}
+    for i = 1, 3000 do
+      local acct = "acct-" .. (i % 37)
+      lines[#lines + 1] = string.format('order-%d\t{"account":"%s","amount":%d}', i, acct, i % 10)
+      expect[acct] = (expect[acct] or 0) + i % 10
+    end
+    proc.produce_lines(addr, env.IN, lines, { key_delim = "\t" })
+    local json = require("fstream.core").json
+    local function dump(store)
+      local out = proc.run(string.format("env APP_ID=%s IN=%s %s table %s/groupby.lua totals --store lmdb://%s 2>/dev/null",
+        env.APP_ID, env.IN, bin, fixtures, store))
+      local rows = {}
+      for line in out:gmatch("[^\n]+") do rows[#rows + 1] = json.decode(line) end
+      return rows
+    end
+    local deadline = os.time() + 60
+    local sum
+    repeat
+      proc.sleep(1)
+      sum = 0
+      for _, st in ipairs { s1, s2 } do for _, r in ipairs(dump(st)) do sum = sum + r.value end end
+    until sum >= 3000 * 4.5 or os.time() > deadline
+    assert.are.equal(0, a:stop())
+    assert.are.equal(0, b:stop())
+    broker:stop()
+    local core = require "fstream.core"
+    local got, owner = {}, {}
+    for w, st in ipairs { s1, s2 } do
+      for _, r in ipairs(dump(st)) do
+        assert.is_nil(got[r.key], r.key .. " is on both workers")
+        got[r.key], owner[r.key] = r.value, w
+        -- The repartition topic is keyed by account: the entry is in that partition.
+        assert.are.equal(core.partition_for(r.key, 4), r.partition)
+      end
+    end
+    assert.are.same(expect, got)
+    local per = { 0, 0 }
+    for _, w in pairs(owner) do per[w] = per[w] + 1 end
+    assert.is_true(per[1] > 0 and per[2] > 0, "one worker holds every account")
+  end)
+end)
