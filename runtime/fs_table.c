@@ -91,10 +91,26 @@ int fs_tables_flush(fs_rt *rt, int force)
         fs_table *t = rt->tables[i];
         for (int p = 0; p < t->partitions; p++) {
             struct fs_tpart *tp = &t->parts[p];
-            if (!tp->store || tp->nops || !tp->in_hdr[0] || t->global) continue;
-            /* Re-writing the last key with its stored value changes nothing under
-             * compaction, and its header tells the next owner where input resumes. */
-            int found;
+            if (!tp->store || !tp->in_hdr[0] || t->global) continue;
+            /* Re-writing a key with its newest value changes nothing under compaction,
+             * and the record's header tells the next owner where input resumes. The
+             * newest value is the last staged one if any (LMDB may not have it yet). */
+            int found = 0;
+            if (tp->nops) {
+                struct fs_staged *op = &tp->ops[tp->nops - 1];
+                fs_buf_reset(&rt->kbuf);
+                fs_buf_reset(&rt->vbuf);
+                if (fs_buf_add(&rt->kbuf, tp->arena.data + op->koff, op->klen) ||
+                    (!op->del && fs_buf_add(&rt->vbuf, tp->arena.data + op->voff, op->vlen))) {
+                    fs_warn("table %s[%d]: out of memory", t->name, p);
+                    continue;
+                }
+                if (fs_table_stage(rt, t, p, rt->kbuf.data, rt->kbuf.len,
+                                   op->del ? NULL : (rt->vbuf.data ? rt->vbuf.data : ""), rt->vbuf.len,
+                                   err, sizeof err))
+                    fs_warn("table %s[%d]: %s", t->name, p, err);
+                continue;
+            }
             if (fs_store_last(tp->store, &rt->kbuf, &rt->vbuf, &found, err, sizeof err) == 0 &&
                 found &&
                 fs_table_stage(rt, t, p, rt->kbuf.data, rt->kbuf.len, rt->vbuf.data, rt->vbuf.len,
