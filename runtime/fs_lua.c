@@ -18,33 +18,19 @@
 #include "fs_json.h"
 #include "fs_log.h"
 #include "fs_rt.h"
+#include "fs_lua.h"
 #include "fs_store.h"
 
-#define RT_MT "fstream.Runtime"
-#define STREAM_MT "fstream.Stream"
-#define FS_MAX_TAKE 4096
+void *fs_lua_null; /* the JSON null sentinel's light userdata */
 
-enum { MODE_VALUE = 0, MODE_ITEMS = 1, MODE_EVENTS = 2 };
-
-static void *null_ptr; /* the JSON null sentinel's light userdata */
-
-typedef struct {
-    fs_rt *rt;
-} rt_ud;
-
-typedef struct {
-    fs_stream *s;
-    fs_rt *rt;
-} stream_ud;
-
-static fs_rt *check_rt(lua_State *L, int idx)
+fs_rt *fs_lua_check_rt(lua_State *L, int idx)
 {
     rt_ud *u = luaL_checkudata(L, idx, RT_MT);
     if (!u->rt) luaL_error(L, "runtime is closed");
     return u->rt;
 }
 
-static fs_topic *check_topic(lua_State *L, fs_rt *rt, int idx)
+fs_topic *fs_lua_check_topic(lua_State *L, fs_rt *rt, int idx)
 {
     lua_Integer id = luaL_checkinteger(L, idx);
     if (id < 1 || id > rt->ntopics) luaL_error(L, "unknown topic id %d", (int)id);
@@ -61,10 +47,10 @@ static int parse_codec(lua_State *L, int idx)
 
 /* Pushes the decoded payload; absent payloads (tombstones) become the null
  * sentinel so that `for v in stream` never ends on one. */
-static int push_payload(lua_State *L, int codec, const void *p, size_t n, char *err, size_t errlen)
+int fs_lua_push_payload(lua_State *L, int codec, const void *p, size_t n, char *err, size_t errlen)
 {
     if (!p) {
-        lua_pushlightuserdata(L, null_ptr);
+        lua_pushlightuserdata(L, fs_lua_null);
         return 0;
     }
     if (codec == FS_CODEC_JSON) return fs_json_decode(L, p, n, err, errlen);
@@ -80,7 +66,7 @@ static int encode_payload(lua_State *L, int idx, int codec, fs_buf *b, int *abse
     *absent = 0;
     int t = lua_type(L, idx);
     if (t == LUA_TNONE || t == LUA_TNIL ||
-        (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == null_ptr && codec == FS_CODEC_RAW)) {
+        (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == fs_lua_null && codec == FS_CODEC_RAW)) {
         *absent = 1;
         return 0;
     }
@@ -115,21 +101,6 @@ static rd_kafka_headers_t *check_headers(lua_State *L, int idx)
         lua_pop(L, 1);
     }
     return h;
-}
-
-static void push_headers(lua_State *L, fs_event *e)
-{
-    rd_kafka_headers_t *h = e->hdrs;
-    if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) h = NULL;
-    lua_newtable(L);
-    if (!h) return;
-    const char *name;
-    const void *v;
-    size_t vl;
-    for (size_t i = 0; !rd_kafka_header_get_all(h, i, &name, &v, &vl); i++) {
-        lua_pushlstring(L, v ? v : "", v ? vl : 0);
-        lua_setfield(L, -2, name);
-    }
 }
 
 /* ---- runtime ---- */
@@ -234,7 +205,7 @@ static int l_rt_close(lua_State *L)
 
 static int l_rt_topic(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     const char *name = luaL_checkstring(L, 2);
     int kc = parse_codec(L, 3), vc = parse_codec(L, 4);
     int parts = (int)luaL_optinteger(L, 5, 8);
@@ -261,7 +232,7 @@ static int l_rt_topic(lua_State *L)
 
 static int l_rt_agent(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     const char *name = luaL_checkstring(L, 2);
     luaL_checktype(L, 3, LUA_TTABLE);
     fs_agent **as = realloc(rt->agents, (size_t)(rt->nagents + 1) * sizeof *as);
@@ -275,7 +246,7 @@ static int l_rt_agent(lua_State *L)
     lua_Integer n = luaL_len(L, 3);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_geti(L, 3, i);
-        fs_topic *t = check_topic(L, rt, -1);
+        fs_topic *t = fs_lua_check_topic(L, rt, -1);
         lua_pop(L, 1);
         fs_agent **subs = realloc(t->subs, (size_t)(t->nsubs + 1) * sizeof *subs);
         if (!subs) return luaL_error(L, "out of memory");
@@ -295,7 +266,7 @@ static fs_agent *check_agent(lua_State *L, fs_rt *rt, int idx)
 
 static int l_rt_stream(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_agent *a = check_agent(L, rt, 2);
     fs_stream **ss = realloc(a->streams, (size_t)(a->nstreams + 1) * sizeof *ss);
     fs_stream *s = calloc(1, sizeof *s);
@@ -314,14 +285,14 @@ static int l_rt_stream(lua_State *L)
 
 static int l_rt_close_agent(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_agent_close(rt, check_agent(L, rt, 2));
     return 0;
 }
 
 static int l_rt_spawn(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     const char *kind = luaL_optstring(L, 4, "task");
     lua_pushinteger(L, fs_sched_spawn(rt, L, 2, 3, strcmp(kind, "agent") == 0 ? FS_KIND_AGENT : FS_KIND_TASK));
@@ -330,7 +301,7 @@ static int l_rt_spawn(lua_State *L)
 
 static int l_rt_start(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     rt->L = L;
     if (rt->test) {
         rt->subscribed = 1;
@@ -348,7 +319,7 @@ static int l_rt_start(lua_State *L)
 
 static int l_rt_run(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     if (rt->test) return luaL_error(L, "use run_until_idle with the in-memory transport");
     rt->L = L;
     lua_pushinteger(L, fs_rt_run(rt));
@@ -357,7 +328,7 @@ static int l_rt_run(lua_State *L)
 
 static int l_rt_run_until_idle(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     rt->L = L;
     int rc = fs_rt_run_until_idle(rt, luaL_optinteger(L, 2, 1000000));
     if (rt->fatal) return luaL_error(L, "%s", rt->fatal_msg);
@@ -367,7 +338,7 @@ static int l_rt_run_until_idle(lua_State *L)
 
 static int l_rt_advance(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     double secs = luaL_checknumber(L, 2);
     if (!rt->test) return luaL_error(L, "advance needs the in-memory transport");
     rt->L = L;
@@ -387,20 +358,20 @@ static int l_rt_advance(lua_State *L)
 
 static int l_rt_stop(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_rt_request_stop(rt, luaL_optstring(L, 2, "requested"));
     return 0;
 }
 
 static int l_rt_stopping(lua_State *L)
 {
-    lua_pushboolean(L, check_rt(L, 1)->stopping);
+    lua_pushboolean(L, fs_lua_check_rt(L, 1)->stopping);
     return 1;
 }
 
 static int l_rt_fatal(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_rt_fatal(rt, "%s", luaL_checkstring(L, 2));
     return 0;
 }
@@ -411,7 +382,7 @@ static int l_rt_fatal(lua_State *L)
 static void produce(lua_State *L, fs_rt *rt, fs_waiter **wp, int external, int32_t *p_out,
                     int64_t *o_out)
 {
-    fs_topic *t = check_topic(L, rt, 2);
+    fs_topic *t = fs_lua_check_topic(L, rt, 2);
     int32_t partition = (int32_t)luaL_optinteger(L, 5, -1);
     /* raw=true bypasses the codecs: dead-letter and retry copies keep the original
      * bytes, and a test can send malformed bytes. */
@@ -453,7 +424,7 @@ static void produce(lua_State *L, fs_rt *rt, fs_waiter **wp, int external, int32
 /* rt:produce(tid, key, value, partition, headers, raw, timestamp, best_effort) */
 static int l_rt_produce(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     rt->best_effort = lua_toboolean(L, 9);
     produce(L, rt, NULL, 0, NULL, NULL);
     rt->best_effort = 0;
@@ -489,7 +460,7 @@ static int produce_wait_k(lua_State *L, int status, lua_KContext ctx)
 /* produce_wait(...) -> {partition=, offset=} | nil, err — yields until delivered. */
 static int l_rt_produce_wait(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_co *co = fs_co_current(L);
     if (!co) return luaL_error(L, "send_and_wait must be called from an agent, task or timer");
     fs_waiter *w = NULL;
@@ -504,7 +475,7 @@ static int l_rt_produce_wait(lua_State *L)
 
 static int l_rt_test_send(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     if (!rt->test) return luaL_error(L, "test_send needs the in-memory transport");
     int32_t p;
     int64_t o;
@@ -516,8 +487,8 @@ static int l_rt_test_send(lua_State *L)
 
 static int l_rt_outputs(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
-    fs_memlog_push_outputs(L, rt, check_topic(L, rt, 2));
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    fs_memlog_push_outputs(L, rt, fs_lua_check_topic(L, rt, 2));
     return 1;
 }
 
@@ -525,8 +496,8 @@ static int l_rt_outputs(lua_State *L)
  * true on the in-memory transport, where one worker holds everything). */
 static int l_rt_assigned(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
-    fs_topic *t = check_topic(L, rt, 2);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    fs_topic *t = fs_lua_check_topic(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
     int yes = rt->test || (p >= 0 && p < t->nparts && t->parts[p] && t->parts[p]->assigned &&
                            !t->parts[p]->revoking);
@@ -536,7 +507,7 @@ static int l_rt_assigned(lua_State *L)
 
 static int l_rt_broker(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     lua_pushstring(L, rt->broker ? rt->broker : "");
     lua_pushboolean(L, rt->embedded);
     return 2;
@@ -544,13 +515,13 @@ static int l_rt_broker(lua_State *L)
 
 static int l_rt_now(lua_State *L)
 {
-    lua_pushnumber(L, (lua_Number)fs_rt_wall_ms(check_rt(L, 1)) / 1000.0);
+    lua_pushnumber(L, (lua_Number)fs_rt_wall_ms(fs_lua_check_rt(L, 1)) / 1000.0);
     return 1;
 }
 
 static int l_rt_stats(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     rt->L = L;
     fs_sync_acks(rt);
     lua_newtable(L);
@@ -605,9 +576,9 @@ static fs_table *check_table(lua_State *L, fs_rt *rt, int idx)
 /* rt:table(name, changelog_tid, dir, partitions, global) -> id */
 static int l_rt_table(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     const char *name = luaL_checkstring(L, 2);
-    fs_topic *cl = check_topic(L, rt, 3);
+    fs_topic *cl = fs_lua_check_topic(L, rt, 3);
     const char *dir = luaL_checkstring(L, 4);
     int parts = (int)luaL_checkinteger(L, 5);
     if (rt->subscribed) return luaL_error(L, "tables must be declared before the worker starts");
@@ -634,7 +605,7 @@ static int l_rt_table(lua_State *L)
 /* rt:table_hook(fn): fn(event, partition) with "flush", "hold", "release". */
 static int l_rt_table_hook(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     if (rt->table_hook_ref > 0) luaL_unref(L, LUA_REGISTRYINDEX, rt->table_hook_ref);
     lua_pushvalue(L, 2);
@@ -645,7 +616,7 @@ static int l_rt_table_hook(lua_State *L)
 /* rt:table_get(id, p, key_bytes) -> value_bytes | nil (LMDB; nothing staged) */
 static int l_rt_table_get(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_table *t = check_table(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
     size_t kl;
@@ -664,7 +635,7 @@ static int l_rt_table_get(lua_State *L)
  * once the checkpoint's messages are delivered. */
 static int l_rt_table_stage(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_table *t = check_table(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
     size_t kl, vl = 0;
@@ -705,7 +676,7 @@ static int push_scan(lua_State *L, fs_store *st, const char *what)
 /* rt:table_scan(id, p) -> {key_bytes...}, {value_bytes...} from LMDB */
 static int l_rt_table_scan(lua_State *L)
 {
-    fs_rt *rt = check_rt(L, 1);
+    fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_table *t = check_table(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
     fs_store *st = p >= 0 && p < t->partitions ? t->parts[p].store : NULL;
@@ -733,377 +704,6 @@ static int l_store_scan(lua_State *L)
     }
     fs_store_close(st);
     return 3;
-}
-
-/* ---- streams ---- */
-
-static stream_ud *check_stream(lua_State *L, int idx)
-{
-    stream_ud *u = luaL_checkudata(L, idx, STREAM_MT);
-    lua_getiuservalue(L, idx, 1);
-    rt_ud *r = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (!r || !r->rt) luaL_error(L, "runtime is closed");
-    return u;
-}
-
-static void push_event(lua_State *L, fs_event *e, int err_only)
-{
-    fs_topic *t = e->part->topic;
-    lua_createtable(L, 0, 8);
-    lua_pushstring(L, t->name);
-    lua_setfield(L, -2, "topic");
-    lua_pushinteger(L, e->m->partition);
-    lua_setfield(L, -2, "partition");
-    lua_pushinteger(L, e->m->offset);
-    lua_setfield(L, -2, "offset");
-    if (e->ts >= 0) {
-        lua_pushnumber(L, (lua_Number)e->ts / 1000.0);
-        lua_setfield(L, -2, "timestamp");
-    }
-    lua_pushlightuserdata(L, e); /* identifies the event for stream:ack_event (noack) */
-    lua_setfield(L, -2, "_event");
-    if (err_only) {
-        if (e->m->key) lua_pushlstring(L, e->m->key, e->m->key_len), lua_setfield(L, -2, "key_bytes");
-        if (e->m->payload)
-            lua_pushlstring(L, e->m->payload, e->m->len), lua_setfield(L, -2, "value_bytes");
-    }
-    push_headers(L, e);
-    lua_setfield(L, -2, "headers");
-}
-
-/* Fills buf from the agent's queue; stops before an event that fails to decode
- * and returns it as the second result (it is acknowledged with the rest). */
-static int fill(lua_State *L, stream_ud *u)
-{
-    fs_stream *s = u->s;
-    fs_agent *a = s->agent;
-    fs_rt *rt = u->rt;
-    lua_Integer max = luaL_checkinteger(L, 3);
-    int mode = (int)luaL_checkinteger(L, 4);
-    if (max < 1) max = 1;
-    if (max > FS_MAX_TAKE) max = FS_MAX_TAKE;
-    if ((size_t)max > s->captaken) {
-        fs_event **tk = realloc(s->taken, (size_t)max * sizeof *tk);
-        if (!tk) return luaL_error(L, "out of memory");
-        s->taken = tk;
-        s->captaken = (size_t)max;
-    }
-    char err[256];
-    lua_Integer n = 0;
-    while (n < max && a->qlen) {
-        fs_event *e = a->q[a->qhead];
-        a->qhead = (a->qhead + 1) % a->qcap;
-        a->qlen--;
-        rt->queued--;
-        s->taken[s->ntaken++] = e;
-        if (s->manual && fs_stream_open_add(s, e)) return luaL_error(L, "out of memory");
-        fs_topic *t = e->part->topic;
-        rd_kafka_message_t *m = e->m;
-        int bad = 0;
-        if (mode == MODE_VALUE) {
-            bad = push_payload(L, t->value_codec, m->payload, m->len, err, sizeof err);
-            if (!bad) lua_rawseti(L, 2, ++n);
-        } else if (mode == MODE_ITEMS) {
-            bad = push_payload(L, t->key_codec, m->key, m->key_len, err, sizeof err);
-            if (!bad) {
-                bad = push_payload(L, t->value_codec, m->payload, m->len, err, sizeof err);
-                if (bad) lua_pop(L, 1);
-            }
-            if (!bad) {
-                lua_rawseti(L, 2, 2 * n + 2);
-                lua_rawseti(L, 2, 2 * n + 1);
-                n++;
-            }
-        } else {
-            push_event(L, e, 0);
-            if (m->key) {
-                bad = push_payload(L, t->key_codec, m->key, m->key_len, err, sizeof err);
-                if (!bad) lua_setfield(L, -2, "key");
-            }
-            if (!bad) {
-                bad = push_payload(L, t->value_codec, m->payload, m->len, err, sizeof err);
-                if (!bad) lua_setfield(L, -2, "value");
-            }
-            if (bad) lua_pop(L, 1);
-            else lua_rawseti(L, 2, ++n);
-        }
-        if (bad) {
-            rt->decode_errors++;
-            /* The agent never sees it: done here, even under noack. */
-            if (s->manual && fs_stream_open_remove(s, e) == 0) fs_event_ack(rt, e);
-            lua_pushinteger(L, n);
-            push_event(L, e, 1);
-            lua_pushstring(L, err);
-            lua_setfield(L, -2, "error");
-            return 2;
-        }
-    }
-    lua_pushinteger(L, n);
-    return 1;
-}
-
-/* Waits for events: until at least `want` are queued, or (with a timeout)
- * until the timer armed at the first wait fires. */
-static int take_k(lua_State *L, int status, lua_KContext ctx)
-{
-    (void)status;
-    stream_ud *u = (stream_ud *)ctx;
-    fs_stream *s = u->s;
-    fs_co *co = fs_co_current(L);
-    if (co && s->waiter == co) s->waiter = NULL;
-    if (co) co->stream = NULL;
-    double timeout = luaL_optnumber(L, 5, -1);
-    lua_Integer want = luaL_optinteger(L, 6, 1);
-    lua_Integer max = luaL_checkinteger(L, 3);
-    if (want > max) want = max;
-    if (want < 1) want = 1;
-    int stopping = u->rt->stopping || s->agent->closed;
-    int timed_out = timeout >= 0 && co && lua_toboolean(L, 7) && !fs_timer_active(&co->timer);
-    if ((lua_Integer)s->agent->qlen >= want || (s->agent->qlen && (stopping || timed_out))) {
-        if (co) fs_timer_stop(&u->rt->loop, &co->timer);
-        return fill(L, u);
-    }
-    if (stopping) {
-        lua_pushnil(L);
-        return 1;
-    }
-    if (timed_out) {
-        lua_pushboolean(L, 0); /* nothing came in time */
-        return 1;
-    }
-    if (!co) return luaL_error(L, "a stream can only be read from an agent or task coroutine");
-    if (timeout >= 0 && !lua_toboolean(L, 7) && s->agent->qlen > 0) {
-        /* The deadline counts from the first event of the batch; slot 7 remembers
-         * that it is armed. */
-        lua_settop(L, 6);
-        lua_pushboolean(L, 1);
-        if (fs_timer_start(&u->rt->loop, &co->timer, (int64_t)llround(timeout * 1000)))
-            return luaL_error(L, "out of memory");
-    }
-    s->waiter = co;
-    co->stream = s;
-    co->state = FS_CO_WAITING;
-    co->wait = FS_WAIT_TAKE;
-    return lua_yieldk(L, 0, ctx, take_k);
-}
-
-/* stream:take(buf, max, mode [, timeout [, want]]) -> n [, bad_event] | false (timed
- * out, nothing taken) | nil (the stream ended). Acknowledges the previous batch
- * first: the agent asked for more. */
-static int l_stream_take(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_settop(L, 6);
-    lua_pushboolean(L, 0); /* slot 7: deadline armed */
-    fs_stream_ack_taken(u->rt, u->s);
-    return take_k(L, 0, (lua_KContext)u);
-}
-
-/* stream:bind(tbl): the Lua Stream whose field `i` tells how far the agent got. */
-static int l_stream_bind(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    if (u->s->lua_ref > 0) luaL_unref(L, LUA_REGISTRYINDEX, u->s->lua_ref);
-    lua_pushvalue(L, 2);
-    u->s->lua_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    return 0;
-}
-
-/* stream:drop(i): the i-th event of the last take failed Lua-side decoding; it
- * is acknowledged and removed so positions keep matching the Lua buffer. */
-static int l_stream_drop(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    fs_stream *s = u->s;
-    lua_Integer i = luaL_checkinteger(L, 2);
-    if (i < 1 || (size_t)i > s->ntaken || (size_t)i <= s->nacked) return 0;
-    if (s->manual) fs_stream_open_remove(s, s->taken[i - 1]);
-    fs_event_ack(u->rt, s->taken[i - 1]);
-    memmove(&s->taken[i - 1], &s->taken[i], (s->ntaken - (size_t)i) * sizeof *s->taken);
-    s->ntaken--;
-    return 0;
-}
-
-void fs_sync_acks(fs_rt *rt)
-{
-    lua_State *L = rt->L;
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            if (s->lua_ref <= 0 || s->ntaken <= s->nacked || s->manual) continue;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
-            lua_getfield(L, -1, "i");
-            lua_Integer pos = lua_tointeger(L, -1);
-            lua_pop(L, 2);
-            /* Event `pos` is in progress; everything before it is finished. */
-            size_t done = pos > 1 ? (size_t)(pos - 1) : 0;
-            if (done > s->ntaken) done = s->ntaken;
-            for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
-        }
-    }
-}
-
-/* Removes from a stream's buffer the events after position `i` that belong to
- * partitions being revoked (the agent has not started them); they are
- * acknowledged here and will be delivered to the partition's next owner. The
- * Lua Stream table is at stack index tbl. */
-static void drop_revoked(fs_rt *rt, fs_stream *s, lua_State *L, int tbl)
-{
-    lua_getfield(L, tbl, "i");
-    lua_Integer i = lua_tointeger(L, -1);
-    lua_getfield(L, tbl, "n");
-    lua_Integer n = lua_tointeger(L, -1);
-    lua_getfield(L, tbl, "mode");
-    int pairs = lua_tointeger(L, -1) == MODE_ITEMS;
-    lua_getfield(L, tbl, "buf");
-    int buf = lua_gettop(L);
-    if (n > (lua_Integer)s->ntaken) n = (lua_Integer)s->ntaken;
-    /* A stream waiting in take has handed everything out (its i is stale). */
-    if (i > n) i = n;
-    if (i < 0) i = 0;
-    lua_Integer w = i;
-    for (lua_Integer j = i + 1; j <= n; j++) {
-        fs_event *e = s->taken[j - 1];
-        if (e->part->revoking || !e->part->assigned) {
-            if (s->manual) fs_stream_open_remove(s, e);
-            fs_event_release(rt, e);
-            continue;
-        }
-        w++;
-        if (w != j) {
-            s->taken[w - 1] = e;
-            int width = pairs ? 2 : 1;
-            for (int k = 0; k < width; k++) {
-                lua_rawgeti(L, buf, width * (j - 1) + 1 + k);
-                lua_rawseti(L, buf, width * (w - 1) + 1 + k);
-            }
-        }
-    }
-    /* An event that failed to decode sits after the buffer's entries: keep it. */
-    size_t tail = s->ntaken - (size_t)n;
-    if (tail && w != n) memmove(&s->taken[w], &s->taken[n], tail * sizeof *s->taken);
-    s->ntaken = (size_t)w + tail;
-    lua_pushinteger(L, w);
-    lua_setfield(L, tbl, "n");
-    lua_settop(L, tbl);
-}
-
-/* stream:fence(tbl): the agent asks for the next event while a revocation is
- * pending: everything up to its position is finished, the rest of revoked
- * partitions is dropped. */
-static int l_stream_fence(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    fs_stream *s = u->s;
-    lua_getfield(L, 2, "i");
-    lua_Integer i = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    for (; !s->manual && (lua_Integer)s->nacked < i && s->nacked < s->ntaken; s->nacked++)
-        fs_event_ack(u->rt, s->taken[s->nacked]);
-    drop_revoked(u->rt, s, L, 2);
-    return 0;
-}
-
-void fs_fence_streams(fs_rt *rt, int on)
-{
-    lua_State *L = rt->L;
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            if (s->lua_ref <= 0) continue;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
-            int tbl = lua_gettop(L);
-            if (on) lua_pushboolean(L, 1);
-            else lua_pushnil(L);
-            lua_setfield(L, tbl, "fence");
-            if (!on) drop_revoked(rt, s, L, tbl);
-            lua_settop(L, tbl - 1);
-        }
-    }
-}
-
-int fs_streams_clear(fs_rt *rt)
-{
-    lua_State *L = rt->L;
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            for (size_t k = 0; k < s->nopen; k++)
-                if (s->open[k]->part->revoking) return 0; /* not acknowledged yet */
-            if (s->lua_ref <= 0 || s->ntaken == 0 || s->manual) continue;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
-            lua_getfield(L, -1, "i");
-            lua_Integer pos = lua_tointeger(L, -1);
-            lua_pop(L, 2);
-            /* Event `pos` is in progress unless already acknowledged. */
-            if (pos >= 1 && (size_t)pos <= s->ntaken && (size_t)pos > s->nacked &&
-                s->taken[pos - 1]->part->revoking)
-                return 0;
-        }
-    }
-    return 1;
-}
-
-/* stream:set_manual(): noack mode — events are acknowledged one by one. */
-static int l_stream_set_manual(lua_State *L)
-{
-    check_stream(L, 1)->s->manual = 1;
-    return 0;
-}
-
-/* stream:ack_event(ev._event) -> true | nil, "unknown event" */
-static int l_stream_ack_event(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    luaL_checktype(L, 2, LUA_TLIGHTUSERDATA);
-    if (fs_stream_ack_event(u->rt, u->s, lua_touserdata(L, 2))) {
-        lua_pushnil(L);
-        lua_pushstring(L, "event already acknowledged or not from this stream");
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* stream:ack() — acknowledge what the last take handed out (the agent ended). */
-static int l_stream_ack(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    fs_stream_ack_taken(u->rt, u->s);
-    return 0;
-}
-
-/* stream:raw(i) -> {topic, partition, offset, timestamp, key_bytes, value_bytes, headers}
- * of the i-th event of the last take: the original message, for dead letters. */
-static int l_stream_raw(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    lua_Integer i = luaL_checkinteger(L, 2);
-    if (i < 1 || (size_t)i > u->s->ntaken) return 0;
-    push_event(L, u->s->taken[i - 1], 1);
-    return 1;
-}
-
-/* stream:meta(i) -> topic, partition, offset, timestamp of the i-th event of the last take */
-static int l_stream_meta(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    lua_Integer i = luaL_checkinteger(L, 2);
-    if (i < 1 || (size_t)i > u->s->ntaken) return 0;
-    fs_event *e = u->s->taken[i - 1];
-    lua_pushstring(L, e->part->topic->name);
-    lua_pushinteger(L, e->m->partition);
-    lua_pushinteger(L, e->m->offset);
-    if (e->ts >= 0) lua_pushnumber(L, (lua_Number)e->ts / 1000.0);
-    else lua_pushnil(L);
-    return 4;
 }
 
 /* ---- module functions ---- */
@@ -1208,18 +808,6 @@ static const luaL_Reg rt_methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg stream_methods[] = {
-    {"take", l_stream_take},
-    {"ack", l_stream_ack},
-    {"bind", l_stream_bind},
-    {"drop", l_stream_drop},
-    {"fence", l_stream_fence},
-    {"set_manual", l_stream_set_manual},
-    {"ack_event", l_stream_ack_event},
-    {"meta", l_stream_meta},
-    {"raw", l_stream_raw},
-    {NULL, NULL},
-};
 
 static const luaL_Reg core_funcs[] = {
     {"new", l_core_new},
@@ -1252,15 +840,12 @@ int luaopen_fstream_core(lua_State *L)
     lua_pushcfunction(L, l_rt_close);
     lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
-    luaL_newmetatable(L, STREAM_MT);
-    luaL_newlib(L, stream_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    fs_lua_open_stream(L);
 
     luaL_newlib(L, core_funcs);
     luaopen_fstream_json(L);
     lua_getfield(L, -1, "null");
-    null_ptr = lua_touserdata(L, -1);
+    fs_lua_null = lua_touserdata(L, -1);
     lua_setfield(L, -3, "null");
     lua_setfield(L, -2, "json");
     lua_pushinteger(L, (lua_Integer)getpid());
