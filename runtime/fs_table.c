@@ -58,21 +58,30 @@ static int call_hook(fs_rt *rt, const char *event, int32_t p, int tid, int with_
 
 #define IN_HEADER "fstream-in"
 
-/* "topic@offset;..." for the input partitions numbered p: what the state
- * staged now reflects. */
-static void input_header(fs_rt *rt, int32_t p, char *out, size_t size)
+/* Calls fn for every input topic whose partition p this worker holds, with the
+ * offset the state staged now reflects (the checkpoint's snapshot, or now). */
+static void each_input(fs_rt *rt, int32_t p, int use_snap,
+                       void (*fn)(void *ud, const char *topic, int64_t off), void *ud)
 {
-    size_t n = 0;
-    out[0] = 0;
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
         if (t->table || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
-        int64_t off = fs_part_committable(t->parts[p]);
-        if (off < 0) continue;
-        int m = snprintf(out + n, size - n, "%s@%lld;", t->name, (long long)off);
-        if (m < 0 || (size_t)m >= size - n) break;
-        n += (size_t)m;
+        int64_t off = use_snap ? t->parts[p]->snap : fs_part_committable(t->parts[p]);
+        if (off >= 0) fn(ud, t->name, off);
     }
+}
+
+struct hdr_acc {
+    char *out;
+    size_t n, size;
+};
+
+static void add_hdr(void *ud, const char *topic, int64_t off)
+{
+    struct hdr_acc *a = ud;
+    int m = snprintf(a->out + a->n, a->size - a->n, "%s@%lld;", topic, (long long)off);
+    if (m > 0 && (size_t)m < a->size - a->n) a->n += (size_t)m;
+    else a->out[a->n] = 0; /* too long: keep the topics that fit */
 }
 
 int fs_tables_flush(fs_rt *rt, int force)
@@ -81,8 +90,12 @@ int fs_tables_flush(fs_rt *rt, int force)
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
         for (int p = 0; p < t->partitions; p++)
-            if (t->parts[p].store)
-                input_header(rt, p, t->parts[p].in_hdr, sizeof t->parts[p].in_hdr);
+            if (t->parts[p].store) {
+                /* "topic@offset;...": what the state staged now reflects. */
+                struct hdr_acc acc = {t->parts[p].in_hdr, 0, sizeof t->parts[p].in_hdr};
+                acc.out[0] = 0;
+                each_input(rt, p, 0, add_hdr, &acc);
+            }
     }
     if (call_hook(rt, "flush", -1, 0, 0)) return -1;
     if (!force) return 0;
@@ -160,22 +173,20 @@ oom:
     return -1;
 }
 
-/* Input offsets of partition p that the staged state reflects. */
-static size_t input_meta(fs_rt *rt, int32_t p, int use_snap, fs_store_meta *meta, char (*names)[300],
-                         size_t max)
+struct meta_acc {
+    fs_store_meta *meta;
+    char (*names)[300];
+    size_t n, max;
+};
+
+static void add_meta(void *ud, const char *topic, int64_t off)
 {
-    size_t n = 0;
-    for (int i = 0; i < rt->ntopics && n < max; i++) {
-        fs_topic *t = rt->topics[i];
-        if (t->table || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
-        int64_t off = use_snap ? t->parts[p]->snap : fs_part_committable(t->parts[p]);
-        if (off < 0) continue;
-        snprintf(names[n], sizeof names[n], "in/%s", t->name);
-        meta[n].name = names[n];
-        meta[n].value = off;
-        n++;
-    }
-    return n;
+    struct meta_acc *a = ud;
+    if (a->n == a->max) return;
+    snprintf(a->names[a->n], sizeof a->names[a->n], "in/%s", topic);
+    a->meta[a->n].name = a->names[a->n];
+    a->meta[a->n].value = off;
+    a->n++;
 }
 
 int fs_tables_write(fs_rt *rt, int use_snap)
@@ -197,7 +208,9 @@ int fs_tables_write(fs_rt *rt, int use_snap)
             }
             fs_store_meta meta[65];
             char names[64][300];
-            size_t nmeta = input_meta(rt, p, use_snap, meta, names, 64);
+            struct meta_acc acc = {meta, names, 0, 64};
+            each_input(rt, p, use_snap, add_meta, &acc);
+            size_t nmeta = acc.n;
             if (tp->cl_next >= 0 && !t->global) { /* the tail owns a global table's */
                 meta[nmeta].name = "changelog";
                 meta[nmeta].value = tp->cl_next;

@@ -148,7 +148,6 @@ function cli.table(opts)
   if #opts.args > 1 then return fail(2, "unexpected argument '%s'", opts.args[2]) end
   local t = app.tables[name]
   if not t then return fail(2, "no table named '%s' in %s", name, opts.app) end
-  local Table = require "fstream.table"
   local want
   if opts.key then
     local k = opts.key
@@ -170,7 +169,6 @@ function cli.table(opts)
       end
     end
   end
-  local _ = Table
   if want and found == 0 then return fail(1, "key %s is not in the local partitions of %s", opts.key, name) end
   return 0
 end
