@@ -53,8 +53,11 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
     int rc = mdb_env_create(&s->env);
     if (rc) goto fail;
     mdb_env_set_maxdbs(s->env, 2);
-    /* Keep the existing map size if the file is bigger than our default. */
+    /* The initial map (FSTREAM_LMDB_MAP_SIZE bytes overrides 64 MiB) only reserves
+     * address space; an existing, bigger file keeps its size. */
     s->mapsize = FS_STORE_INITIAL_MAP;
+    const char *env = getenv("FSTREAM_LMDB_MAP_SIZE");
+    if (env && strtoull(env, NULL, 10) >= 65536) s->mapsize = (size_t)strtoull(env, NULL, 10);
     char file[4200];
     snprintf(file, sizeof file, "%s/data.mdb", dir);
     if (stat(file, &st) == 0 && (size_t)st.st_size > s->mapsize) s->mapsize = (size_t)st.st_size;

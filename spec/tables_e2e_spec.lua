@@ -240,3 +240,63 @@ describe("group_by with two workers", function()
     assert.is_true(per[1] > 0 and per[2] > 0, "one worker holds every account")
   end)
 end)
+
+describe("table failure paths", function()
+  it("grows the LMDB map when it fills up instead of failing", function()
+    local broker, addr = proc.broker({}, 4)
+    local env = { APP_ID = "grow-" .. uniq, IN = "grow-in-" .. uniq }
+    local store = proc.tmp .. "/grow-" .. uniq
+    local lines = {}
+    for i = 1, 6000 do
+      local w = string.format("%s%05d", string.rep("w", 300), i)
+      lines[#lines + 1] = w .. ":" .. w
+    end
+    proc.create_topics(addr, env.IN)
+    proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+    local w = proc.spawn(string.format("env FSTREAM_LMDB_MAP_SIZE=262144 APP_ID=%s IN=%s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
+      env.APP_ID, env.IN, bin, fixtures, addr, store), "worker-grow")
+    local c = wait_total(env, 6000, 90, w, store)
+    assert.are.equal(0, w:stop())
+    broker:stop()
+    assert.are.equal(6000, total(c))
+    local size = 0
+    for p = 0, 3 do
+      local f = io.open(string.format("%s/word_counts/%d/data.mdb", store, p), "rb")
+      size = size + f:seek("end")
+      f:close()
+    end
+    assert.is_true(size > 4 * 262144, "maps did not grow: " .. size)
+  end)
+
+  it("refuses to start when the changelog has another partition count than the table", function()
+    local env = { APP_ID = "clmis-" .. uniq, IN = "clmis-in-" .. uniq }
+    local broker, addr = proc.broker({ env.APP_ID .. "-word_counts-changelog" }, 8)
+    local out, rc = proc.run(string.format("env APP_ID=%s IN=%s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s/clmis-%s",
+      env.APP_ID, env.IN, bin, fixtures, addr, proc.tmp, uniq))
+    broker:stop()
+    assert.are.equal(1, rc, out)
+    assert.matches("changelog topic clmis%-[%d%-]+%-word_counts%-changelog has 8 partitions but table word_counts has 4", out)
+  end)
+
+  it("refuses local state that is ahead of its changelog, pointing to reset", function()
+    local env = { APP_ID = "ahead-" .. uniq, IN = "ahead-in-" .. uniq }
+    local store = proc.tmp .. "/ahead-" .. uniq
+    local b1, a1 = proc.broker({}, 4)
+    local lines = wc.corpus("h")
+    proc.create_topics(a1, env.IN)
+    proc.produce_lines(a1, env.IN, { table.unpack(lines, 1, 500) }, { key_delim = ":" })
+    local w = wc_worker(env, a1, store)
+    wait_total(env, 500, 60, w, store)
+    assert.are.equal(0, w:stop())
+    b1:stop()
+    -- A new, empty broker: the changelog the local files came from is gone.
+    local b2, a2 = proc.broker({}, 4)
+    proc.create_topics(a2, env.IN)
+    w = wc_worker(env, a2, store)
+    local rc = w:wait(60)
+    b2:stop()
+    assert.are.equal(1, rc, w:output())
+    assert.matches("local state .* covers changelog .* up to offset %d+ but the changelog ends at 0", w:output())
+    assert.matches("fstream%-lua reset", w:output())
+  end)
+end)

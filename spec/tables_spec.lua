@@ -176,3 +176,28 @@ describe("a table without a default", function()
     t:close()
   end)
 end)
+
+describe("table types", function()
+  it("checks keys and values against key_type and value_type on write", function()
+    local Acc = fstream.record("Acc", { total = "number" })
+    local a = fstream.app("ttypes", { topic_partitions = 1 })
+    local src = a:topic("src")
+    local totals = a:table("totals", { key_type = "string", value_type = Acc })
+    local errs = {}
+    a:agent("w", src, function(s)
+      for v in s do
+        local ok, err = pcall(function() totals[v.k] = v.v end)
+        if not ok then errs[#errs + 1] = err end
+      end
+    end)
+    local t = fstream.testing(a)
+    t:send(src, { key = "x", value = { k = "a", v = { total = 2 } } })
+    t:send(src, { key = "x", value = { k = "b", v = { total = "lots" } } })
+    t:send(src, { key = "x", value = { k = 7, v = { total = 1 } } })
+    t:run()
+    assert.are.equal(Acc, getmetatable(t:table("totals").a))
+    assert.matches('Acc.total: expected number, got "lots"', errs[1])
+    assert.matches("table 'totals': key must be string, got integer", errs[2])
+    t:close()
+  end)
+end)

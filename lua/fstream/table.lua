@@ -65,6 +65,14 @@ function Table.new(app, name, opts, level, global)
   }
   self.encode_key, self.decode_key = codec(self.key_serializer)
   self.encode_value, self.decode_value = codec(self.value_serializer)
+  -- Declared types: values are checked when written and rebuilt (records) when read
+  -- back from LMDB; keys are checked when used.
+  self.check_key = Table.type_checker(name, "key", opts.key_type, level)
+  self.check_value = Table.type_checker(name, "value", opts.value_type, level)
+  if type(opts.value_type) == "table" then
+    local decode, from = self.decode_value, opts.value_type.from
+    self.decode_value = function(b) return from(decode(b)) end
+  end
   -- The changelog travels as bytes: the table encodes, the topic is raw.
   self.changelog = app:topic(opts.changelog_topic or (app.id .. "-" .. name .. "-changelog"), {
     key_serializer = "raw", value_serializer = "raw", partitions = partitions,
@@ -73,6 +81,29 @@ function Table.new(app, name, opts, level, global)
 end
 
 -- Optional fields are read raw: on a table, t.x would read the key "x".
+-- A function(v) that raises when v is not of the declared type (nil: no type).
+function Table.type_checker(name, what, ty, level)
+  if ty == nil or ty == "any" then return nil end
+  local checks = {
+    string = function(v) return type(v) == "string" end,
+    number = function(v) return type(v) == "number" end,
+    integer = function(v) return math.type(v) == "integer" end,
+    boolean = function(v) return type(v) == "boolean" end,
+    table = function(v) return type(v) == "table" end,
+  }
+  if type(ty) == "table" and type(ty.from) == "function" then
+    return function(v) return ty.from(v) end
+  end
+  local ok = checks[ty]
+  if not ok then error(string.format("table '%s': unknown %s_type '%s'", name, what, tostring(ty)), level) end
+  return function(v)
+    if not ok(v) then
+      error(string.format("table '%s': %s must be %s, got %s", name, what, ty, math.type(v) or type(v)), 4)
+    end
+    return v
+  end
+end
+
 local function default_of(self)
   local d = rawget(self, "default")
   if type(d) == "function" then return d() end
@@ -127,6 +158,9 @@ local function read(self, k)
 end
 
 local function write(self, k, v)
+  local ck, cv = rawget(self, "check_key"), rawget(self, "check_value")
+  if ck then k = ck(k) end
+  if v ~= nil and cv then v = cv(v) end
   local p
   if self.global then
     if not self.app.rt then error(string.format("table '%s': the worker is not running", self.name), 3) end
