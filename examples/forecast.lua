@@ -14,10 +14,15 @@ local samples = app:topic("samples")
 local forecasts = app:topic("forecasts")
 
 -- Least squares over (t, v): v = a + b * t; returns the prediction at `at`.
+-- Times are taken relative to the first sample: with epoch seconds the sums of
+-- squares would cancel out in double precision.
 local function trend(points, at)
   local n, st, sv, stt, stv = #points, 0, 0, 0, 0
+  local t0 = points[1].t
+  at = at - t0
   for _, p in ipairs(points) do
-    st, sv, stt, stv = st + p.t, sv + p.v, stt + p.t * p.t, stv + p.t * p.v
+    local x = p.t - t0
+    st, sv, stt, stv = st + x, sv + p.v, stt + x * x, stv + x * p.v
   end
   local den = n * stt - st * st
   if n < 2 or den == 0 then return sv / n end

@@ -295,7 +295,17 @@ static int recover(fs_rt *rt, fs_table *t, int32_t p)
     if (found) start = v;
     int64_t lo = 0, hi = 0;
     const char *cl = t->changelog->name;
-    rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(rt->recovery, cl, p, &lo, &hi, 10000);
+    rd_kafka_resp_err_t e;
+    /* A changelog created a moment ago may not have a leader yet: wait a little. */
+    for (int tries = 0;; tries++) {
+        e = rd_kafka_query_watermark_offsets(rt->recovery, cl, p, &lo, &hi, 10000);
+        int transient = e == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
+                        e == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
+                        e == RD_KAFKA_RESP_ERR__TRANSPORT || e == RD_KAFKA_RESP_ERR__TIMED_OUT;
+        if (!transient || tries == 50) break;
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || e == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION) {
         lo = hi = 0;
     } else if (e) {

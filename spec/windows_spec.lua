@@ -277,3 +277,28 @@ describe("combine mode", function()
     t:close()
   end)
 end)
+
+describe("out-of-order events", function()
+  it("find closed windows closed in both the default and the combine path", function()
+    local function run(combine)
+      local a = fstream.app("ooo" .. tostring(combine ~= nil), { topic_partitions = 1 })
+      local closed, late = {}, 0
+      local tb = a:table("h", { default = 0, on_late = function() late = late + 1 end,
+        on_window_close = function(_, w, v) closed[#closed + 1] = w.start .. "=" .. v end,
+      }):hopping(4, 1, { expires = 0, combine = combine }):relative_to_field("ts")
+      local ev = a:topic("ev")
+      a:agent("x", ev, function(s) for v in s do tb:update("k", function(c) return c + 1 end) end end)
+      local t = fstream.testing(a)
+      for _, ts in ipairs { 100.5, 102.5, 101.5, 110 } do t:send(ev, { key = "k", value = { ts = ts } }) end
+      t:run()
+      t:close()
+      return closed, late
+    end
+    local c1, l1 = run(nil)
+    local c2, l2 = run(function(x, y) return x + y end)
+    assert.are.same(c1, c2)
+    assert.are.equal(l1, l2)
+    assert.are.equal("97=1", c1[1])
+    assert.are.equal(1, l1)
+  end)
+end)

@@ -189,8 +189,11 @@ end
 
 local function heap_pop(h)
   local top, n = h[1], #h
-  h[1], h[n] = h[n], nil
+  local last = h[n]
+  h[n] = nil -- (one slot when n == 1: not a multiple assignment, whose order is undefined)
   n = n - 1
+  if n == 0 then return top end
+  h[1] = last
   local i = 1
   while true do
     local l, r, m = 2 * i, 2 * i + 1, i
@@ -523,20 +526,16 @@ function Window:close_expired(t, p)
   wp.closing = nil
 end
 
--- When stream time moved past a window's expiry, close without waiting for
--- the next cleanup tick (in a coroutine of its own: callbacks may block).
+-- When stream time moved past a window's expiry, close right away, in the
+-- agent's coroutine, before the next event is applied: an out-of-order event
+-- after that point finds its window closed (late) in both update paths.
 function Window:maybe_close(t, p)
   local wp = self.parts[p]
   if wp.closing or self.time == "now" then return end
   local due
   if self.combine then due = wp.next_due
   else due = wp.ends[1] and wp.ends[1] + self.expires end
-  if due and wp.stream_time > due then
-    wp.closing_soon = wp.closing_soon or t.app.rt:spawn(function()
-      wp.closing_soon = nil
-      self:close_expired(t, p)
-    end, nil, "task")
-  end
+  if due and wp.stream_time > due then self:close_expired(t, p) end
 end
 
 M.Window = Window
