@@ -270,31 +270,66 @@ function Window:update(t, key, fn)
     Table._put(t, p, STREAM_TIME, at)
   end
   if self.combine then return self:update_slice(t, p, wp, key, at, fn) end
+  if self.kind == "sliding" then return self:update_sliding(t, p, wp, key, at, fn) end
+  -- Tumbling and hopping: the windows containing `at` start at the multiples
+  -- of step in (at - size, at]; window s is closed once now > s + size + expires.
+  local step = self.step
+  local newest = math.floor(at / step) * step
+  local oldest = (math.floor((at - self.size) / step) + 1) * step
+  local now = self.time == "now" and t.app.rt:now() or wp.stream_time
+  local first = math.max(oldest, math.ceil((now - self.size - self.expires) / step) * step)
+  local result
+  for s = newest, first, -step do
+    local kb = self:kb(wp, key, s)
+    local old = Table._lookup(t, p, kb)
+    if old == nil then old = default_value(t) end
+    result = fn(old)
+    Table._put(t, p, kb, result)
+    if not wp.index[kb] then self:track(wp, kb, key, s) end
+  end
+  if first > oldest then self:late_event(t, key) end
+  self:maybe_close(t, p)
+  return result
+end
+
+-- The key bytes of window (key, start), kept while the window is open so that
+-- an event does not encode JSON once per window it updates.
+function Window:kb(wp, key, start)
+  local per = wp.kbs[key]
+  if not per then per = {}; wp.kbs[key] = per end
+  local kb = per[start]
+  if not kb then
+    kb = window_kb(key, start)
+    per[start] = kb
+  end
+  return kb
+end
+
+function Window:forget_kb(wp, key, start)
+  local per = wp.kbs[key]
+  if per then
+    per[start] = nil
+    if next(per) == nil then wp.kbs[key] = nil end
+  end
+end
+
+-- Sliding: the key's open windows containing `at`, and one starting at `at`.
+function Window:update_sliding(t, p, wp, key, at, fn)
   local late = false
   local result
   for _, s in ipairs(self:starts(t, p, key, at)) do
     if self:is_closed(p, t, s) then
       late = true
     else
-      local kb = window_kb(key, s)
+      local kb = self:kb(wp, key, s)
       local old = Table._lookup(t, p, kb)
-      if old == nil then
-        old = rawget(t, "default")
-        if type(old) == "function" then old = old() end
-      end
+      if old == nil then old = default_value(t) end
       result = fn(old)
       Table._put(t, p, kb, result)
-      self:track(wp, kb, key, s)
+      if not wp.index[kb] then self:track(wp, kb, key, s) end
     end
   end
-  if late then
-    self.late = self.late + 1
-    local on_late = rawget(t, "on_late")
-    if on_late then
-      local s = current_stream()
-      on_late(key, s and s:current_value())
-    end
-  end
+  if late then self:late_event(t, key) end
   self:maybe_close(t, p)
   return result
 end
@@ -310,14 +345,15 @@ end
 
 -- combine mode: the event goes into its step-slice only.
 function Window:update_slice(t, p, wp, key, at, fn)
-  local newest = math.floor(at / self.step) * self.step
-  local starts = self:starts(t, p, key, at)
+  local step = self.step
+  local newest = math.floor(at / step) * step
+  local oldest = (math.floor((at - self.size) / step) + 1) * step
   if self:is_closed(p, t, newest) then -- every window of this event has closed
     self:late_event(t, key)
     return nil
   end
-  if self:is_closed(p, t, starts[#starts]) then self:late_event(t, key) end
-  local kb = window_kb(key, newest)
+  if self:is_closed(p, t, oldest) then self:late_event(t, key) end
+  local kb = self:kb(wp, key, newest)
   local old = Table._lookup(t, p, kb)
   if old == nil then old = default_value(t) end
   local result = fn(old)
@@ -419,7 +455,7 @@ end
 
 -- Rebuilds the partition's window index and stream time from its entries.
 function Window:hold(t, p)
-  local wp = { index = {}, buckets = {}, ends = {}, keys = {}, stream_time = nil }
+  local wp = { index = {}, buckets = {}, ends = {}, keys = {}, kbs = {}, stream_time = nil }
   self.parts[p] = wp
   if not t.app.rt then return end
   for kb, v in pairs(Table._scan(t, p)) do
@@ -475,6 +511,7 @@ function Window:close_slices(t, p, wp)
       if u < gone then
         local kb = window_kb(l.key, u)
         wp.index[kb] = nil
+        self:forget_kb(wp, l.key, u)
         Table._put(t, p, kb, nil)
       else
         keep = keep + 1
@@ -513,6 +550,7 @@ function Window:close_expired(t, p)
         local value = Table._lookup(t, p, kb)
         if value == nil then value = default_value(t) end
         wp.index[kb] = nil
+        self:forget_kb(wp, win.key, win.start)
         Table._put(t, p, kb, nil)
         self.closed = self.closed + 1
         if on_close then
