@@ -1,7 +1,24 @@
 /* bench-loadgen: fills a topic with synthetic records for the benchmarks.
  *
  *   bench-loadgen -b BOOTSTRAP -t TOPIC -n COUNT [-p PARTITIONS] [-s SIZE]
- *                 [--kind json|words|zipf]
+ *                 [--kind json|words|zipf|keys|changelog] [--keys K]
+ *                 [--partition-by index|key] [--compact]
+ *
+ * Kinds: json (100-byte orders), words (1,000-word vocabulary, uniform),
+ * zipf (100,000 words, Zipf s=1.0), keys (K keys "k0".."k<K-1>", uniform),
+ * changelog (record i is what a table's changelog holds after counting key
+ * "k<i>" once: key "\"k<i>\"" (JSON), value "1"). For the keyed kinds the key
+ * and the value are the same word, as a word-count input has them.
+ *
+ * --partition-by index (the default) spreads record i to partition
+ * i % PARTITIONS. --partition-by key puts it where Kafka's default partitioner
+ * (murmur2) puts its key, which a table needs: a table's rows live in the
+ * partition of the event that wrote them, so a word spread round-robin would
+ * end up counted in pieces, one per partition. For changelog the hash is over
+ * the bare k<i>, the input key that would have produced that row, so a worker
+ * later counting input keyed "k<i>" finds the row in the partition it reads.
+ * --compact creates the topic with cleanup.policy=compact, as the runtime
+ * creates changelogs.
  *
  * Every kind is generated from a fixed seed, so two runs with the same
  * arguments write byte-identical topics and a checker can recompute what it
@@ -27,10 +44,17 @@
 
 #define BENCH_WORDS_VOCAB 1000
 #define BENCH_ZIPF_KEYS 100000
+#define BENCH_DEFAULT_KEYS 1000000
 #define BENCH_MAX_SIZE (1024 * 1024)
 #define BENCH_SEED 0x5eed2024c0ffeeULL
 
-enum bench_kind { BENCH_KIND_JSON, BENCH_KIND_WORDS, BENCH_KIND_ZIPF };
+enum bench_kind {
+    BENCH_KIND_JSON,
+    BENCH_KIND_WORDS,
+    BENCH_KIND_ZIPF,
+    BENCH_KIND_KEYS,
+    BENCH_KIND_CHANGELOG
+};
 
 typedef struct bench_opts {
     const char *bootstrap;
@@ -39,6 +63,9 @@ typedef struct bench_opts {
     int partitions;
     size_t size;
     enum bench_kind kind;
+    long long keys;
+    int by_key;
+    int compact;
 } bench_opts;
 
 typedef struct bench_stats {
@@ -53,6 +80,7 @@ typedef struct bench_gen {
     enum bench_kind kind;
     uint64_t rng;
     size_t size;
+    long long keys;
     /* words: a shuffled block of the whole vocabulary, consumed in order, so
      * every complete block of 1,000 messages holds each word exactly once and
      * the expected counts are exact rather than merely expected. */
@@ -61,6 +89,10 @@ typedef struct bench_gen {
     double *zipf_cdf;
     char key[32];
     size_t key_len;
+    /* The bytes --partition-by key hashes: the key itself, except for
+     * changelog records, whose key is the JSON encoding of this. */
+    const char *pkey;
+    size_t pkey_len;
     char *val;
     size_t val_len;
 } bench_gen;
@@ -101,12 +133,13 @@ static size_t bench_word(char *dst, unsigned idx, int digits)
     return n;
 }
 
-static int bench_gen_init(bench_gen *g, enum bench_kind kind, size_t size)
+static int bench_gen_init(bench_gen *g, enum bench_kind kind, size_t size, long long keys)
 {
     if (!g) return -1;
     memset(g, 0, sizeof *g);
     g->kind = kind;
     g->size = size;
+    g->keys = keys;
     g->rng = BENCH_SEED;
     g->val = malloc(size + 256);
     if (!g->val) goto fail;
@@ -164,6 +197,8 @@ static void bench_gen_next(bench_gen *g, long long id)
         unsigned amount = (unsigned)(bench_rng_next(&g->rng) % 100000);
         unsigned price = (unsigned)(bench_rng_next(&g->rng) % 10000) + 1;
         g->key_len = (size_t)snprintf(g->key, sizeof g->key, "a-%u", account);
+        g->pkey = g->key;
+        g->pkey_len = g->key_len;
         int n = snprintf(g->val, g->size + 256,
                          "{\"id\":%lld,\"account_id\":\"%s\",\"amount\":%u.%02u,"
                          "\"price\":%u.%02u,\"note\":\"",
@@ -178,6 +213,24 @@ static void bench_gen_next(bench_gen *g, long long id)
         g->val[len++] = '"';
         g->val[len++] = '}';
         g->val_len = len;
+        return;
+    }
+    g->pkey = g->key;
+    if (g->kind == BENCH_KIND_KEYS) {
+        unsigned long long n = bench_rng_next(&g->rng) % (unsigned long long)g->keys;
+        g->key_len = (size_t)snprintf(g->key, sizeof g->key, "k%llu", n);
+        g->pkey_len = g->key_len;
+        memcpy(g->val, g->key, g->key_len);
+        g->val_len = g->key_len;
+        return;
+    }
+    if (g->kind == BENCH_KIND_CHANGELOG) {
+        /* key = "\"k<id>\"": the pkey points inside it, past the quote. */
+        g->key_len = (size_t)snprintf(g->key, sizeof g->key, "\"k%lld\"", id);
+        g->pkey = g->key + 1;
+        g->pkey_len = g->key_len - 2;
+        g->val[0] = '1';
+        g->val_len = 1;
         return;
     }
     unsigned idx;
@@ -199,6 +252,7 @@ static void bench_gen_next(bench_gen *g, long long id)
         digits = 5;
     }
     g->key_len = bench_word(g->key, idx, digits);
+    g->pkey_len = g->key_len;
     memcpy(g->val, g->key, g->key_len);
     g->val_len = g->key_len;
 }
@@ -238,7 +292,7 @@ static int bench_conf_set(rd_kafka_conf_t *conf, const char *k, const char *v)
     return 0;
 }
 
-static int bench_create_topic(rd_kafka_t *rk, const char *topic, int partitions)
+static int bench_create_topic(rd_kafka_t *rk, const char *topic, int partitions, int compact)
 {
     char err[512];
     int rc = -1;
@@ -255,6 +309,7 @@ static int bench_create_topic(rd_kafka_t *rk, const char *topic, int partitions)
         fprintf(stderr, "bench-loadgen: new topic: %s\n", err);
         goto fail;
     }
+    if (compact && rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact")) goto fail;
     ao = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     if (!ao) goto fail;
     if (rd_kafka_AdminOptions_set_operation_timeout(ao, 30000, err, sizeof err) ||
@@ -324,18 +379,28 @@ static int bench_wait_partitions(rd_kafka_t *rk, rd_kafka_topic_t *rkt, double t
 static void bench_usage(FILE *f)
 {
     fprintf(f, "usage: bench-loadgen -b BOOTSTRAP -t TOPIC -n COUNT [-p PARTITIONS] "
-               "[-s SIZE] [--kind json|words|zipf]\n");
+               "[-s SIZE] [--kind json|words|zipf|keys|changelog] [--keys K]\n"
+               "                     [--partition-by index|key] [--compact]\n");
 }
 
 static int bench_parse(int argc, char **argv, bench_opts *o)
 {
-    static const struct option longopts[] = {
-        {"kind", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"kind", required_argument, NULL, 'k'},
+                                             {"keys", required_argument, NULL, 'K'},
+                                             {"partition-by", required_argument, NULL, 'P'},
+                                             {"compact", no_argument, NULL, 'C'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {0, 0, 0, 0}};
     char *end;
     int c;
 
     if (!o) return -1;
-    *o = (bench_opts){.count = -1, .partitions = 8, .size = 100, .kind = BENCH_KIND_JSON};
+    *o = (bench_opts){.count = -1,
+                      .partitions = 8,
+                      .size = 100,
+                      .kind = BENCH_KIND_JSON,
+                      .keys = BENCH_DEFAULT_KEYS,
+                      .by_key = -1};
     while ((c = getopt_long(argc, argv, "b:t:n:p:s:k:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'b':
@@ -368,8 +433,28 @@ static int bench_parse(int argc, char **argv, bench_opts *o)
                 o->kind = BENCH_KIND_WORDS;
             else if (!strcmp(optarg, "zipf"))
                 o->kind = BENCH_KIND_ZIPF;
+            else if (!strcmp(optarg, "keys"))
+                o->kind = BENCH_KIND_KEYS;
+            else if (!strcmp(optarg, "changelog"))
+                o->kind = BENCH_KIND_CHANGELOG;
             else
                 return -1;
+            break;
+        case 'K':
+            errno = 0;
+            o->keys = strtoll(optarg, &end, 10);
+            if (errno || *end || o->keys < 1) return -1;
+            break;
+        case 'P':
+            if (!strcmp(optarg, "index"))
+                o->by_key = 0;
+            else if (!strcmp(optarg, "key"))
+                o->by_key = 1;
+            else
+                return -1;
+            break;
+        case 'C':
+            o->compact = 1;
             break;
         case 'h':
             bench_usage(stdout);
@@ -379,6 +464,9 @@ static int bench_parse(int argc, char **argv, bench_opts *o)
         }
     }
     if (optind != argc || !o->bootstrap || !o->topic || o->count < 0) return -1;
+    /* A changelog spread round-robin would not be one a table could have
+     * written, so it is keyed unless asked otherwise. */
+    if (o->by_key < 0) o->by_key = o->kind == BENCH_KIND_CHANGELOG;
     return 0;
 }
 
@@ -398,7 +486,7 @@ int main(int argc, char **argv)
         bench_usage(stderr);
         return 2;
     }
-    if (bench_gen_init(&gen, o.kind, o.size)) {
+    if (bench_gen_init(&gen, o.kind, o.size, o.keys)) {
         fprintf(stderr, "bench-loadgen: out of memory\n");
         goto fail;
     }
@@ -424,7 +512,7 @@ int main(int argc, char **argv)
     }
     conf = NULL; /* owned by rk now */
 
-    if (bench_create_topic(rk, o.topic, o.partitions)) goto fail;
+    if (bench_create_topic(rk, o.topic, o.partitions, o.compact)) goto fail;
     rkt = rd_kafka_topic_new(rk, o.topic, NULL);
     if (!rkt) {
         fprintf(stderr, "bench-loadgen: topic %s: %s\n", o.topic,
@@ -443,7 +531,9 @@ int main(int argc, char **argv)
     double start = bench_now();
     for (long long i = 0; i < o.count && !st.fatal; i++) {
         bench_gen_next(&gen, i);
-        int32_t part = (int32_t)(i % parts);
+        int32_t part = o.by_key ? rd_kafka_msg_partitioner_murmur2(rkt, gen.pkey, gen.pkey_len,
+                                                                   parts, NULL, NULL)
+                                : (int32_t)(i % parts);
         while (rd_kafka_produce(rkt, part, RD_KAFKA_MSG_F_COPY, gen.val, gen.val_len, gen.key,
                                 gen.key_len, NULL) == -1) {
             rd_kafka_resp_err_t e = rd_kafka_last_error();
