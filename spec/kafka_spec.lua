@@ -43,7 +43,7 @@ describe("a worker on a real Kafka broker", function()
 
   it("loses nothing when killed with SIGKILL mid-stream", function()
     local n = 20000
-    local env = { APP_ID = "kafka-kill-" .. uniq, IN = "kkin-" .. uniq, OUT = "kkout-" .. uniq, THROTTLE = "0.05" }
+    local env = { APP_ID = "kafka-kill-" .. uniq, IN = "kkin-" .. uniq, OUT = "kkout-" .. uniq, THROTTLE = "0.2" }
     local w = proc.worker("relay.lua", env, addr, { create = false })
     assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
     proc.produce_lines(addr, env.IN, proc.numbers(1, n))
