@@ -4,6 +4,7 @@
  * snapshot is delivered, then commit. librdkafka's threads never touch Lua:
  * they only write to eventfds that wake the loop. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,6 +276,9 @@ rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_
         conf_set(c, "auto.offset.reset", "earliest", err, errlen) ||
         conf_set(c, "isolation.level", "read_committed", err, errlen) ||
         conf_set(c, "enable.partition.eof", main_group ? "false" : "true", err, errlen) ||
+        /* librdkafka prefetches up to 64 MiB by default; the worker queues its own
+         * events too (max_queued), so 16 MiB keeps memory down without starving it. */
+        conf_set(c, "queued.max.messages.kbytes", "16384", err, errlen) ||
         (main_group && (conf_set(c, "allow.auto.create.topics", "true", err, errlen) ||
                         conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
                         conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
@@ -613,6 +617,9 @@ void fs_checkpoint_poll(fs_rt *rt)
     if (rt->test) return;
     if (fs_tables_write(rt, 1)) return;
     commit_parts(rt, NULL, 1, 0);
+    /* A checkpoint frees what a burst of table writes held (staged records,
+     * delivered messages); hand it back rather than keep it as resident memory. */
+    if (rt->ntables) malloc_trim(0);
 }
 
 int fs_checkpoint_sync(fs_rt *rt, int timeout_ms)

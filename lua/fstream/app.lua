@@ -270,7 +270,18 @@ function App:_start(settings)
   if #self.table_list > 0 then
     local tables = self.table_list
     rt:table_hook(function(event, p, tid, keys)
+      local busy = false
+      if event == "flush" then
+        for _, t in ipairs(tables) do
+          for _, part in pairs(rawget(t, "parts")) do
+            if next(part.dirty) or next(part.prev) then busy = true end
+          end
+        end
+      end
       for _, t in ipairs(tables) do Table._on(t, event, p, tid, keys) end
+      -- An idle worker allocates nothing, so the collector would never run: free
+      -- what the last burst left (record-cache entries) at a quiet checkpoint.
+      if event == "flush" and not busy then collectgarbage("collect") end
     end)
   end
   -- A stream that no agent uses is read from a task: it gets an agent of its own.
