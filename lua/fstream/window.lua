@@ -279,16 +279,20 @@ function Window:update(t, key, fn)
   local now = self.time == "now" and t.app.rt:now() or wp.stream_time
   local first = math.max(oldest, math.ceil((now - self.size - self.expires) / step) * step)
   local result
-  for s = newest, first, -step do
-    local kb = self:kb(wp, key, s)
-    local old = Table._lookup(t, p, kb)
-    if old == nil then old = default_value(t) end
-    result = fn(old)
-    Table._put(t, p, kb, result)
-    if not wp.index[kb] then self:track(wp, kb, key, s) end
-  end
+  for s = newest, first, -step do result = self:apply(t, p, wp, key, s, fn) end
   if first > oldest then self:late_event(t, key) end
   self:maybe_close(t, p)
+  return result
+end
+
+-- fn applied to the value of window (or, with combine, slice) `start` of key.
+function Window:apply(t, p, wp, key, start, fn)
+  local kb = self:kb(wp, key, start)
+  local old = Table._lookup(t, p, kb)
+  if old == nil then old = default_value(t) end
+  local result = fn(old)
+  Table._put(t, p, kb, result)
+  if not wp.index[kb] then self:track(wp, kb, key, start) end
   return result
 end
 
@@ -321,12 +325,7 @@ function Window:update_sliding(t, p, wp, key, at, fn)
     if self:is_closed(p, t, s) then
       late = true
     else
-      local kb = self:kb(wp, key, s)
-      local old = Table._lookup(t, p, kb)
-      if old == nil then old = default_value(t) end
-      result = fn(old)
-      Table._put(t, p, kb, result)
-      if not wp.index[kb] then self:track(wp, kb, key, s) end
+      result = self:apply(t, p, wp, key, s, fn)
     end
   end
   if late then self:late_event(t, key) end
@@ -353,12 +352,7 @@ function Window:update_slice(t, p, wp, key, at, fn)
     return nil
   end
   if self:is_closed(p, t, oldest) then self:late_event(t, key) end
-  local kb = self:kb(wp, key, newest)
-  local old = Table._lookup(t, p, kb)
-  if old == nil then old = default_value(t) end
-  local result = fn(old)
-  Table._put(t, p, kb, result)
-  self:track(wp, kb, key, newest)
+  local result = self:apply(t, p, wp, key, newest, fn)
   self:maybe_close(t, p)
   return result
 end
