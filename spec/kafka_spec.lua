@@ -54,14 +54,7 @@ describe("a worker on a real Kafka broker", function()
     assert.is_true(partial < n)
     env.THROTTLE = "0"
     local w2 = proc.worker("relay.lua", env, addr, { create = false })
-    local c
-    local deadline = os.time() + 120
-    repeat
-      proc.sleep(0.5)
-      c = proc.counts(proc.consume_all(addr, env.OUT), "out:")
-      local missing = 0
-      for i = 1, n do if not c[i] then missing = missing + 1 end end
-    until missing == 0 or os.time() > deadline
+    local c = proc.wait_all_seen(addr, env.OUT, "out:", n, 120)
     assert.are.equal(0, w2:stop())
     local dups = 0
     for i = 1, n do

@@ -48,14 +48,7 @@ describe("a worker on a standalone embedded broker", function()
 
     env.THROTTLE = "0"
     local w2 = worker("relay.lua", env, addr)
-    local deadline = os.time() + 120
-    local c
-    repeat
-      proc.sleep(0.5)
-      c = counts(proc.consume_all(addr, env.OUT), "out:")
-      local missing = 0
-      for i = 1, n do if not c[i] then missing = missing + 1 end end
-    until missing == 0 or os.time() > deadline
+    local c = proc.wait_all_seen(addr, env.OUT, "out:", n, 120)
     assert.are.equal(0, w2:stop())
     local dups = 0
     for i = 1, n do

@@ -199,4 +199,18 @@ function proc.counts(values, prefix)
   return c
 end
 
+-- Polls until prefix..1 to prefix..n all appear in topic (or timeout); returns
+-- how often each number was seen.
+function proc.wait_all_seen(addr, topic, prefix, n, timeout)
+  local deadline = os.time() + (timeout or 120)
+  local c
+  repeat
+    proc.sleep(0.5)
+    c = proc.counts(proc.consume_all(addr, topic), prefix)
+    local missing = 0
+    for i = 1, n do if not c[i] then missing = missing + 1 end end
+  until missing == 0 or os.time() > deadline
+  return c
+end
+
 return proc
