@@ -29,6 +29,9 @@
 
 #include <librdkafka/rdkafka.h>
 
+#define BENCH_NAME "bench-ceiling"
+#include "common.h"
+
 #define BENCH_BATCH 10000
 #define BENCH_COMMIT_EVERY_S 2.8
 #define BENCH_MAX_X 64
@@ -44,56 +47,7 @@ typedef struct bench_opts {
     int nx;
 } bench_opts;
 
-typedef struct bench_stats {
-    long long delivered;
-    long long failed;
-    rd_kafka_resp_err_t first_err;
-    double last_dr;
-    volatile int fatal;
-} bench_stats;
 
-static double bench_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void bench_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-    bench_stats *st = opaque;
-    (void)rk;
-    if (m->err) {
-        if (!st->failed) st->first_err = m->err;
-        st->failed++;
-    } else {
-        st->delivered++;
-    }
-    st->last_dr = bench_now();
-}
-
-static void bench_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
-{
-    bench_stats *st = opaque;
-    fprintf(stderr, "bench-ceiling: kafka: %s: %s\n", rd_kafka_err2name(err), reason);
-    if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        char why[512];
-        rd_kafka_fatal_error(rk, why, sizeof why);
-        fprintf(stderr, "bench-ceiling: fatal: %s\n", why);
-        st->fatal = 1;
-    }
-}
-
-static int bench_conf_set(rd_kafka_conf_t *conf, const char *k, const char *v)
-{
-    char err[512];
-    if (!conf || !k || !v) return -1;
-    if (rd_kafka_conf_set(conf, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "bench-ceiling: config %s=%s: %s\n", k, v, err);
-        return -1;
-    }
-    return 0;
-}
 
 /* Applies the -X key=value overrides after the defaults so they win. */
 static int bench_conf_overrides(rd_kafka_conf_t *conf, const bench_opts *o)

@@ -42,6 +42,9 @@
 
 #include <librdkafka/rdkafka.h>
 
+#define BENCH_NAME "bench-loadgen"
+#include "common.h"
+
 #define BENCH_WORDS_VOCAB 1000
 #define BENCH_ZIPF_KEYS 100000
 #define BENCH_DEFAULT_KEYS 1000000
@@ -68,13 +71,6 @@ typedef struct bench_opts {
     int compact;
 } bench_opts;
 
-typedef struct bench_stats {
-    long long delivered;
-    long long failed;
-    rd_kafka_resp_err_t first_err;
-    double last_dr;
-    volatile int fatal;
-} bench_stats;
 
 typedef struct bench_gen {
     enum bench_kind kind;
@@ -97,12 +93,6 @@ typedef struct bench_gen {
     size_t val_len;
 } bench_gen;
 
-static double bench_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* splitmix64: tiny, seedable and good enough for benchmark data; libc rand()
  * would make the data depend on the platform. */
@@ -255,41 +245,6 @@ static void bench_gen_next(bench_gen *g, long long id)
     g->pkey_len = g->key_len;
     memcpy(g->val, g->key, g->key_len);
     g->val_len = g->key_len;
-}
-
-static void bench_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-    bench_stats *st = opaque;
-    (void)rk;
-    if (m->err) {
-        if (!st->failed) st->first_err = m->err;
-        st->failed++;
-    } else {
-        st->delivered++;
-    }
-    st->last_dr = bench_now();
-}
-
-static void bench_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
-{
-    bench_stats *st = opaque;
-    fprintf(stderr, "bench-loadgen: kafka: %s: %s\n", rd_kafka_err2name(err), reason);
-    if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        char why[512];
-        rd_kafka_fatal_error(rk, why, sizeof why);
-        fprintf(stderr, "bench-loadgen: fatal: %s\n", why);
-        st->fatal = 1;
-    }
-}
-
-static int bench_conf_set(rd_kafka_conf_t *conf, const char *k, const char *v)
-{
-    char err[512];
-    if (rd_kafka_conf_set(conf, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "bench-loadgen: config %s=%s: %s\n", k, v, err);
-        return -1;
-    }
-    return 0;
 }
 
 static int bench_create_topic(rd_kafka_t *rk, const char *topic, int partitions, int compact)

@@ -34,6 +34,9 @@
 
 #include <librdkafka/rdkafka.h>
 
+#define BENCH_NAME "bench-watch"
+#include "common.h"
+
 #define BENCH_TICK_NS (20 * 1000 * 1000L)
 #define BENCH_QUERY_TIMEOUT_MS 5000
 
@@ -45,12 +48,6 @@ typedef struct bench_opts {
     const char *ready_file;
 } bench_opts;
 
-static double bench_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void bench_sleep_until(struct timespec *next)
 {
