@@ -172,7 +172,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         rd_kafka_topic_partition_list_destroy(c);
         rd_kafka_assign(rk, parts);
-        rt->paused = 0; /* a new assignment starts fetching */
+        /* librdkafka keeps a partition's pause flag across unassign/assign: a
+         * partition paused by back-pressure before the rebalance and given back
+         * to this worker would never be fetched again. A new assignment starts
+         * fetching everything it holds. */
+        rd_kafka_resume_partitions(rk, parts);
+        rt->paused = 0;
     } else {
         /* Agents may be in the middle of an event of these partitions (a table
          * write, a send, a sleep). Committing now would count that event twice
