@@ -368,6 +368,39 @@ fail:
  * broker, with the admin API elsewhere. A standalone embedded broker
  * (`fstream-lua broker`) has no CreateTopics; there the request times out
  * quickly and the broker auto-creates topics on first use. */
+/* Producer handle of a topic: a copy of the producer's defaults (the murmur2
+ * partitioner among them), plus the topic as opaque so delivery reports find it. */
+static void open_topic(fs_rt *rt, fs_topic *t)
+{
+    rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(rt->producer);
+    rd_kafka_topic_conf_set_opaque(tc, t);
+    t->rkt = rd_kafka_topic_new(rt->producer, t->name, tc);
+}
+
+/* What the worker's agents read: every topic with an open subscriber. */
+static rd_kafka_topic_partition_list_t *subscription_of(fs_rt *rt)
+{
+    rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(rt->ntopics);
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        int consumed = 0;
+        for (int j = 0; j < t->nsubs; j++) consumed |= !t->subs[j]->closed;
+        if (consumed && !t->table) rd_kafka_topic_partition_list_add(subs, t->name, RD_KAFKA_PARTITION_UA);
+    }
+    return subs;
+}
+
+static int same_topics(const rd_kafka_topic_partition_list_t *a, const rd_kafka_topic_partition_list_t *b)
+{
+    if (a->cnt != b->cnt) return 0;
+    for (int i = 0; i < a->cnt; i++) {
+        int found = 0;
+        for (int j = 0; j < b->cnt && !found; j++) found = strcmp(a->elems[i].topic, b->elems[j].topic) == 0;
+        if (!found) return 0;
+    }
+    return 1;
+}
+
 static void create_topics(fs_rt *rt)
 {
     if (rt->mock) {
@@ -442,18 +475,8 @@ int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
         snprintf(err, errlen, "%s", rt->fatal_msg);
         return -1;
     }
-    rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(rt->ntopics);
-    for (int i = 0; i < rt->ntopics; i++) {
-        fs_topic *t = rt->topics[i];
-        /* A copy of the producer's defaults (the murmur2 partitioner among them),
-         * plus the topic as opaque so delivery reports find it. */
-        rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(rt->producer);
-        rd_kafka_topic_conf_set_opaque(tc, t);
-        t->rkt = rd_kafka_topic_new(rt->producer, t->name, tc);
-        int consumed = 0;
-        for (int j = 0; j < t->nsubs; j++) consumed |= !t->subs[j]->closed;
-        if (consumed && !t->table) rd_kafka_topic_partition_list_add(subs, t->name, RD_KAFKA_PARTITION_UA);
-    }
+    for (int i = 0; i < rt->ntopics; i++) open_topic(rt, rt->topics[i]);
+    rd_kafka_topic_partition_list_t *subs = subscription_of(rt);
     int rc = 0;
     if (subs->cnt) {
         rd_kafka_resp_err_t e = rd_kafka_subscribe(rt->consumer, subs);
@@ -489,7 +512,7 @@ void fs_kafka_poll(fs_rt *rt)
         fs_kafka_revoke_poll(rt);
         return;
     }
-    if (!rt->subscribed || rt->stopping) return;
+    if (!rt->subscribed || rt->stopping || rt->draining) return;
     /* Back-pressure pauses fetching, but the queue is still served: rebalances
      * and commit results arrive on it, and a worker that stops reading it would
      * never answer a rebalance. */
@@ -599,7 +622,7 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
 
 void fs_checkpoint_begin(fs_rt *rt)
 {
-    if (rt->ckpt_active) return;
+    if (rt->ckpt_active || rt->draining) return;
     fs_sync_acks(rt);
     /* Tables stage their dirty entries now: their changelog records belong to this
      * checkpoint's epoch, like every output produced before the snapshot. */
@@ -640,6 +663,60 @@ int fs_checkpoint_sync(fs_rt *rt, int timeout_ms)
     }
     if (rt->fatal || fs_tables_write(rt, 0)) return -1;
     return commit_parts(rt, NULL, 0, 1);
+}
+
+int fs_checkpoint_reload(fs_rt *rt, int timeout_ms)
+{
+    if (rt->test || !rt->consumer) return 0;
+    rt->ckpt_active = 0;
+    fs_sync_acks(rt);
+    if (fs_tables_flush(rt, 0)) return -1;
+    if (rd_kafka_flush(rt->producer, timeout_ms)) {
+        fs_error("could not deliver %d messages in %d ms", rd_kafka_outq_len(rt->producer), timeout_ms);
+        return -1;
+    }
+    if (rt->fatal || fs_tables_write(rt, 0)) return -1;
+    /* The new version restarts from these offsets whether or not the broker
+     * takes the commit now (it refuses during a rebalance): a refusal only
+     * means that a restart after a crash reprocesses more. */
+    commit_parts(rt, NULL, 0, 1);
+    return 0;
+}
+
+int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
+{
+    if (rt->test || !rt->consumer) return 0;
+    /* New topics are created before anything asks for their metadata (a
+     * producer handle does): brokers auto-create with their own defaults. */
+    int added = 0;
+    for (int i = 0; i < rt->ntopics; i++) added |= !rt->topics[i]->rkt;
+    if (added) create_topics(rt);
+    for (int i = 0; i < rt->ntopics; i++)
+        if (!rt->topics[i]->rkt) open_topic(rt, rt->topics[i]);
+    if (rt->fatal) {
+        snprintf(err, errlen, "%s", rt->fatal_msg);
+        return -1;
+    }
+    rd_kafka_topic_partition_list_t *want = subscription_of(rt), *have = NULL;
+    int rc = 0;
+    if (rd_kafka_subscription(rt->consumer, &have)) have = NULL;
+    if (!have || !same_topics(want, have)) {
+        /* A new topic list makes the group rebalance: the usual revocation and
+         * assignment follow, with the new agents in place. */
+        rd_kafka_resp_err_t e = want->cnt ? rd_kafka_subscribe(rt->consumer, want)
+                                          : rd_kafka_unsubscribe(rt->consumer);
+        if (e) {
+            snprintf(err, errlen, "subscribe failed: %s", rd_kafka_err2str(e));
+            rc = -1;
+        } else {
+            fs_info("subscription changed: %d topics", want->cnt);
+            rt->subscribed = 1;
+        }
+    }
+    if (have) rd_kafka_topic_partition_list_destroy(have);
+    rd_kafka_topic_partition_list_destroy(want);
+    rt->consume_pending = 1;
+    return rc;
 }
 
 void fs_kafka_close(fs_rt *rt)

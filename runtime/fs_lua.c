@@ -137,6 +137,7 @@ static int l_core_new(lua_State *L)
         return luaL_error(L, "epoll_create failed");
     }
     u->rt = rt;
+    rt->ud = u;
     if (test) {
         struct timeval tv;
         gettimeofday(&tv, NULL);
@@ -149,8 +150,34 @@ static int l_core_new(lua_State *L)
     return 1;
 }
 
+/* core.adopt(rt_pointer, {commit_interval=, max_queued=}): the runtime a
+ * reloaded version takes over from the previous state (fs_reload.c). */
+static int l_core_adopt(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TLIGHTUSERDATA);
+    fs_rt *rt = lua_touserdata(L, 1);
+    if (!rt->rebinding) return luaL_error(L, "no runtime is being handed over");
+    rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->rt = rt;
+    luaL_setmetatable(L, RT_MT);
+    rt->ud = u;
+    rt->L = L;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "commit_interval");
+        if (lua_isnumber(L, -1)) {
+            rt->commit_interval_ms = (int64_t)(lua_tonumber(L, -1) * 1000);
+            if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
+        }
+        lua_getfield(L, 2, "max_queued");
+        if (lua_isinteger(L, -1)) rt->max_queued = lua_tointeger(L, -1);
+        lua_pop(L, 2);
+    }
+    return 1;
+}
+
 static void rt_free(fs_rt *rt)
 {
+    fs_reload_free(rt);
     fs_sched_kill_all(rt);
     fs_http_close(rt);
     for (int i = 0; i < rt->nagents; i++) fs_agent_close(rt, rt->agents[i]);
@@ -167,19 +194,10 @@ static void rt_free(fs_rt *rt)
         free(t->name);
         free(t);
     }
-    for (int i = 0; i < rt->nagents; i++) {
-        fs_agent *a = rt->agents[i];
-        for (int j = 0; j < a->nstreams; j++) {
-            if (a->streams[j]->lua_ref > 0) luaL_unref(rt->L, LUA_REGISTRYINDEX, a->streams[j]->lua_ref);
-            free(a->streams[j]->open);
-            free(a->streams[j]->taken);
-            free(a->streams[j]);
-        }
-        free(a->streams);
-        free(a->q);
-        free(a->name);
-        free(a);
-    }
+    /* Closed above: every event is already acknowledged. */
+    for (int i = 0; i < rt->nagents; i++) fs_agent_free(rt, rt->agents[i], rt->L);
+    for (int i = 0; i < rt->ncarry; i++) free(rt->carry[i].key);
+    free(rt->carry);
     free(rt->topics);
     free(rt->agents);
     if (rt->sfd >= 0) close(rt->sfd);
@@ -211,10 +229,15 @@ static int l_rt_topic(lua_State *L)
     int parts = (int)luaL_optinteger(L, 5, 8);
     fs_topic *t = fs_topic_find(rt, name);
     if (t) {
+        if (rt->rebinding) { /* a reloaded version may read it differently */
+            t->key_codec = kc;
+            t->value_codec = vc;
+        }
         lua_pushinteger(L, t->id + 1);
         return 1;
     }
-    if (rt->subscribed) return luaL_error(L, "topics must be declared before the worker starts");
+    if (rt->subscribed && !rt->rebinding)
+        return luaL_error(L, "topics must be declared before the worker starts");
     fs_topic **ts = realloc(rt->topics, (size_t)(rt->ntopics + 1) * sizeof *ts);
     t = calloc(1, sizeof *t);
     if (!ts || !t) return luaL_error(L, "out of memory");
@@ -573,7 +596,7 @@ static fs_table *check_table(lua_State *L, fs_rt *rt, int idx)
     return rt->tables[id - 1];
 }
 
-/* rt:table(name, changelog_tid, dir, partitions, global) -> id */
+/* rt:table(name, changelog_tid, dir, partitions, global, signature) -> id */
 static int l_rt_table(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
@@ -581,7 +604,19 @@ static int l_rt_table(lua_State *L)
     fs_topic *cl = fs_lua_check_topic(L, rt, 3);
     const char *dir = luaL_checkstring(L, 4);
     int parts = (int)luaL_checkinteger(L, 5);
-    if (rt->subscribed) return luaL_error(L, "tables must be declared before the worker starts");
+    const char *sig = luaL_optstring(L, 7, "");
+    for (int i = 0; i < rt->ntables; i++)
+        if (strcmp(rt->tables[i]->name, name) == 0) {
+            /* A reloaded version keeps the table (checked compatible beforehand). */
+            if (!rt->rebinding || strcmp(rt->tables[i]->sig, sig) != 0)
+                return luaL_error(L, "table %s is already declared differently", name);
+            lua_pushinteger(L, i + 1);
+            return 1;
+        }
+    if (rt->subscribed && !rt->rebinding)
+        return luaL_error(L, "tables must be declared before the worker starts");
+    if (rt->rebinding && lua_toboolean(L, 6))
+        return luaL_error(L, "a global table cannot be added by a reload");
     fs_table **ts = realloc(rt->tables, (size_t)(rt->ntables + 1) * sizeof *ts);
     fs_table *t = calloc(1, sizeof *t);
     if (!ts || !t) return luaL_error(L, "out of memory");
@@ -595,6 +630,7 @@ static int l_rt_table(lua_State *L)
     t->partitions = parts;
     t->global = lua_toboolean(L, 6);
     t->changelog = cl;
+    t->sig = strdup(sig);
     cl->table = t;
     cl->compact = 1;
     rt->tables[rt->ntables++] = t;
@@ -778,7 +814,78 @@ static int l_log_enabled(lua_State *L)
 
 int fs_broker_run(lua_State *L); /* fs_broker.c */
 
+/* rt:carry(key [, value]): a number that outlives a reload (timers keep their
+ * rhythm); returns the stored value or nil. */
+static int l_rt_carry(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    const char *key = luaL_checkstring(L, 2);
+    int set = !lua_isnoneornil(L, 3);
+    double *v = fs_carry(rt, key, set);
+    if (set) {
+        if (!v) return luaL_error(L, "out of memory");
+        *v = luaL_checknumber(L, 3);
+        return 0;
+    }
+    if (v) lua_pushnumber(L, *v);
+    else lua_pushnil(L);
+    return 1;
+}
+
+/* rt:reload_setup(path, --broker, --store, watch, broker_url, data_dir): a worker whose loop main.c
+ * drives can reload (SIGHUP; with watch, when its files change). */
+static int l_rt_reload_setup(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    char err[512];
+    if (fs_reload_setup(rt, luaL_checkstring(L, 2), luaL_checkstring(L, 3), luaL_checkstring(L, 4),
+                        lua_toboolean(L, 5), luaL_checkstring(L, 6), luaL_checkstring(L, 7), err,
+                        sizeof err))
+        return luaL_error(L, "%s", err);
+    return 0;
+}
+
+static int l_rt_reload_watching(lua_State *L)
+{
+    lua_pushboolean(L, fs_reload_watching(fs_lua_check_rt(L, 1)));
+    return 1;
+}
+
+/* rt:watch({path, ...}): the files whose change reloads the app (--reload). */
+static int l_rt_watch(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int n = (int)luaL_len(L, 2);
+    const char **files = calloc((size_t)n + 1, sizeof *files);
+    if (!files) return luaL_error(L, "out of memory");
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, 2, i + 1);
+        files[i] = lua_tostring(L, -1); /* kept alive by the table */
+        lua_pop(L, 1);
+        if (!files[i]) n = i;
+    }
+    int rc = fs_reload_watch(rt, files, n);
+    free(files);
+    if (rc) return luaL_error(L, "cannot watch the app's files: %s", strerror(-rc));
+    return 0;
+}
+
+/* rt:rebound(): the reloaded version declared everything; fetching restarts. */
+static int l_rt_rebound(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    char err[512];
+    if (fs_reload_rebound(rt, err, sizeof err)) return luaL_error(L, "%s", err);
+    return 0;
+}
+
 static const luaL_Reg rt_methods[] = {
+    {"carry", l_rt_carry},
+    {"reload_setup", l_rt_reload_setup},
+    {"reload_watching", l_rt_reload_watching},
+    {"watch", l_rt_watch},
+    {"rebound", l_rt_rebound},
     {"topic", l_rt_topic},
     {"agent", l_rt_agent},
     {"stream", l_rt_stream},
@@ -811,6 +918,7 @@ static const luaL_Reg rt_methods[] = {
 
 static const luaL_Reg core_funcs[] = {
     {"new", l_core_new},
+    {"adopt", l_core_adopt},
     {"sleep", l_sleep},
     {"current", l_current},
     {"partition_for", l_partition_for},

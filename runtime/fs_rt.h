@@ -37,6 +37,7 @@ typedef struct fs_waiter fs_waiter;
 typedef struct fs_memtopic fs_memtopic;
 typedef struct fs_table fs_table;
 struct fs_store;
+struct fs_reload;
 
 /* A Lua coroutine run by the scheduler (agent instance, task, timer). */
 struct fs_co {
@@ -105,6 +106,7 @@ struct fs_table {
     int partitions;
     int global; /* every worker holds every partition and tails the changelog */
     fs_topic *changelog;
+    char *sig; /* what must not change across a reload (partitions, encodings, windows) */
     struct fs_tpart {
         struct fs_store *store; /* open while this worker holds the partition */
         fs_buf arena;           /* staged keys and values */
@@ -234,6 +236,17 @@ struct fs_rt {
     char fatal_msg[512];
 
     fs_buf kbuf, vbuf;
+
+    /* hot reload (fs_reload.c) */
+    void *ud;                 /* the Lua object that owns this runtime in L (fs_lua.c) */
+    struct fs_reload *reload; /* NULL unless the worker's loop can swap states */
+    int draining;             /* a reload waits for agents: no fetching, no checkpoints */
+    int rebinding;            /* the new version is declaring its topics, tables and agents */
+    struct fs_carry {
+        char *key;
+        double value;
+    } *carry; /* values that outlive a reload (timers' next due times) */
+    int ncarry;
 };
 
 /* fs_sched.c */
@@ -252,6 +265,7 @@ fs_part *fs_part_get(fs_topic *t, int32_t partition);
 void fs_part_assign(fs_part *p, int64_t committed);
 void fs_part_drop_queued(fs_rt *rt, fs_part *p);
 void fs_part_revoke(fs_rt *rt, fs_part *p);
+void fs_part_restart(fs_part *p); /* forget events in flight; fetching restarts (reload) */
 int64_t fs_part_committable(const fs_part *p);
 fs_batch *fs_batch_new(int n, int owned);
 /* Hands one message to every agent subscribed to its topic; takes ownership of m. */
@@ -266,6 +280,8 @@ int fs_stream_ack_event(fs_rt *rt, fs_stream *s, fs_event *e);
 int fs_stream_open_add(fs_stream *s, fs_event *e);
 int fs_stream_open_remove(fs_stream *s, const fs_event *e);
 void fs_agent_close(fs_rt *rt, fs_agent *a);
+/* Frees an agent whose events nobody processed: they are released, not acknowledged. */
+void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L);
 void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
 
 /* fs_lua.c: acknowledges every event an agent has moved past (reads each
@@ -290,6 +306,9 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
                    size_t vl, char *err, size_t errlen);
 void fs_tables_close(fs_rt *rt);
 int fs_tables_start_global(fs_rt *rt);       /* recover global tables, then follow them */
+/* After a reload: opens tables the new version added, and hands every held
+ * partition to the new Lua tables ("hold"). */
+int fs_tables_rebind(fs_rt *rt);
 void fs_tables_tail_poll(fs_rt *rt);         /* apply what other workers wrote to them */
 
 /* fs_kafka.c */
@@ -304,6 +323,11 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
 void fs_checkpoint_begin(fs_rt *rt);
 void fs_checkpoint_poll(fs_rt *rt);
 int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
+/* Before a reload: stage, deliver, write LMDB; commit without failing on a refused commit. */
+int fs_checkpoint_reload(fs_rt *rt, int timeout_ms);
+/* After a reload: producer handles for new topics, create them, subscribe to
+ * what the new agents read (a changed subscription rebalances). */
+int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen);
 int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
 void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
 rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
@@ -321,6 +345,20 @@ void fs_memlog_free(fs_topic *t);
 int fs_http_request(lua_State *L); /* core.http_request{...}: yields until done */
 void fs_http_poll(fs_rt *rt);       /* test transport: progress transfers without epoll */
 void fs_http_close(fs_rt *rt);
+
+/* fs_reload.c: hot reload. main.c provides the factory of fresh states (its
+ * bundled modules); without it (the in-process specs) reload is unavailable. */
+extern lua_State *(*fs_host_new_state)(void);
+int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char *store, int watch,
+                    const char *broker_url, const char *data_dir, char *err, size_t errlen);
+int fs_reload_watching(fs_rt *rt);
+int fs_reload_watch(fs_rt *rt, const char *const *files, int n); /* replaces the watched set */
+void fs_reload_request(fs_rt *rt, const char *why, int64_t delay_ms);
+void fs_reload_poll(fs_rt *rt);
+void fs_reload_free(fs_rt *rt);
+/* Called by the new version once it declared everything (rt:rebound()). */
+int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen);
+double *fs_carry(fs_rt *rt, const char *key, int create);
 
 /* fs_runtime.c */
 int64_t fs_rt_wall_ms(fs_rt *rt);

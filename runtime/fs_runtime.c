@@ -53,7 +53,7 @@ static void signal_cb(fs_io *io, uint32_t events)
     while (read(io->fd, &si, sizeof si) == (ssize_t)sizeof si) {
         int sig = (int)si.ssi_signo;
         if (sig == SIGHUP) {
-            fs_warn("SIGHUP received: hot reload is not available in this version; ignoring");
+            fs_reload_request(rt, "SIGHUP", 0);
             continue;
         }
         if (rt->stopping) {
@@ -125,12 +125,15 @@ int fs_rt_run(fs_rt *rt)
                    (rt->consume_pending && !rt->stopping);
         int64_t t = fs_loop_next_timeout(&rt->loop);
         int timeout = busy ? 0 : (t < 0 || t > 1000) ? 1000 : (int)t;
-        if (rt->revoke && timeout > 20) timeout = 20; /* waiting for agents to reach a boundary */
+        /* waiting for agents to reach a boundary (a reload's pause is visible: look often) */
+        if (rt->revoke && timeout > 20) timeout = 20;
+        if (rt->draining && timeout > 2) timeout = 2;
         if (fs_loop_poll(&rt->loop, timeout) < 0) fs_rt_fatal(rt, "epoll_wait failed");
         fs_kafka_poll(rt);
         fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));
         fs_sched_run_ready(rt);
         fs_checkpoint_poll(rt);
+        fs_reload_poll(rt);
         if (rt->fatal) {
             finish(rt);
             break;

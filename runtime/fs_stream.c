@@ -5,6 +5,7 @@
  * not yet fully acknowledged offsets in delivery order; the committable offset
  * is the oldest one still pending (or the next offset when none is), so a
  * commit never skips an event some agent has not finished. */
+#include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +82,15 @@ void fs_part_revoke(fs_rt *rt, fs_part *p)
     p->revoking = 0;
     p->gen++;
     p->rhead = p->rlen = 0;
+}
+
+void fs_part_restart(fs_part *p)
+{
+    p->gen++;
+    p->rhead = p->rlen = 0;
+    p->next = -1;
+    p->snap = -1;
+    p->revoking = 0;
 }
 
 int64_t fs_part_committable(const fs_part *p)
@@ -299,6 +309,31 @@ void fs_agent_close(fs_rt *rt, fs_agent *a)
         for (size_t k = 0; k < s->nopen; k++) fs_event_release(rt, s->open[k]);
         s->nopen = 0;
     }
+}
+
+void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L)
+{
+    while (a->qlen) {
+        fs_event *e = a->q[a->qhead];
+        a->qhead = (a->qhead + 1) % a->qcap;
+        a->qlen--;
+        rt->queued--;
+        fs_event_release(rt, e);
+    }
+    for (int i = 0; i < a->nstreams; i++) {
+        fs_stream *s = a->streams[i];
+        if (!s->manual)
+            for (size_t k = s->nacked; k < s->ntaken; k++) fs_event_release(rt, s->taken[k]);
+        for (size_t k = 0; k < s->nopen; k++) fs_event_release(rt, s->open[k]);
+        if (s->lua_ref > 0) luaL_unref(L, LUA_REGISTRYINDEX, s->lua_ref);
+        free(s->open);
+        free(s->taken);
+        free(s);
+    }
+    free(a->streams);
+    free(a->q);
+    free(a->name);
+    free(a);
 }
 
 void fs_wake_streams(fs_rt *rt)

@@ -551,6 +551,32 @@ void fs_tables_tail_poll(fs_rt *rt)
     }
 }
 
+int fs_tables_rebind(fs_rt *rt)
+{
+    if (!rt->ntables) return 0;
+    int maxp = 0;
+    for (int i = 0; i < rt->ntables; i++)
+        if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
+    for (int32_t p = 0; p < maxp; p++) {
+        /* Held: some partitioned table has it open, or an input partition is assigned. */
+        int held = 0;
+        for (int i = 0; i < rt->ntables && !held; i++)
+            held = !rt->tables[i]->global && p < rt->tables[i]->partitions && rt->tables[i]->parts[p].store;
+        for (int i = 0; i < rt->ntopics && !held; i++) {
+            fs_topic *t = rt->topics[i];
+            held = !t->table && p < t->nparts && t->parts[p] && t->parts[p]->assigned;
+        }
+        if (held && fs_tables_hold(rt, p)) return -1;
+    }
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        if (!t->global) continue;
+        for (int32_t p = 0; p < t->partitions; p++)
+            if (call_hook(rt, "hold", p, t->id + 1, 0)) return -1;
+    }
+    return rt->fatal ? -1 : 0;
+}
+
 void fs_tables_release(fs_rt *rt, int32_t p)
 {
     int any = 0;
@@ -576,6 +602,7 @@ void fs_tables_close(fs_rt *rt)
             free(t->parts[p].ops);
         }
         free(t->parts);
+        free(t->sig);
         free(t->dir);
         free(t->name);
         free(t);

@@ -9,9 +9,11 @@
 
 #include "fs_bundle.h"
 #include "fs_log.h"
+#include "fs_lua.h"
 
 #define USAGE                                                                                      \
     "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"  \
+    "                   [--reload]\n"                                                           \
     "       fstream-lua send APP.lua TOPIC|@AGENT [--key K] [--partition N] [--repeat N]\n"        \
     "                   [--broker URL] VALUE\n"                                                    \
     "       fstream-lua agents APP.lua | tables APP.lua | reset APP.lua [--store URL]\n"          \
@@ -39,6 +41,7 @@ static const struct opt opts[] = {
     {"worker", "--loglevel", "-l", "loglevel", 1, 0},
     {"worker", "--broker", NULL, "broker", 1, 0},
     {"worker", "--store", NULL, "store", 1, 0},
+    {"worker", "--reload", NULL, "reload", 0, 0},
     {"tables", "--store", NULL, "store", 1, 0},
     {"table", "--store", NULL, "store", 1, 0},
     {"table", "--key", "-k", "key", 1, 0},
@@ -104,6 +107,42 @@ static void install_modules(lua_State *L)
     lua_pop(L, 1);
 }
 
+/* Runs a started worker's loop outside any Lua call, so that a reload may close
+ * the state that started it; returns the state in use when the loop ended. */
+static lua_State *run_worker(fs_rt *rt, int *code_out)
+{
+    int code = fs_rt_run(rt);
+    lua_State *L = rt->L;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "fstream.cli");
+    if (lua_pcall(L, 1, 1, 1) == LUA_OK) {
+        lua_getfield(L, -1, "stopped");
+        lua_pushinteger(L, code);
+        if (lua_pcall(L, 1, 0, 1)) fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
+    } else {
+        fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+    *code_out = code;
+    return L;
+}
+
+/* A Lua state with the standard libraries and fstream's modules: the worker's
+ * first, and each version a reload loads (fs_reload.c). */
+static lua_State *host_state(void)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) return NULL;
+    luaL_openlibs(L);
+    /* Agents create many short-lived tables (decoded values, messages): the
+     * generational collector handles those for less than the incremental one. */
+    lua_gc(L, LUA_GCGEN, 0, 0);
+    install_modules(L);
+    return L;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) return usage_error("%s", "missing command");
@@ -132,13 +171,9 @@ int main(int argc, char **argv)
     /* Agents print: show each line as it happens even when stdout is a pipe. */
     setvbuf(stdout, NULL, _IOLBF, 0);
 
-    lua_State *L = luaL_newstate();
+    fs_host_new_state = host_state;
+    lua_State *L = host_state();
     if (!L) return 1;
-    luaL_openlibs(L);
-    /* Agents create many short-lived tables (decoded values, messages): the
-     * generational collector handles those for less than the incremental one. */
-    lua_gc(L, LUA_GCGEN, 0, 0);
-    install_modules(L);
 
     lua_newtable(L); /* options */
     int npos = 0;
@@ -169,6 +204,7 @@ int main(int argc, char **argv)
                 lua_close(L);
                 return usage_error("unknown option '%s'", a);
             }
+            if (!val && !o->takes_value) val = "1";
             if (!val) {
                 if (i + 1 >= argc) {
                     lua_close(L);
@@ -232,10 +268,12 @@ int main(int argc, char **argv)
         lua_getfield(L, -1, "main");
         lua_pushstring(L, cmd);
         lua_pushvalue(L, opts_idx);
-        if (lua_pcall(L, 2, 1, opts_idx + 1)) {
-            fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
+        if (lua_pcall(L, 2, 2, opts_idx + 1)) {
+            fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -2));
         } else {
-            rc = (int)luaL_optinteger(L, -1, 0);
+            rc = (int)luaL_optinteger(L, -2, 0);
+            rt_ud *u = luaL_testudata(L, -1, RT_MT);
+            if (u && u->rt) L = run_worker(u->rt, &rc);
         }
     }
     fflush(stdout);

@@ -205,19 +205,36 @@ function App:timer(interval, fn, opts)
   opts = check_opts("timer", opts, { on_leader = true })
   if opts.on_leader then self:_leader_topic() end
   local name = "timer at " .. callsite(2)
+  -- A reload keeps the timer's rhythm: its next due time is carried over to the
+  -- new version's timer of the same interval and rank (source lines move).
+  local key = self:_carry_key("timer", interval)
   self.tasks[#self.tasks + 1] = {
     name = name,
     fn = function()
+      local rt = self.rt
       local handler = function(e) return debug.traceback(tostring(e), 2) end
+      local due = rt:carry(key)
+      if not due or due > rt:now() + interval then due = rt:now() + interval end
       while true do
-        core.sleep(interval)
+        rt:carry(key, due)
+        local wait = due - rt:now()
+        if wait > 0 then core.sleep(wait) end
         if not opts.on_leader or self:is_leader() then
           local ok, err = xpcall(fn, handler)
           if not ok then core.log("error", name .. " failed: " .. err) end
         end
+        due = rt:now() + interval
       end
     end,
   }
+end
+
+-- "timer/3/1": the first timer every 3 s; what a reloaded version's timer finds its state under.
+function App:_carry_key(kind, what)
+  local k = kind .. "/" .. tostring(what)
+  self.carry_ranks = self.carry_ranks or {}
+  self.carry_ranks[k] = (self.carry_ranks[k] or 0) + 1
+  return k .. "/" .. self.carry_ranks[k]
 end
 
 -- app:crontab("*/5 * * * *", fn, {timezone = "UTC" | "local", on_leader = true}):
@@ -232,24 +249,30 @@ function App:crontab(spec, fn, opts)
   if not ok then error("crontab: " .. tostring(schedule), 2) end
   if opts.on_leader then self:_leader_topic() end
   local name = string.format("crontab %q at %s", spec, callsite(2))
+  -- Carried over a reload: a run that fell due while the worker swapped
+  -- versions still happens (late), and none runs twice.
+  local key = self:_carry_key("crontab", spec .. " " .. tz)
   self.tasks[#self.tasks + 1] = {
     name = name,
     fn = function()
+      local rt = self.rt
       local handler = function(e) return debug.traceback(tostring(e), 2) end
+      local at = rt:carry(key) or cron.next_time(schedule, rt:now(), tz == "UTC")
       while true do
-        local now = self.rt:now()
-        local at = cron.next_time(schedule, now, tz == "UTC")
-        core.sleep(at - now)
+        rt:carry(key, at)
+        local wait = at - rt:now()
+        if wait > 0 then core.sleep(wait) end
         if not opts.on_leader or self:is_leader() then
           local ok2, err = xpcall(fn, handler)
           if not ok2 then core.log("error", name .. " failed: " .. err) end
         end
+        at = cron.next_time(schedule, math.max(rt:now(), at), tz == "UTC")
       end
     end,
   }
 end
 
--- Starts the app on a runtime: `settings` = { broker=URL, test=bool }.
+-- Starts the app on a runtime: `settings` = { broker=URL, test=bool, store=URL }.
 function App:_start(settings)
   if self.rt then error("app '" .. self.id .. "' is already running", 2) end
   local rt = core.new {
@@ -259,13 +282,52 @@ function App:_start(settings)
     commit_interval = self.commit_interval,
     max_queued = self.max_queued,
   }
+  self:_bind(rt, settings.store)
+  rt:start()
+  self:_spawn_tasks()
+  return rt
+end
+
+-- A reload: this (new) version takes over the running worker's runtime, whose
+-- topics and tables it declares again; fetching restarts where the previous
+-- version stopped.
+function App:_take_over(handle, store)
+  local rt = core.adopt(handle, { commit_interval = self.commit_interval, max_queued = self.max_queued })
+  self:_bind(rt, store)
+  rt:rebound()
+  self:_spawn_tasks()
+  return rt
+end
+
+-- What a reload cannot change under a running worker: raises the reason.
+-- `running` = { group, broker, data_dir, tables = {name = signature} }.
+function App:_check_reload(running, broker, dir)
+  local function refuse(fmt, ...)
+    error(string.format(fmt, ...) .. "; restart the worker to apply this change", 0)
+  end
+  if self.id ~= running.group then
+    refuse("the app id changed from '%s' to '%s' (it names the consumer group and the changelogs)", running.group, self.id)
+  end
+  if broker ~= running.broker then refuse("the broker changed from %s to %s", running.broker, broker) end
+  if dir ~= running.data_dir then refuse("the store changed from %s to %s", running.data_dir, dir) end
+  for _, t in ipairs(self.table_list) do
+    local was, now = running.tables[t.name], Table.signature(t)
+    if was and was ~= now then
+      refuse("table %s changed from {%s} to {%s}: its stored data and changelog are laid out by these", t.name, was, now)
+    elseif not was and t.global then
+      refuse("global table %s is new (a global table is recovered when the worker starts)", t.name)
+    end
+  end
+end
+
+function App:_bind(rt, store)
   self.rt = rt
   for _, t in ipairs(self.topic_list) do
     t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions)
   end
-  local dir = self:data_dir(settings.store)
+  local dir = self:data_dir(store)
   for _, t in ipairs(self.table_list) do
-    rawset(t, "id", rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global))
+    rawset(t, "id", rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global, Table.signature(t)))
   end
   if #self.table_list > 0 then
     local tables = self.table_list
@@ -292,13 +354,15 @@ function App:_start(settings)
     end
   end
   for _, a in ipairs(self.agent_list) do a:_start(rt) end
-  rt:start()
+end
+
+function App:_spawn_tasks()
+  local rt = self.rt
   for _, task in ipairs(self.tasks) do
     rt:spawn(task.fn, function(ok, err, tb)
       if not ok then core.log("error", string.format("%s failed: %s\n%s", task.name, tostring(err), tb)) end
     end, "task")
   end
-  return rt
 end
 
 function App:_stop()

@@ -8,22 +8,42 @@ local function fail(code, fmt, ...)
   return code
 end
 
--- Runs the app script and returns the app it created, or nil, exit code.
-local function load_app(path)
+-- Runs the app script; returns the app it created, or nil, a message and an exit code.
+local function run_script(path)
   local f = io.open(path, "r")
-  if not f then return nil, fail(2, "cannot open app script '%s'", path) end
+  if not f then return nil, string.format("cannot open app script '%s'", path), 2 end
   f:close()
   -- Modules next to the script can be required by name.
   local dir = path:match("^(.*)/[^/]*$") or "."
   package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
   local chunk, err = loadfile(path)
-  if not chunk then return nil, fail(1, "%s", err) end
+  if not chunk then return nil, err, 1 end
   local fstream = require "fstream"
   local ok, lerr = xpcall(chunk, function(e) return debug.traceback(tostring(e), 2) end)
-  if not ok then return nil, fail(1, "error while loading %s: %s", path, lerr) end
+  if not ok then return nil, string.format("error while loading %s: %s", path, lerr), 1 end
   local app = fstream._apps[#fstream._apps]
-  if not app then return nil, fail(1, "%s did not create an app (call fstream.app(id, opts))", path) end
+  if not app then return nil, string.format("%s did not create an app (call fstream.app(id, opts))", path), 1 end
   return app
+end
+
+-- Runs the app script and returns the app it created, or nil, exit code.
+local function load_app(path)
+  local app, msg, code = run_script(path)
+  if not app then return nil, fail(code, "%s", msg) end
+  return app
+end
+
+-- The app script and the modules it required from its directory: what --reload watches.
+local function app_files(path)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  local template = dir .. "/?.lua;" .. dir .. "/?/init.lua"
+  local files = { path }
+  for name in pairs(package.loaded) do
+    local file = type(name) == "string" and package.searchpath(name, template)
+    if file then files[#files + 1] = file end
+  end
+  table.sort(files)
+  return files
 end
 
 local function broker_of(app, opts)
@@ -50,6 +70,9 @@ local function banner(app, rt, broker, opts)
   io.stderr:write(table.concat(lines, "\n"), "\n")
 end
 
+-- The worker: loads and starts the app, then hands its runtime back to main.c,
+-- which runs the loop (so a reload can replace this Lua state) and calls
+-- cli.stopped when it ends.
 function cli.worker(opts)
   local app, code = load_app(opts.app)
   if not app then return code end
@@ -57,11 +80,39 @@ function cli.worker(opts)
   local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store })
   if not ok then return fail(1, "cannot start app '%s': %s", app.id, tostring(rt)) end
   banner(app, rt, broker, opts)
-  core.log("info", "worker started")
-  local rc = rt:run()
+  rt:reload_setup(opts.app, opts.broker or "", opts.store or "", opts.reload ~= nil, broker, app:data_dir(opts.store))
+  if opts.reload then rt:watch(app_files(opts.app)) end
+  core.log("info", opts.reload and "worker started; reloads when the app's files change (or on SIGHUP)"
+    or "worker started")
+  cli.running = app
+  return 0, rt
+end
+
+function cli.stopped(rc)
   core.log("info", string.format("worker stopped (exit %d)", rc))
-  app:_stop()
+  if cli.running then cli.running:_stop() end
   return rc
+end
+
+-- Reload, in a fresh Lua state: runs the new version of the script and checks
+-- it against the running worker (`running`: see App:_check_reload). Raises
+-- the message to log when the version cannot be used.
+function cli.prepare(opts, running)
+  local app, msg = run_script(opts.app)
+  if not app then error(msg, 0) end
+  local cli_opts = { broker = opts.broker ~= "" and opts.broker or nil, store = opts.store ~= "" and opts.store or nil }
+  app:_check_reload(running, broker_of(app, cli_opts), app:data_dir(cli_opts.store))
+  cli.pending = { app = app, path = opts.app, store = cli_opts.store }
+  return app
+end
+
+-- Reload: the prepared version takes over the runtime (`handle`).
+function cli.attach(app, handle)
+  local p = cli.pending
+  cli.pending = nil
+  local rt = app:_take_over(handle, p.store)
+  cli.running = app
+  if rt:reload_watching() then rt:watch(app_files(p.path)) end
 end
 
 function cli.send(opts)

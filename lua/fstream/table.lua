@@ -332,6 +332,20 @@ function Table._on(self, event, p, tid, keys)
   end
 end
 
+-- What a reload may not change: how the table's data is laid out (partitions,
+-- encodings, changelog, windows). Read raw: t.x would read the key "x".
+function Table.signature(self)
+  local g = function(k) return tostring(rawget(self, k)) end
+  local sig = string.format("partitions=%s global=%s key=%s value=%s changelog=%s", g("partitions"),
+    g("global"), g("key_serializer"), g("value_serializer"), rawget(self, "changelog").name)
+  local w = rawget(self, "window")
+  if w then
+    sig = sig .. string.format(" window=%s(%s,%s) expires=%s combine=%s", w.kind, tostring(w.size), tostring(w.step),
+      tostring(w.expires), tostring(w.combine ~= nil))
+  end
+  return sig
+end
+
 function Table.describe(self)
   return string.format("%s (%s%d partitions, changelog %s)", self.name, self.global and "global, " or "",
     self.partitions, self.changelog.name)
