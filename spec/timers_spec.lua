@@ -29,6 +29,19 @@ describe("timers and tasks", function()
     assert.are.same({ 3.0, 6.0, 9.0 }, at)
   end)
 
+  -- A reload hands the new version's timer the old one's next due time (rt:carry).
+  it("a timer keeps the rhythm carried over from the previous version", function()
+    local a = fstream.app("timer2", { topic_partitions = 1 })
+    local at = {}
+    local start
+    a:timer(3.0, function() at[#at + 1] = t:now() - start end)
+    t = fstream.testing(a)
+    start = t:now()
+    t.rt:carry("timer/3/1", start + 1)
+    t:advance(8)
+    assert.are.same({ 1.0, 4.0, 7.0 }, at)
+  end)
+
   it("a timer that raises is logged and keeps firing", function()
     local a = fstream.app("timer2", { topic_partitions = 1 })
     local n = 0
@@ -129,6 +142,23 @@ describe("crontab", function()
   it("rejects malformed specs clearly", function()
     assert.has_error(function() cron.parse("* * *") end, '"* * *": expected 5 fields (minute hour day month weekday)')
     assert.has_error(function() cron.parse("61 * * * *") end, 'bad minute field "61"')
+  end)
+
+  -- A reload hands the new version the next due time (rt:carry) of the old one.
+  it("takes a carried-over due time: a run that fell due during a reload happens once, at once", function()
+    local a = fstream.app("cron2", { topic_partitions = 1 })
+    local fired = {}
+    local t
+    a:crontab("*/10 * * * *", function() fired[#fired + 1] = t:now() end)
+    t = fstream.testing(a)
+    local due = t:now() - 5
+    t.rt:carry("crontab/*/10 * * * * UTC/1", due)
+    t:run()
+    assert.are.same({ t:now() }, fired)
+    t:advance(600)
+    assert.are.equal(2, #fired)
+    assert.are.equal(0, fired[2] % 600)
+    t:close()
   end)
 
   it("fires on the fake clock at the scheduled minutes", function()

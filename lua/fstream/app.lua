@@ -207,7 +207,7 @@ function App:timer(interval, fn, opts)
   local name = "timer at " .. callsite(2)
   -- A reload keeps the timer's rhythm: its next due time is carried over to the
   -- new version's timer of the same interval and rank (source lines move).
-  local key = self:_carry_key("timer", interval)
+  local key = self:_carry_key("timer", string.format("%g", interval))
   self.tasks[#self.tasks + 1] = {
     name = name,
     fn = function()
