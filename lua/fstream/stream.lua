@@ -18,6 +18,7 @@ function Stream.new(agent, cstream)
     buf = {},
     n = 0,  -- entries in buf (pairs in items mode)
     i = 0,  -- entries handed to the agent
+    fills = 0, -- batches taken (with i, names the event in hand)
     mode = MODE_VALUE,
     ended = false,
   }, Stream)
@@ -100,6 +101,7 @@ function Stream:_fill(mode)
     if self.agent.post_decode and n > 0 then n = post_decode(self, n, mode) end
     if bad then self.agent:_bad_event(bad) end
     self.mode, self.n, self.i = mode, n, 0
+    self.fills = self.fills + 1
     if self.agent.processors and n > 0 then
       n = process(self, n, mode)
       self.n = n

@@ -111,12 +111,31 @@ local function default_of(self)
 end
 
 -- Partition of the event being processed by the running agent, if any.
+-- `t[k] = t[k] + 1` asks twice for the same event: the stream remembers it.
 local function event_partition()
   local s = Table.streams_by_co[coroutine.running()]
-  if s and s.i > 0 then
-    local _, p = s.cs:meta(s.i)
-    return p
+  if s then
+    local i = s.i
+    if i > 0 then
+      if s.part_i == i and s.part_fill == s.fills then return s.part end
+      local _, p = s.cs:meta(i)
+      s.part_i, s.part_fill, s.part = i, s.fills, p
+      return p
+    end
   end
+end
+
+-- Key bytes; the last string key is remembered (a read then a write of it is
+-- the common case). Only strings: a number's encoding depends on its subtype,
+-- and a record key may change between two uses.
+local function key_bytes(self, k)
+  if type(k) == "string" and k == rawget(self, "last_k") then return rawget(self, "last_kb") end
+  local kb = self.encode_key(k)
+  if type(k) == "string" then
+    rawset(self, "last_k", k)
+    rawset(self, "last_kb", kb)
+  end
+  return kb
 end
 
 local function lookup(self, p, part, kb)
@@ -143,7 +162,7 @@ end
 -- (co-partitioning), elsewhere every partition this worker holds.
 local function read(self, k)
   if not self.app.rt then error(string.format("table '%s': the worker is not running", self.name), 3) end
-  local kb = self.encode_key(k)
+  local kb = key_bytes(self, k)
   if self.global then
     local p = core.partition_for(kb, self.partitions)
     return lookup(self, p, held(self, p), kb)
@@ -173,7 +192,7 @@ local function write(self, k, v)
       .. "(a write goes to that event's partition)", self.name), 3)
   end
   local part = held(self, p)
-  local kb = self.encode_key(k)
+  local kb = key_bytes(self, k)
   part.cache[kb] = v == nil and TOMBSTONE or v
   part.dirty[kb] = true
 end
