@@ -46,9 +46,13 @@ end)
 end
 
 local EVENS = [[
+local evens = app:table("evens", { default = 0 })
 app:agent("evens", input, function(stream)
-  for n in stream do
-    if tonumber(n) %% 2 == 0 then out:send { value = "%s-even|" .. n } end
+  for key, n in stream:items() do
+    if tonumber(n) %% 2 == 0 then
+      evens[key] = evens[key] + 1
+      out:send { value = "%s-even|" .. n }
+    end
   end
 end)
 ]]
@@ -64,7 +68,7 @@ local VERSIONS = {
   HEAD .. numbers_agent([["v1:" .. n]]),
   -- the output format changes
   HEAD .. numbers_agent([["v2|" .. n]]),
-  -- an agent is added
+  -- an agent is added, with a table
   HEAD .. numbers_agent([["v3|" .. n]]) .. EVENS:format("v3"),
   -- a topic is added (read by a new agent): the subscription changes
   HEAD .. numbers_agent([["v4|" .. n]]) .. EVENS:format("v4") .. SIDE:format("v4"),
@@ -185,6 +189,17 @@ describe("hot reload on a standalone embedded broker", function()
     end
     for i = 1, n do expected["b" .. i % 10] = (expected["b" .. i % 10] or 0) + 1 end
     assert.are.same(expected, counts)
+    -- The table added by a reload has its own LMDB files and changelog.
+    out, rc = proc.run(string.format("env %s %s table %s evens --store lmdb://%s 2>/dev/null",
+      table.concat(vars, " "), bin, proc.quote(script), proc.quote(store)))
+    assert.are.equal(0, rc, out)
+    local even_total = 0
+    for line in out:gmatch("[^\n]+") do
+      local row = json.decode(line)
+      assert.is_not_nil(row.key:match("^b[02468]$"), line)
+      even_total = even_total + row.value
+    end
+    assert.are.equal(evens, even_total)
     assert.are.equal(4, occurrences(w:output(), "reloaded [^\n]*app%.lua in %d+ ms"))
   end)
 
