@@ -125,19 +125,6 @@ local function event_partition()
   end
 end
 
--- Key bytes; the last string key is remembered (a read then a write of it is
--- the common case). Only strings: a number's encoding depends on its subtype,
--- and a record key may change between two uses.
-local function key_bytes(self, k)
-  if type(k) == "string" and k == rawget(self, "last_k") then return rawget(self, "last_kb") end
-  local kb = self.encode_key(k)
-  if type(k) == "string" then
-    rawset(self, "last_k", k)
-    rawset(self, "last_kb", kb)
-  end
-  return kb
-end
-
 local function lookup(self, p, part, kb)
   local v = part.cache[kb]
   if v == nil then v = part.prev[kb] end
@@ -162,7 +149,7 @@ end
 -- (co-partitioning), elsewhere every partition this worker holds.
 local function read(self, k)
   if not self.app.rt then error(string.format("table '%s': the worker is not running", self.name), 3) end
-  local kb = key_bytes(self, k)
+  local kb = self.encode_key(k)
   if self.global then
     local p = core.partition_for(kb, self.partitions)
     return lookup(self, p, held(self, p), kb)
@@ -192,7 +179,7 @@ local function write(self, k, v)
       .. "(a write goes to that event's partition)", self.name), 3)
   end
   local part = held(self, p)
-  local kb = key_bytes(self, k)
+  local kb = self.encode_key(k)
   part.cache[kb] = v == nil and TOMBSTONE or v
   part.dirty[kb] = true
 end
