@@ -125,6 +125,20 @@ local function event_partition()
   end
 end
 
+-- Key bytes of a string key, remembered per partition until the next
+-- checkpoint like the values: a key read and written by one event is encoded
+-- once. (Only strings: 1 and 1.0 are one Lua key but two encodings.)
+local function key_of(self, part, k)
+  if type(k) ~= "string" then return self.encode_key(k) end
+  local kbs = part.kbs
+  local kb = kbs[k]
+  if kb == nil then
+    kb = self.encode_key(k)
+    kbs[k] = kb
+  end
+  return kb
+end
+
 local function lookup(self, p, part, kb)
   local v = part.cache[kb]
   if v == nil then v = part.prev[kb] end
@@ -149,13 +163,17 @@ end
 -- (co-partitioning), elsewhere every partition this worker holds.
 local function read(self, k)
   if not self.app.rt then error(string.format("table '%s': the worker is not running", self.name), 3) end
-  local kb = self.encode_key(k)
   if self.global then
+    local kb = self.encode_key(k)
     local p = core.partition_for(kb, self.partitions)
     return lookup(self, p, held(self, p), kb)
   end
   local p = event_partition()
-  if p then return lookup(self, p, held(self, p), kb) end
+  if p then
+    local part = held(self, p)
+    return lookup(self, p, part, key_of(self, part, k))
+  end
+  local kb = self.encode_key(k)
   for q, part in pairs(self.parts) do
     local v = lookup(self, q, part, kb)
     if v ~= MISSING then return v end
@@ -179,7 +197,7 @@ local function write(self, k, v)
       .. "(a write goes to that event's partition)", self.name), 3)
   end
   local part = held(self, p)
-  local kb = self.encode_key(k)
+  local kb = key_of(self, part, k)
   part.cache[kb] = v == nil and TOMBSTONE or v
   part.dirty[kb] = true
 end
@@ -312,7 +330,7 @@ function Table._on(self, event, p, tid, keys)
       end
     end
   elseif event == "hold" then
-    rawset(self.parts, p, { cache = {}, prev = {}, dirty = {} })
+    rawset(self.parts, p, { cache = {}, prev = {}, dirty = {}, kbs = {} })
     local w = rawget(self, "window")
     if w then w:hold(self, p) end
   elseif event == "release" then
@@ -333,7 +351,7 @@ function Table._on(self, event, p, tid, keys)
       else
         part.prev = {}
       end
-      part.cache = {}
+      part.cache, part.kbs = {}, {}
     end
   end
 end
