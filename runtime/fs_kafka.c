@@ -711,6 +711,7 @@ int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
         } else {
             fs_info("subscription changed: %d topics", want->cnt);
             rt->subscribed = 1;
+            rc = 1;
         }
     }
     if (have) rd_kafka_topic_partition_list_destroy(have);

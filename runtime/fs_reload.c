@@ -436,22 +436,26 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
         return -1;
     }
     rd_kafka_topic_partition_list_t *restart_at = rt->reload->restart;
-    if (fs_kafka_rebind(rt, err, errlen)) return -1;
+    int resubscribed = fs_kafka_rebind(rt, err, errlen);
+    if (resubscribed < 0) return -1;
     /* Back to the positions after the last finished events: what the old
-     * version dropped is fetched again for the new one. */
+     * version dropped is fetched again for the new one. A seek that fails
+     * while the group rebalances onto a new subscription is harmless: the
+     * partitions are assigned again from the offsets just committed. */
     if (restart_at && restart_at->cnt && rt->consumer) {
         rd_kafka_error_t *e = rd_kafka_seek_partitions(rt->consumer, restart_at, 10000);
-        if (e) {
-            snprintf(err, errlen, "seek failed: %s", rd_kafka_error_string(e));
-            rd_kafka_error_destroy(e);
-            return -1;
-        }
-        for (int i = 0; i < restart_at->cnt; i++)
+        const char *failed = e ? rd_kafka_error_string(e) : NULL;
+        char what[256] = "";
+        for (int i = 0; !failed && i < restart_at->cnt; i++)
             if (restart_at->elems[i].err) {
-                snprintf(err, errlen, "seek of %s[%d] failed: %s", restart_at->elems[i].topic,
+                snprintf(what, sizeof what, "%s[%d]: %s", restart_at->elems[i].topic,
                          (int)restart_at->elems[i].partition, rd_kafka_err2str(restart_at->elems[i].err));
-                return -1;
+                failed = what;
             }
+        if (failed && resubscribed) fs_warn("reload: seek failed during the rebalance (%s)", failed);
+        else if (failed) snprintf(err, errlen, "seek failed: %s", failed);
+        if (e) rd_kafka_error_destroy(e);
+        if (failed && !resubscribed) return -1;
     }
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {

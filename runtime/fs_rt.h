@@ -326,7 +326,8 @@ int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything 
 /* Before a reload: stage, deliver, write LMDB; commit without failing on a refused commit. */
 int fs_checkpoint_reload(fs_rt *rt, int timeout_ms);
 /* After a reload: producer handles for new topics, create them, subscribe to
- * what the new agents read (a changed subscription rebalances). */
+ * what the new agents read. Returns 1 when the subscription changed (the
+ * group rebalances), 0 when not, -1 on error. */
 int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen);
 int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
 void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
