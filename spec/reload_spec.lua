@@ -65,9 +65,10 @@ end)
 ]]
 
 local VERSIONS = {
-  HEAD .. numbers_agent([["v1:" .. n]]),
-  -- the output format changes
-  HEAD .. numbers_agent([["v2|" .. n]]),
+  -- v1 takes its output format from a module next to the script
+  HEAD .. numbers_agent([[require("fmt").tag .. n]]),
+  -- the output format changes: only the module is rewritten
+  'return { tag = "v2|" }',
   -- an agent is added, with a table
   HEAD .. numbers_agent([["v3|" .. n]]) .. EVENS:format("v3"),
   -- a topic is added (read by a new agent): the subscription changes
@@ -90,6 +91,7 @@ describe("hot reload on a standalone embedded broker", function()
     proc.create_topics(addr, env.IN, env.OUT)
     local script = dir .. "/app.lua"
     proc.write(script, VERSIONS[1])
+    proc.write(dir .. "/fmt.lua", 'return { tag = "v1:" }')
     local store = dir .. "/store"
     local vars = {}
     for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. proc.quote(v) end
@@ -107,7 +109,9 @@ describe("hot reload on a standalone embedded broker", function()
     local reloads = 0
     local function install(k, how)
       proc.sleep(1.5)
-      if how == "rename" then
+      if k == 2 then
+        proc.write(dir .. "/fmt.lua", VERSIONS[2])
+      elseif how == "rename" then
         -- An editor that writes a new file and renames it over the old one.
         proc.write(dir .. "/.app.lua.tmp", VERSIONS[k])
         assert(os.rename(dir .. "/.app.lua.tmp", script))

@@ -70,6 +70,21 @@ local function banner(app, rt, broker, opts)
   io.stderr:write(table.concat(lines, "\n"), "\n")
 end
 
+-- --reload: watches the app's files, and modules it requires later (inside an
+-- agent, say) from the moment they are loaded.
+local function watch(rt, path)
+  rt:watch(app_files(path))
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  local template = dir .. "/?.lua;" .. dir .. "/?/init.lua"
+  local plain = require
+  require = function(name)
+    local fresh = package.loaded[name] == nil
+    local m, where = plain(name)
+    if fresh and type(name) == "string" and package.searchpath(name, template) then rt:watch(app_files(path)) end
+    return m, where
+  end
+end
+
 -- The worker: loads and starts the app, then hands its runtime back to main.c,
 -- which runs the loop (so a reload can replace this Lua state) and calls
 -- cli.stopped when it ends.
@@ -81,7 +96,7 @@ function cli.worker(opts)
   if not ok then return fail(1, "cannot start app '%s': %s", app.id, tostring(rt)) end
   banner(app, rt, broker, opts)
   rt:reload_setup(opts.app, opts.broker or "", opts.store or "", opts.reload ~= nil, broker, app:data_dir(opts.store))
-  if opts.reload then rt:watch(app_files(opts.app)) end
+  if opts.reload then watch(rt, opts.app) end
   core.log("info", opts.reload and "worker started; reloads when the app's files change (or on SIGHUP)"
     or "worker started")
   cli.running = app
@@ -112,7 +127,7 @@ function cli.attach(app, handle)
   cli.pending = nil
   local rt = app:_take_over(handle, p.store)
   cli.running = app
-  if rt:reload_watching() then rt:watch(app_files(p.path)) end
+  if rt:reload_watching() then watch(rt, p.path) end
 end
 
 function cli.send(opts)
