@@ -292,6 +292,14 @@ rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_
         rd_kafka_conf_destroy(c);
         return NULL;
     }
+    /* librdkafka's mock broker answers a Fetch that finds no data only when
+     * fetch.wait.max.ms (500 ms by default) has passed, even if data arrived
+     * meanwhile: on the embedded broker every hop through a topic, and every
+     * reload, would wait that long. */
+    if (rt->embedded && conf_set(c, "fetch.wait.max.ms", "50", err, errlen)) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
     /* FSTREAM_KAFKA_DEBUG=cgrp,fetch,...: librdkafka's own debug contexts (log level debug). */
     const char *dbg = getenv("FSTREAM_KAFKA_DEBUG");
     if (dbg && *dbg && conf_set(c, "debug", dbg, err, errlen)) {
