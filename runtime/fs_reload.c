@@ -274,11 +274,17 @@ static void push_running(lua_State *L, fs_rt *rt)
     lua_setfield(L, -2, "tables");
 }
 
-static int traceback(lua_State *L)
+/* Pushes the traceback handler, then function `name` of fstream.cli; returns
+ * the handler's index, or 0 with the error on the stack. */
+static int push_cli(lua_State *L, const char *name)
 {
-    const char *msg = lua_tostring(L, 1);
-    luaL_traceback(L, L, msg ? msg : "(non-string error)", 1);
-    return 1;
+    lua_pushcfunction(L, fs_sched_traceback);
+    int h = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "fstream.cli");
+    if (lua_pcall(L, 1, 1, h) != LUA_OK) return 0;
+    lua_getfield(L, -1, name);
+    return h;
 }
 
 /* Loads and checks the new version in a state of its own; NULL + message on failure. */
@@ -290,12 +296,7 @@ static lua_State *load_next(fs_rt *rt, int *app_ref, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    lua_pushcfunction(L, traceback);
-    int h = lua_gettop(L);
-    lua_getglobal(L, "require");
-    lua_pushstring(L, "fstream.cli");
-    if (lua_pcall(L, 1, 1, h) == LUA_OK) {
-        lua_getfield(L, -1, "prepare");
+    if (push_cli(L, "prepare")) {
         lua_newtable(L);
         lua_pushstring(L, r->path);
         lua_setfield(L, -2, "app");
@@ -396,13 +397,8 @@ static void swap(fs_rt *rt)
     r->next_app = LUA_NOREF;
     rt->L = L;
     rt->rebinding = 1;
-    lua_pushcfunction(L, traceback);
-    int h = lua_gettop(L);
-    lua_getglobal(L, "require");
-    lua_pushstring(L, "fstream.cli");
-    int rc = lua_pcall(L, 1, 1, h);
-    if (rc == LUA_OK) {
-        lua_getfield(L, -1, "attach");
+    int h = push_cli(L, "attach"), rc = LUA_ERRRUN;
+    if (h) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, app_ref);
         lua_pushlightuserdata(L, rt);
         rc = lua_pcall(L, 2, 0, h);
