@@ -196,34 +196,29 @@ function App:task(fn, opts)
   self.tasks[#self.tasks + 1] = { fn = body, name = "task at " .. callsite(2) }
 end
 
--- app:timer(interval, fn): calls fn every `interval` seconds (first call after
--- one interval), never two at once; an error is logged and the timer goes on.
--- With on_leader = true it fires only on the group's leader.
-function App:timer(interval, fn, opts)
-  if type(interval) ~= "number" or interval <= 0 then error("timer interval must be a positive number of seconds", 2) end
-  if type(fn) ~= "function" then error("timer expects a function", 2) end
-  opts = check_opts("timer", opts, { on_leader = true })
-  if opts.on_leader then self:_leader_topic() end
-  local name = "timer at " .. callsite(2)
-  -- A reload keeps the timer's rhythm: its next due time is carried over to the
-  -- new version's timer of the same interval and rank (source lines move).
-  local key = self:_carry_key("timer", string.format("%g", interval))
+-- A task that calls fn at due times: first(carried, now) gives the first one
+-- (carried: what the previous version left under `key`, or nil), after(due, now)
+-- each next. The due time is carried over a reload. Never two calls at once;
+-- an error is logged and the schedule goes on; with on_leader only the group's
+-- leader calls fn.
+function App:_scheduled(kind, what, name, fn, on_leader, first, after)
+  -- Keyed by kind, schedule and rank: source lines move between versions.
+  local key = self:_carry_key(kind, what)
   self.tasks[#self.tasks + 1] = {
     name = name,
     fn = function()
       local rt = self.rt
       local handler = function(e) return debug.traceback(tostring(e), 2) end
-      local due = rt:carry(key)
-      if not due or due > rt:now() + interval then due = rt:now() + interval end
+      local due = first(rt:carry(key), rt:now())
       while true do
         rt:carry(key, due)
         local wait = due - rt:now()
         if wait > 0 then core.sleep(wait) end
-        if not opts.on_leader or self:is_leader() then
+        if not on_leader or self:is_leader() then
           local ok, err = xpcall(fn, handler)
           if not ok then core.log("error", name .. " failed: " .. err) end
         end
-        due = rt:now() + interval
+        due = after(due, rt:now())
       end
     end,
   }
@@ -237,8 +232,28 @@ function App:_carry_key(kind, what)
   return k .. "/" .. self.carry_ranks[k]
 end
 
+-- app:timer(interval, fn): calls fn every `interval` seconds (first call after
+-- one interval), never two at once; an error is logged and the timer goes on.
+-- With on_leader = true it fires only on the group's leader. A reload keeps the
+-- timer's rhythm: the new version's timer of the same interval and rank takes
+-- the old one's next due time.
+function App:timer(interval, fn, opts)
+  if type(interval) ~= "number" or interval <= 0 then error("timer interval must be a positive number of seconds", 2) end
+  if type(fn) ~= "function" then error("timer expects a function", 2) end
+  opts = check_opts("timer", opts, { on_leader = true })
+  if opts.on_leader then self:_leader_topic() end
+  self:_scheduled("timer", string.format("%g", interval), "timer at " .. callsite(2), fn, opts.on_leader,
+    function(carried, now)
+      if not carried or carried > now + interval then return now + interval end
+      return carried
+    end,
+    function(_, now) return now + interval end)
+end
+
 -- app:crontab("*/5 * * * *", fn, {timezone = "UTC" | "local", on_leader = true}):
 -- minute hour day-of-month month day-of-week, each *, N, A-B, A,B or */N.
+-- Carried over a reload: a run that fell due while the worker swapped versions
+-- still happens (late), and none runs twice.
 function App:crontab(spec, fn, opts)
   if type(fn) ~= "function" then error("crontab expects a function", 2) end
   opts = check_opts("crontab", opts, { timezone = true, on_leader = true })
@@ -248,28 +263,11 @@ function App:crontab(spec, fn, opts)
   local ok, schedule = pcall(cron.parse, spec)
   if not ok then error("crontab: " .. tostring(schedule), 2) end
   if opts.on_leader then self:_leader_topic() end
-  local name = string.format("crontab %q at %s", spec, callsite(2))
-  -- Carried over a reload: a run that fell due while the worker swapped
-  -- versions still happens (late), and none runs twice.
-  local key = self:_carry_key("crontab", spec .. " " .. tz)
-  self.tasks[#self.tasks + 1] = {
-    name = name,
-    fn = function()
-      local rt = self.rt
-      local handler = function(e) return debug.traceback(tostring(e), 2) end
-      local at = rt:carry(key) or cron.next_time(schedule, rt:now(), tz == "UTC")
-      while true do
-        rt:carry(key, at)
-        local wait = at - rt:now()
-        if wait > 0 then core.sleep(wait) end
-        if not opts.on_leader or self:is_leader() then
-          local ok2, err = xpcall(fn, handler)
-          if not ok2 then core.log("error", name .. " failed: " .. err) end
-        end
-        at = cron.next_time(schedule, math.max(rt:now(), at), tz == "UTC")
-      end
-    end,
-  }
+  local utc = tz == "UTC"
+  self:_scheduled("crontab", spec .. " " .. tz, string.format("crontab %q at %s", spec, callsite(2)), fn,
+    opts.on_leader,
+    function(carried, now) return carried or cron.next_time(schedule, now, utc) end,
+    function(due, now) return cron.next_time(schedule, math.max(now, due), utc) end)
 end
 
 -- Starts the app on a runtime: `settings` = { broker=URL, test=bool, store=URL }.
