@@ -8,14 +8,19 @@ local function fail(code, fmt, ...)
   return code
 end
 
+-- A package.path template for modules in the app script's directory.
+local function module_template(path)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  return dir .. "/?.lua;" .. dir .. "/?/init.lua"
+end
+
 -- Runs the app script; returns the app it created, or nil, a message and an exit code.
 local function run_script(path)
   local f = io.open(path, "r")
   if not f then return nil, string.format("cannot open app script '%s'", path), 2 end
   f:close()
   -- Modules next to the script can be required by name.
-  local dir = path:match("^(.*)/[^/]*$") or "."
-  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+  package.path = module_template(path) .. ";" .. package.path
   local chunk, err = loadfile(path)
   if not chunk then return nil, err, 1 end
   local fstream = require "fstream"
@@ -35,8 +40,7 @@ end
 
 -- The app script and the modules it required from its directory: what --reload watches.
 local function app_files(path)
-  local dir = path:match("^(.*)/[^/]*$") or "."
-  local template = dir .. "/?.lua;" .. dir .. "/?/init.lua"
+  local template = module_template(path)
   local files = { path }
   for name in pairs(package.loaded) do
     local file = type(name) == "string" and package.searchpath(name, template)
@@ -74,8 +78,7 @@ end
 -- agent, say) from the moment they are loaded.
 local function watch(rt, path)
   rt:watch(app_files(path))
-  local dir = path:match("^(.*)/[^/]*$") or "."
-  local template = dir .. "/?.lua;" .. dir .. "/?/init.lua"
+  local template = module_template(path)
   local plain = require
   require = function(name)
     local fresh = package.loaded[name] == nil
