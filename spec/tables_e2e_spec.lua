@@ -62,12 +62,7 @@ describe("a table on a standalone embedded broker", function()
     assert.are.equal(0, a:stop())
     assert.truthy(b:wait_for("assigned 4 partitions", 60), b:output())
     env.THROTTLE = "0"
-    local c
-    local deadline = os.time() + 90
-    repeat
-      proc.sleep(1)
-      c = read_counts(env, s2)
-    until total(c) >= #lines or os.time() > deadline
+    wait_total(env, #lines, 90, b, s2)
     assert.are.equal(0, b:stop())
     -- B now holds every partition: its store alone has every word, counted once.
     assert.are.same(expected, read_counts(env, s2))
@@ -89,12 +84,7 @@ describe("a table on a standalone embedded broker", function()
     proc.sleep(1)
     assert.are.equal(0, b:stop())
     assert.truthy(a:wait_for("assigned 4 partitions.*assigned 4 partitions", 60), a:output())
-    local c
-    local deadline = os.time() + 90
-    repeat
-      proc.sleep(1)
-      c = read_counts(env, s1)
-    until total(c) >= #lines or os.time() > deadline
+    wait_total(env, #lines, 90, a, s1)
     assert.are.equal(0, a:stop())
     assert.are.same(expected, read_counts(env, s1))
   end)
