@@ -57,6 +57,7 @@ describe("cron fields", function()
     -- In the weekday field N/S stops at Saturday: Monday, Wednesday, Friday.
     assert.are.same({ "2026-11-30 00:00", "2026-12-02 00:00", "2026-12-04 00:00", "2026-12-07 00:00" },
       utc("0 0 * * 1/2", NOV29, 4))
+    assert.are.same({ "2026-12-06 00:00", "2026-12-13 00:00" }, utc("0 0 * * 7/2", NOV29, 2))
   end)
 
   it("month and weekday names, any case, in lists and ranges; weekday 7 is Sunday", function()
@@ -206,6 +207,14 @@ describe("cron across daylight-saving changes (cronie's rules)", function()
     assert.are.same({ "2027-11-07 00:00 -0400", "2027-11-08 00:00 -0500" }, fires("@daily", NY_FALL, new_york, 2))
   end)
 
+  it("Lord Howe moves by half an hour: 02:15 runs at 02:30, */15 skips the half hour", function()
+    local lord_howe = tz.zone("Australia/Lord_Howe")
+    local oct2 = 1822489200 -- 2027-10-02 15:00 UTC; clocks go 02:00 -> 02:30 at 15:30 UTC
+    assert.are.same({ "2027-10-03 02:30 +1100", "2027-10-04 02:15 +1100" }, fires("15 2 * * *", oct2, lord_howe, 2))
+    assert.are.same({ "2027-10-03 01:45 +1030", "2027-10-03 02:30 +1100", "2027-10-03 02:45 +1100" },
+      fires("*/15 * * * *", oct2, lord_howe))
+  end)
+
   it("a shift of more than three hours is the zone's new time, not daylight saving (Samoa skipped 2011-12-30)", function()
     local apia = tz.zone("Pacific/Apia")
     local dec29 = 1325116800 -- 2011-12-29 00:00 UTC
@@ -249,6 +258,11 @@ describe("time zones", function()
     assert.are.equal(39600, lord_howe:offset(NOV29))
     assert.are.equal(37800, lord_howe:offset(NOV29 + 180 * 86400))
     assert.are.same({ std = -10800 }, tz.parse_posix("<-03>3"))
+    -- RFC 8536's daylight saving all year: the end of one year is the start of the next.
+    local always = tz.posix("EST5EDT,0/0,J365/25")
+    for _, u in ipairs { NOV29, NOV29 + 40 * 86400, NOV29 + 200 * 86400, NOV29 + 3000 * 86400 } do
+      assert.are.equal(-14400, always:offset(u))
+    end
     for _, bad in ipairs { "", "5", "EST", "EST5EDT", "EST5EDT,M3.2.0", "EST5EDT,M13.2.0,M11.1.0", "EST5EDT,M3.2.0,M11.1.0x" } do
       assert.has_error(function() tz.parse_posix(bad) end)
     end

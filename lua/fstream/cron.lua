@@ -78,7 +78,7 @@ local function parse_field(text, i)
       else
         if not range:match("^%w+$") then bad() end
         a = value(range)
-        b = item:find("/", 1, true) and (f.step_hi or f.hi) or a
+        b = item:find("/", 1, true) and math.max(a, f.step_hi or f.hi) or a -- "7/2" is Sunday alone
       end
     end
     for v = a, b, step do set[v] = true end

@@ -84,7 +84,12 @@ local function extend(z, upto)
       local n = #z.times
       local last = n > 0 and z.times[n] or -math.huge
       local cur = n > 0 and z.offs[n] or z.off0
-      if tr[1] > last and tr[2] ~= cur then
+      if tr[1] == last then
+        -- A year's end meets the next one's start (DST all year, "0/0,J365/25"):
+        -- the later transition wins, and one that changes nothing goes.
+        z.offs[n] = tr[2]
+        if tr[2] == (n > 1 and z.offs[n - 1] or z.off0) then z.times[n], z.offs[n] = nil, nil end
+      elseif tr[1] > last and tr[2] ~= cur then
         z.times[n + 1], z.offs[n + 1] = tr[1], tr[2]
       end
     end
@@ -113,13 +118,13 @@ end
 local function list_zone(name, times, offs, off0, rule)
   local z = setmetatable({ name = name, times = times, offs = offs, off0 = off0, rule = rule }, Zone)
   z.period = list_period
+  if rule and #times == 0 then z.off0 = rule.std end
   if rule and rule.dst then
     -- The rule takes over after the table's last transition, from its year on.
     local n = #times
     z.rule_year = (n > 0 and tz.civil_from_days(times[n] // DAY) or 1970) - 1
   else
     z.rule = nil
-    if rule and #times == 0 then z.off0 = rule.std end
   end
   return z
 end
