@@ -118,6 +118,10 @@ static int l_core_new(lua_State *L)
     double ci = luaL_optnumber(L, -1, 2.8);
     lua_getfield(L, 1, "max_queued");
     lua_Integer maxq = luaL_optinteger(L, -1, 20000);
+    /* fstream.testing's fake clock: the epoch time it starts at (default now). */
+    lua_getfield(L, 1, "clock");
+    int has_clock = !lua_isnil(L, -1);
+    double clock = luaL_optnumber(L, -1, 0);
 
     rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->rt = NULL;
@@ -141,7 +145,8 @@ static int l_core_new(lua_State *L)
     if (test) {
         struct timeval tv;
         gettimeofday(&tv, NULL);
-        rt->wall_offset_ms = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+        rt->wall_offset_ms = has_clock ? (int64_t)llround(clock * 1000.0)
+                                       : (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
         rt->broker = strdup("");
         return 1;
     }

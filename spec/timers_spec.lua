@@ -161,6 +161,53 @@ describe("crontab", function()
     t:close()
   end)
 
+  -- The fake clock starts where asked (fstream.testing's clock option).
+  local function berlin_day(clock, hours)
+    local a = fstream.app("cron_tz", { topic_partitions = 1 })
+    local fixed, hourly = {}, {}
+    local t
+    local stamp = function() return os.date("!%m-%d %H:%M", math.floor(t:now())) end
+    a:crontab("30 2 * * *", function() fixed[#fixed + 1] = stamp() end, { timezone = "Europe/Berlin" })
+    a:crontab("0 * * * *", function() hourly[#hourly + 1] = stamp() end, { timezone = "Europe/Berlin" })
+    t = fstream.testing(a, { clock = clock })
+    assert.are.equal(clock, t:now())
+    t:advance(hours * 3600 - 60)
+    t:close()
+    return fixed, hourly
+  end
+
+  it("fires at Berlin's local times when clocks go forward (UTC below)", function()
+    local fixed, hourly = berlin_day(1806184800, 6) -- from 2027-03-27 22:00 UTC
+    -- 02:30 does not exist on the 28th: it runs at 03:00 CEST, right after the jump.
+    assert.are.same({ "03-28 01:00" }, fixed)
+    -- 00:00 and 01:00 CET, then 03:00, 04:00 and 05:00 CEST.
+    assert.are.same({ "03-27 23:00", "03-28 00:00", "03-28 01:00", "03-28 02:00", "03-28 03:00" }, hourly)
+  end)
+
+  it("fires at Berlin's local times when clocks go back (UTC below)", function()
+    local fixed, hourly = berlin_day(1824933600, 6) -- from 2027-10-30 22:00 UTC
+    -- 02:30 happens twice on the 31st: it runs the first time only.
+    assert.are.same({ "10-31 00:30" }, fixed)
+    -- 01:00 and 02:00 CEST, 02:00 again and 03:00 CET, 04:00 CET.
+    assert.are.same({ "10-30 23:00", "10-31 00:00", "10-31 01:00", "10-31 02:00", "10-31 03:00" }, hourly)
+  end)
+
+  it("rejects an unknown time zone or a bad spec at the crontab's line", function()
+    local a = fstream.app("cron_bad", { topic_partitions = 1 })
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok, err = pcall(function() a:crontab("0 * * * *", function() end, { timezone = "Europe/Berln" }) end)
+    assert.is_false(ok)
+    assert.are.equal(string.format('spec/timers_spec.lua:%d: crontab: unknown time zone "Europe/Berln" '
+      .. '(not in /usr/share/zoneinfo; IANA names look like "Europe/Berlin")', line), err)
+    line = debug.getinfo(1, "l").currentline + 1
+    ok, err = pcall(function() a:crontab("1,,2 * * * *", function() end) end)
+    assert.are.equal(string.format('spec/timers_spec.lua:%d: crontab: bad minute field "1,,2"', line), err)
+    ok, err = pcall(function() a:crontab("0 0 31 2 *", function() end) end)
+    assert.matches('^spec/timers_spec.lua:%d+: crontab: "0 0 31 2 %*" never fires', err)
+    ok, err = pcall(function() a:crontab("@reboot", function() end) end)
+    assert.matches('crontab: "@reboot" is not a schedule: use app:task%(fn%)', err)
+  end)
+
   it("fires on the fake clock at the scheduled minutes", function()
     local a = fstream.app("cron1", { topic_partitions = 1 })
     local fired = {}

@@ -250,33 +250,37 @@ function App:timer(interval, fn, opts)
     function(_, now) return now + interval end)
 end
 
--- app:crontab("*/5 * * * *", fn, {timezone = "UTC" | "local", on_leader = true}):
--- minute hour day-of-month month day-of-week, each *, N, A-B, A,B or */N.
+-- app:crontab("*/5 * * * *", fn, {timezone = "UTC" | "local" | "Europe/Berlin", on_leader = true}):
+-- minute hour day-of-month month day-of-week as cron reads them (see
+-- fstream.cron: names, @daily and the like, daylight-saving changes).
 -- Carried over a reload: a run that fell due while the worker swapped versions
 -- still happens (late), and none runs twice.
 function App:crontab(spec, fn, opts)
   if type(fn) ~= "function" then error("crontab expects a function", 2) end
   opts = check_opts("crontab", opts, { timezone = true, on_leader = true })
   local tz = opts.timezone or "UTC"
-  if tz ~= "UTC" and tz ~= "local" then error("crontab: timezone must be \"UTC\" or \"local\"", 2) end
+  if type(tz) ~= "string" then error("crontab: timezone must be \"UTC\", \"local\" or an IANA name like \"Europe/Berlin\"", 2) end
   local cron = require("fstream.cron")
   local ok, schedule = pcall(cron.parse, spec)
   if not ok then error("crontab: " .. tostring(schedule), 2) end
+  local zone
+  ok, zone = pcall(require("fstream.tz").zone, tz)
+  if not ok then error("crontab: " .. tostring(zone), 2) end
   if opts.on_leader then self:_leader_topic() end
-  local utc = tz == "UTC"
   self:_scheduled("crontab", spec .. " " .. tz, string.format("crontab %q at %s", spec, callsite(2)), fn,
     opts.on_leader,
-    function(carried, now) return carried or cron.next_time(schedule, now, utc) end,
-    function(due, now) return cron.next_time(schedule, math.max(now, due), utc) end)
+    function(carried, now) return carried or cron.next_time(schedule, now, zone) end,
+    function(due, now) return cron.next_time(schedule, math.max(now, due), zone) end)
 end
 
--- Starts the app on a runtime: `settings` = { broker=URL, test=bool, store=URL }.
+-- Starts the app on a runtime: `settings` = { broker=URL, test=bool, clock=epoch s (test only), store=URL }.
 function App:_start(settings)
   if self.rt then error("app '" .. self.id .. "' is already running", 2) end
   local rt = core.new {
     group = self.id,
     broker = settings.broker or self.broker,
     test = settings.test,
+    clock = settings.clock,
     commit_interval = self.commit_interval,
     max_queued = self.max_queued,
   }

@@ -31,9 +31,10 @@ end
 -- or nil, error. Other agents keep running meanwhile.
 fstream.http = { request = function(req) return core.http_request(req) end }
 
--- Faust's test_context: the app on an in-memory broker with a fake clock.
-function fstream.testing(app)
-  return require("fstream.testing").new(app)
+-- Faust's test_context: the app on an in-memory broker with a fake clock
+-- (starting now, or at opts.clock seconds since the epoch).
+function fstream.testing(app, opts)
+  return require("fstream.testing").new(app, opts)
 end
 
 -- Logging from app code, through the worker's logger (-l LEVEL applies).

@@ -10,8 +10,14 @@ local core = require "fstream.core"
 local Testing = {}
 Testing.__index = Testing
 
-function Testing.new(app)
-  local rt = app:_start { test = true }
+-- opts.clock: the epoch time (seconds) the fake clock starts at; default now.
+function Testing.new(app, opts)
+  if opts ~= nil and type(opts) ~= "table" then error("fstream.testing: options must be a table", 3) end
+  local clock = opts and opts.clock
+  if clock ~= nil and (type(clock) ~= "number" or clock ~= clock or math.abs(clock) > 1e13) then
+    error("fstream.testing: clock must be a time in seconds since the epoch", 3)
+  end
+  local rt = app:_start { test = true, clock = clock }
   return setmetatable({ app = app, rt = rt }, Testing)
 end
 
