@@ -14,16 +14,7 @@
 -- truncating never moves a time across a second, so never across a window.
 local M = {}
 
--- Days from 1970-01-01 to civil date y-m-d (proleptic Gregorian).
-local function days_from_civil(y, m, d)
-  y = m <= 2 and y - 1 or y
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
-M.days_from_civil = days_from_civil
+local days_from_civil = require("fstream.tz").days_from_civil
 
 local MONTH_DAYS = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
 local PAD = { 100000, 10000, 1000, 100, 10, 1 } -- microseconds per unit of an n-digit fraction

@@ -113,7 +113,7 @@ function M.relative(t, how, field, opts)
 end
 
 -- Event times must fall in the years 1970..9999 (UTC).
-local MIN_TIME, MAX_TIME = 0, isotime.days_from_civil(10000, 1, 1) * 86400
+local MIN_TIME, MAX_TIME = 0, require("fstream.tz").days_from_civil(10000, 1, 1) * 86400
 local HUGE, math_type = math.huge, math.type
 
 -- Seconds since the epoch from an ISO-8601 text (see fstream.isotime) or a
