@@ -302,7 +302,7 @@ Table.__name = "fstream.Table"
 
 -- Windowing: t:tumbling(size, {expires}), t:hopping(size, step, {expires}),
 -- t:sliding(size, {expires}), then :relative_to_stream() (default),
--- :relative_to_field(name) or :relative_to_now(). See lua/fstream/window.lua.
+-- :relative_to_field(name, {unit=}) or :relative_to_now(). See lua/fstream/window.lua.
 for _, kind in ipairs { "tumbling", "hopping", "sliding" } do
   METHODS[kind] = function(self, ...)
     require("fstream.window").configure(self, kind, ...)
@@ -311,7 +311,7 @@ for _, kind in ipairs { "tumbling", "hopping", "sliding" } do
 end
 function METHODS.relative_to_stream(self) require("fstream.window").relative(self, "stream"); return self end
 function METHODS.relative_to_now(self) require("fstream.window").relative(self, "now"); return self end
-function METHODS.relative_to_field(self, field) require("fstream.window").relative(self, "field", field); return self end
+function METHODS.relative_to_field(self, field, opts) require("fstream.window").relative(self, "field", field, opts); return self end
 
 -- Checkpoint hook: "flush" stages dirty entries; "hold"/"release" follow the
 -- partitions this worker is assigned.

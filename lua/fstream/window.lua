@@ -12,10 +12,14 @@
 -- counted, handed to on_late(key, value), and never re-opens the window.
 local core = require "fstream.core"
 local Table = require "fstream.table"
+local isotime = require "fstream.isotime"
 
 local json = core.json
 local STREAM_TIME = "\0stream_time"
 local CLOSED_THROUGH = "\0closed_through"
+-- Default bound on how far ahead of the wall clock an event time may be: a
+-- day covers any clock skew; a time beyond it is a broken producer or field.
+local MAX_FUTURE = 86400
 
 local Window = {}
 Window.__index = Window
@@ -43,7 +47,7 @@ function M.configure(t, kind, a, b, c)
   opts = opts or {}
   if type(opts) ~= "table" then error(kind .. " options must be a table {expires=}", level) end
   for k in pairs(opts) do
-    if k ~= "expires" and not (k == "combine" and kind == "hopping") then
+    if k ~= "expires" and k ~= "max_future" and not (k == "combine" and kind == "hopping") then
       error(string.format("%s: unknown option '%s'", kind, tostring(k)), level)
     end
   end
@@ -52,6 +56,10 @@ function M.configure(t, kind, a, b, c)
   end
   local expires = opts.expires or 0
   if type(expires) ~= "number" or expires < 0 then error("expires must be a number of seconds >= 0", level) end
+  local max_future = opts.max_future or MAX_FUTURE
+  if type(max_future) ~= "number" or not (max_future >= 0) then
+    error("max_future must be a number of seconds >= 0 (math.huge: no bound)", level)
+  end
   if t.key_serializer ~= "json" then
     error(string.format("windowed table '%s' needs the json key serializer", t.name), level)
   end
@@ -61,7 +69,10 @@ function M.configure(t, kind, a, b, c)
     -- step-slice and folds the slices of a window when it is read or closed:
     -- an event costs one update whatever size/step is.
     combine = opts.combine,
-    time = "stream", field = nil,
+    time = "stream", field = nil, unit = nil,
+    -- Event times above horizon (the clock plus max_future when last looked
+    -- at) are refused: one absurd time would otherwise close every window.
+    max_future = max_future, horizon = -math.huge,
     parts = {},          -- p -> { index = {kb -> {key, start, end}}, stream_time = number }
     late = 0, closed = 0,
   }, Window)
@@ -79,46 +90,66 @@ function M.configure(t, kind, a, b, c)
   }
 end
 
-function M.relative(t, how, field)
+local UNITS = { s = 1, ms = 1000, us = 1000000, ns = 1000000000 }
+
+function M.relative(t, how, field, opts)
   local w = rawget(t, "window")
   if not w then error(string.format("table '%s': call tumbling, hopping or sliding first", t.name), 3) end
   if how == "field" and (type(field) ~= "string" or field == "") then
     error("relative_to_field needs a field name", 3)
   end
-  w.time, w.field = how, field
+  local unit
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("relative_to_field options must be a table {unit=}", 3) end
+    for k in pairs(opts) do
+      if k ~= "unit" then error(string.format("relative_to_field: unknown option '%s'", tostring(k)), 3) end
+    end
+    unit = opts.unit
+    if unit ~= nil and not UNITS[unit] then
+      error("relative_to_field: unit must be \"s\", \"ms\", \"us\" or \"ns\"", 3)
+    end
+  end
+  w.time, w.field, w.unit = how, field, unit
 end
 
--- Seconds since the epoch from a number (seconds, or milliseconds when it is
--- too large to be seconds) or an ISO-8601 text like 2024-06-27T15:43:43.315342
--- (a space may replace the T; no zone means UTC).
-local function days_from_civil(y, m, d)
-  y = m <= 2 and y - 1 or y
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
+-- Event times must fall in the years 1970..9999 (UTC).
+local MIN_TIME, MAX_TIME = 0, require("fstream.tz").days_from_civil(10000, 1, 1) * 86400
+local HUGE, math_type = math.huge, math.type
 
-function M.parse_time(v)
+-- Seconds since the epoch from an ISO-8601 text (see fstream.isotime) or a
+-- number in `unit` (without one: seconds, or milliseconds above 1e11 — no
+-- year before 5138 is that many seconds). nil and the reason otherwise.
+function M.parse_time(v, unit)
+  local secs, err
   if type(v) == "number" then
-    if v > 1e11 then return v / 1000 end
-    return v
+    if unit == nil then
+      secs = v > 1e11 and v / 1000 or v
+    elseif unit == "s" then
+      secs = v
+    else
+      local scale = UNITS[unit]
+      if math_type(v) == "integer" and (v >= 2 ^ 53 or v <= -2 ^ 53) then
+        -- Too many digits for one exact float: whole seconds apart.
+        secs = v // scale + (v % scale) / scale
+      else
+        secs = v / scale
+      end
+    end
+    if not (secs >= MIN_TIME and secs <= MAX_TIME) then -- (also nan)
+      if v ~= v or v == HUGE or v == -HUGE then return nil, "not a finite number: " .. tostring(v) end
+      return nil, string.format("%s%s is outside the years 1970..9999%s", tostring(v),
+        unit and (" " .. unit) or "", unit and "" or
+        " (a number above 1e11 is read as milliseconds; relative_to_field(field, {unit=}) says the unit)")
+    end
+    return secs
   end
   if type(v) ~= "string" then return nil, "expected a number or an ISO-8601 time, got " .. type(v) end
-  local y, mo, d, h, mi, sec, frac, zone =
-    v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$")
-  if not y then return nil, string.format("not an ISO-8601 time: %q", v) end
-  local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400
-    + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
-  if frac ~= "" and frac ~= "." then t = t + tonumber("0" .. frac) end
-  if zone ~= "" and zone ~= "Z" then
-    local sign, zh, zm = zone:match("^([+-])(%d%d):?(%d%d)$")
-    if not sign then return nil, string.format("bad time zone in %q", v) end
-    local off = tonumber(zh) * 3600 + tonumber(zm) * 60
-    t = sign == "+" and t - off or t + off
+  secs, err = isotime.parse(v)
+  if not secs then return nil, err end
+  if secs < MIN_TIME or secs > MAX_TIME then
+    return nil, string.format("%q is outside the years 1970..9999", v)
   end
-  return t
+  return secs
 end
 
 local function current_stream()
@@ -126,23 +157,37 @@ local function current_stream()
 end
 
 -- The time an operation refers to: the event's (stream or field) or now.
+-- An event time that cannot be read, or lies more than max_future ahead of
+-- the clock, raises: the event goes through the agent's on_error policy and
+-- touches no window.
 function Window:event_time(t)
   if self.time == "now" then return t.app.rt:now() end
   local s = current_stream()
   if not s or s.i < 1 then
     error(string.format("windowed table '%s': needs an event being processed (or relative_to_now)", t.name), 4)
   end
+  local at
   if self.time == "field" then
     local v = s:current_value()
     local raw = type(v) == "table" and v[self.field] or nil
-    local secs, err = M.parse_time(raw)
-    if not secs then
+    local err
+    at, err = M.parse_time(raw, self.unit)
+    if not at then
       error(string.format("windowed table '%s': field '%s': %s", t.name, self.field, err or "missing"), 4)
     end
-    return secs
+  else
+    local _, _, _, ts = s.cs:meta(s.i)
+    at = ts or error(string.format("windowed table '%s': the message has no timestamp", t.name), 4)
   end
-  local _, _, _, ts = s.cs:meta(s.i)
-  return ts
+  if at > self.horizon then
+    local now = t.app.rt:now()
+    self.horizon = now + self.max_future
+    if at > self.horizon then
+      error(string.format("windowed table '%s': event time %.6f is %.0f s ahead of the clock (max_future = %g s)",
+        t.name, at, at - now, self.max_future), 4)
+    end
+  end
+  return at
 end
 
 -- Starts of the windows of `key` that contain time `at`.
