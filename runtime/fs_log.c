@@ -88,7 +88,9 @@ void fs_log(int level, const char *fmt, ...)
     size_t len = (size_t)n + (size_t)m;
     if (len > sizeof line - 2) len = sizeof line - 2;
     line[len++] = '\n';
-    if (hold(line, len)) return;
+    /* Warnings and errors are news the user may act on (the broker is down, a
+     * second Ctrl-C): never held back. */
+    if (level < FS_LOG_WARN && hold(line, len)) return;
     /* One write per record so lines from librdkafka's threads never interleave. */
     fwrite(line, 1, len, stderr);
 }

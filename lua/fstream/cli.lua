@@ -119,8 +119,8 @@ function cli.worker(opts)
   if not app then return code end
   local broker, bad = checked_broker(app, opts)
   if not broker then return bad end
-  -- The banner comes first: what starting logs (topics created, the broker's
-  -- first errors, global tables recovered) is held back until it is out.
+  -- The banner comes first: the info lines of the start (topics created,
+  -- global tables recovered) are held back until it is out.
   core.log_hold(true)
   local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store })
   if not ok then
