@@ -324,7 +324,8 @@ static const char *check_hostport(const char *s, const char *end, char *why, siz
         const char *close = memchr(s, ']', (size_t)(end - s));
         if (!close || close == s + 1) return "an IPv6 address needs its closing ']'";
         for (const char *q = s + 1; q < close; q++)
-            if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.') return "that is not an IPv6 address";
+            if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.')
+                return "that is not an IPv6 address";
         if (close + 1 < end && close[1] != ':') return "']' must be followed by :PORT";
         colon = close + 1 < end ? close + 1 : NULL;
     } else {
@@ -345,7 +346,8 @@ static const char *check_hostport(const char *s, const char *end, char *why, siz
     const char *q = colon + 1;
     if (q == end) return "the port after ':' is missing";
     for (; q < end; q++) {
-        if (!isdigit((unsigned char)*q) || port > 65535) return "the port must be a number from 1 to 65535";
+        if (!isdigit((unsigned char)*q) || port > 65535)
+            return "the port must be a number from 1 to 65535";
         port = port * 10 + (*q - '0');
     }
     if (port < 1 || port > 65535) return "the port must be a number from 1 to 65535";

@@ -216,7 +216,8 @@ int main(int argc, char **argv)
     if (!command) return usage_error(NULL, "unknown command '%s'", cmd);
     /* COMMAND --help wins over whatever else is on the line. */
     for (int i = 2; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return command_help(command);
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return command_help(command);
 
     /* librdkafka's threads inherit this mask: the loop reads these from a signalfd. */
     sigset_t set;
@@ -298,14 +299,16 @@ int main(int argc, char **argv)
     lua_setfield(L, -2, "args");
     if (npos < 2 && command->pos[npos]) {
         lua_close(L);
-        return usage_error(command, "missing %s", strcmp(command->pos[npos], "app") == 0 ? "APP.lua" : "TOPIC|@AGENT");
+        const char *what = strcmp(command->pos[npos], "app") == 0 ? "APP.lua" : "TOPIC|@AGENT";
+        return usage_error(command, "missing %s", what);
     }
     lua_getfield(L, -1, "loglevel");
     if (lua_isstring(L, -1)) {
         int lv = fs_log_parse_level(lua_tostring(L, -1));
         if (lv < 0) {
             const char *bad = lua_tostring(L, -1);
-            int rc = usage_error(command, "unknown log level '%s' (debug, info, warn or error)", bad);
+            int rc =
+                usage_error(command, "unknown log level '%s' (debug, info, warn or error)", bad);
             lua_close(L);
             return rc;
         }
