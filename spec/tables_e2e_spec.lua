@@ -114,6 +114,27 @@ describe("a table on a standalone embedded broker", function()
     -- Re-processed events are those after the last checkpoint (0.5 s of a throttled stream).
     assert.is_true(over < 10000, "over-counted by " .. over)
   end)
+
+  it("counts words named like the table's own fields and methods, and restarts with them", function()
+    local env = { APP_ID = "wcn-" .. uniq, IN = "wcn-in-" .. uniq }
+    local store = proc.tmp .. "/wcn-" .. uniq
+    local words = { "the", "name", "partitions", "update", "items", "id", "parts", "app", "changelog",
+      "window", "default", "get", "set", "delete", "global", "__index", "_on" }
+    local lines, expected = {}, {}
+    for i, word in ipairs(words) do
+      expected[word] = i
+      for _ = 1, i do lines[#lines + 1] = word .. ":" .. word end
+    end
+    for round = 1, 2 do
+      proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+      local w = wc_worker(env, addr, store)
+      wait_total(env, round * #lines, 60, w, store)
+      assert.are.equal(0, w:stop())
+      local want = {}
+      for word, n in pairs(expected) do want[word] = round * n end
+      assert.are.same(want, read_counts(env, store))
+    end
+  end)
 end)
 
 describe("a global table on a standalone embedded broker", function()
