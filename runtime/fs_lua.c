@@ -794,6 +794,34 @@ static int l_partition_for(lua_State *L)
     return 1;
 }
 
+/* core.index_op(): the opcode of the instruction that the Lua function two
+ * levels up is running (nil when that function is not Lua). A table's __index
+ * (level 1) asks it to tell `t:update(k, fn)` from `t["update"]`: both index t
+ * with "update", but Lua compiles a method call to an instruction of its own
+ * (SELF), and the public debug API names neither the instruction nor the
+ * program counter. So this reads the saved pc from the frame record that
+ * lua_getstack hands out: in every Lua 5.4 release a frame record starts with
+ * four pointer-sized fields (function, top, previous, next) followed, for a
+ * Lua function, by its saved pc, which points just past the instruction being
+ * run. fstream.table asks once at load which opcodes a method call and the
+ * three kinds of read give, and refuses to load if they are not told apart. */
+#if LUA_VERSION_NUM != 504
+#error "core.index_op reads a Lua 5.4 frame record"
+#endif
+struct lua54_frame {
+    void *func, *top, *previous, *next;
+    const uint32_t *savedpc;
+};
+
+static int l_index_op(lua_State *L)
+{
+    lua_Debug ar;
+    if (!lua_getstack(L, 2, &ar) || !lua_getinfo(L, "S", &ar) || ar.what[0] == 'C') return 0;
+    const struct lua54_frame *f = (const struct lua54_frame *)(const void *)ar.i_ci;
+    lua_pushinteger(L, (lua_Integer)(f->savedpc[-1] & 0x7F)); /* the opcode: the low 7 bits */
+    return 1;
+}
+
 static int l_set_log_level(lua_State *L)
 {
     int lv = fs_log_parse_level(luaL_checkstring(L, 1));
@@ -927,6 +955,7 @@ static const luaL_Reg core_funcs[] = {
     {"sleep", l_sleep},
     {"current", l_current},
     {"partition_for", l_partition_for},
+    {"index_op", l_index_op},
     {"redirect_stderr", l_redirect_stderr},
     {"set_log_level", l_set_log_level},
     {"log", l_log},

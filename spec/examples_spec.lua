@@ -75,6 +75,33 @@ describe("table examples", function()
     assert.is_true(sum(tops[2]) > sum(tops[1]), "counts did not grow: " .. tops[1] .. " / " .. tops[2])
   end)
 
+  it("wordcount.lua: counts words that name the table's own fields and methods like any word", function()
+    assert(loadfile(root .. "/examples/wordcount.lua"))()
+    local t = fstream.testing(fstream._apps[#fstream._apps])
+    local text = {
+      "the name of the table is not a word it counts",
+      "update the items and get the set or delete the default",
+      "partitions parts app id window changelog tumbling hopping sliding",
+      "name name update items partitions the",
+    }
+    local expected, distinct = {}, 0
+    for _, line in ipairs(text) do
+      t:send("sentences", line)
+      for w in line:gmatch("%a+") do
+        if not expected[w] then distinct = distinct + 1 end
+        expected[w] = (expected[w] or 0) + 1
+      end
+    end
+    t:run()
+    local counts = t:table("word_counts")
+    for w, n in pairs(expected) do assert.are.equal(n, counts[w], w) end
+    local got, n = {}, 0
+    for w, c in counts:items() do got[w], n = c, n + 1 end
+    assert.are.same(expected, got)
+    assert.are.equal(distinct, n)
+    t:close()
+  end)
+
   it("withdrawals.lua: prints a running total for each user it has seen", function()
     local out = run_example("withdrawals.lua", 10)
     local last

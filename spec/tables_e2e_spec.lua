@@ -3,6 +3,7 @@
 local proc = require "spec.support.proc"
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+local json = require("fstream.core").json
 
 local wc = require "spec.support.wordcount"
 local corpus, wc_worker, read_counts, total, wait_total = wc.corpus, wc.worker, wc.read_counts, wc.total, wc.wait_total
@@ -113,6 +114,54 @@ describe("a table on a standalone embedded broker", function()
     end
     -- Re-processed events are those after the last checkpoint (0.5 s of a throttled stream).
     assert.is_true(over < 10000, "over-counted by " .. over)
+  end)
+
+  it("counts words named like the table's own fields and methods, and restarts with them", function()
+    local env = { APP_ID = "wcn-" .. uniq, IN = "wcn-in-" .. uniq }
+    local store = proc.tmp .. "/wcn-" .. uniq
+    local words = { "the", "name", "partitions", "update", "items", "id", "parts", "app", "changelog",
+      "window", "default", "get", "set", "delete", "global", "__index", "_on" }
+    local lines, expected = {}, {}
+    for i, word in ipairs(words) do
+      expected[word] = i
+      for _ = 1, i do lines[#lines + 1] = word .. ":" .. word end
+    end
+    for round = 1, 2 do
+      proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+      local w = wc_worker(env, addr, store)
+      wait_total(env, round * #lines, 60, w, store)
+      assert.are.equal(0, w:stop())
+      local want = {}
+      for word, n in pairs(expected) do want[word] = round * n end
+      assert.are.same(want, read_counts(env, store))
+    end
+  end)
+
+  it("lists raw keys that start with a NUL byte (fstream-lua table)", function()
+    local env = string.format("env APP_ID=raw-%s IN=raw-in-%s", uniq, uniq)
+    local store = proc.tmp .. "/raw-" .. uniq
+    proc.produce_lines(addr, "raw-in-" .. uniq, { "NUL-x:NUL-x", "name:name", "NUL-x:NUL-x" }, { key_delim = ":" })
+    local w = proc.spawn(string.format("%s %s worker %s/rawkeys.lua --broker kafka://%s --store lmdb://%s",
+      env, bin, fixtures, addr, store), "worker-raw")
+    local function listed()
+      local out, rc = proc.run(string.format("%s %s table %s/rawkeys.lua raw_counts --store lmdb://%s 2>/dev/null",
+        env, bin, fixtures, store))
+      assert(rc == 0, out)
+      local rows, n = {}, 0
+      for line in out:gmatch("[^\n]+") do
+        local row = assert(json.decode(line))
+        rows[row.key], n = row.value, n + row.value
+      end
+      return rows, n
+    end
+    local deadline = os.time() + 60
+    local rows, n
+    repeat
+      proc.sleep(0.5)
+      rows, n = listed()
+    until n >= 3 or os.time() > deadline
+    assert.are.equal(0, w:stop())
+    assert.are.same({ ["\0x"] = 2, name = 1 }, (listed()))
   end)
 end)
 

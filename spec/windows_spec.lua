@@ -110,7 +110,7 @@ describe("windows", function()
     t:advance(2)
     assert.are.same({ 3 }, late)
     assert.are.equal(1, #closed)
-    assert.are.equal(1, rawget(tb, "window").late)
+    assert.are.equal(1, require("fstream.table").state(tb).window.late)
     t:close()
   end)
 
@@ -191,6 +191,52 @@ describe("windows", function()
     assert.are.same({ { 1, 0 }, { 2, 0 }, { 1, 2 } }, reads)
     local ws = tb["k"]:windows()
     assert.are.same({ 100, 110 }, { ws[1].start, ws[2].start })
+    t:close()
+  end)
+
+  it("keeps windows for every key, whatever its name: methods, fields, window-set names, numbers", function()
+    local json = require("fstream.core").json
+    local KEYS = { "update", "name", "window", "parts", "default", "app", "id", "partitions", "changelog", "items",
+      "get", "set", "delete", "tumbling", "relative_to_field", "value", "current", "now", "delta", "windows",
+      "table", "key", "__index", "__newindex", "_on", "_private", 1, 2.5 }
+    local a = fstream.app("wkeys", { topic_partitions = 1 })
+    local closed = {}
+    local tb = a:table("w", { default = 0, on_window_close = function(key, win, value)
+      closed[json.encode(key)] = { win.start, value }
+    end }):tumbling(10, { expires = 0 }):relative_to_field("ts")
+    local ev = a:topic("ev")
+    local reads = {}
+    a:agent("x", ev, function(s)
+      for v in s do
+        if v.set then tb[v.k] = v.set else tb:update(v.k, function(c) return c + 1 end) end
+        local ws = tb[v.k]
+        reads[json.encode(v.k)] = { ws:value(), ws:current(), #ws:windows() }
+      end
+    end)
+    local t = fstream.testing(a)
+    local want_reads, want_items, want_closed = {}, {}, {}
+    for i, k in ipairs(KEYS) do
+      for j = 1, i do t:send(ev, { key = "p", value = { k = k, ts = 100 + j / 100 } }) end
+      local n = k == "name" and 42 or i
+      want_reads[json.encode(k)] = { n, n, 1 }
+      want_items[json.encode { k, 100 }] = n
+      want_closed[json.encode(k)] = { 100, n }
+    end
+    t:send(ev, { key = "p", value = { k = "name", ts = 109, set = 42 } })   -- tumbling: t[k] = v
+    t:run()
+    assert.are.same(want_reads, reads)
+    -- items(): the user's windows only, not the partition's stream time.
+    local items = {}
+    for k, v in tb:items() do items[json.encode(k)] = v end
+    assert.are.same(want_items, items)
+    t:send(ev, { key = "p", value = { k = "later", ts = 125 } })
+    t:run()
+    t:advance(2)
+    assert.are.same(want_closed, closed)
+    local s = require("fstream.table").state(tb)
+    assert.are.equal(1, s.partitions)
+    assert.are.equal("tumbling", s.window.kind)
+    assert.are.equal(0, s.window.late)
     t:close()
   end)
 

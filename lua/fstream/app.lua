@@ -47,7 +47,7 @@ function App.new(id, opts, level)
     store = store,
     table_cleanup_interval = tci,
     topics = {}, topic_list = {},
-    tables = {}, table_list = {},
+    tables = {}, table_list = {},   -- tables' states (Table.state), not the objects the app holds
     agents = {}, agent_list = {},
     tasks = {},
   }, App)
@@ -75,7 +75,7 @@ function App:table(name, opts)
   local t = Table.new(self, name, opts, 2)
   self.tables[name] = t
   self.table_list[#self.table_list + 1] = t
-  return t
+  return t.proxy
 end
 
 -- app:global_table(name, opts): every worker holds all of it and follows its
@@ -86,7 +86,7 @@ function App:global_table(name, opts)
   local t = Table.new(self, name, opts, 2, true)
   self.tables[name] = t
   self.table_list[#self.table_list + 1] = t
-  return t
+  return t.proxy
 end
 
 -- Directory holding the app's LMDB files: store = "lmdb://DIR", default ./<id>-data.
@@ -329,7 +329,7 @@ function App:_bind(rt, store)
   end
   local dir = self:data_dir(store)
   for _, t in ipairs(self.table_list) do
-    rawset(t, "id", rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global, Table.signature(t)))
+    t.id = rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global, Table.signature(t))
   end
   if #self.table_list > 0 then
     local tables = self.table_list
@@ -337,7 +337,7 @@ function App:_bind(rt, store)
       local busy = false
       if event == "flush" then
         for _, t in ipairs(tables) do
-          for _, part in pairs(rawget(t, "parts")) do
+          for _, part in pairs(t.parts) do
             if next(part.dirty) or next(part.prev) then busy = true end
           end
         end

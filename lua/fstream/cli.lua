@@ -229,8 +229,9 @@ function cli.table(opts)
     local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
     if keys then
       for i = 1, #keys do
-        -- Keys starting with a NUL byte are the runtime's own (window stream time).
-        if keys[i]:byte(1) ~= 0 and (not want or keys[i] == want) then
+        -- In a windowed table, keys starting with a NUL byte are the runtime's own
+        -- (stream time); other tables have none (a raw key may start with one).
+        if not (t.window and keys[i]:byte(1) == 0) and (not want or keys[i] == want) then
           found = found + 1
           local v = t.decode_value(values[i])
           io.write(core.json.encode { key = t.decode_key(keys[i]), value = v, partition = p }, "\n")

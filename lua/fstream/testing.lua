@@ -106,7 +106,7 @@ function Testing:table(target)
   if type(target) == "string" then
     local tb = self.app.tables[target]
     if not tb then error(string.format("no table named '%s' in app '%s'", target, self.app.id), 2) end
-    return tb
+    return tb.proxy
   end
   return target
 end

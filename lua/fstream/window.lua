@@ -10,6 +10,9 @@
 -- window, value) runs in its own coroutine with the final value, then the
 -- entry is deleted. An event for a window that has closed is late: it is
 -- counted, handed to on_late(key, value), and never re-opens the window.
+--
+-- `t` here is always the table's state (Table.state), never the app's object,
+-- whose every key is an entry.
 local core = require "fstream.core"
 local Table = require "fstream.table"
 local isotime = require "fstream.isotime"
@@ -34,7 +37,7 @@ end
 
 function M.configure(t, kind, a, b, c)
   local level = 4
-  if rawget(t, "window") then error(string.format("table '%s' is already windowed", t.name), level) end
+  if t.window then error(string.format("table '%s' is already windowed", t.name), level) end
   if t.app.rt then error("windows must be set up before the worker starts", level) end
   if t.global then error("a global table cannot be windowed", level) end
   local size, step, opts = a, nil, b
@@ -76,7 +79,7 @@ function M.configure(t, kind, a, b, c)
     parts = {},          -- p -> { index = {kb -> {key, start, end}}, stream_time = number }
     late = 0, closed = 0,
   }, Window)
-  rawset(t, "window", w)
+  t.window = w
   local app = t.app
   -- The closer: every table_cleanup_interval, close what has expired.
   app.tasks[#app.tasks + 1] = {
@@ -93,7 +96,7 @@ end
 local UNITS = { s = 1, ms = 1000, us = 1000000, ns = 1000000000 }
 
 function M.relative(t, how, field, opts)
-  local w = rawget(t, "window")
+  local w = t.window
   if not w then error(string.format("table '%s': call tumbling, hopping or sliding first", t.name), 3) end
   if how == "field" and (type(field) ~= "string" or field == "") then
     error("relative_to_field needs a field name", 3)
@@ -300,7 +303,7 @@ end
 -- t:update(key, fn): fn applied to the value of every window containing the
 -- event's time (a hopping event updates size/step windows).
 local function default_value(t)
-  local d = rawget(t, "default")
+  local d = t.default
   if type(d) == "function" then d = d() end
   return d
 end
@@ -380,7 +383,7 @@ end
 
 function Window:late_event(t, key)
   self.late = self.late + 1
-  local on_late = rawget(t, "on_late")
+  local on_late = t.on_late
   if on_late then
     local s = current_stream()
     on_late(key, s and s:current_value())
@@ -468,7 +471,7 @@ local function value_at(ws, at)
     end
     ::continue::
   end
-  local d = rawget(t, "default")
+  local d = t.default
   if type(d) == "function" then d = d() end
   return d
 end
@@ -525,7 +528,7 @@ function Window:close_slices(t, p, wp)
   for ks, l in pairs(wp.keys) do lists[#lists + 1] = { ks, l } end
   table.sort(lists, function(a, b) return a[1] < b[1] end)
   wp.closing = true
-  local on_close = rawget(t, "on_window_close")
+  local on_close = t.on_window_close
   for _, entry in ipairs(lists) do
     local l = entry[2]
     -- Due starts: closed now, not closed at the last pass, overlapping a slice.
@@ -577,7 +580,7 @@ function Window:close_expired(t, p)
   local now = self.time == "now" and t.app.rt:now() or wp.stream_time
   if now == nil then return end
   wp.closing = true
-  local on_close = rawget(t, "on_window_close")
+  local on_close = t.on_window_close
   while wp.ends[1] and wp.ends[1] + self.expires < now do
     local e = heap_pop(wp.ends)
     local bucket = wp.buckets[e]
