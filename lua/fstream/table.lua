@@ -50,7 +50,11 @@ function Table.new(app, name, opts, level, global)
   for k in pairs(opts) do
     if not OPTIONS[k] then error(string.format("table '%s': unknown option '%s'", name, tostring(k)), level) end
   end
+  -- Declared, or (when the worker starts) its input's count: see App:_resolve_partitions.
   local partitions = opts.partitions or app.topic_partitions
+  if opts.partitions ~= nil and (math.type(opts.partitions) ~= "integer" or opts.partitions < 1) then
+    error(string.format("table '%s': partitions must be a positive integer", name), level)
+  end
   for _, cb in ipairs { "on_window_close", "on_late" } do
     if opts[cb] ~= nil and type(opts[cb]) ~= "function" then
       error(string.format("table '%s': %s must be a function", name, cb), level)
@@ -58,6 +62,7 @@ function Table.new(app, name, opts, level, global)
   end
   local self = {
     app = app, name = name, default = opts.default, partitions = partitions, global = global or false,
+    declared_partitions = opts.partitions,
     on_window_close = opts.on_window_close, on_late = opts.on_late,
     key_serializer = opts.key_serializer or "json",
     value_serializer = opts.value_serializer or "json",
@@ -360,7 +365,9 @@ end
 -- encodings, changelog, windows). Read raw: t.x would read the key "x".
 function Table.signature(self)
   local g = function(k) return tostring(rawget(self, k)) end
-  local sig = string.format("partitions=%s global=%s key=%s value=%s changelog=%s", g("partitions"),
+  -- The declared count: the running table's real one comes from the broker,
+  -- which a version being validated has not asked.
+  local sig = string.format("partitions=%s global=%s key=%s value=%s changelog=%s", g("declared_partitions"),
     g("global"), g("key_serializer"), g("value_serializer"), rawget(self, "changelog").name)
   local w = rawget(self, "window")
   if w then
