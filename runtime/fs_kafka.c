@@ -444,21 +444,32 @@ static void create_missing(fs_rt *rt, fs_topic **miss, int n)
     char errstr[256];
     rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof *nt);
     if (!nt) return;
+    size_t k = 0;
     for (int i = 0; i < n; i++) {
-        nt[i] = rd_kafka_NewTopic_new(miss[i]->name, miss[i]->partitions, -1, errstr, sizeof errstr);
+        nt[k] = rd_kafka_NewTopic_new(miss[i]->name, miss[i]->partitions, -1, errstr, sizeof errstr);
+        if (!nt[k]) { /* the wait for its metadata reports it */
+            fs_warn("cannot create topic %s: %s", miss[i]->name, errstr);
+            continue;
+        }
         /* Changelogs keep the latest value per key: compaction, as Kafka Streams does. */
-        if (miss[i]->compact) rd_kafka_NewTopic_set_config(nt[i], "cleanup.policy", "compact");
+        if (miss[i]->compact) rd_kafka_NewTopic_set_config(nt[k], "cleanup.policy", "compact");
+        k++;
+    }
+    if (!k) {
+        free(nt);
+        return;
     }
     rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(rt->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_request_timeout(o, 3000, errstr, sizeof errstr);
     rd_kafka_queue_t *q = rd_kafka_queue_new(rt->producer);
-    rd_kafka_CreateTopics(rt->producer, nt, (size_t)n, o, q);
+    rd_kafka_CreateTopics(rt->producer, nt, k, o, q);
     rd_kafka_event_t *ev = rd_kafka_queue_poll(q, FS_METADATA_MS);
     const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
     if (!ev || rd_kafka_event_error(ev)) {
         fs_info("could not create topics (%s); relying on the broker's auto-creation",
                 ev ? rd_kafka_event_error_string(ev) : "no answer");
-        rt->no_create_topics = 1; /* don't wait for that again (tables' changelogs come next) */
+        /* Don't wait for that again at this start (tables' changelogs come next). */
+        rt->no_create_topics = 1;
     } else if (res) {
         size_t cnt;
         const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &cnt);
@@ -474,7 +485,7 @@ static void create_missing(fs_rt *rt, fs_topic **miss, int n)
     if (ev) rd_kafka_event_destroy(ev);
     rd_kafka_queue_destroy(q);
     rd_kafka_AdminOptions_destroy(o);
-    rd_kafka_NewTopic_destroy_array(nt, (size_t)n);
+    rd_kafka_NewTopic_destroy_array(nt, k);
     free(nt);
 }
 

@@ -227,6 +227,7 @@ static int l_rt_topic(lua_State *L)
     const char *name = luaL_checkstring(L, 2);
     int kc = parse_codec(L, 3), vc = parse_codec(L, 4);
     int parts = (int)luaL_optinteger(L, 5, 8);
+    int compact = lua_toboolean(L, 6); /* a changelog: created with cleanup.policy=compact */
     fs_topic *t = fs_topic_find(rt, name);
     if (t) {
         if (rt->rebinding) { /* a reloaded version may read it differently */
@@ -248,6 +249,7 @@ static int l_rt_topic(lua_State *L)
     t->key_codec = kc;
     t->value_codec = vc;
     t->partitions = parts > 0 ? parts : 1;
+    t->compact = compact;
     rt->topics[rt->ntopics++] = t;
     lua_pushinteger(L, t->id + 1);
     return 1;

@@ -335,7 +335,7 @@ function App:_bind(rt, store)
     end
   end
   for _, t in ipairs(self.topic_list) do
-    t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions)
+    t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions, t.compact)
   end
   self:_resolve_partitions(rt)
   local dir = self:data_dir(store)
@@ -433,7 +433,9 @@ function App:_resolve_partitions(rt)
       break
     end
   end
-  for _, tb in ipairs(self.table_list) do
+  -- Each table's count, then its changelog's (all changelogs in one request).
+  local wanted, cls = {}, {}
+  for i, tb in ipairs(self.table_list) do
     local name, declared, global = rawget(tb, "name"), rawget(tb, "declared_partitions"), rawget(tb, "global")
     local n, why
     if not global and n_in then
@@ -446,15 +448,21 @@ function App:_resolve_partitions(rt)
     elseif declared then
       n, why = declared, "declared"
     end
-    local cl = rawget(tb, "changelog")
+    wanted[i] = { n = n, why = why }
     -- Without input or declaration: the changelog's count if it exists.
-    cl.partitions = n or self.topic_partitions
-    resolve { cl }
+    cls[i] = rawget(tb, "changelog")
+    cls[i].partitions = n or self.topic_partitions
+  end
+  resolve(cls)
+  for i, tb in ipairs(self.table_list) do
+    local cl, n, why = cls[i], wanted[i].n, wanted[i].why
     if n and cl.partitions ~= n then
       error(string.format("changelog topic %s has %d partitions but table %s has %d (%s): a table's changelog "
         .. "must have the table's partition count — delete the changelog topic and the local state "
-        .. "(`fstream-lua reset`) to rebuild it with %d partitions (its contents are lost), or make the table's "
-        .. "input %d partitions", cl.name, cl.partitions, name, n, why, n, cl.partitions), 0)
+        .. "(`fstream-lua reset`) to rebuild it with %d partitions (its contents are lost), or %s", cl.name,
+        cl.partitions, rawget(tb, "name"), n, why, n,
+        why == "declared" and string.format("declare partitions = %d", cl.partitions)
+          or string.format("give the input %d partitions", cl.partitions)), 0)
     end
     rawset(tb, "partitions", cl.partitions)
   end

@@ -82,6 +82,7 @@ function Table.new(app, name, opts, level, global)
   self.changelog = app:topic(opts.changelog_topic or (app.id .. "-" .. name .. "-changelog"), {
     key_serializer = "raw", value_serializer = "raw", partitions = partitions,
   })
+  self.changelog.compact = true -- created before the table is bound to the runtime
   return setmetatable(self, Table)
 end
 
