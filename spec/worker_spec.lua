@@ -139,8 +139,8 @@ describe("partition counts on the embedded broker (memory://)", function()
     local vars = {}
     for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. v end
     table.sort(vars)
-    return string.format("env %s %s worker %s/wordcount.lua --store lmdb://%s/memwc-%s", table.concat(vars, " "), bin,
-      fixtures, proc.tmp, uniq)
+    return string.format("env %s %s worker %s/wordcount.lua --store lmdb://%s/%s", table.concat(vars, " "), bin,
+      fixtures, proc.tmp, env.APP_ID)
   end
 
   it("starts and stops a table app with the default topic_partitions, counting with the counts it prints", function()
