@@ -232,6 +232,7 @@ static int l_rt_topic(lua_State *L)
     const char *name = luaL_checkstring(L, 2);
     int kc = parse_codec(L, 3), vc = parse_codec(L, 4);
     int parts = (int)luaL_optinteger(L, 5, 8);
+    int compact = lua_toboolean(L, 6); /* a changelog: created with cleanup.policy=compact */
     fs_topic *t = fs_topic_find(rt, name);
     if (t) {
         if (rt->rebinding) { /* a reloaded version may read it differently */
@@ -253,9 +254,56 @@ static int l_rt_topic(lua_State *L)
     t->key_codec = kc;
     t->value_codec = vc;
     t->partitions = parts > 0 ? parts : 1;
+    t->compact = compact;
     rt->topics[rt->ntopics++] = t;
     lua_pushinteger(L, t->id + 1);
     return 1;
+}
+
+/* rt:resolve_topics({id...}, {count...}) -> {count...}: each topic's partition
+ * count as the broker has it; a missing topic is created with the given count
+ * first. Topics already resolved keep theirs and cost nothing. */
+static int l_rt_resolve_topics(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int n = (int)luaL_len(L, 2);
+    fs_topic **ts = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *ts, 0); /* freed by the GC */
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, 2, i + 1);
+        ts[i] = fs_lua_check_topic(L, rt, -1);
+        lua_pop(L, 1);
+        if (!ts[i]->resolved && lua_istable(L, 3)) {
+            lua_geti(L, 3, i + 1);
+            lua_Integer want = lua_tointeger(L, -1);
+            if (want > 0 && want <= 1000000) ts[i]->partitions = (int)want;
+            lua_pop(L, 1);
+        }
+    }
+    char err[512];
+    if (fs_kafka_resolve(rt, ts, n, err, sizeof err)) return luaL_error(L, "%s", err);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushinteger(L, ts[i]->partitions);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* rt:table_inputs({id...}): the topics whose events write tables; holding
+ * their partition p holds partition p of every table. */
+static int l_rt_table_inputs(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    for (int i = 0; i < rt->ntopics; i++) rt->topics[i]->table_input = 0;
+    lua_Integer n = luaL_len(L, 2);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, 2, i);
+        fs_lua_check_topic(L, rt, -1)->table_input = 1;
+        lua_pop(L, 1);
+    }
+    return 0;
 }
 
 static int l_rt_agent(lua_State *L)
@@ -920,6 +968,8 @@ static const luaL_Reg rt_methods[] = {
     {"watch", l_rt_watch},
     {"rebound", l_rt_rebound},
     {"topic", l_rt_topic},
+    {"resolve_topics", l_rt_resolve_topics},
+    {"table_inputs", l_rt_table_inputs},
     {"agent", l_rt_agent},
     {"stream", l_rt_stream},
     {"close_agent", l_rt_close_agent},

@@ -83,7 +83,9 @@ struct fs_topic {
     int id;
     char *name;
     int key_codec, value_codec;
-    int partitions;        /* partition count used when the worker creates it */
+    int partitions;        /* the broker's count once resolved; before, the count to create it with */
+    int resolved;          /* partitions is the broker's (fs_kafka_resolve) */
+    int table_input;       /* its events write tables: partition p holds tables' partition p */
     rd_kafka_topic_t *rkt; /* producer-side handle */
     fs_agent **subs;
     int nsubs;
@@ -180,6 +182,7 @@ struct fs_rt {
     char *group;
     char *broker; /* bootstrap servers ("" for in-memory) */
     int embedded; /* memory:// — the worker hosts a mock cluster */
+    int no_create_topics; /* CreateTopics failed: the broker auto-creates (fstream-lua broker) */
 
     rd_kafka_t *consumer, *producer, *mock_host;
     rd_kafka_queue_t *cq, *pq;
@@ -314,6 +317,10 @@ void fs_tables_tail_poll(fs_rt *rt);         /* apply what other workers wrote t
 /* fs_kafka.c */
 int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen);
 int fs_kafka_start(fs_rt *rt, char *err, size_t errlen);
+/* Learns the partition count of each topic from the broker's metadata, creating
+ * missing ones with their `partitions` first (bounded: 10 s for the metadata,
+ * 10 s more for created topics to appear). Blocks: start-up and reloads only. */
+int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen);
 void fs_kafka_poll(fs_rt *rt);
 void fs_kafka_close(fs_rt *rt);
 /* ts_ms: the message timestamp (ms since the epoch), 0 for "now". */

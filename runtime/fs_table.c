@@ -65,7 +65,7 @@ static void each_input(fs_rt *rt, int32_t p, int use_snap,
 {
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
-        if (t->table || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
+        if (!t->table_input || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
         int64_t off = use_snap ? t->parts[p]->snap : fs_part_committable(t->parts[p]);
         if (off >= 0) fn(ud, t->name, off);
     }
@@ -564,7 +564,7 @@ int fs_tables_rebind(fs_rt *rt)
             held = !rt->tables[i]->global && p < rt->tables[i]->partitions && rt->tables[i]->parts[p].store;
         for (int i = 0; i < rt->ntopics && !held; i++) {
             fs_topic *t = rt->topics[i];
-            held = !t->table && p < t->nparts && t->parts[p] && t->parts[p]->assigned;
+            held = t->table_input && p < t->nparts && t->parts[p] && t->parts[p]->assigned;
         }
         if (held && fs_tables_hold(rt, p)) return -1;
     }

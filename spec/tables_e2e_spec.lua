@@ -237,16 +237,81 @@ describe("a windowed table on a standalone embedded broker", function()
   end)
 end)
 
-describe("a table whose input has more partitions than the table", function()
-  it("stops the worker with an error that names both counts", function()
-    local topic = "wide-in-" .. uniq
-    local broker, addr = proc.broker({ topic }, 8)
-    local env = { APP_ID = "wide-" .. uniq, IN = topic }
-    local w = wc_worker(env, addr, proc.tmp .. "/wide-" .. uniq)
-    local rc = w:wait(60)
+-- Partition counts come from the broker: the standalone broker auto-creates
+-- topics with 4 partitions, whatever the app's topic_partitions says.
+describe("partition counts on a standalone embedded broker", function()
+  local function run_worker(env, addr, store)
+    return proc.run(string.format("env %s timeout 60 %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
+      wc.settings(env), bin, fixtures, addr, store))
+  end
+
+  it("runs with the default topic_partitions: real counts in the banner, exact counts across a restart", function()
+    local broker, addr = proc.broker({}, 4)
+    local env = { APP_ID = "dflt-" .. uniq, IN = "dflt-in-" .. uniq, TOPIC_PARTITIONS = "default" }
+    local store = proc.tmp .. "/dflt-" .. uniq
+    local lines, expected = { table.unpack((corpus("d")), 1, 20000) }, {}
+    for _, l in ipairs(lines) do local word = l:match("^[^:]+"); expected[word] = (expected[word] or 0) + 1 end
+    local first, rest = { table.unpack(lines, 1, 3000) }, { table.unpack(lines, 3001) }
+    -- The worker creates its topics (the broker gives them 4 partitions).
+    local w = wc_worker(env, addr, store, { create = false })
+    assert.truthy(w:wait_for("assigned 4 partitions", 30), w:output())
+    assert.matches("topics%s+" .. env.IN:gsub("%-", "%%-") .. " %(key raw, value raw, 4 partitions%)", w:output())
+    assert.matches("word_counts %(4 partitions, changelog", w:output())
+    proc.produce_lines(addr, env.IN, first, { key_delim = ":" })
+    wait_total(env, #first, 60, w, store)
+    assert.are.equal(0, w:stop())
+
+    w = wc_worker(env, addr, store, { create = false })
+    assert.truthy(w:wait_for("assigned 4 partitions", 30), w:output())
+    proc.produce_lines(addr, env.IN, rest, { key_delim = ":" })
+    wait_total(env, #lines, 90, w, store)
+    assert.are.equal(0, w:stop())
     broker:stop()
-    assert.are.equal(1, rc, w:output())
-    assert.matches("assigned input partition %d but table word_counts has 4 partitions", w:output())
+    assert.are.same(expected, read_counts(env, store))
+  end)
+
+  it("gives a table its input's count when the input exists with another count than topic_partitions", function()
+    local env = { APP_ID = "wide-" .. uniq, IN = "wide-in-" .. uniq }
+    local broker, addr = proc.broker({ env.IN, env.APP_ID .. "-word_counts-changelog" }, 8)
+    local store = proc.tmp .. "/wide-" .. uniq
+    local lines = {}
+    local expected = {}
+    for i = 1, 400 do
+      local word = "x" .. (i % 40)
+      lines[#lines + 1] = word .. ":" .. word
+      expected[word] = (expected[word] or 0) + 1
+    end
+    local w = wc_worker(env, addr, store)
+    assert.truthy(w:wait_for("assigned 8 partitions", 30), w:output())
+    assert.matches("word_counts %(8 partitions", w:output())
+    proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+    wait_total(env, #lines, 60, w, store)
+    assert.are.equal(0, w:stop())
+    broker:stop()
+    assert.are.same(expected, read_counts(env, store))
+  end)
+
+  it("refuses to start a table declared with fewer partitions than its input, naming both counts and the fix", function()
+    local env = { APP_ID = "fewer-" .. uniq, IN = "fewer-in-" .. uniq, TABLE_PARTITIONS = "4" }
+    local broker, addr = proc.broker({ env.IN }, 8)
+    local out, rc = run_worker(env, addr, proc.tmp .. "/fewer-" .. uniq)
+    broker:stop()
+    assert.are.equal(1, rc, out)
+    assert.matches("table word_counts declares partitions = 4 but its input has 8 partitions %(fewer%-in%-[%d%-]+: 8%)", out)
+    assert.matches("remove `partitions = 4` from the table %(it then has 8%), or give the input 4 partitions", out)
+    assert.not_matches("assigned", out)
+    assert.not_matches("worker started", out)
+  end)
+
+  it("refuses to start a table declared with more partitions than its input", function()
+    local env = { APP_ID = "more-" .. uniq, IN = "more-in-" .. uniq, TABLE_PARTITIONS = "8" }
+    local broker, addr = proc.broker({}, 4)
+    proc.create_topics(addr, env.IN)
+    local out, rc = run_worker(env, addr, proc.tmp .. "/more-" .. uniq)
+    broker:stop()
+    assert.are.equal(1, rc, out)
+    assert.matches("table word_counts declares partitions = 8 but its input has 4 partitions", out)
+    assert.not_matches("worker started", out)
   end)
 end)
 
@@ -343,6 +408,9 @@ describe("table failure paths", function()
     broker:stop()
     assert.are.equal(1, rc, out)
     assert.matches("changelog topic clmis%-[%d%-]+%-word_counts%-changelog has 8 partitions but table word_counts has 4", out)
+    -- The fix, and no worker that starts and stops later.
+    assert.matches("delete the changelog topic and the local state %(`fstream%-lua reset`%)", out)
+    assert.not_matches("worker started", out)
   end)
 
   it("refuses local state that is ahead of its changelog, pointing to reset", function()

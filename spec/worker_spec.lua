@@ -134,6 +134,56 @@ describe("a worker on the embedded broker (memory://)", function()
   end)
 end)
 
+describe("partition counts on the embedded broker (memory://)", function()
+  local function wordcount(env)
+    local vars = {}
+    for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. v end
+    table.sort(vars)
+    return string.format("env %s %s worker %s/wordcount.lua --store lmdb://%s/%s", table.concat(vars, " "), bin,
+      fixtures, proc.tmp, env.APP_ID)
+  end
+
+  it("starts and stops a table app with the default topic_partitions, counting with the counts it prints", function()
+    local w = proc.spawn(wordcount { APP_ID = "memwc-" .. uniq, IN = "mwords", TOPIC_PARTITIONS = "default" }, "worker-memwc")
+    local addr = w:wait_for("listening on ([%d%.]+:%d+)", 20)
+    assert.truthy(addr, w:output())
+    assert.truthy(w:wait_for("assigned 8 partitions", 30), w:output())
+    assert.matches("mwords %(key raw, value raw, 8 partitions%)", w:output())
+    assert.matches("word_counts %(8 partitions", w:output())
+    proc.produce_lines(addr, "mwords", { "a:a", "b:b", "a:a" }, { key_delim = ":" })
+    proc.sleep(1.5)
+    assert.are.equal(0, w:stop())
+    local rows = proc.run(string.format("env APP_ID=memwc-%s IN=mwords TOPIC_PARTITIONS=default %s table %s/wordcount.lua word_counts --store lmdb://%s/memwc-%s 2>/dev/null",
+      uniq, bin, fixtures, proc.tmp, uniq))
+    local got = {}
+    for line in rows:gmatch("[^\n]+") do
+      local row = require("fstream.core").json.decode(line)
+      got[row.key] = row.value
+    end
+    assert.are.same({ a = 2, b = 1 }, got)
+  end)
+
+  it("refuses at start-up a table declared with another count than its input", function()
+    local out, rc = proc.run("timeout 60 " .. wordcount { APP_ID = "memdecl-" .. uniq, IN = "mwords",
+      TOPIC_PARTITIONS = "default", TABLE_PARTITIONS = "4" })
+    assert.are.equal(1, rc, out)
+    assert.matches("cannot start app 'memdecl%-[%d%-]+': table word_counts declares partitions = 4 but its input has 8 partitions", out)
+    assert.not_matches("assigned", out)
+  end)
+end)
+
+describe("a worker that cannot reach its broker", function()
+  it("exits 1 at start-up, within the metadata timeout, naming the broker", function()
+    -- A port nobody listens on: the worker cannot learn its topics' partition counts.
+    local t0 = os.time()
+    local out, rc = proc.run(string.format("env APP_ID=nobroker-%s IN=min OUT=mout timeout 60 %s worker %s/relay.lua --broker kafka://127.0.0.1:1",
+      uniq, bin, fixtures))
+    assert.are.equal(1, rc, out)
+    assert.matches("no answer from the broker at 127%.0%.0%.1:1 within 10 s", out)
+    assert.is_true(os.time() - t0 < 30, "took " .. (os.time() - t0) .. " s")
+  end)
+end)
+
 describe("the command line", function()
   it("reports a syntax error with file:line and exits 1", function()
     local out, rc = proc.run(bin .. " worker " .. fixtures .. "/syntax_error.lua")

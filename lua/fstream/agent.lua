@@ -89,6 +89,7 @@ function Agent.new(app, name, source, fn, opts, level)
       key_serializer = src.key_serializer, value_serializer = src.value_serializer,
       key_type = src.key_type, value_type = src.value_type,
     })
+    self.retry_topic.follows = src -- created with its source's partition count
     self.topics[#self.topics + 1] = self.retry_topic
     self.topics_by_name[self.retry_topic.name] = self.retry_topic
   end
@@ -114,6 +115,7 @@ function Agent:_repartition(g, level)
     key_serializer = "raw", value_serializer = src.value_serializer, value_type = src.value_type,
     partitions = src.partitions,
   })
+  if not g.through then rtopic.follows = src end -- created with its source's partition count
   local key = g.key
   local keyfn = type(key) == "function" and key or function(v) return v[key] end
   local agent_name = self.name
@@ -135,6 +137,7 @@ function Agent:_repartition(g, level)
   end
   local fwd = Agent.new(app, self.name .. "-" .. g.name .. (g.through and "-through" or "-repartitioner"),
     { is_stream_source = true, topics = g.topics, processors = g.processors }, forward, {}, level)
+  fwd.no_tables = true -- it only forwards: the tables follow rtopic's partitions
   app.agents[fwd.name] = fwd
   app.agent_list[#app.agent_list + 1] = fwd
   return rtopic

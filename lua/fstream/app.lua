@@ -170,6 +170,7 @@ function App:_leader_topic()
   if not self.leader_topic then
     self.leader_topic = self:topic(self.id .. "-__leader", { partitions = 1 })
     local a = Agent.new(self, "__leader", self.leader_topic, nil, { internal = true }, 1)
+    a.no_tables = true
     self.agent_list[#self.agent_list + 1] = a
   end
   return self.leader_topic
@@ -284,7 +285,13 @@ function App:_start(settings)
     commit_interval = self.commit_interval,
     max_queued = self.max_queued,
   }
-  self:_bind(rt, settings.store)
+  -- A start-up error (partition counts, say) leaves nothing behind.
+  local ok, err = pcall(self._bind, self, rt, settings.store)
+  if not ok then
+    rt:close()
+    self.rt = nil
+    error(err, 0)
+  end
   rt:start()
   self:_spawn_tasks()
   return rt
@@ -324,9 +331,17 @@ end
 
 function App:_bind(rt, store)
   self.rt = rt
-  for _, t in ipairs(self.topic_list) do
-    t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions)
+  -- A stream that no agent uses is read from a task: it gets an agent of its own.
+  for i, src in ipairs(self.stream_sources or {}) do
+    if not src.used_by then
+      local a = Agent.new(self, string.format("stream-%d", i), src, nil, { internal = true }, 1)
+      self.agent_list[#self.agent_list + 1] = a
+    end
   end
+  for _, t in ipairs(self.topic_list) do
+    t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions, t.compact)
+  end
+  self:_resolve_partitions(rt)
   local dir = self:data_dir(store)
   for _, t in ipairs(self.table_list) do
     t.id = rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global, Table.signature(t))
@@ -348,14 +363,113 @@ function App:_bind(rt, store)
       if event == "flush" and not busy then collectgarbage("collect") end
     end)
   end
-  -- A stream that no agent uses is read from a task: it gets an agent of its own.
-  for i, src in ipairs(self.stream_sources or {}) do
-    if not src.used_by then
-      local a = Agent.new(self, string.format("stream-%d", i), src, nil, { internal = true }, 1)
-      self.agent_list[#self.agent_list + 1] = a
+  for _, a in ipairs(self.agent_list) do a:_start(rt) end
+end
+
+-- Partition counts come from the broker. A topic that exists keeps its count
+-- (topic_partitions, or a topic's `partitions`, is only what the worker creates
+-- a missing topic with); internal topics follow the topic they derive from; a
+-- table has the count of the topics the app's agents read, since partition p of
+-- every table lives with partition p of every input. Whatever cannot agree is
+-- one start-up error that names the counts and the fix.
+function App:_resolve_partitions(rt)
+  local function resolve(list)
+    if #list == 0 then return end
+    local ids, wants = {}, {}
+    for i, t in ipairs(list) do ids[i], wants[i] = t.id, t.partitions end
+    local counts = rt:resolve_topics(ids, wants)
+    for i, t in ipairs(list) do t.partitions = counts[i] end
+  end
+  local changelogs = {}
+  for _, t in ipairs(self.table_list) do changelogs[t.changelog] = true end
+  -- Topics of their own first, then retry and repartition topics once their
+  -- source's count is known (a retry topic of a repartition topic: two rounds).
+  local done, later = {}, {}
+  local first = {}
+  for _, t in ipairs(self.topic_list) do
+    if changelogs[t] then -- after the tables' counts
+    elseif t.follows then later[#later + 1] = t
+    else first[#first + 1] = t end
+  end
+  resolve(first)
+  for _, t in ipairs(first) do done[t] = true end
+  while #later > 0 do
+    local now, rest = {}, {}
+    for _, t in ipairs(later) do
+      if done[t.follows] then t.partitions = t.follows.partitions; now[#now + 1] = t else rest[#rest + 1] = t end
+    end
+    if #now == 0 then break end
+    resolve(now)
+    for _, t in ipairs(now) do done[t] = true end
+    later = rest
+  end
+  if #self.table_list == 0 then return end
+
+  -- The input of tables: what the agents read, but not the sources of
+  -- forwarders (group_by, through, chains) or the leader topic, whose events
+  -- write no table.
+  local inputs, seen = {}, {}
+  for _, a in ipairs(self.agent_list) do
+    if not a.no_tables then
+      for _, t in ipairs(a.topics) do
+        if not seen[t] and not changelogs[t] then seen[t] = true; inputs[#inputs + 1] = t end
+      end
     end
   end
-  for _, a in ipairs(self.agent_list) do a:_start(rt) end
+  local ids = {}
+  for i, t in ipairs(inputs) do ids[i] = t.id end
+  rt:table_inputs(ids)
+  local function list(ts)
+    local parts = {}
+    for _, t in ipairs(ts) do parts[#parts + 1] = string.format("%s: %d", t.name, t.partitions) end
+    return table.concat(parts, ", ")
+  end
+  local n_in = inputs[1] and inputs[1].partitions
+  for _, t in ipairs(inputs) do
+    if t.partitions ~= n_in then
+      local has_partitioned = false
+      for _, tb in ipairs(self.table_list) do has_partitioned = has_partitioned or not tb.global end
+      if has_partitioned then
+        error(string.format("the topics the agents read have different partition counts (%s), but a table "
+          .. "holds partition p of every one of them: give these topics one partition count (the worker creates "
+          .. "missing topics with topic_partitions = %d; existing ones keep theirs)", list(inputs), self.topic_partitions), 0)
+      end
+      break
+    end
+  end
+  -- Each table's count, then its changelog's (all changelogs in one request).
+  local wanted, cls = {}, {}
+  for i, tb in ipairs(self.table_list) do
+    local name, declared, global = tb.name, tb.declared_partitions, tb.global
+    local n, why
+    if not global and n_in then
+      if declared and declared ~= n_in then
+        error(string.format("table %s declares partitions = %d but its input has %d partitions (%s): a table has "
+          .. "its input's partition count — remove `partitions = %d` from the table (it then has %d), or give the "
+          .. "input %d partitions", name, declared, n_in, list(inputs), declared, n_in, declared), 0)
+      end
+      n, why = n_in, "from its input " .. list(inputs)
+    elseif declared then
+      n, why = declared, "declared"
+    end
+    wanted[i] = { n = n, why = why }
+    -- Without input or declaration: the changelog's count if it exists.
+    cls[i] = tb.changelog
+    cls[i].partitions = n or self.topic_partitions
+  end
+  resolve(cls)
+  for i, tb in ipairs(self.table_list) do
+    local cl, n, why = cls[i], wanted[i].n, wanted[i].why
+    if n and cl.partitions ~= n then
+      error(string.format("changelog topic %s has %d partitions but table %s has %d (%s): a table's changelog "
+        .. "must have the table's partition count — delete the changelog topic and the local state "
+        .. "(`fstream-lua reset`) to rebuild it with %d partitions (its contents are lost), or %s", cl.name,
+        cl.partitions, tb.name, n, why, n,
+        why == "declared" and string.format("declare partitions = %d", cl.partitions)
+          or string.format("give the input %d partitions", cl.partitions)), 0)
+    end
+    tb.partitions = cl.partitions
+  end
 end
 
 function App:_spawn_tasks()

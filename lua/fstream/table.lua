@@ -97,7 +97,11 @@ function Table.new(app, name, opts, level, global)
   for k in pairs(opts) do
     if not OPTIONS[k] then error(string.format("table '%s': unknown option '%s'", name, tostring(k)), level) end
   end
+  -- Declared, or (when the worker starts) its input's count: see App:_resolve_partitions.
   local partitions = opts.partitions or app.topic_partitions
+  if opts.partitions ~= nil and (math.type(opts.partitions) ~= "integer" or opts.partitions < 1) then
+    error(string.format("table '%s': partitions must be a positive integer", name), level)
+  end
   for _, cb in ipairs { "on_window_close", "on_late" } do
     if opts[cb] ~= nil and type(opts[cb]) ~= "function" then
       error(string.format("table '%s': %s must be a function", name, cb), level)
@@ -105,6 +109,7 @@ function Table.new(app, name, opts, level, global)
   end
   local self = {
     app = app, name = name, default = opts.default, partitions = partitions, global = global or false,
+    declared_partitions = opts.partitions,
     on_window_close = opts.on_window_close, on_late = opts.on_late,
     key_serializer = opts.key_serializer or "json",
     value_serializer = opts.value_serializer or "json",
@@ -124,6 +129,7 @@ function Table.new(app, name, opts, level, global)
   self.changelog = app:topic(opts.changelog_topic or (app.id .. "-" .. name .. "-changelog"), {
     key_serializer = "raw", value_serializer = "raw", partitions = partitions,
   })
+  self.changelog.compact = true -- created before the table is bound to the runtime
   local proxy = {}
   self.proxy = proxy
   STATE[proxy] = self
@@ -421,7 +427,9 @@ end
 -- encodings, changelog, windows).
 function Table.signature(self)
   local g = function(k) return tostring(self[k]) end
-  local sig = string.format("partitions=%s global=%s key=%s value=%s changelog=%s", g("partitions"),
+  -- The declared count: the running table's real one comes from the broker,
+  -- which a version being validated has not asked.
+  local sig = string.format("partitions=%s global=%s key=%s value=%s changelog=%s", g("declared_partitions"),
     g("global"), g("key_serializer"), g("value_serializer"), self.changelog.name)
   local w = self.window
   if w then
@@ -431,7 +439,9 @@ function Table.signature(self)
   return sig
 end
 
+-- (Takes the app's table object or its state.)
 function Table.describe(self)
+  self = STATE[self] or self
   return string.format("%s (%s%d partitions, changelog %s)", self.name, self.global and "global, " or "",
     self.partitions, self.changelog.name)
 end

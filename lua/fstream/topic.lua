@@ -199,7 +199,7 @@ function Chain:to_topic(dest)
   if getmetatable(dest) ~= Topic then error("to_topic needs a topic or a topic name", 2) end
   local ops = self.ops
   app.chains = (app.chains or 0) + 1
-  app:agent(string.format("chain-%d-%s-to-%s", app.chains, self.topic.name, dest.name), self.topic, function(stream)
+  local a = app:agent(string.format("chain-%d-%s-to-%s", app.chains, self.topic.name, dest.name), self.topic, function(stream)
     for k, v in stream:items() do
       local keep = true
       for _, o in ipairs(ops) do
@@ -212,6 +212,7 @@ function Chain:to_topic(dest)
       if keep then dest:send { key = k ~= core.null and k or nil, value = v } end
     end
   end)
+  a.no_tables = true -- a forwarder: its input need not be partitioned like the tables
   return dest
 end
 
