@@ -226,12 +226,16 @@ static int l_rt_close(lua_State *L)
     return 0;
 }
 
+/* rt:topic(name, key_codec, value_codec, partitions [, at_run_time]) -> id.
+ * at_run_time: a topic an agent discovers while running (group_by, through
+ * inside the agent); rt:resubscribe() then creates it and subscribes. */
 static int l_rt_topic(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     const char *name = luaL_checkstring(L, 2);
     int kc = parse_codec(L, 3), vc = parse_codec(L, 4);
     int parts = (int)luaL_optinteger(L, 5, 8);
+    int at_run_time = lua_toboolean(L, 6);
     fs_topic *t = fs_topic_find(rt, name);
     if (t) {
         if (rt->rebinding) { /* a reloaded version may read it differently */
@@ -241,7 +245,7 @@ static int l_rt_topic(lua_State *L)
         lua_pushinteger(L, t->id + 1);
         return 1;
     }
-    if (rt->subscribed && !rt->rebinding)
+    if (rt->subscribed && !rt->rebinding && !at_run_time)
         return luaL_error(L, "topics must be declared before the worker starts");
     fs_topic **ts = realloc(rt->topics, (size_t)(rt->ntopics + 1) * sizeof *ts);
     t = calloc(1, sizeof *t);
@@ -308,6 +312,24 @@ static int l_rt_stream(lua_State *L)
     luaL_setmetatable(L, STREAM_MT);
     lua_pushvalue(L, 1); /* the stream keeps its runtime alive */
     lua_setiuservalue(L, -2, 1);
+    return 1;
+}
+
+/* rt:resubscribe(): after an agent added a topic and an agent at run time —
+ * creates the topics that do not exist yet, opens their producer handles and
+ * subscribes to what the agents now read. The group rebalances as for any
+ * subscription change; events already taken stay with their agents until the
+ * revocation lets them finish. Before the first subscription, or while a
+ * reload hands the runtime over, the subscription that follows includes the
+ * topics: they are only created here. Returns whether it subscribed. */
+static int l_rt_resubscribe(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    char err[512];
+    int rc = rt->prestart || rt->rebinding ? fs_kafka_open_topics(rt, err, sizeof err)
+                                           : fs_kafka_rebind(rt, err, sizeof err);
+    if (rc < 0) return luaL_error(L, "%s", err);
+    lua_pushboolean(L, rc > 0);
     return 1;
 }
 
@@ -922,6 +944,7 @@ static const luaL_Reg rt_methods[] = {
     {"topic", l_rt_topic},
     {"agent", l_rt_agent},
     {"stream", l_rt_stream},
+    {"resubscribe", l_rt_resubscribe},
     {"close_agent", l_rt_close_agent},
     {"spawn", l_rt_spawn},
     {"start", l_rt_start},
