@@ -93,4 +93,57 @@ describe("group_by inside the agent, end to end", function()
     end
     assert.are.equal(3000, forwarded)
   end)
+
+  it("keeps the subscription and the totals across a hot reload (the new version learns the topic before it subscribes)", function()
+    local broker, addr = proc.broker({}, 4)
+    local name = "gbr"
+    local env = { APP_ID = name .. "-" .. uniq, IN = name .. "-in-" .. uniq }
+    local dir = proc.tmp .. "/" .. name .. "-" .. uniq
+    os.execute("mkdir -p " .. proc.quote(dir))
+    local script = dir .. "/app.lua"
+    local function version(v)
+      return string.format([[
+local fstream = require "fstream"
+local app = fstream.app(os.getenv("APP_ID"), { topic_partitions = 4, commit_interval = 0.5 })
+local orders = app:topic(os.getenv("IN"))
+local totals = app:table("totals", { default = 0 })
+app:agent("process", orders, function(stream)
+  for o in stream:group_by("account") do totals[o.account] = totals[o.account] + o.amount end -- %s
+end)
+]], v)
+    end
+    proc.write(script, version("v1"))
+    local cmd = string.format("env APP_ID=%s IN=%s %s", env.APP_ID, env.IN, bin)
+    local store = dir .. "/store"
+    local function dump()
+      local out = proc.run(string.format("%s table %s totals --store lmdb://%s 2>/dev/null", cmd, script, store))
+      local got = {}
+      for line in out:gmatch("[^\n]+") do
+        local r = json.decode(line)
+        got[r.key] = r.value
+      end
+      return got
+    end
+    local function wait_sum(n, w)
+      local deadline = os.time() + 60
+      repeat proc.sleep(1) until sum(dump()) >= n or os.time() > deadline or not w:alive()
+    end
+    local w = proc.spawn(string.format("%s worker %s --broker kafka://%s --store lmdb://%s -l info",
+      cmd, script, addr, store), "worker-" .. name)
+    local expect = {}
+    proc.produce_lines(addr, env.IN, orders(1, 1000, expect), { key_delim = "\t" })
+    wait_sum(sum(expect), w)
+    proc.write(script, version("v2"))
+    w:signal("HUP")
+    assert.truthy(w:wait_for("reloaded [^\n]*app%.lua in %d+ ms", 30), w:output())
+    proc.produce_lines(addr, env.IN, orders(1001, 2000, expect), { key_delim = "\t" })
+    wait_sum(sum(expect), w)
+    proc.sleep(1)
+    assert.are.equal(0, w:stop(), w:output())
+    local forwarded = proc.count_messages(addr, env.APP_ID .. "-process-account-repartition")
+    broker:stop()
+    assert.are.same(expect, dump())
+    assert.not_matches("subscription changed", w:output())
+    assert.are.equal(2000, forwarded)
+  end)
 end)
