@@ -149,6 +149,7 @@ static int take_k(lua_State *L, int status, lua_KContext ctx)
     lua_Integer want = luaL_optinteger(L, 6, 1);
     lua_Integer max = luaL_checkinteger(L, 3);
     if (want > max) want = max;
+    if (want > FS_MAX_TAKE) want = FS_MAX_TAKE; /* what one fill can take */
     if (want < 1) want = 1;
     int stopping = u->rt->stopping || s->agent->closed;
     int timed_out = timeout >= 0 && co && lua_toboolean(L, 7) && !fs_timer_active(&co->timer);

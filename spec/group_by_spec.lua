@@ -299,6 +299,20 @@ describe("stream:group_by inside the agent", function()
     assert.matches("agent twice: its stream is already regrouped %(account_id%)", err)
   end)
 
+  it("refuses to regroup the stream group_by returned", function()
+    local a = app("gbg")
+    local orders = a:topic("orders")
+    a:agent("process", orders, function(stream)
+      for _ in stream:group_by("account_id"):group_by("product_id") do end
+    end, { on_error = "crash" })
+    t = fstream.testing(a)
+    t:send(orders, { key = "o", value = { account_id = "a", product_id = "p" } })
+    local ok, err
+    capture_stderr(function() ok, err = pcall(t.run, t) end)
+    assert.is_false(ok)
+    assert.matches("the stream group_by/through returned cannot be regrouped again", err)
+  end)
+
   it("refuses group_by on a noack stream, pointing to the stream it returns", function()
     local a = app("gbq")
     local orders = a:topic("orders")

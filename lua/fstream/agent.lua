@@ -154,6 +154,10 @@ function Agent:_regroup(stream, src, g, level)
     Table.streams_by_co[coroutine.running()] = rs
     return rs
   end
+  if stream.regroup_name then
+    error(string.format("agent %s: the stream group_by/through returned cannot be regrouped again; "
+      .. "group by a combined key once, or regroup in another agent", self.name), level)
+  end
   local app = self.app
   local rt = app.rt
   if not rt then error("group_by/through on a stream needs a running worker", level) end
@@ -199,6 +203,40 @@ function Agent:_regroup(stream, src, g, level)
   local what = string.format("%s of agent %s", g.through and "through" or "group_by", self.name)
   self:_start_instance(stream, 0, function() Stream.forward(stream, src, r.topic, keyfn, what) end)
   return rs
+end
+
+-- topic:stream() while the worker runs (Faust's `async for w in
+-- topic.stream()` in a task): an agent of its own reads the topic, declared and
+-- subscribed to at run time as for group_by; the calling coroutine's table
+-- writes go to the partition of its event in hand. One stream per coroutine
+-- and topic: asking again returns it.
+function Agent.stream_at_run_time(topic, opts, level)
+  level = level + 1
+  local app, co = topic.app, coroutine.running()
+  if opts ~= nil and (type(opts) ~= "table" or next(opts) ~= nil) then
+    error("topic:stream(): options (processors) are declared before the worker starts: app:stream(topic, opts)", level)
+  end
+  app.run_time_streams = app.run_time_streams or setmetatable({}, { __mode = "k" })
+  local mine = app.run_time_streams[co] or {}
+  app.run_time_streams[co] = mine
+  local s = mine[topic.name]
+  if s then return s end
+  local a = setmetatable({
+    app = app, name = string.format("stream-%s-%d", topic.name, #app.agent_list + 1), on_error = "log",
+    concurrency = 1, sinks = {}, topics = { topic }, topics_by_name = { [topic.name] = topic },
+    streams = {}, instances = 0, processed_since_failure = 0, failures = 0,
+    post_decode = topic.post_decode and true or nil,
+  }, Agent)
+  app.agent_list[#app.agent_list + 1] = a
+  a.id = app.rt:agent(a.name, { topic.id })
+  s = Stream.new(a, app.rt:stream(a.id))
+  a.streams[1] = s
+  mine[topic.name] = s
+  require("fstream.table").streams_by_co[co] = s
+  if app.rt:resubscribe() then
+    core.log("info", string.format("%s reads %s: subscribed to it", a.name, topic.name))
+  end
+  return s
 end
 
 -- Sends to the agent's own topic (anonymous agents) or its first source topic.

@@ -203,14 +203,15 @@ function Stream:current()
 end
 
 -- take(max, within): batches of up to `max` values; a shorter batch once
--- `within` seconds have passed since its first value arrived. The batch stays
--- unacknowledged until the agent asks for the next one.
+-- `within` seconds have passed since its first value arrived. Without
+-- `within`, every batch has `max` values (Faust: it waits for them). The batch
+-- stays unacknowledged until the agent asks for the next one.
 function Stream:take(max, within)
   if math.type(max) ~= "integer" or max < 1 then error("take: max must be a positive integer", 2) end
   if within ~= nil and (type(within) ~= "number" or within < 0) then error("take: within must be seconds >= 0", 2) end
   return function()
     while true do
-      local n, bad = self.cs:take(self.buf, max, MODE_VALUE, within or -1, within and max or 1)
+      local n, bad = self.cs:take(self.buf, max, MODE_VALUE, within or -1, max)
       if n == nil then
         self.ended, self.n, self.i = true, 0, 0
         return nil
