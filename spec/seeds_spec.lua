@@ -172,11 +172,14 @@ describe("seed: Faust——python分布式流式处理框架", function()
         assert(#values == 100)
         sizes[#sizes + 1] = #values
       end
-    end)
+    end, { on_error = "crash" })
     t = fstream.testing(app)
     for i = 1, 250 do t:send(agent, i) end
     t:run()
-    assert.are.same({ 100, 100 }, sizes)
+    assert.are.same({ 100, 100 }, sizes) -- 50 wait for more
+    for i = 251, 300 do t:send(agent, i) end
+    t:run()
+    assert.are.same({ 100, 100, 100 }, sizes)
   end)
 
   it("through(destination_topic) inside the agent", function()
