@@ -324,7 +324,7 @@ describe("stream:group_by inside the agent", function()
     local ok, err
     capture_stderr(function() ok, err = pcall(t.run, t) end)
     assert.is_false(ok)
-    assert.matches("noack", err)
+    assert.matches("group_by/through on a noack stream; call noack%(%) on the stream it returns", err)
   end)
 
   it("works in an anonymous agent, as the seeds' process_withdrawal does", function()

@@ -134,9 +134,11 @@ end
 -- it). The agent's body runs only once the worker runs, so this is where the
 -- worker learns the destination: the agent's first call declares it (group_by:
 -- "<app>-<agent>-<name>-repartition", as for the declared form) and a hidden
--- agent reading it, and the worker subscribes to it — the group rebalances as
--- for a reload, and events taken before then stay with the agent until the
--- revocation lets them finish. The instance's coroutine then reads the
+-- agent reading it. Agents take their first steps before the worker subscribes
+-- (fs_kafka_start, fs_reload_rebound), so a group_by the agent starts with is
+-- in the first subscription; one reached later resubscribes — the group
+-- rebalances as for a reload, and events taken before then stay with the agent
+-- until the revocation lets them finish. The instance's coroutine then reads the
 -- destination, while a forwarder coroutine (with the agent's on_error policy)
 -- reads the original stream and sends every event on: nothing the agent had
 -- taken before the switch is dropped, and each event is acknowledged after it
@@ -157,6 +159,10 @@ function Agent:_regroup(stream, src, g, level)
   if stream.regroup_name then
     error(string.format("agent %s: the stream group_by/through returned cannot be regrouped again; "
       .. "group by a combined key once, or regroup in another agent", self.name), level)
+  end
+  if stream.manual then
+    error(string.format("agent %s: group_by/through on a noack stream; call noack() on the stream it returns",
+      self.name), level)
   end
   local app = self.app
   local rt = app.rt

@@ -277,9 +277,6 @@ end
 -- repartition see the original times). The event is acknowledged when the
 -- next one is asked for, after the send: at-least-once.
 function Stream.forward(base, src, dest, keyfn, what)
-  if base.manual then
-    error(what .. ": the stream is in noack mode; call noack() on the stream it returns instead", 2)
-  end
   to_values(base)
   local cs, agent = base.cs, base.agent
   for v in src do
@@ -358,7 +355,7 @@ function View:group_by(key, opts)
 end
 
 function View:through(dest)
-  return self.base.agent:_regroup(self.base, self, through_of(dest, 3), 2)
+  return self.base.agent:_regroup(self.base, self, through_of(dest, 2), 2)
 end
 
 for _, op in ipairs { "filter", "map", "echo" } do
