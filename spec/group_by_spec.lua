@@ -281,6 +281,29 @@ describe("stream:group_by inside the agent", function()
     assert.are.equal(30, #t:messages("gbc-process-account_id-repartition"))
   end)
 
+  it("acknowledges both topics from then on when the agent returns from the regrouped loop", function()
+    local a = app("gbret", { topic_partitions = 1 })
+    local orders = a:topic("orders")
+    local got = 0
+    a:agent("process", orders, function(stream)
+      for _ in stream:group_by("account_id") do
+        got = got + 1
+        if got == 3 then return end
+      end
+    end)
+    t = fstream.testing(a)
+    local log = capture_stderr(function()
+      send_orders(t, orders, 10)
+      t:run()
+    end)
+    assert.are.equal(3, got)
+    assert.matches("agent process returned", log)
+    -- Nothing is held back: every order was forwarded or let go, every regrouped one acknowledged.
+    local stats = t:stats().topics
+    assert.are.equal(10, stats.orders.partitions[0].committable)
+    assert.are.equal(10, stats["gbret-process-account_id-repartition"].partitions[0].committable)
+  end)
+
   it("refuses a second, different grouping of the same stream", function()
     local a = app("gb2")
     local orders = a:topic("orders")
