@@ -146,4 +146,17 @@ end)
     assert.not_matches("subscription changed", w:output())
     assert.are.equal(2000, forwarded)
   end)
+
+  it("runs a task's topic:stream() loop from the first subscription", function()
+    local broker, addr = proc.broker({}, 4)
+    local env = { APP_ID = "ts-" .. uniq, IN = "ts-in-" .. uniq, OUT = "ts-out-" .. uniq }
+    proc.create_topics(addr, env.IN, env.OUT)
+    proc.produce_lines(addr, env.IN, proc.numbers(1, 200))
+    local w = proc.worker("task_stream.lua", env, addr, { create = false })
+    local seen = proc.wait_all_seen(addr, env.OUT, "seen ", 200, 60)
+    assert.are.equal(0, w:stop(), w:output())
+    broker:stop()
+    for i = 1, 200 do assert.are.equal(1, seen[i], "number " .. i) end
+    assert.not_matches("subscription changed", w:output())
+  end)
 end)
