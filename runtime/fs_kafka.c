@@ -579,6 +579,15 @@ int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
     }
     for (int i = 0; i < rt->ntopics; i++)
         if (!rt->topics[i]->rkt) open_topic(rt, rt->topics[i]);
+    /* Agents run up to their first wait before the group is joined: one that
+     * regroups its stream (group_by inside the agent) declares its repartition
+     * topic now, and the first subscription has it. (Changing the subscription
+     * while the join is in flight costs a rebalance, and a session timeout on
+     * the embedded broker, which keeps the abandoned member.) */
+    rt->prestart = 1;
+    fs_sched_run_ready(rt);
+    rt->prestart = 0;
+    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
     rd_kafka_topic_partition_list_t *subs = subscription_of(rt);
     int rc = 0;
     if (subs->cnt) {
@@ -786,7 +795,7 @@ int fs_checkpoint_reload(fs_rt *rt, int timeout_ms)
     return 0;
 }
 
-int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
+int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen)
 {
     if (rt->test || !rt->consumer) return 0;
     /* New topics are created before anything asks for their metadata (a
@@ -798,6 +807,13 @@ int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
         snprintf(err, errlen, "%s", rt->fatal_msg);
         return -1;
     }
+    return 0;
+}
+
+int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
+{
+    if (rt->test || !rt->consumer) return 0;
+    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
     rd_kafka_topic_partition_list_t *want = subscription_of(rt), *have = NULL;
     int rc = 0;
     if (rd_kafka_subscription(rt->consumer, &have)) have = NULL;

@@ -226,6 +226,9 @@ static int l_rt_close(lua_State *L)
     return 0;
 }
 
+/* rt:topic(name, key_codec, value_codec, partitions [, compact [, at_run_time]]) -> id.
+ * at_run_time: a topic an agent discovers while running (group_by, through
+ * inside the agent); rt:resubscribe() then creates it and subscribes. */
 static int l_rt_topic(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
@@ -233,6 +236,7 @@ static int l_rt_topic(lua_State *L)
     int kc = parse_codec(L, 3), vc = parse_codec(L, 4);
     int parts = (int)luaL_optinteger(L, 5, 8);
     int compact = lua_toboolean(L, 6); /* a changelog: created with cleanup.policy=compact */
+    int at_run_time = lua_toboolean(L, 7);
     fs_topic *t = fs_topic_find(rt, name);
     if (t) {
         if (rt->rebinding) { /* a reloaded version may read it differently */
@@ -242,7 +246,7 @@ static int l_rt_topic(lua_State *L)
         lua_pushinteger(L, t->id + 1);
         return 1;
     }
-    if (rt->subscribed && !rt->rebinding)
+    if (rt->subscribed && !rt->rebinding && !at_run_time)
         return luaL_error(L, "topics must be declared before the worker starts");
     fs_topic **ts = realloc(rt->topics, (size_t)(rt->ntopics + 1) * sizeof *ts);
     t = calloc(1, sizeof *t);
@@ -290,13 +294,16 @@ static int l_rt_resolve_topics(lua_State *L)
     return 1;
 }
 
-/* rt:table_inputs({id...}): the topics whose events write tables; holding
+/* rt:table_inputs({id...} [, add]): the topics whose events write tables (add:
+ * besides those already named, e.g. a repartition topic an agent learns at run
+ * time; otherwise instead of them); holding
  * their partition p holds partition p of every table. */
 static int l_rt_table_inputs(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
-    for (int i = 0; i < rt->ntopics; i++) rt->topics[i]->table_input = 0;
+    if (!lua_toboolean(L, 3))
+        for (int i = 0; i < rt->ntopics; i++) rt->topics[i]->table_input = 0;
     lua_Integer n = luaL_len(L, 2);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_geti(L, 2, i);
@@ -356,6 +363,24 @@ static int l_rt_stream(lua_State *L)
     luaL_setmetatable(L, STREAM_MT);
     lua_pushvalue(L, 1); /* the stream keeps its runtime alive */
     lua_setiuservalue(L, -2, 1);
+    return 1;
+}
+
+/* rt:resubscribe(): after an agent added a topic and an agent at run time —
+ * creates the topics that do not exist yet, opens their producer handles and
+ * subscribes to what the agents now read. The group rebalances as for any
+ * subscription change; events already taken stay with their agents until the
+ * revocation lets them finish. Before the first subscription, or while a
+ * reload hands the runtime over, the subscription that follows includes the
+ * topics: they are only created here. Returns whether it subscribed. */
+static int l_rt_resubscribe(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    char err[512];
+    int rc = rt->prestart || rt->rebinding ? fs_kafka_open_topics(rt, err, sizeof err)
+                                           : fs_kafka_rebind(rt, err, sizeof err);
+    if (rc < 0) return luaL_error(L, "%s", err);
+    lua_pushboolean(L, rc > 0);
     return 1;
 }
 
@@ -972,6 +997,7 @@ static const luaL_Reg rt_methods[] = {
     {"table_inputs", l_rt_table_inputs},
     {"agent", l_rt_agent},
     {"stream", l_rt_stream},
+    {"resubscribe", l_rt_resubscribe},
     {"close_agent", l_rt_close_agent},
     {"spawn", l_rt_spawn},
     {"start", l_rt_start},

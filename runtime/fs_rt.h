@@ -191,6 +191,7 @@ struct fs_rt {
     fs_io cio, pio, sio;
     int consume_pending, produce_pending;
     int subscribed;
+    int prestart; /* agents take their first steps before the first subscription */
     int paused; /* fetching paused: agents have max_queued events waiting */
     rd_kafka_topic_partition_list_t *revoke; /* a revocation waiting for agents, or NULL */
     int64_t revoke_deadline;
@@ -332,10 +333,14 @@ void fs_checkpoint_poll(fs_rt *rt);
 int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
 /* Before a reload: stage, deliver, write LMDB; commit without failing on a refused commit. */
 int fs_checkpoint_reload(fs_rt *rt, int timeout_ms);
-/* After a reload: producer handles for new topics, create them, subscribe to
- * what the new agents read. Returns 1 when the subscription changed (the
- * group rebalances), 0 when not, -1 on error. */
+/* After a reload, or when an agent added a topic at run time (group_by inside
+ * the agent): producer handles for new topics, create them, subscribe to what
+ * the agents read. Returns 1 when the subscription changed (the group
+ * rebalances), 0 when not, -1 on error. */
 int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen);
+/* Creates the topics declared since the last call and opens their producer
+ * handles, without touching the subscription. */
+int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen);
 int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
 void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
 rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);

@@ -114,6 +114,27 @@ describe("table examples", function()
     for _ in last:gmatch("%a+=[%d%.]+") do n = n + 1 end
     assert.is_true(n >= 3, last)
   end)
+
+  it("withdrawals.lua: each country's closed window holds exactly the withdrawals of its 10 s (group_by inside the agent)", function()
+    local out = run_example("withdrawals.lua", 40)
+    local sent, windows = {}, 0
+    for _, l in ipairs(out) do
+      local country, amount, at = l:match("^sent %a+ (%u%u) ([%d%.]+) at ([%d%.]+)$")
+      if country then sent[#sent + 1] = { country = country, amount = tonumber(amount), at = tonumber(at) } end
+    end
+    for _, l in ipairs(out) do
+      local country, total, s, e = l:match("^country (%u%u): ([%d%.]+) withdrawn in %[(%d+), (%d+)%)$")
+      if country then
+        windows = windows + 1
+        local expect = 0
+        for _, w in ipairs(sent) do
+          if w.country == country and w.at >= tonumber(s) and w.at < tonumber(e) then expect = expect + w.amount end
+        end
+        assert.is_true(math.abs(expect - tonumber(total)) < 0.006, l .. " (sent " .. expect .. ")")
+      end
+    end
+    assert.is_true(windows >= 4, table.concat(out, "\n"))
+  end)
 end)
 
 describe("window examples", function()
@@ -155,7 +176,7 @@ describe("window examples", function()
 end)
 
 describe("stream examples", function()
-  it("orders.lua: per-account totals after group_by", function()
+  it("orders.lua: per-account totals after group_by inside the agent", function()
     local out = run_example("orders.lua", 11)
     local last
     for _, l in ipairs(out) do last = l:match("^totals: (.*)$") or last end

@@ -292,8 +292,10 @@ function App:_start(settings)
     self.rt = nil
     error(err, 0)
   end
-  rt:start()
+  -- Tasks, like agents, take their first steps before the worker subscribes
+  -- (a topic:stream() or group_by they start with is in the first subscription).
   self:_spawn_tasks()
+  rt:start()
   return rt
 end
 
@@ -303,8 +305,8 @@ end
 function App:_take_over(handle, store)
   local rt = core.adopt(handle, { commit_interval = self.commit_interval, max_queued = self.max_queued })
   self:_bind(rt, store)
-  rt:rebound()
   self:_spawn_tasks()
+  rt:rebound()
   return rt
 end
 

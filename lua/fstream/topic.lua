@@ -54,6 +54,11 @@ local function coerce(v, ty, serializer)
   return nil, string.format("expected %s, got %s", ty, type(v) == "string" and string.format("%q", v:sub(1, 40)) or type(v))
 end
 
+-- A record key (Faust: a model) is a JSON object on the wire unless told otherwise.
+local function default_key_serializer(opts)
+  return type(opts.key_type) == "table" and "json" or "raw"
+end
+
 function Topic.new(app, name, opts, level)
   level = (level or 2) + 1
   if type(name) ~= "string" or name == "" then error("topic name must be a non-empty string", level) end
@@ -68,7 +73,7 @@ function Topic.new(app, name, opts, level)
   local self = setmetatable({
     app = app,
     name = name,
-    key_serializer = opts.key_serializer or "raw",
+    key_serializer = opts.key_serializer or default_key_serializer(opts),
     value_serializer = opts.value_serializer or "json",
     key_type = opts.key_type,
     value_type = opts.value_type,
@@ -87,7 +92,7 @@ end
 
 function Topic:same_schema(opts)
   opts = opts or {}
-  return (opts.key_serializer or "raw") == self.key_serializer
+  return (opts.key_serializer or default_key_serializer(opts)) == self.key_serializer
     and (opts.value_serializer or "json") == self.value_serializer
     and opts.key_type == self.key_type and opts.value_type == self.value_type
 end
@@ -165,6 +170,14 @@ function Topic.group_by_source(topics, processors, key, opts, level)
   local name = opts.name or (type(key) == "string" and key) or nil
   if not name then error("group_by with a function needs {name = ...} for its repartition topic", level) end
   return { is_group_by = true, topics = topics, processors = processors, key = key, name = name }
+end
+
+-- topic:stream(opts): Faust's topic.stream(), app:stream(topic, opts). Called
+-- while the worker runs (in a task, as `for w in topic:stream() do`), it reads
+-- the topic from then on through an agent of its own (see Agent.stream_at_run_time).
+function Topic:stream(opts)
+  if self.app.rt then return require("fstream.agent").stream_at_run_time(self, opts, 2) end
+  return self.app:stream(self, opts)
 end
 
 -- topic:through(dest): a source that forwards the topic's events (key and
