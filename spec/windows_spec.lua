@@ -302,3 +302,57 @@ describe("out-of-order events", function()
     assert.are.equal(1, l1)
   end)
 end)
+
+describe("an event time no window can hold", function()
+  -- Times whose windows cannot be computed exactly (huge, NaN) used to spin
+  -- forever in the update; each must fail that one event and leave stream
+  -- time alone. A count hook in the agent's coroutine turns a spin into a
+  -- failure here instead of a hung spec run.
+  local function run(configure)
+    local a = fstream.app("absurd", { topic_partitions = 1 })
+    local late = 0
+    local tb = configure(a:table("w", { default = 0, on_late = function() late = late + 1 end }))
+      :relative_to_field("ts")
+    local ev = a:topic("ev")
+    local results = {}
+    a:agent("x", ev, function(s)
+      debug.sethook(function() error("spun: did not terminate", 2) end, "", 5e7)
+      for v in s do
+        if v.ts == "nan" then v.ts = 0 / 0 elseif v.ts == "-inf" then v.ts = -math.huge end
+        local ok, err = pcall(tb.update, tb, "k", function(c) return c + 1 end)
+        local ok2, err2 = pcall(function() return tb["k"]:delta(1e300) end)
+        results[#results + 1] = { ok = ok, err = err, read_ok = ok2, read_err = err2 }
+      end
+    end)
+    local t = fstream.testing(a)
+    local times = { 1e300, -1e300, 1e24, -1e21, "nan", "-inf", 1000.5 }
+    for _, ts in ipairs(times) do t:send(ev, { key = "k", value = { ts = ts } }) end
+    t:run()
+    local value = tb["k"]:windows()
+    t:close()
+    return results, value, late
+  end
+
+  for name, configure in pairs {
+    tumbling = function(tb) return tb:tumbling(10) end,
+    hopping = function(tb) return tb:hopping(10, 1) end,
+    ["hopping with combine"] = function(tb) return tb:hopping(10, 1, { combine = function(x, y) return x + y end }) end,
+    sliding = function(tb) return tb:sliding(10) end,
+  } do
+    it(name .. ": 1e300, -1e300, 1e24, -1e21, NaN and -inf raise at once; later events are processed", function()
+      local results, windows, late = run(configure)
+      assert.are.equal(7, #results)
+      for i = 1, 6 do
+        assert.is_false(results[i].ok, "event " .. i)
+        assert.matches("windowed table 'w': event time .* is outside the range windows can be computed for",
+          results[i].err)
+        assert.is_false(results[i].read_ok, "read of event " .. i)
+      end
+      -- The good event after them is neither late nor lost: stream time did not move.
+      assert.is_true(results[7].ok, tostring(results[7].err))
+      assert.are.equal(0, late)
+      assert.is_true(#windows >= 1)
+      for _, w in ipairs(windows) do assert.are.equal(1, w.value) end
+    end)
+  end
+end)

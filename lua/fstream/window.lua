@@ -125,6 +125,21 @@ local function current_stream()
   return Table.streams_by_co[coroutine.running()]
 end
 
+-- Window starts are multiples of the step computed in floating point. Beyond
+-- 2^50 steps from the epoch neighbouring starts stop being distinct numbers
+-- (s - step == s), and a loop over the windows of a time would never end:
+-- such a time, NaN or an infinity is an error of the event, raised before it
+-- touches any state.
+local EXACT_STEPS = 2 ^ 50
+
+local function check_time(w, t, at, level)
+  local lim = w.step * EXACT_STEPS
+  if type(at) ~= "number" or not (at > -lim and at < lim) then
+    error(string.format("windowed table '%s': event time %s is outside the range windows can be "
+      .. "computed for (|time| < %.3g s with step %g s)", t.name, tostring(at), lim, w.step), level + 1)
+  end
+end
+
 -- The time an operation refers to: the event's (stream or field) or now.
 function Window:event_time(t)
   if self.time == "now" then return t.app.rt:now() end
@@ -262,6 +277,7 @@ end
 
 function Window:update(t, key, fn)
   local at = self:event_time(t)
+  check_time(self, t, at, 3)
   local p = Table.event_partition() or error(string.format(
     "windowed table '%s': update must happen while an agent processes an event", t.name), 3)
   local wp = self:part(t, p)
@@ -405,6 +421,7 @@ end
 
 local function value_at(ws, at)
   local w, t = ws.window, ws.table
+  check_time(w, t, at, 3)
   local p = Table.event_partition()
   local starts
   local parts = {}
