@@ -105,6 +105,14 @@ static rd_kafka_headers_t *check_headers(lua_State *L, int idx)
 
 /* ---- runtime ---- */
 
+/* Seconds (math.huge: never) to the count hook's milliseconds. */
+static int64_t agent_timeout_ms(double s)
+{
+    if (!(s > 0)) return 10000;
+    if (s >= 9e15) return INT64_MAX;
+    return s * 1000 < 1 ? 1 : (int64_t)(s * 1000);
+}
+
 static int l_core_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -118,6 +126,8 @@ static int l_core_new(lua_State *L)
     double ci = luaL_optnumber(L, -1, 2.8);
     lua_getfield(L, 1, "max_queued");
     lua_Integer maxq = luaL_optinteger(L, -1, 20000);
+    lua_getfield(L, 1, "agent_timeout");
+    double at = luaL_optnumber(L, -1, 10.0);
 
     rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->rt = NULL;
@@ -131,6 +141,7 @@ static int l_core_new(lua_State *L)
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
     rt->max_queued = maxq;
+    rt->agent_timeout_ms = agent_timeout_ms(at);
     if (fs_loop_init(&rt->loop, test)) {
         free(rt->group);
         free(rt);
@@ -170,7 +181,9 @@ static int l_core_adopt(lua_State *L)
         }
         lua_getfield(L, 2, "max_queued");
         if (lua_isinteger(L, -1)) rt->max_queued = lua_tointeger(L, -1);
-        lua_pop(L, 2);
+        lua_getfield(L, 2, "agent_timeout");
+        if (lua_isnumber(L, -1)) rt->agent_timeout_ms = agent_timeout_ms(lua_tonumber(L, -1));
+        lua_pop(L, 3);
     }
     return 1;
 }

@@ -4,11 +4,75 @@
  * lua_yield; the event that ends the wait calls fs_sched_ready and the loop
  * resumes it later — handlers never resume coroutines themselves. */
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fs_log.h"
 #include "fs_rt.h"
+
+/* VM instructions between two calls of the count hook. A Lua instruction takes
+ * a few nanoseconds, so the hook looks at the clock about every millisecond:
+ * far finer than agent_timeout, and too rare to cost anything measurable
+ * (BENCHMARKS.md). */
+#define FS_HOOK_COUNT 1000000
+
+/* The coroutine inside lua_resume. One thread runs Lua, so one variable
+ * serves every runtime of the process; resume_one saves and restores it. */
+static fs_co *running;
+
+fs_co *fs_sched_running(void)
+{
+    return running;
+}
+
+static int64_t coarse_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Runaway coroutines: a coroutine that runs agent_timeout without yielding
+ * (or past the stop deadline while the worker stops) is interrupted with an
+ * error. From then on the hook fires at every instruction and raises the same
+ * error again, so a pcall in the script cannot swallow it: the coroutine
+ * unwinds, and its on_exit applies the agent's on_error policy. L may be a
+ * coroutine the script created inside ours (it inherited the hook). */
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    fs_co *co = running;
+    if (!co || co->state != FS_CO_RUNNING) return;
+    fs_rt *rt = co->rt;
+    if (!co->interrupted) {
+        int64_t now = coarse_ms();
+        if (co->hook_seen != co->resumes) {
+            co->hook_seen = co->resumes;
+            co->run_since = now;
+        }
+        if (!rt->test) fs_rt_poll_signals(rt); /* the loop cannot while this runs */
+        int64_t ran = now - co->run_since;
+        int stop_over = rt->stopping && fs_loop_now(&rt->loop) > rt->stop_deadline;
+        if (ran < rt->agent_timeout_ms && !stop_over) return;
+        const char *src = "?";
+        int line = -1;
+        if (lua_getinfo(L, "Sl", ar)) {
+            src = ar->short_src;
+            line = ar->currentline;
+        }
+        snprintf(co->kill_msg, sizeof co->kill_msg,
+                 "%s:%d: interrupted after running %.1f s without yielding (%s)", src, line,
+                 (double)ran / 1000.0,
+                 stop_over ? "the worker is stopping and its deadline passed" : "agent_timeout");
+        fs_debug("coroutine %d: %s", co->id, co->kill_msg);
+        co->interrupted = 1;
+        lua_sethook(co->L, count_hook, LUA_MASKCOUNT, 1);
+        if (L != co->L) lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    }
+    lua_pushstring(L, co->kill_msg);
+    lua_error(L);
+}
 
 fs_co *fs_co_current(lua_State *L)
 {
@@ -80,6 +144,7 @@ int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind)
         co->exit_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
     *(fs_co **)lua_getextraspace(co->L) = co;
+    if (rt->agent_timeout_ms > 0) lua_sethook(co->L, count_hook, LUA_MASKCOUNT, FS_HOOK_COUNT);
     lua_pushvalue(L, fn_idx);
     lua_xmove(L, co->L, 1);
     co->timer.cb = timer_fired;
@@ -94,10 +159,12 @@ int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind)
     return co->id;
 }
 
-/* Detaches co from whatever it waits on and frees it. */
-static void release(fs_co *co)
+/* Detaches co from whatever it waits on and frees it. failed: it died of an
+ * error that its on_exit has handled. */
+static void release(fs_co *co, int failed)
 {
     fs_rt *rt = co->rt;
+    if (co->kind == FS_KIND_AGENT) fs_streams_orphan(rt, co, failed);
     if (co->state == FS_CO_READY) unlink_ready(rt, co);
     fs_timer_stop(&rt->loop, &co->timer);
     if (co->stream && co->stream->waiter == co) co->stream->waiter = NULL;
@@ -149,10 +216,13 @@ static void resume_one(fs_rt *rt, fs_co *co)
     co->nargs = 0;
     co->state = FS_CO_RUNNING;
     co->wait = FS_WAIT_NONE;
-    fs_co *outer = rt->current;
+    fs_co *outer = rt->current, *outer_running = running;
     rt->current = co;
+    running = co;
+    co->resumes++;
     int st = lua_resume(co->L, rt->L, nargs, &nres);
     rt->current = outer;
+    running = outer_running;
     if (co->state == FS_CO_DEAD) return; /* killed itself while running: already freed */
     if (st == LUA_YIELD) {
         lua_pop(co->L, nres);
@@ -183,7 +253,7 @@ static void resume_one(fs_rt *rt, fs_co *co)
         luaL_traceback(L, co->L, NULL, 0);
         call_exit(co, 0);
     }
-    if (co->state != FS_CO_DEAD) release(co);
+    if (co->state != FS_CO_DEAD) release(co, st != LUA_OK);
 }
 
 int fs_sched_run_ready(fs_rt *rt)
@@ -213,7 +283,7 @@ void fs_sched_kill(fs_co *co)
     }
     luaL_unref(co->rt->L, LUA_REGISTRYINDEX, co->exit_ref);
     co->exit_ref = LUA_NOREF;
-    release(co);
+    release(co, 0);
 }
 
 void fs_sched_kill_all(fs_rt *rt)

@@ -70,6 +70,7 @@ function M.configure(t, kind, a, b, c)
   -- The closer: every table_cleanup_interval, close what has expired.
   app.tasks[#app.tasks + 1] = {
     name = "window closer of " .. t.name,
+    restart = true,
     fn = function()
       while true do
         core.sleep(app.table_cleanup_interval)
