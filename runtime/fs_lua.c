@@ -149,6 +149,7 @@ static int l_core_new(lua_State *L)
     }
     u->rt = rt;
     rt->ud = u;
+    if (fs_watch_start()) fs_warn("cannot start the watch thread: agent_timeout is not enforced");
     if (test) {
         struct timeval tv;
         gettimeofday(&tv, NULL);
@@ -952,6 +953,7 @@ int luaopen_fstream_core(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     memset(lua_getextraspace(lua_tothread(L, -1)), 0, LUA_EXTRASPACE);
     lua_pop(L, 1);
+    fs_sched_track_coroutines(L);
 
     luaL_newmetatable(L, RT_MT);
     luaL_newlib(L, rt_methods);

@@ -57,11 +57,8 @@ struct fs_co {
     void (*cancel)(fs_co *co); /* called if the coroutine dies while waiting */
     fs_co *ready_next;  /* ready queue link */
     fs_co *prev, *next; /* list of live coroutines */
-    /* Runaway detection (the count hook): resumes counts lua_resume calls; the
-     * hook starts the clock of a run when it first sees a new value. */
-    unsigned resumes, hook_seen;
-    int64_t run_since;   /* monotonic ms */
-    int interrupted;     /* past agent_timeout: every hook call raises kill_msg */
+    int64_t run_since; /* monotonic ms when the current resume began */
+    int interrupted;   /* past agent_timeout: every hook call raises kill_msg */
     char kill_msg[320];
 };
 
@@ -269,6 +266,15 @@ int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms);
 int fs_sched_traceback(lua_State *L); /* message handler for lua_pcall */
 /* The coroutine inside lua_resume (NULL between resumes). */
 fs_co *fs_sched_running(void);
+/* Runaway detection (see fs_sched.c). fs_sched_watch_init: on the thread that
+ * runs Lua, once. fs_sched_watch: from the watch thread, every tick — pokes the
+ * Lua thread when the running coroutine is overdue, past stop_deadline (0:
+ * none), or at once with poke_now. fs_sched_track_coroutines: makes the
+ * coroutine library of L report which thread executes. */
+int fs_sched_watch_init(void);
+void fs_sched_watch(int64_t now, int64_t stop_deadline, int poke_now);
+int64_t fs_sched_clock_ms(void);
+void fs_sched_track_coroutines(lua_State *L);
 
 /* fs_stream.c */
 fs_topic *fs_topic_find(fs_rt *rt, const char *name);
@@ -389,6 +395,7 @@ void fs_rt_request_stop(fs_rt *rt, const char *why);
  * run long without the loop (the count hook, changelog recovery).
  * fs_signals_stop_requested: a signal arrived (any thread may ask). */
 int fs_signals_start(void);
+int fs_watch_start(void); /* only the runaway watch (in-process runtimes) */
 void fs_rt_poll_signals(fs_rt *rt);
 int fs_signals_stop_requested(void);
 

@@ -27,13 +27,18 @@
  * the signal thread ends the process (exit code 1, nothing more committed). */
 #define FS_STOP_HARD_LIMIT_S 75
 
-/* SIGTERM and SIGINT are blocked in every thread (main.c, before librdkafka
- * starts its own) and taken by one thread with sigwait. It never touches the
- * runtime: it counts, wakes the loop through an eventfd, and exits the process
- * itself on a second signal — the loop may be stuck (an agent that does not
- * yield, a blocking call into librdkafka) and could not read it. */
+/* The watch thread. In a worker, SIGTERM and SIGINT are blocked in every
+ * thread (main.c, before librdkafka starts its own) and this thread takes them
+ * with sigtimedwait. It never touches the runtime: it counts, wakes the loop
+ * through an eventfd, and exits the process itself on a second signal — the
+ * loop may be stuck (an agent that does not yield, a blocking call into
+ * librdkafka) and could not read it. Every tick it also looks for a coroutine
+ * that runs too long (fs_sched_watch). In-process (fstream.testing) it only
+ * does the latter. */
+#define FS_WATCH_TICK_MS 100
+
 static struct {
-    int started;
+    int started, take_signals;
     int efd;
     atomic_int received; /* SIGTERM/SIGINT so far */
     atomic_int last;     /* the last one's number */
@@ -41,63 +46,85 @@ static struct {
     int handled;         /* loop side: signals already turned into a stop */
 } sigs = {.efd = -1};
 
-static void *signal_thread(void *arg)
+static void *watch_thread(void *arg)
 {
     (void)arg;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    int first = 1;
+    int64_t stop_at = 0;
     for (;;) {
+        struct timespec tick = {0, FS_WATCH_TICK_MS * 1000000L};
         siginfo_t si;
-        int sig;
-        if (first) {
-            sig = sigwaitinfo(&set, &si);
-        } else {
-            struct timespec limit = {FS_STOP_HARD_LIMIT_S, 0};
-            sig = sigtimedwait(&set, &si, &limit);
-            if (sig < 0 && errno == EAGAIN) {
-                fs_error("the stop did not finish within %d s: exiting now, without committing "
-                         "what is not committed yet",
-                         FS_STOP_HARD_LIMIT_S);
-                _exit(1);
+        int sig = -1;
+        if (sigs.take_signals) sig = sigtimedwait(&set, &si, &tick);
+        else nanosleep(&tick, NULL);
+        int64_t now = fs_sched_clock_ms();
+        if (sig > 0) {
+            if (stop_at || atomic_load(&sigs.stopping)) {
+                fs_error("second %s: exiting at once without committing", strsignal(sig));
+                _exit(128 + sig);
             }
+            stop_at = now;
+            atomic_store(&sigs.last, sig);
+            atomic_fetch_add(&sigs.received, 1);
+            uint64_t one = 1;
+            if (write(sigs.efd, &one, sizeof one) < 0) {
+                /* The loop also looks at `received` whenever it runs. */
+            }
+            fs_sched_watch(now, 0, 1); /* a coroutine that does not yield learns of the stop */
+            continue;
         }
-        if (sig < 0) continue; /* EINTR */
-        if (!first || atomic_load(&sigs.stopping)) {
-            fs_error("second %s: exiting at once without committing", strsignal(sig));
-            _exit(128 + sig);
+        if (stop_at && now - stop_at > FS_STOP_HARD_LIMIT_S * 1000) {
+            fs_error("the stop did not finish within %d s: exiting now, without committing what "
+                     "is not committed yet",
+                     FS_STOP_HARD_LIMIT_S);
+            _exit(1);
         }
-        first = 0;
-        atomic_store(&sigs.last, sig);
-        atomic_fetch_add(&sigs.received, 1);
-        uint64_t one = 1;
-        if (write(sigs.efd, &one, sizeof one) < 0) {
-            /* The loop also looks at `received` whenever it runs. */
-        }
+        fs_sched_watch(now, stop_at ? stop_at + FS_STOP_TIMEOUT_MS : 0, 0);
     }
     return NULL;
 }
 
-int fs_signals_start(void)
+static int watch_start(int take_signals)
 {
     if (sigs.started) return 0;
-    sigs.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (sigs.efd < 0) return -1;
+    if (fs_sched_watch_init()) return -1;
+    if (take_signals) {
+        sigs.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (sigs.efd < 0) return -1;
+    }
+    sigs.take_signals = take_signals;
+    /* The thread must not take the scheduler's poke, whatever the caller's mask. */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGURG);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, signal_thread, NULL);
+    int rc = pthread_create(&t, &attr, watch_thread, NULL);
     pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc) {
-        close(sigs.efd);
+        if (sigs.efd >= 0) close(sigs.efd);
         sigs.efd = -1;
         return -1;
     }
     sigs.started = 1;
     return 0;
+}
+
+int fs_signals_start(void)
+{
+    return watch_start(1);
+}
+
+int fs_watch_start(void)
+{
+    return watch_start(0);
 }
 
 int fs_signals_stop_requested(void)
@@ -179,7 +206,7 @@ static int setup_signals(fs_rt *rt)
     sigaddset(&set, SIGHUP);
     /* Already blocked before librdkafka started its threads (see main.c). */
     sigprocmask(SIG_BLOCK, &set, NULL);
-    if (fs_signals_start()) return -1;
+    if (fs_signals_start() || sigs.efd < 0) return -1;
     stop_io.fd = sigs.efd;
     stop_io.cb = stop_signal_cb;
     stop_io.data = rt;
