@@ -296,13 +296,19 @@ static int recover(fs_rt *rt, fs_table *t, int32_t p)
     int64_t lo = 0, hi = 0;
     const char *cl = t->changelog->name;
     rd_kafka_resp_err_t e;
-    /* A changelog created a moment ago may not have a leader yet: wait a little. */
+    /* A changelog created a moment ago may not have a leader yet: wait a little.
+     * Short attempts, so that a stop requested meanwhile is seen within a second. */
     for (int tries = 0;; tries++) {
-        e = rd_kafka_query_watermark_offsets(rt->recovery, cl, p, &lo, &hi, 10000);
+        e = rd_kafka_query_watermark_offsets(rt->recovery, cl, p, &lo, &hi, 1000);
         int transient = e == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
                         e == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
                         e == RD_KAFKA_RESP_ERR__TRANSPORT || e == RD_KAFKA_RESP_ERR__TIMED_OUT;
-        if (!transient || tries == 50 || fs_signals_stop_requested()) break;
+        if (!transient || tries == 400) break;
+        if (fs_signals_stop_requested()) {
+            fs_warn("recovery of table %s[%d] interrupted by a stop before it began", t->name, (int)p);
+            fs_rt_poll_signals(rt);
+            return 1;
+        }
         struct timespec ts = {0, 200 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

@@ -318,3 +318,26 @@ describe("table failure paths", function()
     assert.matches("fstream%-lua reset", w:output())
   end)
 end)
+
+describe("a stop during changelog recovery", function()
+  it("interrupts the replay and exits, even while the broker does not answer", function()
+    local broker, addr = proc.broker({}, 4)
+    finally(function() broker:signal("CONT"); broker:stop() end)
+    local env = { APP_ID = "rec-" .. uniq, IN = "rec-in-" .. uniq }
+    local changelog = env.APP_ID .. "-word_counts-changelog"
+    proc.create_topics(addr, env.IN, changelog)
+    local lines = {}
+    for i = 1, 200000 do lines[i] = string.format('"k%d"\t%d', i, i) end
+    proc.produce_lines(addr, changelog, lines, { key_delim = "\t" })
+    local w = wc_worker(env, addr, proc.tmp .. "/rec-store-" .. uniq)
+    finally(function() w:signal("KILL") end)
+    assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
+    -- The worker is replaying 200,000 records; a frozen broker keeps it there.
+    broker:signal("STOP")
+    w:signal("TERM")
+    assert.truthy(w:wait_for("recovery of table word_counts%[%d%] interrupted by a stop", 5), w:output())
+    broker:signal("CONT")
+    assert.are.equal(0, w:wait(30), w:output())
+    assert.matches("stopping %(SIGTERM%)", w:output())
+  end)
+end)
