@@ -774,6 +774,15 @@ static int l_current(lua_State *L)
     return 1;
 }
 
+/* core.ended(thread): true for a coroutine of the scheduler that has ended
+ * (died of an error, returned, or was killed) — Lua state it left behind is stale. */
+static int l_ended(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_pushboolean(L, fs_co_ended(lua_tothread(L, 1)));
+    return 1;
+}
+
 /* core.redirect_stderr(path | nil): points fd 2 at a file, or back. For specs
  * that check what the worker logs. */
 static int l_redirect_stderr(lua_State *L)
@@ -935,6 +944,7 @@ static const luaL_Reg core_funcs[] = {
     {"adopt", l_core_adopt},
     {"sleep", l_sleep},
     {"current", l_current},
+    {"ended", l_ended},
     {"partition_for", l_partition_for},
     {"redirect_stderr", l_redirect_stderr},
     {"set_log_level", l_set_log_level},

@@ -257,6 +257,7 @@ struct fs_rt {
 
 /* fs_sched.c */
 fs_co *fs_co_current(lua_State *L);
+int fs_co_ended(lua_State *thread); /* a scheduler coroutine that has ended (died, killed) */
 int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind);
 void fs_sched_ready(fs_co *co);
 int fs_sched_run_ready(fs_rt *rt); /* resumes every ready coroutine once; returns count */

@@ -187,6 +187,15 @@ void fs_sched_track_coroutines(lua_State *L)
     lua_pop(L, 1);
 }
 
+/* What a released coroutine's thread points at: it tells a thread that ran
+ * here and ended from one that never was ours (both are not current). */
+static fs_co ended = {.state = FS_CO_DEAD};
+
+int fs_co_ended(lua_State *thread)
+{
+    return *(fs_co **)lua_getextraspace(thread) == &ended;
+}
+
 fs_co *fs_co_current(lua_State *L)
 {
     fs_co *co = *(fs_co **)lua_getextraspace(L);
@@ -291,7 +300,7 @@ static void release(fs_co *co, int failed)
     if (co->next) co->next->prev = co->prev;
     rt->nlive--;
     if (co->kind == FS_KIND_AGENT) rt->nlive_agents--;
-    *(fs_co **)lua_getextraspace(co->L) = NULL;
+    *(fs_co **)lua_getextraspace(co->L) = &ended;
     lua_resetthread(co->L);
     luaL_unref(rt->L, LUA_REGISTRYINDEX, co->ref);
     luaL_unref(rt->L, LUA_REGISTRYINDEX, co->exit_ref);

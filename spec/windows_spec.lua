@@ -356,3 +356,32 @@ describe("an event time no window can hold", function()
     end)
   end
 end)
+
+describe("an on_window_close that runs without yielding", function()
+  it("is interrupted after agent_timeout and later windows of the partition still close", function()
+    local a = fstream.app("closespin", { topic_partitions = 1, agent_timeout = 0.3 })
+    local closed = {}
+    local tb = a:table("w", { default = 0, on_window_close = function(_, win, value)
+      if win.start == 0 then while true do end end
+      closed[#closed + 1] = win.start .. "=" .. value
+    end }):tumbling(10):relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("x", ev, function(s) for v in s do tb:update("k", function(c) return c + 1 end) end end)
+    local t = fstream.testing(a)
+    local core = require "fstream.core"
+    local path = os.tmpname()
+    core.redirect_stderr(path)
+    for _, ts in ipairs { 1, 15, 25, 35 } do t:send(ev, { key = "k", value = { ts = ts } }) end
+    local ok, err = pcall(function()
+      t:run()
+      t:advance(2)
+    end)
+    core.redirect_stderr(nil)
+    local log = io.open(path):read("a")
+    os.remove(path)
+    assert(ok, err)
+    assert.matches("interrupted after running 0%.%d s without yielding %(agent_timeout%)", log)
+    assert.are.same({ "10=1", "20=1" }, closed)
+    t:close()
+  end)
+end)

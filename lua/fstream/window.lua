@@ -486,6 +486,13 @@ function Window:release(_, p)
   self.parts[p] = nil
 end
 
+-- A close pass is under way, unless the coroutine running it died before it
+-- finished (interrupted by agent_timeout in on_window_close, or killed).
+local function closing(wp)
+  local co = wp.closing
+  return co ~= nil and not core.ended(co)
+end
+
 -- combine mode: closes, in order, the windows that expired since the last
 -- pass — each folded from its slices — then drops the slices that no open
 -- window needs any more.
@@ -497,7 +504,7 @@ function Window:close_slices(t, p, wp)
   local lists = {}
   for ks, l in pairs(wp.keys) do lists[#lists + 1] = { ks, l } end
   table.sort(lists, function(a, b) return a[1] < b[1] end)
-  wp.closing = true
+  wp.closing = coroutine.running()
   local on_close = rawget(t, "on_window_close")
   for _, entry in ipairs(lists) do
     local l = entry[2]
@@ -545,11 +552,11 @@ end
 -- Closes, in end order, every window of partition p that has expired.
 function Window:close_expired(t, p)
   local wp = self.parts[p]
-  if not wp or wp.closing then return end
+  if not wp or closing(wp) then return end
   if self.combine then return self:close_slices(t, p, wp) end
   local now = self.time == "now" and t.app.rt:now() or wp.stream_time
   if now == nil then return end
-  wp.closing = true
+  wp.closing = coroutine.running()
   local on_close = rawget(t, "on_window_close")
   while wp.ends[1] and wp.ends[1] + self.expires < now do
     local e = heap_pop(wp.ends)
@@ -581,7 +588,7 @@ end
 -- after that point finds its window closed (late) in both update paths.
 function Window:maybe_close(t, p)
   local wp = self.parts[p]
-  if wp.closing or self.time == "now" then return end
+  if closing(wp) or self.time == "now" then return end
   local due
   if self.combine then due = wp.next_due
   else due = wp.ends[1] and wp.ends[1] + self.expires end
