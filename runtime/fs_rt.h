@@ -265,8 +265,6 @@ void fs_sched_kill(fs_co *co);
 void fs_sched_kill_all(fs_rt *rt);
 int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms);
 int fs_sched_traceback(lua_State *L); /* message handler for lua_pcall */
-/* The coroutine inside lua_resume (NULL between resumes). */
-fs_co *fs_sched_running(void);
 /* Runaway detection (see fs_sched.c). fs_sched_watch_init: on the thread that
  * runs Lua, once. fs_sched_watch: from the watch thread, every tick — pokes the
  * Lua thread when the running coroutine is overdue, past stop_deadline (0:

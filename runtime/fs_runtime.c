@@ -24,7 +24,7 @@
 #define FS_STOP_TIMEOUT_MS 30000
 /* After the first SIGTERM/SIGINT the whole stop — agents (FS_STOP_TIMEOUT_MS),
  * final delivery and commit, leaving the group — must be over within this, or
- * the signal thread ends the process (exit code 1, nothing more committed). */
+ * the watch thread ends the process (exit code 1, nothing more committed). */
 #define FS_STOP_HARD_LIMIT_S 75
 
 /* The watch thread. In a worker, SIGTERM and SIGINT are blocked in every

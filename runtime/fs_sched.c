@@ -30,11 +30,6 @@ static atomic_uint run_seq;            /* bumped at every resume */
 static pthread_t lua_thread;
 static int have_lua_thread;
 
-fs_co *fs_sched_running(void)
-{
-    return running;
-}
-
 static int64_t coarse_ms(void)
 {
     struct timespec ts;
