@@ -208,7 +208,9 @@ void fs_kafka_revoke_poll(fs_rt *rt)
     if (!rt->revoke) return;
     fs_sync_acks(rt);
     if (!fs_streams_clear(rt)) {
-        if (fs_loop_now(&rt->loop) < rt->revoke_deadline && !rt->stopped) return;
+        /* Once the worker is closing no agent runs again: waiting would block
+         * rd_kafka_consumer_close, which serves this revocation, forever. */
+        if (fs_loop_now(&rt->loop) < rt->revoke_deadline && !rt->stopped && !rt->closing) return;
         fs_warn("agents still busy with events of revoked partitions after 10 s; revoking anyway "
                 "(those events will be processed again by the next owner)");
     }
@@ -574,7 +576,8 @@ int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
 {
     if (resolve_all(rt, err, errlen)) return -1;
     if (rt->fatal || fs_tables_start_global(rt)) {
-        snprintf(err, errlen, "%s", rt->fatal_msg);
+        if (rt->fatal) snprintf(err, errlen, "%s", rt->fatal_msg);
+        else snprintf(err, errlen, "stopped while recovering global tables");
         return -1;
     }
     for (int i = 0; i < rt->ntopics; i++)

@@ -105,6 +105,14 @@ static rd_kafka_headers_t *check_headers(lua_State *L, int idx)
 
 /* ---- runtime ---- */
 
+/* Seconds (math.huge: never) to the count hook's milliseconds. */
+static int64_t agent_timeout_ms(double s)
+{
+    if (!(s > 0)) return 10000;
+    if (s >= 9e15) return INT64_MAX;
+    return s * 1000 < 1 ? 1 : (int64_t)(s * 1000);
+}
+
 static int l_core_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -122,6 +130,8 @@ static int l_core_new(lua_State *L)
     lua_getfield(L, 1, "clock");
     int has_clock = !lua_isnil(L, -1);
     double clock = luaL_optnumber(L, -1, 0);
+    lua_getfield(L, 1, "agent_timeout");
+    double at = luaL_optnumber(L, -1, 10.0);
 
     rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->rt = NULL;
@@ -135,6 +145,7 @@ static int l_core_new(lua_State *L)
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
     rt->max_queued = maxq;
+    rt->agent_timeout_ms = agent_timeout_ms(at);
     if (fs_loop_init(&rt->loop, test)) {
         free(rt->group);
         free(rt);
@@ -142,6 +153,7 @@ static int l_core_new(lua_State *L)
     }
     u->rt = rt;
     rt->ud = u;
+    if (fs_watch_start()) fs_warn("cannot start the watch thread: agent_timeout is not enforced");
     if (test) {
         struct timeval tv;
         gettimeofday(&tv, NULL);
@@ -175,7 +187,9 @@ static int l_core_adopt(lua_State *L)
         }
         lua_getfield(L, 2, "max_queued");
         if (lua_isinteger(L, -1)) rt->max_queued = lua_tointeger(L, -1);
-        lua_pop(L, 2);
+        lua_getfield(L, 2, "agent_timeout");
+        if (lua_isnumber(L, -1)) rt->agent_timeout_ms = agent_timeout_ms(lua_tonumber(L, -1));
+        lua_pop(L, 3);
     }
     return 1;
 }
@@ -838,6 +852,15 @@ static int l_current(lua_State *L)
     return 1;
 }
 
+/* core.ended(thread): true for a coroutine of the scheduler that has ended
+ * (died of an error, returned, or was killed) — Lua state it left behind is stale. */
+static int l_ended(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_pushboolean(L, fs_co_ended(lua_tothread(L, 1)));
+    return 1;
+}
+
 /* core.redirect_stderr(path | nil): points fd 2 at a file, or back. For specs
  * that check what the worker logs. */
 static int l_redirect_stderr(lua_State *L)
@@ -1030,6 +1053,7 @@ static const luaL_Reg core_funcs[] = {
     {"adopt", l_core_adopt},
     {"sleep", l_sleep},
     {"current", l_current},
+    {"ended", l_ended},
     {"partition_for", l_partition_for},
     {"index_op", l_index_op},
     {"redirect_stderr", l_redirect_stderr},
@@ -1049,6 +1073,7 @@ int luaopen_fstream_core(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     memset(lua_getextraspace(lua_tothread(L, -1)), 0, LUA_EXTRASPACE);
     lua_pop(L, 1);
+    fs_sched_track_coroutines(L);
 
     luaL_newmetatable(L, RT_MT);
     luaL_newlib(L, rt_methods);

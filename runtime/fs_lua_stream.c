@@ -191,6 +191,8 @@ static int l_stream_take(lua_State *L)
     lua_settop(L, 6);
     lua_pushboolean(L, 0); /* slot 7: deadline armed */
     fs_stream_ack_taken(u->rt, u->s);
+    fs_co *co = fs_co_current(L);
+    if (co) u->s->reader = co;
     return take_k(L, 0, (lua_KContext)u);
 }
 
@@ -328,6 +330,8 @@ int fs_streams_clear(fs_rt *rt)
         fs_agent *ag = rt->agents[a];
         for (int j = 0; j < ag->nstreams; j++) {
             fs_stream *s = ag->streams[j];
+            /* A stream whose reader died has nobody who could finish an event. */
+            if (!s->reader) continue;
             for (size_t k = 0; k < s->nopen; k++)
                 if (s->open[k]->part->revoking) return 0; /* not acknowledged yet */
             if (s->lua_ref <= 0 || s->ntaken == 0 || s->manual) continue;
@@ -342,6 +346,29 @@ int fs_streams_clear(fs_rt *rt)
         }
     }
     return 1;
+}
+
+void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed)
+{
+    lua_State *L = rt->L;
+    for (int a = 0; a < rt->nagents; a++) {
+        fs_agent *ag = rt->agents[a];
+        for (int j = 0; j < ag->nstreams; j++) {
+            fs_stream *s = ag->streams[j];
+            if (s->reader != co) continue;
+            s->reader = NULL;
+            if (!failed || s->manual || s->lua_ref <= 0) continue;
+            /* The failed event (position i) went through on_error: it is done,
+             * as it would be when a restarted instance asks for the next one. */
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
+            lua_getfield(L, -1, "i");
+            lua_Integer pos = lua_tointeger(L, -1);
+            lua_pop(L, 2);
+            size_t done = pos > 0 ? (size_t)pos : 0;
+            if (done > s->ntaken) done = s->ntaken;
+            for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
+        }
+    }
 }
 
 /* stream:set_manual(): noack mode — events are acknowledged one by one. */

@@ -57,6 +57,9 @@ struct fs_co {
     void (*cancel)(fs_co *co); /* called if the coroutine dies while waiting */
     fs_co *ready_next;  /* ready queue link */
     fs_co *prev, *next; /* list of live coroutines */
+    int64_t run_since; /* monotonic ms when the current resume began */
+    int interrupted;   /* past agent_timeout: every hook call raises kill_msg */
+    char kill_msg[320];
 };
 
 /* A partition this worker consumes: tracks which offsets every agent finished. */
@@ -163,6 +166,7 @@ struct fs_stream {
     fs_event **open;
     size_t nopen, capopen;
     fs_co *waiter;
+    fs_co *reader; /* the coroutine that last took from this stream, until it dies */
 };
 
 /* A send_and_wait in flight. Owned by the delivery report; co is cleared if
@@ -215,6 +219,7 @@ struct fs_rt {
     fs_co *live;
     int nlive, nlive_agents, next_co_id;
     fs_co *current;
+    int64_t agent_timeout_ms; /* a coroutine running this long without yielding is interrupted */
 
     /* offsets and checkpoints */
     int epoch;
@@ -235,6 +240,7 @@ struct fs_rt {
 
     /* lifecycle */
     int stopping, stopped, exit_code, signals;
+    int closing; /* finish() runs: no coroutine will run again, nothing waits for one */
     int64_t stop_deadline;
     int fatal;
     char fatal_msg[512];
@@ -255,6 +261,7 @@ struct fs_rt {
 
 /* fs_sched.c */
 fs_co *fs_co_current(lua_State *L);
+int fs_co_ended(lua_State *thread); /* a scheduler coroutine that has ended (died, killed) */
 int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind);
 void fs_sched_ready(fs_co *co);
 int fs_sched_run_ready(fs_rt *rt); /* resumes every ready coroutine once; returns count */
@@ -262,6 +269,15 @@ void fs_sched_kill(fs_co *co);
 void fs_sched_kill_all(fs_rt *rt);
 int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms);
 int fs_sched_traceback(lua_State *L); /* message handler for lua_pcall */
+/* Runaway detection (see fs_sched.c). fs_sched_watch_init: on the thread that
+ * runs Lua, once. fs_sched_watch: from the watch thread, every tick — pokes the
+ * Lua thread when the running coroutine is overdue, past stop_deadline (0:
+ * none), or at once with poke_now. fs_sched_track_coroutines: makes the
+ * coroutine library of L report which thread executes. */
+int fs_sched_watch_init(void);
+void fs_sched_watch(int64_t now, int64_t stop_deadline, int poke_now);
+int64_t fs_sched_clock_ms(void);
+void fs_sched_track_coroutines(lua_State *L);
 
 /* fs_stream.c */
 fs_topic *fs_topic_find(fs_rt *rt, const char *name);
@@ -296,6 +312,10 @@ void fs_sync_acks(fs_rt *rt);
 void fs_fence_streams(fs_rt *rt, int on);
 /* fs_lua.c: 1 when no agent is in the middle of an event of a revoking partition. */
 int fs_streams_clear(fs_rt *rt);
+/* fs_lua_stream.c: co died; nobody is in the middle of an event of the streams
+ * it read any more. failed: its on_error policy has dealt with the event in
+ * hand, which is acknowledged; otherwise (killed) it stays unacknowledged. */
+void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed);
 
 /* fs_table.c */
 int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */
@@ -379,5 +399,15 @@ void fs_rt_fatal(fs_rt *rt, const char *fmt, ...) __attribute__((format(printf, 
 int fs_rt_run(fs_rt *rt);
 int fs_rt_run_until_idle(fs_rt *rt, int64_t max_ms);
 void fs_rt_request_stop(fs_rt *rt, const char *why);
+/* SIGTERM/SIGINT are taken by a thread of their own (a second one exits the
+ * process at once, whatever the loop is doing). fs_signals_start runs once per
+ * process, before the worker connects; fs_rt_poll_signals turns a received
+ * signal into a stop request — the loop calls it, and so do places that may
+ * run long without the loop (the count hook, changelog recovery).
+ * fs_signals_stop_requested: a signal arrived (any thread may ask). */
+int fs_signals_start(void);
+int fs_watch_start(void); /* only the runaway watch (in-process runtimes) */
+void fs_rt_poll_signals(fs_rt *rt);
+int fs_signals_stop_requested(void);
 
 #endif

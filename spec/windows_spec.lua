@@ -348,3 +348,89 @@ describe("out-of-order events", function()
     assert.are.equal(1, l1)
   end)
 end)
+
+describe("an event time no window can hold", function()
+  -- Times whose windows cannot be computed exactly (huge, NaN) used to spin
+  -- forever in the update; each must fail that one event and leave stream
+  -- time alone. A count hook in the agent's coroutine turns a spin into a
+  -- failure here instead of a hung spec run.
+  local function run(configure)
+    local a = fstream.app("absurd", { topic_partitions = 1 })
+    local late = 0
+    local tb = configure(a:table("w", { default = 0, on_late = function() late = late + 1 end }))
+      :relative_to_field("ts")
+    local ev = a:topic("ev")
+    local results = {}
+    a:agent("x", ev, function(s)
+      debug.sethook(function() error("spun: did not terminate", 2) end, "", 5e7)
+      for v in s do
+        if v.ts == "nan" then v.ts = 0 / 0 elseif v.ts == "-inf" then v.ts = -math.huge end
+        local ok, err = pcall(function() return tb:update("k", function(c) return c + 1 end) end)
+        local ok2, err2 = pcall(function() return tb["k"]:delta(1e300) end)
+        results[#results + 1] = { ok = ok, err = err, read_ok = ok2, read_err = err2 }
+      end
+    end)
+    local t = fstream.testing(a)
+    local times = { 1e300, -1e300, 1e24, -1e21, "nan", "-inf", 1000.5 }
+    for _, ts in ipairs(times) do t:send(ev, { key = "k", value = { ts = ts } }) end
+    t:run()
+    local value = tb["k"]:windows()
+    t:close()
+    return results, value, late
+  end
+
+  for name, configure in pairs {
+    tumbling = function(tb) return tb:tumbling(10) end,
+    hopping = function(tb) return tb:hopping(10, 1) end,
+    ["hopping with combine"] = function(tb) return tb:hopping(10, 1, { combine = function(x, y) return x + y end }) end,
+    sliding = function(tb) return tb:sliding(10) end,
+  } do
+    it(name .. ": 1e300, -1e300, 1e24, -1e21, NaN and -inf raise at once; later events are processed", function()
+      local results, windows, late = run(configure)
+      assert.are.equal(7, #results)
+      for i = 1, 6 do
+        assert.is_false(results[i].ok, "event " .. i)
+        -- Refused as outside the years a time may have (the range check on
+        -- event times comes first; the window range's own bound backs it up).
+        local msg = results[i].err
+        assert.is_truthy(msg:match("windowed table 'w': .* is outside the years 1970%.%.9999")
+          or msg:match("windowed table 'w': field 'ts': not a finite number"), msg)
+        assert.is_false(results[i].read_ok, "read of event " .. i)
+      end
+      -- The good event after them is neither late nor lost: stream time did not move.
+      assert.is_true(results[7].ok, tostring(results[7].err))
+      assert.are.equal(0, late)
+      assert.is_true(#windows >= 1)
+      for _, w in ipairs(windows) do assert.are.equal(1, w.value) end
+    end)
+  end
+end)
+
+describe("an on_window_close that runs without yielding", function()
+  it("is interrupted after agent_timeout and later windows of the partition still close", function()
+    local a = fstream.app("closespin", { topic_partitions = 1, agent_timeout = 0.3 })
+    local closed = {}
+    local tb = a:table("w", { default = 0, on_window_close = function(_, win, value)
+      if win.start == 0 then while true do end end
+      closed[#closed + 1] = win.start .. "=" .. value
+    end }):tumbling(10):relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("x", ev, function(s) for v in s do tb:update("k", function(c) return c + 1 end) end end)
+    local t = fstream.testing(a)
+    local core = require "fstream.core"
+    local path = os.tmpname()
+    core.redirect_stderr(path)
+    for _, ts in ipairs { 1, 15, 25, 35 } do t:send(ev, { key = "k", value = { ts = ts } }) end
+    local ok, err = pcall(function()
+      t:run()
+      t:advance(2)
+    end)
+    core.redirect_stderr(nil)
+    local log = io.open(path):read("a")
+    os.remove(path)
+    assert(ok, err)
+    assert.matches("interrupted after running 0%.%d s without yielding %(agent_timeout%)", log)
+    assert.are.same({ "10=1", "20=1" }, closed)
+    t:close()
+  end)
+end)

@@ -10,7 +10,7 @@ App.__index = App
 
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
-  max_queued = true, store = true, table_cleanup_interval = true,
+  max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true,
 }
 
 function App.new(id, opts, level)
@@ -37,6 +37,10 @@ function App.new(id, opts, level)
   if type(tci) ~= "number" or tci <= 0 then error("table_cleanup_interval must be a positive number of seconds", level) end
   local ci = opts.commit_interval or 2.8
   if type(ci) ~= "number" or ci <= 0 then error("commit_interval must be a positive number of seconds", level) end
+  -- A coroutine (agent, task, timer) that runs this long without yielding is
+  -- interrupted with an error (math.huge: never).
+  local atime = opts.agent_timeout or 10
+  if type(atime) ~= "number" or not (atime > 0) then error("agent_timeout must be a positive number of seconds", level) end
   return setmetatable({
     id = id,
     broker = opts.broker or "kafka://localhost:9092",
@@ -46,6 +50,7 @@ function App.new(id, opts, level)
     max_queued = opts.max_queued,
     store = store,
     table_cleanup_interval = tci,
+    agent_timeout = atime,
     topics = {}, topic_list = {},
     tables = {}, table_list = {},   -- tables' states (Table.state), not the objects the app holds
     agents = {}, agent_list = {},
@@ -207,6 +212,7 @@ function App:_scheduled(kind, what, name, fn, on_leader, first, after)
   local key = self:_carry_key(kind, what)
   self.tasks[#self.tasks + 1] = {
     name = name,
+    restart = true,
     fn = function()
       local rt = self.rt
       local handler = function(e) return debug.traceback(tostring(e), 2) end
@@ -284,6 +290,7 @@ function App:_start(settings)
     clock = settings.clock,
     commit_interval = self.commit_interval,
     max_queued = self.max_queued,
+    agent_timeout = self.agent_timeout,
   }
   -- A start-up error (partition counts, say) leaves nothing behind.
   local ok, err = pcall(self._bind, self, rt, settings.store)
@@ -303,7 +310,8 @@ end
 -- topics and tables it declares again; fetching restarts where the previous
 -- version stopped.
 function App:_take_over(handle, store)
-  local rt = core.adopt(handle, { commit_interval = self.commit_interval, max_queued = self.max_queued })
+  local rt = core.adopt(handle, { commit_interval = self.commit_interval, max_queued = self.max_queued,
+    agent_timeout = self.agent_timeout })
   self:_bind(rt, store)
   self:_spawn_tasks()
   rt:rebound()
@@ -476,11 +484,15 @@ end
 
 function App:_spawn_tasks()
   local rt = self.rt
-  for _, task in ipairs(self.tasks) do
+  local function spawn(task)
     rt:spawn(task.fn, function(ok, err, tb)
       if not ok then core.log("error", string.format("%s failed: %s\n%s", task.name, tostring(err), tb)) end
+      -- Timers, crontabs and window closers catch their callbacks' errors; one
+      -- ends only when interrupted (agent_timeout): it starts again.
+      if not ok and task.restart and self.rt == rt and not rt:stopping() then spawn(task) end
     end, "task")
   end
+  for _, task in ipairs(self.tasks) do spawn(task) end
 end
 
 function App:_stop()
