@@ -538,6 +538,8 @@ typedef struct enc_key {
     const char *s; /* the key's text (a Lua string kept alive on the stack or in
                       the key table); NULL for an integer key, whose text is num */
     size_t len;
+    uint64_t prefix; /* the first 8 bytes, big-endian, zero-padded: one integer
+                        comparison orders most pairs of keys */
     int slot;      /* stack index of the key, or its index in the key table */
     char num[20];  /* an integer key in decimal ("-9223372036854775808" fits) */
 } enc_key;
@@ -687,11 +689,22 @@ static inline const char *key_text(const enc_key *k)
 }
 
 /* Bytewise on the member names as written, so integer key 10 sorts as "10". */
-static int key_cmp(const enc_key *a, const enc_key *b)
+static inline uint64_t key_prefix(const char *s, size_t len)
+{
+    unsigned char b[8] = {0};
+    memcpy(b, s, len < 8 ? len : 8);
+    return (uint64_t)b[0] << 56 | (uint64_t)b[1] << 48 | (uint64_t)b[2] << 40 |
+           (uint64_t)b[3] << 32 | (uint64_t)b[4] << 24 | (uint64_t)b[5] << 16 |
+           (uint64_t)b[6] << 8 | (uint64_t)b[7];
+}
+
+static inline int key_cmp(const enc_key *a, const enc_key *b)
 {
     size_t n = a->len < b->len ? a->len : b->len;
-    int c = memcmp(key_text(a), key_text(b), n);
-    if (c != 0) return c;
+    int c;
+    if (a->prefix != b->prefix) return a->prefix < b->prefix ? -1 : 1;
+    /* equal prefixes: the first min(n, 8) bytes are equal */
+    if (n > 8 && (c = memcmp(key_text(a) + 8, key_text(b) + 8, n - 8)) != 0) return c;
     return a->len < b->len ? -1 : a->len > b->len;
 }
 
@@ -758,7 +771,7 @@ static int collect_keys(json_enc *e, int idx, int *ktab)
             lua_pushnil(L);
             continue;
         }
-        if (keys_grow(e)) return enc_fail(e, "cannot encode: out of memory");
+        if (e->nkeys == e->capkeys && keys_grow(e)) return enc_fail(e, "cannot encode: out of memory");
         k = &e->keys[e->nkeys];
         /* lua_tolstring on a number key would convert it in place and break
          * lua_next, hence the type test first */
@@ -773,6 +786,7 @@ static int collect_keys(json_enc *e, int idx, int *ktab)
             return enc_fail(e, "cannot encode a table key of type %s",
                             lua_type(L, -2) == LUA_TNUMBER ? "float" : luaL_typename(L, -2));
         }
+        k->prefix = key_prefix(key_text(k), k->len);
         if (*ktab) {
             lua_pop(L, 1);
             lua_pushvalue(L, -1);

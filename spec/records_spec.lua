@@ -267,6 +267,14 @@ describe("a topic's big_integers", function()
       "topic 'x': big_integers must be \"float\", \"string\" or \"error\", got exact")
     assert.has_error(function() a:table("tb", { big_integers = 1 }) end,
       "table 'tb': big_integers must be \"float\", \"string\" or \"error\", got 1")
+    -- a table's JSON values and keys as read back from its store
+    a:table("exact", { big_integers = "string" })
+    a:table("strict", { big_integers = "error" })
+    local exact, strict = a.tables.exact, a.tables.strict
+    assert.are.equal("18446744073709551615", rawget(exact, "decode_value")('{"id":18446744073709551615}').id)
+    assert.are.equal("-9223372036854775809", rawget(exact, "decode_key")("-9223372036854775809"))
+    assert.has_error(function() rawget(strict, "decode_value")('{"id":18446744073709551615}') end,
+      "integer at byte 6 does not fit in 64 bits: 18446744073709551615")
     local t = fstream.testing(a)
     t:send_raw(src, '{}', { key = "[18446744073709551616]" })
     t:run()
