@@ -550,11 +550,13 @@ typedef struct json_enc {
     char *err;
     size_t errlen;
     int mt; /* stack index of the array metatable */
+    int scratch; /* stack index holding e->keys once it outgrows inline_keys (a
+                    userdata: the GC frees it even when a memory error unwinds) */
     int depth;
     int nomem; /* sticky: checked once at the end instead of after every write */
     /* Keys of the objects being written, innermost object's last: one stack for
      * all nesting levels, so an encode allocates only when more than
-     * JSON_INLINE_KEYS keys are open at once. */
+     * JSON_INLINE_KEYS keys are open at once (then in the scratch userdata). */
     enc_key *keys;
     size_t nkeys, capkeys;
     enc_key inline_keys[JSON_INLINE_KEYS];
@@ -727,20 +729,16 @@ static void sort_keys(enc_key *k, size_t n)
     }
 }
 
-/* Room for one more key in e->keys; -1 when out of memory. */
+/* Doubles e->keys (a memory error raises, as Lua's own allocations do); -1 when
+ * the size would overflow. */
 static int keys_grow(json_enc *e)
 {
-    size_t cap;
+    size_t cap = e->capkeys * 2;
     enc_key *k;
-    if (e->nkeys < e->capkeys) return 0;
-    cap = e->capkeys * 2;
-    if (e->keys == e->inline_keys) {
-        k = malloc(cap * sizeof *k);
-        if (k) memcpy(k, e->keys, e->nkeys * sizeof *k);
-    } else {
-        k = realloc(e->keys, cap * sizeof *k);
-    }
-    if (!k) return -1;
+    if (cap > (size_t)-1 / 2 / sizeof *k) return -1;
+    k = (enc_key *)lua_newuserdatauv(e->L, cap * sizeof *k, 0);
+    memcpy(k, e->keys, e->nkeys * sizeof *k);
+    lua_replace(e->L, e->scratch); /* the old array, if any, is garbage now */
     e->keys = k;
     e->capkeys = cap;
     return 0;
@@ -973,9 +971,10 @@ int fs_json_encode(lua_State *L, int idx, fs_buf *b, char *err, size_t errlen)
     if (!lua_checkstack(L, 4)) return enc_fail(&e, "cannot encode: Lua stack exhausted");
     push_array_mt(L);
     e.mt = lua_gettop(L);
+    lua_pushnil(L);
+    e.scratch = lua_gettop(L);
     rc = enc_value(&e, idx);
     if (rc == 0 && e.nomem) rc = enc_fail(&e, "cannot encode: out of memory");
-    if (e.keys != e.inline_keys) free(e.keys);
     lua_settop(L, top);
     if (rc != 0) b->len = len0;
     return rc;
