@@ -85,7 +85,8 @@ int fs_json_big_mode(const char *name);
  * value is left behind) and writes a one-line message into err (err may be NULL):
  * an unsupported type ("cannot encode a function"), NaN or infinity, nesting
  * deeper than 512 (or a cycle), invalid UTF-8 in a string or key, a key that is
- * neither a string nor an integer, or out of memory while growing b.
+ * neither a string nor an integer, an integer key next to the same string key
+ * (1 and "1"), or out of memory while growing b.
  *
  * Leaves the Lua stack as it found it. Does not raise Lua errors except memory
  * errors. */
