@@ -37,12 +37,16 @@ fs_topic *fs_lua_check_topic(lua_State *L, fs_rt *rt, int idx)
     return rt->topics[id - 1];
 }
 
+/* "raw", "json", or "json:<big>" with <big> a big-integer mode of fs_json. */
 static int parse_codec(lua_State *L, int idx)
 {
     const char *c = luaL_optstring(L, idx, "raw");
+    int big;
     if (strcmp(c, "raw") == 0) return FS_CODEC_RAW;
     if (strcmp(c, "json") == 0) return FS_CODEC_JSON;
-    return luaL_error(L, "unknown codec '%s' (raw or json)", c);
+    if (strncmp(c, "json:", 5) == 0 && (big = fs_json_big_mode(c + 5)) >= 0)
+        return FS_CODEC_JSON | big << 8;
+    return luaL_error(L, "unknown codec '%s' (raw, json, json:string or json:error)", c);
 }
 
 /* Pushes the decoded payload; absent payloads (tombstones) become the null
@@ -53,7 +57,8 @@ int fs_lua_push_payload(lua_State *L, int codec, const void *p, size_t n, char *
         lua_pushlightuserdata(L, fs_lua_null);
         return 0;
     }
-    if (codec == FS_CODEC_JSON) return fs_json_decode(L, p, n, err, errlen);
+    if (FS_CODEC_KIND(codec) == FS_CODEC_JSON)
+        return fs_json_decode_big(L, p, n, FS_CODEC_BIG(codec), err, errlen);
     lua_pushlstring(L, p, n);
     return 0;
 }
@@ -66,11 +71,12 @@ static int encode_payload(lua_State *L, int idx, int codec, fs_buf *b, int *abse
     *absent = 0;
     int t = lua_type(L, idx);
     if (t == LUA_TNONE || t == LUA_TNIL ||
-        (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == fs_lua_null && codec == FS_CODEC_RAW)) {
+        (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == fs_lua_null &&
+         FS_CODEC_KIND(codec) == FS_CODEC_RAW)) {
         *absent = 1;
         return 0;
     }
-    if (codec == FS_CODEC_JSON) return fs_json_encode(L, idx, b, err, errlen);
+    if (FS_CODEC_KIND(codec) == FS_CODEC_JSON) return fs_json_encode(L, idx, b, err, errlen);
     if (t == LUA_TSTRING || t == LUA_TNUMBER) {
         size_t n;
         const char *s = lua_tolstring(L, idx, &n); /* numbers: converted copy */

@@ -21,6 +21,10 @@
 #include "fs_loop.h"
 
 enum { FS_CODEC_RAW = 0, FS_CODEC_JSON = 1 };
+/* A codec value is its kind in the low byte; a json codec carries its decoder's
+ * big-integer mode (FS_JSON_BIG_*) above it ("json:string" in Lua). */
+#define FS_CODEC_KIND(c) ((c) & 0xff)
+#define FS_CODEC_BIG(c) ((c) >> 8)
 enum { FS_CO_READY = 1, FS_CO_WAITING, FS_CO_RUNNING, FS_CO_DEAD };
 enum { FS_WAIT_NONE = 0, FS_WAIT_SLEEP, FS_WAIT_TAKE, FS_WAIT_DELIVERY, FS_WAIT_YIELD, FS_WAIT_IO };
 enum { FS_KIND_AGENT = 0, FS_KIND_TASK = 1 };

@@ -25,18 +25,19 @@ local object_mt -- the object's metatable, made with its metamethods below
 local OPTIONS = {
   default = true, key_type = true, value_type = true, key_serializer = true,
   value_serializer = true, partitions = true, changelog_topic = true,
-  on_window_close = true, on_late = true,
+  on_window_close = true, on_late = true, big_integers = true,
 }
 local METHODS = {}
 
 -- The stream whose event the running coroutine is processing (set by agents).
 Table.streams_by_co = setmetatable({}, { __mode = "k" })
 
-local function codec(ser)
+-- big: what a JSON integer beyond 64 bits decodes to (see Topic's big_integers).
+local function codec(ser, big)
   if type(ser) == "table" then return ser.encode, ser.decode end
   if ser == "json" then
     return core.json.encode, function(b)
-      local v, err = core.json.decode(b)
+      local v, err = core.json.decode(b, big)
       if err then error(err, 0) end
       return v
     end
@@ -115,8 +116,12 @@ function Table.new(app, name, opts, level, global)
     value_serializer = opts.value_serializer or "json",
     parts = {},
   }
-  self.encode_key, self.decode_key = codec(self.key_serializer)
-  self.encode_value, self.decode_value = codec(self.value_serializer)
+  local big = opts.big_integers
+  if big ~= nil and big ~= "float" and big ~= "string" and big ~= "error" then
+    error(string.format("table '%s': big_integers must be \"float\", \"string\" or \"error\", got %s", name, tostring(big)), level)
+  end
+  self.encode_key, self.decode_key = codec(self.key_serializer, big)
+  self.encode_value, self.decode_value = codec(self.value_serializer, big)
   -- Declared types: values are checked when written and rebuilt (records) when read
   -- back from LMDB; keys are checked when used.
   self.check_key = Table.type_checker(name, "key", opts.key_type, level)

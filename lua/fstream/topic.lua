@@ -8,8 +8,10 @@ local SERIALIZERS = { raw = true, json = true }
 local SCALAR_TYPES = { string = true, number = true, integer = true, boolean = true, table = true, any = true }
 local OPTIONS = {
   key_type = true, value_type = true, key_serializer = true, value_serializer = true,
-  partitions = true,
+  partitions = true, big_integers = true,
 }
+-- What a JSON integer beyond 64 bits decodes to (keys and values of json topics).
+local BIG_INTEGERS = { float = true, string = true, error = true }
 
 -- `level` is the caller's level as seen from Topic.new; these helpers add their own.
 local function check_serializer(s, what, level)
@@ -70,6 +72,10 @@ function Topic.new(app, name, opts, level)
   check_serializer(opts.value_serializer, "value_serializer", level)
   check_type(opts.key_type, "key_type", level)
   check_type(opts.value_type, "value_type", level)
+  if opts.big_integers ~= nil and not BIG_INTEGERS[opts.big_integers] then
+    error(string.format("topic '%s': big_integers must be \"float\", \"string\" or \"error\", got %s",
+      name, tostring(opts.big_integers)), level)
+  end
   local self = setmetatable({
     app = app,
     name = name,
@@ -78,11 +84,17 @@ function Topic.new(app, name, opts, level)
     key_type = opts.key_type,
     value_type = opts.value_type,
     partitions = opts.partitions or app.topic_partitions,
+    big_integers = opts.big_integers or "float",
   }, Topic)
   -- The C side handles raw and json; a custom serializer is applied here and
   -- travels through C as raw bytes.
   self.key_codec = type(self.key_serializer) == "string" and self.key_serializer or "raw"
   self.value_codec = type(self.value_serializer) == "string" and self.value_serializer or "raw"
+  -- The C decoder's big-integer mode travels in the codec's name ("json:string").
+  if self.big_integers ~= "float" then
+    if self.key_codec == "json" then self.key_codec = "json:" .. self.big_integers end
+    if self.value_codec == "json" then self.value_codec = "json:" .. self.big_integers end
+  end
   self.key_custom = type(self.key_serializer) == "table" and self.key_serializer or nil
   self.value_custom = type(self.value_serializer) == "table" and self.value_serializer or nil
   -- Does a decoded value need a pass in Lua (custom codec or a declared type)?
@@ -95,6 +107,7 @@ function Topic:same_schema(opts)
   return (opts.key_serializer or default_key_serializer(opts)) == self.key_serializer
     and (opts.value_serializer or "json") == self.value_serializer
     and opts.key_type == self.key_type and opts.value_type == self.value_type
+    and (opts.big_integers or "float") == self.big_integers
 end
 
 -- Decodes what C handed over (already raw/json-decoded) into the declared types.
