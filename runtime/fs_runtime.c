@@ -4,6 +4,7 @@
  * us, fire due timers, resume every ready coroutine once, advance the
  * checkpoint. Stopping (SIGTERM/SIGINT): stop fetching, let agents finish the
  * events they hold, then flush outputs, commit and leave the group. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -96,6 +97,13 @@ static int watch_start(int take_signals)
         if (sigs.efd < 0) return -1;
     }
     sigs.take_signals = take_signals;
+    /* The thread and the SIGURG handler live in this image. When it is the Lua
+     * module (fstream_core.so), lua_close would unload it under the sleeping
+     * thread (a crash at exit): keep it loaded for the life of the process.
+     * (In the executable there is nothing to pin, and the lookup finds nothing.) */
+    Dl_info self;
+    if (dladdr(&sigs, &self) && self.dli_fname)
+        (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
     /* The thread must not take the scheduler's poke, whatever the caller's mask. */
     sigset_t block, old;
     sigemptyset(&block);
