@@ -13,6 +13,7 @@
 --   encode     encode the key as the table does (JSON)
 --   partition  find the event's partition as the table does (internals)
 --   send       output:send { key = w, value = { word = w, count = 1 } }
+--   update     counts:update(w, inc): a method call on the table
 --   wordcount  bench/wordcount.lua's body: read, write, read, send
 -- and it prints the CPU time per event (os.clock): the least of 3 runs, each
 -- in a fresh lua5.4 process, since a heap grown by one variant slows the next
@@ -25,7 +26,7 @@ package.preload["fstream.core"] = function()
   return assert(package.loadlib(build .. "/fstream_core.so", "luaopen_fstream_core"))()
 end
 
-local ORDER = { "none", "read", "write", "encode", "partition", "send", "wordcount" }
+local ORDER = { "none", "read", "write", "encode", "partition", "send", "update", "wordcount" }
 local RUNS = 3
 local n, wanted, one = 200000, {}, nil
 local i = 1
@@ -54,6 +55,7 @@ local function measure(variant)
   local words = app:topic("words", { value_serializer = "raw" })
   local output = app:topic("out")
   local counts = app:table("word_counts", { default = 0 })
+  local function inc(v) return v + 1 end
   local bodies = {
     none = function() end,
     read = function(w) local _ = counts[w] end,
@@ -64,6 +66,7 @@ local function measure(variant)
       local _, _ = s.cs:meta(s.i)
     end,
     send = function(w) output:send { key = w, value = { word = w, count = 1 } } end,
+    update = function(w) counts:update(w, inc) end,
     wordcount = function(w)
       counts[w] = counts[w] + 1
       output:send { key = w, value = { word = w, count = counts[w] } }

@@ -257,12 +257,13 @@ local function run_once(fstream, sc, cfg, idx)
     id = string.format("winbench-%s-%d", sc.name, idx), partitions = cfg.partitions,
     expires = cfg.expires, expect = M.expectation(sc, rate, warm),
   })
-  if cfg.lua_profile and tbl and rawget(tbl, "on_window_close") then
-    local on_close = rawget(tbl, "on_window_close")
-    rawset(tbl, "on_window_close", function(...)
+  local state = tbl and require("fstream.table").state(tbl)
+  if cfg.lua_profile and state and state.on_window_close then
+    local on_close = state.on_window_close
+    state.on_window_close = function(...)
       if debug.gethook() ~= profile_hook then debug.sethook(profile_hook, "", PROFILE_EVERY) end
       return on_close(...)
-    end)
+    end
   end
   local t = fstream.testing(app)
   if cfg.lua_profile then
@@ -277,7 +278,7 @@ local function run_once(fstream, sc, cfg, idx)
     M.second(s, cfg.keys, rate, emit, rng, sparse)
     t:run()
   end
-  local w = tbl and rawget(tbl, "window")
+  local w = state and state.window
   local closed0, closes0 = w and w.closed or 0, stats.closes
   collectgarbage("collect")
   local cpu, events, s = 0, 0, warm

@@ -28,6 +28,17 @@
  * the memory for the life of the state. */
 #define JSON_KEEP_BUFFER ((size_t)1 << 20)
 
+/* Keys a json_enc holds without allocating; covers every object of a typical
+ * message (records of a few dozen fields, nested a few levels). */
+#define JSON_INLINE_KEYS 32
+
+/* An object with more keys keeps them in a Lua table instead of on the Lua
+ * stack, whose size is limited (LUAI_MAXSTACK, shared by the nesting levels). */
+#define JSON_STACK_KEYS 256
+
+/* Up to this many keys an insertion sort beats qsort (no call per comparison). */
+#define JSON_INSERTION_SORT 16
+
 /* The escaped-string decoder holds a luaL_Buffer (about 1 KiB); if it were
  * inlined into the recursive value decoder every nesting level would pay for it. */
 #if defined(__GNUC__)
@@ -134,6 +145,7 @@ typedef struct json_dec {
     size_t errlen;
     int mt; /* stack index of the array metatable, fetched once per decode */
     int depth;
+    int big; /* FS_JSON_BIG_*: what an integer beyond int64 becomes */
 } json_dec;
 
 static int dec_value(json_dec *d);
@@ -332,6 +344,18 @@ static int dec_number(json_dec *d)
             return 0;
         }
     }
+    /* An integer (no fraction, no exponent) that int64 cannot hold. */
+    if (!isfloat && d->big != FS_JSON_BIG_FLOAT) {
+        if (d->big == FS_JSON_BIG_STRING) {
+            lua_pushlstring(d->L, (const char *)start, (size_t)(p - start));
+            return 0;
+        }
+        if (d->err && d->errlen)
+            snprintf(d->err, d->errlen, "integer at byte %zu does not fit in 64 bits: %.*s%s",
+                     (size_t)(start - d->start), (int)(p - start > 40 ? 40 : p - start),
+                     (const char *)start, p - start > 40 ? "..." : "");
+        return -1;
+    }
 #if FLT_EVAL_METHOD == 0
     /* Both operands are exact doubles, so one IEEE multiply or divide gives the
      * correctly rounded result (Clinger's fast path). */
@@ -473,6 +497,12 @@ static int dec_value(json_dec *d)
 
 int fs_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t errlen)
 {
+    return fs_json_decode_big(L, s, len, FS_JSON_BIG_FLOAT, err, errlen);
+}
+
+int fs_json_decode_big(lua_State *L, const char *s, size_t len, int big, char *err,
+                       size_t errlen)
+{
     json_dec d;
     int top = lua_gettop(L);
 
@@ -482,6 +512,7 @@ int fs_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t er
     d.err = err;
     d.errlen = errlen;
     d.depth = 0;
+    d.big = big;
     if (!lua_checkstack(L, 4)) return dec_fail(&d, d.p, "Lua stack exhausted");
     push_array_mt(L);
     d.mt = lua_gettop(L);
@@ -501,14 +532,34 @@ fail:
 
 /* ---------------------------------------------------------------- encoder */
 
+/* One member name of an object being written, collected so that the members
+ * can be written in key order. */
+typedef struct enc_key {
+    const char *s; /* the key's text (a Lua string kept alive on the stack or in
+                      the key table); NULL for an integer key, whose text is num */
+    size_t len;
+    uint64_t prefix; /* the first 8 bytes, big-endian, zero-padded: one integer
+                        comparison orders most pairs of keys */
+    int slot;      /* stack index of the key, or its index in the key table */
+    char num[20];  /* an integer key in decimal ("-9223372036854775808" fits) */
+} enc_key;
+
 typedef struct json_enc {
     lua_State *L;
     fs_buf *b;
     char *err;
     size_t errlen;
     int mt; /* stack index of the array metatable */
+    int scratch; /* stack index holding e->keys once it outgrows inline_keys (a
+                    userdata: the GC frees it even when a memory error unwinds) */
     int depth;
     int nomem; /* sticky: checked once at the end instead of after every write */
+    /* Keys of the objects being written, innermost object's last: one stack for
+     * all nesting levels, so an encode allocates only when more than
+     * JSON_INLINE_KEYS keys are open at once (then in the scratch userdata). */
+    enc_key *keys;
+    size_t nkeys, capkeys;
+    enc_key inline_keys[JSON_INLINE_KEYS];
 } json_enc;
 
 static int enc_value(json_enc *e, int idx);
@@ -534,9 +585,11 @@ static inline void enc_addc(json_enc *e, char c)
     if (fs_buf_addc(e->b, c)) e->nomem = 1;
 }
 
-static void enc_integer(json_enc *e, lua_Integer v)
+/* Writes v in decimal backwards, ending just before `end`; returns the first
+ * byte. At most 20 bytes. */
+static char *integer_text(lua_Integer v, char *end)
 {
-    char tmp[24], *p = tmp + sizeof tmp;
+    char *p = end;
     /* unsigned negation is defined for LUA_MININTEGER, signed is not */
     uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
 
@@ -552,6 +605,12 @@ static void enc_integer(json_enc *e, lua_Integer v)
         *--p = (char)('0' + u);
     }
     if (v < 0) *--p = '-';
+    return p;
+}
+
+static void enc_integer(json_enc *e, lua_Integer v)
+{
+    char tmp[24], *p = integer_text(v, tmp + sizeof tmp);
     enc_add(e, p, (size_t)(tmp + sizeof tmp - p));
 }
 
@@ -626,54 +685,236 @@ static int is_sequence(lua_State *L, int idx, lua_Integer n)
     return count == n;
 }
 
+static inline const char *key_text(const enc_key *k)
+{
+    return k->s ? k->s : k->num;
+}
+
+/* Bytewise on the member names as written, so integer key 10 sorts as "10". */
+static inline uint64_t key_prefix(const char *s, size_t len)
+{
+    unsigned char b[8] = {0};
+    memcpy(b, s, len < 8 ? len : 8);
+    return (uint64_t)b[0] << 56 | (uint64_t)b[1] << 48 | (uint64_t)b[2] << 40 |
+           (uint64_t)b[3] << 32 | (uint64_t)b[4] << 24 | (uint64_t)b[5] << 16 |
+           (uint64_t)b[6] << 8 | (uint64_t)b[7];
+}
+
+static inline int key_cmp(const enc_key *a, const enc_key *b)
+{
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c;
+    if (a->prefix != b->prefix) return a->prefix < b->prefix ? -1 : 1;
+    /* equal prefixes: the first min(n, 8) bytes are equal */
+    if (n > 8 && (c = memcmp(key_text(a) + 8, key_text(b) + 8, n - 8)) != 0) return c;
+    return a->len < b->len ? -1 : a->len > b->len;
+}
+
+static int key_qcmp(const void *a, const void *b)
+{
+    return key_cmp((const enc_key *)a, (const enc_key *)b);
+}
+
+static void sort_keys(enc_key *k, size_t n)
+{
+    size_t i, j;
+    if (n > JSON_INSERTION_SORT) {
+        qsort(k, n, sizeof *k, key_qcmp);
+        return;
+    }
+    for (i = 1; i < n; i++) {
+        enc_key t = k[i];
+        for (j = i; j > 0 && key_cmp(&t, &k[j - 1]) < 0; j--) k[j] = k[j - 1];
+        k[j] = t;
+    }
+}
+
+/* Doubles e->keys (a memory error raises, as Lua's own allocations do); -1 when
+ * the size would overflow. */
+static int keys_grow(json_enc *e)
+{
+    size_t cap = e->capkeys * 2;
+    enc_key *k;
+    if (cap > (size_t)-1 / 2 / sizeof *k) return -1;
+    k = (enc_key *)lua_newuserdatauv(e->L, cap * sizeof *k, 0);
+    memcpy(k, e->keys, e->nkeys * sizeof *k);
+    lua_replace(e->L, e->scratch); /* the old array, if any, is garbage now */
+    e->keys = k;
+    e->capkeys = cap;
+    return 0;
+}
+
+/* Appends the keys of the table at idx to e->keys and keeps each key alive:
+ * on the Lua stack, its value right above it (slot = the key's index), or, past
+ * JSON_STACK_KEYS, in a key table pushed on the stack (*ktab its index, slot =
+ * position in it; the values are then read again when written). */
+static int collect_keys(json_enc *e, int idx, int *ktab)
+{
+    lua_State *L = e->L;
+    size_t base = e->nkeys;
+    int top = lua_gettop(L);
+    lua_Integer nk = 0;
+
+    *ktab = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        enc_key *k;
+        size_t have = e->nkeys - base;
+        if (!*ktab && have == JSON_STACK_KEYS) {
+            /* a big object: start over with the keys in a table */
+            lua_settop(L, top);
+            e->nkeys = base;
+            lua_createtable(L, 2 * JSON_STACK_KEYS, 0);
+            *ktab = lua_gettop(L);
+            lua_pushnil(L);
+            continue;
+        }
+        if (e->nkeys == e->capkeys && keys_grow(e)) return enc_fail(e, "cannot encode: out of memory");
+        k = &e->keys[e->nkeys];
+        /* lua_tolstring on a number key would convert it in place and break
+         * lua_next, hence the type test first */
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            k->s = lua_tolstring(L, -2, &k->len);
+        } else if (lua_isinteger(L, -2)) {
+            char tmp[24], *p = integer_text(lua_tointeger(L, -2), tmp + sizeof tmp);
+            k->s = NULL;
+            k->len = (size_t)(tmp + sizeof tmp - p);
+            memcpy(k->num, p, k->len);
+        } else {
+            return enc_fail(e, "cannot encode a table key of type %s",
+                            lua_type(L, -2) == LUA_TNUMBER ? "float" : luaL_typename(L, -2));
+        }
+        k->prefix = key_prefix(key_text(k), k->len);
+        if (*ktab) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, *ktab, ++nk);
+            k->slot = (int)nk;
+        } else {
+            /* key and value stay; lua_next consumes a copy of the key */
+            if (have % 32 == 0 && !lua_checkstack(L, 2 * 32 + 4))
+                return enc_fail(e, "cannot encode: Lua stack exhausted");
+            k->slot = lua_gettop(L) - 1;
+            lua_pushvalue(L, -2);
+        }
+        e->nkeys++;
+    }
+    return 0;
+}
+
+/* Writes an object with its members in key order, so equal tables give equal
+ * bytes whatever their insertion history and the process's hash seed. */
+static int enc_object(json_enc *e, int idx)
+{
+    lua_State *L = e->L;
+    size_t base = e->nkeys, i, n;
+    int ktab;
+
+    if (collect_keys(e, idx, &ktab) < 0) return -1;
+    n = e->nkeys - base;
+    if (n > 1) sort_keys(e->keys + base, n);
+    enc_addc(e, '{');
+    for (i = 0; i < n; i++) {
+        /* e->keys may move while a member's value is written: index, no pointer */
+        const enc_key *k = &e->keys[base + i];
+        if (i > 0) {
+            if (key_cmp(k, k - 1) == 0)
+                return enc_fail(e, "cannot encode: key \"%.*s\" is both an integer and a string",
+                                (int)(k->len > 40 ? 40 : k->len), key_text(k));
+            enc_addc(e, ',');
+        }
+        if (k->s) {
+            if (enc_string(e, k->s, k->len) < 0) return -1;
+        } else {
+            enc_addc(e, '"');
+            enc_add(e, k->num, k->len);
+            enc_addc(e, '"');
+        }
+        enc_addc(e, ':');
+        if (ktab) {
+            lua_rawgeti(L, ktab, k->slot);
+            lua_rawget(L, idx);
+            if (enc_value(e, lua_gettop(L)) < 0) return -1;
+            lua_pop(L, 1);
+        } else if (enc_value(e, k->slot + 1) < 0) {
+            return -1;
+        }
+    }
+    enc_addc(e, '}');
+    e->nkeys = base;
+    return 0;
+}
+
+/* A table whose metatable lists its fields (records do, in __field_order) is
+ * written as those fields in that order, leaving out absent ones: no sort,
+ * and the declared order is what a reader of the topic sees. */
+static int enc_fields(json_enc *e, int idx, int order)
+{
+    lua_State *L = e->L;
+    lua_Integer i, n = (lua_Integer)lua_rawlen(L, order);
+    int first = 1;
+
+    enc_addc(e, '{');
+    for (i = 1; i <= n; i++) {
+        size_t len;
+        const char *s;
+        if (lua_rawgeti(L, order, i) != LUA_TSTRING)
+            return enc_fail(e, "cannot encode: __field_order holds a %s, not a field name",
+                            luaL_typename(L, -1));
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, idx) == LUA_TNIL) {
+            lua_pop(L, 2);
+            continue;
+        }
+        if (!first) enc_addc(e, ',');
+        first = 0;
+        s = lua_tolstring(L, -2, &len);
+        if (enc_string(e, s, len) < 0) return -1;
+        enc_addc(e, ':');
+        if (enc_value(e, lua_gettop(L)) < 0) return -1;
+        lua_pop(L, 2);
+    }
+    enc_addc(e, '}');
+    return 0;
+}
+
 static int enc_table(json_enc *e, int idx)
 {
     lua_State *L = e->L;
     lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
-    int isarray = 0, first = 1;
+    int isarray = 0, order = 0, top = lua_gettop(L), rc;
 
     if (++e->depth > JSON_MAX_DEPTH)
         return enc_fail(e, "cannot encode: nesting deeper than 512 (or a cycle)");
-    if (!lua_checkstack(L, 4)) return enc_fail(e, "cannot encode: Lua stack exhausted");
+    if (!lua_checkstack(L, 6)) return enc_fail(e, "cannot encode: Lua stack exhausted");
     if (lua_getmetatable(L, idx)) {
-        isarray = lua_rawequal(L, -1, e->mt);
-        lua_pop(L, 1);
-    }
-    if (!isarray && n > 0) isarray = is_sequence(L, idx, n);
-
-    if (isarray) {
-        enc_addc(e, '[');
-        for (i = 1; i <= n; i++) {
-            if (i > 1) enc_addc(e, ',');
-            lua_rawgeti(L, idx, i);
-            if (enc_value(e, lua_gettop(L)) < 0) return -1;
-            lua_pop(L, 1);
+        if (lua_rawequal(L, -1, e->mt)) {
+            isarray = 1;
+        } else {
+            lua_pushliteral(L, "__field_order");
+            if (lua_rawget(L, -2) == LUA_TTABLE) order = lua_gettop(L);
         }
-        enc_addc(e, ']');
+    }
+    if (order) {
+        rc = enc_fields(e, idx, order);
     } else {
-        enc_addc(e, '{');
-        lua_pushnil(L);
-        while (lua_next(L, idx)) {
-            if (!first) enc_addc(e, ',');
-            first = 0;
-            if (lua_type(L, -2) == LUA_TSTRING) {
-                size_t klen;
-                const char *k = lua_tolstring(L, -2, &klen);
-                if (enc_string(e, k, klen) < 0) return -1;
-            } else if (lua_isinteger(L, -2)) {
-                enc_addc(e, '"');
-                enc_integer(e, lua_tointeger(L, -2));
-                enc_addc(e, '"');
-            } else {
-                return enc_fail(e, "cannot encode a table key of type %s",
-                                lua_type(L, -2) == LUA_TNUMBER ? "float" : luaL_typename(L, -2));
+        if (!isarray && n > 0) isarray = is_sequence(L, idx, n);
+        if (isarray) {
+            enc_addc(e, '[');
+            for (i = 1; i <= n; i++) {
+                if (i > 1) enc_addc(e, ',');
+                lua_rawgeti(L, idx, i);
+                if (enc_value(e, lua_gettop(L)) < 0) return -1;
+                lua_pop(L, 1);
             }
-            enc_addc(e, ':');
-            if (enc_value(e, lua_gettop(L)) < 0) return -1;
-            lua_pop(L, 1);
+            enc_addc(e, ']');
+            rc = 0;
+        } else {
+            rc = enc_object(e, idx);
         }
-        enc_addc(e, '}');
     }
+    if (rc < 0) return -1;
+    lua_settop(L, top);
     e->depth--;
     return 0;
 }
@@ -723,10 +964,15 @@ int fs_json_encode(lua_State *L, int idx, fs_buf *b, char *err, size_t errlen)
     e.errlen = errlen;
     e.depth = 0;
     e.nomem = 0;
+    e.keys = e.inline_keys;
+    e.nkeys = 0;
+    e.capkeys = JSON_INLINE_KEYS;
     idx = lua_absindex(L, idx);
     if (!lua_checkstack(L, 4)) return enc_fail(&e, "cannot encode: Lua stack exhausted");
     push_array_mt(L);
     e.mt = lua_gettop(L);
+    lua_pushnil(L);
+    e.scratch = lua_gettop(L);
     rc = enc_value(&e, idx);
     if (rc == 0 && e.nomem) rc = enc_fail(&e, "cannot encode: out of memory");
     lua_settop(L, top);
@@ -749,13 +995,24 @@ static int l_json_encode(lua_State *L)
     return 1;
 }
 
+int fs_json_big_mode(const char *name)
+{
+    if (strcmp(name, "float") == 0) return FS_JSON_BIG_FLOAT;
+    if (strcmp(name, "string") == 0) return FS_JSON_BIG_STRING;
+    if (strcmp(name, "error") == 0) return FS_JSON_BIG_ERROR;
+    return -1;
+}
+
 static int l_json_decode(lua_State *L)
 {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
+    int big = FS_JSON_BIG_FLOAT;
     char err[128];
 
-    if (fs_json_decode(L, s, len, err, sizeof err) != 0) {
+    if (!lua_isnoneornil(L, 2) && (big = fs_json_big_mode(luaL_checkstring(L, 2))) < 0)
+        return luaL_argerror(L, 2, "big_integers must be \"float\", \"string\" or \"error\"");
+    if (fs_json_decode_big(L, s, len, big, err, sizeof err) != 0) {
         luaL_pushfail(L);
         lua_pushstring(L, err);
         return 2;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fs_log.h"
@@ -153,6 +154,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * the partition reaches an agent. */
         for (int i = 0; i < c->cnt; i++) {
             int32_t p = c->elems[i].partition;
+            fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
+            if (!t || !t->table_input) continue; /* forwarders' inputs, the leader topic */
             int seen = 0;
             for (int j = 0; j < i; j++) seen |= c->elems[j].partition == p;
             if (!seen && fs_tables_hold(rt, p)) break;
@@ -206,7 +209,9 @@ void fs_kafka_revoke_poll(fs_rt *rt)
     if (!rt->revoke) return;
     fs_sync_acks(rt);
     if (!fs_streams_clear(rt)) {
-        if (fs_loop_now(&rt->loop) < rt->revoke_deadline && !rt->stopped) return;
+        /* Once the worker is closing no agent runs again: waiting would block
+         * rd_kafka_consumer_close, which serves this revocation, forever. */
+        if (fs_loop_now(&rt->loop) < rt->revoke_deadline && !rt->stopped && !rt->closing) return;
         fs_warn("agents still busy with events of revoked partitions after 10 s; revoking anyway "
                 "(those events will be processed again by the next owner)");
     }
@@ -440,10 +445,6 @@ fail:
     return -1;
 }
 
-/* Creates the app's topics that do not exist yet: directly on the embedded
- * broker, with the admin API elsewhere. A standalone embedded broker
- * (`fstream-lua broker`) has no CreateTopics; there the request times out
- * quickly and the broker auto-creates topics on first use. */
 /* Producer handle of a topic: a copy of the producer's defaults (the murmur2
  * partitioner among them), plus the topic as opaque so delivery reports find it. */
 static void open_topic(fs_rt *rt, fs_topic *t)
@@ -477,54 +478,68 @@ static int same_topics(const rd_kafka_topic_partition_list_t *a, const rd_kafka_
     return 1;
 }
 
-static void create_topics(fs_rt *rt)
+/* How long start-up may wait for the broker's metadata, and again for topics
+ * it creates to appear in it (DESIGN: the loop never blocks; this runs before
+ * the loop does, or while a reload has paused it). */
+#define FS_METADATA_MS 10000
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Partition count of `name` in md, 0 when the broker does not know it. */
+static int count_in(const struct rd_kafka_metadata *md, const char *name)
+{
+    for (int j = 0; md && j < md->topic_cnt; j++)
+        if (strcmp(md->topics[j].topic, name) == 0)
+            return md->topics[j].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ? 0
+                                                                                : md->topics[j].partition_cnt;
+    return 0;
+}
+
+/* Creates the missing topics: directly on the embedded broker, with the admin
+ * API elsewhere. A standalone embedded broker (`fstream-lua broker`) has no
+ * CreateTopics; there the request fails and the broker auto-creates the topic
+ * with its own count when its metadata is asked for. */
+static void create_missing(fs_rt *rt, fs_topic **miss, int n)
 {
     if (rt->mock) {
-        for (int i = 0; i < rt->ntopics; i++)
-            rd_kafka_mock_topic_create(rt->mock, rt->topics[i]->name, rt->topics[i]->partitions, 1);
+        for (int i = 0; i < n; i++) rd_kafka_mock_topic_create(rt->mock, miss[i]->name, miss[i]->partitions, 1);
         return;
     }
-    if (!rt->ntopics) return;
-    const struct rd_kafka_metadata *md = NULL;
-    if (rd_kafka_metadata(rt->producer, 1, NULL, &md, 10000)) md = NULL;
+    if (rt->no_create_topics) return;
     char errstr[256];
-    rd_kafka_NewTopic_t **nt = calloc((size_t)rt->ntopics, sizeof *nt);
-    size_t n = 0;
-    for (int i = 0; i < rt->ntopics; i++) {
-        fs_topic *t = rt->topics[i];
-        int exists = 0;
-        for (int j = 0; md && j < md->topic_cnt; j++)
-            if (strcmp(md->topics[j].topic, t->name) == 0 && !md->topics[j].err) {
-                exists = 1;
-                if (md->topics[j].partition_cnt != t->partitions && t->table)
-                    fs_rt_fatal(rt,
-                                "changelog topic %s has %d partitions but table %s has %d: a "
-                                "table's partitions must match its changelog's",
-                                t->name, md->topics[j].partition_cnt, t->table->name, t->partitions);
-                else if (md->topics[j].partition_cnt != t->partitions)
-                    fs_debug("topic %s has %d partitions (the app would create %d)", t->name,
-                             md->topics[j].partition_cnt, t->partitions);
-            }
-        if (exists) continue;
-        nt[n] = rd_kafka_NewTopic_new(t->name, t->partitions, -1, errstr, sizeof errstr);
+    rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof *nt);
+    if (!nt) return;
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        nt[k] = rd_kafka_NewTopic_new(miss[i]->name, miss[i]->partitions, -1, errstr, sizeof errstr);
+        if (!nt[k]) { /* the wait for its metadata reports it */
+            fs_warn("cannot create topic %s: %s", miss[i]->name, errstr);
+            continue;
+        }
         /* Changelogs keep the latest value per key: compaction, as Kafka Streams does. */
-        if (t->compact) rd_kafka_NewTopic_set_config(nt[n], "cleanup.policy", "compact");
-        n++;
+        if (miss[i]->compact) rd_kafka_NewTopic_set_config(nt[k], "cleanup.policy", "compact");
+        k++;
     }
-    if (md) rd_kafka_metadata_destroy(md);
-    if (!n) {
+    if (!k) {
         free(nt);
         return;
     }
     rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(rt->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_request_timeout(o, 3000, errstr, sizeof errstr);
     rd_kafka_queue_t *q = rd_kafka_queue_new(rt->producer);
-    rd_kafka_CreateTopics(rt->producer, nt, n, o, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 10000);
+    rd_kafka_CreateTopics(rt->producer, nt, k, o, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, FS_METADATA_MS);
     const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
     if (!ev || rd_kafka_event_error(ev)) {
         fs_info("could not create topics (%s); relying on the broker's auto-creation",
                 ev ? rd_kafka_event_error_string(ev) : "no answer");
+        /* Don't wait for that again at this start (tables' changelogs come next). */
+        rt->no_create_topics = 1;
     } else if (res) {
         size_t cnt;
         const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &cnt);
@@ -540,18 +555,110 @@ static void create_topics(fs_rt *rt)
     if (ev) rd_kafka_event_destroy(ev);
     rd_kafka_queue_destroy(q);
     rd_kafka_AdminOptions_destroy(o);
-    rd_kafka_NewTopic_destroy_array(nt, n);
+    rd_kafka_NewTopic_destroy_array(nt, k);
     free(nt);
+}
+
+int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen)
+{
+    if (rt->test) {
+        for (int i = 0; i < n; i++) ts[i]->resolved = 1;
+        return 0;
+    }
+    int todo = 0;
+    for (int i = 0; i < n; i++) todo |= !ts[i]->resolved;
+    if (!todo) return 0;
+    /* Asking for every topic creates none (a request naming a topic may). */
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rt->producer, 1, NULL, &md, FS_METADATA_MS);
+    if (e) {
+        snprintf(err, errlen, "no answer from the broker at %s within %d s (%s): is it running?",
+                 rt->broker, FS_METADATA_MS / 1000, rd_kafka_err2str(e));
+        return -1;
+    }
+    fs_topic **miss = calloc((size_t)n, sizeof *miss);
+    if (!miss) {
+        rd_kafka_metadata_destroy(md);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int nmiss = 0;
+    for (int i = 0; i < n; i++) {
+        if (ts[i]->resolved) continue;
+        int cnt = count_in(md, ts[i]->name);
+        if (cnt > 0) {
+            if (cnt != ts[i]->partitions)
+                fs_debug("topic %s has %d partitions (the app would create %d)", ts[i]->name, cnt,
+                         ts[i]->partitions);
+            ts[i]->partitions = cnt;
+            ts[i]->resolved = 1;
+        } else {
+            int dup = 0; /* the same topic may be named twice */
+            for (int j = 0; j < nmiss; j++) dup |= miss[j] == ts[i];
+            if (!dup) miss[nmiss++] = ts[i];
+        }
+    }
+    rd_kafka_metadata_destroy(md);
+    int rc = 0;
+    if (nmiss) create_missing(rt, miss, nmiss);
+    /* A new topic's count as the broker has it (an auto-created one has the
+     * broker's). Asking for one topic is also what makes a broker without
+     * CreateTopics create it. */
+    int64_t deadline = mono_ms() + FS_METADATA_MS;
+    for (int i = 0; i < nmiss && rc == 0; i++) {
+        fs_topic *t = miss[i];
+        if (!t->rkt) open_topic(rt, t);
+        for (;;) {
+            int64_t left = deadline - mono_ms();
+            md = NULL;
+            e = rd_kafka_metadata(rt->producer, 0, t->rkt, &md, left > 100 ? (int)left : 100);
+            int cnt = e ? 0 : count_in(md, t->name);
+            if (md) rd_kafka_metadata_destroy(md);
+            if (cnt > 0) {
+                t->partitions = cnt;
+                t->resolved = 1;
+                break;
+            }
+            if (mono_ms() >= deadline) {
+                snprintf(err, errlen, "topic %s does not exist and the broker at %s did not create it within %d s (%s)",
+                         t->name, rt->broker, FS_METADATA_MS / 1000,
+                         e ? rd_kafka_err2str(e) : "not in its metadata");
+                rc = -1;
+                break;
+            }
+            struct timespec pause = {0, 100 * 1000 * 1000};
+            nanosleep(&pause, NULL);
+        }
+    }
+    free(miss);
+    return rc;
+}
+
+/* Every topic nobody resolved yet (declared by code that bypassed the app). */
+static int resolve_all(fs_rt *rt, char *err, size_t errlen)
+{
+    return fs_kafka_resolve(rt, rt->topics, rt->ntopics, err, errlen);
 }
 
 int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
 {
-    create_topics(rt);
+    if (resolve_all(rt, err, errlen)) return -1;
     if (rt->fatal || fs_tables_start_global(rt)) {
-        snprintf(err, errlen, "%s", rt->fatal_msg);
+        if (rt->fatal) snprintf(err, errlen, "%s", rt->fatal_msg);
+        else snprintf(err, errlen, "stopped while recovering global tables");
         return -1;
     }
-    for (int i = 0; i < rt->ntopics; i++) open_topic(rt, rt->topics[i]);
+    for (int i = 0; i < rt->ntopics; i++)
+        if (!rt->topics[i]->rkt) open_topic(rt, rt->topics[i]);
+    /* Agents run up to their first wait before the group is joined: one that
+     * regroups its stream (group_by inside the agent) declares its repartition
+     * topic now, and the first subscription has it. (Changing the subscription
+     * while the join is in flight costs a rebalance, and a session timeout on
+     * the embedded broker, which keeps the abandoned member.) */
+    rt->prestart = 1;
+    fs_sched_run_ready(rt);
+    rt->prestart = 0;
+    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
     rd_kafka_topic_partition_list_t *subs = subscription_of(rt);
     int rc = 0;
     if (subs->cnt) {
@@ -759,20 +866,25 @@ int fs_checkpoint_reload(fs_rt *rt, int timeout_ms)
     return 0;
 }
 
-int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
+int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen)
 {
     if (rt->test || !rt->consumer) return 0;
     /* New topics are created before anything asks for their metadata (a
      * producer handle does): brokers auto-create with their own defaults. */
-    int added = 0;
-    for (int i = 0; i < rt->ntopics; i++) added |= !rt->topics[i]->rkt;
-    if (added) create_topics(rt);
+    if (resolve_all(rt, err, errlen)) return -1;
     for (int i = 0; i < rt->ntopics; i++)
         if (!rt->topics[i]->rkt) open_topic(rt, rt->topics[i]);
     if (rt->fatal) {
         snprintf(err, errlen, "%s", rt->fatal_msg);
         return -1;
     }
+    return 0;
+}
+
+int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
+{
+    if (rt->test || !rt->consumer) return 0;
+    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
     rd_kafka_topic_partition_list_t *want = subscription_of(rt), *have = NULL;
     int rc = 0;
     if (rd_kafka_subscription(rt->consumer, &have)) have = NULL;

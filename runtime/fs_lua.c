@@ -37,12 +37,16 @@ fs_topic *fs_lua_check_topic(lua_State *L, fs_rt *rt, int idx)
     return rt->topics[id - 1];
 }
 
+/* "raw", "json", or "json:<big>" with <big> a big-integer mode of fs_json. */
 static int parse_codec(lua_State *L, int idx)
 {
     const char *c = luaL_optstring(L, idx, "raw");
+    int big;
     if (strcmp(c, "raw") == 0) return FS_CODEC_RAW;
     if (strcmp(c, "json") == 0) return FS_CODEC_JSON;
-    return luaL_error(L, "unknown codec '%s' (raw or json)", c);
+    if (strncmp(c, "json:", 5) == 0 && (big = fs_json_big_mode(c + 5)) >= 0)
+        return FS_CODEC_JSON | big << 8;
+    return luaL_error(L, "unknown codec '%s' (raw, json, json:string or json:error)", c);
 }
 
 /* Pushes the decoded payload; absent payloads (tombstones) become the null
@@ -53,7 +57,8 @@ int fs_lua_push_payload(lua_State *L, int codec, const void *p, size_t n, char *
         lua_pushlightuserdata(L, fs_lua_null);
         return 0;
     }
-    if (codec == FS_CODEC_JSON) return fs_json_decode(L, p, n, err, errlen);
+    if (FS_CODEC_KIND(codec) == FS_CODEC_JSON)
+        return fs_json_decode_big(L, p, n, FS_CODEC_BIG(codec), err, errlen);
     lua_pushlstring(L, p, n);
     return 0;
 }
@@ -66,11 +71,12 @@ static int encode_payload(lua_State *L, int idx, int codec, fs_buf *b, int *abse
     *absent = 0;
     int t = lua_type(L, idx);
     if (t == LUA_TNONE || t == LUA_TNIL ||
-        (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == fs_lua_null && codec == FS_CODEC_RAW)) {
+        (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == fs_lua_null &&
+         FS_CODEC_KIND(codec) == FS_CODEC_RAW)) {
         *absent = 1;
         return 0;
     }
-    if (codec == FS_CODEC_JSON) return fs_json_encode(L, idx, b, err, errlen);
+    if (FS_CODEC_KIND(codec) == FS_CODEC_JSON) return fs_json_encode(L, idx, b, err, errlen);
     if (t == LUA_TSTRING || t == LUA_TNUMBER) {
         size_t n;
         const char *s = lua_tolstring(L, idx, &n); /* numbers: converted copy */
@@ -105,6 +111,14 @@ static rd_kafka_headers_t *check_headers(lua_State *L, int idx)
 
 /* ---- runtime ---- */
 
+/* Seconds (math.huge: never) to the count hook's milliseconds. */
+static int64_t agent_timeout_ms(double s)
+{
+    if (!(s > 0)) return 10000;
+    if (s >= 9e15) return INT64_MAX;
+    return s * 1000 < 1 ? 1 : (int64_t)(s * 1000);
+}
+
 static int l_core_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -122,6 +136,8 @@ static int l_core_new(lua_State *L)
     lua_getfield(L, 1, "clock");
     int has_clock = !lua_isnil(L, -1);
     double clock = luaL_optnumber(L, -1, 0);
+    lua_getfield(L, 1, "agent_timeout");
+    double at = luaL_optnumber(L, -1, 10.0);
 
     rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->rt = NULL;
@@ -135,6 +151,7 @@ static int l_core_new(lua_State *L)
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
     rt->max_queued = maxq;
+    rt->agent_timeout_ms = agent_timeout_ms(at);
     if (fs_loop_init(&rt->loop, test)) {
         free(rt->group);
         free(rt);
@@ -142,6 +159,7 @@ static int l_core_new(lua_State *L)
     }
     u->rt = rt;
     rt->ud = u;
+    if (fs_watch_start()) fs_warn("cannot start the watch thread: agent_timeout is not enforced");
     if (test) {
         struct timeval tv;
         gettimeofday(&tv, NULL);
@@ -175,7 +193,9 @@ static int l_core_adopt(lua_State *L)
         }
         lua_getfield(L, 2, "max_queued");
         if (lua_isinteger(L, -1)) rt->max_queued = lua_tointeger(L, -1);
-        lua_pop(L, 2);
+        lua_getfield(L, 2, "agent_timeout");
+        if (lua_isnumber(L, -1)) rt->agent_timeout_ms = agent_timeout_ms(lua_tonumber(L, -1));
+        lua_pop(L, 3);
     }
     return 1;
 }
@@ -226,12 +246,17 @@ static int l_rt_close(lua_State *L)
     return 0;
 }
 
+/* rt:topic(name, key_codec, value_codec, partitions [, compact [, at_run_time]]) -> id.
+ * at_run_time: a topic an agent discovers while running (group_by, through
+ * inside the agent); rt:resubscribe() then creates it and subscribes. */
 static int l_rt_topic(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     const char *name = luaL_checkstring(L, 2);
     int kc = parse_codec(L, 3), vc = parse_codec(L, 4);
     int parts = (int)luaL_optinteger(L, 5, 8);
+    int compact = lua_toboolean(L, 6); /* a changelog: created with cleanup.policy=compact */
+    int at_run_time = lua_toboolean(L, 7);
     fs_topic *t = fs_topic_find(rt, name);
     if (t) {
         if (rt->rebinding) { /* a reloaded version may read it differently */
@@ -241,7 +266,7 @@ static int l_rt_topic(lua_State *L)
         lua_pushinteger(L, t->id + 1);
         return 1;
     }
-    if (rt->subscribed && !rt->rebinding)
+    if (rt->subscribed && !rt->rebinding && !at_run_time)
         return luaL_error(L, "topics must be declared before the worker starts");
     fs_topic **ts = realloc(rt->topics, (size_t)(rt->ntopics + 1) * sizeof *ts);
     t = calloc(1, sizeof *t);
@@ -253,9 +278,59 @@ static int l_rt_topic(lua_State *L)
     t->key_codec = kc;
     t->value_codec = vc;
     t->partitions = parts > 0 ? parts : 1;
+    t->compact = compact;
     rt->topics[rt->ntopics++] = t;
     lua_pushinteger(L, t->id + 1);
     return 1;
+}
+
+/* rt:resolve_topics({id...}, {count...}) -> {count...}: each topic's partition
+ * count as the broker has it; a missing topic is created with the given count
+ * first. Topics already resolved keep theirs and cost nothing. */
+static int l_rt_resolve_topics(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int n = (int)luaL_len(L, 2);
+    fs_topic **ts = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *ts, 0); /* freed by the GC */
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, 2, i + 1);
+        ts[i] = fs_lua_check_topic(L, rt, -1);
+        lua_pop(L, 1);
+        if (!ts[i]->resolved && lua_istable(L, 3)) {
+            lua_geti(L, 3, i + 1);
+            lua_Integer want = lua_tointeger(L, -1);
+            if (want > 0 && want <= 1000000) ts[i]->partitions = (int)want;
+            lua_pop(L, 1);
+        }
+    }
+    char err[512];
+    if (fs_kafka_resolve(rt, ts, n, err, sizeof err)) return luaL_error(L, "%s", err);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushinteger(L, ts[i]->partitions);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* rt:table_inputs({id...} [, add]): the topics whose events write tables (add:
+ * besides those already named, e.g. a repartition topic an agent learns at run
+ * time; otherwise instead of them); holding
+ * their partition p holds partition p of every table. */
+static int l_rt_table_inputs(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (!lua_toboolean(L, 3))
+        for (int i = 0; i < rt->ntopics; i++) rt->topics[i]->table_input = 0;
+    lua_Integer n = luaL_len(L, 2);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, 2, i);
+        fs_lua_check_topic(L, rt, -1)->table_input = 1;
+        lua_pop(L, 1);
+    }
+    return 0;
 }
 
 static int l_rt_agent(lua_State *L)
@@ -308,6 +383,24 @@ static int l_rt_stream(lua_State *L)
     luaL_setmetatable(L, STREAM_MT);
     lua_pushvalue(L, 1); /* the stream keeps its runtime alive */
     lua_setiuservalue(L, -2, 1);
+    return 1;
+}
+
+/* rt:resubscribe(): after an agent added a topic and an agent at run time —
+ * creates the topics that do not exist yet, opens their producer handles and
+ * subscribes to what the agents now read. The group rebalances as for any
+ * subscription change; events already taken stay with their agents until the
+ * revocation lets them finish. Before the first subscription, or while a
+ * reload hands the runtime over, the subscription that follows includes the
+ * topics: they are only created here. Returns whether it subscribed. */
+static int l_rt_resubscribe(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    char err[512];
+    int rc = rt->prestart || rt->rebinding ? fs_kafka_open_topics(rt, err, sizeof err)
+                                           : fs_kafka_rebind(rt, err, sizeof err);
+    if (rc < 0) return luaL_error(L, "%s", err);
+    lua_pushboolean(L, rc > 0);
     return 1;
 }
 
@@ -765,6 +858,15 @@ static int l_current(lua_State *L)
     return 1;
 }
 
+/* core.ended(thread): true for a coroutine of the scheduler that has ended
+ * (died of an error, returned, or was killed) — Lua state it left behind is stale. */
+static int l_ended(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_pushboolean(L, fs_co_ended(lua_tothread(L, 1)));
+    return 1;
+}
+
 /* core.redirect_stderr(path | nil): points fd 2 at a file, or back. For specs
  * that check what the worker logs. */
 static int l_redirect_stderr(lua_State *L)
@@ -814,6 +916,34 @@ static int l_log_hold(lua_State *L)
 {
     fs_log_hold(lua_toboolean(L, 1));
     return 0;
+}
+
+/* core.index_op(): the opcode of the instruction that the Lua function two
+ * levels up is running (nil when that function is not Lua). A table's __index
+ * (level 1) asks it to tell `t:update(k, fn)` from `t["update"]`: both index t
+ * with "update", but Lua compiles a method call to an instruction of its own
+ * (SELF), and the public debug API names neither the instruction nor the
+ * program counter. So this reads the saved pc from the frame record that
+ * lua_getstack hands out: in every Lua 5.4 release a frame record starts with
+ * four pointer-sized fields (function, top, previous, next) followed, for a
+ * Lua function, by its saved pc, which points just past the instruction being
+ * run. fstream.table asks once at load which opcodes a method call and the
+ * three kinds of read give, and refuses to load if they are not told apart. */
+#if LUA_VERSION_NUM != 504
+#error "core.index_op reads a Lua 5.4 frame record"
+#endif
+struct lua54_frame {
+    void *func, *top, *previous, *next;
+    const uint32_t *savedpc;
+};
+
+static int l_index_op(lua_State *L)
+{
+    lua_Debug ar;
+    if (!lua_getstack(L, 2, &ar) || !lua_getinfo(L, "S", &ar) || ar.what[0] == 'C') return 0;
+    const struct lua54_frame *f = (const struct lua54_frame *)(const void *)ar.i_ci;
+    lua_pushinteger(L, (lua_Integer)(f->savedpc[-1] & 0x7F)); /* the opcode: the low 7 bits */
+    return 1;
 }
 
 static int l_set_log_level(lua_State *L)
@@ -914,8 +1044,11 @@ static const luaL_Reg rt_methods[] = {
     {"watch", l_rt_watch},
     {"rebound", l_rt_rebound},
     {"topic", l_rt_topic},
+    {"resolve_topics", l_rt_resolve_topics},
+    {"table_inputs", l_rt_table_inputs},
     {"agent", l_rt_agent},
     {"stream", l_rt_stream},
+    {"resubscribe", l_rt_resubscribe},
     {"close_agent", l_rt_close_agent},
     {"spawn", l_rt_spawn},
     {"start", l_rt_start},
@@ -948,7 +1081,9 @@ static const luaL_Reg core_funcs[] = {
     {"adopt", l_core_adopt},
     {"sleep", l_sleep},
     {"current", l_current},
+    {"ended", l_ended},
     {"partition_for", l_partition_for},
+    {"index_op", l_index_op},
     {"redirect_stderr", l_redirect_stderr},
     {"set_log_level", l_set_log_level},
     {"log", l_log},
@@ -968,6 +1103,7 @@ int luaopen_fstream_core(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     memset(lua_getextraspace(lua_tothread(L, -1)), 0, LUA_EXTRASPACE);
     lua_pop(L, 1);
+    fs_sched_track_coroutines(L);
 
     luaL_newmetatable(L, RT_MT);
     luaL_newlib(L, rt_methods);

@@ -149,6 +149,7 @@ static int take_k(lua_State *L, int status, lua_KContext ctx)
     lua_Integer want = luaL_optinteger(L, 6, 1);
     lua_Integer max = luaL_checkinteger(L, 3);
     if (want > max) want = max;
+    if (want > FS_MAX_TAKE) want = FS_MAX_TAKE; /* what one fill can take */
     if (want < 1) want = 1;
     int stopping = u->rt->stopping || s->agent->closed;
     int timed_out = timeout >= 0 && co && lua_toboolean(L, 7) && !fs_timer_active(&co->timer);
@@ -190,6 +191,8 @@ static int l_stream_take(lua_State *L)
     lua_settop(L, 6);
     lua_pushboolean(L, 0); /* slot 7: deadline armed */
     fs_stream_ack_taken(u->rt, u->s);
+    fs_co *co = fs_co_current(L);
+    if (co) u->s->reader = co;
     return take_k(L, 0, (lua_KContext)u);
 }
 
@@ -327,6 +330,8 @@ int fs_streams_clear(fs_rt *rt)
         fs_agent *ag = rt->agents[a];
         for (int j = 0; j < ag->nstreams; j++) {
             fs_stream *s = ag->streams[j];
+            /* A stream whose reader died has nobody who could finish an event. */
+            if (!s->reader) continue;
             for (size_t k = 0; k < s->nopen; k++)
                 if (s->open[k]->part->revoking) return 0; /* not acknowledged yet */
             if (s->lua_ref <= 0 || s->ntaken == 0 || s->manual) continue;
@@ -341,6 +346,29 @@ int fs_streams_clear(fs_rt *rt)
         }
     }
     return 1;
+}
+
+void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed)
+{
+    lua_State *L = rt->L;
+    for (int a = 0; a < rt->nagents; a++) {
+        fs_agent *ag = rt->agents[a];
+        for (int j = 0; j < ag->nstreams; j++) {
+            fs_stream *s = ag->streams[j];
+            if (s->reader != co) continue;
+            s->reader = NULL;
+            if (!failed || s->manual || s->lua_ref <= 0) continue;
+            /* The failed event (position i) went through on_error: it is done,
+             * as it would be when a restarted instance asks for the next one. */
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
+            lua_getfield(L, -1, "i");
+            lua_Integer pos = lua_tointeger(L, -1);
+            lua_pop(L, 2);
+            size_t done = pos > 0 ? (size_t)pos : 0;
+            if (done > s->ntaken) done = s->ntaken;
+            for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
+        }
+    }
 }
 
 /* stream:set_manual(): noack mode — events are acknowledged one by one. */
@@ -398,7 +426,34 @@ static int l_stream_meta(lua_State *L)
     return 4;
 }
 
+/* stream:origin(i [, with_key]) -> timestamp | nil, headers | nil [, key] of the
+ * i-th event of the last take: what a forwarder (group_by, through) keeps when
+ * it sends the event on. No table unless the message has headers; the key is
+ * decoded by its topic's key codec (nil when absent). */
+static int l_stream_origin(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    int with_key = lua_toboolean(L, 3);
+    if (i < 1 || (size_t)i > u->s->ntaken) return 0;
+    fs_event *e = u->s->taken[i - 1];
+    if (e->ts >= 0) lua_pushnumber(L, (lua_Number)e->ts / 1000.0);
+    else lua_pushnil(L);
+    rd_kafka_headers_t *h = e->hdrs;
+    if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) h = NULL;
+    if (h && rd_kafka_header_cnt(h)) push_headers(L, e);
+    else lua_pushnil(L);
+    if (!with_key) return 2;
+    char err[256];
+    if (!e->m->key) lua_pushnil(L);
+    else if (fs_lua_push_payload(L, e->part->topic->key_codec, e->m->key, e->m->key_len, err, sizeof err))
+        return luaL_error(L, "cannot decode the key of %s[%d]@%lld: %s", e->part->topic->name,
+                          (int)e->m->partition, (long long)e->m->offset, err);
+    return 3;
+}
+
 static const luaL_Reg stream_methods[] = {
+    {"origin", l_stream_origin},
     {"take", l_stream_take},
     {"ack", l_stream_ack},
     {"bind", l_stream_bind},

@@ -432,26 +432,20 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
         return -1;
     }
     rd_kafka_topic_partition_list_t *restart_at = rt->reload->restart;
-    int resubscribed = fs_kafka_rebind(rt, err, errlen);
-    if (resubscribed < 0) return -1;
+    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
     /* Back to the positions after the last finished events: what the old
      * version dropped is fetched again for the new one. A seek that fails
      * while the group rebalances onto a new subscription is harmless: the
      * partitions are assigned again from the offsets just committed. */
+    char failed[256] = "";
     if (restart_at && restart_at->cnt && rt->consumer) {
         rd_kafka_error_t *e = rd_kafka_seek_partitions(rt->consumer, restart_at, 10000);
-        const char *failed = e ? rd_kafka_error_string(e) : NULL;
-        char what[256] = "";
-        for (int i = 0; !failed && i < restart_at->cnt; i++)
-            if (restart_at->elems[i].err) {
-                snprintf(what, sizeof what, "%s[%d]: %s", restart_at->elems[i].topic,
+        if (e) snprintf(failed, sizeof failed, "%s", rd_kafka_error_string(e));
+        for (int i = 0; !failed[0] && i < restart_at->cnt; i++)
+            if (restart_at->elems[i].err)
+                snprintf(failed, sizeof failed, "%s[%d]: %s", restart_at->elems[i].topic,
                          (int)restart_at->elems[i].partition, rd_kafka_err2str(restart_at->elems[i].err));
-                failed = what;
-            }
-        if (failed && resubscribed) fs_warn("reload: seek failed during the rebalance (%s)", failed);
-        else if (failed) snprintf(err, errlen, "seek failed: %s", failed);
         if (e) rd_kafka_error_destroy(e);
-        if (failed && !resubscribed) return -1;
     }
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
@@ -471,6 +465,18 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
      * opened and recovered. */
     if (fs_tables_rebind(rt)) {
         snprintf(err, errlen, "%s", rt->fatal_msg);
+        return -1;
+    }
+    /* The new agents take their first steps before the subscription follows
+     * them, as at start-up: a group_by inside an agent declares its
+     * repartition topic now, so the group rebalances once at most. */
+    fs_sched_run_ready(rt);
+    int resubscribed = fs_kafka_rebind(rt, err, errlen);
+    if (resubscribed < 0) return -1;
+    if (failed[0] && resubscribed) {
+        fs_warn("reload: seek failed before the rebalance (%s)", failed);
+    } else if (failed[0]) {
+        snprintf(err, errlen, "seek failed: %s", failed);
         return -1;
     }
     rt->consume_pending = 1;

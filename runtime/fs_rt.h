@@ -21,6 +21,10 @@
 #include "fs_loop.h"
 
 enum { FS_CODEC_RAW = 0, FS_CODEC_JSON = 1 };
+/* A codec value is its kind in the low byte; a json codec carries its decoder's
+ * big-integer mode (FS_JSON_BIG_*) above it ("json:string" in Lua). */
+#define FS_CODEC_KIND(c) ((c) & 0xff)
+#define FS_CODEC_BIG(c) ((c) >> 8)
 enum { FS_CO_READY = 1, FS_CO_WAITING, FS_CO_RUNNING, FS_CO_DEAD };
 enum { FS_WAIT_NONE = 0, FS_WAIT_SLEEP, FS_WAIT_TAKE, FS_WAIT_DELIVERY, FS_WAIT_YIELD, FS_WAIT_IO };
 enum { FS_KIND_AGENT = 0, FS_KIND_TASK = 1 };
@@ -57,6 +61,9 @@ struct fs_co {
     void (*cancel)(fs_co *co); /* called if the coroutine dies while waiting */
     fs_co *ready_next;  /* ready queue link */
     fs_co *prev, *next; /* list of live coroutines */
+    int64_t run_since; /* monotonic ms when the current resume began */
+    int interrupted;   /* past agent_timeout: every hook call raises kill_msg */
+    char kill_msg[320];
 };
 
 /* A partition this worker consumes: tracks which offsets every agent finished. */
@@ -83,7 +90,9 @@ struct fs_topic {
     int id;
     char *name;
     int key_codec, value_codec;
-    int partitions;        /* partition count used when the worker creates it */
+    int partitions;        /* the broker's count once resolved; before, the count to create it with */
+    int resolved;          /* partitions is the broker's (fs_kafka_resolve) */
+    int table_input;       /* its events write tables: partition p holds tables' partition p */
     rd_kafka_topic_t *rkt; /* producer-side handle */
     fs_agent **subs;
     int nsubs;
@@ -161,6 +170,7 @@ struct fs_stream {
     fs_event **open;
     size_t nopen, capopen;
     fs_co *waiter;
+    fs_co *reader; /* the coroutine that last took from this stream, until it dies */
 };
 
 /* A send_and_wait in flight. Owned by the delivery report; co is cleared if
@@ -180,6 +190,7 @@ struct fs_rt {
     char *group;
     char *broker; /* bootstrap servers ("" for in-memory) */
     int embedded; /* memory:// — the worker hosts a mock cluster */
+    int no_create_topics; /* CreateTopics failed: the broker auto-creates (fstream-lua broker) */
 
     rd_kafka_t *consumer, *producer, *mock_host;
     rd_kafka_queue_t *cq, *pq;
@@ -188,6 +199,7 @@ struct fs_rt {
     fs_io cio, pio, sio;
     int consume_pending, produce_pending;
     int subscribed;
+    int prestart; /* agents take their first steps before the first subscription */
     int paused; /* fetching paused: agents have max_queued events waiting */
     rd_kafka_topic_partition_list_t *revoke; /* a revocation waiting for agents, or NULL */
     int64_t revoke_deadline;
@@ -211,6 +223,7 @@ struct fs_rt {
     fs_co *live;
     int nlive, nlive_agents, next_co_id;
     fs_co *current;
+    int64_t agent_timeout_ms; /* a coroutine running this long without yielding is interrupted */
 
     /* offsets and checkpoints */
     int epoch;
@@ -231,6 +244,7 @@ struct fs_rt {
 
     /* lifecycle */
     int stopping, stopped, exit_code, signals;
+    int closing; /* finish() runs: no coroutine will run again, nothing waits for one */
     int64_t stop_deadline;
     int fatal;
     char fatal_msg[512];
@@ -251,6 +265,7 @@ struct fs_rt {
 
 /* fs_sched.c */
 fs_co *fs_co_current(lua_State *L);
+int fs_co_ended(lua_State *thread); /* a scheduler coroutine that has ended (died, killed) */
 int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind);
 void fs_sched_ready(fs_co *co);
 int fs_sched_run_ready(fs_rt *rt); /* resumes every ready coroutine once; returns count */
@@ -258,6 +273,15 @@ void fs_sched_kill(fs_co *co);
 void fs_sched_kill_all(fs_rt *rt);
 int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms);
 int fs_sched_traceback(lua_State *L); /* message handler for lua_pcall */
+/* Runaway detection (see fs_sched.c). fs_sched_watch_init: on the thread that
+ * runs Lua, once. fs_sched_watch: from the watch thread, every tick — pokes the
+ * Lua thread when the running coroutine is overdue, past stop_deadline (0:
+ * none), or at once with poke_now. fs_sched_track_coroutines: makes the
+ * coroutine library of L report which thread executes. */
+int fs_sched_watch_init(void);
+void fs_sched_watch(int64_t now, int64_t stop_deadline, int poke_now);
+int64_t fs_sched_clock_ms(void);
+void fs_sched_track_coroutines(lua_State *L);
 
 /* fs_stream.c */
 fs_topic *fs_topic_find(fs_rt *rt, const char *name);
@@ -292,6 +316,10 @@ void fs_sync_acks(fs_rt *rt);
 void fs_fence_streams(fs_rt *rt, int on);
 /* fs_lua.c: 1 when no agent is in the middle of an event of a revoking partition. */
 int fs_streams_clear(fs_rt *rt);
+/* fs_lua_stream.c: co died; nobody is in the middle of an event of the streams
+ * it read any more. failed: its on_error policy has dealt with the event in
+ * hand, which is acknowledged; otherwise (killed) it stays unacknowledged. */
+void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed);
 
 /* fs_table.c */
 int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */
@@ -317,6 +345,10 @@ void fs_tables_tail_poll(fs_rt *rt);         /* apply what other workers wrote t
 int fs_broker_url_check(const char *url, const char **bootstrap, char *err, size_t errlen);
 int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen);
 int fs_kafka_start(fs_rt *rt, char *err, size_t errlen);
+/* Learns the partition count of each topic from the broker's metadata, creating
+ * missing ones with their `partitions` first (bounded: 10 s for the metadata,
+ * 10 s more for created topics to appear). Blocks: start-up and reloads only. */
+int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen);
 void fs_kafka_poll(fs_rt *rt);
 void fs_kafka_close(fs_rt *rt);
 /* ts_ms: the message timestamp (ms since the epoch), 0 for "now". */
@@ -328,10 +360,14 @@ void fs_checkpoint_poll(fs_rt *rt);
 int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
 /* Before a reload: stage, deliver, write LMDB; commit without failing on a refused commit. */
 int fs_checkpoint_reload(fs_rt *rt, int timeout_ms);
-/* After a reload: producer handles for new topics, create them, subscribe to
- * what the new agents read. Returns 1 when the subscription changed (the
- * group rebalances), 0 when not, -1 on error. */
+/* After a reload, or when an agent added a topic at run time (group_by inside
+ * the agent): producer handles for new topics, create them, subscribe to what
+ * the agents read. Returns 1 when the subscription changed (the group
+ * rebalances), 0 when not, -1 on error. */
 int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen);
+/* Creates the topics declared since the last call and opens their producer
+ * handles, without touching the subscription. */
+int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen);
 int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
 void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
 rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
@@ -370,5 +406,15 @@ void fs_rt_fatal(fs_rt *rt, const char *fmt, ...) __attribute__((format(printf, 
 int fs_rt_run(fs_rt *rt);
 int fs_rt_run_until_idle(fs_rt *rt, int64_t max_ms);
 void fs_rt_request_stop(fs_rt *rt, const char *why);
+/* SIGTERM/SIGINT are taken by a thread of their own (a second one exits the
+ * process at once, whatever the loop is doing). fs_signals_start runs once per
+ * process, before the worker connects; fs_rt_poll_signals turns a received
+ * signal into a stop request — the loop calls it, and so do places that may
+ * run long without the loop (the count hook, changelog recovery).
+ * fs_signals_stop_requested: a signal arrived (any thread may ask). */
+int fs_signals_start(void);
+int fs_watch_start(void); /* only the runaway watch (in-process runtimes) */
+void fs_rt_poll_signals(fs_rt *rt);
+int fs_signals_stop_requested(void);
 
 #endif

@@ -4,11 +4,192 @@
  * lua_yield; the event that ends the wait calls fs_sched_ready and the loop
  * resumes it later — handlers never resume coroutines themselves. */
 #include <lauxlib.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fs_log.h"
 #include "fs_rt.h"
+
+/* Runaway coroutines. A count hook set on every coroutine would cost every
+ * VM instruction a function call (Lua 5.4 traces each instruction while any
+ * hook is set: twice the time of a tight loop), so the hook is armed only
+ * when needed: each resume publishes when its coroutine becomes overdue; the
+ * watch thread (fs_runtime.c) sees a run outlive that (or the stop deadline,
+ * or a stop signal arrive) and sends the Lua thread SIGURG, whose handler
+ * arms the hook (lua_sethook may be called from a signal handler). The hook
+ * then raises, or disarms itself if the run ended or is not overdue. */
+static fs_co *volatile running;        /* the coroutine inside lua_resume */
+static lua_State *volatile innermost;  /* the Lua thread executing: ours or one it resumed */
+static _Atomic int64_t run_due;        /* monotonic ms when the running coroutine is overdue; 0: none */
+static atomic_uint run_seq;            /* bumped at every resume */
+static pthread_t lua_thread;
+static int have_lua_thread;
+
+static int64_t coarse_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A coroutine that ran agent_timeout without yielding (or past the stop
+ * deadline while the worker stops) is interrupted with an error. From then on
+ * the hook fires at every instruction and raises the same error again, so a
+ * pcall in the script cannot swallow it: the coroutine unwinds, and its
+ * on_exit applies the agent's on_error policy. */
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    fs_co *co = running;
+    if (!co || co->state != FS_CO_RUNNING) { /* armed for a run that is over */
+        lua_sethook(L, NULL, 0, 0);
+        return;
+    }
+    fs_rt *rt = co->rt;
+    if (!co->interrupted) {
+        if (!rt->test) fs_rt_poll_signals(rt); /* the loop cannot while this runs */
+        int64_t ran = coarse_ms() - co->run_since;
+        int stop_over = rt->stopping && fs_loop_now(&rt->loop) > rt->stop_deadline;
+        if (ran < rt->agent_timeout_ms && !stop_over) {
+            lua_sethook(L, NULL, 0, 0);
+            return;
+        }
+        const char *src = "?";
+        int line = -1;
+        if (lua_getinfo(L, "Sl", ar)) {
+            src = ar->short_src;
+            line = ar->currentline;
+        }
+        snprintf(co->kill_msg, sizeof co->kill_msg,
+                 "%s:%d: interrupted after running %.1f s without yielding (%s)", src, line,
+                 (double)ran / 1000.0,
+                 stop_over ? "the worker is stopping and its deadline passed" : "agent_timeout");
+        co->interrupted = 1;
+        lua_sethook(co->L, count_hook, LUA_MASKCOUNT, 1);
+        if (L != co->L) lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    }
+    lua_pushstring(L, co->kill_msg);
+    lua_error(L);
+}
+
+/* SIGURG handler, on the Lua thread. */
+static void poke_handler(int sig)
+{
+    (void)sig;
+    fs_co *co = running;
+    lua_State *in = innermost;
+    if (!co || co->state != FS_CO_RUNNING) return;
+    lua_sethook(co->L, count_hook, LUA_MASKCOUNT, 1);
+    if (in && in != co->L) lua_sethook(in, count_hook, LUA_MASKCOUNT, 1);
+}
+
+int fs_sched_watch_init(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = poke_handler;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGURG, &sa, NULL)) return -1;
+    lua_thread = pthread_self();
+    have_lua_thread = 1;
+    return 0;
+}
+
+void fs_sched_watch(int64_t now, int64_t stop_deadline, int poke_now)
+{
+    static unsigned poked_seq;
+    static int64_t poked_at;
+    int64_t due = atomic_load(&run_due);
+    unsigned seq = atomic_load(&run_seq);
+    if (!have_lua_thread || !due) return;
+    if (!poke_now && now < due && !(stop_deadline && now >= stop_deadline)) return;
+    /* Once per run, and again every second in case the hook found it not due. */
+    if (!poke_now && seq == poked_seq && now - poked_at < 1000) return;
+    poked_seq = seq;
+    poked_at = now;
+    pthread_kill(lua_thread, SIGURG);
+}
+
+int64_t fs_sched_clock_ms(void)
+{
+    return coarse_ms();
+}
+
+/* coroutine.resume and coroutine.wrap, wrapped so that `innermost` names the
+ * thread that executes: a loop inside a coroutine that an agent resumes is
+ * found there. Each calls the original function it holds as upvalue 1. */
+static int tracked_call(lua_State *L, lua_State *co)
+{
+    lua_State *outer = innermost;
+    if (co) innermost = co;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    innermost = outer;
+    if (st != LUA_OK) return lua_error(L);
+    return lua_gettop(L);
+}
+
+static int tracked_resume(lua_State *L)
+{
+    return tracked_call(L, lua_tothread(L, 1));
+}
+
+static int tracked_wrapped(lua_State *L)
+{
+    return tracked_call(L, lua_tothread(L, lua_upvalueindex(2)));
+}
+
+static int tracked_wrap(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1); /* the original wrap's function */
+    if (!lua_getupvalue(L, -1, 1) || !lua_isthread(L, -1)) { /* not the closure we know */
+        lua_pop(L, 1);
+        return 1;
+    }
+    lua_pushcclosure(L, tracked_wrapped, 2);
+    return 1;
+}
+
+void fs_sched_track_coroutines(lua_State *L)
+{
+    lua_getglobal(L, "coroutine");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, -1, "resume");
+    if (lua_tocfunction(L, -1) != tracked_resume && lua_iscfunction(L, -1)) {
+        lua_pushcclosure(L, tracked_resume, 1);
+        lua_setfield(L, -2, "resume");
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, -1, "wrap");
+    if (lua_tocfunction(L, -1) != tracked_wrap && lua_iscfunction(L, -1)) {
+        lua_pushcclosure(L, tracked_wrap, 1);
+        lua_setfield(L, -2, "wrap");
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* What a released coroutine's thread points at: it tells a thread that ran
+ * here and ended from one that never was ours (both are not current). */
+static fs_co ended = {.state = FS_CO_DEAD};
+
+int fs_co_ended(lua_State *thread)
+{
+    return *(fs_co **)lua_getextraspace(thread) == &ended;
+}
 
 fs_co *fs_co_current(lua_State *L)
 {
@@ -94,10 +275,12 @@ int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind)
     return co->id;
 }
 
-/* Detaches co from whatever it waits on and frees it. */
-static void release(fs_co *co)
+/* Detaches co from whatever it waits on and frees it. failed: it died of an
+ * error that its on_exit has handled. */
+static void release(fs_co *co, int failed)
 {
     fs_rt *rt = co->rt;
+    if (co->kind == FS_KIND_AGENT) fs_streams_orphan(rt, co, failed);
     if (co->state == FS_CO_READY) unlink_ready(rt, co);
     fs_timer_stop(&rt->loop, &co->timer);
     if (co->stream && co->stream->waiter == co) co->stream->waiter = NULL;
@@ -112,7 +295,7 @@ static void release(fs_co *co)
     if (co->next) co->next->prev = co->prev;
     rt->nlive--;
     if (co->kind == FS_KIND_AGENT) rt->nlive_agents--;
-    *(fs_co **)lua_getextraspace(co->L) = NULL;
+    *(fs_co **)lua_getextraspace(co->L) = &ended;
     lua_resetthread(co->L);
     luaL_unref(rt->L, LUA_REGISTRYINDEX, co->ref);
     luaL_unref(rt->L, LUA_REGISTRYINDEX, co->exit_ref);
@@ -149,9 +332,20 @@ static void resume_one(fs_rt *rt, fs_co *co)
     co->nargs = 0;
     co->state = FS_CO_RUNNING;
     co->wait = FS_WAIT_NONE;
-    fs_co *outer = rt->current;
+    fs_co *outer = rt->current, *outer_running = running;
+    lua_State *outer_innermost = innermost;
+    int64_t outer_due = atomic_load(&run_due);
     rt->current = co;
+    co->run_since = coarse_ms();
+    int64_t limit = rt->agent_timeout_ms > 0 ? rt->agent_timeout_ms : INT64_MAX / 4;
+    atomic_store(&run_due, co->run_since + (limit < INT64_MAX / 4 ? limit : INT64_MAX / 4));
+    atomic_fetch_add(&run_seq, 1);
+    innermost = co->L;
+    running = co;
     int st = lua_resume(co->L, rt->L, nargs, &nres);
+    running = outer_running;
+    innermost = outer_innermost;
+    atomic_store(&run_due, outer_due);
     rt->current = outer;
     if (co->state == FS_CO_DEAD) return; /* killed itself while running: already freed */
     if (st == LUA_YIELD) {
@@ -183,7 +377,7 @@ static void resume_one(fs_rt *rt, fs_co *co)
         luaL_traceback(L, co->L, NULL, 0);
         call_exit(co, 0);
     }
-    if (co->state != FS_CO_DEAD) release(co);
+    if (co->state != FS_CO_DEAD) release(co, st != LUA_OK);
 }
 
 int fs_sched_run_ready(fs_rt *rt)
@@ -213,7 +407,7 @@ void fs_sched_kill(fs_co *co)
     }
     luaL_unref(co->rt->L, LUA_REGISTRYINDEX, co->exit_ref);
     co->exit_ref = LUA_NOREF;
-    release(co);
+    release(co, 0);
 }
 
 void fs_sched_kill_all(fs_rt *rt)

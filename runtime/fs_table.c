@@ -65,7 +65,7 @@ static void each_input(fs_rt *rt, int32_t p, int use_snap,
 {
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
-        if (t->table || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
+        if (!t->table_input || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
         int64_t off = use_snap ? t->parts[p]->snap : fs_part_committable(t->parts[p]);
         if (off >= 0) fn(ud, t->name, off);
     }
@@ -296,13 +296,19 @@ static int recover(fs_rt *rt, fs_table *t, int32_t p)
     int64_t lo = 0, hi = 0;
     const char *cl = t->changelog->name;
     rd_kafka_resp_err_t e;
-    /* A changelog created a moment ago may not have a leader yet: wait a little. */
+    /* A changelog created a moment ago may not have a leader yet: wait a little.
+     * Short attempts, so that a stop requested meanwhile is seen within a second. */
     for (int tries = 0;; tries++) {
-        e = rd_kafka_query_watermark_offsets(rt->recovery, cl, p, &lo, &hi, 10000);
+        e = rd_kafka_query_watermark_offsets(rt->recovery, cl, p, &lo, &hi, 1000);
         int transient = e == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
                         e == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
                         e == RD_KAFKA_RESP_ERR__TRANSPORT || e == RD_KAFKA_RESP_ERR__TIMED_OUT;
-        if (!transient || tries == 50) break;
+        if (!transient || tries == 400) break;
+        if (fs_signals_stop_requested()) {
+            fs_warn("recovery of table %s[%d] interrupted by a stop before it began", t->name, (int)p);
+            fs_rt_poll_signals(rt);
+            return 1;
+        }
         struct timespec ts = {0, 200 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -348,6 +354,16 @@ static int recover(fs_rt *rt, fs_table *t, int32_t p)
     int rc = 0, idle = 0;
     struct in_offsets inputs = {0};
     while (next < hi && rc == 0) {
+        if (fs_signals_stop_requested()) {
+            /* LMDB holds every batch written so far with the changelog offset it
+             * covers: the next start goes on from there. */
+            fs_warn("recovery of table %s[%d] interrupted by a stop at %lld of %lld records; "
+                    "the next start resumes it",
+                    t->name, (int)p, (long long)done, (long long)total);
+            fs_rt_poll_signals(rt);
+            rc = 1;
+            break;
+        }
         rd_kafka_message_t *msgs[1024];
         size_t room = RECOVERY_BATCH - nops < 1024 ? RECOVERY_BATCH - nops : 1024;
         ssize_t n = rd_kafka_consume_batch_queue(q, 100, msgs, room);
@@ -564,7 +580,7 @@ int fs_tables_rebind(fs_rt *rt)
             held = !rt->tables[i]->global && p < rt->tables[i]->partitions && rt->tables[i]->parts[p].store;
         for (int i = 0; i < rt->ntopics && !held; i++) {
             fs_topic *t = rt->topics[i];
-            held = !t->table && p < t->nparts && t->parts[p] && t->parts[p]->assigned;
+            held = t->table_input && p < t->nparts && t->parts[p] && t->parts[p]->assigned;
         }
         if (held && fs_tables_hold(rt, p)) return -1;
     }

@@ -226,6 +226,11 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     sigprocmask(SIG_BLOCK, &set, NULL);
+    /* A worker takes SIGTERM/SIGINT on a thread of its own from now on, so that a
+     * stop requested while it starts (recovering tables) is seen, and a second
+     * signal always exits at once. */
+    if (strcmp(cmd, "worker") == 0 && fs_signals_start())
+        fprintf(stderr, "fstream-lua: cannot start the signal thread: SIGTERM will not stop the worker gracefully\n");
 
     /* Agents print: show each line as it happens even when stdout is a pipe. */
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -96,6 +96,94 @@ describe("an agent that raises", function()
   end)
 end)
 
+describe("a coroutine that runs without yielding", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  -- An agent that spins on every event in `spin` (a function of the value).
+  local function spinner(id, spin, opts)
+    local a = app(id, { agent_timeout = 0.3 })
+    local src = a:topic("src")
+    local seen = {}
+    a:agent("spinner", src, function(stream)
+      for v in stream do
+        if v % 2 == 0 then spin() end
+        seen[#seen + 1] = v
+      end
+    end, opts)
+    t = fstream.testing(a)
+    for i = 1, 5 do t:send(src, { key = "k", value = i }) end
+    return seen
+  end
+
+  it("is interrupted after agent_timeout, logged with agent and file:line; its next events are processed", function()
+    local seen = spinner("spin1", function() while true do end end)
+    local log = capture_stderr(function() t:run() end)
+    assert.are.same({ 1, 3, 5 }, seen)
+    assert.matches("agent spinner failed: spec/errors_spec.lua:%d+: interrupted after running 0%.%d s without "
+      .. "yielding %(agent_timeout%) %(event src%[%d%]@1%)", log)
+    assert.matches("stack traceback:", log)
+  end)
+
+  it("cannot swallow the interruption with pcall, xpcall or a coroutine of its own", function()
+    local seen = spinner("spin2", function()
+      while true do
+        pcall(function() while true do end end)
+        xpcall(function() while true do end end, function(e) return e end)
+        pcall(coroutine.wrap(function() while true do pcall(error, "x") end end))
+      end
+    end)
+    local log = capture_stderr(function() t:run() end)
+    assert.are.same({ 1, 3, 5 }, seen)
+    local _, n = log:gsub("agent spinner failed: [^\n]*interrupted after running", "")
+    assert.are.equal(2, n, log)
+  end)
+
+  it("goes through on_error: dlq gets the event with the interruption as its error", function()
+    local seen = spinner("spin3", function() while true do end end, { on_error = "dlq" })
+    capture_stderr(function() t:run() end)
+    assert.are.same({ 1, 3, 5 }, seen)
+    local dead = t:messages("spin3-spinner-dlq")
+    assert.are.equal(2, #dead)
+    assert.matches("interrupted after running 0%.%d s without yielding", dead[1].headers["fstream-error"])
+  end)
+
+  it("goes through on_error: crash stops the worker", function()
+    spinner("spin4", function() while true do end end, { on_error = "crash" })
+    local ok, err
+    capture_stderr(function() ok, err = pcall(function() t:run() end) end)
+    assert.is_false(ok)
+    assert.matches("agent spinner failed: .*interrupted after running", err)
+  end)
+
+  it("in a timer is interrupted, logged with the timer's place, and the timer goes on", function()
+    local a = app("spin5", { agent_timeout = 0.3 })
+    local runs = 0
+    a:timer(3.0, function()
+      runs = runs + 1
+      if runs == 1 then while true do end end
+    end)
+    t = fstream.testing(a)
+    local log = capture_stderr(function()
+      t:run()
+      t:advance(3)
+    end)
+    assert.matches("timer at spec/errors_spec.lua:%d+ failed: spec/errors_spec.lua:%d+: interrupted after running", log)
+    local after = runs
+    assert.is_true(after >= 2, "runs: " .. after)
+    t:advance(3)
+    assert.are.equal(after + 1, runs)
+  end)
+
+  it("agent_timeout must be a positive number of seconds", function()
+    for _, bad in ipairs { 0, -1, "10", 0 / 0 } do
+      local ok, err = pcall(fstream.app, "bad", { agent_timeout = bad })
+      assert.is_false(ok)
+      assert.matches("agent_timeout must be a positive number of seconds", err)
+    end
+  end)
+end)
+
 describe("a message the codec cannot decode", function()
   local t
   after_each(function() if t then t:close(); t = nil end end)

@@ -75,6 +75,33 @@ describe("table examples", function()
     assert.is_true(sum(tops[2]) > sum(tops[1]), "counts did not grow: " .. tops[1] .. " / " .. tops[2])
   end)
 
+  it("wordcount.lua: counts words that name the table's own fields and methods like any word", function()
+    assert(loadfile(root .. "/examples/wordcount.lua"))()
+    local t = fstream.testing(fstream._apps[#fstream._apps])
+    local text = {
+      "the name of the table is not a word it counts",
+      "update the items and get the set or delete the default",
+      "partitions parts app id window changelog tumbling hopping sliding",
+      "name name update items partitions the",
+    }
+    local expected, distinct = {}, 0
+    for _, line in ipairs(text) do
+      t:send("sentences", line)
+      for w in line:gmatch("%a+") do
+        if not expected[w] then distinct = distinct + 1 end
+        expected[w] = (expected[w] or 0) + 1
+      end
+    end
+    t:run()
+    local counts = t:table("word_counts")
+    for w, n in pairs(expected) do assert.are.equal(n, counts[w], w) end
+    local got, n = {}, 0
+    for w, c in counts:items() do got[w], n = c, n + 1 end
+    assert.are.same(expected, got)
+    assert.are.equal(distinct, n)
+    t:close()
+  end)
+
   it("withdrawals.lua: prints a running total for each user it has seen", function()
     local out = run_example("withdrawals.lua", 10)
     local last
@@ -86,6 +113,27 @@ describe("table examples", function()
     local n = 0
     for _ in last:gmatch("%a+=[%d%.]+") do n = n + 1 end
     assert.is_true(n >= 3, last)
+  end)
+
+  it("withdrawals.lua: each country's closed window holds exactly the withdrawals of its 10 s (group_by inside the agent)", function()
+    local out = run_example("withdrawals.lua", 40)
+    local sent, windows = {}, 0
+    for _, l in ipairs(out) do
+      local country, amount, at = l:match("^sent %a+ (%u%u) ([%d%.]+) at ([%d%.]+)$")
+      if country then sent[#sent + 1] = { country = country, amount = tonumber(amount), at = tonumber(at) } end
+    end
+    for _, l in ipairs(out) do
+      local country, total, s, e = l:match("^country (%u%u): ([%d%.]+) withdrawn in %[(%d+), (%d+)%)$")
+      if country then
+        windows = windows + 1
+        local expect = 0
+        for _, w in ipairs(sent) do
+          if w.country == country and w.at >= tonumber(s) and w.at < tonumber(e) then expect = expect + w.amount end
+        end
+        assert.is_true(math.abs(expect - tonumber(total)) < 0.006, l .. " (sent " .. expect .. ")")
+      end
+    end
+    assert.is_true(windows >= 4, table.concat(out, "\n"))
   end)
 end)
 
@@ -128,7 +176,7 @@ describe("window examples", function()
 end)
 
 describe("stream examples", function()
-  it("orders.lua: per-account totals after group_by", function()
+  it("orders.lua: per-account totals after group_by inside the agent", function()
     local out = run_example("orders.lua", 11)
     local last
     for _, l in ipairs(out) do last = l:match("^totals: (.*)$") or last end

@@ -466,3 +466,139 @@ describe("fstream json", function()
         end)
     end)
 end)
+
+describe("fstream json member order", function()
+    local keys = { "zeta", "alpha", "mid", "b", "a", "é", "Z", "aa", "_x", "10", "9", "a b" }
+    local sorted = '{"10":10,"9":9,"Z":7,"_x":9,"a":5,"a b":12,"aa":8,"alpha":2,"b":4,"mid":3,"zeta":1,"é":6}'
+
+    local function build(order, presize)
+        local t = presize and { p1 = 0, p2 = 0, p3 = 0, p4 = 0, p5 = 0, p6 = 0, p7 = 0, p8 = 0 } or {}
+        if presize then for k in pairs(t) do t[k] = nil end end
+        for _, i in ipairs(order) do t[keys[i]] = i end
+        t["10"], t["9"], t["_x"] = 10, 9, 9
+        return t
+    end
+
+    it("writes a plain table's keys sorted bytewise, whatever the insertion order", function()
+        local fwd, rev, shuffled = {}, {}, { 5, 2, 9, 12, 1, 7, 3, 11, 8, 6, 4, 10 }
+        for i = 1, #keys do fwd[i] = i; rev[i] = #keys + 1 - i end
+        assert.equals(sorted, json.encode(build(fwd)))
+        assert.equals(sorted, json.encode(build(rev, true)))
+        assert.equals(sorted, json.encode(build(shuffled)))
+        -- deleting and re-adding moves keys around in the hash part
+        local t = build(fwd)
+        for _, k in ipairs(keys) do local v = t[k]; t[k] = nil; t[k .. "!"] = 0; t[k] = v end
+        for _, k in ipairs(keys) do t[k .. "!"] = nil end
+        assert.equals(sorted, json.encode(t))
+    end)
+
+    it("sorts nested objects too, inside arrays and objects", function()
+        local v = { list = { { b = 1, a = 2 }, { d = { z = 1, y = 2 }, c = 3 } }, k = { y = 1, x = 2 } }
+        assert.equals('{"k":{"x":2,"y":1},"list":[{"a":2,"b":1},{"c":3,"d":{"y":2,"z":1}}]}', json.encode(v))
+    end)
+
+    it("sorts integer keys as their decimal text, so decoding and re-encoding keeps the bytes", function()
+        local t = { [10] = "ten", [9] = "nine", [-1] = "minus", x = "x", [100] = "hundred" }
+        local text = json.encode(t)
+        assert.equals('{"-1":"minus","10":"ten","100":"hundred","9":"nine","x":"x"}', text)
+        assert.equals(text, json.encode(json.decode(text)))
+    end)
+
+    it("rejects a table with the integer key 1 and the string key \"1\"", function()
+        assert.matches('key "1" is both an integer and a string', encode_error({ [1] = "a", ["1"] = "b", x = 1 }))
+        assert.matches('key "%-7" is both', encode_error({ list = { { [-7] = 1, ["-7"] = 2 } } }))
+    end)
+
+    it("sorts objects with thousands of keys (kept off the Lua stack)", function()
+        local a, b, want = {}, {}, {}
+        for i = 1, 3000 do a["k" .. i] = i end
+        for i = 3000, 1, -1 do b["k" .. i] = i end
+        for i = 1, 300 do a[i * 7] = i; b[i * 7] = i end -- integer keys too (not a sequence)
+        local text = json.encode(a)
+        assert.equals(text, json.encode(b))
+        local prev
+        for k in text:gmatch('"([^"]+)":') do
+            if prev then assert(prev < k, prev .. " before " .. k) end
+            prev = k
+            want[#want + 1] = k
+        end
+        assert.equals(3300, #want)
+        assert.equals(text, json.encode(json.decode(text)))
+        -- a big object nested in an array, itself holding objects
+        local big = {}
+        for i = 1, 600 do big["n" .. i] = { y = i, x = -i } end
+        local nested = json.encode({ big, { b = 1, a = 2 } })
+        assert.matches('^%[{"n1":{"x":%-1,"y":1},"n10":{"x":%-10,"y":10},', nested)
+        assert.matches('{"a":2,"b":1}%]$', nested)
+    end)
+
+    it("writes a table whose metatable has __field_order as those fields, in that order", function()
+        local mt = { __field_order = { "zeta", "alpha", "gone", "mid" } }
+        local t = setmetatable({ mid = 3, alpha = 2, zeta = 1, extra = 9 }, mt)
+        assert.equals('{"zeta":1,"alpha":2,"mid":3}', json.encode(t))
+        assert.equals('[{"zeta":{"b":1,"a":2}}]', json.encode({ setmetatable({ zeta = setmetatable({ a = 2, b = 1 },
+            { __field_order = { "b", "a" } }) }, mt) }))
+        assert.equals("{}", json.encode(setmetatable({}, mt)))
+        assert.matches("__field_order holds a number", encode_error(setmetatable({ a = 1 }, { __field_order = { 1 } })))
+    end)
+end)
+
+describe("fstream json big integers", function()
+    local text = '{"up":18446744073709551615,"down":-9223372036854775809,"max":9223372036854775807,'
+        .. '"min":-9223372036854775808,"exact":9007199254740993,"f":18446744073709551616.0,"e":1e30,'
+        .. '"list":[123456789012345678901234567890]}'
+
+    it("decodes them as floats by default and with \"float\", as before", function()
+        for _, mode in ipairs({ false, "float" }) do
+            local v = mode and json.decode(text, mode) or json.decode(text)
+            assert.equals("float", math.type(v.up))
+            assert.equals(2.0 ^ 64, v.up)
+            assert.equals(-(2.0 ^ 63), v.down)
+            assert.equals("float", math.type(v.list[1]))
+            assert.equals('{"down":-9223372036854776000.0}', json.encode({ down = v.down }))
+        end
+    end)
+
+    it("keeps their digits exactly as strings with \"string\"; they encode back as JSON strings", function()
+        local v = json.decode(text, "string")
+        assert.equals("18446744073709551615", v.up)
+        assert.equals("-9223372036854775809", v.down)
+        assert.equals("123456789012345678901234567890", v.list[1])
+        assert.equals('{"down":"-9223372036854775809","up":"18446744073709551615"}',
+            json.encode({ up = v.up, down = v.down }))
+        assert.equals("18446744073709551615", json.decode("18446744073709551615", "string"))
+    end)
+
+    it("fails the decode with \"error\", naming the byte and the digits", function()
+        local v, err = json.decode(text, "error")
+        assert.is_nil(v)
+        assert.equals("integer at byte 6 does not fit in 64 bits: 18446744073709551615", err)
+        v, err = json.decode('[1, -9223372036854775809]', "error")
+        assert.is_nil(v)
+        assert.equals("integer at byte 4 does not fit in 64 bits: -9223372036854775809", err)
+        local long = "1" .. ("0"):rep(60)
+        v, err = json.decode(long, "error")
+        assert.is_nil(v)
+        assert.equals("integer at byte 0 does not fit in 64 bits: " .. long:sub(1, 40) .. "...", err)
+    end)
+
+    it("keeps int64 integers exact and fraction/exponent numbers floats in every mode", function()
+        for _, mode in ipairs({ "float", "string", "error" }) do
+            local t = json.decode('{"max":9223372036854775807,"min":-9223372036854775808,'
+                .. '"exact":9007199254740993,"f":18446744073709551616.0,"e":1e30,"z":-0}', mode)
+            assert.equals(math.maxinteger, t.max, mode)
+            assert.equals(math.mininteger, t.min, mode)
+            assert.equals("integer", math.type(t.exact), mode)
+            assert.equals(9007199254740993, t.exact, mode)
+            assert.equals("float", math.type(t.f), mode)
+            assert.equals("float", math.type(t.e), mode)
+            assert.equals("integer", math.type(t.z), mode)
+            assert.equals('{"e":1e+30,"exact":9007199254740993,"f":18446744073709552000.0,'
+                .. '"max":9223372036854775807,"min":-9223372036854775808,"z":0}', json.encode(t), mode)
+        end
+    end)
+
+    it("rejects an unknown mode", function()
+        assert.has_error(function() json.decode("1", "exact") end)
+    end)
+end)

@@ -104,4 +104,38 @@ describe("a table on a real Kafka broker", function()
     assert.are.equal(0, w:stop())
     assert.are.same(expected, wc.read_counts(env, store))
   end)
+
+  -- The input exists with 3 partitions; the app says topic_partitions = 8 (the default).
+  it("takes a pre-created input's partition count for the table and its changelog, across restarts", function()
+    local env = { APP_ID = "kpc-" .. uniq, IN = "kpc-in-" .. uniq, TOPIC_PARTITIONS = "default" }
+    local store = proc.tmp .. "/kpc-" .. uniq
+    local out, rc = proc.run(string.format("%s/scripts/kafka create-topic %s 3 --port %s", proc.root, env.IN, port))
+    assert.are.equal(0, rc, out)
+    local lines, expected = { table.unpack((wc.corpus("p")), 1, 20000) }, {}
+    for _, l in ipairs(lines) do local word = l:match("^[^:]+"); expected[word] = (expected[word] or 0) + 1 end
+    local first, rest = { table.unpack(lines, 1, 5000) }, { table.unpack(lines, 5001) }
+    local w = wc.worker(env, addr, store, { create = false })
+    assert.truthy(w:wait_for("assigned 3 partitions", 60), w:output())
+    assert.matches(env.IN:gsub("%-", "%%-") .. " %(key raw, value raw, 3 partitions%)", w:output())
+    assert.matches("word_counts %(3 partitions", w:output())
+    proc.produce_lines(addr, env.IN, first, { key_delim = ":" })
+    wc.wait_total(env, #first, 120, w, store)
+    assert.are.equal(0, w:stop())
+    local md = proc.run(string.format("kcat -L -b %s -t %s-word_counts-changelog", addr, env.APP_ID))
+    assert.matches("with 3 partitions", md)
+
+    w = wc.worker(env, addr, store, { create = false })
+    assert.truthy(w:wait_for("assigned 3 partitions", 60), w:output())
+    proc.produce_lines(addr, env.IN, rest, { key_delim = ":" })
+    wc.wait_total(env, #lines, 120, w, store)
+    assert.are.equal(0, w:stop())
+    assert.are.same(expected, wc.read_counts(env, store))
+
+    -- Declared against the input: refused at start-up with both counts.
+    env.TABLE_PARTITIONS = "8"
+    out, rc = proc.run(string.format("env %s timeout 60 %s worker %s/spec/fixtures/wordcount.lua --broker kafka://%s --store lmdb://%s",
+      wc.settings(env), proc.bin, proc.root, addr, store))
+    assert.are.equal(1, rc, out)
+    assert.matches("table word_counts declares partitions = 8 but its input has 3 partitions", out)
+  end)
 end)

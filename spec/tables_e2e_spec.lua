@@ -3,6 +3,7 @@
 local proc = require "spec.support.proc"
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+local json = require("fstream.core").json
 
 local wc = require "spec.support.wordcount"
 local corpus, wc_worker, read_counts, total, wait_total = wc.corpus, wc.worker, wc.read_counts, wc.total, wc.wait_total
@@ -38,7 +39,8 @@ describe("a table on a standalone embedded broker", function()
     assert.are.equal(0, rc, out)
     assert.are.same({}, read_counts(env, store))
     w = wc_worker(env, addr, store)
-    assert.truthy(w:wait_for("recovered table word_counts%[%d%]", 60), w:output())
+    -- Every partition recovered (a stop during recovery would interrupt it).
+    assert.truthy(w:wait_for(("recovered table word_counts%[%d%].-"):rep(4), 60), w:output())
     proc.sleep(1)
     assert.are.equal(0, w:stop())
     assert.matches("recovering table word_counts%[%d%]: %d+ changelog records", w:output())
@@ -114,6 +116,54 @@ describe("a table on a standalone embedded broker", function()
     -- Re-processed events are those after the last checkpoint (0.5 s of a throttled stream).
     assert.is_true(over < 10000, "over-counted by " .. over)
   end)
+
+  it("counts words named like the table's own fields and methods, and restarts with them", function()
+    local env = { APP_ID = "wcn-" .. uniq, IN = "wcn-in-" .. uniq }
+    local store = proc.tmp .. "/wcn-" .. uniq
+    local words = { "the", "name", "partitions", "update", "items", "id", "parts", "app", "changelog",
+      "window", "default", "get", "set", "delete", "global", "__index", "_on" }
+    local lines, expected = {}, {}
+    for i, word in ipairs(words) do
+      expected[word] = i
+      for _ = 1, i do lines[#lines + 1] = word .. ":" .. word end
+    end
+    for round = 1, 2 do
+      proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+      local w = wc_worker(env, addr, store)
+      wait_total(env, round * #lines, 60, w, store)
+      assert.are.equal(0, w:stop())
+      local want = {}
+      for word, n in pairs(expected) do want[word] = round * n end
+      assert.are.same(want, read_counts(env, store))
+    end
+  end)
+
+  it("lists raw keys that start with a NUL byte (fstream-lua table)", function()
+    local env = string.format("env APP_ID=raw-%s IN=raw-in-%s", uniq, uniq)
+    local store = proc.tmp .. "/raw-" .. uniq
+    proc.produce_lines(addr, "raw-in-" .. uniq, { "NUL-x:NUL-x", "name:name", "NUL-x:NUL-x" }, { key_delim = ":" })
+    local w = proc.spawn(string.format("%s %s worker %s/rawkeys.lua --broker kafka://%s --store lmdb://%s",
+      env, bin, fixtures, addr, store), "worker-raw")
+    local function listed()
+      local out, rc = proc.run(string.format("%s %s table %s/rawkeys.lua raw_counts --store lmdb://%s 2>/dev/null",
+        env, bin, fixtures, store))
+      assert(rc == 0, out)
+      local rows, n = {}, 0
+      for line in out:gmatch("[^\n]+") do
+        local row = assert(json.decode(line))
+        rows[row.key], n = row.value, n + row.value
+      end
+      return rows, n
+    end
+    local deadline = os.time() + 60
+    local rows, n
+    repeat
+      proc.sleep(0.5)
+      rows, n = listed()
+    until n >= 3 or os.time() > deadline
+    assert.are.equal(0, w:stop())
+    assert.are.same({ ["\0x"] = 2, name = 1 }, (listed()))
+  end)
 end)
 
 describe("a global table on a standalone embedded broker", function()
@@ -188,16 +238,81 @@ describe("a windowed table on a standalone embedded broker", function()
   end)
 end)
 
-describe("a table whose input has more partitions than the table", function()
-  it("stops the worker with an error that names both counts", function()
-    local topic = "wide-in-" .. uniq
-    local broker, addr = proc.broker({ topic }, 8)
-    local env = { APP_ID = "wide-" .. uniq, IN = topic }
-    local w = wc_worker(env, addr, proc.tmp .. "/wide-" .. uniq)
-    local rc = w:wait(60)
+-- Partition counts come from the broker: the standalone broker auto-creates
+-- topics with 4 partitions, whatever the app's topic_partitions says.
+describe("partition counts on a standalone embedded broker", function()
+  local function run_worker(env, addr, store)
+    return proc.run(string.format("env %s timeout 60 %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
+      wc.settings(env), bin, fixtures, addr, store))
+  end
+
+  it("runs with the default topic_partitions: real counts in the banner, exact counts across a restart", function()
+    local broker, addr = proc.broker({}, 4)
+    local env = { APP_ID = "dflt-" .. uniq, IN = "dflt-in-" .. uniq, TOPIC_PARTITIONS = "default" }
+    local store = proc.tmp .. "/dflt-" .. uniq
+    local lines, expected = { table.unpack((corpus("d")), 1, 20000) }, {}
+    for _, l in ipairs(lines) do local word = l:match("^[^:]+"); expected[word] = (expected[word] or 0) + 1 end
+    local first, rest = { table.unpack(lines, 1, 3000) }, { table.unpack(lines, 3001) }
+    -- The worker creates its topics (the broker gives them 4 partitions).
+    local w = wc_worker(env, addr, store, { create = false })
+    assert.truthy(w:wait_for("assigned 4 partitions", 30), w:output())
+    assert.matches("topics%s+" .. env.IN:gsub("%-", "%%-") .. " %(key raw, value raw, 4 partitions%)", w:output())
+    assert.matches("word_counts %(4 partitions, changelog", w:output())
+    proc.produce_lines(addr, env.IN, first, { key_delim = ":" })
+    wait_total(env, #first, 60, w, store)
+    assert.are.equal(0, w:stop())
+
+    w = wc_worker(env, addr, store, { create = false })
+    assert.truthy(w:wait_for("assigned 4 partitions", 30), w:output())
+    proc.produce_lines(addr, env.IN, rest, { key_delim = ":" })
+    wait_total(env, #lines, 90, w, store)
+    assert.are.equal(0, w:stop())
     broker:stop()
-    assert.are.equal(1, rc, w:output())
-    assert.matches("assigned input partition %d but table word_counts has 4 partitions", w:output())
+    assert.are.same(expected, read_counts(env, store))
+  end)
+
+  it("gives a table its input's count when the input exists with another count than topic_partitions", function()
+    local env = { APP_ID = "wide-" .. uniq, IN = "wide-in-" .. uniq }
+    local broker, addr = proc.broker({ env.IN, env.APP_ID .. "-word_counts-changelog" }, 8)
+    local store = proc.tmp .. "/wide-" .. uniq
+    local lines = {}
+    local expected = {}
+    for i = 1, 400 do
+      local word = "x" .. (i % 40)
+      lines[#lines + 1] = word .. ":" .. word
+      expected[word] = (expected[word] or 0) + 1
+    end
+    local w = wc_worker(env, addr, store)
+    assert.truthy(w:wait_for("assigned 8 partitions", 30), w:output())
+    assert.matches("word_counts %(8 partitions", w:output())
+    proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
+    wait_total(env, #lines, 60, w, store)
+    assert.are.equal(0, w:stop())
+    broker:stop()
+    assert.are.same(expected, read_counts(env, store))
+  end)
+
+  it("refuses to start a table declared with fewer partitions than its input, naming both counts and the fix", function()
+    local env = { APP_ID = "fewer-" .. uniq, IN = "fewer-in-" .. uniq, TABLE_PARTITIONS = "4" }
+    local broker, addr = proc.broker({ env.IN }, 8)
+    local out, rc = run_worker(env, addr, proc.tmp .. "/fewer-" .. uniq)
+    broker:stop()
+    assert.are.equal(1, rc, out)
+    assert.matches("table word_counts declares partitions = 4 but its input has 8 partitions %(fewer%-in%-[%d%-]+: 8%)", out)
+    assert.matches("remove `partitions = 4` from the table %(it then has 8%), or give the input 4 partitions", out)
+    assert.not_matches("assigned", out)
+    assert.not_matches("worker started", out)
+  end)
+
+  it("refuses to start a table declared with more partitions than its input", function()
+    local env = { APP_ID = "more-" .. uniq, IN = "more-in-" .. uniq, TABLE_PARTITIONS = "8" }
+    local broker, addr = proc.broker({}, 4)
+    proc.create_topics(addr, env.IN)
+    local out, rc = run_worker(env, addr, proc.tmp .. "/more-" .. uniq)
+    broker:stop()
+    assert.are.equal(1, rc, out)
+    assert.matches("table word_counts declares partitions = 8 but its input has 4 partitions", out)
+    assert.not_matches("worker started", out)
   end)
 end)
 
@@ -294,6 +409,9 @@ describe("table failure paths", function()
     broker:stop()
     assert.are.equal(1, rc, out)
     assert.matches("changelog topic clmis%-[%d%-]+%-word_counts%-changelog has 8 partitions but table word_counts has 4", out)
+    -- The fix, and no worker that starts and stops later.
+    assert.matches("delete the changelog topic and the local state %(`fstream%-lua reset`%)", out)
+    assert.not_matches("worker started", out)
   end)
 
   it("refuses local state that is ahead of its changelog, pointing to reset", function()
@@ -316,5 +434,35 @@ describe("table failure paths", function()
     assert.are.equal(1, rc, w:output())
     assert.matches("local state .* covers changelog .* up to offset %d+ but the changelog ends at 0", w:output())
     assert.matches("fstream%-lua reset", w:output())
+  end)
+end)
+
+describe("a stop during changelog recovery", function()
+  it("interrupts the replay and exits, even while the broker does not answer", function()
+    local broker, addr = proc.broker({}, 4)
+    finally(function() broker:signal("CONT"); broker:stop() end)
+    local env = { APP_ID = "rec-" .. uniq, IN = "rec-in-" .. uniq }
+    local changelog = env.APP_ID .. "-word_counts-changelog"
+    proc.create_topics(addr, env.IN, changelog)
+    -- 100,000 records, all in partition 0 (recovered first): the others need
+    -- no request that a frozen broker would leave unanswered for a minute.
+    local lines = {}
+    for i = 1, 100000 do lines[i] = string.format('"k%d"\t%d', i, i) end
+    local path = proc.write(proc.tmp .. "/rec-lines-" .. uniq, table.concat(lines, "\n") .. "\n")
+    local out, rc = proc.run(string.format("kcat -P -b %s -t %s -p 0 -K'\t' -l %s", addr, changelog, path))
+    assert.are.equal(0, rc, out)
+    local w = wc_worker(env, addr, proc.tmp .. "/rec-store-" .. uniq)
+    finally(function() w:signal("KILL") end)
+    -- Freeze the broker the moment the replay starts: the worker stays in it.
+    local t0 = os.time()
+    while not w:output():find("recovering table word_counts%[0%]: %d+") do
+      assert(os.time() - t0 < 60 and w:alive(), w:output())
+    end
+    broker:signal("STOP")
+    w:signal("TERM")
+    assert.truthy(w:wait_for("recovery of table word_counts%[%d%] interrupted by a stop", 5), w:output())
+    broker:signal("CONT")
+    assert.are.equal(0, w:wait(30), w:output())
+    assert.matches("stopping %(SIGTERM%)", w:output())
   end)
 end)

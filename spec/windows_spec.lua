@@ -110,7 +110,7 @@ describe("windows", function()
     t:advance(2)
     assert.are.same({ 3 }, late)
     assert.are.equal(1, #closed)
-    assert.are.equal(1, rawget(tb, "window").late)
+    assert.are.equal(1, require("fstream.table").state(tb).window.late)
     t:close()
   end)
 
@@ -191,6 +191,52 @@ describe("windows", function()
     assert.are.same({ { 1, 0 }, { 2, 0 }, { 1, 2 } }, reads)
     local ws = tb["k"]:windows()
     assert.are.same({ 100, 110 }, { ws[1].start, ws[2].start })
+    t:close()
+  end)
+
+  it("keeps windows for every key, whatever its name: methods, fields, window-set names, numbers", function()
+    local json = require("fstream.core").json
+    local KEYS = { "update", "name", "window", "parts", "default", "app", "id", "partitions", "changelog", "items",
+      "get", "set", "delete", "tumbling", "relative_to_field", "value", "current", "now", "delta", "windows",
+      "table", "key", "__index", "__newindex", "_on", "_private", 1, 2.5 }
+    local a = fstream.app("wkeys", { topic_partitions = 1 })
+    local closed = {}
+    local tb = a:table("w", { default = 0, on_window_close = function(key, win, value)
+      closed[json.encode(key)] = { win.start, value }
+    end }):tumbling(10, { expires = 0 }):relative_to_field("ts")
+    local ev = a:topic("ev")
+    local reads = {}
+    a:agent("x", ev, function(s)
+      for v in s do
+        if v.set then tb[v.k] = v.set else tb:update(v.k, function(c) return c + 1 end) end
+        local ws = tb[v.k]
+        reads[json.encode(v.k)] = { ws:value(), ws:current(), #ws:windows() }
+      end
+    end)
+    local t = fstream.testing(a)
+    local want_reads, want_items, want_closed = {}, {}, {}
+    for i, k in ipairs(KEYS) do
+      for j = 1, i do t:send(ev, { key = "p", value = { k = k, ts = 100 + j / 100 } }) end
+      local n = k == "name" and 42 or i
+      want_reads[json.encode(k)] = { n, n, 1 }
+      want_items[json.encode { k, 100 }] = n
+      want_closed[json.encode(k)] = { 100, n }
+    end
+    t:send(ev, { key = "p", value = { k = "name", ts = 109, set = 42 } })   -- tumbling: t[k] = v
+    t:run()
+    assert.are.same(want_reads, reads)
+    -- items(): the user's windows only, not the partition's stream time.
+    local items = {}
+    for k, v in tb:items() do items[json.encode(k)] = v end
+    assert.are.same(want_items, items)
+    t:send(ev, { key = "p", value = { k = "later", ts = 125 } })
+    t:run()
+    t:advance(2)
+    assert.are.same(want_closed, closed)
+    local s = require("fstream.table").state(tb)
+    assert.are.equal(1, s.partitions)
+    assert.are.equal("tumbling", s.window.kind)
+    assert.are.equal(0, s.window.late)
     t:close()
   end)
 
@@ -300,5 +346,91 @@ describe("out-of-order events", function()
     assert.are.equal(l1, l2)
     assert.are.equal("97=1", c1[1])
     assert.are.equal(1, l1)
+  end)
+end)
+
+describe("an event time no window can hold", function()
+  -- Times whose windows cannot be computed exactly (huge, NaN) used to spin
+  -- forever in the update; each must fail that one event and leave stream
+  -- time alone. A count hook in the agent's coroutine turns a spin into a
+  -- failure here instead of a hung spec run.
+  local function run(configure)
+    local a = fstream.app("absurd", { topic_partitions = 1 })
+    local late = 0
+    local tb = configure(a:table("w", { default = 0, on_late = function() late = late + 1 end }))
+      :relative_to_field("ts")
+    local ev = a:topic("ev")
+    local results = {}
+    a:agent("x", ev, function(s)
+      debug.sethook(function() error("spun: did not terminate", 2) end, "", 5e7)
+      for v in s do
+        if v.ts == "nan" then v.ts = 0 / 0 elseif v.ts == "-inf" then v.ts = -math.huge end
+        local ok, err = pcall(function() return tb:update("k", function(c) return c + 1 end) end)
+        local ok2, err2 = pcall(function() return tb["k"]:delta(1e300) end)
+        results[#results + 1] = { ok = ok, err = err, read_ok = ok2, read_err = err2 }
+      end
+    end)
+    local t = fstream.testing(a)
+    local times = { 1e300, -1e300, 1e24, -1e21, "nan", "-inf", 1000.5 }
+    for _, ts in ipairs(times) do t:send(ev, { key = "k", value = { ts = ts } }) end
+    t:run()
+    local value = tb["k"]:windows()
+    t:close()
+    return results, value, late
+  end
+
+  for name, configure in pairs {
+    tumbling = function(tb) return tb:tumbling(10) end,
+    hopping = function(tb) return tb:hopping(10, 1) end,
+    ["hopping with combine"] = function(tb) return tb:hopping(10, 1, { combine = function(x, y) return x + y end }) end,
+    sliding = function(tb) return tb:sliding(10) end,
+  } do
+    it(name .. ": 1e300, -1e300, 1e24, -1e21, NaN and -inf raise at once; later events are processed", function()
+      local results, windows, late = run(configure)
+      assert.are.equal(7, #results)
+      for i = 1, 6 do
+        assert.is_false(results[i].ok, "event " .. i)
+        -- Refused as outside the years a time may have (the range check on
+        -- event times comes first; the window range's own bound backs it up).
+        local msg = results[i].err
+        assert.is_truthy(msg:match("windowed table 'w': .* is outside the years 1970%.%.9999")
+          or msg:match("windowed table 'w': field 'ts': not a finite number"), msg)
+        assert.is_false(results[i].read_ok, "read of event " .. i)
+      end
+      -- The good event after them is neither late nor lost: stream time did not move.
+      assert.is_true(results[7].ok, tostring(results[7].err))
+      assert.are.equal(0, late)
+      assert.is_true(#windows >= 1)
+      for _, w in ipairs(windows) do assert.are.equal(1, w.value) end
+    end)
+  end
+end)
+
+describe("an on_window_close that runs without yielding", function()
+  it("is interrupted after agent_timeout and later windows of the partition still close", function()
+    local a = fstream.app("closespin", { topic_partitions = 1, agent_timeout = 0.3 })
+    local closed = {}
+    local tb = a:table("w", { default = 0, on_window_close = function(_, win, value)
+      if win.start == 0 then while true do end end
+      closed[#closed + 1] = win.start .. "=" .. value
+    end }):tumbling(10):relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("x", ev, function(s) for v in s do tb:update("k", function(c) return c + 1 end) end end)
+    local t = fstream.testing(a)
+    local core = require "fstream.core"
+    local path = os.tmpname()
+    core.redirect_stderr(path)
+    for _, ts in ipairs { 1, 15, 25, 35 } do t:send(ev, { key = "k", value = { ts = ts } }) end
+    local ok, err = pcall(function()
+      t:run()
+      t:advance(2)
+    end)
+    core.redirect_stderr(nil)
+    local log = io.open(path):read("a")
+    os.remove(path)
+    assert(ok, err)
+    assert.matches("interrupted after running 0%.%d s without yielding %(agent_timeout%)", log)
+    assert.are.same({ "10=1", "20=1" }, closed)
+    t:close()
   end)
 end)

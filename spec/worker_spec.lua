@@ -134,6 +134,56 @@ describe("a worker on the embedded broker (memory://)", function()
   end)
 end)
 
+describe("partition counts on the embedded broker (memory://)", function()
+  local function wordcount(env)
+    local vars = {}
+    for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. v end
+    table.sort(vars)
+    return string.format("env %s %s worker %s/wordcount.lua --store lmdb://%s/%s", table.concat(vars, " "), bin,
+      fixtures, proc.tmp, env.APP_ID)
+  end
+
+  it("starts and stops a table app with the default topic_partitions, counting with the counts it prints", function()
+    local w = proc.spawn(wordcount { APP_ID = "memwc-" .. uniq, IN = "mwords", TOPIC_PARTITIONS = "default" }, "worker-memwc")
+    local addr = w:wait_for("listening on ([%d%.]+:%d+)", 20)
+    assert.truthy(addr, w:output())
+    assert.truthy(w:wait_for("assigned 8 partitions", 30), w:output())
+    assert.matches("mwords %(key raw, value raw, 8 partitions%)", w:output())
+    assert.matches("word_counts %(8 partitions", w:output())
+    proc.produce_lines(addr, "mwords", { "a:a", "b:b", "a:a" }, { key_delim = ":" })
+    proc.sleep(1.5)
+    assert.are.equal(0, w:stop())
+    local rows = proc.run(string.format("env APP_ID=memwc-%s IN=mwords TOPIC_PARTITIONS=default %s table %s/wordcount.lua word_counts --store lmdb://%s/memwc-%s 2>/dev/null",
+      uniq, bin, fixtures, proc.tmp, uniq))
+    local got = {}
+    for line in rows:gmatch("[^\n]+") do
+      local row = require("fstream.core").json.decode(line)
+      got[row.key] = row.value
+    end
+    assert.are.same({ a = 2, b = 1 }, got)
+  end)
+
+  it("refuses at start-up a table declared with another count than its input", function()
+    local out, rc = proc.run("timeout 60 " .. wordcount { APP_ID = "memdecl-" .. uniq, IN = "mwords",
+      TOPIC_PARTITIONS = "default", TABLE_PARTITIONS = "4" })
+    assert.are.equal(1, rc, out)
+    assert.matches("cannot start app 'memdecl%-[%d%-]+': table word_counts declares partitions = 4 but its input has 8 partitions", out)
+    assert.not_matches("assigned", out)
+  end)
+end)
+
+describe("a worker that cannot reach its broker", function()
+  it("exits 1 at start-up, within the metadata timeout, naming the broker", function()
+    -- A port nobody listens on: the worker cannot learn its topics' partition counts.
+    local t0 = os.time()
+    local out, rc = proc.run(string.format("env APP_ID=nobroker-%s IN=min OUT=mout timeout 60 %s worker %s/relay.lua --broker kafka://127.0.0.1:1",
+      uniq, bin, fixtures))
+    assert.are.equal(1, rc, out)
+    assert.matches("no answer from the broker at 127%.0%.0%.1:1 within 10 s", out)
+    assert.is_true(os.time() - t0 < 30, "took " .. (os.time() - t0) .. " s")
+  end)
+end)
+
 describe("the command line", function()
   it("reports a syntax error with file:line and exits 1", function()
     local out, rc = proc.run(bin .. " worker " .. fixtures .. "/syntax_error.lua")
@@ -267,5 +317,97 @@ describe("bad input", function()
     broker:stop()
     assert.are.equal(nbad, got)
     assert.are.equal(10000, #out + got)
+  end)
+end)
+
+describe("nothing hangs the worker", function()
+  -- spec/fixtures/runaway.lua on its embedded broker; returns the worker and the address.
+  local function start(name, env)
+    local id = name .. "-" .. uniq
+    local vars = {}
+    for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. proc.quote(v) end
+    local w = proc.spawn(string.format("env APP_ID=%s %s %s worker %s/runaway.lua --store lmdb://%s/%s-data",
+      id, table.concat(vars, " "), bin, fixtures, proc.tmp, id), "worker-" .. name)
+    local addr = w:wait_for("listening on ([%d%.]+:%d+)", 20)
+    assert.truthy(addr, w:output())
+    assert.truthy(w:wait_for("assigned %d+ partitions", 30), w:output())
+    return w, addr
+  end
+  local function now()
+    local p = io.popen("date +%s.%N")
+    local t = tonumber(p:read("a"))
+    p:close()
+    return t
+  end
+
+  it("an event with ts = 1e300 in a window fails alone: later events are processed, SIGTERM stops", function()
+    local w, addr = start("bigts")
+    finally(function() w:signal("KILL") end)
+    proc.produce_lines(addr, "in", { '{"n":1,"ts":100}', '{"n":2,"ts":1e300}', '{"n":3,"ts":101}' })
+    assert.truthy(w:wait_for("processed 3", 20), w:output())
+    assert.matches("agent wild failed: windowed table 'counts': event time .* is outside the range", w:output())
+    local t0 = now()
+    w:signal("TERM")
+    assert.are.equal(0, w:wait(15), w:output())
+    assert.is_true(now() - t0 < 10)
+  end)
+
+  it("`while true do end` is interrupted after agent_timeout, logged with agent and file:line; the next events are processed", function()
+    local w, addr = start("spin", { AGENT_TIMEOUT = "1" })
+    finally(function() w:signal("KILL") end)
+    proc.produce_lines(addr, "in", { '{"spin":"loop"}', '{"n":7,"ts":100}' })
+    assert.truthy(w:wait_for("processed 7", 20), w:output())
+    assert.matches("agent wild failed: [^\n]*spec/fixtures/runaway.lua:19: interrupted after running 1%.%d s "
+      .. "without yielding %(agent_timeout%) %(event in%[0%]@0%)", w:output())
+    assert.are.equal(0, w:stop(15))
+  end)
+
+  it("a pcall inside the agent cannot swallow the interruption", function()
+    local w, addr = start("pcall", { AGENT_TIMEOUT = "1" })
+    finally(function() w:signal("KILL") end)
+    proc.produce_lines(addr, "in", { '{"spin":"pcall"}', '{"n":8,"ts":100}' })
+    assert.truthy(w:wait_for("processed 8", 20), w:output())
+    assert.matches("agent wild failed: [^\n]*spec/fixtures/runaway.lua:22: interrupted after running", w:output())
+    assert.are.equal(0, w:stop(15))
+  end)
+
+  it("SIGTERM during a runaway exits 0 once agent_timeout has interrupted it", function()
+    local w, addr = start("termspin", { AGENT_TIMEOUT = "3" })
+    finally(function() w:signal("KILL") end)
+    proc.produce_lines(addr, "in", { '{"spin":"loop"}' })
+    assert.truthy(w:wait_for("spinning", 20), w:output())
+    local t0 = now()
+    w:signal("TERM")
+    -- The stop begins while the agent still spins (the count hook reads the signal).
+    assert.truthy(w:wait_for("stopping %(SIGTERM%)", 2), w:output())
+    assert.are.equal(0, w:wait(15), w:output())
+    assert.is_true(now() - t0 < 8, "took " .. (now() - t0) .. " s")
+    assert.matches("final checkpoint done", w:output())
+  end)
+
+  it("an agent that raises while the worker stops does not hang the stop", function()
+    local w, addr = start("raisestop")
+    finally(function() w:signal("KILL") end)
+    proc.produce_lines(addr, "in", { '{"raise":2}' })
+    assert.truthy(w:wait_for("holding", 20), w:output())
+    w:signal("TERM")
+    assert.are.equal(0, w:wait(15), w:output())
+    assert.matches("agent wild failed: [^\n]*failing while the worker stops", w:output())
+    assert.matches("worker stopped %(exit 0%)", w:output())
+  end)
+
+  it("a second SIGINT exits at once, even while an agent spins", function()
+    local w, addr = start("twice", { AGENT_TIMEOUT = "60" })
+    finally(function() w:signal("KILL") end)
+    proc.produce_lines(addr, "in", { '{"spin":"loop"}' })
+    assert.truthy(w:wait_for("spinning", 20), w:output())
+    w:signal("INT")
+    assert.truthy(w:wait_for("stopping %(SIGINT%)", 3), w:output())
+    assert.is_true(w:alive())
+    local t0 = now()
+    w:signal("INT")
+    assert.are.equal(128 + 2, w:wait(5), w:output())
+    assert.is_true(now() - t0 < 2)
+    assert.matches("second Interrupt: exiting at once without committing", w:output())
   end)
 end)

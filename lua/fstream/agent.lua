@@ -89,6 +89,7 @@ function Agent.new(app, name, source, fn, opts, level)
       key_serializer = src.key_serializer, value_serializer = src.value_serializer,
       key_type = src.key_type, value_type = src.value_type,
     })
+    self.retry_topic.follows = src -- created with its source's partition count
     self.topics[#self.topics + 1] = self.retry_topic
     self.topics_by_name[self.retry_topic.name] = self.retry_topic
   end
@@ -114,30 +115,139 @@ function Agent:_repartition(g, level)
     key_serializer = "raw", value_serializer = src.value_serializer, value_type = src.value_type,
     partitions = src.partitions,
   })
-  local key = g.key
-  local keyfn = type(key) == "function" and key or function(v) return v[key] end
-  local agent_name = self.name
-  local forward
-  if g.through then
-    forward = function(stream)
-      for k, v in stream:items() do rtopic:send { key = k ~= core.null and k or nil, value = v } end
-    end
-  else
-    forward = function(stream)
-      for v in stream do
-        local k = keyfn(v)
-        if type(k) ~= "string" and type(k) ~= "number" then
-          error(string.format("group_by of agent %s: the key must be a string or a number, got %s", agent_name, type(k)))
-        end
-        rtopic:send { key = tostring(k), value = v }
-      end
-    end
-  end
+  if not g.through then rtopic.follows = src end -- created with its source's partition count
+  local keyfn = not g.through and Agent._keyfn(g.key) or nil
+  local what = string.format("%s of agent %s", g.through and "through" or "group_by", self.name)
+  local forward = function(stream) Stream.forward(stream, stream, rtopic, keyfn, what) end
   local fwd = Agent.new(app, self.name .. "-" .. g.name .. (g.through and "-through" or "-repartitioner"),
     { is_stream_source = true, topics = g.topics, processors = g.processors }, forward, {}, level)
+  fwd.no_tables = true -- it only forwards: the tables follow rtopic's partitions
   app.agents[fwd.name] = fwd
   app.agent_list[#app.agent_list + 1] = fwd
   return rtopic
+end
+
+function Agent._keyfn(key)
+  if type(key) == "function" then return key end
+  return function(v) return v[key] end
+end
+
+-- stream:group_by / stream:through inside the agent (Faust's form), called from
+-- the instance's coroutine with its stream (`src`: the stream or a view over
+-- it). The agent's body runs only once the worker runs, so this is where the
+-- worker learns the destination: the agent's first call declares it (group_by:
+-- "<app>-<agent>-<name>-repartition", as for the declared form) and a hidden
+-- agent reading it. Agents take their first steps before the worker subscribes
+-- (fs_kafka_start, fs_reload_rebound), so a group_by the agent starts with is
+-- in the first subscription; one reached later resubscribes — the group
+-- rebalances as for a reload, and events taken before then stay with the agent
+-- until the revocation lets them finish. The instance's coroutine then reads the
+-- destination, while a forwarder coroutine (with the agent's on_error policy)
+-- reads the original stream and sends every event on: nothing the agent had
+-- taken before the switch is dropped, and each event is acknowledged after it
+-- was sent. A new worker (a restart) learns it again on the first call.
+function Agent:_regroup(stream, src, g, level)
+  level = level + 1
+  local Table = require "fstream.table"
+  local rs = stream.regrouped
+  if rs then
+    -- A restarted instance runs the agent's function again on the same stream.
+    if rs.regroup_name ~= g.name then
+      error(string.format("agent %s: its stream is already regrouped (%s); a stream is regrouped once — "
+        .. "read another grouping in another agent", self.name, rs.regroup_name), level)
+    end
+    Table.streams_by_co[coroutine.running()] = rs
+    return rs
+  end
+  if stream.regroup_name then
+    error(string.format("agent %s: the stream group_by/through returned cannot be regrouped again; "
+      .. "group by a combined key once, or regroup in another agent", self.name), level)
+  end
+  if stream.manual then
+    error(string.format("agent %s: group_by/through on a noack stream; call noack() on the stream it returns",
+      self.name), level)
+  end
+  local app = self.app
+  local rt = app.rt
+  if not rt then error("group_by/through on a stream needs a running worker", level) end
+  local r = self.regroup
+  if r and r.name ~= g.name then
+    error(string.format("agent %s: its instances must regroup alike (%s, then %s)", self.name, r.name, g.name), level)
+  end
+  if not r then
+    local dest = g.through
+    if not dest then
+      local name = string.format("%s-%s-%s-repartition", app.id, self.name, g.name)
+      dest = app.topics[name]
+      if not dest then
+        local Topic = require "fstream.topic"
+        local src_t = self.topics[1]
+        dest = Topic.new(app, name, {
+          key_serializer = "raw", value_serializer = src_t.value_serializer, value_type = src_t.value_type,
+          partitions = src_t.partitions,
+        }, level)
+        app.topics[name] = dest
+        app.topic_list[#app.topic_list + 1] = dest
+        dest.id = rt:topic(dest.name, dest.key_codec, dest.value_codec, dest.partitions, false, true)
+      end
+    end
+    -- The regrouped events are the ones that write tables (co-partitioned by the new key).
+    rt:table_inputs({ dest.id }, true)
+    -- The destination's events reach the instances through this agent: the
+    -- original's policy and sinks, none of its processors, decoding or retries.
+    local reader = setmetatable({
+      topics = { dest }, topics_by_name = { [dest.name] = dest }, post_decode = dest.post_decode and true or false,
+      processors = false, retry_topic = false,
+    }, { __index = self })
+    reader.id = rt:agent(self.name .. " <- " .. dest.name, { dest.id })
+    r = { name = g.name, topic = dest, reader = reader }
+    self.regroup = r
+    if rt:resubscribe() then
+      core.log("info", string.format("agent %s reads %s: subscribed to it", self.name, dest.name))
+    end
+  end
+  rs = Stream.new(r.reader, rt:stream(r.reader.id))
+  rs.regroup_name = g.name
+  stream.regrouped = rs
+  Table.streams_by_co[coroutine.running()] = rs
+  local keyfn = not g.through and Agent._keyfn(g.key) or nil
+  local what = string.format("%s of agent %s", g.through and "through" or "group_by", self.name)
+  self:_start_instance(stream, 0, function() Stream.forward(stream, src, r.topic, keyfn, what) end)
+  return rs
+end
+
+-- topic:stream() while the worker runs (Faust's `async for w in
+-- topic.stream()` in a task): an agent of its own reads the topic, declared and
+-- subscribed to at run time as for group_by; the calling coroutine's table
+-- writes go to the partition of its event in hand. One stream per coroutine
+-- and topic: asking again returns it.
+function Agent.stream_at_run_time(topic, opts, level)
+  level = level + 1
+  local app, co = topic.app, coroutine.running()
+  if opts ~= nil and (type(opts) ~= "table" or next(opts) ~= nil) then
+    error("topic:stream(): options (processors) are declared before the worker starts: app:stream(topic, opts)", level)
+  end
+  app.run_time_streams = app.run_time_streams or setmetatable({}, { __mode = "k" })
+  local mine = app.run_time_streams[co] or {}
+  app.run_time_streams[co] = mine
+  local s = mine[topic.name]
+  if s then return s end
+  local a = setmetatable({
+    app = app, name = string.format("stream-%s-%d", topic.name, #app.agent_list + 1), on_error = "log",
+    concurrency = 1, sinks = {}, topics = { topic }, topics_by_name = { [topic.name] = topic },
+    streams = {}, instances = 0, processed_since_failure = 0, failures = 0,
+    post_decode = topic.post_decode and true or nil,
+  }, Agent)
+  app.agent_list[#app.agent_list + 1] = a
+  a.id = app.rt:agent(a.name, { topic.id })
+  s = Stream.new(a, app.rt:stream(a.id))
+  a.streams[1] = s
+  mine[topic.name] = s
+  require("fstream.table").streams_by_co[co] = s
+  if app.rt:resubscribe() then
+    core.log("info", string.format("%s reads %s: subscribed to it", a.name, topic.name))
+  end
+  return s
 end
 
 -- Sends to the agent's own topic (anonymous agents) or its first source topic.
@@ -227,10 +337,12 @@ function Agent:_bad_event(ev)
   end
 end
 
-function Agent:_start_instance(stream, delay)
+-- An instance runs the agent's function on `stream`; with `forward`, it runs
+-- that instead: the forwarder of an in-agent group_by (see _regroup).
+function Agent:_start_instance(stream, delay, forward)
   local rt = self.app.rt
-  self.instances = self.instances + 1
-  local fn = self.fn
+  if forward then self.forwarders = (self.forwarders or 0) + 1 else self.instances = self.instances + 1 end
+  local fn = forward or self.fn
   local body = function()
     -- Tables find the event being processed (its partition) through this.
     require("fstream.table").streams_by_co[coroutine.running()] = stream
@@ -238,15 +350,22 @@ function Agent:_start_instance(stream, delay)
     return fn(stream)
   end
   rt:spawn(body, function(ok, err, traceback)
-    self.instances = self.instances - 1
+    if forward then self.forwarders = self.forwarders - 1 else self.instances = self.instances - 1 end
+    -- The event in hand: an instance that regrouped its stream reads the regrouped one.
+    local cur = not forward and stream.regrouped or stream
     if ok then
-      stream.cs:ack()
-      if not rt:stopping() then
+      cur.cs:ack()
+      if not rt:stopping() and not forward then
         core.log("info", string.format("agent %s returned; its events are acknowledged from now on", self.name))
-        if self.instances == 0 then rt:close_agent(self.id) end
+        if self.instances == 0 then
+          rt:close_agent(self.id)
+          if self.regroup then rt:close_agent(self.regroup.reader.id) end
+        end
       end
       return
     end
+    local orig = stream
+    stream = cur
     local ev = stream.i > 0 and { stream.cs:meta(stream.i) } or nil
     if ev then ev = { topic = ev[1], partition = ev[2], offset = ev[3] } end
     if self.on_error == "crash" then
@@ -277,7 +396,7 @@ function Agent:_start_instance(stream, delay)
     self._last_fail_i, self._last_fail_n = stream.i, stream.n
     self.failures = progressed and 0 or self.failures + 1
     local backoff = self.failures > 0 and math.min(0.1 * 2 ^ (self.failures - 1), 5.0) or 0
-    self:_start_instance(stream, backoff)
+    self:_start_instance(orig, backoff, forward)
   end, "agent")
 end
 
@@ -305,6 +424,8 @@ function Agent:describe()
     elseif s == print then sinks[#sinks + 1] = "print"
     else sinks[#sinks + 1] = "function" end
   end
+  -- A group_by inside the agent, learned when the agent first ran.
+  if self.regroup then srcs[#srcs] = srcs[#srcs] .. " => " .. self.regroup.topic.name end
   return string.format("%s <- %s%s%s", self.name, table.concat(srcs, ", "),
     #sinks > 0 and (" -> " .. table.concat(sinks, ", ")) or "",
     self.concurrency > 1 and string.format(" (concurrency %d)", self.concurrency) or "")

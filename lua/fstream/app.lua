@@ -10,7 +10,7 @@ App.__index = App
 
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
-  max_queued = true, store = true, table_cleanup_interval = true,
+  max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true,
 }
 
 function App.new(id, opts, level)
@@ -37,6 +37,10 @@ function App.new(id, opts, level)
   if type(tci) ~= "number" or tci <= 0 then error("table_cleanup_interval must be a positive number of seconds", level) end
   local ci = opts.commit_interval or 2.8
   if type(ci) ~= "number" or ci <= 0 then error("commit_interval must be a positive number of seconds", level) end
+  -- A coroutine (agent, task, timer) that runs this long without yielding is
+  -- interrupted with an error (math.huge: never).
+  local atime = opts.agent_timeout or 10
+  if type(atime) ~= "number" or not (atime > 0) then error("agent_timeout must be a positive number of seconds", level) end
   return setmetatable({
     id = id,
     broker = opts.broker or "kafka://localhost:9092",
@@ -46,8 +50,9 @@ function App.new(id, opts, level)
     max_queued = opts.max_queued,
     store = store,
     table_cleanup_interval = tci,
+    agent_timeout = atime,
     topics = {}, topic_list = {},
-    tables = {}, table_list = {},
+    tables = {}, table_list = {},   -- tables' states (Table.state), not the objects the app holds
     agents = {}, agent_list = {},
     tasks = {},
   }, App)
@@ -75,7 +80,7 @@ function App:table(name, opts)
   local t = Table.new(self, name, opts, 2)
   self.tables[name] = t
   self.table_list[#self.table_list + 1] = t
-  return t
+  return t.proxy
 end
 
 -- app:global_table(name, opts): every worker holds all of it and follows its
@@ -86,7 +91,7 @@ function App:global_table(name, opts)
   local t = Table.new(self, name, opts, 2, true)
   self.tables[name] = t
   self.table_list[#self.table_list + 1] = t
-  return t
+  return t.proxy
 end
 
 -- Directory holding the app's LMDB files: store = "lmdb://DIR", default ./<id>-data.
@@ -170,6 +175,7 @@ function App:_leader_topic()
   if not self.leader_topic then
     self.leader_topic = self:topic(self.id .. "-__leader", { partitions = 1 })
     local a = Agent.new(self, "__leader", self.leader_topic, nil, { internal = true }, 1)
+    a.no_tables = true
     self.agent_list[#self.agent_list + 1] = a
   end
   return self.leader_topic
@@ -206,6 +212,7 @@ function App:_scheduled(kind, what, name, fn, on_leader, first, after)
   local key = self:_carry_key(kind, what)
   self.tasks[#self.tasks + 1] = {
     name = name,
+    restart = true,
     fn = function()
       local rt = self.rt
       local handler = function(e) return debug.traceback(tostring(e), 2) end
@@ -283,10 +290,19 @@ function App:_start(settings)
     clock = settings.clock,
     commit_interval = self.commit_interval,
     max_queued = self.max_queued,
+    agent_timeout = self.agent_timeout,
   }
-  self:_bind(rt, settings.store)
-  rt:start()
+  -- A start-up error (partition counts, say) leaves nothing behind.
+  local ok, err = pcall(self._bind, self, rt, settings.store)
+  if not ok then
+    rt:close()
+    self.rt = nil
+    error(err, 0)
+  end
+  -- Tasks, like agents, take their first steps before the worker subscribes
+  -- (a topic:stream() or group_by they start with is in the first subscription).
   self:_spawn_tasks()
+  rt:start()
   return rt
 end
 
@@ -294,10 +310,11 @@ end
 -- topics and tables it declares again; fetching restarts where the previous
 -- version stopped.
 function App:_take_over(handle, store)
-  local rt = core.adopt(handle, { commit_interval = self.commit_interval, max_queued = self.max_queued })
+  local rt = core.adopt(handle, { commit_interval = self.commit_interval, max_queued = self.max_queued,
+    agent_timeout = self.agent_timeout })
   self:_bind(rt, store)
-  rt:rebound()
   self:_spawn_tasks()
+  rt:rebound()
   return rt
 end
 
@@ -324,12 +341,20 @@ end
 
 function App:_bind(rt, store)
   self.rt = rt
-  for _, t in ipairs(self.topic_list) do
-    t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions)
+  -- A stream that no agent uses is read from a task: it gets an agent of its own.
+  for i, src in ipairs(self.stream_sources or {}) do
+    if not src.used_by then
+      local a = Agent.new(self, string.format("stream-%d", i), src, nil, { internal = true }, 1)
+      self.agent_list[#self.agent_list + 1] = a
+    end
   end
+  for _, t in ipairs(self.topic_list) do
+    t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions, t.compact)
+  end
+  self:_resolve_partitions(rt)
   local dir = self:data_dir(store)
   for _, t in ipairs(self.table_list) do
-    rawset(t, "id", rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global, Table.signature(t)))
+    t.id = rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global, Table.signature(t))
   end
   if #self.table_list > 0 then
     local tables = self.table_list
@@ -337,7 +362,7 @@ function App:_bind(rt, store)
       local busy = false
       if event == "flush" then
         for _, t in ipairs(tables) do
-          for _, part in pairs(rawget(t, "parts")) do
+          for _, part in pairs(t.parts) do
             if next(part.dirty) or next(part.prev) then busy = true end
           end
         end
@@ -348,23 +373,126 @@ function App:_bind(rt, store)
       if event == "flush" and not busy then collectgarbage("collect") end
     end)
   end
-  -- A stream that no agent uses is read from a task: it gets an agent of its own.
-  for i, src in ipairs(self.stream_sources or {}) do
-    if not src.used_by then
-      local a = Agent.new(self, string.format("stream-%d", i), src, nil, { internal = true }, 1)
-      self.agent_list[#self.agent_list + 1] = a
+  for _, a in ipairs(self.agent_list) do a:_start(rt) end
+end
+
+-- Partition counts come from the broker. A topic that exists keeps its count
+-- (topic_partitions, or a topic's `partitions`, is only what the worker creates
+-- a missing topic with); internal topics follow the topic they derive from; a
+-- table has the count of the topics the app's agents read, since partition p of
+-- every table lives with partition p of every input. Whatever cannot agree is
+-- one start-up error that names the counts and the fix.
+function App:_resolve_partitions(rt)
+  local function resolve(list)
+    if #list == 0 then return end
+    local ids, wants = {}, {}
+    for i, t in ipairs(list) do ids[i], wants[i] = t.id, t.partitions end
+    local counts = rt:resolve_topics(ids, wants)
+    for i, t in ipairs(list) do t.partitions = counts[i] end
+  end
+  local changelogs = {}
+  for _, t in ipairs(self.table_list) do changelogs[t.changelog] = true end
+  -- Topics of their own first, then retry and repartition topics once their
+  -- source's count is known (a retry topic of a repartition topic: two rounds).
+  local done, later = {}, {}
+  local first = {}
+  for _, t in ipairs(self.topic_list) do
+    if changelogs[t] then -- after the tables' counts
+    elseif t.follows then later[#later + 1] = t
+    else first[#first + 1] = t end
+  end
+  resolve(first)
+  for _, t in ipairs(first) do done[t] = true end
+  while #later > 0 do
+    local now, rest = {}, {}
+    for _, t in ipairs(later) do
+      if done[t.follows] then t.partitions = t.follows.partitions; now[#now + 1] = t else rest[#rest + 1] = t end
+    end
+    if #now == 0 then break end
+    resolve(now)
+    for _, t in ipairs(now) do done[t] = true end
+    later = rest
+  end
+  if #self.table_list == 0 then return end
+
+  -- The input of tables: what the agents read, but not the sources of
+  -- forwarders (group_by, through, chains) or the leader topic, whose events
+  -- write no table.
+  local inputs, seen = {}, {}
+  for _, a in ipairs(self.agent_list) do
+    if not a.no_tables then
+      for _, t in ipairs(a.topics) do
+        if not seen[t] and not changelogs[t] then seen[t] = true; inputs[#inputs + 1] = t end
+      end
     end
   end
-  for _, a in ipairs(self.agent_list) do a:_start(rt) end
+  local ids = {}
+  for i, t in ipairs(inputs) do ids[i] = t.id end
+  rt:table_inputs(ids)
+  local function list(ts)
+    local parts = {}
+    for _, t in ipairs(ts) do parts[#parts + 1] = string.format("%s: %d", t.name, t.partitions) end
+    return table.concat(parts, ", ")
+  end
+  local n_in = inputs[1] and inputs[1].partitions
+  for _, t in ipairs(inputs) do
+    if t.partitions ~= n_in then
+      local has_partitioned = false
+      for _, tb in ipairs(self.table_list) do has_partitioned = has_partitioned or not tb.global end
+      if has_partitioned then
+        error(string.format("the topics the agents read have different partition counts (%s), but a table "
+          .. "holds partition p of every one of them: give these topics one partition count (the worker creates "
+          .. "missing topics with topic_partitions = %d; existing ones keep theirs)", list(inputs), self.topic_partitions), 0)
+      end
+      break
+    end
+  end
+  -- Each table's count, then its changelog's (all changelogs in one request).
+  local wanted, cls = {}, {}
+  for i, tb in ipairs(self.table_list) do
+    local name, declared, global = tb.name, tb.declared_partitions, tb.global
+    local n, why
+    if not global and n_in then
+      if declared and declared ~= n_in then
+        error(string.format("table %s declares partitions = %d but its input has %d partitions (%s): a table has "
+          .. "its input's partition count — remove `partitions = %d` from the table (it then has %d), or give the "
+          .. "input %d partitions", name, declared, n_in, list(inputs), declared, n_in, declared), 0)
+      end
+      n, why = n_in, "from its input " .. list(inputs)
+    elseif declared then
+      n, why = declared, "declared"
+    end
+    wanted[i] = { n = n, why = why }
+    -- Without input or declaration: the changelog's count if it exists.
+    cls[i] = tb.changelog
+    cls[i].partitions = n or self.topic_partitions
+  end
+  resolve(cls)
+  for i, tb in ipairs(self.table_list) do
+    local cl, n, why = cls[i], wanted[i].n, wanted[i].why
+    if n and cl.partitions ~= n then
+      error(string.format("changelog topic %s has %d partitions but table %s has %d (%s): a table's changelog "
+        .. "must have the table's partition count — delete the changelog topic and the local state "
+        .. "(`fstream-lua reset`) to rebuild it with %d partitions (its contents are lost), or %s", cl.name,
+        cl.partitions, tb.name, n, why, n,
+        why == "declared" and string.format("declare partitions = %d", cl.partitions)
+          or string.format("give the input %d partitions", cl.partitions)), 0)
+    end
+    tb.partitions = cl.partitions
+  end
 end
 
 function App:_spawn_tasks()
   local rt = self.rt
-  for _, task in ipairs(self.tasks) do
+  local function spawn(task)
     rt:spawn(task.fn, function(ok, err, tb)
       if not ok then core.log("error", string.format("%s failed: %s\n%s", task.name, tostring(err), tb)) end
+      -- Timers, crontabs and window closers catch their callbacks' errors; one
+      -- ends only when interrupted (agent_timeout): it starts again.
+      if not ok and task.restart and self.rt == rt and not rt:stopping() then spawn(task) end
     end, "task")
   end
+  for _, task in ipairs(self.tasks) do spawn(task) end
 end
 
 function App:_stop()

@@ -200,8 +200,10 @@ function cli.send(opts)
     io.stderr:write("fstream-lua: note: ", app.id, " uses the embedded broker, which lives inside one process;",
       " pass --broker kafka://ADDRESS (the address a worker or `fstream-lua broker` prints)\n")
   end
-  -- A runtime with only topics and no agents: nothing joins the consumer group.
-  app.agent_list, app.tasks = {}, {}
+  -- A runtime with only the target topic and no agents: nothing joins the
+  -- consumer group, and no other topic (a changelog, say) is created by a send.
+  app.agent_list, app.tasks, app.stream_sources = {}, {}, nil
+  app.topic_list, app.table_list = { topic }, {}
   local started, rt = pcall(app._start, app, { broker = broker })
   if not started then return fail(1, "cannot start app '%s': %s", app.id, tostring(rt)) end
   local status = 0
@@ -228,17 +230,26 @@ function cli.send(opts)
   return status ~= 0 and status or rc
 end
 
+-- Partitions of a table with local files. Offline, the broker's count is
+-- unknown (a table has its input's count), so look for the files themselves.
+local function local_partitions(dir, t)
+  local found = {}
+  for p = 0, math.max(t.partitions, 4096) - 1 do
+    local f = io.open(string.format("%s/%s/%d/data.mdb", dir, t.name, p))
+    if f then f:close(); found[#found + 1] = p end
+  end
+  return found
+end
+
 function cli.tables(opts)
   local app, code = load_app(opts.app)
   if not app then return code end
   local dir = app:data_dir(opts.store)
   for _, t in ipairs(app.table_list) do
-    local local_parts = {}
-    for p = 0, t.partitions - 1 do
-      local f = io.open(string.format("%s/%s/%d/data.mdb", dir, t.name, p))
-      if f then f:close(); local_parts[#local_parts + 1] = tostring(p) end
-    end
-    print(string.format("%s\tpartitions=%d\tchangelog=%s\tlocal=%s\tdir=%s/%s", t.name, t.partitions,
+    local local_parts = local_partitions(dir, t)
+    -- Declared, or "auto": the input's count, known when a worker runs.
+    local declared = t.declared_partitions
+    print(string.format("%s\tpartitions=%s\tchangelog=%s\tlocal=%s\tdir=%s/%s", t.name, declared or "auto",
       t.changelog.name, #local_parts > 0 and table.concat(local_parts, ",") or "-", dir, t.name))
   end
   return 0
@@ -261,12 +272,13 @@ function cli.table(opts)
   end
   local dir = app:data_dir(opts.store)
   local found = 0
-  for p = 0, t.partitions - 1 do
+  for _, p in ipairs(local_partitions(dir, t)) do
     local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
     if keys then
       for i = 1, #keys do
-        -- Keys starting with a NUL byte are the runtime's own (window stream time).
-        if keys[i]:byte(1) ~= 0 and (not want or keys[i] == want) then
+        -- In a windowed table, keys starting with a NUL byte are the runtime's own
+        -- (stream time); other tables have none (a raw key may start with one).
+        if not (t.window and keys[i]:byte(1) == 0) and (not want or keys[i] == want) then
           found = found + 1
           local v = t.decode_value(values[i])
           io.write(core.json.encode { key = t.decode_key(keys[i]), value = v, partition = p }, "\n")

@@ -10,8 +10,12 @@
 --   local o = Order{ account_id = "a1", amount = 2.5, ... }   -- raises on invalid input
 --   topic value_type = Order: decoded messages are validated and become Orders.
 --
+--   fstream.record("Order", { {account_id = "string"}, {amount = "number"}, ... })
+--                                                -- the same, with a field order
+--
 -- Instances are plain tables with the record as metatable, so they encode as
--- JSON objects of their fields. Faust's "__faust" metadata in incoming JSON is
+-- JSON objects of their fields: in declared order (the ordered form) or in name
+-- order (a map), the same bytes in every process. Faust's "__faust" metadata in incoming JSON is
 -- accepted and dropped, so Faust and fstream-lua apps can share topics. Fields
 -- that the record does not declare are dropped as well.
 local core = require "fstream.core"
@@ -130,13 +134,35 @@ function Record.define(name, fields, level)
   if type(name) ~= "string" or name == "" then error("record name must be a non-empty string", level) end
   if type(fields) ~= "table" then error("record " .. name .. ": fields must be a table", level) end
   local specs, order = {}, {}
-  for field, spec in pairs(fields) do
-    if type(field) ~= "string" then error("record " .. name .. ": field names must be strings", level) end
-    specs[field] = parse_spec(name, field, spec, level + 1)
-    order[#order + 1] = field
+  if fields[1] ~= nil then
+    -- The ordered form, { {id = "integer"}, {name = "string"}, ... }: one field per entry.
+    local n = #fields
+    for k in pairs(fields) do
+      if math.type(k) ~= "integer" or k < 1 or k > n then
+        error("record " .. name .. ": fields are either a list of {name = type} or a map, not both", level)
+      end
+    end
+    for i, entry in ipairs(fields) do
+      local field, spec
+      if type(entry) == "table" then field, spec = next(entry) end
+      if type(field) ~= "string" or next(entry, field) ~= nil then
+        error(string.format("record %s: field #%d must be a table with one field, {name = type}", name, i), level)
+      end
+      if specs[field] then error(string.format("record %s: field %s is declared twice", name, field), level) end
+      specs[field] = parse_spec(name, field, spec, level + 1)
+      order[i] = field
+    end
+  else
+    for field, spec in pairs(fields) do
+      if type(field) ~= "string" then error("record " .. name .. ": field names must be strings", level) end
+      specs[field] = parse_spec(name, field, spec, level + 1)
+      order[#order + 1] = field
+    end
+    -- A map has no order of its own: name order, the same in every process.
+    table.sort(order)
   end
-  table.sort(order)
-  local R = { __record = true, __name = name, __fields = specs }
+  -- __field_order: the JSON encoder writes an instance as these fields in this order.
+  local R = { __record = true, __name = name, __fields = specs, __field_order = order }
   R.__index = R
 
   -- R.from(v): validate and convert a decoded value (raises with the field and the problem).

@@ -101,6 +101,7 @@ function Stream:_fill(mode)
     if self.agent.post_decode and n > 0 then n = post_decode(self, n, mode) end
     if bad then self.agent:_bad_event(bad) end
     self.mode, self.n, self.i = mode, n, 0
+    self.batched = nil
     self.fills = self.fills + 1
     if self.agent.processors and n > 0 then
       n = process(self, n, mode)
@@ -193,21 +194,24 @@ function Stream:enumerate()
   end
 end
 
--- The event currently being processed: topic, partition, offset, timestamp.
+-- The event currently being processed: topic, partition, offset, timestamp
+-- (in `for v in stream:group_by(...)`, the regrouped event).
 function Stream:current()
+  self = self.regrouped or self
   if self.i < 1 then return nil end
   return self.cs:meta(self.i)
 end
 
 -- take(max, within): batches of up to `max` values; a shorter batch once
--- `within` seconds have passed since its first value arrived. The batch stays
--- unacknowledged until the agent asks for the next one.
+-- `within` seconds have passed since its first value arrived. Without
+-- `within`, every batch has `max` values (Faust: it waits for them). The batch
+-- stays unacknowledged until the agent asks for the next one.
 function Stream:take(max, within)
   if math.type(max) ~= "integer" or max < 1 then error("take: max must be a positive integer", 2) end
   if within ~= nil and (type(within) ~= "number" or within < 0) then error("take: within must be seconds >= 0", 2) end
   return function()
     while true do
-      local n, bad = self.cs:take(self.buf, max, MODE_VALUE, within or -1, within and max or 1)
+      local n, bad = self.cs:take(self.buf, max, MODE_VALUE, within or -1, max)
       if n == nil then
         self.ended, self.n, self.i = true, 0, 0
         return nil
@@ -219,10 +223,81 @@ function Stream:take(max, within)
           local batch = table.move(self.buf, 1, n, 1, {})
           -- Position 1: the whole batch counts as in progress until the next take.
           self.mode, self.n, self.i = MODE_VALUE, n, 1
+          self.batched = true
           return batch
         end
       end
     end
+  end
+end
+
+-- In the agent, as in Faust:
+--   for order in stream:group_by("account_id") do    (or a function and {name = ...})
+--   for v in stream:through(topic) do
+-- The events go to the repartition topic "<app>-<agent>-<name>-repartition"
+-- re-keyed (or to `topic`, keys kept) and the agent reads them from there, so
+-- the tables it writes are partitioned by the new key. The agent's first call
+-- adds that topic to the worker's subscription (see Agent:_regroup).
+function Stream:group_by(key, opts)
+  local g = require("fstream.topic").group_by_source({}, {}, key, opts, 3)
+  return self.agent:_regroup(self, self, g, 2)
+end
+
+local function through_of(dest, level)
+  if getmetatable(dest) ~= require("fstream.topic") then error("through needs a topic", level + 1) end
+  return { through = dest, name = dest.name }
+end
+
+function Stream:through(dest)
+  return self.agent:_regroup(self, self, through_of(dest, 2), 2)
+end
+
+-- Entries still in the buffer after the one in hand become plain values, so a
+-- forwarder reading values takes them next: a refill in another mode would
+-- acknowledge them unprocessed. A take() batch is the agent's already.
+local function to_values(self)
+  if self.batched then
+    self.i = self.n
+    return
+  end
+  local buf, n = self.buf, self.n
+  if self.mode == MODE_ITEMS then
+    for j = 1, n do buf[j] = buf[2 * j] end
+    for j = n + 1, 2 * n do buf[j] = nil end
+  elseif self.mode == MODE_EVENTS then
+    for j = 1, n do buf[j] = buf[j].value end
+  end
+  self.mode = MODE_VALUE
+end
+
+-- The loop of a group_by or through forwarder: every value `src` yields (the
+-- stream `base` itself, or a view over it) is sent to `dest` keyed by
+-- keyfn(value), or with the event's own key when keyfn is nil (through), with
+-- the event's headers and timestamp (so event-time windows after the
+-- repartition see the original times). The event is acknowledged when the
+-- next one is asked for, after the send: at-least-once.
+function Stream.forward(base, src, dest, keyfn, what)
+  to_values(base)
+  local cs, agent = base.cs, base.agent
+  for v in src do
+    local i = base.i
+    local ts, headers, k = cs:origin(i, keyfn == nil)
+    if keyfn then
+      k = keyfn(v)
+      local tk = type(k)
+      if tk == "number" then
+        k = tostring(k)
+      elseif tk ~= "string" then
+        error(string.format("%s: the key must be a string or a number, got %s", what, tk))
+      end
+    elseif k == core.null then
+      k = nil
+    elseif k ~= nil and agent.post_decode then
+      local err
+      k, err = agent.topics_by_name[(cs:meta(i))]:decode_key(k)
+      if err then error(string.format("%s: key: %s", what, err)) end
+    end
+    dest:send { key = k, value = v, headers = headers, timestamp = ts }
   end
 end
 
@@ -271,6 +346,17 @@ end
 
 function View:yield(v) return self.base:yield(v) end
 function View:current() return self.base:current() end
+
+-- stream:filter(f):group_by(...) / :through(...): only what the view yields is
+-- forwarded (Faust: filter before repartitioning).
+function View:group_by(key, opts)
+  local g = require("fstream.topic").group_by_source({}, {}, key, opts, 3)
+  return self.base.agent:_regroup(self.base, self, g, 2)
+end
+
+function View:through(dest)
+  return self.base.agent:_regroup(self.base, self, through_of(dest, 2), 2)
+end
 
 for _, op in ipairs { "filter", "map", "echo" } do
   Stream[op] = function(self, ...)

@@ -8,26 +8,36 @@
 -- one per event. At a checkpoint the dirty entries are encoded and staged
 -- (produced to the changelog now, written to LMDB once delivered); they stay
 -- readable from `prev` until then.
+--
+-- The object app:table() returns is an empty proxy: every key, whatever its
+-- name, is an entry of the table. Its own state (name, partitions, caches,
+-- window, ...) lives off the object, in a plain Lua table that the runtime's
+-- modules use (Table.state); `t:update(k, fn)` still calls the method, since
+-- only a method call finds the methods (see SELF_OP below).
 local core = require "fstream.core"
 
 local Table = {}
 local MISSING, TOMBSTONE = {}, {}
+-- The app's table object -> its state (app.tables holds the states).
+local STATE = setmetatable({}, { __mode = "k" })
+local object_mt -- the object's metatable, made with its metamethods below
 
 local OPTIONS = {
   default = true, key_type = true, value_type = true, key_serializer = true,
   value_serializer = true, partitions = true, changelog_topic = true,
-  on_window_close = true, on_late = true,
+  on_window_close = true, on_late = true, big_integers = true,
 }
 local METHODS = {}
 
 -- The stream whose event the running coroutine is processing (set by agents).
 Table.streams_by_co = setmetatable({}, { __mode = "k" })
 
-local function codec(ser)
+-- big: what a JSON integer beyond 64 bits decodes to (see Topic's big_integers).
+local function codec(ser, big)
   if type(ser) == "table" then return ser.encode, ser.decode end
   if ser == "json" then
     return core.json.encode, function(b)
-      local v, err = core.json.decode(b)
+      local v, err = core.json.decode(b, big)
       if err then error(err, 0) end
       return v
     end
@@ -39,8 +49,46 @@ local function codec(ser)
   end, function(b) return b end
 end
 
+-- `t:update(k, fn)` and `t["update"]` both index t with "update"; Lua only
+-- compiles them to different instructions (a method call is SELF). The object's
+-- __index asks core.index_op which one is running: a method call finds the
+-- method, anything else reads the entry. Checked here once, with every way of
+-- indexing a table, so that a Lua VM where this cannot work fails at load
+-- instead of mixing up methods and data.
+local index_op = core.index_op
+local SELF_OP
+do
+  local seen
+  local probe = setmetatable({}, { __index = function() seen = index_op(); return function() end end })
+  local key = "m"
+  probe:m()
+  local method = seen
+  local _ = probe.m
+  local field = seen
+  _ = probe[key]
+  local by_key = seen
+  _ = probe[1]
+  local by_int = seen
+  seen = nil
+  probe:m()
+  if method == nil or seen ~= method or field == method or by_key == method or by_int == method then
+    error("fstream.table: this Lua VM does not tell a method call from a read (core.index_op)", 0)
+  end
+  SELF_OP = method
+end
+
+local function state_of(t)
+  local s = STATE[t]
+  if not s then error("expected a table of the app (from app:table), got " .. tostring(t), 3) end
+  return s
+end
+
+-- The state of the app's table object t (nil for anything else).
+function Table.state(t) return STATE[t] end
+
 -- global: every worker holds every partition and follows the changelog
 -- (Faust's GlobalTable); keys are placed by hash, so writes need no event.
+-- Returns the table's state; its `proxy` is the object the app gets.
 function Table.new(app, name, opts, level, global)
   level = level + 1
   opts = opts or {}
@@ -50,7 +98,11 @@ function Table.new(app, name, opts, level, global)
   for k in pairs(opts) do
     if not OPTIONS[k] then error(string.format("table '%s': unknown option '%s'", name, tostring(k)), level) end
   end
+  -- Declared, or (when the worker starts) its input's count: see App:_resolve_partitions.
   local partitions = opts.partitions or app.topic_partitions
+  if opts.partitions ~= nil and (math.type(opts.partitions) ~= "integer" or opts.partitions < 1) then
+    error(string.format("table '%s': partitions must be a positive integer", name), level)
+  end
   for _, cb in ipairs { "on_window_close", "on_late" } do
     if opts[cb] ~= nil and type(opts[cb]) ~= "function" then
       error(string.format("table '%s': %s must be a function", name, cb), level)
@@ -58,13 +110,18 @@ function Table.new(app, name, opts, level, global)
   end
   local self = {
     app = app, name = name, default = opts.default, partitions = partitions, global = global or false,
+    declared_partitions = opts.partitions,
     on_window_close = opts.on_window_close, on_late = opts.on_late,
     key_serializer = opts.key_serializer or "json",
     value_serializer = opts.value_serializer or "json",
     parts = {},
   }
-  self.encode_key, self.decode_key = codec(self.key_serializer)
-  self.encode_value, self.decode_value = codec(self.value_serializer)
+  local big = opts.big_integers
+  if big ~= nil and big ~= "float" and big ~= "string" and big ~= "error" then
+    error(string.format("table '%s': big_integers must be \"float\", \"string\" or \"error\", got %s", name, tostring(big)), level)
+  end
+  self.encode_key, self.decode_key = codec(self.key_serializer, big)
+  self.encode_value, self.decode_value = codec(self.value_serializer, big)
   -- Declared types: values are checked when written and rebuilt (records) when read
   -- back from LMDB; keys are checked when used.
   self.check_key = Table.type_checker(name, "key", opts.key_type, level)
@@ -77,10 +134,14 @@ function Table.new(app, name, opts, level, global)
   self.changelog = app:topic(opts.changelog_topic or (app.id .. "-" .. name .. "-changelog"), {
     key_serializer = "raw", value_serializer = "raw", partitions = partitions,
   })
-  return setmetatable(self, Table)
+  self.changelog.compact = true -- created before the table is bound to the runtime
+  local proxy = {}
+  self.proxy = proxy
+  STATE[proxy] = self
+  setmetatable(proxy, object_mt(self))
+  return self
 end
 
--- Optional fields are read raw: on a table, t.x would read the key "x".
 -- A function(v) that raises when v is not of the declared type (nil: no type).
 function Table.type_checker(name, what, ty, level)
   if ty == nil or ty == "any" then return nil end
@@ -105,7 +166,7 @@ function Table.type_checker(name, what, ty, level)
 end
 
 local function default_of(self)
-  local d = rawget(self, "default")
+  local d = self.default
   if type(d) == "function" then return d() end
   return d
 end
@@ -182,7 +243,7 @@ local function read(self, k)
 end
 
 local function write(self, k, v)
-  local ck, cv = rawget(self, "check_key"), rawget(self, "check_value")
+  local ck, cv = self.check_key, self.check_value
   if ck then k = ck(k) end
   if v ~= nil and cv then v = cv(v) end
   local p
@@ -202,9 +263,9 @@ local function write(self, k, v)
   part.dirty[kb] = true
 end
 
--- Internals used by windowed tables: explicit partitions and raw key bytes.
--- Keys starting with "\0" are the runtime's own (window stream time), never
--- user keys (JSON and raw user keys cannot start with a NUL through the API).
+-- Internals used by windowed tables (on the state): explicit partitions and
+-- raw key bytes. Keys starting with "\0" are the runtime's own (window stream
+-- time): a windowed table's keys are JSON, and no JSON text starts with a NUL.
 Table.MISSING = MISSING
 
 function Table._lookup(self, p, kb)
@@ -241,14 +302,15 @@ end
 Table.event_partition = event_partition
 
 function METHODS.get(self, k)
-  local v = read(self, k)
+  local v = read(state_of(self), k)
   if v == MISSING then return nil end
   return v
 end
 
 -- t:update(k, fn): t[k] = fn(t[k]) (fn receives the default when k is missing).
 function METHODS.update(self, k, fn)
-  local w = rawget(self, "window")
+  self = state_of(self)
+  local w = self.window
   if w then return w:update(self, k, fn) end
   local v = read(self, k)
   if v == MISSING then v = default_of(self) end
@@ -257,12 +319,16 @@ function METHODS.update(self, k, fn)
   return nv
 end
 
-function METHODS.set(self, k, v) write(self, k, v) end
-function METHODS.delete(self, k) write(self, k, nil) end
+function METHODS.set(self, k, v) write(state_of(self), k, v) end
+function METHODS.delete(self, k) write(state_of(self), k, nil) end
 
 -- for k, v in t:items() do — the partitions this worker holds, in no set order.
+-- Exactly the entries: the runtime's own keys (a windowed table's stream
+-- time) are left out; a table that is not windowed has none.
 function METHODS.items(self)
+  self = state_of(self)
   local rt = self.app.rt
+  local windowed = self.window ~= nil
   local merged = {}
   for p, part in pairs(self.parts) do
     local keys, values = rt:table_scan(self.id, p)
@@ -276,46 +342,52 @@ function METHODS.items(self)
   return function()
     repeat
       kb, v = next(merged, kb)
-    until kb == nil or (v ~= TOMBSTONE and kb:byte(1) ~= 0)
+    until kb == nil or (v ~= TOMBSTONE and not (windowed and kb:byte(1) == 0))
     if kb == nil then return nil end
     return self.decode_key(kb), v
   end
 end
 
-Table.__index = function(self, k)
-  local m = METHODS[k]
-  if m then return m end
-  local w = rawget(self, "window")
-  if w then return w:set_for(self, k) end
-  local v = read(self, k)
-  if v == MISSING then return default_of(self) end
-  return v
+-- The object's metatable: its metamethods hold the state as an upvalue, so
+-- `t[k] = t[k] + 1` costs what it did when the state was on the object.
+function object_mt(self)
+  return {
+    __name = "fstream.Table",
+    __index = function(_, k)
+      local m = METHODS[k]
+      if m and index_op() == SELF_OP then return m end
+      local w = self.window
+      if w then return w:set_for(self, k) end
+      local v = read(self, k)
+      if v == MISSING then return default_of(self) end
+      return v
+    end,
+    __newindex = function(_, k, v)
+      local w = self.window
+      if w then return w:assign(self, k, v) end
+      write(self, k, v)
+    end,
+  }
 end
-
-Table.__newindex = function(self, k, v)
-  local w = rawget(self, "window")
-  if w then return w:assign(self, k, v) end
-  write(self, k, v)
-end
-
-Table.__name = "fstream.Table"
 
 -- Windowing: t:tumbling(size, {expires}), t:hopping(size, step, {expires}),
 -- t:sliding(size, {expires}), then :relative_to_stream() (default),
 -- :relative_to_field(name, {unit=}) or :relative_to_now(). See lua/fstream/window.lua.
 for _, kind in ipairs { "tumbling", "hopping", "sliding" } do
   METHODS[kind] = function(self, ...)
-    require("fstream.window").configure(self, kind, ...)
+    require("fstream.window").configure(state_of(self), kind, ...)
     return self
   end
 end
-function METHODS.relative_to_stream(self) require("fstream.window").relative(self, "stream"); return self end
-function METHODS.relative_to_now(self) require("fstream.window").relative(self, "now"); return self end
-function METHODS.relative_to_field(self, field, opts) require("fstream.window").relative(self, "field", field, opts); return self end
+function METHODS.relative_to_stream(self) require("fstream.window").relative(state_of(self), "stream"); return self end
+function METHODS.relative_to_now(self) require("fstream.window").relative(state_of(self), "now"); return self end
+function METHODS.relative_to_field(self, field, opts)
+  require("fstream.window").relative(state_of(self), "field", field, opts)
+  return self
+end
 
--- Checkpoint hook: "flush" stages dirty entries; "hold"/"release" follow the
--- partitions this worker is assigned.
--- (Called as Table._on(t, ...): on a table, t.x reads the key "x".)
+-- Checkpoint hook (on the state): "flush" stages dirty entries; "hold"/"release"
+-- follow the partitions this worker is assigned.
 function Table._on(self, event, p, tid, keys)
   -- Partition moves (tid 0) concern partitioned tables; global tables get their own.
   if event ~= "flush" and (tid == 0) == self.global then return end
@@ -330,12 +402,12 @@ function Table._on(self, event, p, tid, keys)
       end
     end
   elseif event == "hold" then
-    rawset(self.parts, p, { cache = {}, prev = {}, dirty = {}, kbs = {} })
-    local w = rawget(self, "window")
+    self.parts[p] = { cache = {}, prev = {}, dirty = {}, kbs = {} }
+    local w = self.window
     if w then w:hold(self, p) end
   elseif event == "release" then
     self.parts[p] = nil
-    local w = rawget(self, "window")
+    local w = self.window
     if w then w:release(self, p) end
   elseif event == "flush" then
     local rt = self.app.rt
@@ -357,12 +429,14 @@ function Table._on(self, event, p, tid, keys)
 end
 
 -- What a reload may not change: how the table's data is laid out (partitions,
--- encodings, changelog, windows). Read raw: t.x would read the key "x".
+-- encodings, changelog, windows).
 function Table.signature(self)
-  local g = function(k) return tostring(rawget(self, k)) end
-  local sig = string.format("partitions=%s global=%s key=%s value=%s changelog=%s", g("partitions"),
-    g("global"), g("key_serializer"), g("value_serializer"), rawget(self, "changelog").name)
-  local w = rawget(self, "window")
+  local g = function(k) return tostring(self[k]) end
+  -- The declared count: the running table's real one comes from the broker,
+  -- which a version being validated has not asked.
+  local sig = string.format("partitions=%s global=%s key=%s value=%s changelog=%s", g("declared_partitions"),
+    g("global"), g("key_serializer"), g("value_serializer"), self.changelog.name)
+  local w = self.window
   if w then
     sig = sig .. string.format(" window=%s(%s,%s) expires=%s combine=%s", w.kind, tostring(w.size), tostring(w.step),
       tostring(w.expires), tostring(w.combine ~= nil))
@@ -370,7 +444,9 @@ function Table.signature(self)
   return sig
 end
 
+-- (Takes the app's table object or its state.)
 function Table.describe(self)
+  self = STATE[self] or self
   return string.format("%s (%s%d partitions, changelog %s)", self.name, self.global and "global, " or "",
     self.partitions, self.changelog.name)
 end

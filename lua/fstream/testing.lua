@@ -84,8 +84,8 @@ function Testing:messages(target)
   local out = {}
   for i, m in ipairs(self.rt:outputs(topic.id)) do
     local key, value = m.key_bytes, m.value_bytes
-    if key ~= nil and topic.key_codec == "json" then key = assert(core.json.decode(key)) end
-    if value ~= nil and topic.value_codec == "json" then value = assert(core.json.decode(value)) end
+    if key ~= nil and topic.key_serializer == "json" then key = assert(core.json.decode(key, topic.big_integers)) end
+    if value ~= nil and topic.value_serializer == "json" then value = assert(core.json.decode(value, topic.big_integers)) end
     if key ~= nil then key = assert(topic:decode_key(key)) end
     if value ~= nil then value = assert(topic:decode_value(value)) end
     out[i] = { key = key, value = value, partition = m.partition, offset = m.offset, headers = m.headers }
@@ -106,7 +106,7 @@ function Testing:table(target)
   if type(target) == "string" then
     local tb = self.app.tables[target]
     if not tb then error(string.format("no table named '%s' in app '%s'", target, self.app.id), 2) end
-    return tb
+    return tb.proxy
   end
   return target
 end

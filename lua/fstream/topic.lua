@@ -8,8 +8,10 @@ local SERIALIZERS = { raw = true, json = true }
 local SCALAR_TYPES = { string = true, number = true, integer = true, boolean = true, table = true, any = true }
 local OPTIONS = {
   key_type = true, value_type = true, key_serializer = true, value_serializer = true,
-  partitions = true,
+  partitions = true, big_integers = true,
 }
+-- What a JSON integer beyond 64 bits decodes to (keys and values of json topics).
+local BIG_INTEGERS = { float = true, string = true, error = true }
 
 -- `level` is the caller's level as seen from Topic.new; these helpers add their own.
 local function check_serializer(s, what, level)
@@ -54,6 +56,11 @@ local function coerce(v, ty, serializer)
   return nil, string.format("expected %s, got %s", ty, type(v) == "string" and string.format("%q", v:sub(1, 40)) or type(v))
 end
 
+-- A record key (Faust: a model) is a JSON object on the wire unless told otherwise.
+local function default_key_serializer(opts)
+  return type(opts.key_type) == "table" and "json" or "raw"
+end
+
 function Topic.new(app, name, opts, level)
   level = (level or 2) + 1
   if type(name) ~= "string" or name == "" then error("topic name must be a non-empty string", level) end
@@ -65,19 +72,29 @@ function Topic.new(app, name, opts, level)
   check_serializer(opts.value_serializer, "value_serializer", level)
   check_type(opts.key_type, "key_type", level)
   check_type(opts.value_type, "value_type", level)
+  if opts.big_integers ~= nil and not BIG_INTEGERS[opts.big_integers] then
+    error(string.format("topic '%s': big_integers must be \"float\", \"string\" or \"error\", got %s",
+      name, tostring(opts.big_integers)), level)
+  end
   local self = setmetatable({
     app = app,
     name = name,
-    key_serializer = opts.key_serializer or "raw",
+    key_serializer = opts.key_serializer or default_key_serializer(opts),
     value_serializer = opts.value_serializer or "json",
     key_type = opts.key_type,
     value_type = opts.value_type,
     partitions = opts.partitions or app.topic_partitions,
+    big_integers = opts.big_integers or "float",
   }, Topic)
   -- The C side handles raw and json; a custom serializer is applied here and
   -- travels through C as raw bytes.
   self.key_codec = type(self.key_serializer) == "string" and self.key_serializer or "raw"
   self.value_codec = type(self.value_serializer) == "string" and self.value_serializer or "raw"
+  -- The C decoder's big-integer mode travels in the codec's name ("json:string").
+  if self.big_integers ~= "float" then
+    if self.key_codec == "json" then self.key_codec = "json:" .. self.big_integers end
+    if self.value_codec == "json" then self.value_codec = "json:" .. self.big_integers end
+  end
   self.key_custom = type(self.key_serializer) == "table" and self.key_serializer or nil
   self.value_custom = type(self.value_serializer) == "table" and self.value_serializer or nil
   -- Does a decoded value need a pass in Lua (custom codec or a declared type)?
@@ -87,9 +104,10 @@ end
 
 function Topic:same_schema(opts)
   opts = opts or {}
-  return (opts.key_serializer or "raw") == self.key_serializer
+  return (opts.key_serializer or default_key_serializer(opts)) == self.key_serializer
     and (opts.value_serializer or "json") == self.value_serializer
     and opts.key_type == self.key_type and opts.value_type == self.value_type
+    and (opts.big_integers or "float") == self.big_integers
 end
 
 -- Decodes what C handed over (already raw/json-decoded) into the declared types.
@@ -167,6 +185,14 @@ function Topic.group_by_source(topics, processors, key, opts, level)
   return { is_group_by = true, topics = topics, processors = processors, key = key, name = name }
 end
 
+-- topic:stream(opts): Faust's topic.stream(), app:stream(topic, opts). Called
+-- while the worker runs (in a task, as `for w in topic:stream() do`), it reads
+-- the topic from then on through an agent of its own (see Agent.stream_at_run_time).
+function Topic:stream(opts)
+  if self.app.rt then return require("fstream.agent").stream_at_run_time(self, opts, 2) end
+  return self.app:stream(self, opts)
+end
+
 -- topic:through(dest): a source that forwards the topic's events (key and
 -- value) to `dest`, so the agent reads them from there (Faust's through).
 function Topic:through(dest)
@@ -199,7 +225,7 @@ function Chain:to_topic(dest)
   if getmetatable(dest) ~= Topic then error("to_topic needs a topic or a topic name", 2) end
   local ops = self.ops
   app.chains = (app.chains or 0) + 1
-  app:agent(string.format("chain-%d-%s-to-%s", app.chains, self.topic.name, dest.name), self.topic, function(stream)
+  local a = app:agent(string.format("chain-%d-%s-to-%s", app.chains, self.topic.name, dest.name), self.topic, function(stream)
     for k, v in stream:items() do
       local keep = true
       for _, o in ipairs(ops) do
@@ -212,6 +238,7 @@ function Chain:to_topic(dest)
       if keep then dest:send { key = k ~= core.null and k or nil, value = v } end
     end
   end)
+  a.no_tables = true -- a forwarder: its input need not be partitioned like the tables
   return dest
 end
 

@@ -10,6 +10,9 @@
 -- window, value) runs in its own coroutine with the final value, then the
 -- entry is deleted. An event for a window that has closed is late: it is
 -- counted, handed to on_late(key, value), and never re-opens the window.
+--
+-- `t` here is always the table's state (Table.state), never the app's object,
+-- whose every key is an entry.
 local core = require "fstream.core"
 local Table = require "fstream.table"
 local isotime = require "fstream.isotime"
@@ -34,7 +37,7 @@ end
 
 function M.configure(t, kind, a, b, c)
   local level = 4
-  if rawget(t, "window") then error(string.format("table '%s' is already windowed", t.name), level) end
+  if t.window then error(string.format("table '%s' is already windowed", t.name), level) end
   if t.app.rt then error("windows must be set up before the worker starts", level) end
   if t.global then error("a global table cannot be windowed", level) end
   local size, step, opts = a, nil, b
@@ -76,11 +79,12 @@ function M.configure(t, kind, a, b, c)
     parts = {},          -- p -> { index = {kb -> {key, start, end}}, stream_time = number }
     late = 0, closed = 0,
   }, Window)
-  rawset(t, "window", w)
+  t.window = w
   local app = t.app
   -- The closer: every table_cleanup_interval, close what has expired.
   app.tasks[#app.tasks + 1] = {
     name = "window closer of " .. t.name,
+    restart = true,
     fn = function()
       while true do
         core.sleep(app.table_cleanup_interval)
@@ -93,7 +97,7 @@ end
 local UNITS = { s = 1, ms = 1000, us = 1000000, ns = 1000000000 }
 
 function M.relative(t, how, field, opts)
-  local w = rawget(t, "window")
+  local w = t.window
   if not w then error(string.format("table '%s': call tumbling, hopping or sliding first", t.name), 3) end
   if how == "field" and (type(field) ~= "string" or field == "") then
     error("relative_to_field needs a field name", 3)
@@ -154,6 +158,21 @@ end
 
 local function current_stream()
   return Table.streams_by_co[coroutine.running()]
+end
+
+-- Window starts are multiples of the step computed in floating point. Beyond
+-- 2^50 steps from the epoch neighbouring starts stop being distinct numbers
+-- (s - step == s), and a loop over the windows of a time would never end:
+-- such a time, NaN or an infinity is an error of the event, raised before it
+-- touches any state.
+local EXACT_STEPS = 2 ^ 50
+
+local function check_time(w, t, at, level)
+  local lim = w.step * EXACT_STEPS
+  if type(at) ~= "number" or not (at > -lim and at < lim) then
+    error(string.format("windowed table '%s': event time %s is outside the range windows can be "
+      .. "computed for (|time| < %.3g s with step %g s)", t.name, tostring(at), lim, w.step), level + 1)
+  end
 end
 
 -- The time an operation refers to: the event's (stream or field) or now.
@@ -300,13 +319,14 @@ end
 -- t:update(key, fn): fn applied to the value of every window containing the
 -- event's time (a hopping event updates size/step windows).
 local function default_value(t)
-  local d = rawget(t, "default")
+  local d = t.default
   if type(d) == "function" then d = d() end
   return d
 end
 
 function Window:update(t, key, fn)
   local at = self:event_time(t)
+  check_time(self, t, at, 3)
   local p = Table.event_partition() or error(string.format(
     "windowed table '%s': update must happen while an agent processes an event", t.name), 3)
   local wp = self:part(t, p)
@@ -380,7 +400,7 @@ end
 
 function Window:late_event(t, key)
   self.late = self.late + 1
-  local on_late = rawget(t, "on_late")
+  local on_late = t.on_late
   if on_late then
     local s = current_stream()
     on_late(key, s and s:current_value())
@@ -450,6 +470,7 @@ end
 
 local function value_at(ws, at)
   local w, t = ws.window, ws.table
+  check_time(w, t, at, 3)
   local p = Table.event_partition()
   local starts
   local parts = {}
@@ -468,7 +489,7 @@ local function value_at(ws, at)
     end
     ::continue::
   end
-  local d = rawget(t, "default")
+  local d = t.default
   if type(d) == "function" then d = d() end
   return d
 end
@@ -513,6 +534,13 @@ function Window:release(_, p)
   self.parts[p] = nil
 end
 
+-- A close pass is under way, unless the coroutine running it died before it
+-- finished (interrupted by agent_timeout in on_window_close, or killed).
+local function closing(wp)
+  local co = wp.closing
+  return co ~= nil and not core.ended(co)
+end
+
 -- combine mode: closes, in order, the windows that expired since the last
 -- pass — each folded from its slices — then drops the slices that no open
 -- window needs any more.
@@ -524,8 +552,8 @@ function Window:close_slices(t, p, wp)
   local lists = {}
   for ks, l in pairs(wp.keys) do lists[#lists + 1] = { ks, l } end
   table.sort(lists, function(a, b) return a[1] < b[1] end)
-  wp.closing = true
-  local on_close = rawget(t, "on_window_close")
+  wp.closing = coroutine.running()
+  local on_close = t.on_window_close
   for _, entry in ipairs(lists) do
     local l = entry[2]
     -- Due starts: closed now, not closed at the last pass, overlapping a slice.
@@ -572,12 +600,12 @@ end
 -- Closes, in end order, every window of partition p that has expired.
 function Window:close_expired(t, p)
   local wp = self.parts[p]
-  if not wp or wp.closing then return end
+  if not wp or closing(wp) then return end
   if self.combine then return self:close_slices(t, p, wp) end
   local now = self.time == "now" and t.app.rt:now() or wp.stream_time
   if now == nil then return end
-  wp.closing = true
-  local on_close = rawget(t, "on_window_close")
+  wp.closing = coroutine.running()
+  local on_close = t.on_window_close
   while wp.ends[1] and wp.ends[1] + self.expires < now do
     local e = heap_pop(wp.ends)
     local bucket = wp.buckets[e]
@@ -608,7 +636,7 @@ end
 -- after that point finds its window closed (late) in both update paths.
 function Window:maybe_close(t, p)
   local wp = self.parts[p]
-  if wp.closing or self.time == "now" then return end
+  if closing(wp) or self.time == "now" then return end
   local due
   if self.combine then due = wp.next_due
   else due = wp.ends[1] and wp.ends[1] + self.expires end

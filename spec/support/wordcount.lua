@@ -22,19 +22,29 @@ function wc.corpus(tag)
   return lines, expected
 end
 
+-- The fixture's settings as `env` arguments (TOPIC_PARTITIONS, TABLE_PARTITIONS when given).
+local function settings(env)
+  local s = string.format("APP_ID=%s IN=%s", env.APP_ID, env.IN)
+  for _, k in ipairs { "TOPIC_PARTITIONS", "TABLE_PARTITIONS" } do
+    if env[k] then s = s .. " " .. k .. "=" .. env[k] end
+  end
+  return s
+end
+wc.settings = settings
+
 -- opts.create = false: leave topic creation to the worker (real Kafka).
 function wc.worker(env, addr, store, opts)
   if not (opts and opts.create == false) then proc.create_topics(addr, env.IN) end
-  return proc.spawn(string.format("env APP_ID=%s IN=%s THROTTLE=%s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
-    env.APP_ID, env.IN, env.THROTTLE or "0", bin, fixtures, addr, store), "worker-wc")
+  return proc.spawn(string.format("env %s THROTTLE=%s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
+    settings(env), env.THROTTLE or "0", bin, fixtures, addr, store), "worker-wc")
 end
 
 -- The table as `fstream-lua table` prints it: word -> count (summed over stores).
 function wc.read_counts(env, ...)
   local counts = {}
   for _, store in ipairs { ... } do
-    local out, rc = proc.run(string.format("env APP_ID=%s IN=%s %s table %s/wordcount.lua word_counts --store lmdb://%s 2>/dev/null",
-      env.APP_ID, env.IN, bin, fixtures, store))
+    local out, rc = proc.run(string.format("env %s %s table %s/wordcount.lua word_counts --store lmdb://%s 2>/dev/null",
+      settings(env), bin, fixtures, store))
     assert(rc == 0, out)
     for line in out:gmatch("[^\n]+") do
       local row = assert(json.decode(line))
