@@ -72,6 +72,18 @@ describe("a bad broker URL", function()
     end
   end)
 
+  it("a broker that does not answer: send and worker exit 1 with one clear last line", function()
+    local want = "fstream-lua: cannot start app 'relay': no answer from the broker at 127.0.0.1:1 within 10 s "
+      .. "(Local: Broker transport failure): is it running?"
+    for _, args in ipairs { "send " .. relay .. " in --broker kafka://127.0.0.1:1 x",
+      "worker " .. relay .. " --broker kafka://127.0.0.1:1" } do
+      local out, rc = run(args)
+      assert.are.equal(1, rc, out)
+      assert.are.equal(want, out:match("([^\n]*)\n$"), out)
+      assert.is_nil(out:find("(null)", 1, true), out)
+    end
+  end)
+
   it("accepts host lists, hosts without a port and IPv6 addresses", function()
     -- Well-formed: `agents` loads the app without connecting; the check is the same.
     local core = require "fstream.core"

@@ -65,6 +65,13 @@ local function checked_broker(app, opts)
   return nil, fail(2, "%s: %s", from, err)
 end
 
+-- A start that failed: the reason, without the position inside fstream's own
+-- modules that an error raised from C carries (it tells the user nothing).
+local function start_failed(app, err)
+  local msg = tostring(err):gsub("^[^\n:]*fstream/[%w_]+%.lua:%d+: ", "")
+  return fail(1, "cannot start app '%s': %s", app.id, msg)
+end
+
 -- A table's changelog carries the bytes of the table's own serializers (the
 -- topic itself is raw): say which they are.
 local function describe_topic(t, changelog_of)
@@ -125,7 +132,7 @@ function cli.worker(opts)
   local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store })
   if not ok then
     core.log_hold(false)
-    return fail(1, "cannot start app '%s': %s", app.id, tostring(rt))
+    return start_failed(app, rt)
   end
   banner(app, rt, broker, opts)
   core.log_hold(false)
@@ -205,7 +212,7 @@ function cli.send(opts)
   app.agent_list, app.tasks, app.stream_sources = {}, {}, nil
   app.topic_list, app.table_list = { topic }, {}
   local started, rt = pcall(app._start, app, { broker = broker })
-  if not started then return fail(1, "cannot start app '%s': %s", app.id, tostring(rt)) end
+  if not started then return start_failed(app, rt) end
   local status = 0
   rt:spawn(function()
     for _ = 1, rep do
