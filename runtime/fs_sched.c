@@ -158,26 +158,25 @@ static int tracked_wrap(lua_State *L)
     return 1;
 }
 
+/* Replaces the function `name` of the table on top of the stack by `tracked`
+ * holding the original (once: a second load of the module finds it done). */
+static void track(lua_State *L, const char *name, lua_CFunction tracked)
+{
+    lua_getfield(L, -1, name);
+    if (lua_tocfunction(L, -1) != tracked && lua_iscfunction(L, -1)) {
+        lua_pushcclosure(L, tracked, 1);
+        lua_setfield(L, -2, name);
+    } else {
+        lua_pop(L, 1);
+    }
+}
+
 void fs_sched_track_coroutines(lua_State *L)
 {
     lua_getglobal(L, "coroutine");
-    if (!lua_istable(L, -1)) {
-        lua_pop(L, 1);
-        return;
-    }
-    lua_getfield(L, -1, "resume");
-    if (lua_tocfunction(L, -1) != tracked_resume && lua_iscfunction(L, -1)) {
-        lua_pushcclosure(L, tracked_resume, 1);
-        lua_setfield(L, -2, "resume");
-    } else {
-        lua_pop(L, 1);
-    }
-    lua_getfield(L, -1, "wrap");
-    if (lua_tocfunction(L, -1) != tracked_wrap && lua_iscfunction(L, -1)) {
-        lua_pushcclosure(L, tracked_wrap, 1);
-        lua_setfield(L, -2, "wrap");
-    } else {
-        lua_pop(L, 1);
+    if (lua_istable(L, -1)) {
+        track(L, "resume", tracked_resume);
+        track(L, "wrap", tracked_wrap);
     }
     lua_pop(L, 1);
 }

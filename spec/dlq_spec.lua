@@ -1,17 +1,7 @@
 -- on_error = "dlq" and "retry": original bytes kept, failure described in headers.
 local fstream = require "fstream"
-local core = require "fstream.core"
 
-local function quietly(fn)
-  local path = os.tmpname()
-  core.redirect_stderr(path)
-  local ok, err = pcall(fn)
-  core.redirect_stderr(nil)
-  local log = io.open(path):read("a")
-  os.remove(path)
-  assert(ok, err)
-  return log
-end
+local quietly = require "spec.support.stderr"
 
 describe("on_error = dlq", function()
   it("sends a failing event's original bytes to <app>-<agent>-dlq with the error in headers", function()

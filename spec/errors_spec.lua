@@ -7,20 +7,7 @@ local function app(id, opts)
   return fstream.app(id, opts)
 end
 
--- Captures what the runtime logs to stderr while fn runs.
-local function capture_stderr(fn)
-  local core = require "fstream.core"
-  local path = os.tmpname()
-  core.redirect_stderr(path) -- the C logger writes to fd 2
-  local ok, err = pcall(fn)
-  core.redirect_stderr(nil)
-  local f = assert(io.open(path))
-  local text = f:read("a")
-  f:close()
-  os.remove(path)
-  if not ok then error(err, 0) end
-  return text
-end
+local capture_stderr = require "spec.support.stderr"
 
 describe("an agent that raises", function()
   local t

@@ -10,19 +10,7 @@ local function app(id, opts)
   return fstream.app(id, opts)
 end
 
--- What the runtime logs to stderr while fn runs.
-local function capture_stderr(fn)
-  local path = os.tmpname()
-  core.redirect_stderr(path)
-  local ok, err = pcall(fn)
-  core.redirect_stderr(nil)
-  local f = assert(io.open(path))
-  local text = f:read("a")
-  f:close()
-  os.remove(path)
-  if not ok then error(err, 0) end
-  return text
-end
+local capture_stderr = require "spec.support.stderr"
 
 -- Orders keyed by order id: one account's orders land on several partitions.
 local function send_orders(t, topic, n, extra)

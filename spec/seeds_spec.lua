@@ -3,20 +3,8 @@
 -- fstream.testing. Examples with a runnable twin in examples/ are checked in
 -- spec/examples_spec.lua; the in-agent group_by in spec/group_by_spec.lua.
 local fstream = require "fstream"
-local core = require "fstream.core"
 
-local function quietly(fn)
-  local path = os.tmpname()
-  core.redirect_stderr(path)
-  local ok, err = pcall(fn)
-  core.redirect_stderr(nil)
-  local f = assert(io.open(path))
-  local log = f:read("a")
-  f:close()
-  os.remove(path)
-  if not ok then error(err, 0) end
-  return log
-end
+local quietly = require "spec.support.stderr"
 
 -- Runs fn(app) with print captured; returns what was printed.
 local function printed(fn)

@@ -14,18 +14,7 @@ local function raises(text, fn)
   assert.is_truthy(tostring(err):find(text, 1, true), tostring(err))
 end
 
-local function quietly(fn)
-  local path = os.tmpname()
-  core.redirect_stderr(path)
-  local ok, err = pcall(fn)
-  core.redirect_stderr(nil)
-  local f = assert(io.open(path))
-  local log = f:read("a")
-  f:close()
-  os.remove(path)
-  assert(ok, err)
-  return log
-end
+local quietly = require "spec.support.stderr"
 
 local VALID = {
   { "2024-06-27T15:43:43", 1719503023 },
