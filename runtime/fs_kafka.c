@@ -3,6 +3,7 @@
  * snapshot committable offsets, wait until every message produced before the
  * snapshot is delivered, then commit. librdkafka's threads never touch Lua:
  * they only write to eventfds that wake the loop. */
+#include <ctype.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdio.h>
@@ -316,11 +317,81 @@ rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_
     return rk;
 }
 
+#define URL_FORMS "memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]"
+
+/* One HOST[:PORT] of a kafka:// URL, [start, end): a name or IPv4 address, or
+ * an IPv6 address in brackets; a port from 1 to 65535 (librdkafka's default,
+ * 9092, when there is none). NULL when fine, else what is wrong. */
+static const char *check_hostport(const char *s, const char *end, char *why, size_t whylen)
+{
+    const char *h = s, *colon = NULL;
+    if (s < end && *s == '[') {
+        const char *close = memchr(s, ']', (size_t)(end - s));
+        if (!close || close == s + 1) return "an IPv6 address needs its closing ']'";
+        for (const char *q = s + 1; q < close; q++)
+            if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.')
+                return "that is not an IPv6 address";
+        if (close + 1 < end && close[1] != ':') return "']' must be followed by :PORT";
+        colon = close + 1 < end ? close + 1 : NULL;
+    } else {
+        for (const char *q = s; q < end; q++) {
+            if (*q == ':') {
+                colon = q;
+                break;
+            }
+            if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' && *q != '_') {
+                snprintf(why, whylen, "'%c' cannot be part of a host name", *q);
+                return why;
+            }
+        }
+        if ((colon ? colon : end) == h) return "a host is missing";
+    }
+    if (!colon) return NULL;
+    long port = 0;
+    const char *q = colon + 1;
+    if (q == end) return "the port after ':' is missing";
+    for (; q < end; q++) {
+        if (!isdigit((unsigned char)*q) || port > 65535)
+            return "the port must be a number from 1 to 65535";
+        port = port * 10 + (*q - '0');
+    }
+    if (port < 1 || port > 65535) return "the port must be a number from 1 to 65535";
+    return NULL;
+}
+
+int fs_broker_url_check(const char *url, const char **bootstrap, char *err, size_t errlen)
+{
+    char why[64];
+    const char *bad = NULL;
+    if (strncmp(url, "memory://", 9) == 0) {
+        if (url[9]) bad = "memory:// takes nothing after it";
+        else *bootstrap = NULL;
+    } else if (strncmp(url, "kafka://", 8) == 0) {
+        const char *s = url + 8;
+        if (!*s) bad = "no host after kafka://";
+        while (!bad) {
+            const char *end = strchr(s, ',');
+            if (!end) end = s + strlen(s);
+            bad = check_hostport(s, end, why, sizeof why);
+            if (!*end) break;
+            s = end + 1;
+        }
+        if (!bad) *bootstrap = url + 8;
+    } else {
+        bad = "use " URL_FORMS;
+    }
+    if (!bad) return 0;
+    snprintf(err, errlen, "bad broker URL '%s': %s", url, bad);
+    return -1;
+}
+
 int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
 {
     char bootstrap[1024];
     rd_kafka_conf_t *c = NULL;
-    if (strncmp(broker, "memory://", 9) == 0) {
+    const char *servers;
+    if (fs_broker_url_check(broker, &servers, err, errlen)) return -1;
+    if (!servers) {
         c = rd_kafka_conf_new();
         rd_kafka_conf_set_log_cb(c, log_cb);
         rt->mock_host = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
@@ -333,11 +404,8 @@ int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
         }
         snprintf(bootstrap, sizeof bootstrap, "%s", rd_kafka_mock_cluster_bootstraps(rt->mock));
         rt->embedded = 1;
-    } else if (strncmp(broker, "kafka://", 8) == 0) {
-        snprintf(bootstrap, sizeof bootstrap, "%s", broker + 8);
     } else {
-        snprintf(err, errlen, "unknown broker URL '%s' (use memory:// or kafka://host:port)", broker);
-        return -1;
+        snprintf(bootstrap, sizeof bootstrap, "%s", servers);
     }
     rt->broker = strdup(bootstrap);
 

@@ -10,6 +10,12 @@ extern int fs_log_level;
 /* Returns the level for "debug|info|warn|error", or -1. */
 int fs_log_parse_level(const char *name);
 void fs_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* on: debug and info records are kept back, in order (up to 1 MiB; warnings
+ * and errors are written at once); off: the kept ones are written out now,
+ * and records are written as they come again. The worker holds what its start
+ * logs (topics created, tables recovered) until its banner is out, so that
+ * the banner is the first thing it prints. */
+void fs_log_hold(int on);
 
 #define fs_debug(...) (fs_log_level <= FS_LOG_DEBUG ? fs_log(FS_LOG_DEBUG, __VA_ARGS__) : (void)0)
 #define fs_info(...) fs_log(FS_LOG_INFO, __VA_ARGS__)

@@ -896,6 +896,28 @@ static int l_partition_for(lua_State *L)
     return 1;
 }
 
+/* core.broker_check(url): true, or nil and what is wrong with it (the CLI asks
+ * before starting anything, so a typo is one clear line). */
+static int l_broker_check(lua_State *L)
+{
+    const char *bootstrap;
+    char err[512];
+    if (fs_broker_url_check(luaL_checkstring(L, 1), &bootstrap, err, sizeof err) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* core.log_hold(on): see fs_log_hold. */
+static int l_log_hold(lua_State *L)
+{
+    fs_log_hold(lua_toboolean(L, 1));
+    return 0;
+}
+
 /* core.index_op(): the opcode of the instruction that the Lua function two
  * levels up is running (nil when that function is not Lua). A table's __index
  * (level 1) asks it to tell `t:update(k, fn)` from `t["update"]`: both index t
@@ -1065,8 +1087,10 @@ static const luaL_Reg core_funcs[] = {
     {"redirect_stderr", l_redirect_stderr},
     {"set_log_level", l_set_log_level},
     {"log", l_log},
+    {"log_hold", l_log_hold},
     {"log_enabled", l_log_enabled},
     {"run_broker", fs_broker_run},
+    {"broker_check", l_broker_check},
     {"store_scan", l_store_scan},
     {"http_request", fs_http_request},
     {NULL, NULL},

@@ -340,6 +340,9 @@ int fs_tables_rebind(fs_rt *rt);
 void fs_tables_tail_poll(fs_rt *rt);         /* apply what other workers wrote to them */
 
 /* fs_kafka.c */
+/* Checks a broker URL: memory:// (*bootstrap = NULL) or kafka://HOST[:PORT],...
+ * (*bootstrap points into url, after the scheme). -1 and a message if neither. */
+int fs_broker_url_check(const char *url, const char **bootstrap, char *err, size_t errlen);
 int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen);
 int fs_kafka_start(fs_rt *rt, char *err, size_t errlen);
 /* Learns the partition count of each topic from the broker's metadata, creating

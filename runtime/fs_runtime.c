@@ -238,20 +238,24 @@ static void finish(fs_rt *rt)
     }
     fs_sched_kill_all(rt); /* cancels HTTP requests still in flight */
     fs_http_close(rt);
+    int synced = 0;
     if (rt->fatal) {
         fs_error("%s", rt->fatal_msg);
         rt->exit_code = 1;
     } else if (fs_checkpoint_sync(rt, 30000) == 0) {
         fs_info("final checkpoint done: offsets committed");
-        if (rt->ntables)
-            fs_info("tables: %lld changelog records and %lld LMDB writes for %lld events; "
-                    "%lld records recovered",
-                    (long long)rt->changelog_records, (long long)rt->lmdb_writes,
-                    (long long)rt->events_in, (long long)rt->recovered_records);
+        synced = 1;
     } else {
         rt->exit_code = 1;
     }
     fs_kafka_close(rt);
+    /* Only now: leaving the group revokes the partitions, and the revocation
+     * writes each table partition's changelog once more. */
+    if (synced && rt->ntables)
+        fs_info("tables: %lld changelog records and %lld LMDB writes for %lld events; "
+                "%lld records recovered",
+                (long long)rt->changelog_records, (long long)rt->lmdb_writes,
+                (long long)rt->events_in, (long long)rt->recovered_records);
     rt->stopped = 1;
 }
 

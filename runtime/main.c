@@ -11,24 +11,90 @@
 #include "fs_log.h"
 #include "fs_lua.h"
 
-#define USAGE                                                                                      \
-    "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"  \
-    "                   [--reload]\n"                                                           \
-    "       fstream-lua send APP.lua TOPIC|@AGENT [--key K] [--partition N] [--repeat N]\n"        \
-    "                   [--broker URL] VALUE\n"                                                    \
-    "       fstream-lua agents APP.lua | tables APP.lua | reset APP.lua [--store URL]\n"          \
+#define USAGE                                                                                       \
+    "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"   \
+    "                          [--reload]\n"                                                       \
+    "       fstream-lua send APP.lua TOPIC|@AGENT [--key K] [--partition N] [--repeat N]\n"         \
+    "                        [--broker URL] [-l LEVEL] VALUE\n"                                    \
+    "       fstream-lua agents APP.lua\n"                                                          \
+    "       fstream-lua tables APP.lua [--store URL]\n"                                            \
     "       fstream-lua table APP.lua NAME [--key K] [--store URL]\n"                              \
-    "       fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file F]\n" \
+    "       fstream-lua reset APP.lua [--store URL]\n"                                             \
+    "       fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file FILE]\n" \
     "       fstream-lua --version | --help | COMMAND --help\n"
 
 int luaopen_fstream_core(lua_State *L);
 
-static int usage_error(const char *fmt, const char *arg)
+/* Each command: its positional words (NULL: none) and its own usage, printed
+ * by `COMMAND --help` (synopsis and details) and after a usage error (the
+ * synopsis only). */
+static const struct command {
+    const char *name, *pos[2], *synopsis, *details;
+} commands[] = {
+    {"worker", {"app", NULL},
+     "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"
+     "                          [--reload]\n",
+     "Runs the app's agents, tasks and timers until SIGTERM or SIGINT (a second one exits at once).\n"
+     "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"
+     "  --broker URL          memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]; default\n"
+     "                        $FSTREAM_BROKER, then the app's broker option\n"
+     "  --store URL           lmdb://DIR for the tables' files; default the app's store option\n"
+     "  --reload              load the new version when the app's files change (SIGHUP too)\n"},
+    {"send", {"app", "target"},
+     "usage: fstream-lua send APP.lua TOPIC|@AGENT [--key K] [--partition N] [--repeat N]\n"
+     "                        [--broker URL] [-l LEVEL] VALUE\n",
+     "Sends VALUE to TOPIC, or to the topic of the app's agent AGENT, and prints\n"
+     "topic[partition]@offset. VALUE is JSON when the topic's value serializer is json.\n"
+     "  -k, --key K           the message's key\n"
+     "  -p, --partition N     the partition (from 0); default: by key\n"
+     "  -n, --repeat N        send it N times (default 1)\n"
+     "  --broker URL          as for worker\n"
+     "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"},
+    {"agents", {"app", NULL}, "usage: fstream-lua agents APP.lua\n",
+     "Lists the app's agents: name <- topics it reads -> its sinks.\n"},
+    {"tables", {"app", NULL}, "usage: fstream-lua tables APP.lua [--store URL]\n",
+     "Lists the app's tables: partitions, changelog topic, partitions stored locally.\n"
+     "  --store URL           lmdb://DIR; default the app's store option\n"},
+    {"table", {"app", NULL}, "usage: fstream-lua table APP.lua NAME [--key K] [--store URL]\n",
+     "Prints the entries of table NAME stored on this machine, one JSON line each\n"
+     "({\"key\":..., \"value\":..., \"partition\":...}); reads the files, needs no broker.\n"
+     "  -k, --key K           only this key (exit 1 when it is not there)\n"
+     "  --store URL           lmdb://DIR; default the app's store option\n"},
+    {"reset", {"app", NULL}, "usage: fstream-lua reset APP.lua [--store URL]\n",
+     "Deletes the app's local table files; the changelogs on the broker stay, and the next\n"
+     "worker rebuilds the tables from them.\n"
+     "  --store URL           lmdb://DIR; default the app's store option\n"},
+    {"broker", {NULL, NULL},
+     "usage: fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file FILE]\n",
+     "Runs an embedded Kafka broker (in memory) until SIGTERM or SIGINT; workers reach it\n"
+     "as kafka://ADDRESS, the address it prints.\n"
+     "  --brokers N           brokers in the cluster, 1 to 16 (default 1)\n"
+     "  --partitions N        partitions of the topics named with --topic (default 8)\n"
+     "  --topic NAME          create this topic at start (repeatable)\n"
+     "  --address-file FILE   write the address to FILE once listening\n"},
+};
+#define NCOMMANDS (int)(sizeof commands / sizeof commands[0])
+
+static int usage_error(const struct command *c, const char *fmt, const char *arg)
 {
     fprintf(stderr, "fstream-lua: ");
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n%s", USAGE);
+    fprintf(stderr, "\n%s", c ? c->synopsis : USAGE);
+    if (c) fprintf(stderr, "(fstream-lua %s --help tells more)\n", c->name);
     return 2;
+}
+
+static int command_help(const struct command *c)
+{
+    printf("%s\n%s", c->synopsis, c->details);
+    return 0;
+}
+
+static const struct command *find_command(const char *name)
+{
+    for (int i = 0; i < NCOMMANDS; i++)
+        if (strcmp(name, commands[i].name) == 0) return &commands[i];
+    return NULL;
 }
 
 struct opt {
@@ -58,20 +124,6 @@ static const struct opt opts[] = {
     {"broker", "--address-file", NULL, "address_file", 1, 0},
     {NULL, NULL, NULL, NULL, 0, 0},
 };
-
-static const char *positional[][3] = {
-    {"worker", "app", NULL}, {"send", "app", "target"}, {"agents", "app", NULL},
-    {"broker", NULL, NULL},  {"tables", "app", NULL},   {"table", "app", NULL},
-    {"reset", "app", NULL},
-};
-#define NCOMMANDS (int)(sizeof positional / sizeof positional[0])
-
-static int traceback(lua_State *L)
-{
-    const char *msg = lua_tostring(L, 1);
-    luaL_traceback(L, L, msg ? msg : "(non-string error)", 1);
-    return 1;
-}
 
 static int load_bundled(lua_State *L)
 {
@@ -114,7 +166,7 @@ static lua_State *run_worker(fs_rt *rt, int *code_out)
     int code = fs_rt_run(rt);
     lua_State *L = rt->L;
     lua_settop(L, 0);
-    lua_pushcfunction(L, traceback);
+    lua_pushcfunction(L, fs_sched_traceback);
     lua_getglobal(L, "require");
     lua_pushstring(L, "fstream.cli");
     if (lua_pcall(L, 1, 1, 1) == LUA_OK) {
@@ -145,20 +197,27 @@ static lua_State *host_state(void)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) return usage_error("%s", "missing command");
+    if (argc < 2) return usage_error(NULL, "%s", "missing command");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
         printf("fstream-lua %s\n", FS_VERSION);
         return 0;
     }
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        if (argc > 2) { /* help COMMAND */
+            const struct command *c = find_command(argv[2]);
+            if (!c) return usage_error(NULL, "unknown command '%s'", argv[2]);
+            return command_help(c);
+        }
         printf("%s", USAGE);
         return 0;
     }
-    int known = -1;
-    for (int i = 0; i < NCOMMANDS; i++)
-        if (strcmp(cmd, positional[i][0]) == 0) known = i;
-    if (known < 0) return usage_error("unknown command '%s'", cmd);
+    const struct command *command = find_command(cmd);
+    if (!command) return usage_error(NULL, "unknown command '%s'", cmd);
+    /* COMMAND --help wins over whatever else is on the line. */
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return command_help(command);
 
     /* librdkafka's threads inherit this mask: the loop reads these from a signalfd. */
     sigset_t set;
@@ -186,11 +245,6 @@ int main(int argc, char **argv)
     int nextra = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            printf("%s", USAGE);
-            lua_close(L);
-            return 0;
-        }
         if (a[0] == '-' && a[1] != 0 && !(a[1] >= '0' && a[1] <= '9')) {
             const struct opt *o = NULL;
             const char *val = NULL;
@@ -207,13 +261,17 @@ int main(int argc, char **argv)
             }
             if (!o) {
                 lua_close(L);
-                return usage_error("unknown option '%s'", a);
+                return usage_error(command, "unknown option '%s'", a);
             }
-            if (!val && !o->takes_value) val = "1";
+            if (val && !o->takes_value) {
+                lua_close(L);
+                return usage_error(command, "option '%s' takes no value", o->longname);
+            }
+            if (!o->takes_value) val = "1";
             if (!val) {
                 if (i + 1 >= argc) {
                     lua_close(L);
-                    return usage_error("option '%s' needs a value", a);
+                    return usage_error(command, "option '%s' needs a value", a);
                 }
                 val = argv[++i];
             }
@@ -234,9 +292,9 @@ int main(int argc, char **argv)
             }
             continue;
         }
-        if (npos < 2 && positional[known][1 + npos]) {
+        if (npos < 2 && command->pos[npos]) {
             lua_pushstring(L, a);
-            lua_setfield(L, -3, positional[known][1 + npos]);
+            lua_setfield(L, -3, command->pos[npos]);
             npos++;
         } else {
             lua_pushstring(L, a);
@@ -244,17 +302,18 @@ int main(int argc, char **argv)
         }
     }
     lua_setfield(L, -2, "args");
-    int needed = (positional[known][1] != NULL) + (positional[known][2] != NULL);
-    if (npos < needed) {
+    if (npos < 2 && command->pos[npos]) {
         lua_close(L);
-        return usage_error("'%s' needs more arguments", cmd);
+        const char *what = strcmp(command->pos[npos], "app") == 0 ? "APP.lua" : "TOPIC|@AGENT";
+        return usage_error(command, "missing %s", what);
     }
     lua_getfield(L, -1, "loglevel");
     if (lua_isstring(L, -1)) {
         int lv = fs_log_parse_level(lua_tostring(L, -1));
         if (lv < 0) {
             const char *bad = lua_tostring(L, -1);
-            int rc = usage_error("unknown log level '%s'", bad);
+            int rc =
+                usage_error(command, "unknown log level '%s' (debug, info, warn or error)", bad);
             lua_close(L);
             return rc;
         }
@@ -263,7 +322,7 @@ int main(int argc, char **argv)
     lua_pop(L, 1);
 
     int opts_idx = lua_gettop(L);
-    lua_pushcfunction(L, traceback);
+    lua_pushcfunction(L, fs_sched_traceback);
     lua_getglobal(L, "require");
     lua_pushstring(L, "fstream.cli");
     int rc = 1;
@@ -274,7 +333,9 @@ int main(int argc, char **argv)
         lua_pushstring(L, cmd);
         lua_pushvalue(L, opts_idx);
         if (lua_pcall(L, 2, 2, opts_idx + 1)) {
-            fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -2));
+            fs_log_hold(0); /* what the failed command logged comes first */
+            /* the handler's traceback: always a string */
+            fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
         } else {
             rc = (int)luaL_optinteger(L, -2, 0);
             rt_ud *u = luaL_testudata(L, -1, RT_MT);

@@ -54,6 +54,34 @@ local function broker_of(app, opts)
   return opts.broker or os.getenv("FSTREAM_BROKER") or app.broker
 end
 
+-- The broker URL to use, checked before anything starts; nil and the exit code
+-- (after one line naming where the bad URL came from) when it is not one.
+local function checked_broker(app, opts)
+  local url = broker_of(app, opts)
+  local ok, err = core.broker_check(url)
+  if ok then return url end
+  local from = opts.broker and "--broker" or os.getenv("FSTREAM_BROKER") and "FSTREAM_BROKER"
+    or string.format("the broker option of app '%s'", app.id)
+  return nil, fail(2, "%s: %s", from, err)
+end
+
+-- A start that failed: the reason, without the position inside fstream's own
+-- modules that an error raised from C carries (it tells the user nothing).
+local function start_failed(app, err)
+  local msg = tostring(err):gsub("^[^\n:]*fstream/[%w_]+%.lua:%d+: ", "")
+  return fail(1, "cannot start app '%s': %s", app.id, msg)
+end
+
+-- A table's changelog carries the bytes of the table's own serializers (the
+-- topic itself is raw): say which they are.
+local function describe_topic(t, changelog_of)
+  local tb = changelog_of[t]
+  if not tb then return t:describe() end
+  local function s(x) return type(x) == "table" and "custom" or x end
+  return string.format("%s (key %s, value %s, %d partitions)", t.name, s(tb.key_serializer),
+    s(tb.value_serializer), t.partitions)
+end
+
 local function banner(app, rt, broker, opts)
   local lines = { string.format("fstream-lua %s worker (pid %s)", require("fstream").version, tostring(core.pid or "?")) }
   local function add(k, v) lines[#lines + 1] = string.format("  %-10s %s", k, v) end
@@ -67,7 +95,9 @@ local function banner(app, rt, broker, opts)
   add("guarantee", app.processing_guarantee)
   for i, a in ipairs(app.agent_list) do add(i == 1 and "agents" or "", a:describe()) end
   if #app.agent_list == 0 then add("agents", "(none)") end
-  for i, t in ipairs(app.topic_list) do add(i == 1 and "topics" or "", t:describe()) end
+  local changelog_of = {}
+  for _, t in ipairs(app.table_list) do changelog_of[t.changelog] = t end
+  for i, t in ipairs(app.topic_list) do add(i == 1 and "topics" or "", describe_topic(t, changelog_of)) end
   local Table = require "fstream.table"
   for i, t in ipairs(app.table_list) do add(i == 1 and "tables" or "", Table.describe(t)) end
   if #app.table_list > 0 then add("store", app:data_dir(opts.store)) end
@@ -94,10 +124,18 @@ end
 function cli.worker(opts)
   local app, code = load_app(opts.app)
   if not app then return code end
-  local broker = broker_of(app, opts)
+  local broker, bad = checked_broker(app, opts)
+  if not broker then return bad end
+  -- The banner comes first: the info lines of the start (topics created,
+  -- global tables recovered) are held back until it is out.
+  core.log_hold(true)
   local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store })
-  if not ok then return fail(1, "cannot start app '%s': %s", app.id, tostring(rt)) end
+  if not ok then
+    core.log_hold(false)
+    return start_failed(app, rt)
+  end
   banner(app, rt, broker, opts)
+  core.log_hold(false)
   rt:reload_setup(opts.app, opts.broker or "", opts.store or "", opts.reload ~= nil, broker, app:data_dir(opts.store))
   if opts.reload then watch(rt, opts.app) end
   core.log("info", opts.reload and "worker started; reloads when the app's files change (or on SIGHUP)"
@@ -157,10 +195,14 @@ function cli.send(opts)
   local key = opts.key
   if key and topic.key_serializer == "json" then key = core.json.decode(key) or key end
   local partition = opts.partition and math.tointeger(tonumber(opts.partition))
-  local rep = opts["repeat"] and math.tointeger(tonumber(opts["repeat"])) or 1
-  if opts.partition and not partition then return fail(2, "--partition needs an integer") end
-  if not rep or rep < 1 then return fail(2, "--repeat needs a positive integer") end
-  local broker = broker_of(app, opts)
+  local rep = 1
+  if opts["repeat"] then rep = math.tointeger(tonumber(opts["repeat"])) end
+  if opts.partition and not (partition and partition >= 0) then
+    return fail(2, "--partition needs a partition number (0, 1, ...), got '%s'", opts.partition)
+  end
+  if not rep or rep < 1 then return fail(2, "--repeat needs a count (1, 2, ...), got '%s'", opts["repeat"]) end
+  local broker, bad = checked_broker(app, opts)
+  if not broker then return bad end
   if broker:match("^memory://") then
     io.stderr:write("fstream-lua: note: ", app.id, " uses the embedded broker, which lives inside one process;",
       " pass --broker kafka://ADDRESS (the address a worker or `fstream-lua broker` prints)\n")
@@ -169,7 +211,8 @@ function cli.send(opts)
   -- consumer group, and no other topic (a changelog, say) is created by a send.
   app.agent_list, app.tasks, app.stream_sources = {}, {}, nil
   app.topic_list, app.table_list = { topic }, {}
-  local rt = app:_start { broker = broker }
+  local started, rt = pcall(app._start, app, { broker = broker })
+  if not started then return start_failed(app, rt) end
   local status = 0
   rt:spawn(function()
     for _ = 1, rep do
@@ -278,10 +321,11 @@ function cli.agents(opts)
 end
 
 function cli.broker(opts)
-  local n = opts.brokers and math.tointeger(tonumber(opts.brokers)) or 1
-  local p = opts.partitions and math.tointeger(tonumber(opts.partitions)) or 8
-  if not n then return fail(2, "--brokers needs an integer") end
-  if not p then return fail(2, "--partitions needs an integer") end
+  local n, p = 1, 8
+  if opts.brokers then n = math.tointeger(tonumber(opts.brokers)) end
+  if opts.partitions then p = math.tointeger(tonumber(opts.partitions)) end
+  if not (n and n >= 1 and n <= 16) then return fail(2, "--brokers needs a number from 1 to 16, got '%s'", opts.brokers) end
+  if not (p and p >= 1) then return fail(2, "--partitions needs a count (1, 2, ...), got '%s'", opts.partitions) end
   core.run_broker { brokers = n, address_file = opts.address_file, partitions = p, topics = opts.topics }
   return 0
 end
