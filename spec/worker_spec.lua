@@ -40,10 +40,10 @@ describe("a worker on a standalone embedded broker", function()
     local env = { APP_ID = "kill-" .. uniq, IN = "kill-in-" .. uniq, OUT = "kill-out-" .. uniq, THROTTLE = "0.05" }
     proc.produce_lines(addr, env.IN, numbers(1, n))
     local w = worker("relay.lua", env, addr)
-    local partial = proc.wait_count(addr, env.OUT, 4000, 90)
+    proc.wait_messages(addr, env.OUT, 4000, 90) -- then kill at once (see proc.wait_messages)
     w:signal("KILL")
     assert.are.equal(137, w:wait(10))
-    partial = proc.consume_all(addr, env.OUT)
+    local partial = proc.consume_all(addr, env.OUT)
     assert.is_true(#partial < n, "the worker finished before it was killed")
 
     env.THROTTLE = "0"

@@ -159,13 +159,22 @@ function proc.count_messages(addr, topic)
   return n
 end
 
--- Polls until `topic` holds at least n messages; returns all its values.
-function proc.wait_count(addr, topic, n, timeout)
+-- Polls until `topic` holds at least n messages (or the timeout passes);
+-- returns how many it holds. Reads nothing, so it returns as soon as they are there.
+function proc.wait_messages(addr, topic, n, timeout)
   local deadline = os.time() + (timeout or 60)
+  local have
   repeat
-    if proc.count_messages(addr, topic) >= n then break end
+    have = proc.count_messages(addr, topic)
+    if have >= n then break end
     proc.sleep(0.3)
   until os.time() > deadline
+  return have
+end
+
+-- Polls until `topic` holds at least n messages; returns all its values.
+function proc.wait_count(addr, topic, n, timeout)
+  proc.wait_messages(addr, topic, n, timeout)
   return proc.consume_all(addr, topic)
 end
 
