@@ -293,15 +293,18 @@ static void self_reassign(fs_rt *rt)
     self_assign_now(rt);
 }
 
-/* Self-assignment's rd_kafka_subscribe: records the topics; the loop assigns. */
-static void self_subscribe(fs_rt *rt, rd_kafka_topic_partition_list_t *want)
+/* Self-assignment's rd_kafka_subscribe: records the topics, and the loop
+ * assigns them. Returns 1 when the topics changed (no subscription yet counts
+ * as an empty one, as librdkafka's does). */
+static int self_subscribe(fs_rt *rt, rd_kafka_topic_partition_list_t *want)
 {
-    if (rt->self_subs && same_topics(want, rt->self_subs)) return;
+    if (rt->self_subs ? same_topics(want, rt->self_subs) : want->cnt == 0) return 0;
     if (rt->self_subs) rd_kafka_topic_partition_list_destroy(rt->self_subs);
     rt->self_subs = rd_kafka_topic_partition_list_copy(want);
     rt->self_pending = 1;
     rt->subscribed = 1;
     rt->consume_pending = 1;
+    return 1;
 }
 
 static void wake_cb(fs_io *io, uint32_t events)
@@ -956,9 +959,9 @@ int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
     int rc = 0;
     if (rt->self_assign) {
         /* As a group would: revoke and reassign when the topics change. */
-        rc = !rt->self_subs || !same_topics(want, rt->self_subs);
+        rc = self_subscribe(rt, want);
         if (rc) fs_info("subscription changed: %d topics", want->cnt);
-        self_subscribe(rt, want);
+        rt->consume_pending = 1;
         rd_kafka_topic_partition_list_destroy(want);
         return rc;
     }
