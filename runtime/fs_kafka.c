@@ -133,6 +133,13 @@ static int commit_parts(fs_rt *rt, rd_kafka_topic_partition_list_t *only, int us
     return rc;
 }
 
+static int same_topics(const rd_kafka_topic_partition_list_t *a, const rd_kafka_topic_partition_list_t *b);
+
+/* How long start-up may wait for the broker's metadata, and again for topics
+ * it creates to appear in it (DESIGN: the loop never blocks; this runs before
+ * the loop does, or while a reload has paused it). */
+#define FS_METADATA_MS 10000
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -240,6 +247,64 @@ void fs_kafka_revoke_poll(fs_rt *rt)
     rd_kafka_assign(rt->consumer, NULL);
     rt->consume_pending = 1;
     fs_info("revocation done");
+}
+
+/* memory:// (rt->self_assign): the assignment the group would give its only
+ * member — every partition of every subscribed topic — handed to the same
+ * rebalance callback a JoinGroup would call, so tables, recovery, resume
+ * offsets and leadership (partition 0 of the leader topic) work unchanged.
+ * Offsets still go to the embedded broker's coordinator: it takes commits
+ * from a consumer that never joined (no group exists, so no member or
+ * generation is checked), as Kafka does for a simple consumer. */
+static void self_assign_now(fs_rt *rt)
+{
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(16);
+    for (int i = 0; rt->self_subs && i < rt->self_subs->cnt; i++) {
+        fs_topic *t = fs_topic_find(rt, rt->self_subs->elems[i].topic);
+        for (int p = 0; t && p < t->partitions; p++)
+            rd_kafka_topic_partition_list_add(parts, t->name, p)->offset = RD_KAFKA_OFFSET_INVALID;
+    }
+    fs_info("memory://: sole member of group %s, assigning itself %d partitions (no JoinGroup)",
+            rt->group, parts->cnt);
+    /* A subscription makes the consumer ask for its topics' metadata; an
+     * assignment does not, and a partition without a known leader waits for
+     * librdkafka's 1 s offset-query retry. Asking now (a local broker answers
+     * in about a millisecond) lets every partition start fetching at once. */
+    const struct rd_kafka_metadata *md = NULL;
+    if (parts->cnt && !rd_kafka_metadata(rt->consumer, 1, NULL, &md, FS_METADATA_MS) && md)
+        rd_kafka_metadata_destroy(md);
+    if (parts->cnt) rebalance_cb(rt->consumer, RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, parts, rt);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* A new self-assigned subscription: revoke everything held (the checkpoint and
+ * table release a group rebalance would do; eager, as the group's
+ * range/roundrobin protocol is), then assign the new set. Called from the
+ * loop; returns while agents still finish events of revoked partitions and is
+ * called again once the revocation is done. */
+static void self_reassign(fs_rt *rt)
+{
+    rd_kafka_topic_partition_list_t *a = NULL;
+    if (rd_kafka_assignment(rt->consumer, &a) || !a) return;
+    if (a->cnt) rebalance_cb(rt->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, rt);
+    rd_kafka_topic_partition_list_destroy(a);
+    if (rt->revoke) return;
+    rt->self_pending = 0;
+    self_assign_now(rt);
+}
+
+/* Self-assignment's rd_kafka_subscribe: records the topics, and the loop
+ * assigns them. Returns 1 when the topics changed (no subscription yet counts
+ * as an empty one, as librdkafka's does). */
+static int self_subscribe(fs_rt *rt, rd_kafka_topic_partition_list_t *want)
+{
+    if (rt->self_subs ? same_topics(want, rt->self_subs) : want->cnt == 0) return 0;
+    if (rt->self_subs) rd_kafka_topic_partition_list_destroy(rt->self_subs);
+    rt->self_subs = rd_kafka_topic_partition_list_copy(want);
+    rt->self_pending = 1;
+    rt->subscribed = 1;
+    rt->consume_pending = 1;
+    return 1;
 }
 
 static void wake_cb(fs_io *io, uint32_t events)
@@ -404,6 +469,10 @@ int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
         }
         snprintf(bootstrap, sizeof bootstrap, "%s", rd_kafka_mock_cluster_bootstraps(rt->mock));
         rt->embedded = 1;
+        /* This broker lives and dies with this process: no other worker can
+         * join its group, so the worker takes every partition itself rather
+         * than wait out the mock coordinator's 3 s initial rebalance delay. */
+        rt->self_assign = 1;
     } else {
         snprintf(bootstrap, sizeof bootstrap, "%s", servers);
     }
@@ -477,11 +546,6 @@ static int same_topics(const rd_kafka_topic_partition_list_t *a, const rd_kafka_
     }
     return 1;
 }
-
-/* How long start-up may wait for the broker's metadata, and again for topics
- * it creates to appear in it (DESIGN: the loop never blocks; this runs before
- * the loop does, or while a reload has paused it). */
-#define FS_METADATA_MS 10000
 
 static int64_t mono_ms(void)
 {
@@ -661,7 +725,9 @@ int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
     if (fs_kafka_open_topics(rt, err, errlen)) return -1;
     rd_kafka_topic_partition_list_t *subs = subscription_of(rt);
     int rc = 0;
-    if (subs->cnt) {
+    if (rt->self_assign) {
+        self_subscribe(rt, subs);
+    } else if (subs->cnt) {
         rd_kafka_resp_err_t e = rd_kafka_subscribe(rt->consumer, subs);
         if (e) {
             snprintf(err, errlen, "subscribe failed: %s", rd_kafka_err2str(e));
@@ -696,6 +762,10 @@ void fs_kafka_poll(fs_rt *rt)
         return;
     }
     if (!rt->subscribed || rt->stopping || rt->draining) return;
+    if (rt->self_pending) {
+        self_reassign(rt);
+        if (rt->revoke) return;
+    }
     /* Back-pressure pauses fetching, but the queue is still served: rebalances
      * and commit results arrive on it, and a worker that stops reading it would
      * never answer a rebalance. */
@@ -887,6 +957,14 @@ int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
     if (fs_kafka_open_topics(rt, err, errlen)) return -1;
     rd_kafka_topic_partition_list_t *want = subscription_of(rt), *have = NULL;
     int rc = 0;
+    if (rt->self_assign) {
+        /* As a group would: revoke and reassign when the topics change. */
+        rc = self_subscribe(rt, want);
+        if (rc) fs_info("subscription changed: %d topics", want->cnt);
+        rt->consume_pending = 1;
+        rd_kafka_topic_partition_list_destroy(want);
+        return rc;
+    }
     if (rd_kafka_subscription(rt->consumer, &have)) have = NULL;
     if (!have || !same_topics(want, have)) {
         /* A new topic list makes the group rebalance: the usual revocation and
@@ -925,6 +1003,17 @@ void fs_kafka_close(fs_rt *rt)
     if (rt->consumer) {
         if (rt->cq) rd_kafka_queue_destroy(rt->cq);
         rt->cq = NULL;
+        /* A self-assigned worker never joined, so closing revokes nothing:
+         * do the revocation leaving the group would (last table writes,
+         * offsets, table partitions closed). */
+        rd_kafka_topic_partition_list_t *a = NULL;
+        if (rt->self_assign && !rt->revoke && !rd_kafka_assignment(rt->consumer, &a) && a && a->cnt)
+            rebalance_cb(rt->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, rt);
+        if (a) rd_kafka_topic_partition_list_destroy(a);
+        if (rt->revoke) {
+            rt->revoke_deadline = 0;
+            fs_kafka_revoke_poll(rt);
+        }
         rd_kafka_consumer_close(rt->consumer); /* leaves the group */
         rd_kafka_destroy(rt->consumer);
         rt->consumer = NULL;
@@ -941,6 +1030,8 @@ void fs_kafka_close(fs_rt *rt)
         rd_kafka_destroy(rt->producer);
         rt->producer = NULL;
     }
+    if (rt->self_subs) rd_kafka_topic_partition_list_destroy(rt->self_subs);
+    rt->self_subs = NULL;
     if (rt->mock) rd_kafka_mock_cluster_destroy(rt->mock);
     rt->mock = NULL;
     if (rt->mock_host) rd_kafka_destroy(rt->mock_host);

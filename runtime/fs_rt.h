@@ -199,6 +199,12 @@ struct fs_rt {
     fs_io cio, pio, sio;
     int consume_pending, produce_pending;
     int subscribed;
+    /* memory://: the worker owns its embedded broker, so it is the only member
+     * of its group and assigns itself every partition of its subscription
+     * instead of joining (the mock's first JoinGroup waits 3 s). */
+    int self_assign;
+    rd_kafka_topic_partition_list_t *self_subs; /* topics self-assigned, or NULL */
+    int self_pending; /* the subscription changed: reassign once nothing is revoking */
     int prestart; /* agents take their first steps before the first subscription */
     int paused; /* fetching paused: agents have max_queued events waiting */
     rd_kafka_topic_partition_list_t *revoke; /* a revocation waiting for agents, or NULL */

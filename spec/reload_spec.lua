@@ -79,132 +79,148 @@ local VERSIONS = {
   HEAD .. numbers_agent([["v6|" .. n]]) .. EVENS:format("v6") .. SIDE:format("v6"),
 }
 
+-- Rewrites the agent five times under load, on the standalone broker at addr,
+-- or (addr nil) on the worker's own embedded broker (memory://), where the
+-- worker assigns itself its partitions and a new topic is assigned the same way.
+local function rewrite_five_times(addr, tag)
+  local dir = proc.tmp .. "/reload-" .. tag .. uniq
+  os.execute("mkdir -p " .. proc.quote(dir))
+  local env = { APP_ID = "rl-" .. tag .. uniq, IN = "rl-in-" .. uniq, OUT = "rl-out-" .. uniq, SIDE = "rl-side-" .. uniq }
+  if addr then proc.create_topics(addr, env.IN, env.OUT) end
+  local script = dir .. "/app.lua"
+  proc.write(script, VERSIONS[1])
+  proc.write(dir .. "/fmt.lua", 'return { tag = "v1:" }')
+  local store = dir .. "/store"
+  local vars = {}
+  for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. proc.quote(v) end
+  local w = proc.spawn(string.format("env %s %s worker %s --reload -l debug --broker %s --store lmdb://%s",
+    table.concat(vars, " "), bin, proc.quote(script), addr and "kafka://" .. addr or "memory://", proc.quote(store)),
+    "worker-reload")
+  addr = addr or w:wait_for("listening on ([%d%.]+:%d+)", 20)
+  assert.truthy(addr, w:output())
+  assert.truthy(w:wait_for("assigned 4 partitions", 30), w:output())
+
+  -- Numbered messages keyed by bucket (n % 10), about 400/s until told to stop.
+  local stop = dir .. "/stop-load"
+  local load = proc.spawn(string.format(
+    "i=0; while [ ! -e %s ]; do i=$((i+1)); echo \"b$((i %% 10)):$i\"; " ..
+    "if [ $((i %% 20)) = 0 ]; then sleep 0.05; fi; done | kcat -P -b %s -t %s -K:",
+    proc.quote(stop), addr, proc.quote(env.IN)), "load")
+
+  local reloads = 0
+  local function install(k, how)
+    proc.sleep(1.5)
+    if k == 2 then
+      proc.write(dir .. "/fmt.lua", VERSIONS[2])
+    elseif how == "rename" then
+      -- An editor that writes a new file and renames it over the old one.
+      proc.write(dir .. "/.app.lua.tmp", VERSIONS[k])
+      assert(os.rename(dir .. "/.app.lua.tmp", script))
+    else
+      proc.write(script, VERSIONS[k])
+    end
+  end
+  for k = 2, 6 do
+    install(k, k == 3 and "rename" or nil)
+    if k == 5 then
+      assert.truthy(w:wait_for("reload of [^\n]*app%.lua failed, still running the previous version: [^\n]*app%.lua:%d+: '}' expected", 20), w:output())
+    else
+      reloads = reloads + 1
+      assert.truthy(wait_occurrences(w, "reloaded [^\n]*app%.lua in %d+ ms", reloads, 30), w:output())
+    end
+    if k == 4 then
+      -- The new topic is read once the group has rebalanced onto it.
+      assert.truthy(wait_occurrences(w, "assigned 8 partitions", 1, 30), w:output())
+      proc.produce_lines(addr, env.SIDE, { "s1", "s2", "s3" })
+    end
+  end
+  proc.sleep(1.5)
+  proc.write(stop, "")
+  assert.is_not_nil(load:wait(10))
+  local n = proc.count_messages(addr, env.IN)
+  assert.is_true(n > 1000, "the load produced only " .. n .. " messages")
+
+  -- Every number processed at least once, by an identifiable version.
+  local seen, by_version = {}, {}
+  local deadline = os.time() + 60
+  local outputs
+  repeat
+    proc.sleep(0.5)
+    outputs = proc.consume_all(addr, env.OUT)
+    seen = {}
+    for _, v in ipairs(outputs) do
+      local ver, num = v:match("^(v%d)[:|](%d+)$")
+      if ver then seen[tonumber(num)] = ver end
+    end
+    local missing = 0
+    for i = 1, n do if not seen[i] then missing = missing + 1 end end
+  until missing == 0 or os.time() > deadline
+  assert.are.equal(0, w:stop())
+  local missing = {}
+  for i = 1, n do if not seen[i] then missing[#missing + 1] = i end end
+  assert.are.same({}, missing)
+  local side = {}
+  for _, v in ipairs(outputs) do
+    local ver = v:match("^(v%d)[:|]")
+    if ver then by_version[ver] = (by_version[ver] or 0) + 1 end
+    local sv = v:match("^v[46]%-side|(s%d)$")
+    if sv then side[sv] = true end
+    assert.is_nil(v:match("^v5"), "the broken version ran: " .. v)
+  end
+  for _, ver in ipairs { "v1", "v2", "v3", "v4", "v6" } do
+    assert.is_true((by_version[ver] or 0) > 0, "no output of " .. ver)
+  end
+  assert.are.same({ s1 = true, s2 = true, s3 = true }, side)
+  local evens = 0
+  for _, v in ipairs(outputs) do if v:match("^v[346]%-even|") then evens = evens + 1 end end
+  assert.is_true(evens > 0, "the added agent never ran")
+
+  -- Within a bucket (one partition, in order) versions only move forward.
+  local last = {}
+  for i = 1, n do
+    local b = i % 10
+    assert.is_true(seen[i] >= (last[b] or "v1"), "number " .. i .. " went back to " .. seen[i])
+    last[b] = seen[i]
+  end
+
+  -- The table counted each number exactly once across the reloads.
+  local out, rc = proc.run(string.format("env %s %s table %s counts --store lmdb://%s 2>/dev/null",
+    table.concat(vars, " "), bin, proc.quote(script), proc.quote(store)))
+  assert.are.equal(0, rc, out)
+  local counts, expected = {}, {}
+  for line in out:gmatch("[^\n]+") do
+    local row = json.decode(line)
+    counts[row.key] = row.value
+  end
+  for i = 1, n do expected["b" .. i % 10] = (expected["b" .. i % 10] or 0) + 1 end
+  assert.are.same(expected, counts)
+  -- The table added by a reload has its own LMDB files and changelog.
+  out, rc = proc.run(string.format("env %s %s table %s evens --store lmdb://%s 2>/dev/null",
+    table.concat(vars, " "), bin, proc.quote(script), proc.quote(store)))
+  assert.are.equal(0, rc, out)
+  local even_total = 0
+  for line in out:gmatch("[^\n]+") do
+    local row = json.decode(line)
+    assert.is_not_nil(row.key:match("^b[02468]$"), line)
+    even_total = even_total + row.value
+  end
+  assert.are.equal(evens, even_total)
+  assert.are.equal(4, occurrences(w:output(), "reloaded [^\n]*app%.lua in %d+ ms"))
+end
+
+describe("hot reload on the embedded broker (memory://)", function()
+  it("rewrites the agent five times under load: no gap, each output's version known, exact table counts, the broken version never runs", function()
+    rewrite_five_times(nil, "mem-")
+  end)
+end)
+
 describe("hot reload on a standalone embedded broker", function()
   local broker, addr
   setup(function() broker, addr = proc.broker({}, 4) end)
   teardown(function() broker:stop() end)
 
   it("rewrites the agent five times under load: no gap, each output's version known, exact table counts, the broken version never runs", function()
-    local dir = proc.tmp .. "/reload-" .. uniq
-    os.execute("mkdir -p " .. proc.quote(dir))
-    local env = { APP_ID = "rl-" .. uniq, IN = "rl-in-" .. uniq, OUT = "rl-out-" .. uniq, SIDE = "rl-side-" .. uniq }
-    proc.create_topics(addr, env.IN, env.OUT)
-    local script = dir .. "/app.lua"
-    proc.write(script, VERSIONS[1])
-    proc.write(dir .. "/fmt.lua", 'return { tag = "v1:" }')
-    local store = dir .. "/store"
-    local vars = {}
-    for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. proc.quote(v) end
-    local w = proc.spawn(string.format("env %s %s worker %s --reload -l debug --broker kafka://%s --store lmdb://%s",
-      table.concat(vars, " "), bin, proc.quote(script), addr, proc.quote(store)), "worker-reload")
-    assert.truthy(w:wait_for("assigned 4 partitions", 30), w:output())
-
-    -- Numbered messages keyed by bucket (n % 10), about 400/s until told to stop.
-    local stop = dir .. "/stop-load"
-    local load = proc.spawn(string.format(
-      "i=0; while [ ! -e %s ]; do i=$((i+1)); echo \"b$((i %% 10)):$i\"; " ..
-      "if [ $((i %% 20)) = 0 ]; then sleep 0.05; fi; done | kcat -P -b %s -t %s -K:",
-      proc.quote(stop), addr, proc.quote(env.IN)), "load")
-
-    local reloads = 0
-    local function install(k, how)
-      proc.sleep(1.5)
-      if k == 2 then
-        proc.write(dir .. "/fmt.lua", VERSIONS[2])
-      elseif how == "rename" then
-        -- An editor that writes a new file and renames it over the old one.
-        proc.write(dir .. "/.app.lua.tmp", VERSIONS[k])
-        assert(os.rename(dir .. "/.app.lua.tmp", script))
-      else
-        proc.write(script, VERSIONS[k])
-      end
-    end
-    for k = 2, 6 do
-      install(k, k == 3 and "rename" or nil)
-      if k == 5 then
-        assert.truthy(w:wait_for("reload of [^\n]*app%.lua failed, still running the previous version: [^\n]*app%.lua:%d+: '}' expected", 20), w:output())
-      else
-        reloads = reloads + 1
-        assert.truthy(wait_occurrences(w, "reloaded [^\n]*app%.lua in %d+ ms", reloads, 30), w:output())
-      end
-      if k == 4 then
-        -- The new topic is read once the group has rebalanced onto it.
-        assert.truthy(wait_occurrences(w, "assigned 8 partitions", 1, 30), w:output())
-        proc.produce_lines(addr, env.SIDE, { "s1", "s2", "s3" })
-      end
-    end
-    proc.sleep(1.5)
-    proc.write(stop, "")
-    assert.is_not_nil(load:wait(10))
-    local n = proc.count_messages(addr, env.IN)
-    assert.is_true(n > 1000, "the load produced only " .. n .. " messages")
-
-    -- Every number processed at least once, by an identifiable version.
-    local seen, by_version = {}, {}
-    local deadline = os.time() + 60
-    local outputs
-    repeat
-      proc.sleep(0.5)
-      outputs = proc.consume_all(addr, env.OUT)
-      seen = {}
-      for _, v in ipairs(outputs) do
-        local ver, num = v:match("^(v%d)[:|](%d+)$")
-        if ver then seen[tonumber(num)] = ver end
-      end
-      local missing = 0
-      for i = 1, n do if not seen[i] then missing = missing + 1 end end
-    until missing == 0 or os.time() > deadline
-    assert.are.equal(0, w:stop())
-    local missing = {}
-    for i = 1, n do if not seen[i] then missing[#missing + 1] = i end end
-    assert.are.same({}, missing)
-    local side = {}
-    for _, v in ipairs(outputs) do
-      local ver = v:match("^(v%d)[:|]")
-      if ver then by_version[ver] = (by_version[ver] or 0) + 1 end
-      local sv = v:match("^v[46]%-side|(s%d)$")
-      if sv then side[sv] = true end
-      assert.is_nil(v:match("^v5"), "the broken version ran: " .. v)
-    end
-    for _, ver in ipairs { "v1", "v2", "v3", "v4", "v6" } do
-      assert.is_true((by_version[ver] or 0) > 0, "no output of " .. ver)
-    end
-    assert.are.same({ s1 = true, s2 = true, s3 = true }, side)
-    local evens = 0
-    for _, v in ipairs(outputs) do if v:match("^v[346]%-even|") then evens = evens + 1 end end
-    assert.is_true(evens > 0, "the added agent never ran")
-
-    -- Within a bucket (one partition, in order) versions only move forward.
-    local last = {}
-    for i = 1, n do
-      local b = i % 10
-      assert.is_true(seen[i] >= (last[b] or "v1"), "number " .. i .. " went back to " .. seen[i])
-      last[b] = seen[i]
-    end
-
-    -- The table counted each number exactly once across the reloads.
-    local out, rc = proc.run(string.format("env %s %s table %s counts --store lmdb://%s 2>/dev/null",
-      table.concat(vars, " "), bin, proc.quote(script), proc.quote(store)))
-    assert.are.equal(0, rc, out)
-    local counts, expected = {}, {}
-    for line in out:gmatch("[^\n]+") do
-      local row = json.decode(line)
-      counts[row.key] = row.value
-    end
-    for i = 1, n do expected["b" .. i % 10] = (expected["b" .. i % 10] or 0) + 1 end
-    assert.are.same(expected, counts)
-    -- The table added by a reload has its own LMDB files and changelog.
-    out, rc = proc.run(string.format("env %s %s table %s evens --store lmdb://%s 2>/dev/null",
-      table.concat(vars, " "), bin, proc.quote(script), proc.quote(store)))
-    assert.are.equal(0, rc, out)
-    local even_total = 0
-    for line in out:gmatch("[^\n]+") do
-      local row = json.decode(line)
-      assert.is_not_nil(row.key:match("^b[02468]$"), line)
-      even_total = even_total + row.value
-    end
-    assert.are.equal(evens, even_total)
-    assert.are.equal(4, occurrences(w:output(), "reloaded [^\n]*app%.lua in %d+ ms"))
+    rewrite_five_times(addr, "")
   end)
 
   -- A window that is open when the worker reloads closes once, afterwards, with

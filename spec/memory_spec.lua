@@ -1,0 +1,99 @@
+-- A worker on its own embedded broker (memory://) is the only member of its
+-- consumer group: it assigns itself every partition instead of joining (the
+-- embedded coordinator holds a first JoinGroup for 3 s), and everything that
+-- rides on the assignment still works: offsets committed to the embedded
+-- coordinator and resumed from it, tables, leadership, resubscription.
+local proc = require "spec.support.proc"
+local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
+local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+local json = require("fstream.core").json
+
+local function sum(t)
+  local n = 0
+  for _, v in pairs(t) do n = n + v end
+  return n
+end
+
+describe("a worker on its own embedded broker (memory://)", function()
+  it("assigns itself every partition without a JoinGroup, and its offset commits are accepted", function()
+    -- FSTREAM_KAFKA_DEBUG=cgrp logs every group request librdkafka makes.
+    local cmd = string.format("env FSTREAM_KAFKA_DEBUG=cgrp APP_ID=solo-%s IN=solo-in OUT=solo-out %s worker %s/relay.lua -l debug",
+      uniq, bin, fixtures)
+    local w = proc.spawn(cmd, "worker-solo")
+    local addr = w:wait_for("listening on ([%d%.]+:%d+)", 20)
+    assert.truthy(addr, w:output())
+    assert.truthy(w:wait_for("assigned 4 partitions", 30), w:output())
+    proc.produce_lines(addr, "solo-in", proc.numbers(1, 100))
+    assert.are.equal(100, #proc.wait_count(addr, "solo-out", 100, 30))
+    assert.truthy(w:wait_for("committing %d+ partition offsets", 10), w:output())
+    proc.sleep(0.6) -- one more commit interval: a refused commit would be logged by now
+    assert.are.equal(0, w:stop())
+    local log = w:output()
+    assert.matches("memory://: sole member of group solo%-[%d%-]+, assigning itself 4 partitions %(no JoinGroup%)", log)
+    assert.matches("final checkpoint done: offsets committed", log)
+    assert.not_matches("JOINGROUP", log) -- librdkafka's tag for its join requests and responses
+    assert.not_matches("JoinGroup response", log)
+    assert.not_matches("SyncGroup", log)
+    assert.not_matches("commit[^\n]* failed", log)
+  end)
+
+  it("leads its group: an on_leader timer runs", function()
+    local out = "ticks-" .. uniq
+    local w = proc.spawn(string.format("env APP_ID=lead-%s OUT=%s %s worker %s/leader.lua", uniq, out, bin, fixtures),
+      "worker-solo-leader")
+    local addr = w:wait_for("listening on ([%d%.]+:%d+)", 20)
+    assert.truthy(addr, w:output())
+    local ticks = proc.wait_count(addr, out, 3, 30)
+    assert.are.equal(0, w:stop())
+    assert.is_true(#ticks >= 3, w:output())
+    assert.is_number(json.decode(ticks[1]).pid)
+  end)
+
+  it("resubscribes to a topic an agent declares at run time: revokes, commits, reassigns, counts exactly", function()
+    local name = "solo-gbl"
+    local store = proc.tmp .. "/" .. name .. "-" .. uniq
+    local cmd = string.format("env APP_ID=%s-%s IN=%s-in LATE=1 %s", name, uniq, name, bin)
+    local w = proc.spawn(string.format("%s worker %s/groupby_agent.lua --store lmdb://%s -l info", cmd, fixtures, store),
+      "worker-" .. name)
+    local addr = w:wait_for("listening on ([%d%.]+:%d+)", 20)
+    assert.truthy(addr, w:output())
+    local function dump()
+      local out = proc.run(string.format("%s table %s/groupby_agent.lua totals --store lmdb://%s 2>/dev/null",
+        cmd, fixtures, store))
+      local got = {}
+      for line in out:gmatch("[^\n]+") do
+        local r = json.decode(line)
+        got[r.key] = r.value
+      end
+      return got
+    end
+    local function orders(from, to, expect)
+      local lines = {}
+      for i = from, to do
+        local acct = "acct-" .. (i % 37)
+        lines[#lines + 1] = string.format('order-%d\t{"account":"%s","amount":%d}', i, acct, i % 10)
+        expect[acct] = (expect[acct] or 0) + i % 10
+      end
+      return lines
+    end
+    local function wait_sum(n)
+      local deadline = os.time() + 60
+      repeat proc.sleep(1) until sum(dump()) >= n or os.time() > deadline or not w:alive()
+    end
+    local expect = {}
+    -- Orders before the agent regroups (processed, committed, then the
+    -- partitions are revoked and reassigned with the repartition topic) and after.
+    proc.produce_lines(addr, name .. "-in", orders(1, 1000, expect), { key_delim = "\t" })
+    assert.truthy(w:wait_for("subscription changed: 2 topics", 30), w:output())
+    assert.truthy(w:wait_for("assigned 8 partitions", 30), w:output())
+    proc.produce_lines(addr, name .. "-in", orders(1001, 2000, expect), { key_delim = "\t" })
+    wait_sum(sum(expect))
+    proc.sleep(1) -- a rewound partition would show duplicates now
+    assert.are.equal(0, w:stop(), w:output())
+    assert.are.same(expect, dump())
+    local log = w:output()
+    assert.matches("revoking 4 partitions", log)
+    assert.matches("assigning itself 8 partitions", log)
+    assert.not_matches("commit[^\n]* failed", log)
+  end)
+end)
