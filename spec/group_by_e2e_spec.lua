@@ -2,26 +2,14 @@
 -- broker: the worker learns the repartition topic when the agent first asks
 -- for it, and the totals stay exact across a clean restart.
 local proc = require "spec.support.proc"
+local Orders = require "spec.support.orders"
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 local json = require("fstream.core").json
 local core = require "fstream.core"
 
-local function orders(from, to, expect)
-  local lines = {}
-  for i = from, to do
-    local acct = "acct-" .. (i % 37)
-    lines[#lines + 1] = string.format('order-%d\t{"account":"%s","amount":%d}', i, acct, i % 10)
-    expect[acct] = (expect[acct] or 0) + i % 10
-  end
-  return lines
-end
 
-local function sum(t)
-  local n = 0
-  for _, v in pairs(t) do n = n + v end
-  return n
-end
+local orders, sum = Orders.lines, Orders.sum
 
 -- Runs the fixture twice on one store (more orders arrive between the runs)
 -- and checks the totals after each clean stop. Returns both workers' logs and

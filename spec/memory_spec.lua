@@ -4,15 +4,12 @@
 -- rides on the assignment still works: offsets committed to the embedded
 -- coordinator and resumed from it, tables, leadership, resubscription.
 local proc = require "spec.support.proc"
+local Orders = require "spec.support.orders"
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 local json = require("fstream.core").json
 
-local function sum(t)
-  local n = 0
-  for _, v in pairs(t) do n = n + v end
-  return n
-end
+local orders, sum = Orders.lines, Orders.sum
 
 describe("a worker on its own embedded broker (memory://)", function()
   it("assigns itself every partition without a JoinGroup, and its offset commits are accepted", function()
@@ -66,15 +63,6 @@ describe("a worker on its own embedded broker (memory://)", function()
         got[r.key] = r.value
       end
       return got
-    end
-    local function orders(from, to, expect)
-      local lines = {}
-      for i = from, to do
-        local acct = "acct-" .. (i % 37)
-        lines[#lines + 1] = string.format('order-%d\t{"account":"%s","amount":%d}', i, acct, i % 10)
-        expect[acct] = (expect[acct] or 0) + i % 10
-      end
-      return lines
     end
     local function wait_sum(n)
       local deadline = os.time() + 60
