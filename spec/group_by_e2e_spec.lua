@@ -5,7 +5,6 @@ local proc = require "spec.support.proc"
 local Orders = require "spec.support.orders"
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
-local json = require("fstream.core").json
 local core = require "fstream.core"
 
 
@@ -24,21 +23,10 @@ local function two_runs(name, late)
     return proc.spawn(string.format("%s worker %s/groupby_agent.lua --broker kafka://%s --store lmdb://%s -l info",
       cmd, fixtures, addr, store), "worker-" .. name)
   end
-  local function dump()
-    local out = proc.run(string.format("%s table %s/groupby_agent.lua totals --store lmdb://%s 2>/dev/null",
-      cmd, fixtures, store))
-    local got, parts = {}, {}
-    for line in out:gmatch("[^\n]+") do
-      local r = json.decode(line)
-      assert.is_nil(got[r.key], r.key .. " appears twice")
-      got[r.key], parts[r.key] = r.value, r.partition
-    end
-    return got, parts
-  end
+  local function dump() return Orders.totals(cmd, fixtures .. "/groupby_agent.lua", store) end
   local function run_until(n)
     local w = start()
-    local deadline = os.time() + 90
-    repeat proc.sleep(1) until sum(dump()) >= n or os.time() > deadline or not w:alive()
+    Orders.wait_sum(dump, n, w, 90)
     proc.sleep(1) -- anything beyond n would show now
     assert.are.equal(0, w:stop(), w:output())
     return w:output()
@@ -103,19 +91,8 @@ end)
     proc.write(script, version("v1"))
     local cmd = string.format("env APP_ID=%s IN=%s %s", env.APP_ID, env.IN, bin)
     local store = dir .. "/store"
-    local function dump()
-      local out = proc.run(string.format("%s table %s totals --store lmdb://%s 2>/dev/null", cmd, script, store))
-      local got = {}
-      for line in out:gmatch("[^\n]+") do
-        local r = json.decode(line)
-        got[r.key] = r.value
-      end
-      return got
-    end
-    local function wait_sum(n, w)
-      local deadline = os.time() + 60
-      repeat proc.sleep(1) until sum(dump()) >= n or os.time() > deadline or not w:alive()
-    end
+    local function dump() return (Orders.totals(cmd, script, store)) end
+    local function wait_sum(n, w) Orders.wait_sum(dump, n, w) end
     local w = proc.spawn(string.format("%s worker %s --broker kafka://%s --store lmdb://%s -l info",
       cmd, script, addr, store), "worker-" .. name)
     local expect = {}

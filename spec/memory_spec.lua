@@ -54,20 +54,8 @@ describe("a worker on its own embedded broker (memory://)", function()
       "worker-" .. name)
     local addr = w:wait_for("listening on ([%d%.]+:%d+)", 20)
     assert.truthy(addr, w:output())
-    local function dump()
-      local out = proc.run(string.format("%s table %s/groupby_agent.lua totals --store lmdb://%s 2>/dev/null",
-        cmd, fixtures, store))
-      local got = {}
-      for line in out:gmatch("[^\n]+") do
-        local r = json.decode(line)
-        got[r.key] = r.value
-      end
-      return got
-    end
-    local function wait_sum(n)
-      local deadline = os.time() + 60
-      repeat proc.sleep(1) until sum(dump()) >= n or os.time() > deadline or not w:alive()
-    end
+    local function dump() return (Orders.totals(cmd, fixtures .. "/groupby_agent.lua", store)) end
+    local function wait_sum(n) Orders.wait_sum(dump, n, w) end
     local expect = {}
     -- Orders before the agent regroups (processed, committed, then the
     -- partitions are revoked and reassigned with the repartition topic) and after.

@@ -1,5 +1,8 @@
 -- Input for spec/fixtures/groupby_agent.lua: orders keyed by order id whose
 -- totals per account the fixture keeps after regrouping by account.
+local proc = require "spec.support.proc"
+local json = require("fstream.core").json
+
 local M = {}
 
 -- Lines "order-i<TAB>{json}" for i = from..to (produce them with
@@ -19,6 +22,26 @@ function M.sum(t)
   local n = 0
   for _, v in pairs(t) do n = n + v end
   return n
+end
+
+-- The fixture's table `totals` as `fstream-lua table` reads it from the store
+-- (cmd: "env ... BIN" with the app's environment): key -> value and
+-- key -> partition; a key listed twice is an error.
+function M.totals(cmd, app_path, store)
+  local out = proc.run(string.format("%s table %s totals --store lmdb://%s 2>/dev/null", cmd, app_path, store))
+  local got, parts = {}, {}
+  for line in out:gmatch("[^\n]+") do
+    local r = json.decode(line)
+    assert(got[r.key] == nil, r.key .. " appears twice")
+    got[r.key], parts[r.key] = r.value, r.partition
+  end
+  return got, parts
+end
+
+-- Waits until read()'s totals add up to n, `timeout` seconds pass, or worker w ends.
+function M.wait_sum(read, n, w, timeout)
+  local deadline = os.time() + (timeout or 60)
+  repeat proc.sleep(1) until M.sum(read()) >= n or os.time() > deadline or not w:alive()
 end
 
 return M
