@@ -117,7 +117,7 @@ function Table.new(app, name, opts, level, global)
     parts = {},
   }
   local big = opts.big_integers
-  if big ~= nil and big ~= "float" and big ~= "string" and big ~= "error" then
+  if big ~= nil and not require("fstream.topic").BIG_INTEGERS[big] then
     error(string.format("table '%s': big_integers must be \"float\", \"string\" or \"error\", got %s", name, tostring(big)), level)
   end
   self.encode_key, self.decode_key = codec(self.key_serializer, big)
@@ -170,6 +170,7 @@ local function default_of(self)
   if type(d) == "function" then return d() end
   return d
 end
+Table.default_of = default_of
 
 -- Partition of the event being processed by the running agent, if any.
 -- `t[k] = t[k] + 1` asks twice for the same event: the stream remembers it.

@@ -11,7 +11,9 @@ local OPTIONS = {
   partitions = true, big_integers = true,
 }
 -- What a JSON integer beyond 64 bits decodes to (keys and values of json topics).
+-- What a JSON integer beyond 64 bits may become (tables take the same option).
 local BIG_INTEGERS = { float = true, string = true, error = true }
+Topic.BIG_INTEGERS = BIG_INTEGERS
 
 -- `level` is the caller's level as seen from Topic.new; these helpers add their own.
 local function check_serializer(s, what, level)

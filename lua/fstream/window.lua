@@ -316,14 +316,11 @@ function Window:is_closed(p, t, start)
   return now ~= nil and now > start + self.size + self.expires
 end
 
+-- A new window's value: the table's default (a function's result).
+local default_value = Table.default_of
+
 -- t:update(key, fn): fn applied to the value of every window containing the
 -- event's time (a hopping event updates size/step windows).
-local function default_value(t)
-  local d = t.default
-  if type(d) == "function" then d = d() end
-  return d
-end
-
 function Window:update(t, key, fn)
   local at = self:event_time(t)
   check_time(self, t, at, 3)
@@ -489,9 +486,7 @@ local function value_at(ws, at)
     end
     ::continue::
   end
-  local d = t.default
-  if type(d) == "function" then d = d() end
-  return d
+  return default_value(t)
 end
 
 function WindowSet:current() return value_at(self, self.window:event_time(self.table)) end
