@@ -814,7 +814,20 @@ static int l_sliding_starts(lua_State *L)
     return 1;
 }
 
+/* idx:open_windows() -> how many windows (slices) are open in the held
+ * partitions, opened by an unfinished update included (stats, benchmarks). */
+static int l_open_windows(lua_State *L)
+{
+    win_ud *u = check_ud(L);
+    lua_Integer n = 0;
+    for (int32_t p = 0; p < u->w->nparts; p++)
+        if (u->w->parts[p].held) n += (lua_Integer)u->w->parts[p].nwins;
+    lua_pushinteger(L, n);
+    return 1;
+}
+
 static const luaL_Reg windows_methods[] = {
+    {"open_windows", l_open_windows},
     {"bind", l_bind},
     {"hold", l_hold},
     {"release", l_release},
