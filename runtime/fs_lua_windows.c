@@ -573,10 +573,15 @@ static int l_touch(lua_State *L)
             if (first > oldest) late = 1;
         }
     }
+    int due = is_due(u, wp);
+    /* The agent closes what is due right after this update; should it not
+     * (a close pass of the partition is under way elsewhere, or dies), the
+     * parked closer comes around. */
+    if (due) notify(u, ud_rt(L, 1));
     lua_pushinteger(L, n);
     lua_pushinteger(L, nnew);
     lua_pushboolean(L, late);
-    lua_pushboolean(L, is_due(u, wp));
+    lua_pushboolean(L, due);
     lua_pushboolean(L, advanced);
     return 5;
 }

@@ -123,6 +123,37 @@ describe("window index: closes on the loop's timer", function()
   end)
 end)
 
+describe("window index: a window due while another close pass runs", function()
+  it("is closed by the timer once that pass ends, with no further event", function()
+    local a = fstream.app("duebusy", { topic_partitions = 1, table_cleanup_interval = 1.0 })
+    local closed = {}
+    local tb = a:table("w", { default = 0, on_window_close = function(key, win, value)
+      if win.start == 100 then fstream.sleep(5) end -- the agent's pass waits here
+      closed[#closed + 1] = key .. "@" .. win.start .. "=" .. value
+    end }):tumbling(10, { expires = 0 }):relative_to_field("ts")
+    local ea, eb = a:topic("a"), a:topic("b")
+    for name, topic in pairs { a = ea, b = eb } do
+      a:agent(name, topic, function(stream)
+        for v in stream do tb:update(v.k, function(c) return c + 1 end) end
+      end)
+    end
+    local t = fstream.testing(a)
+    t:send(ea, { key = "p", value = { k = "k", ts = 101 } })
+    t:send(ea, { key = "p", value = { k = "j", ts = 112 } }) -- closes k@100: agent a sleeps in it
+    t:run()
+    assert.are.same({}, closed)
+    -- Agent b passes j@110's end while a's pass is under way: it cannot close it.
+    t:send(eb, { key = "p", value = { k = "x", ts = 130 } })
+    t:run()
+    assert.are.same({}, closed)
+    t:advance(4)
+    assert.are.same({}, closed)
+    t:advance(3)
+    assert.are.same({ "k@100=1", "j@110=1" }, closed)
+    t:close()
+  end)
+end)
+
 describe("window index: updates that raise or nest", function()
   it("an update function that raises leaves no window behind to close", function()
     local tbl
