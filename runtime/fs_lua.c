@@ -1116,6 +1116,7 @@ int luaopen_fstream_core(lua_State *L)
     fs_lua_open_stream(L);
 
     luaL_newlib(L, core_funcs);
+    fs_lua_open_windows(L); /* core.windows: fs_lua_windows.c */
     luaopen_fstream_json(L);
     lua_getfield(L, -1, "null");
     fs_lua_null = lua_touserdata(L, -1);
