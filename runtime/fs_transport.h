@@ -223,8 +223,18 @@ struct fs_transport {
     /* This worker holds every partition of every topic, always (the in-memory
      * log). memory:// self-assignment is 0: it still revokes on resubscribe. */
     int holds_all;
-    int64_t backlog; /* messages waiting in the overflow queue (producer full) */
-    int64_t max_backlog_seen;
+    /* poll has work now (a wake-up fd fired, more fetched messages wait): the
+     * loop must not sleep. Set by the implementation only. */
+    int pending;
+    /* ops->close runs: a revocation reported now (cb.revoked) must be
+     * answered before the callback returns — no agent will run again. */
+    int closing;
+    /* Messages waiting in the overflow queue because the client's own queue
+     * is full (librdkafka's queue.buffering.max.messages). They are handed to
+     * the client in order as delivery reports make room; the upper layer
+     * stops fetching while there are many (back-pressure). */
+    int64_t backlog;
+    int64_t backlog_peak; /* the most ever waiting (stats, specs) */
 };
 
 /* ---- the implementations ---- */
