@@ -1232,6 +1232,9 @@ static void kafka_close(fs_transport *tp)
         kafka_flush(tp, 5000);
         if (k->overflow.len)
             fs_warn("%zu messages never reached the producer's queue", k->overflow.len);
+        if (tp->backlog_peak)
+            fs_info("producer: up to %lld messages waited for room in librdkafka's queue "
+                    "(queue.buffering.max.messages)", (long long)tp->backlog_peak);
         while (k->overflow.len) {
             struct fs_overflow o = fs_ring_shift(&k->overflow);
             if (o.hdrs) rd_kafka_headers_destroy(o.hdrs);
@@ -1753,6 +1756,11 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
                const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
                fs_waiter *w, char *err, size_t errlen)
 {
+    if (!rt->tp) {
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        snprintf(err, errlen, "cannot send to %s: the worker has stopped", t->name);
+        return -1;
+    }
     fs_header small[8], *hs;
     int nh = to_headers(hdrs, small, 8, &hs);
     if (nh < 0) {
