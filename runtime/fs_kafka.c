@@ -530,7 +530,11 @@ static int count_in(const struct rd_kafka_metadata *md, const char *name)
 static void create_missing(fs_kafka *k, fs_topic **miss, int n)
 {
     if (k->mock) {
-        for (int i = 0; i < n; i++) rd_kafka_mock_topic_create(k->mock, miss[i]->name, miss[i]->partitions, 1);
+        for (int i = 0; i < n; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_mock_topic_create(k->mock, miss[i]->name, miss[i]->partitions, 1);
+            if (e) /* the wait for its metadata reports it */
+                fs_warn("cannot create topic %s: %s", miss[i]->name, rd_kafka_err2str(e));
+        }
         return;
     }
     if (k->no_create_topics) return;
