@@ -200,6 +200,8 @@ static int request_k(lua_State *L, int status, lua_KContext ctx)
     http_req *r = (http_req *)ctx;
     fs_co *co = fs_co_current(L);
     if (!r->done) { /* woken for another reason (cannot happen today): wait again */
+        co->pending = r;
+        co->cancel = cancel;
         co->state = FS_CO_WAITING;
         co->wait = FS_WAIT_IO;
         return lua_yieldk(L, 0, ctx, request_k);

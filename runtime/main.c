@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fs_bundle.h"
+#include "fs_call.h"
 #include "fs_log.h"
 #include "fs_lua.h"
 
@@ -166,13 +167,13 @@ static lua_State *run_worker(fs_rt *rt, int *code_out)
     int code = fs_rt_run(rt);
     lua_State *L = rt->L;
     lua_settop(L, 0);
-    lua_pushcfunction(L, fs_sched_traceback);
     lua_getglobal(L, "require");
     lua_pushstring(L, "fstream.cli");
-    if (lua_pcall(L, 1, 1, 1) == LUA_OK) {
+    if (fs_call(L, 1, 1, FS_CALL_TRACEBACK) == LUA_OK) {
         lua_getfield(L, -1, "stopped");
         lua_pushinteger(L, code);
-        if (lua_pcall(L, 1, 0, 1)) fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
+        if (fs_call(L, 1, 0, FS_CALL_TRACEBACK))
+            fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
     } else {
         fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
     }
@@ -322,17 +323,16 @@ int main(int argc, char **argv)
     lua_pop(L, 1);
 
     int opts_idx = lua_gettop(L);
-    lua_pushcfunction(L, fs_sched_traceback);
     lua_getglobal(L, "require");
     lua_pushstring(L, "fstream.cli");
     int rc = 1;
-    if (lua_pcall(L, 1, 1, opts_idx + 1)) {
+    if (fs_call(L, 1, 1, FS_CALL_TRACEBACK)) {
         fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
     } else {
         lua_getfield(L, -1, "main");
         lua_pushstring(L, cmd);
         lua_pushvalue(L, opts_idx);
-        if (lua_pcall(L, 2, 2, opts_idx + 1)) {
+        if (fs_call(L, 2, 2, FS_CALL_TRACEBACK)) {
             fs_log_hold(0); /* what the failed command logged comes first */
             /* the handler's traceback: always a string */
             fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
