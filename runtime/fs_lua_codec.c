@@ -11,7 +11,6 @@
 
 void *fs_lua_null; /* the JSON null sentinel's light userdata */
 
-
 /* "raw", "json", or "json:<big>" with <big> a big-integer mode of fs_json. */
 int fs_lua_parse_codec(lua_State *L, int idx)
 {

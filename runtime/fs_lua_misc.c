@@ -10,7 +10,6 @@
 #include "fs_log.h"
 #include "fs_lua.h"
 
-
 /* core.redirect_stderr(path | nil): points fd 2 at a file, or back. For specs
  * that check what the worker logs. */
 static int l_redirect_stderr(lua_State *L)

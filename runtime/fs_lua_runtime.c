@@ -16,9 +16,6 @@
 #include "fs_log.h"
 #include "fs_lua.h"
 
-
-/* ---- runtime ---- */
-
 /* Seconds (math.huge: never) to the count hook's milliseconds. */
 static int64_t agent_timeout_ms(double s)
 {
@@ -159,7 +156,8 @@ static void rt_free(fs_rt *rt)
     free(rt);
 }
 
-static int l_rt_close(lua_State *L)
+/* rt:close(), and __gc/__close of both runtime metatables. */
+int fs_lua_rt_close(lua_State *L)
 {
     rt_ud *u = luaL_testudata(L, 1, RT_MT);
     if (!u) u = luaL_checkudata(L, 1, RT_TEST_MT);
@@ -391,7 +389,6 @@ static int l_rt_stats(lua_State *L)
     lua_setfield(L, -2, "topics");
     return 1;
 }
-int fs_broker_run(lua_State *L); /* fs_broker.c */
 
 /* rt:carry(key [, value]): a number that outlives a reload (timers keep their
  * rhythm); returns the stored value or nil. */
@@ -459,7 +456,7 @@ static int l_rt_rebound(lua_State *L)
     return 0;
 }
 
-/* ---- module functions ---- */
+/* ---- coroutines: core.sleep, core.current, core.ended ---- */
 
 static int l_sleep(lua_State *L)
 {
@@ -504,7 +501,7 @@ const luaL_Reg fs_lua_runtime_methods[] = {
     {"reload_watching", l_rt_reload_watching},
     {"watch", l_rt_watch},
     {"rebound", l_rt_rebound},
-    {"close", l_rt_close},
+    {"close", fs_lua_rt_close},
     {NULL, NULL},
 };
 
@@ -523,9 +520,3 @@ const luaL_Reg fs_lua_runtime_funcs[] = {
     {"ended", l_ended},
     {NULL, NULL},
 };
-
-/* __gc and __close of both runtime metatables. */
-int fs_lua_rt_close(lua_State *L)
-{
-    return l_rt_close(L);
-}

@@ -9,9 +9,6 @@
 #include "fs_lua.h"
 #include "fs_store.h"
 
-
-/* ---- tables ---- */
-
 static fs_table *check_table(lua_State *L, fs_rt *rt, int idx)
 {
     lua_Integer id = luaL_checkinteger(L, idx);

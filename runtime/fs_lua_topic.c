@@ -9,7 +9,6 @@
 
 #include "fs_lua.h"
 
-
 /* rt:topic(name, key_codec, value_codec, partitions [, compact [, at_run_time]]) -> id.
  * at_run_time: a topic an agent discovers while running (group_by, through
  * inside the agent); rt:resubscribe() then creates it and subscribes. */
