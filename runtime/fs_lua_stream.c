@@ -242,6 +242,21 @@ static int l_stream_take(lua_State *L)
     return take_k(L, 0, (lua_KContext)u);
 }
 
+/* The fence dropped entries of the buffer: entry `from` moves to `to`
+ * (1-based). ctx: the thread of the call that fenced, or NULL (the loop:
+ * the main VM). */
+static void buf_move(fs_stream *s, size_t from, size_t to, void *ctx)
+{
+    lua_State *L = ctx ? ctx : s->agent->rt->L;
+    int width = s->mode == MODE_ITEMS ? 2 : 1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
+    for (int k = 0; k < width; k++) {
+        lua_rawgeti(L, -1, width * (lua_Integer)(from - 1) + 1 + k);
+        lua_rawseti(L, -2, width * (lua_Integer)(to - 1) + 1 + k);
+    }
+    lua_pop(L, 1);
+}
+
 /* stream:bind(buf): the Lua table that takes fill (and fences compact). */
 static int l_stream_bind(lua_State *L)
 {
@@ -250,6 +265,7 @@ static int l_stream_bind(lua_State *L)
     fs_unref(L, u->s->lua_ref);
     lua_pushvalue(L, 2);
     u->s->lua_ref = fs_ref(L);
+    u->s->move = buf_move;
     return 0;
 }
 
@@ -270,104 +286,6 @@ static int l_stream_drop(lua_State *L)
     return 0;
 }
 
-void fs_sync_acks(fs_rt *rt)
-{
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            if (s->ntaken <= s->nacked || s->manual) continue;
-            /* The event at the cursor is in progress; everything before it is finished. */
-            size_t done = s->pos > 1 ? s->pos - 1 : 0;
-            if (done > s->ntaken) done = s->ntaken;
-            for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
-        }
-    }
-}
-
-/* Removes from a stream's buffer the events after the cursor that belong to
- * partitions being revoked (the agent has not started them); they are
- * released here and will be delivered to the partition's next owner. L: any
- * thread of the state that owns the buffer. */
-static void drop_revoked(fs_rt *rt, fs_stream *s, lua_State *L)
-{
-    size_t n = s->nbuf, i = s->pos;
-    if (n > s->ntaken) n = s->ntaken;
-    if (i > n) i = n;
-    int width = s->mode == MODE_ITEMS ? 2 : 1;
-    int buf = 0;
-    size_t w = i;
-    for (size_t j = i + 1; j <= n; j++) {
-        fs_event *e = s->taken[j - 1];
-        if (e->part->revoking || !e->part->assigned) {
-            if (s->manual) fs_stream_open_remove(s, e);
-            fs_event_release(rt, e);
-            continue;
-        }
-        w++;
-        if (w != j) {
-            s->taken[w - 1] = e;
-            if (!buf) {
-                lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
-                buf = lua_gettop(L);
-            }
-            for (int k = 0; k < width; k++) {
-                lua_rawgeti(L, buf, width * (lua_Integer)(j - 1) + 1 + k);
-                lua_rawseti(L, buf, width * (lua_Integer)(w - 1) + 1 + k);
-            }
-        }
-    }
-    if (buf) lua_pop(L, 1);
-    /* An event that failed to decode sits after the buffer's entries: keep it. */
-    size_t tail = s->ntaken - n;
-    if (tail && w != n) memmove(&s->taken[w], &s->taken[n], tail * sizeof *s->taken);
-    s->ntaken = w + tail;
-    s->nbuf = w;
-}
-
-/* The agent asks for the next event while a revocation is pending:
- * everything up to its cursor is finished, the rest of revoked partitions is
- * dropped. */
-static void fence_step(lua_State *L, fs_rt *rt, fs_stream *s)
-{
-    for (; !s->manual && s->nacked < s->pos && s->nacked < s->ntaken; s->nacked++)
-        fs_event_ack(rt, s->taken[s->nacked]);
-    drop_revoked(rt, s, L);
-}
-
-void fs_fence_streams(fs_rt *rt, int on)
-{
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            if (s->lua_ref <= 0) continue;
-            s->fence = on;
-            if (!on) drop_revoked(rt, s, rt->L);
-        }
-    }
-}
-
-int fs_streams_clear(fs_rt *rt)
-{
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            /* A stream whose reader died has nobody who could finish an event. */
-            if (!s->reader) continue;
-            for (size_t k = 0; k < s->nopen; k++)
-                if (s->open[k]->part->revoking) return 0; /* not acknowledged yet */
-            if (s->ntaken == 0 || s->manual) continue;
-            /* The event at the cursor is in progress unless already acknowledged. */
-            size_t pos = s->pos;
-            if (pos >= 1 && pos <= s->ntaken && pos > s->nacked && s->taken[pos - 1]->part->revoking)
-                return 0;
-        }
-    }
-    return 1;
-}
-
 /* stream:next(mode) -> i | nil: moves the cursor to the next entry of the
  * buffer and returns its index, or nil when the buffer is spent or holds
  * another mode's entries (the Lua side takes again). The per-event call: the
@@ -379,7 +297,7 @@ static int l_stream_next(lua_State *L)
         return luaL_typeerror(L, 1, STREAM_MT);
     if (!u->owner->rt) return luaL_error(L, "runtime is closed");
     fs_stream *s = u->s;
-    if (s->fence) fence_step(L, u->rt, s);
+    if (s->fence) fs_stream_fence_step(u->rt, s, L);
     if (s->pos >= s->nbuf || s->mode != (int)lua_tointeger(L, 2)) return 0;
     lua_pushinteger(L, (lua_Integer)++s->pos);
     return 1;

@@ -153,6 +153,10 @@ struct fs_stream {
     size_t pos, nbuf;
     int mode;
     int fence;
+    /* Registered by the buffer's owner (fs_lua_stream.c binds it): a fence
+     * dropped entries, entry `from` moves to `to` (1-based). ctx: what the
+     * caller of fs_stream_fence_step passed, NULL from fs_fence_streams. */
+    void (*move)(fs_stream *s, size_t from, size_t to, void *ctx);
 };
 
 /* A send_and_wait in flight. Owned by the delivery report; co is cleared if
@@ -274,14 +278,18 @@ void fs_agent_close(fs_rt *rt, fs_agent *a);
 void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L);
 void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
 
-/* fs_lua_stream.c: acknowledges every event an agent has moved past (each
+/* fs_stream_cursor.c: acknowledges every event an agent has moved past (each
  * stream's cursor); called before offsets are snapshotted. */
 void fs_sync_acks(fs_rt *rt);
-/* fs_lua_stream.c: sets or clears the fence of every stream; clearing drops
- * from the agents' buffers the events of revoking partitions that they have
- * not started yet. */
+/* fs_stream_cursor.c: sets or clears the fence of every stream; clearing
+ * drops from the agents' buffers the events of revoking partitions that they
+ * have not started yet. */
 void fs_fence_streams(fs_rt *rt, int on);
-/* fs_lua_stream.c: 1 when no agent is in the middle of an event of a revoking partition. */
+/* fs_stream_cursor.c: the agent asks for its next event while s is fenced:
+ * everything up to its cursor is finished, the rest of revoked partitions is
+ * dropped (ctx is handed to s->move). */
+void fs_stream_fence_step(fs_rt *rt, fs_stream *s, void *ctx);
+/* fs_stream_cursor.c: 1 when no agent is in the middle of an event of a revoking partition. */
 int fs_streams_clear(fs_rt *rt);
 
 /* fs_table.c */
