@@ -86,6 +86,7 @@ static int l_core_new(lua_State *L)
         rt->wall_offset_ms = has_clock ? (int64_t)llround(clock * 1000.0)
                                        : (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
         rt->broker = strdup("");
+        if (!rt->broker) return luaL_error(L, "out of memory");
         return 1;
     }
     char err[512];
@@ -174,13 +175,17 @@ static int l_rt_agent(lua_State *L)
     fs_rt *rt = fs_lua_check_rt(L, 1);
     const char *name = luaL_checkstring(L, 2);
     luaL_checktype(L, 3, LUA_TTABLE);
+    /* realloc's result is kept at once: the old block is gone once it moved. */
     fs_agent **as = realloc(rt->agents, (size_t)(rt->nagents + 1) * sizeof *as);
-    fs_agent *a = calloc(1, sizeof *a);
-    if (!as || !a) return luaL_error(L, "out of memory");
+    if (!as) return luaL_error(L, "out of memory");
     rt->agents = as;
+    fs_agent *a = calloc(1, sizeof *a);
+    if (!a || !(a->name = strdup(name))) {
+        free(a);
+        return luaL_error(L, "out of memory");
+    }
     a->rt = rt;
     a->id = rt->nagents;
-    a->name = strdup(name);
     rt->agents[rt->nagents++] = a;
     lua_Integer n = luaL_len(L, 3);
     for (lua_Integer i = 1; i <= n; i++) {
@@ -208,9 +213,10 @@ static int l_rt_stream(lua_State *L)
     fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_agent *a = check_agent(L, rt, 2);
     fs_stream **ss = realloc(a->streams, (size_t)(a->nstreams + 1) * sizeof *ss);
-    fs_stream *s = calloc(1, sizeof *s);
-    if (!ss || !s) return luaL_error(L, "out of memory");
+    if (!ss) return luaL_error(L, "out of memory");
     a->streams = ss;
+    fs_stream *s = calloc(1, sizeof *s);
+    if (!s) return luaL_error(L, "out of memory");
     s->agent = a;
     a->streams[a->nstreams++] = s;
     stream_ud *u = lua_newuserdatauv(L, sizeof *u, 1);

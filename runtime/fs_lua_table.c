@@ -37,20 +37,21 @@ static int l_rt_table(lua_State *L)
         return luaL_error(L, "tables must be declared before the worker starts");
     if (rt->rebinding && lua_toboolean(L, 6))
         return luaL_error(L, "a global table cannot be added by a reload");
+    /* realloc's result is kept at once: the old block is gone once it moved. */
     fs_table **ts = realloc(rt->tables, (size_t)(rt->ntables + 1) * sizeof *ts);
-    fs_table *t = calloc(1, sizeof *t);
-    if (!ts || !t) return luaL_error(L, "out of memory");
+    if (!ts) return luaL_error(L, "out of memory");
     rt->tables = ts;
-    t->parts = calloc((size_t)parts, sizeof *t->parts);
-    if (!t->parts) return luaL_error(L, "out of memory");
+    fs_table *t = calloc(1, sizeof *t);
+    if (!t || !(t->parts = calloc((size_t)parts, sizeof *t->parts)) || !(t->name = strdup(name)) ||
+        !(t->dir = strdup(dir)) || !(t->sig = strdup(sig))) {
+        if (t) free(t->parts), free(t->name), free(t->dir), free(t);
+        return luaL_error(L, "out of memory");
+    }
     t->rt = rt;
     t->id = rt->ntables;
-    t->name = strdup(name);
-    t->dir = strdup(dir);
     t->partitions = parts;
     t->global = lua_toboolean(L, 6);
     t->changelog = cl;
-    t->sig = strdup(sig);
     cl->table = t;
     cl->compact = 1;
     rt->tables[rt->ntables++] = t;

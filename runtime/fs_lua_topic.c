@@ -31,13 +31,17 @@ static int l_rt_topic(lua_State *L)
     }
     if (rt->subscribed && !rt->rebinding && !at_run_time)
         return luaL_error(L, "topics must be declared before the worker starts");
+    /* realloc's result is kept at once: the old block is gone once it moved. */
     fs_topic **ts = realloc(rt->topics, (size_t)(rt->ntopics + 1) * sizeof *ts);
-    t = calloc(1, sizeof *t);
-    if (!ts || !t) return luaL_error(L, "out of memory");
+    if (!ts) return luaL_error(L, "out of memory");
     rt->topics = ts;
+    t = calloc(1, sizeof *t);
+    if (!t || !(t->name = strdup(name))) {
+        free(t);
+        return luaL_error(L, "out of memory");
+    }
     t->rt = rt;
     t->id = rt->ntopics;
-    t->name = strdup(name);
     t->key_codec = kc;
     t->value_codec = vc;
     t->partitions = parts > 0 ? parts : 1;
