@@ -1,8 +1,9 @@
 /* fs_lua_stream: a Lua Stream's C side ("fstream.Stream") — taking batches of
  * events into the stream's Lua buffer, the agent's cursor in it (held here in
  * the fs_stream: Lua moves it with next/seek and asks for it with cursor),
- * acknowledging events (by position, or one by one for noack streams), and
- * fencing streams while partitions are revoked. */
+ * acknowledging events (by position, or one by one for noack streams). While
+ * partitions are revoked, next() steps the fence (fs_stream_cursor.c), which
+ * moves the buffer's entries through the callback bound here. */
 #include <lauxlib.h>
 #include <math.h>
 #include <stdlib.h>
