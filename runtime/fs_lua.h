@@ -1,4 +1,4 @@
-/* fs_lua: what the Lua binding files (fs_lua*.c, see fs_lua.c) share.
+/* fs_lua: what the Lua binding files (fs_lua*.c, see fs_lua_module.c) share.
  * Internal to the runtime (layer 7: bindings). */
 #ifndef FS_LUA_H
 #define FS_LUA_H
