@@ -24,13 +24,20 @@ static int64_t agent_timeout_ms(double s)
     return s * 1000 < 1 ? 1 : (int64_t)(s * 1000);
 }
 
-/* The scheduler's hook while a coroutine runs long: the loop cannot poll
- * signals meanwhile. 1 when the stop deadline passed. */
-static int sched_poll(void *data)
+/* The scheduler's hook while a coroutine runs long: 1 when the worker is
+ * stopping and its deadline passed (the coroutine is interrupted). */
+static int sched_stop_over(void *data)
 {
     fs_rt *rt = data;
-    fs_rt_poll_signals(rt);
     return rt->stopping && fs_loop_now(&rt->loop) > rt->stop_deadline;
+}
+
+/* A worker's: the loop cannot poll signals while the coroutine runs, so the
+ * hook turns them into a stop request first. */
+static int sched_poll(void *data)
+{
+    fs_rt_poll_signals(data);
+    return sched_stop_over(data);
 }
 
 static int l_core_new(lua_State *L)
@@ -76,7 +83,7 @@ static int l_core_new(lua_State *L)
     fs_sched_init(&rt->sched, L, &rt->loop);
     rt->L = rt->sched.L; /* the main VM, fixed until a reload hands it over */
     rt->sched.agent_timeout_ms = agent_timeout_ms(at);
-    if (!test) fs_sched_set_poll(&rt->sched, sched_poll, rt);
+    fs_sched_set_poll(&rt->sched, test ? sched_stop_over : sched_poll, rt);
     u->rt = rt;
     rt->ud = u;
     if (fs_watch_start()) fs_warn("cannot start the watch thread: agent_timeout is not enforced");
