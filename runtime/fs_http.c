@@ -200,23 +200,17 @@ static int request_k(lua_State *L, int status, lua_KContext ctx)
     http_req *r = (http_req *)ctx;
     fs_co *co = fs_co_current(L);
     if (!r->done) { /* woken for another reason (cannot happen today): wait again */
-        co->state = FS_CO_WAITING;
-        co->wait = FS_WAIT_IO;
+        fs_sched_wait(co, FS_WAIT_IO, r, cancel);
         return lua_yieldk(L, 0, ctx, request_k);
     }
-    if (co) {
-        co->pending = NULL;
-        co->cancel = NULL;
-    }
-    return push_response(L, r);
+    return push_response(L, r); /* the scheduler dropped the cancel at the resume */
 }
 
 /* core.http_request{method=, url=, headers=, body=, timeout=} -> response | nil, err */
 int fs_http_request(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    fs_co *co = fs_co_current(L);
-    if (!co) return luaL_error(L, "fstream.http.request must be called from an agent, task or timer");
+    fs_co *co = fs_sched_yieldable(L, "fstream.http.request must be called from an agent, task or timer");
     fs_rt *rt = co->rt;
     lua_getfield(L, 1, "url");
     const char *url = luaL_checkstring(L, -1);
@@ -279,10 +273,7 @@ int fs_http_request(lua_State *L)
     }
     rt->http_inflight++;
     r->co = co;
-    co->pending = r;
-    co->cancel = cancel;
-    co->state = FS_CO_WAITING;
-    co->wait = FS_WAIT_IO;
+    fs_sched_wait(co, FS_WAIT_IO, r, cancel);
     return lua_yieldk(L, 0, (lua_KContext)r, request_k);
 }
 

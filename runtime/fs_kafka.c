@@ -1697,7 +1697,7 @@ int fs_worker_start(fs_rt *rt, char *err, size_t errlen)
      * while the join is in flight costs a rebalance, and a session timeout on
      * the embedded broker, which keeps the abandoned member.) */
     rt->prestart = 1;
-    fs_sched_run_ready(rt);
+    fs_sched_run_ready(&rt->sched);
     rt->prestart = 0;
     if (fs_kafka_open_topics(rt, err, errlen)) return -1;
     if (rt->tp->ops->subscribe(rt->tp, err, errlen) < 0) return -1;

@@ -1,11 +1,15 @@
 /* fs_lua_stream: a Lua Stream's C side ("fstream.Stream") — taking batches of
- * events into a Lua table, acknowledging them (by position, or one by one for
- * noack streams), and fencing streams while partitions are revoked. */
+ * events into the stream's Lua buffer, the agent's cursor in it (held here in
+ * the fs_stream: Lua moves it with next/seek and asks for it with cursor),
+ * acknowledging events (by position, or one by one for noack streams). While
+ * partitions are revoked, next() steps the fence (fs_stream_cursor.c), which
+ * moves the buffer's entries through the callback bound here. */
 #include <lauxlib.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs_call.h"
 #include "fs_json.h"
 #include "fs_log.h"
 #include "fs_lua.h"
@@ -32,10 +36,7 @@ static void push_headers(lua_State *L, fs_event *e)
 static stream_ud *check_stream(lua_State *L, int idx)
 {
     stream_ud *u = luaL_checkudata(L, idx, STREAM_MT);
-    lua_getiuservalue(L, idx, 1);
-    rt_ud *r = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (!r || !r->rt) luaL_error(L, "runtime is closed");
+    if (!u->owner || !u->owner->rt) luaL_error(L, "runtime is closed");
     return u;
 }
 
@@ -64,15 +65,20 @@ void fs_lua_push_event(lua_State *L, fs_event *e, int err_only)
     lua_setfield(L, -2, "headers");
 }
 
-/* Fills buf from the agent's queue; stops before an event that fails to decode
- * and returns it as the second result (it is acknowledged with the rest). */
+/* Stack slots of take(max, mode [, timeout [, want]]) and its continuation. */
+enum { TK_MAX = 2, TK_MODE, TK_TIMEOUT, TK_WANT, TK_ARMED, TK_BUF };
+
+/* Fills the bound buffer from the agent's queue and puts the cursor at its
+ * start; stops before an event that fails to decode and returns it as the
+ * second result (it is acknowledged with the rest). */
 static int fill(lua_State *L, stream_ud *u)
 {
     fs_stream *s = u->s;
     fs_agent *a = s->agent;
     fs_rt *rt = u->rt;
-    lua_Integer max = luaL_checkinteger(L, 3);
-    int mode = (int)luaL_checkinteger(L, 4);
+    lua_Integer max = luaL_checkinteger(L, TK_MAX);
+    int mode = (int)luaL_checkinteger(L, TK_MODE);
+    const int buf = TK_BUF;
     if (max < 1) max = 1;
     if (max > FS_MAX_TAKE) max = FS_MAX_TAKE;
     if ((size_t)max > s->captaken) {
@@ -95,7 +101,7 @@ static int fill(lua_State *L, stream_ud *u)
         int bad = 0;
         if (mode == MODE_VALUE) {
             bad = fs_lua_push_payload(L, t->value_codec, m->payload, m->len, err, sizeof err);
-            if (!bad) lua_rawseti(L, 2, ++n);
+            if (!bad) lua_rawseti(L, buf, ++n);
         } else if (mode == MODE_ITEMS) {
             bad = fs_lua_push_payload(L, t->key_codec, m->key, m->key_len, err, sizeof err);
             if (!bad) {
@@ -103,8 +109,8 @@ static int fill(lua_State *L, stream_ud *u)
                 if (bad) lua_pop(L, 1);
             }
             if (!bad) {
-                lua_rawseti(L, 2, 2 * n + 2);
-                lua_rawseti(L, 2, 2 * n + 1);
+                lua_rawseti(L, buf, 2 * n + 2);
+                lua_rawseti(L, buf, 2 * n + 1);
                 n++;
             }
         } else {
@@ -118,12 +124,15 @@ static int fill(lua_State *L, stream_ud *u)
                 if (!bad) lua_setfield(L, -2, "value");
             }
             if (bad) lua_pop(L, 1);
-            else lua_rawseti(L, 2, ++n);
+            else lua_rawseti(L, buf, ++n);
         }
         if (bad) {
             rt->decode_errors++;
             /* The agent never sees it: done here, even under noack. */
             if (s->manual && fs_stream_open_remove(s, e) == 0) fs_event_ack(rt, e);
+            s->mode = mode;
+            s->nbuf = (size_t)n;
+            s->pos = 0;
             lua_pushinteger(L, n);
             fs_lua_push_event(L, e, 1);
             lua_pushstring(L, err);
@@ -131,8 +140,18 @@ static int fill(lua_State *L, stream_ud *u)
             return 2;
         }
     }
+    s->mode = mode;
+    s->nbuf = (size_t)n;
+    s->pos = 0;
     lua_pushinteger(L, n);
     return 1;
+}
+
+/* The wait of a take: cleared if the coroutine dies first. */
+static void take_cancel(fs_co *co)
+{
+    fs_stream *s = co->pending;
+    if (s && s->waiter == co) s->waiter = NULL;
 }
 
 /* Waits for events: until at least `want` are queued, or (with a timeout)
@@ -144,15 +163,14 @@ static int take_k(lua_State *L, int status, lua_KContext ctx)
     fs_stream *s = u->s;
     fs_co *co = fs_co_current(L);
     if (co && s->waiter == co) s->waiter = NULL;
-    if (co) co->stream = NULL;
-    double timeout = luaL_optnumber(L, 5, -1);
-    lua_Integer want = luaL_optinteger(L, 6, 1);
-    lua_Integer max = luaL_checkinteger(L, 3);
+    double timeout = luaL_optnumber(L, TK_TIMEOUT, -1);
+    lua_Integer want = luaL_optinteger(L, TK_WANT, 1);
+    lua_Integer max = luaL_checkinteger(L, TK_MAX);
     if (want > max) want = max;
     if (want > FS_MAX_TAKE) want = FS_MAX_TAKE; /* what one fill can take */
     if (want < 1) want = 1;
     int stopping = u->rt->stopping || s->agent->closed;
-    int timed_out = timeout >= 0 && co && lua_toboolean(L, 7) && !fs_timer_active(&co->timer);
+    int timed_out = timeout >= 0 && co && lua_toboolean(L, TK_ARMED) && !fs_timer_active(&co->timer);
     if ((lua_Integer)s->agent->qlen >= want || (s->agent->qlen && (stopping || timed_out))) {
         if (co) fs_timer_stop(&u->rt->loop, &co->timer);
         return fill(L, u);
@@ -165,45 +183,90 @@ static int take_k(lua_State *L, int status, lua_KContext ctx)
         lua_pushboolean(L, 0); /* nothing came in time */
         return 1;
     }
-    if (!co) return luaL_error(L, "a stream can only be read from an agent or task coroutine");
-    if (timeout >= 0 && !lua_toboolean(L, 7) && s->agent->qlen > 0) {
-        /* The deadline counts from the first event of the batch; slot 7 remembers
-         * that it is armed. */
-        lua_settop(L, 6);
+    co = fs_sched_yieldable(L, "a stream can only be read from an agent or task coroutine");
+    if (timeout >= 0 && !lua_toboolean(L, TK_ARMED) && s->agent->qlen > 0) {
+        /* The deadline counts from the first event of the batch; the slot
+         * remembers that it is armed. */
         lua_pushboolean(L, 1);
+        lua_replace(L, TK_ARMED);
         if (fs_timer_start(&u->rt->loop, &co->timer, (int64_t)llround(timeout * 1000)))
             return luaL_error(L, "out of memory");
     }
     s->waiter = co;
-    co->stream = s;
-    co->state = FS_CO_WAITING;
-    co->wait = FS_WAIT_TAKE;
+    fs_sched_wait(co, FS_WAIT_TAKE, s, take_cancel);
     return lua_yieldk(L, 0, ctx, take_k);
 }
 
-/* stream:take(buf, max, mode [, timeout [, want]]) -> n [, bad_event] | false (timed
+/* What a dead agent coroutine held: the streams it read have nobody in the
+ * middle of an event any more. failed: its on_error policy has dealt with the
+ * event in hand, which is acknowledged; otherwise (killed) it stays
+ * unacknowledged. Called by the scheduler's cleanup of the coroutine. */
+static void reader_release(fs_co *co, void *held, int failed)
+{
+    fs_stream *s = held;
+    fs_rt *rt = co->rt;
+    if (s->reader != co) return;
+    s->reader = NULL;
+    if (!failed || s->manual) return;
+    /* The failed event (the cursor's) went through on_error: it is done, as
+     * it would be when a restarted instance asks for the next one. */
+    size_t done = s->pos;
+    if (done > s->ntaken) done = s->ntaken;
+    for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
+}
+
+/* stream:take(max, mode [, timeout [, want]]) -> n [, bad_event] | false (timed
  * out, nothing taken) | nil (the stream ended). Acknowledges the previous batch
- * first: the agent asked for more. */
+ * first: the agent asked for more. Fills the bound buffer; the cursor is at its
+ * start (or empty while it waits). */
 static int l_stream_take(lua_State *L)
 {
     stream_ud *u = check_stream(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_settop(L, 6);
-    lua_pushboolean(L, 0); /* slot 7: deadline armed */
-    fs_stream_ack_taken(u->rt, u->s);
+    fs_stream *s = u->s;
+    if (s->lua_ref <= 0) return luaL_error(L, "stream:take before stream:bind");
+    lua_settop(L, TK_WANT);
+    lua_pushboolean(L, 0); /* deadline armed */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
+    fs_stream_ack_taken(u->rt, s);
+    s->pos = s->nbuf = 0;
     fs_co *co = fs_co_current(L);
-    if (co) u->s->reader = co;
+    if (co && s->reader != co) {
+        /* One stream in hand per coroutine: one that moves on to another
+         * stream is no longer in the middle of the first one's events. */
+        if (co->release == reader_release && co->held != s) {
+            fs_stream *prev = co->held;
+            if (prev->reader == co) prev->reader = NULL;
+        }
+        s->reader = co;
+        fs_sched_hold(co, s, reader_release);
+    }
     return take_k(L, 0, (lua_KContext)u);
 }
 
-/* stream:bind(tbl): the Lua Stream whose field `i` tells how far the agent got. */
+/* The fence dropped entries of the buffer: entry `from` moves to `to`
+ * (1-based). ctx: the thread of the call that fenced, or NULL (the loop:
+ * the main VM). */
+static void buf_move(fs_stream *s, size_t from, size_t to, void *ctx)
+{
+    lua_State *L = ctx ? ctx : s->agent->rt->L;
+    int width = s->mode == MODE_ITEMS ? 2 : 1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
+    for (int k = 0; k < width; k++) {
+        lua_rawgeti(L, -1, width * (lua_Integer)(from - 1) + 1 + k);
+        lua_rawseti(L, -2, width * (lua_Integer)(to - 1) + 1 + k);
+    }
+    lua_pop(L, 1);
+}
+
+/* stream:bind(buf): the Lua table that takes fill (and fences compact). */
 static int l_stream_bind(lua_State *L)
 {
     stream_ud *u = check_stream(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
-    if (u->s->lua_ref > 0) luaL_unref(L, LUA_REGISTRYINDEX, u->s->lua_ref);
+    fs_unref(L, u->s->lua_ref);
     lua_pushvalue(L, 2);
-    u->s->lua_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    u->s->lua_ref = fs_ref(L);
+    u->s->move = buf_move;
     return 0;
 }
 
@@ -219,156 +282,57 @@ static int l_stream_drop(lua_State *L)
     fs_event_ack(u->rt, s->taken[i - 1]);
     memmove(&s->taken[i - 1], &s->taken[i], (s->ntaken - (size_t)i) * sizeof *s->taken);
     s->ntaken--;
+    if ((size_t)i <= s->nbuf) s->nbuf--; /* the Lua side removes its entry */
+    if (s->pos > s->nbuf) s->pos = s->nbuf;
     return 0;
 }
 
-void fs_sync_acks(fs_rt *rt)
+/* stream:next(mode) -> i | nil: moves the cursor to the next entry of the
+ * buffer and returns its index, or nil when the buffer is spent or holds
+ * another mode's entries (the Lua side takes again). The per-event call: the
+ * metatable is upvalue 1, so the check costs no registry lookup. */
+static int l_stream_next(lua_State *L)
 {
-    lua_State *L = rt->L;
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            if (s->lua_ref <= 0 || s->ntaken <= s->nacked || s->manual) continue;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
-            lua_getfield(L, -1, "i");
-            lua_Integer pos = lua_tointeger(L, -1);
-            lua_pop(L, 2);
-            /* Event `pos` is in progress; everything before it is finished. */
-            size_t done = pos > 1 ? (size_t)(pos - 1) : 0;
-            if (done > s->ntaken) done = s->ntaken;
-            for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
-        }
-    }
-}
-
-/* Removes from a stream's buffer the events after position `i` that belong to
- * partitions being revoked (the agent has not started them); they are
- * acknowledged here and will be delivered to the partition's next owner. The
- * Lua Stream table is at stack index tbl. */
-static void drop_revoked(fs_rt *rt, fs_stream *s, lua_State *L, int tbl)
-{
-    lua_getfield(L, tbl, "i");
-    lua_Integer i = lua_tointeger(L, -1);
-    lua_getfield(L, tbl, "n");
-    lua_Integer n = lua_tointeger(L, -1);
-    lua_getfield(L, tbl, "mode");
-    int pairs = lua_tointeger(L, -1) == MODE_ITEMS;
-    lua_getfield(L, tbl, "buf");
-    int buf = lua_gettop(L);
-    if (n > (lua_Integer)s->ntaken) n = (lua_Integer)s->ntaken;
-    /* A stream waiting in take has handed everything out (its i is stale). */
-    if (i > n) i = n;
-    if (i < 0) i = 0;
-    lua_Integer w = i;
-    for (lua_Integer j = i + 1; j <= n; j++) {
-        fs_event *e = s->taken[j - 1];
-        if (e->part->revoking || !e->part->assigned) {
-            if (s->manual) fs_stream_open_remove(s, e);
-            fs_event_release(rt, e);
-            continue;
-        }
-        w++;
-        if (w != j) {
-            s->taken[w - 1] = e;
-            int width = pairs ? 2 : 1;
-            for (int k = 0; k < width; k++) {
-                lua_rawgeti(L, buf, width * (j - 1) + 1 + k);
-                lua_rawseti(L, buf, width * (w - 1) + 1 + k);
-            }
-        }
-    }
-    /* An event that failed to decode sits after the buffer's entries: keep it. */
-    size_t tail = s->ntaken - (size_t)n;
-    if (tail && w != n) memmove(&s->taken[w], &s->taken[n], tail * sizeof *s->taken);
-    s->ntaken = (size_t)w + tail;
-    lua_pushinteger(L, w);
-    lua_setfield(L, tbl, "n");
-    lua_settop(L, tbl);
-}
-
-/* stream:fence(tbl): the agent asks for the next event while a revocation is
- * pending: everything up to its position is finished, the rest of revoked
- * partitions is dropped. */
-static int l_stream_fence(lua_State *L)
-{
-    stream_ud *u = check_stream(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
+    stream_ud *u = lua_touserdata(L, 1);
+    if (!u || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        return luaL_typeerror(L, 1, STREAM_MT);
+    if (!u->owner->rt) return luaL_error(L, "runtime is closed");
     fs_stream *s = u->s;
-    lua_getfield(L, 2, "i");
-    lua_Integer i = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    for (; !s->manual && (lua_Integer)s->nacked < i && s->nacked < s->ntaken; s->nacked++)
-        fs_event_ack(u->rt, s->taken[s->nacked]);
-    drop_revoked(u->rt, s, L, 2);
-    return 0;
-}
-
-void fs_fence_streams(fs_rt *rt, int on)
-{
-    lua_State *L = rt->L;
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            if (s->lua_ref <= 0) continue;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
-            int tbl = lua_gettop(L);
-            if (on) lua_pushboolean(L, 1);
-            else lua_pushnil(L);
-            lua_setfield(L, tbl, "fence");
-            if (!on) drop_revoked(rt, s, L, tbl);
-            lua_settop(L, tbl - 1);
-        }
-    }
-}
-
-int fs_streams_clear(fs_rt *rt)
-{
-    lua_State *L = rt->L;
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            /* A stream whose reader died has nobody who could finish an event. */
-            if (!s->reader) continue;
-            for (size_t k = 0; k < s->nopen; k++)
-                if (s->open[k]->part->revoking) return 0; /* not acknowledged yet */
-            if (s->lua_ref <= 0 || s->ntaken == 0 || s->manual) continue;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
-            lua_getfield(L, -1, "i");
-            lua_Integer pos = lua_tointeger(L, -1);
-            lua_pop(L, 2);
-            /* Event `pos` is in progress unless already acknowledged. */
-            if (pos >= 1 && (size_t)pos <= s->ntaken && (size_t)pos > s->nacked &&
-                s->taken[pos - 1]->part->revoking)
-                return 0;
-        }
-    }
+    if (s->fence) fs_stream_fence_step(u->rt, s, L);
+    if (s->pos >= s->nbuf || s->mode != (int)lua_tointeger(L, 2)) return 0;
+    lua_pushinteger(L, (lua_Integer)++s->pos);
     return 1;
 }
 
-void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed)
+/* stream:cursor() -> i, n, mode: the entry in hand (0: none), the entries in
+ * the buffer, their mode. */
+static int l_stream_cursor(lua_State *L)
 {
-    lua_State *L = rt->L;
-    for (int a = 0; a < rt->nagents; a++) {
-        fs_agent *ag = rt->agents[a];
-        for (int j = 0; j < ag->nstreams; j++) {
-            fs_stream *s = ag->streams[j];
-            if (s->reader != co) continue;
-            s->reader = NULL;
-            if (!failed || s->manual || s->lua_ref <= 0) continue;
-            /* The failed event (position i) went through on_error: it is done,
-             * as it would be when a restarted instance asks for the next one. */
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
-            lua_getfield(L, -1, "i");
-            lua_Integer pos = lua_tointeger(L, -1);
-            lua_pop(L, 2);
-            size_t done = pos > 0 ? (size_t)pos : 0;
-            if (done > s->ntaken) done = s->ntaken;
-            for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
-        }
-    }
+    fs_stream *s = check_stream(L, 1)->s;
+    lua_pushinteger(L, (lua_Integer)s->pos);
+    lua_pushinteger(L, (lua_Integer)s->nbuf);
+    lua_pushinteger(L, s->mode);
+    return 3;
+}
+
+/* stream:seek(i [, mode]): puts the cursor at entry i (clamped to the buffer);
+ * mode: the Lua side rewrote the buffer's entries in that mode. */
+static int l_stream_seek(lua_State *L)
+{
+    fs_stream *s = check_stream(L, 1)->s;
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (!lua_isnoneornil(L, 3)) s->mode = (int)luaL_checkinteger(L, 3);
+    s->pos = i < 0 ? 0 : (size_t)i > s->nbuf ? s->nbuf : (size_t)i;
+    return 0;
+}
+
+/* stream:partition() -> the partition of the event in hand, or nil. */
+static int l_stream_partition(lua_State *L)
+{
+    fs_stream *s = check_stream(L, 1)->s;
+    if (s->pos < 1 || s->pos > s->ntaken) return 0;
+    lua_pushinteger(L, s->taken[s->pos - 1]->m->partition);
+    return 1;
 }
 
 /* stream:set_manual(): noack mode — events are acknowledged one by one. */
@@ -397,6 +361,7 @@ static int l_stream_ack(lua_State *L)
 {
     stream_ud *u = check_stream(L, 1);
     fs_stream_ack_taken(u->rt, u->s);
+    u->s->pos = u->s->nbuf = 0;
     return 0;
 }
 
@@ -458,7 +423,9 @@ static const luaL_Reg stream_methods[] = {
     {"ack", l_stream_ack},
     {"bind", l_stream_bind},
     {"drop", l_stream_drop},
-    {"fence", l_stream_fence},
+    {"cursor", l_stream_cursor},
+    {"seek", l_stream_seek},
+    {"partition", l_stream_partition},
     {"set_manual", l_stream_set_manual},
     {"ack_event", l_stream_ack_event},
     {"meta", l_stream_meta},
@@ -470,6 +437,9 @@ void fs_lua_open_stream(lua_State *L)
 {
     luaL_newmetatable(L, STREAM_MT);
     luaL_newlib(L, stream_methods);
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, l_stream_next, 1);
+    lua_setfield(L, -2, "next");
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
 }

@@ -227,14 +227,11 @@ static int l_wait(lua_State *L)
 {
     win_ud *u = check_ud(L);
     fs_rt *rt = ud_rt(L, 1);
-    fs_co *co = fs_co_current(L);
-    if (!rt || !co) return luaL_error(L, "window index: wait needs a bound runtime and a task");
+    if (!rt) return luaL_error(L, "window index: wait needs a bound runtime");
+    fs_co *co = fs_sched_yieldable(L, "window index: wait must be called from a task");
     if (u->waiter && u->waiter != co) return luaL_error(L, "window index: another task waits on it");
     u->waiter = co;
-    co->pending = u;
-    co->cancel = wait_cancel;
-    co->state = FS_CO_WAITING;
-    co->wait = FS_WAIT_SLEEP;
+    fs_sched_wait(co, FS_WAIT_SLEEP, u, wait_cancel);
     int64_t at = wake_at(u, rt), now = fs_loop_now(&rt->loop);
     if (at != INT64_MAX && fs_timer_start(&rt->loop, &co->timer, at > now ? at - now : 0))
         return luaL_error(L, "out of memory");

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs_call.h"
 #include "fs_log.h"
 #include "fs_lua.h"
 #include "fs_rt.h"
@@ -230,7 +231,10 @@ int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char 
 
 static void drop_next(struct fs_reload *r)
 {
-    if (r->next) lua_close(r->next);
+    if (r->next) {
+        fs_unref(r->next, r->next_app); /* counted: released before its state goes */
+        lua_close(r->next);
+    }
     r->next = NULL;
     r->next_app = LUA_NOREF;
 }
@@ -274,17 +278,15 @@ static void push_running(lua_State *L, fs_rt *rt)
     lua_setfield(L, -2, "tables");
 }
 
-/* Pushes the traceback handler, then function `name` of fstream.cli; returns
- * the handler's index, or 0 with the error on the stack. */
+/* Pushes function `name` of fstream.cli; 0 with the error on the stack if
+ * the module does not load. */
 static int push_cli(lua_State *L, const char *name)
 {
-    lua_pushcfunction(L, fs_sched_traceback);
-    int h = lua_gettop(L);
     lua_getglobal(L, "require");
     lua_pushstring(L, "fstream.cli");
-    if (lua_pcall(L, 1, 1, h) != LUA_OK) return 0;
+    if (fs_call(L, 1, 1, FS_CALL_TRACEBACK) != LUA_OK) return 0;
     lua_getfield(L, -1, name);
-    return h;
+    return 1;
 }
 
 /* Loads and checks the new version in a state of its own; NULL + message on failure. */
@@ -306,8 +308,8 @@ static lua_State *load_next(fs_rt *rt, int *app_ref, char *err, size_t errlen)
         lua_setfield(L, -2, "store");
         push_running(L, rt);
         /* prepare raises the error to show (file:line first), never a traceback of its own. */
-        if (lua_pcall(L, 2, 1, 0) == LUA_OK) {
-            *app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        if (fs_call(L, 2, 1, 0) == LUA_OK) {
+            *app_ref = fs_ref(L);
             lua_settop(L, 0);
             return L;
         }
@@ -379,11 +381,11 @@ static void swap(fs_rt *rt)
     /* The old version goes: coroutines, agents (their undone events released,
      * not acknowledged), the table hook, and its state. */
     lua_State *old = rt->L;
-    fs_sched_kill_all(rt);
+    fs_sched_kill_all(&rt->sched);
     for (int i = 0; i < rt->nagents; i++) fs_agent_free(rt, rt->agents[i], old);
     rt->nagents = 0;
     for (int i = 0; i < rt->ntopics; i++) rt->topics[i]->nsubs = 0;
-    if (rt->table_hook_ref > 0) luaL_unref(old, LUA_REGISTRYINDEX, rt->table_hook_ref);
+    fs_unref(old, rt->table_hook_ref);
     rt->table_hook_ref = 0;
     if (rt->ud) ((rt_ud *)rt->ud)->rt = NULL;
     rt->ud = NULL;
@@ -395,19 +397,22 @@ static void swap(fs_rt *rt)
     int app_ref = r->next_app;
     r->next = NULL;
     r->next_app = LUA_NOREF;
-    rt->L = L;
+    /* The runtime's main VM is the new state's from here on (core.adopt
+     * confirms it): the old one is closed, nothing of it is left. */
+    fs_sched_set_vm(&rt->sched, L);
+    rt->L = rt->sched.L;
     rt->rebinding = 1;
-    int h = push_cli(L, "attach"), rc = LUA_ERRRUN;
-    if (h) {
+    int rc = LUA_ERRRUN;
+    if (push_cli(L, "attach")) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, app_ref);
         lua_pushlightuserdata(L, rt);
-        rc = lua_pcall(L, 2, 0, h);
+        rc = fs_call(L, 2, 0, FS_CALL_TRACEBACK);
     }
     rt->rebinding = 0;
     if (rc != LUA_OK)
         fs_rt_fatal(rt, "reload: the new version could not take over: %s", lua_tostring(L, -1));
     lua_settop(L, 0);
-    luaL_unref(L, LUA_REGISTRYINDEX, app_ref);
+    fs_unref(L, app_ref);
     rd_kafka_topic_partition_list_destroy(r->restart);
     r->restart = NULL;
     rt->draining = 0;
@@ -470,7 +475,7 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
     /* The new agents take their first steps before the subscription follows
      * them, as at start-up: a group_by inside an agent declares its
      * repartition topic now, so the group rebalances once at most. */
-    fs_sched_run_ready(rt);
+    fs_sched_run_ready(&rt->sched);
     int resubscribed = fs_kafka_rebind(rt, err, errlen);
     if (resubscribed < 0) return -1;
     if (failed[0] && resubscribed) {

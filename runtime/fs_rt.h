@@ -20,18 +20,15 @@
 #include "fs_buf.h"
 #include "fs_loop.h"
 #include "fs_transport.h"
+#include "fs_sched.h"
 
 enum { FS_CODEC_RAW = 0, FS_CODEC_JSON = 1 };
 /* A codec value is its kind in the low byte; a json codec carries its decoder's
  * big-integer mode (FS_JSON_BIG_*) above it ("json:string" in Lua). */
 #define FS_CODEC_KIND(c) ((c) & 0xff)
 #define FS_CODEC_BIG(c) ((c) >> 8)
-enum { FS_CO_READY = 1, FS_CO_WAITING, FS_CO_RUNNING, FS_CO_DEAD };
-enum { FS_WAIT_NONE = 0, FS_WAIT_SLEEP, FS_WAIT_TAKE, FS_WAIT_DELIVERY, FS_WAIT_YIELD, FS_WAIT_IO };
-enum { FS_KIND_AGENT = 0, FS_KIND_TASK = 1 };
 
 typedef struct fs_rt fs_rt;
-typedef struct fs_co fs_co;
 typedef struct fs_topic fs_topic;
 typedef struct fs_part fs_part;
 typedef struct fs_agent fs_agent;
@@ -42,29 +39,6 @@ typedef struct fs_waiter fs_waiter;
 typedef struct fs_table fs_table;
 struct fs_store;
 struct fs_reload;
-
-/* A Lua coroutine run by the scheduler (agent instance, task, timer). */
-struct fs_co {
-    fs_rt *rt;
-    lua_State *L;
-    int ref;      /* registry ref keeping the thread alive */
-    int exit_ref; /* registry ref of on_exit(ok, err, traceback), or LUA_NOREF */
-    int id;
-    int kind;
-    int state;
-    int wait;  /* FS_WAIT_* while state == FS_CO_WAITING */
-    int nargs; /* values already pushed on L for the next resume */
-    fs_timer timer;
-    fs_stream *stream;  /* FS_WAIT_TAKE */
-    fs_waiter *waiter;  /* FS_WAIT_DELIVERY */
-    void *pending;      /* FS_WAIT_IO: an operation owned by its subsystem */
-    void (*cancel)(fs_co *co); /* called if the coroutine dies while waiting */
-    fs_co *ready_next;  /* ready queue link */
-    fs_co *prev, *next; /* list of live coroutines */
-    int64_t run_since; /* monotonic ms when the current resume began */
-    int interrupted;   /* past agent_timeout: every hook call raises kill_msg */
-    char kill_msg[320];
-};
 
 /* A partition this worker consumes: tracks which offsets every agent finished. */
 struct fs_part {
@@ -160,18 +134,30 @@ struct fs_agent {
 };
 
 /* One agent instance's view of its agent's input. Events handed out by the
- * last take are acknowledged by the next take (the agent asked for more). */
+ * last take are acknowledged by the next take (the agent asked for more).
+ * The agent's cursor in that take is owned here: the Lua side moves it with
+ * stream methods and asks for it, C never reads it out of a Lua table. */
 struct fs_stream {
     fs_agent *agent;
     fs_event **taken;
     size_t ntaken, captaken;
     size_t nacked; /* taken[0..nacked) are already acknowledged */
-    int lua_ref;   /* the Lua Stream table, whose field `i` is the agent's position */
+    int lua_ref;   /* the Lua buffer takes fill (fs_lua_stream.c binds it), or 0 */
     int manual;    /* noack: events wait in `open` until the agent acks each */
     fs_event **open;
     size_t nopen, capopen;
     fs_co *waiter;
     fs_co *reader; /* the coroutine that last took from this stream, until it dies */
+    /* Cursor: the buffer holds nbuf entries (pairs in items mode) matching
+     * taken[0..nbuf); the agent is at entry pos (0: none handed out yet), and
+     * everything before pos is finished. fence: a revocation is pending. */
+    size_t pos, nbuf;
+    int mode;
+    int fence;
+    /* Registered by the buffer's owner (fs_lua_stream.c binds it): a fence
+     * dropped entries, entry `from` moves to `to` (1-based). ctx: what the
+     * caller of fs_stream_fence_step passed, NULL from fs_fence_streams. */
+    void (*move)(fs_stream *s, size_t from, size_t to, void *ctx);
 };
 
 /* A send_and_wait in flight. Owned by the delivery report; co is cleared if
@@ -186,7 +172,10 @@ struct fs_waiter {
 };
 
 struct fs_rt {
-    lua_State *L; /* main state: on_exit callbacks run here */
+    /* The main VM: the main thread of the state that runs the app. Set when the
+     * runtime is created (core.new) and handed to the next state by a hot
+     * reload (core.adopt, fs_reload.c) — never "the state that called last". */
+    lua_State *L;
     fs_loop loop;
     int tables_in_lua;  /* fstream.testing: tables live in Lua only, no LMDB, no changelog */
     int handle_signals; /* the worker takes SIGTERM/SIGINT/SIGHUP (not an in-process test) */
@@ -222,12 +211,7 @@ struct fs_rt {
     fs_io tio;
     int table_hook_ref;   /* Lua function(event, partition): "flush" | "hold" | "release" */
 
-    /* scheduler */
-    fs_co *ready_head, *ready_tail;
-    fs_co *live;
-    int nlive, nlive_agents, next_co_id;
-    fs_co *current;
-    int64_t agent_timeout_ms; /* a coroutine running this long without yielding is interrupted */
+    fs_sched sched; /* coroutines (fs_sched.h); its VM is L */
 
     /* offsets and checkpoints */
     int epoch;
@@ -267,26 +251,6 @@ struct fs_rt {
     int ncarry;
 };
 
-/* fs_sched.c */
-fs_co *fs_co_current(lua_State *L);
-int fs_co_ended(lua_State *thread); /* a scheduler coroutine that has ended (died, killed) */
-int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind);
-void fs_sched_ready(fs_co *co);
-int fs_sched_run_ready(fs_rt *rt); /* resumes every ready coroutine once; returns count */
-void fs_sched_kill(fs_co *co);
-void fs_sched_kill_all(fs_rt *rt);
-int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms);
-int fs_sched_traceback(lua_State *L); /* message handler for lua_pcall */
-/* Runaway detection (see fs_sched.c). fs_sched_watch_init: on the thread that
- * runs Lua, once. fs_sched_watch: from the watch thread, every tick — pokes the
- * Lua thread when the running coroutine is overdue, past stop_deadline (0:
- * none), or at once with poke_now. fs_sched_track_coroutines: makes the
- * coroutine library of L report which thread executes. */
-int fs_sched_watch_init(void);
-void fs_sched_watch(int64_t now, int64_t stop_deadline, int poke_now);
-int64_t fs_sched_clock_ms(void);
-void fs_sched_track_coroutines(lua_State *L);
-
 /* fs_stream.c */
 fs_topic *fs_topic_find(fs_rt *rt, const char *name);
 fs_part *fs_part_get(fs_topic *t, int32_t partition);
@@ -312,18 +276,19 @@ void fs_agent_close(fs_rt *rt, fs_agent *a);
 void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L);
 void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
 
-/* fs_lua.c: acknowledges every event an agent has moved past (reads each
- * stream's position from Lua); called before offsets are snapshotted. */
+/* fs_stream_cursor.c: acknowledges every event an agent has moved past (each
+ * stream's cursor); called before offsets are snapshotted. */
 void fs_sync_acks(fs_rt *rt);
-/* fs_lua.c: sets or clears the `fence` flag of every Lua stream, and drops
- * events of revoking partitions that agents have not started yet. */
+/* fs_stream_cursor.c: sets or clears the fence of every stream; clearing
+ * drops from the agents' buffers the events of revoking partitions that they
+ * have not started yet. */
 void fs_fence_streams(fs_rt *rt, int on);
-/* fs_lua.c: 1 when no agent is in the middle of an event of a revoking partition. */
+/* fs_stream_cursor.c: the agent asks for its next event while s is fenced:
+ * everything up to its cursor is finished, the rest of revoked partitions is
+ * dropped (ctx is handed to s->move). */
+void fs_stream_fence_step(fs_rt *rt, fs_stream *s, void *ctx);
+/* fs_stream_cursor.c: 1 when no agent is in the middle of an event of a revoking partition. */
 int fs_streams_clear(fs_rt *rt);
-/* fs_lua_stream.c: co died; nobody is in the middle of an event of the streams
- * it read any more. failed: its on_error policy has dealt with the event in
- * hand, which is acknowledged; otherwise (killed) it stays unacknowledged. */
-void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed);
 
 /* fs_table.c */
 int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */

@@ -236,7 +236,7 @@ static void finish(fs_rt *rt)
         rt->revoke_deadline = 0;
         fs_kafka_revoke_poll(rt);
     }
-    fs_sched_kill_all(rt); /* cancels HTTP requests still in flight */
+    fs_sched_kill_all(&rt->sched); /* cancels HTTP requests still in flight */
     fs_http_close(rt);
     int synced = 0;
     if (rt->fatal) {
@@ -268,7 +268,7 @@ int fs_rt_run(fs_rt *rt)
     fs_timer_start(&rt->loop, &rt->commit_timer, rt->commit_interval_ms);
     if (rt->handle_signals) fs_rt_poll_signals(rt); /* one that came while the worker started */
     while (!rt->stopped) {
-        int busy = rt->ready_head || rt->tp->pending || rt->tail_pending;
+        int busy = fs_sched_busy(&rt->sched) || rt->tp->pending || rt->tail_pending;
         int64_t t = fs_loop_next_timeout(&rt->loop);
         int timeout = busy ? 0 : (t < 0 || t > 1000) ? 1000 : (int)t;
         /* waiting for agents to reach a boundary (a reload's pause is visible: look often) */
@@ -277,7 +277,7 @@ int fs_rt_run(fs_rt *rt)
         if (fs_loop_poll(&rt->loop, timeout) < 0) fs_rt_fatal(rt, "epoll_wait failed");
         fs_worker_poll(rt);
         fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));
-        fs_sched_run_ready(rt);
+        fs_sched_run_ready(&rt->sched);
         fs_checkpoint_poll(rt);
         fs_reload_poll(rt);
         if (rt->fatal) {
@@ -285,11 +285,11 @@ int fs_rt_run(fs_rt *rt)
             break;
         }
         if (rt->stopping) {
-            if (rt->nlive_agents == 0) {
+            if (rt->sched.nlive_agents == 0) {
                 finish(rt);
             } else if (fs_loop_now(&rt->loop) > rt->stop_deadline) {
                 fs_warn("%d agent coroutines still busy after %d s; committing what is finished",
-                        rt->nlive_agents, FS_STOP_TIMEOUT_MS / 1000);
+                        rt->sched.nlive_agents, FS_STOP_TIMEOUT_MS / 1000);
                 finish(rt);
             }
         }
@@ -309,7 +309,7 @@ int fs_rt_run_until_idle(fs_rt *rt, int64_t max_rounds)
             n++;
         }
         n += fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));
-        n += fs_sched_run_ready(rt);
+        n += fs_sched_run_ready(&rt->sched);
         if (rt->fatal) return -1;
         if (!n) return 0;
         if (++rounds > max_rounds) return 1;

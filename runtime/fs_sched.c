@@ -1,8 +1,9 @@
-/* fs_sched: the scheduler. Every agent instance, task and timer callback is a
- * Lua coroutine; resume_one() is the only caller of lua_resume. A coroutine
- * blocks only inside a host function that records why it waits and ends with
- * lua_yield; the event that ends the wait calls fs_sched_ready and the loop
- * resumes it later — handlers never resume coroutines themselves. */
+/* fs_sched: the scheduler (see fs_sched.h). Every agent instance, task and
+ * timer callback is a Lua coroutine; resume_one() is the only caller of
+ * lua_resume. A coroutine blocks only inside a host function that records its
+ * one pending operation and ends with lua_yield; the event that ends the wait
+ * calls fs_sched_ready and the loop resumes it later — handlers never resume
+ * coroutines themselves. */
 #include <lauxlib.h>
 #include <pthread.h>
 #include <signal.h>
@@ -12,8 +13,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "fs_call.h"
 #include "fs_log.h"
-#include "fs_rt.h"
+#include "fs_sched.h"
 
 /* Runaway coroutines. A count hook set on every coroutine would cost every
  * VM instruction a function call (Lua 5.4 traces each instruction while any
@@ -49,12 +51,12 @@ static void count_hook(lua_State *L, lua_Debug *ar)
         lua_sethook(L, NULL, 0, 0);
         return;
     }
-    fs_rt *rt = co->rt;
+    fs_sched *s = co->sched;
     if (!co->interrupted) {
-        if (rt->handle_signals) fs_rt_poll_signals(rt); /* the loop cannot while this runs */
+        /* The loop cannot poll signals while this runs: the worker's hook does. */
+        int stop_over = s->poll ? s->poll(s->poll_data) : 0;
         int64_t ran = coarse_ms() - co->run_since;
-        int stop_over = rt->stopping && fs_loop_now(&rt->loop) > rt->stop_deadline;
-        if (ran < rt->agent_timeout_ms && !stop_over) {
+        if (ran < s->agent_timeout_ms && !stop_over) {
             lua_sethook(L, NULL, 0, 0);
             return;
         }
@@ -129,7 +131,8 @@ static int tracked_call(lua_State *L, lua_State *co)
     if (co) innermost = co;
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    /* Raw: the error object is raised again as it came (a guard, not a handler). */
+    int st = fs_call(L, lua_gettop(L) - 1, LUA_MULTRET, FS_CALL_RAW);
     innermost = outer;
     if (st != LUA_OK) return lua_error(L);
     return lua_gettop(L);
@@ -197,33 +200,71 @@ fs_co *fs_co_current(lua_State *L)
     return NULL;
 }
 
-int fs_sched_traceback(lua_State *L)
+fs_co *fs_sched_yieldable(lua_State *L, const char *outside)
 {
-    const char *msg = lua_tostring(L, 1);
-    if (!msg) {
-        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    }
-    luaL_traceback(L, L, msg, 1);
-    return 1;
+    fs_co *co = fs_co_current(L);
+    if (!co) luaL_error(L, "%s", outside);
+    if (!lua_isyieldable(L))
+        luaL_error(L, "cannot wait here: inside a metamethod or a C function that cannot yield");
+    return co;
 }
 
-static void link_ready(fs_rt *rt, fs_co *co)
+void fs_sched_wait(fs_co *co, int kind, void *pending, void (*cancel)(fs_co *co))
+{
+    co->state = FS_CO_WAITING;
+    co->wait = kind;
+    co->pending = pending;
+    co->cancel = cancel;
+}
+
+void fs_sched_hold(fs_co *co, void *held, void (*release)(fs_co *co, void *held, int failed))
+{
+    co->held = release ? held : NULL;
+    co->release = release;
+}
+
+void fs_sched_init(fs_sched *s, lua_State *L, fs_loop *loop)
+{
+    memset(s, 0, sizeof *s);
+    s->loop = loop;
+    s->agent_timeout_ms = 10000;
+    fs_sched_set_vm(s, L);
+}
+
+void fs_sched_set_vm(fs_sched *s, lua_State *L)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    s->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+}
+
+void fs_sched_set_poll(fs_sched *s, int (*poll)(void *data), void *data)
+{
+    s->poll = poll;
+    s->poll_data = data;
+}
+
+int fs_sched_busy(const fs_sched *s)
+{
+    return s->ready_head != NULL;
+}
+
+static void link_ready(fs_sched *s, fs_co *co)
 {
     co->ready_next = NULL;
-    if (rt->ready_tail) rt->ready_tail->ready_next = co;
-    else rt->ready_head = co;
-    rt->ready_tail = co;
+    if (s->ready_tail) s->ready_tail->ready_next = co;
+    else s->ready_head = co;
+    s->ready_tail = co;
 }
 
-static void unlink_ready(fs_rt *rt, fs_co *co)
+static void unlink_ready(fs_sched *s, fs_co *co)
 {
     fs_co *prev = NULL;
-    for (fs_co *c = rt->ready_head; c; prev = c, c = c->ready_next) {
+    for (fs_co *c = s->ready_head; c; prev = c, c = c->ready_next) {
         if (c != co) continue;
         if (prev) prev->ready_next = c->ready_next;
-        else rt->ready_head = c->ready_next;
-        if (rt->ready_tail == c) rt->ready_tail = prev;
+        else s->ready_head = c->ready_next;
+        if (s->ready_tail == c) s->ready_tail = prev;
         return;
     }
 }
@@ -234,10 +275,9 @@ void fs_sched_ready(fs_co *co)
     /* A sleep ends here; a take with a deadline keeps its timer armed: the
      * continuation decides whether enough arrived or the deadline passed. */
     if (co->state == FS_CO_WAITING && co->wait == FS_WAIT_SLEEP)
-        fs_timer_stop(&co->rt->loop, &co->timer);
+        fs_timer_stop(co->sched->loop, &co->timer);
     co->state = FS_CO_READY;
-    co->wait = FS_WAIT_NONE;
-    link_ready(co->rt, co);
+    link_ready(co->sched, co);
 }
 
 static void timer_fired(fs_timer *t)
@@ -245,67 +285,73 @@ static void timer_fired(fs_timer *t)
     fs_sched_ready(t->data);
 }
 
-int fs_sched_spawn(fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind)
+int fs_sched_spawn(fs_sched *s, struct fs_rt *rt, lua_State *L, int fn_idx, int exit_idx, int kind)
 {
     fs_co *co = calloc(1, sizeof *co);
     if (!co) return luaL_error(L, "out of memory");
+    co->sched = s;
     co->rt = rt;
     co->kind = kind;
-    co->id = ++rt->next_co_id;
+    co->id = ++s->next_co_id;
     co->L = lua_newthread(L);
-    co->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    co->ref = fs_ref(L);
     co->exit_ref = LUA_NOREF;
     if (exit_idx && !lua_isnoneornil(L, exit_idx)) {
         lua_pushvalue(L, exit_idx);
-        co->exit_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        co->exit_ref = fs_ref(L);
     }
     *(fs_co **)lua_getextraspace(co->L) = co;
     lua_pushvalue(L, fn_idx);
     lua_xmove(L, co->L, 1);
     co->timer.cb = timer_fired;
     co->timer.data = co;
-    co->next = rt->live;
-    if (rt->live) rt->live->prev = co;
-    rt->live = co;
-    rt->nlive++;
-    if (kind == FS_KIND_AGENT) rt->nlive_agents++;
+    co->next = s->live;
+    if (s->live) s->live->prev = co;
+    s->live = co;
+    s->nlive++;
+    if (kind == FS_KIND_AGENT) s->nlive_agents++;
     co->state = FS_CO_WAITING;
     fs_sched_ready(co);
     return co->id;
 }
 
-/* Detaches co from whatever it waits on and frees it. failed: it died of an
- * error that its on_exit has handled. */
+/* The cleanup of a coroutine's record: releases what it holds, detaches its
+ * pending operation, and frees it. failed: it died of an error that its
+ * on_exit has handled. */
 static void release(fs_co *co, int failed)
 {
-    fs_rt *rt = co->rt;
-    if (co->kind == FS_KIND_AGENT) fs_streams_orphan(rt, co, failed);
-    if (co->state == FS_CO_READY) unlink_ready(rt, co);
-    fs_timer_stop(&rt->loop, &co->timer);
-    if (co->stream && co->stream->waiter == co) co->stream->waiter = NULL;
-    if (co->waiter) co->waiter->co = NULL;
-    if (co->cancel) {
-        co->cancel(co);
-        co->cancel = NULL;
+    fs_sched *s = co->sched;
+    if (co->release) {
+        void (*rel)(fs_co *, void *, int) = co->release;
+        co->release = NULL;
+        rel(co, co->held, failed);
+        co->held = NULL;
     }
+    if (co->state == FS_CO_READY) unlink_ready(s, co);
+    fs_timer_stop(s->loop, &co->timer);
+    if (co->cancel) {
+        void (*cancel)(fs_co *) = co->cancel;
+        co->cancel = NULL;
+        cancel(co);
+    }
+    co->pending = NULL;
     co->state = FS_CO_DEAD;
     if (co->prev) co->prev->next = co->next;
-    else rt->live = co->next;
+    else s->live = co->next;
     if (co->next) co->next->prev = co->prev;
-    rt->nlive--;
-    if (co->kind == FS_KIND_AGENT) rt->nlive_agents--;
+    s->nlive--;
+    if (co->kind == FS_KIND_AGENT) s->nlive_agents--;
     *(fs_co **)lua_getextraspace(co->L) = &ended;
     lua_resetthread(co->L);
-    luaL_unref(rt->L, LUA_REGISTRYINDEX, co->ref);
-    luaL_unref(rt->L, LUA_REGISTRYINDEX, co->exit_ref);
+    fs_unref(s->L, co->ref);
+    fs_unref(s->L, co->exit_ref);
     free(co);
 }
 
 /* Calls on_exit(ok, err, traceback) in the main state; its errors are logged. */
 static void call_exit(fs_co *co, int ok)
 {
-    fs_rt *rt = co->rt;
-    lua_State *L = rt->L;
+    lua_State *L = co->sched->L;
     int exit_ref = co->exit_ref;
     co->exit_ref = LUA_NOREF;
     if (exit_ref == LUA_NOREF) {
@@ -314,83 +360,76 @@ static void call_exit(fs_co *co, int ok)
         return;
     }
     int nargs = ok ? 1 : 3;
-    lua_pushcfunction(L, fs_sched_traceback);
+    int base = lua_gettop(L) - (ok ? 0 : 2); /* below the error and traceback, if any */
     lua_rawgeti(L, LUA_REGISTRYINDEX, exit_ref);
     lua_pushboolean(L, ok);
-    if (!ok) lua_rotate(L, -5, 3); /* move error and traceback after ok */
-    int base = lua_gettop(L) - nargs - 1;
-    if (lua_pcall(L, nargs, 0, base)) fs_error("on_exit handler failed: %s", lua_tostring(L, -1));
-    lua_settop(L, base - 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, exit_ref);
+    if (!ok) lua_rotate(L, -4, 2); /* move error and traceback after ok */
+    if (fs_call(L, nargs, 0, FS_CALL_TRACEBACK))
+        fs_error("on_exit handler failed: %s", lua_tostring(L, -1));
+    lua_settop(L, base);
+    fs_unref(L, exit_ref);
 }
 
-static void resume_one(fs_rt *rt, fs_co *co)
+static void resume_one(fs_sched *s, fs_co *co)
 {
     int nres = 0;
     int nargs = co->nargs;
     co->nargs = 0;
     co->state = FS_CO_RUNNING;
+    /* The wait is over: its continuation owns what it waited on again. */
     co->wait = FS_WAIT_NONE;
-    fs_co *outer = rt->current, *outer_running = running;
+    co->pending = NULL;
+    co->cancel = NULL;
+    fs_co *outer = s->current, *outer_running = running;
     lua_State *outer_innermost = innermost;
     int64_t outer_due = atomic_load(&run_due);
-    rt->current = co;
+    s->current = co;
     co->run_since = coarse_ms();
-    int64_t limit = rt->agent_timeout_ms > 0 ? rt->agent_timeout_ms : INT64_MAX / 4;
+    int64_t limit = s->agent_timeout_ms > 0 ? s->agent_timeout_ms : INT64_MAX / 4;
     atomic_store(&run_due, co->run_since + (limit < INT64_MAX / 4 ? limit : INT64_MAX / 4));
     atomic_fetch_add(&run_seq, 1);
     innermost = co->L;
     running = co;
-    int st = lua_resume(co->L, rt->L, nargs, &nres);
+    int st = lua_resume(co->L, s->L, nargs, &nres);
     running = outer_running;
     innermost = outer_innermost;
     atomic_store(&run_due, outer_due);
-    rt->current = outer;
+    s->current = outer;
     if (co->state == FS_CO_DEAD) return; /* killed itself while running: already freed */
     if (st == LUA_YIELD) {
         lua_pop(co->L, nres);
         /* A plain coroutine.yield() in agent code: treat it as "let others run". */
         if (co->state == FS_CO_RUNNING) {
-            co->state = FS_CO_WAITING;
-            co->wait = FS_WAIT_YIELD;
+            fs_sched_wait(co, FS_WAIT_YIELD, NULL, NULL);
             fs_sched_ready(co);
         }
         return;
     }
-    lua_State *L = rt->L;
+    lua_State *L = s->L;
     if (st == LUA_OK) {
         call_exit(co, 1);
     } else {
         /* The coroutine's stack is intact: take the traceback from where it failed. */
         lua_xmove(co->L, L, 1);
-        const char *msg = lua_tostring(L, -1);
-        if (!msg) {
-            if (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
-                lua_replace(L, -2);
-            } else {
-                lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
-                lua_replace(L, -2);
-            }
-            msg = lua_tostring(L, -1);
-        }
+        fs_call_message(L, -1);
         luaL_traceback(L, co->L, NULL, 0);
         call_exit(co, 0);
     }
     if (co->state != FS_CO_DEAD) release(co, st != LUA_OK);
 }
 
-int fs_sched_run_ready(fs_rt *rt)
+int fs_sched_run_ready(fs_sched *s)
 {
     /* Only the coroutines ready now: one that readies itself again runs next round,
      * so the loop gets back to I/O between rounds. */
-    fs_co *tail = rt->ready_tail;
+    fs_co *tail = s->ready_tail;
     int n = 0;
-    while (rt->ready_head) {
-        fs_co *co = rt->ready_head;
-        rt->ready_head = co->ready_next;
-        if (!rt->ready_head) rt->ready_tail = NULL;
+    while (s->ready_head) {
+        fs_co *co = s->ready_head;
+        s->ready_head = co->ready_next;
+        if (!s->ready_head) s->ready_tail = NULL;
         co->ready_next = NULL;
-        resume_one(rt, co);
+        resume_one(s, co);
         n++;
         if (co == tail) break;
     }
@@ -401,17 +440,18 @@ void fs_sched_kill(fs_co *co)
 {
     if (co->state == FS_CO_RUNNING) {
         /* Can't free a running coroutine's thread under it: finish at next yield. */
-        co->exit_ref = (luaL_unref(co->rt->L, LUA_REGISTRYINDEX, co->exit_ref), LUA_NOREF);
+        fs_unref(co->sched->L, co->exit_ref);
+        co->exit_ref = LUA_NOREF;
         return;
     }
-    luaL_unref(co->rt->L, LUA_REGISTRYINDEX, co->exit_ref);
+    fs_unref(co->sched->L, co->exit_ref);
     co->exit_ref = LUA_NOREF;
     release(co, 0);
 }
 
-void fs_sched_kill_all(fs_rt *rt)
+void fs_sched_kill_all(fs_sched *s)
 {
-    fs_co *co = rt->live;
+    fs_co *co = s->live;
     while (co) {
         fs_co *next = co->next;
         if (co->state != FS_CO_RUNNING) fs_sched_kill(co);
@@ -421,8 +461,7 @@ void fs_sched_kill_all(fs_rt *rt)
 
 int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms)
 {
-    co->state = FS_CO_WAITING;
-    co->wait = FS_WAIT_SLEEP;
-    if (fs_timer_start(&co->rt->loop, &co->timer, ms)) return luaL_error(L, "out of memory");
+    if (fs_timer_start(co->sched->loop, &co->timer, ms)) return luaL_error(L, "out of memory");
+    fs_sched_wait(co, FS_WAIT_SLEEP, NULL, NULL); /* release() stops the timer */
     return lua_yield(L, 0);
 }

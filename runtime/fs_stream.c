@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs_call.h"
 #include "fs_log.h"
 #include "fs_rt.h"
 
@@ -175,7 +176,6 @@ static void agent_push(fs_rt *rt, fs_agent *a, fs_event *e)
         if (s->waiter) {
             fs_co *co = s->waiter;
             s->waiter = NULL;
-            co->stream = NULL;
             fs_sched_ready(co);
             break;
         }
@@ -325,7 +325,7 @@ void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L)
         if (!s->manual)
             for (size_t k = s->nacked; k < s->ntaken; k++) fs_event_release(rt, s->taken[k]);
         for (size_t k = 0; k < s->nopen; k++) fs_event_release(rt, s->open[k]);
-        if (s->lua_ref > 0) luaL_unref(L, LUA_REGISTRYINDEX, s->lua_ref);
+        fs_unref(L, s->lua_ref);
         free(s->open);
         free(s->taken);
         free(s);
@@ -345,8 +345,7 @@ void fs_wake_streams(fs_rt *rt)
             if (s->waiter) {
                 fs_co *co = s->waiter;
                 s->waiter = NULL;
-                co->stream = NULL;
-                fs_sched_ready(co);
+                    fs_sched_ready(co);
             }
         }
     }

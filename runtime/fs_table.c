@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fs_call.h"
 #include "fs_log.h"
 #include "fs_rt.h"
 #include "fs_store.h"
@@ -36,7 +37,7 @@ static int call_hook(fs_rt *rt, const char *event, int32_t p, int tid, int with_
         if (with_keys) lua_pop(L, 1);
         return 0;
     }
-    lua_pushcfunction(L, fs_sched_traceback);
+    lua_pushcfunction(L, fs_call_msgh);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->table_hook_ref);
     lua_pushstring(L, event);
     lua_pushinteger(L, p);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "fs_bundle.h"
+#include "fs_call.h"
 #include "fs_log.h"
 #include "fs_lua.h"
 
@@ -56,13 +57,13 @@ static lua_State *run_worker(fs_rt *rt, int *code_out)
     int code = fs_rt_run(rt);
     lua_State *L = rt->L;
     lua_settop(L, 0);
-    lua_pushcfunction(L, fs_sched_traceback);
     lua_getglobal(L, "require");
     lua_pushstring(L, "fstream.cli");
-    if (lua_pcall(L, 1, 1, 1) == LUA_OK) {
+    if (fs_call(L, 1, 1, FS_CALL_TRACEBACK) == LUA_OK) {
         lua_getfield(L, -1, "stopped");
         lua_pushinteger(L, code);
-        if (lua_pcall(L, 1, 0, 1)) fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
+        if (fs_call(L, 1, 0, FS_CALL_TRACEBACK))
+            fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
     } else {
         fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
     }
@@ -85,13 +86,12 @@ static lua_State *host_state(void)
     return L;
 }
 
-/* Pushes function `name` of fstream.cli, with the traceback handler at index
- * `h`; on failure prints why and returns 0. */
-static int cli_function(lua_State *L, int h, const char *name)
+/* Pushes function `name` of fstream.cli; on failure prints why and returns 0. */
+static int cli_function(lua_State *L, const char *name)
 {
     lua_getglobal(L, "require");
     lua_pushstring(L, "fstream.cli");
-    if (lua_pcall(L, 1, 1, h)) {
+    if (fs_call(L, 1, 1, FS_CALL_TRACEBACK)) {
         fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
         return 0;
     }
@@ -119,20 +119,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "fstream-lua: out of memory\n");
         return 1;
     }
-    lua_pushcfunction(L, fs_sched_traceback);
-    int h = lua_gettop(L);
-
     /* The command line is defined once, in fstream.cli: it reads argv and
      * answers with the command and its options, or the exit code of a line
      * that asked for help or was wrong. */
     int rc = 1;
-    if (!cli_function(L, h, "parse")) goto done;
+    if (!cli_function(L, "parse")) goto done;
     lua_createtable(L, argc > 1 ? argc - 1 : 0, 0);
     for (int i = 1; i < argc; i++) {
         lua_pushstring(L, argv[i]);
         lua_rawseti(L, -2, i);
     }
-    if (lua_pcall(L, 1, 2, h)) {
+    if (fs_call(L, 1, 2, FS_CALL_TRACEBACK)) {
         fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
         goto done;
     }
@@ -148,10 +145,10 @@ int main(int argc, char **argv)
     if (strcmp(lua_tostring(L, cmd_idx), "worker") == 0 && fs_signals_start())
         fprintf(stderr, "fstream-lua: cannot start the signal thread: SIGTERM will not stop the worker gracefully\n");
 
-    if (!cli_function(L, h, "main")) goto done;
+    if (!cli_function(L, "main")) goto done;
     lua_pushvalue(L, cmd_idx);
     lua_pushvalue(L, opts_idx);
-    if (lua_pcall(L, 2, 2, h)) {
+    if (fs_call(L, 2, 2, FS_CALL_TRACEBACK)) {
         fs_log_hold(0); /* what the failed command logged comes first */
         /* the handler's traceback: always a string */
         fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));

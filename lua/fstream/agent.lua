@@ -297,7 +297,13 @@ function Agent:_divert(ev, err, traceback, topic, extra)
     headers["fstream-offset"] = tostring(ev.offset)
   end
   for k, v in pairs(extra or {}) do headers[k] = v end
-  self.app.rt:produce(topic.id, ev.key_bytes, ev.value_bytes, nil, headers, true, nil, topic == self.dlq)
+  -- The original bytes; a dead letter is best effort (its loss is logged, not fatal).
+  local rt = self.app.rt
+  if topic == self.dlq then
+    rt:produce_dead_letter(topic.id, ev.key_bytes, ev.value_bytes, nil, headers)
+  else
+    rt:produce_raw(topic.id, ev.key_bytes, ev.value_bytes, nil, headers)
+  end
 end
 
 -- The "dlq" and "retry" policies for a failed event (its original message in ev).
@@ -366,7 +372,8 @@ function Agent:_start_instance(stream, delay, forward)
     end
     local orig = stream
     stream = cur
-    local ev = stream.i > 0 and { stream.cs:meta(stream.i) } or nil
+    local pos, npos = stream.cs:cursor()
+    local ev = pos > 0 and { stream.cs:meta(pos) } or nil
     if ev then ev = { topic = ev[1], partition = ev[2], offset = ev[3] } end
     if self.on_error == "crash" then
       core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
@@ -376,7 +383,7 @@ function Agent:_start_instance(stream, delay, forward)
     if self.on_error == "log" then
       core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
     elseif self.dlq then
-      local raw = stream.i > 0 and stream.cs:raw(stream.i)
+      local raw = pos > 0 and stream.cs:raw(pos)
       -- Whatever happens to the dead letter, the agent is restarted below.
       local ok, derr = pcall(function()
         if raw then
@@ -392,8 +399,8 @@ function Agent:_start_instance(stream, delay, forward)
     end
     if rt:stopping() then return end
     -- An agent that fails before touching an event would spin: back off then.
-    local progressed = stream.i ~= (self._last_fail_i or -1) or stream.n ~= (self._last_fail_n or -1)
-    self._last_fail_i, self._last_fail_n = stream.i, stream.n
+    local progressed = pos ~= (self._last_fail_i or -1) or npos ~= (self._last_fail_n or -1)
+    self._last_fail_i, self._last_fail_n = pos, npos
     self.failures = progressed and 0 or self.failures + 1
     local backoff = self.failures > 0 and math.min(0.1 * 2 ^ (self.failures - 1), 5.0) or 0
     self:_start_instance(orig, backoff, forward)

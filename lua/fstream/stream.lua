@@ -1,12 +1,18 @@
 -- Streams: what an agent iterates. `for v in stream do` pulls from a buffer
 -- that the C side fills a batch at a time; asking for the next event
 -- acknowledges the previous ones (Faust's semantics).
+--
+-- The cursor (which entry of the buffer the agent is at, how many there are,
+-- in which mode) belongs to the C side (`cs`): `cs_next` moves it once per
+-- event, `cs:cursor()` tells it, `cs:seek()` sets it. The Lua side keeps only
+-- the buffer's contents.
 local core = require "fstream.core"
 
 local Stream = {}
 
 local MODE_VALUE, MODE_ITEMS, MODE_EVENTS = 0, 1, 2
 local BATCH = 256
+local cs_next -- the C streams' next(cs, mode), shared by all of them
 
 function Stream.new(agent, cstream)
   local self = setmetatable({
@@ -16,14 +22,16 @@ function Stream.new(agent, cstream)
     -- at a time, or the first would take a whole batch and the rest would idle.
     batch = agent.concurrency > 1 and 1 or BATCH,
     buf = {},
-    n = 0,  -- entries in buf (pairs in items mode)
-    i = 0,  -- entries handed to the agent
-    fills = 0, -- batches taken (with i, names the event in hand)
-    mode = MODE_VALUE,
     ended = false,
   }, Stream)
-  cstream:bind(self)
+  cs_next = cs_next or cstream.next
+  cstream:bind(self.buf)
   return self
+end
+
+-- The entry in hand (0: none yet).
+function Stream:position()
+  return (self.cs:cursor())
 end
 
 -- Runs the topic's Lua decoding (custom serializer, declared types) over the
@@ -91,38 +99,32 @@ local function process(self, n, mode)
 end
 
 -- Refills the buffer; false when the stream ended (the worker is stopping).
+-- (Entries dropped here are dropped from the C side's cursor by cs:drop.)
 function Stream:_fill(mode)
   while true do
-    local n, bad = self.cs:take(self.buf, self.batch, mode)
+    local n, bad = self.cs:take(self.batch, mode)
     if n == nil then
-      self.ended, self.n, self.i = true, 0, 0
+      self.ended = true
       return false
     end
     if self.agent.post_decode and n > 0 then n = post_decode(self, n, mode) end
     if bad then self.agent:_bad_event(bad) end
-    self.mode, self.n, self.i = mode, n, 0
     self.batched = nil
-    self.fills = self.fills + 1
-    if self.agent.processors and n > 0 then
-      n = process(self, n, mode)
-      self.n = n
-    end
+    if self.agent.processors and n > 0 then n = process(self, n, mode) end
     if n > 0 then return true end
   end
 end
 
 -- Moves to the next entry of `mode`, refilling the buffer as needed; returns
--- its index or nil when the stream ended. While a partition is being revoked
--- (`fence`), the C side first drops buffered events of that partition.
+-- its index or nil when the stream ended. While a partition is being revoked,
+-- the C side's next first drops buffered events of that partition.
 local function advance(self, mode)
-  if self.fence then self.cs:fence(self) end
-  local i = self.i
-  if i >= self.n or self.mode ~= mode then
+  local cs = self.cs
+  local i = cs_next(cs, mode)
+  while not i do
     if not self:_fill(mode) then return nil end
-    i = 0
+    i = cs_next(cs, mode)
   end
-  i = i + 1
-  self.i = i
   -- A retried message waits out its backoff before the agent sees it again.
   if self.agent.retry_topic then
     local raw = self.cs:raw(i)
@@ -198,8 +200,9 @@ end
 -- (in `for v in stream:group_by(...)`, the regrouped event).
 function Stream:current()
   self = self.regrouped or self
-  if self.i < 1 then return nil end
-  return self.cs:meta(self.i)
+  local i = self.cs:cursor()
+  if i < 1 then return nil end
+  return self.cs:meta(i)
 end
 
 -- take(max, within): batches of up to `max` values; a shorter batch once
@@ -211,9 +214,9 @@ function Stream:take(max, within)
   if within ~= nil and (type(within) ~= "number" or within < 0) then error("take: within must be seconds >= 0", 2) end
   return function()
     while true do
-      local n, bad = self.cs:take(self.buf, max, MODE_VALUE, within or -1, max)
+      local n, bad = self.cs:take(max, MODE_VALUE, within or -1, max)
       if n == nil then
-        self.ended, self.n, self.i = true, 0, 0
+        self.ended = true
         return nil
       end
       if n then
@@ -222,7 +225,7 @@ function Stream:take(max, within)
         if n > 0 then
           local batch = table.move(self.buf, 1, n, 1, {})
           -- Position 1: the whole batch counts as in progress until the next take.
-          self.mode, self.n, self.i = MODE_VALUE, n, 1
+          self.cs:seek(1)
           self.batched = true
           return batch
         end
@@ -256,18 +259,19 @@ end
 -- forwarder reading values takes them next: a refill in another mode would
 -- acknowledge them unprocessed. A take() batch is the agent's already.
 local function to_values(self)
+  local i, n, mode = self.cs:cursor()
   if self.batched then
-    self.i = self.n
+    self.cs:seek(n)
     return
   end
-  local buf, n = self.buf, self.n
-  if self.mode == MODE_ITEMS then
+  local buf = self.buf
+  if mode == MODE_ITEMS then
     for j = 1, n do buf[j] = buf[2 * j] end
     for j = n + 1, 2 * n do buf[j] = nil end
-  elseif self.mode == MODE_EVENTS then
+  elseif mode == MODE_EVENTS then
     for j = 1, n do buf[j] = buf[j].value end
   end
-  self.mode = MODE_VALUE
+  self.cs:seek(i, MODE_VALUE)
 end
 
 -- The loop of a group_by or through forwarder: every value `src` yields (the
@@ -280,7 +284,7 @@ function Stream.forward(base, src, dest, keyfn, what)
   to_values(base)
   local cs, agent = base.cs, base.agent
   for v in src do
-    local i = base.i
+    local i = cs:cursor()
     local ts, headers, k = cs:origin(i, keyfn == nil)
     if keyfn then
       k = keyfn(v)
@@ -366,10 +370,10 @@ end
 
 -- The value of the event in hand (the decoded value in every view).
 function Stream:current_value()
-  local i = self.i
-  if i < 1 or i > self.n then return nil end
-  if self.mode == MODE_ITEMS then return self.buf[2 * i] end
-  if self.mode == MODE_EVENTS then return self.buf[i].value end
+  local i, n, mode = self.cs:cursor()
+  if i < 1 or i > n then return nil end
+  if mode == MODE_ITEMS then return self.buf[2 * i] end
+  if mode == MODE_EVENTS then return self.buf[i].value end
   return self.buf[i]
 end
 

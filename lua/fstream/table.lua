@@ -173,18 +173,10 @@ end
 Table.default_of = default_of
 
 -- Partition of the event being processed by the running agent, if any.
--- `t[k] = t[k] + 1` asks twice for the same event: the stream remembers it.
+-- The C side answers from the stream's cursor (`t[k] = t[k] + 1` asks twice).
 local function event_partition()
   local s = Table.streams_by_co[coroutine.running()]
-  if s then
-    local i = s.i
-    if i > 0 then
-      if s.part_i == i and s.part_fill == s.fills then return s.part end
-      local _, p = s.cs:meta(i)
-      s.part_i, s.part_fill, s.part = i, s.fills, p
-      return p
-    end
-  end
+  if s then return s.cs:partition() end
 end
 
 -- Key bytes of a string key, remembered per partition until the next

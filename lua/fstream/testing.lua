@@ -55,7 +55,7 @@ function Testing:send(target, msg)
   local key, value = msg.key, msg.value
   if topic.key_custom and key ~= nil then key = topic.key_custom.encode(key) end
   if topic.value_custom and value ~= nil then value = topic.value_custom.encode(value) end
-  return self.rt:test_send(topic.id, key, value, msg.partition, msg.headers, false, msg.timestamp)
+  return self.rt:test_send(topic.id, key, value, msg.partition, msg.headers, msg.timestamp)
 end
 
 -- t:send_raw(target, bytes, {key=, headers=, partition=}): sends bytes as they
@@ -63,7 +63,7 @@ end
 function Testing:send_raw(target, bytes, opts)
   local topic = resolve(self, target)
   opts = opts or {}
-  return self.rt:test_send(topic.id, opts.key, bytes, opts.partition, opts.headers, true, opts.timestamp)
+  return self.rt:test_send_raw(topic.id, opts.key, bytes, opts.partition, opts.headers, opts.timestamp)
 end
 
 -- Runs until every agent waits for input and no timer is due.

@@ -153,18 +153,18 @@ function Topic:send(msg)
   local rt = self.app.rt
   -- The per-message path: no custom serializer, nothing to check in Lua.
   if rt and type(msg) == "table" and not self.key_custom and not self.value_custom then
-    return rt:produce(self.id, msg.key, msg.value, msg.partition, msg.headers, nil, msg.timestamp)
+    return rt:produce(self.id, msg.key, msg.value, msg.partition, msg.headers, msg.timestamp)
   end
   local key, value
   rt, key, value = prepare(self, msg, 3)
-  rt:produce(self.id, key, value, msg.partition, msg.headers, nil, msg.timestamp)
+  rt:produce(self.id, key, value, msg.partition, msg.headers, msg.timestamp)
 end
 
 -- Yields until the broker acknowledged the message; returns {partition=, offset=}
 -- or nil, error.
 function Topic:send_and_wait(msg)
   local rt, key, value = prepare(self, msg, 3)
-  return rt:produce_wait(self.id, key, value, msg.partition, msg.headers, nil, msg.timestamp)
+  return rt:produce_wait(self.id, key, value, msg.partition, msg.headers, msg.timestamp)
 end
 
 -- topic:group_by(field | function(value) -> key, {name = ...}): a source that

@@ -190,7 +190,8 @@ end
 function Window:event_time(t)
   if self.time == "now" then return t.app.rt:now() end
   local s = current_stream()
-  if not s or s.i < 1 then
+  local pos = s and s:position()
+  if not s or pos < 1 then
     error(string.format("windowed table '%s': needs an event being processed (or relative_to_now)", t.name), 4)
   end
   local at
@@ -203,7 +204,7 @@ function Window:event_time(t)
       error(string.format("windowed table '%s': field '%s': %s", t.name, self.field, err or "missing"), 4)
     end
   else
-    local _, _, _, ts = s.cs:meta(s.i)
+    local _, _, _, ts = s.cs:meta(pos)
     at = ts or error(string.format("windowed table '%s': the message has no timestamp", t.name), 4)
   end
   if at > self.horizon then
