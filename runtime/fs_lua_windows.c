@@ -69,6 +69,7 @@ static fs_rt *ud_rt(lua_State *L, int idx)
 {
     lua_getiuservalue(L, idx, UV_RT);
     rt_ud *r = luaL_testudata(L, -1, RT_MT);
+    if (!r) r = luaL_testudata(L, -1, RT_TEST_MT);
     lua_pop(L, 1);
     return r ? r->rt : NULL;
 }
