@@ -111,7 +111,7 @@ static int commit_parts(fs_rt *rt, rd_kafka_topic_partition_list_t *only, int us
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++) {
             fs_part *p = t->parts[j];
-            if (!p || !p->assigned) continue;
+            if (!fs_part_consuming(p)) continue;
             if (only && !rd_kafka_topic_partition_list_find(only, t->name, p->id)) continue;
             int64_t off = use_snap ? p->snap : fs_part_committable(p);
             if (off < 0 || off <= p->committed) continue;
@@ -165,7 +165,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             if (!t || !t->table_input) continue; /* forwarders' inputs, the leader topic */
             int seen = 0;
             for (int j = 0; j < i; j++) seen |= c->elems[j].partition == p;
-            if (!seen && fs_tables_hold(rt, p)) break;
+            if (!seen && fs_tables_hold(rt, p, NULL, NULL)) break;
         }
         for (int i = 0; i < c->cnt; i++) {
             fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
@@ -203,7 +203,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
             fs_part *p = t ? fs_part_get(t, parts->elems[i].partition) : NULL;
             if (!p) continue;
-            p->revoking = 1;
+            fs_part_fence(p);
             fs_part_drop_queued(rt, p);
         }
         fs_fence_streams(rt, 1);
@@ -240,7 +240,10 @@ void fs_kafka_revoke_poll(fs_rt *rt)
     for (int i = 0; i < parts->cnt; i++) {
         fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
         fs_part *p = t ? fs_part_get(t, parts->elems[i].partition) : NULL;
-        if (p) fs_part_revoke(rt, p);
+        if (p) {
+            fs_part_drop_queued(rt, p);
+            fs_part_revoke(p);
+        }
     }
     rd_kafka_topic_partition_list_destroy(parts);
     rt->ckpt_active = 0;
@@ -883,7 +886,7 @@ void fs_checkpoint_begin(fs_rt *rt)
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
-            if (p && p->assigned) p->snap = fs_part_committable(p);
+            if (fs_part_consuming(p)) p->snap = fs_part_committable(p);
         }
     rt->ckpt_epoch = rt->epoch;
     rt->epoch++;

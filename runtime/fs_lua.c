@@ -212,7 +212,7 @@ static void rt_free(fs_rt *rt)
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++)
-            if (t->parts[j]) free(t->parts[j]->ring), free(t->parts[j]);
+            fs_part_free(t->parts[j]);
         fs_memlog_free(t);
         free(t->parts);
         free(t->subs);
@@ -429,7 +429,7 @@ static int l_rt_start(lua_State *L)
         int maxp = 0;
         for (int i = 0; i < rt->ntables; i++)
             if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
-        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p);
+        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p, NULL, NULL);
         fs_tables_start_global(rt);
         return 0;
     }
@@ -620,8 +620,7 @@ static int l_rt_assigned(lua_State *L)
     fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_topic *t = fs_lua_check_topic(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
-    int yes = rt->test || (p >= 0 && p < t->nparts && t->parts[p] && t->parts[p]->assigned &&
-                           !t->parts[p]->revoking);
+    int yes = rt->test || (p >= 0 && p < t->nparts && fs_part_active(t->parts[p]));
     lua_pushboolean(L, yes);
     return 1;
 }
@@ -670,7 +669,7 @@ static int l_rt_stats(lua_State *L)
         lua_newtable(L);
         for (int j = 0; j < t->nparts; j++) {
             fs_part *p = t->parts[j];
-            if (!p || !p->assigned) continue;
+            if (!fs_part_consuming(p)) continue;
             lua_createtable(L, 0, 2);
             lua_pushinteger(L, fs_part_committable(p));
             lua_setfield(L, -2, "committable");

@@ -263,7 +263,7 @@ static void drop_revoked(fs_rt *rt, fs_stream *s, lua_State *L, int tbl)
     lua_Integer w = i;
     for (lua_Integer j = i + 1; j <= n; j++) {
         fs_event *e = s->taken[j - 1];
-        if (e->part->revoking || !e->part->assigned) {
+        if (!fs_part_active(e->part)) {
             if (s->manual) fs_stream_open_remove(s, e);
             fs_event_release(rt, e);
             continue;
@@ -333,7 +333,7 @@ int fs_streams_clear(fs_rt *rt)
             /* A stream whose reader died has nobody who could finish an event. */
             if (!s->reader) continue;
             for (size_t k = 0; k < s->nopen; k++)
-                if (s->open[k]->part->revoking) return 0; /* not acknowledged yet */
+                if (fs_part_fencing(s->open[k]->part)) return 0; /* not acknowledged yet */
             if (s->lua_ref <= 0 || s->ntaken == 0 || s->manual) continue;
             lua_rawgeti(L, LUA_REGISTRYINDEX, s->lua_ref);
             lua_getfield(L, -1, "i");
@@ -341,7 +341,7 @@ int fs_streams_clear(fs_rt *rt)
             lua_pop(L, 2);
             /* Event `pos` is in progress unless already acknowledged. */
             if (pos >= 1 && (size_t)pos <= s->ntaken && (size_t)pos > s->nacked &&
-                s->taken[pos - 1]->part->revoking)
+                fs_part_fencing(s->taken[pos - 1]->part))
                 return 0;
         }
     }

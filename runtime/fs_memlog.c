@@ -93,7 +93,7 @@ int fs_memlog_deliver(fs_rt *rt)
         for (int p = 0; p < mt->nparts; p++) {
             struct fs_mempart *mp = &mt->parts[p];
             fs_part *fp = fs_part_get(t, p);
-            if (fp && !fp->assigned) fs_part_assign(fp, -1);
+            if (fp && !fs_part_held(fp)) fs_part_assign(fp, -1);
             for (; mp->read < mp->n; mp->read++) {
                 struct fs_memmsg *mm = &mp->msgs[mp->read];
                 rd_kafka_message_t *m = calloc(1, sizeof *m);

@@ -337,8 +337,8 @@ static void begin(fs_rt *rt)
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
-            if (!p || !p->assigned) continue;
-            p->revoking = 1;
+            if (!fs_part_active(p)) continue;
+            fs_part_fence(p);
             fs_part_drop_queued(rt, p);
         }
     rt->draining = 1;
@@ -353,7 +353,7 @@ static rd_kafka_topic_partition_list_t *positions(fs_rt *rt)
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++) {
             fs_part *p = t->parts[j];
-            if (!p || !p->assigned) continue;
+            if (!fs_part_consuming(p)) continue;
             int64_t off = fs_part_committable(p);
             /* Nothing consumed since the assignment: the position has not moved. */
             if (off >= 0) rd_kafka_topic_partition_list_add(l, t->name, p->id)->offset = off;
@@ -450,7 +450,7 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
-            if (p && p->assigned) fs_part_restart(p);
+            if (p) fs_part_restart(p);
         }
     rt->paused = 0;
     if (rt->consumer) {

@@ -19,6 +19,7 @@
 
 #include "fs_buf.h"
 #include "fs_loop.h"
+#include "fs_part.h"
 
 enum { FS_CODEC_RAW = 0, FS_CODEC_JSON = 1 };
 /* A codec value is its kind in the low byte; a json codec carries its decoder's
@@ -64,25 +65,6 @@ struct fs_co {
     int64_t run_since; /* monotonic ms when the current resume began */
     int interrupted;   /* past agent_timeout: every hook call raises kill_msg */
     char kill_msg[320];
-};
-
-/* A partition this worker consumes: tracks which offsets every agent finished. */
-struct fs_part {
-    fs_topic *topic;
-    int32_t id;
-    int assigned;
-    int revoking; /* revoked, waiting for agents to finish its events in progress */
-    uint32_t gen; /* bumped on assign/revoke; events of an older generation are stale */
-    struct fs_slot {
-        int64_t offset;
-        int32_t pending; /* agents that still hold the event */
-    } *ring;
-    size_t rcap, rhead, rlen;
-    uint64_t rbase;     /* sequence number of ring[rhead] */
-    int64_t next;       /* offset after the last delivered event, -1 if none yet */
-    int64_t committed;  /* last committed offset, -1 if none */
-    int64_t snap;       /* committable offset captured by the running checkpoint */
-    int64_t delivered;  /* events delivered since assignment (stats) */
 };
 
 struct fs_topic {
@@ -291,12 +273,10 @@ void fs_sched_track_coroutines(lua_State *L);
 
 /* fs_stream.c */
 fs_topic *fs_topic_find(fs_rt *rt, const char *name);
-fs_part *fs_part_get(fs_topic *t, int32_t partition);
-void fs_part_assign(fs_part *p, int64_t committed);
+fs_part *fs_part_get(fs_topic *t, int32_t partition); /* created REVOKED on first use */
+/* Events of a fencing partition still waiting in agent queues are dropped:
+ * whoever owns the partition next receives them again. */
 void fs_part_drop_queued(fs_rt *rt, fs_part *p);
-void fs_part_revoke(fs_rt *rt, fs_part *p);
-void fs_part_restart(fs_part *p); /* forget events in flight; fetching restarts (reload) */
-int64_t fs_part_committable(const fs_part *p);
 fs_batch *fs_batch_new(int n, int owned);
 /* Hands one message to every agent subscribed to its topic; takes ownership of m. */
 void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int64_t ts,
@@ -328,7 +308,11 @@ int fs_streams_clear(fs_rt *rt);
 void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed);
 
 /* fs_table.c */
-int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */
+/* Opens partition p of every table and starts replaying its changelog; done(data, p, rc) is
+ * called from the loop once every table's partition p is recovered (rc 0), or failed (rc -1,
+ * fatal set), or interrupted by a stop (rc 1). May call done before returning; done may be
+ * NULL. Returns -1 (fatal set, done never called) when p cannot be held at all. */
+int fs_tables_hold(fs_rt *rt, int32_t p, void (*done)(void *data, int32_t p, int rc), void *data);
 void fs_tables_release(fs_rt *rt, int32_t p); /* close partition p (after a checkpoint) */
 /* Lua stages dirty entries (changelog + staging). force: also give every held
  * partition with nothing to stage one record carrying the input offsets (at a
