@@ -187,6 +187,16 @@ int fs_reload_watch(fs_rt *rt, const char *const *files, int n)
     return 0;
 }
 
+static void reload_hook(void *data)
+{
+    fs_reload_poll(((struct fs_reload *)data)->rt);
+}
+
+static int64_t reload_limit(void *data)
+{
+    return ((struct fs_reload *)data)->rt->draining ? 2 : -1;
+}
+
 int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char *store, int watch,
                     const char *broker_url, const char *data_dir, char *err, size_t errlen)
 {
@@ -207,6 +217,12 @@ int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char 
     r->debounce.cb = debounce_cb;
     r->debounce.data = r;
     rt->reload = r;
+    /* The loop advances a reload on each turn, and looks often while agents drain. */
+    if (fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, FS_ORDER_RELOAD, reload_hook, r) ||
+        fs_loop_limit(&rt->loop, reload_limit, r)) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     if (!r->path || !r->broker || !r->store || !r->broker_url || !r->data_dir) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -240,6 +256,7 @@ void fs_reload_free(fs_rt *rt)
     struct fs_reload *r = rt->reload;
     if (!r) return;
     fs_timer_stop(&rt->loop, &r->debounce);
+    fs_loop_unhook(&rt->loop, r);
     drop_next(r);
     clear_watch(r);
     if (r->ifd >= 0) {

@@ -18,8 +18,10 @@
 #include <stdint.h>
 
 #include "fs_buf.h"
+#include "fs_fatal.h"
 #include "fs_loop.h"
 #include "fs_part.h"
+#include "fs_signal.h"
 
 enum { FS_CODEC_RAW = 0, FS_CODEC_JSON = 1 };
 /* A codec value is its kind in the low byte; a json codec carries its decoder's
@@ -391,20 +393,18 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen);
 double *fs_carry(fs_rt *rt, const char *key, int create);
 
 /* fs_runtime.c */
+/* Orders of the per-iteration hooks run after timers (fs_loop_hook): the
+ * worker's, and those of the layers above it that register their own. */
+enum { FS_ORDER_SCHED = 10, FS_ORDER_CHECKPOINT = 20, FS_ORDER_RELOAD = 30 };
 int64_t fs_rt_wall_ms(fs_rt *rt);
-void fs_rt_fatal(fs_rt *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Records that the worker cannot go on (fs_fatal.h): any layer may, without
+ * calling up into the worker. */
+#define fs_rt_fatal(rt, ...) fs_fatal_set(&(rt)->fatal, (rt)->fatal_msg, sizeof (rt)->fatal_msg, __VA_ARGS__)
 int fs_rt_run(fs_rt *rt);
 int fs_rt_run_until_idle(fs_rt *rt, int64_t max_ms);
 void fs_rt_request_stop(fs_rt *rt, const char *why);
-/* SIGTERM/SIGINT are taken by a thread of their own (a second one exits the
- * process at once, whatever the loop is doing). fs_signals_start runs once per
- * process, before the worker connects; fs_rt_poll_signals turns a received
- * signal into a stop request — the loop calls it, and so do places that may
- * run long without the loop (the count hook, changelog recovery).
- * fs_signals_stop_requested: a signal arrived (any thread may ask). */
-int fs_signals_start(void);
-int fs_watch_start(void); /* only the runaway watch (in-process runtimes) */
+/* fs_rt_poll_signals: a received SIGTERM/SIGINT becomes a stop request of rt
+ * (fs_signal.h; the worker registers itself there when its loop starts). */
 void fs_rt_poll_signals(fs_rt *rt);
-int fs_signals_stop_requested(void);
 
 #endif
