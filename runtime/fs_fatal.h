@@ -10,14 +10,11 @@
 #include <stddef.h>
 #include <stdio.h>
 
-__attribute__((format(printf, 4, 5))) static inline void
-fs_fatal_set(int *flag, char *msg, size_t size, const char *fmt, ...)
+__attribute__((format(printf, 4, 0))) static inline void
+fs_fatal_vset(int *flag, char *msg, size_t size, const char *fmt, va_list ap)
 {
     if (*flag) return;
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, size, fmt, ap);
-    va_end(ap);
     *flag = 1;
 }
 

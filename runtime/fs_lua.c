@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "fs_checkpoint.h"
 #include "fs_json.h"
 #include "fs_log.h"
 #include "fs_rt.h"
@@ -145,8 +146,8 @@ static int l_core_new(lua_State *L)
     fs_rt *rt = calloc(1, sizeof *rt);
     if (!rt) return luaL_error(L, "out of memory");
     rt->L = L;
-    rt->test = test;
-    rt->cfd = rt->pfd = rt->sfd = rt->tfd = -1;
+    rt->tables_in_lua = test, rt->handle_signals = !test;
+    rt->sfd = rt->tfd = -1;
     rt->group = strdup(group);
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
@@ -165,11 +166,13 @@ static int l_core_new(lua_State *L)
         gettimeofday(&tv, NULL);
         rt->wall_offset_ms = has_clock ? (int64_t)llround(clock * 1000.0)
                                        : (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-        rt->broker = strdup("");
+        if (fs_rt_open_transport(rt, NULL, NULL, 0)) return luaL_error(L, "out of memory");
+        fs_ckpt_set_agents(rt->ckpt, &fs_lua_agent_hooks, rt);
         return 1;
     }
     char err[512];
-    if (fs_kafka_open(rt, broker, err, sizeof err)) return luaL_error(L, "%s", err);
+    if (fs_rt_open_transport(rt, broker, err, sizeof err)) return luaL_error(L, "%s", err);
+    fs_ckpt_set_agents(rt->ckpt, &fs_lua_agent_hooks, rt);
     return 1;
 }
 
@@ -213,7 +216,6 @@ static void rt_free(fs_rt *rt)
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++)
             fs_part_free(t->parts[j]);
-        fs_memlog_free(t);
         free(t->parts);
         free(t->subs);
         free(t->name);
@@ -424,24 +426,15 @@ static int l_rt_start(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     rt->L = L;
-    if (rt->test) {
-        rt->subscribed = 1;
-        int maxp = 0;
-        for (int i = 0; i < rt->ntables; i++)
-            if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
-        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p, NULL, NULL);
-        fs_tables_start_global(rt);
-        return 0;
-    }
     char err[512];
-    if (fs_kafka_start(rt, err, sizeof err)) return luaL_error(L, "%s", err);
+    if (fs_worker_start(rt, err, sizeof err)) return luaL_error(L, "%s", err);
     return 0;
 }
 
 static int l_rt_run(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
-    if (rt->test) return luaL_error(L, "use run_until_idle with the in-memory transport");
+    if (rt->loop.fake_clock) return luaL_error(L, "use run_until_idle with the in-memory transport");
     rt->L = L;
     lua_pushinteger(L, fs_rt_run(rt));
     return 1;
@@ -461,7 +454,7 @@ static int l_rt_advance(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     double secs = luaL_checknumber(L, 2);
-    if (!rt->test) return luaL_error(L, "advance needs the in-memory transport");
+    if (!rt->loop.fake_clock) return luaL_error(L, "advance needs the in-memory transport");
     rt->L = L;
     int64_t target = fs_loop_now(&rt->loop) + (int64_t)llround(secs * 1000);
     /* Step from timer to timer so work triggered by one timer sees the time it fired at. */
@@ -586,7 +579,7 @@ static int l_rt_produce_wait(lua_State *L)
     if (!co) return luaL_error(L, "send_and_wait must be called from an agent, task or timer");
     fs_waiter *w = NULL;
     produce(L, rt, &w, 0, NULL, NULL);
-    if (rt->test) return push_delivery(L, w);
+    if (w->done) return push_delivery(L, w);
     w->co = co;
     co->waiter = w;
     co->state = FS_CO_WAITING;
@@ -597,7 +590,7 @@ static int l_rt_produce_wait(lua_State *L)
 static int l_rt_test_send(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
-    if (!rt->test) return luaL_error(L, "test_send needs the in-memory transport");
+    if (!fs_memlog_of(rt->tp)) return luaL_error(L, "test_send needs the in-memory transport");
     int32_t p;
     int64_t o;
     produce(L, rt, NULL, 1, &p, &o);
@@ -606,10 +599,36 @@ static int l_rt_test_send(lua_State *L)
     return 2;
 }
 
+/* One message the app sent, as a table appended to the one on top of L. */
+static int push_output(void *data, const fs_memout *m)
+{
+    lua_State *L = data;
+    lua_createtable(L, 0, 6);
+    if (m->key) lua_pushlstring(L, m->key, m->klen), lua_setfield(L, -2, "key_bytes");
+    if (m->value) lua_pushlstring(L, m->value, m->vlen), lua_setfield(L, -2, "value_bytes");
+    lua_pushinteger(L, m->partition);
+    lua_setfield(L, -2, "partition");
+    lua_pushinteger(L, (lua_Integer)m->offset);
+    lua_setfield(L, -2, "offset");
+    if (m->nheaders) {
+        lua_newtable(L);
+        for (int h = 0; h < m->nheaders; h++) {
+            lua_pushlstring(L, m->headers[h].value ? m->headers[h].value : "", m->headers[h].len);
+            lua_setfield(L, -2, m->headers[h].name);
+        }
+        lua_setfield(L, -2, "headers");
+    }
+    lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+    return 0;
+}
+
 static int l_rt_outputs(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
-    fs_memlog_push_outputs(L, rt, fs_lua_check_topic(L, rt, 2));
+    fs_topic *t = fs_lua_check_topic(L, rt, 2);
+    struct fs_memlog *ml = fs_memlog_of(rt->tp);
+    lua_newtable(L);
+    if (ml) fs_memlog_each_output(ml, t, push_output, L);
     return 1;
 }
 
@@ -620,7 +639,7 @@ static int l_rt_assigned(lua_State *L)
     fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_topic *t = fs_lua_check_topic(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
-    int yes = rt->test || (p >= 0 && p < t->nparts && fs_part_active(t->parts[p]));
+    int yes = rt->tp->holds_all || (p >= 0 && p < t->nparts && fs_part_active(t->parts[p]));
     lua_pushboolean(L, yes);
     return 1;
 }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs_checkpoint.h"
 #include "fs_json.h"
 #include "fs_log.h"
 #include "fs_lua.h"
@@ -347,6 +348,23 @@ int fs_streams_clear(fs_rt *rt)
     }
     return 1;
 }
+
+static void hook_sync_acks(void *data)
+{
+    fs_sync_acks(data);
+}
+
+static void hook_fence(void *data, int on)
+{
+    fs_fence_streams(data, on);
+}
+
+static int hook_clear(void *data)
+{
+    return fs_streams_clear(data);
+}
+
+const fs_agent_hooks fs_lua_agent_hooks = {hook_sync_acks, hook_fence, hook_clear};
 
 void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed)
 {

@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs_assign.h"
+#include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_lua.h"
 #include "fs_rt.h"
@@ -384,7 +386,7 @@ static void swap(fs_rt *rt)
     struct fs_reload *r = rt->reload;
     int64_t t_drained = mono_ms();
     fs_fence_streams(rt, 0); /* drops the events agents had not started */
-    if (fs_checkpoint_reload(rt, 30000)) {
+    if (fs_ckpt_run(rt->ckpt, FS_CKPT_RELOAD, 35000)) {
         fs_rt_fatal(rt, "reload: the checkpoint before the swap failed; stopping without "
                         "committing (the input is processed again on restart)");
         drop_next(r);
@@ -496,7 +498,6 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
         snprintf(err, errlen, "seek failed: %s", failed);
         return -1;
     }
-    rt->consume_pending = 1;
     return 0;
 }
 
@@ -506,7 +507,7 @@ void fs_reload_poll(fs_rt *rt)
     if (!r || rt->stopping || rt->fatal) return;
     if (!r->next) {
         /* A revocation in progress finishes first: it owns the fences. */
-        if (!r->requested || rt->revoke) return;
+        if (!r->requested || fs_assign_busy(rt->assign)) return;
         begin(rt);
         if (!r->next) return;
     }

@@ -15,11 +15,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs_assign.h"
+#include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_rt.h"
 #include "fs_signal.h"
 
-#define FS_STOP_TIMEOUT_MS 30000
+/* How long the stop may wait on the transport for each of: a revocation's
+ * checkpoint, the final checkpoint (their deliveries have 30 s each). */
+#define FS_CKPT_WAIT_MS 35000
 
 static void stop_on_signal(void *data, const char *why)
 {
@@ -36,7 +40,7 @@ void fs_rt_poll_signals(fs_rt *rt)
 
 int64_t fs_rt_wall_ms(fs_rt *rt)
 {
-    if (rt->test) return rt->wall_offset_ms + fs_loop_now(&rt->loop);
+    if (rt->loop.fake_clock) return rt->wall_offset_ms + fs_loop_now(&rt->loop);
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
@@ -74,7 +78,8 @@ static void stop_signal_cb(fs_io *io, uint32_t events)
 static void commit_timer_cb(fs_timer *t)
 {
     fs_rt *rt = t->data;
-    fs_checkpoint_begin(rt);
+    /* Skipped while a reload drains agents, or while another checkpoint runs. */
+    if (!rt->draining) fs_ckpt_start(rt->ckpt, FS_CKPT_PERIODIC, NULL, NULL, NULL);
     fs_timer_start(&rt->loop, t, rt->commit_interval_ms);
 }
 
@@ -108,17 +113,15 @@ static int setup_signals(fs_rt *rt)
 static void finish(fs_rt *rt)
 {
     rt->closing = 1;
-    if (rt->revoke) {
-        rt->revoke_deadline = 0;
-        fs_kafka_revoke_poll(rt);
-    }
+    /* A revocation waiting for agents goes on now: none will run again. */
+    fs_assign_finish(rt->assign, FS_CKPT_WAIT_MS);
     fs_sched_kill_all(rt); /* cancels HTTP requests still in flight */
     fs_http_close(rt);
     int synced = 0;
     if (rt->fatal) {
         fs_error("%s", rt->fatal_msg);
         rt->exit_code = 1;
-    } else if (fs_checkpoint_sync(rt, 30000) == 0) {
+    } else if (fs_ckpt_run(rt->ckpt, FS_CKPT_STOP, FS_CKPT_WAIT_MS) == 0) {
         fs_info("final checkpoint done: offsets committed");
         synced = 1;
     } else {
@@ -138,7 +141,7 @@ static void finish(fs_rt *rt)
 /* The worker's subsystems, called by the loop on each turn. */
 static void transport_hook(void *data)
 {
-    fs_kafka_poll(data);
+    fs_worker_poll(data);
 }
 
 static void sched_hook(void *data)
@@ -148,7 +151,9 @@ static void sched_hook(void *data)
 
 static void checkpoint_hook(void *data)
 {
-    fs_checkpoint_poll(data);
+    fs_rt *rt = data;
+    fs_assign_poll(rt->assign);
+    fs_ckpt_poll(rt->ckpt);
 }
 
 /* How long the loop may sleep: not at all while work is queued; briefly while
@@ -156,10 +161,8 @@ static void checkpoint_hook(void *data)
 static int64_t worker_limit(void *data)
 {
     fs_rt *rt = data;
-    if (rt->ready_head || rt->produce_pending || rt->tail_pending ||
-        (rt->consume_pending && !rt->stopping))
-        return 0;
-    return rt->revoke ? 20 : -1;
+    if (rt->ready_head || rt->tp->pending || rt->tail_pending) return 0;
+    return fs_assign_revoking(rt->assign) ? 20 : -1;
 }
 
 static int hook_worker(fs_rt *rt)
@@ -172,7 +175,7 @@ static int hook_worker(fs_rt *rt)
 
 int fs_rt_run(fs_rt *rt)
 {
-    if (!rt->test && setup_signals(rt))
+    if (rt->handle_signals && setup_signals(rt))
         fs_warn("signalfd failed: SIGTERM will not stop the worker gracefully");
     if (hook_worker(rt)) {
         fs_loop_unhook(&rt->loop, rt);
@@ -182,7 +185,7 @@ int fs_rt_run(fs_rt *rt)
     rt->commit_timer.cb = commit_timer_cb;
     rt->commit_timer.data = rt;
     fs_timer_start(&rt->loop, &rt->commit_timer, rt->commit_interval_ms);
-    if (!rt->test) fs_rt_poll_signals(rt); /* one that came while the worker started */
+    if (rt->handle_signals) fs_rt_poll_signals(rt); /* one that came while the worker started */
     while (!rt->stopped) {
         if (fs_loop_run_once(&rt->loop, 1000) < 0) fs_rt_fatal(rt, "epoll_wait failed");
         if (rt->fatal) {
@@ -209,7 +212,7 @@ int fs_rt_run_until_idle(fs_rt *rt, int64_t max_rounds)
 {
     int64_t rounds = 0;
     for (;;) {
-        int n = fs_memlog_deliver(rt);
+        int n = fs_worker_poll(rt);
         if (rt->http_inflight) { /* real transfers: not idle until they finish */
             fs_http_poll(rt);
             n++;

@@ -477,7 +477,7 @@ static int hold_now(fs_rt *rt, int32_t p)
             return -1;
         }
         if (p < 0 || p >= t->partitions || t->parts[p].store || t->global) continue;
-        if (rt->test) continue; /* fstream.testing keeps tables in Lua only */
+        if (rt->tables_in_lua) continue; /* fstream.testing keeps tables in Lua only */
         if (open_and_recover(rt, t, p)) return -1;
     }
     return call_hook(rt, "hold", p, 0, 0);
@@ -503,12 +503,12 @@ int fs_tables_start_global(fs_rt *rt)
         fs_table *t = rt->tables[i];
         if (!t->global) continue;
         for (int32_t p = 0; p < t->partitions; p++) {
-            if (!rt->test && open_and_recover(rt, t, p)) {
+            if (!rt->tables_in_lua && open_and_recover(rt, t, p)) {
                 rd_kafka_topic_partition_list_destroy(follow);
                 return -1;
             }
             if (call_hook(rt, "hold", p, t->id + 1, 0)) break;
-            if (!rt->test)
+            if (!rt->tables_in_lua)
                 rd_kafka_topic_partition_list_add(follow, t->changelog->name, p)->offset =
                     t->parts[p].cl_next >= 0 ? t->parts[p].cl_next : RD_KAFKA_OFFSET_BEGINNING;
         }
