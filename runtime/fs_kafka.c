@@ -531,7 +531,11 @@ static int count_in(const struct rd_kafka_metadata *md, const char *name)
 static void create_missing(fs_kafka *k, fs_topic **miss, int n)
 {
     if (k->mock) {
-        for (int i = 0; i < n; i++) rd_kafka_mock_topic_create(k->mock, miss[i]->name, miss[i]->partitions, 1);
+        for (int i = 0; i < n; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_mock_topic_create(k->mock, miss[i]->name, miss[i]->partitions, 1);
+            if (e) /* the wait for its metadata reports it */
+                fs_warn("cannot create topic %s: %s", miss[i]->name, rd_kafka_err2str(e));
+        }
         return;
     }
     if (k->no_create_topics) return;
@@ -1233,6 +1237,9 @@ static void kafka_close(fs_transport *tp)
         kafka_flush(tp, 5000);
         if (k->overflow.len)
             fs_warn("%zu messages never reached the producer's queue", k->overflow.len);
+        if (tp->backlog_peak)
+            fs_info("producer: up to %lld messages waited for room in librdkafka's queue "
+                    "(queue.buffering.max.messages)", (long long)tp->backlog_peak);
         while (k->overflow.len) {
             struct fs_overflow o = fs_ring_shift(&k->overflow);
             if (o.hdrs) rd_kafka_headers_destroy(o.hdrs);
@@ -1521,6 +1528,11 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
                const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
                fs_waiter *w, char *err, size_t errlen)
 {
+    if (!rt->tp) {
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        snprintf(err, errlen, "cannot send to %s: the worker has stopped", t->name);
+        return -1;
+    }
     fs_header small[8], *hs;
     int nh = to_headers(hdrs, small, 8, &hs);
     if (nh < 0) {

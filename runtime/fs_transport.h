@@ -128,8 +128,8 @@ typedef struct fs_fetched {
 typedef struct fs_transport_cb {
     void *data;
     /* Fetched messages, in fetch order (per partition: offset order). Takes
-     * ownership of every msgs[i].m: free it with fs_transport_msg_free(tp, ...)
-     * (fs_batch.owned says which kind). Called with n > 0. */
+     * ownership of every msgs[i].m and .hdrs: free them with
+     * fs_transport_msg_free(m, hdrs, owned). Called with n > 0. */
     void (*messages)(void *data, const struct fs_fetched *msgs, int n, int owned);
     void (*delivered)(void *data, const fs_report *r);
     /* The transport gives the worker these partitions. The upper layer answers
@@ -169,7 +169,9 @@ typedef struct fs_transport_ops {
     int (*subscribe)(fs_transport *tp, char *err, size_t errlen);
     /* Serves the transport's queues: delivery reports, rebalances, commit
      * results; when fetch is set, hands fetched messages to cb.messages.
-     * Returns how many messages it handed over. Never blocks. */
+     * Returns how many messages it handed over. Never blocks (but memory://
+     * asks its in-process broker for metadata when it assigns itself
+     * partitions: about a millisecond). */
     int (*poll)(fs_transport *tp, int fetch);
     /* Sends one message. 0: accepted, cb.delivered reports later; 1: delivered
      * already (the in-memory log), *now filled, no callback follows; -1: error.
@@ -193,7 +195,8 @@ typedef struct fs_transport_ops {
      * assignment always starts unpaused. */
     int (*pause)(fs_transport *tp, const fs_tplist *parts);
     int (*resume)(fs_transport *tp, const fs_tplist *parts);
-    /* Restarts fetching of assigned partitions at the given offsets (reload). */
+    /* Restarts fetching of assigned partitions at the given offsets. Waits
+     * (up to 10 s) for librdkafka to apply it: reloads only, loop paused. */
     int (*seek)(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen);
     /* Commits offsets (the next offset to read). FS_COMMIT_SYNC: waits for the
      * answer (the last commit at close only); otherwise returns at once and
@@ -240,9 +243,10 @@ struct fs_transport {
 /* ---- the implementations ---- */
 
 /* librdkafka. broker_url: memory:// or kafka://HOST[:PORT],...; group: the
- * consumer group (and client.id). conf: extra producer settings "k=v" pairs,
- * NULL-terminated, or NULL (e.g. queue.buffering.max.messages). The transport
- * registers its wake-up fds on loop. NULL and a message on failure. */
+ * consumer group (and client.id). conf: extra producer settings "k=v",
+ * NULL-terminated, or NULL; then those of $FSTREAM_KAFKA_PRODUCER
+ * ("k=v,k=v", e.g. queue.buffering.max.messages=50). The transport registers
+ * its wake-up fds on loop. NULL and a message on failure. */
 fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *group,
                            const char *const *conf, char *err, size_t errlen);
 /* The bootstrap servers the kafka transport talks to ("" for the in-memory log). */
