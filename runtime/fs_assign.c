@@ -31,7 +31,11 @@ struct fs_assign {
     int asking;        /* the committed offsets are not known yet */
     int holds;         /* table recoveries not over */
     int failed;        /* a recovery failed or was stopped: the assignment is never made */
-    char committed_tag; /* its address marks our committed-offsets question */
+    /* Their addresses mark our committed-offsets questions; alternating, so
+     * that the answer to a dropped assignment's question is not taken for
+     * the next one's. */
+    char committed_tag[2];
+    int asked;
     /* the revocation in progress */
     int revoke_step;
     fs_tplist revoke;
@@ -157,7 +161,7 @@ static void held(void *data, int32_t p, int rc)
 
 void fs_assign_on_committed(fs_assign *a, void *ctx, const fs_tplist *offsets, int err)
 {
-    if (ctx != &a->committed_tag || !a->assigning || !a->asking) return;
+    if (ctx != &a->committed_tag[a->asked & 1] || !a->assigning || !a->asking) return;
     a->asking = 0;
     for (int i = 0; i < a->parts.len; i++) {
         fs_tp *tp = &a->parts.items[i];
@@ -187,7 +191,8 @@ static void assign_start(fs_assign *a, const fs_tplist *parts)
         if (p) fs_part_take(p);
     }
     /* Where each partition resumes, so a gap (log start moved past it) is reported. */
-    if (!a->parts.len || a->tp->ops->committed(a->tp, &a->parts, &a->committed_tag)) {
+    a->asked++;
+    if (!a->parts.len || a->tp->ops->committed(a->tp, &a->parts, &a->committed_tag[a->asked & 1])) {
         a->asking = 0;
         for (int i = 0; i < a->parts.len; i++) a->parts.items[i].offset = FS_OFFSET_INVALID;
     }
@@ -237,6 +242,10 @@ void fs_assign_on_assigned(fs_assign *a, const fs_tplist *parts)
         }
         return;
     }
+    /* A new assignment replaces one still waiting for its offsets or tables
+     * (memory://'s self-assignment when the subscription changes meanwhile):
+     * the transport was not answered yet, so nothing of the old one fetched. */
+    if (a->assigning && a->revoke_step == R_NONE && !a->queue.len) assign_drop(a);
     /* An empty assignment is answered too (the group waits for it). */
     if (fs_assign_busy(a)) {
         struct change c = {1, {0}};
