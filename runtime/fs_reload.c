@@ -194,6 +194,11 @@ static void reload_hook(void *data)
     fs_reload_poll(((struct fs_reload *)data)->rt);
 }
 
+static void reload_hup(void *data)
+{
+    fs_reload_request(((struct fs_reload *)data)->rt, "SIGHUP", 0);
+}
+
 static int64_t reload_limit(void *data)
 {
     return ((struct fs_reload *)data)->rt->draining ? 2 : -1;
@@ -219,6 +224,8 @@ int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char 
     r->debounce.cb = debounce_cb;
     r->debounce.data = r;
     rt->reload = r;
+    rt->on_hup.fn = reload_hup;
+    rt->on_hup.data = r;
     /* The loop advances a reload on each turn, and looks often while agents drain. */
     if (fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, FS_ORDER_RELOAD, reload_hook, r) ||
         fs_loop_limit(&rt->loop, reload_limit, r)) {
@@ -259,6 +266,7 @@ void fs_reload_free(fs_rt *rt)
     if (!r) return;
     fs_timer_stop(&rt->loop, &r->debounce);
     fs_loop_unhook(&rt->loop, r);
+    if (rt->on_hup.data == r) rt->on_hup.fn = NULL, rt->on_hup.data = NULL;
     drop_next(r);
     clear_watch(r);
     if (r->ifd >= 0) {

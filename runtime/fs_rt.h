@@ -186,6 +186,19 @@ struct fs_rt {
     int subscribed; /* the worker started consuming */
     int prestart; /* agents take their first steps before the first subscription */
     int paused; /* fetching paused: agents have max_queued events waiting */
+    /* What the worker tells the layers above it, registered by them (one
+     * each; the worker never calls them by name): SIGHUP (the reload), the
+     * stop (the HTTP client cancels its transfers), a round of
+     * fstream.testing's run_until_idle (the HTTP client progresses without
+     * the loop; returns 1 while it has work). data outlives the registration. */
+    struct {
+        void (*fn)(void *data);
+        void *data;
+    } on_hup, on_close;
+    struct {
+        int (*fn)(void *data);
+        void *data;
+    } on_idle;
     /* Checkpoints (fs_checkpoint.h) and assignment/revocation (fs_assign.h):
      * created with the transport, freed when it closes. */
     struct fs_ckpt *ckpt;

@@ -62,8 +62,11 @@ static void signal_cb(fs_io *io, uint32_t events)
     fs_rt *rt = io->data;
     struct signalfd_siginfo si;
     (void)events;
-    while (read(io->fd, &si, sizeof si) == (ssize_t)sizeof si)
-        if ((int)si.ssi_signo == SIGHUP) fs_reload_request(rt, "SIGHUP", 0);
+    while (read(io->fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if ((int)si.ssi_signo != SIGHUP) continue;
+        if (rt->on_hup.fn) rt->on_hup.fn(rt->on_hup.data);
+        else fs_warn("SIGHUP: this worker cannot reload (its loop is not run by fstream-lua worker)");
+    }
 }
 
 /* SIGTERM/SIGINT, from the signal thread. */
@@ -116,7 +119,7 @@ static void finish(fs_rt *rt)
     /* A revocation waiting for agents goes on now: none will run again. */
     fs_assign_finish(rt->assign, FS_CKPT_WAIT_MS);
     fs_sched_kill_all(rt); /* cancels HTTP requests still in flight */
-    fs_http_close(rt);
+    if (rt->on_close.fn) rt->on_close.fn(rt->on_close.data);
     int synced = 0;
     if (rt->fatal) {
         fs_error("%s", rt->fatal_msg);
@@ -213,10 +216,8 @@ int fs_rt_run_until_idle(fs_rt *rt, int64_t max_rounds)
     int64_t rounds = 0;
     for (;;) {
         int n = fs_worker_poll(rt);
-        if (rt->http_inflight) { /* real transfers: not idle until they finish */
-            fs_http_poll(rt);
-            n++;
-        }
+        /* (real HTTP transfers: not idle until they finish) */
+        if (rt->on_idle.fn && rt->on_idle.fn(rt->on_idle.data)) n++;
         n += fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));
         n += fs_sched_run_ready(rt);
         if (rt->fatal) return -1;
