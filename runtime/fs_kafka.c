@@ -482,14 +482,14 @@ int fs_kafka_embedded(const fs_transport *tp)
  * partitioner among them), plus the topic as opaque so delivery reports find it. */
 static int open_topic(fs_kafka *k, fs_topic *t, char *err, size_t errlen)
 {
-    if (t->tx) return 0;
+    if (FS_TXT(t)->tx) return 0;
     rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(k->producer);
     if (!tc) goto oom;
     rd_kafka_topic_conf_set_opaque(tc, t);
-    t->tx = rd_kafka_topic_new(k->producer, t->name, tc);
-    if (!t->tx) {
+    FS_TXT(t)->tx = rd_kafka_topic_new(k->producer, FS_TXT(t)->name, tc);
+    if (!FS_TXT(t)->tx) {
         rd_kafka_topic_conf_destroy(tc);
-        snprintf(err, errlen, "cannot open topic %s: %s", t->name,
+        snprintf(err, errlen, "cannot open topic %s: %s", FS_TXT(t)->name,
                  rd_kafka_err2str(rd_kafka_last_error()));
         return -1;
     }
@@ -532,9 +532,9 @@ static void create_missing(fs_kafka *k, fs_topic **miss, int n)
 {
     if (k->mock) {
         for (int i = 0; i < n; i++) {
-            rd_kafka_resp_err_t e = rd_kafka_mock_topic_create(k->mock, miss[i]->name, miss[i]->partitions, 1);
+            rd_kafka_resp_err_t e = rd_kafka_mock_topic_create(k->mock, FS_TXT(miss[i])->name, FS_TXT(miss[i])->partitions, 1);
             if (e) /* the wait for its metadata reports it */
-                fs_warn("cannot create topic %s: %s", miss[i]->name, rd_kafka_err2str(e));
+                fs_warn("cannot create topic %s: %s", FS_TXT(miss[i])->name, rd_kafka_err2str(e));
         }
         return;
     }
@@ -544,13 +544,13 @@ static void create_missing(fs_kafka *k, fs_topic **miss, int n)
     if (!nt) return;
     size_t cnt = 0;
     for (int i = 0; i < n; i++) {
-        nt[cnt] = rd_kafka_NewTopic_new(miss[i]->name, miss[i]->partitions, -1, errstr, sizeof errstr);
+        nt[cnt] = rd_kafka_NewTopic_new(FS_TXT(miss[i])->name, FS_TXT(miss[i])->partitions, -1, errstr, sizeof errstr);
         if (!nt[cnt]) { /* the wait for its metadata reports it */
-            fs_warn("cannot create topic %s: %s", miss[i]->name, errstr);
+            fs_warn("cannot create topic %s: %s", FS_TXT(miss[i])->name, errstr);
             continue;
         }
         /* Changelogs keep the latest value per key: compaction, as Kafka Streams does. */
-        if (miss[i]->compact) rd_kafka_NewTopic_set_config(nt[cnt], "cleanup.policy", "compact");
+        if (FS_TXT(miss[i])->compact) rd_kafka_NewTopic_set_config(nt[cnt], "cleanup.policy", "compact");
         cnt++;
     }
     if (!cnt) {
@@ -599,7 +599,7 @@ static int kafka_resolve(fs_transport *tp, fs_topic *const *ts, int n, char *err
             return -1;
         }
     int todo = 0;
-    for (int i = 0; i < n; i++) todo |= !ts[i]->resolved;
+    for (int i = 0; i < n; i++) todo |= !FS_TXT(ts[i])->resolved;
     if (todo) {
         /* Asking for every topic creates none (a request naming a topic may). */
         const struct rd_kafka_metadata *md = NULL;
@@ -617,14 +617,14 @@ static int kafka_resolve(fs_transport *tp, fs_topic *const *ts, int n, char *err
         }
         int nmiss = 0;
         for (int i = 0; i < n; i++) {
-            if (ts[i]->resolved) continue;
-            int cnt = count_in(md, ts[i]->name);
+            if (FS_TXT(ts[i])->resolved) continue;
+            int cnt = count_in(md, FS_TXT(ts[i])->name);
             if (cnt > 0) {
-                if (cnt != ts[i]->partitions)
-                    fs_debug("topic %s has %d partitions (the app would create %d)", ts[i]->name, cnt,
-                             ts[i]->partitions);
-                ts[i]->partitions = cnt;
-                ts[i]->resolved = 1;
+                if (cnt != FS_TXT(ts[i])->partitions)
+                    fs_debug("topic %s has %d partitions (the app would create %d)", FS_TXT(ts[i])->name, cnt,
+                             FS_TXT(ts[i])->partitions);
+                FS_TXT(ts[i])->partitions = cnt;
+                FS_TXT(ts[i])->resolved = 1;
             } else {
                 int dup = 0; /* the same topic may be named twice */
                 for (int j = 0; j < nmiss; j++) dup |= miss[j] == ts[i];
@@ -647,17 +647,17 @@ static int kafka_resolve(fs_transport *tp, fs_topic *const *ts, int n, char *err
             for (;;) {
                 int64_t left = deadline - mono_ms();
                 md = NULL;
-                e = rd_kafka_metadata(k->producer, 0, t->tx, &md, left > 100 ? (int)left : 100);
-                int cnt = e ? 0 : count_in(md, t->name);
+                e = rd_kafka_metadata(k->producer, 0, FS_TXT(t)->tx, &md, left > 100 ? (int)left : 100);
+                int cnt = e ? 0 : count_in(md, FS_TXT(t)->name);
                 if (md) rd_kafka_metadata_destroy(md);
                 if (cnt > 0) {
-                    t->partitions = cnt;
-                    t->resolved = 1;
+                    FS_TXT(t)->partitions = cnt;
+                    FS_TXT(t)->resolved = 1;
                     break;
                 }
                 if (mono_ms() >= deadline) {
                     snprintf(err, errlen, "topic %s does not exist and the broker at %s did not create it within %d s (%s)",
-                             t->name, k->bootstrap, FS_METADATA_MS / 1000,
+                             FS_TXT(t)->name, k->bootstrap, FS_METADATA_MS / 1000,
                              e ? rd_kafka_err2str(e) : "not in its metadata");
                     rc = -1;
                     break;
@@ -681,7 +681,7 @@ static rd_kafka_topic_partition_list_t *subscription_of(fs_kafka *k)
     for (size_t i = 0; i < k->topics.len; i++) {
         fs_topic *t = k->topics.items[i];
         if (k->base.cb.consumes && k->base.cb.consumes(k->base.cb.data, t))
-            rd_kafka_topic_partition_list_add(subs, t->name, RD_KAFKA_PARTITION_UA);
+            rd_kafka_topic_partition_list_add(subs, FS_TXT(t)->name, RD_KAFKA_PARTITION_UA);
     }
     return subs;
 }
@@ -776,9 +776,9 @@ static void self_assign_now(fs_kafka *k)
     for (size_t i = 0; i < k->self_subs.len; i++) {
         fs_topic *t = NULL;
         for (size_t j = 0; j < k->topics.len && !t; j++)
-            if (strcmp(k->topics.items[j]->name, k->self_subs.items[i]) == 0) t = k->topics.items[j];
-        for (int p = 0; t && p < t->partitions; p++)
-            if (!fs_tplist_add(&l, t->name, p, FS_OFFSET_INVALID)) {
+            if (strcmp(FS_TXT(k->topics.items[j])->name, k->self_subs.items[i]) == 0) t = k->topics.items[j];
+        for (int p = 0; t && p < FS_TXT(t)->partitions; p++)
+            if (!fs_tplist_add(&l, FS_TXT(t)->name, p, FS_OFFSET_INVALID)) {
                 fs_tplist_free(&l);
                 if (k->base.cb.error)
                     k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FAIL,
@@ -828,7 +828,7 @@ static fs_topic *topic_of(fs_kafka *k, rd_kafka_topic_t *rkt)
     const char *name = rd_kafka_topic_name(rkt);
     fs_topic *t = NULL;
     for (size_t i = 0; i < k->topics.len && !t; i++)
-        if (strcmp(k->topics.items[i]->name, name) == 0) t = k->topics.items[i];
+        if (strcmp(FS_TXT(k->topics.items[i])->name, name) == 0) t = k->topics.items[i];
     k->last_rkt = rkt;
     k->last_topic = t;
     return t;
@@ -960,7 +960,7 @@ static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition,
     if (fs_vec_reserve(&k->vus, need)) return RD_KAFKA_RESP_ERR__FAIL;
     rd_kafka_vu_t *v = k->vus.items;
     size_t n = 0;
-    v[n].vtype = RD_KAFKA_VTYPE_RKT, v[n++].u.rkt = t->tx;
+    v[n].vtype = RD_KAFKA_VTYPE_RKT, v[n++].u.rkt = FS_TXT(t)->tx;
     v[n].vtype = RD_KAFKA_VTYPE_PARTITION, v[n++].u.i32 = partition;
     v[n].vtype = RD_KAFKA_VTYPE_MSGFLAGS, v[n++].u.i = RD_KAFKA_MSG_F_COPY;
     v[n].vtype = RD_KAFKA_VTYPE_VALUE, v[n].u.mem.ptr = (void *)val, v[n++].u.mem.size = vlen;
@@ -1026,7 +1026,7 @@ static int kafka_produce(fs_transport *tp, const fs_msg *m, fs_sendctx ctx, fs_r
     fs_kafka *k = kafka_of(tp);
     (void)now;
     void *opaque = ctx_pack(ctx);
-    if (!m->topic->tx && open_topic(k, m->topic, err, errlen)) return -1;
+    if (!FS_TXT(m->topic)->tx && open_topic(k, m->topic, err, errlen)) return -1;
     rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__QUEUE_FULL;
     if (!k->overflow.len)
         e = send_one(k, m->topic, m->partition, m->key, m->klen, m->value, m->vlen, m->headers,
@@ -1036,13 +1036,13 @@ static int kafka_produce(fs_transport *tp, const fs_msg *m, fs_sendctx ctx, fs_r
          * reports (which wake the loop) make room. */
         if (k->base.backlog == 0) fs_debug("producer queue full: messages wait in the worker");
         if (overflow_push(k, m, opaque)) {
-            snprintf(err, errlen, "cannot send to %s: out of memory", m->topic->name);
+            snprintf(err, errlen, "cannot send to %s: out of memory", FS_TXT(m->topic)->name);
             return -1;
         }
         return 0;
     }
     if (e) {
-        snprintf(err, errlen, "cannot send to %s: %s", m->topic->name, rd_kafka_err2str(e));
+        snprintf(err, errlen, "cannot send to %s: %s", FS_TXT(m->topic)->name, rd_kafka_err2str(e));
         return -1;
     }
     return 0;
@@ -1228,9 +1228,9 @@ static void kafka_close(fs_transport *tp)
     if (k->aq) rd_kafka_queue_destroy(k->aq);
     if (k->consumer) rd_kafka_destroy(k->consumer);
     for (size_t i = 0; i < k->topics.len; i++)
-        if (k->topics.items[i]->tx) {
-            rd_kafka_topic_destroy(k->topics.items[i]->tx);
-            k->topics.items[i]->tx = NULL;
+        if (FS_TXT(k->topics.items[i])->tx) {
+            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
+            FS_TXT(k->topics.items[i])->tx = NULL;
         }
     if (k->producer) {
         if (k->pq) rd_kafka_queue_destroy(k->pq);

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fs_rt.h"
 #include "fs_transport.h"
 #include "fs_vec.h"
 
@@ -53,17 +52,17 @@ struct fs_memlog *fs_memlog_of(fs_transport *tp)
 
 static struct fs_memtopic *memtopic(struct fs_memlog *ml, fs_topic *t)
 {
-    if (t->tx) return t->tx;
+    if (FS_TXT(t)->tx) return FS_TXT(t)->tx;
     struct fs_memtopic *mt = calloc(1, sizeof *mt);
     if (!mt) return NULL;
-    mt->nparts = t->partitions > 0 ? t->partitions : 1;
+    mt->nparts = FS_TXT(t)->partitions > 0 ? FS_TXT(t)->partitions : 1;
     mt->parts = calloc((size_t)mt->nparts, sizeof *mt->parts);
     if (!mt->parts || fs_vec_push(&ml->topics, t)) {
         free(mt->parts);
         free(mt);
         return NULL;
     }
-    t->tx = mt;
+    FS_TXT(t)->tx = mt;
     return mt;
 }
 
@@ -129,7 +128,7 @@ static int append(struct fs_memlog *ml, const fs_msg *msg, int external, int32_t
         partition = msg->key ? fs_murmur2_partition(msg->key, msg->klen, mt->nparts)
                              : (mt->rr++ % mt->nparts);
     if (partition >= mt->nparts) {
-        snprintf(err, errlen, "partition %d of %s does not exist", (int)msg->partition, t->name);
+        snprintf(err, errlen, "partition %d of %s does not exist", (int)msg->partition, FS_TXT(t)->name);
         return -1;
     }
     struct fs_mempart *p = &mt->parts[partition];
@@ -153,7 +152,7 @@ static int append(struct fs_memlog *ml, const fs_msg *msg, int external, int32_t
     p->msgs.len++;
     return 0;
 oom:
-    snprintf(err, errlen, "cannot send to %s: out of memory", t->name);
+    snprintf(err, errlen, "cannot send to %s: out of memory", FS_TXT(t)->name);
     return -1;
 }
 
@@ -185,7 +184,7 @@ static int memlog_poll(fs_transport *tp, int fetch)
     if (!fetch) return 0;
     for (size_t i = 0; i < ml->topics.len; i++) {
         fs_topic *t = ml->topics.items[i];
-        struct fs_memtopic *mt = t->tx;
+        struct fs_memtopic *mt = FS_TXT(t)->tx;
         if (!tp->cb.consumes || !tp->cb.consumes(tp->cb.data, t)) continue;
         size_t unread = 0;
         for (int p = 0; p < mt->nparts; p++) unread += mt->parts[p].msgs.len - mt->parts[p].read;
@@ -195,7 +194,7 @@ static int memlog_poll(fs_transport *tp, int fetch)
              * from the first time it reads them. */
             fs_tplist l = {0};
             for (int p = 0; p < mt->nparts; p++)
-                if (!fs_tplist_add(&l, t->name, p, FS_OFFSET_INVALID)) {
+                if (!fs_tplist_add(&l, FS_TXT(t)->name, p, FS_OFFSET_INVALID)) {
                     fs_tplist_free(&l);
                     if (tp->cb.error) tp->cb.error(tp->cb.data, -1, "out of memory", 1);
                     return total;
@@ -245,7 +244,7 @@ int fs_memlog_each_output(struct fs_memlog *ml, fs_topic *t,
                           int (*fn)(void *data, const fs_memout *m), void *data)
 {
     (void)ml;
-    struct fs_memtopic *mt = t->tx;
+    struct fs_memtopic *mt = FS_TXT(t)->tx;
     if (!mt) return 0;
     for (int p = 0; p < mt->nparts; p++) {
         struct fs_mempart *mp = &mt->parts[p];
@@ -263,7 +262,7 @@ int fs_memlog_each_output(struct fs_memlog *ml, fs_topic *t,
 static int memlog_resolve(fs_transport *tp, fs_topic *const *ts, int n, char *err, size_t errlen)
 {
     for (int i = 0; i < n; i++) {
-        ts[i]->resolved = 1;
+        FS_TXT(ts[i])->resolved = 1;
         if (!memtopic((struct fs_memlog *)tp, ts[i])) {
             snprintf(err, errlen, "out of memory");
             return -1;
@@ -307,9 +306,9 @@ static int memlog_assignment(fs_transport *tp, fs_tplist *out)
 {
     struct fs_memlog *ml = (struct fs_memlog *)tp;
     for (size_t i = 0; i < ml->topics.len; i++) {
-        struct fs_memtopic *mt = ml->topics.items[i]->tx;
+        struct fs_memtopic *mt = FS_TXT(ml->topics.items[i])->tx;
         for (int p = 0; mt->reported && p < mt->nparts; p++)
-            if (!fs_tplist_add(out, ml->topics.items[i]->name, p, FS_OFFSET_INVALID)) return -1;
+            if (!fs_tplist_add(out, FS_TXT(ml->topics.items[i])->name, p, FS_OFFSET_INVALID)) return -1;
     }
     return 0;
 }
@@ -360,7 +359,7 @@ static void memlog_close(fs_transport *tp)
     tp->closing = 1;
     for (size_t i = 0; i < ml->topics.len; i++) {
         fs_topic *t = ml->topics.items[i];
-        struct fs_memtopic *mt = t->tx;
+        struct fs_memtopic *mt = FS_TXT(t)->tx;
         for (int p = 0; p < mt->nparts; p++) {
             struct fs_mempart *mp = &mt->parts[p];
             for (size_t j = 0; j < mp->msgs.len; j++) msg_free(&mp->msgs.items[j]);
@@ -368,7 +367,7 @@ static void memlog_close(fs_transport *tp)
         }
         free(mt->parts);
         free(mt);
-        t->tx = NULL;
+        FS_TXT(t)->tx = NULL;
     }
     fs_vec_free(&ml->topics);
     fs_vec_free(&ml->fetched);

@@ -70,20 +70,22 @@ struct fs_co {
 };
 
 struct fs_topic {
+    /* What the transport reads and writes (fs_transport.h): name, partitions,
+     * resolved, compact and its handle tx. First, so that a transport sees
+     * an fs_topic as an fs_txtopic without this header. */
+    union {
+        fs_txtopic txt;
+        struct FS_TXTOPIC_MEMBERS;
+    };
     fs_rt *rt;
     int id;
-    char *name;
     int key_codec, value_codec;
-    int partitions;        /* the broker's count once resolved; before, the count to create it with */
-    int resolved;          /* partitions is the broker's (fs_kafka_resolve) */
     int table_input;       /* its events write tables: partition p holds tables' partition p */
-    void *tx;              /* the transport's handle (fs_transport.h), owned by it */
     fs_agent **subs;
     int nsubs;
     fs_part **parts;
     int nparts;
     fs_table *table;  /* set on a table's changelog topic */
-    int compact;      /* created with cleanup.policy=compact */
     int64_t produced, consumed;
 };
 

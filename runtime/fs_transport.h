@@ -44,6 +44,22 @@ struct rd_kafka_message_s;
 struct rd_kafka_headers_s;
 struct fs_memlog;
 
+/* ---- topics ----
+ * A topic belongs to the runtime (fs_topic, fs_rt.h); what a transport reads
+ * and writes of it comes first in it, as these members, so the transport
+ * takes an fs_topic * as an fs_txtopic * (FS_TXT) and includes nothing of
+ * the layers above. */
+#define FS_TXTOPIC_MEMBERS                                                                   \
+    {                                                                                        \
+        char *name;                                                                          \
+        int partitions; /* the broker's count once resolved; before, the count to create */ \
+        int resolved;   /* partitions is the broker's (ops->resolve) */                     \
+        int compact;    /* created with cleanup.policy=compact (a changelog) */              \
+        void *tx;       /* the transport's own handle, owned and freed by it */              \
+    }
+typedef struct fs_txtopic FS_TXTOPIC_MEMBERS fs_txtopic;
+#define FS_TXT(t) ((fs_txtopic *)(void *)(t))
+
 /* ---- partition lists ----
  * A project struct, not rd_kafka_topic_partition_list_t, so that the layers
  * above (partitions, checkpoint, reload) build and read lists without
