@@ -11,7 +11,6 @@
  * fs_checkpoint.c; nothing in the first half calls it. */
 #include <ctype.h>
 #include <errno.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs_assign.h"
+#include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_rt.h"
 #include "fs_transport.h"
@@ -1304,225 +1305,6 @@ rd_kafka_t *fs_kafka_consumer(fs_transport *tp)
  * it, start-up, the loop's poll, and the at-least-once checkpoint. It moves to
  * fs_checkpoint.c / fs_part.c; the transport above never calls into it. */
 
-static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
-{
-    (void)rk;
-    (void)opaque;
-    if (err == RD_KAFKA_RESP_ERR__NO_OFFSET) return;
-    if (err) {
-        fs_warn("offset commit failed: %s (the next checkpoint retries)", rd_kafka_err2str(err));
-        return;
-    }
-    for (int i = 0; offsets && i < offsets->cnt; i++)
-        if (offsets->elems[i].err)
-            fs_warn("offset commit of %s[%d] failed: %s", offsets->elems[i].topic,
-                    (int)offsets->elems[i].partition, rd_kafka_err2str(offsets->elems[i].err));
-}
-
-/* Commits the committable offset of every assigned partition (or only those in
- * `only`) that moved since the last commit. */
-static int commit_parts(fs_rt *rt, rd_kafka_topic_partition_list_t *only, int use_snap, int sync)
-{
-    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(16);
-    for (int i = 0; i < rt->ntopics; i++) {
-        fs_topic *t = rt->topics[i];
-        for (int j = 0; j < t->nparts; j++) {
-            fs_part *p = t->parts[j];
-            if (!p || !p->assigned) continue;
-            if (only && !rd_kafka_topic_partition_list_find(only, t->name, p->id)) continue;
-            int64_t off = use_snap ? p->snap : fs_part_committable(p);
-            if (off < 0 || off <= p->committed) continue;
-            rd_kafka_topic_partition_list_add(list, t->name, p->id)->offset = off;
-            p->committed = off;
-        }
-    }
-    int rc = 0;
-    if (list->cnt) {
-        rt->commits++;
-        fs_debug("committing %d partition offsets", list->cnt);
-        rd_kafka_resp_err_t err = rd_kafka_commit(rt->consumer, list, !sync);
-        if (err && sync) {
-            fs_warn("offset commit failed: %s", rd_kafka_err2str(err));
-            rc = -1;
-        }
-    }
-    rd_kafka_topic_partition_list_destroy(list);
-    return rc;
-}
-
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque)
-{
-    fs_rt *rt = opaque;
-    char names[1024];
-    size_t n = 0;
-    names[0] = 0;
-    for (int i = 0; i < parts->cnt && n < sizeof names - 64; i++)
-        n += (size_t)snprintf(names + n, sizeof names - n, "%s%s[%d]", i ? " " : "",
-                              parts->elems[i].topic, (int)parts->elems[i].partition);
-    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        /* Ask where each partition resumes so a gap (log start moved past it) is reported. */
-        rd_kafka_topic_partition_list_t *c = rd_kafka_topic_partition_list_copy(parts);
-        if (rd_kafka_committed(rk, c, 10000)) {
-            for (int i = 0; i < c->cnt; i++) c->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
-        }
-        fs_info("assigned %d partitions: %s", parts->cnt, names);
-        /* Tables follow their partitions: open and recover them before any event of
-         * the partition reaches an agent. */
-        for (int i = 0; i < c->cnt; i++) {
-            int32_t p = c->elems[i].partition;
-            fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
-            if (!t || !t->table_input) continue; /* forwarders' inputs, the leader topic */
-            int seen = 0;
-            for (int j = 0; j < i; j++) seen |= c->elems[j].partition == p;
-            if (!seen && fs_tables_hold(rt, p)) break;
-        }
-        for (int i = 0; i < c->cnt; i++) {
-            fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
-            fs_part *p = t ? fs_part_get(t, c->elems[i].partition) : NULL;
-            int64_t committed = c->elems[i].offset >= 0 ? c->elems[i].offset : -1;
-            /* LMDB may be ahead of the commit (killed between the two): resume there. */
-            int64_t stored = t ? fs_tables_resume_offset(rt, t->name, c->elems[i].partition) : -1;
-            if (stored > committed) {
-                fs_info("%s[%d]: resuming at %lld from local state (committed: %lld)", t->name,
-                        (int)c->elems[i].partition, (long long)stored, (long long)committed);
-                parts->elems[i].offset = stored;
-                committed = stored;
-            }
-            if (p) fs_part_assign(p, committed);
-        }
-        rd_kafka_topic_partition_list_destroy(c);
-        rd_kafka_assign(rk, parts);
-        /* librdkafka keeps a partition's pause flag across unassign/assign: a
-         * partition paused by back-pressure before the rebalance and given back
-         * to this worker would never be fetched again. A new assignment starts
-         * fetching everything it holds. */
-        rd_kafka_resume_partitions(rk, parts);
-        rt->paused = 0;
-    } else {
-        /* Agents may be in the middle of an event of these partitions (a table
-         * write, a send, a sleep). Committing now would count that event twice
-         * when the next owner replays it, so the unassignment waits — librdkafka
-         * holds the rebalance until rd_kafka_assign(NULL) — while a fence stops
-         * agents from starting further events of these partitions. */
-        fs_info("revoking %d partitions: %s", parts->cnt, names);
-        if (rt->revoke) rd_kafka_topic_partition_list_destroy(rt->revoke);
-        rt->revoke = rd_kafka_topic_partition_list_copy(parts);
-        rt->revoke_deadline = fs_loop_now(&rt->loop) + 10000;
-        for (int i = 0; i < parts->cnt; i++) {
-            fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
-            fs_part *p = t ? fs_part_get(t, parts->elems[i].partition) : NULL;
-            if (!p) continue;
-            p->revoking = 1;
-            fs_part_drop_queued(rt, p);
-        }
-        fs_fence_streams(rt, 1);
-        fs_kafka_revoke_poll(rt);
-    }
-}
-
-void fs_kafka_revoke_poll(fs_rt *rt)
-{
-    if (!rt->revoke) return;
-    fs_sync_acks(rt);
-    if (!fs_streams_clear(rt)) {
-        /* Once the worker is closing no agent runs again: waiting would block
-         * rd_kafka_consumer_close, which serves this revocation, forever. */
-        if (fs_loop_now(&rt->loop) < rt->revoke_deadline && !rt->stopped && !rt->closing) return;
-        fs_warn("agents still busy with events of revoked partitions after 10 s; revoking anyway "
-                "(those events will be processed again by the next owner)");
-    }
-    rd_kafka_topic_partition_list_t *parts = rt->revoke;
-    rt->revoke = NULL;
-    fs_fence_streams(rt, 0); /* drops what agents had not started */
-    fs_tables_flush(rt, 1);
-    /* Outputs of acknowledged events must be delivered before their offsets commit. */
-    if (rt->tp->ops->flush(rt->tp, 30000))
-        fs_warn("producer flush timed out during rebalance; not committing");
-    else if (!rt->fatal && fs_tables_write(rt, 0) == 0)
-        commit_parts(rt, parts, 0, 1);
-    for (int i = 0; i < parts->cnt; i++) {
-        int32_t p = parts->elems[i].partition;
-        int seen = 0;
-        for (int j = 0; j < i; j++) seen |= parts->elems[j].partition == p;
-        if (!seen) fs_tables_release(rt, p);
-    }
-    for (int i = 0; i < parts->cnt; i++) {
-        fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
-        fs_part *p = t ? fs_part_get(t, parts->elems[i].partition) : NULL;
-        if (p) fs_part_revoke(rt, p);
-    }
-    rd_kafka_topic_partition_list_destroy(parts);
-    rt->ckpt_active = 0;
-    rd_kafka_assign(rt->consumer, NULL);
-    rt->consume_pending = 1;
-    fs_info("revocation done");
-}
-
-void fs_checkpoint_begin(fs_rt *rt)
-{
-    if (rt->ckpt_active || rt->draining) return;
-    fs_sync_acks(rt);
-    /* Tables stage their dirty entries now: their changelog records belong to this
-     * checkpoint's epoch, like every output produced before the snapshot. */
-    if (fs_tables_flush(rt, 0)) return;
-    for (int i = 0; i < rt->ntopics; i++)
-        for (int j = 0; j < rt->topics[i]->nparts; j++) {
-            fs_part *p = rt->topics[i]->parts[j];
-            if (p && p->assigned) p->snap = fs_part_committable(p);
-        }
-    rt->ckpt_epoch = rt->epoch;
-    rt->epoch++;
-    rt->ckpt_active = 1;
-    fs_checkpoint_poll(rt);
-}
-
-void fs_checkpoint_poll(fs_rt *rt)
-{
-    if (!rt->ckpt_active || rt->inflight[rt->ckpt_epoch & 1] > 0 || rt->fatal) return;
-    rt->ckpt_active = 0;
-    if (!rt->tp->durable) return;
-    if (fs_tables_write(rt, 1)) return;
-    commit_parts(rt, NULL, 1, 0);
-    /* A checkpoint frees what a burst of table writes held (staged records,
-     * delivered messages); hand it back rather than keep it as resident memory. */
-    if (rt->ntables) malloc_trim(0);
-}
-
-int fs_checkpoint_sync(fs_rt *rt, int timeout_ms)
-{
-    if (!rt->tp || !rt->tp->durable) return 0;
-    rt->ckpt_active = 0;
-    fs_sync_acks(rt);
-    if (fs_tables_flush(rt, 1)) return -1;
-    if (rt->tp->ops->flush(rt->tp, timeout_ms)) {
-        fs_error("could not deliver %d messages in %d ms; not committing their input",
-                 (int)rt->tp->ops->undelivered(rt->tp), timeout_ms);
-        return -1;
-    }
-    if (rt->fatal || fs_tables_write(rt, 0)) return -1;
-    return commit_parts(rt, NULL, 0, 1);
-}
-
-int fs_checkpoint_reload(fs_rt *rt, int timeout_ms)
-{
-    if (!rt->tp || !rt->tp->durable) return 0;
-    rt->ckpt_active = 0;
-    fs_sync_acks(rt);
-    if (fs_tables_flush(rt, 0)) return -1;
-    if (rt->tp->ops->flush(rt->tp, timeout_ms)) {
-        fs_error("could not deliver %d messages in %d ms", (int)rt->tp->ops->undelivered(rt->tp), timeout_ms);
-        return -1;
-    }
-    if (rt->fatal || fs_tables_write(rt, 0)) return -1;
-    /* The new version restarts from these offsets whether or not the broker
-     * takes the commit now (it refuses during a rebalance): a refusal only
-     * means that a restart after a crash reprocesses more. */
-    commit_parts(rt, NULL, 0, 1);
-    return 0;
-}
-
 /* ---- callbacks registered on the transport ---- */
 
 static void on_messages(void *data, const fs_fetched *msgs, int n, int owned)
@@ -1568,47 +1350,26 @@ static void on_delivered(void *data, const fs_report *r)
     }
 }
 
-/* The rebalance code above still takes librdkafka's lists. */
-static void rebalance(fs_rt *rt, rd_kafka_resp_err_t err, const fs_tplist *l)
-{
-    rd_kafka_topic_partition_list_t *parts = to_rd(l);
-    rebalance_cb(rt->consumer, err, parts, rt);
-    rd_kafka_topic_partition_list_destroy(parts);
-}
-
+/* Partitions given and taken, commits and committed offsets answered: the
+ * orchestration and the checkpoint (fs_assign.c, fs_checkpoint.c). */
 static void on_assigned(void *data, const fs_tplist *l)
 {
-    fs_rt *rt = data;
-    if (rt->tp->holds_all) {
-        /* Nothing to join, recover or resume: the worker held every
-         * partition from the start (fs_worker_start). */
-        for (int i = 0; i < l->len; i++) {
-            fs_topic *t = fs_topic_find(rt, l->items[i].topic);
-            fs_part *p = t ? fs_part_get(t, l->items[i].partition) : NULL;
-            if (p && !p->assigned) fs_part_assign(p, -1);
-        }
-        return;
-    }
-    rebalance(rt, RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, l);
+    fs_assign_on_assigned(((fs_rt *)data)->assign, l);
 }
 
 static void on_revoked(void *data, const fs_tplist *l)
 {
-    fs_rt *rt = data;
-    rebalance(rt, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, l);
-    if (rt->tp->closing && rt->revoke) { /* no agent runs again: finish it now */
-        rt->revoke_deadline = 0;
-        fs_kafka_revoke_poll(rt);
-    }
+    fs_assign_on_revoked(((fs_rt *)data)->assign, l);
 }
 
 static void on_commit_done(void *data, void *ctx, const fs_tplist *offsets, int err)
 {
-    (void)ctx;
-    fs_rt *rt = data;
-    rd_kafka_topic_partition_list_t *l = to_rd(offsets);
-    commit_cb(rt->consumer, err, l, rt);
-    rd_kafka_topic_partition_list_destroy(l);
+    fs_ckpt_on_commit_done(((fs_rt *)data)->ckpt, ctx, offsets, err);
+}
+
+static void on_committed(void *data, void *ctx, const fs_tplist *offsets, int err)
+{
+    fs_assign_on_committed(((fs_rt *)data)->assign, ctx, offsets, err);
 }
 
 static void on_error(void *data, int err, const char *msg, int fatal)
@@ -1649,9 +1410,16 @@ int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen
     tp->cb.assigned = on_assigned;
     tp->cb.revoked = on_revoked;
     tp->cb.commit_done = on_commit_done;
+    tp->cb.committed = on_committed;
     tp->cb.error = on_error;
     tp->cb.consumes = consumes;
     rt->tp = tp;
+    rt->ckpt = fs_ckpt_new(rt, tp, &fs_ckpt_at_least_once);
+    rt->assign = rt->ckpt ? fs_assign_new(rt, tp, rt->ckpt) : NULL;
+    if (!rt->assign) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     rt->broker = strdup(fs_kafka_bootstrap(tp));
     rt->embedded = fs_kafka_embedded(tp);
     rt->consumer = fs_kafka_consumer(tp);
@@ -1681,7 +1449,7 @@ int fs_worker_start(fs_rt *rt, char *err, size_t errlen)
         int maxp = 0;
         for (int i = 0; i < rt->ntables; i++)
             if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
-        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p);
+        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p, NULL, NULL);
         fs_tables_start_global(rt);
         return 0;
     }
@@ -1724,8 +1492,8 @@ static void back_pressure(fs_rt *rt)
 int fs_worker_poll(fs_rt *rt)
 {
     if (rt->tail_pending) fs_tables_tail_poll(rt);
-    if (rt->revoke) fs_kafka_revoke_poll(rt);
-    int fetch = !rt->revoke && rt->subscribed && !rt->stopping && !rt->draining;
+    /* No fetching while partitions are let go of: their events are stale. */
+    int fetch = !fs_assign_revoking(rt->assign) && rt->subscribed && !rt->stopping && !rt->draining;
     /* Back-pressure pauses fetching, but the queue is still served: rebalances
      * and commit results arrive on it, and a worker that stops reading it would
      * never answer a rebalance. */
@@ -1844,13 +1612,17 @@ void fs_kafka_close(fs_rt *rt)
         if (rt->tfd > 0) fs_io_del(&rt->loop, &rt->tio), close(rt->tfd);
         rt->tfd = -1;
     }
-    if (rt->revoke) {
-        rt->revoke_deadline = 0;
-        fs_kafka_revoke_poll(rt);
-    }
+    /* The worker lets go of everything now (no agent runs again); closing
+     * the transport may report one more revocation, answered at once. */
+    rt->closing = 1;
+    if (rt->assign) fs_assign_finish(rt->assign, 30000);
     if (rt->tp) rt->tp->ops->close(rt->tp);
     rt->tp = NULL;
     rt->consumer = NULL;
+    fs_assign_free(rt->assign);
+    rt->assign = NULL;
+    fs_ckpt_free(rt->ckpt);
+    rt->ckpt = NULL;
 }
 
 /* Changelog recovery and global tables (fs_table.c) still read with consumers

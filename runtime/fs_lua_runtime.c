@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "fs_call.h"
+#include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_lua.h"
 
@@ -93,10 +94,12 @@ static int l_core_new(lua_State *L)
         rt->wall_offset_ms = has_clock ? (int64_t)llround(clock * 1000.0)
                                        : (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
         if (fs_rt_open_transport(rt, NULL, NULL, 0)) return luaL_error(L, "out of memory");
+        fs_ckpt_set_agents(rt->ckpt, &fs_stream_agent_hooks, rt);
         return 1;
     }
     char err[512];
     if (fs_rt_open_transport(rt, broker, err, sizeof err)) return luaL_error(L, "%s", err);
+    fs_ckpt_set_agents(rt->ckpt, &fs_stream_agent_hooks, rt);
     return 1;
 }
 
@@ -141,7 +144,7 @@ static void rt_free(fs_rt *rt)
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++)
-            if (t->parts[j]) free(t->parts[j]->ring), free(t->parts[j]);
+            fs_part_free(t->parts[j]);
         free(t->parts);
         free(t->subs);
         free(t->name);
@@ -377,7 +380,7 @@ static int l_rt_stats(lua_State *L)
         lua_newtable(L);
         for (int j = 0; j < t->nparts; j++) {
             fs_part *p = t->parts[j];
-            if (!p || !p->assigned) continue;
+            if (!fs_part_consuming(p)) continue;
             lua_createtable(L, 0, 2);
             lua_pushinteger(L, fs_part_committable(p));
             lua_setfield(L, -2, "committable");

@@ -310,8 +310,7 @@ static int l_rt_assigned(lua_State *L)
     fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_topic *t = fs_lua_check_topic(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
-    int yes = (rt->tp && rt->tp->holds_all) || (p >= 0 && p < t->nparts && t->parts[p] && t->parts[p]->assigned &&
-                           !t->parts[p]->revoking);
+    int yes = (rt->tp && rt->tp->holds_all) || (p >= 0 && p < t->nparts && fs_part_active(t->parts[p]));
     lua_pushboolean(L, yes);
     return 1;
 }

@@ -31,6 +31,8 @@
 #include <unistd.h>
 
 #include "fs_call.h"
+#include "fs_assign.h"
+#include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_lua.h"
 #include "fs_rt.h"
@@ -188,6 +190,21 @@ int fs_reload_watch(fs_rt *rt, const char *const *files, int n)
     return 0;
 }
 
+static void reload_hook(void *data)
+{
+    fs_reload_poll(((struct fs_reload *)data)->rt);
+}
+
+static void reload_hup(void *data)
+{
+    fs_reload_request(((struct fs_reload *)data)->rt, "SIGHUP", 0);
+}
+
+static int64_t reload_limit(void *data)
+{
+    return ((struct fs_reload *)data)->rt->draining ? 2 : -1;
+}
+
 int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char *store, int watch,
                     const char *broker_url, const char *data_dir, char *err, size_t errlen)
 {
@@ -208,6 +225,14 @@ int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char 
     r->debounce.cb = debounce_cb;
     r->debounce.data = r;
     rt->reload = r;
+    rt->on_hup.fn = reload_hup;
+    rt->on_hup.data = r;
+    /* The loop advances a reload on each turn, and looks often while agents drain. */
+    if (fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, FS_ORDER_RELOAD, reload_hook, r) ||
+        fs_loop_limit(&rt->loop, reload_limit, r)) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     if (!r->path || !r->broker || !r->store || !r->broker_url || !r->data_dir) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -244,6 +269,8 @@ void fs_reload_free(fs_rt *rt)
     struct fs_reload *r = rt->reload;
     if (!r) return;
     fs_timer_stop(&rt->loop, &r->debounce);
+    fs_loop_unhook(&rt->loop, r);
+    if (rt->on_hup.data == r) rt->on_hup.fn = NULL, rt->on_hup.data = NULL;
     drop_next(r);
     clear_watch(r);
     if (r->ifd >= 0) {
@@ -339,8 +366,8 @@ static void begin(fs_rt *rt)
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
-            if (!p || !p->assigned) continue;
-            p->revoking = 1;
+            if (!fs_part_active(p)) continue;
+            fs_part_fence(p);
             fs_part_drop_queued(rt, p);
         }
     rt->draining = 1;
@@ -355,7 +382,7 @@ static rd_kafka_topic_partition_list_t *positions(fs_rt *rt)
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++) {
             fs_part *p = t->parts[j];
-            if (!p || !p->assigned) continue;
+            if (!fs_part_consuming(p)) continue;
             int64_t off = fs_part_committable(p);
             /* Nothing consumed since the assignment: the position has not moved. */
             if (off >= 0) rd_kafka_topic_partition_list_add(l, t->name, p->id)->offset = off;
@@ -369,7 +396,7 @@ static void swap(fs_rt *rt)
     struct fs_reload *r = rt->reload;
     int64_t t_drained = mono_ms();
     fs_fence_streams(rt, 0); /* drops the events agents had not started */
-    if (fs_checkpoint_reload(rt, 30000)) {
+    if (fs_ckpt_run(rt->ckpt, FS_CKPT_RELOAD, 35000)) {
         fs_rt_fatal(rt, "reload: the checkpoint before the swap failed; stopping without "
                         "committing (the input is processed again on restart)");
         drop_next(r);
@@ -455,7 +482,7 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
-            if (p && p->assigned) fs_part_restart(p);
+            if (p) fs_part_restart(p);
         }
     rt->paused = 0;
     if (rt->consumer) {
@@ -484,7 +511,6 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
         snprintf(err, errlen, "seek failed: %s", failed);
         return -1;
     }
-    rt->consume_pending = 1;
     return 0;
 }
 
@@ -494,7 +520,7 @@ void fs_reload_poll(fs_rt *rt)
     if (!r || rt->stopping || rt->fatal) return;
     if (!r->next) {
         /* A revocation in progress finishes first: it owns the fences. */
-        if (!r->requested || rt->revoke) return;
+        if (!r->requested || fs_assign_busy(rt->assign)) return;
         begin(rt);
         if (!r->next) return;
     }

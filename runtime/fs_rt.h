@@ -18,7 +18,10 @@
 #include <stdint.h>
 
 #include "fs_buf.h"
+#include "fs_fatal.h"
 #include "fs_loop.h"
+#include "fs_part.h"
+#include "fs_signal.h"
 #include "fs_transport.h"
 #include "fs_sched.h"
 
@@ -39,25 +42,6 @@ typedef struct fs_waiter fs_waiter;
 typedef struct fs_table fs_table;
 struct fs_store;
 struct fs_reload;
-
-/* A partition this worker consumes: tracks which offsets every agent finished. */
-struct fs_part {
-    fs_topic *topic;
-    int32_t id;
-    int assigned;
-    int revoking; /* revoked, waiting for agents to finish its events in progress */
-    uint32_t gen; /* bumped on assign/revoke; events of an older generation are stale */
-    struct fs_slot {
-        int64_t offset;
-        int32_t pending; /* agents that still hold the event */
-    } *ring;
-    size_t rcap, rhead, rlen;
-    uint64_t rbase;     /* sequence number of ring[rhead] */
-    int64_t next;       /* offset after the last delivered event, -1 if none yet */
-    int64_t committed;  /* last committed offset, -1 if none */
-    int64_t snap;       /* committable offset captured by the running checkpoint */
-    int64_t delivered;  /* events delivered since assignment (stats) */
-};
 
 struct fs_topic {
     /* What the transport reads and writes (fs_transport.h): name, partitions,
@@ -190,12 +174,26 @@ struct fs_rt {
     rd_kafka_t *consumer;
     int sfd; /* signalfd */
     fs_io sio;
-    int consume_pending; /* written by the revocation code; read by nobody (goes with it) */
     int subscribed; /* the worker started consuming */
     int prestart; /* agents take their first steps before the first subscription */
     int paused; /* fetching paused: agents have max_queued events waiting */
-    rd_kafka_topic_partition_list_t *revoke; /* a revocation waiting for agents, or NULL */
-    int64_t revoke_deadline;
+    /* What the worker tells the layers above it, registered by them (one
+     * each; the worker never calls them by name): SIGHUP (the reload), the
+     * stop (the HTTP client cancels its transfers), a round of
+     * fstream.testing's run_until_idle (the HTTP client progresses without
+     * the loop; returns 1 while it has work). data outlives the registration. */
+    struct {
+        void (*fn)(void *data);
+        void *data;
+    } on_hup, on_close;
+    struct {
+        int (*fn)(void *data);
+        void *data;
+    } on_idle;
+    /* Checkpoints (fs_checkpoint.h) and assignment/revocation (fs_assign.h):
+     * created with the transport, freed when it closes. */
+    struct fs_ckpt *ckpt;
+    struct fs_assign *assign;
     int64_t wall_offset_ms; /* fake clock: epoch ms at fake time 0 */
 
     fs_topic **topics;
@@ -216,7 +214,6 @@ struct fs_rt {
     /* offsets and checkpoints */
     int epoch;
     int64_t inflight[2]; /* undelivered messages per epoch parity */
-    int ckpt_active, ckpt_epoch;
     int64_t commit_interval_ms;
     fs_timer commit_timer;
     int64_t queued;        /* events waiting in agent queues */
@@ -253,12 +250,10 @@ struct fs_rt {
 
 /* fs_stream.c */
 fs_topic *fs_topic_find(fs_rt *rt, const char *name);
-fs_part *fs_part_get(fs_topic *t, int32_t partition);
-void fs_part_assign(fs_part *p, int64_t committed);
+fs_part *fs_part_get(fs_topic *t, int32_t partition); /* created REVOKED on first use */
+/* Events of a fencing partition still waiting in agent queues are dropped:
+ * whoever owns the partition next receives them again. */
 void fs_part_drop_queued(fs_rt *rt, fs_part *p);
-void fs_part_revoke(fs_rt *rt, fs_part *p);
-void fs_part_restart(fs_part *p); /* forget events in flight; fetching restarts (reload) */
-int64_t fs_part_committable(const fs_part *p);
 fs_batch *fs_batch_new(int n, int owned);
 /* Hands one message to every agent subscribed to its topic; takes ownership of m. */
 void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int64_t ts,
@@ -289,9 +284,16 @@ void fs_fence_streams(fs_rt *rt, int on);
 void fs_stream_fence_step(fs_rt *rt, fs_stream *s, void *ctx);
 /* fs_stream_cursor.c: 1 when no agent is in the middle of an event of a revoking partition. */
 int fs_streams_clear(fs_rt *rt);
+/* fs_stream_cursor.c: the three above, registered with the checkpoint
+ * (fs_ckpt_set_agents, data: the fs_rt) by whoever creates the runtime. */
+extern const struct fs_agent_hooks fs_stream_agent_hooks;
 
 /* fs_table.c */
-int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */
+/* Opens partition p of every table and starts replaying its changelog; done(data, p, rc) is
+ * called from the loop once every table's partition p is recovered (rc 0), or failed (rc -1,
+ * fatal set), or interrupted by a stop (rc 1). May call done before returning; done may be
+ * NULL. Returns -1 (fatal set, done never called) when p cannot be held at all. */
+int fs_tables_hold(fs_rt *rt, int32_t p, void (*done)(void *data, int32_t p, int rc), void *data);
 void fs_tables_release(fs_rt *rt, int32_t p); /* close partition p (after a checkpoint) */
 /* Lua stages dirty entries (changelog + staging). force: also give every held
  * partition with nothing to stage one record carrying the input offsets (at a
@@ -331,11 +333,6 @@ void fs_kafka_close(fs_rt *rt);
 int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
                const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
                fs_waiter *w, char *err, size_t errlen);
-void fs_checkpoint_begin(fs_rt *rt);
-void fs_checkpoint_poll(fs_rt *rt);
-int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
-/* Before a reload: stage, deliver, write LMDB; commit without failing on a refused commit. */
-int fs_checkpoint_reload(fs_rt *rt, int timeout_ms);
 /* After a reload, or when an agent added a topic at run time (group_by inside
  * the agent): producer handles for new topics, create them, subscribe to what
  * the agents read. Returns 1 when the subscription changed (the group
@@ -344,7 +341,6 @@ int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen);
 /* Creates the topics declared since the last call and opens their producer
  * handles, without touching the subscription. */
 int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen);
-void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
 /* Changelog readers (fs_table.c) until the transport has a reader operation. */
 rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
 int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io);
@@ -376,20 +372,24 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen);
 double *fs_carry(fs_rt *rt, const char *key, int create);
 
 /* fs_runtime.c */
+/* Orders of the per-iteration hooks run after timers (fs_loop_hook): the
+ * worker's, and those of the layers above it that register their own. */
+enum { FS_ORDER_SCHED = 10, FS_ORDER_CHECKPOINT = 20, FS_ORDER_RELOAD = 30 };
 int64_t fs_rt_wall_ms(fs_rt *rt);
-void fs_rt_fatal(fs_rt *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Records that the worker cannot go on (fs_fatal.h): any layer may, without
+ * calling up into the worker. */
+__attribute__((format(printf, 2, 3))) static inline void fs_rt_fatal(fs_rt *rt, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fs_fatal_vset(&rt->fatal, rt->fatal_msg, sizeof rt->fatal_msg, fmt, ap);
+    va_end(ap);
+}
 int fs_rt_run(fs_rt *rt);
 int fs_rt_run_until_idle(fs_rt *rt, int64_t max_ms);
 void fs_rt_request_stop(fs_rt *rt, const char *why);
-/* SIGTERM/SIGINT are taken by a thread of their own (a second one exits the
- * process at once, whatever the loop is doing). fs_signals_start runs once per
- * process, before the worker connects; fs_rt_poll_signals turns a received
- * signal into a stop request — the loop calls it, and so do places that may
- * run long without the loop (the count hook, changelog recovery).
- * fs_signals_stop_requested: a signal arrived (any thread may ask). */
-int fs_signals_start(void);
-int fs_watch_start(void); /* only the runaway watch (in-process runtimes) */
+/* fs_rt_poll_signals: a received SIGTERM/SIGINT becomes a stop request of rt
+ * (fs_signal.h; the worker registers itself there when its loop starts). */
 void fs_rt_poll_signals(fs_rt *rt);
-int fs_signals_stop_requested(void);
 
 #endif

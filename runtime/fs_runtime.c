@@ -1,152 +1,41 @@
 /* fs_runtime: the worker's main loop and lifecycle.
  *
- * One iteration: wait for I/O or the next timer, pull what librdkafka has for
- * us, fire due timers, resume every ready coroutine once, advance the
- * checkpoint. Stopping (SIGTERM/SIGINT): stop fetching, let agents finish the
+ * One iteration (fs_loop_run_once, with the hooks the worker and the layers
+ * above register): wait for I/O or the next timer, pull what the transport
+ * has for us, fire due timers, resume every ready coroutine once, advance the
+ * checkpoint, then a reload if one is under way. Stopping (SIGTERM/SIGINT): stop fetching, let agents finish the
  * events they hold, then flush outputs, commit and leave the group. */
-#include <dlfcn.h>
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "fs_assign.h"
+#include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_rt.h"
+#include "fs_signal.h"
 
-#define FS_STOP_TIMEOUT_MS 30000
-/* After the first SIGTERM/SIGINT the whole stop — agents (FS_STOP_TIMEOUT_MS),
- * final delivery and commit, leaving the group — must be over within this, or
- * the watch thread ends the process (exit code 1, nothing more committed). */
-#define FS_STOP_HARD_LIMIT_S 75
+/* How long the stop may wait on the transport for each of: a revocation's
+ * checkpoint, the final checkpoint (their deliveries have 30 s each). */
+#define FS_CKPT_WAIT_MS 35000
 
-/* The watch thread. In a worker, SIGTERM and SIGINT are blocked in every
- * thread (main.c, before librdkafka starts its own) and this thread takes them
- * with sigtimedwait. It never touches the runtime: it counts, wakes the loop
- * through an eventfd, and exits the process itself on a second signal — the
- * loop may be stuck (an agent that does not yield, a blocking call into
- * librdkafka) and could not read it. Every tick it also looks for a coroutine
- * that runs too long (fs_sched_watch). In-process (fstream.testing) it only
- * does the latter. */
-#define FS_WATCH_TICK_MS 100
-
-static struct {
-    int started, take_signals;
-    int efd;
-    atomic_int received; /* SIGTERM/SIGINT so far */
-    atomic_int last;     /* the last one's number */
-    atomic_int stopping; /* the worker stops already: any signal exits at once */
-    int handled;         /* loop side: signals already turned into a stop */
-} sigs = {.efd = -1};
-
-static void *watch_thread(void *arg)
+static void stop_on_signal(void *data, const char *why)
 {
-    (void)arg;
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    int64_t stop_at = 0;
-    for (;;) {
-        struct timespec tick = {0, FS_WATCH_TICK_MS * 1000000L};
-        siginfo_t si;
-        int sig = -1;
-        if (sigs.take_signals) sig = sigtimedwait(&set, &si, &tick);
-        else nanosleep(&tick, NULL);
-        int64_t now = fs_sched_clock_ms();
-        if (sig > 0) {
-            if (stop_at || atomic_load(&sigs.stopping)) {
-                fs_error("second %s: exiting at once without committing", strsignal(sig));
-                _exit(128 + sig);
-            }
-            stop_at = now;
-            atomic_store(&sigs.last, sig);
-            atomic_fetch_add(&sigs.received, 1);
-            uint64_t one = 1;
-            if (write(sigs.efd, &one, sizeof one) < 0) {
-                /* The loop also looks at `received` whenever it runs. */
-            }
-            fs_sched_watch(now, 0, 1); /* a coroutine that does not yield learns of the stop */
-            continue;
-        }
-        if (stop_at && now - stop_at > FS_STOP_HARD_LIMIT_S * 1000) {
-            fs_error("the stop did not finish within %d s: exiting now, without committing what "
-                     "is not committed yet",
-                     FS_STOP_HARD_LIMIT_S);
-            _exit(1);
-        }
-        fs_sched_watch(now, stop_at ? stop_at + FS_STOP_TIMEOUT_MS : 0, 0);
-    }
-    return NULL;
+    fs_rt_request_stop(data, why);
 }
 
-static int watch_start(int take_signals)
-{
-    if (sigs.started) return 0;
-    if (fs_sched_watch_init()) return -1;
-    if (take_signals) {
-        sigs.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (sigs.efd < 0) return -1;
-    }
-    sigs.take_signals = take_signals;
-    /* The thread and the SIGURG handler live in this image. When it is the Lua
-     * module (fstream_core.so), lua_close would unload it under the sleeping
-     * thread (a crash at exit): keep it loaded for the life of the process.
-     * (In the executable there is nothing to pin, and the lookup finds nothing.) */
-    Dl_info self;
-    if (dladdr(&sigs, &self) && self.dli_fname)
-        (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-    /* The thread must not take the scheduler's poke, whatever the caller's mask. */
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGURG);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, watch_thread, NULL);
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc) {
-        if (sigs.efd >= 0) close(sigs.efd);
-        sigs.efd = -1;
-        return -1;
-    }
-    sigs.started = 1;
-    return 0;
-}
-
-int fs_signals_start(void)
-{
-    return watch_start(1);
-}
-
-int fs_watch_start(void)
-{
-    return watch_start(0);
-}
-
-int fs_signals_stop_requested(void)
-{
-    return atomic_load(&sigs.received) > 0;
-}
-
+/* Also before the loop runs (tables recovering at start-up): rt is the one
+ * that stops. */
 void fs_rt_poll_signals(fs_rt *rt)
 {
-    int n = atomic_load(&sigs.received);
-    if (n == sigs.handled) return;
-    sigs.handled = n;
-    int sig = atomic_load(&sigs.last);
-    fs_rt_request_stop(rt, sig == SIGINT ? "SIGINT" : "SIGTERM");
+    fs_signals_on_stop(stop_on_signal, rt);
+    fs_signals_poll();
 }
 
 int64_t fs_rt_wall_ms(fs_rt *rt)
@@ -157,21 +46,11 @@ int64_t fs_rt_wall_ms(fs_rt *rt)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-void fs_rt_fatal(fs_rt *rt, const char *fmt, ...)
-{
-    if (rt->fatal) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rt->fatal_msg, sizeof rt->fatal_msg, fmt, ap);
-    va_end(ap);
-    rt->fatal = 1;
-}
-
 void fs_rt_request_stop(fs_rt *rt, const char *why)
 {
     if (rt->stopping) return;
     rt->stopping = 1;
-    atomic_store(&sigs.stopping, 1);
+    fs_signals_stopping();
     rt->stop_deadline = fs_loop_now(&rt->loop) + FS_STOP_TIMEOUT_MS;
     fs_info("stopping (%s): finishing in-flight events", why);
     fs_wake_streams(rt);
@@ -183,8 +62,11 @@ static void signal_cb(fs_io *io, uint32_t events)
     fs_rt *rt = io->data;
     struct signalfd_siginfo si;
     (void)events;
-    while (read(io->fd, &si, sizeof si) == (ssize_t)sizeof si)
-        if ((int)si.ssi_signo == SIGHUP) fs_reload_request(rt, "SIGHUP", 0);
+    while (read(io->fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if ((int)si.ssi_signo != SIGHUP) continue;
+        if (rt->on_hup.fn) rt->on_hup.fn(rt->on_hup.data);
+        else fs_warn("SIGHUP: this worker cannot reload (its loop is not run by fstream-lua worker)");
+    }
 }
 
 /* SIGTERM/SIGINT, from the signal thread. */
@@ -199,7 +81,8 @@ static void stop_signal_cb(fs_io *io, uint32_t events)
 static void commit_timer_cb(fs_timer *t)
 {
     fs_rt *rt = t->data;
-    fs_checkpoint_begin(rt);
+    /* Skipped while a reload drains agents, or while another checkpoint runs. */
+    if (!rt->draining) fs_ckpt_start(rt->ckpt, FS_CKPT_PERIODIC, NULL, NULL, NULL);
     fs_timer_start(&rt->loop, t, rt->commit_interval_ms);
 }
 
@@ -214,8 +97,9 @@ static int setup_signals(fs_rt *rt)
     sigaddset(&set, SIGHUP);
     /* Already blocked before librdkafka started its threads (see main.c). */
     sigprocmask(SIG_BLOCK, &set, NULL);
-    if (fs_signals_start() || sigs.efd < 0) return -1;
-    stop_io.fd = sigs.efd;
+    if (fs_signals_start() || fs_signals_fd() < 0) return -1;
+    fs_signals_on_stop(stop_on_signal, rt);
+    stop_io.fd = fs_signals_fd();
     stop_io.cb = stop_signal_cb;
     stop_io.data = rt;
     if (fs_io_add(&rt->loop, &stop_io, EPOLLIN)) return -1;
@@ -232,17 +116,15 @@ static int setup_signals(fs_rt *rt)
 static void finish(fs_rt *rt)
 {
     rt->closing = 1;
-    if (rt->revoke) {
-        rt->revoke_deadline = 0;
-        fs_kafka_revoke_poll(rt);
-    }
+    /* A revocation waiting for agents goes on now: none will run again. */
+    fs_assign_finish(rt->assign, FS_CKPT_WAIT_MS);
     fs_sched_kill_all(&rt->sched); /* cancels HTTP requests still in flight */
-    fs_http_close(rt);
+    if (rt->on_close.fn) rt->on_close.fn(rt->on_close.data);
     int synced = 0;
     if (rt->fatal) {
         fs_error("%s", rt->fatal_msg);
         rt->exit_code = 1;
-    } else if (fs_checkpoint_sync(rt, 30000) == 0) {
+    } else if (fs_ckpt_run(rt->ckpt, FS_CKPT_STOP, FS_CKPT_WAIT_MS) == 0) {
         fs_info("final checkpoint done: offsets committed");
         synced = 1;
     } else {
@@ -259,27 +141,56 @@ static void finish(fs_rt *rt)
     rt->stopped = 1;
 }
 
+/* The worker's subsystems, called by the loop on each turn. */
+static void transport_hook(void *data)
+{
+    fs_worker_poll(data);
+}
+
+static void sched_hook(void *data)
+{
+    fs_sched_run_ready(data);
+}
+
+static void checkpoint_hook(void *data)
+{
+    fs_rt *rt = data;
+    fs_assign_poll(rt->assign);
+    fs_ckpt_poll(rt->ckpt);
+}
+
+/* How long the loop may sleep: not at all while work is queued; briefly while
+ * a revocation waits for agents to reach a boundary. */
+static int64_t worker_limit(void *data)
+{
+    fs_rt *rt = data;
+    if (fs_sched_busy(&rt->sched) || rt->tp->pending || rt->tail_pending) return 0;
+    return fs_assign_revoking(rt->assign) ? 20 : -1;
+}
+
+static int hook_worker(fs_rt *rt)
+{
+    return fs_loop_hook(&rt->loop, FS_LOOP_AFTER_IO, 0, transport_hook, rt) ||
+           fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, FS_ORDER_SCHED, sched_hook, rt) ||
+           fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, FS_ORDER_CHECKPOINT, checkpoint_hook, rt) ||
+           fs_loop_limit(&rt->loop, worker_limit, rt);
+}
+
 int fs_rt_run(fs_rt *rt)
 {
     if (rt->handle_signals && setup_signals(rt))
         fs_warn("signalfd failed: SIGTERM will not stop the worker gracefully");
+    if (hook_worker(rt)) {
+        fs_loop_unhook(&rt->loop, rt);
+        fs_error("out of memory starting the loop");
+        return 1;
+    }
     rt->commit_timer.cb = commit_timer_cb;
     rt->commit_timer.data = rt;
     fs_timer_start(&rt->loop, &rt->commit_timer, rt->commit_interval_ms);
     if (rt->handle_signals) fs_rt_poll_signals(rt); /* one that came while the worker started */
     while (!rt->stopped) {
-        int busy = fs_sched_busy(&rt->sched) || rt->tp->pending || rt->tail_pending;
-        int64_t t = fs_loop_next_timeout(&rt->loop);
-        int timeout = busy ? 0 : (t < 0 || t > 1000) ? 1000 : (int)t;
-        /* waiting for agents to reach a boundary (a reload's pause is visible: look often) */
-        if (rt->revoke && timeout > 20) timeout = 20;
-        if (rt->draining && timeout > 2) timeout = 2;
-        if (fs_loop_poll(&rt->loop, timeout) < 0) fs_rt_fatal(rt, "epoll_wait failed");
-        fs_worker_poll(rt);
-        fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));
-        fs_sched_run_ready(&rt->sched);
-        fs_checkpoint_poll(rt);
-        fs_reload_poll(rt);
+        if (fs_loop_run_once(&rt->loop, 1000) < 0) fs_rt_fatal(rt, "epoll_wait failed");
         if (rt->fatal) {
             finish(rt);
             break;
@@ -295,6 +206,7 @@ int fs_rt_run(fs_rt *rt)
         }
     }
     fs_timer_stop(&rt->loop, &rt->commit_timer);
+    fs_loop_unhook(&rt->loop, rt);
     return rt->exit_code;
 }
 
@@ -304,10 +216,8 @@ int fs_rt_run_until_idle(fs_rt *rt, int64_t max_rounds)
     int64_t rounds = 0;
     for (;;) {
         int n = fs_worker_poll(rt);
-        if (rt->http_inflight) { /* real transfers: not idle until they finish */
-            fs_http_poll(rt);
-            n++;
-        }
+        /* (real HTTP transfers: not idle until they finish) */
+        if (rt->on_idle.fn && rt->on_idle.fn(rt->on_idle.data)) n++;
         n += fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));
         n += fs_sched_run_ready(&rt->sched);
         if (rt->fatal) return -1;

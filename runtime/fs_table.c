@@ -66,7 +66,7 @@ static void each_input(fs_rt *rt, int32_t p, int use_snap,
 {
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
-        if (!t->table_input || p >= t->nparts || !t->parts[p] || !t->parts[p]->assigned) continue;
+        if (!t->table_input || p >= t->nparts || !fs_part_consuming(t->parts[p])) continue;
         int64_t off = use_snap ? t->parts[p]->snap : fs_part_committable(t->parts[p]);
         if (off >= 0) fn(ud, t->name, off);
     }
@@ -465,7 +465,7 @@ static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
     return recover(rt, t, p);
 }
 
-int fs_tables_hold(fs_rt *rt, int32_t p)
+static int hold_now(fs_rt *rt, int32_t p)
 {
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
@@ -482,6 +482,19 @@ int fs_tables_hold(fs_rt *rt, int32_t p)
         if (open_and_recover(rt, t, p)) return -1;
     }
     return call_hook(rt, "hold", p, 0, 0);
+}
+
+/* Synchronous for now: done is called before returning (the recovery work
+ * replaces this body with a replay the loop drives). */
+int fs_tables_hold(fs_rt *rt, int32_t p, void (*done)(void *data, int32_t p, int rc), void *data)
+{
+    if (hold_now(rt, p) == 0) {
+        if (done) done(data, p, 0);
+        return 0;
+    }
+    if (rt->fatal) return -1;
+    if (done) done(data, p, 1); /* interrupted by a stop */
+    return 0;
 }
 
 int fs_tables_start_global(fs_rt *rt)
@@ -581,9 +594,9 @@ int fs_tables_rebind(fs_rt *rt)
             held = !rt->tables[i]->global && p < rt->tables[i]->partitions && rt->tables[i]->parts[p].store;
         for (int i = 0; i < rt->ntopics && !held; i++) {
             fs_topic *t = rt->topics[i];
-            held = t->table_input && p < t->nparts && t->parts[p] && t->parts[p]->assigned;
+            held = t->table_input && p < t->nparts && fs_part_held(t->parts[p]);
         }
-        if (held && fs_tables_hold(rt, p)) return -1;
+        if (held && fs_tables_hold(rt, p, NULL, NULL)) return -1;
     }
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
