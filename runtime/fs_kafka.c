@@ -16,6 +16,7 @@
 
 #include "fs_log.h"
 #include "fs_rt.h"
+#include "fs_table.h"
 #include <librdkafka/rdkafka_mock.h>
 
 #define FS_CONSUME_BATCH 1024
@@ -140,10 +141,80 @@ static int same_topics(const rd_kafka_topic_partition_list_t *a, const rd_kafka_
  * the loop does, or while a reload has paused it). */
 #define FS_METADATA_MS 10000
 
+static int table_input(fs_rt *rt, const rd_kafka_topic_partition_list_t *parts, int i)
+{
+    fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
+    return t && t->table_input;
+}
+
+/* Hands the consumer the assignment whose tables are recovered. */
+static void assign_now(fs_rt *rt)
+{
+    rd_kafka_topic_partition_list_t *parts = rt->assigning;
+    rd_kafka_t *rk = rt->consumer;
+    rt->assigning = NULL;
+    /* Ask where each partition resumes so a gap (log start moved past it) is reported. */
+    rd_kafka_topic_partition_list_t *c = rd_kafka_topic_partition_list_copy(parts);
+    if (rd_kafka_committed(rk, c, 10000)) {
+        for (int i = 0; i < c->cnt; i++) c->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    }
+    for (int i = 0; i < c->cnt; i++) {
+        fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
+        fs_part *p = t ? fs_part_get(t, c->elems[i].partition) : NULL;
+        int64_t committed = c->elems[i].offset >= 0 ? c->elems[i].offset : -1;
+        /* LMDB may be ahead of the commit (killed between the two): resume there. */
+        int64_t stored = t ? fs_tables_resume_offset(rt, t->name, c->elems[i].partition) : -1;
+        if (stored > committed) {
+            fs_info("%s[%d]: resuming at %lld from local state (committed: %lld)", t->name,
+                    (int)c->elems[i].partition, (long long)stored, (long long)committed);
+            parts->elems[i].offset = stored;
+            committed = stored;
+        }
+        if (p) fs_part_assign(p, committed);
+    }
+    rd_kafka_topic_partition_list_destroy(c);
+    rd_kafka_assign(rk, parts);
+    /* librdkafka keeps a partition's pause flag across unassign/assign: a
+     * partition paused by back-pressure before the rebalance and given back
+     * to this worker would never be fetched again. A new assignment starts
+     * fetching everything it holds. */
+    rd_kafka_resume_partitions(rk, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    rt->paused = 0;
+    rt->consume_pending = 1;
+}
+
+/* fs_tables_hold's done. A failure (fatal) or a stop leaves the assignment
+ * waiting: the worker stops, and assign_cancel answers it. */
+static void assign_held(void *data, int32_t p, int rc)
+{
+    fs_rt *rt = data;
+    (void)p;
+    if (!rt->assigning) return;
+    if (rc) rt->assign_failed = 1;
+    if (--rt->assign_waits == 0 && !rt->assign_failed) assign_now(rt);
+}
+
+/* Drops an assignment still waiting for its tables: their replays stop (LMDB
+ * keeps what they wrote; the next owner resumes from there). */
+static void assign_cancel(fs_rt *rt)
+{
+    rd_kafka_topic_partition_list_t *a = rt->assigning;
+    if (!a) return;
+    rt->assigning = NULL;
+    for (int i = 0; i < a->cnt; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= a->elems[j].partition == a->elems[i].partition;
+        if (!seen && table_input(rt, a, i)) fs_tables_release(rt, a->elems[i].partition);
+    }
+    rd_kafka_topic_partition_list_destroy(a);
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     fs_rt *rt = opaque;
+    (void)rk; /* rt->consumer */
     char names[1024];
     size_t n = 0;
     names[0] = 0;
@@ -151,44 +222,28 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         n += (size_t)snprintf(names + n, sizeof names - n, "%s%s[%d]", i ? " " : "",
                               parts->elems[i].topic, (int)parts->elems[i].partition);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        /* Ask where each partition resumes so a gap (log start moved past it) is reported. */
-        rd_kafka_topic_partition_list_t *c = rd_kafka_topic_partition_list_copy(parts);
-        if (rd_kafka_committed(rk, c, 10000)) {
-            for (int i = 0; i < c->cnt; i++) c->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
-        }
         fs_info("assigned %d partitions: %s", parts->cnt, names);
-        /* Tables follow their partitions: open and recover them before any event of
-         * the partition reaches an agent. */
-        for (int i = 0; i < c->cnt; i++) {
-            int32_t p = c->elems[i].partition;
-            fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
-            if (!t || !t->table_input) continue; /* forwarders' inputs, the leader topic */
+        /* Tables follow their partitions: they are opened and recovered (work the
+         * loop drives) before the consumer gets the partitions, so no event of a
+         * partition reaches an agent before its tables are whole. */
+        assign_cancel(rt);
+        rt->assigning = rd_kafka_topic_partition_list_copy(parts);
+        rt->assign_waits = 1; /* held until every hold below is asked */
+        rt->assign_failed = 0;
+        for (int i = 0; i < parts->cnt; i++) {
+            int32_t p = parts->elems[i].partition;
+            if (!table_input(rt, parts, i)) continue; /* forwarders' inputs, the leader topic */
             int seen = 0;
-            for (int j = 0; j < i; j++) seen |= c->elems[j].partition == p;
-            if (!seen && fs_tables_hold(rt, p)) break;
-        }
-        for (int i = 0; i < c->cnt; i++) {
-            fs_topic *t = fs_topic_find(rt, c->elems[i].topic);
-            fs_part *p = t ? fs_part_get(t, c->elems[i].partition) : NULL;
-            int64_t committed = c->elems[i].offset >= 0 ? c->elems[i].offset : -1;
-            /* LMDB may be ahead of the commit (killed between the two): resume there. */
-            int64_t stored = t ? fs_tables_resume_offset(rt, t->name, c->elems[i].partition) : -1;
-            if (stored > committed) {
-                fs_info("%s[%d]: resuming at %lld from local state (committed: %lld)", t->name,
-                        (int)c->elems[i].partition, (long long)stored, (long long)committed);
-                parts->elems[i].offset = stored;
-                committed = stored;
+            for (int j = 0; j < i; j++) seen |= parts->elems[j].partition == p && table_input(rt, parts, j);
+            if (seen) continue;
+            rt->assign_waits++;
+            if (fs_tables_hold(rt, p, assign_held, rt)) {
+                rt->assign_waits--;
+                rt->assign_failed = 1;
+                break;
             }
-            if (p) fs_part_assign(p, committed);
         }
-        rd_kafka_topic_partition_list_destroy(c);
-        rd_kafka_assign(rk, parts);
-        /* librdkafka keeps a partition's pause flag across unassign/assign: a
-         * partition paused by back-pressure before the rebalance and given back
-         * to this worker would never be fetched again. A new assignment starts
-         * fetching everything it holds. */
-        rd_kafka_resume_partitions(rk, parts);
-        rt->paused = 0;
+        assign_held(rt, -1, 0);
     } else {
         /* Agents may be in the middle of an event of these partitions (a table
          * write, a send, a sleep). Committing now would count that event twice
@@ -196,6 +251,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * holds the rebalance until rd_kafka_assign(NULL) — while a fence stops
          * agents from starting further events of these partitions. */
         fs_info("revoking %d partitions: %s", parts->cnt, names);
+        assign_cancel(rt);
         if (rt->revoke) rd_kafka_topic_partition_list_destroy(rt->revoke);
         rt->revoke = rd_kafka_topic_partition_list_copy(parts);
         rt->revoke_deadline = fs_loop_now(&rt->loop) + 10000;
@@ -284,6 +340,7 @@ static void self_assign_now(fs_rt *rt)
  * called again once the revocation is done. */
 static void self_reassign(fs_rt *rt)
 {
+    assign_cancel(rt);
     rd_kafka_topic_partition_list_t *a = NULL;
     if (rd_kafka_assignment(rt->consumer, &a) || !a) return;
     if (a->cnt) rebalance_cb(rt->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, rt);
@@ -988,10 +1045,13 @@ int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
 
 void fs_kafka_close(fs_rt *rt)
 {
-    if (rt->recovery) { /* before the embedded cluster it talks to goes away */
-        rd_kafka_destroy(rt->recovery);
-        rt->recovery = NULL;
+    /* A stop while tables recover: librdkafka still waits for the assignment
+     * (eager protocol); it gets none, and the replays end where they are. */
+    if (rt->assigning) {
+        assign_cancel(rt);
+        if (rt->consumer && !rt->self_assign) rd_kafka_assign(rt->consumer, NULL);
     }
+    fs_tables_stop_recovery(rt); /* before the embedded cluster it talks to goes away */
     if (rt->tail) {
         if (rt->tq) rd_kafka_queue_destroy(rt->tq);
         rt->tq = NULL;

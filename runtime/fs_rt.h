@@ -42,6 +42,7 @@ typedef struct fs_memtopic fs_memtopic;
 typedef struct fs_table fs_table;
 struct fs_store;
 struct fs_reload;
+struct fs_tables_state;
 
 /* A Lua coroutine run by the scheduler (agent instance, task, timer). */
 struct fs_co {
@@ -102,31 +103,6 @@ struct fs_topic {
     fs_table *table;  /* set on a table's changelog topic */
     int compact;      /* created with cleanup.policy=compact */
     int64_t produced, consumed;
-};
-
-/* A table: one LMDB store per partition this worker holds, plus the writes
- * staged by the running checkpoint (produced to the changelog, written to
- * LMDB once the changelog has them). */
-struct fs_table {
-    fs_rt *rt;
-    int id;
-    char *name;
-    char *dir; /* <data dir>/<table> */
-    int partitions;
-    int global; /* every worker holds every partition and tails the changelog */
-    fs_topic *changelog;
-    char *sig; /* what must not change across a reload (partitions, encodings, windows) */
-    struct fs_tpart {
-        struct fs_store *store; /* open while this worker holds the partition */
-        fs_buf arena;           /* staged keys and values */
-        struct fs_staged {
-            size_t koff, klen, voff, vlen;
-            int del;
-        } *ops;
-        size_t nops, capops;
-        int64_t cl_next; /* changelog offset after the last delivered staged record */
-        char in_hdr[1024]; /* "topic@offset;..." input offsets this flush reflects */
-    } *parts;
 };
 
 struct fs_event {
@@ -222,7 +198,12 @@ struct fs_rt {
     rd_kafka_queue_t *tq;
     int tfd, tail_pending;
     fs_io tio;
-    int table_hook_ref;   /* Lua function(event, partition): "flush" | "hold" | "release" */
+    int table_hook_ref;   /* fs_lua.c: the Lua function the table hook calls */
+    struct fs_tables_state *tables_state; /* fs_table.c: its hook, holds, replays */
+    /* An assignment waiting for its tables' recovery (fs_tables_hold): the
+     * consumer is given the partitions once every held partition is done. */
+    rd_kafka_topic_partition_list_t *assigning;
+    int assign_waits, assign_failed;
 
     /* scheduler */
     fs_co *ready_head, *ready_tail;
@@ -326,24 +307,6 @@ int fs_streams_clear(fs_rt *rt);
  * it read any more. failed: its on_error policy has dealt with the event in
  * hand, which is acknowledged; otherwise (killed) it stays unacknowledged. */
 void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed);
-
-/* fs_table.c */
-int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */
-void fs_tables_release(fs_rt *rt, int32_t p); /* close partition p (after a checkpoint) */
-/* Lua stages dirty entries (changelog + staging). force: also give every held
- * partition with nothing to stage one record carrying the input offsets (at a
- * revocation or shutdown: the next owner must resume exactly there). */
-int fs_tables_flush(fs_rt *rt, int force);
-int fs_tables_write(fs_rt *rt, int use_snap); /* staged entries -> LMDB with offsets */
-int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p);
-int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
-                   size_t vl, char *err, size_t errlen);
-void fs_tables_close(fs_rt *rt);
-int fs_tables_start_global(fs_rt *rt);       /* recover global tables, then follow them */
-/* After a reload: opens tables the new version added, and hands every held
- * partition to the new Lua tables ("hold"). */
-int fs_tables_rebind(fs_rt *rt);
-void fs_tables_tail_poll(fs_rt *rt);         /* apply what other workers wrote to them */
 
 /* fs_kafka.c */
 /* Checks a broker URL: memory:// (*bootstrap = NULL) or kafka://HOST[:PORT],...

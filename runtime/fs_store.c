@@ -48,8 +48,12 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
         return -1;
     }
     fs_store *s = calloc(1, sizeof *s);
-    if (!s) return -1;
-    s->path = strdup(dir);
+    if (s) s->path = strdup(dir);
+    if (!s || !s->path) {
+        free(s);
+        snprintf(err, errlen, "%s: out of memory", dir);
+        return -1;
+    }
     int rc = mdb_env_create(&s->env);
     if (rc) goto fail;
     mdb_env_set_maxdbs(s->env, 2);
