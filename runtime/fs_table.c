@@ -115,8 +115,8 @@ int fs_tables_flush(fs_rt *rt, int force)
              * and the record's header tells the next owner where input resumes. The
              * newest value is the last staged one if any (LMDB may not have it yet). */
             int found = 0;
-            if (tp->nops) {
-                struct fs_staged *op = &tp->ops[tp->nops - 1];
+            if (tp->ops.len) {
+                struct fs_staged *op = &tp->ops.items[tp->ops.len - 1];
                 fs_buf_reset(&rt->kbuf);
                 fs_buf_reset(&rt->vbuf);
                 if (fs_buf_add(&rt->kbuf, tp->arena.data + op->koff, op->klen) ||
@@ -148,14 +148,8 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
         return -1;
     }
     struct fs_tpart *tp = &t->parts[p];
-    if (tp->nops == tp->capops) {
-        size_t cap = tp->capops ? tp->capops * 2 : 256;
-        struct fs_staged *ops = realloc(tp->ops, cap * sizeof *ops);
-        if (!ops) goto oom;
-        tp->ops = ops;
-        tp->capops = cap;
-    }
-    struct fs_staged *op = &tp->ops[tp->nops];
+    if (fs_vec_reserve(&tp->ops, tp->ops.len + 1)) goto oom;
+    struct fs_staged *op = &tp->ops.items[tp->ops.len];
     op->koff = tp->arena.len;
     op->klen = kl;
     if (fs_buf_add(&tp->arena, k, kl)) goto oom;
@@ -171,7 +165,7 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
         rd_kafka_header_add(h, IN_HEADER, -1, tp->in_hdr.data, (ssize_t)tp->in_hdr.len);
     }
     if (fs_produce(rt, t->changelog, p, k, kl, v, vl, h, 0, NULL, err, errlen)) return -1;
-    tp->nops++;
+    tp->ops.len++;
     rt->changelog_records++;
     return 0;
 oom:
@@ -196,15 +190,15 @@ int fs_tables_write(fs_rt *rt, int use_snap)
         fs_table *t = rt->tables[i];
         for (int p = 0; p < t->partitions; p++) {
             struct fs_tpart *tp = &t->parts[p];
-            if (!tp->store || !tp->nops) continue;
-            fs_store_op *ops = malloc(tp->nops * sizeof *ops);
+            if (!tp->store || !tp->ops.len) continue;
+            fs_store_op *ops = malloc(tp->ops.len * sizeof *ops);
             if (!ops || !st) {
                 free(ops);
                 fs_rt_fatal(rt, "table %s[%d]: out of memory", t->name, p);
                 return -1;
             }
-            for (size_t j = 0; j < tp->nops; j++) {
-                struct fs_staged *s = &tp->ops[j];
+            for (size_t j = 0; j < tp->ops.len; j++) {
+                struct fs_staged *s = &tp->ops.items[j];
                 ops[j].key = tp->arena.data + s->koff;
                 ops[j].klen = s->klen;
                 ops[j].val = s->del ? NULL : tp->arena.data + s->voff;
@@ -220,14 +214,14 @@ int fs_tables_write(fs_rt *rt, int use_snap)
                 rc = fs_vec_push(&st->meta, m);
             }
             if (rc) snprintf(err, sizeof err, "out of memory");
-            else rc = fs_store_write(tp->store, ops, tp->nops, st->meta.items, st->meta.len, 1, err, sizeof err);
+            else rc = fs_store_write(tp->store, ops, tp->ops.len, st->meta.items, st->meta.len, 1, err, sizeof err);
             free(ops);
             if (rc) {
                 fs_rt_fatal(rt, "table %s[%d]: %s", t->name, p, err);
                 return -1;
             }
-            rt->lmdb_writes += (int64_t)tp->nops;
-            tp->nops = 0;
+            rt->lmdb_writes += (int64_t)tp->ops.len;
+            tp->ops.len = 0;
             fs_buf_reset(&tp->arena);
         }
     }
@@ -494,7 +488,7 @@ void fs_tables_release(fs_rt *rt, int32_t p)
         if (p < 0 || p >= t->partitions || !t->parts[p].store || t->global) continue;
         fs_store_close(t->parts[p].store);
         t->parts[p].store = NULL;
-        t->parts[p].nops = 0;
+        t->parts[p].ops.len = 0;
         fs_buf_reset(&t->parts[p].arena);
         any |= t->parts[p].hooked;
         t->parts[p].hooked = 0;
@@ -511,7 +505,7 @@ void fs_tables_close(fs_rt *rt)
             fs_store_close(t->parts[p].store);
             fs_buf_free(&t->parts[p].arena);
             fs_buf_free(&t->parts[p].in_hdr);
-            free(t->parts[p].ops);
+            fs_vec_free(&t->parts[p].ops);
         }
         free(t->parts);
         free(t->sig);

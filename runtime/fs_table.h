@@ -21,6 +21,13 @@
 #include "fs_buf.h"
 #include "fs_rt.h"
 #include "fs_store.h"
+#include "fs_vec.h"
+
+/* A write staged by the running checkpoint: key and value in the partition's arena. */
+struct fs_staged {
+    size_t koff, klen, voff, vlen;
+    int del;
+};
 
 struct fs_table {
     fs_rt *rt;
@@ -34,11 +41,7 @@ struct fs_table {
     struct fs_tpart {
         struct fs_store *store; /* open while this worker holds the partition */
         fs_buf arena;           /* staged keys and values */
-        struct fs_staged {
-            size_t koff, klen, voff, vlen;
-            int del;
-        } *ops;
-        size_t nops, capops;
+        FS_VEC(struct fs_staged) ops;
         int64_t cl_next; /* changelog offset after the last delivered staged record */
         fs_buf in_hdr;   /* "topic@offset;..." input offsets this flush reflects, NUL-ended */
         int hooked;      /* the hook was told "hold" (recovery over), not "release" yet */
