@@ -33,9 +33,8 @@ describe("changelog recovery of a large table", function()
   local broker, addr
   local env = { APP_ID = "rcv-" .. uniq, IN = "rcv-in-" .. uniq }
   setup(function()
-    broker, addr = proc.broker({}, P)
     local changelog = env.APP_ID .. "-word_counts-changelog"
-    proc.create_topics(addr, env.IN, changelog)
+    broker, addr = proc.broker({ env.IN, changelog }, P)
     for p = 0, P - 1 do
       local buf = {}
       for i = 1, N do buf[i] = string.format('"k%d_%d"\t%d', p, i, i) end
