@@ -309,7 +309,9 @@ static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
     return 0;
 }
 
-int fs_tables_hold(fs_rt *rt, int32_t p, void (*done)(void *data, int32_t p, int rc), void *data)
+/* Opens partition p of every partitioned table that does not have it open yet
+ * and queues its replay. */
+static int open_missing(fs_rt *rt, int32_t p)
 {
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
@@ -325,6 +327,19 @@ int fs_tables_hold(fs_rt *rt, int32_t p, void (*done)(void *data, int32_t p, int
         if (rt->test) continue; /* fstream.testing keeps tables in Lua only */
         if (open_and_recover(rt, t, p)) return -1;
     }
+    return 0;
+}
+
+static int hold_pending(const struct fs_tables_state *st, int32_t p)
+{
+    for (size_t i = 0; st && i < st->holds.len; i++)
+        if (st->holds.items[i].p == p) return 1;
+    return 0;
+}
+
+int fs_tables_hold(fs_rt *rt, int32_t p, void (*done)(void *data, int32_t p, int rc), void *data)
+{
+    if (open_missing(rt, p)) return -1;
     struct fs_tables_state *st = state(rt);
     struct hold h = {p, done, data};
     if (!st || fs_vec_push(&st->holds, h)) {
@@ -457,9 +472,14 @@ int fs_tables_rebind(fs_rt *rt)
             fs_topic *t = rt->topics[i];
             held = t->table_input && p < t->nparts && t->parts[p] && t->parts[p]->assigned;
         }
-        if (held && fs_tables_hold(rt, p, NULL, NULL)) return -1;
+        if (!held) continue;
+        /* A partition still recovering is handed over by its pending hold, once
+         * recovered (the hook reaches whichever version is current then). */
+        if (hold_pending(rt->tables_state, p) ? open_missing(rt, p) : fs_tables_hold(rt, p, NULL, NULL))
+            return -1;
     }
-    /* A table the new version added is replayed now: its events keep flowing. */
+    /* A table the new version added is replayed now (the events of partitions
+     * already assigned keep flowing), with whatever replay was running. */
     struct fs_tables_state *st = rt->tables_state;
     if (st && st->rec && fs_recovery_wait(st->rec))
         return -1;
