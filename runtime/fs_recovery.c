@@ -39,6 +39,7 @@ typedef struct in_offset {
     int64_t off;
 } in_offset;
 
+/* One table partition to replay; owned by the queue until finished or cancelled. */
 struct task {
     fs_table *t;
     int32_t p;
@@ -48,6 +49,8 @@ struct task {
     FS_VEC(in_offset) inputs;
 };
 
+/* Owned by the table layer (see fs_recovery.h); owns its tasks, the eventfd,
+ * its timers (armed on rt->loop) and the query thread, which it joins. */
 struct fs_recovery {
     fs_rt *rt;
     fs_recovery_done_fn done;

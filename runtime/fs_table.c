@@ -231,7 +231,7 @@ int fs_tables_write(fs_rt *rt, int use_snap)
 int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p)
 {
     char name[300], err[256];
-    snprintf(name, sizeof name, "in/%s", topic);
+    if (snprintf(name, sizeof name, "in/%s", topic) >= (int)sizeof name) return -1; /* Kafka: <= 249 */
     int64_t best = -1;
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
@@ -294,7 +294,10 @@ static fs_recovery *recovery(fs_rt *rt)
 static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
 {
     char err[512], dir[4200];
-    snprintf(dir, sizeof dir, "%s/%d", t->dir, (int)p);
+    if (snprintf(dir, sizeof dir, "%s/%d", t->dir, (int)p) >= (int)sizeof dir) {
+        fs_rt_fatal(rt, "table %s[%d]: its directory's path is too long (%s)", t->name, (int)p, t->dir);
+        return -1;
+    }
     fs_recovery *rec = recovery(rt);
     if (!rec) return -1;
     if (fs_store_open(&t->parts[p].store, dir, 0, err, sizeof err)) {
