@@ -424,7 +424,9 @@ rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_
      * fetch.wait.max.ms (500 ms by default) has passed, even if data arrived
      * meanwhile: on the embedded broker every hop through a topic, and every
      * reload, would wait that long. */
-    if (rt->embedded && conf_set(c, "fetch.wait.max.ms", "50", err, errlen)) {
+    /* Changelog recovery reads one partition after another up to its end: the
+     * fetch left waiting at one's end must not hold the next one up for 500 ms. */
+    if ((rt->embedded || !main_group) && conf_set(c, "fetch.wait.max.ms", "50", err, errlen)) {
         rd_kafka_conf_destroy(c);
         return NULL;
     }

@@ -40,13 +40,27 @@ typedef struct in_offset {
 } in_offset;
 
 /* One table partition to replay; owned by the queue until finished or cancelled. */
+/* One table partition to replay; owned by the queue until finished or cancelled. */
 struct task {
     fs_table *t;
     int32_t p;
     int state, tries, found;
+    int known; /* the query below answered for it, not looked at yet */
+    int64_t qlo, qhi;
+    rd_kafka_resp_err_t qerr;
     int64_t start, hi, next, done;
     int64_t t0, last_log, last_data; /* monotonic ms */
     FS_VEC(in_offset) inputs;
+};
+
+/* Owned by the table layer (see fs_recovery.h); owns its tasks, the eventfd,
+ * its timers (armed on rt->loop) and the query thread, which it joins. */
+/* One partition whose end the query thread asks for. */
+struct wm {
+    fs_table *t;
+    int32_t p;
+    int64_t lo, hi;
+    rd_kafka_resp_err_t err;
 };
 
 /* Owned by the table layer (see fs_recovery.h); owns its tasks, the eventfd,
@@ -60,16 +74,14 @@ struct fs_recovery {
     fs_io io;
     int watching;            /* efd is the recovery consumer queue's io event */
     fs_timer work, tick, retry;
-    /* The watermark query in flight (at most one). Its task may be gone
-     * (cancelled): the answer is then dropped, and the next task waits for it. */
+    /* The watermark query in flight (at most one), for every queued partition
+     * whose end is not known: asked together before any replay starts, each
+     * answer is immediate (later, a query waits behind the replay's fetch, up to
+     * fetch.wait.max.ms). A partition cancelled meanwhile just drops its answer. */
     int querying, threaded;
     pthread_t th;
     atomic_int answered;
-    struct task *qtask;
-    const char *qtopic; /* the changelog's name: lives as long as the runtime */
-    int32_t qp;
-    int64_t qlo, qhi;
-    rd_kafka_resp_err_t qerr;
+    FS_VEC(struct wm) qs;
     fs_store_op *ops;
     rd_kafka_message_t **msgs;
 };
@@ -100,7 +112,6 @@ static void remove_task(fs_recovery *r, struct task *k)
             fs_vec_remove(&r->q, i);
             break;
         }
-    if (r->qtask == k) r->qtask = NULL;
 }
 
 static void unassign(fs_recovery *r)
@@ -142,8 +153,11 @@ static void say_interrupted(const struct task *k, const char *why)
 static void *query_main(void *arg)
 {
     fs_recovery *r = arg;
-    r->qerr = rd_kafka_query_watermark_offsets(r->rt->recovery, r->qtopic, r->qp, &r->qlo,
-                                               &r->qhi, WM_TIMEOUT_MS);
+    for (size_t i = 0; i < r->qs.len; i++) {
+        struct wm *w = &r->qs.items[i];
+        w->err = rd_kafka_query_watermark_offsets(r->rt->recovery, w->t->changelog->name, w->p,
+                                                  &w->lo, &w->hi, WM_TIMEOUT_MS);
+    }
     atomic_store(&r->answered, 1);
     uint64_t one = 1;
     if (write(r->efd, &one, sizeof one) < 0) {
@@ -179,12 +193,21 @@ static int ensure_consumer(fs_recovery *r)
     return 0;
 }
 
-static void ask_end(fs_recovery *r, struct task *k)
+/* Asks for the end of every queued partition whose end is not known. */
+static void ask_ends(fs_recovery *r)
 {
-    k->state = T_QUERY;
-    r->qtask = k;
-    r->qtopic = k->t->changelog->name;
-    r->qp = k->p;
+    if (r->querying) return; /* its answer comes back here */
+    r->qs.len = 0;
+    for (size_t i = 0; i < r->q.len; i++) {
+        struct task *k = r->q.items[i];
+        if (k->known || k->state == T_REPLAY || (k->state == T_RETRY && i > 0)) continue;
+        struct wm w = {k->t, k->p, 0, 0, 0};
+        if (fs_vec_push(&r->qs, w)) {
+            if (i == 0) fs_rt_fatal(r->rt, "recovery: out of memory");
+            break;
+        }
+    }
+    if (!r->qs.len) return;
     r->querying = 1;
     atomic_store(&r->answered, 0);
     r->threaded = pthread_create(&r->th, NULL, query_main, r) == 0;
@@ -248,8 +271,9 @@ static void begin_replay(fs_recovery *r, struct task *k, int64_t lo, int64_t hi)
 
 static void answered(fs_recovery *r, struct task *k)
 {
-    rd_kafka_resp_err_t e = r->qerr;
-    int64_t lo = r->qlo, hi = r->qhi;
+    rd_kafka_resp_err_t e = k->qerr;
+    int64_t lo = k->qlo, hi = k->qhi;
+    k->known = 0;
     int transient = e == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
                     e == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
                     e == RD_KAFKA_RESP_ERR__TRANSPORT || e == RD_KAFKA_RESP_ERR__TIMED_OUT;
@@ -420,16 +444,19 @@ static void replay_step(fs_recovery *r, struct task *k)
 
 static void start_next(fs_recovery *r)
 {
-    struct task *k;
-    while ((k = running(r)) && k->state == T_QUEUED && !r->querying) {
-        if (r->rt->fatal) return;
+    struct task *k = running(r);
+    /* Nothing begins once the worker stops: what is queued is dropped. */
+    if (!k || r->rt->fatal || r->rt->stopping || r->rt->closing || k->state == T_REPLAY ||
+        k->state == T_RETRY)
+        return;
+    if (k->state == T_QUEUED) {
         struct fs_tpart *tp = &k->t->parts[k->p];
         char err[512];
         int64_t v;
         int found;
         if (fs_store_meta_get(tp->store, "changelog", &v, &found, err, sizeof err)) {
-            fail(r, k, err);
-            return; /* finish started the next one */
+            fail(r, k, err); /* finish starts the next one */
+            return;
         }
         k->found = found;
         k->start = found ? v : 0;
@@ -437,18 +464,31 @@ static void start_next(fs_recovery *r)
             finish(r, k, -1);
             return;
         }
-        ask_end(r, k);
+        k->state = T_QUERY;
         if (!fs_timer_active(&r->tick)) fs_timer_start(&r->rt->loop, &r->tick, TICK_MS);
     }
+    if (k->known) answered(r, k);
+    else ask_ends(r);
 }
 
+/* The query thread is done: its answers go to the partitions still queued. */
 static void handle_answer(fs_recovery *r)
 {
     if (!reap_query(r)) return;
-    struct task *k = r->qtask;
-    r->qtask = NULL;
-    if (k) answered(r, k);
-    else start_next(r); /* the asking task was cancelled: the queue may go on */
+    for (size_t i = 0; i < r->qs.len; i++) {
+        struct wm *w = &r->qs.items[i];
+        for (size_t j = 0; j < r->q.len; j++) {
+            struct task *k = r->q.items[j];
+            if (k->t != w->t || k->p != w->p || k->known || k->state == T_REPLAY) continue;
+            k->known = 1;
+            k->qlo = w->lo;
+            k->qhi = w->hi;
+            k->qerr = w->err;
+            break;
+        }
+    }
+    r->qs.len = 0;
+    start_next(r);
 }
 
 static void io_cb(fs_io *io, uint32_t events)
@@ -467,13 +507,17 @@ static void work_cb(fs_timer *tm)
     fs_recovery *r = tm->data;
     struct task *k = running(r);
     if (k && k->state == T_REPLAY) replay_step(r, k);
+    else start_next(r);
 }
 
 static void retry_cb(fs_timer *tm)
 {
     fs_recovery *r = tm->data;
     struct task *k = running(r);
-    if (k && k->state == T_RETRY && !r->querying) ask_end(r, k);
+    if (k && k->state == T_RETRY) {
+        k->state = T_QUERY;
+        ask_ends(r);
+    }
 }
 
 /* Every queued replay ends with rc 1 (a stop). */
@@ -501,6 +545,7 @@ static void check(fs_recovery *r)
     }
     handle_answer(r);
     struct task *k = running(r);
+    if (k && k->state == T_QUEUED) start_next(r);
     if (!k || k->state != T_REPLAY) return;
     replay_step(r, k); /* a wake-up is never lost for long */
     if (running(r) != k) return;
@@ -571,7 +616,9 @@ int fs_recovery_add(fs_recovery *r, fs_table *t, int32_t p)
         free(k);
         return -1;
     }
-    start_next(r);
+    /* Begins from the loop: the partitions of one assignment are queued
+     * together first, and their ends asked in one go. */
+    if (!fs_timer_active(&r->work)) fs_timer_start(&r->rt->loop, &r->work, 0);
     return 0;
 }
 
@@ -657,6 +704,7 @@ void fs_recovery_free(fs_recovery *r)
     fs_io_del(&rt->loop, &r->io);
     close(r->efd);
     fs_vec_free(&r->q);
+    fs_vec_free(&r->qs);
     free(r->ops);
     free(r->msgs);
     free(r);

@@ -5,9 +5,9 @@ local proc = require "spec.support.proc"
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 
--- 8 partitions of 150,000 records each (about 3.6 MB a partition: the embedded
+-- 16 partitions of 150,000 records each (about 3.6 MB a partition: the embedded
 -- broker keeps about 5 MB of each, so nothing is dropped).
-local P, N = 8, 150000
+local P, N = 16, 150000
 local TOTAL = P * N
 
 -- Seconds since midnight of a log line's timestamp (2026-11-29T03:40:11.569).
