@@ -81,6 +81,7 @@ struct fs_recovery {
     int querying, threaded;
     pthread_t th;
     atomic_int answered;
+    atomic_int quit; /* closing: the thread asks no further partition */
     FS_VEC(struct wm) qs;
     fs_store_op *ops;
     rd_kafka_message_t **msgs;
@@ -155,6 +156,8 @@ static void *query_main(void *arg)
     fs_recovery *r = arg;
     for (size_t i = 0; i < r->qs.len; i++) {
         struct wm *w = &r->qs.items[i];
+        w->err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+        if (atomic_load(&r->quit)) continue;
         w->err = rd_kafka_query_watermark_offsets(r->rt->recovery, w->t->changelog->name, w->p,
                                                   &w->lo, &w->hi, WM_TIMEOUT_MS);
     }
@@ -687,6 +690,7 @@ void fs_recovery_free(fs_recovery *r)
     if (!r) return;
     fs_rt *rt = r->rt;
     fs_recovery_cancel(r, -1, "a stop");
+    atomic_store(&r->quit, 1);
     if (r->querying && r->threaded) pthread_join(r->th, NULL);
     r->querying = 0;
     fs_timer_stop(&rt->loop, &r->work);
