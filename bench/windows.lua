@@ -300,8 +300,12 @@ local function run_once(fstream, sc, cfg, idx)
   }
   -- Open windows (combine: open slices) at the end, from the window's index.
   if w then
-    for _, wp in pairs(w.parts) do
-      for _ in pairs(wp.index or {}) do res.entries = res.entries + 1 end
+    if w.idx then
+      res.entries = w.idx:open_windows()   -- the C index (runtime/fs_windows.c)
+    else
+      for _, wp in pairs(w.parts) do
+        for _ in pairs(wp.index or {}) do res.entries = res.entries + 1 end
+      end
     end
   end
   t:close()

@@ -42,7 +42,13 @@ int fs_broker_run(lua_State *L)
         lua_Integer n = luaL_len(L, -1);
         for (lua_Integer i = 1; i <= n; i++) {
             lua_geti(L, -1, i);
-            rd_kafka_mock_topic_create(mc, luaL_checkstring(L, -1), partitions, 1);
+            rd_kafka_resp_err_t e = rd_kafka_mock_topic_create(mc, luaL_checkstring(L, -1), partitions, 1);
+            if (e) {
+                const char *name = lua_tostring(L, -1);
+                rd_kafka_mock_cluster_destroy(mc);
+                rd_kafka_destroy(host);
+                return luaL_error(L, "cannot create topic %s: %s", name, rd_kafka_err2str(e));
+            }
             lua_pop(L, 1);
         }
     }
@@ -52,7 +58,11 @@ int fs_broker_run(lua_State *L)
     fflush(stdout);
     if (addr_file) {
         char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", addr_file);
+        if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", addr_file) >= sizeof tmp) {
+            rd_kafka_mock_cluster_destroy(mc);
+            rd_kafka_destroy(host);
+            return luaL_error(L, "--address-file path too long (%zu bytes at most)", sizeof tmp - 5);
+        }
         FILE *f = fopen(tmp, "w");
         if (!f || fprintf(f, "%s\n", bootstrap) < 0 || fclose(f) || rename(tmp, addr_file)) {
             rd_kafka_mock_cluster_destroy(mc);

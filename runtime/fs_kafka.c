@@ -1,8 +1,14 @@
-/* fs_kafka: the librdkafka transport — consumer, producer, the embedded mock
- * cluster (memory://), rebalances, and the at-least-once checkpoint:
- * snapshot committable offsets, wait until every message produced before the
- * snapshot is delivered, then commit. librdkafka's threads never touch Lua:
- * they only write to eventfds that wake the loop. */
+/* fs_kafka: the librdkafka transport (fs_transport.h) — consumer, producer,
+ * admin requests, the embedded mock cluster of memory:// and, there, the
+ * self-assignment of every partition. librdkafka's threads never touch the
+ * worker: they only write to eventfds that wake the loop, and every report
+ * (fetched messages, deliveries, rebalances, commits) reaches the upper layer
+ * through fs_transport_cb from inside an operation run by the loop.
+ *
+ * The second half of this file is the worker's side of the transport — the
+ * at-least-once checkpoint, rebalance handling and the callbacks registered on
+ * the transport. It belongs to the checkpoint layer and moves to
+ * fs_checkpoint.c; nothing in the first half calls it. */
 #include <ctype.h>
 #include <errno.h>
 #include <malloc.h>
@@ -17,9 +23,70 @@
 #include "fs_log.h"
 #include "fs_rt.h"
 #include "fs_table.h"
+#include "fs_transport.h"
+#include "fs_vec.h"
 #include <librdkafka/rdkafka_mock.h>
 
+/* ======================= the transport (layer 2) ======================= */
+
 #define FS_CONSUME_BATCH 1024
+/* How long start-up may wait for the broker's metadata, and again for topics
+ * it creates to appear in it (DESIGN: the loop never blocks; this runs before
+ * the loop does, or while a reload has paused it). */
+#define FS_METADATA_MS 10000
+
+/* A message that did not fit in librdkafka's queue (QUEUE_FULL): copied here,
+ * handed over in order as delivery reports make room. */
+struct fs_overflow {
+    fs_topic *topic;
+    int32_t partition;
+    char *key, *val; /* one allocation: key bytes then value bytes; NULL: absent */
+    size_t klen, vlen;
+    int has_key, has_val;
+    rd_kafka_headers_t *hdrs;
+    int64_t ts;
+    void *opaque;
+};
+
+typedef struct fs_kafka {
+    fs_transport base; /* first: fs_transport * and fs_kafka * convert */
+    char *group;
+    char *bootstrap;
+    int embedded;         /* memory://: the mock cluster lives in this process */
+    int no_create_topics; /* CreateTopics failed: the broker auto-creates (fstream-lua broker) */
+    rd_kafka_t *consumer, *producer, *mock_host;
+    struct rd_kafka_mock_cluster_s *mock;
+    rd_kafka_queue_t *cq, *pq, *aq; /* consumer, producer (delivery reports), admin results */
+    int cfd, pfd, afd;
+    fs_io cio, pio, aio;
+    int consume_pending, produce_pending, admin_pending;
+    int fetching; /* the last poll was allowed to fetch */
+    int subscribed;
+    FS_VEC(fs_topic *) topics; /* registered by resolve; the transport owns each t->tx */
+    rd_kafka_topic_t *last_rkt;  /* consumer-side topic of the last fetched message */
+    fs_topic *last_topic;
+    fs_fetched *fetched; /* FS_CONSUME_BATCH scratch */
+    rd_kafka_message_t **msgs;
+    FS_RING(struct fs_overflow) overflow;
+    int draining;              /* drain() runs (it is re-entered from delivery reports) */
+    int64_t inflight;          /* accepted by librdkafka, not yet reported */
+    FS_VEC(rd_kafka_vu_t) vus; /* produceva scratch */
+    /* memory:// — the worker owns its embedded broker, so it is the only
+     * member of its group and assigns itself every partition of its
+     * subscription instead of joining (the mock's first JoinGroup waits 3 s). */
+    int self_assign;
+    FS_VEC(char *) self_subs; /* topics self-assigned; NULL items: none yet */
+    int self_has_subs;
+    int self_pending;  /* the subscription changed: reassign once nothing is revoking */
+    int self_revoking; /* cb.revoked was reported; waiting for unassign */
+} fs_kafka;
+
+static const fs_transport_ops kafka_ops;
+
+static fs_kafka *kafka_of(fs_transport *tp)
+{
+    return tp && tp->ops == &kafka_ops ? (fs_kafka *)tp : NULL;
+}
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
@@ -33,12 +100,12 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-    fs_rt *rt = opaque;
-    (void)rk;
+    fs_kafka *k = opaque;
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char buf[512];
         rd_kafka_fatal_error(rk, buf, sizeof buf);
-        fs_rt_fatal(rt, "kafka fatal error: %s", buf);
+        if (k && k->base.cb.error) k->base.cb.error(k->base.cb.data, err, buf, 1);
+        else fs_error("kafka fatal error: %s", buf);
         return;
     }
     fs_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
@@ -50,42 +117,1195 @@ static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err,
     return 0;
 }
 
+/* fs_sendctx travels as librdkafka's per-message opaque: the waiter pointer
+ * (calloc'd, so its two low bits are 0) with the epoch's parity in bit 0 and
+ * best_effort in bit 1. No allocation per message. */
+static void *ctx_pack(fs_sendctx c)
+{
+    return (void *)((uintptr_t)c.waiter | (uintptr_t)(c.epoch & 1) | (uintptr_t)(c.best_effort ? 2 : 0));
+}
+
+static fs_sendctx ctx_unpack(void *p)
+{
+    uintptr_t v = (uintptr_t)p;
+    fs_sendctx c = {(int)(v & 1), (int)((v >> 1) & 1), (struct fs_waiter *)(v & ~(uintptr_t)3)};
+    return c;
+}
+
+static void drain(fs_kafka *k);
+
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-    fs_rt *rt = opaque;
+    fs_kafka *k = opaque;
     (void)rk;
-    /* Opaque: 1/2 = a send of epoch parity 0/1, 3/4 = the same but best effort
-     * (a dead letter: its failure is logged, not fatal), else a waiter. */
-    uintptr_t tag = (uintptr_t)m->_private;
-    fs_waiter *w = tag > 4 ? (fs_waiter *)m->_private : NULL;
-    int best_effort = tag == 3 || tag == 4;
-    int epoch = w ? w->epoch : (int)((tag - 1) & 1);
-    rt->inflight[epoch & 1]--;
-    fs_topic *t = m->rkt ? rd_kafka_topic_opaque(m->rkt) : NULL;
-    if (t && t->table && !m->err && m->partition < t->table->partitions &&
-        m->offset + 1 > t->table->parts[m->partition].cl_next)
-        t->table->parts[m->partition].cl_next = m->offset + 1;
-    if (m->err) {
-        rt->delivery_errors++;
-        if (best_effort)
-            fs_error("could not deliver a dead letter to %s[%d] (%zu bytes): %s — it is lost; "
-                     "the original is still on its topic",
-                     rd_kafka_topic_name(m->rkt), (int)m->partition, m->len,
-                     rd_kafka_err2str(m->err));
-        else if (!w)
-            fs_rt_fatal(rt,
-                        "delivery to %s failed: %s — stopping without committing, so the "
-                        "input that produced it is processed again on restart",
-                        rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
-    }
-    if (w) {
-        w->err = m->err;
-        w->partition = m->partition;
-        w->offset = m->offset;
-        if (w->co) fs_sched_ready(w->co);
-        else free(w);
-    }
+    k->inflight--;
+    fs_report r;
+    r.topic = m->rkt ? rd_kafka_topic_opaque(m->rkt) : NULL;
+    r.partition = m->partition;
+    r.offset = m->err ? -1 : m->offset;
+    r.len = m->len;
+    r.err = m->err;
+    r.ctx = ctx_unpack(m->_private);
+    if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
+    /* Room in librdkafka's queue again: hand it what waits, in order. */
+    if (k->overflow.len) drain(k);
 }
+
+/* librdkafka list <-> project list, at rebalances and commits only. */
+static int from_rd(fs_tplist *out, const rd_kafka_topic_partition_list_t *l)
+{
+    for (int i = 0; l && i < l->cnt; i++) {
+        fs_tp *tp = fs_tplist_add(out, l->elems[i].topic, l->elems[i].partition, l->elems[i].offset);
+        if (!tp) return -1;
+        tp->err = l->elems[i].err;
+    }
+    return 0;
+}
+
+static rd_kafka_topic_partition_list_t *to_rd(const fs_tplist *l)
+{
+    rd_kafka_topic_partition_list_t *r = rd_kafka_topic_partition_list_new(l && l->len ? l->len : 1);
+    for (int i = 0; l && i < l->len; i++)
+        rd_kafka_topic_partition_list_add(r, l->items[i].topic, l->items[i].partition)->offset =
+            l->items[i].offset;
+    return r;
+}
+
+/* The consumer's offset_commit_cb: commits made through ops->commit report
+ * with their ctx (commit_queue); this one serves the others (ctx NULL). */
+static void kafka_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    fs_kafka *k = opaque;
+    (void)rk;
+    if (!k->base.cb.commit_done) return;
+    fs_tplist l = {0};
+    if (from_rd(&l, offsets)) fs_warn("out of memory reporting an offset commit");
+    k->base.cb.commit_done(k->base.cb.data, NULL, &l, err);
+    fs_tplist_free(&l);
+}
+
+static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    fs_kafka *k = opaque;
+    fs_tplist l = {0};
+    if (from_rd(&l, parts)) {
+        /* Cannot tell the worker: let librdkafka's default handling keep the group going. */
+        fs_tplist_free(&l);
+        if (k->base.cb.error) k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FAIL,
+                                               "out of memory during a rebalance", 1);
+        rd_kafka_assign(rk, err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? parts : NULL);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        if (k->base.cb.assigned) k->base.cb.assigned(k->base.cb.data, &l);
+        else rd_kafka_assign(rk, parts);
+    } else {
+        if (k->base.cb.revoked) k->base.cb.revoked(k->base.cb.data, &l);
+        else rd_kafka_assign(rk, NULL);
+    }
+    fs_tplist_free(&l);
+}
+
+static void wake_cb(fs_io *io, uint32_t events)
+{
+    fs_kafka *k = io->data;
+    uint64_t v;
+    (void)events;
+    if (read(io->fd, &v, sizeof v) < 0 && errno != EAGAIN) fs_warn("eventfd read: %s", strerror(errno));
+    if (io == &k->cio) k->consume_pending = 1;
+    else if (io == &k->aio) k->admin_pending = 1;
+    else k->produce_pending = 1;
+    k->base.pending = 1;
+}
+
+/* Makes a librdkafka queue write to an eventfd the loop watches. */
+static int watch_queue(fs_loop *loop, rd_kafka_queue_t *q, int *fd, fs_io *io,
+                       void (*cb)(fs_io *, uint32_t), void *data)
+{
+    *fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (*fd < 0) return -1;
+    static const char one[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    rd_kafka_queue_io_event_enable(q, *fd, one, sizeof one);
+    io->fd = *fd;
+    io->cb = cb;
+    io->data = data;
+    return fs_io_add(loop, io, EPOLLIN);
+}
+
+/* A consumer of this worker's cluster. The group's own consumer (main) gets
+ * the rebalance and commit callbacks; others (changelog recovery, global
+ * tables) are assign-only and read committed data. */
+static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, char *err,
+                                size_t errlen)
+{
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set_opaque(c, k);
+    rd_kafka_conf_set_log_cb(c, log_cb);
+    rd_kafka_conf_set_error_cb(c, error_cb);
+    if (main_group) {
+        rd_kafka_conf_set_rebalance_cb(c, kafka_rebalance);
+        rd_kafka_conf_set_offset_commit_cb(c, kafka_commit_cb);
+    }
+    if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
+        conf_set(c, "group.id", group, err, errlen) ||
+        conf_set(c, "client.id", group, err, errlen) ||
+        conf_set(c, "enable.auto.commit", "false", err, errlen) ||
+        conf_set(c, "enable.auto.offset.store", "false", err, errlen) ||
+        conf_set(c, "auto.offset.reset", "earliest", err, errlen) ||
+        conf_set(c, "isolation.level", "read_committed", err, errlen) ||
+        conf_set(c, "enable.partition.eof", main_group ? "false" : "true", err, errlen) ||
+        /* librdkafka prefetches up to 64 MiB by default; the worker queues its own
+         * events too (max_queued), so 16 MiB keeps memory down without starving it. */
+        conf_set(c, "queued.max.messages.kbytes", "16384", err, errlen) ||
+        (main_group && (conf_set(c, "allow.auto.create.topics", "true", err, errlen) ||
+                        conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
+                        conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
+                        conf_set(c, "partition.assignment.strategy", "range,roundrobin", err,
+                                 errlen)))) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
+    /* librdkafka's mock broker answers a Fetch that finds no data only when
+     * fetch.wait.max.ms (500 ms by default) has passed, even if data arrived
+     * meanwhile: on the embedded broker every hop through a topic, and every
+     * reload, would wait that long. */
+    /* Changelog recovery reads one partition after another up to its end: the
+     * fetch left waiting at one's end must not hold the next one up for 500 ms. */
+    if ((k->embedded || !main_group) && conf_set(c, "fetch.wait.max.ms", "50", err, errlen)) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
+    /* FSTREAM_KAFKA_DEBUG=cgrp,fetch,...: librdkafka's own debug contexts (log level debug). */
+    const char *dbg = getenv("FSTREAM_KAFKA_DEBUG");
+    if (dbg && *dbg && conf_set(c, "debug", dbg, err, errlen)) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, errlen);
+    if (!rk) rd_kafka_conf_destroy(c);
+    return rk;
+}
+
+#define URL_FORMS "memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]"
+
+/* One HOST[:PORT] of a kafka:// URL, [start, end): a name or IPv4 address, or
+ * an IPv6 address in brackets; a port from 1 to 65535 (librdkafka's default,
+ * 9092, when there is none). NULL when fine, else what is wrong. */
+static const char *check_hostport(const char *s, const char *end, char *why, size_t whylen)
+{
+    const char *h = s, *colon = NULL;
+    if (s < end && *s == '[') {
+        const char *close = memchr(s, ']', (size_t)(end - s));
+        if (!close || close == s + 1) return "an IPv6 address needs its closing ']'";
+        for (const char *q = s + 1; q < close; q++)
+            if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.')
+                return "that is not an IPv6 address";
+        if (close + 1 < end && close[1] != ':') return "']' must be followed by :PORT";
+        colon = close + 1 < end ? close + 1 : NULL;
+    } else {
+        for (const char *q = s; q < end; q++) {
+            if (*q == ':') {
+                colon = q;
+                break;
+            }
+            if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' && *q != '_') {
+                snprintf(why, whylen, "'%c' cannot be part of a host name", *q);
+                return why;
+            }
+        }
+        if ((colon ? colon : end) == h) return "a host is missing";
+    }
+    if (!colon) return NULL;
+    long port = 0;
+    const char *q = colon + 1;
+    if (q == end) return "the port after ':' is missing";
+    for (; q < end; q++) {
+        if (!isdigit((unsigned char)*q) || port > 65535)
+            return "the port must be a number from 1 to 65535";
+        port = port * 10 + (*q - '0');
+    }
+    if (port < 1 || port > 65535) return "the port must be a number from 1 to 65535";
+    return NULL;
+}
+
+int fs_broker_url_check(const char *url, const char **bootstrap, char *err, size_t errlen)
+{
+    char why[64];
+    const char *bad = NULL;
+    if (strncmp(url, "memory://", 9) == 0) {
+        if (url[9]) bad = "memory:// takes nothing after it";
+        else *bootstrap = NULL;
+    } else if (strncmp(url, "kafka://", 8) == 0) {
+        const char *s = url + 8;
+        if (!*s) bad = "no host after kafka://";
+        while (!bad) {
+            const char *end = strchr(s, ',');
+            if (!end) end = s + strlen(s);
+            bad = check_hostport(s, end, why, sizeof why);
+            if (!*end) break;
+            s = end + 1;
+        }
+        if (!bad) *bootstrap = url + 8;
+    } else {
+        bad = "use " URL_FORMS;
+    }
+    if (!bad) return 0;
+    snprintf(err, errlen, "bad broker URL '%s': %s", url, bad);
+    return -1;
+}
+
+static void kafka_close(fs_transport *tp);
+
+/* One "key=value" of len bytes into c. */
+static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, size_t errlen)
+{
+    const char *eq = memchr(s, '=', len);
+    char key[256], val[1024];
+    size_t kl = eq ? (size_t)(eq - s) : 0, vl = eq ? len - kl - 1 : 0;
+    if (!eq || !kl || kl >= sizeof key || vl >= sizeof val) {
+        snprintf(err, errlen, "producer setting '%.*s' is not key=value (at most %zu bytes)",
+                 (int)len, s, sizeof val - 1);
+        return -1;
+    }
+    memcpy(key, s, kl);
+    key[kl] = 0;
+    memcpy(val, eq + 1, vl);
+    val[vl] = 0;
+    return conf_set(c, key, val, err, errlen);
+}
+
+fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *group,
+                           const char *const *conf, char *err, size_t errlen)
+{
+    const char *servers;
+    if (fs_broker_url_check(broker_url, &servers, err, errlen)) return NULL;
+    fs_kafka *k = calloc(1, sizeof *k);
+    if (!k) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    k->base.ops = &kafka_ops;
+    k->base.loop = loop;
+    k->base.durable = 1;
+    k->cfd = k->pfd = k->afd = -1;
+    k->group = strdup(group);
+    k->fetched = malloc(FS_CONSUME_BATCH * sizeof *k->fetched);
+    k->msgs = malloc(FS_CONSUME_BATCH * sizeof *k->msgs);
+    rd_kafka_conf_t *c = NULL;
+    if (!k->group || !k->fetched || !k->msgs) goto oom;
+    if (!servers) {
+        c = rd_kafka_conf_new();
+        rd_kafka_conf_set_log_cb(c, log_cb);
+        k->mock_host = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
+        if (!k->mock_host) goto fail; /* rd_kafka_new keeps conf only on success */
+        c = NULL;
+        k->mock = rd_kafka_mock_cluster_new(k->mock_host, 1);
+        if (!k->mock) {
+            snprintf(err, errlen, "could not start the embedded broker");
+            goto fail;
+        }
+        k->bootstrap = strdup(rd_kafka_mock_cluster_bootstraps(k->mock));
+        k->embedded = 1;
+        /* This broker lives and dies with this process: no other worker can
+         * join its group, so the worker takes every partition itself rather
+         * than wait out the mock coordinator's 3 s initial rebalance delay. */
+        k->self_assign = 1;
+    } else {
+        k->bootstrap = strdup(servers);
+    }
+    if (!k->bootstrap) goto oom;
+
+    c = rd_kafka_conf_new();
+    rd_kafka_conf_set_opaque(c, k);
+    rd_kafka_conf_set_log_cb(c, log_cb);
+    rd_kafka_conf_set_error_cb(c, error_cb);
+    rd_kafka_conf_set_dr_msg_cb(c, dr_cb);
+    if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
+        conf_set(c, "client.id", group, err, errlen) ||
+        conf_set(c, "linger.ms", "5", err, errlen) ||
+        conf_set(c, "enable.idempotence", "true", err, errlen) ||
+        conf_set(c, "partitioner", "murmur2_random", err, errlen) ||
+        conf_set(c, "queue.buffering.max.messages", "1000000", err, errlen) ||
+        conf_set(c, "batch.num.messages", "10000", err, errlen) ||
+        /* What the worker consumed it may have to copy (dead letters): let the
+         * broker, not the client, decide what is too large. */
+        conf_set(c, "message.max.bytes", "16777216", err, errlen))
+        goto fail;
+    /* Producer settings of the caller, then of FSTREAM_KAFKA_PRODUCER
+     * ("key=value,key=value"), after the defaults. */
+    for (int i = 0; conf && conf[i]; i++)
+        if (set_pair(c, conf[i], strlen(conf[i]), err, errlen)) goto fail;
+    const char *env = getenv("FSTREAM_KAFKA_PRODUCER");
+    for (const char *s = env; s && *s;) {
+        const char *end = strchr(s, ',');
+        if (!end) end = s + strlen(s);
+        if (end > s && set_pair(c, s, (size_t)(end - s), err, errlen)) goto fail;
+        s = *end ? end + 1 : end;
+    }
+    k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
+    if (!k->producer) goto fail;
+    c = NULL;
+
+    k->consumer = new_consumer(k, k->group, 1, err, errlen);
+    if (!k->consumer) goto fail;
+    rd_kafka_poll_set_consumer(k->consumer);
+    k->cq = rd_kafka_queue_get_consumer(k->consumer);
+    k->pq = rd_kafka_queue_get_main(k->producer);
+    k->aq = rd_kafka_queue_new(k->consumer);
+    if (!k->cq || !k->pq || !k->aq) goto oom;
+    if (watch_queue(loop, k->cq, &k->cfd, &k->cio, wake_cb, k) ||
+        watch_queue(loop, k->pq, &k->pfd, &k->pio, wake_cb, k) ||
+        watch_queue(loop, k->aq, &k->afd, &k->aio, wake_cb, k)) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    return &k->base;
+oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    if (c) rd_kafka_conf_destroy(c);
+    kafka_close(&k->base);
+    return NULL;
+}
+
+const char *fs_kafka_bootstrap(const fs_transport *tp)
+{
+    return tp && tp->ops == &kafka_ops ? ((const fs_kafka *)tp)->bootstrap : "";
+}
+
+int fs_kafka_embedded(const fs_transport *tp)
+{
+    return tp && tp->ops == &kafka_ops && ((const fs_kafka *)tp)->embedded;
+}
+
+/* Producer handle of a topic: a copy of the producer's defaults (the murmur2
+ * partitioner among them), plus the topic as opaque so delivery reports find it. */
+static int open_topic(fs_kafka *k, fs_topic *t, char *err, size_t errlen)
+{
+    if (FS_TXT(t)->tx) return 0;
+    rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(k->producer);
+    if (!tc) goto oom;
+    rd_kafka_topic_conf_set_opaque(tc, t);
+    FS_TXT(t)->tx = rd_kafka_topic_new(k->producer, FS_TXT(t)->name, tc);
+    if (!FS_TXT(t)->tx) {
+        rd_kafka_topic_conf_destroy(tc);
+        snprintf(err, errlen, "cannot open topic %s: %s", FS_TXT(t)->name,
+                 rd_kafka_err2str(rd_kafka_last_error()));
+        return -1;
+    }
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory");
+    return -1;
+}
+
+/* Remembers t (the transport sees only topics resolved through it). */
+static int register_topic(fs_kafka *k, fs_topic *t)
+{
+    for (size_t i = 0; i < k->topics.len; i++)
+        if (k->topics.items[i] == t) return 0;
+    return fs_vec_push(&k->topics, t);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Partition count of `name` in md, 0 when the broker does not know it. */
+static int count_in(const struct rd_kafka_metadata *md, const char *name)
+{
+    for (int j = 0; md && j < md->topic_cnt; j++)
+        if (strcmp(md->topics[j].topic, name) == 0)
+            return md->topics[j].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ? 0
+                                                                                : md->topics[j].partition_cnt;
+    return 0;
+}
+
+/* Creates the missing topics: directly on the embedded broker, with the admin
+ * API elsewhere. A standalone embedded broker (`fstream-lua broker`) has no
+ * CreateTopics; there the request fails and the broker auto-creates the topic
+ * with its own count when its metadata is asked for. */
+static void create_missing(fs_kafka *k, fs_topic **miss, int n)
+{
+    if (k->mock) {
+        for (int i = 0; i < n; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_mock_topic_create(k->mock, FS_TXT(miss[i])->name, FS_TXT(miss[i])->partitions, 1);
+            if (e) /* the wait for its metadata reports it */
+                fs_warn("cannot create topic %s: %s", FS_TXT(miss[i])->name, rd_kafka_err2str(e));
+        }
+        return;
+    }
+    if (k->no_create_topics) return;
+    char errstr[256];
+    rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof *nt);
+    if (!nt) return;
+    size_t cnt = 0;
+    for (int i = 0; i < n; i++) {
+        nt[cnt] = rd_kafka_NewTopic_new(FS_TXT(miss[i])->name, FS_TXT(miss[i])->partitions, -1, errstr, sizeof errstr);
+        if (!nt[cnt]) { /* the wait for its metadata reports it */
+            fs_warn("cannot create topic %s: %s", FS_TXT(miss[i])->name, errstr);
+            continue;
+        }
+        /* Changelogs keep the latest value per key: compaction, as Kafka Streams does. */
+        if (FS_TXT(miss[i])->compact) rd_kafka_NewTopic_set_config(nt[cnt], "cleanup.policy", "compact");
+        cnt++;
+    }
+    if (!cnt) {
+        free(nt);
+        return;
+    }
+    rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(k->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(k->producer);
+    rd_kafka_event_t *ev = NULL;
+    if (o && q) {
+        rd_kafka_AdminOptions_set_request_timeout(o, 3000, errstr, sizeof errstr);
+        rd_kafka_CreateTopics(k->producer, nt, cnt, o, q);
+        ev = rd_kafka_queue_poll(q, FS_METADATA_MS);
+    }
+    const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
+    if (!ev || rd_kafka_event_error(ev)) {
+        fs_info("could not create topics (%s); relying on the broker's auto-creation",
+                ev ? rd_kafka_event_error_string(ev) : "no answer");
+        /* Don't wait for that again at this start (tables' changelogs come next). */
+        k->no_create_topics = 1;
+    } else if (res) {
+        size_t rn;
+        const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &rn);
+        for (size_t i = 0; i < rn; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(tr[i]);
+            if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+                fs_info("created topic %s", rd_kafka_topic_result_name(tr[i]));
+            else if (e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+                fs_warn("could not create topic %s: %s", rd_kafka_topic_result_name(tr[i]),
+                        rd_kafka_topic_result_error_string(tr[i]));
+        }
+    }
+    if (ev) rd_kafka_event_destroy(ev);
+    if (q) rd_kafka_queue_destroy(q);
+    if (o) rd_kafka_AdminOptions_destroy(o);
+    rd_kafka_NewTopic_destroy_array(nt, cnt);
+    free(nt);
+}
+
+static int kafka_resolve(fs_transport *tp, fs_topic *const *ts, int n, char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    for (int i = 0; i < n; i++)
+        if (register_topic(k, ts[i])) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    int todo = 0;
+    for (int i = 0; i < n; i++) todo |= !FS_TXT(ts[i])->resolved;
+    if (todo) {
+        /* Asking for every topic creates none (a request naming a topic may). */
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t e = rd_kafka_metadata(k->producer, 1, NULL, &md, FS_METADATA_MS);
+        if (e) {
+            snprintf(err, errlen, "no answer from the broker at %s within %d s (%s): is it running?",
+                     k->bootstrap, FS_METADATA_MS / 1000, rd_kafka_err2str(e));
+            return -1;
+        }
+        fs_topic **miss = calloc((size_t)n, sizeof *miss);
+        if (!miss) {
+            rd_kafka_metadata_destroy(md);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        int nmiss = 0;
+        for (int i = 0; i < n; i++) {
+            if (FS_TXT(ts[i])->resolved) continue;
+            int cnt = count_in(md, FS_TXT(ts[i])->name);
+            if (cnt > 0) {
+                if (cnt != FS_TXT(ts[i])->partitions)
+                    fs_debug("topic %s has %d partitions (the app would create %d)", FS_TXT(ts[i])->name, cnt,
+                             FS_TXT(ts[i])->partitions);
+                FS_TXT(ts[i])->partitions = cnt;
+                FS_TXT(ts[i])->resolved = 1;
+            } else {
+                int dup = 0; /* the same topic may be named twice */
+                for (int j = 0; j < nmiss; j++) dup |= miss[j] == ts[i];
+                if (!dup) miss[nmiss++] = ts[i];
+            }
+        }
+        rd_kafka_metadata_destroy(md);
+        int rc = 0;
+        if (nmiss) create_missing(k, miss, nmiss);
+        /* A new topic's count as the broker has it (an auto-created one has the
+         * broker's). Asking for one topic is also what makes a broker without
+         * CreateTopics create it. */
+        int64_t deadline = mono_ms() + FS_METADATA_MS;
+        for (int i = 0; i < nmiss && rc == 0; i++) {
+            fs_topic *t = miss[i];
+            if (open_topic(k, t, err, errlen)) {
+                rc = -1;
+                break;
+            }
+            for (;;) {
+                int64_t left = deadline - mono_ms();
+                md = NULL;
+                e = rd_kafka_metadata(k->producer, 0, FS_TXT(t)->tx, &md, left > 100 ? (int)left : 100);
+                int cnt = e ? 0 : count_in(md, FS_TXT(t)->name);
+                if (md) rd_kafka_metadata_destroy(md);
+                if (cnt > 0) {
+                    FS_TXT(t)->partitions = cnt;
+                    FS_TXT(t)->resolved = 1;
+                    break;
+                }
+                if (mono_ms() >= deadline) {
+                    snprintf(err, errlen, "topic %s does not exist and the broker at %s did not create it within %d s (%s)",
+                             FS_TXT(t)->name, k->bootstrap, FS_METADATA_MS / 1000,
+                             e ? rd_kafka_err2str(e) : "not in its metadata");
+                    rc = -1;
+                    break;
+                }
+                struct timespec pause = {0, 100 * 1000 * 1000};
+                nanosleep(&pause, NULL);
+            }
+        }
+        free(miss);
+        if (rc) return rc;
+    }
+    for (int i = 0; i < n; i++)
+        if (open_topic(k, ts[i], err, errlen)) return -1;
+    return 0;
+}
+
+/* The topics the worker's agents read now (cb.consumes), as a subscription. */
+static rd_kafka_topic_partition_list_t *subscription_of(fs_kafka *k)
+{
+    rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new((int)k->topics.len + 1);
+    for (size_t i = 0; i < k->topics.len; i++) {
+        fs_topic *t = k->topics.items[i];
+        if (k->base.cb.consumes && k->base.cb.consumes(k->base.cb.data, t))
+            rd_kafka_topic_partition_list_add(subs, FS_TXT(t)->name, RD_KAFKA_PARTITION_UA);
+    }
+    return subs;
+}
+
+static int same_topics(const rd_kafka_topic_partition_list_t *a, const rd_kafka_topic_partition_list_t *b)
+{
+    if (a->cnt != b->cnt) return 0;
+    for (int i = 0; i < a->cnt; i++) {
+        int found = 0;
+        for (int j = 0; j < b->cnt && !found; j++) found = strcmp(a->elems[i].topic, b->elems[j].topic) == 0;
+        if (!found) return 0;
+    }
+    return 1;
+}
+
+static void self_subs_clear(fs_kafka *k)
+{
+    for (size_t i = 0; i < k->self_subs.len; i++) free(k->self_subs.items[i]);
+    k->self_subs.len = 0;
+}
+
+/* Self-assignment's rd_kafka_subscribe: records the topics, and the loop
+ * assigns them. Returns 1 when the topics changed (no subscription yet counts
+ * as an empty one, as librdkafka's does), -1 out of memory. */
+static int self_subscribe(fs_kafka *k, rd_kafka_topic_partition_list_t *want)
+{
+    int same = want->cnt == (int)k->self_subs.len;
+    for (int i = 0; same && i < want->cnt; i++) {
+        int found = 0;
+        for (size_t j = 0; j < k->self_subs.len && !found; j++)
+            found = strcmp(want->elems[i].topic, k->self_subs.items[j]) == 0;
+        same = found;
+    }
+    if (same && (k->self_has_subs || want->cnt == 0)) return 0;
+    self_subs_clear(k);
+    for (int i = 0; i < want->cnt; i++) {
+        char *name = strdup(want->elems[i].topic);
+        if (!name || fs_vec_push(&k->self_subs, name)) {
+            free(name);
+            return -1;
+        }
+    }
+    k->self_has_subs = 1;
+    k->self_pending = 1;
+    k->subscribed = 1;
+    k->consume_pending = 1;
+    return 1;
+}
+
+static int kafka_subscribe(fs_transport *tp, char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    rd_kafka_topic_partition_list_t *want = subscription_of(k), *have = NULL;
+    int rc = 0, was = k->subscribed;
+    if (k->self_assign) {
+        /* As a group would: revoke and reassign when the topics change. */
+        rc = self_subscribe(k, want);
+        if (rc < 0) snprintf(err, errlen, "out of memory");
+    } else {
+        if (!k->subscribed || rd_kafka_subscription(k->consumer, &have)) have = NULL;
+        if (!have ? want->cnt > 0 : !same_topics(want, have)) {
+            /* A new topic list makes the group rebalance: the usual revocation
+             * and assignment follow. */
+            rd_kafka_resp_err_t e = want->cnt ? rd_kafka_subscribe(k->consumer, want)
+                                              : rd_kafka_unsubscribe(k->consumer);
+            if (e) {
+                snprintf(err, errlen, "subscribe failed: %s", rd_kafka_err2str(e));
+                rc = -1;
+            } else {
+                k->subscribed = 1;
+                rc = 1;
+            }
+        }
+        if (have) rd_kafka_topic_partition_list_destroy(have);
+    }
+    if (rc > 0 && was) fs_info("subscription changed: %d topics", want->cnt);
+    rd_kafka_topic_partition_list_destroy(want);
+    k->consume_pending = 1;
+    k->base.pending = 1;
+    return rc;
+}
+
+/* memory://: the assignment the group would give its only member — every
+ * partition of every subscribed topic — reported through cb.assigned as a
+ * JoinGroup's would be, so tables, recovery, resume offsets and leadership
+ * work unchanged. Offsets still go to the embedded broker's coordinator: it
+ * takes commits from a consumer that never joined (no group exists, so no
+ * member or generation is checked), as Kafka does for a simple consumer. */
+static void self_assign_now(fs_kafka *k)
+{
+    fs_tplist l = {0};
+    for (size_t i = 0; i < k->self_subs.len; i++) {
+        fs_topic *t = NULL;
+        for (size_t j = 0; j < k->topics.len && !t; j++)
+            if (strcmp(FS_TXT(k->topics.items[j])->name, k->self_subs.items[i]) == 0) t = k->topics.items[j];
+        for (int p = 0; t && p < FS_TXT(t)->partitions; p++)
+            if (!fs_tplist_add(&l, FS_TXT(t)->name, p, FS_OFFSET_INVALID)) {
+                fs_tplist_free(&l);
+                if (k->base.cb.error)
+                    k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FAIL,
+                                     "out of memory assigning partitions", 1);
+                return;
+            }
+    }
+    fs_info("memory://: sole member of group %s, assigning itself %d partitions (no JoinGroup)",
+            k->group, l.len);
+    /* A subscription makes the consumer ask for its topics' metadata; an
+     * assignment does not, and a partition without a known leader waits for
+     * librdkafka's 1 s offset-query retry. Asking now (a local broker answers
+     * in about a millisecond) lets every partition start fetching at once. */
+    const struct rd_kafka_metadata *md = NULL;
+    if (l.len && !rd_kafka_metadata(k->consumer, 1, NULL, &md, FS_METADATA_MS) && md)
+        rd_kafka_metadata_destroy(md);
+    if (l.len && k->base.cb.assigned) k->base.cb.assigned(k->base.cb.data, &l);
+    fs_tplist_free(&l);
+}
+
+/* A new self-assigned subscription: revoke everything held (eager, as the
+ * group's range/roundrobin protocol is), then assign the new set once the
+ * worker answered the revocation (unassign). */
+static void self_reassign(fs_kafka *k)
+{
+    rd_kafka_topic_partition_list_t *a = NULL;
+    if (rd_kafka_assignment(k->consumer, &a) || !a) return;
+    int held = a->cnt;
+    if (held && !k->self_revoking) {
+        k->self_revoking = 1;
+        kafka_rebalance(k->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, k);
+        rd_kafka_topic_partition_list_destroy(a);
+        a = NULL;
+        if (rd_kafka_assignment(k->consumer, &a) || !a) return;
+        held = a->cnt;
+    }
+    rd_kafka_topic_partition_list_destroy(a);
+    if (held) return; /* the worker still lets go of them */
+    k->self_revoking = 0;
+    k->self_pending = 0;
+    self_assign_now(k);
+}
+
+static fs_topic *topic_of(fs_kafka *k, rd_kafka_topic_t *rkt)
+{
+    if (rkt == k->last_rkt) return k->last_topic;
+    const char *name = rd_kafka_topic_name(rkt);
+    fs_topic *t = NULL;
+    for (size_t i = 0; i < k->topics.len && !t; i++)
+        if (strcmp(FS_TXT(k->topics.items[i])->name, name) == 0) t = k->topics.items[i];
+    k->last_rkt = rkt;
+    k->last_topic = t;
+    return t;
+}
+
+/* Hands librdkafka what waits in the overflow queue, in order, until it is
+ * full again. */
+static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition, const void *key,
+                                    size_t klen, const void *val, size_t vlen,
+                                    const fs_header *hs, int nh, rd_kafka_headers_t *hdrs,
+                                    int64_t ts, void *opaque);
+
+static void drain(fs_kafka *k)
+{
+    if (k->draining) return;
+    k->draining = 1;
+    while (k->overflow.len) {
+        struct fs_overflow *o = &fs_ring_at(&k->overflow, 0);
+        rd_kafka_resp_err_t e =
+            send_one(k, o->topic, o->partition, o->has_key ? o->key : NULL, o->klen,
+                     o->has_val ? o->key + o->klen : NULL, o->vlen, NULL, 0, o->hdrs, o->ts, o->opaque);
+        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
+        if (e) {
+            /* Refused for good: report it as a failed delivery, like librdkafka would. */
+            if (o->hdrs) rd_kafka_headers_destroy(o->hdrs);
+            fs_report r = {o->topic, o->partition, -1, o->vlen, e, ctx_unpack(o->opaque)};
+            if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
+        }
+        /* else librdkafka owns the headers now */
+        free(o->key);
+        (void)fs_ring_shift(&k->overflow);
+        k->base.backlog--;
+    }
+    k->draining = 0;
+}
+
+static int kafka_poll(fs_transport *tp, int fetch)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (fetch && !k->fetching) k->consume_pending = 1; /* fetching restarts: look at once */
+    k->fetching = fetch;
+    if (k->produce_pending) {
+        k->produce_pending = 0;
+        rd_kafka_poll(k->producer, 0);
+    }
+    if (k->overflow.len) drain(k);
+    if (k->admin_pending) {
+        k->admin_pending = 0;
+        rd_kafka_event_t *ev;
+        while ((ev = rd_kafka_queue_poll(k->aq, 0))) {
+            int type = rd_kafka_event_type(ev);
+            fs_tplist l = {0};
+            int err = rd_kafka_event_error(ev);
+            if (type == RD_KAFKA_EVENT_OFFSET_COMMIT) {
+                if (from_rd(&l, rd_kafka_event_topic_partition_list(ev)) && !err) err = RD_KAFKA_RESP_ERR__FAIL;
+                if (k->base.cb.commit_done)
+                    k->base.cb.commit_done(k->base.cb.data, rd_kafka_event_opaque(ev), &l, err);
+            } else if (type == RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT) {
+                const rd_kafka_ListConsumerGroupOffsets_result_t *res =
+                    rd_kafka_event_ListConsumerGroupOffsets_result(ev);
+                size_t n = 0;
+                const rd_kafka_group_result_t **g =
+                    res && !err ? rd_kafka_ListConsumerGroupOffsets_result_groups(res, &n) : NULL;
+                if (g && n) {
+                    const rd_kafka_error_t *ge = rd_kafka_group_result_error(g[0]);
+                    if (ge) err = rd_kafka_error_code(ge);
+                    else if (from_rd(&l, rd_kafka_group_result_partitions(g[0])))
+                        err = RD_KAFKA_RESP_ERR__FAIL;
+                } else if (!err) {
+                    err = RD_KAFKA_RESP_ERR__FAIL;
+                }
+                /* A partition without a committed offset comes back as -1. */
+                for (int i = 0; i < l.len; i++)
+                    if (l.items[i].offset < 0) l.items[i].offset = FS_OFFSET_INVALID;
+                if (k->base.cb.committed)
+                    k->base.cb.committed(k->base.cb.data, rd_kafka_event_opaque(ev), &l, err);
+            }
+            fs_tplist_free(&l);
+            rd_kafka_event_destroy(ev);
+        }
+    }
+    int handed = 0;
+    if (fetch && k->subscribed) {
+        if (k->self_pending) self_reassign(k);
+        if (k->consume_pending && !k->self_revoking) {
+            ssize_t n = rd_kafka_consume_batch_queue(k->cq, 0, k->msgs, FS_CONSUME_BATCH);
+            if (n < 0) {
+                fs_warn("consume failed: %s", rd_kafka_err2str(rd_kafka_last_error()));
+                n = 0;
+            }
+            k->consume_pending = n == FS_CONSUME_BATCH;
+            int m = 0;
+            for (ssize_t i = 0; i < n; i++) {
+                rd_kafka_message_t *msg = k->msgs[i];
+                if (msg->err) {
+                    if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                        fs_warn("consumer: %s%s%s", msg->rkt ? rd_kafka_topic_name(msg->rkt) : "",
+                                msg->rkt ? ": " : "", rd_kafka_message_errstr(msg));
+                    rd_kafka_message_destroy(msg);
+                    continue;
+                }
+                fs_topic *t = topic_of(k, msg->rkt);
+                if (!t) {
+                    rd_kafka_message_destroy(msg);
+                    continue;
+                }
+                k->fetched[m].topic = t;
+                k->fetched[m].m = msg;
+                k->fetched[m].ts = rd_kafka_message_timestamp(msg, NULL);
+                k->fetched[m].hdrs = NULL;
+                m++;
+            }
+            if (m && k->base.cb.messages) k->base.cb.messages(k->base.cb.data, k->fetched, m, 0);
+            else
+                for (int i = 0; i < m; i++) rd_kafka_message_destroy(k->fetched[i].m);
+            handed = m;
+        }
+    }
+    k->base.pending = k->produce_pending || k->admin_pending || (k->consume_pending && fetch);
+    return handed;
+}
+
+static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition, const void *key,
+                                    size_t klen, const void *val, size_t vlen,
+                                    const fs_header *hs, int nh, rd_kafka_headers_t *hdrs,
+                                    int64_t ts, void *opaque)
+{
+    size_t need = 7 + (size_t)nh + (hdrs ? 1 : 0);
+    if (fs_vec_reserve(&k->vus, need)) return RD_KAFKA_RESP_ERR__FAIL;
+    rd_kafka_vu_t *v = k->vus.items;
+    size_t n = 0;
+    v[n].vtype = RD_KAFKA_VTYPE_RKT, v[n++].u.rkt = FS_TXT(t)->tx;
+    v[n].vtype = RD_KAFKA_VTYPE_PARTITION, v[n++].u.i32 = partition;
+    v[n].vtype = RD_KAFKA_VTYPE_MSGFLAGS, v[n++].u.i = RD_KAFKA_MSG_F_COPY;
+    v[n].vtype = RD_KAFKA_VTYPE_VALUE, v[n].u.mem.ptr = (void *)val, v[n++].u.mem.size = vlen;
+    v[n].vtype = RD_KAFKA_VTYPE_KEY, v[n].u.mem.ptr = (void *)key, v[n++].u.mem.size = klen;
+    v[n].vtype = RD_KAFKA_VTYPE_TIMESTAMP, v[n++].u.i64 = ts;
+    v[n].vtype = RD_KAFKA_VTYPE_OPAQUE, v[n++].u.ptr = opaque;
+    for (int i = 0; i < nh; i++) {
+        v[n].vtype = RD_KAFKA_VTYPE_HEADER;
+        v[n].u.header.name = hs[i].name;
+        v[n].u.header.val = hs[i].value;
+        v[n++].u.header.size = hs[i].value ? (ssize_t)hs[i].len : 0;
+    }
+    if (hdrs) v[n].vtype = RD_KAFKA_VTYPE_HEADERS, v[n++].u.headers = hdrs;
+    rd_kafka_error_t *e = rd_kafka_produceva(k->producer, v, n);
+    if (!e) {
+        k->inflight++;
+        return RD_KAFKA_RESP_ERR_NO_ERROR;
+    }
+    rd_kafka_resp_err_t code = rd_kafka_error_code(e);
+    rd_kafka_error_destroy(e);
+    return code;
+}
+
+/* Copies m into the overflow queue (librdkafka's queue is full, or older
+ * messages already wait there: order is kept). */
+static int overflow_push(fs_kafka *k, const fs_msg *m, void *opaque)
+{
+    struct fs_overflow o = {0};
+    o.topic = m->topic;
+    o.partition = m->partition;
+    o.has_key = m->key != NULL;
+    o.has_val = m->value != NULL;
+    o.klen = m->key ? m->klen : 0;
+    o.vlen = m->value ? m->vlen : 0;
+    o.ts = m->timestamp;
+    o.opaque = opaque;
+    o.key = malloc(o.klen + o.vlen + 1);
+    if (!o.key) return -1;
+    if (o.klen) memcpy(o.key, m->key, o.klen);
+    if (o.vlen) memcpy(o.key + o.klen, m->value, o.vlen);
+    if (m->nheaders) {
+        o.hdrs = rd_kafka_headers_new((size_t)m->nheaders);
+        for (int i = 0; o.hdrs && i < m->nheaders; i++)
+            rd_kafka_header_add(o.hdrs, m->headers[i].name, -1, m->headers[i].value,
+                                m->headers[i].value ? (ssize_t)m->headers[i].len : 0);
+        if (!o.hdrs) {
+            free(o.key);
+            return -1;
+        }
+    }
+    if (fs_ring_push(&k->overflow, o)) {
+        if (o.hdrs) rd_kafka_headers_destroy(o.hdrs);
+        free(o.key);
+        return -1;
+    }
+    if (++k->base.backlog > k->base.backlog_peak) k->base.backlog_peak = k->base.backlog;
+    return 0;
+}
+
+static int kafka_produce(fs_transport *tp, const fs_msg *m, fs_sendctx ctx, fs_report *now,
+                         char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    (void)now;
+    void *opaque = ctx_pack(ctx);
+    if (!FS_TXT(m->topic)->tx && open_topic(k, m->topic, err, errlen)) return -1;
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__QUEUE_FULL;
+    if (!k->overflow.len)
+        e = send_one(k, m->topic, m->partition, m->key, m->klen, m->value, m->vlen, m->headers,
+                     m->nheaders, NULL, m->timestamp, opaque);
+    if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        /* Back-pressure without waiting: the message waits here, delivery
+         * reports (which wake the loop) make room. */
+        if (k->base.backlog == 0) fs_debug("producer queue full: messages wait in the worker");
+        if (overflow_push(k, m, opaque)) {
+            snprintf(err, errlen, "cannot send to %s: out of memory", FS_TXT(m->topic)->name);
+            return -1;
+        }
+        return 0;
+    }
+    if (e) {
+        snprintf(err, errlen, "cannot send to %s: %s", FS_TXT(m->topic)->name, rd_kafka_err2str(e));
+        return -1;
+    }
+    return 0;
+}
+
+static int64_t kafka_undelivered(fs_transport *tp)
+{
+    fs_kafka *k = kafka_of(tp);
+    return k->inflight + k->base.backlog;
+}
+
+static int64_t kafka_flush(fs_transport *tp, int timeout_ms)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (timeout_ms <= 0) {
+        rd_kafka_poll(k->producer, 0);
+        if (k->overflow.len) drain(k);
+        return kafka_undelivered(tp);
+    }
+    int64_t deadline = mono_ms() + timeout_ms;
+    for (;;) {
+        if (k->overflow.len) drain(k);
+        int64_t left = deadline - mono_ms();
+        /* rd_kafka_flush makes linger.ms immediate; in slices, so that the
+         * overflow queue is handed over as room appears. */
+        rd_kafka_flush(k->producer, left <= 0 ? 0 : left > 100 ? 100 : (int)left);
+        if (k->overflow.len) drain(k);
+        if (kafka_undelivered(tp) == 0 || mono_ms() >= deadline) break;
+    }
+    return kafka_undelivered(tp);
+}
+
+static int kafka_assign(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    rd_kafka_topic_partition_list_t *l = to_rd(parts);
+    rd_kafka_resp_err_t e = rd_kafka_assign(k->consumer, l);
+    /* librdkafka keeps a partition's pause flag across unassign/assign: a new
+     * assignment starts fetching everything it holds. */
+    if (!e) rd_kafka_resume_partitions(k->consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    k->consume_pending = 1;
+    k->base.pending = 1;
+    if (e) {
+        snprintf(err, errlen, "assign failed: %s", rd_kafka_err2str(e));
+        return -1;
+    }
+    return 0;
+}
+
+static int kafka_unassign(fs_transport *tp)
+{
+    fs_kafka *k = kafka_of(tp);
+    k->consume_pending = 1;
+    k->base.pending = 1;
+    return rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+}
+
+static int kafka_assignment(fs_transport *tp, fs_tplist *out)
+{
+    fs_kafka *k = kafka_of(tp);
+    rd_kafka_topic_partition_list_t *a = NULL;
+    if (rd_kafka_assignment(k->consumer, &a) || !a) return -1;
+    int rc = from_rd(out, a);
+    rd_kafka_topic_partition_list_destroy(a);
+    return rc;
+}
+
+static int pause_resume(fs_kafka *k, const fs_tplist *parts, int pause)
+{
+    rd_kafka_topic_partition_list_t *l = NULL;
+    if (parts) l = to_rd(parts);
+    else if (rd_kafka_assignment(k->consumer, &l) || !l) return -1;
+    rd_kafka_resp_err_t e = pause ? rd_kafka_pause_partitions(k->consumer, l)
+                                  : rd_kafka_resume_partitions(k->consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (!pause) {
+        k->consume_pending = 1;
+        k->base.pending = 1;
+    }
+    return e ? -1 : 0;
+}
+
+static int kafka_pause(fs_transport *tp, const fs_tplist *parts)
+{
+    return pause_resume(kafka_of(tp), parts, 1);
+}
+
+static int kafka_resume(fs_transport *tp, const fs_tplist *parts)
+{
+    return pause_resume(kafka_of(tp), parts, 0);
+}
+
+static int kafka_seek(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    rd_kafka_topic_partition_list_t *l = to_rd(parts);
+    /* Only assigned partitions are sought, on the consumer's own thread: quick. */
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(k->consumer, l, 10000);
+    int rc = 0;
+    if (e) {
+        snprintf(err, errlen, "%s", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        rc = -1;
+    }
+    for (int i = 0; rc == 0 && i < l->cnt; i++)
+        if (l->elems[i].err) {
+            snprintf(err, errlen, "%s[%d]: %s", l->elems[i].topic, (int)l->elems[i].partition,
+                     rd_kafka_err2str(l->elems[i].err));
+            rc = -1;
+        }
+    rd_kafka_topic_partition_list_destroy(l);
+    k->consume_pending = 1;
+    k->base.pending = 1;
+    return rc;
+}
+
+static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, void *ctx)
+{
+    fs_kafka *k = kafka_of(tp);
+    rd_kafka_topic_partition_list_t *l = to_rd(offsets);
+    rd_kafka_resp_err_t e;
+    if (flags & FS_COMMIT_SYNC) {
+        e = rd_kafka_commit(k->consumer, l, 0);
+    } else {
+        /* The result comes back on the admin queue, with ctx as its opaque. */
+        e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, ctx);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    return e ? -1 : 0;
+}
+
+/* rd_kafka_committed blocks until the coordinator answers (up to its
+ * timeout). The admin API asks the same question (OffsetFetch, with the
+ * consumer's require_stable semantics) and answers on a queue the loop
+ * watches. */
+static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
+{
+    fs_kafka *k = kafka_of(tp);
+    char errstr[256];
+    rd_kafka_topic_partition_list_t *l = to_rd(parts);
+    rd_kafka_ListConsumerGroupOffsets_t *req = rd_kafka_ListConsumerGroupOffsets_new(k->group, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_AdminOptions_t *o =
+        rd_kafka_AdminOptions_new(k->consumer, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
+    if (!req || !o) {
+        if (req) rd_kafka_ListConsumerGroupOffsets_destroy(req);
+        if (o) rd_kafka_AdminOptions_destroy(o);
+        return -1;
+    }
+    rd_kafka_error_t *e = rd_kafka_AdminOptions_set_require_stable_offsets(o, 1);
+    if (e) rd_kafka_error_destroy(e);
+    rd_kafka_AdminOptions_set_request_timeout(o, 10000, errstr, sizeof errstr);
+    rd_kafka_AdminOptions_set_opaque(o, ctx);
+    rd_kafka_ListConsumerGroupOffsets(k->consumer, &req, 1, o, k->aq);
+    rd_kafka_ListConsumerGroupOffsets_destroy(req);
+    rd_kafka_AdminOptions_destroy(o);
+    return 0;
+}
+
+static const char *kafka_strerror(int err)
+{
+    return rd_kafka_err2str((rd_kafka_resp_err_t)err);
+}
+
+static void kafka_close(fs_transport *tp)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (!k) return;
+    tp->closing = 1;
+    if (k->consumer) {
+        /* A self-assigned worker never joined, so closing revokes nothing:
+         * report the revocation leaving the group would (last table writes,
+         * offsets, table partitions closed). */
+        rd_kafka_topic_partition_list_t *a = NULL;
+        if (k->self_assign && !k->self_revoking && !rd_kafka_assignment(k->consumer, &a) && a && a->cnt)
+            kafka_rebalance(k->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, k);
+        if (a) rd_kafka_topic_partition_list_destroy(a);
+        if (k->cq) rd_kafka_queue_destroy(k->cq);
+        k->cq = NULL;
+        rd_kafka_consumer_close(k->consumer); /* leaves the group */
+    }
+    if (k->aq) rd_kafka_queue_destroy(k->aq);
+    if (k->consumer) rd_kafka_destroy(k->consumer);
+    for (size_t i = 0; i < k->topics.len; i++)
+        if (FS_TXT(k->topics.items[i])->tx) {
+            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
+            FS_TXT(k->topics.items[i])->tx = NULL;
+        }
+    if (k->producer) {
+        if (k->pq) rd_kafka_queue_destroy(k->pq);
+        kafka_flush(tp, 5000);
+        if (k->overflow.len)
+            fs_warn("%zu messages never reached the producer's queue", k->overflow.len);
+        if (tp->backlog_peak)
+            fs_info("producer: up to %lld messages waited for room in librdkafka's queue "
+                    "(queue.buffering.max.messages)", (long long)tp->backlog_peak);
+        while (k->overflow.len) {
+            struct fs_overflow o = fs_ring_shift(&k->overflow);
+            if (o.hdrs) rd_kafka_headers_destroy(o.hdrs);
+            free(o.key);
+        }
+        rd_kafka_destroy(k->producer);
+    }
+    fs_ring_free(&k->overflow);
+    if (k->mock) rd_kafka_mock_cluster_destroy(k->mock);
+    if (k->mock_host) rd_kafka_destroy(k->mock_host);
+    if (k->cfd >= 0) fs_io_del(tp->loop, &k->cio), close(k->cfd);
+    if (k->pfd >= 0) fs_io_del(tp->loop, &k->pio), close(k->pfd);
+    if (k->afd >= 0) fs_io_del(tp->loop, &k->aio), close(k->afd);
+    self_subs_clear(k);
+    fs_vec_free(&k->self_subs);
+    fs_vec_free(&k->topics);
+    fs_vec_free(&k->vus);
+    free(k->fetched);
+    free(k->msgs);
+    free(k->bootstrap);
+    free(k->group);
+    free(k);
+}
+
+/* Kafka's default partitioner (murmur2 of the key), taken from librdkafka so the
+ * in-memory transport places keys where a Java or librdkafka producer would. */
+int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n)
+{
+    return rd_kafka_msg_partitioner_murmur2(NULL, key, len, n, NULL, NULL);
+}
+
+static const fs_transport_ops kafka_ops = {
+    .name = "kafka",
+    .resolve = kafka_resolve,
+    .subscribe = kafka_subscribe,
+    .poll = kafka_poll,
+    .produce = kafka_produce,
+    .undelivered = kafka_undelivered,
+    .flush = kafka_flush,
+    .assign = kafka_assign,
+    .unassign = kafka_unassign,
+    .assignment = kafka_assignment,
+    .pause = kafka_pause,
+    .resume = kafka_resume,
+    .seek = kafka_seek,
+    .commit = kafka_commit,
+    .committed = kafka_committed,
+    .strerror = kafka_strerror,
+    .close = kafka_close,
+};
+
+/* librdkafka handles for the code that still calls librdkafka directly
+ * (changelog recovery and global tables in fs_table.c, the checkpoint code
+ * below): they go once that code runs on the ops. */
+rd_kafka_t *fs_kafka_consumer(fs_transport *tp)
+{
+    fs_kafka *k = kafka_of(tp);
+    return k ? k->consumer : NULL;
+}
+
+/* ============ the worker's side (checkpoint layer; moves out) ============
+ * Everything below runs on top of the transport: the callbacks registered on
+ * it, start-up, the loop's poll, and the at-least-once checkpoint. It moves to
+ * fs_checkpoint.c / fs_part.c; the transport above never calls into it. */
 
 static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *offsets, void *opaque)
@@ -134,13 +1354,6 @@ static int commit_parts(fs_rt *rt, rd_kafka_topic_partition_list_t *only, int us
     return rc;
 }
 
-static int same_topics(const rd_kafka_topic_partition_list_t *a, const rd_kafka_topic_partition_list_t *b);
-
-/* How long start-up may wait for the broker's metadata, and again for topics
- * it creates to appear in it (DESIGN: the loop never blocks; this runs before
- * the loop does, or while a reload has paused it). */
-#define FS_METADATA_MS 10000
-
 static int table_input(fs_rt *rt, const rd_kafka_topic_partition_list_t *parts, int i)
 {
     fs_topic *t = fs_topic_find(rt, parts->elems[i].topic);
@@ -181,7 +1394,6 @@ static void assign_now(fs_rt *rt)
     rd_kafka_resume_partitions(rk, parts);
     rd_kafka_topic_partition_list_destroy(parts);
     rt->paused = 0;
-    rt->consume_pending = 1;
 }
 
 /* fs_tables_hold's done. A failure (fatal) or a stop leaves the assignment
@@ -283,7 +1495,7 @@ void fs_kafka_revoke_poll(fs_rt *rt)
     fs_fence_streams(rt, 0); /* drops what agents had not started */
     fs_tables_flush(rt, 1);
     /* Outputs of acknowledged events must be delivered before their offsets commit. */
-    if (rd_kafka_flush(rt->producer, 30000))
+    if (rt->tp->ops->flush(rt->tp, 30000))
         fs_warn("producer flush timed out during rebalance; not committing");
     else if (!rt->fatal && fs_tables_write(rt, 0) == 0)
         commit_parts(rt, parts, 0, 1);
@@ -303,633 +1515,6 @@ void fs_kafka_revoke_poll(fs_rt *rt)
     rd_kafka_assign(rt->consumer, NULL);
     rt->consume_pending = 1;
     fs_info("revocation done");
-}
-
-/* memory:// (rt->self_assign): the assignment the group would give its only
- * member — every partition of every subscribed topic — handed to the same
- * rebalance callback a JoinGroup would call, so tables, recovery, resume
- * offsets and leadership (partition 0 of the leader topic) work unchanged.
- * Offsets still go to the embedded broker's coordinator: it takes commits
- * from a consumer that never joined (no group exists, so no member or
- * generation is checked), as Kafka does for a simple consumer. */
-static void self_assign_now(fs_rt *rt)
-{
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(16);
-    for (int i = 0; rt->self_subs && i < rt->self_subs->cnt; i++) {
-        fs_topic *t = fs_topic_find(rt, rt->self_subs->elems[i].topic);
-        for (int p = 0; t && p < t->partitions; p++)
-            rd_kafka_topic_partition_list_add(parts, t->name, p)->offset = RD_KAFKA_OFFSET_INVALID;
-    }
-    fs_info("memory://: sole member of group %s, assigning itself %d partitions (no JoinGroup)",
-            rt->group, parts->cnt);
-    /* A subscription makes the consumer ask for its topics' metadata; an
-     * assignment does not, and a partition without a known leader waits for
-     * librdkafka's 1 s offset-query retry. Asking now (a local broker answers
-     * in about a millisecond) lets every partition start fetching at once. */
-    const struct rd_kafka_metadata *md = NULL;
-    if (parts->cnt && !rd_kafka_metadata(rt->consumer, 1, NULL, &md, FS_METADATA_MS) && md)
-        rd_kafka_metadata_destroy(md);
-    if (parts->cnt) rebalance_cb(rt->consumer, RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, parts, rt);
-    rd_kafka_topic_partition_list_destroy(parts);
-}
-
-/* A new self-assigned subscription: revoke everything held (the checkpoint and
- * table release a group rebalance would do; eager, as the group's
- * range/roundrobin protocol is), then assign the new set. Called from the
- * loop; returns while agents still finish events of revoked partitions and is
- * called again once the revocation is done. */
-static void self_reassign(fs_rt *rt)
-{
-    assign_cancel(rt);
-    rd_kafka_topic_partition_list_t *a = NULL;
-    if (rd_kafka_assignment(rt->consumer, &a) || !a) return;
-    if (a->cnt) rebalance_cb(rt->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, rt);
-    rd_kafka_topic_partition_list_destroy(a);
-    if (rt->revoke) return;
-    rt->self_pending = 0;
-    self_assign_now(rt);
-}
-
-/* Self-assignment's rd_kafka_subscribe: records the topics, and the loop
- * assigns them. Returns 1 when the topics changed (no subscription yet counts
- * as an empty one, as librdkafka's does). */
-static int self_subscribe(fs_rt *rt, rd_kafka_topic_partition_list_t *want)
-{
-    if (rt->self_subs ? same_topics(want, rt->self_subs) : want->cnt == 0) return 0;
-    if (rt->self_subs) rd_kafka_topic_partition_list_destroy(rt->self_subs);
-    rt->self_subs = rd_kafka_topic_partition_list_copy(want);
-    rt->self_pending = 1;
-    rt->subscribed = 1;
-    rt->consume_pending = 1;
-    return 1;
-}
-
-static void wake_cb(fs_io *io, uint32_t events)
-{
-    fs_rt *rt = io->data;
-    uint64_t v;
-    (void)events;
-    if (read(io->fd, &v, sizeof v) < 0 && errno != EAGAIN) fs_warn("eventfd read: %s", strerror(errno));
-    if (io == &rt->cio) rt->consume_pending = 1;
-    else if (io == &rt->tio) rt->tail_pending = 1;
-    else rt->produce_pending = 1;
-}
-
-int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io)
-{
-    *fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (*fd < 0) return -1;
-    static const char one[8] = {1, 0, 0, 0, 0, 0, 0, 0};
-    rd_kafka_queue_io_event_enable(q, *fd, one, sizeof one);
-    io->fd = *fd;
-    io->cb = wake_cb;
-    io->data = rt;
-    return fs_io_add(&rt->loop, io, EPOLLIN);
-}
-
-/* A consumer of this worker's cluster. The group consumer (group == rt->group)
- * gets the rebalance and commit callbacks; others (changelog recovery) are
- * assign-only and read committed data. */
-rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen)
-{
-    rd_kafka_conf_t *c = rd_kafka_conf_new();
-    int main_group = strcmp(group, rt->group) == 0;
-    rd_kafka_conf_set_opaque(c, rt);
-    rd_kafka_conf_set_log_cb(c, log_cb);
-    rd_kafka_conf_set_error_cb(c, error_cb);
-    if (main_group) {
-        rd_kafka_conf_set_rebalance_cb(c, rebalance_cb);
-        rd_kafka_conf_set_offset_commit_cb(c, commit_cb);
-    }
-    if (conf_set(c, "bootstrap.servers", rt->broker, err, errlen) ||
-        conf_set(c, "group.id", group, err, errlen) ||
-        conf_set(c, "client.id", group, err, errlen) ||
-        conf_set(c, "enable.auto.commit", "false", err, errlen) ||
-        conf_set(c, "enable.auto.offset.store", "false", err, errlen) ||
-        conf_set(c, "auto.offset.reset", "earliest", err, errlen) ||
-        conf_set(c, "isolation.level", "read_committed", err, errlen) ||
-        conf_set(c, "enable.partition.eof", main_group ? "false" : "true", err, errlen) ||
-        /* librdkafka prefetches up to 64 MiB by default; the worker queues its own
-         * events too (max_queued), so 16 MiB keeps memory down without starving it. */
-        conf_set(c, "queued.max.messages.kbytes", "16384", err, errlen) ||
-        (main_group && (conf_set(c, "allow.auto.create.topics", "true", err, errlen) ||
-                        conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
-                        conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
-                        conf_set(c, "partition.assignment.strategy", "range,roundrobin", err,
-                                 errlen)))) {
-        rd_kafka_conf_destroy(c);
-        return NULL;
-    }
-    /* librdkafka's mock broker answers a Fetch that finds no data only when
-     * fetch.wait.max.ms (500 ms by default) has passed, even if data arrived
-     * meanwhile: on the embedded broker every hop through a topic, and every
-     * reload, would wait that long. */
-    /* Changelog recovery reads one partition after another up to its end: the
-     * fetch left waiting at one's end must not hold the next one up for 500 ms. */
-    if ((rt->embedded || !main_group) && conf_set(c, "fetch.wait.max.ms", "50", err, errlen)) {
-        rd_kafka_conf_destroy(c);
-        return NULL;
-    }
-    /* FSTREAM_KAFKA_DEBUG=cgrp,fetch,...: librdkafka's own debug contexts (log level debug). */
-    const char *dbg = getenv("FSTREAM_KAFKA_DEBUG");
-    if (dbg && *dbg && conf_set(c, "debug", dbg, err, errlen)) {
-        rd_kafka_conf_destroy(c);
-        return NULL;
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, errlen);
-    if (!rk) rd_kafka_conf_destroy(c);
-    return rk;
-}
-
-#define URL_FORMS "memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]"
-
-/* One HOST[:PORT] of a kafka:// URL, [start, end): a name or IPv4 address, or
- * an IPv6 address in brackets; a port from 1 to 65535 (librdkafka's default,
- * 9092, when there is none). NULL when fine, else what is wrong. */
-static const char *check_hostport(const char *s, const char *end, char *why, size_t whylen)
-{
-    const char *h = s, *colon = NULL;
-    if (s < end && *s == '[') {
-        const char *close = memchr(s, ']', (size_t)(end - s));
-        if (!close || close == s + 1) return "an IPv6 address needs its closing ']'";
-        for (const char *q = s + 1; q < close; q++)
-            if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.')
-                return "that is not an IPv6 address";
-        if (close + 1 < end && close[1] != ':') return "']' must be followed by :PORT";
-        colon = close + 1 < end ? close + 1 : NULL;
-    } else {
-        for (const char *q = s; q < end; q++) {
-            if (*q == ':') {
-                colon = q;
-                break;
-            }
-            if (!isalnum((unsigned char)*q) && *q != '.' && *q != '-' && *q != '_') {
-                snprintf(why, whylen, "'%c' cannot be part of a host name", *q);
-                return why;
-            }
-        }
-        if ((colon ? colon : end) == h) return "a host is missing";
-    }
-    if (!colon) return NULL;
-    long port = 0;
-    const char *q = colon + 1;
-    if (q == end) return "the port after ':' is missing";
-    for (; q < end; q++) {
-        if (!isdigit((unsigned char)*q) || port > 65535)
-            return "the port must be a number from 1 to 65535";
-        port = port * 10 + (*q - '0');
-    }
-    if (port < 1 || port > 65535) return "the port must be a number from 1 to 65535";
-    return NULL;
-}
-
-int fs_broker_url_check(const char *url, const char **bootstrap, char *err, size_t errlen)
-{
-    char why[64];
-    const char *bad = NULL;
-    if (strncmp(url, "memory://", 9) == 0) {
-        if (url[9]) bad = "memory:// takes nothing after it";
-        else *bootstrap = NULL;
-    } else if (strncmp(url, "kafka://", 8) == 0) {
-        const char *s = url + 8;
-        if (!*s) bad = "no host after kafka://";
-        while (!bad) {
-            const char *end = strchr(s, ',');
-            if (!end) end = s + strlen(s);
-            bad = check_hostport(s, end, why, sizeof why);
-            if (!*end) break;
-            s = end + 1;
-        }
-        if (!bad) *bootstrap = url + 8;
-    } else {
-        bad = "use " URL_FORMS;
-    }
-    if (!bad) return 0;
-    snprintf(err, errlen, "bad broker URL '%s': %s", url, bad);
-    return -1;
-}
-
-int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen)
-{
-    char bootstrap[1024];
-    rd_kafka_conf_t *c = NULL;
-    const char *servers;
-    if (fs_broker_url_check(broker, &servers, err, errlen)) return -1;
-    if (!servers) {
-        c = rd_kafka_conf_new();
-        rd_kafka_conf_set_log_cb(c, log_cb);
-        rt->mock_host = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
-        if (!rt->mock_host) goto fail; /* rd_kafka_new keeps conf only on success */
-        c = NULL;
-        rt->mock = rd_kafka_mock_cluster_new(rt->mock_host, 1);
-        if (!rt->mock) {
-            snprintf(err, errlen, "could not start the embedded broker");
-            return -1;
-        }
-        snprintf(bootstrap, sizeof bootstrap, "%s", rd_kafka_mock_cluster_bootstraps(rt->mock));
-        rt->embedded = 1;
-        /* This broker lives and dies with this process: no other worker can
-         * join its group, so the worker takes every partition itself rather
-         * than wait out the mock coordinator's 3 s initial rebalance delay. */
-        rt->self_assign = 1;
-    } else {
-        snprintf(bootstrap, sizeof bootstrap, "%s", servers);
-    }
-    rt->broker = strdup(bootstrap);
-
-    c = rd_kafka_conf_new();
-    rd_kafka_conf_set_opaque(c, rt);
-    rd_kafka_conf_set_log_cb(c, log_cb);
-    rd_kafka_conf_set_error_cb(c, error_cb);
-    rd_kafka_conf_set_dr_msg_cb(c, dr_cb);
-    if (conf_set(c, "bootstrap.servers", bootstrap, err, errlen) ||
-        conf_set(c, "client.id", rt->group, err, errlen) ||
-        conf_set(c, "linger.ms", "5", err, errlen) ||
-        conf_set(c, "enable.idempotence", "true", err, errlen) ||
-        conf_set(c, "partitioner", "murmur2_random", err, errlen) ||
-        conf_set(c, "queue.buffering.max.messages", "1000000", err, errlen) ||
-        conf_set(c, "batch.num.messages", "10000", err, errlen) ||
-        /* What the worker consumed it may have to copy (dead letters): let the
-         * broker, not the client, decide what is too large. */
-        conf_set(c, "message.max.bytes", "16777216", err, errlen))
-        goto fail;
-    rt->producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
-    if (!rt->producer) goto fail;
-    c = NULL;
-
-    rt->consumer = fs_kafka_new_consumer(rt, rt->group, err, errlen);
-    if (!rt->consumer) return -1;
-    rd_kafka_poll_set_consumer(rt->consumer);
-    rt->cq = rd_kafka_queue_get_consumer(rt->consumer);
-    rt->pq = rd_kafka_queue_get_main(rt->producer);
-    if (fs_kafka_watch_queue(rt, rt->cq, &rt->cfd, &rt->cio) ||
-        fs_kafka_watch_queue(rt, rt->pq, &rt->pfd, &rt->pio)) {
-        snprintf(err, errlen, "eventfd: %s", strerror(errno));
-        return -1;
-    }
-    return 0;
-fail:
-    if (c) rd_kafka_conf_destroy(c);
-    return -1;
-}
-
-/* Producer handle of a topic: a copy of the producer's defaults (the murmur2
- * partitioner among them), plus the topic as opaque so delivery reports find it. */
-static void open_topic(fs_rt *rt, fs_topic *t)
-{
-    rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(rt->producer);
-    rd_kafka_topic_conf_set_opaque(tc, t);
-    t->rkt = rd_kafka_topic_new(rt->producer, t->name, tc);
-}
-
-/* What the worker's agents read: every topic with an open subscriber. */
-static rd_kafka_topic_partition_list_t *subscription_of(fs_rt *rt)
-{
-    rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(rt->ntopics);
-    for (int i = 0; i < rt->ntopics; i++) {
-        fs_topic *t = rt->topics[i];
-        int consumed = 0;
-        for (int j = 0; j < t->nsubs; j++) consumed |= !t->subs[j]->closed;
-        if (consumed && !t->table) rd_kafka_topic_partition_list_add(subs, t->name, RD_KAFKA_PARTITION_UA);
-    }
-    return subs;
-}
-
-static int same_topics(const rd_kafka_topic_partition_list_t *a, const rd_kafka_topic_partition_list_t *b)
-{
-    if (a->cnt != b->cnt) return 0;
-    for (int i = 0; i < a->cnt; i++) {
-        int found = 0;
-        for (int j = 0; j < b->cnt && !found; j++) found = strcmp(a->elems[i].topic, b->elems[j].topic) == 0;
-        if (!found) return 0;
-    }
-    return 1;
-}
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Partition count of `name` in md, 0 when the broker does not know it. */
-static int count_in(const struct rd_kafka_metadata *md, const char *name)
-{
-    for (int j = 0; md && j < md->topic_cnt; j++)
-        if (strcmp(md->topics[j].topic, name) == 0)
-            return md->topics[j].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ? 0
-                                                                                : md->topics[j].partition_cnt;
-    return 0;
-}
-
-/* Creates the missing topics: directly on the embedded broker, with the admin
- * API elsewhere. A standalone embedded broker (`fstream-lua broker`) has no
- * CreateTopics; there the request fails and the broker auto-creates the topic
- * with its own count when its metadata is asked for. */
-static void create_missing(fs_rt *rt, fs_topic **miss, int n)
-{
-    if (rt->mock) {
-        for (int i = 0; i < n; i++) rd_kafka_mock_topic_create(rt->mock, miss[i]->name, miss[i]->partitions, 1);
-        return;
-    }
-    if (rt->no_create_topics) return;
-    char errstr[256];
-    rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof *nt);
-    if (!nt) return;
-    size_t k = 0;
-    for (int i = 0; i < n; i++) {
-        nt[k] = rd_kafka_NewTopic_new(miss[i]->name, miss[i]->partitions, -1, errstr, sizeof errstr);
-        if (!nt[k]) { /* the wait for its metadata reports it */
-            fs_warn("cannot create topic %s: %s", miss[i]->name, errstr);
-            continue;
-        }
-        /* Changelogs keep the latest value per key: compaction, as Kafka Streams does. */
-        if (miss[i]->compact) rd_kafka_NewTopic_set_config(nt[k], "cleanup.policy", "compact");
-        k++;
-    }
-    if (!k) {
-        free(nt);
-        return;
-    }
-    rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(rt->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    rd_kafka_AdminOptions_set_request_timeout(o, 3000, errstr, sizeof errstr);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rt->producer);
-    rd_kafka_CreateTopics(rt->producer, nt, k, o, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, FS_METADATA_MS);
-    const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
-    if (!ev || rd_kafka_event_error(ev)) {
-        fs_info("could not create topics (%s); relying on the broker's auto-creation",
-                ev ? rd_kafka_event_error_string(ev) : "no answer");
-        /* Don't wait for that again at this start (tables' changelogs come next). */
-        rt->no_create_topics = 1;
-    } else if (res) {
-        size_t cnt;
-        const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &cnt);
-        for (size_t i = 0; i < cnt; i++) {
-            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(tr[i]);
-            if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
-                fs_info("created topic %s", rd_kafka_topic_result_name(tr[i]));
-            else if (e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-                fs_warn("could not create topic %s: %s", rd_kafka_topic_result_name(tr[i]),
-                        rd_kafka_topic_result_error_string(tr[i]));
-        }
-    }
-    if (ev) rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_AdminOptions_destroy(o);
-    rd_kafka_NewTopic_destroy_array(nt, k);
-    free(nt);
-}
-
-int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen)
-{
-    if (rt->test) {
-        for (int i = 0; i < n; i++) ts[i]->resolved = 1;
-        return 0;
-    }
-    int todo = 0;
-    for (int i = 0; i < n; i++) todo |= !ts[i]->resolved;
-    if (!todo) return 0;
-    /* Asking for every topic creates none (a request naming a topic may). */
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(rt->producer, 1, NULL, &md, FS_METADATA_MS);
-    if (e) {
-        snprintf(err, errlen, "no answer from the broker at %s within %d s (%s): is it running?",
-                 rt->broker, FS_METADATA_MS / 1000, rd_kafka_err2str(e));
-        return -1;
-    }
-    fs_topic **miss = calloc((size_t)n, sizeof *miss);
-    if (!miss) {
-        rd_kafka_metadata_destroy(md);
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    int nmiss = 0;
-    for (int i = 0; i < n; i++) {
-        if (ts[i]->resolved) continue;
-        int cnt = count_in(md, ts[i]->name);
-        if (cnt > 0) {
-            if (cnt != ts[i]->partitions)
-                fs_debug("topic %s has %d partitions (the app would create %d)", ts[i]->name, cnt,
-                         ts[i]->partitions);
-            ts[i]->partitions = cnt;
-            ts[i]->resolved = 1;
-        } else {
-            int dup = 0; /* the same topic may be named twice */
-            for (int j = 0; j < nmiss; j++) dup |= miss[j] == ts[i];
-            if (!dup) miss[nmiss++] = ts[i];
-        }
-    }
-    rd_kafka_metadata_destroy(md);
-    int rc = 0;
-    if (nmiss) create_missing(rt, miss, nmiss);
-    /* A new topic's count as the broker has it (an auto-created one has the
-     * broker's). Asking for one topic is also what makes a broker without
-     * CreateTopics create it. */
-    int64_t deadline = mono_ms() + FS_METADATA_MS;
-    for (int i = 0; i < nmiss && rc == 0; i++) {
-        fs_topic *t = miss[i];
-        if (!t->rkt) open_topic(rt, t);
-        for (;;) {
-            int64_t left = deadline - mono_ms();
-            md = NULL;
-            e = rd_kafka_metadata(rt->producer, 0, t->rkt, &md, left > 100 ? (int)left : 100);
-            int cnt = e ? 0 : count_in(md, t->name);
-            if (md) rd_kafka_metadata_destroy(md);
-            if (cnt > 0) {
-                t->partitions = cnt;
-                t->resolved = 1;
-                break;
-            }
-            if (mono_ms() >= deadline) {
-                snprintf(err, errlen, "topic %s does not exist and the broker at %s did not create it within %d s (%s)",
-                         t->name, rt->broker, FS_METADATA_MS / 1000,
-                         e ? rd_kafka_err2str(e) : "not in its metadata");
-                rc = -1;
-                break;
-            }
-            struct timespec pause = {0, 100 * 1000 * 1000};
-            nanosleep(&pause, NULL);
-        }
-    }
-    free(miss);
-    return rc;
-}
-
-/* Every topic nobody resolved yet (declared by code that bypassed the app). */
-static int resolve_all(fs_rt *rt, char *err, size_t errlen)
-{
-    return fs_kafka_resolve(rt, rt->topics, rt->ntopics, err, errlen);
-}
-
-int fs_kafka_start(fs_rt *rt, char *err, size_t errlen)
-{
-    if (resolve_all(rt, err, errlen)) return -1;
-    if (rt->fatal || fs_tables_start_global(rt)) {
-        if (rt->fatal) snprintf(err, errlen, "%s", rt->fatal_msg);
-        else snprintf(err, errlen, "stopped while recovering global tables");
-        return -1;
-    }
-    for (int i = 0; i < rt->ntopics; i++)
-        if (!rt->topics[i]->rkt) open_topic(rt, rt->topics[i]);
-    /* Agents run up to their first wait before the group is joined: one that
-     * regroups its stream (group_by inside the agent) declares its repartition
-     * topic now, and the first subscription has it. (Changing the subscription
-     * while the join is in flight costs a rebalance, and a session timeout on
-     * the embedded broker, which keeps the abandoned member.) */
-    rt->prestart = 1;
-    fs_sched_run_ready(rt);
-    rt->prestart = 0;
-    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
-    rd_kafka_topic_partition_list_t *subs = subscription_of(rt);
-    int rc = 0;
-    if (rt->self_assign) {
-        self_subscribe(rt, subs);
-    } else if (subs->cnt) {
-        rd_kafka_resp_err_t e = rd_kafka_subscribe(rt->consumer, subs);
-        if (e) {
-            snprintf(err, errlen, "subscribe failed: %s", rd_kafka_err2str(e));
-            rc = -1;
-        } else {
-            rt->subscribed = 1;
-            rt->consume_pending = 1;
-        }
-    }
-    rd_kafka_topic_partition_list_destroy(subs);
-    return rc;
-}
-
-static fs_topic *topic_of(fs_rt *rt, rd_kafka_topic_t *rkt, rd_kafka_topic_t **last_rkt,
-                          fs_topic **last)
-{
-    if (rkt == *last_rkt) return *last;
-    *last_rkt = rkt;
-    *last = fs_topic_find(rt, rd_kafka_topic_name(rkt));
-    return *last;
-}
-
-void fs_kafka_poll(fs_rt *rt)
-{
-    if (rt->produce_pending) {
-        rt->produce_pending = 0;
-        rd_kafka_poll(rt->producer, 0);
-    }
-    if (rt->tail_pending) fs_tables_tail_poll(rt);
-    if (rt->revoke) {
-        fs_kafka_revoke_poll(rt);
-        return;
-    }
-    if (!rt->subscribed || rt->stopping || rt->draining) return;
-    if (rt->self_pending) {
-        self_reassign(rt);
-        if (rt->revoke) return;
-    }
-    /* Back-pressure pauses fetching, but the queue is still served: rebalances
-     * and commit results arrive on it, and a worker that stops reading it would
-     * never answer a rebalance. */
-    int over = rt->queued >= rt->max_queued;
-    if (over != rt->paused && (over || rt->queued < rt->max_queued / 2)) {
-        rd_kafka_topic_partition_list_t *a = NULL;
-        if (!rd_kafka_assignment(rt->consumer, &a) && a) {
-            if (over) rd_kafka_pause_partitions(rt->consumer, a);
-            else rd_kafka_resume_partitions(rt->consumer, a);
-            rd_kafka_topic_partition_list_destroy(a);
-        }
-        rt->paused = over;
-        fs_debug("%s fetching (%lld events queued)", over ? "paused" : "resumed", (long long)rt->queued);
-    }
-    if (!rt->consume_pending) return;
-    rd_kafka_message_t *msgs[FS_CONSUME_BATCH];
-    ssize_t n = rd_kafka_consume_batch_queue(rt->cq, 0, msgs, FS_CONSUME_BATCH);
-    if (n < 0) {
-        fs_warn("consume failed: %s", rd_kafka_err2str(rd_kafka_last_error()));
-        return;
-    }
-    rt->consume_pending = n == FS_CONSUME_BATCH;
-    if (n == 0) return;
-    fs_batch *b = fs_batch_new((int)n, 0);
-    if (!b) {
-        fs_rt_fatal(rt, "out of memory");
-        for (ssize_t i = 0; i < n; i++) rd_kafka_message_destroy(msgs[i]);
-        return;
-    }
-    rd_kafka_topic_t *last_rkt = NULL;
-    fs_topic *last = NULL;
-    for (ssize_t i = 0; i < n; i++) {
-        rd_kafka_message_t *m = msgs[i];
-        if (m->err) {
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                fs_warn("consumer: %s%s%s", m->rkt ? rd_kafka_topic_name(m->rkt) : "",
-                        m->rkt ? ": " : "", rd_kafka_message_errstr(m));
-            rd_kafka_message_destroy(m);
-            continue;
-        }
-        fs_topic *t = topic_of(rt, m->rkt, &last_rkt, &last);
-        if (!t) {
-            rd_kafka_message_destroy(m);
-            continue;
-        }
-        fs_dispatch(rt, b, m, t, rd_kafka_message_timestamp(m, NULL), NULL);
-    }
-    fs_batch_done(b);
-}
-
-int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
-               fs_waiter *w, char *err, size_t errlen)
-{
-    if (rt->test) {
-        int32_t p;
-        int64_t off;
-        int rc = fs_memlog_append(rt, t, partition, key, klen, val, vlen, hdrs, ts_ms, 0, &p, &off);
-        if (hdrs) rd_kafka_headers_destroy(hdrs);
-        if (rc) {
-            snprintf(err, errlen, "partition %d of %s does not exist", (int)partition, t->name);
-            return -1;
-        }
-        if (w) {
-            w->partition = p;
-            w->offset = off;
-            w->err = 0;
-        }
-        t->produced++;
-        return 0;
-    }
-    int epoch = rt->epoch;
-    void *opaque = (void *)(uintptr_t)(1 + (epoch & 1) + (rt->best_effort ? 2 : 0));
-    if (w) {
-        w->epoch = epoch;
-        opaque = w;
-    }
-    for (int tries = 0;; tries++) {
-        rd_kafka_resp_err_t e;
-        if (hdrs)
-            e = rd_kafka_producev(rt->producer, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_PARTITION(partition),
-                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                  RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_KEY(key, klen),
-                                  RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_TIMESTAMP(ts_ms),
-                                  RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
-        else
-            e = rd_kafka_producev(rt->producer, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_PARTITION(partition),
-                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                  RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_KEY(key, klen),
-                                  RD_KAFKA_V_TIMESTAMP(ts_ms), RD_KAFKA_V_OPAQUE(opaque),
-                                  RD_KAFKA_V_END);
-        if (!e) break;
-        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-            /* Back-pressure: serve delivery reports until there is room again. */
-            if (tries == 1000) fs_warn("producer queue full for 10 s; still waiting for the broker");
-            rd_kafka_poll(rt->producer, 10);
-            continue;
-        }
-        if (hdrs) rd_kafka_headers_destroy(hdrs);
-        snprintf(err, errlen, "cannot send to %s: %s", t->name, rd_kafka_err2str(e));
-        return -1;
-    }
-    rt->inflight[epoch & 1]++;
-    t->produced++;
-    return 0;
 }
 
 void fs_checkpoint_begin(fs_rt *rt)
@@ -954,7 +1539,7 @@ void fs_checkpoint_poll(fs_rt *rt)
 {
     if (!rt->ckpt_active || rt->inflight[rt->ckpt_epoch & 1] > 0 || rt->fatal) return;
     rt->ckpt_active = 0;
-    if (rt->test) return;
+    if (!rt->tp->durable) return;
     if (fs_tables_write(rt, 1)) return;
     commit_parts(rt, NULL, 1, 0);
     /* A checkpoint frees what a burst of table writes held (staged records,
@@ -964,13 +1549,13 @@ void fs_checkpoint_poll(fs_rt *rt)
 
 int fs_checkpoint_sync(fs_rt *rt, int timeout_ms)
 {
-    if (rt->test || !rt->consumer) return 0;
+    if (!rt->tp || !rt->tp->durable) return 0;
     rt->ckpt_active = 0;
     fs_sync_acks(rt);
     if (fs_tables_flush(rt, 1)) return -1;
-    if (rd_kafka_flush(rt->producer, timeout_ms)) {
+    if (rt->tp->ops->flush(rt->tp, timeout_ms)) {
         fs_error("could not deliver %d messages in %d ms; not committing their input",
-                 rd_kafka_outq_len(rt->producer), timeout_ms);
+                 (int)rt->tp->ops->undelivered(rt->tp), timeout_ms);
         return -1;
     }
     if (rt->fatal || fs_tables_write(rt, 0)) return -1;
@@ -979,12 +1564,12 @@ int fs_checkpoint_sync(fs_rt *rt, int timeout_ms)
 
 int fs_checkpoint_reload(fs_rt *rt, int timeout_ms)
 {
-    if (rt->test || !rt->consumer) return 0;
+    if (!rt->tp || !rt->tp->durable) return 0;
     rt->ckpt_active = 0;
     fs_sync_acks(rt);
     if (fs_tables_flush(rt, 0)) return -1;
-    if (rd_kafka_flush(rt->producer, timeout_ms)) {
-        fs_error("could not deliver %d messages in %d ms", rd_kafka_outq_len(rt->producer), timeout_ms);
+    if (rt->tp->ops->flush(rt->tp, timeout_ms)) {
+        fs_error("could not deliver %d messages in %d ms", (int)rt->tp->ops->undelivered(rt->tp), timeout_ms);
         return -1;
     }
     if (rt->fatal || fs_tables_write(rt, 0)) return -1;
@@ -995,14 +1580,297 @@ int fs_checkpoint_reload(fs_rt *rt, int timeout_ms)
     return 0;
 }
 
+/* ---- callbacks registered on the transport ---- */
+
+static void on_messages(void *data, const fs_fetched *msgs, int n, int owned)
+{
+    fs_rt *rt = data;
+    fs_batch *b = fs_batch_new(n, owned);
+    if (!b) {
+        fs_rt_fatal(rt, "out of memory");
+        for (int i = 0; i < n; i++) fs_transport_msg_free(msgs[i].m, msgs[i].hdrs, owned);
+        return;
+    }
+    for (int i = 0; i < n; i++) fs_dispatch(rt, b, msgs[i].m, msgs[i].topic, msgs[i].ts, msgs[i].hdrs);
+    fs_batch_done(b);
+}
+
+static void on_delivered(void *data, const fs_report *r)
+{
+    fs_rt *rt = data;
+    fs_waiter *w = r->ctx.waiter;
+    rt->inflight[r->ctx.epoch & 1]--;
+    fs_topic *t = r->topic;
+    if (t && t->table && !r->err && r->partition < t->table->partitions &&
+        r->offset + 1 > t->table->parts[r->partition].cl_next)
+        t->table->parts[r->partition].cl_next = r->offset + 1;
+    if (r->err) {
+        rt->delivery_errors++;
+        if (r->ctx.best_effort)
+            fs_error("could not deliver a dead letter to %s[%d] (%zu bytes): %s — it is lost; "
+                     "the original is still on its topic",
+                     t ? t->name : "?", (int)r->partition, r->len, rt->tp->ops->strerror(r->err));
+        else if (!w)
+            fs_rt_fatal(rt,
+                        "delivery to %s failed: %s — stopping without committing, so the "
+                        "input that produced it is processed again on restart",
+                        t ? t->name : "?", rt->tp->ops->strerror(r->err));
+    }
+    if (w) {
+        w->err = r->err;
+        w->partition = r->partition;
+        w->offset = r->offset;
+        if (w->co) fs_sched_ready(w->co);
+        else free(w);
+    }
+}
+
+/* The rebalance code above still takes librdkafka's lists. */
+static void rebalance(fs_rt *rt, rd_kafka_resp_err_t err, const fs_tplist *l)
+{
+    rd_kafka_topic_partition_list_t *parts = to_rd(l);
+    rebalance_cb(rt->consumer, err, parts, rt);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void on_assigned(void *data, const fs_tplist *l)
+{
+    fs_rt *rt = data;
+    if (rt->tp->holds_all) {
+        /* Nothing to join, recover or resume: the worker held every
+         * partition from the start (fs_worker_start). */
+        for (int i = 0; i < l->len; i++) {
+            fs_topic *t = fs_topic_find(rt, l->items[i].topic);
+            fs_part *p = t ? fs_part_get(t, l->items[i].partition) : NULL;
+            if (p && !p->assigned) fs_part_assign(p, -1);
+        }
+        return;
+    }
+    rebalance(rt, RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, l);
+}
+
+static void on_revoked(void *data, const fs_tplist *l)
+{
+    fs_rt *rt = data;
+    rebalance(rt, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, l);
+    if (rt->tp->closing && rt->revoke) { /* no agent runs again: finish it now */
+        rt->revoke_deadline = 0;
+        fs_kafka_revoke_poll(rt);
+    }
+}
+
+static void on_commit_done(void *data, void *ctx, const fs_tplist *offsets, int err)
+{
+    (void)ctx;
+    fs_rt *rt = data;
+    rd_kafka_topic_partition_list_t *l = to_rd(offsets);
+    commit_cb(rt->consumer, err, l, rt);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void on_error(void *data, int err, const char *msg, int fatal)
+{
+    (void)err;
+    if (fatal) fs_rt_fatal(data, "kafka fatal error: %s", msg);
+    else fs_warn("transport: %s", msg);
+}
+
+/* What the worker's agents read: every topic with an open subscriber. */
+static int consumes(void *data, fs_topic *t)
+{
+    (void)data;
+    if (t->table) return 0;
+    for (int j = 0; j < t->nsubs; j++)
+        if (!t->subs[j]->closed) return 1;
+    return 0;
+}
+
+static int64_t wall_ms(void *data)
+{
+    return fs_rt_wall_ms(data);
+}
+
+/* ---- the worker's use of the transport ---- */
+
+int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen)
+{
+    fs_transport *tp = broker ? fs_kafka_new(&rt->loop, broker, rt->group, NULL, err, errlen)
+                              : fs_memlog_new(&rt->loop, wall_ms, rt);
+    if (!tp) {
+        if (!broker) snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    tp->cb.data = rt;
+    tp->cb.messages = on_messages;
+    tp->cb.delivered = on_delivered;
+    tp->cb.assigned = on_assigned;
+    tp->cb.revoked = on_revoked;
+    tp->cb.commit_done = on_commit_done;
+    tp->cb.error = on_error;
+    tp->cb.consumes = consumes;
+    rt->tp = tp;
+    rt->broker = strdup(fs_kafka_bootstrap(tp));
+    rt->embedded = fs_kafka_embedded(tp);
+    rt->consumer = fs_kafka_consumer(tp);
+    if (!rt->broker) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen)
+{
+    return rt->tp->ops->resolve(rt->tp, ts, n, err, errlen);
+}
+
+/* Every topic nobody resolved yet (declared by code that bypassed the app). */
+static int resolve_all(fs_rt *rt, char *err, size_t errlen)
+{
+    return fs_kafka_resolve(rt, rt->topics, rt->ntopics, err, errlen);
+}
+
+int fs_worker_start(fs_rt *rt, char *err, size_t errlen)
+{
+    if (rt->tp->holds_all) {
+        /* Every partition is this worker's from the start. */
+        rt->subscribed = 1;
+        int maxp = 0;
+        for (int i = 0; i < rt->ntables; i++)
+            if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
+        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p, NULL, NULL);
+        fs_tables_start_global(rt);
+        return 0;
+    }
+    if (resolve_all(rt, err, errlen)) return -1;
+    if (rt->fatal || fs_tables_start_global(rt)) {
+        if (rt->fatal) snprintf(err, errlen, "%s", rt->fatal_msg);
+        else snprintf(err, errlen, "stopped while recovering global tables");
+        return -1;
+    }
+    /* Agents run up to their first wait before the group is joined: one that
+     * regroups its stream (group_by inside the agent) declares its repartition
+     * topic now, and the first subscription has it. (Changing the subscription
+     * while the join is in flight costs a rebalance, and a session timeout on
+     * the embedded broker, which keeps the abandoned member.) */
+    rt->prestart = 1;
+    fs_sched_run_ready(rt);
+    rt->prestart = 0;
+    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
+    if (rt->tp->ops->subscribe(rt->tp, err, errlen) < 0) return -1;
+    rt->subscribed = 1;
+    return 0;
+}
+
+/* Stop fetching above max_queued events waiting for agents, or when the
+ * producer's overflow queue holds as many messages; resume below half. */
+static void back_pressure(fs_rt *rt)
+{
+    int64_t backlog = rt->tp->backlog;
+    int over = rt->queued >= rt->max_queued || backlog >= rt->max_queued;
+    int under = rt->queued < rt->max_queued / 2 && backlog < rt->max_queued / 2;
+    if (over != rt->paused && (over || under)) {
+        if (over) rt->tp->ops->pause(rt->tp, NULL);
+        else rt->tp->ops->resume(rt->tp, NULL);
+        rt->paused = over;
+        fs_debug("%s fetching (%lld events queued, %lld sends waiting)", over ? "paused" : "resumed",
+                 (long long)rt->queued, (long long)backlog);
+    }
+}
+
+int fs_worker_poll(fs_rt *rt)
+{
+    if (rt->tail_pending) fs_tables_tail_poll(rt);
+    if (rt->revoke) fs_kafka_revoke_poll(rt);
+    int fetch = !rt->revoke && rt->subscribed && !rt->stopping && !rt->draining;
+    /* Back-pressure pauses fetching, but the queue is still served: rebalances
+     * and commit results arrive on it, and a worker that stops reading it would
+     * never answer a rebalance. */
+    if (fetch) back_pressure(rt);
+    return rt->tp->ops->poll(rt->tp, fetch);
+}
+
+/* The produce call of the Lua bindings and tables, until they build an
+ * fs_msg themselves. Takes ownership of hdrs. */
+static int to_headers(rd_kafka_headers_t *hdrs, fs_header *small, int nsmall, fs_header **out)
+{
+    size_t n = hdrs ? rd_kafka_header_cnt(hdrs) : 0;
+    fs_header *h = small;
+    *out = small;
+    if (n > (size_t)nsmall) {
+        h = malloc(n * sizeof *h);
+        if (!h) return -1;
+        *out = h;
+    }
+    const char *name;
+    const void *v;
+    size_t vl;
+    for (size_t i = 0; i < n && !rd_kafka_header_get_all(hdrs, i, &name, &v, &vl); i++) {
+        h[i].name = name;
+        h[i].value = v;
+        h[i].len = vl;
+    }
+    return (int)n;
+}
+
+int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
+               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
+               fs_waiter *w, char *err, size_t errlen)
+{
+    if (!rt->tp) {
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        snprintf(err, errlen, "cannot send to %s: the worker has stopped", t->name);
+        return -1;
+    }
+    fs_header small[8], *hs;
+    int nh = to_headers(hdrs, small, 8, &hs);
+    if (nh < 0) {
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        snprintf(err, errlen, "cannot send to %s: out of memory", t->name);
+        return -1;
+    }
+    fs_msg m = {t, partition, key, klen, val, vlen, hs, nh, ts_ms};
+    fs_sendctx ctx = {rt->epoch, rt->best_effort, w};
+    fs_report now;
+    if (w) w->epoch = rt->epoch;
+    int rc = rt->tp->ops->produce(rt->tp, &m, ctx, &now, err, errlen);
+    if (hs != small) free(hs);
+    if (hdrs) rd_kafka_headers_destroy(hdrs);
+    if (rc < 0) return -1;
+    t->produced++;
+    if (rc == 0) {
+        rt->inflight[rt->epoch & 1]++;
+    } else if (w) { /* delivered already */
+        w->partition = now.partition;
+        w->offset = now.offset;
+        w->err = 0;
+        w->done = 1;
+    }
+    return 0;
+}
+
+int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
+                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
+                     int external, int32_t *part_out, int64_t *offset_out)
+{
+    (void)external;
+    struct fs_memlog *ml = fs_memlog_of(rt->tp);
+    fs_header small[8], *hs;
+    int nh = to_headers(hdrs, small, 8, &hs);
+    if (!ml || nh < 0) return -1;
+    fs_msg m = {t, partition, key, klen, val, vlen, hs, nh, ts_ms};
+    char err[256];
+    int rc = fs_memlog_append_external(ml, &m, part_out, offset_out, err, sizeof err);
+    if (hs != small) free(hs);
+    return rc;
+}
+
 int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen)
 {
-    if (rt->test || !rt->consumer) return 0;
+    if (!rt->tp->durable) return 0;
     /* New topics are created before anything asks for their metadata (a
      * producer handle does): brokers auto-create with their own defaults. */
     if (resolve_all(rt, err, errlen)) return -1;
-    for (int i = 0; i < rt->ntopics; i++)
-        if (!rt->topics[i]->rkt) open_topic(rt, rt->topics[i]);
     if (rt->fatal) {
         snprintf(err, errlen, "%s", rt->fatal_msg);
         return -1;
@@ -1012,36 +1880,10 @@ int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen)
 
 int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
 {
-    if (rt->test || !rt->consumer) return 0;
+    if (!rt->tp->durable) return 0;
     if (fs_kafka_open_topics(rt, err, errlen)) return -1;
-    rd_kafka_topic_partition_list_t *want = subscription_of(rt), *have = NULL;
-    int rc = 0;
-    if (rt->self_assign) {
-        /* As a group would: revoke and reassign when the topics change. */
-        rc = self_subscribe(rt, want);
-        if (rc) fs_info("subscription changed: %d topics", want->cnt);
-        rt->consume_pending = 1;
-        rd_kafka_topic_partition_list_destroy(want);
-        return rc;
-    }
-    if (rd_kafka_subscription(rt->consumer, &have)) have = NULL;
-    if (!have || !same_topics(want, have)) {
-        /* A new topic list makes the group rebalance: the usual revocation and
-         * assignment follow, with the new agents in place. */
-        rd_kafka_resp_err_t e = want->cnt ? rd_kafka_subscribe(rt->consumer, want)
-                                          : rd_kafka_unsubscribe(rt->consumer);
-        if (e) {
-            snprintf(err, errlen, "subscribe failed: %s", rd_kafka_err2str(e));
-            rc = -1;
-        } else {
-            fs_info("subscription changed: %d topics", want->cnt);
-            rt->subscribed = 1;
-            rc = 1;
-        }
-    }
-    if (have) rd_kafka_topic_partition_list_destroy(have);
-    rd_kafka_topic_partition_list_destroy(want);
-    rt->consume_pending = 1;
+    int rc = rt->tp->ops->subscribe(rt->tp, err, errlen);
+    if (rc >= 0) rt->subscribed = 1;
     return rc;
 }
 
@@ -1051,7 +1893,7 @@ void fs_kafka_close(fs_rt *rt)
      * (eager protocol); it gets none, and the replays end where they are. */
     if (rt->assigning) {
         assign_cancel(rt);
-        if (rt->consumer && !rt->self_assign) rd_kafka_assign(rt->consumer, NULL);
+        if (rt->consumer) rd_kafka_assign(rt->consumer, NULL);
     }
     fs_tables_stop_recovery(rt); /* before the embedded cluster it talks to goes away */
     if (rt->tail) {
@@ -1059,53 +1901,40 @@ void fs_kafka_close(fs_rt *rt)
         rt->tq = NULL;
         rd_kafka_destroy(rt->tail);
         rt->tail = NULL;
-        if (rt->tfd > 0) close(rt->tfd);
+        if (rt->tfd > 0) fs_io_del(&rt->loop, &rt->tio), close(rt->tfd);
         rt->tfd = -1;
     }
-    if (rt->consumer) {
-        if (rt->cq) rd_kafka_queue_destroy(rt->cq);
-        rt->cq = NULL;
-        /* A self-assigned worker never joined, so closing revokes nothing:
-         * do the revocation leaving the group would (last table writes,
-         * offsets, table partitions closed). */
-        rd_kafka_topic_partition_list_t *a = NULL;
-        if (rt->self_assign && !rt->revoke && !rd_kafka_assignment(rt->consumer, &a) && a && a->cnt)
-            rebalance_cb(rt->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, rt);
-        if (a) rd_kafka_topic_partition_list_destroy(a);
-        if (rt->revoke) {
-            rt->revoke_deadline = 0;
-            fs_kafka_revoke_poll(rt);
-        }
-        rd_kafka_consumer_close(rt->consumer); /* leaves the group */
-        rd_kafka_destroy(rt->consumer);
-        rt->consumer = NULL;
+    if (rt->revoke) {
+        rt->revoke_deadline = 0;
+        fs_kafka_revoke_poll(rt);
     }
-    for (int i = 0; i < rt->ntopics; i++)
-        if (rt->topics[i]->rkt) {
-            rd_kafka_topic_destroy(rt->topics[i]->rkt);
-            rt->topics[i]->rkt = NULL;
-        }
-    if (rt->producer) {
-        if (rt->pq) rd_kafka_queue_destroy(rt->pq);
-        rt->pq = NULL;
-        rd_kafka_flush(rt->producer, 5000);
-        rd_kafka_destroy(rt->producer);
-        rt->producer = NULL;
-    }
-    if (rt->self_subs) rd_kafka_topic_partition_list_destroy(rt->self_subs);
-    rt->self_subs = NULL;
-    if (rt->mock) rd_kafka_mock_cluster_destroy(rt->mock);
-    rt->mock = NULL;
-    if (rt->mock_host) rd_kafka_destroy(rt->mock_host);
-    rt->mock_host = NULL;
-    if (rt->cfd > 0) close(rt->cfd);
-    if (rt->pfd > 0) close(rt->pfd);
-    rt->cfd = rt->pfd = -1;
+    if (rt->tp) rt->tp->ops->close(rt->tp);
+    rt->tp = NULL;
+    rt->consumer = NULL;
 }
 
-/* Kafka's default partitioner (murmur2 of the key), taken from librdkafka so the
- * in-memory transport places keys where a Java or librdkafka producer would. */
-int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n)
+/* Changelog recovery and global tables (fs_table.c) still read with consumers
+ * of their own; they move onto a reader operation of the transport. */
+rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen)
 {
-    return rd_kafka_msg_partitioner_murmur2(NULL, key, len, n, NULL, NULL);
+    fs_kafka *k = kafka_of(rt->tp);
+    if (!k) {
+        snprintf(err, errlen, "no broker to read from");
+        return NULL;
+    }
+    return new_consumer(k, group, 0, err, errlen);
+}
+
+static void tail_wake_cb(fs_io *io, uint32_t events)
+{
+    fs_rt *rt = io->data;
+    uint64_t v;
+    (void)events;
+    if (read(io->fd, &v, sizeof v) < 0 && errno != EAGAIN) fs_warn("eventfd read: %s", strerror(errno));
+    rt->tail_pending = 1;
+}
+
+int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io)
+{
+    return watch_queue(&rt->loop, q, fd, io, tail_wake_cb, rt);
 }

@@ -146,8 +146,8 @@ static int l_core_new(lua_State *L)
     fs_rt *rt = calloc(1, sizeof *rt);
     if (!rt) return luaL_error(L, "out of memory");
     rt->L = L;
-    rt->test = test;
-    rt->cfd = rt->pfd = rt->sfd = rt->tfd = -1;
+    rt->tables_in_lua = test, rt->handle_signals = !test;
+    rt->sfd = rt->tfd = -1;
     rt->group = strdup(group);
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
@@ -166,11 +166,11 @@ static int l_core_new(lua_State *L)
         gettimeofday(&tv, NULL);
         rt->wall_offset_ms = has_clock ? (int64_t)llround(clock * 1000.0)
                                        : (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-        rt->broker = strdup("");
+        if (fs_rt_open_transport(rt, NULL, NULL, 0)) return luaL_error(L, "out of memory");
         return 1;
     }
     char err[512];
-    if (fs_kafka_open(rt, broker, err, sizeof err)) return luaL_error(L, "%s", err);
+    if (fs_rt_open_transport(rt, broker, err, sizeof err)) return luaL_error(L, "%s", err);
     return 1;
 }
 
@@ -214,7 +214,6 @@ static void rt_free(fs_rt *rt)
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++)
             if (t->parts[j]) free(t->parts[j]->ring), free(t->parts[j]);
-        fs_memlog_free(t);
         free(t->parts);
         free(t->subs);
         free(t->name);
@@ -425,24 +424,15 @@ static int l_rt_start(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     rt->L = L;
-    if (rt->test) {
-        rt->subscribed = 1;
-        int maxp = 0;
-        for (int i = 0; i < rt->ntables; i++)
-            if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
-        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p, NULL, NULL);
-        fs_tables_start_global(rt);
-        return 0;
-    }
     char err[512];
-    if (fs_kafka_start(rt, err, sizeof err)) return luaL_error(L, "%s", err);
+    if (fs_worker_start(rt, err, sizeof err)) return luaL_error(L, "%s", err);
     return 0;
 }
 
 static int l_rt_run(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
-    if (rt->test) return luaL_error(L, "use run_until_idle with the in-memory transport");
+    if (rt->loop.fake_clock) return luaL_error(L, "use run_until_idle with the in-memory transport");
     rt->L = L;
     lua_pushinteger(L, fs_rt_run(rt));
     return 1;
@@ -462,7 +452,7 @@ static int l_rt_advance(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     double secs = luaL_checknumber(L, 2);
-    if (!rt->test) return luaL_error(L, "advance needs the in-memory transport");
+    if (!rt->loop.fake_clock) return luaL_error(L, "advance needs the in-memory transport");
     rt->L = L;
     int64_t target = fs_loop_now(&rt->loop) + (int64_t)llround(secs * 1000);
     /* Step from timer to timer so work triggered by one timer sees the time it fired at. */
@@ -587,7 +577,7 @@ static int l_rt_produce_wait(lua_State *L)
     if (!co) return luaL_error(L, "send_and_wait must be called from an agent, task or timer");
     fs_waiter *w = NULL;
     produce(L, rt, &w, 0, NULL, NULL);
-    if (rt->test) return push_delivery(L, w);
+    if (w->done) return push_delivery(L, w);
     w->co = co;
     co->waiter = w;
     co->state = FS_CO_WAITING;
@@ -598,7 +588,7 @@ static int l_rt_produce_wait(lua_State *L)
 static int l_rt_test_send(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
-    if (!rt->test) return luaL_error(L, "test_send needs the in-memory transport");
+    if (!fs_memlog_of(rt->tp)) return luaL_error(L, "test_send needs the in-memory transport");
     int32_t p;
     int64_t o;
     produce(L, rt, NULL, 1, &p, &o);
@@ -607,10 +597,36 @@ static int l_rt_test_send(lua_State *L)
     return 2;
 }
 
+/* One message the app sent, as a table appended to the one on top of L. */
+static int push_output(void *data, const fs_memout *m)
+{
+    lua_State *L = data;
+    lua_createtable(L, 0, 6);
+    if (m->key) lua_pushlstring(L, m->key, m->klen), lua_setfield(L, -2, "key_bytes");
+    if (m->value) lua_pushlstring(L, m->value, m->vlen), lua_setfield(L, -2, "value_bytes");
+    lua_pushinteger(L, m->partition);
+    lua_setfield(L, -2, "partition");
+    lua_pushinteger(L, (lua_Integer)m->offset);
+    lua_setfield(L, -2, "offset");
+    if (m->nheaders) {
+        lua_newtable(L);
+        for (int h = 0; h < m->nheaders; h++) {
+            lua_pushlstring(L, m->headers[h].value ? m->headers[h].value : "", m->headers[h].len);
+            lua_setfield(L, -2, m->headers[h].name);
+        }
+        lua_setfield(L, -2, "headers");
+    }
+    lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+    return 0;
+}
+
 static int l_rt_outputs(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
-    fs_memlog_push_outputs(L, rt, fs_lua_check_topic(L, rt, 2));
+    fs_topic *t = fs_lua_check_topic(L, rt, 2);
+    struct fs_memlog *ml = fs_memlog_of(rt->tp);
+    lua_newtable(L);
+    if (ml) fs_memlog_each_output(ml, t, push_output, L);
     return 1;
 }
 
@@ -621,7 +637,7 @@ static int l_rt_assigned(lua_State *L)
     fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_topic *t = fs_lua_check_topic(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
-    int yes = rt->test || (p >= 0 && p < t->nparts && t->parts[p] && t->parts[p]->assigned &&
+    int yes = (rt->tp && rt->tp->holds_all) || (p >= 0 && p < t->nparts && t->parts[p] && t->parts[p]->assigned &&
                            !t->parts[p]->revoking);
     lua_pushboolean(L, yes);
     return 1;
@@ -1171,6 +1187,7 @@ int luaopen_fstream_core(lua_State *L)
     fs_lua_open_stream(L);
 
     luaL_newlib(L, core_funcs);
+    fs_lua_open_windows(L); /* core.windows: fs_lua_windows.c */
     luaopen_fstream_json(L);
     lua_getfield(L, -1, "null");
     fs_lua_null = lua_touserdata(L, -1);

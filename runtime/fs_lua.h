@@ -30,5 +30,6 @@ int fs_lua_push_payload(lua_State *L, int codec, const void *p, size_t n, char *
 /* Pushes an event's metadata table (with raw bytes when err_only). */
 void fs_lua_push_event(lua_State *L, fs_event *e, int err_only);
 void fs_lua_open_stream(lua_State *L);
+void fs_lua_open_windows(lua_State *L); /* core.windows into the module table on top */
 
 #endif

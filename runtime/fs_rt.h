@@ -19,6 +19,7 @@
 
 #include "fs_buf.h"
 #include "fs_loop.h"
+#include "fs_transport.h"
 
 enum { FS_CODEC_RAW = 0, FS_CODEC_JSON = 1 };
 /* A codec value is its kind in the low byte; a json codec carries its decoder's
@@ -38,7 +39,6 @@ typedef struct fs_stream fs_stream;
 typedef struct fs_event fs_event;
 typedef struct fs_batch fs_batch;
 typedef struct fs_waiter fs_waiter;
-typedef struct fs_memtopic fs_memtopic;
 typedef struct fs_table fs_table;
 struct fs_store;
 struct fs_reload;
@@ -87,21 +87,22 @@ struct fs_part {
 };
 
 struct fs_topic {
+    /* What the transport reads and writes (fs_transport.h): name, partitions,
+     * resolved, compact and its handle tx. First, so that a transport sees
+     * an fs_topic as an fs_txtopic without this header. */
+    union {
+        fs_txtopic txt;
+        struct FS_TXTOPIC_MEMBERS;
+    };
     fs_rt *rt;
     int id;
-    char *name;
     int key_codec, value_codec;
-    int partitions;        /* the broker's count once resolved; before, the count to create it with */
-    int resolved;          /* partitions is the broker's (fs_kafka_resolve) */
     int table_input;       /* its events write tables: partition p holds tables' partition p */
-    rd_kafka_topic_t *rkt; /* producer-side handle */
     fs_agent **subs;
     int nsubs;
     fs_part **parts;
     int nparts;
-    fs_memtopic *mem; /* in-memory transport */
     fs_table *table;  /* set on a table's changelog topic */
-    int compact;      /* created with cleanup.policy=compact */
     int64_t produced, consumed;
 };
 
@@ -157,30 +158,27 @@ struct fs_waiter {
     rd_kafka_resp_err_t err;
     int32_t partition;
     int64_t offset;
+    int done; /* delivered during the send (the in-memory log): no report follows */
 };
 
 struct fs_rt {
     lua_State *L; /* main state: on_exit callbacks run here */
     fs_loop loop;
-    int test;     /* in-memory transport and fake clock */
+    int tables_in_lua;  /* fstream.testing: tables live in Lua only, no LMDB, no changelog */
+    int handle_signals; /* the worker takes SIGTERM/SIGINT/SIGHUP (not an in-process test) */
     char *group;
     char *broker; /* bootstrap servers ("" for in-memory) */
     int embedded; /* memory:// — the worker hosts a mock cluster */
-    int no_create_topics; /* CreateTopics failed: the broker auto-creates (fstream-lua broker) */
 
-    rd_kafka_t *consumer, *producer, *mock_host;
-    rd_kafka_queue_t *cq, *pq;
-    struct rd_kafka_mock_cluster_s *mock;
-    int cfd, pfd, sfd; /* eventfds for the consumer/producer queues, signalfd */
-    fs_io cio, pio, sio;
-    int consume_pending, produce_pending;
-    int subscribed;
-    /* memory://: the worker owns its embedded broker, so it is the only member
-     * of its group and assigns itself every partition of its subscription
-     * instead of joining (the mock's first JoinGroup waits 3 s). */
-    int self_assign;
-    rd_kafka_topic_partition_list_t *self_subs; /* topics self-assigned, or NULL */
-    int self_pending; /* the subscription changed: reassign once nothing is revoking */
+    fs_transport *tp; /* where messages come from and go to; owned (closed by fs_kafka_close) */
+    /* The transport's librdkafka consumer (NULL for the in-memory log), for
+     * the code that still calls librdkafka itself (rebalance and checkpoint
+     * below fs_kafka.c's line, fs_reload.c). Owned by the transport. */
+    rd_kafka_t *consumer;
+    int sfd; /* signalfd */
+    fs_io sio;
+    int consume_pending; /* written by the revocation code; read by nobody (goes with it) */
+    int subscribed; /* the worker started consuming */
     int prestart; /* agents take their first steps before the first subscription */
     int paused; /* fetching paused: agents have max_queued events waiting */
     rd_kafka_topic_partition_list_t *revoke; /* a revocation waiting for agents, or NULL */
@@ -308,19 +306,26 @@ int fs_streams_clear(fs_rt *rt);
  * hand, which is acknowledged; otherwise (killed) it stays unacknowledged. */
 void fs_streams_orphan(fs_rt *rt, fs_co *co, int failed);
 
-/* fs_kafka.c */
-/* Checks a broker URL: memory:// (*bootstrap = NULL) or kafka://HOST[:PORT],...
- * (*bootstrap points into url, after the scheme). -1 and a message if neither. */
-int fs_broker_url_check(const char *url, const char **bootstrap, char *err, size_t errlen);
-int fs_kafka_open(fs_rt *rt, const char *broker, char *err, size_t errlen);
-int fs_kafka_start(fs_rt *rt, char *err, size_t errlen);
+/* fs_kafka.c, the worker's side of the transport (fs_transport.h declares
+ * the transport itself). */
+/* Opens the worker's transport: librdkafka for broker (memory:// or
+ * kafka://...), the in-memory log when broker is NULL. Registers the worker's
+ * callbacks; sets rt->tp, rt->broker, rt->embedded. */
+int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen);
+/* Resolves the topics, holds what the worker holds from the start, runs the
+ * agents' first steps and subscribes. */
+int fs_worker_start(fs_rt *rt, char *err, size_t errlen);
+/* The loop's turn of the transport: revocations, back-pressure, deliveries,
+ * fetching. Returns how many messages it dispatched. */
+int fs_worker_poll(fs_rt *rt);
 /* Learns the partition count of each topic from the broker's metadata, creating
  * missing ones with their `partitions` first (bounded: 10 s for the metadata,
  * 10 s more for created topics to appear). Blocks: start-up and reloads only. */
 int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen);
-void fs_kafka_poll(fs_rt *rt);
 void fs_kafka_close(fs_rt *rt);
-/* ts_ms: the message timestamp (ms since the epoch), 0 for "now". */
+/* ts_ms: the message timestamp (ms since the epoch), 0 for "now". Takes
+ * ownership of hdrs. A waiter delivered at once has done set. (Until the
+ * bindings build an fs_msg and call rt->tp->ops->produce themselves.) */
 int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
                const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
                fs_waiter *w, char *err, size_t errlen);
@@ -337,18 +342,17 @@ int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen);
 /* Creates the topics declared since the last call and opens their producer
  * handles, without touching the subscription. */
 int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen);
-int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n);
 void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
+/* Changelog readers (fs_table.c) until the transport has a reader operation. */
 rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
 int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io);
+rd_kafka_t *fs_kafka_consumer(fs_transport *tp);
 
-/* fs_memlog.c */
+/* fstream.testing's send into the in-memory log (old form of
+ * fs_memlog_append_external; does not take hdrs). */
 int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
                      const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
                      int external, int32_t *part_out, int64_t *offset_out);
-int fs_memlog_deliver(fs_rt *rt); /* dispatches unread messages; returns how many */
-void fs_memlog_push_outputs(lua_State *L, fs_rt *rt, fs_topic *t);
-void fs_memlog_free(fs_topic *t);
 
 /* fs_http.c */
 int fs_http_request(lua_State *L); /* core.http_request{...}: yields until done */

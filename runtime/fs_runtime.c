@@ -151,7 +151,7 @@ void fs_rt_poll_signals(fs_rt *rt)
 
 int64_t fs_rt_wall_ms(fs_rt *rt)
 {
-    if (rt->test) return rt->wall_offset_ms + fs_loop_now(&rt->loop);
+    if (rt->loop.fake_clock) return rt->wall_offset_ms + fs_loop_now(&rt->loop);
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
@@ -261,22 +261,21 @@ static void finish(fs_rt *rt)
 
 int fs_rt_run(fs_rt *rt)
 {
-    if (!rt->test && setup_signals(rt))
+    if (rt->handle_signals && setup_signals(rt))
         fs_warn("signalfd failed: SIGTERM will not stop the worker gracefully");
     rt->commit_timer.cb = commit_timer_cb;
     rt->commit_timer.data = rt;
     fs_timer_start(&rt->loop, &rt->commit_timer, rt->commit_interval_ms);
-    if (!rt->test) fs_rt_poll_signals(rt); /* one that came while the worker started */
+    if (rt->handle_signals) fs_rt_poll_signals(rt); /* one that came while the worker started */
     while (!rt->stopped) {
-        int busy = rt->ready_head || rt->produce_pending || rt->tail_pending ||
-                   (rt->consume_pending && !rt->stopping);
+        int busy = rt->ready_head || rt->tp->pending || rt->tail_pending;
         int64_t t = fs_loop_next_timeout(&rt->loop);
         int timeout = busy ? 0 : (t < 0 || t > 1000) ? 1000 : (int)t;
         /* waiting for agents to reach a boundary (a reload's pause is visible: look often) */
         if (rt->revoke && timeout > 20) timeout = 20;
         if (rt->draining && timeout > 2) timeout = 2;
         if (fs_loop_poll(&rt->loop, timeout) < 0) fs_rt_fatal(rt, "epoll_wait failed");
-        fs_kafka_poll(rt);
+        fs_worker_poll(rt);
         fs_loop_run_timers(&rt->loop, fs_loop_now(&rt->loop));
         fs_sched_run_ready(rt);
         fs_checkpoint_poll(rt);
@@ -304,7 +303,7 @@ int fs_rt_run_until_idle(fs_rt *rt, int64_t max_rounds)
 {
     int64_t rounds = 0;
     for (;;) {
-        int n = fs_memlog_deliver(rt);
+        int n = fs_worker_poll(rt);
         if (rt->http_inflight) { /* real transfers: not idle until they finish */
             fs_http_poll(rt);
             n++;

@@ -51,7 +51,7 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     }
     fs_rt *rt = co->rt;
     if (!co->interrupted) {
-        if (!rt->test) fs_rt_poll_signals(rt); /* the loop cannot while this runs */
+        if (rt->handle_signals) fs_rt_poll_signals(rt); /* the loop cannot while this runs */
         int64_t ran = coarse_ms() - co->run_since;
         int stop_over = rt->stopping && fs_loop_now(&rt->loop) > rt->stop_deadline;
         if (ran < rt->agent_timeout_ms && !stop_over) {

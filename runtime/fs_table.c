@@ -327,7 +327,7 @@ static int open_missing(fs_rt *rt, int32_t p)
             return -1;
         }
         if (p < 0 || p >= t->partitions || t->parts[p].store || t->global) continue;
-        if (rt->test) continue; /* fstream.testing keeps tables in Lua only */
+        if (rt->tables_in_lua) continue; /* fstream.testing keeps tables in Lua only */
         if (open_and_recover(rt, t, p)) return -1;
     }
     return 0;
@@ -376,7 +376,7 @@ void fs_tables_stop_recovery(fs_rt *rt)
 int fs_tables_start_global(fs_rt *rt)
 {
     int any = 0;
-    for (int i = 0; i < rt->ntables && !rt->test; i++) {
+    for (int i = 0; i < rt->ntables && !rt->tables_in_lua; i++) {
         fs_table *t = rt->tables[i];
         if (!t->global) continue;
         for (int32_t p = 0; p < t->partitions; p++) {
@@ -391,7 +391,7 @@ int fs_tables_start_global(fs_rt *rt)
         if (!t->global) continue;
         for (int32_t p = 0; p < t->partitions; p++) {
             if (call_hook(rt, "hold", p, t->id + 1, NULL, 0)) break;
-            if (!rt->test)
+            if (!rt->tables_in_lua)
                 rd_kafka_topic_partition_list_add(follow, t->changelog->name, p)->offset =
                     t->parts[p].cl_next >= 0 ? t->parts[p].cl_next : RD_KAFKA_OFFSET_BEGINNING;
         }

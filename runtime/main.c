@@ -1,5 +1,7 @@
-/* fstream-lua: command-line entry. Parses argv into a table and hands it to
- * fstream.cli (lua/fstream/cli.lua), which does the work. */
+/* fstream-lua: command-line entry. Hands argv to fstream.cli
+ * (lua/fstream/cli.lua), which holds the one definition of the commands and
+ * their options and does the work; main.c sets up the process around it
+ * (signals, the Lua state, the worker's loop). */
 #include <lauxlib.h>
 #include <lualib.h>
 #include <signal.h>
@@ -11,119 +13,7 @@
 #include "fs_log.h"
 #include "fs_lua.h"
 
-#define USAGE                                                                                       \
-    "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"   \
-    "                          [--reload]\n"                                                       \
-    "       fstream-lua send APP.lua TOPIC|@AGENT [--key K] [--partition N] [--repeat N]\n"         \
-    "                        [--broker URL] [-l LEVEL] VALUE\n"                                    \
-    "       fstream-lua agents APP.lua\n"                                                          \
-    "       fstream-lua tables APP.lua [--store URL]\n"                                            \
-    "       fstream-lua table APP.lua NAME [--key K] [--store URL]\n"                              \
-    "       fstream-lua reset APP.lua [--store URL]\n"                                             \
-    "       fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file FILE]\n" \
-    "       fstream-lua --version | --help | COMMAND --help\n"
-
 int luaopen_fstream_core(lua_State *L);
-
-/* Each command: its positional words (NULL: none) and its own usage, printed
- * by `COMMAND --help` (synopsis and details) and after a usage error (the
- * synopsis only). */
-static const struct command {
-    const char *name, *pos[2], *synopsis, *details;
-} commands[] = {
-    {"worker", {"app", NULL},
-     "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"
-     "                          [--reload]\n",
-     "Runs the app's agents, tasks and timers until SIGTERM or SIGINT (a second one exits at once).\n"
-     "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"
-     "  --broker URL          memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]; default\n"
-     "                        $FSTREAM_BROKER, then the app's broker option\n"
-     "  --store URL           lmdb://DIR for the tables' files; default the app's store option\n"
-     "  --reload              load the new version when the app's files change (SIGHUP too)\n"},
-    {"send", {"app", "target"},
-     "usage: fstream-lua send APP.lua TOPIC|@AGENT [--key K] [--partition N] [--repeat N]\n"
-     "                        [--broker URL] [-l LEVEL] VALUE\n",
-     "Sends VALUE to TOPIC, or to the topic of the app's agent AGENT, and prints\n"
-     "topic[partition]@offset. VALUE is JSON when the topic's value serializer is json.\n"
-     "  -k, --key K           the message's key\n"
-     "  -p, --partition N     the partition (from 0); default: by key\n"
-     "  -n, --repeat N        send it N times (default 1)\n"
-     "  --broker URL          as for worker\n"
-     "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"},
-    {"agents", {"app", NULL}, "usage: fstream-lua agents APP.lua\n",
-     "Lists the app's agents: name <- topics it reads -> its sinks.\n"},
-    {"tables", {"app", NULL}, "usage: fstream-lua tables APP.lua [--store URL]\n",
-     "Lists the app's tables: partitions, changelog topic, partitions stored locally.\n"
-     "  --store URL           lmdb://DIR; default the app's store option\n"},
-    {"table", {"app", NULL}, "usage: fstream-lua table APP.lua NAME [--key K] [--store URL]\n",
-     "Prints the entries of table NAME stored on this machine, one JSON line each\n"
-     "({\"key\":..., \"value\":..., \"partition\":...}); reads the files, needs no broker.\n"
-     "  -k, --key K           only this key (exit 1 when it is not there)\n"
-     "  --store URL           lmdb://DIR; default the app's store option\n"},
-    {"reset", {"app", NULL}, "usage: fstream-lua reset APP.lua [--store URL]\n",
-     "Deletes the app's local table files; the changelogs on the broker stay, and the next\n"
-     "worker rebuilds the tables from them.\n"
-     "  --store URL           lmdb://DIR; default the app's store option\n"},
-    {"broker", {NULL, NULL},
-     "usage: fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file FILE]\n",
-     "Runs an embedded Kafka broker (in memory) until SIGTERM or SIGINT; workers reach it\n"
-     "as kafka://ADDRESS, the address it prints.\n"
-     "  --brokers N           brokers in the cluster, 1 to 16 (default 1)\n"
-     "  --partitions N        partitions of the topics named with --topic (default 8)\n"
-     "  --topic NAME          create this topic at start (repeatable)\n"
-     "  --address-file FILE   write the address to FILE once listening\n"},
-};
-#define NCOMMANDS (int)(sizeof commands / sizeof commands[0])
-
-static int usage_error(const struct command *c, const char *fmt, const char *arg)
-{
-    fprintf(stderr, "fstream-lua: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n%s", c ? c->synopsis : USAGE);
-    if (c) fprintf(stderr, "(fstream-lua %s --help tells more)\n", c->name);
-    return 2;
-}
-
-static int command_help(const struct command *c)
-{
-    printf("%s\n%s", c->synopsis, c->details);
-    return 0;
-}
-
-static const struct command *find_command(const char *name)
-{
-    for (int i = 0; i < NCOMMANDS; i++)
-        if (strcmp(name, commands[i].name) == 0) return &commands[i];
-    return NULL;
-}
-
-struct opt {
-    const char *cmd, *longname, *shortname, *field;
-    int takes_value, repeat;
-};
-
-/* Options per command; anything else is a usage error. */
-static const struct opt opts[] = {
-    {"worker", "--loglevel", "-l", "loglevel", 1, 0},
-    {"worker", "--broker", NULL, "broker", 1, 0},
-    {"worker", "--store", NULL, "store", 1, 0},
-    {"worker", "--reload", NULL, "reload", 0, 0},
-    {"tables", "--store", NULL, "store", 1, 0},
-    {"table", "--store", NULL, "store", 1, 0},
-    {"table", "--key", "-k", "key", 1, 0},
-    {"reset", "--store", NULL, "store", 1, 0},
-    {"send", "--key", "-k", "key", 1, 0},
-    {"send", "--partition", "-p", "partition", 1, 0},
-    {"send", "--repeat", "-n", "repeat", 1, 0},
-    {"send", "--broker", NULL, "broker", 1, 0},
-    {"send", "--loglevel", "-l", "loglevel", 1, 0},
-    {"agents", "--broker", NULL, "broker", 1, 0},
-    {"broker", "--brokers", NULL, "brokers", 1, 0},
-    {"broker", "--partitions", NULL, "partitions", 1, 0},
-    {"broker", "--topic", NULL, "topics", 1, 1},
-    {"broker", "--address-file", NULL, "address_file", 1, 0},
-    {NULL, NULL, NULL, NULL, 0, 0},
-};
 
 static int load_bundled(lua_State *L)
 {
@@ -195,30 +85,23 @@ static lua_State *host_state(void)
     return L;
 }
 
+/* Pushes function `name` of fstream.cli, with the traceback handler at index
+ * `h`; on failure prints why and returns 0. */
+static int cli_function(lua_State *L, int h, const char *name)
+{
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "fstream.cli");
+    if (lua_pcall(L, 1, 1, h)) {
+        fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
+        return 0;
+    }
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2) return usage_error(NULL, "%s", "missing command");
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
-        printf("fstream-lua %s\n", FS_VERSION);
-        return 0;
-    }
-    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
-        if (argc > 2) { /* help COMMAND */
-            const struct command *c = find_command(argv[2]);
-            if (!c) return usage_error(NULL, "unknown command '%s'", argv[2]);
-            return command_help(c);
-        }
-        printf("%s", USAGE);
-        return 0;
-    }
-    const struct command *command = find_command(cmd);
-    if (!command) return usage_error(NULL, "unknown command '%s'", cmd);
-    /* COMMAND --help wins over whatever else is on the line. */
-    for (int i = 2; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return command_help(command);
-
     /* librdkafka's threads inherit this mask: the loop reads these from a signalfd. */
     sigset_t set;
     sigemptyset(&set);
@@ -226,122 +109,58 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     sigprocmask(SIG_BLOCK, &set, NULL);
-    /* A worker takes SIGTERM/SIGINT on a thread of its own from now on, so that a
-     * stop requested while it starts (recovering tables) is seen, and a second
-     * signal always exits at once. */
-    if (strcmp(cmd, "worker") == 0 && fs_signals_start())
-        fprintf(stderr, "fstream-lua: cannot start the signal thread: SIGTERM will not stop the worker gracefully\n");
 
     /* Agents print: show each line as it happens even when stdout is a pipe. */
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     fs_host_new_state = host_state;
     lua_State *L = host_state();
-    if (!L) return 1;
-
-    lua_newtable(L); /* options */
-    int npos = 0;
-    lua_newtable(L); /* extra positional words */
-    int nextra = 0;
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        if (a[0] == '-' && a[1] != 0 && !(a[1] >= '0' && a[1] <= '9')) {
-            const struct opt *o = NULL;
-            const char *val = NULL;
-            for (const struct opt *p = opts; p->cmd; p++) {
-                if (strcmp(p->cmd, cmd) != 0) continue;
-                size_t ln = strlen(p->longname);
-                if (strcmp(a, p->longname) == 0 || (p->shortname && strcmp(a, p->shortname) == 0)) {
-                    o = p;
-                } else if (strncmp(a, p->longname, ln) == 0 && a[ln] == '=') {
-                    o = p;
-                    val = a + ln + 1;
-                }
-                if (o) break;
-            }
-            if (!o) {
-                lua_close(L);
-                return usage_error(command, "unknown option '%s'", a);
-            }
-            if (val && !o->takes_value) {
-                lua_close(L);
-                return usage_error(command, "option '%s' takes no value", o->longname);
-            }
-            if (!o->takes_value) val = "1";
-            if (!val) {
-                if (i + 1 >= argc) {
-                    lua_close(L);
-                    return usage_error(command, "option '%s' needs a value", a);
-                }
-                val = argv[++i];
-            }
-            if (o->repeat) {
-                lua_getfield(L, -2, o->field);
-                if (lua_isnil(L, -1)) {
-                    lua_pop(L, 1);
-                    lua_newtable(L);
-                    lua_pushvalue(L, -1);
-                    lua_setfield(L, -4, o->field);
-                }
-                lua_pushstring(L, val);
-                lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
-                lua_pop(L, 1);
-            } else {
-                lua_pushstring(L, val);
-                lua_setfield(L, -3, o->field);
-            }
-            continue;
-        }
-        if (npos < 2 && command->pos[npos]) {
-            lua_pushstring(L, a);
-            lua_setfield(L, -3, command->pos[npos]);
-            npos++;
-        } else {
-            lua_pushstring(L, a);
-            lua_rawseti(L, -2, ++nextra);
-        }
+    if (!L) {
+        fprintf(stderr, "fstream-lua: out of memory\n");
+        return 1;
     }
-    lua_setfield(L, -2, "args");
-    if (npos < 2 && command->pos[npos]) {
-        lua_close(L);
-        const char *what = strcmp(command->pos[npos], "app") == 0 ? "APP.lua" : "TOPIC|@AGENT";
-        return usage_error(command, "missing %s", what);
-    }
-    lua_getfield(L, -1, "loglevel");
-    if (lua_isstring(L, -1)) {
-        int lv = fs_log_parse_level(lua_tostring(L, -1));
-        if (lv < 0) {
-            const char *bad = lua_tostring(L, -1);
-            int rc =
-                usage_error(command, "unknown log level '%s' (debug, info, warn or error)", bad);
-            lua_close(L);
-            return rc;
-        }
-        fs_log_level = lv;
-    }
-    lua_pop(L, 1);
-
-    int opts_idx = lua_gettop(L);
     lua_pushcfunction(L, fs_sched_traceback);
-    lua_getglobal(L, "require");
-    lua_pushstring(L, "fstream.cli");
+    int h = lua_gettop(L);
+
+    /* The command line is defined once, in fstream.cli: it reads argv and
+     * answers with the command and its options, or the exit code of a line
+     * that asked for help or was wrong. */
     int rc = 1;
-    if (lua_pcall(L, 1, 1, opts_idx + 1)) {
-        fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
-    } else {
-        lua_getfield(L, -1, "main");
-        lua_pushstring(L, cmd);
-        lua_pushvalue(L, opts_idx);
-        if (lua_pcall(L, 2, 2, opts_idx + 1)) {
-            fs_log_hold(0); /* what the failed command logged comes first */
-            /* the handler's traceback: always a string */
-            fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
-        } else {
-            rc = (int)luaL_optinteger(L, -2, 0);
-            rt_ud *u = luaL_testudata(L, -1, RT_MT);
-            if (u && u->rt) L = run_worker(u->rt, &rc);
-        }
+    if (!cli_function(L, h, "parse")) goto done;
+    lua_createtable(L, argc > 1 ? argc - 1 : 0, 0);
+    for (int i = 1; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i);
     }
+    if (lua_pcall(L, 1, 2, h)) {
+        fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
+        goto done;
+    }
+    if (lua_isnil(L, -2)) {
+        rc = (int)luaL_optinteger(L, -1, 1);
+        goto done;
+    }
+    int cmd_idx = lua_gettop(L) - 1, opts_idx = cmd_idx + 1;
+
+    /* A worker takes SIGTERM/SIGINT on a thread of its own from now on, so that a
+     * stop requested while it starts (recovering tables) is seen, and a second
+     * signal always exits at once. */
+    if (strcmp(lua_tostring(L, cmd_idx), "worker") == 0 && fs_signals_start())
+        fprintf(stderr, "fstream-lua: cannot start the signal thread: SIGTERM will not stop the worker gracefully\n");
+
+    if (!cli_function(L, h, "main")) goto done;
+    lua_pushvalue(L, cmd_idx);
+    lua_pushvalue(L, opts_idx);
+    if (lua_pcall(L, 2, 2, h)) {
+        fs_log_hold(0); /* what the failed command logged comes first */
+        /* the handler's traceback: always a string */
+        fprintf(stderr, "fstream-lua: %s\n", lua_tostring(L, -1));
+    } else {
+        rc = (int)luaL_optinteger(L, -2, 0);
+        rt_ud *u = luaL_testudata(L, -1, RT_MT);
+        if (u && u->rt) L = run_worker(u->rt, &rc);
+    }
+done:
     fflush(stdout);
     lua_close(L);
     return rc;

@@ -107,6 +107,8 @@ describe("bad command-line input", function()
     { "worker " .. app .. " --frob", "unknown option '--frob'" },
     { "send " .. app .. " T --store x 1", "unknown option '--store'" },
     { "agents " .. app .. " -x", "unknown option '-x'" },
+    -- agents reads the app script only: a broker URL would be ignored, so it is refused
+    { "agents " .. app .. " --broker memory://", "unknown option '--broker'" },
     { "tables " .. app .. " --key k", "unknown option '--key'" },
     { "table " .. app .. " t --broker memory://", "unknown option '--broker'" },
     { "reset " .. app .. " --reload", "unknown option '--reload'" },
@@ -245,5 +247,29 @@ describe("a worker's start and stop on a standalone embedded broker", function()
     assert.are.equal(proc.count_messages(addr, changelog), n)
     -- the summary comes after the partitions were given up (their last flush)
     assert.truthy(out:find("revocation done", 1, true) < out:find("tables: %d+ changelog records"), out)
+  end)
+end)
+
+describe("the command table of fstream.cli (the one definition main.c asks)", function()
+  local cli = require "fstream.cli"
+
+  it("documents every option of every command in its --help", function()
+    for _, c in ipairs(cli.commands) do
+      for _, o in ipairs(c.options) do
+        assert.truthy(c.details:find(o.long, 1, true), c.name .. " " .. o.long)
+        if o.short then assert.truthy(c.details:find(o.short .. ", " .. o.long, 1, true), c.name .. " " .. o.short) end
+      end
+    end
+  end)
+
+  it("reads positional words, --name=VALUE, short names and repeated options into one table", function()
+    local cmd, opts = cli.parse { "send", "app.lua", "T", "-k", "a", "--partition=2", "-5" }
+    assert.are.equal("send", cmd)
+    assert.are.same({ app = "app.lua", target = "T", key = "a", partition = "2", args = { "-5" } }, opts)
+    cmd, opts = cli.parse { "broker", "--topic", "a", "--topic=b", "--brokers", "3" }
+    assert.are.equal("broker", cmd)
+    assert.are.same({ topics = { "a", "b" }, brokers = "3", args = {} }, opts)
+    cmd, opts = cli.parse { "worker", "app.lua", "--reload" }
+    assert.are.same({ app = "app.lua", reload = "1", args = {} }, opts)
   end)
 end)

@@ -1,4 +1,6 @@
--- The command line: main.c parses argv into a table and calls cli.main.
+-- The command line, defined once: main.c hands argv to cli.parse, which reads
+-- it against the command table below (the only list of commands, options and
+-- their help), then calls cli.main with the command's name and options.
 local core = require "fstream.core"
 
 local cli = {}
@@ -6,6 +8,178 @@ local cli = {}
 local function fail(code, fmt, ...)
   io.stderr:write("fstream-lua: ", string.format(fmt, ...), "\n")
   return code
+end
+
+-- Options: `long`, optional `short`, the `field` of opts that gets the value,
+-- `flag` for one that takes no value (its field is set to "1") and `list` for a
+-- repeatable one (its field is a list of the values).
+local LOGLEVEL = { long = "--loglevel", short = "-l", field = "loglevel" }
+local STORE = { long = "--store", field = "store" }
+local STORE_HELP = "  --store URL           lmdb://DIR; default the app's store option\n"
+
+-- Each command: its positional words (filled in order; the rest go to
+-- opts.args), its options, and its own usage, printed by `COMMAND --help`
+-- (synopsis and details) and after a usage error (the synopsis only).
+cli.commands = {
+  { name = "worker", pos = { "app" },
+    options = { LOGLEVEL, { long = "--broker", field = "broker" }, STORE,
+      { long = "--reload", field = "reload", flag = true } },
+    synopsis = "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"
+      .. "                          [--reload]\n",
+    details = "Runs the app's agents, tasks and timers until SIGTERM or SIGINT (a second one exits at once).\n"
+      .. "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"
+      .. "  --broker URL          memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]; default\n"
+      .. "                        $FSTREAM_BROKER, then the app's broker option\n"
+      .. "  --store URL           lmdb://DIR for the tables' files; default the app's store option\n"
+      .. "  --reload              load the new version when the app's files change (SIGHUP too)\n" },
+  { name = "send", pos = { "app", "target" },
+    options = { { long = "--key", short = "-k", field = "key" },
+      { long = "--partition", short = "-p", field = "partition" },
+      { long = "--repeat", short = "-n", field = "repeat" },
+      { long = "--broker", field = "broker" }, LOGLEVEL },
+    synopsis = "usage: fstream-lua send APP.lua TOPIC|@AGENT [--key K] [--partition N] [--repeat N]\n"
+      .. "                        [--broker URL] [-l LEVEL] VALUE\n",
+    details = "Sends VALUE to TOPIC, or to the topic of the app's agent AGENT, and prints\n"
+      .. "topic[partition]@offset. VALUE is JSON when the topic's value serializer is json.\n"
+      .. "  -k, --key K           the message's key\n"
+      .. "  -p, --partition N     the partition (from 0); default: by key\n"
+      .. "  -n, --repeat N        send it N times (default 1)\n"
+      .. "  --broker URL          as for worker\n"
+      .. "  -l, --loglevel LEVEL  debug, info (default), warn or error\n" },
+  -- No --broker: listing the agents reads the app script only.
+  { name = "agents", pos = { "app" }, options = {},
+    synopsis = "usage: fstream-lua agents APP.lua\n",
+    details = "Lists the app's agents: name <- topics it reads -> its sinks.\n" },
+  { name = "tables", pos = { "app" }, options = { STORE },
+    synopsis = "usage: fstream-lua tables APP.lua [--store URL]\n",
+    details = "Lists the app's tables: partitions, changelog topic, partitions stored locally.\n" .. STORE_HELP },
+  { name = "table", pos = { "app" }, options = { STORE, { long = "--key", short = "-k", field = "key" } },
+    synopsis = "usage: fstream-lua table APP.lua NAME [--key K] [--store URL]\n",
+    details = "Prints the entries of table NAME stored on this machine, one JSON line each\n"
+      .. "({\"key\":..., \"value\":..., \"partition\":...}); reads the files, needs no broker.\n"
+      .. "  -k, --key K           only this key (exit 1 when it is not there)\n" .. STORE_HELP },
+  { name = "reset", pos = { "app" }, options = { STORE },
+    synopsis = "usage: fstream-lua reset APP.lua [--store URL]\n",
+    details = "Deletes the app's local table files; the changelogs on the broker stay, and the next\n"
+      .. "worker rebuilds the tables from them.\n" .. STORE_HELP },
+  { name = "broker", pos = {},
+    options = { { long = "--brokers", field = "brokers" }, { long = "--partitions", field = "partitions" },
+      { long = "--topic", field = "topics", list = true }, { long = "--address-file", field = "address_file" } },
+    synopsis = "usage: fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file FILE]\n",
+    details = "Runs an embedded Kafka broker (in memory) until SIGTERM or SIGINT; workers reach it\n"
+      .. "as kafka://ADDRESS, the address it prints.\n"
+      .. "  --brokers N           brokers in the cluster, 1 to 16 (default 1)\n"
+      .. "  --partitions N        partitions of the topics named with --topic (default 8)\n"
+      .. "  --topic NAME          create this topic at start (repeatable)\n"
+      .. "  --address-file FILE   write the address to FILE once listening\n" },
+}
+
+-- What a positional word is called in "missing ..." messages.
+local POS_NAMES = { app = "APP.lua", target = "TOPIC|@AGENT" }
+
+-- `fstream-lua --help`: every command's synopsis, in the table's order.
+local function usage()
+  local parts = {}
+  for i, c in ipairs(cli.commands) do
+    local s = c.synopsis
+    -- Only the first is preceded by "usage:"; the others line up under it.
+    if i > 1 then s = s:gsub("^usage: ", "       ") end
+    parts[#parts + 1] = s
+  end
+  parts[#parts + 1] = "       fstream-lua --version | --help | COMMAND --help\n"
+  return table.concat(parts)
+end
+
+local function find_command(name)
+  for _, c in ipairs(cli.commands) do
+    if c.name == name then return c end
+  end
+end
+
+-- A usage error: the message, then the command's synopsis (every command's
+-- without one); exit code 2.
+local function usage_error(c, fmt, ...)
+  io.stderr:write("fstream-lua: ", string.format(fmt, ...), "\n", c and c.synopsis or usage())
+  if c then io.stderr:write("(fstream-lua ", c.name, " --help tells more)\n") end
+  return 2
+end
+
+local function command_help(c)
+  io.stdout:write(c.synopsis, "\n", c.details)
+  return 0
+end
+
+-- The option of command c that word a names, and the value written in it
+-- (--name=VALUE), if any.
+local function find_option(c, a)
+  for _, o in ipairs(c.options) do
+    if a == o.long or a == o.short then return o end
+    if a:sub(1, #o.long + 1) == o.long .. "=" then return o, a:sub(#o.long + 2) end
+  end
+end
+
+-- Reads argv (the words after the program's name): returns the command's name
+-- and its options (positional words by name, the others in opts.args), or nil
+-- and the exit code once it has printed what --version or --help asked for, or
+-- what is wrong with the line.
+function cli.parse(argv)
+  local cmd = argv[1]
+  if cmd == nil then return nil, usage_error(nil, "missing command") end
+  if cmd == "--version" or cmd == "version" then
+    io.stdout:write("fstream-lua ", require("fstream").version, "\n")
+    return nil, 0
+  end
+  if cmd == "--help" or cmd == "-h" or cmd == "help" then
+    if argv[2] == nil then
+      io.stdout:write(usage())
+      return nil, 0
+    end
+    local c = find_command(argv[2])
+    if not c then return nil, usage_error(nil, "unknown command '%s'", argv[2]) end
+    return nil, command_help(c)
+  end
+  local c = find_command(cmd)
+  if not c then return nil, usage_error(nil, "unknown command '%s'", cmd) end
+  -- COMMAND --help wins over whatever else is on the line.
+  for i = 2, #argv do
+    if argv[i] == "--help" or argv[i] == "-h" then return nil, command_help(c) end
+  end
+  local opts, args, npos = {}, {}, 0
+  local i = 2
+  while i <= #argv do
+    local a = argv[i]
+    -- "-" alone and negative numbers are words, not options.
+    if a:match("^%-[^%d]") then
+      local o, val = find_option(c, a)
+      if not o then return nil, usage_error(c, "unknown option '%s'", a) end
+      if val and o.flag then return nil, usage_error(c, "option '%s' takes no value", o.long) end
+      if o.flag then
+        val = "1"
+      elseif not val then
+        if i == #argv then return nil, usage_error(c, "option '%s' needs a value", a) end
+        i = i + 1
+        val = argv[i]
+      end
+      if o.list then
+        opts[o.field] = opts[o.field] or {}
+        table.insert(opts[o.field], val)
+      else
+        opts[o.field] = val
+      end
+    elseif npos < #c.pos then
+      npos = npos + 1
+      opts[c.pos[npos]] = a
+    else
+      args[#args + 1] = a
+    end
+    i = i + 1
+  end
+  opts.args = args
+  if npos < #c.pos then return nil, usage_error(c, "missing %s", POS_NAMES[c.pos[npos + 1]]) end
+  if opts.loglevel and not pcall(core.set_log_level, opts.loglevel) then
+    return nil, usage_error(c, "unknown log level '%s' (debug, info, warn or error)", opts.loglevel)
+  end
+  return cmd, opts
 end
 
 -- A package.path template for modules in the app script's directory.

@@ -5,7 +5,9 @@
 -- recovered like any table entry. Per partition the worker keeps an index of
 -- the open windows and the partition's stream time (the largest event time
 -- seen), stored under a reserved key so that it survives restarts and
--- rebalances. A window closes when stream time (wall clock for
+-- rebalances. The index lives in C (core.windows, runtime/fs_windows.c): it
+-- finds an event's windows, remembers their ends and says what is due; this
+-- file keeps the policy and calls the user's functions. A window closes when stream time (wall clock for
 -- relative_to_now) passes its end plus `expires`: on_window_close(key,
 -- window, value) runs in its own coroutine with the final value, then the
 -- entry is deleted. An event for a window that has closed is late: it is
@@ -76,18 +78,24 @@ function M.configure(t, kind, a, b, c)
     -- Event times above horizon (the clock plus max_future when last looked
     -- at) are refused: one absurd time would otherwise close every window.
     max_future = max_future, horizon = -math.huge,
-    parts = {},          -- p -> { index = {kb -> {key, start, end}}, stream_time = number }
+    parts = {},          -- p -> { closing = coroutine } for every partition held
+    idx = nil,           -- the C index (core.windows) of the running worker, see Window:index
+    out = {}, fresh = {}, -- reused by update: the event's windows' entry keys, the new ones
     late = 0, closed = 0,
   }, Window)
   t.window = w
   local app = t.app
-  -- The closer: every table_cleanup_interval, close what has expired.
+  -- The closer: parked on the loop's timer heap by the index until a window
+  -- is due by the clock (relative_to_now), or stream time passed one that no
+  -- event closed (after a restart); then closes what is due.
   app.tasks[#app.tasks + 1] = {
     name = "window closer of " .. t.name,
     restart = true,
     fn = function()
+      local idx = w:index(t)
       while true do
-        core.sleep(app.table_cleanup_interval)
+        idx:wait()
+        if w.idx ~= idx then return end
         for p in pairs(w.parts) do w:close_expired(t, p) end
       end
     end,
@@ -209,6 +217,22 @@ function Window:event_time(t)
   return at
 end
 
+-- The partition index of the running worker: built when the worker first
+-- needs it (its partitions are known then), again for a new runtime.
+function Window:index(t)
+  local rt = t.app.rt
+  local idx = self.idx
+  if idx and self.idx_rt == rt then return idx end
+  idx = core.windows {
+    partitions = t.partitions, kind = self.kind, size = self.size, step = self.step,
+    expires = self.expires, combine = self.combine ~= nil, now = self.time == "now",
+    interval = t.app.table_cleanup_interval,
+  }
+  if rt then idx:bind(rt) end
+  self.idx, self.idx_rt, self.parts = idx, rt, {}
+  return idx
+end
+
 -- Starts of the windows of `key` that contain time `at`.
 function Window:starts(t, p, key, at)
   local out = {}
@@ -221,16 +245,8 @@ function Window:starts(t, p, key, at)
       s = s - self.step
     end
   else -- sliding: every open window of the key containing `at`, plus one starting at `at`
-    local wp = self.parts[p]
-    local own = false
-    for _, win in pairs(wp and wp.index or {}) do
-      if win.key == key and win.start <= at and at < win.start + self.size then
-        out[#out + 1] = win.start
-        if win.start == at then own = true end
-      end
-    end
-    if not own then out[#out + 1] = at end
-    table.sort(out)
+    if self.parts[p] and self.idx then return self.idx:sliding_starts(p, key, at) end
+    out[1] = at
   end
   return out
 end
@@ -239,159 +255,73 @@ local function window_kb(key, start)
   return json.encode { key, start }
 end
 
--- A binary min-heap of numbers (distinct window ends of a partition).
-local function heap_push(h, v)
-  local i = #h + 1
-  h[i] = v
-  while i > 1 do
-    local parent = i // 2
-    if h[parent] <= v then break end
-    h[i], h[parent] = h[parent], v
-    i = parent
-  end
-end
-
-local function heap_pop(h)
-  local top, n = h[1], #h
-  local last = h[n]
-  h[n] = nil -- (one slot when n == 1: not a multiple assignment, whose order is undefined)
-  n = n - 1
-  if n == 0 then return top end
-  h[1] = last
-  local i = 1
-  while true do
-    local l, r, m = 2 * i, 2 * i + 1, i
-    if l <= n and h[l] < h[m] then m = l end
-    if r <= n and h[r] < h[m] then m = r end
-    if m == i then break end
-    h[i], h[m] = h[m], h[i]
-    i = m
-  end
-  return top
-end
-
--- Registers an open window (or, in combine mode, a slice) of partition state wp.
--- Windows are bucketed by their end, so closing touches only what is due.
-function Window:track(wp, kb, key, start)
-  if wp.index[kb] then return end
-  if self.combine then
-    wp.index[kb] = { key = key, start = start, ["end"] = start + self.step }
-    local ks = json.encode(key)
-    local l = wp.keys[ks]
-    if not l then l = { key = key }; wp.keys[ks] = l end
-    local n = #l
-    if n == 0 or l[n] < start then
-      l[n + 1] = start
-    else -- out of order: keep the list sorted
-      l[n + 1] = start
-      table.sort(l)
-    end
-    self:note_slice(wp, start)
-    return
-  end
-  local e = start + self.size
-  wp.index[kb] = { key = key, start = start, ["end"] = e }
-  local b = wp.buckets[e]
-  if not b then
-    b = {}
-    wp.buckets[e] = b
-    heap_push(wp.ends, e)
-  end
-  b[#b + 1] = kb
-end
-
-function Window:part(t, p)
-  local wp = self.parts[p]
-  if not wp then error(string.format("table '%s': partition %d is not on this worker", t.name, p), 4) end
-  return wp
-end
-
 function Window:clock(p)
-  if self.time == "now" then return nil end
-  return self.parts[p].stream_time
-end
-
-function Window:is_closed(p, t, start)
-  local now = self.time == "now" and t.app.rt:now() or self.parts[p].stream_time
-  return now ~= nil and now > start + self.size + self.expires
+  if self.time == "now" or not self.idx then return nil end
+  return (self.idx:times(p))
 end
 
 -- A new window's value: the table's default (a function's result).
 local default_value = Table.default_of
+local _lookup, _put = Table._lookup, Table._put
+
+local function not_held(t, p)
+  error(string.format("table '%s': partition %d is not on this worker", t.name, p), 4)
+end
 
 -- t:update(key, fn): fn applied to the value of every window containing the
--- event's time (a hopping event updates size/step windows).
+-- event's time (a hopping event updates size/step windows). The index (C)
+-- updates stream time, finds the windows (the ones not closed yet: tumbling
+-- and hopping newest first, sliding oldest first; with combine the event's
+-- step-slice) and hands their entry keys over; new ones are registered once
+-- their value is written, so an update that raises leaves none behind.
 function Window:update(t, key, fn)
   local at = self:event_time(t)
   check_time(self, t, at, 3)
   local p = Table.event_partition() or error(string.format(
     "windowed table '%s': update must happen while an agent processes an event", t.name), 3)
-  local wp = self:part(t, p)
-  if self.time ~= "now" and (wp.stream_time == nil or at > wp.stream_time) then
-    wp.stream_time = at
-    Table._put(t, p, STREAM_TIME, at)
+  local idx = self.idx
+  if not idx then not_held(t, p) end
+  -- A nested update (fn updating this table) or one after an update that
+  -- raised gets tables of its own.
+  local out, fresh = self.out, self.fresh
+  if out then self.out = false else out, fresh = {}, {} end
+  local n, nnew, late, due, advanced = idx:touch(p, key, at, out, fresh)
+  if not n then not_held(t, p) end
+  if advanced then _put(t, p, STREAM_TIME, at) end
+  if self.combine then
+    if late then self:late_event(t, key) end
+    if n == 0 then -- every window of this event has closed
+      self.out, self.fresh = out, fresh
+      return nil
+    end
+    late = false
   end
-  if self.combine then return self:update_slice(t, p, wp, key, at, fn) end
-  if self.kind == "sliding" then return self:update_sliding(t, p, wp, key, at, fn) end
-  -- Tumbling and hopping: the windows containing `at` start at the multiples
-  -- of step in (at - size, at]; window s is closed once now > s + size + expires.
-  local step = self.step
-  local newest = math.floor(at / step) * step
-  local oldest = (math.floor((at - self.size) / step) + 1) * step
-  local now = self.time == "now" and t.app.rt:now() or wp.stream_time
-  local first = math.max(oldest, math.ceil((now - self.size - self.expires) / step) * step)
   local result
-  for s = newest, first, -step do result = self:apply(t, p, wp, key, s, fn) end
-  if first > oldest then self:late_event(t, key) end
-  self:maybe_close(t, p)
-  return result
-end
-
--- fn applied to the value of window (or, with combine, slice) `start` of key.
-function Window:apply(t, p, wp, key, start, fn)
-  local kb = self:kb(wp, key, start)
-  local old = Table._lookup(t, p, kb)
-  if old == nil then old = default_value(t) end
-  local result = fn(old)
-  Table._put(t, p, kb, result)
-  if not wp.index[kb] then self:track(wp, kb, key, start) end
-  return result
-end
-
--- The key bytes of window (key, start), kept while the window is open so that
--- an event does not encode JSON once per window it updates.
-function Window:kb(wp, key, start)
-  local per = wp.kbs[key]
-  if not per then per = {}; wp.kbs[key] = per end
-  local kb = per[start]
-  if not kb then
-    kb = window_kb(key, start)
-    per[start] = kb
-  end
-  return kb
-end
-
-function Window:forget_kb(wp, key, start)
-  local per = wp.kbs[key]
-  if per then
-    per[start] = nil
-    if next(per) == nil then wp.kbs[key] = nil end
-  end
-end
-
--- Sliding: the key's open windows containing `at`, and one starting at `at`.
-function Window:update_sliding(t, p, wp, key, at, fn)
-  local late = false
-  local result
-  for _, s in ipairs(self:starts(t, p, key, at)) do
-    if self:is_closed(p, t, s) then
-      late = true
-    else
-      result = self:apply(t, p, wp, key, s, fn)
+  if nnew == 0 then
+    for i = 1, n do
+      local kb = out[i]
+      local old = _lookup(t, p, kb)
+      if old == nil then old = default_value(t) end
+      result = fn(old)
+      _put(t, p, kb, result)
+    end
+  else
+    for i = 1, n do
+      local kb = out[i]
+      local old = _lookup(t, p, kb)
+      if old == nil then old = default_value(t) end
+      result = fn(old)
+      _put(t, p, kb, result)
+      local f = fresh[i]
+      if f then
+        fresh[i] = nil
+        due = idx:confirm(p, f)
+      end
     end
   end
+  self.out, self.fresh = out, fresh
   if late then self:late_event(t, key) end
-  self:maybe_close(t, p)
+  if due then self:maybe_close(t, p) end
   return result
 end
 
@@ -404,43 +334,11 @@ function Window:late_event(t, key)
   end
 end
 
--- combine mode: the event goes into its step-slice only.
-function Window:update_slice(t, p, wp, key, at, fn)
-  local step = self.step
-  local newest = math.floor(at / step) * step
-  local oldest = (math.floor((at - self.size) / step) + 1) * step
-  if self:is_closed(p, t, newest) then -- every window of this event has closed
-    self:late_event(t, key)
-    return nil
-  end
-  if self:is_closed(p, t, oldest) then self:late_event(t, key) end
-  local result = self:apply(t, p, wp, key, newest, fn)
-  self:maybe_close(t, p)
-  return result
-end
-
--- The end of the first window containing slice u that is still open at time
--- `now` (nil: every window containing it has closed).
-function Window:first_open_end(u, now)
-  local e = u + self.step
-  if now ~= nil and e + self.expires < now then
-    e = e + self.step * math.ceil((now - self.expires - e) / self.step)
-    if e + self.expires < now then e = e + self.step end
-  end
-  if e > u + self.size then return nil end
-  return e
-end
-
-function Window:note_slice(wp, u)
-  local e = self:first_open_end(u, wp.closed_through)
-  if e and (not wp.next_due or e + self.expires < wp.next_due) then wp.next_due = e + self.expires end
-end
-
 -- The value of hopping window [s, s + size) folded from its slices.
 function Window:fold(t, p, key, s)
   local acc
   for u = s, s + self.size - self.step, self.step do
-    local v = Table._lookup(t, p, window_kb(key, u))
+    local v = _lookup(t, p, window_kb(key, u))
     if v ~= nil then
       if acc == nil then acc = v else acc = self.combine(acc, v) end
     end
@@ -481,7 +379,7 @@ local function value_at(ws, at)
     starts = w:starts(t, q, ws.key, at)
     -- The newest window containing the time (Faust's choice for value()).
     for i = #starts, 1, -1 do
-      local v = Table._lookup(t, q, window_kb(ws.key, starts[i]))
+      local v = _lookup(t, q, window_kb(ws.key, starts[i]))
       if v ~= nil then return v end
     end
     ::continue::
@@ -497,36 +395,34 @@ function WindowSet:delta(seconds) return value_at(self, self.window:event_time(s
 -- Every window of the key, oldest first: { {start=, ["end"]=, value=}, ... }.
 function WindowSet:windows()
   local w, t, out = self.window, self.table, {}
-  for p, wp in pairs(w.parts) do
-    for kb, win in pairs(wp.index) do
-      if win.key == self.key then
-        out[#out + 1] = { start = win.start, ["end"] = win["end"], value = Table._lookup(t, p, kb) }
-      end
+  local idx = w.idx
+  if not idx then return out end
+  for p in pairs(w.parts) do
+    for _, win in ipairs(idx:key_windows(p, self.key)) do
+      out[#out + 1] = { start = win[2], ["end"] = win[3], value = _lookup(t, p, win[1]) }
     end
   end
   table.sort(out, function(a, b) return a.start < b.start end)
   return out
 end
 
--- Rebuilds the partition's window index and stream time from its entries.
+-- Rebuilds the partition's window index and stream time from its stored
+-- entries (nothing is pending when a partition is taken: its record cache is
+-- new). Only the key bytes are read, not the values.
 function Window:hold(t, p)
-  local wp = { index = {}, buckets = {}, ends = {}, keys = {}, kbs = {}, stream_time = nil }
-  self.parts[p] = wp
-  if not t.app.rt then return end
-  for kb, v in pairs(Table._scan(t, p)) do
-    if kb == STREAM_TIME then
-      wp.stream_time = v
-    elseif kb == CLOSED_THROUGH then
-      wp.closed_through = v
-    elseif kb:byte(1) ~= 0 then
-      local k = json.decode(kb)
-      if type(k) == "table" and k[2] ~= nil then self:track(wp, kb, k[1], k[2]) end
-    end
-  end
+  local idx = self:index(t)
+  self.parts[p] = {}
+  local rt = t.app.rt
+  if not rt then return idx:hold(p) end
+  local keys = rt:table_scan(t.id, p)
+  local st = _lookup(t, p, STREAM_TIME)
+  local ct = _lookup(t, p, CLOSED_THROUGH)
+  idx:hold(p, keys, st, ct)
 end
 
 function Window:release(_, p)
   self.parts[p] = nil
+  if self.idx then self.idx:release(p) end
 end
 
 -- A close pass is under way, unless the coroutine running it died before it
@@ -538,104 +434,84 @@ end
 
 -- combine mode: closes, in order, the windows that expired since the last
 -- pass — each folded from its slices — then drops the slices that no open
--- window needs any more.
+-- window needs any more. Keys in the order of their JSON text.
 function Window:close_slices(t, p, wp)
-  local now = self.time == "now" and t.app.rt:now() or wp.stream_time
+  local idx = self.idx
+  local st, ct = idx:times(p)
+  local now = self.time == "now" and t.app.rt:now() or st
   if now == nil then return end
-  local gone = now - self.size - self.expires -- windows starting before this have closed
-  local from = wp.closed_through and (wp.closed_through - self.size - self.expires) or -math.huge
-  local lists = {}
-  for ks, l in pairs(wp.keys) do lists[#lists + 1] = { ks, l } end
-  table.sort(lists, function(a, b) return a[1] < b[1] end)
+  local size, step = self.size, self.step
+  local gone = now - size - self.expires -- windows starting before this have closed
+  local from = ct and (ct - size - self.expires) or -math.huge
+  local kjs, keys = idx:slice_keys(p)
   wp.closing = coroutine.running()
   local on_close = t.on_window_close
-  for _, entry in ipairs(lists) do
-    local l = entry[2]
-    -- Due starts: closed now, not closed at the last pass, overlapping a slice.
-    local lo = math.max(from, l[1] - self.size + self.step)
-    -- Windows starting before `from` were closed by an earlier pass.
-    local s = math.ceil(lo / self.step) * self.step
-    while s < gone and s <= l[#l] do
-      local value = self:fold(t, p, l.key, s)
-      if value ~= nil then
-        self.closed = self.closed + 1
-        if on_close then
-          local ok, err = xpcall(on_close, debug.traceback, l.key, { start = s, ["end"] = s + self.size }, value)
-          if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
+  local out = {}
+  for i = 1, #kjs do
+    local kj, key = kjs[i], keys[i]
+    local first = idx:span(p, kj)
+    if first ~= nil then
+      -- Due starts: closed now, not closed at the last pass, overlapping a slice.
+      local lo = math.max(from, first - size + step)
+      -- Windows starting before `from` were closed by an earlier pass.
+      local s = math.ceil(lo / step) * step
+      while s < gone do
+        local _, last = idx:span(p, kj)
+        if last == nil or s > last then break end
+        local value = self:fold(t, p, key, s)
+        if value ~= nil then
+          self.closed = self.closed + 1
+          if on_close then
+            local ok, err = xpcall(on_close, debug.traceback, key, { start = s, ["end"] = s + size }, value)
+            if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
+          end
         end
+        s = s + step
       end
-      s = s + self.step
+      -- Slices whose newest window (the one starting at them) has closed.
+      for j = 1, idx:drop(p, kj, gone, out) do _put(t, p, out[j], nil) end
     end
-    -- Slices whose newest window (the one starting at them) has closed.
-    local keep = 0
-    for i = 1, #l do
-      local u = l[i]
-      if u < gone then
-        local kb = window_kb(l.key, u)
-        wp.index[kb] = nil
-        self:forget_kb(wp, l.key, u)
-        Table._put(t, p, kb, nil)
-      else
-        keep = keep + 1
-        l[keep] = u
-      end
-    end
-    for i = #l, keep + 1, -1 do l[i] = nil end
-    if keep == 0 then wp.keys[entry[1]] = nil end
   end
-  wp.closed_through = now
-  Table._put(t, p, CLOSED_THROUGH, now)
+  idx:closed_through(p, now)
+  _put(t, p, CLOSED_THROUGH, now)
   wp.closing = nil
-  wp.next_due = nil
-  for _, l in pairs(wp.keys) do
-    for _, u in ipairs(l) do self:note_slice(wp, u) end
-  end
 end
 
--- Closes, in end order, every window of partition p that has expired.
+-- Closes, in end order (then entry key order), every window of partition p
+-- that has expired.
 function Window:close_expired(t, p)
   local wp = self.parts[p]
   if not wp or closing(wp) then return end
   if self.combine then return self:close_slices(t, p, wp) end
-  local now = self.time == "now" and t.app.rt:now() or wp.stream_time
+  local idx = self.idx
+  local now
+  if self.time == "now" then now = t.app.rt:now() else now = idx:times(p) end
   if now == nil then return end
   wp.closing = coroutine.running()
   local on_close = t.on_window_close
-  while wp.ends[1] and wp.ends[1] + self.expires < now do
-    local e = heap_pop(wp.ends)
-    local bucket = wp.buckets[e]
-    wp.buckets[e] = nil
-    table.sort(bucket)
-    for _, kb in ipairs(bucket) do
-      local win = wp.index[kb]
-      if win and self.parts[p] == wp then
-        local value = Table._lookup(t, p, kb)
-        if value == nil then value = default_value(t) end
-        wp.index[kb] = nil
-        self:forget_kb(wp, win.key, win.start)
-        Table._put(t, p, kb, nil)
-        self.closed = self.closed + 1
-        if on_close then
-          local ok, err = xpcall(on_close, debug.traceback, win.key,
-            { start = win.start, ["end"] = win["end"] }, value)
-          if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
-        end
-      end
+  while self.parts[p] == wp do
+    local kb, key, start, e = idx:pop(p, now)
+    if not kb then break end
+    local value = _lookup(t, p, kb)
+    if value == nil then value = default_value(t) end
+    _put(t, p, kb, nil)
+    self.closed = self.closed + 1
+    if on_close then
+      local ok, err = xpcall(on_close, debug.traceback, key, { start = start, ["end"] = e }, value)
+      if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
     end
   end
   wp.closing = nil
 end
 
--- When stream time moved past a window's expiry, close right away, in the
--- agent's coroutine, before the next event is applied: an out-of-order event
--- after that point finds its window closed (late) in both update paths.
+-- When stream time moved past a window's expiry (the index says so), close
+-- right away, in the agent's coroutine, before the next event is applied: an
+-- out-of-order event after that point finds its window closed (late) in both
+-- update paths.
 function Window:maybe_close(t, p)
   local wp = self.parts[p]
-  if closing(wp) or self.time == "now" then return end
-  local due
-  if self.combine then due = wp.next_due
-  else due = wp.ends[1] and wp.ends[1] + self.expires end
-  if due and wp.stream_time > due then self:close_expired(t, p) end
+  if not wp or closing(wp) or self.time == "now" then return end
+  self:close_expired(t, p)
 end
 
 M.Window = Window
