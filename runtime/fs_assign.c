@@ -8,6 +8,7 @@
 #include "fs_buf.h"
 #include "fs_log.h"
 #include "fs_rt.h"
+#include "fs_table.h"
 #include "fs_vec.h"
 
 #define FS_REVOKE_WAIT_MS 10000

@@ -7,6 +7,7 @@
 
 #include "fs_log.h"
 #include "fs_rt.h"
+#include "fs_table.h"
 
 enum { IDLE = 0, DELIVER, COMMIT };
 

@@ -23,6 +23,7 @@
 #include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_rt.h"
+#include "fs_table.h"
 #include "fs_transport.h"
 #include "fs_vec.h"
 #include <librdkafka/rdkafka_mock.h>
@@ -271,7 +272,9 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
      * fetch.wait.max.ms (500 ms by default) has passed, even if data arrived
      * meanwhile: on the embedded broker every hop through a topic, and every
      * reload, would wait that long. */
-    if (k->embedded && conf_set(c, "fetch.wait.max.ms", "50", err, errlen)) {
+    /* Changelog recovery reads one partition after another up to its end: the
+     * fetch left waiting at one's end must not hold the next one up for 500 ms. */
+    if ((k->embedded || !main_group) && conf_set(c, "fetch.wait.max.ms", "50", err, errlen)) {
         rd_kafka_conf_destroy(c);
         return NULL;
     }
@@ -1600,10 +1603,7 @@ int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
 
 void fs_kafka_close(fs_rt *rt)
 {
-    if (rt->recovery) { /* before the embedded cluster it talks to goes away */
-        rd_kafka_destroy(rt->recovery);
-        rt->recovery = NULL;
-    }
+    fs_tables_stop_recovery(rt); /* before the embedded cluster it talks to goes away */
     if (rt->tail) {
         if (rt->tq) rd_kafka_queue_destroy(rt->tq);
         rt->tq = NULL;

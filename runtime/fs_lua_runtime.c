@@ -16,6 +16,7 @@
 #include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_lua.h"
+#include "fs_table.h"
 
 /* Seconds (math.huge: never) to the count hook's milliseconds. */
 static int64_t agent_timeout_ms(double s)
@@ -350,6 +351,25 @@ static int l_rt_now(lua_State *L)
     return 1;
 }
 
+/* stats.recovering[i] = {table=, partition=, done=, total=}: replays queued or
+ * running (total is absent until the changelog's end is known). */
+static void push_recovering(void *ud, const fs_table *t, int32_t p, int64_t done, int64_t total)
+{
+    lua_State *L = ud;
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, t->name);
+    lua_setfield(L, -2, "table");
+    lua_pushinteger(L, p);
+    lua_setfield(L, -2, "partition");
+    lua_pushinteger(L, done);
+    lua_setfield(L, -2, "done");
+    if (total >= 0) {
+        lua_pushinteger(L, total);
+        lua_setfield(L, -2, "total");
+    }
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
 static int l_rt_stats(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
@@ -392,6 +412,9 @@ static int l_rt_stats(lua_State *L)
         lua_setfield(L, -2, t->name);
     }
     lua_setfield(L, -2, "topics");
+    lua_newtable(L);
+    fs_tables_recovering(rt, push_recovering, L);
+    lua_setfield(L, -2, "recovering");
     return 1;
 }
 

@@ -36,6 +36,7 @@
 #include "fs_log.h"
 #include "fs_lua.h"
 #include "fs_rt.h"
+#include "fs_table.h"
 
 #define DRAIN_TIMEOUT_MS 10000
 #define DEBOUNCE_MS 100

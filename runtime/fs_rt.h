@@ -42,6 +42,7 @@ typedef struct fs_waiter fs_waiter;
 typedef struct fs_table fs_table;
 struct fs_store;
 struct fs_reload;
+struct fs_tables_state;
 
 struct fs_topic {
     /* What the transport reads and writes (fs_transport.h): name, partitions,
@@ -61,31 +62,6 @@ struct fs_topic {
     int nparts;
     fs_table *table;  /* set on a table's changelog topic */
     int64_t produced, consumed;
-};
-
-/* A table: one LMDB store per partition this worker holds, plus the writes
- * staged by the running checkpoint (produced to the changelog, written to
- * LMDB once the changelog has them). */
-struct fs_table {
-    fs_rt *rt;
-    int id;
-    char *name;
-    char *dir; /* <data dir>/<table> */
-    int partitions;
-    int global; /* every worker holds every partition and tails the changelog */
-    fs_topic *changelog;
-    char *sig; /* what must not change across a reload (partitions, encodings, windows) */
-    struct fs_tpart {
-        struct fs_store *store; /* open while this worker holds the partition */
-        fs_buf arena;           /* staged keys and values */
-        struct fs_staged {
-            size_t koff, klen, voff, vlen;
-            int del;
-        } *ops;
-        size_t nops, capops;
-        int64_t cl_next; /* changelog offset after the last delivered staged record */
-        char in_hdr[1024]; /* "topic@offset;..." input offsets this flush reflects */
-    } *parts;
 };
 
 struct fs_event {
@@ -207,7 +183,8 @@ struct fs_rt {
     rd_kafka_queue_t *tq;
     int tfd, tail_pending;
     fs_io tio;
-    int table_hook_ref;   /* Lua function(event, partition): "flush" | "hold" | "release" */
+    int table_hook_ref;   /* fs_lua.c: the Lua function the table hook calls */
+    struct fs_tables_state *tables_state; /* fs_table.c: its hook, holds, replays */
 
     fs_sched sched; /* coroutines (fs_sched.h); its VM is L */
 
@@ -287,28 +264,6 @@ int fs_streams_clear(fs_rt *rt);
 /* fs_stream_cursor.c: the three above, registered with the checkpoint
  * (fs_ckpt_set_agents, data: the fs_rt) by whoever creates the runtime. */
 extern const struct fs_agent_hooks fs_stream_agent_hooks;
-
-/* fs_table.c */
-/* Opens partition p of every table and starts replaying its changelog; done(data, p, rc) is
- * called from the loop once every table's partition p is recovered (rc 0), or failed (rc -1,
- * fatal set), or interrupted by a stop (rc 1). May call done before returning; done may be
- * NULL. Returns -1 (fatal set, done never called) when p cannot be held at all. */
-int fs_tables_hold(fs_rt *rt, int32_t p, void (*done)(void *data, int32_t p, int rc), void *data);
-void fs_tables_release(fs_rt *rt, int32_t p); /* close partition p (after a checkpoint) */
-/* Lua stages dirty entries (changelog + staging). force: also give every held
- * partition with nothing to stage one record carrying the input offsets (at a
- * revocation or shutdown: the next owner must resume exactly there). */
-int fs_tables_flush(fs_rt *rt, int force);
-int fs_tables_write(fs_rt *rt, int use_snap); /* staged entries -> LMDB with offsets */
-int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p);
-int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
-                   size_t vl, char *err, size_t errlen);
-void fs_tables_close(fs_rt *rt);
-int fs_tables_start_global(fs_rt *rt);       /* recover global tables, then follow them */
-/* After a reload: opens tables the new version added, and hands every held
- * partition to the new Lua tables ("hold"). */
-int fs_tables_rebind(fs_rt *rt);
-void fs_tables_tail_poll(fs_rt *rt);         /* apply what other workers wrote to them */
 
 /* fs_kafka.c, the worker's side of the transport (fs_transport.h declares
  * the transport itself). */
