@@ -149,7 +149,8 @@ static void transport_hook(void *data)
 
 static void sched_hook(void *data)
 {
-    fs_sched_run_ready(data);
+    fs_rt *rt = data;
+    fs_sched_run_ready(&rt->sched);
 }
 
 static void checkpoint_hook(void *data)
