@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 
+#include "fs_http.h"
 #include "fs_log.h"
 #include "fs_rt.h"
 
@@ -312,3 +313,8 @@ void fs_http_close(fs_rt *rt)
     curl_multi_cleanup(rt->curlm);
     rt->curlm = NULL;
 }
+
+const luaL_Reg fs_lua_http_funcs[] = {
+    {"http_request", fs_http_request},
+    {NULL, NULL},
+};

@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs_worker.h"
+#include "fs_reload.h"
 #include "fs_call.h"
 #include "fs_assign.h"
 #include "fs_checkpoint.h"
@@ -65,6 +67,9 @@ struct fs_reload {
     rd_kafka_topic_partition_list_t *restart; /* where partitions restart, during the swap */
 };
 
+
+static void reload_free_hook(void *data);
+
 static int64_t mono_ms(void)
 {
     struct timespec ts;
@@ -72,19 +77,6 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-double *fs_carry(fs_rt *rt, const char *key, int create)
-{
-    for (int i = 0; i < rt->ncarry; i++)
-        if (strcmp(rt->carry[i].key, key) == 0) return &rt->carry[i].value;
-    if (!create) return NULL;
-    struct fs_carry *c = realloc(rt->carry, (size_t)(rt->ncarry + 1) * sizeof *c);
-    if (!c) return NULL;
-    rt->carry = c;
-    c[rt->ncarry].key = strdup(key);
-    if (!c[rt->ncarry].key) return NULL;
-    c[rt->ncarry].value = 0;
-    return &c[rt->ncarry++].value;
-}
 
 static void debounce_cb(fs_timer *t)
 {
@@ -228,6 +220,8 @@ int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char 
     rt->reload = r;
     rt->on_hup.fn = reload_hup;
     rt->on_hup.data = r;
+    rt->on_free.fn = reload_free_hook;
+    rt->on_free.data = rt;
     /* The loop advances a reload on each turn, and looks often while agents drain. */
     if (fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, FS_ORDER_RELOAD, reload_hook, r) ||
         fs_loop_limit(&rt->loop, reload_limit, r)) {
@@ -465,7 +459,7 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
         return -1;
     }
     rd_kafka_topic_partition_list_t *restart_at = rt->reload->restart;
-    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
+    if (fs_worker_open_topics(rt, err, errlen)) return -1;
     /* Back to the positions after the last finished events: what the old
      * version dropped is fetched again for the new one. A seek that fails
      * while the group rebalances onto a new subscription is harmless: the
@@ -504,7 +498,7 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
      * them, as at start-up: a group_by inside an agent declares its
      * repartition topic now, so the group rebalances once at most. */
     fs_sched_run_ready(&rt->sched);
-    int resubscribed = fs_kafka_rebind(rt, err, errlen);
+    int resubscribed = fs_worker_rebind(rt, err, errlen);
     if (resubscribed < 0) return -1;
     if (failed[0] && resubscribed) {
         fs_warn("reload: seek failed before the rebalance (%s)", failed);
@@ -533,4 +527,10 @@ void fs_reload_poll(fs_rt *rt)
                 DRAIN_TIMEOUT_MS / 1000);
     }
     swap(rt);
+}
+
+/* The runtime is freed (rt_free): the reload's state goes with it. */
+static void reload_free_hook(void *data)
+{
+    fs_reload_free(data);
 }

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "fs_log.h"
-#include "fs_rt.h"
+#include "fs_sched.h"
 
 /* After the first SIGTERM/SIGINT the whole stop — agents (FS_STOP_TIMEOUT_MS),
  * final delivery and commit, leaving the group — must be over within this, or

@@ -7,6 +7,7 @@
 
 #include "fs_call.h"
 #include "fs_lua.h"
+#include "fs_worker.h"
 #include "fs_table.h"
 #include "fs_store.h"
 

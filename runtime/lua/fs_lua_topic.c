@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fs_lua.h"
+#include "fs_worker.h"
 
 /* rt:topic(name, key_codec, value_codec, partitions [, compact [, at_run_time]]) -> id.
  * at_run_time: a topic an agent discovers while running (group_by, through
@@ -72,7 +73,7 @@ static int l_rt_resolve_topics(lua_State *L)
         }
     }
     char err[512];
-    if (fs_kafka_resolve(rt, ts, n, err, sizeof err)) return luaL_error(L, "%s", err);
+    if (fs_worker_resolve(rt, ts, n, err, sizeof err)) return luaL_error(L, "%s", err);
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
         lua_pushinteger(L, ts[i]->partitions);

@@ -10,7 +10,6 @@
  * its own through the fs_stream.move callback it registered. */
 #include <string.h>
 
-#include "fs_checkpoint.h"
 #include "fs_rt.h"
 
 void fs_sync_acks(fs_rt *rt)
@@ -97,24 +96,3 @@ int fs_streams_clear(fs_rt *rt)
     }
     return 1;
 }
-
-
-/* The three above as the checkpoint's agent hooks (fs_ckpt_set_agents, data:
- * the fs_rt): the checkpoint layer reaches the agents' cursors only through
- * them. */
-static void hook_sync_acks(void *data)
-{
-    fs_sync_acks(data);
-}
-
-static void hook_fence(void *data, int on)
-{
-    fs_fence_streams(data, on);
-}
-
-static int hook_clear(void *data)
-{
-    return fs_streams_clear(data);
-}
-
-const fs_agent_hooks fs_stream_agent_hooks = {hook_sync_acks, hook_fence, hook_clear};

@@ -1,5 +1,7 @@
 /* fs_recovery: changelog replay as loop work (see fs_recovery.h). */
 #include "fs_recovery.h"
+#include "fs_kafka.h"
+#include "fs_signal.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -14,7 +16,7 @@
 
 #include "fs_log.h"
 #include "fs_store.h"
-#include "fs_table.h"
+#include "fs_table_types.h"
 #include "fs_vec.h"
 
 /* Records applied per step: one LMDB transaction, a few milliseconds. */
@@ -175,7 +177,7 @@ static int ensure_consumer(fs_recovery *r)
     if (!rt->recovery) {
         char err[512], g[512];
         snprintf(g, sizeof g, "%s-recovery", rt->group);
-        rt->recovery = fs_kafka_new_consumer(rt, g, err, sizeof err);
+        rt->recovery = fs_kafka_reader(rt->tp, g, err, sizeof err);
         if (!rt->recovery) {
             fs_rt_fatal(rt, "recovery consumer: %s", err);
             return -1;
@@ -658,7 +660,7 @@ int fs_recovery_wait(fs_recovery *r)
         /* The worker's loop does not run yet (start-up) or is paused (reload):
          * only this module's work is driven, and the stop signal watched. */
         if (fs_signals_stop_requested()) {
-            fs_rt_poll_signals(rt);
+            fs_signals_poll(); /* the worker registered its stop (fs_worker_start) */
             interrupt_all(r, "a stop");
             return 1;
         }

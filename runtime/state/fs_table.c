@@ -12,9 +12,12 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fs_log.h"
+#include "fs_kafka.h"
 #include "fs_recovery.h"
 #include "fs_store.h"
 #include "fs_vec.h"
@@ -373,6 +376,16 @@ void fs_tables_stop_recovery(fs_rt *rt)
     }
 }
 
+/* The global tables' follower has records: the loop applies them (fs_tables_tail_poll). */
+static void tail_wake_cb(fs_io *io, uint32_t events)
+{
+    fs_rt *rt = io->data;
+    uint64_t v;
+    (void)events;
+    if (read(io->fd, &v, sizeof v) < 0 && errno != EAGAIN) fs_warn("eventfd read: %s", strerror(errno));
+    rt->tail_pending = 1;
+}
+
 int fs_tables_start_global(fs_rt *rt)
 {
     int any = 0;
@@ -400,14 +413,14 @@ int fs_tables_start_global(fs_rt *rt)
     if (follow->cnt) {
         char err[512], g[512];
         snprintf(g, sizeof g, "%s-global", rt->group);
-        rt->tail = fs_kafka_new_consumer(rt, g, err, sizeof err);
+        rt->tail = fs_kafka_reader(rt->tp, g, err, sizeof err);
         if (!rt->tail) {
             fs_rt_fatal(rt, "global table consumer: %s", err);
             rc = -1;
         } else {
             rt->tq = rd_kafka_queue_get_consumer(rt->tail);
             rd_kafka_assign(rt->tail, follow);
-            fs_kafka_watch_queue(rt, rt->tq, &rt->tfd, &rt->tio);
+            fs_kafka_watch_queue(&rt->loop, rt->tq, &rt->tfd, &rt->tio, tail_wake_cb, rt);
             rt->tail_pending = 1;
         }
     }

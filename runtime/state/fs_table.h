@@ -18,35 +18,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "fs_buf.h"
 #include "fs_rt.h"
 #include "fs_store.h"
-#include "fs_vec.h"
-
-/* A write staged by the running checkpoint: key and value in the partition's arena. */
-struct fs_staged {
-    size_t koff, klen, voff, vlen;
-    int del;
-};
-
-struct fs_table {
-    fs_rt *rt;
-    int id;
-    char *name;
-    char *dir; /* <data dir>/<table> */
-    int partitions;
-    int global; /* every worker holds every partition and tails the changelog */
-    fs_topic *changelog;
-    char *sig; /* what must not change across a reload (partitions, encodings, windows) */
-    struct fs_tpart {
-        struct fs_store *store; /* open while this worker holds the partition */
-        fs_buf arena;           /* staged keys and values */
-        FS_VEC(struct fs_staged) ops;
-        int64_t cl_next; /* changelog offset after the last delivered staged record */
-        fs_buf in_hdr;   /* "topic@offset;..." input offsets this flush reflects, NUL-ended */
-        int hooked;      /* the hook was told "hold" (recovery over), not "release" yet */
-    } *parts;
-};
+#include "fs_table_types.h"
 
 /* The layer above's hook: event "hold" | "release" | "flush" | "changed";
  * tid 0 = every partitioned table, else a global table's id + 1; p -1 for

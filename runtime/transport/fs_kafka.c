@@ -5,10 +5,8 @@
  * (fetched messages, deliveries, rebalances, commits) reaches the upper layer
  * through fs_transport_cb from inside an operation run by the loop.
  *
- * The second half of this file is the worker's side of the transport — the
- * at-least-once checkpoint, rebalance handling and the callbacks registered on
- * the transport. It belongs to the checkpoint layer and moves to
- * fs_checkpoint.c; nothing in the first half calls it. */
+ * The worker's use of the transport (callbacks, start-up, polling) is in
+ * worker/fs_worker.c. */
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -19,11 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fs_assign.h"
-#include "fs_checkpoint.h"
+#include "fs_kafka.h"
 #include "fs_log.h"
-#include "fs_rt.h"
-#include "fs_table.h"
 #include "fs_transport.h"
 #include "fs_vec.h"
 #include <librdkafka/rdkafka_mock.h>
@@ -1303,333 +1298,12 @@ rd_kafka_t *fs_kafka_consumer(fs_transport *tp)
     return k ? k->consumer : NULL;
 }
 
-/* ============ the worker's side (checkpoint layer; moves out) ============
- * Everything below runs on top of the transport: the callbacks registered on
- * it, start-up, the loop's poll, and the at-least-once checkpoint. It moves to
- * fs_checkpoint.c / fs_part.c; the transport above never calls into it. */
-
-/* ---- callbacks registered on the transport ---- */
-
-static void on_messages(void *data, const fs_fetched *msgs, int n, int owned)
+/* Changelog recovery and global tables (the state layer) still read with
+ * consumers of their own: assign-only, read_committed, a 50 ms fetch wait.
+ * They move onto a reader operation of the transport. */
+rd_kafka_t *fs_kafka_reader(fs_transport *tp, const char *group, char *err, size_t errlen)
 {
-    fs_rt *rt = data;
-    fs_batch *b = fs_batch_new(n, owned);
-    if (!b) {
-        fs_rt_fatal(rt, "out of memory");
-        for (int i = 0; i < n; i++) fs_transport_msg_free(msgs[i].m, msgs[i].hdrs, owned);
-        return;
-    }
-    for (int i = 0; i < n; i++) fs_dispatch(rt, b, msgs[i].m, msgs[i].topic, msgs[i].ts, msgs[i].hdrs);
-    fs_batch_done(b);
-}
-
-static void on_delivered(void *data, const fs_report *r)
-{
-    fs_rt *rt = data;
-    fs_waiter *w = r->ctx.waiter;
-    rt->inflight[r->ctx.epoch & 1]--;
-    fs_topic *t = r->topic;
-    if (t && t->table && !r->err && r->partition < t->table->partitions &&
-        r->offset + 1 > t->table->parts[r->partition].cl_next)
-        t->table->parts[r->partition].cl_next = r->offset + 1;
-    if (r->err) {
-        rt->delivery_errors++;
-        if (r->ctx.best_effort)
-            fs_error("could not deliver a dead letter to %s[%d] (%zu bytes): %s — it is lost; "
-                     "the original is still on its topic",
-                     t ? t->name : "?", (int)r->partition, r->len, rt->tp->ops->strerror(r->err));
-        else if (!w)
-            fs_rt_fatal(rt,
-                        "delivery to %s failed: %s — stopping without committing, so the "
-                        "input that produced it is processed again on restart",
-                        t ? t->name : "?", rt->tp->ops->strerror(r->err));
-    }
-    if (w) {
-        w->err = r->err;
-        w->partition = r->partition;
-        w->offset = r->offset;
-        if (w->co) fs_sched_ready(w->co);
-        else free(w);
-    }
-}
-
-/* Partitions given and taken, commits and committed offsets answered: the
- * orchestration and the checkpoint (fs_assign.c, fs_checkpoint.c). */
-static void on_assigned(void *data, const fs_tplist *l)
-{
-    fs_assign_on_assigned(((fs_rt *)data)->assign, l);
-}
-
-static void on_revoked(void *data, const fs_tplist *l)
-{
-    fs_assign_on_revoked(((fs_rt *)data)->assign, l);
-}
-
-static void on_commit_done(void *data, void *ctx, const fs_tplist *offsets, int err)
-{
-    fs_ckpt_on_commit_done(((fs_rt *)data)->ckpt, ctx, offsets, err);
-}
-
-static void on_committed(void *data, void *ctx, const fs_tplist *offsets, int err)
-{
-    fs_assign_on_committed(((fs_rt *)data)->assign, ctx, offsets, err);
-}
-
-static void on_error(void *data, int err, const char *msg, int fatal)
-{
-    (void)err;
-    if (fatal) fs_rt_fatal(data, "kafka fatal error: %s", msg);
-    else fs_warn("transport: %s", msg);
-}
-
-/* What the worker's agents read: every topic with an open subscriber. */
-static int consumes(void *data, fs_topic *t)
-{
-    (void)data;
-    if (t->table) return 0;
-    for (int j = 0; j < t->nsubs; j++)
-        if (!t->subs[j]->closed) return 1;
-    return 0;
-}
-
-static int64_t wall_ms(void *data)
-{
-    return fs_rt_wall_ms(data);
-}
-
-/* ---- the worker's use of the transport ---- */
-
-int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen)
-{
-    fs_transport *tp = broker ? fs_kafka_new(&rt->loop, broker, rt->group, NULL, err, errlen)
-                              : fs_memlog_new(&rt->loop, wall_ms, rt);
-    if (!tp) {
-        if (!broker) snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    tp->cb.data = rt;
-    tp->cb.messages = on_messages;
-    tp->cb.delivered = on_delivered;
-    tp->cb.assigned = on_assigned;
-    tp->cb.revoked = on_revoked;
-    tp->cb.commit_done = on_commit_done;
-    tp->cb.committed = on_committed;
-    tp->cb.error = on_error;
-    tp->cb.consumes = consumes;
-    rt->tp = tp;
-    rt->ckpt = fs_ckpt_new(rt, tp, &fs_ckpt_at_least_once);
-    rt->assign = rt->ckpt ? fs_assign_new(rt, tp, rt->ckpt) : NULL;
-    if (!rt->assign) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    rt->broker = strdup(fs_kafka_bootstrap(tp));
-    rt->embedded = fs_kafka_embedded(tp);
-    rt->consumer = fs_kafka_consumer(tp);
-    if (!rt->broker) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    return 0;
-}
-
-int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen)
-{
-    return rt->tp->ops->resolve(rt->tp, ts, n, err, errlen);
-}
-
-/* Every topic nobody resolved yet (declared by code that bypassed the app). */
-static int resolve_all(fs_rt *rt, char *err, size_t errlen)
-{
-    return fs_kafka_resolve(rt, rt->topics, rt->ntopics, err, errlen);
-}
-
-int fs_worker_start(fs_rt *rt, char *err, size_t errlen)
-{
-    if (rt->tp->holds_all) {
-        /* Every partition is this worker's from the start. */
-        rt->subscribed = 1;
-        int maxp = 0;
-        for (int i = 0; i < rt->ntables; i++)
-            if (rt->tables[i]->partitions > maxp) maxp = rt->tables[i]->partitions;
-        for (int p = 0; p < maxp; p++) fs_tables_hold(rt, p, NULL, NULL);
-        fs_tables_start_global(rt);
-        return 0;
-    }
-    if (resolve_all(rt, err, errlen)) return -1;
-    if (rt->fatal || fs_tables_start_global(rt)) {
-        if (rt->fatal) snprintf(err, errlen, "%s", rt->fatal_msg);
-        else snprintf(err, errlen, "stopped while recovering global tables");
-        return -1;
-    }
-    /* Agents run up to their first wait before the group is joined: one that
-     * regroups its stream (group_by inside the agent) declares its repartition
-     * topic now, and the first subscription has it. (Changing the subscription
-     * while the join is in flight costs a rebalance, and a session timeout on
-     * the embedded broker, which keeps the abandoned member.) */
-    rt->prestart = 1;
-    fs_sched_run_ready(&rt->sched);
-    rt->prestart = 0;
-    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
-    if (rt->tp->ops->subscribe(rt->tp, err, errlen) < 0) return -1;
-    rt->subscribed = 1;
-    return 0;
-}
-
-/* Stop fetching above max_queued events waiting for agents, or when the
- * producer's overflow queue holds as many messages; resume below half. */
-static void back_pressure(fs_rt *rt)
-{
-    int64_t backlog = rt->tp->backlog;
-    int over = rt->queued >= rt->max_queued || backlog >= rt->max_queued;
-    int under = rt->queued < rt->max_queued / 2 && backlog < rt->max_queued / 2;
-    if (over != rt->paused && (over || under)) {
-        if (over) rt->tp->ops->pause(rt->tp, NULL);
-        else rt->tp->ops->resume(rt->tp, NULL);
-        rt->paused = over;
-        fs_debug("%s fetching (%lld events queued, %lld sends waiting)", over ? "paused" : "resumed",
-                 (long long)rt->queued, (long long)backlog);
-    }
-}
-
-int fs_worker_poll(fs_rt *rt)
-{
-    if (rt->tail_pending) fs_tables_tail_poll(rt);
-    /* No fetching while partitions are let go of: their events are stale. */
-    int fetch = !fs_assign_revoking(rt->assign) && rt->subscribed && !rt->stopping && !rt->draining;
-    /* Back-pressure pauses fetching, but the queue is still served: rebalances
-     * and commit results arrive on it, and a worker that stops reading it would
-     * never answer a rebalance. */
-    if (fetch) back_pressure(rt);
-    return rt->tp->ops->poll(rt->tp, fetch);
-}
-
-/* The produce call of the Lua bindings and tables, until they build an
- * fs_msg themselves. Takes ownership of hdrs. */
-static int to_headers(rd_kafka_headers_t *hdrs, fs_header *small, int nsmall, fs_header **out)
-{
-    size_t n = hdrs ? rd_kafka_header_cnt(hdrs) : 0;
-    fs_header *h = small;
-    *out = small;
-    if (n > (size_t)nsmall) {
-        h = malloc(n * sizeof *h);
-        if (!h) return -1;
-        *out = h;
-    }
-    const char *name;
-    const void *v;
-    size_t vl;
-    for (size_t i = 0; i < n && !rd_kafka_header_get_all(hdrs, i, &name, &v, &vl); i++) {
-        h[i].name = name;
-        h[i].value = v;
-        h[i].len = vl;
-    }
-    return (int)n;
-}
-
-int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-               const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
-               fs_waiter *w, char *err, size_t errlen)
-{
-    if (!rt->tp) {
-        if (hdrs) rd_kafka_headers_destroy(hdrs);
-        snprintf(err, errlen, "cannot send to %s: the worker has stopped", t->name);
-        return -1;
-    }
-    fs_header small[8], *hs;
-    int nh = to_headers(hdrs, small, 8, &hs);
-    if (nh < 0) {
-        if (hdrs) rd_kafka_headers_destroy(hdrs);
-        snprintf(err, errlen, "cannot send to %s: out of memory", t->name);
-        return -1;
-    }
-    fs_msg m = {t, partition, key, klen, val, vlen, hs, nh, ts_ms};
-    fs_sendctx ctx = {rt->epoch, rt->best_effort, w};
-    fs_report now;
-    if (w) w->epoch = rt->epoch;
-    int rc = rt->tp->ops->produce(rt->tp, &m, ctx, &now, err, errlen);
-    if (hs != small) free(hs);
-    if (hdrs) rd_kafka_headers_destroy(hdrs);
-    if (rc < 0) return -1;
-    t->produced++;
-    if (rc == 0) {
-        rt->inflight[rt->epoch & 1]++;
-    } else if (w) { /* delivered already */
-        w->partition = now.partition;
-        w->offset = now.offset;
-        w->err = 0;
-        w->done = 1;
-    }
-    return 0;
-}
-
-int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
-                     int external, int32_t *part_out, int64_t *offset_out)
-{
-    (void)external;
-    struct fs_memlog *ml = fs_memlog_of(rt->tp);
-    fs_header small[8], *hs;
-    int nh = to_headers(hdrs, small, 8, &hs);
-    if (!ml || nh < 0) return -1;
-    fs_msg m = {t, partition, key, klen, val, vlen, hs, nh, ts_ms};
-    char err[256];
-    int rc = fs_memlog_append_external(ml, &m, part_out, offset_out, err, sizeof err);
-    if (hs != small) free(hs);
-    return rc;
-}
-
-int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen)
-{
-    if (!rt->tp->durable) return 0;
-    /* New topics are created before anything asks for their metadata (a
-     * producer handle does): brokers auto-create with their own defaults. */
-    if (resolve_all(rt, err, errlen)) return -1;
-    if (rt->fatal) {
-        snprintf(err, errlen, "%s", rt->fatal_msg);
-        return -1;
-    }
-    return 0;
-}
-
-int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen)
-{
-    if (!rt->tp->durable) return 0;
-    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
-    int rc = rt->tp->ops->subscribe(rt->tp, err, errlen);
-    if (rc >= 0) rt->subscribed = 1;
-    return rc;
-}
-
-void fs_kafka_close(fs_rt *rt)
-{
-    fs_tables_stop_recovery(rt); /* before the embedded cluster it talks to goes away */
-    if (rt->tail) {
-        if (rt->tq) rd_kafka_queue_destroy(rt->tq);
-        rt->tq = NULL;
-        rd_kafka_destroy(rt->tail);
-        rt->tail = NULL;
-        if (rt->tfd > 0) fs_io_del(&rt->loop, &rt->tio), close(rt->tfd);
-        rt->tfd = -1;
-    }
-    /* The worker lets go of everything now (no agent runs again); closing
-     * the transport may report one more revocation, answered at once. */
-    rt->closing = 1;
-    if (rt->assign) fs_assign_finish(rt->assign, 30000);
-    if (rt->tp) rt->tp->ops->close(rt->tp);
-    rt->tp = NULL;
-    rt->consumer = NULL;
-    fs_assign_free(rt->assign);
-    rt->assign = NULL;
-    fs_ckpt_free(rt->ckpt);
-    rt->ckpt = NULL;
-}
-
-/* Changelog recovery and global tables (fs_table.c) still read with consumers
- * of their own; they move onto a reader operation of the transport. */
-rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen)
-{
-    fs_kafka *k = kafka_of(rt->tp);
+    fs_kafka *k = kafka_of(tp);
     if (!k) {
         snprintf(err, errlen, "no broker to read from");
         return NULL;
@@ -1637,16 +1311,9 @@ rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_
     return new_consumer(k, group, 0, err, errlen);
 }
 
-static void tail_wake_cb(fs_io *io, uint32_t events)
+/* Wakes the loop (cb on an eventfd registered with it) when q has something. */
+int fs_kafka_watch_queue(fs_loop *loop, rd_kafka_queue_t *q, int *fd, fs_io *io,
+                         void (*cb)(fs_io *, uint32_t), void *data)
 {
-    fs_rt *rt = io->data;
-    uint64_t v;
-    (void)events;
-    if (read(io->fd, &v, sizeof v) < 0 && errno != EAGAIN) fs_warn("eventfd read: %s", strerror(errno));
-    rt->tail_pending = 1;
-}
-
-int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io)
-{
-    return watch_queue(&rt->loop, q, fd, io, tail_wake_cb, rt);
+    return watch_queue(loop, q, fd, io, cb, data);
 }

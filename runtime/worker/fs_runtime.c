@@ -18,6 +18,7 @@
 #include "fs_assign.h"
 #include "fs_checkpoint.h"
 #include "fs_log.h"
+#include "fs_worker.h"
 #include "fs_rt.h"
 #include "fs_signal.h"
 
@@ -38,13 +39,6 @@ void fs_rt_poll_signals(fs_rt *rt)
     fs_signals_poll();
 }
 
-int64_t fs_rt_wall_ms(fs_rt *rt)
-{
-    if (rt->loop.fake_clock) return rt->wall_offset_ms + fs_loop_now(&rt->loop);
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
 
 void fs_rt_request_stop(fs_rt *rt, const char *why)
 {
@@ -130,7 +124,7 @@ static void finish(fs_rt *rt)
     } else {
         rt->exit_code = 1;
     }
-    fs_kafka_close(rt);
+    fs_worker_close(rt);
     /* Only now: leaving the group revokes the partitions, and the revocation
      * writes each table partition's changelog once more. */
     if (synced && rt->ntables)

@@ -21,7 +21,6 @@
 #include "fs_fatal.h"
 #include "fs_loop.h"
 #include "fs_part.h"
-#include "fs_signal.h"
 #include "fs_transport.h"
 #include "fs_sched.h"
 
@@ -143,7 +142,7 @@ struct fs_rt {
     char *broker; /* bootstrap servers ("" for in-memory) */
     int embedded; /* memory:// — the worker hosts a mock cluster */
 
-    fs_transport *tp; /* where messages come from and go to; owned (closed by fs_kafka_close) */
+    fs_transport *tp; /* where messages come from and go to; owned (closed by fs_worker_close) */
     /* The transport's librdkafka consumer (NULL for the in-memory log), for
      * the code that still calls librdkafka itself (rebalance and checkpoint
      * below fs_kafka.c's line, fs_reload.c). Owned by the transport. */
@@ -157,11 +156,12 @@ struct fs_rt {
      * each; the worker never calls them by name): SIGHUP (the reload), the
      * stop (the HTTP client cancels its transfers), a round of
      * fstream.testing's run_until_idle (the HTTP client progresses without
-     * the loop; returns 1 while it has work). data outlives the registration. */
+     * the loop; returns 1 while it has work), the runtime freed (the reload
+     * lets go of its state). data outlives the registration. */
     struct {
         void (*fn)(void *data);
         void *data;
-    } on_hup, on_close;
+    } on_hup, on_close, on_free;
     struct {
         int (*fn)(void *data);
         void *data;
@@ -261,76 +261,15 @@ void fs_fence_streams(fs_rt *rt, int on);
 void fs_stream_fence_step(fs_rt *rt, fs_stream *s, void *ctx);
 /* fs_stream_cursor.c: 1 when no agent is in the middle of an event of a revoking partition. */
 int fs_streams_clear(fs_rt *rt);
-/* fs_stream_cursor.c: the three above, registered with the checkpoint
- * (fs_ckpt_set_agents, data: the fs_rt) by whoever creates the runtime. */
-extern const struct fs_agent_hooks fs_stream_agent_hooks;
 
-/* fs_kafka.c, the worker's side of the transport (fs_transport.h declares
- * the transport itself). */
-/* Opens the worker's transport: librdkafka for broker (memory:// or
- * kafka://...), the in-memory log when broker is NULL. Registers the worker's
- * callbacks; sets rt->tp, rt->broker, rt->embedded. */
-int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen);
-/* Resolves the topics, holds what the worker holds from the start, runs the
- * agents' first steps and subscribes. */
-int fs_worker_start(fs_rt *rt, char *err, size_t errlen);
-/* The loop's turn of the transport: revocations, back-pressure, deliveries,
- * fetching. Returns how many messages it dispatched. */
-int fs_worker_poll(fs_rt *rt);
-/* Learns the partition count of each topic from the broker's metadata, creating
- * missing ones with their `partitions` first (bounded: 10 s for the metadata,
- * 10 s more for created topics to appear). Blocks: start-up and reloads only. */
-int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen);
-void fs_kafka_close(fs_rt *rt);
-/* ts_ms: the message timestamp (ms since the epoch), 0 for "now". Takes
+/* fs_send.c: the runtime's sends (agents, tables, dead letters), counted
+ * in the checkpoint epoch they belong to. ts_ms: the message timestamp (ms since the epoch), 0 for "now". Takes
  * ownership of hdrs. A waiter delivered at once has done set. (Until the
  * bindings build an fs_msg and call rt->tp->ops->produce themselves.) */
 int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
                const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
                fs_waiter *w, char *err, size_t errlen);
-/* After a reload, or when an agent added a topic at run time (group_by inside
- * the agent): producer handles for new topics, create them, subscribe to what
- * the agents read. Returns 1 when the subscription changed (the group
- * rebalances), 0 when not, -1 on error. */
-int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen);
-/* Creates the topics declared since the last call and opens their producer
- * handles, without touching the subscription. */
-int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen);
-/* Changelog readers (fs_table.c) until the transport has a reader operation. */
-rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
-int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io);
-rd_kafka_t *fs_kafka_consumer(fs_transport *tp);
 
-/* fstream.testing's send into the in-memory log (old form of
- * fs_memlog_append_external; does not take hdrs). */
-int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
-                     int external, int32_t *part_out, int64_t *offset_out);
-
-/* fs_http.c */
-int fs_http_request(lua_State *L); /* core.http_request{...}: yields until done */
-void fs_http_poll(fs_rt *rt);       /* test transport: progress transfers without epoll */
-void fs_http_close(fs_rt *rt);
-
-/* fs_reload.c: hot reload. main.c provides the factory of fresh states (its
- * bundled modules); without it (the in-process specs) reload is unavailable. */
-extern lua_State *(*fs_host_new_state)(void);
-int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char *store, int watch,
-                    const char *broker_url, const char *data_dir, char *err, size_t errlen);
-int fs_reload_watching(fs_rt *rt);
-int fs_reload_watch(fs_rt *rt, const char *const *files, int n); /* replaces the watched set */
-void fs_reload_request(fs_rt *rt, const char *why, int64_t delay_ms);
-void fs_reload_poll(fs_rt *rt);
-void fs_reload_free(fs_rt *rt);
-/* Called by the new version once it declared everything (rt:rebound()). */
-int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen);
-double *fs_carry(fs_rt *rt, const char *key, int create);
-
-/* fs_runtime.c */
-/* Orders of the per-iteration hooks run after timers (fs_loop_hook): the
- * worker's, and those of the layers above it that register their own. */
-enum { FS_ORDER_SCHED = 10, FS_ORDER_CHECKPOINT = 20, FS_ORDER_RELOAD = 30 };
-int64_t fs_rt_wall_ms(fs_rt *rt);
 /* Records that the worker cannot go on (fs_fatal.h): any layer may, without
  * calling up into the worker. */
 __attribute__((format(printf, 2, 3))) static inline void fs_rt_fatal(fs_rt *rt, const char *fmt, ...)
@@ -340,11 +279,5 @@ __attribute__((format(printf, 2, 3))) static inline void fs_rt_fatal(fs_rt *rt, 
     fs_fatal_vset(&rt->fatal, rt->fatal_msg, sizeof rt->fatal_msg, fmt, ap);
     va_end(ap);
 }
-int fs_rt_run(fs_rt *rt);
-int fs_rt_run_until_idle(fs_rt *rt, int64_t max_ms);
-void fs_rt_request_stop(fs_rt *rt, const char *why);
-/* fs_rt_poll_signals: a received SIGTERM/SIGINT becomes a stop request of rt
- * (fs_signal.h; the worker registers itself there when its loop starts). */
-void fs_rt_poll_signals(fs_rt *rt);
 
 #endif
