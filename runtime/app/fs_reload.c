@@ -64,7 +64,7 @@ struct fs_reload {
     int next_app;    /* registry ref of its app in `next` */
     int64_t t0, deadline;
     int again; /* a change arrived during the swap: reload once more */
-    rd_kafka_topic_partition_list_t *restart; /* where partitions restart, during the swap */
+    fs_tplist restart; /* where partitions restart, during the swap */
 };
 
 
@@ -370,9 +370,8 @@ static void begin(fs_rt *rt)
 }
 
 /* Partition positions the new version starts from: after the last finished event. */
-static rd_kafka_topic_partition_list_t *positions(fs_rt *rt)
+static int positions(fs_rt *rt, fs_tplist *l)
 {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++) {
@@ -380,10 +379,10 @@ static rd_kafka_topic_partition_list_t *positions(fs_rt *rt)
             if (!fs_part_consuming(p)) continue;
             int64_t off = fs_part_committable(p);
             /* Nothing consumed since the assignment: the position has not moved. */
-            if (off >= 0) rd_kafka_topic_partition_list_add(l, t->name, p->id)->offset = off;
+            if (off >= 0 && !fs_tplist_add(l, t->name, p->id, off)) return -1;
         }
     }
-    return l;
+    return 0;
 }
 
 static void swap(fs_rt *rt)
@@ -397,7 +396,11 @@ static void swap(fs_rt *rt)
         drop_next(r);
         return;
     }
-    r->restart = positions(rt);
+    if (positions(rt, &r->restart)) {
+        fs_rt_fatal(rt, "reload: out of memory");
+        drop_next(r);
+        return;
+    }
     int64_t t_checkpointed = mono_ms();
 
     /* The old version goes: coroutines, agents (their undone events released,
@@ -435,8 +438,7 @@ static void swap(fs_rt *rt)
         fs_rt_fatal(rt, "reload: the new version could not take over: %s", lua_tostring(L, -1));
     lua_settop(L, 0);
     fs_unref(L, app_ref);
-    rd_kafka_topic_partition_list_destroy(r->restart);
-    r->restart = NULL;
+    fs_tplist_free(&r->restart);
     rt->draining = 0;
     if (!rt->fatal) {
         int64_t t = mono_ms();
@@ -458,35 +460,22 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
         snprintf(err, errlen, "not reloading");
         return -1;
     }
-    rd_kafka_topic_partition_list_t *restart_at = rt->reload->restart;
+    const fs_tplist *restart_at = &rt->reload->restart;
     if (fs_worker_open_topics(rt, err, errlen)) return -1;
     /* Back to the positions after the last finished events: what the old
      * version dropped is fetched again for the new one. A seek that fails
      * while the group rebalances onto a new subscription is harmless: the
      * partitions are assigned again from the offsets just committed. */
     char failed[256] = "";
-    if (restart_at && restart_at->cnt && rt->consumer) {
-        rd_kafka_error_t *e = rd_kafka_seek_partitions(rt->consumer, restart_at, 10000);
-        if (e) snprintf(failed, sizeof failed, "%s", rd_kafka_error_string(e));
-        for (int i = 0; !failed[0] && i < restart_at->cnt; i++)
-            if (restart_at->elems[i].err)
-                snprintf(failed, sizeof failed, "%s[%d]: %s", restart_at->elems[i].topic,
-                         (int)restart_at->elems[i].partition, rd_kafka_err2str(restart_at->elems[i].err));
-        if (e) rd_kafka_error_destroy(e);
-    }
+    if (restart_at->len && rt->tp && rt->tp->durable)
+        rt->tp->ops->seek(rt->tp, restart_at, failed, sizeof failed);
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
             if (p) fs_part_restart(p);
         }
     rt->paused = 0;
-    if (rt->consumer) {
-        rd_kafka_topic_partition_list_t *a = NULL;
-        if (!rd_kafka_assignment(rt->consumer, &a) && a) {
-            rd_kafka_resume_partitions(rt->consumer, a);
-            rd_kafka_topic_partition_list_destroy(a);
-        }
-    }
+    if (rt->tp && rt->tp->durable) rt->tp->ops->resume(rt->tp, NULL);
     /* Tables: the new Lua objects get every held partition (records read from
      * LMDB again; windows rebuilt from it), tables the new version added are
      * opened and recovered. */

@@ -143,10 +143,6 @@ struct fs_rt {
     int embedded; /* memory:// — the worker hosts a mock cluster */
 
     fs_transport *tp; /* where messages come from and go to; owned (closed by fs_worker_close) */
-    /* The transport's librdkafka consumer (NULL for the in-memory log), for
-     * the code that still calls librdkafka itself (rebalance and checkpoint
-     * below fs_kafka.c's line, fs_reload.c). Owned by the transport. */
-    rd_kafka_t *consumer;
     int sfd; /* signalfd */
     fs_io sio;
     int subscribed; /* the worker started consuming */

@@ -1289,15 +1289,6 @@ static const fs_transport_ops kafka_ops = {
     .close = kafka_close,
 };
 
-/* librdkafka handles for the code that still calls librdkafka directly
- * (changelog recovery and global tables in fs_table.c, the checkpoint code
- * below): they go once that code runs on the ops. */
-rd_kafka_t *fs_kafka_consumer(fs_transport *tp)
-{
-    fs_kafka *k = kafka_of(tp);
-    return k ? k->consumer : NULL;
-}
-
 /* Changelog recovery and global tables (the state layer) still read with
  * consumers of their own: assign-only, read_committed, a 50 ms fetch wait.
  * They move onto a reader operation of the transport. */

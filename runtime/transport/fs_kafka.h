@@ -17,7 +17,5 @@ rd_kafka_t *fs_kafka_reader(fs_transport *tp, const char *group, char *err, size
  * librdkafka, registered with loop; *fd is closed by the caller). */
 int fs_kafka_watch_queue(fs_loop *loop, rd_kafka_queue_t *q, int *fd, fs_io *io,
                          void (*cb)(fs_io *, uint32_t), void *data);
-/* The group consumer (the reload's seek still uses it directly). */
-rd_kafka_t *fs_kafka_consumer(fs_transport *tp);
 
 #endif

@@ -172,7 +172,6 @@ int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen
     }
     rt->broker = strdup(fs_kafka_bootstrap(tp));
     rt->embedded = fs_kafka_embedded(tp);
-    rt->consumer = fs_kafka_consumer(tp);
     if (!rt->broker) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -291,7 +290,6 @@ void fs_worker_close(fs_rt *rt)
     if (rt->assign) fs_assign_finish(rt->assign, 30000);
     if (rt->tp) rt->tp->ops->close(rt->tp);
     rt->tp = NULL;
-    rt->consumer = NULL;
     fs_assign_free(rt->assign);
     rt->assign = NULL;
     fs_ckpt_free(rt->ckpt);
