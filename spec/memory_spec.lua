@@ -34,6 +34,24 @@ describe("a worker on its own embedded broker (memory://)", function()
     assert.not_matches("commit[^\n]* failed", log)
   end)
 
+  it("names every partition it assigns and revokes, however many (the list grows, nothing cut)", function()
+    local input = "many-partitions-in-" .. uniq
+    local w = proc.spawn(string.format("env APP_ID=many-%s IN=%s OUT=many-out-%s PARTITIONS=150 %s worker %s/relay.lua",
+      uniq, input, uniq, bin, fixtures), "worker-many")
+    assert.truthy(w:wait_for("assigned 150 partitions", 30), w:output())
+    assert.are.equal(0, w:stop())
+    local log = w:output()
+    local assigned = log:match("assigned 150 partitions: ([^\n]*)")
+    local revoked = log:match("revoking 150 partitions: ([^\n]*)")
+    assert.truthy(assigned and revoked, log)
+    for _, names in ipairs { assigned, revoked } do
+      local n = 0
+      for _ in names:gmatch("%S+%[%d+%]") do n = n + 1 end
+      assert.are.equal(150, n, names)
+      assert.truthy(names:find(input .. "[149]", 1, true), names)
+    end
+  end)
+
   it("leads its group: an on_leader timer runs", function()
     local out = "ticks-" .. uniq
     local w = proc.spawn(string.format("env APP_ID=lead-%s OUT=%s %s worker %s/leader.lua", uniq, out, bin, fixtures),

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fs_lua.h"
+#include "fs_worker.h"
 
 /* rt:topic(name, key_codec, value_codec, partitions [, compact [, at_run_time]]) -> id.
  * at_run_time: a topic an agent discovers while running (group_by, through
@@ -72,7 +73,7 @@ static int l_rt_resolve_topics(lua_State *L)
         }
     }
     char err[512];
-    if (fs_kafka_resolve(rt, ts, n, err, sizeof err)) return luaL_error(L, "%s", err);
+    if (fs_worker_resolve(rt, ts, n, err, sizeof err)) return luaL_error(L, "%s", err);
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
         lua_pushinteger(L, ts[i]->partitions);
@@ -310,8 +311,7 @@ static int l_rt_assigned(lua_State *L)
     fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_topic *t = fs_lua_check_topic(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
-    int yes = (rt->tp && rt->tp->holds_all) || (p >= 0 && p < t->nparts && t->parts[p] && t->parts[p]->assigned &&
-                           !t->parts[p]->revoking);
+    int yes = (rt->tp && rt->tp->holds_all) || (p >= 0 && p < t->nparts && fs_part_active(t->parts[p]));
     lua_pushboolean(L, yes);
     return 1;
 }

@@ -18,7 +18,9 @@
 #include <stdint.h>
 
 #include "fs_buf.h"
+#include "fs_fatal.h"
 #include "fs_loop.h"
+#include "fs_part.h"
 #include "fs_transport.h"
 #include "fs_sched.h"
 
@@ -39,25 +41,7 @@ typedef struct fs_waiter fs_waiter;
 typedef struct fs_table fs_table;
 struct fs_store;
 struct fs_reload;
-
-/* A partition this worker consumes: tracks which offsets every agent finished. */
-struct fs_part {
-    fs_topic *topic;
-    int32_t id;
-    int assigned;
-    int revoking; /* revoked, waiting for agents to finish its events in progress */
-    uint32_t gen; /* bumped on assign/revoke; events of an older generation are stale */
-    struct fs_slot {
-        int64_t offset;
-        int32_t pending; /* agents that still hold the event */
-    } *ring;
-    size_t rcap, rhead, rlen;
-    uint64_t rbase;     /* sequence number of ring[rhead] */
-    int64_t next;       /* offset after the last delivered event, -1 if none yet */
-    int64_t committed;  /* last committed offset, -1 if none */
-    int64_t snap;       /* committable offset captured by the running checkpoint */
-    int64_t delivered;  /* events delivered since assignment (stats) */
-};
+struct fs_tables_state;
 
 struct fs_topic {
     /* What the transport reads and writes (fs_transport.h): name, partitions,
@@ -77,31 +61,6 @@ struct fs_topic {
     int nparts;
     fs_table *table;  /* set on a table's changelog topic */
     int64_t produced, consumed;
-};
-
-/* A table: one LMDB store per partition this worker holds, plus the writes
- * staged by the running checkpoint (produced to the changelog, written to
- * LMDB once the changelog has them). */
-struct fs_table {
-    fs_rt *rt;
-    int id;
-    char *name;
-    char *dir; /* <data dir>/<table> */
-    int partitions;
-    int global; /* every worker holds every partition and tails the changelog */
-    fs_topic *changelog;
-    char *sig; /* what must not change across a reload (partitions, encodings, windows) */
-    struct fs_tpart {
-        struct fs_store *store; /* open while this worker holds the partition */
-        fs_buf arena;           /* staged keys and values */
-        struct fs_staged {
-            size_t koff, klen, voff, vlen;
-            int del;
-        } *ops;
-        size_t nops, capops;
-        int64_t cl_next; /* changelog offset after the last delivered staged record */
-        char in_hdr[1024]; /* "topic@offset;..." input offsets this flush reflects */
-    } *parts;
 };
 
 struct fs_event {
@@ -183,19 +142,30 @@ struct fs_rt {
     char *broker; /* bootstrap servers ("" for in-memory) */
     int embedded; /* memory:// — the worker hosts a mock cluster */
 
-    fs_transport *tp; /* where messages come from and go to; owned (closed by fs_kafka_close) */
-    /* The transport's librdkafka consumer (NULL for the in-memory log), for
-     * the code that still calls librdkafka itself (rebalance and checkpoint
-     * below fs_kafka.c's line, fs_reload.c). Owned by the transport. */
-    rd_kafka_t *consumer;
+    fs_transport *tp; /* where messages come from and go to; owned (closed by fs_worker_close) */
     int sfd; /* signalfd */
     fs_io sio;
-    int consume_pending; /* written by the revocation code; read by nobody (goes with it) */
     int subscribed; /* the worker started consuming */
     int prestart; /* agents take their first steps before the first subscription */
     int paused; /* fetching paused: agents have max_queued events waiting */
-    rd_kafka_topic_partition_list_t *revoke; /* a revocation waiting for agents, or NULL */
-    int64_t revoke_deadline;
+    /* What the worker tells the layers above it, registered by them (one
+     * each; the worker never calls them by name): SIGHUP (the reload), the
+     * stop (the HTTP client cancels its transfers), a round of
+     * fstream.testing's run_until_idle (the HTTP client progresses without
+     * the loop; returns 1 while it has work), the runtime freed (the reload
+     * lets go of its state). data outlives the registration. */
+    struct {
+        void (*fn)(void *data);
+        void *data;
+    } on_hup, on_close, on_free;
+    struct {
+        int (*fn)(void *data);
+        void *data;
+    } on_idle;
+    /* Checkpoints (fs_checkpoint.h) and assignment/revocation (fs_assign.h):
+     * created with the transport, freed when it closes. */
+    struct fs_ckpt *ckpt;
+    struct fs_assign *assign;
     int64_t wall_offset_ms; /* fake clock: epoch ms at fake time 0 */
 
     fs_topic **topics;
@@ -209,14 +179,14 @@ struct fs_rt {
     rd_kafka_queue_t *tq;
     int tfd, tail_pending;
     fs_io tio;
-    int table_hook_ref;   /* Lua function(event, partition): "flush" | "hold" | "release" */
+    int table_hook_ref;   /* fs_lua.c: the Lua function the table hook calls */
+    struct fs_tables_state *tables_state; /* fs_table.c: its hook, holds, replays */
 
     fs_sched sched; /* coroutines (fs_sched.h); its VM is L */
 
     /* offsets and checkpoints */
     int epoch;
     int64_t inflight[2]; /* undelivered messages per epoch parity */
-    int ckpt_active, ckpt_epoch;
     int64_t commit_interval_ms;
     fs_timer commit_timer;
     int64_t queued;        /* events waiting in agent queues */
@@ -253,12 +223,10 @@ struct fs_rt {
 
 /* fs_stream.c */
 fs_topic *fs_topic_find(fs_rt *rt, const char *name);
-fs_part *fs_part_get(fs_topic *t, int32_t partition);
-void fs_part_assign(fs_part *p, int64_t committed);
+fs_part *fs_part_get(fs_topic *t, int32_t partition); /* created REVOKED on first use */
+/* Events of a fencing partition still waiting in agent queues are dropped:
+ * whoever owns the partition next receives them again. */
 void fs_part_drop_queued(fs_rt *rt, fs_part *p);
-void fs_part_revoke(fs_rt *rt, fs_part *p);
-void fs_part_restart(fs_part *p); /* forget events in flight; fetching restarts (reload) */
-int64_t fs_part_committable(const fs_part *p);
 fs_batch *fs_batch_new(int n, int owned);
 /* Hands one message to every agent subscribed to its topic; takes ownership of m. */
 void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int64_t ts,
@@ -290,106 +258,22 @@ void fs_stream_fence_step(fs_rt *rt, fs_stream *s, void *ctx);
 /* fs_stream_cursor.c: 1 when no agent is in the middle of an event of a revoking partition. */
 int fs_streams_clear(fs_rt *rt);
 
-/* fs_table.c */
-int fs_tables_hold(fs_rt *rt, int32_t p);    /* open + recover partition p of every table */
-void fs_tables_release(fs_rt *rt, int32_t p); /* close partition p (after a checkpoint) */
-/* Lua stages dirty entries (changelog + staging). force: also give every held
- * partition with nothing to stage one record carrying the input offsets (at a
- * revocation or shutdown: the next owner must resume exactly there). */
-int fs_tables_flush(fs_rt *rt, int force);
-int fs_tables_write(fs_rt *rt, int use_snap); /* staged entries -> LMDB with offsets */
-int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p);
-int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
-                   size_t vl, char *err, size_t errlen);
-void fs_tables_close(fs_rt *rt);
-int fs_tables_start_global(fs_rt *rt);       /* recover global tables, then follow them */
-/* After a reload: opens tables the new version added, and hands every held
- * partition to the new Lua tables ("hold"). */
-int fs_tables_rebind(fs_rt *rt);
-void fs_tables_tail_poll(fs_rt *rt);         /* apply what other workers wrote to them */
-
-/* fs_kafka.c, the worker's side of the transport (fs_transport.h declares
- * the transport itself). */
-/* Opens the worker's transport: librdkafka for broker (memory:// or
- * kafka://...), the in-memory log when broker is NULL. Registers the worker's
- * callbacks; sets rt->tp, rt->broker, rt->embedded. */
-int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen);
-/* Resolves the topics, holds what the worker holds from the start, runs the
- * agents' first steps and subscribes. */
-int fs_worker_start(fs_rt *rt, char *err, size_t errlen);
-/* The loop's turn of the transport: revocations, back-pressure, deliveries,
- * fetching. Returns how many messages it dispatched. */
-int fs_worker_poll(fs_rt *rt);
-/* Learns the partition count of each topic from the broker's metadata, creating
- * missing ones with their `partitions` first (bounded: 10 s for the metadata,
- * 10 s more for created topics to appear). Blocks: start-up and reloads only. */
-int fs_kafka_resolve(fs_rt *rt, fs_topic **ts, int n, char *err, size_t errlen);
-void fs_kafka_close(fs_rt *rt);
-/* ts_ms: the message timestamp (ms since the epoch), 0 for "now". Takes
+/* fs_send.c: the runtime's sends (agents, tables, dead letters), counted
+ * in the checkpoint epoch they belong to. ts_ms: the message timestamp (ms since the epoch), 0 for "now". Takes
  * ownership of hdrs. A waiter delivered at once has done set. (Until the
  * bindings build an fs_msg and call rt->tp->ops->produce themselves.) */
 int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
                const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
                fs_waiter *w, char *err, size_t errlen);
-void fs_checkpoint_begin(fs_rt *rt);
-void fs_checkpoint_poll(fs_rt *rt);
-int fs_checkpoint_sync(fs_rt *rt, int timeout_ms); /* flush + commit everything now */
-/* Before a reload: stage, deliver, write LMDB; commit without failing on a refused commit. */
-int fs_checkpoint_reload(fs_rt *rt, int timeout_ms);
-/* After a reload, or when an agent added a topic at run time (group_by inside
- * the agent): producer handles for new topics, create them, subscribe to what
- * the agents read. Returns 1 when the subscription changed (the group
- * rebalances), 0 when not, -1 on error. */
-int fs_kafka_rebind(fs_rt *rt, char *err, size_t errlen);
-/* Creates the topics declared since the last call and opens their producer
- * handles, without touching the subscription. */
-int fs_kafka_open_topics(fs_rt *rt, char *err, size_t errlen);
-void fs_kafka_revoke_poll(fs_rt *rt); /* completes a pending revocation when agents allow */
-/* Changelog readers (fs_table.c) until the transport has a reader operation. */
-rd_kafka_t *fs_kafka_new_consumer(fs_rt *rt, const char *group, char *err, size_t errlen);
-int fs_kafka_watch_queue(fs_rt *rt, rd_kafka_queue_t *q, int *fd, fs_io *io);
-rd_kafka_t *fs_kafka_consumer(fs_transport *tp);
 
-/* fstream.testing's send into the in-memory log (old form of
- * fs_memlog_append_external; does not take hdrs). */
-int fs_memlog_append(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_t klen,
-                     const void *val, size_t vlen, rd_kafka_headers_t *hdrs, int64_t ts_ms,
-                     int external, int32_t *part_out, int64_t *offset_out);
-
-/* fs_http.c */
-int fs_http_request(lua_State *L); /* core.http_request{...}: yields until done */
-void fs_http_poll(fs_rt *rt);       /* test transport: progress transfers without epoll */
-void fs_http_close(fs_rt *rt);
-
-/* fs_reload.c: hot reload. main.c provides the factory of fresh states (its
- * bundled modules); without it (the in-process specs) reload is unavailable. */
-extern lua_State *(*fs_host_new_state)(void);
-int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char *store, int watch,
-                    const char *broker_url, const char *data_dir, char *err, size_t errlen);
-int fs_reload_watching(fs_rt *rt);
-int fs_reload_watch(fs_rt *rt, const char *const *files, int n); /* replaces the watched set */
-void fs_reload_request(fs_rt *rt, const char *why, int64_t delay_ms);
-void fs_reload_poll(fs_rt *rt);
-void fs_reload_free(fs_rt *rt);
-/* Called by the new version once it declared everything (rt:rebound()). */
-int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen);
-double *fs_carry(fs_rt *rt, const char *key, int create);
-
-/* fs_runtime.c */
-int64_t fs_rt_wall_ms(fs_rt *rt);
-void fs_rt_fatal(fs_rt *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int fs_rt_run(fs_rt *rt);
-int fs_rt_run_until_idle(fs_rt *rt, int64_t max_ms);
-void fs_rt_request_stop(fs_rt *rt, const char *why);
-/* SIGTERM/SIGINT are taken by a thread of their own (a second one exits the
- * process at once, whatever the loop is doing). fs_signals_start runs once per
- * process, before the worker connects; fs_rt_poll_signals turns a received
- * signal into a stop request — the loop calls it, and so do places that may
- * run long without the loop (the count hook, changelog recovery).
- * fs_signals_stop_requested: a signal arrived (any thread may ask). */
-int fs_signals_start(void);
-int fs_watch_start(void); /* only the runaway watch (in-process runtimes) */
-void fs_rt_poll_signals(fs_rt *rt);
-int fs_signals_stop_requested(void);
+/* Records that the worker cannot go on (fs_fatal.h): any layer may, without
+ * calling up into the worker. */
+__attribute__((format(printf, 2, 3))) static inline void fs_rt_fatal(fs_rt *rt, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fs_fatal_vset(&rt->fatal, rt->fatal_msg, sizeof rt->fatal_msg, fmt, ap);
+    va_end(ap);
+}
 
 #endif

@@ -20,6 +20,9 @@ void fs_loop_close(fs_loop *l)
     free(l->heap);
     l->heap = NULL;
     l->nheap = l->capheap = 0;
+    free(l->hooks);
+    l->hooks = NULL;
+    l->nhooks = l->caphooks = 0;
 }
 
 int64_t fs_loop_now(const fs_loop *l)
@@ -153,4 +156,72 @@ int fs_loop_poll(fs_loop *l, int timeout_ms)
         io->cb(io, evs[i].events);
     }
     return n;
+}
+
+static int add_hook(fs_loop *l, fs_hook h)
+{
+    if (l->nhooks == l->caphooks) {
+        size_t cap = l->caphooks ? l->caphooks * 2 : 16;
+        fs_hook *n = realloc(l->hooks, cap * sizeof *n);
+        if (!n) return -1;
+        l->hooks = n;
+        l->caphooks = cap;
+    }
+    size_t i = l->nhooks;
+    /* Insert after every hook that sorts before or equal: stable order. */
+    while (i > 0 && (l->hooks[i - 1].phase > h.phase ||
+                     (l->hooks[i - 1].phase == h.phase && l->hooks[i - 1].order > h.order))) {
+        l->hooks[i] = l->hooks[i - 1];
+        i--;
+    }
+    l->hooks[i] = h;
+    l->nhooks++;
+    return 0;
+}
+
+int fs_loop_hook(fs_loop *l, int phase, int order, void (*fn)(void *data), void *data)
+{
+    return add_hook(l, (fs_hook){.phase = phase, .order = order, .fn = fn, .data = data});
+}
+
+/* Limits sort after every hook (phase 2): they are read, never run. */
+int fs_loop_limit(fs_loop *l, int64_t (*limit)(void *data), void *data)
+{
+    return add_hook(l, (fs_hook){.phase = 2, .limit = limit, .data = data});
+}
+
+void fs_loop_unhook(fs_loop *l, void *data)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < l->nhooks; i++)
+        if (l->hooks[i].data != data) l->hooks[k++] = l->hooks[i];
+    l->nhooks = k;
+}
+
+int64_t fs_loop_sleep_ms(const fs_loop *l, int64_t max_ms)
+{
+    int64_t t = fs_loop_next_timeout(l);
+    if (max_ms >= 0 && (t < 0 || t > max_ms)) t = max_ms;
+    for (size_t i = 0; i < l->nhooks && t != 0; i++) {
+        if (!l->hooks[i].limit) continue;
+        int64_t m = l->hooks[i].limit(l->hooks[i].data);
+        if (m >= 0 && (t < 0 || m < t)) t = m;
+    }
+    return t;
+}
+
+static void run_phase(fs_loop *l, int phase)
+{
+    for (size_t i = 0; i < l->nhooks; i++)
+        if (l->hooks[i].phase == phase && l->hooks[i].fn) l->hooks[i].fn(l->hooks[i].data);
+}
+
+int fs_loop_run_once(fs_loop *l, int64_t max_ms)
+{
+    int64_t t = fs_loop_sleep_ms(l, max_ms);
+    int rc = fs_loop_poll(l, t > INT32_MAX ? INT32_MAX : (int)t);
+    run_phase(l, FS_LOOP_AFTER_IO);
+    fs_loop_run_timers(l, fs_loop_now(l));
+    run_phase(l, FS_LOOP_AFTER_TIMERS);
+    return rc < 0 ? -1 : 0;
 }

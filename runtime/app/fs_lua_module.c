@@ -1,5 +1,6 @@
-/* fs_lua_module: the runtime's Lua face, module "fstream.core" (layer 7,
- * bindings).
+/* fs_lua_module: the runtime's Lua face, module "fstream.core". App layer:
+ * it assembles the bindings of the Lua layer and those of the app layer
+ * (hot reload's methods, the HTTP client), so that no binding file calls up.
  *
  * Mechanisms only: register topics and agents, spawn coroutines, take a batch
  * of events, produce, run the loop. The policy (the stream DSL, error
@@ -15,6 +16,8 @@
  *   fs_lua_stream.c   streams ("fstream.Stream")
  *   fs_lua_codec.c    payload codecs and headers
  *   fs_lua_misc.c     logging and the rest of fstream.core's functions
+ *   fs_lua_reload.c   (app) the reload methods of the runtime
+ *   fs_http.c         (app) core.http_request
  * fs_lua.c holds what they share (finding the runtime and topics). This
  * file assembles them: the runtime's metatable ("fstream.Runtime"), the
  * test runtime's ("fstream.TestRuntime": the same methods plus those only
@@ -23,8 +26,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fs_http.h"
 #include "fs_json.h"
 #include "fs_lua.h"
+#include "fs_reload.h"
 
 /* A runtime metatable named `name` whose methods are every array of regs
  * (NULL-terminated list). */
@@ -51,10 +56,11 @@ int luaopen_fstream_core(lua_State *L)
     fs_sched_track_coroutines(L);
 
     const luaL_Reg *const methods[] = {fs_lua_runtime_methods, fs_lua_topic_methods,
-                                       fs_lua_table_methods, NULL};
+                                       fs_lua_table_methods, fs_lua_reload_methods, NULL};
     const luaL_Reg *const test_methods[] = {fs_lua_runtime_methods, fs_lua_topic_methods,
-                                            fs_lua_table_methods, fs_lua_runtime_test_methods,
-                                            fs_lua_topic_test_methods, NULL};
+                                            fs_lua_table_methods, fs_lua_reload_methods,
+                                            fs_lua_runtime_test_methods, fs_lua_topic_test_methods,
+                                            NULL};
     new_rt_metatable(L, RT_MT, methods);
     new_rt_metatable(L, RT_TEST_MT, test_methods);
     fs_lua_open_stream(L);
@@ -65,6 +71,7 @@ int luaopen_fstream_core(lua_State *L)
     luaL_setfuncs(L, fs_lua_topic_funcs, 0);
     luaL_setfuncs(L, fs_lua_table_funcs, 0);
     luaL_setfuncs(L, fs_lua_misc_funcs, 0);
+    luaL_setfuncs(L, fs_lua_http_funcs, 0);
     luaopen_fstream_json(L);
     lua_getfield(L, -1, "null");
     fs_lua_null = lua_touserdata(L, -1);

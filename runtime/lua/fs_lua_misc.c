@@ -9,6 +9,7 @@
 
 #include "fs_log.h"
 #include "fs_lua.h"
+#include "fs_worker.h"
 
 /* core.redirect_stderr(path | nil): points fd 2 at a file, or back. For specs
  * that check what the worker logs. */
@@ -112,6 +113,5 @@ const luaL_Reg fs_lua_misc_funcs[] = {
     {"log_enabled", l_log_enabled},
     {"run_broker", fs_broker_run},
     {"broker_check", l_broker_check},
-    {"http_request", fs_http_request},
     {NULL, NULL},
 };

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 
+#include "fs_http.h"
 #include "fs_log.h"
 #include "fs_rt.h"
 
@@ -107,6 +108,19 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+static void http_close_hook(void *data)
+{
+    fs_http_close(data);
+}
+
+static int http_idle_hook(void *data)
+{
+    fs_rt *rt = data;
+    if (!rt->http_inflight) return 0;
+    fs_http_poll(rt);
+    return 1;
+}
+
 static int ensure_multi(fs_rt *rt)
 {
     if (rt->curlm) return 0;
@@ -123,6 +137,11 @@ static int ensure_multi(fs_rt *rt)
     curl_multi_setopt(rt->curlm, CURLMOPT_TIMERDATA, rt);
     rt->http_timer.cb = timer_fired;
     rt->http_timer.data = rt;
+    /* The worker tells us when it stops, and fstream.testing's idle rounds. */
+    rt->on_close.fn = http_close_hook;
+    rt->on_close.data = rt;
+    rt->on_idle.fn = http_idle_hook;
+    rt->on_idle.data = rt;
     return 0;
 }
 
@@ -294,3 +313,8 @@ void fs_http_close(fs_rt *rt)
     curl_multi_cleanup(rt->curlm);
     rt->curlm = NULL;
 }
+
+const luaL_Reg fs_lua_http_funcs[] = {
+    {"http_request", fs_http_request},
+    {NULL, NULL},
+};

@@ -4,7 +4,14 @@
  * inotify and HTTP) plus a binary heap of timers. The clock is either the
  * monotonic clock or, for fstream.testing, a fake clock that only moves when
  * fs_loop_advance is called. Timers and I/O handlers never run Lua: they mark
- * coroutines ready and the runtime resumes them afterwards. */
+ * coroutines ready and the runtime resumes them afterwards.
+ *
+ * The layers above register what they need done on each turn of the loop
+ * (as Redis' ae has its before-sleep hook) instead of the loop's owner calling
+ * every subsystem by name: per-iteration hooks, and sleep limits that say how
+ * long the loop may wait (0 while a subsystem has work queued). One turn,
+ * fs_loop_run_once: wait (bounded by timers and limits) and run I/O handlers,
+ * FS_LOOP_AFTER_IO hooks, due timers, FS_LOOP_AFTER_TIMERS hooks. */
 #ifndef FS_LOOP_H
 #define FS_LOOP_H
 
@@ -28,6 +35,17 @@ struct fs_io {
     void *data;
 };
 
+/* A registered per-iteration hook or sleep limit (see fs_loop_hook). */
+typedef struct fs_hook {
+    int phase, order;
+    void (*fn)(void *data);
+    int64_t (*limit)(void *data);
+    void *data;
+} fs_hook;
+
+/* Ownership: the loop owns its heap and hook array, not the timers, I/O
+ * records or hook data registered with it (they must outlive their
+ * registration). */
 typedef struct fs_loop {
     int epfd;
     int fake_clock;
@@ -35,6 +53,8 @@ typedef struct fs_loop {
     fs_timer **heap;
     size_t nheap, capheap;
     uint64_t seq;
+    fs_hook *hooks; /* sorted by (phase, order), registration order among equals */
+    size_t nhooks, caphooks;
 } fs_loop;
 
 int fs_loop_init(fs_loop *l, int fake_clock);
@@ -66,5 +86,23 @@ void fs_io_del(fs_loop *l, fs_io *io);
 /* Waits up to timeout_ms (-1: forever) and dispatches I/O handlers. Returns
  * the number of handlers run, or -1 on error other than EINTR. */
 int fs_loop_poll(fs_loop *l, int timeout_ms);
+
+/* Per-iteration hooks: fn(data) runs once per fs_loop_run_once, in `phase`
+ * (FS_LOOP_AFTER_IO: after I/O handlers, before timers; FS_LOOP_AFTER_TIMERS:
+ * after timers), by ascending `order`, then registration order. A hook may
+ * not register or remove hooks. -1 when out of memory. */
+enum { FS_LOOP_AFTER_IO = 0, FS_LOOP_AFTER_TIMERS = 1 };
+int fs_loop_hook(fs_loop *l, int phase, int order, void (*fn)(void *data), void *data);
+/* Sleep limits: limit(data) returns how long the loop may wait for I/O in ms:
+ * 0 = work is queued (do not sleep), -1 = no limit. */
+int fs_loop_limit(fs_loop *l, int64_t (*limit)(void *data), void *data);
+/* Removes every hook and limit registered with this data pointer. */
+void fs_loop_unhook(fs_loop *l, void *data);
+/* How long the next turn may wait: the earliest timer, every limit and
+ * max_ms (-1: none) taken together; -1 means "until I/O". */
+int64_t fs_loop_sleep_ms(const fs_loop *l, int64_t max_ms);
+/* One turn of the loop (see above), waiting at most max_ms for I/O.
+ * -1 when epoll_wait failed (the hooks and timers still ran). */
+int fs_loop_run_once(fs_loop *l, int64_t max_ms);
 
 #endif

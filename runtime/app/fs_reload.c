@@ -30,10 +30,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs_worker.h"
+#include "fs_reload.h"
 #include "fs_call.h"
+#include "fs_assign.h"
+#include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_lua.h"
 #include "fs_rt.h"
+#include "fs_table.h"
 
 #define DRAIN_TIMEOUT_MS 10000
 #define DEBOUNCE_MS 100
@@ -59,8 +64,11 @@ struct fs_reload {
     int next_app;    /* registry ref of its app in `next` */
     int64_t t0, deadline;
     int again; /* a change arrived during the swap: reload once more */
-    rd_kafka_topic_partition_list_t *restart; /* where partitions restart, during the swap */
+    fs_tplist restart; /* where partitions restart, during the swap */
 };
+
+
+static void reload_free_hook(void *data);
 
 static int64_t mono_ms(void)
 {
@@ -69,19 +77,6 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-double *fs_carry(fs_rt *rt, const char *key, int create)
-{
-    for (int i = 0; i < rt->ncarry; i++)
-        if (strcmp(rt->carry[i].key, key) == 0) return &rt->carry[i].value;
-    if (!create) return NULL;
-    struct fs_carry *c = realloc(rt->carry, (size_t)(rt->ncarry + 1) * sizeof *c);
-    if (!c) return NULL;
-    rt->carry = c;
-    c[rt->ncarry].key = strdup(key);
-    if (!c[rt->ncarry].key) return NULL;
-    c[rt->ncarry].value = 0;
-    return &c[rt->ncarry++].value;
-}
 
 static void debounce_cb(fs_timer *t)
 {
@@ -188,6 +183,21 @@ int fs_reload_watch(fs_rt *rt, const char *const *files, int n)
     return 0;
 }
 
+static void reload_hook(void *data)
+{
+    fs_reload_poll(((struct fs_reload *)data)->rt);
+}
+
+static void reload_hup(void *data)
+{
+    fs_reload_request(((struct fs_reload *)data)->rt, "SIGHUP", 0);
+}
+
+static int64_t reload_limit(void *data)
+{
+    return ((struct fs_reload *)data)->rt->draining ? 2 : -1;
+}
+
 int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char *store, int watch,
                     const char *broker_url, const char *data_dir, char *err, size_t errlen)
 {
@@ -208,6 +218,16 @@ int fs_reload_setup(fs_rt *rt, const char *path, const char *broker, const char 
     r->debounce.cb = debounce_cb;
     r->debounce.data = r;
     rt->reload = r;
+    rt->on_hup.fn = reload_hup;
+    rt->on_hup.data = r;
+    rt->on_free.fn = reload_free_hook;
+    rt->on_free.data = rt;
+    /* The loop advances a reload on each turn, and looks often while agents drain. */
+    if (fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, FS_ORDER_RELOAD, reload_hook, r) ||
+        fs_loop_limit(&rt->loop, reload_limit, r)) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     if (!r->path || !r->broker || !r->store || !r->broker_url || !r->data_dir) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -244,6 +264,8 @@ void fs_reload_free(fs_rt *rt)
     struct fs_reload *r = rt->reload;
     if (!r) return;
     fs_timer_stop(&rt->loop, &r->debounce);
+    fs_loop_unhook(&rt->loop, r);
+    if (rt->on_hup.data == r) rt->on_hup.fn = NULL, rt->on_hup.data = NULL;
     drop_next(r);
     clear_watch(r);
     if (r->ifd >= 0) {
@@ -339,8 +361,8 @@ static void begin(fs_rt *rt)
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
-            if (!p || !p->assigned) continue;
-            p->revoking = 1;
+            if (!fs_part_active(p)) continue;
+            fs_part_fence(p);
             fs_part_drop_queued(rt, p);
         }
     rt->draining = 1;
@@ -348,20 +370,19 @@ static void begin(fs_rt *rt)
 }
 
 /* Partition positions the new version starts from: after the last finished event. */
-static rd_kafka_topic_partition_list_t *positions(fs_rt *rt)
+static int positions(fs_rt *rt, fs_tplist *l)
 {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++) {
             fs_part *p = t->parts[j];
-            if (!p || !p->assigned) continue;
+            if (!fs_part_consuming(p)) continue;
             int64_t off = fs_part_committable(p);
             /* Nothing consumed since the assignment: the position has not moved. */
-            if (off >= 0) rd_kafka_topic_partition_list_add(l, t->name, p->id)->offset = off;
+            if (off >= 0 && !fs_tplist_add(l, t->name, p->id, off)) return -1;
         }
     }
-    return l;
+    return 0;
 }
 
 static void swap(fs_rt *rt)
@@ -369,13 +390,17 @@ static void swap(fs_rt *rt)
     struct fs_reload *r = rt->reload;
     int64_t t_drained = mono_ms();
     fs_fence_streams(rt, 0); /* drops the events agents had not started */
-    if (fs_checkpoint_reload(rt, 30000)) {
+    if (fs_ckpt_run(rt->ckpt, FS_CKPT_RELOAD, 35000)) {
         fs_rt_fatal(rt, "reload: the checkpoint before the swap failed; stopping without "
                         "committing (the input is processed again on restart)");
         drop_next(r);
         return;
     }
-    r->restart = positions(rt);
+    if (positions(rt, &r->restart)) {
+        fs_rt_fatal(rt, "reload: out of memory");
+        drop_next(r);
+        return;
+    }
     int64_t t_checkpointed = mono_ms();
 
     /* The old version goes: coroutines, agents (their undone events released,
@@ -413,8 +438,7 @@ static void swap(fs_rt *rt)
         fs_rt_fatal(rt, "reload: the new version could not take over: %s", lua_tostring(L, -1));
     lua_settop(L, 0);
     fs_unref(L, app_ref);
-    rd_kafka_topic_partition_list_destroy(r->restart);
-    r->restart = NULL;
+    fs_tplist_free(&r->restart);
     rt->draining = 0;
     if (!rt->fatal) {
         int64_t t = mono_ms();
@@ -436,35 +460,22 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
         snprintf(err, errlen, "not reloading");
         return -1;
     }
-    rd_kafka_topic_partition_list_t *restart_at = rt->reload->restart;
-    if (fs_kafka_open_topics(rt, err, errlen)) return -1;
+    const fs_tplist *restart_at = &rt->reload->restart;
+    if (fs_worker_open_topics(rt, err, errlen)) return -1;
     /* Back to the positions after the last finished events: what the old
      * version dropped is fetched again for the new one. A seek that fails
      * while the group rebalances onto a new subscription is harmless: the
      * partitions are assigned again from the offsets just committed. */
     char failed[256] = "";
-    if (restart_at && restart_at->cnt && rt->consumer) {
-        rd_kafka_error_t *e = rd_kafka_seek_partitions(rt->consumer, restart_at, 10000);
-        if (e) snprintf(failed, sizeof failed, "%s", rd_kafka_error_string(e));
-        for (int i = 0; !failed[0] && i < restart_at->cnt; i++)
-            if (restart_at->elems[i].err)
-                snprintf(failed, sizeof failed, "%s[%d]: %s", restart_at->elems[i].topic,
-                         (int)restart_at->elems[i].partition, rd_kafka_err2str(restart_at->elems[i].err));
-        if (e) rd_kafka_error_destroy(e);
-    }
+    if (restart_at->len && rt->tp && rt->tp->durable)
+        rt->tp->ops->seek(rt->tp, restart_at, failed, sizeof failed);
     for (int i = 0; i < rt->ntopics; i++)
         for (int j = 0; j < rt->topics[i]->nparts; j++) {
             fs_part *p = rt->topics[i]->parts[j];
-            if (p && p->assigned) fs_part_restart(p);
+            if (p) fs_part_restart(p);
         }
     rt->paused = 0;
-    if (rt->consumer) {
-        rd_kafka_topic_partition_list_t *a = NULL;
-        if (!rd_kafka_assignment(rt->consumer, &a) && a) {
-            rd_kafka_resume_partitions(rt->consumer, a);
-            rd_kafka_topic_partition_list_destroy(a);
-        }
-    }
+    if (rt->tp && rt->tp->durable) rt->tp->ops->resume(rt->tp, NULL);
     /* Tables: the new Lua objects get every held partition (records read from
      * LMDB again; windows rebuilt from it), tables the new version added are
      * opened and recovered. */
@@ -476,7 +487,7 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
      * them, as at start-up: a group_by inside an agent declares its
      * repartition topic now, so the group rebalances once at most. */
     fs_sched_run_ready(&rt->sched);
-    int resubscribed = fs_kafka_rebind(rt, err, errlen);
+    int resubscribed = fs_worker_rebind(rt, err, errlen);
     if (resubscribed < 0) return -1;
     if (failed[0] && resubscribed) {
         fs_warn("reload: seek failed before the rebalance (%s)", failed);
@@ -484,7 +495,6 @@ int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen)
         snprintf(err, errlen, "seek failed: %s", failed);
         return -1;
     }
-    rt->consume_pending = 1;
     return 0;
 }
 
@@ -494,7 +504,7 @@ void fs_reload_poll(fs_rt *rt)
     if (!r || rt->stopping || rt->fatal) return;
     if (!r->next) {
         /* A revocation in progress finishes first: it owns the fences. */
-        if (!r->requested || rt->revoke) return;
+        if (!r->requested || fs_assign_busy(rt->assign)) return;
         begin(rt);
         if (!r->next) return;
     }
@@ -506,4 +516,10 @@ void fs_reload_poll(fs_rt *rt)
                 DRAIN_TIMEOUT_MS / 1000);
     }
     swap(rt);
+}
+
+/* The runtime is freed (rt_free): the reload's state goes with it. */
+static void reload_free_hook(void *data)
+{
+    fs_reload_free(data);
 }

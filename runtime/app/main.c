@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs_worker.h"
+#include "fs_reload.h"
 #include "fs_bundle.h"
 #include "fs_call.h"
 #include "fs_log.h"

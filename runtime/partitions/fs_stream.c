@@ -1,10 +1,8 @@
-/* fs_stream: from "a message arrived" to "its offset may be committed".
+/* fs_stream: from "a message arrived" to "every agent has finished it".
  *
  * Each consumed message becomes an fs_event in a batch and is queued to every
- * agent subscribed to its topic. Each partition keeps a ring of its delivered,
- * not yet fully acknowledged offsets in delivery order; the committable offset
- * is the oldest one still pending (or the next offset when none is), so a
- * commit never skips an event some agent has not finished. */
+ * agent subscribed to its topic. Its partition (fs_part.c) tracks it in its
+ * acknowledgement ring until every agent has acknowledged it. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,28 +29,8 @@ fs_part *fs_part_get(fs_topic *t, int32_t partition)
         t->parts = p;
         t->nparts = n;
     }
-    if (!t->parts[partition]) {
-        fs_part *p = calloc(1, sizeof *p);
-        if (!p) return NULL;
-        p->topic = t;
-        p->id = partition;
-        p->next = -1;
-        p->committed = -1;
-        p->snap = -1;
-        t->parts[partition] = p;
-    }
+    if (!t->parts[partition]) t->parts[partition] = fs_part_new(t, partition);
     return t->parts[partition];
-}
-
-void fs_part_assign(fs_part *p, int64_t committed)
-{
-    p->assigned = 1;
-    p->gen++;
-    p->rhead = p->rlen = 0;
-    p->next = -1;
-    p->committed = committed;
-    p->snap = -1;
-    p->delivered = 0;
 }
 
 /* Events of a revoked partition still waiting in agent queues are dropped:
@@ -74,30 +52,6 @@ void fs_part_drop_queued(fs_rt *rt, fs_part *p)
         }
         a->qlen = kept;
     }
-}
-
-void fs_part_revoke(fs_rt *rt, fs_part *p)
-{
-    fs_part_drop_queued(rt, p);
-    p->assigned = 0;
-    p->revoking = 0;
-    p->gen++;
-    p->rhead = p->rlen = 0;
-}
-
-void fs_part_restart(fs_part *p)
-{
-    p->gen++;
-    p->rhead = p->rlen = 0;
-    p->next = -1;
-    p->snap = -1;
-    p->revoking = 0;
-}
-
-int64_t fs_part_committable(const fs_part *p)
-{
-    if (p->rlen) return p->ring[p->rhead].offset;
-    return p->next;
 }
 
 fs_batch *fs_batch_new(int n, int owned)
@@ -130,26 +84,6 @@ static void event_free(fs_event *e)
     }
     e->m = NULL;
     batch_unref(e->batch);
-}
-
-static int ring_push(fs_part *p, int64_t offset, int32_t pending, uint64_t *seq)
-{
-    if (p->rlen == p->rcap) {
-        size_t cap = p->rcap ? p->rcap * 2 : 1024;
-        struct fs_slot *r = malloc(cap * sizeof *r);
-        if (!r) return -1;
-        for (size_t i = 0; i < p->rlen; i++) r[i] = p->ring[(p->rhead + i) % p->rcap];
-        free(p->ring);
-        p->ring = r;
-        p->rcap = cap;
-        p->rhead = 0;
-    }
-    size_t i = (p->rhead + p->rlen) % p->rcap;
-    p->ring[i].offset = offset;
-    p->ring[i].pending = pending;
-    *seq = p->rbase + p->rlen;
-    p->rlen++;
-    return 0;
 }
 
 static void agent_push(fs_rt *rt, fs_agent *a, fs_event *e)
@@ -194,7 +128,7 @@ void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int
     e->part = fs_part_get(t, m->partition);
     int nsubs = 0;
     for (int i = 0; i < t->nsubs; i++) nsubs += !t->subs[i]->closed;
-    if (!e->part || !e->part->assigned || e->part->revoking) { /* stale: after a revoke */
+    if (!fs_part_active(e->part)) { /* stale: after a revoke */
         e->part = NULL;
         event_free(e);
         return;
@@ -207,11 +141,9 @@ void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int
                 "messages are no longer on the broker (its log start moved)",
                 t->name, (int)p->id, (long long)m->offset, (long long)p->committed,
                 (long long)(m->offset - p->committed));
-    p->next = m->offset + 1;
-    p->delivered++;
     t->consumed++;
     rt->events_in++;
-    if (ring_push(p, m->offset, nsubs, &e->seq)) {
+    if (fs_part_track(p, m->offset, nsubs, &e->seq)) {
         fs_rt_fatal(rt, "out of memory tracking offsets of %s[%d]", t->name, (int)p->id);
         event_free(e);
         return;
@@ -235,16 +167,7 @@ void fs_event_release(fs_rt *rt, fs_event *e)
 
 void fs_event_ack(fs_rt *rt, fs_event *e)
 {
-    fs_part *p = e->part;
-    if (p && e->gen == p->gen && e->seq >= p->rbase && e->seq < p->rbase + p->rlen) {
-        struct fs_slot *s = &p->ring[(p->rhead + (e->seq - p->rbase)) % p->rcap];
-        s->pending--;
-        while (p->rlen && p->ring[p->rhead].pending <= 0) {
-            p->rhead = (p->rhead + 1) % p->rcap;
-            p->rlen--;
-            p->rbase++;
-        }
-    }
+    if (e->part) fs_part_ack(e->part, e->gen, e->seq);
     if (--e->refs <= 0) {
         rt->events_acked++;
         event_free(e);

@@ -48,8 +48,12 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
         return -1;
     }
     fs_store *s = calloc(1, sizeof *s);
-    if (!s) return -1;
-    s->path = strdup(dir);
+    if (s) s->path = strdup(dir);
+    if (!s || !s->path) {
+        free(s);
+        snprintf(err, errlen, "%s: out of memory", dir);
+        return -1;
+    }
     int rc = mdb_env_create(&s->env);
     if (rc) goto fail;
     mdb_env_set_maxdbs(s->env, 2);
@@ -59,7 +63,11 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
     const char *env = getenv("FSTREAM_LMDB_MAP_SIZE");
     if (env && strtoull(env, NULL, 10) >= 65536) s->mapsize = (size_t)strtoull(env, NULL, 10);
     char file[4200];
-    snprintf(file, sizeof file, "%s/data.mdb", dir);
+    if (snprintf(file, sizeof file, "%s/data.mdb", dir) >= (int)sizeof file) {
+        snprintf(err, errlen, "%s: path too long", dir);
+        fs_store_close(s);
+        return -1;
+    }
     if (stat(file, &st) == 0 && (size_t)st.st_size > s->mapsize) s->mapsize = (size_t)st.st_size;
     mdb_env_set_mapsize(s->env, s->mapsize);
     /* NOTLS: transactions are not tied to threads (one loop thread anyway). */

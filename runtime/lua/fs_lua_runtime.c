@@ -13,8 +13,11 @@
 #include <unistd.h>
 
 #include "fs_call.h"
+#include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_lua.h"
+#include "fs_worker.h"
+#include "fs_table.h"
 
 /* Seconds (math.huge: never) to the count hook's milliseconds. */
 static int64_t agent_timeout_ms(double s)
@@ -131,17 +134,18 @@ static int l_core_adopt(lua_State *L)
 
 static void rt_free(fs_rt *rt)
 {
-    fs_reload_free(rt);
+    /* The layers above (reload, the HTTP client) registered what to do. */
+    if (rt->on_free.fn) rt->on_free.fn(rt->on_free.data);
     fs_sched_kill_all(&rt->sched);
-    fs_http_close(rt);
+    if (rt->on_close.fn) rt->on_close.fn(rt->on_close.data);
     for (int i = 0; i < rt->nagents; i++) fs_agent_close(rt, rt->agents[i]);
-    fs_kafka_close(rt);
+    fs_worker_close(rt);
     fs_tables_close(rt);
     fs_unref(rt->L, rt->table_hook_ref);
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
         for (int j = 0; j < t->nparts; j++)
-            if (t->parts[j]) free(t->parts[j]->ring), free(t->parts[j]);
+            fs_part_free(t->parts[j]);
         free(t->parts);
         free(t->subs);
         free(t->name);
@@ -245,8 +249,8 @@ static int l_rt_resubscribe(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     char err[512];
-    int rc = rt->prestart || rt->rebinding ? fs_kafka_open_topics(rt, err, sizeof err)
-                                           : fs_kafka_rebind(rt, err, sizeof err);
+    int rc = rt->prestart || rt->rebinding ? fs_worker_open_topics(rt, err, sizeof err)
+                                           : fs_worker_rebind(rt, err, sizeof err);
     if (rc < 0) return luaL_error(L, "%s", err);
     lua_pushboolean(L, rc > 0);
     return 1;
@@ -347,6 +351,25 @@ static int l_rt_now(lua_State *L)
     return 1;
 }
 
+/* stats.recovering[i] = {table=, partition=, done=, total=}: replays queued or
+ * running (total is absent until the changelog's end is known). */
+static void push_recovering(void *ud, const fs_table *t, int32_t p, int64_t done, int64_t total)
+{
+    lua_State *L = ud;
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, t->name);
+    lua_setfield(L, -2, "table");
+    lua_pushinteger(L, p);
+    lua_setfield(L, -2, "partition");
+    lua_pushinteger(L, done);
+    lua_setfield(L, -2, "done");
+    if (total >= 0) {
+        lua_pushinteger(L, total);
+        lua_setfield(L, -2, "total");
+    }
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
 static int l_rt_stats(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
@@ -377,7 +400,7 @@ static int l_rt_stats(lua_State *L)
         lua_newtable(L);
         for (int j = 0; j < t->nparts; j++) {
             fs_part *p = t->parts[j];
-            if (!p || !p->assigned) continue;
+            if (!fs_part_consuming(p)) continue;
             lua_createtable(L, 0, 2);
             lua_pushinteger(L, fs_part_committable(p));
             lua_setfield(L, -2, "committable");
@@ -389,7 +412,25 @@ static int l_rt_stats(lua_State *L)
         lua_setfield(L, -2, t->name);
     }
     lua_setfield(L, -2, "topics");
+    lua_newtable(L);
+    fs_tables_recovering(rt, push_recovering, L);
+    lua_setfield(L, -2, "recovering");
     return 1;
+}
+
+/* The value kept under key (created as 0 when create), or NULL. */
+static double *carry_slot(fs_rt *rt, const char *key, int create)
+{
+    for (int i = 0; i < rt->ncarry; i++)
+        if (strcmp(rt->carry[i].key, key) == 0) return &rt->carry[i].value;
+    if (!create) return NULL;
+    struct fs_carry *c = realloc(rt->carry, (size_t)(rt->ncarry + 1) * sizeof *c);
+    if (!c) return NULL;
+    rt->carry = c;
+    c[rt->ncarry].key = strdup(key);
+    if (!c[rt->ncarry].key) return NULL;
+    c[rt->ncarry].value = 0;
+    return &c[rt->ncarry++].value;
 }
 
 /* rt:carry(key [, value]): a number that outlives a reload (timers keep their
@@ -399,7 +440,7 @@ static int l_rt_carry(lua_State *L)
     fs_rt *rt = fs_lua_check_rt(L, 1);
     const char *key = luaL_checkstring(L, 2);
     int set = !lua_isnoneornil(L, 3);
-    double *v = fs_carry(rt, key, set);
+    double *v = carry_slot(rt, key, set);
     if (set) {
         if (!v) return luaL_error(L, "out of memory");
         *v = luaL_checknumber(L, 3);
@@ -408,54 +449,6 @@ static int l_rt_carry(lua_State *L)
     if (v) lua_pushnumber(L, *v);
     else lua_pushnil(L);
     return 1;
-}
-
-/* rt:reload_setup(path, --broker, --store, watch, broker_url, data_dir): a worker whose loop main.c
- * drives can reload (SIGHUP; with watch, when its files change). */
-static int l_rt_reload_setup(lua_State *L)
-{
-    fs_rt *rt = fs_lua_check_rt(L, 1);
-    char err[512];
-    if (fs_reload_setup(rt, luaL_checkstring(L, 2), luaL_checkstring(L, 3), luaL_checkstring(L, 4),
-                        lua_toboolean(L, 5), luaL_checkstring(L, 6), luaL_checkstring(L, 7), err,
-                        sizeof err))
-        return luaL_error(L, "%s", err);
-    return 0;
-}
-
-static int l_rt_reload_watching(lua_State *L)
-{
-    lua_pushboolean(L, fs_reload_watching(fs_lua_check_rt(L, 1)));
-    return 1;
-}
-
-/* rt:watch({path, ...}): the files whose change reloads the app (--reload). */
-static int l_rt_watch(lua_State *L)
-{
-    fs_rt *rt = fs_lua_check_rt(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    int n = (int)luaL_len(L, 2);
-    const char **files = calloc((size_t)n + 1, sizeof *files);
-    if (!files) return luaL_error(L, "out of memory");
-    for (int i = 0; i < n; i++) {
-        lua_geti(L, 2, i + 1);
-        files[i] = lua_tostring(L, -1); /* kept alive by the table */
-        lua_pop(L, 1);
-        if (!files[i]) n = i;
-    }
-    int rc = fs_reload_watch(rt, files, n);
-    free(files);
-    if (rc) return luaL_error(L, "cannot watch the app's files: %s", strerror(-rc));
-    return 0;
-}
-
-/* rt:rebound(): the reloaded version declared everything; fetching restarts. */
-static int l_rt_rebound(lua_State *L)
-{
-    fs_rt *rt = fs_lua_check_rt(L, 1);
-    char err[512];
-    if (fs_reload_rebound(rt, err, sizeof err)) return luaL_error(L, "%s", err);
-    return 0;
 }
 
 /* ---- coroutines: core.sleep, core.current, core.ended ---- */
@@ -499,10 +492,6 @@ const luaL_Reg fs_lua_runtime_methods[] = {
     {"now", l_rt_now},
     {"stats", l_rt_stats},
     {"carry", l_rt_carry},
-    {"reload_setup", l_rt_reload_setup},
-    {"reload_watching", l_rt_reload_watching},
-    {"watch", l_rt_watch},
-    {"rebound", l_rt_rebound},
     {"close", fs_lua_rt_close},
     {NULL, NULL},
 };

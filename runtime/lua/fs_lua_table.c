@@ -7,6 +7,8 @@
 
 #include "fs_call.h"
 #include "fs_lua.h"
+#include "fs_worker.h"
+#include "fs_table.h"
 #include "fs_store.h"
 
 static fs_table *check_table(lua_State *L, fs_rt *rt, int idx)
@@ -59,7 +61,36 @@ static int l_rt_table(lua_State *L)
     return 1;
 }
 
-/* rt:table_hook(fn): fn(event, partition) with "flush", "hold", "release". */
+/* The table layer's hook (fs_tables_set_hook): calls the Lua function
+ * fn(event, partition, table_id[, keys]) registered by rt:table_hook, in the
+ * runtime's main VM. */
+static int table_hook(void *data, const char *event, int32_t p, int tid, const fs_store_op *keys,
+                      size_t nkeys)
+{
+    fs_rt *rt = data;
+    lua_State *L = rt->L;
+    if (rt->table_hook_ref <= 0) return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->table_hook_ref);
+    lua_pushstring(L, event);
+    lua_pushinteger(L, p);
+    lua_pushinteger(L, tid);
+    if (keys) {
+        lua_createtable(L, (int)nkeys, 0);
+        for (size_t i = 0; i < nkeys; i++) {
+            lua_pushlstring(L, keys[i].key, keys[i].klen);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+    }
+    if (fs_call(L, keys ? 4 : 3, 0, FS_CALL_TRACEBACK)) {
+        fs_rt_fatal(rt, "tables (%s): %s", event, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
+/* rt:table_hook(fn): fn(event, partition, table_id[, keys]) with "flush",
+ * "hold", "release", "changed". */
 static int l_rt_table_hook(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
@@ -67,6 +98,7 @@ static int l_rt_table_hook(lua_State *L)
     fs_unref(L, rt->table_hook_ref);
     lua_pushvalue(L, 2);
     rt->table_hook_ref = fs_ref(L);
+    if (fs_tables_set_hook(rt, table_hook, rt)) return luaL_error(L, "out of memory");
     return 0;
 }
 

@@ -26,6 +26,7 @@
 #include "fs_buf.h"
 #include "fs_json.h"
 #include "fs_lua.h"
+#include "fs_worker.h"
 #include "fs_rt.h"
 #include "fs_vec.h"
 #include "fs_windows.h"

@@ -39,7 +39,7 @@ static void drop_revoked(fs_rt *rt, fs_stream *s, void *ctx)
     size_t w = i;
     for (size_t j = i + 1; j <= n; j++) {
         fs_event *e = s->taken[j - 1];
-        if (e->part->revoking || !e->part->assigned) {
+        if (!fs_part_active(e->part)) {
             if (s->manual) fs_stream_open_remove(s, e);
             fs_event_release(rt, e);
             continue;
@@ -86,14 +86,13 @@ int fs_streams_clear(fs_rt *rt)
             /* A stream whose reader died has nobody who could finish an event. */
             if (!s->reader) continue;
             for (size_t k = 0; k < s->nopen; k++)
-                if (s->open[k]->part->revoking) return 0; /* not acknowledged yet */
+                if (fs_part_fencing(s->open[k]->part)) return 0; /* not acknowledged yet */
             if (s->ntaken == 0 || s->manual) continue;
             /* The event at the cursor is in progress unless already acknowledged. */
             size_t pos = s->pos;
-            if (pos >= 1 && pos <= s->ntaken && pos > s->nacked && s->taken[pos - 1]->part->revoking)
+            if (pos >= 1 && pos <= s->ntaken && pos > s->nacked && fs_part_fencing(s->taken[pos - 1]->part))
                 return 0;
         }
     }
     return 1;
 }
-

@@ -1,0 +1,65 @@
+/* fs_lua_reload: the runtime methods of hot reload (rt:reload_setup,
+ * rt:reload_watching, rt:watch, rt:rebound), put into the runtime metatable
+ * by the module (fs_lua_module.c). App layer: they call fs_reload.c. */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs_lua.h"
+#include "fs_reload.h"
+
+/* rt:reload_setup(path, --broker, --store, watch, broker_url, data_dir): a worker whose loop main.c
+ * drives can reload (SIGHUP; with watch, when its files change). */
+static int l_rt_reload_setup(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    char err[512];
+    if (fs_reload_setup(rt, luaL_checkstring(L, 2), luaL_checkstring(L, 3), luaL_checkstring(L, 4),
+                        lua_toboolean(L, 5), luaL_checkstring(L, 6), luaL_checkstring(L, 7), err,
+                        sizeof err))
+        return luaL_error(L, "%s", err);
+    return 0;
+}
+
+static int l_rt_reload_watching(lua_State *L)
+{
+    lua_pushboolean(L, fs_reload_watching(fs_lua_check_rt(L, 1)));
+    return 1;
+}
+
+/* rt:watch({path, ...}): the files whose change reloads the app (--reload). */
+static int l_rt_watch(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int n = (int)luaL_len(L, 2);
+    const char **files = calloc((size_t)n + 1, sizeof *files);
+    if (!files) return luaL_error(L, "out of memory");
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, 2, i + 1);
+        files[i] = lua_tostring(L, -1); /* kept alive by the table */
+        lua_pop(L, 1);
+        if (!files[i]) n = i;
+    }
+    int rc = fs_reload_watch(rt, files, n);
+    free(files);
+    if (rc) return luaL_error(L, "cannot watch the app's files: %s", strerror(-rc));
+    return 0;
+}
+
+/* rt:rebound(): the reloaded version declared everything; fetching restarts. */
+static int l_rt_rebound(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    char err[512];
+    if (fs_reload_rebound(rt, err, sizeof err)) return luaL_error(L, "%s", err);
+    return 0;
+}
+
+const luaL_Reg fs_lua_reload_methods[] = {
+    {"reload_setup", l_rt_reload_setup},
+    {"reload_watching", l_rt_reload_watching},
+    {"watch", l_rt_watch},
+    {"rebound", l_rt_rebound},
+    {NULL, NULL},
+};

@@ -1,0 +1,379 @@
+/* fs_checkpoint: the commit protocol (see fs_checkpoint.h). Each occasion is a
+ * row of `occasions`; the steps below are the same for all of them. */
+#include "fs_checkpoint.h"
+
+#include <malloc.h>
+#include <stdlib.h>
+
+#include "fs_log.h"
+#include "fs_rt.h"
+#include "fs_table.h"
+
+enum { IDLE = 0, DELIVER, COMMIT };
+
+struct fs_ckpt {
+    fs_rt *rt;
+    fs_transport *tp;
+    const fs_ckpt_strategy *s;
+    const fs_agent_hooks *agents;
+    void *agents_data;
+    /* the running checkpoint */
+    int phase;
+    int occasion;
+    int epoch;        /* the send epoch it covers */
+    int64_t deadline; /* loop clock: delivery must be over by then (0: no limit) */
+    int has_only;
+    fs_tplist only;    /* the partitions whose offsets it commits, when has_only */
+    fs_tplist offsets; /* the commit in flight */
+    int blocking;      /* driven by fs_ckpt_drain: the loop does not turn */
+    void (*done)(void *data, int rc);
+    void *data;
+    /* A checkpoint gave up before its sends were delivered: the next one
+     * waits for every send, not only its own epoch's. */
+    int drain_all;
+    char commit_tag; /* its address identifies this module's commits */
+};
+
+/* The occasions. force: tables re-stage each held partition's newest record
+ * with the input offsets, so that the next owner (or the next start) resumes
+ * exactly there. wait_commit: the checkpoint ends when the broker answered
+ * the commit (the periodic one commits in the background; a failure is
+ * logged and the next one retries). refused_ok: the positions are used
+ * whatever the broker says (a reload restarts from them in this process).
+ * deliver_ms: how long delivery may take (0: as long as it takes; the
+ * producer's own timeout ends it). stage_volatile: on a transport that keeps
+ * nothing (fstream.testing), the periodic checkpoint still stages (the tables'
+ * Lua side runs its flush) but persists and commits nothing; other occasions
+ * do nothing there. */
+static const struct occasion {
+    const char *name;
+    int force, wait_commit, refused_ok;
+    int64_t deliver_ms;
+    int stage_volatile;
+} occasions[] = {
+    [FS_CKPT_PERIODIC] = {"periodic", 0, 0, 0, 0, 1},
+    [FS_CKPT_REVOKE] = {"revocation", 1, 1, 0, 30000, 0},
+    [FS_CKPT_RELOAD] = {"reload", 0, 1, 1, 30000, 0},
+    [FS_CKPT_STOP] = {"stop", 1, 1, 0, 30000, 0},
+};
+
+fs_rt *fs_ckpt_rt(fs_ckpt *ck)
+{
+    return ck->rt;
+}
+
+fs_transport *fs_ckpt_transport(fs_ckpt *ck)
+{
+    return ck->tp;
+}
+
+int fs_ckpt_active(const fs_ckpt *ck)
+{
+    return ck->phase != IDLE;
+}
+
+/* ---- agents (registered by the layer that runs them) ---- */
+
+void fs_ckpt_set_agents(fs_ckpt *ck, const fs_agent_hooks *h, void *data)
+{
+    ck->agents = h;
+    ck->agents_data = data;
+}
+
+void fs_ckpt_sync_acks(fs_ckpt *ck)
+{
+    if (ck->agents && ck->agents->sync_acks) ck->agents->sync_acks(ck->agents_data);
+}
+
+void fs_ckpt_fence(fs_ckpt *ck, int on)
+{
+    if (ck->agents && ck->agents->fence) ck->agents->fence(ck->agents_data, on);
+}
+
+int fs_ckpt_agents_clear(fs_ckpt *ck)
+{
+    return !ck->agents || !ck->agents->clear || ck->agents->clear(ck->agents_data);
+}
+
+/* ---- the at-least-once strategy ---- */
+
+static int alo_persist(fs_ckpt *ck)
+{
+    return fs_tables_write(ck->rt, 1);
+}
+
+static int alo_commit(fs_ckpt *ck, const fs_tplist *offsets)
+{
+    if (!occasions[ck->occasion].wait_commit) {
+        /* In the background: the transport's answer comes to
+         * fs_ckpt_on_commit_done without our tag, and only a failure is logged. */
+        ck->tp->ops->commit(ck->tp, offsets, 0, NULL);
+        fs_ckpt_committed(ck, 0, NULL);
+        return 0;
+    }
+    if (!ck->blocking) return ck->tp->ops->commit(ck->tp, offsets, 0, &ck->commit_tag);
+    /* The loop no longer turns: wait for the answer here. (A transport that
+     * also reports it through commit_done finds the checkpoint over.) */
+    int rc = ck->tp->ops->commit(ck->tp, offsets, FS_COMMIT_SYNC, &ck->commit_tag);
+    fs_ckpt_committed(ck, rc ? -1 : 0, "the broker did not take it");
+    return 0;
+}
+
+const fs_ckpt_strategy fs_ckpt_at_least_once = {
+    .name = "at_least_once",
+    .persist = alo_persist,
+    .commit = alo_commit,
+};
+
+/* ---- the protocol ---- */
+
+fs_ckpt *fs_ckpt_new(fs_rt *rt, fs_transport *tp, const fs_ckpt_strategy *s)
+{
+    fs_ckpt *ck = calloc(1, sizeof *ck);
+    if (!ck) return NULL;
+    ck->rt = rt;
+    ck->tp = tp;
+    ck->s = s;
+    return ck;
+}
+
+void fs_ckpt_free(fs_ckpt *ck)
+{
+    if (!ck) return;
+    fs_tplist_free(&ck->only);
+    fs_tplist_free(&ck->offsets);
+    free(ck);
+}
+
+static void end(fs_ckpt *ck, int rc)
+{
+    if (ck->phase == IDLE) return;
+    if (rc < 0 && ck->s->abort) ck->s->abort(ck);
+    int occasion = ck->occasion;
+    void (*done)(void *, int) = ck->done;
+    void *data = ck->data;
+    ck->phase = IDLE;
+    ck->done = NULL;
+    fs_tplist_free(&ck->only);
+    fs_tplist_free(&ck->offsets);
+    ck->has_only = 0;
+    /* A checkpoint frees what a burst of table writes held (staged records,
+     * delivered messages); hand it back rather than keep it as resident memory. */
+    if (occasion == FS_CKPT_PERIODIC && rc == 0 && ck->tp->durable && ck->rt->ntables) malloc_trim(0);
+    if (done) done(data, rc);
+}
+
+static int in_scope(fs_ckpt *ck, const fs_part *p)
+{
+    return !ck->has_only || fs_tplist_find(&ck->only, p->topic->name, p->id);
+}
+
+/* stage: everything acknowledged so far, and the table entries it wrote,
+ * belong to this checkpoint; later sends to the next epoch. */
+static int stage(fs_ckpt *ck)
+{
+    fs_rt *rt = ck->rt;
+    fs_ckpt_sync_acks(ck);
+    if (ck->s->begin && ck->s->begin(ck)) return -1;
+    if (fs_tables_flush(rt, occasions[ck->occasion].force)) return -1;
+    for (int i = 0; i < rt->ntopics; i++)
+        for (int j = 0; j < rt->topics[i]->nparts; j++) {
+            fs_part *p = rt->topics[i]->parts[j];
+            if (fs_part_consuming(p)) p->snap = fs_part_committable(p);
+        }
+    ck->epoch = rt->epoch;
+    rt->epoch++;
+    return 0;
+}
+
+static void report_undelivered(fs_ckpt *ck)
+{
+    long long n = (long long)ck->tp->ops->undelivered(ck->tp);
+    long long ms = (long long)occasions[ck->occasion].deliver_ms;
+    switch (ck->occasion) {
+    case FS_CKPT_REVOKE:
+        fs_warn("producer flush timed out during rebalance; not committing");
+        break;
+    case FS_CKPT_STOP:
+        fs_error("could not deliver %lld messages in %lld ms; not committing their input", n, ms);
+        break;
+    default:
+        fs_error("could not deliver %lld messages in %lld ms", n, ms);
+    }
+}
+
+/* persist and commit, in the strategy's order. */
+static void settle(fs_ckpt *ck)
+{
+    fs_rt *rt = ck->rt;
+    if (!ck->tp->durable) { /* an in-memory run keeps nothing */
+        end(ck, 0);
+        return;
+    }
+    if (!ck->s->persist_after_commit && ck->s->persist && ck->s->persist(ck)) {
+        end(ck, -1);
+        return;
+    }
+    fs_tplist_free(&ck->offsets);
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        for (int j = 0; j < t->nparts; j++) {
+            fs_part *p = t->parts[j];
+            if (!fs_part_consuming(p) || !in_scope(ck, p)) continue;
+            if (p->snap < 0 || p->snap <= p->committed) continue;
+            if (!fs_tplist_add(&ck->offsets, t->name, p->id, p->snap)) {
+                fs_rt_fatal(rt, "out of memory committing offsets");
+                end(ck, -1);
+                return;
+            }
+            p->committed = p->snap;
+        }
+    }
+    if (!ck->offsets.len) {
+        fs_ckpt_committed(ck, 0, NULL);
+        return;
+    }
+    rt->commits++;
+    fs_debug("committing %d partition offsets", ck->offsets.len);
+    ck->phase = COMMIT;
+    if (ck->s->commit(ck, &ck->offsets) && ck->phase == COMMIT)
+        fs_ckpt_committed(ck, -1, "the commit could not be sent");
+}
+
+void fs_ckpt_committed(fs_ckpt *ck, int err, const char *errstr)
+{
+    if (ck->phase == IDLE) return;
+    const struct occasion *o = &occasions[ck->occasion];
+    int rc = 0;
+    if (err && o->wait_commit) {
+        fs_warn("offset commit failed: %s", errstr ? errstr : "unknown error");
+        if (!o->refused_ok) rc = -1;
+    }
+    if (rc == 0 && ck->s->persist_after_commit && ck->s->persist && ck->s->persist(ck)) rc = -1;
+    end(ck, rc);
+}
+
+void fs_ckpt_on_commit_done(fs_ckpt *ck, void *ctx, const fs_tplist *offsets, int err)
+{
+    if (ctx == &ck->commit_tag) {
+        if (ck->phase == COMMIT) fs_ckpt_committed(ck, err, err ? ck->tp->ops->strerror(err) : NULL);
+        return;
+    }
+    /* A background commit: only a failure is news. */
+    if (err) {
+        fs_warn("offset commit failed: %s (the next checkpoint retries)", ck->tp->ops->strerror(err));
+        return;
+    }
+    for (int i = 0; offsets && i < offsets->len; i++)
+        if (offsets->items[i].err)
+            fs_warn("offset commit of %s[%d] failed: %s", offsets->items[i].topic,
+                    (int)offsets->items[i].partition, ck->tp->ops->strerror(offsets->items[i].err));
+}
+
+/* The deliver step; returns 1 while it must wait. */
+static int delivering(fs_ckpt *ck)
+{
+    fs_rt *rt = ck->rt;
+    int64_t all = rt->inflight[0] + rt->inflight[1];
+    if (all == 0) ck->drain_all = 0;
+    int64_t left = ck->drain_all ? all : rt->inflight[ck->epoch & 1];
+    if (left <= 0) return 0;
+    if (ck->deadline && fs_loop_now(&rt->loop) >= ck->deadline) {
+        report_undelivered(ck);
+        ck->drain_all = 1;
+        end(ck, -1);
+        return 1;
+    }
+    return 1;
+}
+
+void fs_ckpt_poll(fs_ckpt *ck)
+{
+    if (ck->phase == IDLE) return;
+    if (ck->rt->fatal) { /* the worker stops; nothing more is committed */
+        end(ck, -1);
+        return;
+    }
+    if (ck->phase == DELIVER) {
+        if (delivering(ck)) return;
+        ck->phase = COMMIT;
+        settle(ck);
+    }
+    /* COMMIT: the answer comes to fs_ckpt_committed. */
+}
+
+int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
+                  void (*done)(void *data, int rc), void *data)
+{
+    fs_rt *rt = ck->rt;
+    if (ck->phase != IDLE) return 1;
+    const struct occasion *o = &occasions[occasion];
+    if (!ck->tp->durable && !o->stage_volatile) {
+        if (done) done(data, 0);
+        return 0;
+    }
+    fs_tplist_free(&ck->only);
+    ck->has_only = 0;
+    if (only) {
+        if (fs_tplist_copy(&ck->only, only)) {
+            fs_rt_fatal(rt, "out of memory starting a checkpoint");
+            return -1;
+        }
+        ck->has_only = 1;
+    }
+    ck->occasion = occasion;
+    ck->done = done;
+    ck->data = data;
+    ck->phase = DELIVER;
+    ck->deadline = o->deliver_ms ? fs_loop_now(&rt->loop) + o->deliver_ms : 0;
+    if (stage(ck)) {
+        end(ck, -1);
+        return 0;
+    }
+    fs_ckpt_poll(ck);
+    return 0;
+}
+
+void fs_ckpt_drain(fs_ckpt *ck, int64_t max_ms)
+{
+    fs_loop *l = &ck->rt->loop;
+    int64_t until = fs_loop_now(l) + max_ms;
+    ck->blocking = 1;
+    for (;;) {
+        fs_ckpt_poll(ck);
+        if (ck->phase == IDLE) break;
+        if (fs_loop_now(l) >= until) {
+            fs_warn("%s checkpoint not over after %lld ms; giving up on it",
+                    occasions[ck->occasion].name, (long long)max_ms);
+            if (ck->phase == DELIVER) ck->drain_all = 1;
+            end(ck, -1);
+            break;
+        }
+        /* Delivery reports (waiting a little for them), commit answers. */
+        ck->tp->ops->flush(ck->tp, ck->phase == DELIVER ? 100 : 10);
+        ck->tp->ops->poll(ck->tp, 0);
+    }
+    ck->blocking = 0;
+}
+
+static void run_done(void *data, int rc)
+{
+    *(int *)data = rc;
+}
+
+int fs_ckpt_run(fs_ckpt *ck, int occasion, int64_t max_ms)
+{
+    if (ck->phase != IDLE) {
+        /* Superseded: this one commits at least as far, once every send
+         * (those of the abandoned one too) is delivered. */
+        ck->drain_all = 1;
+        end(ck, -1);
+    }
+    int rc = 0;
+    ck->blocking = 1;
+    int started = fs_ckpt_start(ck, occasion, NULL, run_done, &rc);
+    ck->blocking = 0;
+    if (started) return -1;
+    if (ck->phase != IDLE) fs_ckpt_drain(ck, max_ms);
+    return rc;
+}

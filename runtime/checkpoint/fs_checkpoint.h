@@ -1,0 +1,121 @@
+/* fs_checkpoint: the commit protocol, written once (layer: checkpoint).
+ *
+ *   stage    agents' acknowledgements are synced; tables stage their dirty
+ *            entries (produced to the changelogs); the committable offset of
+ *            every partition in scope is snapshotted; the send epoch moves on,
+ *            so the sends this checkpoint covers are those of the old epoch
+ *   deliver  wait, driven by the loop, until every send of that epoch is
+ *            delivered (or the occasion's deadline passes: nothing is committed)
+ *   persist  staged table entries go to LMDB with the snapshotted input offsets
+ *   commit   the snapshotted offsets are committed (for occasions that need
+ *            it, the protocol waits for the broker's answer)
+ *
+ * Every occasion is a call of that protocol with parameters (fs_ckpt_occasion):
+ * the periodic checkpoint (commit_interval), a revocation (only the revoked
+ * partitions' offsets), a reload (a refused commit is fine: the new version
+ * restarts from these positions anyway) and the stop. What the steps do is the
+ * strategy's (fs_ckpt_strategy): at-least-once today; exactly-once adds a
+ * transactional one.
+ *
+ * One checkpoint runs at a time. fs_ckpt_start refuses (1) while one runs:
+ * the periodic one is skipped then, a revocation retries on the next turn of
+ * the loop. Running each to its end keeps the epoch rule simple: when a
+ * checkpoint stages, every send of the epoch before its own was delivered by
+ * the previous checkpoint, so waiting for its own epoch covers everything
+ * produced before its snapshot. (A checkpoint that gave up on delivery leaves
+ * `drain_all` set: the next one waits for every send.)
+ *
+ * Ownership: an fs_ckpt belongs to its runtime (fs_rt.ckpt) and lives as long
+ * as it; it points to the runtime and its transport, which outlive it. The
+ * `only` list a request names is copied. */
+#ifndef FS_CHECKPOINT_H
+#define FS_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "fs_transport.h"
+
+typedef struct fs_rt fs_rt;
+typedef struct fs_ckpt fs_ckpt;
+
+enum fs_ckpt_occasion { FS_CKPT_PERIODIC, FS_CKPT_REVOKE, FS_CKPT_RELOAD, FS_CKPT_STOP };
+
+/* The policy. Each hook returns 0, or -1 when the checkpoint fails (after
+ * setting the runtime's fatal state or logging why); NULL hooks do nothing.
+ *
+ * at-least-once: begin/abort are NULL; persist writes LMDB; commit commits
+ * the offsets through the transport; persist runs before commit, so a crash
+ * between the two resumes from LMDB's offsets (the later of the two).
+ *
+ * exactly-once (to come) would fill them in as:
+ *   begin    make sure a transaction is open before anything of the
+ *            checkpoint is staged, so that the changelog records staged now
+ *            and the outputs produced before the snapshot are inside it
+ *            (begin_transaction when none is; called at stage)
+ *   commit   send_offsets_to_transaction(offsets) then commit_transaction,
+ *            both asynchronous: report the end with fs_ckpt_committed
+ *   persist  with persist_after_commit set: LMDB after the Kafka transaction
+ *            committed (DESIGN: on start LMDB is never ahead of Kafka)
+ *   abort    the checkpoint failed (undelivered, deadline, fatal): abort the
+ *            transaction, so that nothing of it becomes visible; called
+ *            once, before the failure is reported */
+typedef struct fs_ckpt_strategy {
+    const char *name;
+    int (*begin)(fs_ckpt *ck);
+    int (*persist)(fs_ckpt *ck);
+    /* Sends `offsets` (never empty) to be committed. Returns 0 and later
+     * calls fs_ckpt_committed (or before returning), or -1 at once. */
+    int (*commit)(fs_ckpt *ck, const fs_tplist *offsets);
+    void (*abort)(fs_ckpt *ck);
+    int persist_after_commit;
+} fs_ckpt_strategy;
+
+extern const fs_ckpt_strategy fs_ckpt_at_least_once;
+
+fs_ckpt *fs_ckpt_new(fs_rt *rt, fs_transport *tp, const fs_ckpt_strategy *s);
+void fs_ckpt_free(fs_ckpt *ck);
+
+/* What the checkpoint and the partition orchestration need from whoever runs
+ * the agents (the Lua layer registers it; an upper layer, so a registration).
+ * sync_acks: acknowledge every event an agent has moved past, before offsets
+ * are snapshotted. fence(on): on, agents start no event of a fencing
+ * partition; off, the events of such partitions they have not started are
+ * dropped (the next owner gets them). clear: 1 when no agent is in the middle
+ * of an event of a fencing partition. data outlives the registration. */
+typedef struct fs_agent_hooks {
+    void (*sync_acks)(void *data);
+    void (*fence)(void *data, int on);
+    int (*clear)(void *data);
+} fs_agent_hooks;
+void fs_ckpt_set_agents(fs_ckpt *ck, const fs_agent_hooks *h, void *data);
+void fs_ckpt_sync_acks(fs_ckpt *ck);
+void fs_ckpt_fence(fs_ckpt *ck, int on);
+int fs_ckpt_agents_clear(fs_ckpt *ck);
+
+/* Starts a checkpoint. only: the partitions whose offsets it commits (NULL:
+ * every partition this worker consumes). done(data, rc) reports its end: 0
+ * committed (or nothing to commit), -1 failed (nothing committed; the input
+ * is processed again). It may be called before fs_ckpt_start returns.
+ * Returns 0 when started, 1 when another checkpoint runs (try later; done is
+ * not called), -1 when it could not start (done is not called). */
+int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
+                  void (*done)(void *data, int rc), void *data);
+int fs_ckpt_active(const fs_ckpt *ck);
+/* Advances the running checkpoint; the loop calls it on every turn. */
+void fs_ckpt_poll(fs_ckpt *ck);
+/* Drives the running checkpoint to its end, waiting on the transport (at most
+ * max_ms): for when the loop no longer turns (the stop, a reload's swap). */
+void fs_ckpt_drain(fs_ckpt *ck, int64_t max_ms);
+/* Runs a whole checkpoint now (after the running one ends), bounded as above.
+ * Returns its rc. */
+int fs_ckpt_run(fs_ckpt *ck, int occasion, int64_t max_ms);
+
+/* The commit a strategy sent is over: err 0 = taken. For the strategies. */
+void fs_ckpt_committed(fs_ckpt *ck, int err, const char *errstr);
+fs_rt *fs_ckpt_rt(fs_ckpt *ck);
+fs_transport *fs_ckpt_transport(fs_ckpt *ck);
+
+/* Transport callback (fs_transport_cb.commit_done), routed here by the worker. */
+void fs_ckpt_on_commit_done(fs_ckpt *ck, void *ctx, const fs_tplist *offsets, int err);
+
+#endif

@@ -1,0 +1,31 @@
+/* fs_signal: SIGTERM/SIGINT and the runaway watch (layer: core).
+ *
+ * SIGTERM/SIGINT are taken by a thread of their own (a second one exits the
+ * process at once, whatever the loop is doing; so does a stop that is not over
+ * within FS_STOP_HARD_LIMIT_S). The same thread pokes a coroutine that runs
+ * too long (fs_sched_watch). It never touches a runtime: it counts signals and
+ * wakes the loop through an eventfd (fs_signals_fd); fs_signals_poll, on the
+ * loop's thread, turns a new one into a call of the stop callback the worker
+ * registered. The loop calls it, and so do places that may run long without
+ * the loop (the scheduler's count hook).
+ *
+ * State: one per process (signals are); the registered callback's data must
+ * outlive its registration. */
+#ifndef FS_SIGNAL_H
+#define FS_SIGNAL_H
+
+/* How long agents may take to finish after a stop is requested. */
+#define FS_STOP_TIMEOUT_MS 30000
+
+/* Once per process, before the worker connects: SIGTERM/SIGINT blocked in
+ * every thread (main.c) go to the watch thread. */
+int fs_signals_start(void);
+int fs_watch_start(void); /* only the runaway watch (in-process runtimes) */
+int fs_signals_stop_requested(void); /* a signal arrived (any thread may ask) */
+/* Who is told of a stop signal: fn(data, "SIGTERM" | "SIGINT"). */
+void fs_signals_on_stop(void (*fn)(void *data, const char *why), void *data);
+void fs_signals_poll(void);     /* a signal not yet told: tell it now */
+void fs_signals_stopping(void); /* the worker stops: a further signal exits at once */
+int fs_signals_fd(void);        /* readable when a signal came; -1 without the thread */
+
+#endif
