@@ -178,7 +178,7 @@ int main(int argc, char **argv)
     if (!batch) goto fail;
 
     pconf = rd_kafka_conf_new();
-    /* Mirrors the runtime's producer (runtime/fs_kafka.c): the comparison is
+    /* Mirrors the runtime's producer (runtime/transport/fs_kafka.c): the comparison is
      * meant to price the runtime's own work, not a difference in client
      * tuning, so keep the two in step (or align them with -X). */
     if (bench_conf_set(pconf, "bootstrap.servers", o.bootstrap) ||

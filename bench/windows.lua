@@ -301,7 +301,7 @@ local function run_once(fstream, sc, cfg, idx)
   -- Open windows (combine: open slices) at the end, from the window's index.
   if w then
     if w.idx then
-      res.entries = w.idx:open_windows()   -- the C index (runtime/fs_windows.c)
+      res.entries = w.idx:open_windows()   -- the C index (runtime/state/fs_windows.c)
     else
       for _, wp in pairs(w.parts) do
         for _ in pairs(wp.index or {}) do res.entries = res.entries + 1 end

@@ -1,4 +1,4 @@
--- Contract tests for the JSON codec (runtime/fs_json.c).
+-- Contract tests for the JSON codec (runtime/base/fs_json.c).
 local json = require("spec.json_module")
 
 local function decode_error(text)

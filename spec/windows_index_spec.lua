@@ -1,4 +1,4 @@
--- The index of open windows (runtime/fs_windows.c): closing order when many
+-- The index of open windows (runtime/state/fs_windows.c): closing order when many
 -- windows are due at once, closes driven by the loop's timer with no event,
 -- and updates that raise or nest. On fstream.testing's fake clock.
 local fstream = require "fstream"

@@ -138,7 +138,7 @@ end
 -- worker learns the destination: the agent's first call declares it (group_by:
 -- "<app>-<agent>-<name>-repartition", as for the declared form) and a hidden
 -- agent reading it. Agents take their first steps before the worker subscribes
--- (fs_kafka_start, fs_reload_rebound), so a group_by the agent starts with is
+-- (fs_worker_start, fs_reload_rebound), so a group_by the agent starts with is
 -- in the first subscription; one reached later resubscribes — the group
 -- rebalances as for a reload, and events taken before then stay with the agent
 -- until the revocation lets them finish. The instance's coroutine then reads the

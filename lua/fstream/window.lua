@@ -5,7 +5,7 @@
 -- recovered like any table entry. Per partition the worker keeps an index of
 -- the open windows and the partition's stream time (the largest event time
 -- seen), stored under a reserved key so that it survives restarts and
--- rebalances. The index lives in C (core.windows, runtime/fs_windows.c): it
+-- rebalances. The index lives in C (core.windows, runtime/state/fs_windows.c): it
 -- finds an event's windows, remembers their ends and says what is due; this
 -- file keeps the policy and calls the user's functions. A window closes when stream time (wall clock for
 -- relative_to_now) passes its end plus `expires`: on_window_close(key,
