@@ -10,7 +10,8 @@
 -- scripts/bench passes --broker kafka://... which overrides it.
 local fstream = require "fstream"
 
-local app = fstream.app("bench-stateless", { broker = "memory://", topic_partitions = 8 })
+-- BENCH_APP: a fresh consumer group per run when one input is drained again (bench/drain.sh).
+local app = fstream.app(os.getenv("BENCH_APP") or "bench-stateless", { broker = "memory://", topic_partitions = 8 })
 
 local input = app:topic(os.getenv("BENCH_IN") or "bench-in")
 local output = app:topic(os.getenv("BENCH_OUT") or "bench-out")

@@ -1,10 +1,13 @@
-/* fs_rt: one worker's runtime — the objects every subsystem shares.
+/* fs_rt: one worker's runtime — the object graph every layer from here up
+ * shares (layer: partitions, the lowest that reads it).
  *
- * One worker = one process = one lua_State = one fs_rt. The transport is either
- * librdkafka (fs_kafka.c: a real cluster, or the embedded mock cluster) or the
- * in-memory log used by fstream.testing (fs_memlog.c); everything between
- * "a batch of messages arrived" and "an offset may be committed" (fs_stream.c)
- * is shared by both.
+ * One worker = one process = one Lua VM = one fs_rt. It holds the topics with
+ * their partitions, the agents with their streams, the tables, the counters,
+ * and each subsystem's own state: the scheduler (embedded), the transport
+ * (fs_transport.h: librdkafka or the in-memory log), and opaque pointers to
+ * the state of the layers above (checkpoint, assignment, tables, reload),
+ * which only those layers dereference. Lower layers (core, transport) never
+ * see an fs_rt.
  *
  * Lifetimes: topics, partitions and agents live as long as the runtime.
  * Events live in batches; an event is released when every agent that received
