@@ -104,13 +104,9 @@ static int cli_function(lua_State *L, const char *name)
 
 int main(int argc, char **argv)
 {
-    /* librdkafka's threads inherit this mask: the loop reads these from a signalfd. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigprocmask(SIG_BLOCK, &set, NULL);
+    /* librdkafka's threads inherit this mask: the watch thread and the loop's
+     * signalfd take these signals. */
+    fs_signals_block();
 
     /* Agents print: show each line as it happens even when stdout is a pipe. */
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -118,6 +118,16 @@ static int watch_start(int take_signals)
     return 0;
 }
 
+void fs_signals_block(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+}
+
 int fs_signals_start(void)
 {
     return watch_start(1);

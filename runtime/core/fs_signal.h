@@ -20,6 +20,9 @@
 /* Once per process, before the worker connects: SIGTERM/SIGINT blocked in
  * every thread (main.c) go to the watch thread. */
 int fs_signals_start(void);
+/* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads it
+ * starts afterwards): the watch thread and the worker's signalfd take them. */
+void fs_signals_block(void);
 int fs_watch_start(void); /* only the runaway watch (in-process runtimes) */
 int fs_signals_stop_requested(void); /* a signal arrived (any thread may ask) */
 /* Who is told of a stop signal: fn(data, "SIGTERM" | "SIGINT"). */

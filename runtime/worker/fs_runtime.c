@@ -84,19 +84,15 @@ static fs_io stop_io;
 
 static int setup_signals(fs_rt *rt)
 {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
     /* Already blocked before librdkafka started its threads (see main.c). */
-    sigprocmask(SIG_BLOCK, &set, NULL);
+    fs_signals_block();
     if (fs_signals_start() || fs_signals_fd() < 0) return -1;
     fs_signals_on_stop(stop_on_signal, rt);
     stop_io.fd = fs_signals_fd();
     stop_io.cb = stop_signal_cb;
     stop_io.data = rt;
     if (fs_io_add(&rt->loop, &stop_io, EPOLLIN)) return -1;
+    sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGHUP);
     rt->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
