@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "fs_log.h"
+#include "fs_broker.h"
 #include "fs_lua.h"
 #include "fs_worker.h"
 
@@ -102,7 +103,35 @@ static int l_log_enabled(lua_State *L)
     return 1;
 }
 
-int fs_broker_run(lua_State *L); /* fs_broker.c */
+/* core.run_broker{brokers=N, address_file=F, partitions=P, topics={name...}} */
+static int l_run_broker(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    fs_broker_opts o = {0};
+    lua_getfield(L, 1, "brokers");
+    o.brokers = (int)luaL_optinteger(L, -1, 1);
+    lua_getfield(L, 1, "address_file");
+    o.address_file = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 1, "partitions");
+    o.partitions = (int)luaL_optinteger(L, -1, 8);
+    lua_getfield(L, 1, "topics"); /* stays on the stack: it keeps the names alive */
+    int tix = lua_gettop(L);
+    const char *small[16], **names = small;
+    if (lua_istable(L, -1)) {
+        o.ntopics = (int)luaL_len(L, -1);
+        if (o.ntopics > 16 && !(names = lua_newuserdatauv(L, (size_t)o.ntopics * sizeof *names, 0)))
+            return luaL_error(L, "out of memory");
+        for (int i = 0; i < o.ntopics; i++) {
+            lua_geti(L, tix, i + 1);
+            names[i] = luaL_checkstring(L, -1);
+            lua_pop(L, 1); /* a string in the table stays alive */
+        }
+    }
+    o.topics = names;
+    char err[512];
+    if (fs_broker_serve(&o, err, sizeof err)) return luaL_error(L, "%s", err);
+    return 0;
+}
 
 const luaL_Reg fs_lua_misc_funcs[] = {
     {"index_op", l_index_op},
@@ -111,7 +140,7 @@ const luaL_Reg fs_lua_misc_funcs[] = {
     {"log", l_log},
     {"log_hold", l_log_hold},
     {"log_enabled", l_log_enabled},
-    {"run_broker", fs_broker_run},
+    {"run_broker", l_run_broker},
     {"broker_check", l_broker_check},
     {NULL, NULL},
 };
