@@ -234,6 +234,22 @@ static void begin_replay(fs_recovery *r, struct task *k, int64_t lo, int64_t hi)
     struct fs_tpart *tp = &t->parts[k->p];
     const char *cl = t->changelog->name;
     int64_t start = k->start;
+    if (start > hi && r->rt->embedded) {
+        /* memory://: the broker lived and died with the last run, so its
+         * changelog is gone and this state cannot be checked against it. A
+         * new run of an in-memory app starts from nothing, like its topics. */
+        char err[512];
+        fs_warn("table %s[%d]: local state in %s is from an earlier run on memory://, whose "
+                "broker kept nothing: discarding it (the table starts empty, as its topics do)",
+                t->name, (int)k->p, fs_store_path(tp->store));
+        if (fs_store_clear(tp->store, err, sizeof err)) {
+            fs_rt_fatal(r->rt, "table %s[%d]: %s", t->name, (int)k->p, err);
+            finish(r, k, -1);
+            return;
+        }
+        start = k->start = 0;
+        k->found = 0;
+    }
     if (start > hi) {
         fs_rt_fatal(r->rt,
                     "table %s[%d]: local state (in %s) covers changelog %s up to offset %lld but the "

@@ -171,6 +171,20 @@ int fs_store_write(fs_store *s, const fs_store_op *ops, size_t nops, const fs_st
     return 0;
 }
 
+int fs_store_clear(fs_store *s, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc) return fail(err, errlen, "clear", rc);
+    if ((rc = mdb_drop(txn, s->data, 0)) || (rc = mdb_drop(txn, s->meta, 0))) {
+        mdb_txn_abort(txn);
+        return fail(err, errlen, "clear", rc);
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc) return fail(err, errlen, "clear", rc);
+    return mdb_env_sync(s->env, 1) ? fail(err, errlen, "clear: sync", EIO) : 0;
+}
+
 int fs_store_sync(fs_store *s)
 {
     return mdb_env_sync(s->env, 1);

@@ -45,6 +45,8 @@ int fs_store_get(fs_store *s, const void *key, size_t klen, fs_buf *out, int *fo
 int fs_store_write(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
                    size_t nmeta, int sync, char *err, size_t errlen);
 int fs_store_sync(fs_store *s);
+/* Deletes every entry and every meta value (one transaction, synced). */
+int fs_store_clear(fs_store *s, char *err, size_t errlen);
 
 /* Reads a meta value; *found is 0 when absent. */
 int fs_store_meta_get(fs_store *s, const char *name, int64_t *value, int *found, char *err,
