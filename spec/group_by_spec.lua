@@ -25,6 +25,16 @@ local function send_orders(t, topic, n, extra)
   return expect
 end
 
+-- Sends one event to an app whose agent is meant to fail on it (on_error =
+-- "crash"): the run must raise; returns its error message.
+local function run_failing(t, topic, msg)
+  t:send(topic, msg)
+  local ok, err
+  capture_stderr(function() ok, err = pcall(t.run, t) end)
+  assert.is_false(ok)
+  return err
+end
+
 local function count_keys(t)
   local n = 0
   for _ in pairs(t) do n = n + 1 end
@@ -140,10 +150,7 @@ describe("stream:group_by inside the agent", function()
       for _ in stream:group_by(function(v) return v.account_id end) do end
     end, { on_error = "crash" })
     t = fstream.testing(a)
-    t:send(orders, { key = "o", value = { account_id = "a" } })
-    local ok, err
-    capture_stderr(function() ok, err = pcall(t.run, t) end)
-    assert.is_false(ok)
+    local err = run_failing(t, orders, { key = "o", value = { account_id = "a" } })
     assert.matches("group_by with a function needs {name = ...}", err)
   end)
 
@@ -303,10 +310,7 @@ describe("stream:group_by inside the agent", function()
       for _ in stream:group_by("product_id") do end
     end, { on_error = "crash" })
     t = fstream.testing(a)
-    t:send(orders, { key = "o", value = { account_id = "a", product_id = "p" } })
-    local ok, err
-    capture_stderr(function() ok, err = pcall(t.run, t) end)
-    assert.is_false(ok)
+    local err = run_failing(t, orders, { key = "o", value = { account_id = "a", product_id = "p" } })
     assert.matches("agent twice: its stream is already regrouped %(account_id%)", err)
   end)
 
@@ -317,10 +321,7 @@ describe("stream:group_by inside the agent", function()
       for _ in stream:group_by("account_id"):group_by("product_id") do end
     end, { on_error = "crash" })
     t = fstream.testing(a)
-    t:send(orders, { key = "o", value = { account_id = "a", product_id = "p" } })
-    local ok, err
-    capture_stderr(function() ok, err = pcall(t.run, t) end)
-    assert.is_false(ok)
+    local err = run_failing(t, orders, { key = "o", value = { account_id = "a", product_id = "p" } })
     assert.matches("the stream group_by/through returned cannot be regrouped again", err)
   end)
 
@@ -331,10 +332,7 @@ describe("stream:group_by inside the agent", function()
       for _ in stream:noack():group_by("account_id") do end
     end, { on_error = "crash" })
     t = fstream.testing(a)
-    t:send(orders, { key = "o", value = { account_id = "a" } })
-    local ok, err
-    capture_stderr(function() ok, err = pcall(t.run, t) end)
-    assert.is_false(ok)
+    local err = run_failing(t, orders, { key = "o", value = { account_id = "a" } })
     assert.matches("group_by/through on a noack stream; call noack%(%) on the stream it returns", err)
   end)
 
@@ -401,10 +399,7 @@ describe("stream:through inside the agent", function()
       for _ in stream:through("destination-topic") do end
     end, { on_error = "crash" })
     t = fstream.testing(a)
-    t:send(source, { key = "k", value = 1 })
-    local ok, err
-    capture_stderr(function() ok, err = pcall(t.run, t) end)
-    assert.is_false(ok)
+    local err = run_failing(t, source, { key = "k", value = 1 })
     assert.matches("through needs a topic", err)
   end)
 end)
