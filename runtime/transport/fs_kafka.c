@@ -852,7 +852,7 @@ static void drain(fs_kafka *k)
         if (e) {
             /* Refused for good: report it as a failed delivery, like librdkafka would. */
             if (o->hdrs) rd_kafka_headers_destroy(o->hdrs);
-            fs_report r = {o->topic, o->partition, -1, o->vlen, e, ctx_unpack(o->opaque)};
+            fs_report r = {o->topic, o->partition, -1, o->vlen, e, ctx_unpack(o->opaque), 0};
             if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
         }
         /* else librdkafka owns the headers now */

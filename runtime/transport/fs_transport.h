@@ -127,6 +127,9 @@ typedef struct fs_report {
     size_t len;     /* value bytes */
     int err;        /* 0: delivered; else ops->strerror(err) says why */
     fs_sendctx ctx;
+    /* 1: discarded by a transaction abort (ops->txn_abort), err is set too.
+     * Not a delivery failure: the input that produced it is processed again. */
+    int aborted;
 } fs_report;
 
 /* One fetched message and what the transport knows of it. */
@@ -167,7 +170,29 @@ typedef struct fs_transport_cb {
      * computes its subscription (ops->subscribe; the in-memory log: every poll,
      * having no group to rebalance). */
     int (*consumes)(void *data, fs_topic *t);
+    /* ops->txn_commit or ops->txn_abort finished (ctx: what it was given).
+     * result: FS_TXN_OK, or why not (fs_txn_result); msg says it in words,
+     * valid during the call only. */
+    void (*txn_done)(void *data, void *ctx, int result, const char *msg);
 } fs_transport_cb;
+
+/* ---- transactions (exactly-once) ----
+ * One transactional producer per worker. Every send goes into the open
+ * transaction; while none is open (before the first txn_begin, after
+ * txn_seal, during a commit or an abort) sends wait in the transport's
+ * overflow queue, in order, and enter the next transaction when txn_begin
+ * opens it. The blocking librdkafka calls (send_offsets_to_transaction,
+ * commit_transaction, abort_transaction, init_transactions of a recreated
+ * producer) run on a thread of the transport; their end is reported through
+ * cb.txn_done from a later poll, on the loop's thread. No other callback ever
+ * runs on that thread. */
+enum fs_txn_result {
+    FS_TXN_OK = 0,
+    FS_TXN_ABORTABLE, /* this transaction failed (a send, the offsets, a timeout): abort it */
+    FS_TXN_FENCED,    /* the group or another producer fenced us (a zombie): abort it;
+                         the transport recreates its producer during the abort */
+    FS_TXN_FATAL,     /* the producer cannot go on (after an abort: the worker must stop) */
+};
 
 /* ---- operations ----
  * Return conventions: int 0 on success, -1 with a message in err[errlen].
@@ -227,6 +252,29 @@ typedef struct fs_transport_ops {
      * A revocation still open is reported (cb.revoked) and must be answered
      * (unassign) from the callback. */
     void (*close)(fs_transport *tp);
+
+    /* Transactions (NULL in a transport without them: the in-memory log).
+     * txn_init: makes the producer transactional with this transactional.id,
+     * fencing an earlier producer of the same id (its open transaction is
+     * aborted). Start-up only: bounded, may block. -1 with a message when the
+     * cluster cannot give exactly-once (the embedded broker, a standalone
+     * `fstream-lua broker`: both are librdkafka's mock cluster, which accepts
+     * transactions but writes no commit markers and hides no aborted data). */
+    int (*txn_init)(fs_transport *tp, const char *id, char *err, size_t errlen);
+    /* Opens a transaction (no I/O) and hands it the sends that waited. */
+    int (*txn_begin)(fs_transport *tp, char *err, size_t errlen);
+    /* The open transaction takes no more sends: they wait for the next one. */
+    void (*txn_seal)(fs_transport *tp);
+    /* Commits the open transaction together with these input offsets (the
+     * next offset to read; sent with the consumer group's metadata, KIP-447).
+     * Asynchronous: cb.txn_done(ctx, ...) follows. Returns -1 when it could
+     * not even start (then no callback). */
+    int (*txn_commit)(fs_transport *tp, const fs_tplist *offsets, void *ctx);
+    /* Aborts the open transaction: everything sent since the last commit,
+     * and whatever is sent until the next txn_begin, is discarded — each
+     * reported through cb.delivered with aborted = 1. After FS_TXN_FENCED the
+     * producer is recreated here. Asynchronous: cb.txn_done(ctx, ...). */
+    int (*txn_abort)(fs_transport *tp, void *ctx);
 } fs_transport_ops;
 
 #define FS_COMMIT_SYNC 1
