@@ -531,8 +531,9 @@ static void reset_start(fs_assign *a, const char *what, const char *why)
     snprintf(a->reset_what, sizeof a->reset_what, "%s", what);
     snprintf(a->reset_why, sizeof a->reset_why, "%s", why);
     fs_ckpt_hold(a->ck, 1);
+    /* Driven by the loop (fs_assign_poll), never from inside the caller: a
+     * failing checkpoint's callback, or Lua (the test trigger). */
     a->reset_step = X_ABORT;
-    reset_advance(a);
 }
 
 void fs_assign_reset(fs_assign *a, const char *what, const char *why)
