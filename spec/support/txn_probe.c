@@ -13,9 +13,11 @@
  *   txn-probe URL fence TOPIC ID        two transports with one transactional.id:
  *                                       the second fences the first
  *   txn-probe URL refuse TOPIC ID       txn_init must refuse (memory://, a mock)
- *   txn-probe URL table TOPIC ID N      N records keyed k0..k(N-1) with value
- *                                       "v<i>", committed, then one more
- *                                       transaction left open (killed: no commit)
+ *   txn-probe URL table TOPIC ID N      a table's changelog: N records, JSON keys
+ *                                       "k0".."k<N-1>" with values 1..N, committed;
+ *                                       then the same keys = 999999, aborted
+ *
+ * TXN_PROBE_PARTITIONS: the topic's partitions when the probe creates it (2).
  *
  * Every line it prints is "key value ..." for the spec to match. Exit 0 when
  * everything went as the mode expects, 1 otherwise (with a "FAIL" line). */
@@ -237,7 +239,9 @@ int main(int argc, char **argv)
     if (fs_loop_init(&loop, 0)) return 2;
     fs_topic topic = {0};
     topic.name = argv[3];
-    topic.partitions = 2;
+    const char *np = getenv("TXN_PROBE_PARTITIONS");
+    topic.partitions = np ? atoi(np) : 2;
+    topic.compact = strcmp(mode, "table") == 0; /* a changelog */
     probe *a = new_probe("a", url, &topic);
     probe *ps[2] = {a, NULL};
 
@@ -306,8 +310,8 @@ int main(int argc, char **argv)
         begin(a);
         char k[32], v[32];
         for (int i = 0; i < n; i++) {
-            snprintf(k, sizeof k, "k%d", i);
-            snprintf(v, sizeof v, "v%d", i);
+            snprintf(k, sizeof k, "\"k%d\"", i);
+            snprintf(v, sizeof v, "%d", i + 1);
             send(a, &topic, k, v);
         }
         if (finish(ps, 1, a, 1) != FS_TXN_OK) fail("table commit");
@@ -315,8 +319,8 @@ int main(int argc, char **argv)
          * replayed, and the log ends with an abort marker. */
         begin(a);
         for (int i = 0; i < n; i++) {
-            snprintf(k, sizeof k, "k%d", i);
-            send(a, &topic, k, "aborted");
+            snprintf(k, sizeof k, "\"k%d\"", i);
+            send(a, &topic, k, "999999");
         }
         run_until(ps, 1, all_reported, a);
         if (finish(ps, 1, a, 0) != FS_TXN_OK) fail("table abort");
