@@ -3,6 +3,7 @@
 #include "fs_checkpoint.h"
 
 #include <malloc.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -376,9 +377,15 @@ static void settle_txn(fs_ckpt *ck)
             }
         }
     }
-    /* Nothing sent and no input moved: the open transaction is empty and
-     * stays open for the next checkpoint. */
+    /* Nothing sent and no input moved: no commit; the transaction (still
+     * empty, sealed at stage) takes sends again. */
     if (!ck->offsets.len && !ck->sends) {
+        char err[256];
+        if (ck->s->reopen(ck, err, sizeof err)) {
+            fs_rt_fatal(rt, "exactly-once: could not reopen the transaction: %s", err);
+            end(ck, -1);
+            return;
+        }
         end(ck, 0);
         return;
     }
@@ -404,7 +411,7 @@ static void txn_committed(fs_ckpt *ck)
     }
     rt->txn_commits++;
     rt->txn_last_ms = ms;
-    fs_debug("transaction committed in %lld ms (%d offsets, %lld messages)", (long long)ms,
+    fs_debug("checkpoint transaction committed in %lld ms (%d offsets, %lld messages)", (long long)ms,
              ck->offsets.len, (long long)ck->sends);
     int rc = ck->s->persist && ck->s->persist(ck) ? -1 : 0;
     if (reopen) {
@@ -619,6 +626,9 @@ void fs_ckpt_drain(fs_ckpt *ck, int64_t max_ms)
         /* Delivery reports (waiting a little for them), commit answers. */
         ck->tp->ops->flush(ck->tp, ck->phase == DELIVER ? 100 : 10);
         ck->tp->ops->poll(ck->tp, 0);
+        /* A transaction's commit answers from the transport's thread:
+         * flush returns at once then, so do not spin. */
+        if (ck->phase == COMMIT && ck->s->transactional) poll(NULL, 0, 1);
     }
     ck->blocking = 0;
 }

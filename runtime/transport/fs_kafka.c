@@ -1609,7 +1609,9 @@ static void txn_service(fs_kafka *k)
 {
     if (k->txn_dropping && k->overflow.len) drop_overflow(k);
     if (k->dropped.len) report_dropped(k);
-    if (k->txn_pending) {
+    /* Also without the wake-up (a close or a reload's swap drives this
+     * poll without the loop, whose epoll would see the eventfd). */
+    if (k->txn_pending || k->job_busy) {
         k->txn_pending = 0;
         fs_txn_job *j = fs_txn_thread_done(k->txth);
         if (j) job_ended(k, j);
