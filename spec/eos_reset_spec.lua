@@ -57,7 +57,7 @@ describe("abort + reset (test trigger, at-least-once, standalone embedded broker
     assert.are.equal(0, w:stop())
     local log = w:output()
     local resets = 0
-    for _ in log:gmatch("reset %(a test: after %d+ events%): 4 partitions were reset to their last committed state") do
+    for _ in log:gmatch("a test asked for a reset %(after %d+ events%): 4 partitions were reset to their last committed state") do
       resets = resets + 1
     end
     assert.are.equal(3, resets, log)

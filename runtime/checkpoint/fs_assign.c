@@ -505,12 +505,12 @@ static int reset_advance(fs_assign *a)
     }
     rt->resets++;
     if (fs_ckpt_transactional(a->ck))
-        fs_warn("exactly-once: the %s failed (%s): its transaction was aborted and %d partitions "
-                "were reset to their last committed state; their input is processed again",
+        fs_warn("exactly-once: %s (%s): its transaction was aborted and %d partitions were reset "
+                "to their last committed state; their input is processed again",
                 a->reset_what, a->reset_why, a->reset.len);
     else
-        fs_warn("reset (%s: %s): %d partitions were reset to their last committed state; their "
-                "input is processed again",
+        fs_warn("%s (%s): %d partitions were reset to their last committed state; their input is "
+                "processed again",
                 a->reset_what, a->reset_why, a->reset.len);
     a->reset_step = X_NONE;
     if (fs_ckpt_reopen(a->ck, err, sizeof err)) {
@@ -559,7 +559,7 @@ void fs_assign_reset(fs_assign *a, const char *what, const char *why)
 static void ckpt_failed(void *data, const char *what, const char *why)
 {
     char occasion[64];
-    snprintf(occasion, sizeof occasion, "%s checkpoint", what);
+    snprintf(occasion, sizeof occasion, "the %s checkpoint failed", what);
     fs_assign_reset(data, occasion, why);
 }
 

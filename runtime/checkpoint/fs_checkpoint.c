@@ -229,6 +229,13 @@ void fs_ckpt_block(fs_ckpt *ck, int on)
     ck->blocked = on;
 }
 
+void fs_ckpt_doom(fs_ckpt *ck, const char *why)
+{
+    if (ck->doomed) return;
+    ck->doomed = 1;
+    snprintf(ck->doom, sizeof ck->doom, "%s", why);
+}
+
 void fs_ckpt_send_failed(fs_ckpt *ck, const char *topic, const char *why)
 {
     if (ck->doomed) return;

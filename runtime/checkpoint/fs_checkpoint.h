@@ -141,6 +141,9 @@ void fs_ckpt_block(fs_ckpt *ck, int on);
 /* A send of the open transaction failed (not aborted): the transaction cannot
  * commit; the checkpoint that covers it fails (and resets). */
 void fs_ckpt_send_failed(fs_ckpt *ck, const char *topic, const char *why);
+/* The open transaction must not commit (why: in words): the next checkpoint
+ * fails, aborts and resets (the test trigger's way under exactly-once). */
+void fs_ckpt_doom(fs_ckpt *ck, const char *why);
 /* Transport callback (fs_transport_cb.txn_done), routed here by the worker. */
 void fs_ckpt_on_txn_done(fs_ckpt *ck, void *ctx, int result, const char *msg);
 

@@ -398,17 +398,24 @@ static int l_rt_test_quiet(lua_State *L)
     return 1;
 }
 
-/* Test runtime on a broker (FSTREAM_TEST_HOOKS): rt:test_reset(why) queues an
- * abort + reset, as a failed transaction would (under at-least-once only the
- * reset: uncommitted table writes are dropped, input resumes at the
- * committed offsets). */
+/* Test runtime on a broker (FSTREAM_TEST_HOOKS): rt:test_reset(why). Under
+ * exactly-once the open transaction is doomed: the next checkpoint fails,
+ * aborts and resets — the path of a real failure. Under at-least-once the
+ * reset alone is queued (uncommitted table writes are dropped, input resumes
+ * at the committed offsets). */
 static int l_rt_test_reset(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     const char *why = luaL_optstring(L, 2, "a test asked for it");
     if (!rt->tp || rt->tp->holds_all || !rt->assign)
         return luaL_error(L, "test_reset needs a worker on a broker (not fstream.testing)");
-    fs_assign_reset(rt->assign, "a test", why);
+    if (fs_ckpt_transactional(rt->ckpt)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "a test doomed the transaction: %s", why);
+        fs_ckpt_doom(rt->ckpt, msg);
+    } else {
+        fs_assign_reset(rt->assign, "a test asked for a reset", why);
+    }
     return 0;
 }
 
