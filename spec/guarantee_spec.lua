@@ -1,8 +1,8 @@
 -- Exactly-once's own mechanisms that need no broker: the options, and the
 -- hold an exactly-once checkpoint puts on agents (they stop at their next
 -- event boundary, nothing is dropped) with its "quiet" check, on
--- fstream.testing's fake clock. (The end-to-end specs on real Kafka are in
--- eos_spec.lua and eos_reset_spec.lua.)
+-- fstream.testing's fake clock. (On real Kafka: eos_reset_kafka_spec.lua and
+-- eos_spec.lua.)
 local fstream = require "fstream"
 
 local n = 0
