@@ -441,6 +441,13 @@ void fs_ckpt_on_txn_done(fs_ckpt *ck, void *ctx, int result, const char *msg)
         txn_committed(ck);
         return;
     }
+    if (result == FS_TXN_FATAL) { /* the producer cannot go on: nothing more is committed */
+        fs_rt_fatal(ck->rt, "exactly-once: the transaction's commit failed for good (%s); stopping "
+                            "without committing (the input is processed again on restart)",
+                    msg ? msg : "fatal producer error");
+        end(ck, -1);
+        return;
+    }
     snprintf(ck->why, sizeof ck->why, "the transaction's commit failed: %s", msg ? msg : "unknown error");
     if (result == FS_TXN_FENCED)
         strncat(ck->why, " (this worker was fenced: a newer member of the group took its partitions)",

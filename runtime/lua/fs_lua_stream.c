@@ -170,7 +170,9 @@ static int take_k(lua_State *L, int status, lua_KContext ctx)
     if (want > FS_MAX_TAKE) want = FS_MAX_TAKE; /* what one fill can take */
     if (want < 1) want = 1;
     int stopping = u->rt->stopping || s->agent->closed;
-    if (u->rt->hold && !stopping && co && lua_isyieldable(L)) {
+    /* (Also while stopping: agents finish their queues then, and a
+     * checkpoint may still cut between their events.) */
+    if (u->rt->hold && !s->agent->closed && co && lua_isyieldable(L)) {
         /* The hold (a checkpoint cuts between events): start nothing now;
          * releasing it wakes the stream's waiter, as new events do. */
         s->waiter = co;
@@ -309,7 +311,7 @@ static int hold_here(lua_State *L, stream_ud *u)
     fs_stream *s = u->s;
     fs_rt *rt = u->rt;
     fs_co *co = fs_co_current(L);
-    if (!co || !lua_isyieldable(L) || rt->stopping || s->agent->closed) return -1;
+    if (!co || !lua_isyieldable(L) || s->agent->closed) return -1;
     if (!s->manual) {
         size_t done = s->pos < s->ntaken ? s->pos : s->ntaken;
         for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
