@@ -14,7 +14,8 @@ local fixtures = proc.root .. "/spec/fixtures"
 
 -- Runs the probe: its output (stdout + librdkafka's log on stderr), exit code.
 local function run_probe(url, mode, topic, id, args, env)
-  return proc.run(string.format("env %s %s %s %s %s %s %s", env or "", probe, proc.quote(url), mode,
+  -- Leaks count as failures (an ASan build of the probe checks them).
+  return proc.run(string.format("env ASAN_OPTIONS=detect_leaks=1 %s %s %s %s %s %s %s", env or "", probe, proc.quote(url), mode,
     proc.quote(topic), proc.quote(id), args or ""))
 end
 

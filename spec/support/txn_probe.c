@@ -305,6 +305,7 @@ int main(int argc, char **argv)
         run_until(ps, 2, all_reported, a);
         counts(a);
         b->tp->ops->close(b->tp);
+        free(b);
     } else if (strcmp(mode, "table") == 0) {
         init(a, id);
         begin(a);
@@ -330,6 +331,7 @@ int main(int argc, char **argv)
         return 2;
     }
     a->tp->ops->close(a->tp);
+    free(a);
     fs_loop_close(&loop);
     printf(failures ? "probe failed\n" : "probe ok\n");
     return failures ? 1 : 0;
