@@ -175,6 +175,7 @@ static int take_k(lua_State *L, int status, lua_KContext ctx)
     if (u->rt->hold && !s->agent->closed && co && lua_isyieldable(L)) {
         /* The hold (a checkpoint cuts between events): start nothing now;
          * releasing it wakes the stream's waiter, as new events do. */
+        s->held = 1;
         s->waiter = co;
         fs_sched_wait(co, FS_WAIT_TAKE, s, take_cancel);
         return lua_yieldk(L, 0, ctx, take_k);
@@ -316,6 +317,7 @@ static int hold_here(lua_State *L, stream_ud *u)
         size_t done = s->pos < s->ntaken ? s->pos : s->ntaken;
         for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
     }
+    s->held = 1;
     s->waiter = co;
     fs_sched_wait(co, FS_WAIT_TAKE, s, take_cancel);
     return lua_yieldk(L, 0, (lua_KContext)u, next_k);

@@ -116,6 +116,7 @@ struct fs_stream {
     size_t pos, nbuf;
     int mode;
     int fence;
+    int held; /* its reader waits because of the hold (woken when it is released) */
     /* Registered by the buffer's owner (fs_lua_stream.c binds it): a fence
      * dropped entries, entry `from` moves to `to` (1-based). ctx: what the
      * caller of fs_stream_fence_step passed, NULL from fs_fence_streams. */

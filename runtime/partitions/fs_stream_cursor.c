@@ -108,7 +108,22 @@ void fs_hold_agents(fs_rt *rt, int on)
 {
     if (rt->hold == on) return;
     rt->hold = on;
-    if (!on) fs_wake_streams(rt);
+    if (on) return;
+    /* Only the readers the hold stopped: an idle worker's checkpoints (every
+     * 0.1 s under exactly-once) wake nobody. */
+    for (int a = 0; a < rt->nagents; a++) {
+        fs_agent *ag = rt->agents[a];
+        for (int j = 0; j < ag->nstreams; j++) {
+            fs_stream *s = ag->streams[j];
+            if (!s->held) continue;
+            s->held = 0;
+            if (s->waiter) {
+                fs_co *co = s->waiter;
+                s->waiter = NULL;
+                fs_sched_ready(co);
+            }
+        }
+    }
 }
 
 /* Whether coroutine id is still alive (a close pass whose coroutine died is over). */
