@@ -99,6 +99,8 @@ typedef struct fs_kafka {
     int txn_begun;    /* rd_kafka_begin_transaction called, not yet ended */
     int txn_dropping; /* txn_abort called: every send is discarded until txn_begin */
     int txn_doomed;   /* a send of this transaction failed: it cannot commit */
+    int txn_send_failed; /* a send failed in librdkafka (not purged) since the last producer
+                            epoch: its sequence number is a gap only a new epoch closes */
     int64_t txn_quota;
     FS_RING(fs_report) dropped; /* aborted sends to report (with their err) */
     fs_txn_thread *txth;
@@ -171,6 +173,28 @@ static fs_sendctx ctx_unpack(void *p)
 
 static void drain(fs_kafka *k);
 
+/* Errors that mean "this message can never be written", whatever the
+ * transaction: too large, malformed, a topic or partition that does not
+ * exist, not allowed. */
+static int refused_for_itself(rd_kafka_resp_err_t e)
+{
+    switch (e) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+    case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* One delivery report (from a DR event, on the loop's thread). */
 static void report_dr(fs_kafka *k, const rd_kafka_message_t *m)
 {
@@ -182,12 +206,28 @@ static void report_dr(fs_kafka *k, const rd_kafka_message_t *m)
     r.len = m->len;
     r.err = m->err;
     r.ctx = ctx_unpack(m->_private);
+    r.aborted = 0;
     /* A transactional producer's failed message fails its transaction
      * (librdkafka makes it abortable, or fatal when fenced; the purge of an
      * abort reports __PURGE_QUEUE/__PURGE_INFLIGHT): the send is discarded
      * with the transaction, not lost — its input is processed again. */
-    r.aborted = k->txn && m->err ? 1 : 0;
-    if (r.aborted) k->txn_doomed = 1;
+    if (k->txn && m->err) {
+        int purged = m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+                     m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+        /* A message the broker refuses for itself is a delivery failure, as
+         * under at-least-once (it would fail again after every abort); any
+         * other error (a purge, a timeout, the producer's or the
+         * transaction's state) discards the send with its transaction. */
+        r.aborted = !refused_for_itself(m->err);
+        if (!purged) {
+            if (!k->txn_doomed)
+                fs_warn("send to %s[%d] failed: %s; the transaction will be aborted",
+                        m->rkt ? rd_kafka_topic_name(m->rkt) : "?", (int)m->partition,
+                        rd_kafka_err2str(m->err));
+            k->txn_send_failed = 1;
+        }
+        k->txn_doomed = 1;
+    }
     if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
 }
 
@@ -638,9 +678,14 @@ int fs_kafka_embedded(const fs_transport *tp)
 
 /* Producer handle of a topic: a copy of the producer's defaults (the murmur2
  * partitioner among them), plus the topic as opaque so delivery reports find it. */
+static int register_topic(fs_kafka *k, fs_topic *t);
+
 static int open_topic(fs_kafka *k, fs_topic *t, char *err, size_t errlen)
 {
     if (FS_TXT(t)->tx) return 0;
+    /* Registered, so that a producer's replacement (txn_init, fencing) and
+     * close find every handle made on it. */
+    if (register_topic(k, t)) goto oom;
     rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(k->producer);
     if (!tc) goto oom;
     rd_kafka_topic_conf_set_opaque(tc, t);
@@ -1018,7 +1063,10 @@ static void drain(fs_kafka *k)
              * would (in a transaction: the transaction is lost with it). */
             if (o->hdrs) rd_kafka_headers_destroy(o->hdrs);
             fs_report r = {o->topic, o->partition, -1, o->vlen, e, ctx_unpack(o->opaque), 0};
-            if (k->txn) r.aborted = k->txn_doomed = 1;
+            if (k->txn) {
+                r.aborted = !refused_for_itself(e);
+                k->txn_doomed = 1;
+            }
             if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
         }
         /* else librdkafka owns the headers now */
@@ -1471,8 +1519,7 @@ static void job_start(fs_kafka *k, void *ctx)
  * their events come back), then recreate() replaces it. */
 static void begin_recreate(fs_kafka *k, void *ctx, const char *why)
 {
-    fs_warn("transactional producer %s fenced (%s): purging its sends, then recreating it",
-            k->txn_id, why);
+    fs_warn("transactional producer %s: %s; purging its sends, then recreating it", k->txn_id, why);
     k->txn_open = 0;
     k->txn_dropping = 1;
     rd_kafka_purge(k->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
@@ -1562,7 +1609,6 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_begun = 0;
             k->txn_doomed = 0;
             k->txn_commits++;
-            fs_debug("transaction committed in %lld ms", (long long)j->ms);
         } else {
             /* Still begun: the caller aborts it (a fenced producer is
              * recreated by that abort). */
@@ -1571,7 +1617,15 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
         txn_note(k, ctx, j->result, "%s", j->msg);
         break;
     case FS_TXN_JOB_ABORT:
-        if (j->result == FS_TXN_OK) {
+        if (j->result == FS_TXN_OK && k->txn_send_failed) {
+            /* librdkafka 2.0.2 keeps the failed send's sequence number: the
+             * next transaction's first send to that partition would fail
+             * (OUT_OF_ORDER_SEQUENCE_NUMBER) until an epoch bump. A new
+             * producer starts a new epoch at once. */
+            k->txn_begun = 0;
+            begin_recreate(k, ctx, "a send failed in the aborted transaction (a sequence gap "
+                                   "only a new producer epoch closes)");
+        } else if (j->result == FS_TXN_OK) {
             k->txn_begun = 0;
             k->txn_doomed = 0;
             k->txn_aborts++;
@@ -1592,6 +1646,7 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_doomed = 0;
             k->txn_aborts++;
             k->txn_recreated++;
+            k->txn_send_failed = 0;
             fs_info("transactional producer %s recreated (%lld ms); the fenced one's "
                     "transaction is aborted", k->txn_id, (long long)j->ms);
             txn_note(k, ctx, FS_TXN_OK, "aborted (producer recreated)");
@@ -1874,8 +1929,11 @@ static void kafka_close(fs_transport *tp)
         if (k->overflow.len)
             fs_warn("%zu messages never reached the producer's queue", k->overflow.len);
         if (tp->backlog_peak)
-            fs_info("producer: up to %lld messages waited for room in librdkafka's queue "
-                    "(queue.buffering.max.messages)", (long long)tp->backlog_peak);
+            fs_info(k->txn ? "producer: up to %lld messages waited in the worker (for the next "
+                             "transaction, or for room in librdkafka's queue)"
+                           : "producer: up to %lld messages waited for room in librdkafka's queue "
+                             "(queue.buffering.max.messages)",
+                    (long long)tp->backlog_peak);
         while (k->overflow.len) {
             struct fs_overflow o = fs_ring_shift(&k->overflow);
             if (o.hdrs) rd_kafka_headers_destroy(o.hdrs);

@@ -13,6 +13,10 @@
  *   txn-probe URL fence TOPIC ID        two transports with one transactional.id:
  *                                       the second fences the first
  *   txn-probe URL refuse TOPIC ID       txn_init must refuse (memory://, a mock)
+ *   txn-probe URL doomed TOPIC ID       a send the broker refuses (2 MB) fails the
+ *                                       transaction: reported aborted, the commit
+ *                                       says ABORTABLE; abort, then a transaction
+ *                                       with one send "after-doomed" commits
  *   txn-probe URL table TOPIC ID N      a table's changelog: N records, JSON keys
  *                                       "k0".."k<N-1>" with values 1..N, committed;
  *                                       then the same keys = 999999, aborted
@@ -306,6 +310,27 @@ int main(int argc, char **argv)
         counts(a);
         b->tp->ops->close(b->tp);
         free(b);
+    } else if (strcmp(mode, "doomed") == 0) {
+        init(a, id);
+        begin(a);
+        send(a, &topic, NULL, "doomed-small");
+        size_t big = 2 * 1024 * 1024;
+        char *v = malloc(big + 1);
+        if (!v) return 2;
+        memset(v, 'x', big);
+        v[big] = 0;
+        send(a, &topic, NULL, v);
+        free(v);
+        run_until(ps, 1, all_reported, a);
+        counts(a);
+        int r = finish(ps, 1, a, 1);
+        if (r != FS_TXN_ABORTABLE) fail("commit of a failed transaction: %s, expected ABORTABLE", result_name(r));
+        if (finish(ps, 1, a, 0) != FS_TXN_OK) fail("abort after the failed commit");
+        begin(a);
+        send(a, &topic, NULL, "after-doomed");
+        if (finish(ps, 1, a, 1) != FS_TXN_OK) fail("commit after the abort");
+        run_until(ps, 1, all_reported, a);
+        counts(a);
     } else if (strcmp(mode, "table") == 0) {
         init(a, id);
         begin(a);
