@@ -111,6 +111,16 @@ describe("the kafka transport's transactions", function()
     end
   end)
 
+  it("answers a committed-offsets question only once a transaction's pending offsets are committed", function()
+    -- Another producer holds offset 5 of partition 0 in an open transaction for
+    -- 2 s; a stable-offsets question must not be answered with the older
+    -- offset (nor with an error) meanwhile.
+    local topic = "txn-unstable-" .. uniq
+    local out, rc = run_probe(url, "unstable", topic, "txn-unstable-" .. uniq)
+    assert.are.equal(0, rc, out)
+    assert.matches("a committed answered=1 err=0 offset=5 partition%-err=0", out)
+  end)
+
   it("refuses exactly-once on memory:// and on `fstream-lua broker`, saying why and what to use", function()
     local out, rc = run_probe("memory://", "refuse", "t", "txn-refuse-" .. uniq)
     assert.are.equal(0, rc, out)

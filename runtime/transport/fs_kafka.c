@@ -46,6 +46,15 @@ struct fs_overflow {
     void *opaque;
 };
 
+/* A committed-offsets question in flight (ops->committed): asked again while
+ * the broker answers UNSTABLE_OFFSET_COMMIT for a partition. */
+struct fs_cq {
+    void *ctx; /* the caller's */
+    fs_tplist parts;
+    int tries;
+    int waiting; /* for the retry timer, not in flight */
+};
+
 /* A txn_done to report from the next poll (decided on the loop's thread). */
 struct fs_txn_note {
     void *ctx;
@@ -117,10 +126,18 @@ typedef struct fs_kafka {
     int64_t recreate_deadline;
     void *recreate_ctx;
     FS_RING(struct fs_txn_note) notes; /* txn_done results to report from poll */
+    FS_VEC(struct fs_cq *) cqs; /* committed-offsets questions, owned */
+    fs_timer cq_timer;
     int64_t txn_commits, txn_aborts, txn_recreated;
 } fs_kafka;
 
 static const fs_transport_ops kafka_ops;
+
+/* ops->committed's retries of UNSTABLE_OFFSET_COMMIT (see kafka_committed). */
+#define FS_CQ_RETRY_MS 100
+#define FS_CQ_TRIES 300
+static void cq_free(fs_kafka *k, struct fs_cq *q);
+static void cq_timer_cb(fs_timer *t);
 
 static fs_kafka *kafka_of(fs_transport *tp)
 {
@@ -592,6 +609,8 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
     k->base.loop = loop;
     k->base.durable = 1;
     k->cfd = k->pfd = k->afd = k->tfd = -1;
+    k->cq_timer.cb = cq_timer_cb;
+    k->cq_timer.data = k;
     k->group = strdup(group);
     k->fetched = malloc(FS_CONSUME_BATCH * sizeof *k->fetched);
     k->msgs = malloc(FS_CONSUME_BATCH * sizeof *k->msgs);
@@ -1117,10 +1136,25 @@ static int kafka_poll(fs_transport *tp, int fetch)
                     err = RD_KAFKA_RESP_ERR__FAIL;
                 }
                 /* A partition without a committed offset comes back as -1. */
-                for (int i = 0; i < l.len; i++)
+                int unstable = 0;
+                for (int i = 0; i < l.len; i++) {
                     if (l.items[i].offset < 0) l.items[i].offset = FS_OFFSET_INVALID;
-                if (k->base.cb.committed)
-                    k->base.cb.committed(k->base.cb.data, rd_kafka_event_opaque(ev), &l, err);
+                    unstable |= l.items[i].err == RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT;
+                }
+                struct fs_cq *q = rd_kafka_event_opaque(ev);
+                if (!err && unstable && ++q->tries < FS_CQ_TRIES) {
+                    /* A transaction's offsets wait for its markers: ask again soon. */
+                    if (q->tries == 1)
+                        fs_debug("committed offsets of group %s are pending in a transaction: "
+                                 "asking again", k->group);
+                    q->waiting = 1;
+                    if (!fs_timer_active(&k->cq_timer))
+                        fs_timer_start(k->base.loop, &k->cq_timer, FS_CQ_RETRY_MS);
+                } else {
+                    void *ctx = q->ctx;
+                    cq_free(k, q);
+                    if (k->base.cb.committed) k->base.cb.committed(k->base.cb.data, ctx, &l, err);
+                }
             }
             fs_tplist_free(&l);
             rd_kafka_event_destroy(ev);
@@ -1427,14 +1461,18 @@ static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, v
 }
 
 /* rd_kafka_committed blocks until the coordinator answers (up to its
- * timeout). The admin API asks the same question (OffsetFetch, with the
- * consumer's require_stable semantics) and answers on a queue the loop
- * watches. */
-static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
+ * timeout). The admin API asks the same question (OffsetFetch) and answers on
+ * a queue the loop watches. It asks for stable offsets (require_stable): an
+ * offset committed by a transaction whose markers are not written yet must
+ * not be read as the older offset. The broker then answers
+ * UNSTABLE_OFFSET_COMMIT for that partition, and librdkafka's admin request
+ * does not retry (its consumer's own OffsetFetch does): the question is asked
+ * again here, every FS_CQ_RETRY_MS, until the transaction ended (at most its
+ * timeout, then the coordinator aborts it) or FS_CQ_TRIES passed. */
+static int committed_ask(fs_kafka *k, struct fs_cq *q)
 {
-    fs_kafka *k = kafka_of(tp);
     char errstr[256];
-    rd_kafka_topic_partition_list_t *l = to_rd(parts);
+    rd_kafka_topic_partition_list_t *l = to_rd(&q->parts);
     rd_kafka_ListConsumerGroupOffsets_t *req = rd_kafka_ListConsumerGroupOffsets_new(k->group, l);
     rd_kafka_topic_partition_list_destroy(l);
     rd_kafka_AdminOptions_t *o =
@@ -1447,10 +1485,56 @@ static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
     rd_kafka_error_t *e = rd_kafka_AdminOptions_set_require_stable_offsets(o, 1);
     if (e) rd_kafka_error_destroy(e);
     rd_kafka_AdminOptions_set_request_timeout(o, 10000, errstr, sizeof errstr);
-    rd_kafka_AdminOptions_set_opaque(o, ctx);
+    rd_kafka_AdminOptions_set_opaque(o, q);
     rd_kafka_ListConsumerGroupOffsets(k->consumer, &req, 1, o, k->aq);
     rd_kafka_ListConsumerGroupOffsets_destroy(req);
     rd_kafka_AdminOptions_destroy(o);
+    q->waiting = 0;
+    return 0;
+}
+
+static void cq_free(fs_kafka *k, struct fs_cq *q)
+{
+    for (size_t i = 0; i < k->cqs.len; i++)
+        if (k->cqs.items[i] == q) {
+            fs_vec_remove(&k->cqs, i);
+            break;
+        }
+    fs_tplist_free(&q->parts);
+    free(q);
+}
+
+static void cq_timer_cb(fs_timer *t)
+{
+    fs_kafka *k = t->data;
+    for (size_t i = 0; i < k->cqs.len;) {
+        struct fs_cq *q = k->cqs.items[i];
+        if (q->waiting && committed_ask(k, q)) {
+            /* Cannot ask again: answer with what is known (nothing). */
+            void *ctx = q->ctx;
+            cq_free(k, q);
+            if (k->base.cb.committed) k->base.cb.committed(k->base.cb.data, ctx, NULL, RD_KAFKA_RESP_ERR__FAIL);
+            continue;
+        }
+        i++;
+    }
+}
+
+static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
+{
+    fs_kafka *k = kafka_of(tp);
+    struct fs_cq *q = calloc(1, sizeof *q);
+    if (!q) return -1;
+    q->ctx = ctx;
+    if (fs_tplist_copy(&q->parts, parts) || fs_vec_push(&k->cqs, q)) {
+        fs_tplist_free(&q->parts);
+        free(q);
+        return -1;
+    }
+    if (committed_ask(k, q)) {
+        cq_free(k, q);
+        return -1;
+    }
     return 0;
 }
 
@@ -1953,6 +2037,9 @@ static void kafka_close(fs_transport *tp)
     fs_ring_free(&k->overflow);
     fs_ring_free(&k->dropped);
     fs_ring_free(&k->notes);
+    fs_timer_stop(tp->loop, &k->cq_timer);
+    while (k->cqs.len) cq_free(k, k->cqs.items[k->cqs.len - 1]);
+    fs_vec_free(&k->cqs);
     if (k->tfd >= 0) fs_io_del(tp->loop, &k->tio), close(k->tfd);
     for (size_t i = 0; i < k->pconf.len; i++) free(k->pconf.items[i]);
     fs_vec_free(&k->pconf);
