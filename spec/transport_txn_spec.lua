@@ -93,6 +93,34 @@ describe("the kafka transport's transactions", function()
     assert.are.same({ "after-fence-0", "after-fence-1", "after-fence-2" }, committed(addr, topic))
   end)
 
+  it("a send the broker refuses fails the transaction: a delivery failure, the commit says ABORTABLE", function()
+    for round = 1, 2 do -- the send after the abort lands on a random partition: twice
+      local topic = "txn-doomed-" .. round .. "-" .. uniq
+      local out, rc = run_probe(url, "doomed", topic, "txn-doomed-" .. uniq)
+      assert.are.equal(0, rc, out)
+      -- The 2 MB send is refused for itself: a delivery failure (as under
+      -- at-least-once), not an aborted send; the small one is delivered.
+      assert.matches("a delivery%-failed Broker: Message size too large", out)
+      assert.matches("a counts ok=1 aborted=0 failed=1 undelivered=0", out)
+      assert.matches("send to txn%-doomed%-[%d%-]+%[%d%] failed: [^\n]*; the transaction will be aborted", out)
+      assert.matches("a commit ABORTABLE", out)
+      -- The failed send's sequence number would fail the next transaction:
+      -- the abort starts a new producer epoch.
+      assert.matches("a abort OK aborted %(producer recreated%)", out)
+      assert.are.same({ "after-doomed" }, committed(addr, topic))
+    end
+  end)
+
+  it("answers a committed-offsets question only once a transaction's pending offsets are committed", function()
+    -- Another producer holds offset 5 of partition 0 in an open transaction for
+    -- 2 s; a stable-offsets question must not be answered with the older
+    -- offset (nor with an error) meanwhile.
+    local topic = "txn-unstable-" .. uniq
+    local out, rc = run_probe(url, "unstable", topic, "txn-unstable-" .. uniq)
+    assert.are.equal(0, rc, out)
+    assert.matches("a committed answered=1 err=0 offset=5 partition%-err=0", out)
+  end)
+
   it("refuses exactly-once on memory:// and on `fstream-lua broker`, saying why and what to use", function()
     local out, rc = run_probe("memory://", "refuse", "t", "txn-refuse-" .. uniq)
     assert.are.equal(0, rc, out)

@@ -46,6 +46,15 @@ struct fs_overflow {
     void *opaque;
 };
 
+/* A committed-offsets question in flight (ops->committed): asked again while
+ * the broker answers UNSTABLE_OFFSET_COMMIT for a partition. */
+struct fs_cq {
+    void *ctx; /* the caller's */
+    fs_tplist parts;
+    int tries;
+    int waiting; /* for the retry timer, not in flight */
+};
+
 /* A txn_done to report from the next poll (decided on the loop's thread). */
 struct fs_txn_note {
     void *ctx;
@@ -99,6 +108,8 @@ typedef struct fs_kafka {
     int txn_begun;    /* rd_kafka_begin_transaction called, not yet ended */
     int txn_dropping; /* txn_abort called: every send is discarded until txn_begin */
     int txn_doomed;   /* a send of this transaction failed: it cannot commit */
+    int txn_send_failed; /* a send failed in librdkafka (not purged) since the last producer
+                            epoch: its sequence number is a gap only a new epoch closes */
     int64_t txn_quota;
     FS_RING(fs_report) dropped; /* aborted sends to report (with their err) */
     fs_txn_thread *txth;
@@ -115,10 +126,18 @@ typedef struct fs_kafka {
     int64_t recreate_deadline;
     void *recreate_ctx;
     FS_RING(struct fs_txn_note) notes; /* txn_done results to report from poll */
+    FS_VEC(struct fs_cq *) cqs; /* committed-offsets questions, owned */
+    fs_timer cq_timer;
     int64_t txn_commits, txn_aborts, txn_recreated;
 } fs_kafka;
 
 static const fs_transport_ops kafka_ops;
+
+/* ops->committed's retries of UNSTABLE_OFFSET_COMMIT (see kafka_committed). */
+#define FS_CQ_RETRY_MS 100
+#define FS_CQ_TRIES 300
+static void cq_free(fs_kafka *k, struct fs_cq *q);
+static void cq_timer_cb(fs_timer *t);
 
 static fs_kafka *kafka_of(fs_transport *tp)
 {
@@ -171,6 +190,28 @@ static fs_sendctx ctx_unpack(void *p)
 
 static void drain(fs_kafka *k);
 
+/* Errors that mean "this message can never be written", whatever the
+ * transaction: too large, malformed, a topic or partition that does not
+ * exist, not allowed. */
+static int refused_for_itself(rd_kafka_resp_err_t e)
+{
+    switch (e) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+    case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* One delivery report (from a DR event, on the loop's thread). */
 static void report_dr(fs_kafka *k, const rd_kafka_message_t *m)
 {
@@ -182,12 +223,28 @@ static void report_dr(fs_kafka *k, const rd_kafka_message_t *m)
     r.len = m->len;
     r.err = m->err;
     r.ctx = ctx_unpack(m->_private);
+    r.aborted = 0;
     /* A transactional producer's failed message fails its transaction
      * (librdkafka makes it abortable, or fatal when fenced; the purge of an
      * abort reports __PURGE_QUEUE/__PURGE_INFLIGHT): the send is discarded
      * with the transaction, not lost — its input is processed again. */
-    r.aborted = k->txn && m->err ? 1 : 0;
-    if (r.aborted) k->txn_doomed = 1;
+    if (k->txn && m->err) {
+        int purged = m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+                     m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+        /* A message the broker refuses for itself is a delivery failure, as
+         * under at-least-once (it would fail again after every abort); any
+         * other error (a purge, a timeout, the producer's or the
+         * transaction's state) discards the send with its transaction. */
+        r.aborted = !refused_for_itself(m->err);
+        if (!purged) {
+            if (!k->txn_doomed)
+                fs_warn("send to %s[%d] failed: %s; the transaction will be aborted",
+                        m->rkt ? rd_kafka_topic_name(m->rkt) : "?", (int)m->partition,
+                        rd_kafka_err2str(m->err));
+            k->txn_send_failed = 1;
+        }
+        k->txn_doomed = 1;
+    }
     if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
 }
 
@@ -552,6 +609,8 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
     k->base.loop = loop;
     k->base.durable = 1;
     k->cfd = k->pfd = k->afd = k->tfd = -1;
+    k->cq_timer.cb = cq_timer_cb;
+    k->cq_timer.data = k;
     k->group = strdup(group);
     k->fetched = malloc(FS_CONSUME_BATCH * sizeof *k->fetched);
     k->msgs = malloc(FS_CONSUME_BATCH * sizeof *k->msgs);
@@ -638,9 +697,14 @@ int fs_kafka_embedded(const fs_transport *tp)
 
 /* Producer handle of a topic: a copy of the producer's defaults (the murmur2
  * partitioner among them), plus the topic as opaque so delivery reports find it. */
+static int register_topic(fs_kafka *k, fs_topic *t);
+
 static int open_topic(fs_kafka *k, fs_topic *t, char *err, size_t errlen)
 {
     if (FS_TXT(t)->tx) return 0;
+    /* Registered, so that a producer's replacement (txn_init, fencing) and
+     * close find every handle made on it. */
+    if (register_topic(k, t)) goto oom;
     rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(k->producer);
     if (!tc) goto oom;
     rd_kafka_topic_conf_set_opaque(tc, t);
@@ -1018,7 +1082,10 @@ static void drain(fs_kafka *k)
              * would (in a transaction: the transaction is lost with it). */
             if (o->hdrs) rd_kafka_headers_destroy(o->hdrs);
             fs_report r = {o->topic, o->partition, -1, o->vlen, e, ctx_unpack(o->opaque), 0};
-            if (k->txn) r.aborted = k->txn_doomed = 1;
+            if (k->txn) {
+                r.aborted = !refused_for_itself(e);
+                k->txn_doomed = 1;
+            }
             if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
         }
         /* else librdkafka owns the headers now */
@@ -1069,10 +1136,25 @@ static int kafka_poll(fs_transport *tp, int fetch)
                     err = RD_KAFKA_RESP_ERR__FAIL;
                 }
                 /* A partition without a committed offset comes back as -1. */
-                for (int i = 0; i < l.len; i++)
+                int unstable = 0;
+                for (int i = 0; i < l.len; i++) {
                     if (l.items[i].offset < 0) l.items[i].offset = FS_OFFSET_INVALID;
-                if (k->base.cb.committed)
-                    k->base.cb.committed(k->base.cb.data, rd_kafka_event_opaque(ev), &l, err);
+                    unstable |= l.items[i].err == RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT;
+                }
+                struct fs_cq *q = rd_kafka_event_opaque(ev);
+                if (!err && unstable && ++q->tries < FS_CQ_TRIES) {
+                    /* A transaction's offsets wait for its markers: ask again soon. */
+                    if (q->tries == 1)
+                        fs_debug("committed offsets of group %s are pending in a transaction: "
+                                 "asking again", k->group);
+                    q->waiting = 1;
+                    if (!fs_timer_active(&k->cq_timer))
+                        fs_timer_start(k->base.loop, &k->cq_timer, FS_CQ_RETRY_MS);
+                } else {
+                    void *ctx = q->ctx;
+                    cq_free(k, q);
+                    if (k->base.cb.committed) k->base.cb.committed(k->base.cb.data, ctx, &l, err);
+                }
             }
             fs_tplist_free(&l);
             rd_kafka_event_destroy(ev);
@@ -1379,14 +1461,18 @@ static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, v
 }
 
 /* rd_kafka_committed blocks until the coordinator answers (up to its
- * timeout). The admin API asks the same question (OffsetFetch, with the
- * consumer's require_stable semantics) and answers on a queue the loop
- * watches. */
-static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
+ * timeout). The admin API asks the same question (OffsetFetch) and answers on
+ * a queue the loop watches. It asks for stable offsets (require_stable): an
+ * offset committed by a transaction whose markers are not written yet must
+ * not be read as the older offset. The broker then answers
+ * UNSTABLE_OFFSET_COMMIT for that partition, and librdkafka's admin request
+ * does not retry (its consumer's own OffsetFetch does): the question is asked
+ * again here, every FS_CQ_RETRY_MS, until the transaction ended (at most its
+ * timeout, then the coordinator aborts it) or FS_CQ_TRIES passed. */
+static int committed_ask(fs_kafka *k, struct fs_cq *q)
 {
-    fs_kafka *k = kafka_of(tp);
     char errstr[256];
-    rd_kafka_topic_partition_list_t *l = to_rd(parts);
+    rd_kafka_topic_partition_list_t *l = to_rd(&q->parts);
     rd_kafka_ListConsumerGroupOffsets_t *req = rd_kafka_ListConsumerGroupOffsets_new(k->group, l);
     rd_kafka_topic_partition_list_destroy(l);
     rd_kafka_AdminOptions_t *o =
@@ -1399,10 +1485,56 @@ static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
     rd_kafka_error_t *e = rd_kafka_AdminOptions_set_require_stable_offsets(o, 1);
     if (e) rd_kafka_error_destroy(e);
     rd_kafka_AdminOptions_set_request_timeout(o, 10000, errstr, sizeof errstr);
-    rd_kafka_AdminOptions_set_opaque(o, ctx);
+    rd_kafka_AdminOptions_set_opaque(o, q);
     rd_kafka_ListConsumerGroupOffsets(k->consumer, &req, 1, o, k->aq);
     rd_kafka_ListConsumerGroupOffsets_destroy(req);
     rd_kafka_AdminOptions_destroy(o);
+    q->waiting = 0;
+    return 0;
+}
+
+static void cq_free(fs_kafka *k, struct fs_cq *q)
+{
+    for (size_t i = 0; i < k->cqs.len; i++)
+        if (k->cqs.items[i] == q) {
+            fs_vec_remove(&k->cqs, i);
+            break;
+        }
+    fs_tplist_free(&q->parts);
+    free(q);
+}
+
+static void cq_timer_cb(fs_timer *t)
+{
+    fs_kafka *k = t->data;
+    for (size_t i = 0; i < k->cqs.len;) {
+        struct fs_cq *q = k->cqs.items[i];
+        if (q->waiting && committed_ask(k, q)) {
+            /* Cannot ask again: answer with what is known (nothing). */
+            void *ctx = q->ctx;
+            cq_free(k, q);
+            if (k->base.cb.committed) k->base.cb.committed(k->base.cb.data, ctx, NULL, RD_KAFKA_RESP_ERR__FAIL);
+            continue;
+        }
+        i++;
+    }
+}
+
+static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
+{
+    fs_kafka *k = kafka_of(tp);
+    struct fs_cq *q = calloc(1, sizeof *q);
+    if (!q) return -1;
+    q->ctx = ctx;
+    if (fs_tplist_copy(&q->parts, parts) || fs_vec_push(&k->cqs, q)) {
+        fs_tplist_free(&q->parts);
+        free(q);
+        return -1;
+    }
+    if (committed_ask(k, q)) {
+        cq_free(k, q);
+        return -1;
+    }
     return 0;
 }
 
@@ -1471,8 +1603,7 @@ static void job_start(fs_kafka *k, void *ctx)
  * their events come back), then recreate() replaces it. */
 static void begin_recreate(fs_kafka *k, void *ctx, const char *why)
 {
-    fs_warn("transactional producer %s fenced (%s): purging its sends, then recreating it",
-            k->txn_id, why);
+    fs_warn("transactional producer %s: %s; purging its sends, then recreating it", k->txn_id, why);
     k->txn_open = 0;
     k->txn_dropping = 1;
     rd_kafka_purge(k->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
@@ -1562,7 +1693,6 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_begun = 0;
             k->txn_doomed = 0;
             k->txn_commits++;
-            fs_debug("transaction committed in %lld ms", (long long)j->ms);
         } else {
             /* Still begun: the caller aborts it (a fenced producer is
              * recreated by that abort). */
@@ -1571,7 +1701,15 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
         txn_note(k, ctx, j->result, "%s", j->msg);
         break;
     case FS_TXN_JOB_ABORT:
-        if (j->result == FS_TXN_OK) {
+        if (j->result == FS_TXN_OK && k->txn_send_failed) {
+            /* librdkafka 2.0.2 keeps the failed send's sequence number: the
+             * next transaction's first send to that partition would fail
+             * (OUT_OF_ORDER_SEQUENCE_NUMBER) until an epoch bump. A new
+             * producer starts a new epoch at once. */
+            k->txn_begun = 0;
+            begin_recreate(k, ctx, "a send failed in the aborted transaction (a sequence gap "
+                                   "only a new producer epoch closes)");
+        } else if (j->result == FS_TXN_OK) {
             k->txn_begun = 0;
             k->txn_doomed = 0;
             k->txn_aborts++;
@@ -1592,6 +1730,7 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_doomed = 0;
             k->txn_aborts++;
             k->txn_recreated++;
+            k->txn_send_failed = 0;
             fs_info("transactional producer %s recreated (%lld ms); the fenced one's "
                     "transaction is aborted", k->txn_id, (long long)j->ms);
             txn_note(k, ctx, FS_TXN_OK, "aborted (producer recreated)");
@@ -1876,8 +2015,11 @@ static void kafka_close(fs_transport *tp)
         if (k->overflow.len)
             fs_warn("%zu messages never reached the producer's queue", k->overflow.len);
         if (tp->backlog_peak)
-            fs_info("producer: up to %lld messages waited for room in librdkafka's queue "
-                    "(queue.buffering.max.messages)", (long long)tp->backlog_peak);
+            fs_info(k->txn ? "producer: up to %lld messages waited in the worker (for the next "
+                             "transaction, or for room in librdkafka's queue)"
+                           : "producer: up to %lld messages waited for room in librdkafka's queue "
+                             "(queue.buffering.max.messages)",
+                    (long long)tp->backlog_peak);
         while (k->overflow.len) {
             struct fs_overflow o = fs_ring_shift(&k->overflow);
             if (o.hdrs) rd_kafka_headers_destroy(o.hdrs);
@@ -1897,6 +2039,9 @@ static void kafka_close(fs_transport *tp)
     fs_ring_free(&k->overflow);
     fs_ring_free(&k->dropped);
     fs_ring_free(&k->notes);
+    fs_timer_stop(tp->loop, &k->cq_timer);
+    while (k->cqs.len) cq_free(k, k->cqs.items[k->cqs.len - 1]);
+    fs_vec_free(&k->cqs);
     if (k->tfd >= 0) fs_io_del(tp->loop, &k->tio), close(k->tfd);
     for (size_t i = 0; i < k->pconf.len; i++) free(k->pconf.items[i]);
     fs_vec_free(&k->pconf);

@@ -13,6 +13,14 @@
  *   txn-probe URL fence TOPIC ID        two transports with one transactional.id:
  *                                       the second fences the first
  *   txn-probe URL refuse TOPIC ID       txn_init must refuse (memory://, a mock)
+ *   txn-probe URL doomed TOPIC ID       a send the broker refuses (2 MB) fails the
+ *                                       transaction: reported aborted, the commit
+ *                                       says ABORTABLE; abort, then a transaction
+ *                                       with one send "after-doomed" commits
+ *   txn-probe URL unstable TOPIC ID     a producer of its own sends offset 5 of
+ *                                       TOPIC[0] for group ID in a transaction it
+ *                                       keeps open for 2 s: ops->committed must
+ *                                       answer only after the commit, with 5
  *   txn-probe URL table TOPIC ID N      a table's changelog: N records, JSON keys
  *                                       "k0".."k<N-1>" with values 1..N, committed;
  *                                       then the same keys = 999999, aborted
@@ -28,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "fs_log.h"
 #include "fs_loop.h"
 #include "fs_transport.h"
@@ -41,6 +51,8 @@ typedef struct probe {
     int64_t aborted_without_err;
     int done, result;
     char msg[512];
+    int answered, cerr;
+    int64_t coffset, cperr;
 } probe;
 
 static fs_loop loop;
@@ -79,6 +91,16 @@ static void on_txn_done(void *data, void *ctx, int result, const char *msg)
     p->done = 1;
     p->result = result;
     snprintf(p->msg, sizeof p->msg, "%s", msg ? msg : "");
+}
+
+static void on_committed(void *data, void *ctx, const fs_tplist *offsets, int err)
+{
+    probe *p = data;
+    (void)ctx;
+    p->answered = 1;
+    p->cerr = err;
+    p->coffset = offsets && offsets->len ? offsets->items[0].offset : -1;
+    p->cperr = offsets && offsets->len ? offsets->items[0].err : -1;
 }
 
 static void on_error(void *data, int err, const char *msg, int fatal)
@@ -131,13 +153,13 @@ static int all_reported(probe *p)
     return p->tp->ops->undelivered(p->tp) == 0;
 }
 
-static probe *new_probe(const char *name, const char *url, fs_topic *t)
+static probe *new_probe(const char *name, const char *url, fs_topic *t, const char *group)
 {
     probe *p = calloc(1, sizeof *p);
     char err[512];
     if (!p) exit(2);
     p->name = name;
-    p->tp = fs_kafka_new(&loop, url, "txn-probe", NULL, err, sizeof err);
+    p->tp = fs_kafka_new(&loop, url, group, NULL, err, sizeof err);
     if (!p->tp) {
         printf("FAIL %s cannot make the transport: %s\n", name, err);
         exit(1);
@@ -146,6 +168,7 @@ static probe *new_probe(const char *name, const char *url, fs_topic *t)
     p->tp->cb.delivered = on_delivered;
     p->tp->cb.txn_done = on_txn_done;
     p->tp->cb.error = on_error;
+    p->tp->cb.committed = on_committed;
     fs_topic *ts[1] = {t};
     if (p->tp->ops->resolve(p->tp, ts, 1, err, sizeof err)) {
         printf("FAIL %s resolve: %s\n", name, err);
@@ -170,7 +193,7 @@ static void begin(probe *p)
     if (p->tp->ops->txn_begin(p->tp, err, sizeof err)) fail("%s txn_begin: %s", p->name, err);
 }
 
-static void send(probe *p, fs_topic *t, const char *key, const char *val)
+static void send1(probe *p, fs_topic *t, const char *key, const char *val)
 {
     char err[512];
     fs_msg m = {0};
@@ -191,7 +214,7 @@ static void send_n(probe *p, fs_topic *t, const char *prefix, int n)
     char v[64];
     for (int i = 0; i < n; i++) {
         snprintf(v, sizeof v, "%s-%d", prefix, i);
-        send(p, t, NULL, v);
+        send1(p, t, NULL, v);
     }
 }
 
@@ -242,7 +265,7 @@ int main(int argc, char **argv)
     const char *np = getenv("TXN_PROBE_PARTITIONS");
     topic.partitions = np ? atoi(np) : 2;
     topic.compact = strcmp(mode, "table") == 0; /* a changelog */
-    probe *a = new_probe("a", url, &topic);
+    probe *a = new_probe("a", url, &topic, id);
     probe *ps[2] = {a, NULL};
 
     if (strcmp(mode, "refuse") == 0) {
@@ -281,7 +304,7 @@ int main(int argc, char **argv)
         expect(a->aborted + a->ok, n + m, "every send reported once");
         expect(a->aborted, n + m, "sends reported aborted");
         begin(a);
-        send(a, &topic, NULL, "after-abort");
+        send1(a, &topic, NULL, "after-abort");
         finish(ps, 1, a, 1);
         run_until(ps, 1, all_reported, a);
         counts(a);
@@ -291,7 +314,7 @@ int main(int argc, char **argv)
         send_n(a, &topic, "zombie", n);
         run_until(ps, 1, all_reported, a); /* written (uncommitted) before the fencing */
         counts(a);
-        probe *b = new_probe("b", url, &topic);
+        probe *b = new_probe("b", url, &topic, id);
         ps[1] = b;
         init(b, id); /* fences a, aborts its open transaction */
         int r = finish(ps, 2, a, 1);
@@ -306,6 +329,82 @@ int main(int argc, char **argv)
         counts(a);
         b->tp->ops->close(b->tp);
         free(b);
+    } else if (strcmp(mode, "doomed") == 0) {
+        init(a, id);
+        begin(a);
+        send1(a, &topic, NULL, "doomed-small");
+        size_t big = 2 * 1024 * 1024;
+        char *v = malloc(big + 1);
+        if (!v) return 2;
+        memset(v, 'x', big);
+        v[big] = 0;
+        send1(a, &topic, NULL, v);
+        free(v);
+        run_until(ps, 1, all_reported, a);
+        counts(a);
+        int r = finish(ps, 1, a, 1);
+        if (r != FS_TXN_ABORTABLE) fail("commit of a failed transaction: %s, expected ABORTABLE", result_name(r));
+        if (finish(ps, 1, a, 0) != FS_TXN_OK) fail("abort after the failed commit");
+        begin(a);
+        send1(a, &topic, NULL, "after-doomed");
+        if (finish(ps, 1, a, 1) != FS_TXN_OK) fail("commit after the abort");
+        run_until(ps, 1, all_reported, a);
+        counts(a);
+    } else if (strcmp(mode, "unstable") == 0) {
+        char err[512], rid[300];
+        snprintf(rid, sizeof rid, "%s-raw", id);
+        rd_kafka_conf_t *c = rd_kafka_conf_new();
+        if (rd_kafka_conf_set(c, "bootstrap.servers", url + strlen("kafka://"), err, sizeof err) ||
+            rd_kafka_conf_set(c, "transactional.id", rid, err, sizeof err)) {
+            printf("FAIL conf: %s\n", err);
+            return 1;
+        }
+        rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
+        if (!rk) {
+            printf("FAIL producer: %s\n", err);
+            return 1;
+        }
+        rd_kafka_error_t *e = rd_kafka_init_transactions(rk, 30000);
+        if (!e) e = rd_kafka_begin_transaction(rk);
+        rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(offs, topic.name, 0)->offset = 5;
+        rd_kafka_consumer_group_metadata_t *md = rd_kafka_consumer_group_metadata_new(id);
+        if (!e) e = rd_kafka_send_offsets_to_transaction(rk, offs, md, 30000);
+        rd_kafka_consumer_group_metadata_destroy(md);
+        rd_kafka_topic_partition_list_destroy(offs);
+        if (e) {
+            printf("FAIL raw transaction: %s\n", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+            return 1;
+        }
+        fs_tplist parts = {0};
+        fs_tplist_add(&parts, topic.name, 0, FS_OFFSET_INVALID);
+        if (a->tp->ops->committed(a->tp, &parts, NULL)) fail("committed could not ask");
+        fs_tplist_free(&parts);
+        /* No answer while the transaction holding the offset is open. */
+        int64_t until = now_ms() + 2000;
+        while (now_ms() < until && !a->answered) {
+            fs_loop_run_once(&loop, 20);
+            a->tp->ops->poll(a->tp, 0);
+        }
+        if (a->answered)
+            fail("answered while the offsets were pending: offset %lld, err %d, partition err %lld",
+                 (long long)a->coffset, a->cerr, (long long)a->cperr);
+        e = rd_kafka_commit_transaction(rk, 30000);
+        if (e) {
+            fail("raw commit: %s", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        }
+        rd_kafka_destroy(rk);
+        until = now_ms() + 20000;
+        while (now_ms() < until && !a->answered) {
+            fs_loop_run_once(&loop, 20);
+            a->tp->ops->poll(a->tp, 0);
+        }
+        printf("a committed answered=%d err=%d offset=%lld partition-err=%lld\n", a->answered,
+               a->cerr, (long long)a->coffset, (long long)a->cperr);
+        if (!a->answered || a->cerr || a->coffset != 5 || a->cperr)
+            fail("committed offset after the commit");
     } else if (strcmp(mode, "table") == 0) {
         init(a, id);
         begin(a);
@@ -313,7 +412,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < n; i++) {
             snprintf(k, sizeof k, "\"k%d\"", i);
             snprintf(v, sizeof v, "%d", i + 1);
-            send(a, &topic, k, v);
+            send1(a, &topic, k, v);
         }
         if (finish(ps, 1, a, 1) != FS_TXN_OK) fail("table commit");
         /* A second transaction that is aborted: its records must never be
@@ -321,7 +420,7 @@ int main(int argc, char **argv)
         begin(a);
         for (int i = 0; i < n; i++) {
             snprintf(k, sizeof k, "\"k%d\"", i);
-            send(a, &topic, k, "999999");
+            send1(a, &topic, k, "999999");
         }
         run_until(ps, 1, all_reported, a);
         if (finish(ps, 1, a, 0) != FS_TXN_OK) fail("table abort");
