@@ -3,8 +3,8 @@
 -- transaction is doomed three times mid-stream (rt:test_reset with
 -- FSTREAM_TEST_HOOKS=1: the next checkpoint fails, aborts its transaction
 -- and resets every partition to its last committed state). An independent
--- read_committed reader must see every count exactly once, the table must be
--- exact, and a read_uncommitted reader must see the aborted outputs too
+-- read_committed reader must see every count exactly once, the tables (a
+-- partitioned and a global one) must be exact, and a read_uncommitted reader must see the aborted outputs too
 -- (proof that the aborts discarded real data).
 local proc = require "spec.support.proc"
 local wc = require "spec.support.wordcount"
@@ -18,15 +18,15 @@ local APP = fixtures .. "/eos_wordcount.lua"
 
 local function settings(env)
   local s = {}
-  for _, k in ipairs { "APP_ID", "IN", "OUT", "GUARANTEE", "THROTTLE", "RESET_AT" } do
+  for _, k in ipairs { "APP_ID", "IN", "OUT", "GUARANTEE", "THROTTLE", "RESET_AT", "GLOBAL" } do
     if env[k] then s[#s + 1] = k .. "=" .. env[k] end
   end
   return table.concat(s, " ")
 end
 
-local function read_counts(env, store)
-  local out, rc = proc.run(string.format("env %s %s table %s word_counts --store lmdb://%s 2>/dev/null",
-    settings(env), bin, APP, store))
+local function read_counts(env, store, tbl)
+  local out, rc = proc.run(string.format("env %s %s table %s %s --store lmdb://%s 2>/dev/null",
+    settings(env), bin, APP, tbl or "word_counts", store))
   assert(rc == 0, out)
   local counts = {}
   for line in out:gmatch("[^\n]+") do
@@ -59,7 +59,7 @@ describe("exactly-once on a real Kafka broker, with aborted transactions", funct
 
   it("keeps a word count's outputs and table exact across three aborts and resets", function()
     local env = { APP_ID = "eosrst-" .. uniq, IN = "eosrst-in-" .. uniq, OUT = "eosrst-out-" .. uniq,
-      THROTTLE = "0.05", RESET_AT = "3000,25000,60000" }
+      THROTTLE = "0.05", RESET_AT = "3000,25000,60000", GLOBAL = "1" }
     local store = proc.tmp .. "/eosrst-" .. uniq
     local lines, expected = wc.corpus("e")
     local w = proc.spawn(string.format("env FSTREAM_TEST_HOOKS=1 %s %s worker %s --broker kafka://%s --store lmdb://%s -l debug",
@@ -84,8 +84,9 @@ describe("exactly-once on a real Kafka broker, with aborted transactions", funct
     end
     assert.are.equal(3, aborts, log)
     assert.matches("checkpoint transaction committed in %d+ ms %(%d+ offsets, %d+ messages%)", log)
-    -- The table: exact.
+    -- The tables: exact (the global one too: a reset drops its uncommitted writes).
     assert.are.same(expected, read_counts(env, store))
+    assert.are.same(expected, read_counts(env, store, "totals"))
     -- The outputs a read_committed reader sees: "word n" for n = 1..count, each once.
     local committed = consume(addr, env.OUT, "read_committed")
     local seen, dups = {}, 0

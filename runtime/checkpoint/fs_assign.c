@@ -503,6 +503,7 @@ static int reset_advance(fs_assign *a)
             fs_part_revoke(p);
         }
     }
+    fs_tables_forget_global(rt);
     rt->resets++;
     if (fs_ckpt_transactional(a->ck))
         fs_warn("exactly-once: %s (%s): its transaction was aborted and %d partitions were reset "
