@@ -695,10 +695,10 @@ int fs_kafka_embedded(const fs_transport *tp)
     return tp && tp->ops == &kafka_ops && ((const fs_kafka *)tp)->embedded;
 }
 
-/* Producer handle of a topic: a copy of the producer's defaults (the murmur2
- * partitioner among them), plus the topic as opaque so delivery reports find it. */
 static int register_topic(fs_kafka *k, fs_topic *t);
 
+/* Producer handle of a topic: a copy of the producer's defaults (the murmur2
+ * partitioner among them), plus the topic as opaque so delivery reports find it. */
 static int open_topic(fs_kafka *k, fs_topic *t, char *err, size_t errlen)
 {
     if (FS_TXT(t)->tx) return 0;
