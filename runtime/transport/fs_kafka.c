@@ -282,9 +282,17 @@ static void drop_overflow(fs_kafka *k)
     k->txn_quota = 0;
 }
 
-/* A producer error event: what error_cb does for the consumer. A fenced
- * transactional producer is not the worker's end: the transaction's commit
- * or abort reports it (FS_TXN_FENCED) and the abort recreates the producer. */
+static int fencing_code(rd_kafka_resp_err_t code)
+{
+    return code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+           code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+}
+
+/* A producer error event: what error_cb does for the consumer. A
+ * transactional producer's fatal error is not the worker's end: the
+ * transaction's commit reports it (FS_TXN_FENCED or FS_TXN_FATAL) and the
+ * abort recreates the producer; only a producer that cannot be recreated
+ * (txn_done FS_TXN_FATAL after an abort) stops the worker. */
 static void producer_error(fs_kafka *k, rd_kafka_event_t *ev)
 {
     rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
@@ -294,9 +302,9 @@ static void producer_error(fs_kafka *k, rd_kafka_event_t *ev)
     }
     char buf[512];
     rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
-    if (k->txn && (code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
-                   code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)) {
-        fs_warn("transactional producer fenced: %s (the open transaction will be aborted)", buf);
+    if (k->txn) {
+        fs_warn("transactional producer %s: %s (the open transaction will be aborted)",
+                fencing_code(code) ? "fenced" : "failed", buf);
         k->txn_doomed = 1;
         return;
     }
@@ -1574,12 +1582,6 @@ static void txn_note(fs_kafka *k, void *ctx, int result, const char *fmt, ...)
     k->base.pending = 1;
 }
 
-static int fencing_code(rd_kafka_resp_err_t code)
-{
-    return code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
-           code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
-}
-
 static void job_release(fs_txn_job *j)
 {
     if (j->offsets) rd_kafka_topic_partition_list_destroy(j->offsets);
@@ -1659,9 +1661,8 @@ static void start_abort(fs_kafka *k, void *ctx)
 {
     char buf[256];
     rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
-    if (code) {
-        if (fencing_code(code)) begin_recreate(k, ctx, buf);
-        else txn_note(k, ctx, FS_TXN_FATAL, "the producer failed for good: %s", buf);
+    if (code) { /* fenced, or failed otherwise: only a new producer goes on */
+        begin_recreate(k, ctx, buf);
         return;
     }
     if (!k->txn_begun) { /* nothing was begun: nothing entered librdkafka */
@@ -1694,9 +1695,13 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_doomed = 0;
             k->txn_commits++;
         } else {
-            /* Still begun: the caller aborts it (a fenced producer is
-             * recreated by that abort). */
+            /* Still begun: the caller aborts it (a fenced or failed producer
+             * is recreated by that abort). A producer that failed for good
+             * but not by fencing (e.g. INVALID_TXN_STATE from a coordinator
+             * that lost the transaction) is no reason to stop yet: the abort
+             * recreates it, and says FS_TXN_FATAL if that fails too. */
             fs_warn("transaction commit failed after %lld ms: %s", (long long)j->ms, j->msg);
+            if (j->result == FS_TXN_FATAL) j->result = FS_TXN_ABORTABLE;
         }
         txn_note(k, ctx, j->result, "%s", j->msg);
         break;
@@ -1715,12 +1720,13 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_aborts++;
             fs_debug("transaction aborted in %lld ms", (long long)j->ms);
             txn_note(k, ctx, FS_TXN_OK, "aborted");
-        } else if (j->result == FS_TXN_FATAL && !j->fenced_producer) {
-            txn_note(k, ctx, FS_TXN_FATAL, "%s", j->msg);
         } else {
-            /* Fenced, or the abort itself kept failing (a broker gone for a
-             * while): a new producer's init_transactions aborts what this
-             * one left open. */
+            /* Fenced, or the abort itself failed: a broker gone for a while
+             * (timeouts), or back with a coordinator that no longer knows the
+             * transaction (INVALID_TXN_STATE, fatal in librdkafka). A new
+             * producer's init_transactions fences this one's epoch and aborts
+             * whatever it left open; if even that fails, txn_done says
+             * FS_TXN_FATAL. */
             begin_recreate(k, ctx, j->msg);
         }
         break;
@@ -1911,8 +1917,8 @@ static int kafka_txn_commit(fs_transport *tp, const fs_tplist *offsets, void *ct
     char buf[256];
     rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
     if (code) { /* known already (an error event): no need to ask the broker */
-        txn_note(k, ctx, fencing_code(code) ? FS_TXN_FENCED : FS_TXN_FATAL,
-                 "the producer failed for good: %s", buf);
+        txn_note(k, ctx, fencing_code(code) ? FS_TXN_FENCED : FS_TXN_ABORTABLE,
+                 "the producer failed for good: %s (the abort recreates it)", buf);
         return 0;
     }
     if (k->txn_doomed) {
