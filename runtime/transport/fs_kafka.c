@@ -110,6 +110,8 @@ typedef struct fs_kafka {
     int txn_doomed;   /* a send of this transaction failed: it cannot commit */
     int txn_send_failed; /* a send failed in librdkafka (not purged) since the last producer
                             epoch: its sequence number is a gap only a new epoch closes */
+    int txn_lost;     /* the group took our partitions away (session lost) since the last
+                         txn_abort: what is open holds a zombie's outputs */
     int64_t txn_quota;
     FS_RING(fs_report) dropped; /* aborted sends to report (with their err) */
     fs_txn_thread *txth;
@@ -390,6 +392,18 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (k->base.cb.assigned) k->base.cb.assigned(k->base.cb.data, &l);
         else rd_kafka_assign(rk, parts);
     } else {
+        /* Lost, not revoked (the session expired: the group gave them to
+         * another member already). librdkafka has reset its member id, and
+         * a TxnOffsetCommit with no member and no generation is not checked
+         * by the broker (KIP-447 fences only a stale generation): the
+         * transaction is refused here until it is aborted (txn_commit says
+         * FS_TXN_FENCED). */
+        if (k->txn && rd_kafka_assignment_lost(rk)) {
+            if (!k->txn_lost)
+                fs_warn("partitions lost (the group's session expired, another member may hold "
+                        "them): the open transaction will be aborted, not committed");
+            k->txn_lost = 1;
+        }
         if (k->base.cb.revoked) k->base.cb.revoked(k->base.cb.data, &l);
         else rd_kafka_assign(rk, NULL);
     }
@@ -1914,6 +1928,12 @@ static int kafka_txn_commit(fs_transport *tp, const fs_tplist *offsets, void *ct
         k->recreate_waiting || k->abort_queued)
         return -1;
     kafka_txn_seal(tp);
+    if (k->txn_lost) {
+        txn_note(k, ctx, FS_TXN_FENCED,
+                 "this worker lost its partitions (its group session expired): the transaction "
+                 "holds a zombie's outputs");
+        return 0;
+    }
     char buf[256];
     rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
     if (code) { /* known already (an error event): no need to ask the broker */
@@ -1955,6 +1975,7 @@ static int kafka_txn_abort(fs_transport *tp, void *ctx)
     if (!k->txn || k->abort_queued) return -1;
     k->txn_open = 0;
     k->txn_dropping = 1;
+    k->txn_lost = 0; /* what the zombie sent is dropped now: the next transaction is clean */
     if (k->commit_waiting) { /* asked for, not started: it will not be */
         k->commit_waiting = 0;
         job_release(&k->job);
