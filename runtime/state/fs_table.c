@@ -543,6 +543,23 @@ void fs_tables_release(fs_rt *rt, int32_t p)
     if (any) call_hook(rt, "release", p, 0, NULL, 0);
 }
 
+void fs_tables_forget_global(fs_rt *rt)
+{
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        if (!t->global) continue;
+        for (int32_t p = 0; p < t->partitions; p++) {
+            struct fs_tpart *tp = &t->parts[p];
+            tp->ops.len = 0;
+            fs_buf_reset(&tp->arena);
+            if (!tp->store) continue;
+            /* The Lua side starts over from LMDB: its caches held the writes being undone. */
+            call_hook(rt, "release", p, t->id + 1, NULL, 0);
+            call_hook(rt, "hold", p, t->id + 1, NULL, 0);
+        }
+    }
+}
+
 void fs_tables_close(fs_rt *rt)
 {
     fs_tables_stop_recovery(rt);

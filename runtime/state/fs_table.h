@@ -55,6 +55,9 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
 /* Cancels every replay in flight (logging where each stopped) and closes the
  * recovery consumer: before the transport it talks to closes. */
 void fs_tables_stop_recovery(fs_rt *rt);
+/* A reset (exactly-once abort): global tables drop what they staged and their
+ * Lua side's caches (their partitions stay held; LMDB has what committed). */
+void fs_tables_forget_global(fs_rt *rt);
 void fs_tables_close(fs_rt *rt);
 /* Recovers global tables (the loop's work, awaited: start-up runs before the
  * worker's loop, and agents may read a global table at once), then follows them. */
