@@ -47,6 +47,7 @@ struct task {
     fs_table *t;
     int32_t p;
     int state, tries, found;
+    int waited; /* the replay said it waits for a transaction to be resolved */
     int known; /* the query below answered for it, not looked at yet */
     int64_t qlo, qhi;
     rd_kafka_resp_err_t qerr;
@@ -263,6 +264,14 @@ static void begin_replay(fs_recovery *r, struct task *k, int64_t lo, int64_t hi)
         start = k->start = 0;
         k->found = 0;
     }
+    if (start > hi && r->rt->eos && ++k->tries < WM_TRIES) {
+        /* Under exactly-once hi is the last stable offset: the commit markers
+         * of the transaction LMDB was written after may not be there yet (the
+         * coordinator writes them after answering the commit). Ask again. */
+        k->state = T_RETRY;
+        fs_timer_start(&r->rt->loop, &r->retry, WM_RETRY_MS);
+        return;
+    }
     if (start > hi) {
         fs_rt_fatal(r->rt,
                     "table %s[%d]: local state (in %s) covers changelog %s up to offset %lld but the "
@@ -281,13 +290,17 @@ static void begin_replay(fs_recovery *r, struct task *k, int64_t lo, int64_t hi)
     }
     k->next = start;
     k->hi = hi;
-    if (start >= hi) {
+    /* Under exactly-once even an empty tail is read to its end: the end
+     * asked for is the last stable offset, and a transaction beyond it may
+     * be committed with its markers still on the way (replay_step). */
+    if (start >= hi && !r->rt->eos) {
         tp->cl_next = start;
         finish(r, k, 0);
         return;
     }
-    fs_info("recovering table %s[%d]: %lld changelog records (offsets %lld..%lld)", t->name, (int)k->p,
-            (long long)(hi - start), (long long)start, (long long)(hi - 1));
+    if (hi > start)
+        fs_info("recovering table %s[%d]: %lld changelog records (offsets %lld..%lld)", t->name,
+                (int)k->p, (long long)(hi - start), (long long)start, (long long)(hi - 1));
     discard_queued(r);
     rd_kafka_topic_partition_list_t *a = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(a, cl, k->p)->offset = start;
@@ -417,6 +430,33 @@ static void complete(fs_recovery *r, struct task *k)
     finish(r, k, 0);
 }
 
+/* Under exactly-once the end asked for is the partition's last stable
+ * offset when the query ran. The previous owner's last transaction may be
+ * committed by then with its markers not yet written (the coordinator writes
+ * them after it answered the commit): the stable offset stops before that
+ * transaction while the input offsets it committed are already the group's.
+ * Ending there would lose its table writes for good (input resumes after
+ * them). So the replay goes on until it reached the high watermark the
+ * fetcher last saw: nothing unresolved is left behind it. (An open
+ * transaction of a stopped zombie ends within its transaction timeout;
+ * the replay's idle limit is longer.) */
+static int unresolved(fs_recovery *r, struct task *k)
+{
+    int64_t lo = -1, hwm = -1;
+    if (!r->rt->eos) return 0;
+    if (rd_kafka_get_watermark_offsets(r->rt->recovery, k->t->changelog->name, k->p, &lo, &hwm) ||
+        hwm < 0)
+        return 1; /* nothing fetched yet: its end is not known */
+    if (hwm <= k->next) return 0;
+    if (!k->waited) {
+        k->waited = 1;
+        fs_info("recovering table %s[%d]: waiting for the transaction at offsets %lld..%lld of %s to "
+                "be resolved", k->t->name, (int)k->p, (long long)k->next, (long long)(hwm - 1),
+                k->t->changelog->name);
+    }
+    return 1;
+}
+
 /* One bounded step of the replay: what the consumer queue holds, up to BATCH
  * records, in one LMDB transaction. */
 static void replay_step(fs_recovery *r, struct task *k)
@@ -481,7 +521,7 @@ static void replay_step(fs_recovery *r, struct task *k)
     /* Ends either way: the next record to read is the end asked for (a
      * changelog without transactions), or the consumer reached the end. */
     if (eof >= 0 && eof > k->next) k->next = eof; /* past the markers: where the tail starts */
-    if (k->next >= k->hi || eof >= 0) {
+    if ((k->next >= k->hi || eof >= 0) && !unresolved(r, k)) {
         complete(r, k);
         return;
     }
