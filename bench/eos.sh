@@ -35,7 +35,7 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 BUILD=$(realpath -m -- "${BENCH_BUILD_DIR:-$ROOT/build-rel}")
 N=1000000 ROUNDS=2 KEYS=1000000 TAIL=100000 ONLY="" ADDR=""
 PARTS=4
-COMMIT_RE=${BENCH_COMMIT_RE:-'transaction committed in ([0-9.]+) ms'}
+COMMIT_RE=${BENCH_COMMIT_RE:-'transaction committed in ([0-9.]+) ms \([0-9]+ offsets'}
 
 die() { echo "bench/eos.sh: $*" >&2; exit 1; }
 say() { echo "bench/eos.sh: $*" >&2; }

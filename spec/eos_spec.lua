@@ -93,6 +93,64 @@ local function drain_and_stop(addr, env, workers)
   for _, w in ipairs(workers) do assert.are.equal(0, w:stop(), w:output():sub(-3000)) end
 end
 
+-- The checker itself, on made-up data: each kind of damage must be caught.
+describe("the exactly-once checker", function()
+  local function inputs(n, words)
+    local list = {}
+    for i = 1, n do
+      local cs = 100000 + 2 * i
+      list[i] = { n = i, w = "w" .. i % words, cs = cs, p = i % words % 4 }
+    end
+    return list
+  end
+  -- What a correct run outputs: every number once, every due window once, exact.
+  local function perfect(list)
+    local counts, closed = {}, {}
+    for _, e in ipairs(list) do counts[e.n] = 1 end
+    local exp = eos.windows_expected(list)
+    for k, v in pairs(exp) do closed[#closed + 1] = { key = k, count = v } end
+    return counts, closed
+  end
+
+  it("passes a perfect run", function()
+    local list = inputs(3000, 8)
+    local counts, closed = perfect(list)
+    local r = eos.compare(list, counts)
+    assert.are.same({ 0, 0, 0 }, { #r.missing, r.dups, r.unknown })
+    local wr = eos.check_windows(list, closed)
+    assert.is_true(wr.due > 0)
+    assert.are.same({ 0, 0, 0, 0 }, { wr.missing, wr.dups, wr.wrong, wr.unknown })
+    assert.is_nil(eos.diff_counts(eos.word_counts(list), eos.word_counts(list)))
+  end)
+
+  it("catches a gap, a duplicate and an output of no input", function()
+    local list = inputs(3000, 8)
+    local counts = perfect(list)
+    counts[17], counts[2999], counts[5000] = nil, 2, 1
+    local r = eos.compare(list, counts)
+    assert.are.same({ 17 }, r.missing)
+    assert.are.same({ 1, 1 }, { r.dups, r.unknown })
+  end)
+
+  it("catches a window closed twice, with a wrong value, or never", function()
+    local list = inputs(3000, 8)
+    local _, closed = perfect(list)
+    table.sort(closed, function(a, b) return a.key < b.key end)
+    closed[#closed + 1] = closed[1]
+    closed[2] = { key = closed[2].key, count = closed[2].count + 1 }
+    table.remove(closed, 3)
+    local wr = eos.check_windows(list, closed)
+    assert.are.same({ 1, 1, 1 }, { wr.dups, wr.wrong, wr.missing })
+  end)
+
+  it("catches a table count off by one and a key too many", function()
+    local list = inputs(3000, 8)
+    local got = eos.word_counts(list)
+    got.w3, got.extra = got.w3 + 1, 1
+    assert.matches("2 keys differ", eos.diff_counts(eos.word_counts(list), got))
+  end)
+end)
+
 describe("exactly-once on a real Kafka broker", function()
   local addr
   setup(function()
