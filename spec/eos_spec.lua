@@ -86,10 +86,13 @@ end
 -- Waits until every input is committed downstream, then stops the workers with SIGTERM (exit 0).
 local function drain_and_stop(addr, env, workers)
   local inputs = eos.inputs(addr, env.IN)
-  local _, ok = eos.wait_drained(addr, env, inputs, 180, workers)
-  local logs = {}
-  for _, w in ipairs(workers) do logs[#logs + 1] = w:output():sub(-3000) end
-  assert(ok, "not drained: " .. table.concat(logs, "\n-----\n"))
+  local ok, status = eos.wait_drained(addr, env, inputs, 120, workers)
+  if not ok then
+    local logs = {}
+    for _, w in ipairs(workers) do logs[#logs + 1] = w:output():sub(-3000) end
+    for _, w in ipairs(workers) do w:stop() end
+    error("not drained after 120 s: " .. status .. "\n" .. table.concat(logs, "\n-----\n"), 0)
+  end
   for _, w in ipairs(workers) do assert.are.equal(0, w:stop(), w:output():sub(-3000)) end
 end
 
@@ -162,6 +165,7 @@ describe("exactly-once on a real Kafka broker", function()
   teardown(function()
     if not os.getenv("FSTREAM_TEST_EOS_DIR") then kafka("stop") end
   end)
+  after_each(eos.cleanup)
 
   it("keeps a relay, a table and two windows exact across " .. KILLS .. " kill -9s under a steady load", function()
     local env = app_env("kill")

@@ -28,10 +28,22 @@ local function envs(env)
 end
 eos.envs = envs
 
+-- Every process started here, so that a failed spec can end them (eos.cleanup).
+eos.spawned = {}
+local function track(p) eos.spawned[#eos.spawned + 1] = p; return p end
+
+function eos.cleanup()
+  for _, p in ipairs(eos.spawned) do
+    if p.stop_file then proc.write(p.stop_file, "") end
+    if p:alive() then p:signal("CONT"); p:signal("KILL") end
+  end
+  eos.spawned = {}
+end
+
 -- The eos_all.lua worker on the given store directory (kept across restarts).
 function eos.worker(env, addr, store, name)
-  return proc.spawn(string.format("env %s %s worker %s --broker kafka://%s --store lmdb://%s -l %s",
-    envs(env), proc.bin, fixture, addr, q(store), env.LOG_LEVEL or "info"), name or "worker-eos")
+  return track(proc.spawn(string.format("env %s %s worker %s --broker kafka://%s --store lmdb://%s -l %s",
+    envs(env), proc.bin, fixture, addr, q(store), env.LOG_LEVEL or "info"), name or "worker-eos"))
 end
 
 -- Starts the producer: numbers from..to at `rate`/s (spec/support/eos_producer.sh).
@@ -42,7 +54,7 @@ function eos.producer(addr, topic, from, to, rate, words, base_cs)
   local p = proc.spawn(string.format("bash %s/spec/support/eos_producer.sh %s %s %d %d %d %d %d %s",
     proc.root, addr, q(topic), from, to, rate, words, base_cs, q(stop)), "producer")
   p.stop_file = stop
-  return p
+  return track(p)
 end
 
 -- Every message of a topic as kcat's -f format prints it, read_committed.
@@ -220,25 +232,26 @@ function eos.describe_windows(r)
     r.due, r.closed, r.missing, r.dups, r.wrong, r.unknown, table.concat(r.detail, "; "))
 end
 
--- Polls until every input number is in OUT and every due window is closed,
--- read_committed (or the timeout passes). Returns the last output counts.
+-- Polls until every input number is in OUT, every due window is closed and
+-- the changelog counts every input, read_committed (or the timeout passes).
+-- Returns true, or false and what was still missing.
 function eos.wait_drained(addr, env, inputs, timeout, procs)
   local deadline = os.time() + (timeout or 120)
-  local counts, r
+  local status
   repeat
-    counts = eos.output_counts(addr, env.OUT)
-    r = eos.compare(inputs, counts)
-    if #r.missing == 0 then
-      local wr = eos.check_windows(inputs, eos.closed(addr, env.CLOSED))
-      local total = eos.total(eos.changelog_counts(addr, env.changelog))
-      if wr.missing == 0 and total >= #inputs then return counts, true end
-    end
+    local r = eos.compare(inputs, eos.output_counts(addr, env.OUT))
+    local wr = eos.check_windows(inputs, eos.closed(addr, env.CLOSED))
+    local cl = eos.changelog_counts(addr, env.changelog)
+    local total = eos.total(cl)
+    if #r.missing == 0 and wr.missing == 0 and total >= #inputs then return true end
+    status = string.format("output: %s; windows: %s; changelog total %d of %d inputs (%s)", eos.describe(r),
+      eos.describe_windows(wr), total, #inputs, tostring(eos.diff_counts(eos.word_counts(inputs), cl)))
     for _, p in ipairs(procs or {}) do
-      if not p:alive() then return counts, false end
+      if not p:alive() then return false, "a worker exited; " .. status end
     end
     proc.sleep(1)
   until os.time() > deadline
-  return counts, false
+  return false, status
 end
 
 -- Sum of N over the log's "recovered table NAME[P]: N records" lines (NAME nil: all tables).
