@@ -43,7 +43,8 @@ local function store_of(env, name) return string.format("%s/%s-%s", proc.tmp, en
 -- windows require (max_future).
 local function base_cs() return (os.time() - 60) * 100 end
 
-local function say(fmt, ...) io.stderr:write(string.format("\n    " .. fmt, ...)) end
+local t0 = os.time()
+local function say(fmt, ...) io.stderr:write(string.format("\n    [%3d s] " .. fmt, os.time() - t0, ...)) end
 
 -- The whole check, from the broker alone (plus the stores given, read with
 -- `fstream-lua table` after the workers stopped).
@@ -79,6 +80,7 @@ end
 
 -- Stops the producer and returns once it exited.
 local function stop_producer(p)
+  say("stopping the producer")
   proc.write(p.stop_file, "")
   assert.are.equal(0, p:wait(60), p:output())
 end
@@ -86,6 +88,7 @@ end
 -- Waits until every input is committed downstream, then stops the workers with SIGTERM (exit 0).
 local function drain_and_stop(addr, env, workers)
   local inputs = eos.inputs(addr, env.IN)
+  say("%d inputs sent; waiting for the drain", #inputs)
   local ok, status = eos.wait_drained(addr, env, inputs, 120, workers)
   if not ok then
     local logs = {}
@@ -265,18 +268,20 @@ describe("exactly-once on a real Kafka broker", function()
     local store = store_of(env)
     local w = eos.worker(env, addr, store)
     assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
-    -- 4,000 distinct words: the changelog grows with every checkpoint.
-    local prod = eos.producer(addr, env.IN, 1, 10000000, 1000, 4000, base_cs())
-    proc.sleep(10)
+    -- 2,000 distinct words: the changelog grows with every checkpoint.
+    local prod = eos.producer(addr, env.IN, 1, 10000000, 500, 2000, base_cs())
+    proc.sleep(8)
     w:signal("KILL")
     assert.are.equal(137, w:wait(10))
     local records = #(eos.read(addr, env.changelog, "x\n") or ""):gsub("[^\n]", "")
-    local before = eos.total(eos.output_counts(addr, env.OUT))
+    say("killed: %d changelog records committed; restarting", records)
     w = eos.worker(env, addr, store)
     assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
-    -- Agents run once recovery is over: new committed output means it is.
+    -- Agents run once recovery is over: new output means it is. (Counted by
+    -- end offsets: reading a topic that grows, kcat -e never reaches its end.)
+    local ends = proc.count_messages(addr, env.OUT)
     local deadline = os.time() + 60
-    while eos.total(eos.output_counts(addr, env.OUT)) <= before and os.time() < deadline do proc.sleep(0.5) end
+    while proc.count_messages(addr, env.OUT) <= ends and os.time() < deadline do proc.sleep(0.5) end
     local log = w:output()
     local planned, lines = 0, 0
     for n in log:gmatch("recovering table word_counts%[%d+%]: (%d+) changelog records") do
@@ -286,7 +291,7 @@ describe("exactly-once on a real Kafka broker", function()
     say("recovery: the changelog holds %d committed records; the restart replayed %d (%d planned, %d partitions)",
       records, replayed, planned, lines)
     assert.are.equal(lines, done, log)
-    assert.is_true(records > 4000, "too few changelog records to tell a tail from the whole: " .. records)
+    assert.is_true(records > 2000, "too few changelog records to tell a tail from the whole: " .. records)
     assert.is_true(planned < records / 10, string.format("replayed %d of %d changelog records", planned, records))
     stop_producer(prod)
     drain_and_stop(addr, env, { w })
