@@ -8,6 +8,10 @@ local Table = require "fstream.table"
 local App = {}
 App.__index = App
 
+App.GUARANTEES = { at_least_once = true, exactly_once = true }
+-- commit_interval when the app sets none, per guarantee.
+App.DEFAULT_COMMIT_INTERVAL = { at_least_once = 2.8, exactly_once = 0.1 }
+
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
   max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true,
@@ -24,8 +28,9 @@ function App.new(id, opts, level)
     if not OPTIONS[k] then error(string.format("app '%s': unknown option '%s'", id, tostring(k)), level) end
   end
   local pg = opts.processing_guarantee or "at_least_once"
-  if pg ~= "at_least_once" then
-    error(string.format("app '%s': processing_guarantee '%s' is not available in this version (at_least_once)", id, tostring(pg)), level)
+  if not App.GUARANTEES[pg] then
+    error(string.format("app '%s': processing_guarantee must be \"at_least_once\" or \"exactly_once\", got %s",
+      id, type(pg) == "string" and "'" .. pg .. "'" or tostring(pg)), level)
   end
   local tp = opts.topic_partitions or 8
   if math.type(tp) ~= "integer" or tp < 1 then error("topic_partitions must be a positive integer", level) end
@@ -35,8 +40,12 @@ function App.new(id, opts, level)
   end
   local tci = opts.table_cleanup_interval or 1.0
   if type(tci) ~= "number" or tci <= 0 then error("table_cleanup_interval must be a positive number of seconds", level) end
-  local ci = opts.commit_interval or 2.8
-  if type(ci) ~= "number" or ci <= 0 then error("commit_interval must be a positive number of seconds", level) end
+  -- Default: 2.8 s, or 0.1 s under exactly_once (a transaction per
+  -- checkpoint: its outputs become visible to read_committed readers when it
+  -- commits). The guarantee may still change at start (--guarantee), so the
+  -- default is settled there (App:_settings).
+  local ci = opts.commit_interval
+  if ci ~= nil and (type(ci) ~= "number" or ci <= 0) then error("commit_interval must be a positive number of seconds", level) end
   -- A coroutine (agent, task, timer) that runs this long without yielding is
   -- interrupted with an error (math.huge: never).
   local atime = opts.agent_timeout or 10
@@ -45,7 +54,9 @@ function App.new(id, opts, level)
     id = id,
     broker = opts.broker or "kafka://localhost:9092",
     topic_partitions = tp,
-    commit_interval = ci,
+    commit_interval = ci or App.DEFAULT_COMMIT_INTERVAL[pg],
+    commit_interval_set = ci ~= nil,
+    guarantee_set = opts.processing_guarantee ~= nil,
     processing_guarantee = pg,
     max_queued = opts.max_queued,
     store = store,
@@ -280,9 +291,27 @@ function App:crontab(spec, fn, opts)
     function(due, now) return cron.next_time(schedule, math.max(now, due), zone) end)
 end
 
--- Starts the app on a runtime: `settings` = { broker=URL, test=bool, clock=epoch s (test only), store=URL }.
+-- The guarantee the worker runs under (settings.guarantee: the command line's
+-- --guarantee, which wins over the app's option) and, unless the app set one,
+-- the commit interval that goes with it.
+function App:_guarantee(guarantee)
+  if guarantee ~= nil then
+    if not App.GUARANTEES[guarantee] then
+      error(string.format("unknown processing guarantee '%s' (at_least_once or exactly_once)", tostring(guarantee)), 0)
+    end
+    self.processing_guarantee = guarantee
+    if not self.commit_interval_set then self.commit_interval = App.DEFAULT_COMMIT_INTERVAL[guarantee] end
+  end
+  return self.processing_guarantee
+end
+
+-- Starts the app on a runtime: `settings` = { broker=URL, test=bool, clock=epoch s (test only), store=URL,
+-- guarantee=at_least_once|exactly_once (overrides the app's option) }.
+-- fstream.testing (test) runs an app of either guarantee the same way: it
+-- tests the app's logic in memory, where nothing is durable or transactional.
 function App:_start(settings)
   if self.rt then error("app '" .. self.id .. "' is already running", 2) end
+  local guarantee = self:_guarantee(settings.guarantee)
   local rt = core.new {
     group = self.id,
     broker = settings.broker or self.broker,
@@ -291,6 +320,10 @@ function App:_start(settings)
     commit_interval = self.commit_interval,
     max_queued = self.max_queued,
     agent_timeout = self.agent_timeout,
+    processing_guarantee = guarantee,
+    data_dir = self:data_dir(settings.store),
+    -- A worker whose specs drive it from inside (rt:test_reset): the test runtime's methods.
+    test_hooks = os.getenv("FSTREAM_TEST_HOOKS") == "1" or nil,
   }
   -- A start-up error (partition counts, say) leaves nothing behind.
   local ok, err = pcall(self._bind, self, rt, settings.store)
@@ -310,8 +343,16 @@ end
 -- topics and tables it declares again; fetching restarts where the previous
 -- version stopped.
 function App:_take_over(handle, store)
-  local rt = core.adopt(handle, { commit_interval = self.commit_interval, max_queued = self.max_queued,
-    agent_timeout = self.agent_timeout })
+  -- The guarantee is the running worker's (its checkpoint strategy and
+  -- transactional producer stay); an interval the app does not set stays too.
+  local rt = core.adopt(handle, { commit_interval = self.commit_interval_set and self.commit_interval or nil,
+    max_queued = self.max_queued, agent_timeout = self.agent_timeout })
+  local running = rt:guarantee()
+  if self.processing_guarantee ~= running and self.guarantee_set then
+    core.log("warn", string.format("reload: processing_guarantee %s takes effect when the worker restarts; "
+      .. "it runs %s until then", self.processing_guarantee, running))
+  end
+  self:_guarantee(running)
   self:_bind(rt, store)
   self:_spawn_tasks()
   rt:rebound()

@@ -23,15 +23,17 @@ local STORE_HELP = "  --store URL           lmdb://DIR; default the app's store 
 cli.commands = {
   { name = "worker", pos = { "app" },
     options = { LOGLEVEL, { long = "--broker", field = "broker" }, STORE,
-      { long = "--reload", field = "reload", flag = true } },
+      { long = "--reload", field = "reload", flag = true }, { long = "--guarantee", field = "guarantee" } },
     synopsis = "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"
-      .. "                          [--reload]\n",
+      .. "                          [--reload] [--guarantee at_least_once|exactly_once]\n",
     details = "Runs the app's agents, tasks and timers until SIGTERM or SIGINT (a second one exits at once).\n"
       .. "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"
       .. "  --broker URL          memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]; default\n"
       .. "                        $FSTREAM_BROKER, then the app's broker option\n"
       .. "  --store URL           lmdb://DIR for the tables' files; default the app's store option\n"
-      .. "  --reload              load the new version when the app's files change (SIGHUP too)\n" },
+      .. "  --reload              load the new version when the app's files change (SIGHUP too)\n"
+      .. "  --guarantee G         at_least_once or exactly_once (needs a Kafka cluster); default\n"
+      .. "                        the app's processing_guarantee option\n" },
   { name = "send", pos = { "app", "target" },
     options = { { long = "--key", short = "-k", field = "key" },
       { long = "--partition", short = "-p", field = "partition" },
@@ -266,7 +268,7 @@ local function banner(app, rt, broker, opts)
   else
     add("broker", broker)
   end
-  add("guarantee", app.processing_guarantee)
+  add("guarantee", string.format("%s, commit_interval %g s", app.processing_guarantee, app.commit_interval))
   for i, a in ipairs(app.agent_list) do add(i == 1 and "agents" or "", a:describe()) end
   if #app.agent_list == 0 then add("agents", "(none)") end
   local changelog_of = {}
@@ -296,6 +298,10 @@ end
 -- which runs the loop (so a reload can replace this Lua state) and calls
 -- cli.stopped when it ends.
 function cli.worker(opts)
+  if opts.guarantee and opts.guarantee ~= "at_least_once" and opts.guarantee ~= "exactly_once" then
+    return usage_error(find_command("worker"), "--guarantee must be at_least_once or exactly_once, got '%s'",
+      opts.guarantee)
+  end
   local app, code = load_app(opts.app)
   if not app then return code end
   local broker, bad = checked_broker(app, opts)
@@ -303,7 +309,7 @@ function cli.worker(opts)
   -- The banner comes first: the info lines of the start (topics created,
   -- global tables recovered) are held back until it is out.
   core.log_hold(true)
-  local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store })
+  local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store, guarantee = opts.guarantee })
   if not ok then
     core.log_hold(false)
     return start_failed(app, rt)
@@ -385,7 +391,8 @@ function cli.send(opts)
   -- consumer group, and no other topic (a changelog, say) is created by a send.
   app.agent_list, app.tasks, app.stream_sources = {}, {}, nil
   app.topic_list, app.table_list = { topic }, {}
-  local started, rt = pcall(app._start, app, { broker = broker })
+  -- A plain producer: what it sends is visible at once, whatever the app's guarantee.
+  local started, rt = pcall(app._start, app, { broker = broker, guarantee = "at_least_once" })
   if not started then return start_failed(app, rt) end
   local status = 0
   rt:spawn(function()

@@ -480,9 +480,7 @@ end
 
 -- Closes, in end order (then entry key order), every window of partition p
 -- that has expired.
-function Window:close_expired(t, p)
-  local wp = self.parts[p]
-  if not wp or closing(wp) then return end
+local function close_pass(self, t, p, wp)
   if self.combine then return self:close_slices(t, p, wp) end
   local idx = self.idx
   local now
@@ -503,6 +501,20 @@ function Window:close_expired(t, p)
     end
   end
   wp.closing = nil
+end
+
+-- The runtime is told when a pass starts and ends: an exactly-once checkpoint
+-- does not cut through one (its on_window_close outputs and the windows'
+-- tombstones belong in one transaction).
+function Window:close_expired(t, p)
+  local wp = self.parts[p]
+  if not wp or closing(wp) then return end
+  local rt = t.app.rt
+  if not rt then return close_pass(self, t, p, wp) end
+  rt:window_pass(true)
+  local ok, err = pcall(close_pass, self, t, p, wp)
+  rt:window_pass(false)
+  if not ok then error(err, 0) end
 end
 
 -- When stream time moved past a window's expiry (the index says so), close

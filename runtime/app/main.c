@@ -153,6 +153,7 @@ int main(int argc, char **argv)
     } else {
         rc = (int)luaL_optinteger(L, -2, 0);
         rt_ud *u = luaL_testudata(L, -1, RT_MT);
+        if (!u) u = luaL_testudata(L, -1, RT_TEST_MT); /* a worker with test hooks (specs) */
         if (u && u->rt) L = run_worker(u->rt, &rc);
     }
 done:

@@ -15,11 +15,15 @@
 
 /* Steps of a revocation. */
 enum { R_NONE = 0, R_FENCE, R_CHECKPOINT, R_CHECKPOINTING, R_RELEASE };
+/* Steps of a reset (see fs_assign_reset). */
+enum { X_NONE = 0, X_ABORT, X_ABORTING, X_FENCE, X_CLEAR };
 
-/* What the transport reported while another change was in progress. */
+/* What the transport reported (or a reset asked) while another change was in progress. */
+enum { C_REVOKE = 0, C_ASSIGN = 1, C_RESET = 2 };
 struct change {
-    int assign; /* 1 assigned, 0 revoked */
+    int assign; /* C_* */
     fs_tplist parts;
+    char *why; /* C_RESET: "what\0why" */
 };
 
 struct fs_assign {
@@ -43,7 +47,15 @@ struct fs_assign {
     int64_t revoke_deadline;
     FS_VEC(struct change) queue;
     fs_buf names;
+    /* the reset in progress */
+    int reset_step;
+    fs_tplist reset;      /* the partitions it resets */
+    char reset_what[64];  /* what failed (a checkpoint's occasion, "a test") */
+    char reset_why[400];  /* why */
+    int64_t reset_deadline;
 };
+
+static void ckpt_failed(void *data, const char *what, const char *why);
 
 fs_assign *fs_assign_new(fs_rt *rt, fs_transport *tp, fs_ckpt *ck)
 {
@@ -52,6 +64,7 @@ fs_assign *fs_assign_new(fs_rt *rt, fs_transport *tp, fs_ckpt *ck)
     a->rt = rt;
     a->tp = tp;
     a->ck = ck;
+    fs_ckpt_on_failure(ck, ckpt_failed, a);
     return a;
 }
 
@@ -60,7 +73,11 @@ void fs_assign_free(fs_assign *a)
     if (!a) return;
     fs_tplist_free(&a->parts);
     fs_tplist_free(&a->revoke);
-    for (size_t i = 0; i < a->queue.len; i++) fs_tplist_free(&a->queue.items[i].parts);
+    fs_tplist_free(&a->reset);
+    for (size_t i = 0; i < a->queue.len; i++) {
+        fs_tplist_free(&a->queue.items[i].parts);
+        free(a->queue.items[i].why);
+    }
     fs_vec_free(&a->queue);
     fs_buf_free(&a->names);
     free(a);
@@ -68,12 +85,12 @@ void fs_assign_free(fs_assign *a)
 
 int fs_assign_busy(const fs_assign *a)
 {
-    return a && (a->assigning || a->revoke_step != R_NONE);
+    return a && (a->assigning || a->revoke_step != R_NONE || a->reset_step != X_NONE);
 }
 
 int fs_assign_revoking(const fs_assign *a)
 {
-    return a && a->revoke_step != R_NONE;
+    return a && (a->revoke_step != R_NONE || a->reset_step != X_NONE);
 }
 
 /* "topic[p] topic[p] ..." for the logs, in a buffer that grows. */
@@ -115,6 +132,7 @@ static int first_of_number(fs_rt *rt, const fs_tplist *l, int i)
 
 static void next_change(fs_assign *a);
 static void revoke_start(fs_assign *a, const fs_tplist *parts);
+static void reset_start(fs_assign *a, const char *what, const char *why);
 
 /* ---- assignment ---- */
 
@@ -130,7 +148,7 @@ static void assign_complete(fs_assign *a)
         int64_t committed = tp->offset >= 0 ? tp->offset : -1;
         tp->offset = FS_OFFSET_INVALID; /* the transport starts from the committed one */
         /* LMDB may be ahead of the commit (killed between the two): resume there. */
-        int64_t stored = t ? fs_tables_resume_offset(rt, t->name, tp->partition) : -1;
+        int64_t stored = t ? fs_tables_resume_offset(rt, t->name, tp->partition, committed) : -1;
         if (stored > committed) {
             fs_info("%s[%d]: resuming at %lld from local state (committed: %lld)", t->name,
                     (int)tp->partition, (long long)stored, (long long)committed);
@@ -249,7 +267,7 @@ void fs_assign_on_assigned(fs_assign *a, const fs_tplist *parts)
     if (a->assigning && a->revoke_step == R_NONE && !a->queue.len) assign_drop(a);
     /* An empty assignment is answered too (the group waits for it). */
     if (fs_assign_busy(a)) {
-        struct change c = {1, {0}};
+        struct change c = {C_ASSIGN, {0}, NULL};
         if (fs_tplist_copy(&c.parts, parts) || fs_vec_push(&a->queue, c)) {
             fs_tplist_free(&c.parts);
             fs_rt_fatal(a->rt, "out of memory taking an assignment");
@@ -360,7 +378,7 @@ static void revoke_start(fs_assign *a, const fs_tplist *parts)
 void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts)
 {
     if (fs_assign_busy(a)) {
-        struct change c = {0, {0}};
+        struct change c = {C_REVOKE, {0}, NULL};
         if (fs_tplist_copy(&c.parts, parts) || fs_vec_push(&a->queue, c)) {
             fs_tplist_free(&c.parts);
             fs_rt_fatal(a->rt, "out of memory revoking partitions");
@@ -377,21 +395,192 @@ static void next_change(fs_assign *a)
     while (!fs_assign_busy(a) && a->queue.len) {
         struct change c = a->queue.items[0];
         fs_vec_remove(&a->queue, 0);
-        if (c.assign) assign_start(a, &c.parts);
+        if (c.assign == C_ASSIGN) assign_start(a, &c.parts);
+        else if (c.assign == C_RESET) reset_start(a, c.why, c.why + strlen(c.why) + 1);
         else revoke_start(a, &c.parts);
         fs_tplist_free(&c.parts);
+        free(c.why);
     }
+}
+
+/* ---- reset: back to the last committed state ----
+ * After a failed transaction (or a test's request): agents are held; the
+ * open transaction is aborted (every send since the last commit is
+ * discarded); every held partition is fenced and agents finish the event in
+ * hand (bounded, as a revocation); the tables' partitions are released
+ * without writing what they staged or cached (Lua drops its record caches,
+ * window indexes and stream times); the partitions go REVOKED, the next
+ * transaction opens, the hold is released, and the partitions take the
+ * assignment path again — committed offsets asked, tables re-held (LMDB and
+ * the changelog's committed tail), fetching restarted at the committed
+ * offsets. */
+static int reset_advance(fs_assign *a);
+
+static void reset_aborted(void *data, int result, const char *msg)
+{
+    fs_assign *a = data;
+    if (a->reset_step != X_ABORTING) return;
+    if (result == FS_TXN_FATAL) {
+        fs_rt_fatal(a->rt,
+                    "exactly-once: the transaction could not be aborted (%s); stopping without "
+                    "committing (the input is processed again on restart)",
+                    msg ? msg : "fatal producer error");
+        return;
+    }
+    if (result != FS_TXN_OK) fs_warn("exactly-once: aborting the transaction: %s", msg ? msg : "failed");
+    a->reset_step = X_FENCE;
+    reset_advance(a);
+}
+
+/* One step of the reset; returns 1 while it waits. */
+static int reset_advance(fs_assign *a)
+{
+    fs_rt *rt = a->rt;
+    char err[256];
+    switch (a->reset_step) {
+    case X_ABORT:
+        /* A checkpoint of the old state may still run (at-least-once, or a
+         * revocation's): the reset follows it. */
+        if (fs_ckpt_active(a->ck)) return 1;
+        fs_ckpt_block(a->ck, 1);
+        switch (fs_ckpt_abort_txn(a->ck, reset_aborted, a, err, sizeof err)) {
+        case 0:
+            a->reset_step = X_ABORTING;
+            return 1;
+        case -1:
+            fs_rt_fatal(rt, "exactly-once: %s; stopping without committing", err);
+            return 1;
+        }
+        a->reset_step = X_FENCE; /* nothing to abort */
+        /* fall through */
+    case X_FENCE: {
+        fs_tplist_free(&a->reset);
+        for (int i = 0; i < rt->ntopics; i++) {
+            fs_topic *t = rt->topics[i];
+            for (int j = 0; j < t->nparts; j++) {
+                fs_part *p = t->parts[j];
+                if (!fs_part_held(p)) continue;
+                if (!fs_tplist_add(&a->reset, t->name, p->id, FS_OFFSET_INVALID)) {
+                    fs_rt_fatal(rt, "out of memory resetting partitions");
+                    return 1;
+                }
+                fs_part_fence(p);
+                fs_part_drop_queued(rt, p);
+            }
+        }
+        fs_ckpt_fence(a->ck, 1);
+        a->reset_deadline = fs_loop_now(&rt->loop) + FS_REVOKE_WAIT_MS;
+        a->reset_step = X_CLEAR;
+    }
+        /* fall through */
+    case X_CLEAR:
+        /* Agents held at a boundary are done with their event; one in the
+         * middle of an event (a sleep, an HTTP call) finishes it first: its
+         * table writes must land in the caches that are dropped, its sends
+         * (after the abort) are discarded. */
+        fs_ckpt_sync_acks(a->ck);
+        if (!fs_ckpt_agents_clear(a->ck)) {
+            if (fs_loop_now(&rt->loop) < a->reset_deadline && !rt->stopping && !rt->closing) return 1;
+            fs_warn("reset: agents still busy with an event after %d s; resetting anyway",
+                    FS_REVOKE_WAIT_MS / 1000);
+        }
+        fs_ckpt_fence(a->ck, 0);
+        break;
+    case X_ABORTING:
+        return 1;
+    default:
+        return 0;
+    }
+    /* Release without writing, then take the partitions again. */
+    for (int i = 0; i < a->reset.len; i++) {
+        fs_tp *tp = &a->reset.items[i];
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= a->reset.items[j].partition == tp->partition;
+        if (!seen) fs_tables_release(rt, tp->partition);
+        fs_part *p = part_of(rt, tp);
+        if (p) {
+            fs_part_drop_queued(rt, p);
+            fs_part_revoke(p);
+        }
+    }
+    fs_tables_forget_global(rt);
+    rt->resets++;
+    if (fs_ckpt_transactional(a->ck))
+        fs_warn("exactly-once: %s (%s): its transaction was aborted and %d partitions were reset "
+                "to their last committed state; their input is processed again",
+                a->reset_what, a->reset_why, a->reset.len);
+    else
+        fs_warn("%s (%s): %d partitions were reset to their last committed state; their input is "
+                "processed again",
+                a->reset_what, a->reset_why, a->reset.len);
+    a->reset_step = X_NONE;
+    if (fs_ckpt_reopen(a->ck, err, sizeof err)) {
+        fs_rt_fatal(rt, "exactly-once: could not open a transaction after the reset: %s", err);
+        return 0;
+    }
+    fs_ckpt_hold(a->ck, 0);
+    fs_tplist parts = a->reset;
+    a->reset = (fs_tplist){0};
+    if (parts.len) assign_start(a, &parts);
+    fs_tplist_free(&parts);
+    if (!a->assigning) next_change(a);
+    return 0;
+}
+
+static void reset_start(fs_assign *a, const char *what, const char *why)
+{
+    snprintf(a->reset_what, sizeof a->reset_what, "%s", what);
+    snprintf(a->reset_why, sizeof a->reset_why, "%s", why);
+    fs_ckpt_hold(a->ck, 1);
+    /* Driven by the loop (fs_assign_poll), never from inside the caller: a
+     * failing checkpoint's callback, or Lua (the test trigger). */
+    a->reset_step = X_ABORT;
+}
+
+void fs_assign_reset(fs_assign *a, const char *what, const char *why)
+{
+    fs_ckpt_hold(a->ck, 1); /* at once: nothing more goes into the doomed transaction */
+    if (fs_assign_busy(a)) {
+        size_t lw = strlen(what), ly = strlen(why);
+        struct change c = {C_RESET, {0}, malloc(lw + ly + 2)};
+        if (c.why) {
+            memcpy(c.why, what, lw + 1);
+            memcpy(c.why + lw + 1, why, ly + 1);
+        }
+        if (!c.why || fs_vec_push(&a->queue, c)) {
+            free(c.why);
+            fs_rt_fatal(a->rt, "out of memory queueing a reset");
+        }
+        return;
+    }
+    reset_start(a, what, why);
+}
+
+/* The checkpoint's failure handler: a failed transaction resets. */
+static void ckpt_failed(void *data, const char *what, const char *why)
+{
+    char occasion[64];
+    snprintf(occasion, sizeof occasion, "the %s checkpoint failed", what);
+    fs_assign_reset(data, occasion, why);
 }
 
 void fs_assign_poll(fs_assign *a)
 {
     if (a->revoke_step != R_NONE) revoke_advance(a);
+    if (a->reset_step != X_NONE) reset_advance(a);
 }
 
 void fs_assign_finish(fs_assign *a, int64_t max_ms)
 {
     fs_rt *rt = a->rt;
     int64_t until = fs_loop_now(&rt->loop) + max_ms;
+    /* A reset in progress is abandoned: no agent runs again, and the stop
+     * commits nothing while its transaction is not reopened. */
+    if (a->reset_step != X_NONE) {
+        a->reset_step = X_NONE;
+        fs_tplist_free(&a->reset);
+        fs_ckpt_fence(a->ck, 0);
+    }
     for (;;) {
         assign_drop(a);
         if (a->revoke_step == R_NONE) {
@@ -400,8 +589,9 @@ void fs_assign_finish(fs_assign *a, int64_t max_ms)
             if (!a->queue.len) break;
             struct change c = a->queue.items[0];
             fs_vec_remove(&a->queue, 0);
-            if (!c.assign) revoke_start(a, &c.parts);
+            if (c.assign == C_REVOKE) revoke_start(a, &c.parts);
             fs_tplist_free(&c.parts);
+            free(c.why);
             continue;
         }
         a->revoke_deadline = 0;

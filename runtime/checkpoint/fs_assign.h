@@ -48,12 +48,23 @@ void fs_assign_on_assigned(fs_assign *a, const fs_tplist *parts);
 void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts);
 void fs_assign_on_committed(fs_assign *a, void *ctx, const fs_tplist *offsets, int err);
 
-/* Advances an assignment or revocation in progress; the loop calls it on
+/* Queues a reset of every held partition to its last committed state (after
+ * an assignment or revocation in progress): hold agents, abort the open
+ * transaction (exactly-once), fence, let agents finish the event in hand,
+ * release the tables' partitions without writing, revoke, open the next
+ * transaction, release the hold, and assign the partitions again through the
+ * normal path (committed offsets, tables re-held and replayed). Logged at
+ * warn with what failed and why (what: "periodic checkpoint", "a test"...).
+ * Registered with the checkpoint as its failure handler. */
+void fs_assign_reset(fs_assign *a, const char *what, const char *why);
+
+/* Advances an assignment, revocation or reset in progress; the loop calls it on
  * every turn. */
 void fs_assign_poll(fs_assign *a);
 /* An assignment or revocation is in progress (a reload waits for it). */
 int fs_assign_busy(const fs_assign *a);
-/* A revocation waits for agents: the loop should look again soon. */
+/* A revocation or reset waits for agents: the loop should look again soon
+ * (and fetches nothing meanwhile). */
 int fs_assign_revoking(const fs_assign *a);
 /* The worker is closing: no agent runs again. Completes a revocation in
  * progress at once, waiting on the transport at most max_ms; an assignment

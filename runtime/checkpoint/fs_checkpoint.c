@@ -3,13 +3,17 @@
 #include "fs_checkpoint.h"
 
 #include <malloc.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "fs_log.h"
 #include "fs_rt.h"
 #include "fs_table.h"
 
-enum { IDLE = 0, DELIVER, COMMIT };
+enum { IDLE = 0, QUIESCE, DELIVER, COMMIT };
 
 struct fs_ckpt {
     fs_rt *rt;
@@ -32,6 +36,19 @@ struct fs_ckpt {
      * waits for every send, not only its own epoch's. */
     int drain_all;
     char commit_tag; /* its address identifies this module's commits */
+    /* exactly-once */
+    int64_t quiesce_deadline; /* loop clock: agents must be at a boundary by then */
+    int64_t sends;            /* sends of the epoch the running checkpoint covers */
+    int64_t t_commit;         /* monotonic ms when txn_commit was called */
+    int blocked;              /* a failed transaction waits for its reset */
+    int doomed;               /* a send of the open transaction failed */
+    char doom[300];
+    char why[400]; /* why the running checkpoint failed, for the failure handler */
+    void (*on_fail)(void *data, const char *what, const char *why);
+    void *fail_data;
+    void (*abort_done)(void *data, int result, const char *msg);
+    void *abort_data;
+    char txn_tag, abort_tag; /* their addresses mark our txn_commit / txn_abort */
 };
 
 /* The occasions. force: tables re-stage each held partition's newest record
@@ -95,6 +112,23 @@ int fs_ckpt_agents_clear(fs_ckpt *ck)
     return !ck->agents || !ck->agents->clear || ck->agents->clear(ck->agents_data);
 }
 
+void fs_ckpt_hold(fs_ckpt *ck, int on)
+{
+    if (ck->agents && ck->agents->hold) ck->agents->hold(ck->agents_data, on);
+}
+
+int fs_ckpt_agents_quiet(fs_ckpt *ck)
+{
+    return !ck->agents || !ck->agents->quiet || ck->agents->quiet(ck->agents_data);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* ---- the at-least-once strategy ---- */
 
 static int alo_persist(fs_ckpt *ck)
@@ -125,6 +159,114 @@ const fs_ckpt_strategy fs_ckpt_at_least_once = {
     .commit = alo_commit,
 };
 
+/* ---- the exactly-once strategy ---- */
+
+static int eos_persist(fs_ckpt *ck)
+{
+    return fs_tables_write(ck->rt, 1);
+}
+
+static int eos_commit(fs_ckpt *ck, const fs_tplist *offsets)
+{
+    ck->t_commit = mono_ms();
+    return ck->tp->ops->txn_commit(ck->tp, offsets, &ck->txn_tag);
+}
+
+static void eos_seal(fs_ckpt *ck)
+{
+    ck->tp->ops->txn_seal(ck->tp);
+}
+
+static int eos_reopen(fs_ckpt *ck, char *err, size_t errlen)
+{
+    return ck->tp->ops->txn_begin(ck->tp, err, errlen);
+}
+
+/* The checkpoint failed: nothing of its transaction may become visible, and
+ * what the worker did since the last commit (table writes in Lua's caches,
+ * positions in the input) must be forgotten. Agents stay held; the failure
+ * handler (fs_assign's reset) aborts and resets. While closing, or after a
+ * fatal error, nothing follows: the worker stops without committing, and the
+ * broker aborts the transaction (or the next start's txn_init does). */
+static void eos_abort(fs_ckpt *ck)
+{
+    fs_rt *rt = ck->rt;
+    if (rt->fatal || rt->closing || !ck->on_fail) {
+        fs_ckpt_hold(ck, 0);
+        return;
+    }
+    fs_ckpt_hold(ck, 1);
+    ck->blocked = 1;
+    ck->on_fail(ck->fail_data, occasions[ck->occasion].name,
+                ck->why[0] ? ck->why : "the checkpoint could not finish");
+}
+
+const fs_ckpt_strategy fs_ckpt_exactly_once = {
+    .name = "exactly_once",
+    .persist = eos_persist,
+    .commit = eos_commit,
+    .abort = eos_abort,
+    .persist_after_commit = 1,
+    .transactional = 1,
+    .seal = eos_seal,
+    .reopen = eos_reopen,
+};
+
+int fs_ckpt_transactional(const fs_ckpt *ck)
+{
+    return ck->s->transactional;
+}
+
+void fs_ckpt_on_failure(fs_ckpt *ck, void (*fn)(void *data, const char *what, const char *why),
+                        void *data)
+{
+    ck->on_fail = fn;
+    ck->fail_data = data;
+}
+
+void fs_ckpt_block(fs_ckpt *ck, int on)
+{
+    ck->blocked = on;
+}
+
+void fs_ckpt_doom(fs_ckpt *ck, const char *why)
+{
+    if (ck->doomed) return;
+    ck->doomed = 1;
+    snprintf(ck->doom, sizeof ck->doom, "%s", why);
+}
+
+void fs_ckpt_send_failed(fs_ckpt *ck, const char *topic, const char *why)
+{
+    if (ck->doomed) return;
+    ck->doomed = 1;
+    snprintf(ck->doom, sizeof ck->doom, "a message to %s could not be delivered (%s)", topic, why);
+    fs_warn("%s: the open transaction cannot commit; it is aborted at the next checkpoint", ck->doom);
+}
+
+int fs_ckpt_abort_txn(fs_ckpt *ck, void (*done)(void *data, int result, const char *msg), void *data,
+                      char *err, size_t errlen)
+{
+    if (!ck->s->transactional) return 1;
+    ck->abort_done = done;
+    ck->abort_data = data;
+    ck->rt->txn_aborts++;
+    if (ck->tp->ops->txn_abort(ck->tp, &ck->abort_tag)) {
+        ck->abort_done = NULL;
+        snprintf(err, errlen, "the transport could not start the abort");
+        return -1;
+    }
+    return 0;
+}
+
+int fs_ckpt_reopen(fs_ckpt *ck, char *err, size_t errlen)
+{
+    ck->doomed = 0;
+    ck->blocked = 0;
+    if (!ck->s->transactional) return 0;
+    return ck->s->reopen(ck, err, errlen);
+}
+
 /* ---- the protocol ---- */
 
 fs_ckpt *fs_ckpt_new(fs_rt *rt, fs_transport *tp, const fs_ckpt_strategy *s)
@@ -148,7 +290,6 @@ void fs_ckpt_free(fs_ckpt *ck)
 static void end(fs_ckpt *ck, int rc)
 {
     if (ck->phase == IDLE) return;
-    if (rc < 0 && ck->s->abort) ck->s->abort(ck);
     int occasion = ck->occasion;
     void (*done)(void *, int) = ck->done;
     void *data = ck->data;
@@ -157,6 +298,8 @@ static void end(fs_ckpt *ck, int rc)
     fs_tplist_free(&ck->only);
     fs_tplist_free(&ck->offsets);
     ck->has_only = 0;
+    /* Over before the strategy hears of the failure: its handler may look. */
+    if (rc < 0 && ck->s->abort) ck->s->abort(ck);
     /* A checkpoint frees what a burst of table writes held (staged records,
      * delivered messages); hand it back rather than keep it as resident memory. */
     if (occasion == FS_CKPT_PERIODIC && rc == 0 && ck->tp->durable && ck->rt->ntables) malloc_trim(0);
@@ -165,7 +308,9 @@ static void end(fs_ckpt *ck, int rc)
 
 static int in_scope(fs_ckpt *ck, const fs_part *p)
 {
-    return !ck->has_only || fs_tplist_find(&ck->only, p->topic->name, p->id);
+    /* A transaction covers every partition's outputs: it commits every
+     * partition's offsets, whatever the occasion asked for. */
+    return !ck->has_only || ck->s->transactional || fs_tplist_find(&ck->only, p->topic->name, p->id);
 }
 
 /* stage: everything acknowledged so far, and the table entries it wrote,
@@ -183,6 +328,14 @@ static int stage(fs_ckpt *ck)
         }
     ck->epoch = rt->epoch;
     rt->epoch++;
+    ck->sends = rt->epoch_sends;
+    rt->epoch_sends = 0;
+    if (ck->s->transactional) {
+        /* Later sends belong to the next transaction; agents go on now. */
+        ck->s->seal(ck);
+        ck->deadline = fs_loop_now(&rt->loop) + FS_CKPT_TXN_DELIVER_MS;
+        fs_ckpt_hold(ck, 0);
+    }
     return 0;
 }
 
@@ -190,6 +343,11 @@ static void report_undelivered(fs_ckpt *ck)
 {
     long long n = (long long)ck->tp->ops->undelivered(ck->tp);
     long long ms = (long long)occasions[ck->occasion].deliver_ms;
+    if (ck->s->transactional) {
+        snprintf(ck->why, sizeof ck->why, "%lld messages of the transaction were not delivered in %d ms",
+                 n, FS_CKPT_TXN_DELIVER_MS);
+        return;
+    }
     switch (ck->occasion) {
     case FS_CKPT_REVOKE:
         fs_warn("producer flush timed out during rebalance; not committing");
@@ -202,6 +360,101 @@ static void report_undelivered(fs_ckpt *ck)
     }
 }
 
+/* Exactly-once: the transaction commits with every consuming partition's
+ * snapshot (those that moved); offsets count as committed, and LMDB is
+ * written, only once the broker said so (txn_committed). */
+static void settle_txn(fs_ckpt *ck)
+{
+    fs_rt *rt = ck->rt;
+    if (ck->doomed) {
+        snprintf(ck->why, sizeof ck->why, "%s", ck->doom);
+        end(ck, -1);
+        return;
+    }
+    fs_tplist_free(&ck->offsets);
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        for (int j = 0; j < t->nparts; j++) {
+            fs_part *p = t->parts[j];
+            if (!fs_part_consuming(p) || p->snap < 0 || p->snap <= p->committed) continue;
+            if (!fs_tplist_add(&ck->offsets, t->name, p->id, p->snap)) {
+                fs_rt_fatal(rt, "out of memory committing offsets");
+                end(ck, -1);
+                return;
+            }
+        }
+    }
+    /* Nothing sent and no input moved: no commit; the transaction (still
+     * empty, sealed at stage) takes sends again. */
+    if (!ck->offsets.len && !ck->sends) {
+        char err[256];
+        if (ck->s->reopen(ck, err, sizeof err)) {
+            fs_rt_fatal(rt, "exactly-once: could not reopen the transaction: %s", err);
+            end(ck, -1);
+            return;
+        }
+        end(ck, 0);
+        return;
+    }
+    rt->commits++;
+    ck->phase = COMMIT;
+    if (ck->s->commit(ck, &ck->offsets) && ck->phase == COMMIT) {
+        snprintf(ck->why, sizeof ck->why, "the transaction's commit could not be started");
+        end(ck, -1);
+    }
+}
+
+static void txn_committed(fs_ckpt *ck)
+{
+    fs_rt *rt = ck->rt;
+    int64_t ms = mono_ms() - ck->t_commit;
+    char err[256];
+    int reopen = ck->s->reopen(ck, err, sizeof err);
+    for (int i = 0; i < ck->offsets.len; i++) {
+        fs_part *p = NULL;
+        fs_topic *t = fs_topic_find(rt, ck->offsets.items[i].topic);
+        if (t) p = fs_part_get(t, ck->offsets.items[i].partition);
+        if (p && ck->offsets.items[i].offset > p->committed) p->committed = ck->offsets.items[i].offset;
+    }
+    rt->txn_commits++;
+    rt->txn_last_ms = ms;
+    fs_debug("checkpoint transaction committed in %lld ms (%d offsets, %lld messages)", (long long)ms,
+             ck->offsets.len, (long long)ck->sends);
+    int rc = ck->s->persist && ck->s->persist(ck) ? -1 : 0;
+    if (reopen) {
+        fs_rt_fatal(rt, "exactly-once: could not open the next transaction: %s", err);
+        rc = -1;
+    }
+    end(ck, rc);
+}
+
+void fs_ckpt_on_txn_done(fs_ckpt *ck, void *ctx, int result, const char *msg)
+{
+    if (ctx == &ck->abort_tag) {
+        void (*done)(void *, int, const char *) = ck->abort_done;
+        ck->abort_done = NULL;
+        if (done) done(ck->abort_data, result, msg);
+        return;
+    }
+    if (ctx != &ck->txn_tag || ck->phase != COMMIT) return;
+    if (result == FS_TXN_OK) {
+        txn_committed(ck);
+        return;
+    }
+    if (result == FS_TXN_FATAL) { /* the producer cannot go on: nothing more is committed */
+        fs_rt_fatal(ck->rt, "exactly-once: the transaction's commit failed for good (%s); stopping "
+                            "without committing (the input is processed again on restart)",
+                    msg ? msg : "fatal producer error");
+        end(ck, -1);
+        return;
+    }
+    snprintf(ck->why, sizeof ck->why, "the transaction's commit failed: %s", msg ? msg : "unknown error");
+    if (result == FS_TXN_FENCED)
+        strncat(ck->why, " (this worker was fenced: a newer member of the group took its partitions)",
+                sizeof ck->why - strlen(ck->why) - 1);
+    end(ck, -1);
+}
+
 /* persist and commit, in the strategy's order. */
 static void settle(fs_ckpt *ck)
 {
@@ -212,6 +465,10 @@ static void settle(fs_ckpt *ck)
     }
     if (!ck->s->persist_after_commit && ck->s->persist && ck->s->persist(ck)) {
         end(ck, -1);
+        return;
+    }
+    if (ck->s->transactional) {
+        settle_txn(ck);
         return;
     }
     fs_tplist_free(&ck->offsets);
@@ -294,8 +551,26 @@ void fs_ckpt_poll(fs_ckpt *ck)
         end(ck, -1);
         return;
     }
+    if (ck->phase == QUIESCE) {
+        if (!fs_ckpt_agents_quiet(ck)) {
+            if (fs_loop_now(&ck->rt->loop) < ck->quiesce_deadline) return;
+            snprintf(ck->why, sizeof ck->why,
+                     "agents were still in the middle of an event %d ms after the checkpoint began "
+                     "(an event must finish within half the transaction timeout)",
+                     FS_CKPT_QUIESCE_MS);
+            end(ck, -1);
+            return;
+        }
+        ck->phase = DELIVER;
+        if (stage(ck)) {
+            snprintf(ck->why, sizeof ck->why, "staging the tables' entries failed");
+            end(ck, -1);
+            return;
+        }
+    }
     if (ck->phase == DELIVER) {
         if (delivering(ck)) return;
+        if (ck->phase != DELIVER) return; /* it gave up */
         ck->phase = COMMIT;
         settle(ck);
     }
@@ -307,6 +582,7 @@ int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
 {
     fs_rt *rt = ck->rt;
     if (ck->phase != IDLE) return 1;
+    if (ck->blocked) return -1; /* a failed transaction waits for its reset */
     const struct occasion *o = &occasions[occasion];
     if (!ck->tp->durable && !o->stage_volatile) {
         if (done) done(data, 0);
@@ -324,6 +600,15 @@ int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
     ck->occasion = occasion;
     ck->done = done;
     ck->data = data;
+    ck->why[0] = 0;
+    if (ck->s->transactional) {
+        /* Quiesce first: agents stop at their next event boundary. */
+        ck->phase = QUIESCE;
+        ck->quiesce_deadline = fs_loop_now(&rt->loop) + FS_CKPT_QUIESCE_MS;
+        fs_ckpt_hold(ck, 1);
+        fs_ckpt_poll(ck);
+        return 0;
+    }
     ck->phase = DELIVER;
     ck->deadline = o->deliver_ms ? fs_loop_now(&rt->loop) + o->deliver_ms : 0;
     if (stage(ck)) {
@@ -346,12 +631,18 @@ void fs_ckpt_drain(fs_ckpt *ck, int64_t max_ms)
             fs_warn("%s checkpoint not over after %lld ms; giving up on it",
                     occasions[ck->occasion].name, (long long)max_ms);
             if (ck->phase == DELIVER) ck->drain_all = 1;
+            if (!ck->why[0])
+                snprintf(ck->why, sizeof ck->why, "the %s checkpoint was not over after %lld ms",
+                         occasions[ck->occasion].name, (long long)max_ms);
             end(ck, -1);
             break;
         }
         /* Delivery reports (waiting a little for them), commit answers. */
         ck->tp->ops->flush(ck->tp, ck->phase == DELIVER ? 100 : 10);
         ck->tp->ops->poll(ck->tp, 0);
+        /* A transaction's commit answers from the transport's thread:
+         * flush returns at once then, so do not spin. */
+        if (ck->phase == COMMIT && ck->s->transactional) poll(NULL, 0, 1);
     }
     ck->blocking = 0;
 }
@@ -363,6 +654,9 @@ static void run_done(void *data, int rc)
 
 int fs_ckpt_run(fs_ckpt *ck, int occasion, int64_t max_ms)
 {
+    /* A transaction's commit may be in flight: let it end (abandoning it
+     * would abort what it covers). */
+    if (ck->phase != IDLE && ck->s->transactional) fs_ckpt_drain(ck, max_ms);
     if (ck->phase != IDLE) {
         /* Superseded: this one commits at least as far, once every send
          * (those of the abandoned one too) is delivered. */

@@ -47,18 +47,13 @@ enum fs_ckpt_occasion { FS_CKPT_PERIODIC, FS_CKPT_REVOKE, FS_CKPT_RELOAD, FS_CKP
  * the offsets through the transport; persist runs before commit, so a crash
  * between the two resumes from LMDB's offsets (the later of the two).
  *
- * exactly-once (to come) would fill them in as:
- *   begin    make sure a transaction is open before anything of the
- *            checkpoint is staged, so that the changelog records staged now
- *            and the outputs produced before the snapshot are inside it
- *            (begin_transaction when none is; called at stage)
- *   commit   send_offsets_to_transaction(offsets) then commit_transaction,
- *            both asynchronous: report the end with fs_ckpt_committed
- *   persist  with persist_after_commit set: LMDB after the Kafka transaction
- *            committed (DESIGN: on start LMDB is never ahead of Kafka)
- *   abort    the checkpoint failed (undelivered, deadline, fatal): abort the
- *            transaction, so that nothing of it becomes visible; called
- *            once, before the failure is reported */
+ * exactly-once (fs_ckpt_exactly_once): a transaction is always open (the
+ * worker opened the first at start, each commit opens the next), so begin is
+ * NULL; commit is txn_commit (send_offsets_to_transaction with the group's
+ * metadata, then commit_transaction, on the transport's thread), whose end
+ * comes back through fs_ckpt_on_txn_done; persist runs after the commit
+ * (persist_after_commit: LMDB is never ahead of Kafka); abort hands the
+ * failure to the reset (see `transactional` below). */
 typedef struct fs_ckpt_strategy {
     const char *name;
     int (*begin)(fs_ckpt *ck);
@@ -68,9 +63,35 @@ typedef struct fs_ckpt_strategy {
     int (*commit)(fs_ckpt *ck, const fs_tplist *offsets);
     void (*abort)(fs_ckpt *ck);
     int persist_after_commit;
+    /* A checkpoint is a transaction (exactly-once). Then the protocol adds:
+     *   quiesce  before stage, agents are held at their next event boundary
+     *            (fs_agent_hooks.hold) until every stream is at one and no
+     *            window close pass runs (.quiet); bounded by
+     *            FS_CKPT_QUIESCE_MS, past which the checkpoint fails
+     *   seal     after stage: later sends wait for the next transaction, and
+     *            the hold is released (agents go on at once)
+     *   commit   every consuming partition's snapshot, whatever the
+     *            occasion's scope (one transaction holds every partition's
+     *            outputs); the checkpoint always waits for the answer and a
+     *            refusal is always a failure
+     *   reopen   after the commit, before persist: the next transaction opens
+     *   abort    on any failure: the open transaction must be aborted and
+     *            every held partition reset to its committed state; the
+     *            registered failure handler (fs_ckpt_on_failure) does that */
+    int transactional;
+    void (*seal)(fs_ckpt *ck);
+    int (*reopen)(fs_ckpt *ck, char *err, size_t errlen);
 } fs_ckpt_strategy;
 
 extern const fs_ckpt_strategy fs_ckpt_at_least_once;
+extern const fs_ckpt_strategy fs_ckpt_exactly_once;
+
+/* How long an exactly-once checkpoint waits for agents to reach an event
+ * boundary (half the producer's transaction.timeout.ms of 10 s: a
+ * transaction must commit before the broker aborts it), and for the
+ * deliveries of its transaction. */
+#define FS_CKPT_QUIESCE_MS 5000
+#define FS_CKPT_TXN_DELIVER_MS 10000
 
 fs_ckpt *fs_ckpt_new(fs_rt *rt, fs_transport *tp, const fs_ckpt_strategy *s);
 void fs_ckpt_free(fs_ckpt *ck);
@@ -86,18 +107,53 @@ typedef struct fs_agent_hooks {
     void (*sync_acks)(void *data);
     void (*fence)(void *data, int on);
     int (*clear)(void *data);
+    /* hold(on): agents stop at their next event boundary / go on. quiet: 1
+     * when every agent is at an event boundary and no window close pass runs. */
+    void (*hold)(void *data, int on);
+    int (*quiet)(void *data);
 } fs_agent_hooks;
 void fs_ckpt_set_agents(fs_ckpt *ck, const fs_agent_hooks *h, void *data);
 void fs_ckpt_sync_acks(fs_ckpt *ck);
 void fs_ckpt_fence(fs_ckpt *ck, int on);
 int fs_ckpt_agents_clear(fs_ckpt *ck);
+void fs_ckpt_hold(fs_ckpt *ck, int on);
+int fs_ckpt_agents_quiet(fs_ckpt *ck);
+
+/* ---- exactly-once: failures and the reset (fs_assign) ----
+ * A failed transactional checkpoint leaves agents held, blocks further
+ * checkpoints (fs_ckpt_start: -1) and calls the failure handler with what
+ * failed and why; the handler (fs_assign's reset) aborts the transaction
+ * (fs_ckpt_abort_txn), resets the partitions, opens the next transaction and
+ * lets checkpoints run again (fs_ckpt_reopen). Not called while the worker
+ * closes or after a fatal error. */
+void fs_ckpt_on_failure(fs_ckpt *ck, void (*fn)(void *data, const char *what, const char *why),
+                        void *data);
+int fs_ckpt_transactional(const fs_ckpt *ck);
+/* Aborts the open transaction; done(data, result, msg) follows (fs_txn_result).
+ * Returns 0 started, 1 nothing to abort (not transactional: done is not
+ * called), -1 could not start (msg in err). */
+int fs_ckpt_abort_txn(fs_ckpt *ck, void (*done)(void *data, int result, const char *msg), void *data,
+                      char *err, size_t errlen);
+/* Opens the next transaction after a reset and unblocks checkpoints. -1 with a message. */
+int fs_ckpt_reopen(fs_ckpt *ck, char *err, size_t errlen);
+/* A checkpoint may not start (-1) while on (a reset in progress). */
+void fs_ckpt_block(fs_ckpt *ck, int on);
+/* A send of the open transaction failed (not aborted): the transaction cannot
+ * commit; the checkpoint that covers it fails (and resets). */
+void fs_ckpt_send_failed(fs_ckpt *ck, const char *topic, const char *why);
+/* The open transaction must not commit (why: in words): the next checkpoint
+ * fails, aborts and resets (the test trigger's way under exactly-once). */
+void fs_ckpt_doom(fs_ckpt *ck, const char *why);
+/* Transport callback (fs_transport_cb.txn_done), routed here by the worker. */
+void fs_ckpt_on_txn_done(fs_ckpt *ck, void *ctx, int result, const char *msg);
 
 /* Starts a checkpoint. only: the partitions whose offsets it commits (NULL:
  * every partition this worker consumes). done(data, rc) reports its end: 0
  * committed (or nothing to commit), -1 failed (nothing committed; the input
  * is processed again). It may be called before fs_ckpt_start returns.
  * Returns 0 when started, 1 when another checkpoint runs (try later; done is
- * not called), -1 when it could not start (done is not called). */
+ * not called), -1 when it could not start (done is not called; also while a
+ * failed transaction waits for its reset). */
 int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
                   void (*done)(void *data, int rc), void *data);
 int fs_ckpt_active(const fs_ckpt *ck);

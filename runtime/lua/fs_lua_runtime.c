@@ -12,6 +12,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "fs_assign.h"
 #include "fs_call.h"
 #include "fs_checkpoint.h"
 #include "fs_log.h"
@@ -62,16 +63,32 @@ static int l_core_new(lua_State *L)
     double clock = luaL_optnumber(L, -1, 0);
     lua_getfield(L, 1, "agent_timeout");
     double at = luaL_optnumber(L, -1, 10.0);
+    lua_getfield(L, 1, "processing_guarantee");
+    const char *pg = luaL_optstring(L, -1, "at_least_once");
+    int eos = strcmp(pg, "exactly_once") == 0;
+    if (!eos && strcmp(pg, "at_least_once") != 0)
+        return luaL_error(L, "unknown processing guarantee '%s' (at_least_once or exactly_once)", pg);
+    lua_getfield(L, 1, "data_dir");
+    const char *data_dir = luaL_optstring(L, -1, ".");
+    lua_getfield(L, 1, "test_hooks");
+    int test_hooks = test || lua_toboolean(L, -1);
 
     rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->rt = NULL;
-    luaL_setmetatable(L, test ? RT_TEST_MT : RT_MT); /* test-only methods on the test one */
+    luaL_setmetatable(L, test_hooks ? RT_TEST_MT : RT_MT); /* test-only methods on the test one */
     fs_rt *rt = calloc(1, sizeof *rt);
     if (!rt) return luaL_error(L, "out of memory");
     rt->tables_in_lua = test, rt->handle_signals = !test;
-    rt->sfd = rt->tfd = -1;
+    rt->sfd = rt->tfd = rt->slot_fd = -1;
+    rt->test_hooks = test_hooks;
+    /* fstream.testing runs an exactly-once app like any other: in memory,
+     * nothing is transactional (or durable) there. */
+    rt->eos = eos && !test;
     rt->group = strdup(group);
-    if (!rt->group) {
+    rt->data_dir = strdup(data_dir);
+    if (!rt->group || !rt->data_dir) {
+        free(rt->group);
+        free(rt->data_dir);
         free(rt);
         return luaL_error(L, "out of memory");
     }
@@ -80,6 +97,7 @@ static int l_core_new(lua_State *L)
     rt->max_queued = maxq;
     if (fs_loop_init(&rt->loop, test)) {
         free(rt->group);
+        free(rt->data_dir);
         free(rt);
         return luaL_error(L, "epoll_create failed");
     }
@@ -163,6 +181,10 @@ static void rt_free(fs_rt *rt)
     fs_buf_free(&rt->vbuf);
     free(rt->broker);
     free(rt->group);
+    free(rt->data_dir);
+    free(rt->txn_id);
+    fs_vec_free(&rt->passes);
+    if (rt->slot_fd >= 0) close(rt->slot_fd); /* lets go of the exactly-once slot */
     free(rt);
 }
 
@@ -345,6 +367,58 @@ static int l_rt_broker(lua_State *L)
     return 2;
 }
 
+/* rt:guarantee() -> "at_least_once" | "exactly_once": what the worker runs under. */
+static int l_rt_guarantee(lua_State *L)
+{
+    lua_pushstring(L, fs_lua_check_rt(L, 1)->eos ? "exactly_once" : "at_least_once");
+    return 1;
+}
+
+/* rt:window_pass(on): a window close pass starts (true) or ends in the running
+ * coroutine; an exactly-once checkpoint does not cut through one. */
+static int l_rt_window_pass(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    fs_co *co = fs_co_current(L);
+    if (fs_window_pass(rt, co ? co->id : 0, lua_toboolean(L, 2))) return luaL_error(L, "out of memory");
+    return 0;
+}
+
+/* Test runtime: rt:test_hold(on) sets or releases the hold; rt:test_quiet()
+ * says whether every agent is at an event boundary and no close pass runs. */
+static int l_rt_test_hold(lua_State *L)
+{
+    fs_hold_agents(fs_lua_check_rt(L, 1), lua_toboolean(L, 2));
+    return 0;
+}
+
+static int l_rt_test_quiet(lua_State *L)
+{
+    lua_pushboolean(L, fs_streams_quiet(fs_lua_check_rt(L, 1)));
+    return 1;
+}
+
+/* Test runtime on a broker (FSTREAM_TEST_HOOKS): rt:test_reset(why). Under
+ * exactly-once the open transaction is doomed: the next checkpoint fails,
+ * aborts and resets — the path of a real failure. Under at-least-once the
+ * reset alone is queued (uncommitted table writes are dropped, input resumes
+ * at the committed offsets). */
+static int l_rt_test_reset(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    const char *why = luaL_optstring(L, 2, "a test asked for it");
+    if (!rt->tp || rt->tp->holds_all || !rt->assign)
+        return luaL_error(L, "test_reset needs a worker on a broker (not fstream.testing)");
+    if (fs_ckpt_transactional(rt->ckpt)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "a test doomed the transaction: %s", why);
+        fs_ckpt_doom(rt->ckpt, msg);
+    } else {
+        fs_assign_reset(rt->assign, "a test asked for a reset", why);
+    }
+    return 0;
+}
+
 static int l_rt_now(lua_State *L)
 {
     lua_pushnumber(L, (lua_Number)fs_rt_wall_ms(fs_lua_check_rt(L, 1)) / 1000.0);
@@ -388,6 +462,11 @@ static int l_rt_stats(lua_State *L)
     STAT("changelog_records", rt->changelog_records);
     STAT("lmdb_writes", rt->lmdb_writes);
     STAT("recovered_records", rt->recovered_records);
+    STAT("txn_commits", rt->txn_commits);
+    STAT("txn_aborts", rt->txn_aborts);
+    STAT("resets", rt->resets);
+    STAT("txn_last_ms", rt->txn_last_ms);
+    STAT("commit_interval_ms", rt->commit_interval_ms);
 #undef STAT
     lua_newtable(L);
     for (int i = 0; i < rt->ntopics; i++) {
@@ -491,6 +570,8 @@ const luaL_Reg fs_lua_runtime_methods[] = {
     {"broker", l_rt_broker},
     {"now", l_rt_now},
     {"stats", l_rt_stats},
+    {"guarantee", l_rt_guarantee},
+    {"window_pass", l_rt_window_pass},
     {"carry", l_rt_carry},
     {"close", fs_lua_rt_close},
     {NULL, NULL},
@@ -500,6 +581,9 @@ const luaL_Reg fs_lua_runtime_methods[] = {
 const luaL_Reg fs_lua_runtime_test_methods[] = {
     {"run_until_idle", l_rt_run_until_idle},
     {"advance", l_rt_advance},
+    {"test_hold", l_rt_test_hold},
+    {"test_quiet", l_rt_test_quiet},
+    {"test_reset", l_rt_test_reset},
     {NULL, NULL},
 };
 

@@ -170,6 +170,16 @@ static int take_k(lua_State *L, int status, lua_KContext ctx)
     if (want > FS_MAX_TAKE) want = FS_MAX_TAKE; /* what one fill can take */
     if (want < 1) want = 1;
     int stopping = u->rt->stopping || s->agent->closed;
+    /* (Also while stopping: agents finish their queues then, and a
+     * checkpoint may still cut between their events.) */
+    if (u->rt->hold && !s->agent->closed && co && lua_isyieldable(L)) {
+        /* The hold (a checkpoint cuts between events): start nothing now;
+         * releasing it wakes the stream's waiter, as new events do. */
+        s->held = 1;
+        s->waiter = co;
+        fs_sched_wait(co, FS_WAIT_TAKE, s, take_cancel);
+        return lua_yieldk(L, 0, ctx, take_k);
+    }
     int timed_out = timeout >= 0 && co && lua_toboolean(L, TK_ARMED) && !fs_timer_active(&co->timer);
     if ((lua_Integer)s->agent->qlen >= want || (s->agent->qlen && (stopping || timed_out))) {
         if (co) fs_timer_stop(&u->rt->loop, &co->timer);
@@ -291,17 +301,62 @@ static int l_stream_drop(lua_State *L)
  * buffer and returns its index, or nil when the buffer is spent or holds
  * another mode's entries (the Lua side takes again). The per-event call: the
  * metatable is upvalue 1, so the check costs no registry lookup. */
+static int next_k(lua_State *L, int status, lua_KContext ctx);
+
+/* The hold is set: the event in hand is finished (acknowledged now, so the
+ * checkpoint sees this stream at a boundary); wait until the hold is
+ * released. Returns -1 when this thread cannot wait here (then the agent
+ * goes on: only a coroutine of the scheduler can stop half-way). */
+static int hold_here(lua_State *L, stream_ud *u)
+{
+    fs_stream *s = u->s;
+    fs_rt *rt = u->rt;
+    fs_co *co = fs_co_current(L);
+    if (!co || !lua_isyieldable(L) || s->agent->closed) return -1;
+    if (!s->manual) {
+        size_t done = s->pos < s->ntaken ? s->pos : s->ntaken;
+        for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
+    }
+    s->held = 1;
+    s->waiter = co;
+    fs_sched_wait(co, FS_WAIT_TAKE, s, take_cancel);
+    return lua_yieldk(L, 0, (lua_KContext)u, next_k);
+}
+
+/* The cursor's move itself, once no hold stops it. */
+static int next_move(lua_State *L, stream_ud *u)
+{
+    fs_stream *s = u->s;
+    if (s->fence) fs_stream_fence_step(u->rt, s, L);
+    if (s->pos >= s->nbuf || s->mode != (int)lua_tointeger(L, 2)) return 0;
+    lua_pushinteger(L, (lua_Integer)++s->pos);
+    return 1;
+}
+
+static int next_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    stream_ud *u = (stream_ud *)ctx;
+    fs_co *co = fs_co_current(L);
+    if (co && u->s->waiter == co) u->s->waiter = NULL;
+    if (!u->owner->rt) return luaL_error(L, "runtime is closed");
+    if (u->rt->hold && hold_here(L, u) >= 0) return 0; /* not reached: hold_here yields */
+    return next_move(L, u);
+}
+
 static int l_stream_next(lua_State *L)
 {
     stream_ud *u = lua_touserdata(L, 1);
     if (!u || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
         return luaL_typeerror(L, 1, STREAM_MT);
     if (!u->owner->rt) return luaL_error(L, "runtime is closed");
-    fs_stream *s = u->s;
-    if (s->fence) fs_stream_fence_step(u->rt, s, L);
-    if (s->pos >= s->nbuf || s->mode != (int)lua_tointeger(L, 2)) return 0;
-    lua_pushinteger(L, (lua_Integer)++s->pos);
-    return 1;
+    /* The per-event cost of the hold: this one test. */
+    if (u->rt->hold) {
+        lua_settop(L, 2);
+        int rc = hold_here(L, u);
+        if (rc >= 0) return rc;
+    }
+    return next_move(L, u);
 }
 
 /* stream:cursor() -> i, n, mode: the entry in hand (0: none), the entries in

@@ -186,6 +186,12 @@ static int l_rt_produce_dead_letter(lua_State *L)
 
 static int push_delivery(lua_State *L, fs_waiter *w)
 {
+    if (w->aborted) {
+        free(w);
+        return luaL_error(L, "send_and_wait: the transaction this message was sent in was aborted, "
+                             "so it was never written; the input being processed is processed "
+                             "again from the last committed checkpoint");
+    }
     if (w->err) {
         lua_pushnil(L);
         lua_pushstring(L, rd_kafka_err2str(w->err));

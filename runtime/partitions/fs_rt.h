@@ -116,6 +116,7 @@ struct fs_stream {
     size_t pos, nbuf;
     int mode;
     int fence;
+    int held; /* its reader waits because of the hold (woken when it is released) */
     /* Registered by the buffer's owner (fs_lua_stream.c binds it): a fence
      * dropped entries, entry `from` moves to `to` (1-based). ctx: what the
      * caller of fs_stream_fence_step passed, NULL from fs_fence_streams. */
@@ -131,6 +132,7 @@ struct fs_waiter {
     int32_t partition;
     int64_t offset;
     int done; /* delivered during the send (the in-memory log): no report follows */
+    int aborted; /* discarded by a transaction abort (exactly-once): it was never sent */
 };
 
 struct fs_rt {
@@ -190,6 +192,24 @@ struct fs_rt {
     /* offsets and checkpoints */
     int epoch;
     int64_t inflight[2]; /* undelivered messages per epoch parity */
+    int64_t epoch_sends; /* sends of the current epoch (a checkpoint with none and no offset to
+                            commit needs no transaction) */
+    /* Exactly-once (processing_guarantee): the checkpoint strategy is the
+     * transactional one; txn_id is "<group>-<slot id>" (slot_fd: the flock'ed
+     * slot file under <data_dir>/.eos, held for the process's life). */
+    int eos;
+    char *data_dir;
+    char *txn_id;
+    int slot_fd;
+    int test_hooks; /* the runtime has the test metatable's methods (specs only) */
+    int64_t txn_commits, txn_aborts, resets;
+    int64_t txn_last_ms; /* duration of the last transaction commit (ms) */
+    /* The hold (fs_stream_cursor.c): while set, agents stop at their next
+     * event boundary (stream next/take wait) until it is cleared; nothing is
+     * dropped. passes: ids of the coroutines in a window close pass (Lua says
+     * when one starts and ends; a dead one no longer counts). */
+    int hold;
+    FS_VEC(int) passes;
     int64_t commit_interval_ms;
     fs_timer commit_timer;
     int64_t queued;        /* events waiting in agent queues */
@@ -260,6 +280,15 @@ void fs_fence_streams(fs_rt *rt, int on);
 void fs_stream_fence_step(fs_rt *rt, fs_stream *s, void *ctx);
 /* fs_stream_cursor.c: 1 when no agent is in the middle of an event of a revoking partition. */
 int fs_streams_clear(fs_rt *rt);
+/* fs_stream_cursor.c: the hold. on: agents stop at their next event boundary
+ * (stream next/take wait); off: those waiting go on. */
+void fs_hold_agents(fs_rt *rt, int on);
+/* 1 when every stream is at an event boundary (no event at a cursor
+ * unacknowledged; noack streams are the agent's business) and no window
+ * close pass is under way. */
+int fs_streams_quiet(fs_rt *rt);
+/* A window close pass starts (on) or ends in coroutine co_id (0: none). -1 out of memory. */
+int fs_window_pass(fs_rt *rt, int co_id, int on);
 
 /* fs_send.c: the runtime's sends (agents, tables, dead letters), counted
  * in the checkpoint epoch they belong to. ts_ms: the message timestamp (ms since the epoch), 0 for "now". Takes

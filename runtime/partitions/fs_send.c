@@ -58,6 +58,7 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
     if (hdrs) rd_kafka_headers_destroy(hdrs);
     if (rc < 0) return -1;
     t->produced++;
+    rt->epoch_sends++;
     if (rc == 0) {
         rt->inflight[rt->epoch & 1]++;
     } else if (w) { /* delivered already */

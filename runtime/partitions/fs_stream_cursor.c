@@ -96,3 +96,70 @@ int fs_streams_clear(fs_rt *rt)
     }
     return 1;
 }
+
+/* ---- the hold (exactly-once checkpoints, a reset) ----
+ * A checkpoint under exactly-once must cut between events: an event whose
+ * outputs are in the transaction but whose offset is not (or the other way
+ * round) would be lost or doubled. The hold stops each agent at its next
+ * event boundary; the stream bindings test rt->hold once per event and wait
+ * on their stream (s->waiter) while it is set, so releasing it wakes them the
+ * way new events do. */
+void fs_hold_agents(fs_rt *rt, int on)
+{
+    if (rt->hold == on) return;
+    rt->hold = on;
+    if (on) return;
+    /* Only the readers the hold stopped: an idle worker's checkpoints (every
+     * 0.1 s under exactly-once) wake nobody. */
+    for (int a = 0; a < rt->nagents; a++) {
+        fs_agent *ag = rt->agents[a];
+        for (int j = 0; j < ag->nstreams; j++) {
+            fs_stream *s = ag->streams[j];
+            if (!s->held) continue;
+            s->held = 0;
+            if (s->waiter) {
+                fs_co *co = s->waiter;
+                s->waiter = NULL;
+                fs_sched_ready(co);
+            }
+        }
+    }
+}
+
+/* Whether coroutine id is still alive (a close pass whose coroutine died is over). */
+static int co_alive(fs_rt *rt, int id)
+{
+    for (fs_co *co = rt->sched.live; co; co = co->next)
+        if (co->id == id) return co->state != FS_CO_DEAD;
+    return 0;
+}
+
+int fs_window_pass(fs_rt *rt, int co_id, int on)
+{
+    if (co_id <= 0) return 0; /* not a coroutine: it cannot stop half-way */
+    if (on) return fs_vec_push(&rt->passes, co_id);
+    for (size_t i = 0; i < rt->passes.len; i++)
+        if (rt->passes.items[i] == co_id) {
+            fs_vec_remove(&rt->passes, i);
+            break;
+        }
+    return 0;
+}
+
+int fs_streams_quiet(fs_rt *rt)
+{
+    for (size_t i = 0; i < rt->passes.len;) {
+        if (co_alive(rt, rt->passes.items[i])) return 0;
+        fs_vec_remove(&rt->passes, i);
+    }
+    for (int a = 0; a < rt->nagents; a++) {
+        fs_agent *ag = rt->agents[a];
+        for (int j = 0; j < ag->nstreams; j++) {
+            fs_stream *s = ag->streams[j];
+            if (!s->reader || s->manual || s->ntaken == 0) continue;
+            size_t pos = s->pos;
+            if (pos >= 1 && pos <= s->ntaken && pos > s->nacked) return 0;
+        }
+    }
+    return 1;
+}

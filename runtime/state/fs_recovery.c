@@ -228,6 +228,19 @@ static int reap_query(fs_recovery *r)
     return 1;
 }
 
+/* Drops what the recovery consumer's queue still holds from an earlier
+ * assignment (a cancelled replay): its records are filtered by offset anyway,
+ * but its end-of-partition event must not end the next replay early. */
+static void discard_queued(fs_recovery *r)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(r->rt->recovery);
+    if (!q) return;
+    ssize_t n;
+    while ((n = rd_kafka_consume_batch_queue(q, 0, r->msgs, BATCH)) > 0)
+        for (ssize_t i = 0; i < n; i++) rd_kafka_message_destroy(r->msgs[i]);
+    rd_kafka_queue_destroy(q);
+}
+
 static void begin_replay(fs_recovery *r, struct task *k, int64_t lo, int64_t hi)
 {
     fs_table *t = k->t;
@@ -275,6 +288,7 @@ static void begin_replay(fs_recovery *r, struct task *k, int64_t lo, int64_t hi)
     }
     fs_info("recovering table %s[%d]: %lld changelog records (offsets %lld..%lld)", t->name, (int)k->p,
             (long long)(hi - start), (long long)start, (long long)(hi - 1));
+    discard_queued(r);
     rd_kafka_topic_partition_list_t *a = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(a, cl, k->p)->offset = start;
     rd_kafka_resp_err_t e = rd_kafka_assign(r->rt->recovery, a);
@@ -414,13 +428,24 @@ static void replay_step(fs_recovery *r, struct task *k)
     if (n <= 0) return;
     const char *cl = k->t->changelog->name;
     size_t nops = 0;
-    int64_t next = k->next;
+    int64_t next = k->next, eof = -1;
     int oom = 0;
     for (ssize_t i = 0; i < n; i++) {
         rd_kafka_message_t *m = r->msgs[i];
         if (m->err) {
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            /* The end of the partition being replayed (read_committed: the
+             * last stable offset). A transactional changelog ends with a
+             * commit marker, which no reader receives: the last record's
+             * offset + 1 never reaches hi, this event says the end was
+             * reached. Only an end at or past the one asked for counts (an
+             * earlier assignment's cannot be: discard_queued). */
+            if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                if (m->partition == k->p && m->rkt && m->offset >= k->hi && m->offset >= next &&
+                    strcmp(rd_kafka_topic_name(m->rkt), cl) == 0)
+                    eof = m->offset;
+            } else {
                 fs_warn("recovery of %s[%d]: %s", cl, (int)k->p, rd_kafka_message_errstr(m));
+            }
             continue;
         }
         /* What an earlier assignment (a cancelled replay) left in the queue. */
@@ -453,7 +478,10 @@ static void replay_step(fs_recovery *r, struct task *k)
         rt->recovered_records += (int64_t)nops;
         k->last_data = now_ms(r);
     }
-    if (k->next >= k->hi) {
+    /* Ends either way: the next record to read is the end asked for (a
+     * changelog without transactions), or the consumer reached the end. */
+    if (eof >= 0 && eof > k->next) k->next = eof; /* past the markers: where the tail starts */
+    if (k->next >= k->hi || eof >= 0) {
         complete(r, k);
         return;
     }

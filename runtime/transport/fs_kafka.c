@@ -9,6 +9,7 @@
  * worker/fs_worker.c. */
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "fs_kafka.h"
+#include "fs_kafka_txn.h"
 #include "fs_log.h"
 #include "fs_transport.h"
 #include "fs_vec.h"
@@ -42,6 +44,22 @@ struct fs_overflow {
     rd_kafka_headers_t *hdrs;
     int64_t ts;
     void *opaque;
+};
+
+/* A committed-offsets question in flight (ops->committed): asked again while
+ * the broker answers UNSTABLE_OFFSET_COMMIT for a partition. */
+struct fs_cq {
+    void *ctx; /* the caller's */
+    fs_tplist parts;
+    int tries;
+    int waiting; /* for the retry timer, not in flight */
+};
+
+/* A txn_done to report from the next poll (decided on the loop's thread). */
+struct fs_txn_note {
+    void *ctx;
+    int result;
+    char msg[400];
 };
 
 typedef struct fs_kafka {
@@ -75,9 +93,51 @@ typedef struct fs_kafka {
     int self_has_subs;
     int self_pending;  /* the subscription changed: reassign once nothing is revoking */
     int self_revoking; /* cb.revoked was reported; waiting for unassign */
+    /* The producer's settings beyond the defaults: the caller's "k=v" then
+     * FSTREAM_KAFKA_PRODUCER's, kept to make the producer again (txn_init,
+     * fencing). */
+    FS_VEC(char *) pconf;
+    /* ---- transactions (txn_init) ----
+     * The gate: sends enter librdkafka only while a transaction is open
+     * (txn_open); otherwise they wait in the overflow queue, in order. The
+     * first txn_quota entries of the overflow queue were sent before
+     * txn_seal, so they belong to the sealed transaction and still go. */
+    int txn;          /* the producer is transactional */
+    char *txn_id;
+    int txn_open;     /* a transaction takes sends */
+    int txn_begun;    /* rd_kafka_begin_transaction called, not yet ended */
+    int txn_dropping; /* txn_abort called: every send is discarded until txn_begin */
+    int txn_doomed;   /* a send of this transaction failed: it cannot commit */
+    int txn_send_failed; /* a send failed in librdkafka (not purged) since the last producer
+                            epoch: its sequence number is a gap only a new epoch closes */
+    int64_t txn_quota;
+    FS_RING(fs_report) dropped; /* aborted sends to report (with their err) */
+    fs_txn_thread *txth;
+    int tfd;
+    fs_io tio;
+    int txn_pending;      /* the thread's eventfd fired */
+    fs_txn_job job;       /* the job on the thread (job_busy) */
+    int job_busy;
+    void *job_ctx;        /* the ctx txn_done reports for it */
+    int commit_waiting;   /* txn_commit waits for the sealed overflow to enter librdkafka */
+    int abort_queued;     /* txn_abort came while a job ran */
+    void *abort_ctx;
+    int recreate_waiting; /* fenced: waiting for the old producer's reports before recreating */
+    int64_t recreate_deadline;
+    void *recreate_ctx;
+    FS_RING(struct fs_txn_note) notes; /* txn_done results to report from poll */
+    FS_VEC(struct fs_cq *) cqs; /* committed-offsets questions, owned */
+    fs_timer cq_timer;
+    int64_t txn_commits, txn_aborts, txn_recreated;
 } fs_kafka;
 
 static const fs_transport_ops kafka_ops;
+
+/* ops->committed's retries of UNSTABLE_OFFSET_COMMIT (see kafka_committed). */
+#define FS_CQ_RETRY_MS 100
+#define FS_CQ_TRIES 300
+static void cq_free(fs_kafka *k, struct fs_cq *q);
+static void cq_timer_cb(fs_timer *t);
 
 static fs_kafka *kafka_of(fs_transport *tp)
 {
@@ -130,10 +190,31 @@ static fs_sendctx ctx_unpack(void *p)
 
 static void drain(fs_kafka *k);
 
-static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+/* Errors that mean "this message can never be written", whatever the
+ * transaction: too large, malformed, a topic or partition that does not
+ * exist, not allowed. */
+static int refused_for_itself(rd_kafka_resp_err_t e)
 {
-    fs_kafka *k = opaque;
-    (void)rk;
+    switch (e) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+    case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* One delivery report (from a DR event, on the loop's thread). */
+static void report_dr(fs_kafka *k, const rd_kafka_message_t *m)
+{
     k->inflight--;
     fs_report r;
     r.topic = m->rkt ? rd_kafka_topic_opaque(m->rkt) : NULL;
@@ -142,9 +223,112 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     r.len = m->len;
     r.err = m->err;
     r.ctx = ctx_unpack(m->_private);
+    r.aborted = 0;
+    /* A transactional producer's failed message fails its transaction
+     * (librdkafka makes it abortable, or fatal when fenced; the purge of an
+     * abort reports __PURGE_QUEUE/__PURGE_INFLIGHT): the send is discarded
+     * with the transaction, not lost — its input is processed again. */
+    if (k->txn && m->err) {
+        int purged = m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+                     m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+        /* A message the broker refuses for itself is a delivery failure, as
+         * under at-least-once (it would fail again after every abort); any
+         * other error (a purge, a timeout, the producer's or the
+         * transaction's state) discards the send with its transaction. */
+        r.aborted = !refused_for_itself(m->err);
+        if (!purged) {
+            if (!k->txn_doomed)
+                fs_warn("send to %s[%d] failed: %s; the transaction will be aborted",
+                        m->rkt ? rd_kafka_topic_name(m->rkt) : "?", (int)m->partition,
+                        rd_kafka_err2str(m->err));
+            k->txn_send_failed = 1;
+        }
+        k->txn_doomed = 1;
+    }
     if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
-    /* Room in librdkafka's queue again: hand it what waits, in order. */
-    if (k->overflow.len) drain(k);
+}
+
+/* A send that never reached librdkafka, discarded with its transaction:
+ * reported (aborted = 1) by the next poll, not from inside produce. */
+static int drop_send(fs_kafka *k, fs_topic *t, int32_t partition, size_t vlen, void *opaque,
+                     int err)
+{
+    fs_report r = {t, partition, -1, vlen, err, ctx_unpack(opaque), 1};
+    if (fs_ring_push(&k->dropped, r)) return -1;
+    k->base.pending = 1;
+    return 0;
+}
+
+static void report_dropped(fs_kafka *k)
+{
+    while (k->dropped.len) {
+        fs_report r = fs_ring_shift(&k->dropped);
+        if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
+    }
+}
+
+/* Empties the overflow queue into the dropped reports (an abort). */
+static void drop_overflow(fs_kafka *k)
+{
+    while (k->overflow.len) {
+        struct fs_overflow *o = &fs_ring_at(&k->overflow, 0);
+        if (drop_send(k, o->topic, o->partition, o->vlen, o->opaque, RD_KAFKA_RESP_ERR__PURGE_QUEUE))
+            break; /* out of memory: the rest waits for the next poll */
+        if (o->hdrs) rd_kafka_headers_destroy(o->hdrs);
+        free(o->key);
+        (void)fs_ring_shift(&k->overflow);
+        k->base.backlog--;
+    }
+    k->txn_quota = 0;
+}
+
+/* A producer error event: what error_cb does for the consumer. A fenced
+ * transactional producer is not the worker's end: the transaction's commit
+ * or abort reports it (FS_TXN_FENCED) and the abort recreates the producer. */
+static void producer_error(fs_kafka *k, rd_kafka_event_t *ev)
+{
+    rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
+    if (!rd_kafka_event_error_is_fatal(ev)) {
+        fs_warn("kafka: %s: %s", rd_kafka_err2name(err), rd_kafka_event_error_string(ev));
+        return;
+    }
+    char buf[512];
+    rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
+    if (k->txn && (code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+                   code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)) {
+        fs_warn("transactional producer fenced: %s (the open transaction will be aborted)", buf);
+        k->txn_doomed = 1;
+        return;
+    }
+    if (k->base.cb.error) k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FATAL, buf, 1);
+    else fs_error("kafka fatal error: %s", buf);
+}
+
+/* Serves the producer's event queue: delivery reports and errors, on the
+ * loop's thread (the event API: librdkafka never calls back on a thread of
+ * its own, nor on the transaction thread inside commit_transaction's flush).
+ * wait_ms > 0: waits that long for the first event (close only). */
+static void serve_producer(fs_kafka *k, int wait_ms)
+{
+    rd_kafka_event_t *ev;
+    while (k->pq && (ev = rd_kafka_queue_poll(k->pq, wait_ms))) {
+        wait_ms = 0;
+        switch (rd_kafka_event_type(ev)) {
+        case RD_KAFKA_EVENT_DR: {
+            const rd_kafka_message_t *m;
+            while ((m = rd_kafka_event_message_next(ev))) report_dr(k, m);
+            break;
+        }
+        case RD_KAFKA_EVENT_ERROR:
+            producer_error(k, ev);
+            break;
+        default:
+            break;
+        }
+        rd_kafka_event_destroy(ev);
+        /* Room in librdkafka's queue again: hand it what waits, in order. */
+        if (k->overflow.len) drain(k);
+    }
 }
 
 /* librdkafka list <-> project list, at rebalances and commits only. */
@@ -212,6 +396,7 @@ static void wake_cb(fs_io *io, uint32_t events)
     if (read(io->fd, &v, sizeof v) < 0 && errno != EAGAIN) fs_warn("eventfd read: %s", strerror(errno));
     if (io == &k->cio) k->consume_pending = 1;
     else if (io == &k->aio) k->admin_pending = 1;
+    else if (io == &k->tio) k->txn_pending = 1;
     else k->produce_pending = 1;
     k->base.pending = 1;
 }
@@ -353,6 +538,44 @@ int fs_broker_url_check(const char *url, const char **bootstrap, char *err, size
 }
 
 static void kafka_close(fs_transport *tp);
+static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, size_t errlen);
+
+/* The producer: the defaults, a transactional one's (txn_id not NULL), then
+ * the caller's and FSTREAM_KAFKA_PRODUCER's settings (k->pconf), which win.
+ * Delivery reports and errors come as events on its main queue (served by
+ * serve_producer on the loop's thread), never as callbacks: in callback mode
+ * rd_kafka_flush — which commit_transaction and abort_transaction call on
+ * the transaction thread — would run them there. */
+static rd_kafka_t *new_producer(fs_kafka *k, const char *txn_id, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set_opaque(c, k);
+    rd_kafka_conf_set_log_cb(c, log_cb);
+    rd_kafka_conf_set_events(c, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR);
+    if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
+        conf_set(c, "client.id", k->group, err, errlen) ||
+        conf_set(c, "linger.ms", "5", err, errlen) ||
+        conf_set(c, "enable.idempotence", "true", err, errlen) ||
+        conf_set(c, "partitioner", "murmur2_random", err, errlen) ||
+        conf_set(c, "queue.buffering.max.messages", "1000000", err, errlen) ||
+        conf_set(c, "batch.num.messages", "10000", err, errlen) ||
+        /* What the worker consumed it may have to copy (dead letters): let the
+         * broker, not the client, decide what is too large. */
+        conf_set(c, "message.max.bytes", "16777216", err, errlen) ||
+        (txn_id && (conf_set(c, "transactional.id", txn_id, err, errlen) ||
+                    /* A stopped zombie's open transaction blocks read_committed
+                     * readers of its partitions at most this long (as Kafka
+                     * Streams under exactly-once). */
+                    conf_set(c, "transaction.timeout.ms", "10000", err, errlen))))
+        goto fail;
+    for (size_t i = 0; i < k->pconf.len; i++)
+        if (set_pair(c, k->pconf.items[i], strlen(k->pconf.items[i]), err, errlen)) goto fail;
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
+    if (rk) return rk;
+fail:
+    rd_kafka_conf_destroy(c);
+    return NULL;
+}
 
 /* One "key=value" of len bytes into c. */
 static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, size_t errlen)
@@ -385,7 +608,9 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
     k->base.ops = &kafka_ops;
     k->base.loop = loop;
     k->base.durable = 1;
-    k->cfd = k->pfd = k->afd = -1;
+    k->cfd = k->pfd = k->afd = k->tfd = -1;
+    k->cq_timer.cb = cq_timer_cb;
+    k->cq_timer.data = k;
     k->group = strdup(group);
     k->fetched = malloc(FS_CONSUME_BATCH * sizeof *k->fetched);
     k->msgs = malloc(FS_CONSUME_BATCH * sizeof *k->msgs);
@@ -413,36 +638,30 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
     }
     if (!k->bootstrap) goto oom;
 
-    c = rd_kafka_conf_new();
-    rd_kafka_conf_set_opaque(c, k);
-    rd_kafka_conf_set_log_cb(c, log_cb);
-    rd_kafka_conf_set_error_cb(c, error_cb);
-    rd_kafka_conf_set_dr_msg_cb(c, dr_cb);
-    if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
-        conf_set(c, "client.id", group, err, errlen) ||
-        conf_set(c, "linger.ms", "5", err, errlen) ||
-        conf_set(c, "enable.idempotence", "true", err, errlen) ||
-        conf_set(c, "partitioner", "murmur2_random", err, errlen) ||
-        conf_set(c, "queue.buffering.max.messages", "1000000", err, errlen) ||
-        conf_set(c, "batch.num.messages", "10000", err, errlen) ||
-        /* What the worker consumed it may have to copy (dead letters): let the
-         * broker, not the client, decide what is too large. */
-        conf_set(c, "message.max.bytes", "16777216", err, errlen))
-        goto fail;
     /* Producer settings of the caller, then of FSTREAM_KAFKA_PRODUCER
-     * ("key=value,key=value"), after the defaults. */
-    for (int i = 0; conf && conf[i]; i++)
-        if (set_pair(c, conf[i], strlen(conf[i]), err, errlen)) goto fail;
+     * ("key=value,key=value"), applied after the defaults (new_producer). */
+    for (int i = 0; conf && conf[i]; i++) {
+        char *kv = strdup(conf[i]);
+        if (!kv || fs_vec_push(&k->pconf, kv)) {
+            free(kv);
+            goto oom;
+        }
+    }
     const char *env = getenv("FSTREAM_KAFKA_PRODUCER");
     for (const char *s = env; s && *s;) {
         const char *end = strchr(s, ',');
         if (!end) end = s + strlen(s);
-        if (end > s && set_pair(c, s, (size_t)(end - s), err, errlen)) goto fail;
+        if (end > s) {
+            char *kv = strndup(s, (size_t)(end - s));
+            if (!kv || fs_vec_push(&k->pconf, kv)) {
+                free(kv);
+                goto oom;
+            }
+        }
         s = *end ? end + 1 : end;
     }
-    k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, errlen);
+    k->producer = new_producer(k, NULL, err, errlen);
     if (!k->producer) goto fail;
-    c = NULL;
 
     k->consumer = new_consumer(k, k->group, 1, err, errlen);
     if (!k->consumer) goto fail;
@@ -478,9 +697,14 @@ int fs_kafka_embedded(const fs_transport *tp)
 
 /* Producer handle of a topic: a copy of the producer's defaults (the murmur2
  * partitioner among them), plus the topic as opaque so delivery reports find it. */
+static int register_topic(fs_kafka *k, fs_topic *t);
+
 static int open_topic(fs_kafka *k, fs_topic *t, char *err, size_t errlen)
 {
     if (FS_TXT(t)->tx) return 0;
+    /* Registered, so that a producer's replacement (txn_init, fencing) and
+     * close find every handle made on it. */
+    if (register_topic(k, t)) goto oom;
     rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(k->producer);
     if (!tc) goto oom;
     rd_kafka_topic_conf_set_opaque(tc, t);
@@ -844,24 +1068,36 @@ static void drain(fs_kafka *k)
     if (k->draining) return;
     k->draining = 1;
     while (k->overflow.len) {
+        /* The gate: with no transaction open only what the sealed one was
+         * sent before txn_seal goes on; an abort's drops go by poll. */
+        int gated = k->txn && !k->txn_open;
+        if (k->txn_dropping || (gated && k->txn_quota <= 0)) break;
         struct fs_overflow *o = &fs_ring_at(&k->overflow, 0);
         rd_kafka_resp_err_t e =
             send_one(k, o->topic, o->partition, o->has_key ? o->key : NULL, o->klen,
                      o->has_val ? o->key + o->klen : NULL, o->vlen, NULL, 0, o->hdrs, o->ts, o->opaque);
         if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
         if (e) {
-            /* Refused for good: report it as a failed delivery, like librdkafka would. */
+            /* Refused for good: report it as a failed delivery, like librdkafka
+             * would (in a transaction: the transaction is lost with it). */
             if (o->hdrs) rd_kafka_headers_destroy(o->hdrs);
             fs_report r = {o->topic, o->partition, -1, o->vlen, e, ctx_unpack(o->opaque), 0};
+            if (k->txn) {
+                r.aborted = !refused_for_itself(e);
+                k->txn_doomed = 1;
+            }
             if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
         }
         /* else librdkafka owns the headers now */
         free(o->key);
         (void)fs_ring_shift(&k->overflow);
         k->base.backlog--;
+        if (gated) k->txn_quota--;
     }
     k->draining = 0;
 }
+
+static void txn_service(fs_kafka *k);
 
 static int kafka_poll(fs_transport *tp, int fetch)
 {
@@ -870,9 +1106,10 @@ static int kafka_poll(fs_transport *tp, int fetch)
     k->fetching = fetch;
     if (k->produce_pending) {
         k->produce_pending = 0;
-        rd_kafka_poll(k->producer, 0);
+        serve_producer(k, 0);
     }
     if (k->overflow.len) drain(k);
+    if (k->txn) txn_service(k);
     if (k->admin_pending) {
         k->admin_pending = 0;
         rd_kafka_event_t *ev;
@@ -899,10 +1136,25 @@ static int kafka_poll(fs_transport *tp, int fetch)
                     err = RD_KAFKA_RESP_ERR__FAIL;
                 }
                 /* A partition without a committed offset comes back as -1. */
-                for (int i = 0; i < l.len; i++)
+                int unstable = 0;
+                for (int i = 0; i < l.len; i++) {
                     if (l.items[i].offset < 0) l.items[i].offset = FS_OFFSET_INVALID;
-                if (k->base.cb.committed)
-                    k->base.cb.committed(k->base.cb.data, rd_kafka_event_opaque(ev), &l, err);
+                    unstable |= l.items[i].err == RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT;
+                }
+                struct fs_cq *q = rd_kafka_event_opaque(ev);
+                if (!err && unstable && ++q->tries < FS_CQ_TRIES) {
+                    /* A transaction's offsets wait for its markers: ask again soon. */
+                    if (q->tries == 1)
+                        fs_debug("committed offsets of group %s are pending in a transaction: "
+                                 "asking again", k->group);
+                    q->waiting = 1;
+                    if (!fs_timer_active(&k->cq_timer))
+                        fs_timer_start(k->base.loop, &k->cq_timer, FS_CQ_RETRY_MS);
+                } else {
+                    void *ctx = q->ctx;
+                    cq_free(k, q);
+                    if (k->base.cb.committed) k->base.cb.committed(k->base.cb.data, ctx, &l, err);
+                }
             }
             fs_tplist_free(&l);
             rd_kafka_event_destroy(ev);
@@ -945,7 +1197,9 @@ static int kafka_poll(fs_transport *tp, int fetch)
             handed = m;
         }
     }
-    k->base.pending = k->produce_pending || k->admin_pending || (k->consume_pending && fetch);
+    k->base.pending = k->produce_pending || k->admin_pending || (k->consume_pending && fetch) ||
+                      k->txn_pending || k->notes.len || k->dropped.len ||
+                      (k->txn_dropping && k->overflow.len);
     return handed;
 }
 
@@ -956,6 +1210,9 @@ static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition,
 {
     size_t need = 7 + (size_t)nh + (hdrs ? 1 : 0);
     if (fs_vec_reserve(&k->vus, need)) return RD_KAFKA_RESP_ERR__FAIL;
+    char oerr[256];
+    /* A recreated producer (fencing) opens its topic handles again lazily. */
+    if (!FS_TXT(t)->tx && open_topic(k, t, oerr, sizeof oerr)) return RD_KAFKA_RESP_ERR__FAIL;
     rd_kafka_vu_t *v = k->vus.items;
     size_t n = 0;
     v[n].vtype = RD_KAFKA_VTYPE_RKT, v[n++].u.rkt = FS_TXT(t)->tx;
@@ -1024,15 +1281,38 @@ static int kafka_produce(fs_transport *tp, const fs_msg *m, fs_sendctx ctx, fs_r
     fs_kafka *k = kafka_of(tp);
     (void)now;
     void *opaque = ctx_pack(ctx);
+    if (k->txn_dropping) {
+        /* Aborted, no transaction begun since: discarded (contract of txn_abort). */
+        if (drop_send(k, m->topic, m->partition, m->value ? m->vlen : 0, opaque,
+                      RD_KAFKA_RESP_ERR__PURGE_QUEUE)) {
+            snprintf(err, errlen, "cannot send to %s: out of memory", FS_TXT(m->topic)->name);
+            return -1;
+        }
+        return 0;
+    }
     if (!FS_TXT(m->topic)->tx && open_topic(k, m->topic, err, errlen)) return -1;
     rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__QUEUE_FULL;
-    if (!k->overflow.len)
+    if (!k->overflow.len && (!k->txn || k->txn_open))
         e = send_one(k, m->topic, m->partition, m->key, m->klen, m->value, m->vlen, m->headers,
                      m->nheaders, NULL, m->timestamp, opaque);
+    if (k->txn && e && e != RD_KAFKA_RESP_ERR__QUEUE_FULL &&
+        (e == RD_KAFKA_RESP_ERR__STATE || e == RD_KAFKA_RESP_ERR__FATAL ||
+         e == RD_KAFKA_RESP_ERR__FENCED)) {
+        /* The transaction failed already (abortable or fenced producer):
+         * this send goes with it. */
+        k->txn_doomed = 1;
+        if (drop_send(k, m->topic, m->partition, m->value ? m->vlen : 0, opaque, e)) {
+            snprintf(err, errlen, "cannot send to %s: out of memory", FS_TXT(m->topic)->name);
+            return -1;
+        }
+        return 0;
+    }
     if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
         /* Back-pressure without waiting: the message waits here, delivery
-         * reports (which wake the loop) make room. */
-        if (k->base.backlog == 0) fs_debug("producer queue full: messages wait in the worker");
+         * reports (which wake the loop) make room. Between transactions
+         * (the gate closed) it waits here for the next txn_begin. */
+        if (k->base.backlog == 0 && (!k->txn || k->txn_open))
+            fs_debug("producer queue full: messages wait in the worker");
         if (overflow_push(k, m, opaque)) {
             snprintf(err, errlen, "cannot send to %s: out of memory", FS_TXT(m->topic)->name);
             return -1;
@@ -1049,24 +1329,31 @@ static int kafka_produce(fs_transport *tp, const fs_msg *m, fs_sendctx ctx, fs_r
 static int64_t kafka_undelivered(fs_transport *tp)
 {
     fs_kafka *k = kafka_of(tp);
-    return k->inflight + k->base.backlog;
+    return k->inflight + k->base.backlog + (int64_t)k->dropped.len;
 }
 
 static int64_t kafka_flush(fs_transport *tp, int timeout_ms)
 {
     fs_kafka *k = kafka_of(tp);
     if (timeout_ms <= 0) {
-        rd_kafka_poll(k->producer, 0);
+        serve_producer(k, 0);
         if (k->overflow.len) drain(k);
+        if (k->dropped.len) report_dropped(k);
         return kafka_undelivered(tp);
     }
     int64_t deadline = mono_ms() + timeout_ms;
     for (;;) {
         if (k->overflow.len) drain(k);
+        if (k->dropped.len) report_dropped(k);
+        /* Sends waiting for a transaction that will not begin (close) never go. */
+        if (kafka_undelivered(tp) == k->base.backlog && k->txn && !k->txn_open) break;
+        /* In event mode rd_kafka_flush only waits (it serves no queue), but
+         * it makes linger.ms immediate: called with 0, then the events are
+         * served here in slices, handing over the overflow queue as room
+         * appears. */
+        if (k->inflight) rd_kafka_flush(k->producer, 0);
         int64_t left = deadline - mono_ms();
-        /* rd_kafka_flush makes linger.ms immediate; in slices, so that the
-         * overflow queue is handed over as room appears. */
-        rd_kafka_flush(k->producer, left <= 0 ? 0 : left > 100 ? 100 : (int)left);
+        serve_producer(k, left <= 0 ? 0 : left > 100 ? 100 : (int)left);
         if (k->overflow.len) drain(k);
         if (kafka_undelivered(tp) == 0 || mono_ms() >= deadline) break;
     }
@@ -1174,14 +1461,18 @@ static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, v
 }
 
 /* rd_kafka_committed blocks until the coordinator answers (up to its
- * timeout). The admin API asks the same question (OffsetFetch, with the
- * consumer's require_stable semantics) and answers on a queue the loop
- * watches. */
-static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
+ * timeout). The admin API asks the same question (OffsetFetch) and answers on
+ * a queue the loop watches. It asks for stable offsets (require_stable): an
+ * offset committed by a transaction whose markers are not written yet must
+ * not be read as the older offset. The broker then answers
+ * UNSTABLE_OFFSET_COMMIT for that partition, and librdkafka's admin request
+ * does not retry (its consumer's own OffsetFetch does): the question is asked
+ * again here, every FS_CQ_RETRY_MS, until the transaction ended (at most its
+ * timeout, then the coordinator aborts it) or FS_CQ_TRIES passed. */
+static int committed_ask(fs_kafka *k, struct fs_cq *q)
 {
-    fs_kafka *k = kafka_of(tp);
     char errstr[256];
-    rd_kafka_topic_partition_list_t *l = to_rd(parts);
+    rd_kafka_topic_partition_list_t *l = to_rd(&q->parts);
     rd_kafka_ListConsumerGroupOffsets_t *req = rd_kafka_ListConsumerGroupOffsets_new(k->group, l);
     rd_kafka_topic_partition_list_destroy(l);
     rd_kafka_AdminOptions_t *o =
@@ -1194,10 +1485,485 @@ static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
     rd_kafka_error_t *e = rd_kafka_AdminOptions_set_require_stable_offsets(o, 1);
     if (e) rd_kafka_error_destroy(e);
     rd_kafka_AdminOptions_set_request_timeout(o, 10000, errstr, sizeof errstr);
-    rd_kafka_AdminOptions_set_opaque(o, ctx);
+    rd_kafka_AdminOptions_set_opaque(o, q);
     rd_kafka_ListConsumerGroupOffsets(k->consumer, &req, 1, o, k->aq);
     rd_kafka_ListConsumerGroupOffsets_destroy(req);
     rd_kafka_AdminOptions_destroy(o);
+    q->waiting = 0;
+    return 0;
+}
+
+static void cq_free(fs_kafka *k, struct fs_cq *q)
+{
+    for (size_t i = 0; i < k->cqs.len; i++)
+        if (k->cqs.items[i] == q) {
+            fs_vec_remove(&k->cqs, i);
+            break;
+        }
+    fs_tplist_free(&q->parts);
+    free(q);
+}
+
+static void cq_timer_cb(fs_timer *t)
+{
+    fs_kafka *k = t->data;
+    for (size_t i = 0; i < k->cqs.len;) {
+        struct fs_cq *q = k->cqs.items[i];
+        if (q->waiting && committed_ask(k, q)) {
+            /* Cannot ask again: answer with what is known (nothing). */
+            void *ctx = q->ctx;
+            cq_free(k, q);
+            if (k->base.cb.committed) k->base.cb.committed(k->base.cb.data, ctx, NULL, RD_KAFKA_RESP_ERR__FAIL);
+            continue;
+        }
+        i++;
+    }
+}
+
+static int kafka_committed(fs_transport *tp, const fs_tplist *parts, void *ctx)
+{
+    fs_kafka *k = kafka_of(tp);
+    struct fs_cq *q = calloc(1, sizeof *q);
+    if (!q) return -1;
+    q->ctx = ctx;
+    if (fs_tplist_copy(&q->parts, parts) || fs_vec_push(&k->cqs, q)) {
+        fs_tplist_free(&q->parts);
+        free(q);
+        return -1;
+    }
+    if (committed_ask(k, q)) {
+        cq_free(k, q);
+        return -1;
+    }
+    return 0;
+}
+
+
+/* ======================= transactions (exactly-once) =======================
+ * See fs_transport.h for the contract and fs_kafka_txn.c for what
+ * librdkafka's errors mean. The loop's side: the gate (drain, produce),
+ * begin/seal (no I/O), starting the thread's jobs, collecting their results,
+ * and recreating a fenced producer. */
+
+/* How long one blocking librdkafka transactional call may take (the thread
+ * retries retriable failures a few times). */
+#define FS_TXN_CALL_MS 10000
+/* A fenced producer's in-flight sends are waited for this long before it is
+ * replaced anyway. */
+#define FS_TXN_RECREATE_WAIT_MS 15000
+
+static void txn_note(fs_kafka *k, void *ctx, int result, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void txn_note(fs_kafka *k, void *ctx, int result, const char *fmt, ...)
+{
+    struct fs_txn_note n;
+    n.ctx = ctx;
+    n.result = result;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(n.msg, sizeof n.msg, fmt, ap);
+    va_end(ap);
+    if (fs_ring_push(&k->notes, n)) {
+        /* Cannot even queue the answer: nothing upstream would ever hear of it. */
+        if (k->base.cb.error)
+            k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FAIL,
+                             "out of memory reporting a transaction's end", 1);
+        return;
+    }
+    k->base.pending = 1;
+}
+
+static int fencing_code(rd_kafka_resp_err_t code)
+{
+    return code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+           code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+}
+
+static void job_release(fs_txn_job *j)
+{
+    if (j->offsets) rd_kafka_topic_partition_list_destroy(j->offsets);
+    if (j->cgmd) rd_kafka_consumer_group_metadata_destroy(j->cgmd);
+    j->offsets = NULL;
+    j->cgmd = NULL;
+}
+
+static void job_start(fs_kafka *k, void *ctx)
+{
+    k->job_ctx = ctx;
+    k->job_busy = 1;
+    if (fs_txn_thread_start(k->txth, &k->job)) { /* cannot happen: one job at a time */
+        k->job_busy = 0;
+        job_release(&k->job);
+        txn_note(k, ctx, FS_TXN_FATAL, "the transaction thread is busy");
+    }
+}
+
+/* The producer is fenced (fatal): its sends are purged (reported aborted as
+ * their events come back), then recreate() replaces it. */
+static void begin_recreate(fs_kafka *k, void *ctx, const char *why)
+{
+    fs_warn("transactional producer %s: %s; purging its sends, then recreating it", k->txn_id, why);
+    k->txn_open = 0;
+    k->txn_dropping = 1;
+    rd_kafka_purge(k->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+                                    RD_KAFKA_PURGE_F_NON_BLOCKING);
+    k->recreate_waiting = 1;
+    k->recreate_deadline = mono_ms() + FS_TXN_RECREATE_WAIT_MS;
+    k->recreate_ctx = ctx;
+    k->base.pending = 1;
+}
+
+/* Every report of the fenced producer came back (or the wait ended): a new
+ * producer with the same transactional.id takes its place; the thread
+ * destroys the old one and runs init_transactions (which aborts what the
+ * old one left open). The topic handles belonged to the old producer: they
+ * are opened again on the first send. */
+static void recreate(fs_kafka *k)
+{
+    void *ctx = k->recreate_ctx;
+    k->recreate_waiting = 0;
+    if (k->inflight) {
+        fs_warn("%lld sends of the fenced producer were never reported; counting them as gone",
+                (long long)k->inflight);
+        k->inflight = 0;
+    }
+    char err[512];
+    rd_kafka_t *nw = new_producer(k, k->txn_id, err, sizeof err);
+    if (!nw) {
+        txn_note(k, ctx, FS_TXN_FATAL, "cannot recreate the fenced producer: %s", err);
+        return;
+    }
+    for (size_t i = 0; i < k->topics.len; i++)
+        if (FS_TXT(k->topics.items[i])->tx) {
+            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
+            FS_TXT(k->topics.items[i])->tx = NULL;
+        }
+    rd_kafka_queue_io_event_enable(k->pq, -1, NULL, 0);
+    rd_kafka_queue_destroy(k->pq);
+    rd_kafka_t *old = k->producer;
+    k->producer = nw;
+    k->pq = rd_kafka_queue_get_main(nw);
+    static const char one[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    rd_kafka_queue_io_event_enable(k->pq, k->pfd, one, sizeof one);
+    memset(&k->job, 0, sizeof k->job);
+    k->job.kind = FS_TXN_JOB_INIT;
+    k->job.rk = nw;
+    k->job.old = old;
+    k->job.timeout_ms = FS_TXN_CALL_MS;
+    job_start(k, ctx);
+}
+
+/* Aborts what is open (the overflow queue was dropped already). */
+static void start_abort(fs_kafka *k, void *ctx)
+{
+    char buf[256];
+    rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
+    if (code) {
+        if (fencing_code(code)) begin_recreate(k, ctx, buf);
+        else txn_note(k, ctx, FS_TXN_FATAL, "the producer failed for good: %s", buf);
+        return;
+    }
+    if (!k->txn_begun) { /* nothing was begun: nothing entered librdkafka */
+        txn_note(k, ctx, FS_TXN_OK, "nothing to abort");
+        return;
+    }
+    memset(&k->job, 0, sizeof k->job);
+    k->job.kind = FS_TXN_JOB_ABORT;
+    k->job.rk = k->producer;
+    k->job.timeout_ms = FS_TXN_CALL_MS;
+    job_start(k, ctx);
+}
+
+static void start_commit(fs_kafka *k)
+{
+    k->commit_waiting = 0;
+    job_start(k, k->job_ctx);
+}
+
+/* The thread finished a job: its result, on the loop's thread. */
+static void job_ended(fs_kafka *k, fs_txn_job *j)
+{
+    void *ctx = k->job_ctx;
+    k->job_busy = 0;
+    job_release(j);
+    switch (j->kind) {
+    case FS_TXN_JOB_COMMIT:
+        if (j->result == FS_TXN_OK) {
+            k->txn_begun = 0;
+            k->txn_doomed = 0;
+            k->txn_commits++;
+        } else {
+            /* Still begun: the caller aborts it (a fenced producer is
+             * recreated by that abort). */
+            fs_warn("transaction commit failed after %lld ms: %s", (long long)j->ms, j->msg);
+        }
+        txn_note(k, ctx, j->result, "%s", j->msg);
+        break;
+    case FS_TXN_JOB_ABORT:
+        if (j->result == FS_TXN_OK && k->txn_send_failed) {
+            /* librdkafka 2.0.2 keeps the failed send's sequence number: the
+             * next transaction's first send to that partition would fail
+             * (OUT_OF_ORDER_SEQUENCE_NUMBER) until an epoch bump. A new
+             * producer starts a new epoch at once. */
+            k->txn_begun = 0;
+            begin_recreate(k, ctx, "a send failed in the aborted transaction (a sequence gap "
+                                   "only a new producer epoch closes)");
+        } else if (j->result == FS_TXN_OK) {
+            k->txn_begun = 0;
+            k->txn_doomed = 0;
+            k->txn_aborts++;
+            fs_debug("transaction aborted in %lld ms", (long long)j->ms);
+            txn_note(k, ctx, FS_TXN_OK, "aborted");
+        } else if (j->result == FS_TXN_FATAL && !j->fenced_producer) {
+            txn_note(k, ctx, FS_TXN_FATAL, "%s", j->msg);
+        } else {
+            /* Fenced, or the abort itself kept failing (a broker gone for a
+             * while): a new producer's init_transactions aborts what this
+             * one left open. */
+            begin_recreate(k, ctx, j->msg);
+        }
+        break;
+    case FS_TXN_JOB_INIT:
+        if (j->result == FS_TXN_OK) {
+            k->txn_begun = 0;
+            k->txn_doomed = 0;
+            k->txn_aborts++;
+            k->txn_recreated++;
+            k->txn_send_failed = 0;
+            fs_info("transactional producer %s recreated (%lld ms); the fenced one's "
+                    "transaction is aborted", k->txn_id, (long long)j->ms);
+            txn_note(k, ctx, FS_TXN_OK, "aborted (producer recreated)");
+        } else {
+            txn_note(k, ctx, FS_TXN_FATAL, "%s", j->msg);
+        }
+        break;
+    }
+}
+
+/* From poll: reports aborted sends, collects the thread's result, starts
+ * what waited, reports txn_done — in that order, so that every aborted send
+ * is reported before the abort's txn_done. */
+static void txn_service(fs_kafka *k)
+{
+    if (k->txn_dropping && k->overflow.len) drop_overflow(k);
+    if (k->dropped.len) report_dropped(k);
+    /* Also without the wake-up (a close or a reload's swap drives this
+     * poll without the loop, whose epoll would see the eventfd). */
+    if (k->txn_pending || k->job_busy) {
+        k->txn_pending = 0;
+        fs_txn_job *j = fs_txn_thread_done(k->txth);
+        if (j) job_ended(k, j);
+    }
+    if (k->commit_waiting && !k->job_busy && k->txn_quota <= 0) start_commit(k);
+    if (k->recreate_waiting && (k->inflight == 0 || mono_ms() >= k->recreate_deadline))
+        recreate(k);
+    if (k->abort_queued && !k->job_busy && !k->recreate_waiting) {
+        k->abort_queued = 0;
+        start_abort(k, k->abort_ctx);
+    }
+    if (k->dropped.len) report_dropped(k);
+    while (k->notes.len) {
+        struct fs_txn_note n = fs_ring_shift(&k->notes);
+        if (k->base.cb.txn_done) k->base.cb.txn_done(k->base.cb.data, n.ctx, n.result, n.msg);
+    }
+}
+
+#define EOS_INSTEAD                                                                          \
+    "Run it against a Kafka cluster (scripts/kafka start, then --broker "                    \
+    "kafka://127.0.0.1:19092), or use processing_guarantee = \"at_least_once\""
+
+static int kafka_txn_init(fs_transport *tp, const char *id, char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (k->embedded) {
+        snprintf(err, errlen,
+                 "exactly-once is not available on memory://: the embedded broker is librdkafka's "
+                 "mock cluster, which accepts transactions but writes no commit or abort markers, "
+                 "so aborted output would stay visible to read_committed readers. " EOS_INSTEAD);
+        return -1;
+    }
+    if (k->txn) {
+        snprintf(err, errlen, "transactions are initialised already (transactional.id %s)", k->txn_id);
+        return -1;
+    }
+    char *cid = rd_kafka_clusterid(k->producer, FS_METADATA_MS);
+    if (!cid) {
+        snprintf(err, errlen, "no cluster id from the broker at %s within %d s: is it running?",
+                 k->bootstrap, FS_METADATA_MS / 1000);
+        return -1;
+    }
+    int mock = strncmp(cid, "mockCluster", 11) == 0;
+    rd_kafka_mem_free(k->producer, cid);
+    if (mock) {
+        snprintf(err, errlen,
+                 "exactly-once is not available on %s: it is an `fstream-lua broker` (librdkafka's "
+                 "mock cluster), which accepts transactions but writes no commit or abort markers, "
+                 "so aborted output would stay visible to read_committed readers. " EOS_INSTEAD,
+                 k->bootstrap);
+        return -1;
+    }
+    char *tid = strdup(id);
+    if (!tid) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    rd_kafka_t *nw = new_producer(k, tid, err, errlen);
+    if (!nw) {
+        free(tid);
+        return -1;
+    }
+    /* Fences an earlier producer of this id and aborts its open transaction. */
+    rd_kafka_error_t *e = NULL;
+    for (int tries = 0; tries < 3; tries++) {
+        if (e) rd_kafka_error_destroy(e);
+        e = rd_kafka_init_transactions(nw, 3 * FS_TXN_CALL_MS);
+        if (!e || !rd_kafka_error_is_retriable(e)) break;
+    }
+    if (e) {
+        snprintf(err, errlen, "cannot start transactions (transactional.id %s) on %s: %s", tid,
+                 k->bootstrap, rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        rd_kafka_destroy(nw);
+        free(tid);
+        return -1;
+    }
+    k->tfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (k->tfd >= 0) {
+        k->tio.fd = k->tfd;
+        k->tio.cb = wake_cb;
+        k->tio.data = k;
+    }
+    if (k->tfd < 0 || fs_io_add(tp->loop, &k->tio, EPOLLIN) ||
+        !(k->txth = fs_txn_thread_new(k->tfd, err, errlen))) {
+        if (k->tfd >= 0 && !k->txth) snprintf(err, errlen, "transaction thread: %s", strerror(errno));
+        if (k->tfd >= 0) fs_io_del(tp->loop, &k->tio), close(k->tfd);
+        k->tfd = -1;
+        rd_kafka_destroy(nw);
+        free(tid);
+        return -1;
+    }
+    /* The non-transactional producer made at start (resolve used it) goes:
+     * whatever it still has is delivered first, then its topic handles. */
+    kafka_flush(tp, 5000);
+    for (size_t i = 0; i < k->topics.len; i++)
+        if (FS_TXT(k->topics.items[i])->tx) {
+            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
+            FS_TXT(k->topics.items[i])->tx = NULL;
+        }
+    rd_kafka_queue_io_event_enable(k->pq, -1, NULL, 0);
+    rd_kafka_queue_destroy(k->pq);
+    rd_kafka_destroy(k->producer);
+    k->producer = nw;
+    k->pq = rd_kafka_queue_get_main(nw);
+    static const char one[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    rd_kafka_queue_io_event_enable(k->pq, k->pfd, one, sizeof one);
+    k->txn = 1;
+    k->txn_id = tid;
+    k->txn_quota = 0; /* closed until the first txn_begin */
+    fs_info("transactional producer %s ready", tid);
+    return 0;
+}
+
+static int kafka_txn_begin(fs_transport *tp, char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (!k->txn) {
+        snprintf(err, errlen, "no transactions: txn_init first");
+        return -1;
+    }
+    if (k->job_busy || k->commit_waiting || k->recreate_waiting || k->abort_queued) {
+        snprintf(err, errlen, "the last transaction's commit or abort has not finished");
+        return -1;
+    }
+    if (!k->txn_begun) {
+        rd_kafka_error_t *e = rd_kafka_begin_transaction(k->producer);
+        if (e) {
+            snprintf(err, errlen, "cannot begin a transaction: %s", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+            return -1;
+        }
+        k->txn_begun = 1;
+        k->txn_doomed = 0;
+    }
+    k->txn_open = 1;
+    k->txn_dropping = 0;
+    k->txn_quota = 0;
+    if (k->overflow.len) drain(k);
+    k->base.pending = 1;
+    return 0;
+}
+
+static void kafka_txn_seal(fs_transport *tp)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (!k->txn || !k->txn_open) return;
+    k->txn_open = 0;
+    /* What waits now was sent into the sealed transaction: it still goes. */
+    k->txn_quota = (int64_t)k->overflow.len;
+}
+
+static int kafka_txn_commit(fs_transport *tp, const fs_tplist *offsets, void *ctx)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (!k->txn || !k->txn_begun || k->txn_dropping || k->job_busy || k->commit_waiting ||
+        k->recreate_waiting || k->abort_queued)
+        return -1;
+    kafka_txn_seal(tp);
+    char buf[256];
+    rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
+    if (code) { /* known already (an error event): no need to ask the broker */
+        txn_note(k, ctx, fencing_code(code) ? FS_TXN_FENCED : FS_TXN_FATAL,
+                 "the producer failed for good: %s", buf);
+        return 0;
+    }
+    if (k->txn_doomed) {
+        txn_note(k, ctx, FS_TXN_ABORTABLE,
+                 "a send of this transaction failed (see the warnings before): it must be aborted");
+        return 0;
+    }
+    memset(&k->job, 0, sizeof k->job);
+    k->job.kind = FS_TXN_JOB_COMMIT;
+    k->job.rk = k->producer;
+    k->job.timeout_ms = FS_TXN_CALL_MS;
+    if (offsets && offsets->len) {
+        k->job.offsets = to_rd(offsets);
+        /* Taken now, on the loop's thread: the generation this commit is for
+         * (KIP-447). A rebalance since makes the commit fail (FENCED). */
+        k->job.cgmd = rd_kafka_consumer_group_metadata(k->consumer);
+        if (!k->job.offsets || !k->job.cgmd) {
+            job_release(&k->job);
+            return -1;
+        }
+    }
+    k->job_ctx = ctx;
+    k->commit_waiting = 1;
+    k->base.pending = 1;
+    /* The sealed transaction's sends still in the overflow queue enter
+     * librdkafka first (commit_transaction would leave them out). */
+    if (k->txn_quota <= 0) start_commit(k);
+    return 0;
+}
+
+static int kafka_txn_abort(fs_transport *tp, void *ctx)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (!k->txn || k->abort_queued) return -1;
+    k->txn_open = 0;
+    k->txn_dropping = 1;
+    if (k->commit_waiting) { /* asked for, not started: it will not be */
+        k->commit_waiting = 0;
+        job_release(&k->job);
+        txn_note(k, k->job_ctx, FS_TXN_ABORTABLE, "aborted before it was committed");
+    }
+    drop_overflow(k);
+    k->base.pending = 1;
+    if (k->job_busy || k->recreate_waiting) {
+        k->abort_queued = 1;
+        k->abort_ctx = ctx;
+        return 0;
+    }
+    start_abort(k, ctx);
     return 0;
 }
 
@@ -1224,28 +1990,62 @@ static void kafka_close(fs_transport *tp)
         rd_kafka_consumer_close(k->consumer); /* leaves the group */
     }
     if (k->aq) rd_kafka_queue_destroy(k->aq);
-    if (k->consumer) rd_kafka_destroy(k->consumer);
-    for (size_t i = 0; i < k->topics.len; i++)
-        if (FS_TXT(k->topics.items[i])->tx) {
-            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
-            FS_TXT(k->topics.items[i])->tx = NULL;
+    if (k->txth) {
+        /* A job may be waiting for delivery reports only this thread serves
+         * (commit_transaction's flush): serve them until it ends (its calls
+         * are bounded), then stop the thread. No txn_done at close. */
+        while (fs_txn_thread_busy(k->txth)) {
+            serve_producer(k, 50);
+            fs_txn_job *j = fs_txn_thread_done(k->txth);
+            if (j) job_release(j);
         }
+        fs_txn_thread_free(k->txth);
+        k->txth = NULL;
+        k->job_busy = 0;
+        job_release(&k->job); /* a commit that waited and never started */
+    }
+    if (k->consumer) rd_kafka_destroy(k->consumer);
     if (k->producer) {
-        if (k->pq) rd_kafka_queue_destroy(k->pq);
+        /* Sends waiting for a transaction that will not begin now are
+         * discarded with it (their input was not committed either). */
+        if (k->txn && !k->txn_open) k->txn_dropping = 1;
+        if (k->txn_dropping) drop_overflow(k);
+        if (k->dropped.len) report_dropped(k);
         kafka_flush(tp, 5000);
         if (k->overflow.len)
             fs_warn("%zu messages never reached the producer's queue", k->overflow.len);
         if (tp->backlog_peak)
-            fs_info("producer: up to %lld messages waited for room in librdkafka's queue "
-                    "(queue.buffering.max.messages)", (long long)tp->backlog_peak);
+            fs_info(k->txn ? "producer: up to %lld messages waited in the worker (for the next "
+                             "transaction, or for room in librdkafka's queue)"
+                           : "producer: up to %lld messages waited for room in librdkafka's queue "
+                             "(queue.buffering.max.messages)",
+                    (long long)tp->backlog_peak);
         while (k->overflow.len) {
             struct fs_overflow o = fs_ring_shift(&k->overflow);
             if (o.hdrs) rd_kafka_headers_destroy(o.hdrs);
             free(o.key);
         }
-        rd_kafka_destroy(k->producer);
+        if (k->pq) {
+            rd_kafka_queue_io_event_enable(k->pq, -1, NULL, 0);
+            rd_kafka_queue_destroy(k->pq);
+        }
     }
+    for (size_t i = 0; i < k->topics.len; i++)
+        if (FS_TXT(k->topics.items[i])->tx) {
+            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
+            FS_TXT(k->topics.items[i])->tx = NULL;
+        }
+    if (k->producer) rd_kafka_destroy(k->producer);
     fs_ring_free(&k->overflow);
+    fs_ring_free(&k->dropped);
+    fs_ring_free(&k->notes);
+    fs_timer_stop(tp->loop, &k->cq_timer);
+    while (k->cqs.len) cq_free(k, k->cqs.items[k->cqs.len - 1]);
+    fs_vec_free(&k->cqs);
+    if (k->tfd >= 0) fs_io_del(tp->loop, &k->tio), close(k->tfd);
+    for (size_t i = 0; i < k->pconf.len; i++) free(k->pconf.items[i]);
+    fs_vec_free(&k->pconf);
+    free(k->txn_id);
     if (k->mock) rd_kafka_mock_cluster_destroy(k->mock);
     if (k->mock_host) rd_kafka_destroy(k->mock_host);
     if (k->cfd >= 0) fs_io_del(tp->loop, &k->cio), close(k->cfd);
@@ -1287,6 +2087,11 @@ static const fs_transport_ops kafka_ops = {
     .committed = kafka_committed,
     .strerror = kafka_strerror,
     .close = kafka_close,
+    .txn_init = kafka_txn_init,
+    .txn_begin = kafka_txn_begin,
+    .txn_seal = kafka_txn_seal,
+    .txn_commit = kafka_txn_commit,
+    .txn_abort = kafka_txn_abort,
 };
 
 /* Changelog recovery and global tables (the state layer) still read with

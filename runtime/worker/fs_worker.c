@@ -4,9 +4,13 @@
  * checkpoint), opening and starting the transport, the loop's poll with
  * back-pressure, and closing. Worker layer: calls every layer below. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -43,7 +47,18 @@ static int hook_clear(void *data)
     return fs_streams_clear(data);
 }
 
-static const fs_agent_hooks agent_hooks = {hook_sync_acks, hook_fence, hook_clear};
+static void hook_hold(void *data, int on)
+{
+    fs_hold_agents(data, on);
+}
+
+static int hook_quiet(void *data)
+{
+    return fs_streams_quiet(data);
+}
+
+static const fs_agent_hooks agent_hooks = {hook_sync_acks, hook_fence, hook_clear, hook_hold,
+                                           hook_quiet};
 
 /* Milliseconds since the epoch: the fake clock's under fstream.testing. */
 int64_t fs_rt_wall_ms(fs_rt *rt)
@@ -78,7 +93,16 @@ static void on_delivered(void *data, const fs_report *r)
     if (t && t->table && !r->err && r->partition < t->table->partitions &&
         r->offset + 1 > t->table->parts[r->partition].cl_next)
         t->table->parts[r->partition].cl_next = r->offset + 1;
-    if (r->err) {
+    if (r->aborted) {
+        /* Discarded by a transaction abort: not a failure of delivery. The
+         * input that produced it is processed again after the reset. */
+        if (w) w->aborted = 1;
+    } else if (r->err && rt->eos) {
+        /* Under exactly-once a lost send dooms the open transaction: it is
+         * aborted and its input processed again, nothing is lost. */
+        rt->delivery_errors++;
+        fs_ckpt_send_failed(rt->ckpt, t ? t->name : "?", rt->tp->ops->strerror(r->err));
+    } else if (r->err) {
         rt->delivery_errors++;
         if (r->ctx.best_effort)
             fs_error("could not deliver a dead letter to %s[%d] (%zu bytes): %s — it is lost; "
@@ -116,6 +140,11 @@ static void on_commit_done(void *data, void *ctx, const fs_tplist *offsets, int 
     fs_ckpt_on_commit_done(((fs_rt *)data)->ckpt, ctx, offsets, err);
 }
 
+static void on_txn_done(void *data, void *ctx, int result, const char *msg)
+{
+    fs_ckpt_on_txn_done(((fs_rt *)data)->ckpt, ctx, result, msg);
+}
+
 static void on_committed(void *data, void *ctx, const fs_tplist *offsets, int err)
 {
     fs_assign_on_committed(((fs_rt *)data)->assign, ctx, offsets, err);
@@ -147,6 +176,17 @@ static int64_t wall_ms(void *data)
 
 int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen)
 {
+    const char *bootstrap = NULL;
+    if (broker && rt->eos && fs_broker_url_check(broker, &bootstrap, err, errlen) == 0 && !bootstrap) {
+        snprintf(err, errlen,
+                 "processing_guarantee exactly_once needs a Kafka cluster, and %s is the embedded "
+                 "broker: librdkafka's mock cluster takes transactions but writes no commit "
+                 "markers and does not hide aborted messages from read_committed readers, so "
+                 "nothing would be exactly-once. Use --broker kafka://HOST:PORT (a Kafka cluster; "
+                 "scripts/kafka start runs one locally), or --guarantee at_least_once",
+                 broker);
+        return -1;
+    }
     fs_transport *tp = broker ? fs_kafka_new(&rt->loop, broker, rt->group, NULL, err, errlen)
                               : fs_memlog_new(&rt->loop, wall_ms, rt);
     if (!tp) {
@@ -162,8 +202,9 @@ int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen
     tp->cb.committed = on_committed;
     tp->cb.error = on_error;
     tp->cb.consumes = consumes;
+    tp->cb.txn_done = on_txn_done;
     rt->tp = tp;
-    rt->ckpt = fs_ckpt_new(rt, tp, &fs_ckpt_at_least_once);
+    rt->ckpt = fs_ckpt_new(rt, tp, rt->eos ? &fs_ckpt_exactly_once : &fs_ckpt_at_least_once);
     if (rt->ckpt) fs_ckpt_set_agents(rt->ckpt, &agent_hooks, rt);
     rt->assign = rt->ckpt ? fs_assign_new(rt, tp, rt->ckpt) : NULL;
     if (!rt->assign) {
@@ -190,6 +231,126 @@ static int resolve_all(fs_rt *rt, char *err, size_t errlen)
     return fs_worker_resolve(rt, rt->topics, rt->ntopics, err, errlen);
 }
 
+/* ---- exactly-once: the worker's transactional identity ----
+ * transactional.id = "<group>-<slot id>": the first slot file
+ * <data dir>/.eos/slot-N this process can lock (flock, held until it exits)
+ * holds a random id written once. A worker restarted in the same data dir
+ * (after kill -9, say) takes the same slot, so its txn_init fences the dead
+ * process's producer and aborts its open transaction at once; two workers
+ * sharing a data dir get different slots. */
+#define FS_EOS_SLOTS 1024
+
+/* Appends formatted text (no NUL) to b, growing it; -1 out of memory. */
+__attribute__((format(printf, 2, 3))) static int buf_printf(fs_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || fs_buf_reserve(b, (size_t)n + 1)) return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+static int mkdir_p(char *path)
+{
+    for (char *p = path + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            int rc = mkdir(path, 0755);
+            *p = '/';
+            if (rc && errno != EEXIST) return -1;
+        }
+    return mkdir(path, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+static int random_id(char *out, size_t n)
+{
+    unsigned char b[8];
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t got = read(fd, b, sizeof b);
+    close(fd);
+    if (got != (ssize_t)sizeof b) return -1;
+    snprintf(out, n, "%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
+    return 0;
+}
+
+/* Takes a slot and sets rt->txn_id; -1 with a message. */
+static int eos_identity(fs_rt *rt, char *err, size_t errlen)
+{
+    fs_buf path = {0};
+    char id[64];
+    int rc = -1;
+    if (buf_printf(&path, "%s/.eos", rt->data_dir) || fs_buf_addc(&path, 0)) goto oom;
+    if (mkdir_p(path.data)) {
+        snprintf(err, errlen, "cannot create %s for the exactly-once slot files: %s", path.data, strerror(errno));
+        goto out;
+    }
+    size_t base = path.len - 1;
+    for (int n = 0; n < FS_EOS_SLOTS; n++) {
+        path.len = base;
+        if (buf_printf(&path, "/slot-%d", n) || fs_buf_addc(&path, 0)) goto oom;
+        int fd = open(path.data, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            snprintf(err, errlen, "cannot open %s: %s", path.data, strerror(errno));
+            goto out;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB)) { /* another worker's */
+            close(fd);
+            continue;
+        }
+        ssize_t got = pread(fd, id, sizeof id - 1, 0);
+        id[got > 0 ? got : 0] = 0;
+        id[strcspn(id, "\n")] = 0;
+        if (!id[0]) { /* a new slot: its id, once */
+            if (random_id(id, sizeof id) || pwrite(fd, id, strlen(id), 0) != (ssize_t)strlen(id) || fsync(fd)) {
+                snprintf(err, errlen, "cannot write %s: %s", path.data, strerror(errno));
+                close(fd);
+                goto out;
+            }
+        }
+        fs_buf tid = {0};
+        if (buf_printf(&tid, "%s-%s", rt->group, id) || fs_buf_addc(&tid, 0)) {
+            fs_buf_free(&tid);
+            close(fd);
+            goto oom;
+        }
+        rt->txn_id = tid.data;
+        rt->slot_fd = fd;
+        rc = 0;
+        goto out;
+    }
+    snprintf(err, errlen, "all %d exactly-once slots under %s are taken by running workers", FS_EOS_SLOTS,
+             rt->data_dir);
+    goto out;
+oom:
+    snprintf(err, errlen, "out of memory");
+out:
+    fs_buf_free(&path);
+    return rc;
+}
+
+/* Makes the producer transactional and opens the first transaction: after
+ * the topics are resolved (the producer exists), before anything is sent or
+ * subscribed. */
+static int eos_start(fs_rt *rt, char *err, size_t errlen)
+{
+    if (!rt->eos) return 0;
+    if (!rt->tp->ops->txn_init) {
+        snprintf(err, errlen, "processing_guarantee exactly_once: the %s transport has no transactions",
+                 rt->tp->ops->name);
+        return -1;
+    }
+    if (!rt->txn_id && eos_identity(rt, err, errlen)) return -1;
+    fs_info("exactly-once: transactional.id %s", rt->txn_id);
+    if (rt->tp->ops->txn_init(rt->tp, rt->txn_id, err, errlen)) return -1;
+    return rt->tp->ops->txn_begin(rt->tp, err, errlen);
+}
+
 int fs_worker_start(fs_rt *rt, char *err, size_t errlen)
 {
     if (rt->tp->holds_all) {
@@ -203,6 +364,7 @@ int fs_worker_start(fs_rt *rt, char *err, size_t errlen)
         return 0;
     }
     if (resolve_all(rt, err, errlen)) return -1;
+    if (eos_start(rt, err, errlen)) return -1;
     if (rt->fatal || fs_tables_start_global(rt)) {
         if (rt->fatal) snprintf(err, errlen, "%s", rt->fatal_msg);
         else snprintf(err, errlen, "stopped while recovering global tables");
