@@ -121,6 +121,41 @@ describe("the kafka transport's transactions", function()
     assert.matches("a committed answered=1 err=0 offset=5 partition%-err=0", out)
   end)
 
+  it("survives a broker stopped for longer than the transaction timeout: abort, new producer, exact output", function()
+    local topic = "txn-loop-" .. uniq
+    local p = proc.spawn(string.format("env ASAN_OPTIONS=detect_leaks=1 %s %s loop %s %s 150 50", probe,
+      proc.quote(url), proc.quote(topic), proc.quote("txn-loop-" .. uniq)), "txn-probe-loop")
+    assert.truthy(p:wait_for("loop%-ok 20\n", 60), p:output())
+    local out, rc = proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, proc.quote(dir)))
+    assert.are.equal(0, rc, out)
+    -- Longer than transaction.timeout.ms and message.timeout.ms (10 s): the
+    -- open transaction's sends time out, its abort fails (the coordinator
+    -- has lost it), only a new producer goes on.
+    proc.sleep(15)
+    out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, proc.quote(dir)))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(0, p:wait(180), p:output())
+    out = p:output()
+    assert.matches("a txn %d+ commit ABORTABLE", out)
+    assert.matches("a txn %d+ abort OK", out)
+    assert.not_matches("transport%-error%-fatal", out)
+    local ok = {}
+    local n = 0
+    for i in out:gmatch("loop%-ok (%d+)") do ok[tonumber(i)] = true; n = n + 1 end
+    assert.truthy(n > 20 and n < 150, out)
+    -- Exactly the committed transactions' sends, once each.
+    local seen = {}
+    for _, v in ipairs(committed(addr, topic)) do
+      assert.is_nil(seen[v], "duplicate " .. v)
+      seen[v] = true
+      local i = tonumber(v:match("^t(%d+)%-%d+$"))
+      assert.truthy(i and ok[i], "not committed: " .. v)
+    end
+    for i in pairs(ok) do
+      for j = 0, 49 do assert.truthy(seen["t" .. i .. "-" .. j], "missing t" .. i .. "-" .. j) end
+    end
+  end)
+
   it("refuses exactly-once on memory:// and on `fstream-lua broker`, saying why and what to use", function()
     local out, rc = run_probe("memory://", "refuse", "t", "txn-refuse-" .. uniq)
     assert.are.equal(0, rc, out)

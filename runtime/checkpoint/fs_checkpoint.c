@@ -570,7 +570,6 @@ void fs_ckpt_poll(fs_ckpt *ck)
     }
     if (ck->phase == DELIVER) {
         if (delivering(ck)) return;
-        if (ck->phase != DELIVER) return; /* it gave up */
         ck->phase = COMMIT;
         settle(ck);
     }

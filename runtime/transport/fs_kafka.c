@@ -110,6 +110,8 @@ typedef struct fs_kafka {
     int txn_doomed;   /* a send of this transaction failed: it cannot commit */
     int txn_send_failed; /* a send failed in librdkafka (not purged) since the last producer
                             epoch: its sequence number is a gap only a new epoch closes */
+    int txn_lost;     /* the group took our partitions away (session lost) since the last
+                         txn_abort: what is open holds a zombie's outputs */
     int64_t txn_quota;
     FS_RING(fs_report) dropped; /* aborted sends to report (with their err) */
     fs_txn_thread *txth;
@@ -282,9 +284,17 @@ static void drop_overflow(fs_kafka *k)
     k->txn_quota = 0;
 }
 
-/* A producer error event: what error_cb does for the consumer. A fenced
- * transactional producer is not the worker's end: the transaction's commit
- * or abort reports it (FS_TXN_FENCED) and the abort recreates the producer. */
+static int fencing_code(rd_kafka_resp_err_t code)
+{
+    return code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+           code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+}
+
+/* A producer error event: what error_cb does for the consumer. A
+ * transactional producer's fatal error is not the worker's end: the
+ * transaction's commit reports it (FS_TXN_FENCED or FS_TXN_FATAL) and the
+ * abort recreates the producer; only a producer that cannot be recreated
+ * (txn_done FS_TXN_FATAL after an abort) stops the worker. */
 static void producer_error(fs_kafka *k, rd_kafka_event_t *ev)
 {
     rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
@@ -294,9 +304,9 @@ static void producer_error(fs_kafka *k, rd_kafka_event_t *ev)
     }
     char buf[512];
     rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
-    if (k->txn && (code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
-                   code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)) {
-        fs_warn("transactional producer fenced: %s (the open transaction will be aborted)", buf);
+    if (k->txn) {
+        fs_warn("transactional producer %s: %s (the open transaction will be aborted)",
+                fencing_code(code) ? "fenced" : "failed", buf);
         k->txn_doomed = 1;
         return;
     }
@@ -382,6 +392,18 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (k->base.cb.assigned) k->base.cb.assigned(k->base.cb.data, &l);
         else rd_kafka_assign(rk, parts);
     } else {
+        /* Lost, not revoked (the session expired: the group gave them to
+         * another member already). librdkafka has reset its member id, and
+         * a TxnOffsetCommit with no member and no generation is not checked
+         * by the broker (KIP-447 fences only a stale generation): the
+         * transaction is refused here until it is aborted (txn_commit says
+         * FS_TXN_FENCED). */
+        if (k->txn && rd_kafka_assignment_lost(rk)) {
+            if (!k->txn_lost)
+                fs_warn("partitions lost (the group's session expired, another member may hold "
+                        "them): the open transaction will be aborted, not committed");
+            k->txn_lost = 1;
+        }
         if (k->base.cb.revoked) k->base.cb.revoked(k->base.cb.data, &l);
         else rd_kafka_assign(rk, NULL);
     }
@@ -695,10 +717,10 @@ int fs_kafka_embedded(const fs_transport *tp)
     return tp && tp->ops == &kafka_ops && ((const fs_kafka *)tp)->embedded;
 }
 
-/* Producer handle of a topic: a copy of the producer's defaults (the murmur2
- * partitioner among them), plus the topic as opaque so delivery reports find it. */
 static int register_topic(fs_kafka *k, fs_topic *t);
 
+/* Producer handle of a topic: a copy of the producer's defaults (the murmur2
+ * partitioner among them), plus the topic as opaque so delivery reports find it. */
 static int open_topic(fs_kafka *k, fs_topic *t, char *err, size_t errlen)
 {
     if (FS_TXT(t)->tx) return 0;
@@ -1574,12 +1596,6 @@ static void txn_note(fs_kafka *k, void *ctx, int result, const char *fmt, ...)
     k->base.pending = 1;
 }
 
-static int fencing_code(rd_kafka_resp_err_t code)
-{
-    return code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
-           code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
-}
-
 static void job_release(fs_txn_job *j)
 {
     if (j->offsets) rd_kafka_topic_partition_list_destroy(j->offsets);
@@ -1659,9 +1675,8 @@ static void start_abort(fs_kafka *k, void *ctx)
 {
     char buf[256];
     rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
-    if (code) {
-        if (fencing_code(code)) begin_recreate(k, ctx, buf);
-        else txn_note(k, ctx, FS_TXN_FATAL, "the producer failed for good: %s", buf);
+    if (code) { /* fenced, or failed otherwise: only a new producer goes on */
+        begin_recreate(k, ctx, buf);
         return;
     }
     if (!k->txn_begun) { /* nothing was begun: nothing entered librdkafka */
@@ -1694,9 +1709,13 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_doomed = 0;
             k->txn_commits++;
         } else {
-            /* Still begun: the caller aborts it (a fenced producer is
-             * recreated by that abort). */
+            /* Still begun: the caller aborts it (a fenced or failed producer
+             * is recreated by that abort). A producer that failed for good
+             * but not by fencing (e.g. INVALID_TXN_STATE from a coordinator
+             * that lost the transaction) is no reason to stop yet: the abort
+             * recreates it, and says FS_TXN_FATAL if that fails too. */
             fs_warn("transaction commit failed after %lld ms: %s", (long long)j->ms, j->msg);
+            if (j->result == FS_TXN_FATAL) j->result = FS_TXN_ABORTABLE;
         }
         txn_note(k, ctx, j->result, "%s", j->msg);
         break;
@@ -1715,12 +1734,13 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_aborts++;
             fs_debug("transaction aborted in %lld ms", (long long)j->ms);
             txn_note(k, ctx, FS_TXN_OK, "aborted");
-        } else if (j->result == FS_TXN_FATAL && !j->fenced_producer) {
-            txn_note(k, ctx, FS_TXN_FATAL, "%s", j->msg);
         } else {
-            /* Fenced, or the abort itself kept failing (a broker gone for a
-             * while): a new producer's init_transactions aborts what this
-             * one left open. */
+            /* Fenced, or the abort itself failed: a broker gone for a while
+             * (timeouts), or back with a coordinator that no longer knows the
+             * transaction (INVALID_TXN_STATE, fatal in librdkafka). A new
+             * producer's init_transactions fences this one's epoch and aborts
+             * whatever it left open; if even that fails, txn_done says
+             * FS_TXN_FATAL. */
             begin_recreate(k, ctx, j->msg);
         }
         break;
@@ -1910,11 +1930,17 @@ static int kafka_txn_commit(fs_transport *tp, const fs_tplist *offsets, void *ct
         k->recreate_waiting || k->abort_queued)
         return -1;
     kafka_txn_seal(tp);
+    if (k->txn_lost) {
+        txn_note(k, ctx, FS_TXN_FENCED,
+                 "this worker lost its partitions (its group session expired): the transaction "
+                 "holds a zombie's outputs");
+        return 0;
+    }
     char buf[256];
     rd_kafka_resp_err_t code = rd_kafka_fatal_error(k->producer, buf, sizeof buf);
     if (code) { /* known already (an error event): no need to ask the broker */
-        txn_note(k, ctx, fencing_code(code) ? FS_TXN_FENCED : FS_TXN_FATAL,
-                 "the producer failed for good: %s", buf);
+        txn_note(k, ctx, fencing_code(code) ? FS_TXN_FENCED : FS_TXN_ABORTABLE,
+                 "the producer failed for good: %s (the abort recreates it)", buf);
         return 0;
     }
     if (k->txn_doomed) {
@@ -1951,6 +1977,7 @@ static int kafka_txn_abort(fs_transport *tp, void *ctx)
     if (!k->txn || k->abort_queued) return -1;
     k->txn_open = 0;
     k->txn_dropping = 1;
+    k->txn_lost = 0; /* what the zombie sent is dropped now: the next transaction is clean */
     if (k->commit_waiting) { /* asked for, not started: it will not be */
         k->commit_waiting = 0;
         job_release(&k->job);

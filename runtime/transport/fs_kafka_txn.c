@@ -19,7 +19,12 @@
  *   coordinator bumped the epoch, the next request is fenced.
  * - INVALID_TXN_STATE, TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
  *   CLUSTER_AUTHORIZATION_FAILED, INVALID_PRODUCER_ID_MAPPING (TxnOffsetCommit)
- *   are fatal too, but not fencing: nothing to recreate, the worker stops.
+ *   are fatal too, but not fencing (FS_TXN_FATAL here). INVALID_TXN_STATE is
+ *   what EndTxn(abort) gets from a coordinator that lost the transaction
+ *   while the broker was down longer than transaction.timeout.ms (seen on
+ *   Kafka 3.8): fs_kafka.c therefore answers every failed abort and every
+ *   fatal producer with a new producer, and only a new producer that cannot
+ *   start makes the worker stop.
  * - TxnOffsetCommit's group errors ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID and
  *   FENCED_INSTANCE_ID (KIP-447: our consumer's generation is no longer the
  *   group's, i.e. we are a zombie) are NOT fatal in librdkafka: PERMANENT,

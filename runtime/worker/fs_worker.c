@@ -94,16 +94,16 @@ static void on_delivered(void *data, const fs_report *r)
         r->offset + 1 > t->table->parts[r->partition].cl_next)
         t->table->parts[r->partition].cl_next = r->offset + 1;
     if (r->aborted) {
-        /* Discarded by a transaction abort: not a failure of delivery. The
-         * input that produced it is processed again after the reset. */
+        /* Discarded by a transaction abort (or with the transaction it was
+         * in): not a failure of delivery. The input that produced it is
+         * processed again after the reset. */
         if (w) w->aborted = 1;
-    } else if (r->err && rt->eos) {
-        /* Under exactly-once a lost send dooms the open transaction: it is
-         * aborted and its input processed again, nothing is lost. */
-        rt->delivery_errors++;
-        fs_ckpt_send_failed(rt->ckpt, t ? t->name : "?", rt->tp->ops->strerror(r->err));
     } else if (r->err) {
         rt->delivery_errors++;
+        /* The broker refused the message itself: under exactly-once the
+         * open transaction cannot commit any more (aborted at the next
+         * checkpoint); what follows is as under at-least-once. */
+        if (rt->eos) fs_ckpt_send_failed(rt->ckpt, t ? t->name : "?", rt->tp->ops->strerror(r->err));
         if (r->ctx.best_effort)
             fs_error("could not deliver a dead letter to %s[%d] (%zu bytes): %s — it is lost; "
                      "the original is still on its topic",

@@ -21,6 +21,13 @@
  *                                       TOPIC[0] for group ID in a transaction it
  *                                       keeps open for 2 s: ops->committed must
  *                                       answer only after the commit, with 5
+ *   txn-probe URL latency TOPIC ID N M  N transactions of M sends each: the
+ *                                       time from txn_commit to its txn_done
+ *                                       (median, p99, max), for BENCHMARKS
+ *   txn-probe URL loop TOPIC ID N M     N transactions of M sends ("t<i>-<j>"), one
+ *                                       every 100 ms, each aborted when its commit
+ *                                       fails (a broker restarted meanwhile); prints
+ *                                       "loop-ok <i>" for each committed one
  *   txn-probe URL table TOPIC ID N      a table's changelog: N records, JSON keys
  *                                       "k0".."k<N-1>" with values 1..N, committed;
  *                                       then the same keys = 999999, aborted
@@ -405,6 +412,77 @@ int main(int argc, char **argv)
                a->cerr, (long long)a->coffset, (long long)a->cperr);
         if (!a->answered || a->cerr || a->coffset != 5 || a->cperr)
             fail("committed offset after the commit");
+    } else if (strcmp(mode, "loop") == 0) {
+        init(a, id);
+        int committed = 0, failed = 0;
+        char prefix[32];
+        for (int i = 0; i < n; i++) {
+            char err[512];
+            if (a->tp->ops->txn_begin(a->tp, err, sizeof err)) {
+                printf("a txn %d begin failed: %s\n", i, err);
+            } else {
+                snprintf(prefix, sizeof prefix, "t%d", i);
+                send_n(a, &topic, prefix, m);
+                run_until(ps, 1, all_reported, a);
+                a->done = 0;
+                if (!a->tp->ops->txn_commit(a->tp, NULL, NULL) && !run_until(ps, 1, is_done, a) &&
+                    a->result == FS_TXN_OK) {
+                    printf("loop-ok %d\n", i);
+                    committed++;
+                    goto next;
+                }
+                printf("a txn %d commit %s %s\n", i, result_name(a->result), a->msg);
+            }
+            failed++;
+            a->done = 0;
+            if (a->tp->ops->txn_abort(a->tp, NULL) || run_until(ps, 1, is_done, a)) {
+                fail("txn %d: abort did not finish", i);
+                break;
+            }
+            printf("a txn %d abort %s %s\n", i, result_name(a->result), a->msg);
+            if (a->result != FS_TXN_OK) {
+                fail("txn %d: abort %s", i, result_name(a->result));
+                break;
+            }
+        next:;
+            int64_t until = now_ms() + 100;
+            while (now_ms() < until) {
+                fs_loop_run_once(&loop, 20);
+                a->tp->ops->poll(a->tp, 0);
+                a->tp->ops->flush(a->tp, 0);
+            }
+        }
+        run_until(ps, 1, all_reported, a);
+        printf("loop committed=%d failed=%d\n", committed, failed);
+        counts(a);
+    } else if (strcmp(mode, "latency") == 0) {
+        init(a, id);
+        int64_t *ms = calloc((size_t)(n > 0 ? n : 1), sizeof *ms);
+        if (!ms) return 2;
+        for (int i = 0; i < n; i++) {
+            begin(a);
+            send_n(a, &topic, "l", m);
+            run_until(ps, 1, all_reported, a); /* as the checkpoint: deliver, then commit */
+            a->done = 0;
+            int64_t t0 = now_ms();
+            if (a->tp->ops->txn_commit(a->tp, NULL, NULL) || run_until(ps, 1, is_done, a) ||
+                a->result != FS_TXN_OK) {
+                fail("commit %d", i);
+                break;
+            }
+            ms[i] = now_ms() - t0;
+        }
+        for (int i = 1; i < n; i++) /* insertion sort: n is small */
+            for (int j = i; j > 0 && ms[j - 1] > ms[j]; j--) {
+                int64_t x = ms[j];
+                ms[j] = ms[j - 1];
+                ms[j - 1] = x;
+            }
+        if (n > 0)
+            printf("latency transactions=%d sends=%d median_ms=%lld p99_ms=%lld max_ms=%lld\n", n, m,
+                   (long long)ms[n / 2], (long long)ms[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1],
+                   (long long)ms[n - 1]);
+        free(ms);
     } else if (strcmp(mode, "table") == 0) {
         init(a, id);
         begin(a);
