@@ -32,6 +32,18 @@ describe("fstream-lua worker --guarantee", function()
     assert.matches("or %-%-guarantee at_least_once", out)
   end)
 
+  it("refuses exactly_once on a standalone embedded broker reached as kafka:// (the transport's refusal, exit 1)", function()
+    local broker, addr = proc.broker({}, 4)
+    finally(function() broker:stop() end)
+    local store = proc.tmp .. "/eos-mock-" .. uniq
+    local out, rc = proc.run(string.format("env APP_ID=mock-%s IN=mock-in-%s OUT=mock-out-%s %s worker %s --broker kafka://%s --store lmdb://%s",
+      uniq, uniq, uniq, bin, APP, addr, store))
+    assert.are.equal(1, rc, out)
+    assert.matches("cannot start app 'mock%-[%d%-]+': exactly%-once is not available on " .. addr:gsub("%.", "%%."), out)
+    assert.matches("fstream%-lua broker", out)
+    assert.matches("at_least_once", out)
+  end)
+
   it("overrides the app's option: an exactly_once app runs at_least_once on memory://, with its default interval",
     function()
       local store = proc.tmp .. "/eos-over-" .. uniq

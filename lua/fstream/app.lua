@@ -43,7 +43,7 @@ function App.new(id, opts, level)
   -- Default: 2.8 s, or 0.1 s under exactly_once (a transaction per
   -- checkpoint: its outputs become visible to read_committed readers when it
   -- commits). The guarantee may still change at start (--guarantee), so the
-  -- default is settled there (App:_settings).
+  -- default follows it there (App:_guarantee).
   local ci = opts.commit_interval
   if ci ~= nil and (type(ci) ~= "number" or ci <= 0) then error("commit_interval must be a positive number of seconds", level) end
   -- A coroutine (agent, task, timer) that runs this long without yielding is
