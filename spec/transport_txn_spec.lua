@@ -156,6 +156,29 @@ describe("the kafka transport's transactions", function()
     end
   end)
 
+  it("a zombie whose partitions the group took away cannot commit its transaction", function()
+    local topic, group = "txn-lost-" .. uniq, "txn-lost-group-" .. uniq
+    local a = proc.spawn(string.format("env ASAN_OPTIONS=detect_leaks=1 TXN_PROBE_GROUP=%s %s %s lost %s %s 0 5",
+      group, probe, proc.quote(url), proc.quote(topic), proc.quote("txn-lost-a-" .. uniq)), "txn-probe-lost")
+    assert.truthy(a:wait_for("ready\n", 60), a:output())
+    -- Stopped past the session timeout (6 s): another member takes both partitions.
+    a:signal("STOP")
+    local b = proc.spawn(string.format("env TXN_PROBE_GROUP=%s %s %s member %s %s 60", group, probe,
+      proc.quote(url), proc.quote(topic), proc.quote("txn-lost-b-" .. uniq)), "txn-probe-member")
+    local got = b:wait_for("a assigned 2", 60)
+    a:signal("CONT")
+    assert.truthy(got, b:output())
+    local rc = a:wait(90)
+    b:signal("TERM")
+    b:wait(10)
+    local out = a:output()
+    assert.are.equal(0, rc, out)
+    assert.matches("partitions lost", out)
+    assert.matches("a commit FENCED this worker lost its partitions", out)
+    assert.matches("a abort OK", out)
+    assert.are.same({}, committed(addr, topic))
+  end)
+
   it("refuses exactly-once on memory:// and on `fstream-lua broker`, saying why and what to use", function()
     local out, rc = run_probe("memory://", "refuse", "t", "txn-refuse-" .. uniq)
     assert.are.equal(0, rc, out)

@@ -282,7 +282,13 @@ void fs_assign_on_assigned(fs_assign *a, const fs_tplist *parts)
 static void revoke_checkpointed(void *data, int rc)
 {
     fs_assign *a = data;
-    (void)rc; /* a failed checkpoint said why; the partitions go anyway */
+    /* A failed checkpoint said why; the partitions go anyway. */
+    if (rc < 0 && fs_ckpt_transactional(a->ck) && a->revoke_step == R_CHECKPOINTING &&
+        !a->rt->closing && !a->rt->fatal)
+        fs_warn("exactly-once: the %d revoked partitions are released without committing or "
+                "storing anything since the last commit (their next owner resumes there); the "
+                "transaction is aborted and the partitions kept are reset next",
+                a->revoke.len);
     if (a->revoke_step == R_CHECKPOINTING) a->revoke_step = R_RELEASE;
 }
 

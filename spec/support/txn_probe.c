@@ -28,6 +28,13 @@
  *                                       every 100 ms, each aborted when its commit
  *                                       fails (a broker restarted meanwhile); prints
  *                                       "loop-ok <i>" for each committed one
+ *   txn-probe URL lost TOPIC ID 0 M     joins group $TXN_PROBE_GROUP on TOPIC, begins
+ *                                       a transaction with M sends, prints "ready",
+ *                                       then (stopped and continued by the spec
+ *                                       meanwhile) waits for the group to take its
+ *                                       partitions away, commits (must be FENCED)
+ *                                       and aborts
+ *   txn-probe URL member TOPIC ID S     a plain member of that group for S seconds
  *   txn-probe URL table TOPIC ID N      a table's changelog: N records, JSON keys
  *                                       "k0".."k<N-1>" with values 1..N, committed;
  *                                       then the same keys = 999999, aborted
@@ -58,6 +65,7 @@ typedef struct probe {
     int64_t aborted_without_err;
     int done, result;
     char msg[512];
+    int assigned, revoked;
     int answered, cerr;
     int64_t coffset, cperr;
 } probe;
@@ -108,6 +116,36 @@ static void on_committed(void *data, void *ctx, const fs_tplist *offsets, int er
     p->cerr = err;
     p->coffset = offsets && offsets->len ? offsets->items[0].offset : -1;
     p->cperr = offsets && offsets->len ? offsets->items[0].err : -1;
+}
+
+static void on_assigned(void *data, const fs_tplist *parts)
+{
+    probe *p = data;
+    char err[256];
+    p->assigned = parts->len;
+    printf("%s assigned %d\n", p->name, parts->len);
+    if (p->tp->ops->assign(p->tp, parts, err, sizeof err)) printf("FAIL assign: %s\n", err);
+}
+
+static void on_revoked(void *data, const fs_tplist *parts)
+{
+    probe *p = data;
+    p->revoked++;
+    printf("%s revoked %d\n", p->name, parts->len);
+    p->tp->ops->unassign(p->tp);
+}
+
+static int consumes_all(void *data, fs_topic *t)
+{
+    (void)data;
+    (void)t;
+    return 1;
+}
+
+static void on_messages(void *data, const struct fs_fetched *msgs, int n, int owned)
+{
+    (void)data;
+    for (int i = 0; i < n; i++) fs_transport_msg_free(msgs[i].m, msgs[i].hdrs, owned);
 }
 
 static void on_error(void *data, int err, const char *msg, int fatal)
@@ -176,6 +214,10 @@ static probe *new_probe(const char *name, const char *url, fs_topic *t, const ch
     p->tp->cb.txn_done = on_txn_done;
     p->tp->cb.error = on_error;
     p->tp->cb.committed = on_committed;
+    p->tp->cb.assigned = on_assigned;
+    p->tp->cb.revoked = on_revoked;
+    p->tp->cb.consumes = consumes_all;
+    p->tp->cb.messages = on_messages;
     fs_topic *ts[1] = {t};
     if (p->tp->ops->resolve(p->tp, ts, 1, err, sizeof err)) {
         printf("FAIL %s resolve: %s\n", name, err);
@@ -225,11 +267,12 @@ static void send_n(probe *p, fs_topic *t, const char *prefix, int n)
     }
 }
 
-/* Commits or aborts and waits for txn_done; returns the result. */
-static int finish(probe **ps, int n, probe *p, int commit)
+/* Commits (with these input offsets, or none) or aborts and waits for
+ * txn_done; returns the result. */
+static int finish_with(probe **ps, int n, probe *p, int commit, const fs_tplist *offsets)
 {
     p->done = 0;
-    int rc = commit ? p->tp->ops->txn_commit(p->tp, NULL, NULL) : p->tp->ops->txn_abort(p->tp, NULL);
+    int rc = commit ? p->tp->ops->txn_commit(p->tp, offsets, NULL) : p->tp->ops->txn_abort(p->tp, NULL);
     if (rc) {
         fail("%s %s could not start", p->name, commit ? "txn_commit" : "txn_abort");
         return -1;
@@ -240,6 +283,11 @@ static int finish(probe **ps, int n, probe *p, int commit)
     }
     printf("%s %s %s %s\n", p->name, commit ? "commit" : "abort", result_name(p->result), p->msg);
     return p->result;
+}
+
+static int finish(probe **ps, int n, probe *p, int commit)
+{
+    return finish_with(ps, n, p, commit, NULL);
 }
 
 static void counts(probe *p)
@@ -272,7 +320,8 @@ int main(int argc, char **argv)
     const char *np = getenv("TXN_PROBE_PARTITIONS");
     topic.partitions = np ? atoi(np) : 2;
     topic.compact = strcmp(mode, "table") == 0; /* a changelog */
-    probe *a = new_probe("a", url, &topic, id);
+    const char *group = getenv("TXN_PROBE_GROUP");
+    probe *a = new_probe("a", url, &topic, group ? group : id);
     probe *ps[2] = {a, NULL};
 
     if (strcmp(mode, "refuse") == 0) {
@@ -455,6 +504,50 @@ int main(int argc, char **argv)
         run_until(ps, 1, all_reported, a);
         printf("loop committed=%d failed=%d\n", committed, failed);
         counts(a);
+    } else if (strcmp(mode, "lost") == 0 || strcmp(mode, "member") == 0) {
+        int lost = strcmp(mode, "lost") == 0;
+        char err[512];
+        if (lost) init(a, id);
+        if (a->tp->ops->subscribe(a->tp, err, sizeof err) < 0) fail("subscribe: %s", err);
+        int64_t until = now_ms() + 60000;
+        while (!a->assigned && now_ms() < until) {
+            fs_loop_run_once(&loop, 20);
+            a->tp->ops->poll(a->tp, 1);
+        }
+        if (!a->assigned) fail("no assignment within 60 s");
+        if (lost) {
+            begin(a);
+            send_n(a, &topic, "zombie", m);
+            run_until(ps, 1, all_reported, a);
+            printf("ready\n");
+            /* Stopped past the session timeout and continued by the spec:
+             * librdkafka notices the loss and revokes (the rebalance callback). */
+            until = now_ms() + 60000;
+            while (!a->revoked && now_ms() < until) {
+                fs_loop_run_once(&loop, 20);
+                a->tp->ops->poll(a->tp, 1);
+            }
+            if (!a->revoked) fail("the partitions were never taken away");
+            /* Without input offsets: a worker whose partitions were all taken
+             * has none to send, so no TxnOffsetCommit can be refused by the
+             * broker (with offsets it answers UNKNOWN_MEMBER_ID); only the
+             * transport's own rule stops the zombie's outputs. TXN_PROBE_OFFSETS=1:
+             * with offsets. */
+            fs_tplist offs = {0};
+            const char *wo = getenv("TXN_PROBE_OFFSETS");
+            for (int32_t i = 0; wo && *wo == '1' && i < topic.partitions; i++)
+                fs_tplist_add(&offs, topic.name, i, 1);
+            int r = finish_with(ps, 1, a, 1, &offs);
+            fs_tplist_free(&offs);
+            if (r != FS_TXN_FENCED) fail("the zombie's commit: %s, expected FENCED", result_name(r));
+            if (finish(ps, 1, a, 0) != FS_TXN_OK) fail("the zombie's abort");
+        } else {
+            until = now_ms() + (int64_t)n * 1000;
+            while (now_ms() < until) {
+                fs_loop_run_once(&loop, 20);
+                a->tp->ops->poll(a->tp, 1);
+            }
+        }
     } else if (strcmp(mode, "latency") == 0) {
         init(a, id);
         int64_t *ms = calloc((size_t)(n > 0 ? n : 1), sizeof *ms);
