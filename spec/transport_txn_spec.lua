@@ -7,7 +7,7 @@
 local proc = require "spec.support.proc"
 
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
-local port = os.getenv("FSTREAM_TEST_TXN_KAFKA_PORT") or "19293"
+local port = os.getenv("FSTREAM_TEST_TXN_KAFKA_PORT") or "19296"
 local dir = proc.tmp .. "/kafka-txn"
 local probe = (os.getenv("FSTREAM_BUILD") or (proc.root .. "/build")) .. "/txn-probe"
 local fixtures = proc.root .. "/spec/fixtures"
