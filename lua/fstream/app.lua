@@ -11,6 +11,7 @@ App.__index = App
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
   max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true,
+  web = true, -- {port =, bind =, token =, public =} or false: fstream/web.lua reads it
 }
 
 function App.new(id, opts, level)
@@ -51,6 +52,7 @@ function App.new(id, opts, level)
     store = store,
     table_cleanup_interval = tci,
     agent_timeout = atime,
+    web = opts.web,
     topics = {}, topic_list = {},
     tables = {}, table_list = {},   -- tables' states (Table.state), not the objects the app holds
     agents = {}, agent_list = {},
@@ -142,6 +144,11 @@ function App:stream(source, opts)
   local s = setmetatable({ is_stream_source = true, topics = topics, processors = procs }, StreamSource)
   self.stream_sources[#self.stream_sources + 1] = s
   return s
+end
+
+-- app:page(path, fn, {methods =}): a page of the worker's web server (fstream/web.lua).
+function App:page(path, fn, opts)
+  return require("fstream.web").page(self, path, fn, opts, 2)
 end
 
 -- app:agent(name, source, function(stream) ... end, opts)

@@ -1,0 +1,301 @@
+-- The worker's web side: routes and answers of the web server that
+-- runtime/app/fs_web.c runs in the worker's loop. One task (the server
+-- coroutine) takes each request from C and answers the built-in endpoints at
+-- once (they never wait); a page of the app's (app:page) runs in a coroutine
+-- of its own, which may wait (sleep, send_and_wait, HTTP) while others are
+-- served.
+local core = require "fstream.core"
+local json = core.json
+
+local web = {}
+
+local DEFAULT_PORT = 6066
+local WEB_OPTIONS = {
+  port = true, bind = true, token = true, public = true, max_body = true, max_connections = true,
+  timeout = true, enabled = true,
+}
+
+-- app:page(path, fn, {methods = {"GET", "POST"}}): Faust's @app.page. path
+-- segments ":name" capture (req.params.name); fn(req) returns status,
+-- headers, body (string, or a table sent as JSON), or just a body or a table.
+function web.page(app, path, fn, opts, level)
+  level = (level or 1) + 1
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" then error("app:page: path must start with '/'", level) end
+  if type(fn) ~= "function" then error("app:page: the handler must be a function(req)", level) end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("app:page: options must be a table", level) end
+  for k in pairs(opts) do
+    if k ~= "methods" then error(string.format("app:page: unknown option '%s'", tostring(k)), level) end
+  end
+  local methods = {}
+  for _, m in ipairs(opts.methods or { "GET" }) do
+    if type(m) ~= "string" then error("app:page: methods must be strings like \"GET\"", level) end
+    methods[m:upper()] = true
+  end
+  if methods.GET then methods.HEAD = true end
+  local segs = {}
+  for s in path:gmatch("[^/]+") do segs[#segs + 1] = s end
+  app.pages = app.pages or {}
+  for _, p in ipairs(app.pages) do
+    if p.path == path then error(string.format("app:page: %s is already defined", path), level) end
+  end
+  app.pages[#app.pages + 1] = { path = path, segs = segs, fn = fn, methods = methods }
+end
+
+-- "%2F" and friends in one path segment.
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function split_path(path)
+  local segs = {}
+  for s in path:gmatch("[^/]+") do segs[#segs + 1] = unescape(s) end
+  return segs
+end
+
+local function match_page(page, segs)
+  if #page.segs ~= #segs then return nil end
+  local params = {}
+  for i, s in ipairs(page.segs) do
+    if s:sub(1, 1) == ":" then params[s:sub(2)] = segs[i]
+    elseif s ~= segs[i] then return nil end
+  end
+  return params
+end
+
+local JSON_TYPE = { ["Content-Type"] = "application/json" }
+
+local function encode_json(v)
+  local ok, s = pcall(json.encode, v)
+  if ok then return s end
+  return nil, s
+end
+
+-- What a handler returned -> status, headers, body. A handler returns
+-- status, headers, body; or status, body; or a body alone (a string, or a
+-- table sent as JSON).
+local function normalize(n, a, b, c)
+  local status, headers, body
+  if math.type(a) == "integer" then
+    status = a
+    if n >= 3 then headers, body = b, c else body = b end
+  else
+    status, body = 200, a
+  end
+  if headers ~= nil and type(headers) ~= "table" then error("a page's headers must be a table", 0) end
+  if status < 100 or status > 599 then error(string.format("a page answered with HTTP status %d", status), 0) end
+  local out = {}
+  for k, v in pairs(headers or {}) do out[tostring(k)] = tostring(v) end
+  if type(body) == "table" then
+    local s, err = encode_json(body)
+    if not s then error("the page's answer cannot be sent as JSON: " .. tostring(err), 0) end
+    body = s
+    local has_type = false
+    for k in pairs(out) do if k:lower() == "content-type" then has_type = true end end
+    if not has_type then out["Content-Type"] = "application/json" end
+  elseif body == nil then
+    body = ""
+  elseif type(body) ~= "string" then
+    body = tostring(body)
+  end
+  return status, out, body
+end
+
+local function text(status, msg)
+  return status, { ["Content-Type"] = "text/plain; charset=utf-8" }, msg .. "\n"
+end
+
+local function json_answer(status, v)
+  return status, JSON_TYPE, assert(encode_json(v))
+end
+
+-- ---- built-in endpoints ------------------------------------------------
+
+local builtin = {}
+
+function builtin.healthz()
+  return text(200, "ok")
+end
+
+-- 200 once every assigned partition is recovered and consuming; before that
+-- 503 with what is left.
+function web.readiness(app)
+  local rt = app.rt
+  local st = rt:stats()
+  local parts = rt:web_partitions()
+  local pending, held = {}, 0
+  for _, p in ipairs(parts) do
+    held = held + 1
+    if p.state ~= "active" then pending[#pending + 1] = { topic = p.topic, partition = p.partition, state = p.state } end
+  end
+  local recovering = {}
+  for _, r in ipairs(st.recovering) do
+    local e = { table = r.table, partition = r.partition, done = r.done }
+    if r.total then e.total = r.total; e.remaining = math.max(r.total - r.done, 0) end
+    recovering[#recovering + 1] = e
+  end
+  local started = rt:web_consuming()
+  local ready = started and #pending == 0 and #recovering == 0 and not rt:stopping()
+  return ready, {
+    ready = ready,
+    status = ready and "ready" or (rt:stopping() and "stopping" or (not started and "starting" or "recovering")),
+    partitions = held, pending = json.array(pending), recovering = json.array(recovering),
+  }
+end
+
+function builtin.readyz(app)
+  local ready, body = web.readiness(app)
+  return json_answer(ready and 200 or 503, body)
+end
+
+function builtin.metrics(app)
+  return 200, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" },
+    require("fstream.metrics").render(app)
+end
+
+local BUILTIN_ROUTES = {
+  ["/healthz"] = builtin.healthz,
+  ["/readyz"] = builtin.readyz,
+  ["/metrics"] = builtin.metrics,
+}
+
+-- ---- serving -----------------------------------------------------------
+
+local function log_failure(what, err, tb)
+  core.log("error", string.format("web: %s failed: %s%s", what, tostring(err), tb and ("\n" .. tb) or ""))
+end
+
+-- A page of the app's, in a coroutine of its own that answers the request.
+local function run_page(app, rt, id, page, req)
+  rt:spawn(function()
+    rt:web_hold(id) -- ended without answering (an error, a reload): 500 from C
+    local function pack(...) return select("#", ...), ... end
+    local status, headers, body = normalize(pack(page.fn(req)))
+    if req.method == "HEAD" then body = "" end
+    rt:web_respond(id, status, headers, body)
+  end, function(ok, err, tb)
+    if not ok then log_failure(string.format("page %s (%s %s)", page.path, req.method, req.path), err, tb) end
+  end, "task")
+end
+
+local function dispatch(app, rt, id, method, path, query, headers, body)
+  local segs = split_path(path)
+  for _, page in ipairs(app.pages or {}) do
+    local params = match_page(page, segs)
+    if params then
+      if not page.methods[method] then
+        local allow = {}
+        for m in pairs(page.methods) do allow[#allow + 1] = m end
+        table.sort(allow)
+        local s, h, b = text(405, "method not allowed")
+        h.Allow = table.concat(allow, ", ")
+        return rt:web_respond(id, s, h, b)
+      end
+      local req = { method = method, path = path, params = params, query = query, headers = headers, body = body }
+      return run_page(app, rt, id, page, req)
+    end
+  end
+  local norm = "/" .. table.concat(segs, "/")
+  local route = BUILTIN_ROUTES[norm]
+  if route then
+    if method ~= "GET" and method ~= "HEAD" then
+      local s, h, b = text(405, "method not allowed")
+      h.Allow = "GET, HEAD"
+      return rt:web_respond(id, s, h, b)
+    end
+    local ok, s, h, b = xpcall(route, debug.traceback, app, segs, query)
+    if not ok then
+      log_failure(method .. " " .. path, s)
+      return rt:web_respond(id, text(500, "internal server error (see the worker's log)"))
+    end
+    if method == "HEAD" then b = "" end
+    return rt:web_respond(id, s, h, b)
+  end
+  return rt:web_respond(id, text(404, "not found: " .. path))
+end
+
+-- The server coroutine: one per Lua state (a reload starts the new version's).
+local function serve(app, rt)
+  rt:spawn(function()
+    while true do
+      local id, method, path, query, headers, body = rt:web_next()
+      if not id then return end
+      local ok, err = xpcall(dispatch, debug.traceback, app, rt, id, method, path, query, headers, body)
+      if not ok then
+        log_failure(method .. " " .. path, err)
+        pcall(rt.web_respond, rt, id, text(500, "internal server error (see the worker's log)"))
+      end
+    end
+  end, function(ok, err, tb)
+    if not ok then log_failure("the server coroutine", err, tb) end
+    -- Interrupted (agent_timeout) or failed: serve on, unless the worker ends.
+    if not ok and app.rt == rt and not rt:stopping() then serve(app, rt) end
+  end, "task")
+end
+
+local function loopback(addr)
+  return addr == "127.0.0.1" or addr == "::1" or addr == "localhost" or addr:match("^127%.") ~= nil
+end
+
+-- The web settings of a worker: the app's `web` option, then the command
+-- line (--web-port, --web-bind, --no-web), then FSTREAM_WEB_TOKEN. Returns
+-- the settings, or nil when the server is off; raises what is wrong.
+function web.settings(app, cli)
+  local o = app.web
+  if o == false then o = { enabled = false } end
+  o = o or {}
+  if type(o) ~= "table" then error(string.format("app '%s': web must be a table {port =, bind =, token =} or false", app.id), 0) end
+  for k in pairs(o) do
+    if not WEB_OPTIONS[k] then error(string.format("app '%s': unknown web option '%s'", app.id, tostring(k)), 0) end
+  end
+  cli = cli or {}
+  if cli.no_web or o.enabled == false and not cli.web_port then return nil end
+  local s = {
+    port = o.port or DEFAULT_PORT, bind = o.bind or "127.0.0.1", token = o.token,
+    max_body = o.max_body, max_connections = o.max_connections, timeout = o.timeout, public = o.public,
+  }
+  if cli.web_port then
+    s.port = math.tointeger(tonumber(cli.web_port))
+    if not s.port then error(string.format("--web-port needs a port number, got '%s'", cli.web_port), 0) end
+  end
+  if cli.web_bind then s.bind = cli.web_bind end
+  s.token = os.getenv("FSTREAM_WEB_TOKEN") or s.token
+  if s.token == "" then s.token = nil end
+  if math.type(s.port) ~= "integer" or s.port < 0 or s.port > 65535 then
+    error("the web port must be an integer from 0 to 65535", 0)
+  end
+  -- Tables and metrics must not reach the network by accident.
+  if not loopback(s.bind) and not s.token and not s.public then
+    error(string.format("the web server would listen on %s, beyond this machine, without a token: set "
+      .. "web = { token = ... } (or FSTREAM_WEB_TOKEN; clients send Authorization: Bearer TOKEN), or "
+      .. "web = { public = true } to serve without one", s.bind), 0)
+  end
+  if s.bind == "localhost" then s.bind = "127.0.0.1" end
+  return s
+end
+
+-- The worker starts: the server listens (the next free port when the one
+-- asked for is taken) and its coroutine serves. Returns the address, or nil.
+function web.start(app, rt, s)
+  if not s then return nil end
+  local addr, err = rt:web_start { port = s.port, bind = s.bind, token = s.token, max_body = s.max_body,
+    max_connections = s.max_connections, timeout = s.timeout }
+  if not addr then error(err, 0) end
+  local port = tonumber(addr:match(":(%d+)$"))
+  if s.port ~= 0 and port ~= s.port then
+    core.log("info", string.format("web: port %d is taken, listening on %d", s.port, port))
+  end
+  serve(app, rt)
+  return addr
+end
+
+-- A reload: the new version's pages and routes serve from now on.
+function web.attach(app, rt)
+  if rt:web_address() then serve(app, rt) end
+end
+
+function web.stop(rt)
+  if rt then pcall(rt.web_stop, rt) end
+end
+
+return web

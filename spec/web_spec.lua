@@ -1,0 +1,273 @@
+-- The worker's web server, end to end: the real binary on its embedded broker
+-- (memory://), curl and misbehaving clients (spec/support/web_abuse.py).
+local proc = require "spec.support.proc"
+local json = require("fstream").json
+
+local q = proc.quote
+local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+local abuse = "python3 " .. proc.root .. "/spec/support/web_abuse.py"
+local n_workers = 0
+
+-- Starts spec/fixtures/web.lua (or `app`) with extra worker arguments; returns
+-- the process, its web address (nil when off) and its broker's address.
+local function start(args, env, app)
+  n_workers = n_workers + 1
+  env = env or {}
+  env.APP_ID = env.APP_ID or ("web-" .. uniq .. "-" .. n_workers)
+  env.STORE = env.STORE or (proc.tmp .. "/web-store-" .. uniq .. "-" .. n_workers)
+  local vars = {}
+  for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. q(v) end
+  local w = proc.spawn(string.format("env %s %s worker %s/spec/fixtures/%s -l info %s", table.concat(vars, " "),
+    proc.bin, proc.root, app or "web.lua", args or ""), "web")
+  local web = w:wait_for("\n  web%s+(%S+)\n", 30)
+  assert(web, "no banner:\n" .. w:output())
+  local broker = w:output():match("listening on ([%d%.]+:%d+)")
+  return w, web ~= "off" and web:gsub("/$", "") or nil, broker
+end
+
+-- curl: status, headers (lower-case names), body.
+local function http(method, url, opts)
+  opts = opts or {}
+  local hdr = proc.tmp .. "/curl-hdr-" .. uniq
+  local args = { "curl -s --path-as-is -o - -D", q(hdr), "-X", method, "--max-time 20" }
+  for k, v in pairs(opts.headers or {}) do args[#args + 1] = "-H " .. q(k .. ": " .. v) end
+  if opts.body then args[#args + 1] = "--data-binary " .. q(opts.body) end
+  args[#args + 1] = q(url)
+  local body = proc.run(table.concat(args, " "))
+  local raw = proc.read(hdr) or ""
+  os.remove(hdr)
+  local status = tonumber(raw:match("^HTTP/[%d%.]+ (%d+)"))
+  local headers = {}
+  for k, v in raw:gmatch("\n([^:\r\n]+):%s*([^\r\n]*)") do headers[k:lower()] = v end
+  return status, headers, body
+end
+
+local function get(url, opts) return http("GET", url, opts) end
+
+-- A sample's value in a /metrics text; nil when absent.
+local function metric(text, name, labels)
+  for line in text:gmatch("[^\n]+") do
+    local n, l, v = line:match("^([%w_:]+)(%b{}) (%S+)$")
+    if not n then n, v = line:match("^([%w_:]+) (%S+)$"); l = "" end
+    if n == name and (labels == nil or l == labels) then return tonumber(v) end
+  end
+end
+
+-- Polls fn until it returns a truthy value or `secs` pass.
+local function eventually(secs, fn)
+  local deadline = os.time() + secs
+  repeat
+    local v = fn()
+    if v then return v end
+    proc.sleep(0.2)
+  until os.time() > deadline
+  return fn()
+end
+
+local function send_words(broker, topic, words)
+  local lines = {}
+  for i, w in ipairs(words) do lines[i] = w .. ":" .. i end
+  proc.produce_lines(broker, topic, lines, { key_delim = ":" })
+end
+
+describe("the web server", function()
+  it("is on by default on loopback, says where in the banner, and answers /healthz and /readyz", function()
+    -- The fixture's app asks for port 0 (any free port); the default 6066 is tried by the next spec.
+    local w, web = start()
+    assert.matches("^http://127%.0%.0%.1:%d+$", web)
+    local s, h, b = get(web .. "/healthz")
+    assert.are.equal(200, s)
+    assert.are.equal("ok\n", b)
+    assert.matches("text/plain", h["content-type"])
+    local ready = eventually(20, function() return get(web .. "/readyz") == 200 end)
+    assert.is_truthy(ready)
+    local _, _, rb = get(web .. "/readyz")
+    local r = json.decode(rb)
+    assert.are.equal(true, r.ready)
+    assert.are.equal(4, r.partitions)
+    assert.are.equal(0, w:stop())
+  end)
+
+  it("listens on 127.0.0.1:6066 by default, or the next free port above it", function()
+    local w, web = start(nil, { WEB_PORT = "" })
+    local port = tonumber(web:match("^http://127%.0%.0%.1:(%d+)$"))
+    assert.is_true(port >= 6066 and port < 6166, web)
+    assert.are.equal(200, (get(web .. "/healthz")))
+    assert.are.equal(0, w:stop())
+  end)
+
+  it("takes the next free port when the one asked for is taken, and --no-web turns it off", function()
+    local w1, web1 = start()
+    local port1 = tonumber(web1:match(":(%d+)$"))
+    local w2, web2 = start("--web-port " .. port1)
+    local port2 = tonumber(web2:match(":(%d+)$"))
+    assert.is_true(port2 > port1, web2)
+    assert.matches("port " .. port1 .. " is taken, listening on " .. port2, w2:output())
+    assert.are.equal(200, (get(web2 .. "/healthz")))
+    local w3, web3 = start("--no-web")
+    assert.is_nil(web3)
+    assert.matches("\n  web        off\n", w3:output())
+    for _, w in ipairs { w1, w2, w3 } do assert.are.equal(0, w:stop()) end
+  end)
+
+  it("refuses to listen beyond loopback without a token, and with one every request must carry it", function()
+    local out, rc = proc.run(string.format("env STORE=%s %s worker %s/spec/fixtures/web.lua --web-bind 0.0.0.0",
+      q(proc.tmp .. "/web-refused-" .. uniq), proc.bin, proc.root))
+    assert.are.equal(2, rc, out)
+    assert.matches("beyond this machine, without a token", out)
+
+    local w, web = start("--web-bind 0.0.0.0", { WEB_TOKEN = "s3cret" })
+    assert.matches("^http://0%.0%.0%.0:%d+$", web)
+    local local_url = web:gsub("0%.0%.0%.0", "127.0.0.1")
+    local s, h = get(local_url .. "/healthz")
+    assert.are.equal(401, s)
+    assert.are.equal("Bearer", h["www-authenticate"])
+    assert.are.equal(401, (get(local_url .. "/healthz", { headers = { Authorization = "Bearer wrong" } })))
+    assert.are.equal(401, (get(local_url .. "/healthz", { headers = { Authorization = "Bearer s3cre" } })))
+    assert.are.equal(200, (get(local_url .. "/healthz", { headers = { Authorization = "Bearer s3cret" } })))
+    assert.are.equal(0, w:stop())
+  end)
+
+  it("answers bad input with 4xx and keeps processing: '..', malformed requests, 10 MB bodies", function()
+    local env = { IN = "in-bad-" .. uniq }
+    local w, web, broker = start(nil, env)
+    local port = web:match(":(%d+)$")
+    assert.are.equal(400, (get(web .. "/tables/../../etc/passwd")))
+    assert.are.equal(400, (get(web .. "/tables/%2e%2e/x")))
+    local out = proc.run(abuse .. " garbage " .. port)
+    assert.matches("^HTTP/1%.%d 400", out)
+    out = proc.run(abuse .. " binary " .. port) -- not HTTP: a 400 or the connection closed
+    assert.is_truthy(out:match("^HTTP/1%.%d 400") or out:match("^closed"), out)
+    out = proc.run(abuse .. " big " .. port .. " 10485760")
+    assert.matches("^HTTP/1%.%d 413", out)
+    out = proc.run(abuse .. " chunked " .. port .. " 10485760")
+    assert.matches("^HTTP/1%.%d 413", out)
+    -- A body under the limit (64 KiB in the fixture) gets through.
+    local s, _, b = http("POST", web .. "/echo", { body = string.rep("y", 60000) })
+    assert.are.equal(201, s)
+    assert.are.equal(60000, #b)
+    -- The worker went on: events sent now are counted.
+    send_words(broker, env.IN, { "a", "b", "a" })
+    local n = eventually(30, function()
+      local _, _, body = get(web .. "/count/a")
+      local v = json.decode(body)
+      return v.n == 2 and v
+    end)
+    assert.is_truthy(n, w:output())
+    assert.is_true(w:alive())
+    assert.are.equal(0, w:stop())
+  end)
+
+  it("keeps processing events while 1,000 idle connections and a client that never reads hold on", function()
+    local env = { IN = "in-slow-" .. uniq }
+    local w, web, broker = start(nil, env)
+    local port = web:match(":(%d+)$")
+    local sloth = proc.spawn(abuse .. " noread " .. port .. " 60", "noread")
+    assert.is_truthy(sloth:wait_for("ready", 30))
+    local holder = proc.spawn(abuse .. " hold " .. port .. " 1000 60", "hold")
+    assert.is_truthy(holder:wait_for("ready (%d+)", 30), holder:output())
+    local words = {}
+    for i = 1, 2000 do words[i] = "k" .. (i % 10) end
+    send_words(broker, env.IN, words)
+    -- The connections fill the server's limit (256 by default), so watch the
+    -- events through the table's changelog instead: every key reaches 200.
+    local changelog = env.APP_ID .. "-counts-changelog"
+    local done = eventually(60, function()
+      local out = proc.run(string.format("kcat -C -b %s -t %s -o beginning -e -q -f '%%k=%%s\\n'", broker, q(changelog)))
+      local last = {}
+      for k, v in out:gmatch("([^\n=]+)=([^\n]*)") do last[k] = v end
+      for i = 0, 9 do if last['"k' .. i .. '"'] ~= "200" then return false end end
+      return true
+    end)
+    assert.is_truthy(done, w:output())
+    assert.is_true(holder:alive() and sloth:alive(), "the clients gave up first")
+    holder:signal("TERM")
+    sloth:signal("TERM")
+    local body
+    assert.is_truthy(eventually(30, function()
+      local s, _, b = get(web .. "/metrics")
+      body = b
+      return s == 200
+    end))
+    assert.are.equal(2000, metric(body, "fstream_events_processed_total"))
+    assert.is_true(metric(body, "process_resident_memory_bytes") < 512 * 1024 * 1024)
+    assert.is_true(w:alive())
+    assert.are.equal(0, w:stop())
+  end)
+end)
+
+describe("app:page", function()
+  local w, web
+  setup(function() w, web = start() end)
+  teardown(function() w:stop() end)
+
+  it("passes params, query, method and body, and sends a table as JSON", function()
+    local s, h, b = get(web .. "/users/42?q=a+b%26c")
+    assert.are.equal(200, s)
+    assert.are.equal("application/json", h["content-type"])
+    assert.are.same({ id = "42", q = "a b&c", method = "GET" }, json.decode(b))
+    s, _, b = http("POST", web .. "/users/7")
+    assert.are.equal(200, s)
+    assert.are.equal("POST", json.decode(b).method)
+    -- A segment may hold an encoded "/".
+    s, _, b = get(web .. "/users/a%2Fb")
+    assert.are.equal("a/b", json.decode(b).id)
+    s, h, b = http("POST", web .. "/echo", { body = "hello" })
+    assert.are.equal(201, s)
+    assert.are.equal("yes", h["x-echo"])
+    assert.are.equal("hello", b)
+  end)
+
+  it("answers 405 for a method the page does not take and 404 for no page", function()
+    local s, h = http("DELETE", web .. "/users/1")
+    assert.are.equal(405, s)
+    assert.are.equal("GET, HEAD, POST", h["allow"])
+    assert.are.equal(404, (get(web .. "/nothing/here")))
+  end)
+
+  it("turns a handler's error into a 500 with the message in the log; the worker goes on", function()
+    local s, _, b = get(web .. "/boom")
+    assert.are.equal(500, s)
+    assert.not_matches("exploded", b) -- the message is for the log, not the client
+    assert.matches("web: page /boom %(GET /boom%) failed: [^\n]*web%.lua:%d+: page exploded", w:output())
+    assert.are.equal(200, (get(web .. "/healthz")))
+  end)
+
+  it("runs each page in its own coroutine: a page that sleeps holds up no other request", function()
+    local slow = proc.spawn(string.format("curl -s -o /dev/null -w '%%{http_code}\\n' %s", q(web .. "/slow?s=10")), "curl")
+    proc.sleep(0.5)
+    assert.are.equal(200, (get(web .. "/users/1")))
+    assert.is_true(slow:alive(), "the slow page answered first")
+    assert.are.equal(0, slow:wait(30))
+    assert.matches("200", slow:output())
+  end)
+
+  it("serves the new version's pages after a hot reload", function()
+    local path = proc.tmp .. "/web-reload-" .. uniq .. ".lua"
+    local function version(v)
+      proc.write(path, string.format([[
+local fstream = require "fstream"
+local app = fstream.app("web-reload-%s", { broker = "memory://", web = { port = 0 },
+  store = "lmdb://%s-data" })
+app:agent("a", app:topic("in-reload"), function(stream) for _ in stream do end end)
+app:page("/version", function() return { version = "%s" } end)
+%s
+]], uniq, path, v, v == "v2" and 'app:page("/added", function() return "added" end)' or ""))
+    end
+    version("v1")
+    local w2 = proc.spawn(string.format("%s worker %s -l info", proc.bin, q(path)), "web-reload")
+    local web2 = assert(w2:wait_for("\n  web%s+(%S+)/\n", 30), w2:output())
+    local _, _, b = get(web2 .. "/version")
+    assert.are.equal("v1", json.decode(b).version)
+    assert.are.equal(404, (get(web2 .. "/added")))
+    version("v2")
+    w2:signal("HUP")
+    assert.is_truthy(w2:wait_for("reloaded [^\n]* in %d+ ms", 30), w2:output())
+    _, _, b = get(web2 .. "/version")
+    assert.are.equal("v2", json.decode(b).version)
+    local s2, _, b2 = get(web2 .. "/added")
+    assert.are.equal(200, s2)
+    assert.are.equal("added", b2)
+    assert.are.equal(0, w2:stop())
+  end)
+end)
