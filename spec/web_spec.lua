@@ -271,3 +271,50 @@ app:page("/version", function() return { version = "%s" } end)
     assert.are.equal(0, w2:stop())
   end)
 end)
+
+describe("/readyz during a recovery", function()
+  it("is 503 with the progress while 1,000,000 changelog records replay, then 200", function()
+    local app_id = "web-recover-" .. uniq
+    local input, changelog = "in-recover-" .. uniq, app_id .. "-counts-changelog"
+    local broker, addr = proc.broker({ input, changelog }, 8)
+    finally(function() broker:stop() end)
+    -- 1,000,000 records of 100,000 keys, as a table's changelog holds them.
+    local path = proc.tmp .. "/changelog-" .. uniq .. ".txt"
+    local f = assert(io.open(path, "w"))
+    for i = 1, 1000000 do f:write('"k', i % 100000, '"|', i, "\n") end
+    f:close()
+    local out, rc = proc.run(string.format("kcat -P -b %s -t %s -K '|' -X linger.ms=50 -l %s", addr, q(changelog), q(path)))
+    os.remove(path)
+    assert(rc == 0, out)
+    local w = proc.spawn(string.format("env APP_ID=%s IN=%s STORE=%s FSTREAM_BROKER=kafka://%s %s worker %s -l info",
+      q(app_id), q(input), q(proc.tmp .. "/web-recover-store-" .. uniq), addr, proc.bin,
+      q(proc.root .. "/spec/fixtures/web.lua")), "web-recover")
+    local web = assert(w:wait_for("\n  web%s+(%S+)/\n", 30), w:output())
+    -- Before the replay ends: 503, and the replay's progress in the answer.
+    local seen
+    eventually(60, function()
+      local s, _, b = get(web .. "/readyz")
+      local r = s and json.decode(b)
+      if s == 503 and r.status == "recovering" and #r.recovering > 0 and r.recovering[1].total then seen = r end
+      return seen or s == 200
+    end)
+    assert.is_truthy(seen, "never saw the recovery in /readyz:\n" .. w:output())
+    assert.are.equal(false, seen.ready)
+    local total, done = 0, 0
+    for _, e in ipairs(seen.recovering) do
+      assert.are.equal("counts", e.table)
+      if e.total then -- known once the replay of that partition began
+        total, done = total + e.total, done + e.done
+        assert.are.equal(e.total - e.done, e.remaining)
+      end
+    end
+    assert.is_true(total > 0 and done < total)
+    -- Then 200, once every partition is active.
+    assert.is_truthy(eventually(120, function() return get(web .. "/readyz") == 200 end), w:output())
+    local _, _, m = get(web .. "/metrics")
+    assert.are.equal(1000000, metric(m, "fstream_recovered_records_total"))
+    assert.is_nil(m:match("fstream_recovery_records_remaining{"))
+    assert.are.equal(0, w:stop())
+    broker:stop()
+  end)
+end)

@@ -138,7 +138,8 @@ function web.readiness(app)
   local ready = started and #pending == 0 and #recovering == 0 and not rt:stopping()
   return ready, {
     ready = ready,
-    status = ready and "ready" or (rt:stopping() and "stopping" or (not started and "starting" or "recovering")),
+    status = ready and "ready" or rt:stopping() and "stopping"
+      or (#recovering > 0 or #pending > 0) and "recovering" or "starting",
     partitions = held, pending = json.array(pending), recovering = json.array(recovering),
   }
 end
