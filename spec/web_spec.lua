@@ -318,3 +318,56 @@ describe("/readyz during a recovery", function()
     broker:stop()
   end)
 end)
+
+describe("/metrics", function()
+  it("counts what the worker did, lag falls to 0, and promtool accepts the text", function()
+    local env = { IN = "in-metrics-" .. uniq }
+    local w, web, broker = start(nil, env)
+    local words = {}
+    for i = 1, 1000 do words[i] = i % 100 == 0 and "bad" or ("w" .. (i % 37)) end
+    send_words(broker, env.IN, words)
+    local m
+    local done = eventually(60, function()
+      local s, _, b = get(web .. "/metrics")
+      m = b
+      if s ~= 200 or metric(m, "fstream_events_processed_total") ~= 1000 then return false end
+      for p = 0, 3 do
+        if metric(m, "fstream_partition_lag", string.format('{topic="%s",partition="%d"}', env.IN, p)) ~= 0 then
+          return false
+        end
+      end
+      return true
+    end)
+    assert.is_truthy(done, m .. w:output())
+    local function agent(name, a) return metric(m, name, '{agent="' .. a .. '"}') end
+    assert.are.equal(1000, metric(m, "fstream_events_in_total"))
+    assert.are.equal(1000, metric(m, "fstream_topic_events_in_total", '{topic="' .. env.IN .. '"}'))
+    local per_part = 0
+    for p = 0, 3 do
+      per_part = per_part + metric(m, "fstream_partition_events_in_total",
+        string.format('{topic="%s",partition="%d"}', env.IN, p))
+    end
+    assert.are.equal(1000, per_part)
+    assert.are.equal(1000, agent("fstream_agent_events_processed_total", "count"))
+    assert.are.equal(1000, agent("fstream_agent_processing_seconds_count", "count"))
+    assert.are.equal(1000, metric(m, "fstream_agent_processing_seconds_bucket", '{agent="count",le="+Inf"}'))
+    assert.are.equal(10, metric(m, "fstream_agent_errors_total", '{agent="picky",policy="dlq"}'))
+    assert.are.equal(10, agent("fstream_agent_dead_letters_total", "picky"))
+    assert.are.equal(0, agent("fstream_agent_dead_letters_total", "count"))
+    assert.are.equal(0, metric(m, "fstream_agent_errors_total", '{agent="count",policy="log"}'))
+    assert.are.equal(10, metric(m, "fstream_topic_messages_produced_total", '{topic="' .. env.APP_ID .. '-picky-dlq"}'))
+    -- 37 words and "bad", once the checkpoint wrote them.
+    local keys = eventually(30, function()
+      local _, _, b = get(web .. "/metrics")
+      local n = 0
+      for v in b:gmatch('\nfstream_table_keys{table="counts",partition="%d+"} (%d+)') do n = n + tonumber(v) end
+      return n == 38 and n
+    end)
+    assert.are.equal(38, keys)
+    local path = proc.tmp .. "/metrics-" .. uniq .. ".txt"
+    proc.write(path, m)
+    local out, rc = proc.run("promtool check metrics < " .. q(path))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(0, w:stop())
+  end)
+end)

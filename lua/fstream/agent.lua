@@ -49,6 +49,9 @@ function Agent.new(app, name, source, fn, opts, level)
     app = app, name = name, fn = fn, on_error = on_error, retry = retry, concurrency = concurrency,
     sinks = {}, topics = {}, topics_by_name = {}, streams = {}, instances = 0,
     processed_since_failure = 0, failures = 0,
+    -- What /metrics and /agents show (fstream/web.lua): failures by policy,
+    -- messages diverted, the last failure.
+    errors_by_policy = {}, dead_letters = 0, retries = 0, last_error = nil,
   }, Agent)
   -- Source: a topic, a list of topics, or nothing (anonymous agent: its own topic).
   local Topic = require "fstream.topic"
@@ -300,8 +303,10 @@ function Agent:_divert(ev, err, traceback, topic, extra)
   -- The original bytes; a dead letter is best effort (its loss is logged, not fatal).
   local rt = self.app.rt
   if topic == self.dlq then
+    self.dead_letters = self.dead_letters + 1
     rt:produce_dead_letter(topic.id, ev.key_bytes, ev.value_bytes, nil, headers)
   else
+    self.retries = self.retries + 1
     rt:produce_raw(topic.id, ev.key_bytes, ev.value_bytes, nil, headers)
   end
 end
@@ -375,6 +380,8 @@ function Agent:_start_instance(stream, delay, forward)
     local pos, npos = stream.cs:cursor()
     local ev = pos > 0 and { stream.cs:meta(pos) } or nil
     if ev then ev = { topic = ev[1], partition = ev[2], offset = ev[3] } end
+    self.errors_by_policy[self.on_error] = (self.errors_by_policy[self.on_error] or 0) + 1
+    self.last_error = { message = tostring(err), traceback = traceback, time = rt:now(), event = ev }
     if self.on_error == "crash" then
       core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
       rt:fatal(string.format("agent %s failed: %s (on_error = crash: not committing)", self.name, tostring(err)))

@@ -11,7 +11,9 @@ local function num(v)
   if math.type(v) == "integer" then return tostring(v) end
   if v ~= v then return "NaN" end
   if v == math.huge then return "+Inf" elseif v == -math.huge then return "-Inf" end
-  return string.format("%.17g", v)
+  local s = string.format("%.15g", v)
+  if tonumber(s) ~= v then s = string.format("%.17g", v) end
+  return s
 end
 
 -- A family: HELP and TYPE once, then its samples.
@@ -129,6 +131,63 @@ function metrics.render(app)
       o:sample("fstream_recovery_records_remaining", { "table", r.table, "partition", r.partition },
         math.max(r.total - r.done, 0))
     end
+  end
+
+  -- Agents: C counts what their cursors moved past; Lua counts failures.
+  local by_name = {}
+  for _, a in ipairs(app.agent_list) do by_name[a.name] = a end
+  local agents = rt:web_agents()
+  o:family("fstream_agent_events_processed_total", "counter", "Events each agent finished.")
+  for _, a in ipairs(agents) do o:sample("fstream_agent_events_processed_total", { "agent", a.name }, a.processed) end
+  local bounds = rt:web_latency_bounds()
+  o:family("fstream_agent_processing_seconds", "histogram",
+    "Time from an agent taking an event to asking for the next one.")
+  for _, a in ipairs(agents) do
+    o:histogram("fstream_agent_processing_seconds", { "agent", a.name }, bounds, a.buckets, a.seconds_sum, a.processed)
+  end
+  o:family("fstream_agent_errors_total", "counter", "Agent failures, by the agent's on_error policy.")
+  for _, a in ipairs(agents) do
+    local la = by_name[a.name]
+    if la then
+      local policies = {}
+      for pol in pairs(la.errors_by_policy) do policies[#policies + 1] = pol end
+      if #policies == 0 then policies[1] = la.on_error end
+      table.sort(policies)
+      for _, pol in ipairs(policies) do
+        o:sample("fstream_agent_errors_total", { "agent", a.name, "policy", pol }, la.errors_by_policy[pol] or 0)
+      end
+    end
+  end
+  o:family("fstream_agent_dead_letters_total", "counter", "Messages sent to the agent's dead-letter topic.")
+  for _, a in ipairs(agents) do
+    local la = by_name[a.name]
+    if la then o:sample("fstream_agent_dead_letters_total", { "agent", a.name }, la.dead_letters) end
+  end
+  o:family("fstream_agent_retries_total", "counter", "Messages sent to the agent's retry topic.")
+  for _, a in ipairs(agents) do
+    local la = by_name[a.name]
+    if la then o:sample("fstream_agent_retries_total", { "agent", a.name }, la.retries) end
+  end
+
+  -- Tables and windows.
+  o:family("fstream_table_keys", "gauge", "Entries stored in LMDB, per table partition held.")
+  for _, t in ipairs(rt:web_tables()) do
+    o:sample("fstream_table_keys", { "table", t.name, "partition", t.partition }, t.keys)
+  end
+  o:family("fstream_window_closes_total", "counter", "Windows closed (on_window_close called), per table.")
+  o:family("fstream_window_late_events_total", "counter", "Events for windows already closed, per table.")
+  for _, t in ipairs(app.table_list) do
+    if t.window then
+      o:sample("fstream_window_closes_total", { "table", t.name }, t.window.closed)
+      o:sample("fstream_window_late_events_total", { "table", t.name }, t.window.late)
+    end
+  end
+
+  local rs = rt:reload_stats()
+  if rs then
+    o:one("fstream_reloads_total", "counter", "Hot reloads done.", rs.reloads)
+    o:one("fstream_reload_failures_total", "counter", "Hot reloads refused (the old version ran on).", rs.failures)
+    o:one("fstream_reload_pause_seconds_total", "counter", "Time events were paused by reloads.", rs.pause_seconds_sum)
   end
 
   for _, src in ipairs(metrics.sources) do src(o, app, st) end

@@ -15,6 +15,8 @@
 #include "fs_buf.h"
 #include "fs_log.h"
 #include "fs_lua.h"
+#include "fs_store.h"
+#include "fs_table_types.h"
 #include "fs_web.h"
 
 enum { REQ_RECEIVING = 0, REQ_QUEUED, REQ_IN_LUA, REQ_ANSWERED };
@@ -701,6 +703,13 @@ static int l_web_partitions(lua_State *L)
             lua_setfield(L, -2, "next");
             lua_pushinteger(L, p->committed);
             lua_setfield(L, -2, "committed");
+            int64_t hi = rt->tp && rt->tp->ops->high_watermark
+                             ? rt->tp->ops->high_watermark(rt->tp, t->name, p->id)
+                             : -1;
+            if (hi >= 0) {
+                lua_pushinteger(L, hi);
+                lua_setfield(L, -2, "high");
+            }
             if (fs_part_consuming(p)) {
                 lua_pushinteger(L, fs_part_committable(p));
                 lua_setfield(L, -2, "committable");
@@ -729,7 +738,76 @@ static int l_web_consuming(lua_State *L)
     return 1;
 }
 
+/* rt:web_agents() -> list of {name=, processed=, seconds_sum=, buckets={n per
+ * bound, then above the last}} in agent order; bounds() gives the bounds. */
+static int l_web_agents(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    lua_createtable(L, rt->nagents, 0);
+    for (int i = 0; i < rt->nagents; i++) {
+        fs_agent *a = rt->agents[i];
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, a->name);
+        lua_setfield(L, -2, "name");
+        lua_pushinteger(L, a->stats.processed);
+        lua_setfield(L, -2, "processed");
+        lua_pushnumber(L, (double)a->stats.ns_sum / 1e9);
+        lua_setfield(L, -2, "seconds_sum");
+        lua_createtable(L, FS_LAT_NBOUNDS + 1, 0);
+        for (int b = 0; b <= FS_LAT_NBOUNDS; b++) {
+            lua_pushinteger(L, a->stats.buckets[b]);
+            lua_rawseti(L, -2, b + 1);
+        }
+        lua_setfield(L, -2, "buckets");
+        lua_pushboolean(L, a->closed);
+        lua_setfield(L, -2, "closed");
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* core-independent: the histogram's bounds in seconds. */
+static int l_web_latency_bounds(lua_State *L)
+{
+    static const int64_t bounds[FS_LAT_NBOUNDS] = FS_LAT_BOUNDS;
+    (void)fs_lua_check_rt(L, 1);
+    lua_createtable(L, FS_LAT_NBOUNDS, 0);
+    for (int b = 0; b < FS_LAT_NBOUNDS; b++) {
+        lua_pushnumber(L, (double)bounds[b] / 1e9);
+        lua_rawseti(L, -2, b + 1);
+    }
+    return 1;
+}
+
+/* rt:web_tables() -> list of {name=, partition=, keys=} for every table
+ * partition this worker has open (an LMDB stat: no scan). Keys staged in
+ * the record cache and not yet checkpointed are not counted. */
+static int l_web_tables(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        for (int p = 0; p < t->partitions; p++) {
+            if (!t->parts || !t->parts[p].store) continue;
+            lua_createtable(L, 0, 3);
+            lua_pushstring(L, t->name);
+            lua_setfield(L, -2, "name");
+            lua_pushinteger(L, p);
+            lua_setfield(L, -2, "partition");
+            lua_pushinteger(L, (lua_Integer)fs_store_count(t->parts[p].store));
+            lua_setfield(L, -2, "keys");
+            lua_rawseti(L, -2, ++n);
+        }
+    }
+    return 1;
+}
+
 const luaL_Reg fs_lua_web_methods[] = {
+    {"web_agents", l_web_agents},
+    {"web_latency_bounds", l_web_latency_bounds},
+    {"web_tables", l_web_tables},
     {"web_partitions", l_web_partitions},
     {"web_consuming", l_web_consuming},
     {"web_start", l_web_start},

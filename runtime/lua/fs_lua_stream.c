@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fs_call.h"
 #include "fs_json.h"
@@ -291,6 +292,28 @@ static int l_stream_drop(lua_State *L)
  * buffer and returns its index, or nil when the buffer is spent or holds
  * another mode's entries (the Lua side takes again). The per-event call: the
  * metatable is upvalue 1, so the check costs no registry lookup. */
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The event in hand is finished (the agent asks for the next): its time
+ * goes to the agent's histogram. */
+static void event_done(fs_stream *s, int64_t now)
+{
+    static const int64_t bounds[FS_LAT_NBOUNDS] = FS_LAT_BOUNDS;
+    struct fs_agent_stats *st = &s->agent->stats;
+    int64_t d = now - s->moved_ns;
+    int b = 0;
+    while (b < FS_LAT_NBOUNDS && d > bounds[b]) b++;
+    st->buckets[b]++;
+    st->ns_sum += d;
+    st->processed++;
+    s->moved_ns = 0;
+}
+
 static int l_stream_next(lua_State *L)
 {
     stream_ud *u = lua_touserdata(L, 1);
@@ -299,7 +322,10 @@ static int l_stream_next(lua_State *L)
     if (!u->owner->rt) return luaL_error(L, "runtime is closed");
     fs_stream *s = u->s;
     if (s->fence) fs_stream_fence_step(u->rt, s, L);
+    int64_t now = mono_ns();
+    if (s->moved_ns) event_done(s, now);
     if (s->pos >= s->nbuf || s->mode != (int)lua_tointeger(L, 2)) return 0;
+    s->moved_ns = now;
     lua_pushinteger(L, (lua_Integer)++s->pos);
     return 1;
 }

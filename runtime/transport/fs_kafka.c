@@ -1269,6 +1269,14 @@ int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n)
     return rd_kafka_msg_partitioner_murmur2(NULL, key, len, n, NULL, NULL);
 }
 
+static int64_t kafka_high_watermark(fs_transport *tp, const char *topic, int32_t partition)
+{
+    fs_kafka *k = (fs_kafka *)tp;
+    int64_t lo = -1, hi = -1;
+    if (!k->consumer || rd_kafka_get_watermark_offsets(k->consumer, topic, partition, &lo, &hi)) return -1;
+    return hi;
+}
+
 static const fs_transport_ops kafka_ops = {
     .name = "kafka",
     .resolve = kafka_resolve,
@@ -1287,6 +1295,7 @@ static const fs_transport_ops kafka_ops = {
     .committed = kafka_committed,
     .strerror = kafka_strerror,
     .close = kafka_close,
+    .high_watermark = kafka_high_watermark,
 };
 
 /* Changelog recovery and global tables (the state layer) still read with
