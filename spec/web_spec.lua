@@ -371,3 +371,62 @@ describe("/metrics", function()
     assert.are.equal(0, w:stop())
   end)
 end)
+
+describe("/tables", function()
+  it("lists tables, answers a key (every open window of a windowed one), 404s, and pages with ?prefix=", function()
+    local env = { IN = "in-tables-" .. uniq }
+    local w, web, broker = start(nil, env)
+    local words = {}
+    for i = 1, 70 do words[i] = "k" .. (i % 7) end
+    words[71], words[72] = "other", "a/b"
+    send_words(broker, env.IN, words)
+    assert.is_truthy(eventually(30, function()
+      local s, _, b = get(web .. "/tables/counts/k1")
+      return s == 200 and json.decode(b).value == 10
+    end), w:output())
+    local _, _, b = get(web .. "/tables")
+    local list = json.decode(b)
+    assert.are.equal("counts", list[1].name)
+    assert.are.same({ 0, 1, 2, 3 }, list[1].held)
+    assert.are.equal("hopping", list[2].window.kind)
+    local s, h
+    s, h, b = get(web .. "/tables/counts/k3")
+    assert.are.equal(200, s)
+    assert.are.equal("application/json", h["content-type"])
+    local v = json.decode(b)
+    assert.are.equal("k3", v.key)
+    assert.are.equal(10, v.value)
+    s, _, b = get(web .. "/tables/counts/a%2Fb")
+    assert.are.equal(1, json.decode(b).value)
+    assert.are.equal(404, (get(web .. "/tables/counts/missing")))
+    assert.are.equal(404, (get(web .. "/tables/nosuchtable/k1")))
+    -- A hopping table: the two open windows of the hour that hold the event.
+    s, _, b = get(web .. "/tables/hourly/k2")
+    assert.are.equal(200, s)
+    v = json.decode(b)
+    assert.are.equal(2, #v.windows)
+    for _, win in ipairs(v.windows) do
+      assert.are.equal(10, win.value)
+      assert.are.equal(3600, win["end"] - win.start)
+    end
+    -- Pages of 3 through the keys starting with "k", once they are checkpointed.
+    local seen = {}
+    assert.is_truthy(eventually(30, function()
+      seen = {}
+      local after = ""
+      for _ = 1, 10 do
+        local _, _, pb = get(web .. "/tables/counts?prefix=k&limit=3&after=" .. after)
+        local page = json.decode(pb)
+        assert.is_true(#page.items <= 3)
+        for _, it in ipairs(page.items) do seen[#seen + 1] = it.key .. "=" .. it.value end
+        if not page.next then break end
+        after = page.next
+      end
+      return #seen == 7
+    end), table.concat(seen, " "))
+    table.sort(seen)
+    assert.are.same({ "k0=10", "k1=10", "k2=10", "k3=10", "k4=10", "k5=10", "k6=10" }, seen)
+    assert.are.equal(400, (get(web .. "/tables/counts?after=nonsense")))
+    assert.are.equal(0, w:stop())
+  end)
+end)

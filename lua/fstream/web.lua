@@ -154,7 +154,214 @@ function builtin.metrics(app)
     require("fstream.metrics").render(app)
 end
 
+-- ---- tables --------------------------------------------------------------
+
+local function table_state(app, name)
+  for _, t in ipairs(app.table_list) do
+    if t.name == name then return t end
+  end
+end
+
+local function held_partitions(t)
+  local ps = {}
+  for p in pairs(t.parts or {}) do ps[#ps + 1] = p end
+  table.sort(ps)
+  return ps
+end
+
+local function window_info(w)
+  if not w then return nil end
+  return { kind = w.kind, size = w.size, step = w.step, expires = w.expires }
+end
+
+-- GET /tables: every table, what of it this worker holds.
+function builtin.tables(app)
+  local keys = {}
+  for _, e in ipairs(app.rt:web_tables()) do keys[e.name] = (keys[e.name] or 0) + e.keys end
+  local out = {}
+  for _, t in ipairs(app.table_list) do
+    out[#out + 1] = {
+      name = t.name, partitions = t.partitions, global = t.global or false,
+      changelog = t.changelog and t.changelog.name, window = window_info(t.window),
+      held = json.array(held_partitions(t)), keys = keys[t.name] or 0,
+    }
+  end
+  return json_answer(200, json.array(out))
+end
+
+-- What a key written in a URL is: for a table with JSON keys, the text as a
+-- string first ("42" is the string key "42"); if no such key exists and the
+-- text is JSON of another type (42, true, [1,2]), that value.
+local function key_candidates(t, text)
+  local c = { text }
+  if t.key_serializer == "json" then
+    local ok, v = pcall(json.decode, text)
+    if ok and v ~= nil and type(v) ~= "string" and v ~= json.null then c[2] = v end
+    if ok and type(v) == "string" and v ~= text then c[#c + 1] = v end
+  end
+  return c
+end
+
+local function encode_key(t, k)
+  local ok, kb = pcall(t.encode_key, k)
+  if ok then return kb end
+end
+
+-- Which partition a key is in: a table's partition p holds what the events
+-- of input partition p wrote, so it is where the input's key went — the key's
+-- text as the message key (topics' default "raw" key serializer), or else its
+-- encoded form (a "json" key serializer).
+local function key_partitions(t, text, kb)
+  local a = core.partition_for(text, t.partitions)
+  local b = core.partition_for(kb, t.partitions)
+  return a, b
+end
+
+-- Where a key lives and, if here, its value: every partition this worker
+-- holds is looked at (a cheap LMDB get each); when none has it, where it
+-- would be, and whether that is another worker's.
+local function find_key(app, t, text)
+  local Table = require "fstream.table"
+  local held = held_partitions(t)
+  local first
+  for _, k in ipairs(key_candidates(t, text)) do
+    local kb = encode_key(t, k)
+    if kb then
+      for _, p in ipairs(held) do
+        local v = Table._lookup(t, p, kb)
+        if v ~= nil then return { key = k, partition = p, value = v } end
+      end
+      if not first then
+        local a, b = key_partitions(t, text, kb)
+        if t.parts[a] or t.parts[b] then first = { key = k, partition = t.parts[a] and a or b }
+        else first = { key = k, partition = a, remote = true } end
+      end
+    end
+  end
+  return first
+end
+
+-- A windowed table's key: every open window, oldest first.
+local function find_windows(app, t, text)
+  local Table = require "fstream.table"
+  local idx = t.window.idx
+  local first
+  for _, k in ipairs(key_candidates(t, text)) do
+    local kb = encode_key(t, k)
+    if kb then
+      for _, p in ipairs(held_partitions(t)) do
+        local wins = {}
+        for _, win in ipairs(idx and idx:key_windows(p, k) or {}) do
+          wins[#wins + 1] = { start = win[2], ["end"] = win[3], value = Table._lookup(t, p, win[1]) }
+        end
+        if #wins > 0 then
+          table.sort(wins, function(x, y) return x.start < y.start end)
+          return { key = k, partition = p, windows = wins }
+        end
+      end
+      if not first then
+        local a, b = key_partitions(t, text, kb)
+        if not (t.parts[a] or t.parts[b]) then first = { key = k, partition = a, remote = true } end
+      end
+    end
+  end
+  return first
+end
+
+-- The worker that holds partition p of t, if another one announced it (web.owners).
+web.owner_of = function() return nil end
+
+local function not_here(app, t, f, query)
+  local where = web.owner_of(app, t, f.partition)
+  if where then
+    local loc = where .. "/tables/" .. t.name .. "/" .. query.raw_key
+    return 307, { Location = loc, ["Content-Type"] = "application/json" },
+      assert(encode_json { redirect = loc, partition = f.partition })
+  end
+  return json_answer(404, { error = "partition " .. f.partition .. " of " .. t.name
+    .. " is not on this worker, and no worker of the group announced it", partition = f.partition })
+end
+
+-- GET /tables/NAME/KEY
+local function table_key(app, t, text, query)
+  if t.window then
+    local f = find_windows(app, t, text)
+    if f and f.remote then return not_here(app, t, f, query) end
+    if not f then return json_answer(404, { error = "no open window for this key", table = t.name, key = text }) end
+    return json_answer(200, { table = t.name, key = f.key, partition = f.partition, windows = f.windows })
+  end
+  local f = find_key(app, t, text)
+  if f and f.remote then return not_here(app, t, f, query) end
+  if not f or f.value == nil then
+    return json_answer(404, { error = "no such key", table = t.name, key = text,
+      partition = f and f.partition })
+  end
+  return json_answer(200, { table = t.name, key = f.key, partition = f.partition, value = f.value })
+end
+
+-- The encoded form of a prefix of string keys: JSON keys begin with a quote.
+local function prefix_bytes(t, prefix)
+  if prefix == "" then return "" end
+  if t.window then return '["' .. prefix end
+  if t.key_serializer == "json" then return (json.encode(prefix):sub(1, -2)) end
+  if t.key_serializer == "raw" then return prefix end
+  return nil -- a custom serializer: filtered after decoding
+end
+
+-- GET /tables/NAME?prefix=&limit=&after=: the entries this worker stores,
+-- a page at a time (the answer's "next" goes into ?after=).
+local function table_page(app, t, query)
+  local rt = app.rt
+  local limit = math.tointeger(tonumber(query.limit or "100")) or 100
+  if limit < 1 then limit = 1 elseif limit > 1000 then limit = 1000 end
+  local prefix = query.prefix or ""
+  local pb = prefix_bytes(t, prefix)
+  local after_p, after_kb
+  if query.after and query.after ~= "" then
+    local ps, hex = query.after:match("^(%d+):(%x*)$")
+    if not ps then return json_answer(400, { error = "after must be the 'next' of an earlier page" }) end
+    after_p = tonumber(ps)
+    after_kb = hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)
+  end
+  local items, nxt = {}, nil
+  for _, p in ipairs(held_partitions(t)) do
+    if not after_p or p >= after_p then
+      local keys, values, more = rt:web_table_page(t.id, p, p == after_p and after_kb or nil, pb or "",
+        limit - #items)
+      for i, kb in ipairs(keys) do
+        local ok, k = pcall(t.decode_key, kb)
+        local okv, v = pcall(t.decode_value, values[i])
+        if ok and okv and (pb or tostring(k):sub(1, #prefix) == prefix) then
+          local e = { key = k, partition = p, value = v }
+          if t.window and type(k) == "table" then e.key, e.window_start = k[1], k[2] end
+          items[#items + 1] = e
+        end
+        if #items == limit then
+          nxt = string.format("%d:%s", p, (kb:gsub(".", function(c) return string.format("%02x", c:byte()) end)))
+          break
+        end
+      end
+      if nxt or more then
+        if not nxt and #keys > 0 then
+          local kb = keys[#keys]
+          nxt = string.format("%d:%s", p, (kb:gsub(".", function(c) return string.format("%02x", c:byte()) end)))
+        end
+        break
+      end
+    end
+  end
+  return json_answer(200, { table = t.name, items = json.array(items), next = nxt })
+end
+
+function builtin.table(app, segs, query)
+  local t = table_state(app, segs[2])
+  if not t then return json_answer(404, { error = "no table named " .. tostring(segs[2]) }) end
+  if #segs == 2 then return table_page(app, t, query) end
+  return table_key(app, t, segs[3], query)
+end
+
 local BUILTIN_ROUTES = {
+  ["/tables"] = builtin.tables,
   ["/healthz"] = builtin.healthz,
   ["/readyz"] = builtin.readyz,
   ["/metrics"] = builtin.metrics,
@@ -198,6 +405,11 @@ local function dispatch(app, rt, id, method, path, query, headers, body)
   end
   local norm = "/" .. table.concat(segs, "/")
   local route = BUILTIN_ROUTES[norm]
+  if not route and segs[1] == "tables" and (#segs == 2 or #segs == 3) then
+    route = builtin.table
+    -- The key as the client wrote it (still encoded), for a redirect.
+    query = setmetatable({ raw_key = path:match("^/+tables/+[^/]+/+(.*)$") }, { __index = query })
+  end
   if route then
     if method ~= "GET" and method ~= "HEAD" then
       local s, h, b = text(405, "method not allowed")

@@ -804,7 +804,63 @@ static int l_web_tables(lua_State *L)
     return 1;
 }
 
+struct page_scan {
+    lua_State *L;
+    const char *after, *prefix;
+    size_t afterlen, prefixlen;
+    int has_after, limit, n;
+};
+
+static int page_cb(void *ud, const void *k, size_t kl, const void *v, size_t vl)
+{
+    struct page_scan *ps = ud;
+    if (kl && *(const char *)k == 0) return 0; /* the runtime's own entries (window stream time) */
+    if (ps->has_after) {
+        size_t m = kl < ps->afterlen ? kl : ps->afterlen;
+        int c = memcmp(k, ps->after, m);
+        if (c < 0 || (c == 0 && kl <= ps->afterlen)) return 0;
+    }
+    if (ps->prefixlen) {
+        int c = memcmp(k, ps->prefix, kl < ps->prefixlen ? kl : ps->prefixlen);
+        if (c < 0 || (c == 0 && kl < ps->prefixlen)) return 0;
+        if (c > 0) return 1; /* past every key with the prefix: keys are in order */
+    }
+    if (ps->n == ps->limit) return 2; /* one more exists: the caller gives a cursor */
+    ps->n++;
+    lua_pushlstring(ps->L, k, kl);
+    lua_rawseti(ps->L, -3, ps->n);
+    lua_pushlstring(ps->L, v, vl);
+    lua_rawseti(ps->L, -2, ps->n);
+    return 0;
+}
+
+/* rt:web_table_page(table_id, p, after, prefix, limit) -> keys, values, more:
+ * the stored entries of one table partition in key order (LMDB: what the
+ * last checkpoint wrote), keys after `after` (bytes, or nil) starting with
+ * `prefix` (bytes, or ""), at most `limit`; more is true when others follow. */
+static int l_web_table_page(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    lua_Integer id = luaL_checkinteger(L, 2), p = luaL_checkinteger(L, 3);
+    struct page_scan ps = {.L = L};
+    ps.after = luaL_optlstring(L, 4, NULL, &ps.afterlen);
+    ps.has_after = ps.after != NULL;
+    ps.prefix = luaL_optlstring(L, 5, "", &ps.prefixlen);
+    ps.limit = (int)luaL_checkinteger(L, 6);
+    if (id < 1 || id > rt->ntables) return luaL_error(L, "unknown table id %d", (int)id);
+    fs_table *t = rt->tables[id - 1];
+    fs_store *st = p >= 0 && p < t->partitions && t->parts ? t->parts[p].store : NULL;
+    lua_newtable(L);
+    lua_newtable(L);
+    char err[256];
+    int rc = st ? fs_store_scan(st, page_cb, &ps, err, sizeof err) : 0;
+    if (rc < 0) return luaL_error(L, "%s: %s", t->name, err);
+    lua_pushboolean(L, rc == 2);
+    return 3;
+}
+
 const luaL_Reg fs_lua_web_methods[] = {
+    {"web_table_page", l_web_table_page},
     {"web_agents", l_web_agents},
     {"web_latency_bounds", l_web_latency_bounds},
     {"web_tables", l_web_tables},
