@@ -430,3 +430,60 @@ describe("/tables", function()
     assert.are.equal(0, w:stop())
   end)
 end)
+
+describe("/topology and /agents", function()
+  it("draw agents, topics, tables, sinks and repartitions as JSON, DOT and Mermaid; /agents shows counts and the last error", function()
+    local w, web, broker = start(nil, { APP_ID = "webtopo-" .. uniq }, "web_topology.lua")
+    local id = "webtopo-" .. uniq
+    proc.produce_lines(broker, "orders", { '{"account":"a","amount":5}', '{"account":"boom","amount":1}' })
+    local a
+    assert.is_truthy(eventually(30, function()
+      local _, _, b = get(web .. "/agents")
+      a = {}
+      for _, x in ipairs(json.decode(b)) do a[x.name] = x end
+      return a.audit and a.audit.errors >= 2 and a.by_account.processed == 2
+    end), w:output())
+    -- audit failed on "boom" twice: the first attempt went to the retry topic, the second to the DLQ.
+    assert.are.equal(1, a.audit.retries)
+    assert.are.equal(1, a.audit.dead_letters)
+    assert.matches("audit cannot take boom", a.audit.last_error.message)
+    assert.matches("web_topology%.lua:%d+", a.audit.last_error.traceback)
+    assert.are.equal(id .. "-audit-retry", a.audit.last_error.event.topic) -- the second attempt's
+    assert.are.same({ "seen", "print" }, a.by_account.sinks)
+    assert.are.equal("waiting", a.by_account.instances[1].state)
+
+    local _, h, b = get(web .. "/topology")
+    assert.are.equal("application/json", h["content-type"])
+    local g = json.decode(b)
+    local edges = {}
+    for _, e in ipairs(g.edges) do edges[e.from .. " " .. e.kind .. " " .. e.to] = true end
+    local rp = "topic:" .. id .. "-by_account-account-repartition"
+    for _, e in ipairs {
+      "topic:orders reads agent:by_account-account-repartitioner",
+      "agent:by_account-account-repartitioner repartition " .. rp,
+      rp .. " reads agent:by_account",
+      "agent:by_account sink topic:seen",
+      "agent:by_account sink sink:print",
+      "agent:by_account writes table:totals",
+      "agent:by_account writes table:per_minute",
+      "table:totals changelog topic:" .. id .. "-totals-changelog",
+      "topic:seen reads agent:audit",
+      "agent:audit retry topic:" .. id .. "-audit-retry",
+      "topic:" .. id .. "-audit-retry reads agent:audit",
+      "agent:audit dead letters topic:" .. id .. "-audit-dlq",
+    } do
+      assert(edges[e], "missing edge " .. e .. " in " .. b)
+    end
+    local _, dh, dot = get(web .. "/topology?format=dot")
+    assert.matches("graphviz", dh["content-type"])
+    assert.matches('^digraph "' .. id:gsub("%p", "%%%0") .. '" {', dot)
+    assert.matches('"agent:by_account" %-> "table:totals" %[label="writes"%];', dot)
+    assert.matches('"table:per_minute" %[shape=cylinder, label="per_minute\\n%(tumbling window%)"%];', dot)
+    local _, _, mm = get(web .. "/topology?format=mermaid")
+    assert.matches("^flowchart LR\n", mm)
+    assert.matches('%(%["by_account"%]%)', mm)
+    assert.matches('%[%("totals"%)%]', mm)
+    assert.are.equal(400, (get(web .. "/topology?format=png")))
+    assert.are.equal(0, w:stop())
+  end)
+end)

@@ -125,6 +125,7 @@ function Agent:_repartition(g, level)
   local fwd = Agent.new(app, self.name .. "-" .. g.name .. (g.through and "-through" or "-repartitioner"),
     { is_stream_source = true, topics = g.topics, processors = g.processors }, forward, {}, level)
   fwd.no_tables = true -- it only forwards: the tables follow rtopic's partitions
+  fwd.forwards_to = rtopic -- (for /topology)
   app.agents[fwd.name] = fwd
   app.agent_list[#app.agent_list + 1] = fwd
   return rtopic

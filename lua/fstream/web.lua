@@ -360,7 +360,65 @@ function builtin.table(app, segs, query)
   return table_key(app, t, segs[3], query)
 end
 
+-- ---- topology and agents ---------------------------------------------------
+
+function builtin.topology(app, _, query)
+  local topology = require "fstream.topology"
+  local g = topology.graph(app)
+  local fmt = query.format or "json"
+  if fmt == "dot" then return 200, { ["Content-Type"] = "text/vnd.graphviz; charset=utf-8" }, topology.dot(g) end
+  if fmt == "mermaid" then return 200, { ["Content-Type"] = "text/plain; charset=utf-8" }, topology.mermaid(g) end
+  if fmt ~= "json" then return text(400, "format must be json, dot or mermaid") end
+  g.nodes, g.edges = json.array(g.nodes), json.array(g.edges)
+  return json_answer(200, g)
+end
+
+-- Each agent: what it reads and where it sends, its instances (the event in
+-- hand: topic/partition/offset), its counts and its last failure.
+function web.agents(app)
+  local stats = {}
+  for _, a in ipairs(app.rt:web_agents()) do stats[a.name] = a end
+  local out = {}
+  for _, a in ipairs(app.agent_list) do
+    if a.fn then
+      local st = stats[a.name] or {}
+      local topics, sinks, instances = {}, {}, {}
+      for _, t in ipairs(a.topics) do topics[#topics + 1] = t.name end
+      for _, sk in ipairs(a.sinks) do
+        sinks[#sinks + 1] = type(sk) == "table" and sk.name or (sk == print and "print" or "function")
+      end
+      for i, strm in ipairs(a.streams) do
+        local cs = (strm.regrouped or strm).cs
+        local pos, n = cs:cursor()
+        local inst = { instance = i, buffered = math.max((n or 0) - pos, 0), state = "waiting" }
+        if pos > 0 then
+          local tp, pa, off = cs:meta(pos)
+          inst.state, inst.event = "processing", { topic = tp, partition = pa, offset = off }
+        end
+        instances[#instances + 1] = inst
+      end
+      local errors, nerr = {}, 0
+      for pol, n in pairs(a.errors_by_policy) do errors[pol] = n; nerr = nerr + n end
+      local le = a.last_error
+      out[#out + 1] = {
+        name = a.name, topics = json.array(topics), sinks = json.array(sinks), concurrency = a.concurrency,
+        on_error = a.on_error, running = a.instances, instances = json.array(instances),
+        processed = st.processed or 0, processing_seconds_sum = st.seconds_sum or 0,
+        errors = nerr, errors_by_policy = errors, dead_letters = a.dead_letters, retries = a.retries,
+        last_error = le and { message = le.message, traceback = le.traceback, time = le.time, event = le.event } or nil,
+      }
+    end
+  end
+  return out
+end
+
+function builtin.agents(app)
+  return json_answer(200, json.array(web.agents(app)))
+end
+
 local BUILTIN_ROUTES = {
+  ["/topology"] = builtin.topology,
+  ["/agents"] = builtin.agents,
   ["/tables"] = builtin.tables,
   ["/healthz"] = builtin.healthz,
   ["/readyz"] = builtin.readyz,
