@@ -487,3 +487,70 @@ describe("/topology and /agents", function()
     assert.are.equal(0, w:stop())
   end)
 end)
+
+describe("two workers in one group", function()
+  it("answer a key the other one holds with a 307 to it, which leads to the right value", function()
+    local app_id, input = "web-pair-" .. uniq, "in-pair-" .. uniq
+    local broker, addr = proc.broker({ input, app_id .. "-counts-changelog", app_id .. "-hourly-changelog" }, 4)
+    finally(function() broker:stop() end)
+    -- Keys as Kafka's default partitioner (murmur2, Java's and Faust's) places
+    -- them; kcat's own default is another one.
+    local lines = {}
+    for i = 1, 160 do lines[i] = "k" .. (i % 16) .. ":x" end
+    local path = proc.write(proc.tmp .. "/pair-" .. uniq .. ".txt", table.concat(lines, "\n") .. "\n")
+    local out, rc = proc.run(string.format("kcat -P -b %s -t %s -K: -X partitioner=murmur2_random -l %s", addr,
+      q(input), q(path)))
+    assert(rc == 0, out)
+    local ws, webs = {}, {}
+    for i = 1, 2 do
+      ws[i] = proc.spawn(string.format("env APP_ID=%s IN=%s STORE=%s FSTREAM_BROKER=kafka://%s %s worker %s -l info",
+        q(app_id), q(input), q(proc.tmp .. "/web-pair-store-" .. uniq .. "-" .. i), addr, proc.bin,
+        q(proc.root .. "/spec/fixtures/web.lua")), "web-pair")
+    end
+    for i = 1, 2 do webs[i] = assert(ws[i]:wait_for("\n  web%s+(%S+)/\n", 30), ws[i]:output()) end
+    finally(function() for _, w in ipairs(ws) do w:stop() end end)
+    -- Both ready with two partitions each, every count in place, every worker announced.
+    local function counted(web)
+      local s, _, b = get(web .. "/tables/counts?limit=100")
+      if s ~= 200 then return 0 end
+      local n = 0
+      for _, it in ipairs(json.decode(b).items) do n = n + it.value end
+      return n
+    end
+    assert.is_truthy(eventually(60, function()
+      for i = 1, 2 do
+        local s, _, b = get(webs[i] .. "/readyz")
+        if s ~= 200 or json.decode(b).partitions ~= 2 then return false end
+      end
+      return counted(webs[1]) + counted(webs[2]) == 160
+    end), ws[1]:output() .. ws[2]:output())
+    -- From each worker: its own keys answered, the other's redirected.
+    for i = 1, 2 do
+      local other = webs[3 - i]
+      local redirected = 0
+      for k = 0, 15 do
+        local key = "k" .. k
+        local s, h, b
+        assert.is_truthy(eventually(30, function()
+          s, h, b = get(webs[i] .. "/tables/counts/" .. key)
+          return s == 200 or s == 307
+        end), tostring(s) .. " " .. tostring(b))
+        if s == 307 then
+          redirected = redirected + 1
+          assert.are.equal(other .. "/tables/counts/" .. key, h.location)
+          local s2, _, b2 = get(h.location)
+          assert.are.equal(200, s2)
+          assert.are.equal(10, json.decode(b2).value)
+        else
+          assert.are.equal(10, json.decode(b).value)
+        end
+      end
+      assert.is_true(redirected > 0 and redirected < 16, "redirected " .. redirected)
+    end
+    -- curl -L follows it.
+    local body = proc.run(string.format("curl -s -L %s", q(webs[1] .. "/tables/hourly/k14")))
+    local v = json.decode(body)
+    assert.are.equal(2, #v.windows)
+    assert.are.equal(10, v.windows[1].value)
+  end)
+end)

@@ -278,10 +278,14 @@ local function banner(app, rt, broker, opts)
   if #app.agent_list == 0 then add("agents", "(none)") end
   local changelog_of = {}
   for _, t in ipairs(app.table_list) do changelog_of[t.changelog] = t end
-  for i, t in ipairs(app.topic_list) do add(i == 1 and "topics" or "", describe_topic(t, changelog_of)) end
+  -- Internal ones (the web's __workers table) are not the app's to see.
+  local topics, tables = {}, {}
+  for _, t in ipairs(app.topic_list) do if not t.internal then topics[#topics + 1] = t end end
+  for _, t in ipairs(app.table_list) do if not t.internal then tables[#tables + 1] = t end end
+  for i, t in ipairs(topics) do add(i == 1 and "topics" or "", describe_topic(t, changelog_of)) end
   local Table = require "fstream.table"
-  for i, t in ipairs(app.table_list) do add(i == 1 and "tables" or "", Table.describe(t)) end
-  if #app.table_list > 0 then add("store", app:data_dir(opts.store)) end
+  for i, t in ipairs(tables) do add(i == 1 and "tables" or "", Table.describe(t)) end
+  if #tables > 0 then add("store", app:data_dir(opts.store)) end
   add("web", opts.web_address and (opts.web_address .. "/") or "off")
   io.stderr:write(table.concat(lines, "\n"), "\n")
 end
@@ -311,6 +315,7 @@ function cli.worker(opts)
   local web = require "fstream.web"
   local wok, web_settings = pcall(web.settings, app, opts)
   if not wok then return fail(2, "%s", web_settings) end
+  web.declare(app, broker)
   -- The banner comes first: the info lines of the start (topics created,
   -- global tables recovered) are held back until it is out.
   core.log_hold(true)
@@ -352,6 +357,7 @@ function cli.prepare(opts, running)
   local app, msg = run_script(opts.app)
   if not app then error(msg, 0) end
   local cli_opts = { broker = opts.broker ~= "" and opts.broker or nil, store = opts.store ~= "" and opts.store or nil }
+  require("fstream.web").declare(app, broker_of(app, cli_opts))
   app:_check_reload(running, broker_of(app, cli_opts), app:data_dir(cli_opts.store))
   cli.pending = { app = app, path = opts.app, store = cli_opts.store }
   return app

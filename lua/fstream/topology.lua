@@ -38,7 +38,7 @@ function topology.graph(app)
     return node("topic:" .. t.name, { kind = "topic", name = t.name, topic_kind = topic_kind(app, t, changelogs),
       partitions = t.partitions })
   end
-  for _, t in ipairs(app.topic_list) do topic(t) end
+  for _, t in ipairs(app.topic_list) do if not t.internal then topic(t) end end
   local Agent = require "fstream.agent"
   for _, a in ipairs(app.agent_list) do
     -- Internal readers (the leader's, a task's app:stream, an in-agent
@@ -71,6 +71,7 @@ function topology.graph(app)
     end
   end
   for _, t in ipairs(app.table_list) do
+    if t.internal then goto next_table end
     local w = t.window
     local id = node("table:" .. t.name, { kind = "table", name = t.name, partitions = t.partitions,
       global = t.global or nil, window = w and { kind = w.kind, size = w.size, step = w.step, expires = w.expires } or nil })
@@ -79,6 +80,7 @@ function topology.graph(app)
     table.sort(writers)
     for _, name in ipairs(writers) do edge(node("agent:" .. name, { kind = "agent", name = name }), id, "writes") end
     edge(id, topic(t.changelog), "changelog")
+    ::next_table::
   end
   return { app = app.id, nodes = nodes, edges = edges }
 end

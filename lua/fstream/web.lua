@@ -9,10 +9,14 @@ local json = core.json
 
 local web = {}
 
+local function log_failure(what, err, tb)
+  core.log("error", string.format("web: %s failed: %s%s", what, tostring(err), tb and ("\n" .. tb) or ""))
+end
+
 local DEFAULT_PORT = 6066
 local WEB_OPTIONS = {
   port = true, bind = true, token = true, public = true, max_body = true, max_connections = true,
-  timeout = true, enabled = true,
+  timeout = true, enabled = true, advertise = true,
 }
 
 -- app:page(path, fn, {methods = {"GET", "POST"}}): Faust's @app.page. path
@@ -158,7 +162,7 @@ end
 
 local function table_state(app, name)
   for _, t in ipairs(app.table_list) do
-    if t.name == name then return t end
+    if t.name == name and not t.internal then return t end
   end
 end
 
@@ -180,11 +184,11 @@ function builtin.tables(app)
   for _, e in ipairs(app.rt:web_tables()) do keys[e.name] = (keys[e.name] or 0) + e.keys end
   local out = {}
   for _, t in ipairs(app.table_list) do
-    out[#out + 1] = {
+    if not t.internal then out[#out + 1] = {
       name = t.name, partitions = t.partitions, global = t.global or false,
       changelog = t.changelog and t.changelog.name, window = window_info(t.window),
       held = json.array(held_partitions(t)), keys = keys[t.name] or 0,
-    }
+    } end
   end
   return json_answer(200, json.array(out))
 end
@@ -208,13 +212,20 @@ local function encode_key(t, k)
 end
 
 -- Which partition a key is in: a table's partition p holds what the events
--- of input partition p wrote, so it is where the input's key went — the key's
--- text as the message key (topics' default "raw" key serializer), or else its
--- encoded form (a "json" key serializer).
-local function key_partitions(t, text, kb)
-  local a = core.partition_for(text, t.partitions)
-  local b = core.partition_for(kb, t.partitions)
-  return a, b
+-- of input partition p wrote, so it is where the input message carrying the
+-- key went — Kafka's default partitioner over the message key's bytes: the
+-- key's text with the topics' default "raw" key serializer, its JSON when the
+-- tables' input topics use the "json" one.
+local function key_partition(app, t, text, kb)
+  local json_keys = false
+  for _, a in ipairs(app.agent_list) do
+    if not a.no_tables then
+      for _, tp in ipairs(a.topics) do
+        if tp.key_serializer == "json" and not tp.internal then json_keys = true end
+      end
+    end
+  end
+  return core.partition_for(json_keys and kb or text, t.partitions)
 end
 
 -- Where a key lives and, if here, its value: every partition this worker
@@ -232,9 +243,8 @@ local function find_key(app, t, text)
         if v ~= nil then return { key = k, partition = p, value = v } end
       end
       if not first then
-        local a, b = key_partitions(t, text, kb)
-        if t.parts[a] or t.parts[b] then first = { key = k, partition = t.parts[a] and a or b }
-        else first = { key = k, partition = a, remote = true } end
+        local p = key_partition(app, t, text, kb)
+        first = { key = k, partition = p, remote = not t.parts[p] or nil }
       end
     end
   end
@@ -260,16 +270,108 @@ local function find_windows(app, t, text)
         end
       end
       if not first then
-        local a, b = key_partitions(t, text, kb)
-        if not (t.parts[a] or t.parts[b]) then first = { key = k, partition = a, remote = true } end
+        local p = key_partition(app, t, text, kb)
+        if not t.parts[p] then first = { key = k, partition = p, remote = true } end
       end
     end
   end
   return first
 end
 
--- The worker that holds partition p of t, if another one announced it (web.owners).
-web.owner_of = function() return nil end
+-- ---- the group's workers ------------------------------------------------------
+-- On a Kafka broker (where a group may have several workers) each worker
+-- announces its web address and the table partitions it holds in the global
+-- table "__workers" (changelog: the compacted topic <app>-__workers), every
+-- second when they change and every 30 s anyway. Every worker follows that
+-- table, so each knows who holds what: a key another worker holds is
+-- answered with a 307 to it (Faust's table router, Kafka Streams'
+-- queryMetadataForKey).
+local ANNOUNCE_EVERY, REFRESH_EVERY = 1.0, 30.0
+
+-- Declared before the worker starts, and by every version a reload loads
+-- (a reload refuses a new global table): whenever the broker is kafka://
+-- and the app did not turn the web off in its options.
+function web.declare(app, broker_url)
+  if app.web == false or type(broker_url) ~= "string" or not broker_url:match("^kafka://") then return end
+  if app.tables.__workers then return end
+  app.workers_table = app:global_table("__workers", { changelog_topic = app.id .. "-__workers" })
+  app.tables.__workers.internal = true
+  app.tables.__workers.changelog.internal = true
+end
+
+local worker_id
+local function my_id()
+  if not worker_id then
+    local host = os.getenv("HOSTNAME")
+    if not host or host == "" then
+      local f = io.open("/proc/sys/kernel/hostname")
+      host = f and f:read("l") or "localhost"
+      if f then f:close() end
+    end
+    worker_id = host .. ":" .. tostring(core.pid)
+  end
+  return worker_id
+end
+
+-- Where other workers reach this one: the web option's `advertise`, else the
+-- listening address (an any-address bind: the host name).
+local function advertised(app, addr)
+  local adv = type(app.web) == "table" and app.web.advertise
+  if adv then return (adv:gsub("/$", "")) end
+  if addr:match("^http://0%.0%.0%.0:") or addr:match("^http://%[::%]:") then
+    local host = my_id():match("^(.*):%d+$")
+    return (addr:gsub("^http://[^/]*:(%d+)$", "http://" .. host .. ":%1"))
+  end
+  return addr
+end
+
+local function held_tables(app)
+  local out = {}
+  for _, t in ipairs(app.table_list) do
+    if not t.global then out[t.name] = json.array(held_partitions(t)) end
+  end
+  return out
+end
+
+local function announcer(app, rt, addr)
+  local workers = app.workers_table
+  if not workers then return end
+  local me, adv = my_id(), addr and advertised(app, addr) or nil
+  rt:spawn(function()
+    local last, at = nil, -math.huge
+    while true do
+      local tables = held_tables(app)
+      local text = json.encode(tables)
+      local now = rt:now()
+      if text ~= last or now - at >= REFRESH_EVERY then
+        workers[me] = { web = adv, pid = core.pid, time = now, tables = tables }
+        last, at = text, now
+      end
+      core.sleep(ANNOUNCE_EVERY)
+    end
+  end, function(ok, err, tb)
+    if not ok and app.rt == rt and not rt:stopping() then
+      log_failure("announcing this worker", err, tb)
+      announcer(app, rt, addr)
+    end
+  end, "task")
+end
+
+-- The web address of the other worker that announced partition p of t most
+-- recently, or nil.
+function web.owner_of(app, t, p)
+  local workers = app.workers_table
+  if not workers then return nil end
+  local me, best, best_time = my_id(), nil, -math.huge
+  for id, v in workers:items() do
+    if id ~= me and type(v) == "table" and v.web and type(v.tables) == "table" then
+      for _, q in ipairs(v.tables[t.name] or {}) do
+        if q == p and (v.time or 0) > best_time then best, best_time = v.web, v.time or 0 end
+      end
+    end
+  end
+  return best
+end
 
 local function not_here(app, t, f, query)
   local where = web.owner_of(app, t, f.partition)
@@ -427,9 +529,6 @@ local BUILTIN_ROUTES = {
 
 -- ---- serving -----------------------------------------------------------
 
-local function log_failure(what, err, tb)
-  core.log("error", string.format("web: %s failed: %s%s", what, tostring(err), tb and ("\n" .. tb) or ""))
-end
 
 -- A page of the app's, in a coroutine of its own that answers the request.
 local function run_page(app, rt, id, page, req)
@@ -548,7 +647,10 @@ end
 -- The worker starts: the server listens (the next free port when the one
 -- asked for is taken) and its coroutine serves. Returns the address, or nil.
 function web.start(app, rt, s)
-  if not s then return nil end
+  if not s then
+    announcer(app, rt, nil) -- the assignment still helps the others' redirects
+    return nil
+  end
   local addr, err = rt:web_start { port = s.port, bind = s.bind, token = s.token, max_body = s.max_body,
     max_connections = s.max_connections, timeout = s.timeout }
   if not addr then error(err, 0) end
@@ -557,12 +659,15 @@ function web.start(app, rt, s)
     core.log("info", string.format("web: port %d is taken, listening on %d", s.port, port))
   end
   serve(app, rt)
+  announcer(app, rt, addr)
   return addr
 end
 
 -- A reload: the new version's pages and routes serve from now on.
 function web.attach(app, rt)
-  if rt:web_address() then serve(app, rt) end
+  local addr = rt:web_address()
+  if addr then serve(app, rt) end
+  announcer(app, rt, addr)
 end
 
 function web.stop(rt)
