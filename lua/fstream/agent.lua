@@ -383,6 +383,12 @@ function Agent:_start_instance(stream, delay, forward)
     if ev then ev = { topic = ev[1], partition = ev[2], offset = ev[3] } end
     self.errors_by_policy[self.on_error] = (self.errors_by_policy[self.on_error] or 0) + 1
     self.last_error = { message = tostring(err), traceback = traceback, time = rt:now(), event = ev }
+    -- The dashboard's list of recent failures (the newest 50).
+    local recent = self.app.recent_errors or {}
+    self.app.recent_errors = recent
+    recent[#recent + 1] = { agent = self.name, message = tostring(err), time = self.last_error.time, event = ev,
+      policy = self.on_error }
+    if #recent > 50 then table.remove(recent, 1) end
     if self.on_error == "crash" then
       core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
       rt:fatal(string.format("agent %s failed: %s (on_error = crash: not committing)", self.name, tostring(err)))

@@ -518,7 +518,77 @@ function builtin.agents(app)
   return json_answer(200, json.array(web.agents(app)))
 end
 
+-- ---- the dashboard ---------------------------------------------------------
+-- GET / is a page compiled into the binary (fstream/dashboard.lua: no
+-- external resources) that polls /dashboard.json. Throughput comes from a
+-- sampler that notes the counters every second for the last five minutes,
+-- so a page opened late still draws the history.
+local SAMPLES, SAMPLE_EVERY = 300, 1.0
+
+local function sampler(app, rt)
+  local hist = { n = 0 }
+  app.web_samples = hist
+  rt:spawn(function()
+    while true do
+      local st = rt:stats()
+      hist.n = hist.n + 1
+      hist[(hist.n - 1) % SAMPLES + 1] = { rt:now(), st.events_in, st.events_acked }
+      core.sleep(SAMPLE_EVERY)
+    end
+  end, function(ok, err, tb)
+    if not ok and app.rt == rt and not rt:stopping() then
+      log_failure("the dashboard's sampler", err, tb)
+      sampler(app, rt)
+    end
+  end, "task")
+end
+
+function builtin.dashboard_json(app)
+  local rt = app.rt
+  local hist, samples = app.web_samples or { n = 0 }, {}
+  for i = math.max(hist.n - SAMPLES + 1, 1), hist.n do
+    local e = hist[(i - 1) % SAMPLES + 1]
+    samples[#samples + 1] = { t = e[1], events_in = e[2], processed = e[3] }
+  end
+  local parts = {}
+  for _, p in ipairs(rt:web_partitions()) do
+    local lag = (p.high and p.high >= 0) and math.max(p.high - math.max(p.committed, 0), 0) or nil
+    parts[#parts + 1] = { topic = p.topic, partition = p.partition, state = p.state, events_in = p.delivered,
+      committed = p.committed, lag = lag }
+  end
+  table.sort(parts, function(a, b)
+    if a.topic ~= b.topic then return a.topic < b.topic end
+    return a.partition < b.partition
+  end)
+  local keys = {}
+  for _, e in ipairs(rt:web_tables()) do keys[e.name] = (keys[e.name] or 0) + e.keys end
+  local tables = {}
+  for _, t in ipairs(app.table_list) do
+    if not t.internal then
+      tables[#tables + 1] = { name = t.name, keys = keys[t.name] or 0, partitions = t.partitions,
+        held = #held_partitions(t), window = t.window and t.window.kind or nil, global = t.global or nil }
+    end
+  end
+  local agents = web.agents(app)
+  for _, a in ipairs(agents) do a.last_error = a.last_error and { message = a.last_error.message, time = a.last_error.time } end
+  local rs = rt:reload_stats()
+  local ready, readiness = web.readiness(app)
+  return json_answer(200, {
+    app = app.id, time = rt:now(), pid = core.pid, ready = ready, status = readiness.status,
+    samples = json.array(samples), partitions = json.array(parts), agents = json.array(agents),
+    tables = json.array(tables), errors = json.array(app.recent_errors or {}),
+    reloads = json.array(rs and rs.history or {}),
+  })
+end
+
+function builtin.dashboard(app)
+  return 200, { ["Content-Type"] = "text/html; charset=utf-8", ["Cache-Control"] = "no-cache" },
+    require("fstream.dashboard")
+end
+
 local BUILTIN_ROUTES = {
+  ["/"] = builtin.dashboard,
+  ["/dashboard.json"] = builtin.dashboard_json,
   ["/topology"] = builtin.topology,
   ["/agents"] = builtin.agents,
   ["/tables"] = builtin.tables,
@@ -659,6 +729,7 @@ function web.start(app, rt, s)
     core.log("info", string.format("web: port %d is taken, listening on %d", s.port, port))
   end
   serve(app, rt)
+  sampler(app, rt)
   announcer(app, rt, addr)
   return addr
 end
@@ -666,7 +737,10 @@ end
 -- A reload: the new version's pages and routes serve from now on.
 function web.attach(app, rt)
   local addr = rt:web_address()
-  if addr then serve(app, rt) end
+  if addr then
+    serve(app, rt)
+    sampler(app, rt)
+  end
   announcer(app, rt, addr)
 end
 
