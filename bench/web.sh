@@ -12,8 +12,9 @@
 #    (default 3). Both kinds poll /metrics every 50 ms to see when they are
 #    done; throughput = COUNT / (last event - first event).
 # 2. /metrics with 8 agents x 32 partitions: a worker of the same app with
-#    AGENTS=8 on a 32-partition topic holding 320,000 messages; once they are
-#    processed, 2,000 requests at 200/s: median, p99, largest.
+#    AGENTS=8 on a 32-partition topic of its embedded broker, fed 320,000
+#    messages; once they are processed, 2,000 requests at 200/s to /metrics
+#    and, for comparison, to /healthz: median, p99, largest.
 set -euo pipefail
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd -P)
@@ -98,7 +99,7 @@ for r in $(seq "$ROUNDS"); do
 	B+=("$b")
 	echo "round $r: without load $a events/s, with 500 /metrics requests/s $b events/s"
 done
-python3 - "${A[*]}" "${B[*]}" <<'PY'
+((ROUNDS > 0)) && python3 - "${A[*]}" "${B[*]}" <<'PY'
 import sys, statistics
 a = [float(x) for x in sys.argv[1].split()]
 b = [float(x) for x in sys.argv[2].split()]
@@ -106,26 +107,25 @@ ma, mb = statistics.median(a), statistics.median(b)
 print("median: without %.0f events/s, with %.0f events/s: %+.1f %%" % (ma, mb, (mb - ma) / ma * 100))
 PY
 
-# /metrics with 8 agents x 32 partitions.
-"$BIN" broker --partitions 32 --topic webbench-wide --address-file "$TMP/addr2" >"$TMP/broker2.log" 2>&1 &
+# /metrics with 8 agents x 32 partitions: a worker on its embedded broker.
+env APP_ID=webbench-wide IN=webbench-wide AGENTS=8 PARTITIONS=32 "$BIN" worker "$SCRIPT_DIR/web_app.lua" \
+	--web-port 0 >"$TMP/wide.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 100); do [[ -s $TMP/addr2 ]] && break; sleep 0.1; done
-ADDR2=$(grep -o '[0-9.]*:[0-9]*' "$TMP/addr2")
-head -n 320000 "$TMP/in.txt" | kcat -P -b "$ADDR2" -t webbench-wide -K: -X partitioner=murmur2_random -X linger.ms=20
-env APP_ID=webbench-wide IN=webbench-wide AGENTS=8 FSTREAM_BROKER=kafka://$ADDR2 "$BIN" worker \
-	"$SCRIPT_DIR/web_app.lua" --web-port 0 >"$TMP/wide.log" 2>&1 &
-PIDS+=($!)
+web=""
 for _ in $(seq 300); do
 	web=$(grep -o 'web  *http://[0-9.:]*' "$TMP/wide.log" | awk '{print $2}' || true)
 	[[ -n $web ]] && break
 	sleep 0.1
 done
+ADDR2=$(grep -o 'listening on [0-9.]*:[0-9]*' "$TMP/wide.log" | awk '{print $3}')
+head -n 320000 "$TMP/in.txt" | kcat -P -b "$ADDR2" -t webbench-wide -K: -X partitioner=murmur2_random -X linger.ms=20
 for _ in $(seq 600); do
-	n=$(curl -s "$web/metrics" | awk '$1 == "fstream_events_processed_total" {print $2}')
+	n=$(curl -s "$web/metrics" | awk '$1 == "fstream_events_processed_total" {print $2}' || true)
 	[[ ${n:-0} -ge 320000 ]] && break
 	sleep 0.1
 done
-bytes=$(curl -s "$web/metrics" | wc -c)
-lines=$(curl -s "$web/metrics" | grep -vc '^#')
-echo "/metrics with 8 agents x 32 partitions: $lines samples, $bytes bytes"
+bytes=$(curl -s "$web/metrics" | wc -c || true)
+lines=$(curl -s "$web/metrics" | grep -vc '^#' || true)
+echo "/metrics with 8 agents x 32 partitions: $lines samples, $bytes bytes ($n events processed)"
 python3 "$SCRIPT_DIR/web_load.py" "$web/metrics" 200 10
+python3 "$SCRIPT_DIR/web_load.py" "$web/healthz" 200 10

@@ -4,6 +4,7 @@
 local fstream = require "fstream"
 local app = fstream.app(os.getenv("APP_ID") or "webbench", {
   broker = "memory://", commit_interval = 1.0,
+  topic_partitions = tonumber(os.getenv("PARTITIONS") or "8"),
   web = { port = tonumber(os.getenv("WEB_PORT") or "0") },
 })
 local input = app:topic(os.getenv("IN") or "webbench-in", { value_serializer = "raw" })

@@ -3,8 +3,11 @@
 -- are _seconds, sizes _bytes; labels are topic, partition, agent, table.
 local metrics = {}
 
+local ESC = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
 local function esc(v)
-  return (tostring(v):gsub("[\\\"\n]", { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
+  v = tostring(v)
+  if not v:find('[\\"\n]') then return v end
+  return (v:gsub('[\\"\n]', ESC))
 end
 
 local function num(v)
@@ -26,14 +29,22 @@ function Out:family(name, kind, help)
 end
 
 -- labels: a list {k1, v1, k2, v2, ...} (an order of our choosing, stable).
+local function label_text(labels)
+  local t = ""
+  for i = 1, #labels, 2 do
+    t = t .. (i > 1 and "," or "") .. labels[i] .. '="' .. esc(labels[i + 1]) .. '"'
+  end
+  return t
+end
+
 function Out:sample(name, labels, v)
   local b = self.buf
+  local n = #b
   if labels and #labels > 0 then
-    local parts = {}
-    for i = 1, #labels, 2 do parts[#parts + 1] = labels[i] .. '="' .. esc(labels[i + 1]) .. '"' end
-    b[#b + 1] = name .. "{" .. table.concat(parts, ",") .. "} " .. num(v) .. "\n"
+    b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5] = name, "{", label_text(labels), "} ", num(v)
+    b[n + 6] = "\n"
   else
-    b[#b + 1] = name .. " " .. num(v) .. "\n"
+    b[n + 1], b[n + 2], b[n + 3], b[n + 4] = name, " ", num(v), "\n"
   end
 end
 
@@ -43,17 +54,22 @@ function Out:one(name, kind, help, v)
 end
 
 -- A histogram from cumulative bucket counts (bounds ascending, +Inf implied).
+local LE = {}
 function Out:histogram(name, labels, bounds, counts, sum, count)
+  local b = self.buf
+  local head = name .. "_bucket{" .. label_text(labels) .. ',le="'
   local cum = 0
   for i, le in ipairs(bounds) do
     cum = cum + (counts[i] or 0)
-    local l = { table.unpack(labels) }
-    l[#l + 1], l[#l + 2] = "le", num(le)
-    self:sample(name .. "_bucket", l, cum)
+    local les = LE[le]
+    if not les then les = num(le); LE[le] = les end
+    local n = #b
+    b[n + 1], b[n + 2], b[n + 3], b[n + 4] = head, les, '"} ', cum
+    b[n + 5] = "\n"
   end
-  local l = { table.unpack(labels) }
-  l[#l + 1], l[#l + 2] = "le", "+Inf"
-  self:sample(name .. "_bucket", l, count)
+  local n = #b
+  b[n + 1], b[n + 2], b[n + 3] = head, '+Inf"} ', count
+  b[n + 4] = "\n"
   self:sample(name .. "_sum", labels, sum)
   self:sample(name .. "_count", labels, count)
 end

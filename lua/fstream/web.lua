@@ -153,9 +153,20 @@ function builtin.readyz(app)
   return json_answer(ready and 200 or 503, body)
 end
 
+-- /metrics renders at most every METRICS_MAX_AGE seconds: a scraper asking
+-- more often gets the same text (Prometheus scrapes every 15 s or so; a
+-- dashboard or a load test asking hundreds of times a second must not cost
+-- the events their throughput; BENCHMARKS.md).
+local METRICS_MAX_AGE = 0.1
+local metrics_cache = { at = -math.huge }
+
 function builtin.metrics(app)
-  return 200, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" },
-    require("fstream.metrics").render(app)
+  local now = app.rt:now()
+  local c = metrics_cache
+  if c.app ~= app or now - c.at >= METRICS_MAX_AGE or now < c.at then
+    c.text, c.at, c.app = require("fstream.metrics").render(app), now, app
+  end
+  return 200, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" }, c.text
 end
 
 -- ---- tables --------------------------------------------------------------

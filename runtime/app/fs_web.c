@@ -440,10 +440,10 @@ static int l_web_start(lua_State *L)
     w->timer.cb = timer_cb;
     w->timer.data = w;
     /* After the scheduler (order 10): answers written in this turn go out in it. */
-    if (fs_io_add(&rt->loop, &w->io, EPOLLIN) ||
-        fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, 15, after_sched_hook, w) ||
+    int added = fs_io_add(&rt->loop, &w->io, EPOLLIN) == 0;
+    if (!added || fs_loop_hook(&rt->loop, FS_LOOP_AFTER_TIMERS, 15, after_sched_hook, w) ||
         fs_loop_limit(&rt->loop, web_limit, w)) {
-        w->next_server = NULL;
+        if (added) fs_io_del(&rt->loop, &w->io);
         fs_loop_unhook(&rt->loop, w);
         MHD_stop_daemon(w->d);
         free(w->token);
