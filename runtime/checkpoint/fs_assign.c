@@ -130,7 +130,7 @@ static void assign_complete(fs_assign *a)
         int64_t committed = tp->offset >= 0 ? tp->offset : -1;
         tp->offset = FS_OFFSET_INVALID; /* the transport starts from the committed one */
         /* LMDB may be ahead of the commit (killed between the two): resume there. */
-        int64_t stored = t ? fs_tables_resume_offset(rt, t->name, tp->partition) : -1;
+        int64_t stored = t ? fs_tables_resume_offset(rt, t->name, tp->partition, committed) : -1;
         if (stored > committed) {
             fs_info("%s[%d]: resuming at %lld from local state (committed: %lld)", t->name,
                     (int)tp->partition, (long long)stored, (long long)committed);

@@ -231,21 +231,32 @@ int fs_tables_write(fs_rt *rt, int use_snap)
     return 0;
 }
 
-int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p)
+int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p, int64_t committed)
 {
     char name[300], err[256];
-    if (snprintf(name, sizeof name, "in/%s", topic) >= (int)sizeof name) return -1; /* Kafka: <= 249 */
-    int64_t best = -1;
+    if (snprintf(name, sizeof name, "in/%s", topic) >= (int)sizeof name) return committed; /* Kafka: <= 249 */
+    /* Each table of the partition has applied the input up to its own stored
+     * offset, or up to the committed one (a commit follows every table's write;
+     * a table with nothing to write in a checkpoint keeps an older offset but
+     * missed nothing). Killed in the middle of a checkpoint, some tables'
+     * changelog records may have reached the broker (their replay moved their
+     * offset on) and others' not: input resumes where the table that is
+     * furthest behind stands, so that no table misses an event. The tables
+     * ahead of it see a few events twice, which at-least-once allows. */
+    int64_t least = -1;
+    int any = 0;
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
-        if (p >= t->partitions || !t->parts[p].store) continue;
-        int64_t v;
-        int found;
-        if (fs_store_meta_get(t->parts[p].store, name, &v, &found, err, sizeof err) == 0 && found &&
-            v > best)
-            best = v;
+        if (t->global || p >= t->partitions || !t->parts[p].store) continue;
+        int64_t v = committed;
+        int found = 0;
+        if (fs_store_meta_get(t->parts[p].store, name, &v, &found, err, sizeof err) || !found ||
+            v < committed)
+            v = committed;
+        if (!any || v < least) least = v;
+        any = 1;
     }
-    return best;
+    return any ? least : committed;
 }
 
 /* ---- holding partitions: open, replay, then tell the hook ---- */

@@ -47,7 +47,9 @@ void fs_tables_release(fs_rt *rt, int32_t p);
  * revocation or shutdown: the next owner must resume exactly there). */
 int fs_tables_flush(fs_rt *rt, int force);
 int fs_tables_write(fs_rt *rt, int use_snap); /* staged entries -> LMDB with offsets */
-int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p);
+/* Where input partition p of topic resumes, given the group's committed
+ * offset (-1: none): the least of what its tables applied (see fs_table.c). */
+int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p, int64_t committed);
 int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
                    size_t vl, char *err, size_t errlen);
 /* Cancels every replay in flight (logging where each stopped) and closes the
