@@ -49,6 +49,9 @@ function Agent.new(app, name, source, fn, opts, level)
     app = app, name = name, fn = fn, on_error = on_error, retry = retry, concurrency = concurrency,
     sinks = {}, topics = {}, topics_by_name = {}, streams = {}, instances = 0,
     processed_since_failure = 0, failures = 0,
+    -- What /metrics and /agents show (fstream/web.lua): failures by policy,
+    -- messages diverted, the last failure.
+    errors_by_policy = {}, dead_letters = 0, retries = 0, last_error = nil,
   }, Agent)
   -- Source: a topic, a list of topics, or nothing (anonymous agent: its own topic).
   local Topic = require "fstream.topic"
@@ -122,6 +125,7 @@ function Agent:_repartition(g, level)
   local fwd = Agent.new(app, self.name .. "-" .. g.name .. (g.through and "-through" or "-repartitioner"),
     { is_stream_source = true, topics = g.topics, processors = g.processors }, forward, {}, level)
   fwd.no_tables = true -- it only forwards: the tables follow rtopic's partitions
+  fwd.forwards_to = rtopic -- (for /topology)
   app.agents[fwd.name] = fwd
   app.agent_list[#app.agent_list + 1] = fwd
   return rtopic
@@ -300,8 +304,10 @@ function Agent:_divert(ev, err, traceback, topic, extra)
   -- The original bytes; a dead letter is best effort (its loss is logged, not fatal).
   local rt = self.app.rt
   if topic == self.dlq then
+    self.dead_letters = self.dead_letters + 1
     rt:produce_dead_letter(topic.id, ev.key_bytes, ev.value_bytes, nil, headers)
   else
+    self.retries = self.retries + 1
     rt:produce_raw(topic.id, ev.key_bytes, ev.value_bytes, nil, headers)
   end
 end
@@ -375,6 +381,14 @@ function Agent:_start_instance(stream, delay, forward)
     local pos, npos = stream.cs:cursor()
     local ev = pos > 0 and { stream.cs:meta(pos) } or nil
     if ev then ev = { topic = ev[1], partition = ev[2], offset = ev[3] } end
+    self.errors_by_policy[self.on_error] = (self.errors_by_policy[self.on_error] or 0) + 1
+    self.last_error = { message = tostring(err), traceback = traceback, time = rt:now(), event = ev }
+    -- The dashboard's list of recent failures (the newest 50).
+    local recent = self.app.recent_errors or {}
+    self.app.recent_errors = recent
+    recent[#recent + 1] = { agent = self.name, message = tostring(err), time = self.last_error.time, event = ev,
+      policy = self.on_error }
+    if #recent > 50 then table.remove(recent, 1) end
     if self.on_error == "crash" then
       core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
       rt:fatal(string.format("agent %s failed: %s (on_error = crash: not committing)", self.name, tostring(err)))

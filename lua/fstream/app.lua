@@ -15,6 +15,7 @@ App.DEFAULT_COMMIT_INTERVAL = { at_least_once = 2.8, exactly_once = 0.1 }
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
   max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true,
+  web = true, -- {port =, bind =, token =, public =} or false: fstream/web.lua reads it
 }
 
 function App.new(id, opts, level)
@@ -62,6 +63,7 @@ function App.new(id, opts, level)
     store = store,
     table_cleanup_interval = tci,
     agent_timeout = atime,
+    web = opts.web,
     topics = {}, topic_list = {},
     tables = {}, table_list = {},   -- tables' states (Table.state), not the objects the app holds
     agents = {}, agent_list = {},
@@ -153,6 +155,11 @@ function App:stream(source, opts)
   local s = setmetatable({ is_stream_source = true, topics = topics, processors = procs }, StreamSource)
   self.stream_sources[#self.stream_sources + 1] = s
   return s
+end
+
+-- app:page(path, fn, {methods =}): a page of the worker's web server (fstream/web.lua).
+function App:page(path, fn, opts)
+  return require("fstream.web").page(self, path, fn, opts, 2)
 end
 
 -- app:agent(name, source, function(stream) ... end, opts)

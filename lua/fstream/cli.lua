@@ -23,9 +23,12 @@ local STORE_HELP = "  --store URL           lmdb://DIR; default the app's store 
 cli.commands = {
   { name = "worker", pos = { "app" },
     options = { LOGLEVEL, { long = "--broker", field = "broker" }, STORE,
-      { long = "--reload", field = "reload", flag = true }, { long = "--guarantee", field = "guarantee" } },
+      { long = "--reload", field = "reload", flag = true }, { long = "--guarantee", field = "guarantee" },
+      { long = "--web-port", field = "web_port" }, { long = "--web-bind", field = "web_bind" },
+      { long = "--no-web", field = "no_web", flag = true } },
     synopsis = "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"
-      .. "                          [--reload] [--guarantee at_least_once|exactly_once]\n",
+      .. "                          [--reload] [--guarantee at_least_once|exactly_once]\n"
+      .. "                          [--web-port N] [--web-bind ADDR] [--no-web]\n",
     details = "Runs the app's agents, tasks and timers until SIGTERM or SIGINT (a second one exits at once).\n"
       .. "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"
       .. "  --broker URL          memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]; default\n"
@@ -33,7 +36,12 @@ cli.commands = {
       .. "  --store URL           lmdb://DIR for the tables' files; default the app's store option\n"
       .. "  --reload              load the new version when the app's files change (SIGHUP too)\n"
       .. "  --guarantee G         at_least_once or exactly_once (needs a Kafka cluster); default\n"
-      .. "                        the app's processing_guarantee option\n" },
+      .. "                        the app's processing_guarantee option\n"
+      .. "  --web-port N          the web server's port (default the app's web.port, 6066; the next\n"
+      .. "                        free one when taken; 0: any free port)\n"
+      .. "  --web-bind ADDR       its address (default 127.0.0.1; beyond loopback needs web.token\n"
+      .. "                        or FSTREAM_WEB_TOKEN, or web.public = true)\n"
+      .. "  --no-web              no web server\n" },
   { name = "send", pos = { "app", "target" },
     options = { { long = "--key", short = "-k", field = "key" },
       { long = "--partition", short = "-p", field = "partition" },
@@ -273,10 +281,15 @@ local function banner(app, rt, broker, opts)
   if #app.agent_list == 0 then add("agents", "(none)") end
   local changelog_of = {}
   for _, t in ipairs(app.table_list) do changelog_of[t.changelog] = t end
-  for i, t in ipairs(app.topic_list) do add(i == 1 and "topics" or "", describe_topic(t, changelog_of)) end
+  -- Internal ones (the web's __workers table) are not the app's to see.
+  local topics, tables = {}, {}
+  for _, t in ipairs(app.topic_list) do if not t.internal then topics[#topics + 1] = t end end
+  for _, t in ipairs(app.table_list) do if not t.internal then tables[#tables + 1] = t end end
+  for i, t in ipairs(topics) do add(i == 1 and "topics" or "", describe_topic(t, changelog_of)) end
   local Table = require "fstream.table"
-  for i, t in ipairs(app.table_list) do add(i == 1 and "tables" or "", Table.describe(t)) end
-  if #app.table_list > 0 then add("store", app:data_dir(opts.store)) end
+  for i, t in ipairs(tables) do add(i == 1 and "tables" or "", Table.describe(t)) end
+  if #tables > 0 then add("store", app:data_dir(opts.store)) end
+  add("web", opts.web_address and (opts.web_address .. "/") or "off")
   io.stderr:write(table.concat(lines, "\n"), "\n")
 end
 
@@ -306,6 +319,10 @@ function cli.worker(opts)
   if not app then return code end
   local broker, bad = checked_broker(app, opts)
   if not broker then return bad end
+  local web = require "fstream.web"
+  local wok, web_settings = pcall(web.settings, app, opts)
+  if not wok then return fail(2, "%s", web_settings) end
+  web.declare(app, broker)
   -- The banner comes first: the info lines of the start (topics created,
   -- global tables recovered) are held back until it is out.
   core.log_hold(true)
@@ -314,6 +331,13 @@ function cli.worker(opts)
     core.log_hold(false)
     return start_failed(app, rt)
   end
+  local started, addr = pcall(web.start, app, rt, web_settings)
+  if not started then
+    core.log_hold(false)
+    app:_stop()
+    return start_failed(app, addr)
+  end
+  opts.web_address = addr
   banner(app, rt, broker, opts)
   core.log_hold(false)
   rt:reload_setup(opts.app, opts.broker or "", opts.store or "", opts.reload ~= nil, broker, app:data_dir(opts.store))
@@ -326,7 +350,10 @@ end
 
 function cli.stopped(rc)
   core.log("info", string.format("worker stopped (exit %d)", rc))
-  if cli.running then cli.running:_stop() end
+  if cli.running then
+    require("fstream.web").stop(cli.running.rt)
+    cli.running:_stop()
+  end
   return rc
 end
 
@@ -337,6 +364,7 @@ function cli.prepare(opts, running)
   local app, msg = run_script(opts.app)
   if not app then error(msg, 0) end
   local cli_opts = { broker = opts.broker ~= "" and opts.broker or nil, store = opts.store ~= "" and opts.store or nil }
+  require("fstream.web").declare(app, broker_of(app, cli_opts))
   app:_check_reload(running, broker_of(app, cli_opts), app:data_dir(cli_opts.store))
   cli.pending = { app = app, path = opts.app, store = cli_opts.store }
   return app
@@ -347,6 +375,7 @@ function cli.attach(app, handle)
   local p = cli.pending
   cli.pending = nil
   local rt = app:_take_over(handle, p.store)
+  require("fstream.web").attach(app, rt)
   cli.running = app
   if rt:reload_watching() then watch(rt, p.path) end
 end

@@ -115,6 +115,7 @@ function Table.new(app, name, opts, level, global)
     key_serializer = opts.key_serializer or "json",
     value_serializer = opts.value_serializer or "json",
     parts = {},
+    writers = setmetatable({}, { __mode = "k" }), -- agents seen writing it (/topology)
   }
   local big = opts.big_integers
   if big ~= nil and not require("fstream.topic").BIG_INTEGERS[big] then
@@ -246,6 +247,9 @@ local function write(self, k, v)
   else
     p = event_partition()
   end
+  -- Which agents write the table, learned as they do (/topology).
+  local s = Table.streams_by_co[coroutine.running()]
+  if s then self.writers[s.agent] = true end
   if not p then
     error(string.format("table '%s': writes must happen while an agent processes an event "
       .. "(a write goes to that event's partition)", self.name), 3)
@@ -270,6 +274,8 @@ function Table._lookup(self, p, kb)
 end
 
 function Table._put(self, p, kb, v)
+  local s = Table.streams_by_co[coroutine.running()]
+  if s then self.writers[s.agent] = true end
   local part = held(self, p)
   part.cache[kb] = v == nil and TOMBSTONE or v
   part.dirty[kb] = true

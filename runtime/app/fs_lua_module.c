@@ -18,6 +18,7 @@
  *   fs_lua_misc.c     logging and the rest of fstream.core's functions
  *   fs_lua_reload.c   (app) the reload methods of the runtime
  *   fs_http.c         (app) core.http_request
+ *   fs_web.c          (app) the web server's methods of the runtime
  * fs_lua.c holds what they share (finding the runtime and topics). This
  * file assembles them: the runtime's metatable ("fstream.Runtime"), the
  * test runtime's ("fstream.TestRuntime": the same methods plus those only
@@ -30,6 +31,7 @@
 #include "fs_json.h"
 #include "fs_lua.h"
 #include "fs_reload.h"
+#include "fs_web.h"
 
 /* A runtime metatable named `name` whose methods are every array of regs
  * (NULL-terminated list). */
@@ -56,7 +58,8 @@ int luaopen_fstream_core(lua_State *L)
     fs_sched_track_coroutines(L);
 
     const luaL_Reg *const methods[] = {fs_lua_runtime_methods, fs_lua_topic_methods,
-                                       fs_lua_table_methods, fs_lua_reload_methods, NULL};
+                                       fs_lua_table_methods, fs_lua_reload_methods, fs_lua_web_methods,
+                                       NULL};
     const luaL_Reg *const test_methods[] = {fs_lua_runtime_methods, fs_lua_topic_methods,
                                             fs_lua_table_methods, fs_lua_reload_methods,
                                             fs_lua_runtime_test_methods, fs_lua_topic_test_methods,

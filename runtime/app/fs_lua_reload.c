@@ -56,7 +56,43 @@ static int l_rt_rebound(lua_State *L)
     return 0;
 }
 
+/* rt:reload_stats() -> {reloads=, failures=, pause_seconds_sum=, last_pause_seconds=,
+ * history = {{time=, ok=, pause_seconds=, message=}, ... oldest first}}, or nil
+ * when this worker cannot reload. */
+static int l_rt_reload_stats(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    int64_t reloads, failures, sum, n;
+    const struct fs_reload_event *hist = fs_reload_history(rt, &reloads, &failures, &sum, &n);
+    if (!hist) return 0;
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, reloads);
+    lua_setfield(L, -2, "reloads");
+    lua_pushinteger(L, failures);
+    lua_setfield(L, -2, "failures");
+    lua_pushnumber(L, (double)sum / 1000.0);
+    lua_setfield(L, -2, "pause_seconds_sum");
+    lua_newtable(L);
+    int64_t first = n > FS_RELOAD_HIST ? n - FS_RELOAD_HIST : 0;
+    for (int64_t i = first; i < n; i++) {
+        const struct fs_reload_event *e = &hist[i % FS_RELOAD_HIST];
+        lua_createtable(L, 0, 4);
+        lua_pushnumber(L, (double)e->at_ms / 1000.0);
+        lua_setfield(L, -2, "time");
+        lua_pushboolean(L, e->ok);
+        lua_setfield(L, -2, "ok");
+        lua_pushnumber(L, (double)e->pause_ms / 1000.0);
+        lua_setfield(L, -2, "pause_seconds");
+        lua_pushstring(L, e->msg);
+        lua_setfield(L, -2, "message");
+        lua_rawseti(L, -2, (lua_Integer)(i - first + 1));
+    }
+    lua_setfield(L, -2, "history");
+    return 1;
+}
+
 const luaL_Reg fs_lua_reload_methods[] = {
+    {"reload_stats", l_rt_reload_stats},
     {"reload_setup", l_rt_reload_setup},
     {"reload_watching", l_rt_reload_watching},
     {"watch", l_rt_watch},

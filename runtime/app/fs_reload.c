@@ -64,6 +64,11 @@ struct fs_reload {
     int next_app;    /* registry ref of its app in `next` */
     int64_t t0, deadline;
     int again; /* a change arrived during the swap: reload once more */
+    /* What /metrics and the dashboard show: counts, the pauses' total, and
+     * the last reloads (a ring; hist[nhist % RELOAD_HIST] is the next). */
+    int64_t reloads, failures, pause_ms_sum;
+    struct fs_reload_event hist[FS_RELOAD_HIST];
+    int64_t nhist;
     fs_tplist restart; /* where partitions restart, during the swap */
 };
 
@@ -341,6 +346,32 @@ static lua_State *load_next(fs_rt *rt, int *app_ref, char *err, size_t errlen)
     return NULL;
 }
 
+static void remember(struct fs_reload *r, int ok, int64_t pause_ms, const char *msg)
+{
+    struct fs_reload_event *e = &r->hist[r->nhist++ % FS_RELOAD_HIST];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    e->at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    e->ok = ok;
+    e->pause_ms = pause_ms;
+    snprintf(e->msg, sizeof e->msg, "%s", msg);
+    if (ok) {
+        r->reloads++;
+        r->pause_ms_sum += pause_ms;
+    } else {
+        r->failures++;
+    }
+}
+
+const struct fs_reload_event *fs_reload_history(fs_rt *rt, int64_t *reloads, int64_t *failures,
+                                                int64_t *pause_ms_sum, int64_t *n)
+{
+    struct fs_reload *r = rt->reload;
+    if (!r) return NULL;
+    *reloads = r->reloads, *failures = r->failures, *pause_ms_sum = r->pause_ms_sum, *n = r->nhist;
+    return r->hist;
+}
+
 static void begin(fs_rt *rt)
 {
     struct fs_reload *r = rt->reload;
@@ -350,6 +381,7 @@ static void begin(fs_rt *rt)
     lua_State *L = load_next(rt, &r->next_app, err, sizeof err);
     if (!L) {
         fs_error("reload of %s failed, still running the previous version: %s", r->path, err);
+        remember(r, 0, 0, err);
         return;
     }
     fs_debug("reload: %s loaded and checked in %lld ms", r->path, (long long)(mono_ms() - t));
@@ -447,6 +479,7 @@ static void swap(fs_rt *rt)
                  (long long)(t_drained - r->t0), (long long)(t_checkpointed - t_drained),
                  (long long)(t_closed - t_checkpointed), (long long)(t - t_closed));
         fs_info("reloaded %s in %lld ms", r->path, (long long)(t - r->t0));
+        remember(r, 1, t - r->t0, r->path);
     }
     if (r->again) {
         r->again = 0;

@@ -20,6 +20,19 @@ int fs_reload_watch(fs_rt *rt, const char *const *files, int n); /* replaces the
 void fs_reload_request(fs_rt *rt, const char *why, int64_t delay_ms);
 void fs_reload_poll(fs_rt *rt);
 void fs_reload_free(fs_rt *rt);
+/* A reload, as /metrics and the dashboard show it (fs_lua_reload.c:
+ * rt:reload_stats()). */
+enum { FS_RELOAD_HIST = 16 };
+struct fs_reload_event {
+    int64_t at_ms;    /* wall clock, ms since the epoch */
+    int ok;           /* 0: the new version was refused, the old one runs on */
+    int64_t pause_ms; /* events paused, drain to resume */
+    char msg[256];    /* the script (ok) or why it was refused */
+};
+/* The ring of the last reloads (event i of n at hist[i % FS_RELOAD_HIST])
+ * and the counts; NULL when this worker cannot reload. */
+const struct fs_reload_event *fs_reload_history(fs_rt *rt, int64_t *reloads, int64_t *failures,
+                                                int64_t *pause_ms_sum, int64_t *n);
 /* Called by the new version once it declared everything (rt:rebound()). */
 int fs_reload_rebound(fs_rt *rt, char *err, size_t errlen);
 

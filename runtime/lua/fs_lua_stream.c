@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fs_call.h"
 #include "fs_json.h"
@@ -297,10 +298,28 @@ static int l_stream_drop(lua_State *L)
     return 0;
 }
 
-/* stream:next(mode) -> i | nil: moves the cursor to the next entry of the
- * buffer and returns its index, or nil when the buffer is spent or holds
- * another mode's entries (the Lua side takes again). The per-event call: the
- * metatable is upvalue 1, so the check costs no registry lookup. */
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The event in hand is finished (the agent asks for the next): its time
+ * goes to the agent's histogram. */
+static void event_done(fs_stream *s, int64_t now)
+{
+    static const int64_t bounds[FS_LAT_NBOUNDS] = FS_LAT_BOUNDS;
+    struct fs_agent_stats *st = &s->agent->stats;
+    int64_t d = now - s->moved_ns;
+    int b = 0;
+    while (b < FS_LAT_NBOUNDS && d > bounds[b]) b++;
+    st->buckets[b]++;
+    st->ns_sum += d;
+    st->processed++;
+    s->moved_ns = 0;
+}
+
 static int next_k(lua_State *L, int status, lua_KContext ctx);
 
 /* The hold is set: the event in hand is finished (acknowledged now, so the
@@ -323,12 +342,14 @@ static int hold_here(lua_State *L, stream_ud *u)
     return lua_yieldk(L, 0, (lua_KContext)u, next_k);
 }
 
-/* The cursor's move itself, once no hold stops it. */
-static int next_move(lua_State *L, stream_ud *u)
+/* The cursor's move itself, once no hold stops it; now: when the agent
+ * moves onto the next event (its processing time starts there). */
+static int next_move(lua_State *L, stream_ud *u, int64_t now)
 {
     fs_stream *s = u->s;
     if (s->fence) fs_stream_fence_step(u->rt, s, L);
     if (s->pos >= s->nbuf || s->mode != (int)lua_tointeger(L, 2)) return 0;
+    s->moved_ns = now;
     lua_pushinteger(L, (lua_Integer)++s->pos);
     return 1;
 }
@@ -341,22 +362,30 @@ static int next_k(lua_State *L, int status, lua_KContext ctx)
     if (co && u->s->waiter == co) u->s->waiter = NULL;
     if (!u->owner->rt) return luaL_error(L, "runtime is closed");
     if (u->rt->hold && hold_here(L, u) >= 0) return 0; /* not reached: hold_here yields */
-    return next_move(L, u);
+    return next_move(L, u, mono_ns());
 }
 
+/* stream:next(mode) -> i | nil: moves the cursor to the next entry of the
+ * buffer and returns its index, or nil when the buffer is spent or holds
+ * another mode's entries (the Lua side takes again). The per-event call: the
+ * metatable is upvalue 1, so the check costs no registry lookup. */
 static int l_stream_next(lua_State *L)
 {
     stream_ud *u = lua_touserdata(L, 1);
     if (!u || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
         return luaL_typeerror(L, 1, STREAM_MT);
     if (!u->owner->rt) return luaL_error(L, "runtime is closed");
+    /* The event in hand is finished: its time goes to the agent's histogram
+     * (a hold's wait is not counted in it). */
+    int64_t now = mono_ns();
+    if (u->s->moved_ns) event_done(u->s, now);
     /* The per-event cost of the hold: this one test. */
     if (u->rt->hold) {
         lua_settop(L, 2);
         int rc = hold_here(L, u);
         if (rc >= 0) return rc;
     }
-    return next_move(L, u);
+    return next_move(L, u, now);
 }
 
 /* stream:cursor() -> i, n, mode: the entry in hand (0: none), the entries in

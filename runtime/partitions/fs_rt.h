@@ -84,10 +84,26 @@ struct fs_batch {
     fs_event ev[];
 };
 
+/* Bounds of the agents' processing-time histogram, in nanoseconds (the
+ * last bucket is everything above the last bound). */
+#define FS_LAT_BOUNDS                                                                          \
+    {100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 25000000, 50000000,          \
+     100000000, 250000000, 500000000, 1000000000, 2500000000, 5000000000, 10000000000}
+enum { FS_LAT_NBOUNDS = 16 };
+
+/* How long an agent's events took, from its cursor moving onto one to the
+ * next move (fs_lua_stream.c measures; /metrics reads). */
+struct fs_agent_stats {
+    int64_t processed;
+    int64_t ns_sum;
+    int64_t buckets[FS_LAT_NBOUNDS + 1];
+};
+
 struct fs_agent {
     fs_rt *rt;
     int id;
     char *name;
+    struct fs_agent_stats stats;
     fs_event **q; /* ring of events not yet handed to a stream */
     size_t qcap, qhead, qlen;
     fs_stream **streams;
@@ -117,6 +133,7 @@ struct fs_stream {
     int mode;
     int fence;
     int held; /* its reader waits because of the hold (woken when it is released) */
+    int64_t moved_ns; /* monotonic time the cursor moved onto the event in hand, 0: none */
     /* Registered by the buffer's owner (fs_lua_stream.c binds it): a fence
      * dropped entries, entry `from` moves to `to` (1-based). ctx: what the
      * caller of fs_stream_fence_step passed, NULL from fs_fence_streams. */

@@ -515,7 +515,7 @@ static void replay_step(fs_recovery *r, struct task *k)
     if (nops) {
         k->next = next;
         k->done += (int64_t)nops;
-        rt->recovered_records += (int64_t)nops;
+        if (!fs_table_internal(k->t)) rt->recovered_records += (int64_t)nops;
         k->last_data = now_ms(r);
     }
     /* Ends either way: the next record to read is the end asked for (a

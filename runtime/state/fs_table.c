@@ -169,7 +169,7 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
     }
     if (fs_produce(rt, t->changelog, p, k, kl, v, vl, h, 0, NULL, err, errlen)) return -1;
     tp->ops.len++;
-    rt->changelog_records++;
+    if (!fs_table_internal(t)) rt->changelog_records++;
     return 0;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -223,7 +223,7 @@ int fs_tables_write(fs_rt *rt, int use_snap)
                 fs_rt_fatal(rt, "table %s[%d]: %s", t->name, p, err);
                 return -1;
             }
-            rt->lmdb_writes += (int64_t)tp->ops.len;
+            if (!fs_table_internal(t)) rt->lmdb_writes += (int64_t)tp->ops.len;
             tp->ops.len = 0;
             fs_buf_reset(&tp->arena);
         }

@@ -39,4 +39,12 @@ struct fs_table {
     } *parts;
 };
 
+/* Tables whose name starts with "__" are the runtime's own (the web server's
+ * __workers): their records are left out of the worker's counts
+ * (changelog_records, lmdb_writes, recovered_records), which describe the app's tables. */
+static inline int fs_table_internal(const struct fs_table *t)
+{
+    return t->name[0] == '_' && t->name[1] == '_';
+}
+
 #endif

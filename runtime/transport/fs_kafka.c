@@ -2096,6 +2096,14 @@ int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n)
     return rd_kafka_msg_partitioner_murmur2(NULL, key, len, n, NULL, NULL);
 }
 
+static int64_t kafka_high_watermark(fs_transport *tp, const char *topic, int32_t partition)
+{
+    fs_kafka *k = (fs_kafka *)tp;
+    int64_t lo = -1, hi = -1;
+    if (!k->consumer || rd_kafka_get_watermark_offsets(k->consumer, topic, partition, &lo, &hi)) return -1;
+    return hi;
+}
+
 static const fs_transport_ops kafka_ops = {
     .name = "kafka",
     .resolve = kafka_resolve,
@@ -2119,6 +2127,7 @@ static const fs_transport_ops kafka_ops = {
     .txn_seal = kafka_txn_seal,
     .txn_commit = kafka_txn_commit,
     .txn_abort = kafka_txn_abort,
+    .high_watermark = kafka_high_watermark,
 };
 
 /* Changelog recovery and global tables (the state layer) still read with

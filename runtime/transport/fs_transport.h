@@ -275,6 +275,11 @@ typedef struct fs_transport_ops {
      * reported through cb.delivered with aborted = 1. After FS_TXN_FENCED the
      * producer is recreated here. Asynchronous: cb.txn_done(ctx, ...). */
     int (*txn_abort)(fs_transport *tp, void *ctx);
+
+    /* The partition's high watermark as the consumer last saw it (cached by
+     * the client from fetch answers: no I/O), or -1 when not known yet. NULL
+     * in a transport without one (the in-memory log). Read by /metrics. */
+    int64_t (*high_watermark)(fs_transport *tp, const char *topic, int32_t partition);
 } fs_transport_ops;
 
 #define FS_COMMIT_SYNC 1
