@@ -90,7 +90,8 @@ describe("changelog recovery of a large table", function()
     assert.is_true(os.time() - t0 <= 5, "the stop took " .. (os.time() - t0) .. " s")
     local out = w:output()
     assert.matches("stopping %(SIGTERM%)", out)
-    assert.matches("recovery of table word_counts%[%d+%] interrupted by a stop", out)
+    -- The replay in progress, or (the stop came between two partitions) the ones not begun.
+    assert.matches("recovery of [^\n]* interrupted by a stop", out)
     local first = recovered(out)
     assert.is_true(first < TOTAL, out)
     -- What LMDB took before the stop is not replayed again: the two runs together read each record once.

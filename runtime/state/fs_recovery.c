@@ -612,6 +612,11 @@ static void retry_cb(fs_timer *tm)
 /* Every queued replay ends with rc 1 (a stop). */
 static void interrupt_all(fs_recovery *r, const char *why)
 {
+    size_t queued = 0;
+    for (size_t i = 0; i < r->q.len; i++) queued += r->q.items[i]->state == T_QUEUED;
+    if (queued)
+        fs_warn("recovery of %zu more table partitions interrupted by %s before it began; the next "
+                "start does it", queued, why);
     while (r->q.len) {
         struct task *k = r->q.items[0];
         say_interrupted(k, why);
