@@ -254,7 +254,8 @@ local app = fstream.app("web-reload-%s", { broker = "memory://", web = { port = 
 app:agent("a", app:topic("in-reload"), function(stream) for _ in stream do end end)
 app:page("/version", function() return { version = "%s" } end)
 %s
-]], uniq, path, v, v == "v2" and 'app:page("/added", function() return "added" end)' or ""))
+]], uniq, path, v, v == "v2" and 'app:page("/added", function() return "added" end)\n'
+        .. 'app:page("/metrics", function() return "mine" end)' or ""))
     end
     version("v1")
     local w2 = proc.spawn(string.format("%s worker %s -l info", proc.bin, q(path)), "web-reload")
@@ -262,6 +263,10 @@ app:page("/version", function() return { version = "%s" } end)
     local _, _, b = get(web2 .. "/version")
     assert.are.equal("v1", json.decode(b).version)
     assert.are.equal(404, (get(web2 .. "/added")))
+    -- The built-in /metrics, which the server's C side repeats for 0.1 s.
+    local sm, _, bm = get(web2 .. "/metrics")
+    assert.are.equal(200, sm)
+    assert.matches("fstream_events_in_total", bm)
     version("v2")
     w2:signal("HUP")
     assert.is_truthy(w2:wait_for("reloaded [^\n]* in %d+ ms", 30), w2:output())
@@ -270,6 +275,10 @@ app:page("/version", function() return { version = "%s" } end)
     local s2, _, b2 = get(web2 .. "/added")
     assert.are.equal(200, s2)
     assert.are.equal("added", b2)
+    -- The new version's page wins over the built-in one (and its cached text).
+    local s3, _, b3 = get(web2 .. "/metrics")
+    assert.are.equal(200, s3)
+    assert.are.equal("mine", b3)
     assert.are.equal(0, w2:stop())
   end)
 end)
