@@ -48,13 +48,12 @@ end
 describe("exactly-once on a real Kafka broker, with aborted transactions", function()
   local addr
   setup(function()
-    local out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, proc.quote(dir)))
-    assert(rc == 0, "could not start Kafka:\n" .. out)
-    addr = out:match("(127%.0%.0%.1:%d+)%s*$")
-    assert(addr, out)
+    local rc, out
+    rc, out, addr = proc.kafka_start(port, dir)
+    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
   end)
   teardown(function()
-    proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, proc.quote(dir)))
+    proc.kafka_stop(dir)
   end)
 
   -- Runs the word count over the corpus until its table holds every word,

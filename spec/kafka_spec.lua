@@ -9,13 +9,12 @@ local dir = proc.tmp .. "/kafka"
 describe("a worker on a real Kafka broker", function()
   local addr
   setup(function()
-    local out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, proc.quote(dir)))
-    assert(rc == 0, "could not start Kafka:\n" .. out)
-    addr = out:match("(127%.0%.0%.1:%d+)%s*$")
-    assert(addr, out)
+    local rc, out
+    rc, out, addr = proc.kafka_start(port, dir)
+    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
   end)
   teardown(function()
-    proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, proc.quote(dir)))
+    proc.kafka_stop(dir)
   end)
 
   it("creates its topics, processes 10,000 messages, and resumes after a clean stop", function()
@@ -72,12 +71,12 @@ describe("a table on a real Kafka broker", function()
   local wc = require "spec.support.wordcount"
   local addr
   setup(function()
-    local out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, proc.quote(dir)))
-    assert(rc == 0, "could not start Kafka:\n" .. out)
-    addr = out:match("(127%.0%.0%.1:%d+)%s*$")
+    local rc, out
+    rc, out, addr = proc.kafka_start(port, dir)
+    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
   end)
   teardown(function()
-    proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, proc.quote(dir)))
+    proc.kafka_stop(dir)
   end)
 
   it("counts exactly, keeps a compacted changelog, and rebuilds from it", function()

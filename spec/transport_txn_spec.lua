@@ -41,14 +41,13 @@ end
 describe("the kafka transport's transactions", function()
   local addr, url
   setup(function()
-    local out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, proc.quote(dir)))
-    assert(rc == 0, "could not start Kafka:\n" .. out)
-    addr = out:match("(127%.0%.0%.1:%d+)%s*$")
-    assert(addr, out)
+    local rc, out
+    rc, out, addr = proc.kafka_start(port, dir)
+    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
     url = "kafka://" .. addr
   end)
   teardown(function()
-    proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, proc.quote(dir)))
+    proc.kafka_stop(dir)
   end)
 
   it("commits a transaction: its sends become visible, the ones after txn_seal wait for the next one", function()
@@ -126,13 +125,13 @@ describe("the kafka transport's transactions", function()
     local p = proc.spawn(string.format("env ASAN_OPTIONS=detect_leaks=1 %s %s loop %s %s 150 50", probe,
       proc.quote(url), proc.quote(topic), proc.quote("txn-loop-" .. uniq)), "txn-probe-loop")
     assert.truthy(p:wait_for("loop%-ok 20\n", 60), p:output())
-    local out, rc = proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, proc.quote(dir)))
+    local rc, out = proc.kafka_stop(dir)
     assert.are.equal(0, rc, out)
     -- Longer than transaction.timeout.ms and message.timeout.ms (10 s): the
     -- open transaction's sends time out, its abort fails (the coordinator
     -- has lost it), only a new producer goes on.
     proc.sleep(15)
-    out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, proc.quote(dir)))
+    rc, out = proc.kafka_start(port, dir)
     assert.are.equal(0, rc, out)
     assert.are.equal(0, p:wait(180), p:output())
     out = p:output()

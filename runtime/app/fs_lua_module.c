@@ -34,7 +34,8 @@
 #include "fs_web.h"
 
 /* A runtime metatable named `name` whose methods are every array of regs
- * (NULL-terminated list). */
+ * (NULL-terminated list). The test one (a worker run with test hooks, or
+ * fstream.testing) has every method of the other one plus the test's. */
 static void new_rt_metatable(lua_State *L, const char *name, const luaL_Reg *const *regs)
 {
     luaL_newmetatable(L, name);
@@ -62,7 +63,8 @@ int luaopen_fstream_core(lua_State *L)
                                        NULL};
     const luaL_Reg *const test_methods[] = {fs_lua_runtime_methods, fs_lua_topic_methods,
                                             fs_lua_table_methods, fs_lua_reload_methods,
-                                            fs_lua_runtime_test_methods, fs_lua_topic_test_methods,
+                                            fs_lua_web_methods, fs_lua_runtime_test_methods,
+                                            fs_lua_topic_test_methods,
                                             NULL};
     new_rt_metatable(L, RT_MT, methods);
     new_rt_metatable(L, RT_TEST_MT, test_methods);

@@ -98,6 +98,19 @@ function Proc:stop(timeout)
   return rc
 end
 
+-- A real Apache Kafka (scripts/kafka) on `port` with its data in `dir`:
+-- kafka_start returns "rc, output, address" (rc 0 when it serves metadata);
+-- kafka_stop stops it (its data stays in dir). Specs start and stop their own.
+function proc.kafka_start(port, dir)
+  local out, rc = proc.run(string.format("%s/scripts/kafka start --port %s --dir %s", proc.root, port, q(dir)))
+  return rc, out, out:match("(127%.0%.0%.1:%d+)%s*$")
+end
+
+function proc.kafka_stop(dir)
+  local out, rc = proc.run(string.format("%s/scripts/kafka stop --dir %s", proc.root, q(dir)))
+  return rc, out
+end
+
 -- A standalone embedded broker (fstream-lua broker); returns proc, address.
 function proc.broker(topics, partitions)
   local addr_file = string.format("%s/broker-%d-%d.addr", proc.tmp, os.time(), seq + 1)
