@@ -8,7 +8,9 @@
 #    (default 2,000,000) small keyed messages in 16 partitions. Workers of
 #    bench/web_app.lua (one agent counting per key) read them all, each in a
 #    new consumer group, alternately without and with 500 requests/s to
-#    /metrics (bench/web_load.py, one keep-alive connection), R rounds
+#    /metrics (bench-web-load from bench/web_load.c, one keep-alive
+#    connection, paced; a C client so that it takes little of the CPU being
+#    measured), R rounds
 #    (default 3). Both kinds poll /metrics every 50 ms to see when they are
 #    done; throughput = COUNT / (last event - first event).
 # 2. /metrics with 8 agents x 32 partitions: a worker of the same app with
@@ -18,7 +20,9 @@
 set -euo pipefail
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd -P)
-BIN=${BENCH_BUILD_DIR:-$ROOT/build}/fstream-lua
+BUILD=${BENCH_BUILD_DIR:-$ROOT/build}
+BIN=$BUILD/fstream-lua
+LOAD=$BUILD/bench/bench-web-load # bench/web_load.c: the client's own CPU stays small
 N=2000000
 ROUNDS=3
 while (($#)); do
@@ -64,7 +68,7 @@ run() {
 	done
 	local lp=""
 	if ((load)); then
-		python3 "$SCRIPT_DIR/web_load.py" "$web/metrics" 500 600 >"$TMP/$id.load" &
+		"$LOAD" "$web/metrics" 500 600 >"$TMP/$id.load" &
 		lp=$!
 	fi
 	python3 - "$web" "$N" <<'PY'
@@ -127,5 +131,5 @@ done
 bytes=$(curl -s "$web/metrics" | wc -c || true)
 lines=$(curl -s "$web/metrics" | grep -vc '^#' || true)
 echo "/metrics with 8 agents x 32 partitions: $lines samples, $bytes bytes ($n events processed)"
-python3 "$SCRIPT_DIR/web_load.py" "$web/metrics" 200 10
-python3 "$SCRIPT_DIR/web_load.py" "$web/healthz" 200 10
+"$LOAD" "$web/metrics" 200 10
+"$LOAD" "$web/healthz" 200 10

@@ -301,6 +301,12 @@ function Agent:_divert(ev, err, traceback, topic, extra)
     headers["fstream-offset"] = tostring(ev.offset)
   end
   for k, v in pairs(extra or {}) do headers[k] = v end
+  -- Tracing: a child span of the failed event's trace (a malformed
+  -- traceparent is not passed on, nor its tracestate).
+  if headers.traceparent ~= nil then
+    headers.traceparent = core.trace_child(headers.traceparent)
+    if headers.traceparent == nil then headers.tracestate = nil end
+  end
   -- The original bytes; a dead letter is best effort (its loss is logged, not fatal).
   local rt = self.app.rt
   if topic == self.dlq then

@@ -103,6 +103,20 @@ function metrics.render(app)
   o:one("fstream_lmdb_writes_total", "counter", "Entries written to LMDB by checkpoints.", st.lmdb_writes)
   o:one("fstream_recovered_records_total", "counter", "Changelog records replayed into tables.", st.recovered_records)
 
+  -- Checkpoints, per occasion (periodic, revocation, reload, stop).
+  local ck = st.checkpoints
+  if ck then
+    o:family("fstream_checkpoint_duration_seconds", "histogram",
+      "Time from a checkpoint's start to its end (failed ones included), per occasion.")
+    for _, c in ipairs(ck) do
+      o:histogram("fstream_checkpoint_duration_seconds", { "occasion", c.occasion }, ck.bounds, c.buckets,
+        c.seconds_sum, c.count)
+    end
+    o:family("fstream_checkpoint_failures_total", "counter",
+      "Checkpoints that failed (nothing committed by them), per occasion.")
+    for _, c in ipairs(ck) do o:sample("fstream_checkpoint_failures_total", { "occasion", c.occasion }, c.failed) end
+  end
+
   -- Per topic, and per partition held.
   local names = {}
   for name in pairs(st.topics) do names[#names + 1] = name end

@@ -56,6 +56,14 @@ struct fs_web {
     fs_co *waiter;  /* the coroutine in web_next */
     uint64_t next_id;
     int64_t requests, rejected, connections;
+    /* One answer Lua said may be repeated (rt:web_cache: the built-in
+     * /metrics, which renders at most every 0.1 s anyway): until the loop's
+     * clock passes cache_until, a GET of cache_path is answered with it from
+     * access_cb, without suspending the connection or waking the Lua side. */
+    char *cache_path;
+    struct MHD_Response *cache_resp;
+    unsigned cache_status;
+    int64_t cache_until, cache_hits;
     fs_web *next_server;
 };
 
@@ -106,6 +114,14 @@ static void after_sched_hook(void *data)
 static int64_t web_limit(void *data)
 {
     return ((fs_web *)data)->need_run ? 0 : -1;
+}
+
+static void drop_cache(fs_web *w)
+{
+    if (w->cache_resp) MHD_destroy_response(w->cache_resp);
+    w->cache_resp = NULL;
+    free(w->cache_path);
+    w->cache_path = NULL;
 }
 
 static void unlink_inlua(web_req *r)
@@ -226,6 +242,14 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
         MHD_destroy_response(r->resp);
         r->resp = NULL;
         return rc;
+    }
+    if (!r->reject && w->cache_resp && !r->body.len && strcmp(url, w->cache_path) == 0 &&
+        strcmp(method, "GET") == 0) {
+        if (fs_loop_now(&w->rt->loop) < w->cache_until) {
+            w->cache_hits++;
+            return MHD_queue_response(conn, w->cache_status, w->cache_resp);
+        }
+        drop_cache(w);
     }
     if (!r->reject && w->nqueued >= w->max_queue) r->reject = 503;
     if (r->reject) {
@@ -370,6 +394,7 @@ static void web_free(fs_web *w)
             *p = w->next_server;
             break;
         }
+    drop_cache(w);
     free(w->token);
     free(w);
 }
@@ -606,6 +631,55 @@ static int l_web_hold(lua_State *L)
     return 0;
 }
 
+/* The headers table at idx onto resp; 0, or -1 with resp destroyed and the
+ * error on the stack's top (for luaL_error's caller). */
+static int add_headers(lua_State *L, int idx, struct MHD_Response *resp)
+{
+    if (lua_isnil(L, idx)) return 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1) &&
+            MHD_add_response_header(resp, lua_tostring(L, -2), lua_tostring(L, -1)) != MHD_YES) {
+            MHD_destroy_response(resp);
+            lua_pushfstring(L, "invalid response header '%s'", lua_tostring(L, -2));
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* rt:web_cache(path, seconds, status, headers, body): for the next `seconds`
+ * (loop clock), GET path is answered with this from C; rt:web_cache() drops
+ * it (a reload: the new version's pages may take the path over). */
+static int l_web_cache(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    fs_web *w = web_of(rt);
+    if (!w) return 0;
+    drop_cache(w);
+    if (lua_isnoneornil(L, 2)) return 0;
+    const char *path = luaL_checkstring(L, 2);
+    lua_Number secs = luaL_checknumber(L, 3);
+    lua_Integer status = luaL_checkinteger(L, 4);
+    if (!lua_isnil(L, 5)) luaL_checktype(L, 5, LUA_TTABLE);
+    size_t blen;
+    const char *body = luaL_checklstring(L, 6, &blen);
+    if (status < 100 || status > 999) return luaL_error(L, "HTTP status %d is not one", (int)status);
+    if (!(secs > 0)) return 0;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(blen, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!resp) return luaL_error(L, "out of memory");
+    if (add_headers(L, 5, resp)) return lua_error(L);
+    if (!(w->cache_path = strdup(path))) {
+        MHD_destroy_response(resp);
+        return luaL_error(L, "out of memory");
+    }
+    w->cache_resp = resp;
+    w->cache_status = (unsigned)status;
+    w->cache_until = fs_loop_now(&rt->loop) + (int64_t)(secs * 1000.0);
+    return 0;
+}
+
 static int l_web_respond(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
@@ -621,17 +695,7 @@ static int l_web_respond(lua_State *L)
     }
     struct MHD_Response *resp = MHD_create_response_from_buffer(blen, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!resp) return luaL_error(L, "out of memory");
-    if (!lua_isnil(L, 4)) {
-        lua_pushnil(L);
-        while (lua_next(L, 4)) {
-            if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1) &&
-                MHD_add_response_header(resp, lua_tostring(L, -2), lua_tostring(L, -1)) != MHD_YES) {
-                MHD_destroy_response(resp);
-                return luaL_error(L, "invalid response header '%s'", lua_tostring(L, -2));
-            }
-            lua_pop(L, 1);
-        }
-    }
+    if (add_headers(L, 4, resp)) return lua_error(L);
     answer(r, (unsigned)status, resp);
     lua_pushboolean(L, 1);
     return 1;
@@ -650,6 +714,8 @@ static int l_web_stats(lua_State *L)
     lua_setfield(L, -2, "connections");
     lua_pushinteger(L, w->nqueued);
     lua_setfield(L, -2, "queued");
+    lua_pushinteger(L, w->cache_hits);
+    lua_setfield(L, -2, "cached");
     return 1;
 }
 
@@ -874,6 +940,7 @@ const luaL_Reg fs_lua_web_methods[] = {
     {"web_next", l_web_next},
     {"web_hold", l_web_hold},
     {"web_respond", l_web_respond},
+    {"web_cache", l_web_cache},
     {"web_stats", l_web_stats},
     {"web_stop", l_web_stop},
     {NULL, NULL},

@@ -49,6 +49,8 @@ struct fs_ckpt {
     void (*abort_done)(void *data, int result, const char *msg);
     void *abort_data;
     char txn_tag, abort_tag; /* their addresses mark our txn_commit / txn_abort */
+    int64_t t_start; /* monotonic ns when the running checkpoint started */
+    fs_ckpt_stats stats[FS_CKPT_NOCCASIONS];
 };
 
 /* The occasions. force: tables re-stage each held partition's newest record
@@ -73,6 +75,13 @@ static const struct occasion {
     [FS_CKPT_RELOAD] = {"reload", 0, 1, 1, 30000, 0},
     [FS_CKPT_STOP] = {"stop", 1, 1, 0, 30000, 0},
 };
+
+_Static_assert(sizeof occasions / sizeof occasions[0] == FS_CKPT_NOCCASIONS, "one row per occasion");
+
+const char *fs_ckpt_occasion_name(int occasion)
+{
+    return occasion >= 0 && occasion < FS_CKPT_NOCCASIONS ? occasions[occasion].name : "?";
+}
 
 fs_rt *fs_ckpt_rt(fs_ckpt *ck)
 {
@@ -127,6 +136,31 @@ static int64_t mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+const fs_ckpt_stats *fs_ckpt_stats_of(const fs_ckpt *ck, int occasion)
+{
+    return occasion >= 0 && occasion < FS_CKPT_NOCCASIONS ? &ck->stats[occasion] : NULL;
+}
+
+/* One checkpoint of `occasion` ended after d ns. */
+static void record(fs_ckpt *ck, int occasion, int64_t d, int failed)
+{
+    static const int64_t bounds[FS_CKPT_NBOUNDS] = FS_CKPT_BOUNDS;
+    fs_ckpt_stats *st = &ck->stats[occasion];
+    int b = 0;
+    while (b < FS_CKPT_NBOUNDS && d > bounds[b]) b++;
+    st->buckets[b]++;
+    st->count++;
+    st->ns_sum += d;
+    if (failed) st->failed++;
 }
 
 /* ---- the at-least-once strategy ---- */
@@ -295,6 +329,7 @@ static void end(fs_ckpt *ck, int rc)
     void *data = ck->data;
     ck->phase = IDLE;
     ck->done = NULL;
+    record(ck, occasion, mono_ns() - ck->t_start, rc < 0);
     fs_tplist_free(&ck->only);
     fs_tplist_free(&ck->offsets);
     ck->has_only = 0;
@@ -600,6 +635,7 @@ int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
     ck->done = done;
     ck->data = data;
     ck->why[0] = 0;
+    ck->t_start = mono_ns();
     if (ck->s->transactional) {
         /* Quiesce first: agents stop at their next event boundary. */
         ck->phase = QUIESCE;

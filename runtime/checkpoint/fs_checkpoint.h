@@ -157,6 +157,22 @@ void fs_ckpt_on_txn_done(fs_ckpt *ck, void *ctx, int result, const char *msg);
 int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
                   void (*done)(void *data, int rc), void *data);
 int fs_ckpt_active(const fs_ckpt *ck);
+
+/* How long checkpoints took, per occasion, from fs_ckpt_start to their end
+ * (failed ones included; those are also counted in `failed`). Read by
+ * /metrics (fstream_checkpoint_duration_seconds). Bounds in nanoseconds; the
+ * last bucket is everything above the last bound. */
+#define FS_CKPT_BOUNDS                                                                         \
+    {1000000, 5000000, 10000000, 25000000, 50000000, 100000000, 250000000, 500000000,         \
+     1000000000, 2500000000, 5000000000, 10000000000, 30000000000}
+enum { FS_CKPT_NBOUNDS = 13, FS_CKPT_NOCCASIONS = 4 };
+typedef struct fs_ckpt_stats {
+    int64_t count, failed, ns_sum;
+    int64_t buckets[FS_CKPT_NBOUNDS + 1];
+} fs_ckpt_stats;
+/* The statistics of an occasion (fs_ckpt_occasion), and its name. */
+const fs_ckpt_stats *fs_ckpt_stats_of(const fs_ckpt *ck, int occasion);
+const char *fs_ckpt_occasion_name(int occasion);
 /* Advances the running checkpoint; the loop calls it on every turn. */
 void fs_ckpt_poll(fs_ckpt *ck);
 /* Drives the running checkpoint to its end, waiting on the transport (at most

@@ -49,6 +49,12 @@ rd_kafka_headers_t *fs_lua_check_headers(lua_State *L, int idx);
 /* Pushes an event's metadata table (with raw bytes when err_only). */
 void fs_lua_push_event(lua_State *L, fs_event *e, int err_only);
 void fs_lua_open_stream(lua_State *L);
+/* The event the agent coroutine running L is at (its stream's cursor), or
+ * NULL: not an agent's coroutine (a task, timer, page), or between events. */
+fs_event *fs_lua_event_in_hand(lua_State *L);
+/* The headers of an event, or NULL when it has none (parsed by librdkafka
+ * on first use, then kept with the message). */
+rd_kafka_headers_t *fs_lua_event_headers(fs_event *e);
 void fs_lua_open_windows(lua_State *L); /* core.windows into the module table on top */
 
 /* Each file's functions: runtime methods, test-runtime-only methods, module functions. */

@@ -10,6 +10,7 @@
 #include "fs_log.h"
 #include "fs_broker.h"
 #include "fs_lua.h"
+#include "fs_trace.h"
 #include "fs_worker.h"
 
 /* core.redirect_stderr(path | nil): points fd 2 at a file, or back. For specs
@@ -133,7 +134,22 @@ static int l_run_broker(lua_State *L)
     return 0;
 }
 
+/* core.trace_child(traceparent) -> the traceparent of a child span (same
+ * trace id and flags, a new span id), or nil when the argument is not a
+ * valid W3C traceparent. Dead letters and retries use it (fstream/agent.lua). */
+static int l_trace_child(lua_State *L)
+{
+    size_t len;
+    const char *tp = lua_tolstring(L, 1, &len);
+    if (lua_type(L, 1) != LUA_TSTRING || !fs_trace_valid(tp, len)) return 0;
+    char child[FS_TRACEPARENT_LEN];
+    fs_trace_child(tp, child);
+    lua_pushlstring(L, child, sizeof child);
+    return 1;
+}
+
 const luaL_Reg fs_lua_misc_funcs[] = {
+    {"trace_child", l_trace_child},
     {"index_op", l_index_op},
     {"redirect_stderr", l_redirect_stderr},
     {"set_log_level", l_set_log_level},

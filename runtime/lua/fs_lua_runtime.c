@@ -444,6 +444,42 @@ static void push_recovering(void *ud, const fs_table *t, int32_t p, int64_t done
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 }
 
+/* stats.checkpoints = {bounds = {seconds...}, {occasion=, count=, failed=,
+ * seconds_sum=, buckets = {n per bound, then above the last}}...}: every
+ * occasion, in fs_ckpt_occasion order (absent without a transport). */
+static void push_checkpoints(lua_State *L, fs_rt *rt)
+{
+    static const int64_t bounds[FS_CKPT_NBOUNDS] = FS_CKPT_BOUNDS;
+    if (!rt->ckpt) return;
+    lua_createtable(L, FS_CKPT_NOCCASIONS, 1);
+    lua_createtable(L, FS_CKPT_NBOUNDS, 0);
+    for (int b = 0; b < FS_CKPT_NBOUNDS; b++) {
+        lua_pushnumber(L, (double)bounds[b] / 1e9);
+        lua_rawseti(L, -2, b + 1);
+    }
+    lua_setfield(L, -2, "bounds");
+    for (int o = 0; o < FS_CKPT_NOCCASIONS; o++) {
+        const fs_ckpt_stats *st = fs_ckpt_stats_of(rt->ckpt, o);
+        lua_createtable(L, 0, 5);
+        lua_pushstring(L, fs_ckpt_occasion_name(o));
+        lua_setfield(L, -2, "occasion");
+        lua_pushinteger(L, st->count);
+        lua_setfield(L, -2, "count");
+        lua_pushinteger(L, st->failed);
+        lua_setfield(L, -2, "failed");
+        lua_pushnumber(L, (double)st->ns_sum / 1e9);
+        lua_setfield(L, -2, "seconds_sum");
+        lua_createtable(L, FS_CKPT_NBOUNDS + 1, 0);
+        for (int b = 0; b <= FS_CKPT_NBOUNDS; b++) {
+            lua_pushinteger(L, st->buckets[b]);
+            lua_rawseti(L, -2, b + 1);
+        }
+        lua_setfield(L, -2, "buckets");
+        lua_rawseti(L, -2, o + 1);
+    }
+    lua_setfield(L, -2, "checkpoints");
+}
+
 static int l_rt_stats(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
@@ -494,6 +530,7 @@ static int l_rt_stats(lua_State *L)
     lua_newtable(L);
     fs_tables_recovering(rt, push_recovering, L);
     lua_setfield(L, -2, "recovering");
+    push_checkpoints(L, rt);
     return 1;
 }
 

@@ -18,10 +18,16 @@
 
 #define FS_MAX_TAKE 4096
 
-static void push_headers(lua_State *L, fs_event *e)
+rd_kafka_headers_t *fs_lua_event_headers(fs_event *e)
 {
     rd_kafka_headers_t *h = e->hdrs;
     if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) h = NULL;
+    return h;
+}
+
+static void push_headers(lua_State *L, fs_event *e)
+{
+    rd_kafka_headers_t *h = fs_lua_event_headers(e);
     lua_newtable(L);
     if (!h) return;
     const char *name;
@@ -224,6 +230,15 @@ static void reader_release(fs_co *co, void *held, int failed)
     size_t done = s->pos;
     if (done > s->ntaken) done = s->ntaken;
     for (; s->nacked < done; s->nacked++) fs_event_ack(rt, s->taken[s->nacked]);
+}
+
+fs_event *fs_lua_event_in_hand(lua_State *L)
+{
+    fs_co *co = fs_co_current(L);
+    if (!co || co->release != reader_release) return NULL;
+    fs_stream *s = co->held;
+    if (s->reader != co || s->pos == 0 || s->pos > s->ntaken || s->pos > s->nbuf) return NULL;
+    return s->taken[s->pos - 1];
 }
 
 /* stream:take(max, mode [, timeout [, want]]) -> n [, bad_event] | false (timed
@@ -488,8 +503,7 @@ static int l_stream_origin(lua_State *L)
     fs_event *e = u->s->taken[i - 1];
     if (e->ts >= 0) lua_pushnumber(L, (lua_Number)e->ts / 1000.0);
     else lua_pushnil(L);
-    rd_kafka_headers_t *h = e->hdrs;
-    if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) h = NULL;
+    rd_kafka_headers_t *h = fs_lua_event_headers(e);
     if (h && rd_kafka_header_cnt(h)) push_headers(L, e);
     else lua_pushnil(L);
     if (!with_key) return 2;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fs_lua.h"
+#include "fs_trace.h"
 #include "fs_worker.h"
 
 /* rt:topic(name, key_codec, value_codec, partitions [, compact [, at_run_time]]) -> id.
@@ -140,6 +141,37 @@ static void read_msg(lua_State *L, fs_rt *rt, int raw, out_msg *m)
     m->hdrs = fs_lua_check_headers(L, 6); /* last: nothing raises after it */
 }
 
+/* Tracing: what an agent sends for an event with a valid W3C traceparent
+ * carries a child of it (same trace id and flags, a new span id) and the
+ * event's tracestate. A traceparent the message copied from the event (a
+ * forwarder sends the event's headers on) is replaced, or dropped when it is
+ * malformed; one the app set itself is left alone. Costs a header lookup per
+ * send when the event has headers, nothing per event received. Returns the
+ * headers to send (hdrs, or new ones), NULL when there are none. */
+static rd_kafka_headers_t *trace(lua_State *L, rd_kafka_headers_t *hdrs)
+{
+    fs_event *e = fs_lua_event_in_hand(L);
+    rd_kafka_headers_t *in = e ? fs_lua_event_headers(e) : NULL;
+    const void *tp, *otp, *ts;
+    size_t tplen, otplen, tslen;
+    if (!in || rd_kafka_header_get_last(in, "traceparent", &tp, &tplen)) return hdrs;
+    if (hdrs && !rd_kafka_header_get_last(hdrs, "traceparent", &otp, &otplen)) {
+        if (otplen != tplen || (tplen && memcmp(otp, tp, tplen))) return hdrs; /* the app's own */
+        rd_kafka_header_remove(hdrs, "traceparent");
+        rd_kafka_header_remove(hdrs, "tracestate");
+    }
+    if (!fs_trace_valid(tp, tplen)) return hdrs;
+    if (!hdrs && !(hdrs = rd_kafka_headers_new(2))) return NULL;
+    char child[FS_TRACEPARENT_LEN];
+    fs_trace_child(tp, child);
+    rd_kafka_header_add(hdrs, "traceparent", -1, child, sizeof child);
+    if (!rd_kafka_header_get_last(in, "tracestate", &ts, &tslen)) {
+        rd_kafka_header_remove(hdrs, "tracestate");
+        rd_kafka_header_add(hdrs, "tracestate", -1, ts, (ssize_t)tslen);
+    }
+    return hdrs;
+}
+
 /* The one place the bindings hand a message to the transport (it takes the
  * headers). best_effort: a dead letter, whose failed delivery is logged, not
  * fatal; w: send_and_wait's waiter, or NULL. The flag travels in
@@ -160,6 +192,7 @@ static int produce(lua_State *L, int raw, int best_effort)
     out_msg m;
     char err[256];
     read_msg(L, rt, raw, &m);
+    if (!raw) m.hdrs = trace(L, m.hdrs);
     if (send_msg(rt, &m, best_effort, NULL, err, sizeof err)) return luaL_error(L, "%s", err);
     return 0;
 }
@@ -229,6 +262,7 @@ static int l_rt_produce_wait(lua_State *L)
     out_msg m;
     char err[256];
     read_msg(L, rt, 0, &m);
+    m.hdrs = trace(L, m.hdrs);
     /* Allocated once nothing can raise any more. */
     fs_waiter *w = calloc(1, sizeof *w);
     if (!w) {
