@@ -8,7 +8,6 @@
 -- (proof that the aborts discarded real data).
 local proc = require "spec.support.proc"
 local wc = require "spec.support.wordcount"
-local json = require("fstream.core").json
 
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
@@ -25,15 +24,7 @@ local function settings(env)
 end
 
 local function read_counts(env, store, tbl)
-  local out, rc = proc.run(string.format("env %s %s table %s %s --store lmdb://%s 2>/dev/null",
-    settings(env), bin, APP, tbl or "word_counts", store))
-  assert(rc == 0, out)
-  local counts = {}
-  for line in out:gmatch("[^\n]+") do
-    local row = assert(json.decode(line))
-    counts[row.key] = row.value
-  end
-  return counts
+  return proc.table_rows(settings(env), APP, tbl or "word_counts", store)
 end
 
 local function consume(addr, topic, isolation)

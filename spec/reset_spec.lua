@@ -7,7 +7,6 @@
 -- the reset drops are exactly those of the input it replays.
 local proc = require "spec.support.proc"
 local wc = require "spec.support.wordcount"
-local json = require("fstream.core").json
 
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
@@ -22,15 +21,7 @@ local function settings(env)
 end
 
 local function read_counts(env, store)
-  local out, rc = proc.run(string.format("env %s %s table %s word_counts --store lmdb://%s 2>/dev/null",
-    settings(env), bin, APP, store))
-  assert(rc == 0, out)
-  local counts = {}
-  for line in out:gmatch("[^\n]+") do
-    local row = assert(json.decode(line))
-    counts[row.key] = row.value
-  end
-  return counts
+  return proc.table_rows(settings(env), APP, "word_counts", store)
 end
 
 describe("abort + reset (test trigger, at-least-once, standalone embedded broker)", function()

@@ -132,15 +132,7 @@ end
 
 -- The table as `fstream-lua table` prints it from one store (offline).
 function eos.table_counts(env, store)
-  local out, rc = proc.run(string.format("env %s %s table %s word_counts --store lmdb://%s 2>/dev/null",
-    envs(env), proc.bin, fixture, q(store)))
-  assert(rc == 0, out)
-  local c = {}
-  for line in out:gmatch("[^\n]+") do
-    local row = assert(json.decode(line))
-    c[row.key] = row.value
-  end
-  return c
+  return proc.table_rows(envs(env), fixture, "word_counts", store)
 end
 
 function eos.total(c)

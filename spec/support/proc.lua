@@ -98,6 +98,21 @@ function Proc:stop(timeout)
   return rc
 end
 
+-- A table as `fstream-lua table` prints it from one store (offline):
+-- key -> value. env: the app's settings as "K=V K=V" (or "").
+function proc.table_rows(env, app, name, store)
+  local json = require("fstream.core").json
+  local out, rc = proc.run(string.format("env %s %s table %s %s --store lmdb://%s 2>/dev/null",
+    env, proc.bin, q(app), name, q(store)))
+  assert(rc == 0, out)
+  local rows = {}
+  for line in out:gmatch("[^\n]+") do
+    local row = assert(json.decode(line))
+    rows[row.key] = row.value
+  end
+  return rows
+end
+
 -- A real Apache Kafka (scripts/kafka) on `port` with its data in `dir`:
 -- kafka_start returns "rc, output, address" (rc 0 when it serves metadata);
 -- kafka_stop stops it (its data stays in dir). Specs start and stop their own.

@@ -1,6 +1,5 @@
 -- Word-count helpers shared by the table specs (embedded broker and real Kafka).
 local proc = require "spec.support.proc"
-local json = require("fstream.core").json
 
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local wc = {}
@@ -43,13 +42,9 @@ end
 function wc.read_counts(env, ...)
   local counts = {}
   for _, store in ipairs { ... } do
-    local out, rc = proc.run(string.format("env %s %s table %s/wordcount.lua word_counts --store lmdb://%s 2>/dev/null",
-      settings(env), bin, fixtures, store))
-    assert(rc == 0, out)
-    for line in out:gmatch("[^\n]+") do
-      local row = assert(json.decode(line))
-      assert(counts[row.key] == nil, "key " .. row.key .. " is in two stores")
-      counts[row.key] = row.value
+    for key, value in pairs(proc.table_rows(settings(env), fixtures .. "/wordcount.lua", "word_counts", store)) do
+      assert(counts[key] == nil, "key " .. key .. " is in two stores")
+      counts[key] = value
     end
   end
   return counts
