@@ -19,6 +19,11 @@
 #   BENCH_WATCH            bench-watch binary (default build-rel/bench/bench-watch)
 #   BENCH_LOG              keep the worker's log in this file (with -l $BENCH_LOG_LEVEL,
 #                          default warn)
+#   BENCH_BROKER_PID       the broker's pid: its CPU is not counted in others_pct
+#
+# others_pct: the machine's CPU used meanwhile by everything else (other
+# processes, and the broker unless BENCH_BROKER_PID), in % of the whole
+# machine (50 = one of two cores): on a shared machine it moves every time.
 set -euo pipefail
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 BIN=$(realpath -- "$1") IN=$2 ADDR=$3 LABEL=${4:-run}
@@ -35,6 +40,10 @@ GROUP=drain-$LABEL-$$-$RANDOM
 W=$!
 while [[ ! -f $WORK/ready ]]; do kill -0 "$W" 2>/dev/null || { cat "$WORK/watch.err" >&2; exit 1; }; sleep 0.05; done
 LOG=${BENCH_LOG:-$WORK/worker.log}
+busy_total() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat; }
+pticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+M0=$(busy_total) B0=0
+[[ -n ${BENCH_BROKER_PID:-} ]] && B0=$(pticks "$BENCH_BROKER_PID")
 if [[ $(basename "$BIN") == bench-ceiling ]]; then
 	"$BIN" -b "$ADDR" -i "$IN" -o "$OUT" -n "$N" -g "$GROUP" --timeout 300 >"$WORK/ceiling.out" 2>"$LOG" &
 else
@@ -62,7 +71,13 @@ wait "$W" || true
 if t=$(awk '{print $14 + $15}' "/proc/$P/stat" 2>/dev/null) && h=$(awk '/VmHWM/ {print $2}' "/proc/$P/status" 2>/dev/null) && [[ -n $h ]]; then
 	TICKS=$t HWM=$h
 fi
+M1=$(busy_total) B1=0
+[[ -n ${BENCH_BROKER_PID:-} ]] && B1=$(pticks "$BENCH_BROKER_PID")
 kill -TERM "$P" 2>/dev/null || true
 wait "$P" || true
-printf '%s %s cpu_s=%s peak_rss_kib=%s\n' "$LABEL" "$(tr -d '\n' <"$WORK/watch.json")" \
-	"$(awk -v t="$TICKS" -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / h }')" "$HWM"
+OTHERS=$(awk -v a="$M0" -v b="$M1" -v p="$TICKS" -v k="$((B1 - B0))" 'BEGIN {
+	split(a, x, " "); split(b, y, " "); d = y[2] - x[2]
+	o = d > 0 ? 100 * (y[1] - x[1] - p - k) / d : 0
+	printf "%.0f", (o < 0 ? 0 : o) }')
+printf '%s %s cpu_s=%s peak_rss_kib=%s others_pct=%s\n' "$LABEL" "$(tr -d '\n' <"$WORK/watch.json")" \
+	"$(awk -v t="$TICKS" -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / h }')" "$HWM" "$OTHERS"
