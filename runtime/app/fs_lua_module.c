@@ -76,6 +76,7 @@ int luaopen_fstream_core(lua_State *L)
     luaL_setfuncs(L, fs_lua_topic_funcs, 0);
     luaL_setfuncs(L, fs_lua_table_funcs, 0);
     luaL_setfuncs(L, fs_lua_misc_funcs, 0);
+    luaL_setfuncs(L, fs_lua_ask_funcs, 0);
     luaL_setfuncs(L, fs_lua_http_funcs, 0);
     luaopen_fstream_json(L);
     lua_getfield(L, -1, "null");
