@@ -1,0 +1,63 @@
+-- Request/reply end to end: two workers of one app on a standalone embedded
+-- broker (fstream-lua broker) ask each other's agent partitions. Each worker
+-- reads its own reply topic; a reply to a worker that is gone harms nobody.
+local proc = require "spec.support.proc"
+local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
+local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+
+describe("ask across two workers", function()
+  it("each worker gets the other's answers and its own, join in order, and a gone asker's replies harm nobody", function()
+    local broker, addr = proc.broker({}, 4)
+    local id = "askpair-" .. uniq
+    local again = proc.tmp .. "/ask-again-" .. uniq
+    -- The standalone broker has no CreateTopics: asking for metadata creates.
+    proc.create_topics(addr, id .. "-double")
+    local function start(who)
+      return proc.spawn(string.format("env APP_ID=%s WHO=%s AGAIN=%s %s worker %s/ask_pair.lua --broker kafka://%s "
+        .. "--store lmdb://%s/ask-%s-%s -l info", id, who, proc.quote(again), bin, fixtures, addr, proc.tmp, who, uniq),
+        "worker-ask-" .. who)
+    end
+    local a, b = start("A"), start("B")
+    local ok_a = a:wait_for("DONE A", 150)
+    local ok_b = b:wait_for("DONE B", 150)
+    local out_a, out_b = a:output(), b:output()
+    assert(ok_a, out_a)
+    assert(ok_b, out_b)
+
+    for who, out in pairs { A = out_a, B = out_b } do
+      assert.not_matches("ASK FAILED", out)
+      local n, by = 0, {}
+      for i, r, w in out:gmatch("ASKED (%d+) %-> (%d+) BY (%a)") do
+        assert.are.equal(2 * tonumber(i), tonumber(r))
+        n, by[w] = n + 1, true
+      end
+      assert.is_true(n > 0)
+      assert.is_true(by.A and by.B, who .. " was answered by " .. (by.A and "A" or "") .. (by.B and "B" or "") .. " only")
+      local joined = assert(out:match("JOINED ([^\n]+)"), out)
+      local expect = {}
+      for j = 1, 12 do expect[j] = string.format("%d:%d", 1000 + j, 2 * (1000 + j)) end
+      assert.are.equal(table.concat(expect, " "), joined)
+    end
+    -- One reply topic per worker.
+    local ra = assert(out_a:match("replies to this worker come on (%S+)"))
+    local rb = assert(out_b:match("replies to this worker come on (%S+)"))
+    assert.matches("^" .. id:gsub("%-", "%%-") .. "%-reply%-%x+$", ra)
+    assert.are_not.equal(ra, rb)
+
+    -- A is gone; a request that still names A's reply topic is answered there
+    -- by B, which goes on answering its own asks.
+    assert.are.equal(0, a:stop())
+    local before = proc.count_messages(addr, ra)
+    local req = proc.write(proc.tmp .. "/ask-orphan-" .. uniq, "21\n")
+    local out, rc = proc.run(string.format("kcat -P -b %s -t %s -k orphan -H fstream-reply-to=%s "
+      .. "-H fstream-correlation-id=gone-1 -l %s", addr, id .. "-double", ra, req))
+    assert.are.equal(0, rc, out)
+    assert.is_true(proc.wait_messages(addr, ra, before + 1, 60) >= before + 1)
+    proc.write(again, "go\n")
+    local v, w = b:wait_for("AGAIN (%d+) BY (%a)", 90)
+    assert.are.equal("14", v, b:output())
+    assert.are.equal("B", w)
+    assert.are.equal(0, b:stop(), b:output())
+    broker:stop()
+  end)
+end)
