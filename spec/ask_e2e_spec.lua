@@ -61,3 +61,42 @@ describe("ask across two workers", function()
     broker:stop()
   end)
 end)
+
+describe("ask across a hot reload", function()
+  local APP = [[
+local fstream = require "fstream"
+local app = fstream.app(os.getenv("APP_ID"), { broker = "memory://", topic_partitions = 2, commit_interval = 0.5 })
+local echo = app:agent("echo", nil, function(stream)
+  for v in stream do stream:yield("%s:" .. v) end
+end)
+app:task(function()
+  local i = 0
+  while true do
+    i = i + 1
+    print("ANSWER " .. echo:ask(i, { key = tostring(i), timeout = 30 }))
+    fstream.sleep(0.1)
+  end
+end)
+]]
+
+  it("keeps the worker's reply topic: the new version's asks are answered without a resubscription", function()
+    local script = proc.tmp .. "/ask_reload_" .. uniq .. ".lua"
+    proc.write(script, APP:format("v1"))
+    local w = proc.spawn(string.format("env APP_ID=askreload-%s %s worker %s --store lmdb://%s/askreload-%s -l debug",
+      uniq, bin, proc.quote(script), proc.tmp, uniq), "worker-askreload")
+    assert(w:wait_for("ANSWER v1:3", 60), w:output())
+    proc.write(script, APP:format("v2"))
+    w:signal("HUP")
+    assert(w:wait_for("ANSWER v2:3", 60), w:output())
+    local out = w:output()
+    assert.are.equal(0, w:stop(), out)
+    local reply = assert(out:match("replies to this worker come on (%S+)"))
+    local _, nreply = out:gsub("replies to this worker come on", "")
+    assert.are.equal(1, nreply) -- declared once, carried over the reload
+    assert.matches("reloaded", out)
+    local after = out:sub((out:find("reloaded", 1, true)))
+    assert.not_matches("subscription changed", after)
+    assert.not_matches("ask.* failed", out)
+    assert.matches("__replies <%- " .. reply:gsub("%-", "%%-"), out)
+  end)
+end)
