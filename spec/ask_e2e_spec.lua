@@ -18,6 +18,9 @@ describe("ask across two workers", function()
         "worker-ask-" .. who)
     end
     local a, b = start("A"), start("B")
+    finally(function()
+      for _, p in ipairs { a, b, broker } do if p:alive() then p:signal("KILL") end end
+    end)
     local ok_a = a:wait_for("DONE A", 150)
     local ok_b = b:wait_for("DONE B", 150)
     local out_a, out_b = a:output(), b:output()
@@ -38,6 +41,10 @@ describe("ask across two workers", function()
       for j = 1, 12 do expect[j] = string.format("%d:%d", 1000 + j, 2 * (1000 + j)) end
       assert.are.equal(table.concat(expect, " "), joined)
     end
+    -- The reply topics are read outside the consumer group: asking changed
+    -- no worker's subscription.
+    assert.not_matches("subscription changed", out_a)
+    assert.not_matches("subscription changed", out_b)
     -- One reply topic per worker.
     local ra = assert(out_a:match("replies to this worker come on (%S+)"))
     local rb = assert(out_b:match("replies to this worker come on (%S+)"))
@@ -84,6 +91,7 @@ end)
     proc.write(script, APP:format("v1"))
     local w = proc.spawn(string.format("env APP_ID=askreload-%s %s worker %s --store lmdb://%s/askreload-%s -l debug",
       uniq, bin, proc.quote(script), proc.tmp, uniq), "worker-askreload")
+    finally(function() if w:alive() then w:signal("KILL") end end)
     assert(w:wait_for("ANSWER v1:3", 60), w:output())
     proc.write(script, APP:format("v2"))
     w:signal("HUP")
@@ -97,6 +105,52 @@ end)
     local after = out:sub((out:find("reloaded", 1, true)))
     assert.not_matches("subscription changed", after)
     assert.not_matches("ask.* failed", out)
-    assert.matches("__replies <%- " .. reply:gsub("%-", "%%-"), out)
+  end)
+end)
+
+describe("a worker that stops", function()
+  local APP = [[
+local fstream = require "fstream"
+local app = fstream.app(os.getenv("APP_ID"), { broker = "memory://", topic_partitions = 2, commit_interval = 0.5 })
+local mute = app:agent("mute", nil, function(stream) for _ in stream do end end)
+local echo = app:agent("echo", nil, function(stream) for v in stream do stream:yield(v) end end)
+local ch = app:channel { name = "idle" }
+app:agent("reader", ch, function(stream)
+  for v in stream do print("READ " .. tostring(v)) end
+  print("READER ENDED")
+end)
+app:agent("asker", app:topic(os.getenv("APP_ID") .. "-in"), function(stream)
+  for v in stream do
+    -- The worker's first ask, from the middle of an event: no rebalance to
+    -- wait for (a revocation would wait for this very event).
+    print("ECHOED " .. echo:ask(v, { timeout = 60 }))
+    print("ASKING")
+    local ok, err = pcall(mute.ask, mute, v, { timeout = 600 })
+    print("ASK ENDED: " .. tostring(err))
+  end
+end)
+app:task(function()
+  app.topics[os.getenv("APP_ID") .. "-in"]:send { value = 1 }
+  ch:put("one")
+end)
+]]
+
+  it("answers its first ask from inside an agent's event, then ends its asks and channel readers at once instead of waiting out their timeouts", function()
+    local script = proc.tmp .. "/ask_stop_" .. uniq .. ".lua"
+    proc.write(script, APP)
+    local w = proc.spawn(string.format("env APP_ID=askstop-%s %s worker %s --store lmdb://%s/askstop-%s -l info",
+      uniq, bin, proc.quote(script), proc.tmp, uniq), "worker-askstop")
+    finally(function() if w:alive() then w:signal("KILL") end end)
+    assert(w:wait_for("ECHOED 1", 30), w:output())
+    assert(w:wait_for("ASKING", 60), w:output())
+    assert(w:wait_for("READ one", 60), w:output())
+    w:signal("TERM")
+    local rc = w:wait(20) -- the stop deadline is 30 s: a wait that lasted it would fail here
+    local out = w:output()
+    assert.are.equal(0, rc, out)
+    assert.matches("ASK ENDED: [^\n]*ask to agent mute: the worker is stopping", out)
+    assert.matches("READER ENDED", out)
+    assert.not_matches("still busy", out)
+    assert.not_matches("subscription changed", out)
   end)
 end)

@@ -95,14 +95,19 @@ describe("agent:ask", function()
     local silent = a:agent("silent", nil, function(stream) for _ in stream do end end)
     t = fstream.testing(a)
     local res
-    t.rt:spawn(function() res = table.pack(pcall(silent.ask, silent, 1, { timeout = 2 })) end, nil, "task")
+    t.rt:spawn(function()
+      res = table.pack(pcall(function()
+        local v = silent:ask(1, { timeout = 2 })
+        return v
+      end))
+    end, nil, "task")
     t:run()
     assert.is_nil(res) -- still waiting: the clock has not moved
     t:advance(1)
     assert.is_nil(res)
     t:advance(1.5)
     assert.is_false(res[1])
-    assert.matches("agent silent did not reply within 2 s %(timeout", res[2])
+    assert.matches("ask_spec.lua:%d+: ask to agent silent: agent silent did not reply within 2 s %(timeout", res[2])
     assert.are.equal(0, require("fstream.ask").waiting(a))
   end)
 
@@ -178,7 +183,10 @@ describe("agent:ask", function()
     local a = app("ask10")
     local ag = a:agent("ag", nil, function(stream) for v in stream do stream:yield(v) end end)
     t = fstream.testing(a)
-    local r = in_task(t, function() return ag:ask(1, { tiemout = 3 }) end)
+    local r = in_task(t, function()
+      local v = ag:ask(1, { tiemout = 3 }) -- (not a tail call: the line is this one)
+      return v
+    end)
     assert.is_false(r[1])
     assert.matches("ask_spec.lua:%d+: ask to agent ag: unknown option 'tiemout'", r[2])
     r = in_task(t, function() return ag:ask(1, { timeout = -1 }) end)
@@ -275,5 +283,60 @@ describe("agent:join and agent:map", function()
     t = fstream.testing(a)
     local r = in_task(t, function() return ag:join({}) end)
     assert.are.same({ true, {}, n = 2 }, r)
+  end)
+end)
+
+describe("fstream.testing's t:ask", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("asks an agent by object or name and returns the reply", function()
+    local a = app("task1")
+    local up = a:agent("upper", nil, function(stream)
+      for v in stream do stream:yield(v:upper()) end
+    end)
+    t = fstream.testing(a)
+    assert.are.equal("HI", t:ask(up, "hi"))
+    assert.are.equal("YO", t:ask("upper", "yo", { key = "k" }))
+  end)
+
+  it("raises the timeout after moving the clock when nothing answers", function()
+    local a = app("task2")
+    a:agent("mute", nil, function(stream) for _ in stream do end end)
+    t = fstream.testing(a, { clock = 1000 })
+    assert.has_error(function() t:ask("mute", 1, { timeout = 5 }) end)
+    assert.is_true(t:now() >= 1005)
+  end)
+end)
+
+-- examples/ask.lua, run as spec/examples_spec.lua runs every example (loaded,
+-- then driven by fstream.testing's fake clock); kept here with the feature.
+describe("examples/ask.lua", function()
+  it("asks, joins in order, gets an agent's error, and prints receipts from a channel", function()
+    local root = os.getenv("FSTREAM_ROOT") or "."
+    local printed, saved = {}, print
+    _G.print = function(...)
+      local parts = {}
+      for i = 1, select("#", ...) do parts[i] = tostring(select(i, ...)) end
+      printed[#printed + 1] = table.concat(parts, "\t")
+    end
+    local ok, err = pcall(function()
+      assert(loadfile(root .. "/examples/ask.lua"))()
+      local t = fstream.testing(fstream._apps[#fstream._apps])
+      t:advance(3)
+      t:close()
+    end)
+    _G.print = saved
+    assert(ok, err)
+    local function lines(pattern)
+      local out = {}
+      for _, l in ipairs(printed) do if l:match(pattern) then out[#out + 1] = l end end
+      return out
+    end
+    assert.are.same({ "QUOTE 1 apple = 0.50", "QUOTE 2 apple = 1.00", "QUOTE 3 apple = 1.50" }, lines("^QUOTE"))
+    assert.are.same({ "JOIN pear = 0.75, plum = 0.25", "JOIN pear = 1.50, plum = 0.50", "JOIN pear = 2.25, plum = 0.75" },
+      lines("^JOIN"))
+    assert.are.same({ "RECEIPT 1 apple = 0.50", "RECEIPT 2 apple = 1.00", "RECEIPT 3 apple = 1.50" }, lines("^RECEIPT"))
+    assert.are.equal(3, #lines("^NO QUOTE: no price for kiwi$"))
   end)
 end)

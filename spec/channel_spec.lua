@@ -81,6 +81,18 @@ describe("a channel", function()
     assert.are.same({ "k", "early" }, got)
   end)
 
+  it("takes t:send(channel, value) in fstream.testing", function()
+    local a = app("ch11")
+    local ch = a:channel()
+    local got = {}
+    local ag = a:agent("r", ch, function(stream) for v in stream do got[#got + 1] = v end end)
+    t = fstream.testing(a)
+    t:send(ch, "one")
+    t:send(ag, { key = "k", value = "two" })
+    t:run()
+    assert.are.same({ "one", "two" }, got)
+  end)
+
   it("hands events with key, value, headers and timestamp, and no offset", function()
     local a = app("ch5")
     local ch = a:channel { name = "evs" }

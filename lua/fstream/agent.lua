@@ -283,16 +283,20 @@ end
 --   local r = agent:ask(value, {key =, timeout = 30})
 --   for i, r in agent:map(values, {key = fn(value, i) | key, timeout =}) do
 --   local rs = agent:join(values, opts)       -- results in the order of values
+-- (No tail calls: errors name the caller's line, three levels up.)
 function Agent:ask(value, opts)
-  return Ask.ask(self, value, opts, 3)
+  local r = Ask.ask(self, value, opts, 3)
+  return r
 end
 
 function Agent:map(values, opts)
-  return Ask.map(self, values, opts, 3)
+  local it = Ask.map(self, values, opts, 3)
+  return it
 end
 
 function Agent:join(values, opts)
-  return Ask.join(self, values, opts, 3)
+  local rs = Ask.join(self, values, opts, 3)
+  return rs
 end
 
 -- Sinks: functions are called, topics and agents are sent the value.

@@ -52,55 +52,91 @@ local function state(app)
   return s
 end
 
--- The reply agent's loop: a reply wakes the coroutine that asked; one for an
--- ask nobody waits for (timed out, its coroutine gone, a previous version's)
--- is dropped.
-local function receive(app)
-  return function(stream)
+-- A reply wakes the coroutine that asked; one for an ask nobody waits for
+-- (timed out, its coroutine gone, a previous version's) is dropped.
+local function deliver(s, cid, value, err, where)
+  local w = cid and s.pending[cid]
+  if w then
+    s.pending[cid] = nil
+    s.npending = s.npending - 1
+    if value == core.null then value = nil end
+    w.done, w.value, w.error = true, value, err
+    core.unpark(w.co)
+  elseif core.log_enabled("debug") then
+    core.log("debug", string.format("reply %s on %s: nobody waits for it (timed out or gone)", tostring(cid), where))
+  end
+end
+
+-- The reply reader's task (a worker on Kafka): takes what the runtime's reader
+-- (fs_lua_ask.c) received, and waits for more.
+local function reader_task(app, rt, name)
+  return function()
     local s = state(app)
-    for ev in stream:events() do
-      local cid = ev.headers[H_ID]
-      local w = cid and s.pending[cid]
-      if w then
-        s.pending[cid] = nil
-        s.npending = s.npending - 1
-        local v = ev.value
-        if v == core.null then v = nil end
-        w.done, w.value, w.error = true, v, ev.headers[H_ERROR]
-        core.unpark(w.co)
-      elseif core.log_enabled("debug") then
-        core.log("debug", string.format("reply %s on %s: nobody waits for it (timed out or gone)",
-          tostring(cid), ev.topic))
+    while true do
+      local got = rt:replies_take()
+      for _, r in ipairs(got) do deliver(s, r[1], r[2], r[3], name) end
+      if #got == 0 then
+        if rt:stopping() then -- the asks see it too, and raise
+          rt:replies_close()
+          return
+        end
+        rt:replies_wait()
       end
     end
   end
 end
 
--- Declares the reply topic "<app>-reply-<id>" and the agent that reads it.
--- At run time (the first ask) the worker creates the topic and subscribes to
--- it; at a reload's bind (App:_bind) they are declared with the app's own.
+-- fstream.testing's in-memory transport has no reader of its own: an agent
+-- reads the reply topic there.
+local function receive(app)
+  return function(stream)
+    local s = state(app)
+    for ev in stream:events() do deliver(s, ev.headers[H_ID], ev.value, ev.headers[H_ERROR], ev.topic) end
+  end
+end
+
+-- Declares the reply topic "<app>-reply-<id>" and what reads it. At run time
+-- (the first ask) the worker creates the topic; on Kafka the runtime's reply
+-- reader reads it outside the consumer group (no subscription changes), under
+-- fstream.testing an agent does. At a reload's bind (App:_bind) the new
+-- version finds the reader there and starts its task with the app's tasks.
 local function declare(app, rt, id, at_run_time)
-  local Topic, Agent = require "fstream.topic", require "fstream.agent"
+  local Topic = require "fstream.topic"
   local s = state(app)
   local name = string.format("%s-reply-%012x", app.id, id)
-  local topic = app.topics[name]
-  if not topic then
-    topic = Topic.new(app, name, { value_serializer = "json", partitions = 1 }, 1)
-    app.topics[name] = topic
-    app.topic_list[#app.topic_list + 1] = topic
-  end
-  local agent = Agent.new(app, "__replies", topic, receive(app), {}, 1)
-  agent.no_tables = true -- a reply topic has one partition and writes no table
-  app.agent_list[#app.agent_list + 1] = agent
-  s.topic, s.agent = topic, agent
+  local topic = Topic.new(app, name, { value_serializer = "json", partitions = 1 }, 1)
+  app.topics[name] = topic
+  s.topic = topic
   s.targets[name] = topic
+  topic.id = rt:topic(name, topic.key_codec, topic.value_codec, 1, false, true)
+  topic.partitions = rt:resolve_topics({ topic.id }, { 1 })[1]
+  if rt:replies_open(topic.id) then
+    local task = { fn = reader_task(app, rt, name), name = "reply reader", restart = true }
+    if at_run_time then
+      local function spawn()
+        rt:spawn(task.fn, function(ok, err, tb)
+          if ok or app.rt ~= rt or rt:stopping() then return end
+          core.log("error", string.format("reply reader failed: %s\n%s", tostring(err), tb))
+          spawn()
+        end, "task")
+      end
+      spawn()
+    else
+      app.tasks[#app.tasks + 1] = task
+    end
+  else
+    local Agent = require "fstream.agent"
+    local agent = Agent.new(app, "__replies", topic, receive(app), {}, 1)
+    agent.no_tables = true -- a reply topic writes no table
+    app.agent_list[#app.agent_list + 1] = agent
+    if at_run_time then
+      agent:_start(rt)
+      rt:resubscribe()
+    end -- (at a bind, App:_bind starts it with the app's agents)
+  end
   if at_run_time then
-    topic.id = rt:topic(name, topic.key_codec, topic.value_codec, 1, false, true)
     rt:carry(CARRY, id)
-    agent:_start(rt)
-    local subscribed = rt:resubscribe()
-    core.log("info", string.format("asks: replies to this worker come on %s%s", name,
-      subscribed and " (subscribed to it)" or ""))
+    core.log("info", string.format("asks: replies to this worker come on %s", name))
   end
   return topic
 end
@@ -185,6 +221,7 @@ local function check(agent, opts, what, level)
   local app = agent.app
   local rt = app.rt
   if not rt then error(string.format("%s: the worker is not running (ask from an agent, task or timer)", what), level) end
+  if rt:stopping() then error(string.format("%s: the worker is stopping", what), level) end
   if not coroutine.isyieldable() then
     error(string.format("%s: must be called from an agent, task or timer", what), level)
   end
@@ -218,19 +255,20 @@ local function request(agent, s, rt, value, key, deadline)
   return w
 end
 
--- Waits for w's reply; returns its value or raises (the agent's error, or the timeout).
+-- Waits for w's reply; returns its value or raises (the agent's error, the
+-- timeout, or the worker stopping: it fetches no more replies then).
 local function await(agent, s, rt, w, timeout, what, level)
   while not w.done do
     local left = w.deadline - rt:now()
-    if left <= 0 or (not core.park(left) and not w.done and rt:now() >= w.deadline) then
-      if not w.done then
-        if s.pending[w.cid] then
-          s.pending[w.cid] = nil
-          s.npending = s.npending - 1
-        end
-        error(string.format("%s: agent %s did not reply within %g s (timeout; replies come on %s)",
-          what, agent.name, timeout, s.topic.name), level + 1)
+    if left > 0 then core.park(left) end
+    if not w.done and (rt:stopping() or rt:now() >= w.deadline) then
+      if s.pending[w.cid] then
+        s.pending[w.cid] = nil
+        s.npending = s.npending - 1
       end
+      if rt:stopping() then error(string.format("%s: the worker is stopping", what), level + 1) end
+      error(string.format("%s: agent %s did not reply within %g s (timeout; replies come on %s)",
+        what, agent.name, timeout, s.topic.name), level + 1)
     end
   end
   if w.error then error(string.format("%s: %s", what, w.error), level + 1) end
@@ -244,7 +282,8 @@ function Ask.ask(agent, value, opts, level)
   reply_topic(app)
   local s = state(app)
   local w = request(agent, s, rt, value, opts.key, rt:now() + timeout)
-  return await(agent, s, rt, w, timeout, what, level)
+  local v = await(agent, s, rt, w, timeout, what, level) -- (not a tail call: `level` counts this frame)
+  return v
 end
 
 local function keyfn(key)
@@ -259,8 +298,9 @@ end
 -- Sends every request first (they are processed concurrently, by as many
 -- partitions as the keys spread over); one deadline for all of them.
 local function send_all(agent, values, opts, timeout, app, rt)
-  reply_topic(app)
   local s = state(app)
+  if #values == 0 then return s, {} end
+  reply_topic(app)
   local kf = keyfn(opts.key)
   local deadline = rt:now() + timeout
   local waiters = {}
@@ -303,7 +343,7 @@ function Ask.map(agent, values, opts, level)
     i = i + 1
     local w = waiters[i]
     if not w then return nil end
-    return i, await(agent, s, rt, w, timeout, string.format("%s (value %d)", what, i), 1)
+    return i, await(agent, s, rt, w, timeout, string.format("%s (value %d)", what, i), 2)
   end
 end
 

@@ -40,12 +40,16 @@ function Queue:push(ev)
   wake_one(self.readers)
 end
 
--- The next event, parking the calling instance until one comes.
+-- The next event, parking the calling instance until one comes; nil once
+-- the worker stops (the stream ends; what is queued is dropped).
 function Queue:pop()
+  local rt = self.channel.app.rt
   while self.head > self.tail do
+    if rt:stopping() then return nil end
     self.readers[#self.readers + 1] = coroutine.running()
     core.park()
   end
+  if rt:stopping() then return nil end
   local ev = self.items[self.head]
   self.items[self.head] = nil
   self.head = self.head + 1
@@ -54,12 +58,13 @@ function Queue:pop()
   return ev
 end
 
--- Waits at most `seconds` for an event; nil when none came.
+-- Waits at most `seconds` for an event; nil when none came (or the worker stops).
 function Queue:pop_within(seconds, now)
   local deadline = now() + seconds
+  local rt = self.channel.app.rt
   while self.head > self.tail do
     local left = deadline - now()
-    if left <= 0 then return nil end
+    if left <= 0 or rt:stopping() then return nil end
     local co = coroutine.running()
     self.readers[#self.readers + 1] = co
     if not core.park(left) then
@@ -112,6 +117,10 @@ function Channel:send(msg)
       while q:size() >= self.maxsize do
         if not coroutine.isyieldable() then
           error(string.format("channel %s is full (maxsize %d)", self.name, self.maxsize), 2)
+        end
+        local rt = self.app.rt
+        if rt and rt:stopping() then
+          error(string.format("channel %s is full (maxsize %d) and the worker is stopping", self.name, self.maxsize), 2)
         end
         q.senders[#q.senders + 1] = coroutine.running()
         core.park()
@@ -169,16 +178,17 @@ function ChannelStream:_next()
   return ev
 end
 
--- for value in stream do
+-- for value in stream do  (the loop ends when the worker stops)
 function ChannelStream:__call()
-  return nonnil(self:_next().value)
+  local ev = self:_next()
+  if ev then return nonnil(ev.value) end
 end
 
 -- for key, value in stream:items() do
 function ChannelStream:items()
   return function()
     local ev = self:_next()
-    return nonnil(ev.key), nonnil(ev.value)
+    if ev then return nonnil(ev.key), nonnil(ev.value) end
   end
 end
 
@@ -186,16 +196,20 @@ end
 function ChannelStream:events()
   return function()
     local ev = self:_next()
-    return { key = ev.key, value = ev.value, headers = ev.headers, timestamp = ev.timestamp,
-      channel = self.channel.name }
+    if ev then
+      return { key = ev.key, value = ev.value, headers = ev.headers, timestamp = ev.timestamp,
+        channel = self.channel.name }
+    end
   end
 end
 
 function ChannelStream:enumerate()
   local count = 0
   return function()
+    local v = self()
+    if v == nil then return nil end
     count = count + 1
-    return count, self()
+    return count, v
   end
 end
 
@@ -207,7 +221,9 @@ function ChannelStream:take(max, within)
   local rt = self.agent.app.rt
   local now = function() return rt:now() end
   return function()
-    local batch = { nonnil(self:_next().value) }
+    local first = self:_next()
+    if not first then return nil end
+    local batch = { nonnil(first.value) }
     local started = now()
     while #batch < max do
       local ev
@@ -216,6 +232,7 @@ function ChannelStream:take(max, within)
         if not ev then break end
       else
         ev = self.queue:pop()
+        if not ev then break end
       end
       self.ev = ev
       batch[#batch + 1] = nonnil(ev.value)
