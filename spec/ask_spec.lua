@@ -340,3 +340,33 @@ describe("examples/ask.lua", function()
     assert.are.equal(3, #lines("^NO QUOTE: no price for kiwi$"))
   end)
 end)
+
+describe("an asked agent", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("answers no reply-to outside the app's reply topics, and goes on (logged once)", function()
+    local a = app("orphan1")
+    local got = {}
+    local ag = a:agent("ag", nil, function(stream)
+      for v in stream do
+        stream:yield(v)
+        got[#got + 1] = v
+      end
+    end)
+    t = fstream.testing(a)
+    local log = os.tmpname()
+    require("fstream.core").redirect_stderr(log)
+    t:send(ag, { value = 1, headers = { ["fstream-reply-to"] = "elsewhere", ["fstream-correlation-id"] = "x-1" } })
+    t:send(ag, { value = 2, headers = { ["fstream-reply-to"] = "elsewhere", ["fstream-correlation-id"] = "x-2" } })
+    t:run()
+    require("fstream.core").redirect_stderr(nil)
+    local f = io.open(log); local text = f:read("a"); f:close(); os.remove(log)
+    assert.are.same({ 1, 2 }, got)
+    local _, n = text:gsub("asks: no reply goes to elsewhere: not a reply topic of app orphan1", "")
+    assert.are.equal(1, n)
+    assert.is_nil(a.topics.elsewhere)
+    -- Its own asks still work.
+    assert.are.equal(3, t:ask(ag, 3))
+  end)
+end)

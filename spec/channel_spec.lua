@@ -68,17 +68,23 @@ describe("a channel", function()
     assert.are.same({ 1, 2, 3, 4, 5, 6 }, two)
   end)
 
-  it("keeps values sent before the worker starts for the first reader", function()
+  it("keeps values sent before the worker starts for every agent reading it", function()
     local a = app("ch4")
     local ch = a:channel()
     ch:send { key = "k", value = "early" }
-    local got
+    local got, got2 = {}, {}
     a:agent("reader", ch, function(stream)
-      for k, v in stream:items() do got = { k, v } end
+      for k, v in stream:items() do got[#got + 1] = { k, v } end
+    end)
+    a:agent("reader2", ch, function(stream)
+      for v in stream do got2[#got2 + 1] = v end
     end)
     t = fstream.testing(a)
     t:run()
-    assert.are.same({ "k", "early" }, got)
+    ch:put("late")
+    t:run()
+    assert.are.same({ { "k", "early" }, { fstream.null, "late" } }, got)
+    assert.are.same({ "early", "late" }, got2)
   end)
 
   it("takes t:send(channel, value) in fstream.testing", function()

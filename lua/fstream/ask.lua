@@ -167,6 +167,25 @@ local function target(app, name)
   return t
 end
 
+-- The topic a reply to `to` goes to, or nil (logged once per name) when it
+-- is not one of this app's reply topics or cannot be reached: a reply for an
+-- asker that is gone, or a request with a made-up reply-to, never fails the
+-- agent that answers it.
+local function reply_target(app, to)
+  local s = state(app)
+  local t = s.targets[to]
+  if t then return t end
+  if s.unreachable and s.unreachable[to] then return nil end
+  local prefix = app.id .. "-reply-"
+  local ok, res = false, "not a reply topic of app " .. app.id
+  if to:sub(1, #prefix) == prefix then ok, res = pcall(target, app, to) end
+  if ok then return res end
+  s.unreachable = s.unreachable or {}
+  s.unreachable[to] = true
+  core.log("warn", string.format("asks: no reply goes to %s: %s", to, tostring(res)))
+  return nil
+end
+
 -- Stream:yield: the first value an agent yields for an asked event answers it.
 function Ask.answer(app, value)
   local to, cid = core.reply_to()
@@ -175,7 +194,8 @@ function Ask.answer(app, value)
   local co = coroutine.running()
   if s.answered[co] == cid then return end -- a second yield for the same event
   s.answered[co] = cid
-  target(app, to):send { value = value, headers = { [H_ID] = cid } }
+  local t = reply_target(app, to)
+  if t then t:send { value = value, headers = { [H_ID] = cid } } end
 end
 
 -- An agent failed on an asked event for good (its policy logged, skipped or
@@ -186,7 +206,8 @@ function Ask.fail(app, agent_name, headers, err)
   if not to or not cid then return end
   local ok, serr = pcall(function()
     local msg = string.format("agent %s failed: %s", agent_name, tostring(err)):sub(1, 4096)
-    target(app, to):send { value = nil, headers = { [H_ID] = cid, [H_ERROR] = msg } }
+    local t = reply_target(app, to)
+    if t then t:send { value = nil, headers = { [H_ID] = cid, [H_ERROR] = msg } } end
   end)
   if not ok then
     core.log("warn", string.format("agent %s: could not send the error reply for ask %s to %s: %s",

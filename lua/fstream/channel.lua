@@ -106,8 +106,9 @@ end
 -- channel:send{key =, value =, headers =}: queues the message for every agent
 -- reading the channel, and returns at once — unless the channel has a
 -- maxsize and a reader's queue is full: then the sending coroutine waits for
--- room (outside a coroutine that is an error). Sent before anything reads the
--- channel, or before the worker starts, it waits in the channel.
+-- room (outside a coroutine that is an error). Sent before the worker starts,
+-- it waits for the agents that read the channel; a channel that no agent
+-- reads drops what is sent to it once the worker runs.
 function Channel:send(msg)
   if type(msg) ~= "table" then
     error(string.format("channel %s: send expects a table {key =, value =, headers =}", self.name), 2)
@@ -131,12 +132,14 @@ function Channel:send(msg)
   local ev = { key = msg.key, value = msg.value, headers = msg.headers or {},
     timestamp = msg.timestamp or (rt and rt:now()) }
   self.sent = self.sent + 1
-  if #self.queues == 0 then
-    -- Nobody reads it yet: kept for the first reader.
+  if not rt then
+    -- Before the worker starts: for every agent reading the channel then.
     self.early = self.early or {}
     self.early[#self.early + 1] = ev
     return
   end
+  -- Every agent that reads the channel has its queue since the start.
+  self.early = nil
   for _, q in ipairs(self.queues) do q:push(ev) end
 end
 
@@ -160,10 +163,7 @@ ChannelStream.__tostring = function(self) return "Stream(" .. self.agent.name ..
 
 function Channel.stream(ch, agent)
   local q = ch:_queue(agent)
-  if ch.early then
-    for _, ev in ipairs(ch.early) do q:push(ev) end
-    ch.early = nil
-  end
+  for _, ev in ipairs(ch.early or {}) do q:push(ev) end
   return setmetatable({ agent = agent, channel = ch, queue = q, ended = false }, ChannelStream)
 end
 
