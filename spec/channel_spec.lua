@@ -212,3 +212,30 @@ describe("a channel", function()
     assert.matches("reads a channel; ask agents that read a topic", err)
   end)
 end)
+
+describe("a channel in the worker's views", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("is a node of its own in /topology and a source in /agents", function()
+    local a = app("chv")
+    local ch = a:channel { name = "hops" }
+    local input = a:topic("in")
+    a:agent("fwd", input, function(stream) for v in stream do stream:yield(v) end end, { sink = { ch } })
+    a:agent("reader", ch, function(stream) for _ in stream do end end)
+    t = fstream.testing(a)
+    t:run()
+    local g = require("fstream.topology").graph(a)
+    local kinds, edges = {}, {}
+    for _, n in ipairs(g.nodes) do kinds[n.id] = n.kind end
+    for _, e in ipairs(g.edges) do edges[#edges + 1] = e.from .. " " .. e.kind .. " " .. e.to end
+    assert.are.equal("channel", kinds["channel:hops"])
+    assert.is_nil(kinds["topic:hops"])
+    table.sort(edges)
+    assert.are.same({ "agent:fwd sink channel:hops", "channel:hops reads agent:reader", "topic:in reads agent:fwd" }, edges)
+    local agents = {}
+    for _, ag in ipairs(require("fstream.web").agents(a)) do agents[ag.name] = ag end
+    assert.are.same({ "hops" }, agents.reader.topics)
+    assert.are.equal("waiting", agents.reader.instances[1].state)
+  end)
+end)

@@ -173,7 +173,9 @@ local function nonnil(v)
 end
 
 function ChannelStream:_next()
+  self.waiting = true -- (for /agents)
   local ev = self.queue:pop()
+  self.waiting = false
   self.ev = ev
   return ev
 end
