@@ -239,3 +239,17 @@ describe("a channel in the worker's views", function()
     assert.are.equal("waiting", agents.reader.instances[1].state)
   end)
 end)
+
+describe("fstream-lua send to an agent reading a channel", function()
+  it("refuses, saying the channel lives inside a worker", function()
+    local proc = require "spec.support.proc"
+    local script = proc.write(proc.tmp .. "/chsend_" .. os.time() .. ".lua", [[
+local fstream = require "fstream"
+local app = fstream.app("chsend", { broker = "memory://" })
+app:agent("reader", app:channel { name = "inbox" }, function(stream) for _ in stream do end end)
+]])
+    local out, rc = proc.run(string.format("%s send %s @reader 1", proc.bin, proc.quote(script)))
+    assert.are.equal(2, rc, out)
+    assert.matches("agent reader reads channel inbox, which lives inside a worker", out)
+  end)
+end)
