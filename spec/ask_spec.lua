@@ -221,6 +221,26 @@ describe("agent:ask", function()
   end)
 end)
 
+describe("an asked agent that regroups", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("answers from the regrouped stream (group_by keeps the request's headers)", function()
+    local a = app("askgb")
+    local totals = a:table("totals", { default = 0 })
+    local acc = a:agent("acc", nil, function(stream)
+      for o in stream:group_by("account") do
+        totals[o.account] = totals[o.account] + o.amount
+        stream:yield(totals[o.account])
+      end
+    end)
+    t = fstream.testing(a)
+    assert.are.equal(5, t:ask(acc, { account = "a1", amount = 5 }, { key = "order-1" }))
+    assert.are.equal(12, t:ask(acc, { account = "a1", amount = 7 }, { key = "order-2" }))
+    assert.are.equal(1, t:ask(acc, { account = "b2", amount = 1 }, { key = "order-3" }))
+  end)
+end)
+
 describe("agent:join and agent:map", function()
   local t
   after_each(function() if t then t:close(); t = nil end end)
