@@ -157,6 +157,18 @@ function App:stream(source, opts)
   return s
 end
 
+-- app:command(name, function(args, cmd) ... end, {help =, args =, options =}):
+-- a command of the app's own, run by `fstream-lua APP.lua NAME ...` (Faust's
+-- @app.command); fstream/cli.lua checks the declaration, parses and runs it.
+function App:command(name, fn, opts)
+  local c = require("fstream.cli").define_command(self, name, fn, opts, 2)
+  self.commands = self.commands or {}
+  self.command_list = self.command_list or {}
+  if self.commands[name] then error(string.format("command '%s' is already defined", name), 2) end
+  self.commands[name] = c
+  self.command_list[#self.command_list + 1] = c
+end
+
 -- app:page(path, fn, {methods =}): a page of the worker's web server (fstream/web.lua).
 function App:page(path, fn, opts)
   return require("fstream.web").page(self, path, fn, opts, 2)
