@@ -81,6 +81,37 @@ describe("a pattern topic's declaration", function()
   end)
 end)
 
+describe("a pattern topic's agents (in process)", function()
+  it("send dead letters with the real topic, and group_by and app:stream read the matches", function()
+    local app = fstream.app("pat-ops", { broker = "memory://" })
+    local a = app:topic("ops-a")
+    app:topic("ops-b")
+    local pat = app:topic { pattern = "^ops-" }
+    app:agent("fragile", pat, function(stream)
+      for v in stream do if v.bad then error("bad value") end end
+    end, { on_error = "dlq" })
+    local by_user = {}
+    app:agent("regroup", pat:group_by("user"), function(stream)
+      for ev in stream:events() do by_user[#by_user + 1] = ev.key .. "@" .. ev.topic end
+    end)
+    local streamed = {}
+    local s = app:stream(pat)
+    app:task(function() for v in s do streamed[#streamed + 1] = v.user end end)
+    local t = fstream.testing(app)
+    t:send(a, { user = "u1" })
+    t:send("ops-b", { user = "u2", bad = true })
+    t:run()
+    local dead = t:messages("pat-ops-fragile-dlq")
+    assert.are.equal(1, #dead)
+    assert.are.equal("ops-b", dead[1].headers["fstream-topic"])
+    table.sort(by_user)
+    assert.are.same({ "u1@pat-ops-regroup-user-repartition", "u2@pat-ops-regroup-user-repartition" }, by_user)
+    table.sort(streamed)
+    assert.are.same({ "u1", "u2" }, streamed)
+    t:close()
+  end)
+end)
+
 -- The worker app: forwards every event of the pattern's topics to OUT as
 -- "topic:value".
 local APP = proc.write(proc.tmp .. "/patterns-" .. uniq .. ".lua", [[
