@@ -152,7 +152,11 @@ function cli.parse(argv)
   local c = find_command(cmd)
   -- `fstream-lua APP.lua NAME ...`: a command the app defines (app:command);
   -- its arguments are known once the app is loaded (cli.app_command).
-  if not c and cmd:match("%.lua$") then
+  -- (an app script is named *.lua, or is a readable file: not a directory)
+  local f = not c and not cmd:match("%.lua$") and io.open(cmd, "r")
+  local script = f and f:read(0) ~= nil
+  if f then f:close() end
+  if not c and (cmd:match("%.lua$") or script) then
     return "app_command", { app = cmd, words = table.move(argv, 2, #argv, 1, {}) }
   end
   if not c then return nil, usage_error(nil, "unknown command '%s'", cmd) end
