@@ -112,6 +112,34 @@ describe("a pattern topic's agents (in process)", function()
   end)
 end)
 
+describe("a pattern's new match and the tables", function()
+  local capture_stderr = require "spec.support.stderr"
+
+  it("is read only with the tables' partition count, else refused once with both counts", function()
+    local app = fstream.app("pat-tables", { broker = "memory://" })
+    local counts = app:table("counts", { default = 0 })
+    app:agent("count", app:topic { pattern = "^t-" }, function(stream)
+      for v in stream do counts[v] = counts[v] + 1 end
+    end)
+    app:agent("forward", app:topic { pattern = "^t-" }, function(stream) for _ in stream do end end).no_tables = true
+    -- As the running worker finds them: the tables have 8 partitions.
+    app.partitions_resolved = true
+    app.tables.counts.partitions = 8
+    local added
+    local log = capture_stderr(function() added = app:_discover { ["t-ok"] = 8, ["t-three"] = 3 } end)
+    local got = {}
+    for _, at in ipairs(added) do got[#got + 1] = at[1].name .. "<-" .. at[2].name end
+    table.sort(got)
+    -- The forwarder writes no table: it takes any count.
+    assert.are.same({ "count<-t-ok", "forward<-t-ok", "forward<-t-three" }, got)
+    assert.matches("topic pattern '%^t%-': t%-three has 3 partitions but agent count writes tables, which have 8 "
+      .. "%(partition p of an input holds partition p of every table%): not read; give it 8 partitions", log)
+    log = capture_stderr(function() added = app:_discover { ["t-ok"] = 8, ["t-three"] = 3 } end)
+    assert.are.equal(0, #added)
+    assert.are.equal("", log)
+  end)
+end)
+
 -- The worker app: forwards every event of the pattern's topics to OUT as
 -- "topic:value".
 local APP = proc.write(proc.tmp .. "/patterns-" .. uniq .. ".lua", [[

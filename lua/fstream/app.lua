@@ -133,8 +133,8 @@ function App:_discover(listing)
           if nparts and not a.no_tables and listing[name] ~= nparts then
             if not self.refused_matches[name] then
               self.refused_matches[name] = true
-              core.log("error", string.format("topic pattern '%s': %s has %d partitions but the tables agent %s "
-                .. "writes have %d (partition p of the input holds partition p of every table): not read; "
+              core.log("error", string.format("topic pattern '%s': %s has %d partitions but agent %s writes tables, "
+                .. "which have %d (partition p of an input holds partition p of every table): not read; "
                 .. "give it %d partitions", pat.pattern, name, listing[name], a.name, nparts, nparts))
             end
           else
