@@ -175,8 +175,12 @@ describe("app:command's declaration", function()
       "app:command: command 'a': option --broker clashes with fstream-lua's own --broker")
     assert.has_error(function() app:command("b", function() end, { options = { { "--x", "-l" } } }) end,
       "app:command: command 'b': option --x clashes with fstream-lua's own --loglevel")
-    assert.has_error(function() app:command("c", function() end, { args = { "n" }, options = { { "--n" } } }) end,
-      "app:command: command 'c': option --n uses the name 'n' twice")
+    local ok, err = pcall(function() app:command("c", function() end, { args = { "n" }, options = { { "--n" } } }) end)
+    assert.is_false(ok)
+    assert.matches("command_spec.lua:%d+: app:command: command 'c': option %-%-n uses the name 'n' twice$", err)
+    ok, err = pcall(function() app:command("c", function() end, { options = { { "--n", type = "bool" } } }) end)
+    assert.matches('command_spec.lua:%d+: app:command: command \'c\': option %-%-n: type must be "string", '
+      .. '"number" or "integer", got bool$', err)
     assert.has_error(function() app:command("d", function() end, { args = { { "a", optional = true }, "b" } }) end,
       "app:command: command 'd': argument b is required but follows an optional one")
     app:command("e", function() end)

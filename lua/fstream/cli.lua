@@ -567,6 +567,8 @@ local ARG_TYPES = { string = true, number = true, integer = true }
 function cli.define_command(app, name, fn, opts, level)
   level = level + 1
   local function bad(fmt, ...) error(string.format("app:command: " .. fmt, ...), level + 1) end
+  -- (for the helpers below, one call deeper)
+  local function bad2(fmt, ...) error(string.format("app:command: " .. fmt, ...), level + 2) end
   if type(name) ~= "string" or not name:match("^%a[%w_%-]*$") then
     bad("the name must be a word of letters, digits, '_' or '-' starting with a letter, got %s", tostring(name))
   end
@@ -585,12 +587,12 @@ function cli.define_command(app, name, fn, opts, level)
   c.where = info and string.format("%s:%d", info.short_src, info.currentline) or "?"
   local fields = {}
   local function field(f, what)
-    if fields[f] then bad("command '%s': %s uses the name '%s' twice", name, what, f) end
+    if fields[f] then bad2("command '%s': %s uses the name '%s' twice", name, what, f) end
     fields[f] = true
   end
   local function check_type(ty, what)
     if ty ~= nil and not ARG_TYPES[ty] then
-      bad("command '%s': %s: type must be \"string\", \"number\" or \"integer\", got %s", name, what, tostring(ty))
+      bad2("command '%s': %s: type must be \"string\", \"number\" or \"integer\", got %s", name, what, tostring(ty))
     end
   end
   local optional_seen = false
