@@ -482,6 +482,27 @@ function cli.tables(opts)
   return 0
 end
 
+-- Calls fn(key, value, partition) for each entry of a table in the local LMDB
+-- files (`want`: only this encoded key), one partition's scan in memory at a
+-- time; windowed tables' own keys are skipped. Returns how many it found.
+local function each_entry(t, dir, want, fn)
+  local found = 0
+  for _, p in ipairs(local_partitions(dir, t)) do
+    local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
+    if keys then
+      for i = 1, #keys do
+        -- In a windowed table, keys starting with a NUL byte are the runtime's own
+        -- (stream time); other tables have none (a raw key may start with one).
+        if not (t.window and keys[i]:byte(1) == 0) and (not want or keys[i] == want) then
+          found = found + 1
+          fn(t.decode_key(keys[i]), t.decode_value(values[i]), p)
+        end
+      end
+    end
+  end
+  return found
+end
+
 -- Reads a table's local LMDB files offline: one JSON line per entry.
 function cli.table(opts)
   local app, code = load_app(opts.app)
@@ -497,22 +518,9 @@ function cli.table(opts)
     if t.key_serializer == "json" then k = core.json.decode(k) or k end
     want = t.encode_key(k)
   end
-  local dir = app:data_dir(opts.store)
-  local found = 0
-  for _, p in ipairs(local_partitions(dir, t)) do
-    local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
-    if keys then
-      for i = 1, #keys do
-        -- In a windowed table, keys starting with a NUL byte are the runtime's own
-        -- (stream time); other tables have none (a raw key may start with one).
-        if not (t.window and keys[i]:byte(1) == 0) and (not want or keys[i] == want) then
-          found = found + 1
-          local v = t.decode_value(values[i])
-          io.write(core.json.encode { key = t.decode_key(keys[i]), value = v, partition = p }, "\n")
-        end
-      end
-    end
-  end
+  local found = each_entry(t, app:data_dir(opts.store), want, function(k, v, p)
+    io.write(core.json.encode { key = k, value = v, partition = p }, "\n")
+  end)
   if want and found == 0 then return fail(1, "key %s is not in the local partitions of %s", opts.key, name) end
   return 0
 end
@@ -775,42 +783,18 @@ local function parse_command_words(c, words)
   return values, settings
 end
 
--- A table's entries in the local LMDB files: key, value, partition for each
--- (one pass over the files at the call; windowed tables' own keys skipped).
-local function table_entries(t, dir, want)
-  local out = {}
-  for _, p in ipairs(local_partitions(dir, t)) do
-    local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
-    if keys then
-      for i = 1, #keys do
-        -- In a windowed table, keys starting with a NUL byte are the runtime's own
-        -- (stream time); other tables have none (a raw key may start with one).
-        if not (t.window and keys[i]:byte(1) == 0) and (not want or keys[i] == want) then
-          out[#out + 1] = { t.decode_key(keys[i]), t.decode_value(values[i]), p }
-        end
-      end
-    end
-  end
-  return out
-end
-
 -- cmd:table(name): the app's table as this machine's files hold it (what
 -- `fstream-lua table` prints), read-only: view:get(key) -> value, partition
 -- (nil when absent) and `for key, value, partition in view:items()`.
 local TableView = {}
 TableView.__index = TableView
 function TableView:get(key)
-  local found = table_entries(self.t, self.dir, self.t.encode_key(key))
-  if found[1] then return found[1][2], found[1][3] end
-  return nil
+  local value, partition
+  each_entry(self.t, self.dir, self.t.encode_key(key), function(_, v, p) value, partition = v, p end)
+  return value, partition
 end
 function TableView:items()
-  local list, i = table_entries(self.t, self.dir), 0
-  return function()
-    i = i + 1
-    local e = list[i]
-    if e then return e[1], e[2], e[3] end
-  end
+  return coroutine.wrap(function() each_entry(self.t, self.dir, nil, coroutine.yield) end)
 end
 
 local Command = {}
