@@ -144,8 +144,13 @@ function Table.new(app, name, opts, level, global)
   end
   if ttl then
     -- Stored and changelogged values start with the last write's time (see TTL below).
+    -- (A value without the time was written before the table had a ttl: it is
+    -- the value as it is.)
     local decode = self.decode_value
-    self.decode_value = function(b) return decode(b:sub((b:find(" ", 1, true) or 0) + 1)) end
+    self.decode_value = function(b)
+      local stamp = b:match("^%-?%d+ ")
+      return decode(stamp and b:sub(#stamp + 1) or b)
+    end
     Table.ttl_task(self)
   end
   -- The changelog travels as bytes: the table encodes, the topic is raw.
@@ -597,7 +602,8 @@ local function last_write(self, p, part, kb)
   if v == TOMBSTONE then return nil end
   if v ~= nil then return part.wprev[kb] end
   local vb = self.app.rt:table_get(self.id, p, kb)
-  return vb and stamp_of(vb)
+  if not vb then return nil end
+  return stamp_of(vb) or part.walk_ms
 end
 
 -- One pass over the partitions held: true when work was left for the next one.
@@ -607,10 +613,10 @@ function Table._expire(self, now)
   for p, part in pairs(self.parts) do
     if part.walk then
       local keys, values = rt:table_scan(self.id, p, part.walk ~= "" and part.walk or nil, nil, EXPIRE_BATCH)
-      for i = 1, #keys do
-        local ms = stamp_of(values[i])
-        if ms then queue(self, part, keys[i], ms) end
-      end
+      -- A value without a time (written before the table had a ttl) ages from
+      -- when the walk began.
+      part.walk_ms = part.walk_ms or math.floor(now * 1000)
+      for i = 1, #keys do queue(self, part, keys[i], stamp_of(values[i]) or part.walk_ms) end
       if #keys < EXPIRE_BATCH then
         part.walk = nil
       else
