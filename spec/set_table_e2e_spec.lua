@@ -107,6 +107,12 @@ describe("a set table on a standalone embedded broker", function()
     assert.are.same({ members = hot, n = 50, has = false }, json.decode(checked[2]))
     assert.are.same({ members = {}, n = 0, has = false }, json.decode(checked[3]))
     assert.are.equal(63, proc.wait_messages(addr, cl, 63, 60), w:output())
+    -- The web server answers a set as its members.
+    local web = w:output():match("web%s+(http://[%d%.:]+)/")
+    assert.truthy(web, w:output())
+    local body = proc.run(string.format("curl -s %s/tables/tags/hot", web))
+    assert.are.same({ table = "tags", key = "hot", partition = json.decode(body).partition, value = hot }, json.decode(body))
+    assert.matches("404", proc.run(string.format("curl -s -o /dev/null -w '%%{http_code}' %s/tables/tags/zed", web)))
 
     -- A clean stop writes each partition's last entry once more (where its
     -- input resumes, for the next owner): the same value, nothing changes.

@@ -14,7 +14,9 @@ local TTL = 2
 -- A changelog read with kcat and compacted by hand (the last record of each
 -- key, as a compacted topic keeps): key -> { ms = last write, value = decoded }
 -- (nil when the last record is a tombstone); and the number of tombstones.
-local function compacted(addr, topic)
+-- unstamped = true: values may be without a time (written before the table had a ttl).
+local function compacted(addr, topic, unstamped)
+  local stamped = not unstamped
   local out = proc.run(string.format(
     "kcat -C -b %s -t %s -o beginning -e -q -Z -f '%%p\\t%%o\\t%%S\\t%%k\\t%%s\\n' 2>/dev/null", addr, proc.quote(topic)))
   local records = {}
@@ -27,8 +29,8 @@ local function compacted(addr, topic)
   for _, r in ipairs(records) do
     if r.value then
       local ms, rest = r.value:match("^(%d+) (.*)$")
-      assert(ms, "a ttl table's changelog value starts with the write time: " .. r.value)
-      last[r.key] = { ms = tonumber(ms), value = json.decode(rest) }
+      assert(ms or not stamped, "a ttl table's changelog value starts with the write time: " .. r.value)
+      last[r.key] = { ms = tonumber(ms), value = json.decode(rest or r.value) }
     else
       last[r.key] = nil
       tombstones = tombstones + 1
@@ -114,5 +116,34 @@ describe("a table with a ttl on a standalone embedded broker", function()
     assert.are.same(values(compacted(addr, long_cl)), long_rows)
     assert.are.same({ old1 = "back", old2 = "home", old3 = "cart", old4 = "home", old5 = "help", new1 = "a", new2 = "b" },
       long_rows)
+  end)
+
+  it("gives keys written before the table had a ttl their ttl from the restart that adds it", function()
+    local env = { APP_ID = "ttladd-" .. uniq, IN = "ttladd-in-" .. uniq }
+    local app = fixtures .. "/ttl.lua"
+    local short_cl = env.APP_ID .. "-short-changelog"
+    local store = proc.tmp .. "/ttladd-store-" .. uniq
+    proc.create_topics(addr, env.IN)
+    local function start(ttl)
+      return proc.spawn(string.format("env APP_ID=%s IN=%s TTL=%s %s worker %s --broker kafka://%s --store lmdb://%s -l info",
+        env.APP_ID, env.IN, ttl, bin, app, addr, store), "worker-ttladd")
+    end
+    local w = start("none")
+    proc.produce_lines(addr, env.IN, { "k1	v1", "k2	\"quoted value\"" }, { key_delim = "\t" })
+    assert.are.equal(2, proc.wait_messages(addr, short_cl, 2, 60), w:output())
+    assert.are.equal(0, w:stop())
+    local settings = string.format("APP_ID=%s IN=%s TTL=%d", env.APP_ID, env.IN, TTL)
+    assert.are.same({ k1 = "v1", k2 = '"quoted value"' }, proc.table_rows(settings, app, "short", store))
+    w = start(TTL)
+    local short, tombstones
+    for _ = 1, 200 do
+      short, tombstones = compacted(addr, short_cl, true)
+      if tombstones >= 2 then break end
+      proc.sleep(0.3)
+    end
+    assert.are.equal(0, w:stop())
+    assert.are.equal(2, tombstones, w:output())
+    assert.are.same({}, values(short))
+    assert.are.same({}, proc.table_rows(settings, app, "short", store))
   end)
 end)

@@ -165,6 +165,16 @@ function View:set()
   return out
 end
 
+-- The members of the key whose bytes are kb in partition p, a sorted list, or
+-- nil when it has none (the web server's GET /tables/NAME/KEY).
+function M.members_in(t, p, kb)
+  local l = {}
+  for m in pairs(collect(t, p, "[" .. kb .. ",", {})) do l[#l + 1] = m end
+  if #l == 0 then return nil end
+  table.sort(l, M.member_less)
+  return l
+end
+
 local TYPE_ORDER = { boolean = 1, number = 2, string = 3 }
 local function member_less(a, b)
   local ta, tb = type(a), type(b)
