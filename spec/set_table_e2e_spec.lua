@@ -1,7 +1,8 @@
 -- Set tables end to end (spec/fixtures/sets.lua on a standalone embedded
--- broker): one changelog record per member operation, `fstream-lua table`
--- shows the sets, and the changelog compacted by hand (the last record of
--- every Kafka key, as a compacted topic keeps) rebuilds the same sets.
+-- broker, a partitioned and a global set table fed the same operations): one
+-- changelog record per member operation, `fstream-lua table` and the web
+-- server show the sets, and the changelog compacted by hand (the last record
+-- of every Kafka key, as a compacted topic keeps) holds the same sets.
 local proc = require "spec.support.proc"
 local json = require("fstream.core").json
 
@@ -103,9 +104,9 @@ describe("a set table on a standalone embedded broker", function()
     local hot = {}
     for i = 3, 52 do hot[#hot + 1] = "m" .. i end
     table.sort(hot)
-    assert.are.same({ members = hot, n = 50, has = true }, json.decode(checked[1]))
-    assert.are.same({ members = hot, n = 50, has = false }, json.decode(checked[2]))
-    assert.are.same({ members = {}, n = 0, has = false }, json.decode(checked[3]))
+    assert.are.same({ members = hot, n = 50, has = true, global = hot }, json.decode(checked[1]))
+    assert.are.same({ members = hot, n = 50, has = false, global = hot }, json.decode(checked[2]))
+    assert.are.same({ members = {}, n = 0, has = false, global = {} }, json.decode(checked[3]))
     assert.are.equal(63, proc.wait_messages(addr, cl, 63, 60), w:output())
     -- The web server answers a set as its members.
     local web = w:output():match("web%s+(http://[%d%.:]+)/")
@@ -123,7 +124,9 @@ describe("a set table on a standalone embedded broker", function()
     sorted(want)
     local app = fixtures .. "/sets.lua"
     assert.are.same(want, sorted(proc.table_rows(settings, app, "tags", store)))
+    assert.are.same(want, sorted(proc.table_rows(settings, app, "gtags", store)))
     assert.are.same(want, sets_after_compaction(records))
+    assert.are.same(want, sets_after_compaction(changelog(addr, env.APP_ID .. "-gtags-changelog")))
     -- --key: one set.
     local out, rc = proc.run(string.format("env %s %s table %s tags --key a --store lmdb://%s 2>&1", settings, bin, app, store))
     assert.are.equal(0, rc, out)
@@ -135,10 +138,12 @@ describe("a set table on a standalone embedded broker", function()
     out, rc = proc.run(string.format("env %s %s reset %s --store lmdb://%s", settings, bin, app, store))
     assert.are.equal(0, rc, out)
     assert.are.same({}, proc.table_rows(settings, app, "tags", store))
+    assert.are.same({}, proc.table_rows(settings, app, "gtags", store))
     w = start()
     assert.truthy(w:wait_for("recovered table tags", 60), w:output())
     proc.sleep(1)
     assert.are.equal(0, w:stop())
     assert.are.same(want, sorted(proc.table_rows(settings, app, "tags", store)))
+    assert.are.same(want, sorted(proc.table_rows(settings, app, "gtags", store)))
   end)
 end)
