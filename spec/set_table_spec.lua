@@ -75,6 +75,16 @@ describe("a set table", function()
     for m in t:table("tags").k:members() do listed[#listed + 1] = m end
     assert.are.same(want, listed)
     assert.are.equal('{"m1", "m11", "m13", "m15", "m17", "m19", "m2", "m3", "m5", "m7", "m9"}', tostring(t:table("tags").k))
+    -- What the key's pending operations are tracked in goes with the record
+    -- cache at a checkpoint (fstream.testing has none: the rotation by hand).
+    local st = require("fstream.table").state(t:table("tags"))
+    local p, part = next(st.parts)
+    while not part.sets do p, part = next(st.parts, p) end
+    st.rotate(part, true)
+    assert.is_nil(part.sets)
+    assert.is_truthy(part.sets_prev['["k",'])
+    st.rotate(part, false)
+    assert.is_nil(part.sets_prev)
   end)
 
   it("replaces a whole set by assignment and clears it with nil", function()

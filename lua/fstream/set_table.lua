@@ -332,6 +332,7 @@ function M.new(app, name, opts, level, global)
   }, level, global)
   self.set = true
   self.offline_rows = offline_rows
+  self.rotate = M.rotate -- at each checkpoint, with the record cache
   local proxy = {}
   STATE[proxy] = self
   Table.rebind_proxy(self, proxy, object_mt(self))
