@@ -92,6 +92,8 @@ describe("a table with a ttl", function()
     -- Every key is due; the passes went on right away until none was left.
     assert.are.same({}, keys_of(t:table("last_click")))
     assert.are.equal(n, tb.expired)
+    assert.matches('\nfstream_table_expired_total{table="last_click"} ' .. n .. '\n',
+      require("fstream.metrics").render(a))
   end)
 
   it("refuses a ttl that is not a positive number, on a global table and with windows", function()

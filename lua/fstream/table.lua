@@ -648,8 +648,28 @@ function Table._expire(self, now)
   return more, expired
 end
 
+-- /metrics: fstream_table_expired_total{table}, for apps with a ttl table.
+local function expired_metrics(o, app)
+  local first = true
+  for _, t in ipairs(app.table_list) do
+    if t.ttl then
+      if first then
+        o:family("fstream_table_expired_total", "counter", "Keys a table's ttl deleted, per table.")
+        first = false
+      end
+      o:sample("fstream_table_expired_total", { "table", t.name }, t.expired or 0)
+    end
+  end
+end
+local metrics_added = false
+
 -- The task that expires the keys of a ttl table.
 function Table.ttl_task(self)
+  if not metrics_added then
+    local sources = require("fstream.metrics").sources
+    sources[#sources + 1] = expired_metrics
+    metrics_added = true
+  end
   local app = self.app
   app.tasks[#app.tasks + 1] = {
     name = "ttl expiry of table " .. self.name,
