@@ -491,7 +491,15 @@ function cli.table(opts)
   local found = 0
   for _, p in ipairs(local_partitions(dir, t)) do
     local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
-    if keys then
+    if keys and t.offline_rows then
+      -- A set table: one line per key, its members as a list.
+      for _, r in ipairs(t.offline_rows(t, keys, values)) do
+        if not want or r.kb == want then
+          found = found + 1
+          io.write(core.json.encode { key = r.key, value = r.value, partition = p }, "\n")
+        end
+      end
+    elseif keys then
       for i = 1, #keys do
         -- In a windowed table, keys starting with a NUL byte are the runtime's own
         -- (stream time); other tables have none (a raw key may start with one).
