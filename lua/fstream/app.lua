@@ -218,6 +218,19 @@ function App:global_table(name, opts)
   return t.proxy
 end
 
+-- app:set_table(name, opts) / app:set_global_table(name, opts): tables whose
+-- value under a key is a set (Faust's SetTable); see fstream.set_table.
+for method, global in pairs { set_table = false, set_global_table = true } do
+  App[method] = function(self, name, opts)
+    if self.tables[name] then error(string.format("table '%s' is already defined", tostring(name)), 2) end
+    if self.rt then error("tables must be defined before the worker starts", 2) end
+    local t = require("fstream.set_table").new(self, name, opts, 2, global)
+    self.tables[name] = t
+    self.table_list[#self.table_list + 1] = t
+    return t.proxy
+  end
+end
+
 -- Directory holding the app's LMDB files: store = "lmdb://DIR", default ./<id>-data.
 function App:data_dir(store)
   local dir = (store or self.store):match("^lmdb://(.*)$")

@@ -489,7 +489,15 @@ local function each_entry(t, dir, want, fn)
   local found = 0
   for _, p in ipairs(local_partitions(dir, t)) do
     local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
-    if keys then
+    if keys and t.offline_rows then
+      -- A set table: one entry per key, its members as a list.
+      for _, r in ipairs(t.offline_rows(t, keys, values)) do
+        if not want or r.kb == want then
+          found = found + 1
+          fn(r.key, r.value, p)
+        end
+      end
+    elseif keys then
       for i = 1, #keys do
         -- In a windowed table, keys starting with a NUL byte are the runtime's own
         -- (stream time); other tables have none (a raw key may start with one).
