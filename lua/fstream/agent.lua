@@ -72,7 +72,7 @@ function Agent.new(app, name, source, fn, opts, level)
       value_serializer = opts.value_serializer, partitions = opts.partitions,
     }) }
     self.own_topic = sources[1]
-  elseif getmetatable(source) == Topic then
+  elseif getmetatable(source) == Topic or getmetatable(source) == Topic.Pattern then
     sources = { source }
   elseif type(source) == "table" and source.is_group_by then
     sources = { self:_repartition(source, level + 1) }
@@ -86,10 +86,16 @@ function Agent.new(app, name, source, fn, opts, level)
     error(string.format("agent '%s': source must be a topic, a list of topics, a channel, or nil", name), level)
   end
   for _, t in ipairs(sources) do
-    if getmetatable(t) ~= Topic then error(string.format("agent '%s': every source must be a topic", name), level) end
-    self.topics[#self.topics + 1] = t
-    self.topics_by_name[t.name] = t
-    if t.post_decode then self.post_decode = true end
+    if getmetatable(t) == Topic.Pattern then
+      -- Its matches join self.topics as they are found (App:_discover).
+      self.patterns = self.patterns or {}
+      self.patterns[#self.patterns + 1] = t
+    else
+      if getmetatable(t) ~= Topic then error(string.format("agent '%s': every source must be a topic", name), level) end
+      self.topics[#self.topics + 1] = t
+      self.topics_by_name[t.name] = t
+      if t.post_decode then self.post_decode = true end
+    end
   end
   -- Dead letters keep the original bytes: raw topics. Retries go through a topic
   -- with the source's serializers, which this agent also reads.
@@ -97,12 +103,13 @@ function Agent.new(app, name, source, fn, opts, level)
     self.dlq = app:topic(app.id .. "-" .. name .. "-dlq", { key_serializer = "raw", value_serializer = "raw" })
   end
   if on_error == "retry" then
-    local src = self.topics[1]
+    local src = self.topics[1] or self.patterns[1]
     self.retry_topic = app:topic(app.id .. "-" .. name .. "-retry", {
       key_serializer = src.key_serializer, value_serializer = src.value_serializer,
       key_type = src.key_type, value_type = src.value_type,
     })
-    self.retry_topic.follows = src -- created with its source's partition count
+    -- created with its source's partition count (a pattern's matches have their own)
+    if getmetatable(src) == Topic then self.retry_topic.follows = src end
     self.topics[#self.topics + 1] = self.retry_topic
     self.topics_by_name[self.retry_topic.name] = self.retry_topic
   end
@@ -128,7 +135,8 @@ function Agent:_repartition(g, level)
     key_serializer = "raw", value_serializer = src.value_serializer, value_type = src.value_type,
     partitions = src.partitions,
   })
-  if not g.through then rtopic.follows = src end -- created with its source's partition count
+  -- created with its source's partition count (a pattern's matches have their own)
+  if not g.through and getmetatable(src) == require("fstream.topic") then rtopic.follows = src end
   local keyfn = not g.through and Agent._keyfn(g.key) or nil
   local what = string.format("%s of agent %s", g.through and "through" or "group_by", self.name)
   local forward = function(stream) Stream.forward(stream, stream, rtopic, keyfn, what) end
@@ -533,7 +541,10 @@ end
 function Agent:describe()
   local srcs = {}
   if self.channel then srcs[1] = self.channel.name end
-  for _, t in ipairs(self.topics) do srcs[#srcs + 1] = t.name end
+  for _, p in ipairs(self.patterns or {}) do srcs[#srcs + 1] = p.pattern .. " (pattern)" end
+  for _, t in ipairs(self.topics) do
+    if not t.pattern_of then srcs[#srcs + 1] = t.name end
+  end
   local sinks = {}
   for _, s in ipairs(self.sinks) do
     if type(s) == "table" and s.name then sinks[#sinks + 1] = s.name

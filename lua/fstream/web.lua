@@ -256,7 +256,8 @@ local function find_key(app, t, text)
     local kb = encode_key(t, k)
     if kb then
       for _, p in ipairs(held) do
-        local v = Table._lookup(t, p, kb)
+        local v
+        if t.set then v = require("fstream.set_table").members_in(t, p, kb) else v = Table._lookup(t, p, kb) end
         if v ~= nil then return { key = k, partition = p, value = v } end
       end
       if not first then
