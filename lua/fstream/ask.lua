@@ -5,12 +5,13 @@
 -- fstream-reply-to (this worker's reply topic) and fstream-correlation-id. The
 -- first value the agent yields for that event (Stream:yield -> Ask.answer)
 -- goes to the reply topic with the same correlation id; an agent that fails on
--- the event answers with fstream-error instead (Ask.fail). Each worker reads
--- its own reply topic "<app>-reply-<12 hex digits>", declared by its first ask
--- and subscribed to in the app's consumer group: no other worker subscribes to
--- it, so the group assigns it to this worker alone (as Faust does). The asking
--- coroutine parks (core.park) until the reply agent wakes it, or its deadline
--- passes and the ask raises.
+-- the event for good answers with fstream-error instead (Ask.fail). Each
+-- worker has its own reply topic "<app>-reply-<12 hex digits>", created by its
+-- first ask and read outside the consumer group by the runtime's reply reader
+-- (fs_lua_ask.c; under fstream.testing, an agent): asking changes no
+-- subscription, so it costs no rebalance, and an agent may ask in the middle
+-- of its own event. The asking coroutine parks (core.park) until the reply
+-- wakes it, its deadline passes, or the worker stops; then the ask raises.
 local core = require "fstream.core"
 
 local Ask = {}
@@ -18,7 +19,7 @@ local Ask = {}
 local H_REPLY_TO, H_ID, H_ERROR = "fstream-reply-to", "fstream-correlation-id", "fstream-error"
 Ask.H_REPLY_TO, Ask.H_ID, Ask.H_ERROR = H_REPLY_TO, H_ID, H_ERROR
 -- The reply topic's number outlives a reload (rt:carry): the new version reads
--- the same topic, so the subscription does not change.
+-- the same topic with the same reader.
 local CARRY = "ask/reply-topic"
 local DEFAULT_TIMEOUT = 30
 local SWEEP_EVERY = 256 -- asks between sweeps of asks nobody waits for any more
