@@ -368,6 +368,26 @@ for _, op in ipairs { "filter", "map", "echo" } do
   end
 end
 
+-- Joins (see fstream/join.lua):
+--   for order, customer in stream:join(customers) do            (a table, on the event's key)
+--   for order, customer in stream:lookup(customers, "customer_id") do
+-- and on a view, stream:filter(f):join(customers): the values the view yields.
+function Stream:join(tbl, opts)
+  return require("fstream.join").with_table(self, function() return self() end, tbl, opts, 2)
+end
+
+function Stream:lookup(tbl, key, opts)
+  return require("fstream.join").lookup(self, function() return self() end, tbl, key, opts, 2)
+end
+
+function View:join(tbl, opts)
+  return require("fstream.join").with_table(self.base, self.next, tbl, opts, 2)
+end
+
+function View:lookup(tbl, key, opts)
+  return require("fstream.join").lookup(self.base, self.next, tbl, key, opts, 2)
+end
+
 -- The value of the event in hand (the decoded value in every view).
 function Stream:current_value()
   local i, n, mode = self.cs:cursor()

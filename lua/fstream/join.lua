@@ -1,0 +1,460 @@
+-- Joins.
+--
+-- Stream-table (inside an agent):
+--   for order, customer in stream:join(customers) do        -- on the event's key
+--   for order, customer in stream:lookup(customers, function(o) return o.customer_id end) do
+-- The table is read in the partition of the event in hand, so the stream and a
+-- partitioned table must be co-partitioned: the same partition count, and the
+-- table's keys written by events keyed like the stream's. A global table holds
+-- every key everywhere and needs neither.
+--
+-- Stream-stream (declared as an agent's source):
+--   app:agent("matches", clicks:join(views, { within = 10, key = "ad_id", type = "left" }),
+--     function(stream) for click, view in stream do ... end end)
+-- Each side's events wait in a table of their own (changelogged like any
+-- table) until no event of the other side can match them any more.
+local core = require "fstream.core"
+local Table = require "fstream.table"
+
+local Join = {}
+
+local MODE_ITEMS = 1
+
+-- A stopping error: a join that cannot be right for any event is a mistake in
+-- the app, not in one event, so the worker stops and says why (the agent's
+-- error policy would log and go on reading nothing it could join).
+local function misconfigured(agent, msg, level)
+  local rt = agent.app.rt
+  core.log("error", msg)
+  if rt then rt:fatal(msg) end
+  error(msg, level + 1)
+end
+
+-- The key of the event in hand, decoded as its topic declares (nil: no key).
+local function event_key(stream)
+  local cs = stream.cs
+  local i, _, mode = cs:cursor()
+  local k
+  if mode == MODE_ITEMS then
+    k = stream.buf[2 * i - 1]
+  else
+    local _
+    _, _, k = cs:origin(i, true)
+    if k ~= nil and k ~= core.null and stream.agent.post_decode then
+      local err
+      k, err = stream.agent.topics_by_name[(cs:meta(i))]:decode_key(k)
+      if err then error("join: the event's key: " .. err, 0) end
+    end
+  end
+  if k == core.null then return nil end
+  return k
+end
+
+local function same_key(a, b)
+  if a == b then return true end
+  local ta, tb = type(a), type(b)
+  return ta ~= tb and (ta == "number" or tb == "number") and tostring(a) == tostring(b)
+end
+
+-- What a stream-table join checks once, when the agent starts it.
+local function table_of(stream, tbl, what, level)
+  local state = Table.state(tbl)
+  local agent = stream.agent
+  if not state then
+    error(string.format("%s needs a table of the app (app:table or app:global_table)%s", what,
+      what == "join" and ", or is declared as an agent's source for a stream-stream join: "
+        .. "app:agent(name, left:join(right, {within = seconds}), fn)" or ""), level + 1)
+  end
+  if state.window then
+    error(string.format("%s: table %s is windowed; join a table that is not", what, state.name), level + 1)
+  end
+  if state.app ~= agent.app then error(string.format("%s: table %s belongs to another app", what, state.name), level + 1) end
+  if not state.global then
+    for _, t in ipairs(agent.topics) do
+      if t.partitions ~= state.partitions then
+        misconfigured(agent, string.format("agent %s: %s with table %s: topic %s has %d partitions but the table has "
+          .. "%d, so partition p of the one does not hold the keys of partition p of the other — repartition the "
+          .. "stream through a topic of %d partitions keyed like the table (stream:through(topic); "
+          .. "stream:group_by(key) re-keys it), or make %s an app:global_table", agent.name, what, state.name, t.name, t.partitions,
+          state.partitions, state.partitions, state.name), level + 1)
+      end
+    end
+  end
+  return state
+end
+
+local function options(what, opts, level)
+  opts = opts or {}
+  if type(opts) ~= "table" then error(what .. ": options must be a table", level + 1) end
+  for k in pairs(opts) do
+    if k ~= "type" then error(string.format("%s: unknown option '%s'", what, tostring(k)), level + 1) end
+  end
+  local ty = opts.type or (what == "lookup" and "left" or "inner")
+  if ty ~= "inner" and ty ~= "left" then
+    error(string.format("%s: type must be \"inner\" or \"left\", got %s", what, tostring(ty)), level + 1)
+  end
+  return ty
+end
+
+-- An iterator for `for value, table_value in ...`. `nxt` gives the stream's (or
+-- view's) next value; `keyof(value)` the key to read (nil: none).
+local function table_join(stream, nxt, state, keyof, inner, use_default)
+  local proxy = state.proxy
+  return function()
+    while true do
+      local v = nxt()
+      if v == nil then return nil end
+      local k = keyof(v)
+      local tv
+      if k ~= nil then
+        tv = proxy:get(k)
+        if tv == nil and use_default then tv = Table.default_of(state) end
+      end
+      if tv ~= nil or not inner then return v, tv end
+      -- inner: an event with no table value is left out (and acknowledged with the next)
+    end
+  end
+end
+
+-- stream:join(table[, {type = "inner"|"left"}]): each value with the table's
+-- value under the event's key. inner (default) skips events whose key the table
+-- does not hold; left yields them with nil.
+-- `base`: the agent's stream; `nxt`: its values (or a view's).
+function Join.with_table(base, nxt, tbl, opts, level)
+  level = level + 1
+  local state = table_of(base, tbl, "join", level)
+  local inner = options("join", opts, level) == "inner"
+  return table_join(base, nxt, state, function() return event_key(base) end, inner, false)
+end
+
+-- stream:lookup(table, key_fn[, {type = "left"|"inner"}]): each value with
+-- table[key_fn(value)] (the table's default when missing, as any read; inner
+-- skips missing keys instead). key_fn may be a field name. On a partitioned
+-- table the looked-up key must be the event's own key: the event's partition
+-- holds no other (otherwise: group_by first, or a global table).
+function Join.lookup(base, nxt, tbl, key_fn, opts, level)
+  level = level + 1
+  local state = table_of(base, tbl, "lookup", level)
+  if type(key_fn) == "string" then
+    local field = key_fn
+    key_fn = function(v) return type(v) == "table" and v[field] or nil end
+  elseif type(key_fn) ~= "function" then
+    error("lookup needs a key: a field name or a function(value) -> key", level)
+  end
+  local inner = options("lookup", opts, level) == "inner"
+  local keyof = key_fn
+  if not state.global then
+    keyof = function(v)
+      local k = key_fn(v)
+      if k == nil then return nil end
+      local ek = event_key(base)
+      if not same_key(k, ek) then
+        local topic, p = base:current()
+        misconfigured(base.agent, string.format("agent %s: lookup in table %s by key %s, but the event (%s[%s]) is "
+          .. "keyed %s: table %s is partitioned, and the event's partition holds only the keys of its own events — "
+          .. "repartition the stream with stream:group_by(key) first so events are keyed by what they look up, or "
+          .. "make %s an app:global_table", base.agent.name, state.name, core.json.encode(k), tostring(topic),
+          tostring(p), ek == nil and "with no key" or core.json.encode(ek), state.name, state.name), 1)
+      end
+      return k
+    end
+  end
+  return table_join(base, nxt, state, keyof, inner, not inner)
+end
+
+-- Stream-stream joins ----------------------------------------------------
+
+local Source = {}
+Source.__index = Source
+
+local JOIN_OPTIONS = { within = true, key = true, type = true, grace = true, name = true }
+
+local function side_of(src, level)
+  local Topic = require "fstream.topic"
+  if getmetatable(src) == Topic then return { topics = { src }, processors = {}, topic = src } end
+  if type(src) == "table" and src.is_stream_source then
+    if #src.topics ~= 1 then error("join: each side is one topic (or app:stream of one topic)", level + 1) end
+    return { topics = src.topics, processors = src.processors, topic = src.topics[1], source = src }
+  end
+  error("join: each side must be a topic or app:stream(topic)", level + 1)
+end
+
+-- left:join(right, {within = seconds, key = field | function(value), type = "inner"|"left", grace = seconds})
+-- (left, right: topics or app:stream(topic)). A source for app:agent.
+function Join.streams(left, right, opts, level)
+  level = level + 1
+  if Table.state(right) then
+    error("join with a table happens in the agent: `for v, tv in stream:join(table) do`", level)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("join: options must be a table", level) end
+  for k in pairs(opts) do
+    if not JOIN_OPTIONS[k] then error(string.format("join: unknown option '%s'", tostring(k)), level) end
+  end
+  local within = opts.within
+  if type(within) ~= "number" or within ~= within or within < 0 or within == math.huge then
+    error("join: within must be a number of seconds >= 0 (how far apart two events' times may be)", level)
+  end
+  local grace = opts.grace or 0
+  if type(grace) ~= "number" or grace ~= grace or grace < 0 or grace == math.huge then
+    error("join: grace must be a number of seconds >= 0", level)
+  end
+  local key = opts.key
+  if key ~= nil and type(key) ~= "string" and type(key) ~= "function" then
+    error("join: key must be a field name or a function(value) -> key", level)
+  end
+  local ty = opts.type or "inner"
+  if ty ~= "inner" and ty ~= "left" then error("join: type must be \"inner\" or \"left\", got " .. tostring(ty), level) end
+  if opts.name ~= nil and (type(opts.name) ~= "string" or not opts.name:match("^[%w%._%-]+$")) then
+    error("join: name must be letters, digits, '.', '_' or '-'", level)
+  end
+  local l, r = side_of(left, level), side_of(right, level)
+  if l.topic == r.topic then error("join: a topic joined with itself is not supported", level) end
+  if key == nil and (#l.processors > 0 or #r.processors > 0) then
+    error("join: sides with processors need key = ... (the join then repartitions them after the processors)", level)
+  end
+  return setmetatable({
+    is_join = true, left = l, right = r, within = within, grace = grace, key = key, left_join = ty == "left",
+    name = opts.name or "join",
+  }, Source)
+end
+
+-- Called by Agent.new for an agent whose source is a join: returns the topics
+-- the agent reads, declares the two buffer tables and wraps the agent's function.
+function Source:attach(agent, level)
+  level = level + 1
+  if self.agent then error("join: this join is already the source of agent " .. self.agent.name, level) end
+  if agent.concurrency ~= 1 then
+    error(string.format("agent '%s': a join's agent runs one instance (concurrency = 1): "
+      .. "its events must be taken in each partition's order", agent.name), level)
+  end
+  self.agent = agent
+  local app = agent.app
+  local topics
+  for _, side in ipairs { self.left, self.right } do
+    if side.source then side.source.used_by = agent end
+  end
+  if self.key ~= nil then
+    -- Both sides re-keyed by the join key, into topics of one partition count
+    -- (the right one follows the left one's): co-partitioned whatever the inputs.
+    local Topic = require "fstream.topic"
+    local lt = agent:_repartition(Topic.group_by_source(self.left.topics, self.left.processors, self.key,
+      { name = self.name .. "-left" }, level), level)
+    local rtop = agent:_repartition(Topic.group_by_source(self.right.topics, self.right.processors, self.key,
+      { name = self.name .. "-right" }, level), level)
+    rtop.follows = lt
+    topics = { lt, rtop }
+  else
+    topics = { self.left.topic, self.right.topic }
+  end
+  self.topic_names = { topics[1].name, topics[2].name }
+  self.value_types = { self.left.topic.value_type, self.right.topic.value_type }
+  local base = (agent.name .. "-" .. self.name):gsub("[^%w%._%-]", "_")
+  self.buffers = {
+    Table.state(app:table(base .. "-left")),
+    Table.state(app:table(base .. "-right")),
+  }
+  self.parts = {} -- partition -> what this worker knows of the buffers there (see part_of)
+  local fn = agent.fn
+  agent.fn = function(stream) return fn(Join.stream(self, stream)) end
+  return topics
+end
+
+-- Each partition's side times are kept in the left buffer under the key
+-- {"$time": true} (join keys are strings or numbers, so it is no event's),
+-- so that a restarted worker replays its input with the times it had at the
+-- checkpoint.
+local TIME_KEY = core.json.encode { ["$time"] = true }
+
+-- What the join knows of partition p: each side's time (the newest event time
+-- seen there since the worker took p) and, per join key, the oldest buffered
+-- event time, with the oldest of them all, so that expiring costs nothing until
+-- the other side's time passes it. Built from the buffers when the worker
+-- (re)takes p.
+local function part_of(self, p)
+  local b1, b2 = self.buffers[1], self.buffers[2]
+  local P = self.parts[p]
+  if P and P.held1 == b1.parts[p] and P.held2 == b2.parts[p] then return P end
+  local saved = Table._lookup(b1, p, TIME_KEY)
+  local cell = type(saved) == "table" and { l = saved.l, r = saved.r } or {}
+  P = { time = { cell.l or -math.huge, cell.r or -math.huge }, cell = cell, oldest = { {}, {} }, next = { math.huge, math.huge }, held1 = b1.parts[p], held2 = b2.parts[p] }
+  for s, b in ipairs(self.buffers) do
+    for kb, list in pairs(Table._scan(b, p)) do
+      if kb ~= TIME_KEY then
+        local min = math.huge
+        for _, e in ipairs(list) do
+          if e.t < min then min = e.t end
+        end
+        if min < math.huge then
+          P.oldest[s][b.decode_key(kb)] = min
+          if min < P.next[s] then P.next[s] = min end
+        end
+      end
+    end
+  end
+  self.parts[p] = P
+  return P
+end
+
+local JoinStream = {}
+
+-- The agent's stream of a join: `for left, right in stream do`; the other
+-- methods (yield, current, ...) are the stream's.
+function Join.stream(src, base)
+  return setmetatable({ src = src, base = base, ql = {}, qr = {}, qn = 0, qi = 0 }, JoinStream)
+end
+
+JoinStream.__index = function(self, k)
+  local m = JoinStream[k]
+  if m ~= nil then return m end
+  local base = rawget(self, "base")
+  local f = base[k]
+  if type(f) == "function" then
+    return function(s, ...)
+      if s == self then s = base end
+      return f(s, ...)
+    end
+  end
+  return f
+end
+
+local function emit(self, l, r)
+  local n = self.qn + 1
+  self.ql[n], self.qr[n], self.qn = l, r, n
+end
+
+-- A buffered value as the side's topic gives it (a record again after LMDB).
+local function revive(self, s, v)
+  local ty = self.value_types[s]
+  if type(ty) == "table" and type(v) == "table" and getmetatable(v) == nil then return ty.from(v) end
+  return v
+end
+
+-- Drops side s's buffered events older than `limit` in partition p (the one
+-- in hand); unmatched left events of a left join go out with nil.
+local function expire(self, P, s, limit)
+  local src = self.src
+  local buf = src.buffers[s].proxy
+  local oldest = P.oldest[s]
+  local next_min = math.huge
+  for k, min in pairs(oldest) do
+    if min < limit then
+      local list, keep, kmin = buf[k], {}, math.huge
+      for _, e in ipairs(list or {}) do
+        if e.t >= limit then
+          keep[#keep + 1] = e
+          if e.t < kmin then kmin = e.t end
+        elseif s == 1 and src.left_join and not e.m then
+          emit(self, revive(src, 1, e.v), nil)
+        end
+      end
+      if #keep > 0 then
+        buf[k] = keep
+        oldest[k] = kmin
+        min = kmin
+      else
+        buf[k] = nil -- a tombstone in the changelog
+        oldest[k] = nil
+        min = math.huge
+      end
+    end
+    if min < next_min then next_min = min end
+  end
+  P.next[s] = next_min
+end
+
+local function join_event(self, v)
+  local src, base = self.src, self.base
+  local topic, p, _, ts = base:current()
+  if ts == nil then ts = base.agent.app.rt:now() end
+  local s = topic == src.topic_names[1] and 1 or 2
+  local o = 3 - s
+  local key = src.key
+  local k
+  if key == nil then
+    k = event_key(base)
+  elseif type(key) == "string" then
+    k = type(v) == "table" and v[key] or nil
+  else
+    k = key(v)
+  end
+  local left_join = src.left_join
+  if k == nil or k == core.null then
+    -- No key, nothing to match: a left join still yields its left events.
+    if s == 1 and left_join then emit(self, v, nil) end
+    return
+  end
+  local tk = type(k)
+  if tk ~= "string" and tk ~= "number" then
+    error(string.format("join of agent %s: the key must be a string or a number, got %s", base.agent.name, tk), 0)
+  end
+  local P = part_of(src, p)
+  if ts > P.time[s] then
+    P.time[s] = ts
+    -- One cell per partition, written again (the record cache keeps it until
+    -- the checkpoint; a side not seen yet is absent: infinities are not JSON).
+    local cell = P.cell
+    if s == 1 then cell.l = ts else cell.r = ts end
+    Table._put(src.buffers[1], p, TIME_KEY, cell)
+  end
+  local within, grace = src.within, src.grace
+  -- The other side's buffered events within reach of this one.
+  local obuf = src.buffers[o].proxy
+  local olist = obuf[k]
+  local matched = false
+  if olist then
+    local marked = false
+    for _, e in ipairs(olist) do
+      if math.abs(e.t - ts) <= within then
+        matched = true
+        if s == 1 then
+          emit(self, v, revive(src, 2, e.v))
+        else
+          emit(self, revive(src, 1, e.v), v)
+          if left_join and not e.m then e.m = true; marked = true end
+        end
+      end
+    end
+    if marked then obuf[k] = olist end
+  end
+  -- Buffered while an event of the other side may still come within reach.
+  if ts + within + grace >= P.time[o] then
+    local buf = src.buffers[s].proxy
+    local list = buf[k] or {}
+    list[#list + 1] = { t = ts, v = v, m = (s == 1 and left_join and matched) or nil }
+    buf[k] = list
+    local oldest = P.oldest[s]
+    if oldest[k] == nil or ts < oldest[k] then oldest[k] = ts end
+    if ts < P.next[s] then P.next[s] = ts end
+  elseif s == 1 and left_join and not matched then
+    emit(self, v, nil)
+  end
+  -- This side's time moved: the other side's events it has left behind expire.
+  local limit = P.time[s] - within - grace
+  if P.next[o] < limit then expire(self, P, o, limit) end
+end
+
+-- Generic `for`: the next pair (left, right); nil when the stream ended.
+-- The pairs one event makes are handed out before the next event is taken,
+-- so that event stays unacknowledged until they are all processed.
+function JoinStream.__call(self)
+  while true do
+    local i = self.qi
+    if i < self.qn then
+      i = i + 1
+      self.qi = i
+      local l, r = self.ql[i], self.qr[i]
+      self.ql[i], self.qr[i] = nil, nil
+      return l, r
+    end
+    self.qi, self.qn = 0, 0
+    local v = self.base()
+    if v == nil then return nil end
+    join_event(self, v)
+  end
+end
+
+JoinStream.__name = "fstream.JoinStream"
+JoinStream.__tostring = function(self) return "JoinStream(" .. self.base.agent.name .. ")" end
+
+return Join
