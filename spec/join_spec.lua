@@ -51,7 +51,9 @@ describe("stream:join(table)", function()
 
   it("yields each event with the table's value under the event's key; inner skips keys the table lacks", function()
     local app, out = customers_app("join-inner", function(stream, customers, out)
-      for order, customer in stream:join(customers) do out[#out + 1] = order.id .. "|" .. customer.name end
+      for order, customer in stream:join(customers) do
+        out[#out + 1] = order.id .. "|" .. (customer and customer.name or "-")
+      end
     end)
     t = fstream.testing(app)
     load(t)
@@ -381,6 +383,18 @@ describe("stream-stream join", function()
     assert.are.same(sorted(expect), sorted(out))
   end)
 
+  it("takes each event's time from a field with time = ...", function()
+    local app, out = join_app("ss-time", { within = 2, time = "at" })
+    t = fstream.testing(app)
+    -- Message timestamps all alike (the fake clock); the values' times decide.
+    t:send("clicks", { key = "a", value = { id = "c1", at = 100 } })
+    t:send("views", { key = "a", value = { id = "v1", at = 102 } })
+    t:send("views", { key = "a", value = { id = "v2", at = 102.5 } })
+    t:send("clicks", { key = "a", value = { id = "c2", at = 104 } })
+    t:run()
+    assert.are.same({ "c1|v1", "c2|v1", "c2|v2" }, sorted(out))
+  end)
+
   it("checks its options", function()
     local app = fstream.app("ss-opts", { topic_partitions = 1 })
     local a, b = app:topic("a"), app:topic("b")
@@ -389,6 +403,7 @@ describe("stream-stream join", function()
     assert.matches("within must be", err(function() a:join(b, { within = -1 }) end))
     assert.matches("type must be", err(function() a:join(b, { within = 1, type = "outer" }) end))
     assert.matches("unknown option 'windw'", err(function() a:join(b, { within = 1, windw = 2 }) end))
+    assert.matches("time must be a field", err(function() a:join(b, { within = 1, time = 3 }) end))
     assert.matches("joined with itself", err(function() a:join(a, { within = 1 }) end))
     assert.matches("stream:join%(table%)", err(function() a:join(app:table("tb"), { within = 1 }) end))
     assert.matches("concurrency = 1", err(function()
