@@ -167,7 +167,7 @@ end
 local Source = {}
 Source.__index = Source
 
-local JOIN_OPTIONS = { within = true, key = true, type = true, grace = true, name = true }
+local JOIN_OPTIONS = { within = true, key = true, type = true, grace = true, name = true, time = true }
 
 local function side_of(src, level)
   local Topic = require "fstream.topic"
@@ -179,7 +179,8 @@ local function side_of(src, level)
   error("join: each side must be a topic or app:stream(topic)", level + 1)
 end
 
--- left:join(right, {within = seconds, key = field | function(value), type = "inner"|"left", grace = seconds})
+-- left:join(right, {within = seconds, key = field | function(value), type = "inner"|"left", grace = seconds,
+--                    time = field | function(value) -> seconds (default: the message's timestamp)})
 -- (left, right: topics or app:stream(topic)). A source for app:agent.
 function Join.streams(left, right, opts, level)
   level = level + 1
@@ -205,6 +206,10 @@ function Join.streams(left, right, opts, level)
   end
   local ty = opts.type or "inner"
   if ty ~= "inner" and ty ~= "left" then error("join: type must be \"inner\" or \"left\", got " .. tostring(ty), level) end
+  local time = opts.time
+  if time ~= nil and type(time) ~= "string" and type(time) ~= "function" then
+    error("join: time must be a field name or a function(value) -> seconds (default: the message's timestamp)", level)
+  end
   if opts.name ~= nil and (type(opts.name) ~= "string" or not opts.name:match("^[%w%._%-]+$")) then
     error("join: name must be letters, digits, '.', '_' or '-'", level)
   end
@@ -214,7 +219,7 @@ function Join.streams(left, right, opts, level)
     error("join: sides with processors need key = ... (the join then repartitions them after the processors)", level)
   end
   return setmetatable({
-    is_join = true, left = l, right = r, within = within, grace = grace, key = key, left_join = ty == "left",
+    is_join = true, left = l, right = r, within = within, grace = grace, key = key, left_join = ty == "left", time = time,
     name = opts.name or "join",
   }, Source)
 end
@@ -266,29 +271,64 @@ end
 -- checkpoint.
 local TIME_KEY = core.json.encode { ["$time"] = true }
 
+-- A min-heap of buffered events' (time, join key), one per side and
+-- partition: expiring looks at the events whose time has passed and nothing
+-- else, whatever the number of keys. (A key may be in it several times; the
+-- first of them to come out expires all of the key's events that are due.)
+local function heap_push(h, t, k)
+  local ts, ks = h.t, h.k
+  local i = h.n + 1
+  h.n = i
+  while i > 1 do
+    local up = i // 2
+    if ts[up] <= t then break end
+    ts[i], ks[i] = ts[up], ks[up]
+    i = up
+  end
+  ts[i], ks[i] = t, k
+end
+
+local function heap_pop(h)
+  local ts, ks, n = h.t, h.k, h.n
+  local top_k = ks[1]
+  local t, k = ts[n], ks[n]
+  ts[n], ks[n] = nil, nil
+  n = n - 1
+  h.n = n
+  if n > 0 then
+    local i = 1
+    while true do
+      local c = 2 * i
+      if c > n then break end
+      if c < n and ts[c + 1] < ts[c] then c = c + 1 end
+      if t <= ts[c] then break end
+      ts[i], ks[i] = ts[c], ks[c]
+      i = c
+    end
+    ts[i], ks[i] = t, k
+  end
+  return top_k
+end
+
 -- What the join knows of partition p: each side's time (the newest event time
--- seen there since the worker took p) and, per join key, the oldest buffered
--- event time, with the oldest of them all, so that expiring costs nothing until
--- the other side's time passes it. Built from the buffers when the worker
--- (re)takes p.
+-- seen there) and each side's heap of buffered events. Built from the buffers
+-- when the worker (re)takes p.
 local function part_of(self, p)
   local b1, b2 = self.buffers[1], self.buffers[2]
   local P = self.parts[p]
   if P and P.held1 == b1.parts[p] and P.held2 == b2.parts[p] then return P end
   local saved = Table._lookup(b1, p, TIME_KEY)
   local cell = type(saved) == "table" and { l = saved.l, r = saved.r } or {}
-  P = { time = { cell.l or -math.huge, cell.r or -math.huge }, cell = cell, oldest = { {}, {} }, next = { math.huge, math.huge }, held1 = b1.parts[p], held2 = b2.parts[p] }
+  P = {
+    time = { cell.l or -math.huge, cell.r or -math.huge }, cell = cell,
+    heap = { { t = {}, k = {}, n = 0 }, { t = {}, k = {}, n = 0 } },
+    held1 = b1.parts[p], held2 = b2.parts[p],
+  }
   for s, b in ipairs(self.buffers) do
     for kb, list in pairs(Table._scan(b, p)) do
       if kb ~= TIME_KEY then
-        local min = math.huge
-        for _, e in ipairs(list) do
-          if e.t < min then min = e.t end
-        end
-        if min < math.huge then
-          P.oldest[s][b.decode_key(kb)] = min
-          if min < P.next[s] then P.next[s] = min end
-        end
+        local k = b.decode_key(kb)
+        for _, e in ipairs(list) do heap_push(P.heap[s], e.t, k) end
       end
     end
   end
@@ -310,10 +350,12 @@ JoinStream.__index = function(self, k)
   local base = rawget(self, "base")
   local f = base[k]
   if type(f) == "function" then
-    return function(s, ...)
+    local w = function(s, ...)
       if s == self then s = base end
       return f(s, ...)
     end
+    rawset(self, k, w) -- made once per method
+    return w
   end
   return f
 end
@@ -335,38 +377,41 @@ end
 local function expire(self, P, s, limit)
   local src = self.src
   local buf = src.buffers[s].proxy
-  local oldest = P.oldest[s]
-  local next_min = math.huge
-  for k, min in pairs(oldest) do
-    if min < limit then
-      local list, keep, kmin = buf[k], {}, math.huge
-      for _, e in ipairs(list or {}) do
+  local h = P.heap[s]
+  local ts = h.t
+  while h.n > 0 and ts[1] < limit do
+    local k = heap_pop(h)
+    local list = buf[k]
+    if list then
+      local keep, dropped = {}, false
+      for _, e in ipairs(list) do
         if e.t >= limit then
           keep[#keep + 1] = e
-          if e.t < kmin then kmin = e.t end
-        elseif s == 1 and src.left_join and not e.m then
-          emit(self, revive(src, 1, e.v), nil)
+        else
+          dropped = true
+          if s == 1 and src.left_join and not e.m then emit(self, revive(src, 1, e.v), nil) end
         end
       end
-      if #keep > 0 then
-        buf[k] = keep
-        oldest[k] = kmin
-        min = kmin
-      else
-        buf[k] = nil -- a tombstone in the changelog
-        oldest[k] = nil
-        min = math.huge
+      if dropped then
+        if #keep > 0 then buf[k] = keep else buf[k] = nil end -- nil: a tombstone in the changelog
       end
     end
-    if min < next_min then next_min = min end
   end
-  P.next[s] = next_min
 end
 
 local function join_event(self, v)
   local src, base = self.src, self.base
   local topic, p, _, ts = base:current()
-  if ts == nil then ts = base.agent.app.rt:now() end
+  local time = src.time
+  if time ~= nil then
+    if type(time) == "string" then ts = type(v) == "table" and v[time] or nil else ts = time(v) end
+    if type(ts) ~= "number" or ts ~= ts or math.abs(ts) == math.huge then
+      error(string.format("join of agent %s: the event's time must be a number of seconds, got %s", base.agent.name,
+        tostring(ts)), 0)
+    end
+  elseif ts == nil then
+    ts = base.agent.app.rt:now()
+  end
   local s = topic == src.topic_names[1] and 1 or 2
   local o = 3 - s
   local key = src.key
@@ -423,15 +468,14 @@ local function join_event(self, v)
     local list = buf[k] or {}
     list[#list + 1] = { t = ts, v = v, m = (s == 1 and left_join and matched) or nil }
     buf[k] = list
-    local oldest = P.oldest[s]
-    if oldest[k] == nil or ts < oldest[k] then oldest[k] = ts end
-    if ts < P.next[s] then P.next[s] = ts end
+    heap_push(P.heap[s], ts, k)
   elseif s == 1 and left_join and not matched then
     emit(self, v, nil)
   end
   -- This side's time moved: the other side's events it has left behind expire.
   local limit = P.time[s] - within - grace
-  if P.next[o] < limit then expire(self, P, o, limit) end
+  local h = P.heap[o]
+  if h.n > 0 and h.t[1] < limit then expire(self, P, o, limit) end
 end
 
 -- Generic `for`: the next pair (left, right); nil when the stream ended.
