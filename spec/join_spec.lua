@@ -214,6 +214,35 @@ describe("stream:lookup(table, key)", function()
   end)
 end)
 
+describe("stream:filter(f):lookup(table, key)", function()
+  it("checks the key against the event's on a partitioned table too", function()
+    local app = fstream.app("lookup-view", { topic_partitions = 2 })
+    local limits = app:table("limits", { default = 0 })
+    app:agent("limits", app:topic("limits"), function(stream)
+      for k, v in stream:items() do limits[k] = v end
+    end)
+    local out = {}
+    app:agent("check", app:topic("spend"), function(stream)
+      for s, limit in stream:filter(function(v) return v.n > 0 end):lookup(limits, "account") do
+        out[#out + 1] = s.account .. ":" .. limit
+      end
+    end)
+    local t = fstream.testing(app)
+    t:send("limits", { key = "a1", value = 100 })
+    t:run()
+    t:send("spend", { key = "a1", value = { account = "a1", n = 1 } })
+    t:send("spend", { key = "a1", value = { account = "a1", n = 0 } })
+    t:run()
+    assert.are.same({ "a1:100" }, out)
+    t:send("spend", { key = "zz", value = { account = "a1", n = 1 } })
+    local ok, err
+    capture_stderr(function() ok, err = pcall(t.run, t) end)
+    t:close()
+    assert.is_false(ok)
+    assert.matches("by key \"a1\", but the event %(spend%[%d%]%) is keyed \"zz\"", err)
+  end)
+end)
+
 describe("co-partitioning at start", function()
   it("a stream and a table fed from topics of different partition counts: the worker does not start, and says group_by", function()
     local app = fstream.app("copart", { topic_partitions = 4 })

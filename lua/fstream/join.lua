@@ -96,15 +96,20 @@ local function options(what, opts, level)
   return ty
 end
 
--- An iterator for `for value, table_value in ...`. `nxt` gives the stream's (or
--- view's) next value; `keyof(value)` the key to read (nil: none).
-local function table_join(stream, nxt, state, keyof, inner, use_default)
+-- An iterator for `for value, table_value in ...`. `pull` gives the stream's
+-- (or view's) next value, and with `keyed` the event's key after it;
+-- `keyof(value, key)` the key to read (nil: none), where key is the event's
+-- key, nil when it has none, or UNKNOWN when the view did not give it.
+local UNKNOWN = {}
+
+local function table_join(pull, keyed, state, keyof, inner, use_default)
   local proxy = state.proxy
   return function()
     while true do
-      local v = nxt()
+      local v, ek = pull()
       if v == nil then return nil end
-      local k = keyof(v)
+      if not keyed then ek = UNKNOWN elseif ek == core.null then ek = nil end
+      local k = keyof(v, ek)
       local tv
       if k ~= nil then
         tv = proxy:get(k)
@@ -119,12 +124,15 @@ end
 -- stream:join(table[, {type = "inner"|"left"}]): each value with the table's
 -- value under the event's key. inner (default) skips events whose key the table
 -- does not hold; left yields them with nil.
--- `base`: the agent's stream; `nxt`: its values (or a view's).
-function Join.with_table(base, nxt, tbl, opts, level)
+-- `base`: the agent's stream; `pull`, `keyed`: its values (see table_join).
+function Join.with_table(base, pull, keyed, tbl, opts, level)
   level = level + 1
   local state = table_of(base, tbl, "join", level)
   local inner = options("join", opts, level) == "inner"
-  return table_join(base, nxt, state, function() return event_key(base) end, inner, false)
+  return table_join(pull, keyed, state, function(_, ek)
+    if ek == UNKNOWN then return event_key(base) end
+    return ek
+  end, inner, false)
 end
 
 -- stream:lookup(table, key_fn[, {type = "left"|"inner"}]): each value with
@@ -132,7 +140,7 @@ end
 -- skips missing keys instead). key_fn may be a field name. On a partitioned
 -- table the looked-up key must be the event's own key: the event's partition
 -- holds no other (otherwise: group_by first, or a global table).
-function Join.lookup(base, nxt, tbl, key_fn, opts, level)
+function Join.lookup(base, pull, keyed, tbl, key_fn, opts, level)
   level = level + 1
   local state = table_of(base, tbl, "lookup", level)
   if type(key_fn) == "string" then
@@ -142,12 +150,12 @@ function Join.lookup(base, nxt, tbl, key_fn, opts, level)
     error("lookup needs a key: a field name or a function(value) -> key", level)
   end
   local inner = options("lookup", opts, level) == "inner"
-  local keyof = key_fn
+  local keyof = function(v) return key_fn(v) end
   if not state.global then
-    keyof = function(v)
+    keyof = function(v, ek)
       local k = key_fn(v)
       if k == nil then return nil end
-      local ek = event_key(base)
+      if ek == UNKNOWN then ek = event_key(base) end
       if not same_key(k, ek) then
         local topic, p = base:current()
         misconfigured(base.agent, string.format("agent %s: lookup in table %s by key %s, but the event (%s[%s]) is "
@@ -159,7 +167,7 @@ function Join.lookup(base, nxt, tbl, key_fn, opts, level)
       return k
     end
   end
-  return table_join(base, nxt, state, keyof, inner, not inner)
+  return table_join(pull, keyed, state, keyof, inner, not inner)
 end
 
 -- Stream-stream joins ----------------------------------------------------
