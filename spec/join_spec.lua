@@ -122,6 +122,34 @@ describe("stream:join(table)", function()
   end)
 end)
 
+describe("stream:join(table) on a table written by events keyed otherwise", function()
+  it("stops the worker at the first key it finds in another partition, pointing at group_by", function()
+    local app = fstream.app("join-misplaced", { topic_partitions = 4 })
+    local customers = app:table("customers")
+    -- Customers arrive keyed by e-mail but are stored by id: each lands in its e-mail's partition.
+    app:agent("load", app:topic("customers"), function(stream)
+      for c in stream do customers[c.id] = c end
+    end)
+    local out = {}
+    app:agent("enrich", app:topic("orders"), function(stream)
+      for o, c in stream:join(customers, { type = "left" }) do out[#out + 1] = o.id .. "|" .. (c and c.name or "-") end
+    end)
+    local t = fstream.testing(app)
+    for i = 1, 10 do t:send("customers", { key = "user" .. i .. "@example.com", value = { id = "c" .. i, name = "n" .. i } }) end
+    t:run()
+    for i = 1, 10 do t:send("orders", { key = "c" .. i, value = { id = "o" .. i } }) end
+    local ok, err
+    capture_stderr(function() ok, err = pcall(t.run, t) end)
+    t:close()
+    assert.is_false(ok)
+    assert.matches("join with table customers: key \"c%d+\" is not in partition %d, the event's %(orders%[%d%]%), "
+      .. "but in partition %d", err)
+    assert.matches("stream:group_by%(key%) in the agent that writes it", err)
+    -- The orders before it found their customer in their own partition (or it was not there at all).
+    for _, line in ipairs(out) do assert.matches("^o%d+|n%d+$", line) end
+  end)
+end)
+
 describe("stream:lookup(table, key)", function()
   local t
   after_each(function()

@@ -102,8 +102,31 @@ end
 -- key, nil when it has none, or UNKNOWN when the view did not give it.
 local UNKNOWN = {}
 
-local function table_join(pull, keyed, state, keyof, inner, use_default)
+-- How many misses of a join on a partitioned table are looked up in the
+-- worker's other partitions of the table: a key found there means the table's
+-- writers' events are keyed or partitioned otherwise than the stream, which no
+-- start-up check can see (the first misses tell; later ones cost nothing).
+local MISS_CHECKS = 64
+
+local function misplaced(base, state, k, what)
+  local p = Table.event_partition()
+  local kb = state.encode_key(k)
+  for q in pairs(state.parts) do
+    if q ~= p and Table._lookup(state, q, kb) ~= nil then
+      local topic = base:current()
+      misconfigured(base.agent, string.format("agent %s: %s with table %s: key %s is not in partition %d, the "
+        .. "event's (%s[%d]), but in partition %d: the table is written by events keyed or partitioned otherwise "
+        .. "than this stream, so its partition p does not hold the keys of the stream's partition p — key the "
+        .. "table's input like the stream (stream:group_by(key) in the agent that writes it), or make %s an "
+        .. "app:global_table", base.agent.name, what, state.name, core.json.encode(k), p, tostring(topic), p, q,
+        state.name), 2)
+    end
+  end
+end
+
+local function table_join(base, pull, keyed, state, keyof, inner, use_default, what)
   local proxy = state.proxy
+  local checks = not state.global and MISS_CHECKS or 0
   return function()
     while true do
       local v, ek = pull()
@@ -113,6 +136,10 @@ local function table_join(pull, keyed, state, keyof, inner, use_default)
       local tv
       if k ~= nil then
         tv = proxy:get(k)
+        if tv == nil and checks > 0 then
+          checks = checks - 1
+          misplaced(base, state, k, what)
+        end
         if tv == nil and use_default then tv = Table.default_of(state) end
       end
       if tv ~= nil or not inner then return v, tv end
@@ -129,10 +156,10 @@ function Join.with_table(base, pull, keyed, tbl, opts, level)
   level = level + 1
   local state = table_of(base, tbl, "join", level)
   local inner = options("join", opts, level) == "inner"
-  return table_join(pull, keyed, state, function(_, ek)
+  return table_join(base, pull, keyed, state, function(_, ek)
     if ek == UNKNOWN then return event_key(base) end
     return ek
-  end, inner, false)
+  end, inner, false, "join")
 end
 
 -- stream:lookup(table, key_fn[, {type = "left"|"inner"}]): each value with
@@ -167,7 +194,7 @@ function Join.lookup(base, pull, keyed, tbl, key_fn, opts, level)
       return k
     end
   end
-  return table_join(pull, keyed, state, keyof, inner, not inner)
+  return table_join(base, pull, keyed, state, keyof, inner, not inner, "lookup")
 end
 
 -- Stream-stream joins ----------------------------------------------------
