@@ -103,6 +103,21 @@ describe("stream:join(table)", function()
     assert.are.same({ "o2|Bo", "o3|Cy" }, sorted(out))
   end)
 
+  it("after stream:group_by(field) inside the agent, joins orders keyed otherwise (the fix the errors name)", function()
+    local app, out = customers_app("join-regrouped", function(stream, customers, out)
+      for order, customer in stream:group_by("customer_id"):join(customers) do
+        out[#out + 1] = order.id .. "|" .. customer.name
+      end
+    end)
+    t = fstream.testing(app)
+    load(t)
+    for i, c in ipairs { "c1", "c2", "c3", "c9", "c2" } do
+      t:send("orders", { key = "order-" .. i, value = { id = "o" .. i, customer_id = c } })
+    end
+    t:run()
+    assert.are.same({ "o1|Ada", "o2|Bo", "o3|Cy", "o5|Bo" }, sorted(out))
+  end)
+
   it("refuses a windowed table or something that is not a table", function()
     local app = fstream.app("join-bad", { topic_partitions = 1 })
     local w = app:table("w", { default = 0 }):tumbling(10)
