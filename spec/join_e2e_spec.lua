@@ -3,6 +3,7 @@
 -- error on topics that are not, and a stream-stream join whose pairs are all
 -- there after kill -9s (at-least-once: none missing; duplicates counted).
 local proc = require "spec.support.proc"
+local scenario = require "spec.support.join_scenario"
 local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 
@@ -12,13 +13,6 @@ local function worker(env, addr, store, name)
   table.sort(vars)
   return proc.spawn(string.format("env %s %s worker %s/join.lua --broker kafka://%s --store lmdb://%s -l info",
     table.concat(vars, " "), bin, fixtures, addr, proc.quote(store)), "worker-" .. name)
-end
-
--- How often each value appears.
-local function tally(values)
-  local c = {}
-  for _, v in ipairs(values) do c[v] = (c[v] or 0) + 1 end
-  return c
 end
 
 describe("stream-table join, end to end", function()
@@ -83,74 +77,13 @@ describe("stream-stream join, end to end", function()
   it("has every pair after kill -9 of the worker, twice, once with its store gone (at-least-once: duplicates counted)", function()
     local broker, addr = proc.broker({}, 4)
     finally(function() broker:stop() end)
-    local env = { MODE = "streams", APP_ID = "js-" .. uniq, LEFT = "js-l-" .. uniq, RIGHT = "js-r-" .. uniq,
-      OUT = "js-out-" .. uniq, WITHIN = "30" }
+    local env = { APP_ID = "js-" .. uniq, LEFT = "js-l-" .. uniq, RIGHT = "js-r-" .. uniq, OUT = "js-out-" .. uniq }
     proc.create_topics(addr, env.LEFT, env.RIGHT, env.OUT)
-    local N, KEYS, WITHIN = 20000, 20, 30
-    -- Left i and right j (keys i % KEYS, j % KEYS, times i and j + 0.5) pair when
-    -- the keys agree and |i - (j + 0.5)| <= WITHIN.
-    local function lines(side, from, to)
-      local t = {}
-      for i = from, to do
-        t[#t + 1] = string.format('k%d\t{"id":"%s%d","at":%s}', i % KEYS, side, i, side == "l" and i or (i + 0.5))
-      end
-      return t
-    end
-    local expect = {}
-    for i = 1, N do
-      for j = i - WITHIN - 1, i + WITHIN do
-        if j >= 1 and j <= N and j % KEYS == i % KEYS and math.abs(i - (j + 0.5)) <= WITHIN then
-          expect["l" .. i .. "|r" .. j] = true
-        end
-      end
-    end
-    local n_expect = 0
-    for _ in pairs(expect) do n_expect = n_expect + 1 end
-    local store = proc.tmp .. "/" .. env.APP_ID
-    local half = N // 2
-
-    -- First half, processed and checkpointed, then kill -9.
-    proc.produce_lines(addr, env.LEFT, lines("l", 1, half), { key_delim = "\t" })
-    proc.produce_lines(addr, env.RIGHT, lines("r", 1, half), { key_delim = "\t" })
-    local w = worker(env, addr, store, "js1")
-    finally(function() if w:alive() then w:signal("KILL") end end)
-    local first = 0
-    for k in pairs(expect) do
-      local i, j = k:match("^l(%d+)|r(%d+)$")
-      if tonumber(i) <= half and tonumber(j) <= half then first = first + 1 end
-    end
-    assert.is_true(proc.wait_messages(addr, env.OUT, first, 90) >= first, w:output())
-    proc.sleep(1)
-    w:signal("KILL")
-    assert.are.equal(137, w:wait(10))
-
-    -- The second half meets the first half's buffered events, which a worker
-    -- on an empty store recovers from the changelogs; killed again part-way.
-    proc.produce_lines(addr, env.LEFT, lines("l", half + 1, N), { key_delim = "\t" })
-    proc.produce_lines(addr, env.RIGHT, lines("r", half + 1, N), { key_delim = "\t" })
-    os.execute("rm -rf " .. proc.quote(store))
-    w = worker(env, addr, store, "js2")
-    local at_kill = proc.wait_messages(addr, env.OUT, first + (n_expect - first) // 3, 90)
-    w:signal("KILL")
-    assert.are.equal(137, w:wait(10))
-    at_kill = proc.count_messages(addr, env.OUT)
-
-    w = worker(env, addr, store, "js3")
-    proc.wait_messages(addr, env.OUT, n_expect, 120)
-    proc.sleep(1)
-    assert.are.equal(0, w:stop(), w:output())
-
-    local got = tally(proc.consume_all(addr, env.OUT))
-    local missing, unexpected, dups = {}, {}, 0
-    for k in pairs(expect) do if not got[k] then missing[#missing + 1] = k end end
-    for k, n in pairs(got) do
-      if not expect[k] then unexpected[#unexpected + 1] = k end
-      dups = dups + n - 1
-    end
-    table.sort(missing)
-    assert.are.same({}, missing)
-    assert.are.same({}, unexpected)
-    print(string.format("\nstream-stream join across two kill -9s: %d pairs, none missing, %d duplicates "
-      .. "(the second kill came with %d of them out)", n_expect, dups, at_kill))
+    local r = scenario.run { addr = addr, env = env, store = proc.tmp .. "/" .. env.APP_ID, n = 20000, keys = 20,
+      within = 30 }
+    assert.are.same({}, r.missing)
+    assert.are.same({}, r.unexpected)
+    print(string.format("\nstream-stream join across two kill -9s (at-least-once): %d pairs, none missing, "
+      .. "%d duplicates (the second kill came with %d of them out)", r.expected, r.dups, r.at_kill))
   end)
 end)
