@@ -68,15 +68,17 @@ local function table_of(stream, tbl, what, level)
   if state.window then
     error(string.format("%s: table %s is windowed; join a table that is not", what, state.name), level + 1)
   end
-  if state.app ~= agent.app then error(string.format("%s: table %s belongs to another app", what, state.name), level + 1) end
+  if state.app ~= agent.app then
+    error(string.format("%s: table %s belongs to another app", what, state.name), level + 1)
+  end
   if not state.global then
     for _, t in ipairs(agent.topics) do
       if t.partitions ~= state.partitions then
         misconfigured(agent, string.format("agent %s: %s with table %s: topic %s has %d partitions but the table has "
           .. "%d, so partition p of the one does not hold the keys of partition p of the other — repartition the "
           .. "stream through a topic of %d partitions keyed like the table (stream:through(topic); "
-          .. "stream:group_by(key) re-keys it), or make %s an app:global_table", agent.name, what, state.name, t.name, t.partitions,
-          state.partitions, state.partitions, state.name), level + 1)
+          .. "stream:group_by(key) re-keys it), or make %s an app:global_table", agent.name, what, state.name,
+          t.name, t.partitions, state.partitions, state.partitions, state.name), level + 1)
       end
     end
   end
@@ -240,7 +242,9 @@ function Join.streams(left, right, opts, level)
     error("join: key must be a field name or a function(value) -> key", level)
   end
   local ty = opts.type or "inner"
-  if ty ~= "inner" and ty ~= "left" then error("join: type must be \"inner\" or \"left\", got " .. tostring(ty), level) end
+  if ty ~= "inner" and ty ~= "left" then
+    error("join: type must be \"inner\" or \"left\", got " .. tostring(ty), level)
+  end
   local time = opts.time
   if time ~= nil and type(time) ~= "string" and type(time) ~= "function" then
     error("join: time must be a field name or a function(value) -> seconds (default: the message's timestamp)", level)
@@ -254,7 +258,8 @@ function Join.streams(left, right, opts, level)
     error("join: sides with processors need key = ... (the join then repartitions them after the processors)", level)
   end
   return setmetatable({
-    is_join = true, left = l, right = r, within = within, grace = grace, key = key, left_join = ty == "left", time = time,
+    is_join = true, left = l, right = r, within = within, grace = grace, key = key, time = time,
+    left_join = ty == "left",
     name = opts.name or "join",
   }, Source)
 end
@@ -267,6 +272,12 @@ function Source:attach(agent, level)
   if agent.concurrency ~= 1 then
     error(string.format("agent '%s': a join's agent runs one instance (concurrency = 1): "
       .. "its events must be taken in each partition's order", agent.name), level)
+  end
+  if agent.retry then
+    -- Retried events come back through one topic of the agent's, whichever side
+    -- they were from; the join tells the sides by topic.
+    error(string.format("agent '%s': on_error = \"retry\" is not supported on a join's agent (use \"dlq\")",
+      agent.name), level)
   end
   self.agent = agent
   local app = agent.app
