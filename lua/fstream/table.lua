@@ -370,9 +370,9 @@ function object_mt(self)
 end
 
 -- Windowing: t:tumbling(size, {expires}), t:hopping(size, step, {expires}),
--- t:sliding(size, {expires}), then :relative_to_stream() (default),
+-- t:sliding(size, {expires}), t:session(gap, {expires, combine}), then :relative_to_stream() (default),
 -- :relative_to_field(name, {unit=}) or :relative_to_now(). See lua/fstream/window.lua.
-for _, kind in ipairs { "tumbling", "hopping", "sliding" } do
+for _, kind in ipairs { "tumbling", "hopping", "sliding", "session" } do
   METHODS[kind] = function(self, ...)
     require("fstream.window").configure(state_of(self), kind, ...)
     return self
@@ -438,7 +438,7 @@ function Table.signature(self)
   local w = self.window
   if w then
     sig = sig .. string.format(" window=%s(%s,%s) expires=%s combine=%s", w.kind, tostring(w.size), tostring(w.step),
-      tostring(w.expires), tostring(w.combine ~= nil))
+      tostring(w.expires), tostring(w.combine ~= nil or w.merge ~= nil))
   end
   return sig
 end
