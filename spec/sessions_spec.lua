@@ -152,15 +152,19 @@ describe("idle_close", function()
   local kinds = {
     tumbling = function(tb, o) return tb:tumbling(10, o) end,
     hopping = function(tb, o) return tb:hopping(10, 5, o) end,
+    ["hopping with combine"] = function(tb, o)
+      o.combine = function(a, b) return a + b end
+      return tb:hopping(10, 5, o)
+    end,
     sliding = function(tb, o) return tb:sliding(10, o) end,
     session = function(tb, o)
       o.combine = function(a, b) return a + b end
       return tb:session(10, o)
     end,
   }
-  for _, kind in ipairs { "tumbling", "hopping", "sliding", "session" } do
+  for _, kind in ipairs { "tumbling", "hopping", "hopping with combine", "sliding", "session" } do
     it(kind .. ": closes the last window with no further input once the partition is quiet", function()
-      local t, closed, late, ev = setup_app("idle-" .. kind, function(tb)
+      local t, closed, late, ev = setup_app("idle-" .. kind:gsub(" ", "-"), function(tb)
         return kinds[kind](tb, { expires = 0, idle_close = 30 }):relative_to_field("ts")
       end, "count")
       send(t, ev, "a", 1001, 1)
@@ -179,7 +183,7 @@ describe("idle_close", function()
         total = total + c.value
       end
       -- Every window holding the events closed: tumbling/session one, hopping two, sliding two.
-      assert.are.equal(({ tumbling = 2, session = 2, hopping = 4, sliding = 3 })[kind], total)
+      assert.are.equal(({ tumbling = 2, session = 2, hopping = 4, ["hopping with combine"] = 4, sliding = 3 })[kind], total)
       -- The moved stream time stays: an event for a closed window is late.
       send(t, ev, "a", 1003, 3)
       t:run()
