@@ -108,6 +108,12 @@ describe("session windows", function()
     table.sort(got, function(x, y) return x[2] < y[2] end)
     -- (No combine: each value is the list of the events' update results.)
     assert.are.same({ { "a", 100, 110, { 1 } }, { "b", 111, 121, { 1 } }, { "a", 112, 122, { 1 } } }, got)
+    -- Stream time 200 is past every closed end + gap + expires: nothing is remembered
+    -- for them any more, and an event there is late by its own time.
+    assert.are.same({}, Table.state(tb).window.parts[0].marks)
+    send(t, ev, "a", 185, 7)
+    t:run()
+    assert.are.same({ "a", 7 }, late[3])
     t:close()
   end)
 

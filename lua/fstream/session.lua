@@ -38,15 +38,18 @@ local _lookup, _put, default_value = Table._lookup, Table._put, Table.default_of
 local M = {}
 
 -- Partition state beyond the index: marks[key JSON] = end of the key's last
--- closed session; a queue of them in closing (end) order to forget them.
+-- closed session; a queue of them in closing (end) order to forget them;
+-- mark_max, no mark is later (an event at or after it needs no look-up, so
+-- events in time order do not encode their key for it).
 local function fresh_part()
-  return { marks = {}, qk = {}, qe = {}, qhead = 1 }
+  return { marks = {}, qk = {}, qe = {}, qhead = 1, mark_max = -math.huge }
 end
 
 local function mark(wp, t, p, kj, e)
   local old = wp.marks[kj]
   if old and old >= e then return end
   wp.marks[kj] = e
+  if e > wp.mark_max then wp.mark_max = e end
   wp.qk[#wp.qk + 1], wp.qe[#wp.qe + 1] = kj, e
   _put(t, p, CLOSED .. kj, e)
 end
@@ -66,7 +69,7 @@ function M.update(w, t, p, idx, key, at, fn, value)
   local gap = w.size
   local now = w.time == "now" and t.app.rt:now() or idx:times(p)
   local late = n == 0 and at + gap + w.expires < now
-  if not late and wp.marks and next(wp.marks) then
+  if not late and wp.marks and at < wp.mark_max and next(wp.marks) then
     local e = wp.marks[json.encode(key)]
     late = e ~= nil and at < e
   end
@@ -165,7 +168,7 @@ function M.sweep(w, t, p, now)
     end
     h = h + 1
   end
-  if qk[h] == nil then wp.qk, wp.qe, h = {}, {}, 1 end
+  if qk[h] == nil then wp.qk, wp.qe, h, wp.mark_max = {}, {}, 1, -math.huge end
   wp.qhead = h
 end
 
@@ -190,6 +193,7 @@ function M.hold(w, t, p, idx, keys, values, st, ct)
   table.sort(marks, function(a, b) return a[2] < b[2] end)
   for i, m in ipairs(marks) do
     wp.marks[m[1]] = m[2]
+    if m[2] > wp.mark_max then wp.mark_max = m[2] end
     wp.qk[i], wp.qe[i] = m[1], m[2]
   end
   idx:hold(p, keys, st, ct, ends)
