@@ -117,6 +117,50 @@ describe("session windows", function()
     t:close()
   end)
 
+  it("an event before a session's start moves its start; windows() lists the open sessions", function()
+    local t, closed, _, ev, tb = setup_app("sess-start", function(tb)
+      return tb:session(10, { expires = 30, combine = function(a, b) return a + b end }):relative_to_field("ts")
+    end, "count")
+    send(t, ev, "a", 100, 1)
+    send(t, ev, "a", 95, 2)  -- out of order, closer than 10: [95, 110)
+    send(t, ev, "a", 130, 3) -- another session [130, 140)
+    t:run()
+    -- windows() from outside an agent: every partition this worker holds.
+    assert.are.same({ { start = 95, ["end"] = 110, value = 2 }, { start = 130, ["end"] = 140, value = 1 } },
+      tb["a"]:windows())
+    send(t, ev, "b", 200, 4)
+    t:run()
+    assert.are.same({ { key = "a", start = 95, ["end"] = 110, value = 2 }, { key = "a", start = 130, ["end"] = 140, value = 1 } }, closed)
+    t:close()
+  end)
+
+  it("an update function that raises leaves no session behind", function()
+    local a = fstream.app("sess-raise", { topic_partitions = 1 })
+    local closed = {}
+    local tb = a:table("s", { default = 0, on_window_close = function(k, w, v) closed[#closed + 1] = { k, w.start, v } end })
+      :session(10, { expires = 0, combine = function(x, y) return x + y end }):relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("x", ev, function(s)
+      for v in s do
+        pcall(function()
+          tb:update(v.k, function(c)
+            if v.boom then error("boom") end
+            return c + 1
+          end)
+        end)
+      end
+    end)
+    local t = fstream.testing(a, { clock = 1000 })
+    t:send(ev, { value = { k = "a", ts = 100, boom = true } })
+    t:send(ev, { value = { k = "b", ts = 101 } })
+    t:send(ev, { value = { k = "a", ts = 105 } })
+    t:send(ev, { value = { k = "c", ts = 200 } })
+    t:run()
+    table.sort(closed, function(x, y) return x[1] < y[1] end)
+    assert.are.same({ { "a", 105, 1 }, { "b", 101, 1 } }, closed)
+    t:close()
+  end)
+
   it("closes relative_to_now sessions on the fake clock", function()
     local t, closed, _, ev = setup_app("sess-now", function(tb)
       return tb:session(5, { combine = function(a, b) return a + b end }):relative_to_now()
