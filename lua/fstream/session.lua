@@ -54,8 +54,35 @@ local function mark(wp, t, p, kj, e)
   _put(t, p, CLOSED .. kj, e)
 end
 
--- The session update. `fn` (update) or `value` (t[key] = value).
-function M.update(w, t, p, idx, key, at, fn, value)
+-- What t[key] = v hands to update instead of a function: add v.
+local ADD = {}
+function M.adding(v) return setmetatable({ v }, ADD) end
+
+-- idle_close (any kind) and a session's combine, checked and taken out of a
+-- window's options: opts without them, idle_close, combine.
+function M.own_options(kind, opts, level)
+  level = level + 1
+  local rest = {}
+  for k, v in pairs(opts) do rest[k] = v end
+  local idle = rest.idle_close
+  rest.idle_close = nil
+  if idle ~= nil and (type(idle) ~= "number" or not (idle > 0) or idle == math.huge) then
+    error(kind .. ": idle_close must be a positive number of seconds", level)
+  end
+  local combine
+  if kind == "session" then
+    combine, rest.combine = rest.combine, nil
+    if combine ~= nil and type(combine) ~= "function" then
+      error("session: combine must be a function(a, b) -> a and b combined", level)
+    end
+  end
+  return rest, idle, combine
+end
+
+-- The session update: fn (t:update) or M.adding(v) (t[key] = v).
+function M.update(w, t, p, idx, key, at, fn)
+  local value
+  if getmetatable(fn) == ADD then fn, value = nil, fn[1] end
   if fn == nil and value == nil then
     error(string.format("session table '%s': a session takes values (t[key] = v or t:update(key, fn)); "
       .. "it closes on its own", t.name), 4)
@@ -85,7 +112,7 @@ function M.update(w, t, p, idx, key, at, fn, value)
     if s < start then start = s end
     if se > e then e = se end
   end
-  local merge, result = w.merge, nil
+  local merge, result = w.session_combine, nil
   if merge then
     local acc
     for i = 1, n do

@@ -438,8 +438,9 @@ function Table.signature(self)
   local w = self.window
   if w then
     sig = sig .. string.format(" window=%s(%s,%s) expires=%s combine=%s", w.kind, tostring(w.size), tostring(w.step),
-      tostring(w.expires), tostring(w.combine ~= nil or w.merge ~= nil))
+      tostring(w.expires), tostring(w.combine ~= nil))
   end
+  if w and w.session_combine then sig = sig .. " session_combine" end
   return sig
 end
 

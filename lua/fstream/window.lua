@@ -52,16 +52,17 @@ function M.configure(t, kind, a, b, c)
   end
   opts = opts or {}
   if type(opts) ~= "table" then error(kind .. " options must be a table {expires=}", level) end
+  -- idle_close (any kind) and a session's combine are taken out first.
+  local idle_close, session_combine
+  opts, idle_close, session_combine = session.own_options(kind, opts, level + 1)
   for k in pairs(opts) do
-    if k ~= "expires" and k ~= "max_future" and k ~= "idle_close"
-      and not (k == "combine" and (kind == "hopping" or kind == "session")) then
+    if k ~= "expires" and k ~= "max_future" and not (k == "combine" and kind == "hopping") then
       error(string.format("%s: unknown option '%s'", kind, tostring(k)), level)
     end
   end
   if opts.combine ~= nil and type(opts.combine) ~= "function" then
-    error(kind .. ": combine must be a function(a, b) -> a and b combined", level)
+    error("hopping: combine must be a function(a, b) -> a and b combined", level)
   end
-  if opts.idle_close ~= nil then check_seconds(opts.idle_close, kind .. ": idle_close", level) end
   local expires = opts.expires or 0
   if type(expires) ~= "number" or expires < 0 then error("expires must be a number of seconds >= 0", level) end
   local max_future = opts.max_future or MAX_FUTURE
@@ -76,11 +77,7 @@ function M.configure(t, kind, a, b, c)
     -- With an associative combine(a, b), a hopping table stores one value per
     -- step-slice and folds the slices of a window when it is read or closed:
     -- an event costs one update whatever size/step is.
-    combine = kind ~= "session" and opts.combine or nil,
-    -- Sessions: how two sessions' values merge (see fstream/session.lua).
-    merge = kind == "session" and opts.combine or nil,
-    -- With event time: a partition quiet this long follows the wall clock.
-    idle_close = opts.idle_close,
+    combine = opts.combine,
     time = "stream", field = nil, unit = nil,
     -- Event times above horizon (the clock plus max_future when last looked
     -- at) are refused: one absurd time would otherwise close every window.
@@ -91,6 +88,9 @@ function M.configure(t, kind, a, b, c)
     late = 0, closed = 0,
   }, Window)
   t.window = w
+  -- Sessions: how two sessions' values merge (fstream/session.lua). With
+  -- event time: a partition quiet for idle_close follows the wall clock.
+  w.session_combine, w.idle_close = session_combine, idle_close
   local app = t.app
   -- The closer: parked on the loop's timer heap by the index until a window
   -- is due by the clock (relative_to_now), or stream time passed one that no
@@ -237,7 +237,8 @@ function Window:index(t)
   idx = core.windows {
     partitions = t.partitions, kind = self.kind, size = self.size, step = self.step,
     expires = self.expires, combine = self.combine ~= nil, now = self.time == "now",
-    interval = t.app.table_cleanup_interval, idle_close = self.idle_close,
+    interval = t.app.table_cleanup_interval,
+    idle_close = self.idle_close,
   }
   if rt then idx:bind(rt) end
   self.idx, self.idx_rt, self.parts = idx, rt, {}
@@ -285,14 +286,14 @@ end
 -- and hopping newest first, sliding oldest first; with combine the event's
 -- step-slice) and hands their entry keys over; new ones are registered once
 -- their value is written, so an update that raises leaves none behind.
-function Window:update(t, key, fn, value)
+function Window:update(t, key, fn)
   local at = self:event_time(t)
   check_time(self, t, at, 3)
   local p = Table.event_partition() or error(string.format(
     "windowed table '%s': update must happen while an agent processes an event", t.name), 3)
   local idx = self.idx
   if not idx then not_held(t, p) end
-  if self.kind == "session" then return session.update(self, t, p, idx, key, at, fn, value) end
+  if self.kind == "session" then return session.update(self, t, p, idx, key, at, fn) end
   -- A nested update (fn updating this table) or one after an update that
   -- raised gets tables of its own.
   local out, fresh = self.out, self.fresh
@@ -361,7 +362,7 @@ end
 -- t[key] = v: tumbling tables only (a hopping event belongs to several windows).
 function Window:assign(t, key, v)
   -- A session adds v to the key's session (combined, or to its list).
-  if self.kind == "session" then return self:update(t, key, nil, v) end
+  if self.kind == "session" then return self:update(t, key, session.adding(v)) end
   if self.kind ~= "tumbling" then
     error(string.format("windowed table '%s' is %s: an event belongs to several windows; use "
       .. "%s:update(key, function(old) ... end)", t.name, self.kind, t.name), 3)
