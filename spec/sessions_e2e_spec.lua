@@ -119,6 +119,22 @@ describe("session windows in a worker", function()
     assert.are.equal(1, #got)
   end)
 
+  it("idle_close: a session open when the worker stopped closes after a restart with no further input", function()
+    local env, store = env_for { GAP = "2", EXPIRES = "0" }
+    local w = start(env, store)
+    views(env, { { "a", 100 }, { "a", 101 } })
+    proc.sleep(2)
+    assert.are.equal(0, w:stop())
+    assert.are.same({}, rows(env))
+    -- The same store with idle_close on: quiet counts from when the worker took the partition.
+    env.IDLE = "1"
+    w = start(env, store)
+    proc.wait_count(addr, env.OUT, 1, 30)
+    proc.sleep(1)
+    assert.are.equal(0, w:stop())
+    assert.are.same({ { user = "a", start = 100, ["end"] = 103, count = 2 } }, rows(env))
+  end)
+
   it("without idle_close the last session stays open", function()
     local env, store = env_for { GAP = "2", EXPIRES = "0" }
     local w = start(env, store)
