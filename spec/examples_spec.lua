@@ -175,6 +175,17 @@ describe("window examples", function()
   end)
 end)
 
+describe("session example", function()
+  it("sessions.lua: a late click merges two sessions; idle_close closes the last one with no further click", function()
+    local out = run_example("sessions.lua", 40)
+    assert.are.same({
+      "session of ana: 4 clicks, +0.0 s .. +8.0 s",
+      "session of bo: 3 clicks, +0.0 s .. +14.0 s",
+      "session of ana: 2 clicks, +20.0 s .. +27.0 s",
+    }, out)
+  end)
+end)
+
 describe("stream examples", function()
   it("join.lua: orders carry their customer once known; clicks pair with exactly the views of their ad within 5 s", function()
     local out = run_example("join.lua", 20)
