@@ -76,6 +76,8 @@ function Agent.new(app, name, source, fn, opts, level)
     sources = { source }
   elseif type(source) == "table" and source.is_group_by then
     sources = { self:_repartition(source, level + 1) }
+  elseif type(source) == "table" and source.is_join then -- left:join(right, {within = ...}): fstream/join.lua
+    sources = source:attach(self, level)
   elseif type(source) == "table" and source.is_stream_source then
     sources = source.topics
     self.processors = #source.processors > 0 and source.processors or nil

@@ -253,6 +253,10 @@ end
 function StreamSource:group_by(key, opts)
   return Topic.group_by_source(self.topics, self.processors, key, opts, 3)
 end
+-- app:stream(left):join(app:stream(right), {within = ...}): fstream/join.lua.
+function StreamSource:join(other, opts)
+  return require("fstream.join").streams(self, other, opts, 2)
+end
 
 for _, op in ipairs { "filter", "map", "echo", "take", "items", "events", "enumerate" } do
   StreamSource[op] = function(self, ...)
@@ -646,7 +650,11 @@ function App:_resolve_partitions(rt)
       if has_partitioned then
         error(string.format("the topics the agents read have different partition counts (%s), but a table "
           .. "holds partition p of every one of them: give these topics one partition count (the worker creates "
-          .. "missing topics with topic_partitions = %d; existing ones keep theirs)", list(inputs), self.topic_partitions), 0)
+          .. "missing topics with topic_partitions = %d; existing ones keep theirs); a stream joined with a table "
+          .. "(stream:join, stream:lookup) must be co-partitioned with it: repartition the stream through a topic of "
+          .. "the table's count (stream:through(topic); stream:group_by(key) re-keys it), or make the table an "
+          .. "app:global_table",
+          list(inputs), self.topic_partitions), 0)
       end
       break
     end

@@ -394,9 +394,9 @@ function object_mt(self)
 end
 
 -- Windowing: t:tumbling(size, {expires}), t:hopping(size, step, {expires}),
--- t:sliding(size, {expires}), then :relative_to_stream() (default),
+-- t:sliding(size, {expires}), t:session(gap, {expires, combine}), then :relative_to_stream() (default),
 -- :relative_to_field(name, {unit=}) or :relative_to_now(). See lua/fstream/window.lua.
-for _, kind in ipairs { "tumbling", "hopping", "sliding" } do
+for _, kind in ipairs { "tumbling", "hopping", "sliding", "session" } do
   METHODS[kind] = function(self, ...)
     local st = state_of(self)
     if st.ttl then
@@ -482,6 +482,7 @@ function Table.signature(self)
     sig = sig .. string.format(" window=%s(%s,%s) expires=%s combine=%s", w.kind, tostring(w.size), tostring(w.step),
       tostring(w.expires), tostring(w.combine ~= nil))
   end
+  if w and w.session_combine then sig = sig .. " session_combine" end
   return sig
 end
 

@@ -264,6 +264,12 @@ function Topic.group_by_source(topics, processors, key, opts, level)
   return { is_group_by = true, topics = topics, processors = processors, key = key, name = name }
 end
 
+-- topic:join(other, {within = seconds, key =, type =}): a stream-stream join,
+-- the source of an agent (fstream/join.lua).
+function Topic:join(other, opts)
+  return require("fstream.join").streams(self, other, opts, 2)
+end
+
 -- topic:stream(opts): Faust's topic.stream(), app:stream(topic, opts). Called
 -- while the worker runs (in a task, as `for w in topic:stream() do`), it reads
 -- the topic from then on through an agent of its own (see Agent.stream_at_run_time).
