@@ -285,6 +285,12 @@ function App:stream(source, opts)
   return s
 end
 
+-- app:channel({name =, maxsize =}): an in-memory stream inside this worker
+-- (fstream/channel.lua): an agent's source or sink, no Kafka, no offsets.
+function App:channel(opts)
+  return require("fstream.channel").new(self, opts, 2)
+end
+
 -- app:command(name, function(args, cmd) ... end, {help =, args =, options =}):
 -- a command of the app's own, run by `fstream-lua APP.lua NAME ...` (Faust's
 -- @app.command); fstream/cli.lua checks the declaration, parses and runs it.
@@ -529,6 +535,8 @@ end
 
 function App:_bind(rt, store)
   self.rt = rt
+  -- A reloaded version keeps reading the reply topic of asks (fstream/ask.lua).
+  require("fstream.ask").bind(self, rt)
   -- A stream that no agent uses is read from a task: it gets an agent of its own.
   for i, src in ipairs(self.stream_sources or {}) do
     if not src.used_by then

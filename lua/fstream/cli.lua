@@ -398,6 +398,10 @@ function cli.send(opts)
   if target:sub(1, 1) == "@" then
     local agent = app.agents[target:sub(2)]
     if not agent then return fail(2, "no agent named '%s' in %s", target:sub(2), opts.app) end
+    if agent.channel then
+      return fail(2, "agent %s reads channel %s, which lives inside a worker: nothing outside it can send to it",
+        agent.name, agent.channel.name)
+    end
     topic = agent.topics[1]
   else
     topic = app.topics[target] or app:topic(target)

@@ -7,6 +7,7 @@
 -- event, `cs:cursor()` tells it, `cs:seek()` sets it. The Lua side keeps only
 -- the buffer's contents.
 local core = require "fstream.core"
+local Ask = require "fstream.ask"
 
 local Stream = {}
 
@@ -406,8 +407,11 @@ function Stream:current_value()
   return self.buf[i]
 end
 
--- Faust's `yield value`: hands the value to the agent's sinks.
+-- Faust's `yield value`: hands the value to the agent's sinks; the first
+-- value yielded for an asked event is also its reply (fstream/ask.lua). A
+-- take() batch answers nobody: one yield cannot tell whose request it answers.
 function Stream:yield(value)
+  if not self.batched then Ask.answer(self.agent.app, value) end
   return self.agent:_to_sinks(value)
 end
 

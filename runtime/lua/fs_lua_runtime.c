@@ -155,6 +155,7 @@ static void rt_free(fs_rt *rt)
     /* The layers above (reload, the HTTP client) registered what to do. */
     if (rt->on_free.fn) rt->on_free.fn(rt->on_free.data);
     fs_sched_kill_all(&rt->sched);
+    fs_lua_replies_close(rt); /* its task is gone; the loop still holds its eventfd */
     if (rt->on_close.fn) rt->on_close.fn(rt->on_close.data);
     for (int i = 0; i < rt->nagents; i++) fs_agent_close(rt, rt->agents[i]);
     fs_worker_close(rt);
