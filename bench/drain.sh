@@ -14,6 +14,8 @@
 #   BENCH_N                messages in the input (default 1000000)
 #   BENCH_DRAIN_APP        stateless (default: bench/stateless.lua) or wordcount
 #                          (bench/wordcount.lua, with an LMDB store in a scratch dir)
+#   BENCH_SCRIPT           another app to drain it with, instead (bench/join.sh:
+#                          bench/join_app.lua)
 #   BENCH_COMMIT_INTERVAL  the apps' commit_interval in seconds (default: stateless the
 #                          runtime's, wordcount 2.8)
 #   BENCH_WATCH            bench-watch binary (default build-rel/bench/bench-watch)
@@ -47,8 +49,10 @@ M0=$(busy_total) B0=0
 if [[ $(basename "$BIN") == bench-ceiling ]]; then
 	"$BIN" -b "$ADDR" -i "$IN" -o "$OUT" -n "$N" -g "$GROUP" --timeout 300 >"$WORK/ceiling.out" 2>"$LOG" &
 else
-	args=("$ROOT/bench/$APPNAME.lua" --broker "kafka://$ADDR" -l "${BENCH_LOG_LEVEL:-warn}")
-	[[ $APPNAME == wordcount ]] && args+=(--store "lmdb://$WORK/store")
+	script=$ROOT/bench/$APPNAME.lua
+	[[ -n ${BENCH_SCRIPT:-} ]] && script=$(realpath -- "$BENCH_SCRIPT")
+	args=("$script" --broker "kafka://$ADDR" -l "${BENCH_LOG_LEVEL:-warn}")
+	[[ -z ${BENCH_SCRIPT:-} && $APPNAME == wordcount ]] && args+=(--store "lmdb://$WORK/store")
 	# The worker's scratch files (data dir) land in the scratch dir too.
 	(cd "$WORK" && BENCH_APP=$GROUP BENCH_IN=$IN BENCH_OUT=$OUT exec "$BIN" worker "${args[@]}") >"$LOG" 2>&1 &
 fi
