@@ -264,6 +264,9 @@ end
 -- raw key bytes. Keys starting with "\0" are the runtime's own (window stream
 -- time): a windowed table's keys are JSON, and no JSON text starts with a NUL.
 Table.MISSING = MISSING
+-- What the record cache holds for a deleted entry: windowed tables read and
+-- write the cache (part.cache, part.dirty) directly on their per-event path.
+Table.TOMBSTONE = TOMBSTONE
 
 function Table._lookup(self, p, kb)
   local part = self.parts[p]
@@ -438,7 +441,7 @@ function Table.signature(self)
   local w = self.window
   if w then
     sig = sig .. string.format(" window=%s(%s,%s) expires=%s combine=%s", w.kind, tostring(w.size), tostring(w.step),
-      tostring(w.expires), tostring(w.combine ~= nil))
+      tostring(w.expires), tostring(w.sliced))
   end
   return sig
 end
