@@ -320,6 +320,21 @@ function Window:update(t, key, fn)
       self.out, self.fresh = out, fresh
       return nil
     end
+    -- Some windows of the slice have closed by stream time (or the clock)
+    -- while no close pass has closed them yet (the slice is new, or the
+    -- clock moved): they close now, before the slice gets this event, which
+    -- is late for them. Updating every window leaves them out the same way.
+    -- The pass may fold the slice before its write: touching it again tells
+    -- the index, so the next pass folds the slice afresh.
+    if late then
+      self:close_expired(t, p)
+      n, nnew = idx:touch(p, key, at, out, fresh)
+      if not n then not_held(t, p) end
+      if n == 0 then
+        self.out, self.fresh = out, fresh
+        return nil
+      end
+    end
     late = false
   end
   local s = current_stream()
@@ -427,8 +442,11 @@ local function value_at(ws, at)
       goto continue
     end
     starts = w:starts(t, q, ws.key, at)
-    -- The newest window containing the time (Faust's choice for value()).
-    for i = #starts, 1, -1 do
+    -- The newest window containing the time (Faust's choice for value()):
+    -- hopping starts come newest first, sliding ones oldest first.
+    local a, b, d = #starts, 1, -1
+    if w.kind == "hopping" then a, b, d = 1, #starts, 1 end
+    for i = a, b, d do
       local v = _lookup(t, q, window_kb(ws.key, starts[i]))
       if v ~= nil then return v end
     end
