@@ -559,16 +559,17 @@ local function window_value(self, t, p, wp, kj, s)
   local fs, fi, fn = F.fs, F.fi, F.fn
   while fi <= fn and fs[fi] < lo do fi = fi + 1 end
   if fi > fn then -- the front ran out: the back becomes the front
+    -- (The lists trade places; entries past a list's count are left over.)
     local bs, bv, bn = F.bs, F.bv, F.bn
-    local fa, acc = {}, nil
+    local fa, acc = F.fa, nil
     for i = bn, 1, -1 do
       local v = bv[i]
       if acc == nil then acc = v else acc = combine(v, acc) end
       fa[i] = acc
     end
+    F.bs, F.bn, F.B = fs, 0, nil
     fs, fi, fn = bs, 1, bn
-    F.fs, F.fa, F.fn = bs, fa, bn
-    F.bs, F.bv, F.bn, F.B = {}, {}, 0, nil
+    F.fs, F.fn = bs, bn
     while fi <= fn and fs[fi] < lo do fi = fi + 1 end
   end
   F.fi = fi
@@ -589,14 +590,16 @@ function Window:close_slices(t, p, wp)
   local size, step = self.size, self.step
   local gone = now - size - self.expires -- windows starting before this have closed
   local from = ct and (ct - size - self.expires) or -math.huge
-  local kjs, keys = idx:slice_keys(p)
+  local kjs, keys, firsts = idx:slice_keys(p)
   wp.closing = coroutine.running()
   wp.folds = wp.folds or {}
   local on_close = t.on_window_close
   local out = {}
   for i = 1, #kjs do
     local kj, key = kjs[i], keys[i]
-    local first = idx:span(p, kj)
+    -- (Should the partition go while an on_window_close waits, slices finds
+    -- no slice and the key's loop stops.)
+    local first = firsts[i]
     if first ~= nil then
       -- Due starts: closed now, not closed at the last pass, overlapping a slice.
       local lo = math.max(from, first - size + step)

@@ -657,8 +657,9 @@ static int cmp_keys(const void *a, const void *b)
     return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
-/* idx:slice_keys(p) -> {key JSON...}, {key...}: combine tables' keys with
- * slices, ordered by their JSON text. */
+/* idx:slice_keys(p) -> {key JSON...}, {key...}, {first...}: combine tables'
+ * keys with slices, ordered by their JSON text, and the start of each one's
+ * oldest slice. */
 static int l_slice_keys(lua_State *L)
 {
     win_ud *u = check_ud(L);
@@ -672,13 +673,17 @@ static int l_slice_keys(lua_State *L)
     qsort(ks, m, sizeof *ks, cmp_keys);
     lua_createtable(L, (int)m, 0);
     lua_createtable(L, (int)m, 0);
+    lua_createtable(L, (int)m, 0);
     for (size_t i = 0; i < m; i++) {
         lua_pushlstring(L, ks[i]->json, ks[i]->len);
-        lua_rawseti(L, -3, (lua_Integer)i + 1);
+        lua_rawseti(L, -4, (lua_Integer)i + 1);
         lua_rawgeti(L, 3, ks[i]->slot);
+        lua_rawseti(L, -3, (lua_Integer)i + 1);
+        if (ks[i]->wins.len) push_num(L, ks[i]->wins.items[0]->start, ks[i]->wins.items[0]->start_int);
+        else lua_pushnil(L); /* (an update that ran out of memory opening its first slice) */
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
-    return 2;
+    return 3;
 }
 
 static fs_wkey *key_by_json(lua_State *L, fs_wpart *wp, int idx)
@@ -736,7 +741,14 @@ static int l_slices(lua_State *L)
     }
     lua_getiuservalue(L, 1, UV_KB); /* 9 */
     lua_Integer n = 0;
-    for (size_t i = fs_wkey_lower(k, from); i < k->wins.len; i++) {
+    /* `from` is mostly a few slices before the newest: walk back to it. */
+    size_t first = k->wins.len;
+    for (int steps = 0; first > 0 && k->wins.items[first - 1]->start >= from; steps++, first--)
+        if (steps == 8) {
+            first = fs_wkey_lower(k, from);
+            break;
+        }
+    for (size_t i = first; i < k->wins.len; i++) {
         fs_win *win = k->wins.items[i];
         if (!(win->start < to)) break;
         lua_rawgeti(L, 9, win->slot);

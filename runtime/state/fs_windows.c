@@ -131,8 +131,14 @@ fs_wkey *fs_wpart_key(fs_wpart *wp, const char *json, size_t len, uint32_t hash,
 size_t fs_wkey_lower(const fs_wkey *k, double start)
 {
     size_t lo = 0, hi = k->wins.len;
-    /* Events mostly touch a key's newest windows: look at the end first. */
-    if (hi && k->wins.items[hi - 1]->start < start) return hi;
+    /* Events mostly touch a key's newest window (or slice): look at the end first. */
+    if (hi) {
+        double last = k->wins.items[hi - 1]->start;
+        if (last < start) return hi;
+        if (last == start) return hi - 1;
+        /* ... and a close pass at its oldest. */
+        if (k->wins.items[0]->start >= start) return 0;
+    }
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (k->wins.items[mid]->start < start) lo = mid + 1;
