@@ -385,29 +385,21 @@ end
 
 -- The value of hopping window [s, s + size) of a key (JSON kj) from its
 -- slices (nil: none has a value), for a read: combine folded oldest first,
--- or merge. Reused lists for the slices' entry keys and starts.
-local kbs_r, starts_r = {}, {}
+-- or merge.
 function Window:fold(t, p, kj, s)
   local half = self.step / 2
-  local n = self.idx:slices(p, kj, s - half, nil, s + self.size - half, kbs_r, starts_r)
+  local kbs = {}
+  local n = self.idx:slices(p, kj, s - half, nil, s + self.size - half, kbs, {})
   if not n then return nil end
-  local merge = self.merge
-  if merge then
-    local values, m = {}, 0
-    for i = 1, n do
-      local v = cached(t, p, kbs_r[i])
-      if v ~= nil then m = m + 1; values[m] = v end
-    end
-    if m == 0 then return nil end
-    return merge(values)
-  end
-  local acc
+  local values, m = {}, 0
   for i = 1, n do
-    local v = cached(t, p, kbs_r[i])
-    if v ~= nil then
-      if acc == nil then acc = v else acc = self.combine(acc, v) end
-    end
+    local v = cached(t, p, kbs[i])
+    if v ~= nil then m = m + 1; values[m] = v end
   end
+  if m == 0 then return nil end
+  if self.merge then return self.merge(values) end
+  local acc, combine = values[1], self.combine
+  for i = 2, m do acc = combine(acc, values[i]) end
   return acc
 end
 
@@ -545,13 +537,17 @@ local function window_value(self, t, p, wp, kj, s)
   end
   if n > 0 then -- slices new to the fold go to the back
     local B, bs, bv, bn = F.B, F.bs, F.bv, F.bn
-    for i = 1, n do
+    local from = bn
+    for i = 1, n do -- (all read before combine runs: kbs_c is shared)
       local v = cached(t, p, kbs_c[i])
       if v ~= nil then
         bn = bn + 1
         bs[bn], bv[bn] = starts_c[i], v
-        if B == nil then B = v else B = combine(B, v) end
       end
+    end
+    for i = from + 1, bn do
+      local v = bv[i]
+      if B == nil then B = v else B = combine(B, v) end
     end
     F.B, F.bn = B, bn
   end
