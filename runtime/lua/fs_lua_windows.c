@@ -694,19 +694,6 @@ static fs_wkey *key_by_json(lua_State *L, fs_wpart *wp, int idx)
     return fs_wpart_key(wp, json, len, fs_windows_hash(json, len), 0, &oom);
 }
 
-/* idx:span(p, key_json) -> start of the key's first and last slice, or nothing. */
-static int l_span(lua_State *L)
-{
-    win_ud *u = check_ud(L);
-    fs_wpart *wp = fs_windows_part(u->w, check_part(L, 2));
-    fs_wkey *k = wp ? key_by_json(L, wp, 3) : NULL;
-    if (!k || !k->wins.len) return 0;
-    fs_win *a = k->wins.items[0], *b = k->wins.items[k->wins.len - 1];
-    push_num(L, a->start, a->start_int);
-    push_num(L, b->start, b->start_int);
-    return 2;
-}
-
 /* idx:slices(p, key_json, lo, from, to, kbs, starts) -> n, last, restart
  * The entry keys and starts of the key's slices starting in [from, to), at
  * kbs[1..n] and starts[1..n], oldest first; `last`: the start of the key's
@@ -906,7 +893,6 @@ static const luaL_Reg windows_methods[] = {
     {"times", l_times},
     {"pop", l_pop},
     {"slice_keys", l_slice_keys},
-    {"span", l_span},
     {"slices", l_slices},
     {"drop", l_drop},
     {"closed_through", l_closed_through},
