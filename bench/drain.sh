@@ -5,6 +5,7 @@
 # on a broker started with `scripts/kafka start`) once more with the given
 # fstream-lua binary: a fresh consumer group and a fresh output topic, so two
 # builds can be compared on the same input, alternating, on one broker.
+# BENCH_SCRIPT: another app to drain it with (bench/join.sh: bench/join_app.lua).
 # Prints bench-watch's JSON (first to last output), the worker's CPU seconds
 # (utime + stime) and its peak RSS (VmHWM).
 set -euo pipefail
@@ -20,7 +21,7 @@ OUT=drain-out-$LABEL-$$-$RANDOM
 W=$!
 while [[ ! -f $WORK/ready ]]; do kill -0 "$W" 2>/dev/null || { cat "$WORK/watch.err" >&2; exit 1; }; sleep 0.05; done
 BENCH_APP=drain-$LABEL-$$-$RANDOM BENCH_IN=$IN BENCH_OUT=$OUT \
-	"$BIN" worker "$ROOT/bench/stateless.lua" --broker "kafka://$ADDR" -l warn >"$WORK/worker.log" 2>&1 &
+	"$BIN" worker "${BENCH_SCRIPT:-$ROOT/bench/stateless.lua}" --broker "kafka://$ADDR" -l warn >"$WORK/worker.log" 2>&1 &
 P=$!
 wait "$W"
 HWM=$(awk '/VmHWM/ {print $2}' "/proc/$P/status")

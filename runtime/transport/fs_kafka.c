@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "fs_kafka.h"
+#include "fs_kafka_meta.h"
 #include "fs_kafka_txn.h"
 #include "fs_log.h"
 #include "fs_transport.h"
@@ -128,6 +129,7 @@ typedef struct fs_kafka {
     int64_t recreate_deadline;
     void *recreate_ctx;
     FS_RING(struct fs_txn_note) notes; /* txn_done results to report from poll */
+    fs_meta *meta; /* the topic-listing thread, started by the first list_topics */
     FS_VEC(struct fs_cq *) cqs; /* committed-offsets questions, owned */
     fs_timer cq_timer;
     int64_t txn_commits, txn_aborts, txn_recreated;
@@ -2031,6 +2033,8 @@ static void kafka_close(fs_transport *tp)
         k->job_busy = 0;
         job_release(&k->job); /* a commit that waited and never started */
     }
+    fs_meta_free(k->meta); /* it asks the consumer: before the consumer goes */
+    k->meta = NULL;
     if (k->consumer) rd_kafka_destroy(k->consumer);
     if (k->producer) {
         /* Sends waiting for a transaction that will not begin now are
@@ -2096,6 +2100,19 @@ int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n)
     return rd_kafka_msg_partitioner_murmur2(NULL, key, len, n, NULL, NULL);
 }
 
+/* Pattern topics' listing (ops->list_topics): the metadata thread asks the
+ * consumer, the one handle that lives as long as the transport (the producer
+ * is replaced under exactly-once). */
+static long kafka_list_topics(fs_transport *tp, int wait_ms,
+                              void (*fn)(void *data, const char *name, int partitions), void *data,
+                              char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (!k->meta && !(k->meta = fs_meta_new(k->consumer, FS_METADATA_MS, err, errlen))) return -1;
+    fs_meta_ask(k->meta);
+    return fs_meta_read(k->meta, wait_ms, fn, data, err, errlen);
+}
+
 static int64_t kafka_high_watermark(fs_transport *tp, const char *topic, int32_t partition)
 {
     fs_kafka *k = (fs_kafka *)tp;
@@ -2128,6 +2145,7 @@ static const fs_transport_ops kafka_ops = {
     .txn_commit = kafka_txn_commit,
     .txn_abort = kafka_txn_abort,
     .high_watermark = kafka_high_watermark,
+    .list_topics = kafka_list_topics,
 };
 
 /* Changelog recovery and global tables (the state layer) still read with
