@@ -12,13 +12,17 @@ describe("window index across a restart", function()
   setup(function() broker, addr = proc.broker({}, 2) end)
   teardown(function() broker:stop() end)
 
-  it("repopulates open windows and stream time from the store", function()
-    local env = { APP_ID = "winr-" .. uniq, IN = "winr-in-" .. uniq, OUT = "winr-out-" .. uniq }
-    local store = proc.tmp .. "/winr-" .. uniq
+  -- slices: "" (every window updated), "combine" or "merge" (slices folded
+  -- at close, from the slices the worker reads back from its store).
+  for _, slices in ipairs { "", "combine", "merge" } do
+  it("repopulates open windows and stream time from the store" .. (slices ~= "" and " (" .. slices .. ")" or ""), function()
+    local id = uniq .. slices
+    local env = { APP_ID = "winr-" .. id, IN = "winr-in-" .. id, OUT = "winr-out-" .. id }
+    local store = proc.tmp .. "/winr-" .. id
     proc.create_topics(addr, env.IN, env.OUT)
     local function start()
-      local w = proc.spawn(string.format("env APP_ID=%s IN=%s OUT=%s %s worker %s/windows_hop.lua --broker kafka://%s --store lmdb://%s",
-        env.APP_ID, env.IN, env.OUT, bin, fixtures, addr, store), "worker-windows-hop")
+      local w = proc.spawn(string.format("env APP_ID=%s IN=%s OUT=%s SLICES=%s %s worker %s/windows_hop.lua --broker kafka://%s --store lmdb://%s",
+        env.APP_ID, env.IN, env.OUT, slices, bin, fixtures, addr, store), "worker-windows-hop")
       assert.truthy(w:wait_for("assigned %d+ partitions", 30), w:output())
       return w
     end
@@ -53,4 +57,5 @@ describe("window index across a restart", function()
       { user = "a", start = 105, count = 1 },
     }, rows())
   end)
+  end
 end)

@@ -324,6 +324,119 @@ describe("combine mode", function()
   end)
 end)
 
+describe("hopping 60/1 with combine or merge, over random event times", function()
+  -- The reference updates every window, each holding its events; the sliced
+  -- paths keep one string per slice and join them: string concatenation is
+  -- not commutative, so a fold that takes slices out of order, misses one or
+  -- counts one twice gives another text. About a fifth of the events come up
+  -- to 9 s behind (expires 5): some are late, the others write to slices the
+  -- close passes have already folded.
+  local function run(mode, seed)
+    local a = fstream.app("rnd-" .. mode, { topic_partitions = 2 })
+    local closed, reads, late = {}, {}, 0
+    local opts = { expires = 5 }
+    if mode == "combine" then
+      opts.combine = function(x, y) return x .. y end
+    elseif mode == "merge" then
+      opts.merge = function(values) return table.concat(values) end
+    end
+    -- Events of a window as a slice fold sees them: by slice, then in arrival order.
+    local function text(l)
+      if type(l) == "string" then return l end
+      local sorted = {}
+      for i, e in ipairs(l) do sorted[i] = e end
+      table.sort(sorted, function(x, y) return x.u < y.u or (x.u == y.u and x.n < y.n) end)
+      local parts = {}
+      for i, e in ipairs(sorted) do parts[i] = e.n .. "," end
+      return table.concat(parts)
+    end
+    local tb = a:table("h", {
+      default = mode == "every" and function() return {} end or "",
+      on_late = function() late = late + 1 end,
+      on_window_close = function(key, win, v)
+        closed[#closed + 1] = string.format("%s@%d=%s", key, win.start, text(v))
+      end,
+    }):hopping(60, 1, opts):relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("x", ev, function(s)
+      for e in s do
+        if mode == "every" then
+          tb:update(e.k, function(l) l[#l + 1] = { u = math.floor(e.ts), n = e.n }; return l end)
+        else
+          tb:update(e.k, function(str) return str .. e.n .. "," end)
+        end
+        reads[#reads + 1] = text(tb[e.k]:value())
+      end
+    end)
+    local t = fstream.testing(a)
+    local x = seed
+    local function rnd()
+      x = (x * 1103515245 + 12345) % 2147483648
+      return x / 2147483648
+    end
+    local keys, clock, n = { "a", "b", "c", "d" }, 1000, 0
+    for _ = 1, 1200 do
+      clock = clock + rnd() * 0.4
+      local k = keys[1 + math.floor(rnd() * #keys)]
+      local ts = clock
+      if rnd() < 0.2 then ts = clock - rnd() * 9 end
+      n = n + 1
+      t:send(ev, { key = k, value = { k = k, ts = ts, n = n } })
+    end
+    for _, k in ipairs(keys) do -- moves every partition's stream time past every window
+      n = n + 1
+      t:send(ev, { key = k, value = { k = k, ts = clock + 500, n = n } })
+    end
+    t:run()
+    t:close()
+    table.sort(closed)
+    return closed, reads, late
+  end
+
+  for _, seed in ipairs { 1, 77, 4242 } do
+    it("closes the windows updating every window closes, with the same values, in slice order (seed " .. seed .. ")", function()
+      local c_every, r_every, l_every = run("every", seed)
+      local c_comb, r_comb, l_comb = run("combine", seed)
+      local c_merge, r_merge, l_merge = run("merge", seed)
+      assert.is_true(#c_every > 600, #c_every)
+      assert.is_true(l_every > 0 and l_every < 200, l_every)
+      assert.are.same(c_every, c_comb)
+      assert.are.same(c_every, c_merge)
+      assert.are.equal(l_every, l_comb)
+      assert.are.equal(l_every, l_merge)
+      assert.are.same(r_every, r_comb)
+      assert.are.same(r_every, r_merge)
+    end)
+  end
+
+  it("calls combine at most 3 times per closed window (not size/step - 1)", function()
+    local a = fstream.app("ncomb", { topic_partitions = 1 })
+    local calls, closes = 0, 0
+    local tb = a:table("h", { default = 0, on_window_close = function() closes = closes + 1 end })
+      :hopping(60, 1, { expires = 2, combine = function(x, y) calls = calls + 1; return x + y end })
+      :relative_to_field("ts")
+    local ev = a:topic("ev")
+    a:agent("x", ev, function(s) for e in s do tb:update("k", function(c) return c + 1 end) end end)
+    local t = fstream.testing(a)
+    for i = 0, 3000 do t:send(ev, { key = "k", value = { ts = 1000 + i / 5 } }) end
+    t:run()
+    t:close()
+    assert.is_true(closes > 500, closes)
+    assert.is_true(calls <= 3 * closes, calls .. " combine calls for " .. closes .. " closes")
+  end)
+end)
+
+describe("hopping merge option", function()
+  it("is refused with combine, or when it is not a function", function()
+    local a = fstream.app("mergeopt", { topic_partitions = 1 })
+    assert.has_error(function()
+      a:table("x"):hopping(10, 1, { merge = function(v) return v end, combine = function(x) return x end })
+    end, "hopping: give combine or merge, not both")
+    assert.has_error(function() a:table("y"):hopping(10, 1, { merge = 1 }) end)
+    assert.has_error(function() a:table("z"):tumbling(10, { merge = function(v) return v end }) end)
+  end)
+end)
+
 describe("out-of-order events", function()
   it("find closed windows closed in both the default and the combine path", function()
     local function run(combine)

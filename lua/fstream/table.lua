@@ -480,7 +480,7 @@ function Table.signature(self)
   local w = self.window
   if w then
     sig = sig .. string.format(" window=%s(%s,%s) expires=%s combine=%s", w.kind, tostring(w.size), tostring(w.step),
-      tostring(w.expires), tostring(w.combine ~= nil))
+      tostring(w.expires), tostring(w.sliced == true))
   end
   if w and w.session_combine then sig = sig .. " session_combine" end
   return sig

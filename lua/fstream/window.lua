@@ -56,12 +56,18 @@ function M.configure(t, kind, a, b, c)
   local idle_close, session_combine
   opts, idle_close, session_combine = session.own_options(kind, opts, level + 1)
   for k in pairs(opts) do
-    if k ~= "expires" and k ~= "max_future" and not (k == "combine" and kind == "hopping") then
+    if k ~= "expires" and k ~= "max_future" and not ((k == "combine" or k == "merge") and kind == "hopping") then
       error(string.format("%s: unknown option '%s'", kind, tostring(k)), level)
     end
   end
   if opts.combine ~= nil and type(opts.combine) ~= "function" then
     error("hopping: combine must be a function(a, b) -> a and b combined", level)
+  end
+  if opts.merge ~= nil and type(opts.merge) ~= "function" then
+    error("hopping: merge must be a function(values) -> the values combined, oldest first", level)
+  end
+  if opts.merge ~= nil and opts.combine ~= nil then
+    error("hopping: give combine or merge, not both", level)
   end
   local expires = opts.expires or 0
   if type(expires) ~= "number" or expires < 0 then error("expires must be a number of seconds >= 0", level) end
@@ -78,6 +84,10 @@ function M.configure(t, kind, a, b, c)
     -- step-slice and folds the slices of a window when it is read or closed:
     -- an event costs one update whatever size/step is.
     combine = opts.combine,
+    -- merge(values): the same, given all of a window's slice values at once
+    -- (a list concatenation copies each element once instead of once per
+    -- fold step). `sliced`: either one.
+    merge = opts.merge, sliced = opts.combine ~= nil or opts.merge ~= nil,
     time = "stream", field = nil, unit = nil,
     -- Event times above horizon (the clock plus max_future when last looked
     -- at) are refused: one absurd time would otherwise close every window.
@@ -236,7 +246,7 @@ function Window:index(t)
   if idx and self.idx_rt == rt then return idx end
   idx = core.windows {
     partitions = t.partitions, kind = self.kind, size = self.size, step = self.step,
-    expires = self.expires, combine = self.combine ~= nil, now = self.time == "now",
+    expires = self.expires, combine = self.sliced, now = self.time == "now",
     interval = t.app.table_cleanup_interval,
     idle_close = self.idle_close,
   }
@@ -275,6 +285,19 @@ end
 -- A new window's value: the table's default (a function's result).
 local default_value = Table.default_of
 local _lookup, _put = Table._lookup, Table._put
+local MISSING, TOMBSTONE = Table.MISSING, Table.TOMBSTONE
+
+-- The value under entry key kb of held partition p, or nil: read from the
+-- record cache directly, through the table only on a miss (the previous
+-- checkpoint's values, then the store).
+local function cached(t, p, kb)
+  local part = t.parts[p]
+  if not part then return nil end
+  local v = part.cache[kb]
+  if v == nil then return _lookup(t, p, kb) end
+  if v == MISSING or v == TOMBSTONE then return nil end
+  return v
+end
 
 local function not_held(t, p)
   error(string.format("table '%s': partition %d is not on this worker", t.name, p), 4)
@@ -286,6 +309,8 @@ end
 -- and hopping newest first, sliding oldest first; with combine the event's
 -- step-slice) and hands their entry keys over; new ones are registered once
 -- their value is written, so an update that raises leaves none behind.
+-- Values are read and written in the partition's record cache directly (what
+-- Table._lookup and Table._put do, without their calls per window).
 function Window:update(t, key, fn)
   local at = self:event_time(t)
   check_time(self, t, at, 3)
@@ -301,30 +326,49 @@ function Window:update(t, key, fn)
   local n, nnew, late, due, advanced = idx:touch(p, key, at, out, fresh)
   if not n then not_held(t, p) end
   if advanced then _put(t, p, STREAM_TIME, at) end
-  if self.combine then
+  if self.sliced then
     if late then self:late_event(t, key) end
     if n == 0 then -- every window of this event has closed
       self.out, self.fresh = out, fresh
       return nil
     end
+    -- Some windows of the slice have closed by stream time (or the clock)
+    -- while no close pass has closed them yet (the slice is new, or the
+    -- clock moved): they close now, before the slice gets this event, which
+    -- is late for them. Updating every window leaves them out the same way.
+    -- The pass may fold the slice before its write: touching it again tells
+    -- the index, so the next pass folds the slice afresh.
+    if late then
+      self:close_expired(t, p)
+      n, nnew = idx:touch(p, key, at, out, fresh)
+      if not n then not_held(t, p) end
+      if n == 0 then
+        self.out, self.fresh = out, fresh
+        return nil
+      end
+    end
     late = false
   end
+  local s = current_stream()
+  if s then t.writers[s.agent] = true end
+  local parts = t.parts
   local result
-  if nnew == 0 then
-    for i = 1, n do
-      local kb = out[i]
-      local old = _lookup(t, p, kb)
-      if old == nil then old = default_value(t) end
-      result = fn(old)
-      _put(t, p, kb, result)
+  for i = 1, n do
+    local kb = out[i]
+    -- (Looked up per window: fn may yield, and a checkpoint swap the cache.)
+    local part = parts[p] or not_held(t, p)
+    local old = part.cache[kb]
+    if old == nil then
+      old = _lookup(t, p, kb)
+    elseif old == MISSING or old == TOMBSTONE then
+      old = nil
     end
-  else
-    for i = 1, n do
-      local kb = out[i]
-      local old = _lookup(t, p, kb)
-      if old == nil then old = default_value(t) end
-      result = fn(old)
-      _put(t, p, kb, result)
+    if old == nil then old = default_value(t) end
+    result = fn(old)
+    part = parts[p] or not_held(t, p)
+    if result == nil then part.cache[kb] = TOMBSTONE else part.cache[kb] = result end
+    part.dirty[kb] = true
+    if nnew ~= 0 then
       local f = fresh[i]
       if f then
         fresh[i] = nil
@@ -347,15 +391,27 @@ function Window:late_event(t, key)
   end
 end
 
--- The value of hopping window [s, s + size) folded from its slices.
-function Window:fold(t, p, key, s)
-  local acc
-  for u = s, s + self.size - self.step, self.step do
-    local v = _lookup(t, p, window_kb(key, u))
-    if v ~= nil then
-      if acc == nil then acc = v else acc = self.combine(acc, v) end
-    end
+-- A window [s, s + size) holds the slices starting in [s - step/2,
+-- s + size - step/2): slice starts are multiples of the step, so the half
+-- step keeps rounding in their arithmetic out of the comparison.
+
+-- The value of hopping window [s, s + size) of a key (JSON kj) from its
+-- slices (nil: none has a value), for a read: combine folded oldest first,
+-- or merge.
+function Window:fold(t, p, kj, s)
+  local half = self.step / 2
+  local kbs = {}
+  local n = self.idx:slices(p, kj, s - half, nil, s + self.size - half, kbs, {})
+  if not n then return nil end
+  local values, m = {}, 0
+  for i = 1, n do
+    local v = cached(t, p, kbs[i])
+    if v ~= nil then m = m + 1; values[m] = v end
   end
+  if m == 0 then return nil end
+  if self.merge then return self.merge(values) end
+  local acc, combine = values[1], self.combine
+  for i = 2, m do acc = combine(acc, values[i]) end
   return acc
 end
 
@@ -387,14 +443,17 @@ local function value_at(ws, at)
   if p then parts[1] = p else for q in pairs(w.parts) do parts[#parts + 1] = q end end
   if w.kind == "session" then return session.value_at(w, t, ws.key, at, parts) end
   for _, q in ipairs(parts) do
-    if w.combine then
-      local v = w:fold(t, q, ws.key, math.floor(at / w.step) * w.step)
+    if w.sliced then
+      local v = w.idx and w:fold(t, q, json.encode(ws.key), math.floor(at / w.step) * w.step)
       if v ~= nil then return v end
       goto continue
     end
     starts = w:starts(t, q, ws.key, at)
-    -- The newest window containing the time (Faust's choice for value()).
-    for i = #starts, 1, -1 do
+    -- The newest window containing the time (Faust's choice for value()):
+    -- hopping starts come newest first, sliding ones oldest first.
+    local a, b, d = #starts, 1, -1
+    if w.kind == "hopping" then a, b, d = 1, #starts, 1 end
+    for i = a, b, d do
       local v = _lookup(t, q, window_kb(ws.key, starts[i]))
       if v ~= nil then return v end
     end
@@ -449,6 +508,89 @@ local function closing(wp)
   return co ~= nil and not core.ended(co)
 end
 
+-- The value of key kj's window [s, s + size) as a close pass closes it, or
+-- nil when none of its slices has a value; stop: the key has no slice from
+-- s on (no later window of it can close either).
+--
+-- merge: merge(the slice values), one call per window. combine: folded with
+-- two stacks per key, since a key's windows close in start order. The front
+-- (F.fs, F.fa; from F.fi to F.fn) holds suffix aggregates of older slices:
+-- F.fa[i] = combine of the values of slices F.fs[i..fn], oldest first. The
+-- back holds the slices after them, up to F.b (exclusive), each once, with
+-- their running aggregate F.B. A window is then combine(the front's suffix
+-- from its first slice, F.B). When the front runs out, the back becomes the
+-- front (one combine per slice). A slice costs one combine into the back and
+-- one into the front, and a close one more: at most 3 calls per close
+-- amortized whatever size/step is, instead of size/step - 1. A write to a
+-- slice already folded (a late event) makes the index answer `restart`, and
+-- the key's fold starts over from the window's first slice.
+local kbs_c, starts_c = {}, {}
+local function window_value(self, t, p, wp, kj, s)
+  local idx = self.idx
+  local half = self.step / 2
+  local lo, hi = s - half, s + self.size - half
+  local merge = self.merge
+  if merge then
+    local n, last = idx:slices(p, kj, lo, nil, hi, kbs_c, starts_c)
+    if not n or s > last then return nil, true end
+    local values, m = {}, 0
+    for i = 1, n do
+      local v = cached(t, p, kbs_c[i])
+      if v ~= nil then m = m + 1; values[m] = v end
+    end
+    if m == 0 then return nil end
+    return merge(values)
+  end
+  local combine = self.combine
+  local folds = wp.folds
+  local F = folds[kj]
+  if F and F.b < lo then F = nil end -- all of it is older than this window
+  local n, last, restart = idx:slices(p, kj, lo, F and F.b or lo, hi, kbs_c, starts_c)
+  if not n or s > last then return nil, true end
+  if restart or not F then
+    F = { b = lo, B = nil, bs = {}, bv = {}, bn = 0, fs = {}, fa = {}, fi = 1, fn = 0 }
+    folds[kj] = F
+  end
+  if n > 0 then -- slices new to the fold go to the back
+    local B, bs, bv, bn = F.B, F.bs, F.bv, F.bn
+    local from = bn
+    for i = 1, n do -- (all read before combine runs: kbs_c is shared)
+      local v = cached(t, p, kbs_c[i])
+      if v ~= nil then
+        bn = bn + 1
+        bs[bn], bv[bn] = starts_c[i], v
+      end
+    end
+    for i = from + 1, bn do
+      local v = bv[i]
+      if B == nil then B = v else B = combine(B, v) end
+    end
+    F.B, F.bn = B, bn
+  end
+  if hi > F.b then F.b = hi end
+  local fs, fi, fn = F.fs, F.fi, F.fn
+  while fi <= fn and fs[fi] < lo do fi = fi + 1 end
+  if fi > fn then -- the front ran out: the back becomes the front
+    -- (The lists trade places; entries past a list's count are left over.)
+    local bs, bv, bn = F.bs, F.bv, F.bn
+    local fa, acc = F.fa, nil
+    for i = bn, 1, -1 do
+      local v = bv[i]
+      if acc == nil then acc = v else acc = combine(v, acc) end
+      fa[i] = acc
+    end
+    F.bs, F.bn, F.B = fs, 0, nil
+    fs, fi, fn = bs, 1, bn
+    F.fs, F.fn = bs, bn
+    while fi <= fn and fs[fi] < lo do fi = fi + 1 end
+  end
+  F.fi = fi
+  local front, back = fi <= fn and F.fa[fi] or nil, F.B
+  if front == nil then return back end
+  if back == nil then return front end
+  return combine(front, back)
+end
+
 -- combine mode: closes, in order, the windows that expired since the last
 -- pass — each folded from its slices — then drops the slices that no open
 -- window needs any more. Keys in the order of their JSON text.
@@ -460,22 +602,24 @@ function Window:close_slices(t, p, wp)
   local size, step = self.size, self.step
   local gone = now - size - self.expires -- windows starting before this have closed
   local from = ct and (ct - size - self.expires) or -math.huge
-  local kjs, keys = idx:slice_keys(p)
+  local kjs, keys, firsts = idx:slice_keys(p)
   wp.closing = coroutine.running()
+  wp.folds = wp.folds or {}
   local on_close = t.on_window_close
   local out = {}
   for i = 1, #kjs do
     local kj, key = kjs[i], keys[i]
-    local first = idx:span(p, kj)
+    -- (Should the partition go while an on_window_close waits, slices finds
+    -- no slice and the key's loop stops.)
+    local first = firsts[i]
     if first ~= nil then
       -- Due starts: closed now, not closed at the last pass, overlapping a slice.
       local lo = math.max(from, first - size + step)
       -- Windows starting before `from` were closed by an earlier pass.
       local s = math.ceil(lo / step) * step
       while s < gone do
-        local _, last = idx:span(p, kj)
-        if last == nil or s > last then break end
-        local value = self:fold(t, p, key, s)
+        local value, stop = window_value(self, t, p, wp, kj, s)
+        if stop then break end
         if value ~= nil then
           self.closed = self.closed + 1
           if on_close then
@@ -486,7 +630,19 @@ function Window:close_slices(t, p, wp)
         s = s + step
       end
       -- Slices whose newest window (the one starting at them) has closed.
-      for j = 1, idx:drop(p, kj, gone, out) do _put(t, p, out[j], nil) end
+      local n, emptied = idx:drop(p, kj, gone, out)
+      if n > 0 then
+        local part = t.parts[p]
+        if part then
+          local cache, dirty = part.cache, part.dirty
+          for j = 1, n do
+            local kb = out[j]
+            cache[kb] = TOMBSTONE
+            dirty[kb] = true
+          end
+        end
+      end
+      if emptied then wp.folds[kj] = nil end
     end
   end
   idx:closed_through(p, now)
@@ -497,7 +653,7 @@ end
 -- Closes, in end order (then entry key order), every window of partition p
 -- that has expired.
 local function close_pass(self, t, p, wp)
-  if self.combine then return self:close_slices(t, p, wp) end
+  if self.sliced then return self:close_slices(t, p, wp) end
   local idx = self.idx
   local now
   if self.time == "now" then now = t.app.rt:now() else now = idx:times(p) end

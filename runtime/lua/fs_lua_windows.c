@@ -597,6 +597,8 @@ static int l_touch(lua_State *L)
             } else {
                 if (now > oldest + size + expires) late = 1;
                 fs_win *x = window_at(L, u, wp, &k, newest, u->step_int, step, u->step_int, 7, 8, p);
+                /* A slice the close passes have folded changes: they start over. */
+                if (x->start < k->fold_to) k->fold_stale = 1;
                 hand_out(L, x, ++n, 7, &nnew);
             }
         } else {
@@ -696,8 +698,9 @@ static int cmp_keys(const void *a, const void *b)
     return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
-/* idx:slice_keys(p) -> {key JSON...}, {key...}: combine tables' keys with
- * slices, ordered by their JSON text. */
+/* idx:slice_keys(p) -> {key JSON...}, {key...}, {first...}: combine tables'
+ * keys with slices, ordered by their JSON text, and the start of each one's
+ * oldest slice. */
 static int l_slice_keys(lua_State *L)
 {
     win_ud *u = check_ud(L);
@@ -711,13 +714,17 @@ static int l_slice_keys(lua_State *L)
     qsort(ks, m, sizeof *ks, cmp_keys);
     lua_createtable(L, (int)m, 0);
     lua_createtable(L, (int)m, 0);
+    lua_createtable(L, (int)m, 0);
     for (size_t i = 0; i < m; i++) {
         lua_pushlstring(L, ks[i]->json, ks[i]->len);
-        lua_rawseti(L, -3, (lua_Integer)i + 1);
+        lua_rawseti(L, -4, (lua_Integer)i + 1);
         lua_rawgeti(L, 3, ks[i]->slot);
+        lua_rawseti(L, -3, (lua_Integer)i + 1);
+        if (ks[i]->wins.len) push_num(L, ks[i]->wins.items[0]->start, ks[i]->wins.items[0]->start_int);
+        else lua_pushnil(L); /* (an update that ran out of memory opening its first slice) */
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
-    return 2;
+    return 3;
 }
 
 static fs_wkey *key_by_json(lua_State *L, fs_wpart *wp, int idx)
@@ -728,21 +735,65 @@ static fs_wkey *key_by_json(lua_State *L, fs_wpart *wp, int idx)
     return fs_wpart_key(wp, json, len, fs_windows_hash(json, len), 0, &oom);
 }
 
-/* idx:span(p, key_json) -> start of the key's first and last slice, or nothing. */
-static int l_span(lua_State *L)
+/* idx:slices(p, key_json, lo, from, to, kbs, starts) -> n, last, restart
+ * The entry keys and starts of the key's slices starting in [from, to), at
+ * kbs[1..n] and starts[1..n], oldest first; `last`: the start of the key's
+ * newest slice (nothing at all when the key has none). The caller folds the
+ * slices it was handed so far incrementally: when one below the `to` of an
+ * earlier call was written since (or the key is new to this index), the
+ * slices are those in [lo, to) and `restart` is true: what it folded is out
+ * of date. `from` nil: the slices in [lo, to), for a read that keeps no fold
+ * (the incremental fold's bookkeeping is left alone). */
+static int l_slices(lua_State *L)
 {
     win_ud *u = check_ud(L);
     fs_wpart *wp = fs_windows_part(u->w, check_part(L, 2));
+    double lo = luaL_checknumber(L, 4), to = luaL_checknumber(L, 6);
+    int peek = lua_isnoneornil(L, 5);
+    double from = peek ? lo : luaL_checknumber(L, 5);
+    luaL_checktype(L, 7, LUA_TTABLE);
+    luaL_checktype(L, 8, LUA_TTABLE);
+    lua_settop(L, 8);
     fs_wkey *k = wp ? key_by_json(L, wp, 3) : NULL;
     if (!k || !k->wins.len) return 0;
-    fs_win *a = k->wins.items[0], *b = k->wins.items[k->wins.len - 1];
-    push_num(L, a->start, a->start_int);
-    push_num(L, b->start, b->start_int);
-    return 2;
+    int restart = 0;
+    if (!peek) {
+        restart = k->fold_stale;
+        if (restart) {
+            from = lo;
+            k->fold_stale = 0;
+            k->fold_to = to;
+        } else if (to > k->fold_to) {
+            k->fold_to = to;
+        }
+    }
+    lua_getiuservalue(L, 1, UV_KB); /* 9 */
+    lua_Integer n = 0;
+    /* `from` is mostly a few slices before the newest: walk back to it. */
+    size_t first = k->wins.len;
+    for (int steps = 0; first > 0 && k->wins.items[first - 1]->start >= from; steps++, first--)
+        if (steps == 8) {
+            first = fs_wkey_lower(k, from);
+            break;
+        }
+    for (size_t i = first; i < k->wins.len; i++) {
+        fs_win *win = k->wins.items[i];
+        if (!(win->start < to)) break;
+        lua_rawgeti(L, 9, win->slot);
+        lua_rawseti(L, 7, ++n);
+        push_num(L, win->start, win->start_int);
+        lua_rawseti(L, 8, n);
+    }
+    fs_win *last = k->wins.items[k->wins.len - 1];
+    lua_pushinteger(L, n);
+    push_num(L, last->start, last->start_int);
+    lua_pushboolean(L, restart);
+    return 3;
 }
 
-/* idx:drop(p, key_json, gone, out) -> n: the key's slices starting before
- * `gone` leave the index; the entry keys of those written are out[1..n]. */
+/* idx:drop(p, key_json, gone, out) -> n, emptied: the key's slices starting
+ * before `gone` leave the index; the entry keys of those written are
+ * out[1..n]; emptied: the key has no slice left (it left the index). */
 static int l_drop(lua_State *L)
 {
     win_ud *u = check_ud(L);
@@ -755,7 +806,8 @@ static int l_drop(lua_State *L)
     lua_Integer n = 0;
     if (!k) {
         lua_pushinteger(L, 0);
-        return 1;
+        lua_pushboolean(L, 1);
+        return 2;
     }
     lua_getiuservalue(L, 1, UV_KB);   /* 6 */
     lua_getiuservalue(L, 1, UV_KEYS); /* 7 */
@@ -776,7 +828,8 @@ static int l_drop(lua_State *L)
         if (last) k = NULL;
     }
     lua_pushinteger(L, n);
-    return 1;
+    lua_pushboolean(L, k == NULL);
+    return 2;
 }
 
 /* idx:closed_through(p, now): a combine close pass at `now` is over. */
@@ -1022,7 +1075,7 @@ static const luaL_Reg windows_methods[] = {
     {"times", l_times},
     {"pop", l_pop},
     {"slice_keys", l_slice_keys},
-    {"span", l_span},
+    {"slices", l_slices},
     {"drop", l_drop},
     {"closed_through", l_closed_through},
     {"key_windows", l_key_windows},

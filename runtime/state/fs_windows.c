@@ -119,6 +119,8 @@ fs_wkey *fs_wpart_key(fs_wpart *wp, const char *json, size_t len, uint32_t hash,
     k->len = len;
     k->hash = hash;
     k->slot = -1;
+    k->fold_to = -INFINITY;
+    k->fold_stale = 1;
     size_t b = hash & (wp->nbuckets - 1);
     k->next = wp->buckets[b];
     wp->buckets[b] = k;
@@ -129,8 +131,14 @@ fs_wkey *fs_wpart_key(fs_wpart *wp, const char *json, size_t len, uint32_t hash,
 size_t fs_wkey_lower(const fs_wkey *k, double start)
 {
     size_t lo = 0, hi = k->wins.len;
-    /* Events mostly touch a key's newest windows: look at the end first. */
-    if (hi && k->wins.items[hi - 1]->start < start) return hi;
+    /* Events mostly touch a key's newest window (or slice): look at the end first. */
+    if (hi) {
+        double last = k->wins.items[hi - 1]->start;
+        if (last < start) return hi;
+        if (last == start) return hi - 1;
+        /* ... and a close pass at its oldest. */
+        if (k->wins.items[0]->start >= start) return 0;
+    }
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (k->wins.items[mid]->start < start) lo = mid + 1;
@@ -245,8 +253,16 @@ void fs_wpart_closed_through(const fs_windows *w, fs_wpart *wp, double now)
     wp->has_next_due = 0;
     for (size_t b = 0; b < wp->nbuckets; b++)
         for (fs_wkey *k = wp->buckets[b]; k; k = k->next)
-            for (size_t i = 0; i < k->wins.len; i++)
-                if (!k->wins.items[i]->pending) note_slice(w, wp, k->wins.items[i]->start);
+            for (size_t i = 0; i < k->wins.len; i++) {
+                const fs_win *win = k->wins.items[i];
+                double e;
+                if (win->pending || !fs_windows_first_open_end(w, win->start, 1, now, &e)) continue;
+                if (!wp->has_next_due || e + w->expires < wp->next_due) {
+                    wp->next_due = e + w->expires;
+                    wp->has_next_due = 1;
+                }
+                break; /* the key's later slices are due no sooner */
+            }
 }
 
 int fs_wpart_confirm(fs_windows *w, fs_wpart *wp, fs_win *win)

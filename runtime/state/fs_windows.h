@@ -51,6 +51,10 @@ struct fs_wkey {
     uint32_t hash;
     int slot;                /* the caller's */
     FS_VEC(fs_win *) wins;   /* sorted by start */
+    /* combine: the caller folds slices below fold_to incrementally; a write
+     * to one of them (or a new key) sets fold_stale, so it starts over. */
+    double fold_to;
+    unsigned char fold_stale;
     size_t len;
     char json[]; /* the key's JSON text */
 };
@@ -121,7 +125,9 @@ double fs_wpart_next_due(const fs_windows *w, const fs_wpart *wp);
  * `now` (has_now 0: no close pass yet); 0 when none is. */
 int fs_windows_first_open_end(const fs_windows *w, double u, int has_now, double now,
                               double *end);
-/* combine: a close pass at `now` finished; the next due time is recomputed. */
+/* combine: a close pass at `now` finished; the next due time is recomputed
+ * from each key's first slice (the first open end does not decrease with a
+ * slice's start, so a key's later slices are never due sooner). */
 void fs_wpart_closed_through(const fs_windows *w, fs_wpart *wp, double now);
 
 #endif
