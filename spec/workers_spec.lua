@@ -160,3 +160,22 @@ describe("a table partition's files", function()
     assert.are.same({ a = 2, b = 1, c = 1, d = 1 }, wc.read_counts(env, store))
   end)
 end)
+
+describe("the workers' command lines (fstream.cli.workers)", function()
+  it("are the supervisor's line without --workers, with --web-port P + i - 1 for worker i", function()
+    local cli = require "fstream.cli"
+    local app = fixtures .. "/relay.lua"
+    local cmd, opts = cli.parse { "worker", app, "--workers", "3", "--web-port=7000", "-l", "warn",
+      "--broker", "kafka://127.0.0.1:9", "--store", "--workers" }
+    assert.are.equal("worker", cmd)
+    local lines = assert(cli.workers(opts))
+    assert.are.equal(3, #lines)
+    for i = 1, 3 do
+      assert.are.same({ "worker", app, "--web-port=" .. (6999 + i), "-l", "warn", "--broker", "kafka://127.0.0.1:9",
+        "--store", "--workers" }, lines[i])
+    end
+    cmd, opts = cli.parse { "worker", app, "--workers=2", "--web-port", "0", "--broker=kafka://127.0.0.1:9" }
+    lines = assert(cli.workers(opts))
+    assert.are.same({ "worker", app, "--web-port=0", "--broker=kafka://127.0.0.1:9" }, lines[2])
+  end)
+end)

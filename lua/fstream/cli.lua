@@ -189,7 +189,7 @@ function cli.parse(argv)
     i = i + 1
   end
   opts.args = args
-  opts.argv = argv
+  cli.argv = argv -- the line as given: --workers passes it on (cli.workers)
   if npos < #c.pos then return nil, usage_error(c, "missing %s", POS_NAMES[c.pos[npos + 1]]) end
   if opts.loglevel and not pcall(core.set_log_level, opts.loglevel) then
     return nil, usage_error(c, "unknown log level '%s' (debug, info, warn or error)", opts.loglevel)
@@ -390,8 +390,8 @@ function cli.workers(opts)
   local lines = {}
   for i = 1, n do
     local words, k = {}, 1
-    while k <= #opts.argv do
-      local a = opts.argv[k]
+    while k <= #cli.argv do
+      local a = cli.argv[k]
       local o, val = nil, nil
       if k > 1 and a:match("^%-[^%d]") then o, val = find_option(c, a) end
       local takes = o and not o.flag and not val -- its value is the next word
@@ -402,7 +402,7 @@ function cli.workers(opts)
         k = k + (takes and 2 or 1)
       else
         words[#words + 1] = a
-        if takes then words[#words + 1] = opts.argv[k + 1] end
+        if takes then words[#words + 1] = cli.argv[k + 1] end
         k = k + (takes and 2 or 1)
       end
     end
