@@ -28,9 +28,12 @@
  * With --timeline, each second's count and recv p99 and max go to stderr
  * (periodic stalls show up there). Exits 3 when some order never came out.
  *
- * --linger-ms (default 1) is this producer's linger, --fetch-wait-ms
- * (default 5) this reader's fetch.wait.max.ms: both small, so that the tool
- * adds little to what it measures. --ready-file is created once the reader
+ * --linger-ms (default 5, librdkafka's own default and the worker's) is this
+ * producer's linger: part of what is measured, as for any producer. The
+ * embedded broker (librdkafka's mock) answers a fetch with one producer
+ * batch per partition, so at 20,000/s batches of 1 ms fall behind there,
+ * batches of 5 ms do not. --fetch-wait-ms (default 5) is this reader's
+ * fetch.wait.max.ms, small so that it adds little to recv. --ready-file is created once the reader
  * is positioned at the end of --out and before the first send. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */
@@ -172,7 +175,7 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    lat_opts o = {.rate = 20000, .seconds = 20, .warmup = 3, .linger_ms = "1", .fetch_wait_ms = "5"};
+    lat_opts o = {.rate = 20000, .seconds = 20, .warmup = 3, .linger_ms = "5", .fetch_wait_ms = "5"};
     static const struct option longopts[] = {
         {"bootstrap", required_argument, NULL, 'b'}, {"in", required_argument, NULL, 'i'},
         {"out", required_argument, NULL, 'o'},       {"rate", required_argument, NULL, 'r'},
@@ -263,7 +266,8 @@ int main(int argc, char **argv)
     int64_t *recv = malloc(cap * sizeof *recv), *ts = malloc(cap * sizeof *ts);
     int nsec = (int)o.seconds + 2;
     int *sec = malloc(cap * sizeof *sec); /* the second of the run each sample was sent in */
-    if (!recv || !ts || !sec) {
+    int64_t *sent_at = malloc(cap * sizeof *sent_at);
+    if (!recv || !ts || !sec || !sent_at) {
         fprintf(stderr, BENCH_NAME ": out of memory\n");
         return 1;
     }
@@ -305,6 +309,7 @@ int main(int argc, char **argv)
                 recv[n] = now - id;
                 ts[n] = t * 1000 - id;
                 sec[n] = (int)((id - start_us) / 1000000);
+                sent_at[n] = id;
                 n++;
             }
         }
@@ -325,6 +330,26 @@ int main(int argc, char **argv)
                     (double)tmp[k - 1] / 1000.0);
         }
         free(tmp);
+        /* Every 100 ms slice of sends whose worst latency passed 25 ms, by
+         * wall-clock time: to hold against the job's own log lines. */
+        size_t nslices = (size_t)nsec * 10;
+        int64_t *worst = calloc(nslices, sizeof *worst);
+        for (size_t i = 0; worst && i < n; i++) {
+            int64_t sl = (sent_at[i] - start_us) / 100000;
+            if (sl >= 0 && (size_t)sl < nslices && recv[i] > worst[sl]) worst[sl] = recv[i];
+        }
+        for (size_t sl = 0; worst && sl < nslices; sl++) {
+            if (worst[sl] <= 25000) continue;
+            int64_t at = start_us + (int64_t)sl * 100000;
+            time_t t = (time_t)(at / 1000000);
+            struct tm tm;
+            localtime_r(&t, &tm);
+            char hms[16];
+            strftime(hms, sizeof hms, "%H:%M:%S", &tm);
+            fprintf(stderr, "sent %s.%03d+100ms: recv max %.1f ms\n", hms, (int)(at % 1000000 / 1000),
+                    (double)worst[sl] / 1000.0);
+        }
+        free(worst);
     }
     printf("{\"rate\":%.0f,\"sent\":%lld,\"measured\":%zu,\"missing\":%lld,\"failed\":%lld,"
            "\"timestamp_type\":\"%s\",",
@@ -337,6 +362,7 @@ int main(int argc, char **argv)
     free(recv);
     free(ts);
     free(sec);
+    free(sent_at);
     rd_kafka_consumer_close(consumer);
     rd_kafka_destroy(consumer);
     rd_kafka_destroy(ps.rk);

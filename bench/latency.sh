@@ -10,7 +10,8 @@
 #   --kafka ADDR   on a running Kafka; the output topic is created with
 #                  message.timestamp.type=LogAppendTime (scripts/kafka), so
 #                  ts_ms is producer send -> the broker's append of the output
-# Prints bench-latency's JSON and the worker's CPU seconds. Extra worker
+# Prints bench-latency's JSON and the worker's CPU seconds. $BENCH_LOGLEVEL:
+# the worker's -l (default info); $BENCH_KEEP_LOG=FILE keeps its log. Extra worker
 # settings come through the environment (FSTREAM_KAFKA_PRODUCER=linger.ms=1).
 # Builds from $BENCH_BUILD_DIR (default build-rel, a release build).
 set -euo pipefail
@@ -52,7 +53,7 @@ else
 fi
 
 BENCH_APP=bench-lat-$STAMP BENCH_IN=$IN BENCH_OUT=$OUT \
-	"$BUILD/fstream-lua" worker "$ROOT/bench/stateless.lua" --broker "kafka://$ADDR" --no-web -l info \
+	"$BUILD/fstream-lua" worker "$ROOT/bench/stateless.lua" --broker "kafka://$ADDR" --no-web -l "${BENCH_LOGLEVEL:-info}" \
 	--store "lmdb://$WORK/store" >"$WORK/worker.log" 2>&1 &
 W=$!
 PIDS+=("$W")
@@ -67,6 +68,7 @@ rc=0
 "$BUILD/bench/bench-latency" -b "$ADDR" --in "$IN" --out "$OUT" -r "$RATE" -d "$SECS" "${TIMELINE[@]}" || rc=$?
 T1=$(awk '{print $14 + $15}' "/proc/$W/stat")
 echo "worker cpu_s=$(awk -v t=$((T1 - T0)) -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / h }') during the run ($MODE, $ADDR)"
-kill -TERM "$W"
+kill -TERM "$W" 2>/dev/null || true
 wait "$W" || true
+[[ -z ${BENCH_KEEP_LOG:-} ]] || cp "$WORK/worker.log" "$BENCH_KEEP_LOG"
 exit "$rc"

@@ -71,9 +71,9 @@ for run in $(seq 1 "$RUNS"); do
 		watch_start "$OUT"
 		BENCH_APP=bench-wk-$STAMP-$run-$w BENCH_IN=$IN BENCH_OUT=$OUT \
 			"$BIN" worker "$ROOT/bench/stateless.lua" --workers "$w" --broker "kafka://$ADDR" --no-web \
-			--store "lmdb://$WORK/store" -l warn >"$WORK/worker.log" 2>&1 &
+			--store "lmdb://$WORK/store-$run-$w" -l warn >"$WORK/worker.log" 2>&1 &
 		S=$!
-		wait "$WATCH"
+		wait "$WATCH" || { echo "bench-watch failed; the workers' log:" >&2; tail -40 "$WORK/worker.log" >&2; }
 		T=0 RSS=0
 		for c in $(pgrep -P "$S"); do
 			T=$((T + $(ticks_of "$c")))

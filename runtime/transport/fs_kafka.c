@@ -437,6 +437,8 @@ static int watch_queue(fs_loop *loop, rd_kafka_queue_t *q, int *fd, fs_io *io,
     return fs_io_add(loop, io, EPOLLIN);
 }
 
+static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, size_t errlen);
+
 /* A consumer of this worker's cluster. The group's own consumer (main) gets
  * the rebalance and commit callbacks; others (changelog recovery, global
  * tables) are assign-only and read committed data. */
@@ -485,6 +487,18 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
     if (dbg && *dbg && conf_set(c, "debug", dbg, err, errlen)) {
         rd_kafka_conf_destroy(c);
         return NULL;
+    }
+    /* FSTREAM_KAFKA_CONSUMER="key=value,key=value": the group consumer's
+     * settings after the defaults (fetch.wait.max.ms, say, for bench/latency.sh). */
+    const char *env = main_group ? getenv("FSTREAM_KAFKA_CONSUMER") : NULL;
+    for (const char *s = env; s && *s;) {
+        const char *end = strchr(s, ',');
+        if (!end) end = s + strlen(s);
+        if (end > s && set_pair(c, s, (size_t)(end - s), err, errlen)) {
+            rd_kafka_conf_destroy(c);
+            return NULL;
+        }
+        s = *end ? end + 1 : end;
     }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, errlen);
     if (!rk) rd_kafka_conf_destroy(c);
