@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/latency.sh (--embedded | --kafka HOST:PORT) [-r RATE] [-d SECONDS] [--timeline]
+# bench/latency.sh (--embedded | --kafka HOST:PORT) [-r RATE] [-d SECONDS] [--timeline] [--floor]
 #
 # End-to-end latency of bench/stateless.lua at a steady input rate: starts one
 # worker (`fstream-lua worker`, -l info) on fresh topics (8 partitions) and,
@@ -10,13 +10,15 @@
 #   --kafka ADDR   on a running Kafka; the output topic is created with
 #                  message.timestamp.type=LogAppendTime (scripts/kafka), so
 #                  ts_ms is producer send -> the broker's append of the output
+#   --floor        no worker: bench-latency reads its own input topic, which
+#                  measures the broker and the machine alone (send -> read)
 # Prints bench-latency's JSON and the worker's CPU seconds. $BENCH_LOGLEVEL:
 # the worker's -l (default info); $BENCH_KEEP_LOG=FILE keeps its log. Extra worker
 # settings come through the environment (FSTREAM_KAFKA_PRODUCER=linger.ms=1).
 # Builds from $BENCH_BUILD_DIR (default build-rel, a release build).
 set -euo pipefail
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
-MODE="" ADDR="" RATE=20000 SECS=20 TIMELINE=()
+MODE="" ADDR="" RATE=20000 SECS=20 TIMELINE=() FLOOR=0
 while (($#)); do
 	case $1 in
 	--embedded) MODE=embedded; shift ;;
@@ -24,10 +26,11 @@ while (($#)); do
 	-r) RATE=$2; shift 2 ;;
 	-d) SECS=$2; shift 2 ;;
 	--timeline) TIMELINE=(--timeline); shift ;;
+	--floor) FLOOR=1; shift ;;
 	*) echo "bench/latency.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-[[ -n $MODE ]] || { echo "usage: bench/latency.sh (--embedded | --kafka HOST:PORT) [-r RATE] [-d SECONDS] [--timeline]" >&2; exit 2; }
+[[ -n $MODE ]] || { echo "usage: bench/latency.sh (--embedded | --kafka HOST:PORT) [-r RATE] [-d SECONDS] [--timeline] [--floor]" >&2; exit 2; }
 BUILD=$(realpath -m -- "${BENCH_BUILD_DIR:-$ROOT/build-rel}")
 [[ -x $BUILD/fstream-lua && -x $BUILD/bench/bench-latency ]] ||
 	{ echo "bench/latency.sh: build $BUILD first (meson setup $BUILD --buildtype=release)" >&2; exit 1; }
@@ -48,8 +51,12 @@ if [[ $MODE == embedded ]]; then
 	while ! grep -qs ':' "$WORK/addr"; do sleep 0.05; done
 	ADDR=$(grep -o '[0-9.]*:[0-9]*' "$WORK/addr")
 else
-	"$ROOT/scripts/kafka" create-topic "$IN" 8 --port "${ADDR##*:}" >/dev/null 2>&1
+	"$ROOT/scripts/kafka" create-topic "$IN" 8 --config message.timestamp.type=LogAppendTime --port "${ADDR##*:}" >/dev/null 2>&1
 	"$ROOT/scripts/kafka" create-topic "$OUT" 8 --config message.timestamp.type=LogAppendTime --port "${ADDR##*:}" >/dev/null 2>&1
+fi
+if ((FLOOR)); then
+	"$BUILD/bench/bench-latency" -b "$ADDR" --in "$IN" --out "$IN" -r "$RATE" -d "$SECS" "${TIMELINE[@]}"
+	exit
 fi
 
 BENCH_APP=bench-lat-$STAMP BENCH_IN=$IN BENCH_OUT=$OUT \

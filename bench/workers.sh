@@ -28,7 +28,8 @@ BUILD=$(realpath -m -- "${BENCH_BUILD_DIR:-$ROOT/build-rel}")
 	{ echo "bench/workers.sh: build $BUILD first (meson setup $BUILD --buildtype=release)" >&2; exit 1; }
 BIN=$BUILD/fstream-lua
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+S=""
+trap '[[ -z $S ]] || kill -TERM "$S" 2>/dev/null; rm -rf "$WORK"' EXIT
 TCK=$(getconf CLK_TCK)
 STAMP=$(date +%s)-$$
 IN=bench-wk-in-$STAMP
@@ -81,6 +82,7 @@ for run in $(seq 1 "$RUNS"); do
 		done
 		kill -TERM "$S"
 		wait "$S" || echo "workers exited $?: $(tail -3 "$WORK/worker.log")" >&2
+		S=""
 		report "workers=$w" "$T" "$RSS"
 	done
 done
