@@ -162,9 +162,10 @@ describe("a table partition's files", function()
 end)
 
 describe("the workers' command lines (fstream.cli.workers)", function()
-  it("are the supervisor's line without --workers, with --web-port P + i - 1 for worker i", function()
-    local cli = require "fstream.cli"
-    local app = fixtures .. "/relay.lua"
+  local cli = require "fstream.cli"
+  local app = fixtures .. "/relay.lua"
+
+  it("are the supervisor's line without --workers, with --web-port P + i - 1 and a static member id each", function()
     local cmd, opts = cli.parse { "worker", app, "--workers", "3", "--web-port=7000", "-l", "warn",
       "--broker", "kafka://127.0.0.1:9", "--store", "--workers" }
     assert.are.equal("worker", cmd)
@@ -172,10 +173,20 @@ describe("the workers' command lines (fstream.cli.workers)", function()
     assert.are.equal(3, #lines)
     for i = 1, 3 do
       assert.are.same({ "worker", app, "--web-port=" .. (6999 + i), "-l", "warn", "--broker", "kafka://127.0.0.1:9",
-        "--store", "--workers" }, lines[i])
+        "--store", "--workers", "--worker-id=auto" }, lines[i])
     end
     cmd, opts = cli.parse { "worker", app, "--workers=2", "--web-port", "0", "--broker=kafka://127.0.0.1:9" }
     lines = assert(cli.workers(opts))
-    assert.are.same({ "worker", app, "--web-port=0", "--broker=kafka://127.0.0.1:9" }, lines[2])
+    assert.are.same({ "worker", app, "--web-port=0", "--broker=kafka://127.0.0.1:9", "--worker-id=auto" }, lines[2])
+  end)
+
+  it("give worker i the id ID-i for --worker-id ID, and none for --worker-id none", function()
+    local _, opts = cli.parse { "worker", app, "--workers", "2", "--worker-id", "east", "--broker", "kafka://127.0.0.1:9" }
+    local lines = assert(cli.workers(opts))
+    assert.are.same({ "worker", app, "--broker", "kafka://127.0.0.1:9", "--worker-id=east-1" }, lines[1])
+    assert.are.same({ "worker", app, "--broker", "kafka://127.0.0.1:9", "--worker-id=east-2" }, lines[2])
+    _, opts = cli.parse { "worker", app, "--workers", "2", "--worker-id=none", "--broker", "kafka://127.0.0.1:9" }
+    lines = assert(cli.workers(opts))
+    assert.are.same({ "worker", app, "--broker", "kafka://127.0.0.1:9" }, lines[2])
   end)
 end)

@@ -25,10 +25,12 @@ cli.commands = {
     options = { LOGLEVEL, { long = "--broker", field = "broker" }, STORE,
       { long = "--reload", field = "reload", flag = true }, { long = "--guarantee", field = "guarantee" },
       { long = "--web-port", field = "web_port" }, { long = "--web-bind", field = "web_bind" },
-      { long = "--no-web", field = "no_web", flag = true }, { long = "--workers", field = "workers" } },
+      { long = "--no-web", field = "no_web", flag = true }, { long = "--workers", field = "workers" },
+      { long = "--worker-id", field = "worker_id" } },
     synopsis = "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"
       .. "                          [--reload] [--guarantee at_least_once|exactly_once]\n"
-      .. "                          [--web-port N] [--web-bind ADDR] [--no-web] [--workers N]\n",
+      .. "                          [--web-port N] [--web-bind ADDR] [--no-web] [--workers N]\n"
+      .. "                          [--worker-id ID|auto]\n",
     details = "Runs the app's agents, tasks and timers until SIGTERM or SIGINT (a second one exits at once).\n"
       .. "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"
       .. "  --broker URL          memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]; default\n"
@@ -45,7 +47,11 @@ cli.commands = {
       .. "  --workers N           run N worker processes (1 to 256) in the app's consumer group under\n"
       .. "                        a supervisor that passes signals on and restarts a crashed one;\n"
       .. "                        worker i serves the web on --web-port + i - 1; needs a shared broker\n"
-      .. "                        (kafka://), not memory://\n" },
+      .. "                        (kafka://), not memory://\n"
+      .. "  --worker-id ID        a static group member (group.instance.id ID): restarted within the\n"
+      .. "                        session timeout (6 s), it gets its partitions back without a\n"
+      .. "                        rebalance; auto: host name and the data directory's slot; with\n"
+      .. "                        --workers, worker i gets ID-i (default auto; none: dynamic members)\n" },
   { name = "send", pos = { "app", "target" },
     options = { { long = "--key", short = "-k", field = "key" },
       { long = "--partition", short = "-p", field = "partition" },
@@ -333,7 +339,8 @@ function cli.worker(opts)
   -- The banner comes first: the info lines of the start (topics created,
   -- global tables recovered) are held back until it is out.
   core.log_hold(true)
-  local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store, guarantee = opts.guarantee })
+  local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store, guarantee = opts.guarantee,
+    instance_id = opts.worker_id ~= "none" and opts.worker_id or nil })
   if not ok then
     core.log_hold(false)
     return start_failed(app, rt)
@@ -397,6 +404,8 @@ function cli.workers(opts)
       local takes = o and not o.flag and not val -- its value is the next word
       if o and o.field == "workers" then
         k = k + (takes and 2 or 1)
+      elseif o and o.field == "worker_id" then
+        k = k + (takes and 2 or 1)
       elseif o and o.field == "web_port" then
         words[#words + 1] = "--web-port=" .. (port == 0 and 0 or port + i - 1)
         k = k + (takes and 2 or 1)
@@ -405,6 +414,11 @@ function cli.workers(opts)
         if takes then words[#words + 1] = cli.argv[k + 1] end
         k = k + (takes and 2 or 1)
       end
+    end
+    -- Static members: a restarted worker gets its partitions back at once.
+    if opts.worker_id ~= "none" then
+      words[#words + 1] = "--worker-id=" .. (opts.worker_id and opts.worker_id ~= "auto"
+        and string.format("%s-%d", opts.worker_id, i) or "auto")
     end
     lines[i] = words
   end

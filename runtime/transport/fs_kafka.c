@@ -66,6 +66,7 @@ typedef struct fs_kafka {
     fs_transport base; /* first: fs_transport * and fs_kafka * convert */
     char *group;
     char *bootstrap;
+    char *instance_id; /* group.instance.id of the group consumer, or NULL */
     int embedded;         /* memory://: the mock cluster lives in this process */
     int no_create_topics; /* CreateTopics failed: the broker auto-creates (fstream-lua broker) */
     rd_kafka_t *consumer, *producer, *mock_host;
@@ -468,7 +469,9 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
                         conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
                         conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
                         conf_set(c, "partition.assignment.strategy", "range,roundrobin", err,
-                                 errlen)))) {
+                                 errlen) ||
+                        (k->instance_id &&
+                         conf_set(c, "group.instance.id", k->instance_id, err, errlen))))) {
         rd_kafka_conf_destroy(c);
         return NULL;
     }
@@ -632,7 +635,8 @@ static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, si
 }
 
 fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *group,
-                           const char *const *conf, char *err, size_t errlen)
+                           const char *const *conf, const char *instance_id, char *err,
+                           size_t errlen)
 {
     const char *servers;
     if (fs_broker_url_check(broker_url, &servers, err, errlen)) return NULL;
@@ -671,6 +675,8 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
         k->self_assign = 1;
     } else {
         k->bootstrap = strdup(servers);
+        /* memory:// has no group to rejoin: the worker assigns itself. */
+        if (instance_id && !(k->instance_id = strdup(instance_id))) goto oom;
     }
     if (!k->bootstrap) goto oom;
 
@@ -2099,6 +2105,7 @@ static void kafka_close(fs_transport *tp)
     free(k->fetched);
     free(k->msgs);
     free(k->bootstrap);
+    free(k->instance_id);
     free(k->group);
     free(k);
 }
