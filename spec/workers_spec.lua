@@ -83,6 +83,15 @@ describe("--workers N on a standalone embedded broker", function()
     end
     -- Counted twice: only what the killed worker did after its last checkpoint.
     assert.is_true(over < 10000, "over-counted by " .. over)
+    -- Static members: the restarted worker came back as the same member, the other one is another.
+    local ids = {}
+    for w, id in s:output():gmatch("%[w(%d)%] info  static group member: group%.instance%.id (%S+)") do
+      ids[w] = ids[w] or {}
+      table.insert(ids[w], id)
+    end
+    assert.are.equal(2, #ids["1"], s:output())
+    assert.are.equal(ids["1"][1], ids["1"][2])
+    assert.are_not.equal(ids["1"][1], ids["2"][1])
   end)
 
   it("backs off a worker that crashes as it starts, while the other one works", function()
