@@ -10,8 +10,13 @@
 -- scripts/bench passes --broker kafka://... which overrides it.
 local fstream = require "fstream"
 
--- BENCH_APP: a fresh consumer group per run when one input is drained again (bench/drain.sh).
-local app = fstream.app(os.getenv("BENCH_APP") or "bench-stateless", { broker = "memory://", topic_partitions = 8 })
+-- BENCH_APP: a fresh consumer group per run when one input is drained again (bench/drain.sh);
+-- BENCH_COMMIT_INTERVAL (seconds): the checkpoint interval (default: the runtime's).
+local app = fstream.app(os.getenv("BENCH_APP") or "bench-stateless", {
+  broker = "memory://",
+  topic_partitions = 8,
+  commit_interval = tonumber(os.getenv("BENCH_COMMIT_INTERVAL") or ""),
+})
 
 local input = app:topic(os.getenv("BENCH_IN") or "bench-in")
 local output = app:topic(os.getenv("BENCH_OUT") or "bench-out")

@@ -175,7 +175,55 @@ describe("window examples", function()
   end)
 end)
 
+describe("session example", function()
+  it("sessions.lua: a late click merges two sessions; idle_close closes the last one with no further click", function()
+    local out = run_example("sessions.lua", 40)
+    assert.are.same({
+      "session of ana: 4 clicks, +0.0 s .. +8.0 s",
+      "session of bo: 3 clicks, +0.0 s .. +14.0 s",
+      "session of ana: 2 clicks, +20.0 s .. +27.0 s",
+    }, out)
+  end)
+end)
+
 describe("stream examples", function()
+  it("join.lua: orders carry their customer once known; clicks pair with exactly the views of their ad within 5 s", function()
+    local out = run_example("join.lua", 20)
+    local names = { c1 = "Ada", c2 = "Bo", c3 = "Cy" }
+    local orders, pairs_, alone = 0, {}, {}
+    for _, l in ipairs(out) do
+      local n, who = l:match("^order o(%d+): %d x %a+ for (.+)$")
+      if n then
+        orders = orders + 1
+        n = tonumber(n)
+        local c = "c" .. (n % 4 + 1)
+        -- Customer n is sent in second n, before that second's order.
+        local known = names[c] and tonumber(c:sub(2)) <= n
+        assert.are.equal(known and names[c] or "a customer not known yet", who, l)
+      end
+      local k, v = l:match("^click k(%d+) on ad%d: seen in view v(%d+)")
+      if k then pairs_[#pairs_ + 1] = k .. "|" .. v end
+      k = l:match("^click k(%d+) on ad%d: no view within 5 s$")
+      if k then alone[#alone + 1] = k end
+    end
+    assert.are.equal(20, orders)
+    -- The example's schedule: a view of ad (n % 3 + 1) in second n (none of
+    -- ad3 in seconds 4..16), a click of ad (n % 3 + 1) in every even second.
+    local expect = {}
+    for c = 2, 20, 2 do
+      for v = 1, 20 do
+        local ad = v % 3 + 1
+        if ad == c % 3 + 1 and not (ad == 3 and v >= 4 and v <= 16) and math.abs(c - v) <= 5 then
+          expect[#expect + 1] = c .. "|" .. v
+        end
+      end
+    end
+    table.sort(expect)
+    table.sort(pairs_)
+    assert.are.same(expect, pairs_)
+    assert.are.same({ "8" }, alone)
+  end)
+
   it("orders.lua: per-account totals after group_by inside the agent", function()
     local out = run_example("orders.lua", 11)
     local last

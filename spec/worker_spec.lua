@@ -236,9 +236,11 @@ describe("on_leader", function()
     local env = { APP_ID = "lead-" .. uniq, OUT = "lead-out-" .. uniq }
     local broker, addr = proc.broker({ env.APP_ID .. "-__leader" }, 1)
     proc.create_topics(addr, env.OUT)
+    local n = 0
     local function start()
-      return proc.spawn(string.format("env APP_ID=%s OUT=%s %s worker %s/leader.lua --broker kafka://%s",
-        env.APP_ID, env.OUT, bin, fixtures, addr), "worker-leader")
+      n = n + 1
+      return proc.spawn(string.format("env APP_ID=%s OUT=%s %s worker %s/leader.lua --broker kafka://%s --store lmdb://%s/%s-%d-data",
+        env.APP_ID, env.OUT, bin, fixtures, addr, proc.tmp, env.APP_ID, n), "worker-leader")
     end
     local a = start()
     assert.truthy(a:wait_for("assigned 1 partitions", 30), a:output())

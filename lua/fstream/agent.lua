@@ -4,6 +4,8 @@
 -- the instance restarts on the same stream, from the next event.
 local core = require "fstream.core"
 local Stream = require "fstream.stream"
+local Ask = require "fstream.ask"
+local Channel = require "fstream.channel"
 
 local Agent = {}
 Agent.__index = Agent
@@ -56,16 +58,26 @@ function Agent.new(app, name, source, fn, opts, level)
   -- Source: a topic, a list of topics, or nothing (anonymous agent: its own topic).
   local Topic = require "fstream.topic"
   local sources
-  if source == nil then
+  if getmetatable(source) == Channel then
+    -- A channel: no topic, no offsets; its instances read the channel's queue.
+    if on_error == "dlq" or on_error == "retry" then
+      error(string.format("agent '%s' reads channel %s: a channel keeps no message to dead-letter or retry "
+        .. "(on_error must be log, skip or crash)", name, source.name), level)
+    end
+    self.channel = source
+    sources = {}
+  elseif source == nil then
     sources = { app:topic(app.id .. "-" .. name, {
       key_type = opts.key_type, value_type = opts.value_type, key_serializer = opts.key_serializer,
       value_serializer = opts.value_serializer, partitions = opts.partitions,
     }) }
     self.own_topic = sources[1]
-  elseif getmetatable(source) == Topic then
+  elseif getmetatable(source) == Topic or getmetatable(source) == Topic.Pattern then
     sources = { source }
   elseif type(source) == "table" and source.is_group_by then
     sources = { self:_repartition(source, level + 1) }
+  elseif type(source) == "table" and source.is_join then -- left:join(right, {within = ...}): fstream/join.lua
+    sources = source:attach(self, level)
   elseif type(source) == "table" and source.is_stream_source then
     sources = source.topics
     self.processors = #source.processors > 0 and source.processors or nil
@@ -73,13 +85,19 @@ function Agent.new(app, name, source, fn, opts, level)
   elseif type(source) == "table" and getmetatable(source) == nil and #source > 0 then
     sources = source
   else
-    error(string.format("agent '%s': source must be a topic, a list of topics, or nil", name), level)
+    error(string.format("agent '%s': source must be a topic, a list of topics, a channel, or nil", name), level)
   end
   for _, t in ipairs(sources) do
-    if getmetatable(t) ~= Topic then error(string.format("agent '%s': every source must be a topic", name), level) end
-    self.topics[#self.topics + 1] = t
-    self.topics_by_name[t.name] = t
-    if t.post_decode then self.post_decode = true end
+    if getmetatable(t) == Topic.Pattern then
+      -- Its matches join self.topics as they are found (App:_discover).
+      self.patterns = self.patterns or {}
+      self.patterns[#self.patterns + 1] = t
+    else
+      if getmetatable(t) ~= Topic then error(string.format("agent '%s': every source must be a topic", name), level) end
+      self.topics[#self.topics + 1] = t
+      self.topics_by_name[t.name] = t
+      if t.post_decode then self.post_decode = true end
+    end
   end
   -- Dead letters keep the original bytes: raw topics. Retries go through a topic
   -- with the source's serializers, which this agent also reads.
@@ -87,12 +105,13 @@ function Agent.new(app, name, source, fn, opts, level)
     self.dlq = app:topic(app.id .. "-" .. name .. "-dlq", { key_serializer = "raw", value_serializer = "raw" })
   end
   if on_error == "retry" then
-    local src = self.topics[1]
+    local src = self.topics[1] or self.patterns[1]
     self.retry_topic = app:topic(app.id .. "-" .. name .. "-retry", {
       key_serializer = src.key_serializer, value_serializer = src.value_serializer,
       key_type = src.key_type, value_type = src.value_type,
     })
-    self.retry_topic.follows = src -- created with its source's partition count
+    -- created with its source's partition count (a pattern's matches have their own)
+    if getmetatable(src) == Topic then self.retry_topic.follows = src end
     self.topics[#self.topics + 1] = self.retry_topic
     self.topics_by_name[self.retry_topic.name] = self.retry_topic
   end
@@ -100,8 +119,8 @@ function Agent.new(app, name, source, fn, opts, level)
   if type(sinks) ~= "table" or getmetatable(sinks) ~= nil then sinks = { sinks } end
   for _, s in ipairs(sinks) do
     local mt = getmetatable(s)
-    if not (type(s) == "function" or mt == Topic or mt == Agent or (mt and mt.__call)) then
-      error(string.format("agent '%s': a sink must be a function, a topic or an agent", name), level)
+    if not (type(s) == "function" or mt == Topic or mt == Agent or mt == Channel or (mt and mt.__call)) then
+      error(string.format("agent '%s': a sink must be a function, a topic, a channel or an agent", name), level)
     end
     self.sinks[#self.sinks + 1] = s
   end
@@ -118,7 +137,8 @@ function Agent:_repartition(g, level)
     key_serializer = "raw", value_serializer = src.value_serializer, value_type = src.value_type,
     partitions = src.partitions,
   })
-  if not g.through then rtopic.follows = src end -- created with its source's partition count
+  -- created with its source's partition count (a pattern's matches have their own)
+  if not g.through and getmetatable(src) == require("fstream.topic") then rtopic.follows = src end
   local keyfn = not g.through and Agent._keyfn(g.key) or nil
   local what = string.format("%s of agent %s", g.through and "through" or "group_by", self.name)
   local forward = function(stream) Stream.forward(stream, stream, rtopic, keyfn, what) end
@@ -254,13 +274,39 @@ function Agent.stream_at_run_time(topic, opts, level)
   return s
 end
 
--- Sends to the agent's own topic (anonymous agents) or its first source topic.
+-- Sends to the agent's own topic (anonymous agents) or its first source topic
+-- (or the channel it reads).
 function Agent:send(msg)
+  if self.channel then return self.channel:send(msg) end
   return self.topics[1]:send(msg)
 end
 
 function Agent:send_and_wait(msg)
+  if self.channel then
+    error(string.format("agent %s reads channel %s: a channel has no delivery to wait for; use send",
+      self.name, self.channel.name), 2)
+  end
   return self.topics[1]:send_and_wait(msg)
+end
+
+-- Request/reply (fstream/ask.lua): the value the agent yields for the request.
+--   local r = agent:ask(value, {key =, timeout = 30})
+--   for i, r in agent:map(values, {key = fn(value, i) | key, timeout =}) do
+--   local rs = agent:join(values, opts)       -- results in the order of values
+-- (No tail calls: errors name the caller's line, three levels up.)
+function Agent:ask(value, opts)
+  local r = Ask.ask(self, value, opts, 3)
+  return r
+end
+
+function Agent:map(values, opts)
+  local it = Ask.map(self, values, opts, 3)
+  return it
+end
+
+function Agent:join(values, opts)
+  local rs = Ask.join(self, values, opts, 3)
+  return rs
 end
 
 -- Sinks: functions are called, topics and agents are sent the value.
@@ -335,6 +381,7 @@ function Agent:_dead_letter(ev, err, traceback)
   self:_divert(ev, err, traceback, self.dlq)
   core.log("warn", string.format("agent %s: %s[%d]@%d sent to %s: %s", self.name, ev.topic, ev.partition,
     ev.offset, self.dlq.name, tostring(err)))
+  Ask.fail(self.app, self.name, ev.headers, err)
 end
 
 -- A message that could not be decoded or did not match the topic's types.
@@ -350,8 +397,9 @@ function Agent:_bad_event(ev)
     ev.undecodable = true
     local ok, err = pcall(self._dead_letter, self, ev, ev.error)
     if not ok then core.log("error", string.format("%s; and it could not go to the DLQ: %s", msg, tostring(err))) end
-  elseif self.on_error ~= "skip" then
-    core.log("warn", msg .. "; skipped")
+  else
+    if self.on_error ~= "skip" then core.log("warn", msg .. "; skipped") end
+    Ask.fail(self.app, self.name, ev.headers, "cannot decode the request: " .. tostring(ev.error))
   end
 end
 
@@ -400,8 +448,13 @@ function Agent:_start_instance(stream, delay, forward)
       rt:fatal(string.format("agent %s failed: %s (on_error = crash: not committing)", self.name, tostring(err)))
       return
     end
-    if self.on_error == "log" then
-      core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
+    if self.on_error == "log" or self.on_error == "skip" then
+      if self.on_error == "log" then
+        core.log("error", string.format("agent %s failed: %s%s\n%s", self.name, tostring(err), where(ev), traceback))
+      end
+      -- An asked event fails for good: the asker gets the error.
+      local raw = pos > 0 and stream.cs:raw(pos)
+      if raw then Ask.fail(self.app, self.name, raw.headers, err) end
     elseif self.dlq then
       local raw = pos > 0 and stream.cs:raw(pos)
       -- Whatever happens to the dead letter, the agent is restarted below.
@@ -428,6 +481,7 @@ function Agent:_start_instance(stream, delay, forward)
 end
 
 function Agent:_start(rt)
+  if self.channel then return self:_start_channel(rt) end
   local tids = {}
   for _, t in ipairs(self.topics) do tids[#tids + 1] = t.id end
   self.id = rt:agent(self.name, tids)
@@ -442,9 +496,57 @@ function Agent:_start(rt)
   end
 end
 
+-- An agent reading a channel: its instances take from the channel's queue
+-- (Channel.stream); an instance that fails loses its event (there is no
+-- offset to go back to) and restarts under the agent's policy.
+function Agent:_start_channel(rt)
+  for _ = 1, self.concurrency do
+    local stream = Channel.stream(self.channel, self)
+    self.streams[#self.streams + 1] = stream
+    self:_start_channel_instance(rt, stream, 0)
+  end
+end
+
+function Agent:_start_channel_instance(rt, stream, delay)
+  self.instances = self.instances + 1
+  rt:spawn(function()
+    if delay > 0 then core.sleep(delay) end
+    return self.fn(stream)
+  end, function(ok, err, traceback)
+    self.instances = self.instances - 1
+    if ok then
+      if not rt:stopping() then
+        core.log("info", string.format("agent %s returned; channel %s is not read by it any more", self.name,
+          self.channel.name))
+      end
+      return
+    end
+    self.errors_by_policy[self.on_error] = (self.errors_by_policy[self.on_error] or 0) + 1
+    self.last_error = { message = tostring(err), traceback = traceback, time = rt:now() }
+    local msg = string.format("agent %s failed: %s (a value of channel %s)\n%s", self.name, tostring(err),
+      self.channel.name, traceback)
+    if self.on_error == "crash" then
+      core.log("error", msg)
+      rt:fatal(string.format("agent %s failed: %s (on_error = crash)", self.name, tostring(err)))
+      return
+    end
+    if self.on_error == "log" then core.log("error", msg) end
+    if rt:stopping() then return end
+    -- Failing before taking a value would spin: back off then.
+    local progressed = stream.ev ~= self._last_fail_ev
+    self._last_fail_ev = stream.ev
+    self.failures = progressed and 0 or self.failures + 1
+    self:_start_channel_instance(rt, stream, self.failures > 0 and math.min(0.1 * 2 ^ (self.failures - 1), 5.0) or 0)
+  end, "agent")
+end
+
 function Agent:describe()
   local srcs = {}
-  for _, t in ipairs(self.topics) do srcs[#srcs + 1] = t.name end
+  if self.channel then srcs[1] = self.channel.name end
+  for _, p in ipairs(self.patterns or {}) do srcs[#srcs + 1] = p.pattern .. " (pattern)" end
+  for _, t in ipairs(self.topics) do
+    if not t.pattern_of then srcs[#srcs + 1] = t.name end
+  end
   local sinks = {}
   for _, s in ipairs(self.sinks) do
     if type(s) == "table" and s.name then sinks[#sinks + 1] = s.name

@@ -71,7 +71,15 @@ function App.new(id, opts, level)
   }, App)
 end
 
+-- app:topic(name, opts), or a pattern topic: app:topic{pattern = "^events-.*",
+-- refresh = seconds, serializers and types...} (also app:topic(nil, {pattern = ...})).
 function App:topic(name, opts)
+  if type(name) == "table" and opts == nil then name, opts = nil, name end
+  if name == nil and type(opts) == "table" and opts.pattern ~= nil then
+    local p = self:_pattern(opts) -- (not a tail call: errors point at the caller's line)
+    return p
+  end
+  if name == nil then error("topic name must be a non-empty string (or app:topic{pattern = ...})", 2) end
   local t = self.topics[name]
   if t then
     if not t:same_schema(opts) then
@@ -84,6 +92,109 @@ function App:topic(name, opts)
   self.topics[name] = t
   self.topic_list[#self.topic_list + 1] = t
   return t
+end
+
+function App:_pattern(opts)
+  self.patterns = self.patterns or {}
+  local p = self.patterns[opts.pattern]
+  if p then
+    if not p:same_schema(opts) then
+      error(string.format("topic pattern '%s' is already declared with other serializers, types or refresh",
+        tostring(opts.pattern)), 3)
+    end
+    return p
+  end
+  if self.rt then error("topics must be declared before the worker starts", 3) end
+  p = Topic.new_pattern(self, opts, 3)
+  self.patterns[p.pattern] = p
+  return p
+end
+
+-- Pattern topics: every topic of the broker a pattern matches becomes a topic
+-- of the app (with the pattern's serializers and types) that the agents
+-- reading the pattern read too. `listing`: {name = partitions} of the broker.
+-- Returns the {agent, topic} pairs added; topics the app declared itself keep
+-- their own declaration. Tables: a match whose partition count is not the
+-- tables' cannot feed the agents that write them; it is refused once, loudly.
+function App:_discover(listing)
+  local names = {}
+  for name in pairs(listing) do names[#names + 1] = name end
+  table.sort(names)
+  local added = {}
+  local nparts -- partitioned tables' count, once the worker runs
+  for _, tb in ipairs(self.table_list) do
+    if not tb.global and self.partitions_resolved then nparts = tb.partitions end
+  end
+  self.refused_matches = self.refused_matches or {}
+  for _, name in ipairs(names) do
+    for _, a in ipairs(self.agent_list) do
+      for _, pat in ipairs(a.patterns or {}) do
+        if not a.topics_by_name[name] and pat:matches(name) then
+          if nparts and not a.no_tables and listing[name] ~= nparts then
+            if not self.refused_matches[name] then
+              self.refused_matches[name] = true
+              core.log("error", string.format("topic pattern '%s': %s has %d partitions but agent %s writes tables, "
+                .. "which have %d (partition p of an input holds partition p of every table): not read; "
+                .. "give it %d partitions", pat.pattern, name, listing[name], a.name, nparts, nparts))
+            end
+          else
+            local t = self.topics[name]
+            if not t then
+              t = Topic.new(self, name, pat.opts, 1)
+              t.partitions = listing[name]
+              t.pattern_of = pat
+              self.topics[name] = t
+              self.topic_list[#self.topic_list + 1] = t
+            end
+            a.topics[#a.topics + 1] = t
+            a.topics_by_name[name] = t
+            if t.post_decode then a.post_decode = true end
+            added[#added + 1] = { a, t }
+          end
+        end
+      end
+    end
+  end
+  return added
+end
+
+-- Whether an agent of the app reads a pattern, and the shortest refresh.
+function App:_pattern_refresh()
+  local refresh
+  for _, a in ipairs(self.agent_list) do
+    for _, pat in ipairs(a.patterns or {}) do refresh = math.min(refresh or math.huge, pat.refresh) end
+  end
+  return refresh
+end
+
+-- The running worker's side: every `refresh` seconds, the newest listing of
+-- the broker's topics (asked for at the previous turn, made on a thread of the
+-- transport) is matched; new matches are subscribed. So a topic created at
+-- time T is read from about T + 2 x refresh on (plus the rebalance).
+function App:_watch_patterns(rt, refresh)
+  local seen, last_err = 0, nil
+  while true do
+    core.sleep(refresh)
+    local listing, n = rt:broker_topics()
+    if not listing then
+      if n ~= last_err then core.log("warn", "topic patterns: " .. tostring(n)) end
+      last_err = n
+    elseif n ~= seen then
+      seen, last_err = n, nil
+      local added = self:_discover(listing)
+      local partitioned = false
+      for _, tb in ipairs(self.table_list) do partitioned = partitioned or not tb.global end
+      for _, at in ipairs(added) do
+        local a, t = at[1], at[2]
+        if not t.id then t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions, false, true) end
+        rt:agent_reads(a.id, t.id)
+        if partitioned and not a.no_tables then rt:table_inputs({ t.id }, true) end
+        core.log("info", string.format("topic pattern '%s': agent %s reads %s (%d partitions)",
+          (t.pattern_of or a.patterns[1]).pattern, a.name, t.name, t.partitions))
+      end
+      if #added > 0 then rt:resubscribe() end
+    end
+  end
 end
 
 -- app:table(name, {default=, key_serializer=, value_serializer=, partitions=, changelog_topic=})
@@ -105,6 +216,19 @@ function App:global_table(name, opts)
   self.tables[name] = t
   self.table_list[#self.table_list + 1] = t
   return t.proxy
+end
+
+-- app:set_table(name, opts) / app:set_global_table(name, opts): tables whose
+-- value under a key is a set (Faust's SetTable); see fstream.set_table.
+for method, global in pairs { set_table = false, set_global_table = true } do
+  App[method] = function(self, name, opts)
+    if self.tables[name] then error(string.format("table '%s' is already defined", tostring(name)), 2) end
+    if self.rt then error("tables must be defined before the worker starts", 2) end
+    local t = require("fstream.set_table").new(self, name, opts, 2, global)
+    self.tables[name] = t
+    self.table_list[#self.table_list + 1] = t
+    return t.proxy
+  end
 end
 
 -- Directory holding the app's LMDB files: store = "lmdb://DIR", default ./<id>-data.
@@ -129,6 +253,10 @@ end
 function StreamSource:group_by(key, opts)
   return Topic.group_by_source(self.topics, self.processors, key, opts, 3)
 end
+-- app:stream(left):join(app:stream(right), {within = ...}): fstream/join.lua.
+function StreamSource:join(other, opts)
+  return require("fstream.join").streams(self, other, opts, 2)
+end
 
 for _, op in ipairs { "filter", "map", "echo", "take", "items", "events", "enumerate" } do
   StreamSource[op] = function(self, ...)
@@ -149,12 +277,30 @@ function App:stream(source, opts)
   for i, p in ipairs(procs) do
     if type(p) ~= "function" then error(string.format("app:stream: processor %d is not a function", i), 2) end
   end
-  local topics = getmetatable(source) == Topic and { source } or source
+  local topics = (getmetatable(source) == Topic or getmetatable(source) == Topic.Pattern) and { source } or source
   if type(topics) ~= "table" or #topics == 0 then error("app:stream: source must be a topic or a list of topics", 2) end
   self.stream_sources = self.stream_sources or {}
   local s = setmetatable({ is_stream_source = true, topics = topics, processors = procs }, StreamSource)
   self.stream_sources[#self.stream_sources + 1] = s
   return s
+end
+
+-- app:channel({name =, maxsize =}): an in-memory stream inside this worker
+-- (fstream/channel.lua): an agent's source or sink, no Kafka, no offsets.
+function App:channel(opts)
+  return require("fstream.channel").new(self, opts, 2)
+end
+
+-- app:command(name, function(args, cmd) ... end, {help =, args =, options =}):
+-- a command of the app's own, run by `fstream-lua APP.lua NAME ...` (Faust's
+-- @app.command); fstream/cli.lua checks the declaration, parses and runs it.
+function App:command(name, fn, opts)
+  local c = require("fstream.cli").define_command(self, name, fn, opts, 2)
+  self.commands = self.commands or {}
+  self.command_list = self.command_list or {}
+  if self.commands[name] then error(string.format("command '%s' is already defined", name), 2) end
+  self.commands[name] = c
+  self.command_list[#self.command_list + 1] = c
 end
 
 -- app:page(path, fn, {methods =}): a page of the worker's web server (fstream/web.lua).
@@ -391,6 +537,8 @@ end
 
 function App:_bind(rt, store)
   self.rt = rt
+  -- A reloaded version keeps reading the reply topic of asks (fstream/ask.lua).
+  require("fstream.ask").bind(self, rt)
   -- A stream that no agent uses is read from a task: it gets an agent of its own.
   for i, src in ipairs(self.stream_sources or {}) do
     if not src.used_by then
@@ -401,7 +549,19 @@ function App:_bind(rt, store)
   for _, t in ipairs(self.topic_list) do
     t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions, t.compact)
   end
+  -- Pattern topics: what the broker has now is read from the first
+  -- subscription on (start-up may wait for the listing; later ones do not).
+  -- Without a broker (fstream.testing) the listing is the topics the app declares.
+  if self:_pattern_refresh() then
+    local listing, err = rt:broker_topics(10)
+    if not listing then error("topic patterns: " .. tostring(err), 0) end
+    for _, at in ipairs(self:_discover(listing)) do
+      local t = at[2]
+      if not t.id then t.id = rt:topic(t.name, t.key_codec, t.value_codec, t.partitions, t.compact) end
+    end
+  end
   self:_resolve_partitions(rt)
+  self.partitions_resolved = true
   local dir = self:data_dir(store)
   for _, t in ipairs(self.table_list) do
     t.id = rt:table(t.name, t.changelog.id, dir .. "/" .. t.name, t.partitions, t.global, Table.signature(t))
@@ -492,7 +652,11 @@ function App:_resolve_partitions(rt)
       if has_partitioned then
         error(string.format("the topics the agents read have different partition counts (%s), but a table "
           .. "holds partition p of every one of them: give these topics one partition count (the worker creates "
-          .. "missing topics with topic_partitions = %d; existing ones keep theirs)", list(inputs), self.topic_partitions), 0)
+          .. "missing topics with topic_partitions = %d; existing ones keep theirs); a stream joined with a table "
+          .. "(stream:join, stream:lookup) must be co-partitioned with it: repartition the stream through a topic of "
+          .. "the table's count (stream:through(topic); stream:group_by(key) re-keys it), or make the table an "
+          .. "app:global_table",
+          list(inputs), self.topic_partitions), 0)
       end
       break
     end
@@ -543,6 +707,10 @@ function App:_spawn_tasks()
     end, "task")
   end
   for _, task in ipairs(self.tasks) do spawn(task) end
+  local refresh = self:_pattern_refresh()
+  if refresh then
+    spawn({ name = "topic pattern watch", restart = true, fn = function() self:_watch_patterns(rt, refresh) end })
+  end
 end
 
 function App:_stop()

@@ -106,6 +106,7 @@ local function usage()
     if i > 1 then s = s:gsub("^usage: ", "       ") end
     parts[#parts + 1] = s
   end
+  parts[#parts + 1] = "       fstream-lua APP.lua COMMAND [ARGS...]   (the app's own commands; APP.lua --help lists them)\n"
   parts[#parts + 1] = "       fstream-lua --version | --help | COMMAND --help\n"
   return table.concat(parts)
 end
@@ -159,6 +160,15 @@ function cli.parse(argv)
     return nil, command_help(c)
   end
   local c = find_command(cmd)
+  -- `fstream-lua APP.lua NAME ...`: a command the app defines (app:command);
+  -- its arguments are known once the app is loaded (cli.app_command).
+  -- (an app script is named *.lua, or is a readable file: not a directory)
+  local f = not c and not cmd:match("%.lua$") and io.open(cmd, "r")
+  local script = f and f:read(0) ~= nil
+  if f then f:close() end
+  if not c and (cmd:match("%.lua$") or script) then
+    return "app_command", { app = cmd, words = table.move(argv, 2, #argv, 1, {}) }
+  end
   if not c then return nil, usage_error(nil, "unknown command '%s'", cmd) end
   -- COMMAND --help wins over whatever else is on the line.
   for i = 2, #argv do
@@ -466,6 +476,10 @@ function cli.send(opts)
   if target:sub(1, 1) == "@" then
     local agent = app.agents[target:sub(2)]
     if not agent then return fail(2, "no agent named '%s' in %s", target:sub(2), opts.app) end
+    if agent.channel then
+      return fail(2, "agent %s reads channel %s, which lives inside a worker: nothing outside it can send to it",
+        agent.name, agent.channel.name)
+    end
     topic = agent.topics[1]
   else
     topic = app.topics[target] or app:topic(target)
@@ -550,6 +564,35 @@ function cli.tables(opts)
   return 0
 end
 
+-- Calls fn(key, value, partition) for each entry of a table in the local LMDB
+-- files (`want`: only this encoded key), one partition's scan in memory at a
+-- time; windowed tables' own keys are skipped. Returns how many it found.
+local function each_entry(t, dir, want, fn)
+  local found = 0
+  for _, p in ipairs(local_partitions(dir, t)) do
+    local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
+    if keys and t.offline_rows then
+      -- A set table: one entry per key, its members as a list.
+      for _, r in ipairs(t.offline_rows(t, keys, values)) do
+        if not want or r.kb == want then
+          found = found + 1
+          fn(r.key, r.value, p)
+        end
+      end
+    elseif keys then
+      for i = 1, #keys do
+        -- In a windowed table, keys starting with a NUL byte are the runtime's own
+        -- (stream time); other tables have none (a raw key may start with one).
+        if not (t.window and keys[i]:byte(1) == 0) and (not want or keys[i] == want) then
+          found = found + 1
+          fn(t.decode_key(keys[i]), t.decode_value(values[i]), p)
+        end
+      end
+    end
+  end
+  return found
+end
+
 -- Reads a table's local LMDB files offline: one JSON line per entry.
 function cli.table(opts)
   local app, code = load_app(opts.app)
@@ -565,22 +608,9 @@ function cli.table(opts)
     if t.key_serializer == "json" then k = core.json.decode(k) or k end
     want = t.encode_key(k)
   end
-  local dir = app:data_dir(opts.store)
-  local found = 0
-  for _, p in ipairs(local_partitions(dir, t)) do
-    local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
-    if keys then
-      for i = 1, #keys do
-        -- In a windowed table, keys starting with a NUL byte are the runtime's own
-        -- (stream time); other tables have none (a raw key may start with one).
-        if not (t.window and keys[i]:byte(1) == 0) and (not want or keys[i] == want) then
-          found = found + 1
-          local v = t.decode_value(values[i])
-          io.write(core.json.encode { key = t.decode_key(keys[i]), value = v, partition = p }, "\n")
-        end
-      end
-    end
-  end
+  local found = each_entry(t, app:data_dir(opts.store), want, function(k, v, p)
+    io.write(core.json.encode { key = k, value = v, partition = p }, "\n")
+  end)
   if want and found == 0 then return fail(1, "key %s is not in the local partitions of %s", opts.key, name) end
   return 0
 end
@@ -616,6 +646,339 @@ function cli.broker(opts)
   if not (p and p >= 1) then return fail(2, "--partitions needs a count (1, 2, ...), got '%s'", opts.partitions) end
   core.run_broker { brokers = n, address_file = opts.address_file, partitions = p, topics = opts.topics }
   return 0
+end
+
+-- ---- The app's own commands (app:command) --------------------------------
+
+-- Options every app command takes, before the app's own.
+local COMMAND_BUILTINS = {
+  { long = "--broker", field = "broker", help = "memory:// or kafka://HOST[:PORT],...; default $FSTREAM_BROKER,\n"
+    .. "                        then the app's broker option" },
+  { long = "--store", field = "store", help = "lmdb://DIR: the tables cmd:table reads; default the app's store option" },
+  { long = "--loglevel", short = "-l", field = "loglevel", help = "debug, info, warn (default) or error" },
+}
+local ARG_TYPES = { string = true, number = true, integer = true }
+
+-- Checks app:command's declaration; returns the command: { name, fn, help,
+-- args = { {name, help, type, optional} }, options = { {long, short, field,
+-- help, type, default, flag} }, where = "app.lua:12" }.
+function cli.define_command(app, name, fn, opts, level)
+  level = level + 1
+  local function bad(fmt, ...) error(string.format("app:command: " .. fmt, ...), level + 1) end
+  -- (for the helpers below, one call deeper)
+  local function bad2(fmt, ...) error(string.format("app:command: " .. fmt, ...), level + 2) end
+  if type(name) ~= "string" or not name:match("^%a[%w_%-]*$") then
+    bad("the name must be a word of letters, digits, '_' or '-' starting with a letter, got %s", tostring(name))
+  end
+  if find_command(name) or name == "help" or name == "version" then
+    bad("'%s' is a built-in command of fstream-lua (fstream-lua %s ...); give the app's command another name", name, name)
+  end
+  if type(fn) ~= "function" then bad("command '%s' needs a function(args, cmd)", name) end
+  opts = opts or {}
+  if type(opts) ~= "table" then bad("command '%s': options must be a table", name) end
+  for k in pairs(opts) do
+    if k ~= "help" and k ~= "args" and k ~= "options" then bad("command '%s': unknown option '%s'", name, tostring(k)) end
+  end
+  if opts.help ~= nil and type(opts.help) ~= "string" then bad("command '%s': help must be a string", name) end
+  local c = { name = name, fn = fn, help = opts.help, args = {}, options = {} }
+  local info = debug.getinfo(level, "Sl")
+  c.where = info and string.format("%s:%d", info.short_src, info.currentline) or "?"
+  local fields = {}
+  local function field(f, what)
+    if fields[f] then bad2("command '%s': %s uses the name '%s' twice", name, what, f) end
+    fields[f] = true
+  end
+  local function check_type(ty, what)
+    if ty ~= nil and not ARG_TYPES[ty] then
+      bad2("command '%s': %s: type must be \"string\", \"number\" or \"integer\", got %s", name, what, tostring(ty))
+    end
+  end
+  local optional_seen = false
+  for i, a in ipairs(opts.args or {}) do
+    local spec = type(a) == "string" and { a } or a
+    if type(spec) ~= "table" or type(spec[1]) ~= "string" or not spec[1]:match("^%a[%w_]*$") then
+      bad("command '%s': argument #%d must be a name (\"count\") or {\"count\", help =, type =, optional =}", name, i)
+    end
+    for k in pairs(spec) do
+      if k ~= 1 and k ~= "help" and k ~= "type" and k ~= "optional" then
+        bad("command '%s': argument %s: unknown field '%s'", name, spec[1], tostring(k))
+      end
+    end
+    check_type(spec.type, "argument " .. spec[1])
+    if optional_seen and not spec.optional then
+      bad("command '%s': argument %s is required but follows an optional one", name, spec[1])
+    end
+    optional_seen = optional_seen or spec.optional == true
+    field(spec[1], "argument " .. spec[1])
+    c.args[i] = { name = spec[1], help = spec.help, type = spec.type or "string", optional = spec.optional == true }
+  end
+  for i, o in ipairs(opts.options or {}) do
+    if type(o) ~= "table" or type(o[1]) ~= "string" or not o[1]:match("^%-%-%a[%w%-]*$") then
+      bad("command '%s': option #%d must be {\"--name\", [\"-x\",] help =, type =, default =, flag =}", name, i)
+    end
+    for k in pairs(o) do
+      if k ~= 1 and k ~= 2 and k ~= "help" and k ~= "type" and k ~= "default" and k ~= "flag" then
+        bad("command '%s': option %s: unknown field '%s'", name, o[1], tostring(k))
+      end
+    end
+    if o[2] ~= nil and (type(o[2]) ~= "string" or not o[2]:match("^%-%a$")) then
+      bad("command '%s': option %s: its short form must be a dash and a letter (\"-p\")", name, o[1])
+    end
+    check_type(o.type, "option " .. o[1])
+    if o.flag and (o.type or o.default ~= nil) then bad("command '%s': option %s is a flag: no type or default", name, o[1]) end
+    for _, b in ipairs(COMMAND_BUILTINS) do
+      if o[1] == b.long or (o[2] and o[2] == b.short) or o[2] == "-h" then
+        bad("command '%s': option %s clashes with fstream-lua's own %s", name, o[1], o[2] == "-h" and "-h (--help)" or b.long)
+      end
+    end
+    if o[1] == "--help" then bad("command '%s': --help is fstream-lua's own", name) end
+    local f = o[1]:sub(3):gsub("%-", "_")
+    field(f, "option " .. o[1])
+    for _, prev in ipairs(c.options) do
+      if o[2] and prev.short == o[2] then bad("command '%s': options %s and %s share %s", name, prev.long, o[1], o[2]) end
+    end
+    c.options[i] = { long = o[1], short = o[2], field = f, help = o.help, type = o.type or "string",
+      default = o.default, flag = o.flag and true or nil }
+  end
+  return c
+end
+
+local function command_synopsis(path, c)
+  local parts = { "usage: fstream-lua", path, c.name }
+  for _, a in ipairs(c.args) do parts[#parts + 1] = a.optional and "[" .. a.name:upper() .. "]" or a.name:upper() end
+  for _, o in ipairs(c.options) do
+    parts[#parts + 1] = o.flag and "[" .. o.long .. "]" or string.format("[%s %s]", o.long, o.field:upper())
+  end
+  parts[#parts + 1] = "[--broker URL] [--store URL] [-l LEVEL]"
+  return table.concat(parts, " ") .. "\n"
+end
+
+local function command_details(c)
+  local lines = {}
+  if c.help then lines[#lines + 1] = c.help end
+  local function row(left, text)
+    if #left < 22 then
+      lines[#lines + 1] = string.format("  %-22s%s", left, text)
+    else
+      lines[#lines + 1] = "  " .. left
+      lines[#lines + 1] = string.rep(" ", 24) .. text
+    end
+  end
+  for _, a in ipairs(c.args) do
+    local t = a.help or ""
+    if a.type ~= "string" then t = t .. (t ~= "" and " " or "") .. "(" .. a.type .. ")" end
+    if a.optional then t = t .. (t ~= "" and " " or "") .. "(optional)" end
+    row(a.name:upper(), t)
+  end
+  for _, o in ipairs(c.options) do
+    local left = (o.short and o.short .. ", " or "") .. o.long .. (o.flag and "" or " " .. o.field:upper())
+    local t = o.help or ""
+    if o.type ~= "string" then t = t .. (t ~= "" and " " or "") .. "(" .. o.type .. ")" end
+    if o.default ~= nil then t = t .. (t ~= "" and " " or "") .. "(default " .. tostring(o.default) .. ")" end
+    row(left, t)
+  end
+  for _, b in ipairs(COMMAND_BUILTINS) do
+    row((b.short and b.short .. ", " or "") .. b.long .. " " .. (b.field == "loglevel" and "LEVEL" or "URL"), b.help)
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- `fstream-lua APP.lua --help`: the app's commands.
+local function app_commands_help(path, app)
+  local out = { string.format("usage: fstream-lua %s COMMAND [ARGS...] [--broker URL] [--store URL] [-l LEVEL]\n", path) }
+  local list = app.command_list or {}
+  if #list == 0 then
+    out[#out + 1] = string.format("app '%s' defines no commands (app:command(name, fn, opts) adds one)\n", app.id)
+  else
+    out[#out + 1] = string.format("Commands of app '%s':\n", app.id)
+    local w = 0
+    for _, c in ipairs(list) do w = math.max(w, #c.name) end
+    for _, c in ipairs(list) do
+      out[#out + 1] = string.format("  %-" .. w .. "s  %s\n", c.name, (c.help or ""):match("^[^\n]*"))
+    end
+  end
+  out[#out + 1] = string.format("fstream-lua %s COMMAND --help tells more; fstream-lua --help lists fstream-lua's own commands\n", path)
+  return table.concat(out)
+end
+
+local function convert_word(ty, word)
+  if ty == "string" then return word end
+  local n = tonumber(word)
+  if ty == "integer" then n = n and math.tointeger(n) end
+  if n == nil then return nil end
+  return n
+end
+
+-- Reads the words after the command's name: the app's values (by field) and
+-- the built-in options, or nil and what is wrong.
+local function parse_command_words(c, words)
+  local values, settings, pos = {}, {}, 0
+  local only_words = false
+  local i = 1
+  while i <= #words do
+    local a = words[i]
+    if not only_words and a == "--" then
+      only_words = true
+    elseif not only_words and a:match("^%-[^%d]") then
+      local o, val, builtin
+      for _, x in ipairs(c.options) do
+        if a == x.long or a == x.short then o = x end
+        if a:sub(1, #x.long + 1) == x.long .. "=" then o, val = x, a:sub(#x.long + 2) end
+      end
+      if not o then
+        for _, x in ipairs(COMMAND_BUILTINS) do
+          if a == x.long or a == x.short then o = x end
+          if a:sub(1, #x.long + 1) == x.long .. "=" then o, val = x, a:sub(#x.long + 2) end
+        end
+        builtin = o ~= nil
+      end
+      if not o then return nil, nil, string.format("unknown option '%s'", a) end
+      if o.flag then
+        if val then return nil, nil, string.format("option '%s' takes no value", o.long) end
+        values[o.field] = true
+      else
+        if not val then
+          if i == #words then return nil, nil, string.format("option '%s' needs a value", a) end
+          i = i + 1
+          val = words[i]
+        end
+        if builtin then
+          settings[o.field] = val
+        else
+          local v = convert_word(o.type, val)
+          if v == nil then return nil, nil, string.format("option '%s' needs a%s %s, got '%s'", o.long,
+            o.type == "integer" and "n" or "", o.type, val) end
+          values[o.field] = v
+        end
+      end
+    else
+      pos = pos + 1
+      local a_spec = c.args[pos]
+      if not a_spec then return nil, nil, string.format("unexpected argument '%s'", a) end
+      local v = convert_word(a_spec.type, a)
+      if v == nil then return nil, nil, string.format("%s needs a%s %s, got '%s'", a_spec.name:upper(),
+        a_spec.type == "integer" and "n" or "", a_spec.type, a) end
+      values[a_spec.name] = v
+    end
+    i = i + 1
+  end
+  for j = pos + 1, #c.args do
+    if not c.args[j].optional then return nil, nil, "missing " .. c.args[j].name:upper() end
+  end
+  for _, o in ipairs(c.options) do
+    if values[o.field] == nil then
+      if o.flag then values[o.field] = false else values[o.field] = o.default end
+    end
+  end
+  return values, settings
+end
+
+-- cmd:table(name): the app's table as this machine's files hold it (what
+-- `fstream-lua table` prints), read-only: view:get(key) -> value, partition
+-- (nil when absent) and `for key, value, partition in view:items()`.
+local TableView = {}
+TableView.__index = TableView
+function TableView:get(key)
+  local value, partition
+  each_entry(self.t, self.dir, self.t.encode_key(key), function(_, v, p) value, partition = v, p end)
+  return value, partition
+end
+function TableView:items()
+  return coroutine.wrap(function() each_entry(self.t, self.dir, nil, coroutine.yield) end)
+end
+
+local Command = {}
+Command.__index = Command
+function Command:table(name)
+  local t = self.app.tables[name]
+  if not t then error(string.format("cmd:table: no table named '%s' in app '%s'", tostring(name), self.app.id), 2) end
+  return setmetatable({ t = t, dir = self.dir }, TableView)
+end
+
+-- The topics a command may send to: the app's own, not what the runtime
+-- derives (changelogs, retry and repartition topics, leadership).
+local function sendable_topics(app)
+  local changelogs = {}
+  for _, t in ipairs(app.table_list) do changelogs[t.changelog] = true end
+  local out = {}
+  for _, t in ipairs(app.topic_list) do
+    if not changelogs[t] and not t.follows and t ~= app.leader_topic and not t.internal then out[#out + 1] = t end
+  end
+  return out
+end
+
+-- `fstream-lua APP.lua NAME ...`: loads the app, parses the words against
+-- the command's declaration and runs it in a task of a runtime that has the
+-- app's topics but no agents, tables or subscription; its sends are delivered
+-- before the exit. Exit: 0, the integer the command returned, 1 when it
+-- raised (file:line and traceback), 2 for bad words.
+function cli.app_command(opts)
+  local app, code = load_app(opts.app)
+  if not app then return code end
+  local words, path = opts.words, opts.app
+  local name = words[1]
+  if name == nil then
+    io.stderr:write("fstream-lua: missing COMMAND after ", path, "\n", app_commands_help(path, app))
+    return 2
+  end
+  if name == "--help" or name == "-h" or name == "help" then
+    io.stdout:write(app_commands_help(path, app))
+    return 0
+  end
+  local c = app.commands and app.commands[name]
+  if not c then
+    if find_command(name) then
+      return fail(2, "'%s' is a command of fstream-lua itself: fstream-lua %s %s ...", name, name, path)
+    end
+    return fail(2, "app '%s' has no command '%s' (fstream-lua %s --help lists its commands)", app.id, name, path)
+  end
+  local rest = table.move(words, 2, #words, 1, {})
+  for _, w in ipairs(rest) do
+    if w == "--" then break end
+    if w == "--help" or w == "-h" then
+      io.stdout:write(command_synopsis(path, c), "\n", command_details(c))
+      return 0
+    end
+  end
+  local values, settings, err = parse_command_words(c, rest)
+  if not values then
+    io.stderr:write("fstream-lua: ", err, "\n", command_synopsis(path, c),
+      string.format("(fstream-lua %s %s --help tells more)\n", path, name))
+    return 2
+  end
+  if settings.loglevel and not pcall(core.set_log_level, settings.loglevel) then
+    return fail(2, "unknown log level '%s' (debug, info, warn or error)", settings.loglevel)
+  elseif not settings.loglevel then
+    -- A command's output is its own: the runtime's info lines stay out of it.
+    core.set_log_level("warn")
+  end
+  local broker, bad = checked_broker(app, settings)
+  if not broker then return bad end
+  local cmd = setmetatable({ app = app, name = name, dir = app:data_dir(settings.store) }, Command)
+  app.agent_list, app.tasks, app.stream_sources = {}, {}, nil
+  app.topic_list, app.table_list = sendable_topics(app), {}
+  local started, rt = pcall(app._start, app, { broker = broker, guarantee = "at_least_once" })
+  if not started then return start_failed(app, rt) end
+  local status = 0
+  rt:spawn(function()
+    local r = c.fn(values, cmd)
+    if math.type(r) == "integer" then status = r end
+    -- Every send is delivered before the runtime stops (its last checkpoint
+    -- waits). A stop asked for before the loop first ran is only seen at its
+    -- next wake-up (up to a second): let it run once first.
+    core.sleep(0)
+    rt:stop("command done")
+  end, function(ok, e, tb)
+    if not ok then
+      io.stderr:write(string.format("fstream-lua: command %s failed: %s\n%s\n", name, tostring(e), tostring(tb or "")))
+      status = 1
+      rt:stop("command failed")
+    end
+  end, "task")
+  local rc = rt:run()
+  app:_stop()
+  if rc ~= 0 and status == 0 then return rc end
+  return status
 end
 
 function cli.main(cmd, opts)

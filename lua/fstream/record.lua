@@ -6,7 +6,8 @@
 --     language = { "string", default = "US" },    -- absent -> default
 --     tags = { "list", "string" }, seen = { "set", "integer" }, attrs = { "map", "number" },
 --     client = Client,                            -- another record
---   })
+--     at = "datetime",                            -- ISO-8601 text or epoch seconds in JSON;
+--   })                                            -- epoch seconds (a number) in Lua
 --   local o = Order{ account_id = "a1", amount = 2.5, ... }   -- raises on invalid input
 --   topic value_type = Order: decoded messages are validated and become Orders.
 --
@@ -19,8 +20,9 @@
 -- accepted and dropped, so Faust and fstream-lua apps can share topics. Fields
 -- that the record does not declare are dropped as well.
 local core = require "fstream.core"
+local isotime = require "fstream.isotime"
 
-local SCALARS = { string = true, number = true, integer = true, boolean = true, any = true }
+local SCALARS = { string = true, number = true, integer = true, boolean = true, any = true, datetime = true }
 local COLLECTIONS = { list = true, set = true, map = true }
 
 local Record = {}
@@ -61,6 +63,24 @@ local function describe(v)
   return type(v)
 end
 
+-- datetime: the years 0001..9999 of ISO-8601 (isotime's range, and what the
+-- JSON encoder can write back), as epoch seconds.
+local MIN_DT, MAX_DT = -62135596800, 253402300800
+
+local function datetime(v, path)
+  local secs, err = v, nil
+  if type(v) == "string" then
+    secs, err = isotime.parse(v)
+    if not secs then return nil, string.format("%s: %s", path, err) end
+  elseif type(v) ~= "number" then
+    return nil, string.format("%s: expected datetime (ISO-8601 text or epoch seconds), got %s", path, describe(v))
+  end
+  if not (secs >= MIN_DT and secs < MAX_DT) then -- (also nan)
+    return nil, string.format("%s: datetime %s is outside the years 0001..9999", path, describe(v))
+  end
+  return secs
+end
+
 local convert
 
 -- Validates and converts v against spec; returns the value or nil, error.
@@ -76,6 +96,8 @@ function convert(spec, v, path)
     if math.type(i) == "integer" then return i end
   elseif kind == "boolean" then
     if type(v) == "boolean" then return v end
+  elseif kind == "datetime" then
+    return datetime(v, path)
   elseif kind == "record" then
     if type(v) == "table" then
       local ok, r = pcall(spec.of.from, v, path)
@@ -163,6 +185,13 @@ function Record.define(name, fields, level)
   end
   -- __field_order: the JSON encoder writes an instance as these fields in this order.
   local R = { __record = true, __name = name, __fields = specs, __field_order = order }
+  -- __datetime: fields the JSON encoder writes as ISO-8601 UTC text, not as numbers.
+  for field, spec in pairs(specs) do
+    if spec.kind == "datetime" then
+      R.__datetime = R.__datetime or {}
+      R.__datetime[field] = true
+    end
+  end
   R.__index = R
 
   -- R.from(v): validate and convert a decoded value (raises with the field and the problem).

@@ -7,6 +7,7 @@
 -- event, `cs:cursor()` tells it, `cs:seek()` sets it. The Lua side keeps only
 -- the buffer's contents.
 local core = require "fstream.core"
+local Ask = require "fstream.ask"
 
 local Stream = {}
 
@@ -368,6 +369,35 @@ for _, op in ipairs { "filter", "map", "echo" } do
   end
 end
 
+-- Joins (see fstream/join.lua):
+--   for order, customer in stream:join(customers) do            (a table, on the event's key)
+--   for order, customer in stream:lookup(customers, "customer_id") do
+-- and on a view, stream:filter(f):join(customers): the values the view yields.
+-- On the stream itself the join reads items, so the event's key comes with
+-- its value (a view yields values: the join asks for the key when it needs it).
+local function keyed_values(self)
+  return function()
+    local i = advance(self, MODE_ITEMS)
+    if i then return self.buf[2 * i], self.buf[2 * i - 1] end
+  end
+end
+
+function Stream:join(tbl, opts)
+  return require("fstream.join").with_table(self, keyed_values(self), true, tbl, opts, 2)
+end
+
+function Stream:lookup(tbl, key, opts)
+  return require("fstream.join").lookup(self, keyed_values(self), true, tbl, key, opts, 2)
+end
+
+function View:join(tbl, opts)
+  return require("fstream.join").with_table(self.base, self.next, false, tbl, opts, 2)
+end
+
+function View:lookup(tbl, key, opts)
+  return require("fstream.join").lookup(self.base, self.next, false, tbl, key, opts, 2)
+end
+
 -- The value of the event in hand (the decoded value in every view).
 function Stream:current_value()
   local i, n, mode = self.cs:cursor()
@@ -377,8 +407,11 @@ function Stream:current_value()
   return self.buf[i]
 end
 
--- Faust's `yield value`: hands the value to the agent's sinks.
+-- Faust's `yield value`: hands the value to the agent's sinks; the first
+-- value yielded for an asked event is also its reply (fstream/ask.lua). A
+-- take() batch answers nobody: one yield cannot tell whose request it answers.
 function Stream:yield(value)
+  if not self.batched then Ask.answer(self.agent.app, value) end
   return self.agent:_to_sinks(value)
 end
 

@@ -25,7 +25,7 @@ local object_mt -- the object's metatable, made with its metamethods below
 local OPTIONS = {
   default = true, key_type = true, value_type = true, key_serializer = true,
   value_serializer = true, partitions = true, changelog_topic = true,
-  on_window_close = true, on_late = true, big_integers = true,
+  on_window_close = true, on_late = true, big_integers = true, ttl = true,
 }
 local METHODS = {}
 
@@ -76,6 +76,7 @@ do
   end
   SELF_OP = method
 end
+Table.SELF_OP = SELF_OP
 
 local function state_of(t)
   local s = STATE[t]
@@ -108,8 +109,18 @@ function Table.new(app, name, opts, level, global)
       error(string.format("table '%s': %s must be a function", name, cb), level)
     end
   end
+  local ttl = opts.ttl
+  if ttl ~= nil then
+    if type(ttl) ~= "number" or not (ttl > 0) or ttl == math.huge then
+      error(string.format("table '%s': ttl must be a positive number of seconds", name), level)
+    end
+    if global then
+      error(string.format("table '%s': a global table cannot have a ttl (every worker holds it: "
+        .. "which one would expire a key?)", name), level)
+    end
+  end
   local self = {
-    app = app, name = name, default = opts.default, partitions = partitions, global = global or false,
+    app = app, name = name, ttl = ttl, default = opts.default, partitions = partitions, global = global or false,
     declared_partitions = opts.partitions,
     on_window_close = opts.on_window_close, on_late = opts.on_late,
     key_serializer = opts.key_serializer or "json",
@@ -130,6 +141,17 @@ function Table.new(app, name, opts, level, global)
   if type(opts.value_type) == "table" then
     local decode, from = self.decode_value, opts.value_type.from
     self.decode_value = function(b) return from(decode(b)) end
+  end
+  if ttl then
+    -- Stored and changelogged values start with the last write's time (see TTL below).
+    -- (A value without the time was written before the table had a ttl: it is
+    -- the value as it is.)
+    local decode = self.decode_value
+    self.decode_value = function(b)
+      local stamp = b:match("^%-?%d+ ")
+      return decode(stamp and b:sub(#stamp + 1) or b)
+    end
+    Table.ttl_task(self)
   end
   -- The changelog travels as bytes: the table encodes, the topic is raw.
   self.changelog = app:topic(opts.changelog_topic or (app.id .. "-" .. name .. "-changelog"), {
@@ -258,12 +280,13 @@ local function write(self, k, v)
   local kb = key_of(self, part, k)
   part.cache[kb] = v == nil and TOMBSTONE or v
   part.dirty[kb] = true
+  if self.ttl then Table.ttl_written(self, part, kb) end
 end
 
 -- Internals used by windowed tables (on the state): explicit partitions and
 -- raw key bytes. Keys starting with "\0" are the runtime's own (window stream
 -- time): a windowed table's keys are JSON, and no JSON text starts with a NUL.
-Table.MISSING = MISSING
+Table.MISSING, Table.TOMBSTONE = MISSING, TOMBSTONE
 
 function Table._lookup(self, p, kb)
   local part = self.parts[p]
@@ -279,6 +302,7 @@ function Table._put(self, p, kb, v)
   local part = held(self, p)
   part.cache[kb] = v == nil and TOMBSTONE or v
   part.dirty[kb] = true
+  if self.ttl then Table.ttl_written(self, part, kb) end
 end
 
 -- Every live entry of partition p (LMDB overlaid with pending writes): kb -> value.
@@ -370,10 +394,15 @@ function object_mt(self)
 end
 
 -- Windowing: t:tumbling(size, {expires}), t:hopping(size, step, {expires}),
--- t:sliding(size, {expires}), then :relative_to_stream() (default),
+-- t:sliding(size, {expires}), t:session(gap, {expires, combine}), then :relative_to_stream() (default),
 -- :relative_to_field(name, {unit=}) or :relative_to_now(). See lua/fstream/window.lua.
-for _, kind in ipairs { "tumbling", "hopping", "sliding" } do
+for _, kind in ipairs { "tumbling", "hopping", "sliding", "session" } do
   METHODS[kind] = function(self, ...)
+    local st = state_of(self)
+    if st.ttl then
+      error(string.format("table '%s': a table with a ttl cannot be windowed (windows expire with `expires`)",
+        st.name), 2)
+    end
     require("fstream.window").configure(state_of(self), kind, ...)
     return self
   end
@@ -402,6 +431,7 @@ function Table._on(self, event, p, tid, keys)
     end
   elseif event == "hold" then
     self.parts[p] = { cache = {}, prev = {}, dirty = {}, kbs = {} }
+    if self.ttl then Table.ttl_hold(self, self.parts[p]) end
     local w = self.window
     if w then w:hold(self, p) end
   elseif event == "release" then
@@ -410,12 +440,19 @@ function Table._on(self, event, p, tid, keys)
     if w then w:release(self, p) end
   elseif event == "flush" then
     local rt = self.app.rt
+    local ttl, rotate = self.ttl, self.rotate
     for q, part in pairs(self.parts) do
-      if next(part.dirty) then
+      local staged = next(part.dirty) ~= nil
+      if staged then
         local prev = {}
         for kb in pairs(part.dirty) do
           local v = part.cache[kb]
-          rt:table_stage(self.id, q, kb, v ~= TOMBSTONE and self.encode_value(v) or nil)
+          local vb
+          if v ~= TOMBSTONE then
+            vb = self.encode_value(v)
+            if ttl then vb = Table.ttl_stamp(self, part, kb, vb) end
+          end
+          rt:table_stage(self.id, q, kb, vb)
           prev[kb] = v
         end
         part.prev, part.dirty = prev, {}
@@ -423,6 +460,8 @@ function Table._on(self, event, p, tid, keys)
         part.prev = {}
       end
       part.cache, part.kbs = {}, {}
+      if ttl then part.wprev, part.wtime = staged and part.wtime or {}, {} end
+      if rotate then rotate(part, staged) end
     end
   end
 end
@@ -435,19 +474,215 @@ function Table.signature(self)
   -- which a version being validated has not asked.
   local sig = string.format("partitions=%s global=%s key=%s value=%s changelog=%s", g("declared_partitions"),
     g("global"), g("key_serializer"), g("value_serializer"), self.changelog.name)
+  -- A set table's entries and a ttl table's values are laid out differently.
+  if self.set then sig = sig .. " set" end
+  if self.ttl then sig = sig .. " ttl" end
   local w = self.window
   if w then
     sig = sig .. string.format(" window=%s(%s,%s) expires=%s combine=%s", w.kind, tostring(w.size), tostring(w.step),
       tostring(w.expires), tostring(w.combine ~= nil))
   end
+  if w and w.session_combine then sig = sig .. " session_combine" end
   return sig
 end
 
 -- (Takes the app's table object or its state.)
 function Table.describe(self)
   self = STATE[self] or self
-  return string.format("%s (%s%d partitions, changelog %s)", self.name, self.global and "global, " or "",
-    self.partitions, self.changelog.name)
+  return string.format("%s (%s%s%d partitions, %schangelog %s)", self.name, self.global and "global, " or "",
+    self.set and "set, " or "", self.partitions, self.ttl and string.format("ttl %g s, ", self.ttl) or "",
+    self.changelog.name)
+end
+
+-- A set table (fstream.set_table) gives its state an object of its own.
+function Table.rebind_proxy(self, proxy, mt)
+  STATE[self.proxy] = nil
+  self.proxy = proxy
+  STATE[proxy] = self
+  setmetatable(proxy, mt)
+end
+
+-- TTL: `ttl = seconds` deletes a key that was not written for that long.
+--
+-- The clock is the worker's wall clock (rt:now(), which fstream.testing's
+-- fake clock drives), read when the key is written. The time travels with
+-- the value: a ttl table's stored and changelogged value is "<ms> <value
+-- bytes>" (milliseconds since the epoch of the last write, in decimal, then
+-- a space), so a restarted worker, or the next owner of a partition after a
+-- rebalance, knows how old every key is from what recovery replays.
+--
+-- Expiry is a delete like the app's own (`t[k] = nil`): it goes through the
+-- record cache and reaches the changelog as a tombstone at the next
+-- checkpoint, so a recovered or rebalanced table agrees with the worker that
+-- expired the key. It runs in one task per ttl table, every
+-- table_cleanup_interval seconds, with bounded work per partition and pass
+-- (EXPIRE_BATCH): a heap per held partition orders keys by their deadline
+-- (last write + ttl) and a pass pops only what is due. A key has at most one
+-- heap entry (`queued`): one written again since it was queued is looked at
+-- when its old deadline comes, and goes back with its new one. The heap of a
+-- partition this worker takes over is filled by a walk of its LMDB store,
+-- EXPIRE_BATCH entries per pass (never one long stall); a key is expired no
+-- earlier than its ttl, and at the latest a pass after its deadline once the
+-- walk has seen it.
+local EXPIRE_BATCH = 1000
+Table.EXPIRE_BATCH = EXPIRE_BATCH
+
+local function heap_push(h, d, kb)
+  local n = h.n + 1
+  h.n = n
+  local ds, ks = h.d, h.k
+  while n > 1 do
+    local parent = n // 2
+    if ds[parent] <= d then break end
+    ds[n], ks[n] = ds[parent], ks[parent]
+    n = parent
+  end
+  ds[n], ks[n] = d, kb
+end
+
+local function heap_pop(h)
+  local ds, ks = h.d, h.k
+  local n = h.n
+  local kb = ks[1]
+  local d, k = ds[n], ks[n]
+  ds[n], ks[n] = nil, nil
+  n = n - 1
+  h.n = n
+  if n > 0 then
+    local i = 1
+    while true do
+      local c = 2 * i
+      if c > n then break end
+      if c < n and ds[c + 1] < ds[c] then c = c + 1 end
+      if ds[c] >= d then break end
+      ds[i], ks[i] = ds[c], ks[c]
+      i = c
+    end
+    ds[i], ks[i] = d, k
+  end
+  return kb
+end
+
+local function queue(self, part, kb, ms)
+  if part.queued[kb] then return end
+  part.queued[kb] = true
+  heap_push(part.heap, ms / 1000 + self.ttl, kb)
+end
+
+local function stamp_of(vb)
+  return math.tointeger(tonumber(vb:match("^(%-?%d+) ")))
+end
+Table.ttl_time = stamp_of
+
+function Table.ttl_hold(self, part)
+  part.wtime, part.wprev = {}, {}
+  part.heap, part.queued = { n = 0, d = {}, k = {} }, {}
+  part.walk = "" -- where the walk of LMDB goes on ("": from the start; nil: done)
+end
+
+-- A write of kb (or its delete): its time, and a place in the heap unless it has one.
+function Table.ttl_written(self, part, kb)
+  local ms = math.floor(self.app.rt:now() * 1000)
+  part.wtime[kb] = ms
+  if part.cache[kb] ~= TOMBSTONE then queue(self, part, kb, ms) end
+end
+
+-- A dirty entry's value bytes at a checkpoint, stamped with its last write.
+function Table.ttl_stamp(self, part, kb, vb)
+  local ms = part.wtime[kb] or math.floor(self.app.rt:now() * 1000)
+  return string.format("%d ", ms) .. vb
+end
+
+-- When kb of partition p was last written (ms), or nil if it is not there.
+local function last_write(self, p, part, kb)
+  local v = part.cache[kb]
+  if v == TOMBSTONE or v == MISSING then return nil end
+  local ms = part.wtime[kb]
+  if ms then return ms end
+  v = part.prev[kb]
+  if v == TOMBSTONE then return nil end
+  if v ~= nil then return part.wprev[kb] end
+  local vb = self.app.rt:table_get(self.id, p, kb)
+  if not vb then return nil end
+  return stamp_of(vb) or part.walk_ms
+end
+
+-- One pass over the partitions held: true when work was left for the next one.
+function Table._expire(self, now)
+  local rt, ttl = self.app.rt, self.ttl
+  local more, expired = false, 0
+  for p, part in pairs(self.parts) do
+    if part.walk then
+      local keys, values = rt:table_scan(self.id, p, part.walk ~= "" and part.walk or nil, nil, EXPIRE_BATCH)
+      -- A value without a time (written before the table had a ttl) ages from
+      -- when the walk began.
+      part.walk_ms = part.walk_ms or math.floor(now * 1000)
+      for i = 1, #keys do queue(self, part, keys[i], stamp_of(values[i]) or part.walk_ms) end
+      if #keys < EXPIRE_BATCH then
+        part.walk = nil
+      else
+        part.walk = keys[#keys] .. "\0" -- the next key after the last one seen
+        more = true
+      end
+    end
+    local h, n = part.heap, 0
+    while h.n > 0 and h.d[1] <= now do
+      if n == EXPIRE_BATCH then
+        more = true
+        break
+      end
+      n = n + 1
+      local kb = heap_pop(h)
+      part.queued[kb] = nil
+      local ms = last_write(self, p, part, kb)
+      if ms then
+        if ms / 1000 + ttl <= now then
+          Table._put(self, p, kb, nil)
+          expired = expired + 1
+        else
+          queue(self, part, kb, ms) -- written again since: its new deadline
+        end
+      end
+    end
+  end
+  self.expired = (self.expired or 0) + expired
+  return more, expired
+end
+
+-- /metrics: fstream_table_expired_total{table}, for apps with a ttl table.
+local function expired_metrics(o, app)
+  local first = true
+  for _, t in ipairs(app.table_list) do
+    if t.ttl then
+      if first then
+        o:family("fstream_table_expired_total", "counter", "Keys a table's ttl deleted, per table.")
+        first = false
+      end
+      o:sample("fstream_table_expired_total", { "table", t.name }, t.expired or 0)
+    end
+  end
+end
+local metrics_added = false
+
+-- The task that expires the keys of a ttl table.
+function Table.ttl_task(self)
+  if not metrics_added then
+    local sources = require("fstream.metrics").sources
+    sources[#sources + 1] = expired_metrics
+    metrics_added = true
+  end
+  local app = self.app
+  app.tasks[#app.tasks + 1] = {
+    name = "ttl expiry of table " .. self.name,
+    restart = true,
+    fn = function()
+      local rt = app.rt
+      while app.rt == rt do
+        local more = Table._expire(self, rt:now())
+        core.sleep(more and 0 or app.table_cleanup_interval)
+      end
+    end,
+  }
 end
 
 return Table

@@ -50,6 +50,13 @@ end
 -- timestamp: the message's time in seconds since the epoch (default: the fake clock).
 -- Returns partition, offset. Does not run the app: call t:run().
 function Testing:send(target, msg)
+  -- A channel (or an agent reading one) takes the message as it is: no bytes, no offset.
+  local ch = getmetatable(target) == require("fstream.channel") and target
+    or (getmetatable(target) == require("fstream.agent") and target.channel)
+  if ch then
+    if not is_message(msg) then msg = { value = msg } end
+    return ch:send(msg)
+  end
   local topic = resolve(self, target)
   if not is_message(msg) then msg = { value = msg } end
   local key, value = msg.key, msg.value
@@ -64,6 +71,27 @@ function Testing:send_raw(target, bytes, opts)
   local topic = resolve(self, target)
   opts = opts or {}
   return self.rt:test_send_raw(topic.id, opts.key, bytes, opts.partition, opts.headers, opts.timestamp)
+end
+
+-- t:ask(agent, value, {key =, timeout =}): asks the agent from a task of the
+-- app (agent:ask) and runs the app until the reply came; returns it, or
+-- raises the ask's error. When nothing answers before the app idles, moves
+-- the fake clock to the ask's timeout (timers due meanwhile fire) and raises
+-- the timeout.
+function Testing:ask(target, value, opts)
+  local Agent = require "fstream.agent"
+  local agent = type(target) == "string" and self.app.agents[target] or target
+  if getmetatable(agent) ~= Agent then error("t:ask needs an agent or an agent's name", 2) end
+  local res
+  self.rt:spawn(function() res = table.pack(pcall(agent.ask, agent, value, opts)) end, nil, "task")
+  self.rt:run_until_idle()
+  if not res then
+    self.rt:advance((opts and opts.timeout or 30) + 0.001)
+    self.rt:run_until_idle()
+  end
+  if not res then error("t:ask: the ask neither returned nor timed out", 2) end
+  if not res[1] then error(res[2], 2) end
+  return res[2]
 end
 
 -- Runs until every agent waits for input and no timer is due.

@@ -8,7 +8,7 @@ local SERIALIZERS = { raw = true, json = true }
 local SCALAR_TYPES = { string = true, number = true, integer = true, boolean = true, table = true, any = true }
 local OPTIONS = {
   key_type = true, value_type = true, key_serializer = true, value_serializer = true,
-  partitions = true, big_integers = true,
+  partitions = true, big_integers = true, pattern = true, refresh = true,
 }
 -- What a JSON integer beyond 64 bits decodes to (keys and values of json topics).
 -- What a JSON integer beyond 64 bits may become (tables take the same option).
@@ -70,6 +70,10 @@ function Topic.new(app, name, opts, level)
   for k in pairs(opts) do
     if not OPTIONS[k] then error(string.format("topic '%s': unknown option '%s'", name, tostring(k)), level) end
   end
+  if opts.pattern ~= nil or opts.refresh ~= nil then
+    error(string.format("topic '%s': a topic has a name or a pattern, not both (a pattern topic: "
+      .. "app:topic{pattern = \"^events-.*\", refresh = 5, ...})", name), level)
+  end
   check_serializer(opts.key_serializer, "key_serializer", level)
   check_serializer(opts.value_serializer, "value_serializer", level)
   check_type(opts.key_type, "key_type", level)
@@ -102,6 +106,79 @@ function Topic.new(app, name, opts, level)
   -- Does a decoded value need a pass in Lua (custom codec or a declared type)?
   self.post_decode = self.key_custom or self.value_custom or self.key_type or self.value_type
   return self
+end
+
+-- Pattern topics: app:topic{pattern = "^events-.*", ...} stands for every
+-- topic of the broker whose name matches, now and later. It is not a topic
+-- itself (no id, nothing is sent to it); each match becomes an ordinary Topic
+-- with the pattern's serializers and types, which the agents reading the
+-- pattern read too (App:_discover).
+local Pattern = setmetatable({}, { __index = Topic })
+Pattern.__index = Pattern
+Topic.Pattern = Pattern
+
+-- Seconds between two listings of the broker's topics, by default, and the bounds.
+Pattern.REFRESH, Pattern.MIN_REFRESH, Pattern.MAX_REFRESH = 5, 0.1, 3600
+
+-- The runtime's own topics of an app, which a pattern never matches.
+local OWN_SUFFIXES = { "-changelog", "-repartition", "-retry", "-dlq", "-__leader" }
+
+function Topic.new_pattern(app, opts, level)
+  level = (level or 2) + 1
+  local pattern = opts.pattern
+  if type(pattern) ~= "string" or pattern == "" then
+    error("topic pattern must be a non-empty string: a POSIX extended regular expression such as \"^events-.*\"", level)
+  end
+  local ok, re = pcall(core.regex, pattern)
+  if not ok then error("topic pattern: " .. tostring(re), level) end
+  if opts.partitions ~= nil then
+    error(string.format("topic pattern '%s': no partitions option (the matching topics exist and keep theirs)", pattern), level)
+  end
+  local refresh = opts.refresh or Pattern.REFRESH
+  if type(refresh) ~= "number" or not (refresh >= Pattern.MIN_REFRESH and refresh <= Pattern.MAX_REFRESH) then
+    error(string.format("topic pattern '%s': refresh must be a number of seconds from %g to %g", pattern,
+      Pattern.MIN_REFRESH, Pattern.MAX_REFRESH), level)
+  end
+  local rest = {}
+  for k, v in pairs(opts) do
+    if k ~= "pattern" and k ~= "refresh" then rest[k] = v end
+  end
+  local self = Topic.new(app, pattern, rest, level)
+  self.pattern, self.regex, self.refresh, self.partitions = pattern, re, refresh, nil
+  self.opts = rest -- what each match is declared with
+  return setmetatable(self, Pattern)
+end
+
+-- Whether topic `name` of the broker is one of the pattern's: it matches, and
+-- it is neither Kafka's own (__consumer_offsets, ...) nor one the runtime
+-- makes for this app (APP-...-changelog, -repartition, -retry, -dlq, -__leader).
+function Pattern:matches(name)
+  if name:sub(1, 2) == "__" or not self.regex:match(name) then return false end
+  local id = self.app.id .. "-"
+  if name:sub(1, #id) == id then
+    for _, suffix in ipairs(OWN_SUFFIXES) do
+      if name:sub(-#suffix) == suffix then return false end
+    end
+  end
+  return true
+end
+
+local function not_a_topic(self)
+  error(string.format("topic pattern '%s' cannot be sent to (it stands for many topics): send to one of them, "
+    .. "app:topic(\"NAME\")", self.pattern), 3)
+end
+function Pattern:send() not_a_topic(self) end
+function Pattern:send_and_wait() not_a_topic(self) end
+function Pattern:filter() error("filter/map chains need a topic, not a pattern: use an agent", 2) end
+Pattern.map = Pattern.filter
+
+function Pattern:same_schema(opts)
+  return Topic.same_schema(self, opts) and (opts.refresh or Pattern.REFRESH) == self.refresh
+end
+
+function Pattern:describe()
+  local function s(x) return type(x) == "table" and "custom" or x end
+  return string.format("%s (pattern, key %s, value %s)", self.pattern, s(self.key_serializer), s(self.value_serializer))
 end
 
 function Topic:same_schema(opts)
@@ -185,6 +262,12 @@ function Topic.group_by_source(topics, processors, key, opts, level)
   local name = opts.name or (type(key) == "string" and key) or nil
   if not name then error("group_by with a function needs {name = ...} for its repartition topic", level) end
   return { is_group_by = true, topics = topics, processors = processors, key = key, name = name }
+end
+
+-- topic:join(other, {within = seconds, key =, type =}): a stream-stream join,
+-- the source of an agent (fstream/join.lua).
+function Topic:join(other, opts)
+  return require("fstream.join").streams(self, other, opts, 2)
 end
 
 -- topic:stream(opts): Faust's topic.stream(), app:stream(topic, opts). Called

@@ -39,7 +39,9 @@ function topology.graph(app)
       partitions = t.partitions })
   end
   for _, t in ipairs(app.topic_list) do if not t.internal then topic(t) end end
-  local Agent = require "fstream.agent"
+  local Agent, Channel = require "fstream.agent", require "fstream.channel"
+  -- A channel (app:channel) is in memory: a node of its own kind, no partitions.
+  local function channel(c) return node("channel:" .. c.name, { kind = "channel", name = c.name }) end
   for _, a in ipairs(app.agent_list) do
     -- Internal readers (the leader's, a task's app:stream, an in-agent
     -- group_by's reader) have no function of their own.
@@ -49,6 +51,7 @@ function topology.graph(app)
       for _, t in ipairs(a.topics) do
         if t ~= a.retry_topic then edge(topic(t), id, "reads") end
       end
+      if a.channel then edge(channel(a.channel), id, "reads") end
       if a.forwards_to then edge(id, topic(a.forwards_to), "repartition") end
       if a.regroup then
         edge(id, topic(a.regroup.topic), "repartition")
@@ -57,6 +60,8 @@ function topology.graph(app)
       for _, s in ipairs(a.sinks) do
         if getmetatable(s) == Agent then
           edge(id, node("agent:" .. s.name, { kind = "agent", name = s.name }), "sink")
+        elseif getmetatable(s) == Channel then
+          edge(id, channel(s), "sink")
         elseif type(s) == "table" and s.name then
           edge(id, topic(s), "sink")
         else

@@ -256,7 +256,8 @@ local function find_key(app, t, text)
     local kb = encode_key(t, k)
     if kb then
       for _, p in ipairs(held) do
-        local v = Table._lookup(t, p, kb)
+        local v
+        if t.set then v = require("fstream.set_table").members_in(t, p, kb) else v = Table._lookup(t, p, kb) end
         if v ~= nil then return { key = k, partition = p, value = v } end
       end
       if not first then
@@ -506,13 +507,19 @@ function web.agents(app)
       for _, sk in ipairs(a.sinks) do
         sinks[#sinks + 1] = type(sk) == "table" and sk.name or (sk == print and "print" or "function")
       end
+      if a.channel then topics[1] = a.channel.name end
       for i, strm in ipairs(a.streams) do
-        local cs = (strm.regrouped or strm).cs
-        local pos, n = cs:cursor()
-        local inst = { instance = i, buffered = math.max((n or 0) - pos, 0), state = "waiting" }
-        if pos > 0 then
-          local tp, pa, off = cs:meta(pos)
-          inst.state, inst.event = "processing", { topic = tp, partition = pa, offset = off }
+        local inst
+        if a.channel then -- (fstream/channel.lua: no cursor in C, no offsets)
+          inst = { instance = i, buffered = strm.queue:size(), state = strm.waiting and "waiting" or "processing" }
+        else
+          local cs = (strm.regrouped or strm).cs
+          local pos, n = cs:cursor()
+          inst = { instance = i, buffered = math.max((n or 0) - pos, 0), state = "waiting" }
+          if pos > 0 then
+            local tp, pa, off = cs:meta(pos)
+            inst.state, inst.event = "processing", { topic = tp, partition = pa, offset = off }
+          end
         end
         instances[#instances + 1] = inst
       end

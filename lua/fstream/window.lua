@@ -18,6 +18,7 @@
 local core = require "fstream.core"
 local Table = require "fstream.table"
 local isotime = require "fstream.isotime"
+local session = require "fstream.session"
 
 local json = core.json
 local STREAM_TIME = "\0stream_time"
@@ -44,13 +45,16 @@ function M.configure(t, kind, a, b, c)
   if t.global then error("a global table cannot be windowed", level) end
   local size, step, opts = a, nil, b
   if kind == "hopping" then step, opts = b, c end
-  check_seconds(size, kind .. " size", level)
+  check_seconds(size, kind == "session" and "session gap" or (kind .. " size"), level)
   if kind == "hopping" then
     check_seconds(step, "hopping step", level)
     if step > size then error("hopping step must not be larger than the size", level) end
   end
   opts = opts or {}
   if type(opts) ~= "table" then error(kind .. " options must be a table {expires=}", level) end
+  -- idle_close (any kind) and a session's combine are taken out first.
+  local idle_close, session_combine
+  opts, idle_close, session_combine = session.own_options(kind, opts, level + 1)
   for k in pairs(opts) do
     if k ~= "expires" and k ~= "max_future" and not (k == "combine" and kind == "hopping") then
       error(string.format("%s: unknown option '%s'", kind, tostring(k)), level)
@@ -84,6 +88,9 @@ function M.configure(t, kind, a, b, c)
     late = 0, closed = 0,
   }, Window)
   t.window = w
+  -- Sessions: how two sessions' values merge (fstream/session.lua). With
+  -- event time: a partition quiet for idle_close follows the wall clock.
+  w.session_combine, w.idle_close = session_combine, idle_close
   local app = t.app
   -- The closer: parked on the loop's timer heap by the index until a window
   -- is due by the clock (relative_to_now), or stream time passed one that no
@@ -96,7 +103,10 @@ function M.configure(t, kind, a, b, c)
       while true do
         idx:wait()
         if w.idx ~= idx then return end
-        for p in pairs(w.parts) do w:close_expired(t, p) end
+        for p in pairs(w.parts) do
+          if w.idle_close then w:idle_advance(t, p) end
+          w:close_expired(t, p)
+        end
       end
     end,
   }
@@ -106,7 +116,7 @@ local UNITS = { s = 1, ms = 1000, us = 1000000, ns = 1000000000 }
 
 function M.relative(t, how, field, opts)
   local w = t.window
-  if not w then error(string.format("table '%s': call tumbling, hopping or sliding first", t.name), 3) end
+  if not w then error(string.format("table '%s': call tumbling, hopping, sliding or session first", t.name), 3) end
   if how == "field" and (type(field) ~= "string" or field == "") then
     error("relative_to_field needs a field name", 3)
   end
@@ -228,6 +238,7 @@ function Window:index(t)
     partitions = t.partitions, kind = self.kind, size = self.size, step = self.step,
     expires = self.expires, combine = self.combine ~= nil, now = self.time == "now",
     interval = t.app.table_cleanup_interval,
+    idle_close = self.idle_close,
   }
   if rt then idx:bind(rt) end
   self.idx, self.idx_rt, self.parts = idx, rt, {}
@@ -282,6 +293,7 @@ function Window:update(t, key, fn)
     "windowed table '%s': update must happen while an agent processes an event", t.name), 3)
   local idx = self.idx
   if not idx then not_held(t, p) end
+  if self.kind == "session" then return session.update(self, t, p, idx, key, at, fn) end
   -- A nested update (fn updating this table) or one after an update that
   -- raised gets tables of its own.
   local out, fresh = self.out, self.fresh
@@ -349,6 +361,8 @@ end
 
 -- t[key] = v: tumbling tables only (a hopping event belongs to several windows).
 function Window:assign(t, key, v)
+  -- A session adds v to the key's session (combined, or to its list).
+  if self.kind == "session" then return self:update(t, key, session.adding(v)) end
   if self.kind ~= "tumbling" then
     error(string.format("windowed table '%s' is %s: an event belongs to several windows; use "
       .. "%s:update(key, function(old) ... end)", t.name, self.kind, t.name), 3)
@@ -371,6 +385,7 @@ local function value_at(ws, at)
   local starts
   local parts = {}
   if p then parts[1] = p else for q in pairs(w.parts) do parts[#parts + 1] = q end end
+  if w.kind == "session" then return session.value_at(w, t, ws.key, at, parts) end
   for _, q in ipairs(parts) do
     if w.combine then
       local v = w:fold(t, q, ws.key, math.floor(at / w.step) * w.step)
@@ -415,9 +430,10 @@ function Window:hold(t, p)
   self.parts[p] = {}
   local rt = t.app.rt
   if not rt then return idx:hold(p) end
-  local keys = rt:table_scan(t.id, p)
+  local keys, values = rt:table_scan(t.id, p)
   local st = _lookup(t, p, STREAM_TIME)
   local ct = _lookup(t, p, CLOSED_THROUGH)
+  if self.kind == "session" then return session.hold(self, t, p, idx, keys, values, st, ct) end
   idx:hold(p, keys, st, ct)
 end
 
@@ -494,12 +510,14 @@ local function close_pass(self, t, p, wp)
     local value = _lookup(t, p, kb)
     if value == nil then value = default_value(t) end
     _put(t, p, kb, nil)
+    if self.kind == "session" then session.closed(self, t, p, kb, key, e) end
     self.closed = self.closed + 1
     if on_close then
       local ok, err = xpcall(on_close, debug.traceback, key, { start = start, ["end"] = e }, value)
       if not ok then core.log("error", string.format("on_window_close of %s failed: %s", t.name, err)) end
     end
   end
+  if self.kind == "session" then session.sweep(self, t, p, now) end
   wp.closing = nil
 end
 
@@ -515,6 +533,13 @@ function Window:close_expired(t, p)
   local ok, err = pcall(close_pass, self, t, p, wp)
   rt:window_pass(false)
   if not ok then error(err, 0) end
+end
+
+-- idle_close: a partition without events for that long moves its stream time
+-- with the clock (the index says how far), stored like an event's.
+function Window:idle_advance(t, p)
+  local st = self.idx:idle_advance(p)
+  if st then _put(t, p, STREAM_TIME, st) end
 end
 
 -- When stream time moved past a window's expiry (the index says so), close

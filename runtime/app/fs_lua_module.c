@@ -60,11 +60,11 @@ int luaopen_fstream_core(lua_State *L)
 
     const luaL_Reg *const methods[] = {fs_lua_runtime_methods, fs_lua_topic_methods,
                                        fs_lua_table_methods, fs_lua_reload_methods, fs_lua_web_methods,
-                                       NULL};
+                                       fs_lua_ask_methods, NULL};
     const luaL_Reg *const test_methods[] = {fs_lua_runtime_methods, fs_lua_topic_methods,
                                             fs_lua_table_methods, fs_lua_reload_methods,
                                             fs_lua_web_methods, fs_lua_runtime_test_methods,
-                                            fs_lua_topic_test_methods,
+                                            fs_lua_topic_test_methods, fs_lua_ask_methods,
                                             NULL};
     new_rt_metatable(L, RT_MT, methods);
     new_rt_metatable(L, RT_TEST_MT, test_methods);
@@ -76,6 +76,7 @@ int luaopen_fstream_core(lua_State *L)
     luaL_setfuncs(L, fs_lua_topic_funcs, 0);
     luaL_setfuncs(L, fs_lua_table_funcs, 0);
     luaL_setfuncs(L, fs_lua_misc_funcs, 0);
+    luaL_setfuncs(L, fs_lua_ask_funcs, 0);
     luaL_setfuncs(L, fs_lua_http_funcs, 0);
     luaopen_fstream_json(L);
     lua_getfield(L, -1, "null");

@@ -198,7 +198,8 @@ int main(int argc, char **argv)
     /* A worker takes SIGTERM/SIGINT on a thread of its own from now on, so that a
      * stop requested while it starts (recovering tables) is seen, and a second
      * signal always exits at once. */
-    if (strcmp(lua_tostring(L, cmd_idx), "worker") == 0 && fs_signals_start())
+    if ((strcmp(lua_tostring(L, cmd_idx), "worker") == 0 || strcmp(lua_tostring(L, cmd_idx), "app_command") == 0) &&
+        fs_signals_start())
         fprintf(stderr, "fstream-lua: cannot start the signal thread: SIGTERM will not stop the worker gracefully\n");
 
     if (!cli_function(L, "main")) goto done;

@@ -845,10 +845,47 @@ static int enc_object(json_enc *e, int idx)
     return 0;
 }
 
+/* A record's datetime field: epoch seconds written as ISO-8601 UTC text,
+ * "YYYY-MM-DDThh:mm:ssZ", with ".ffffff" when there is a fraction (kept to the
+ * microsecond, as fstream.isotime reads it). Years 0001..9999 only. */
+static int enc_datetime(json_enc *e, int idx)
+{
+    lua_State *L = e->L;
+    int64_t secs, us = 0;
+    if (lua_isinteger(L, idx)) {
+        secs = (int64_t)lua_tointeger(L, idx);
+    } else {
+        double x = (double)lua_tonumber(L, idx), f = floor(x);
+        if (!(f >= -62135596800.0 && f <= 253402300799.0)) goto range;
+        secs = (int64_t)f;
+        us = (int64_t)llround((x - f) * 1e6);
+        if (us == 1000000) secs++, us = 0;
+    }
+    if (secs < INT64_C(-62135596800) || secs > INT64_C(253402300799)) goto range;
+    /* Civil date from days since 1970-01-01 (proleptic Gregorian, in 400-year eras). */
+    int64_t days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400), sod = secs - days * 86400;
+    int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097, yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9, y = yoe + era * 400 + (m <= 2);
+    char out[40];
+    int n = snprintf(out, sizeof out, "\"%04d-%02d-%02dT%02d:%02d:%02d", (int)y, (int)m, (int)d,
+                     (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60));
+    if (us) n += snprintf(out + n, sizeof out - (size_t)n, ".%06d", (int)us);
+    n += snprintf(out + n, sizeof out - (size_t)n, "Z\"");
+    enc_add(e, out, (size_t)n);
+    return 0;
+range:
+    return enc_fail(e, "cannot encode datetime %s: outside the years 0001..9999",
+                    lua_tostring(L, idx) ? lua_tostring(L, idx) : "?");
+}
+
 /* A table whose metatable lists its fields (records do, in __field_order) is
  * written as those fields in that order, leaving out absent ones: no sort,
- * and the declared order is what a reader of the topic sees. */
-static int enc_fields(json_enc *e, int idx, int order)
+ * and the declared order is what a reader of the topic sees. Fields named in
+ * the table at `dt` (the metatable's __datetime; 0: none) that hold numbers
+ * are written as ISO-8601 text. */
+static int enc_fields(json_enc *e, int idx, int order, int dt)
 {
     lua_State *L = e->L;
     lua_Integer i, n = (lua_Integer)lua_rawlen(L, order);
@@ -871,6 +908,16 @@ static int enc_fields(json_enc *e, int idx, int order)
         s = lua_tolstring(L, -2, &len);
         if (enc_string(e, s, len) < 0) return -1;
         enc_addc(e, ':');
+        if (dt && lua_type(L, -1) == LUA_TNUMBER) {
+            lua_pushvalue(L, -2);
+            int is_dt = lua_rawget(L, dt) != LUA_TNIL;
+            lua_pop(L, 1);
+            if (is_dt) {
+                if (enc_datetime(e, lua_gettop(L)) < 0) return -1;
+                lua_pop(L, 2);
+                continue;
+            }
+        }
         if (enc_value(e, lua_gettop(L)) < 0) return -1;
         lua_pop(L, 2);
     }
@@ -882,21 +929,25 @@ static int enc_table(json_enc *e, int idx)
 {
     lua_State *L = e->L;
     lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
-    int isarray = 0, order = 0, top = lua_gettop(L), rc;
+    int isarray = 0, order = 0, dt = 0, top = lua_gettop(L), rc;
 
     if (++e->depth > JSON_MAX_DEPTH)
         return enc_fail(e, "cannot encode: nesting deeper than 512 (or a cycle)");
-    if (!lua_checkstack(L, 6)) return enc_fail(e, "cannot encode: Lua stack exhausted");
+    if (!lua_checkstack(L, 8)) return enc_fail(e, "cannot encode: Lua stack exhausted");
     if (lua_getmetatable(L, idx)) {
         if (lua_rawequal(L, -1, e->mt)) {
             isarray = 1;
         } else {
             lua_pushliteral(L, "__field_order");
-            if (lua_rawget(L, -2) == LUA_TTABLE) order = lua_gettop(L);
+            if (lua_rawget(L, -2) == LUA_TTABLE) {
+                order = lua_gettop(L);
+                lua_pushliteral(L, "__datetime");
+                if (lua_rawget(L, -3) == LUA_TTABLE) dt = lua_gettop(L);
+            }
         }
     }
     if (order) {
-        rc = enc_fields(e, idx, order);
+        rc = enc_fields(e, idx, order, dt);
     } else {
         if (!isarray && n > 0) isarray = is_sequence(L, idx, n);
         if (isarray) {

@@ -274,7 +274,7 @@ void fs_sched_ready(fs_co *co)
     if (co->state == FS_CO_READY || co->state == FS_CO_DEAD) return;
     /* A sleep ends here; a take with a deadline keeps its timer armed: the
      * continuation decides whether enough arrived or the deadline passed. */
-    if (co->state == FS_CO_WAITING && co->wait == FS_WAIT_SLEEP)
+    if (co->state == FS_CO_WAITING && (co->wait == FS_WAIT_SLEEP || co->wait == FS_WAIT_PARK))
         fs_timer_stop(co->sched->loop, &co->timer);
     co->state = FS_CO_READY;
     link_ready(co->sched, co);
@@ -464,4 +464,17 @@ int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms)
     if (fs_timer_start(co->sched->loop, &co->timer, ms)) return luaL_error(L, "out of memory");
     fs_sched_wait(co, FS_WAIT_SLEEP, NULL, NULL); /* release() stops the timer */
     return lua_yield(L, 0);
+}
+
+int fs_sched_park(lua_State *L, fs_co *co, int64_t ms)
+{
+    if (ms >= 0 && fs_timer_start(co->sched->loop, &co->timer, ms)) return luaL_error(L, "out of memory");
+    fs_sched_wait(co, FS_WAIT_PARK, NULL, NULL); /* release() stops the timer */
+    return lua_yield(L, 0);
+}
+
+void fs_sched_unpark_all(fs_sched *s)
+{
+    for (fs_co *co = s->live; co; co = co->next)
+        if (co->state == FS_CO_WAITING && co->wait == FS_WAIT_PARK) fs_sched_ready(co);
 }

@@ -29,7 +29,7 @@
 
 enum { FS_CO_READY = 1, FS_CO_WAITING, FS_CO_RUNNING, FS_CO_DEAD };
 /* What a waiting coroutine waits for (its pending operation's kind). */
-enum { FS_WAIT_NONE = 0, FS_WAIT_SLEEP, FS_WAIT_TAKE, FS_WAIT_DELIVERY, FS_WAIT_YIELD, FS_WAIT_IO };
+enum { FS_WAIT_NONE = 0, FS_WAIT_SLEEP, FS_WAIT_TAKE, FS_WAIT_DELIVERY, FS_WAIT_YIELD, FS_WAIT_IO, FS_WAIT_PARK };
 enum { FS_KIND_AGENT = 0, FS_KIND_TASK = 1 };
 
 typedef struct fs_co fs_co;
@@ -115,6 +115,13 @@ void fs_sched_kill(fs_co *co);
 void fs_sched_kill_all(fs_sched *s);
 /* core.sleep: a pending sleep of ms on the coroutine's timer; ends in lua_yield. */
 int fs_sched_sleep(lua_State *L, fs_co *co, int64_t ms);
+/* A park (fs_lua_ask.c: asks waiting for replies, channel readers): waits,
+ * with no pending data, until someone readies the coroutine, or its timer
+ * (armed by the caller, ms >= 0; stopped with the wait like a sleep's) fires.
+ * fs_sched_unpark_all readies every parked coroutine (the worker stops: what
+ * they wait for will not come). */
+int fs_sched_park(lua_State *L, fs_co *co, int64_t ms);
+void fs_sched_unpark_all(fs_sched *s);
 
 /* Runaway detection (see fs_sched.c). fs_sched_watch_init: on the thread that
  * runs Lua, once. fs_sched_watch: from the watch thread, every tick — pokes the

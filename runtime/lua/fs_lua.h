@@ -62,6 +62,10 @@ extern const luaL_Reg fs_lua_runtime_methods[], fs_lua_runtime_test_methods[], f
 extern const luaL_Reg fs_lua_topic_methods[], fs_lua_topic_test_methods[], fs_lua_topic_funcs[];
 extern const luaL_Reg fs_lua_table_methods[], fs_lua_table_funcs[];
 extern const luaL_Reg fs_lua_misc_funcs[];
+/* fs_lua_ask.c: core.park, unpark, reply_to; rt:replies_open/take/wait (the
+ * worker's reply reader, closed by fs_lua_replies_close when the runtime is freed). */
+extern const luaL_Reg fs_lua_ask_funcs[], fs_lua_ask_methods[];
+void fs_lua_replies_close(fs_rt *rt);
 int fs_lua_rt_close(lua_State *L); /* the runtime objects' __gc and __close */
 
 #endif

@@ -1,8 +1,10 @@
 /* fs_lua_misc: module functions of fstream.core that are not about one
- * runtime — logging, the broker URL check, stderr redirection for specs, and
- * index_op (how fstream.table tells a method call from a read). */
+ * runtime — logging, the broker URL check, stderr redirection for specs,
+ * index_op (how fstream.table tells a method call from a read), and the
+ * regular expressions of pattern topics. */
 #include <fcntl.h>
 #include <lauxlib.h>
+#include <regex.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -148,7 +150,59 @@ static int l_trace_child(lua_State *L)
     return 1;
 }
 
+/* core.regex(re) -> a compiled POSIX extended regular expression (pattern
+ * topics: "^events-.*", the syntax Kafka clients use for topic patterns);
+ * r:match(s) -> whether it matches somewhere in s (anchor with ^ and $).
+ * A bad expression raises with regerror's reason. */
+#define REGEX_MT "fstream.Regex"
+
+typedef struct {
+    regex_t re;
+    int live;
+} regex_ud;
+
+static int l_regex_gc(lua_State *L)
+{
+    regex_ud *u = luaL_checkudata(L, 1, REGEX_MT);
+    if (u->live) regfree(&u->re);
+    u->live = 0;
+    return 0;
+}
+
+static int l_regex_match(lua_State *L)
+{
+    regex_ud *u = luaL_checkudata(L, 1, REGEX_MT);
+    const char *s = luaL_checkstring(L, 2);
+    lua_pushboolean(L, u->live && regexec(&u->re, s, 0, NULL, 0) == 0);
+    return 1;
+}
+
+static int l_regex(lua_State *L)
+{
+    const char *src = luaL_checkstring(L, 1);
+    regex_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->live = 0;
+    if (luaL_newmetatable(L, REGEX_MT)) {
+        lua_pushcfunction(L, l_regex_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_newtable(L);
+        lua_pushcfunction(L, l_regex_match);
+        lua_setfield(L, -2, "match");
+        lua_setfield(L, -2, "__index");
+    }
+    lua_setmetatable(L, -2);
+    int e = regcomp(&u->re, src, REG_EXTENDED | REG_NOSUB);
+    if (e) {
+        char why[200];
+        regerror(e, &u->re, why, sizeof why);
+        return luaL_error(L, "bad regular expression '%s': %s", src, why);
+    }
+    u->live = 1;
+    return 1;
+}
+
 const luaL_Reg fs_lua_misc_funcs[] = {
+    {"regex", l_regex},
     {"trace_child", l_trace_child},
     {"index_op", l_index_op},
     {"redirect_stderr", l_redirect_stderr},

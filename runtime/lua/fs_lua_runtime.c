@@ -157,6 +157,7 @@ static void rt_free(fs_rt *rt)
     /* The layers above (reload, the HTTP client) registered what to do. */
     if (rt->on_free.fn) rt->on_free.fn(rt->on_free.data);
     fs_sched_kill_all(&rt->sched);
+    fs_lua_replies_close(rt); /* its task is gone; the loop still holds its eventfd */
     if (rt->on_close.fn) rt->on_close.fn(rt->on_close.data);
     for (int i = 0; i < rt->nagents; i++) fs_agent_close(rt, rt->agents[i]);
     fs_worker_close(rt);
@@ -239,6 +240,22 @@ static fs_agent *check_agent(lua_State *L, fs_rt *rt, int idx)
     lua_Integer id = luaL_checkinteger(L, idx);
     if (id < 1 || id > rt->nagents) luaL_error(L, "unknown agent id %d", (int)id);
     return rt->agents[id - 1];
+}
+
+/* rt:agent_reads(agent id, topic id): the agent reads one more topic (a
+ * pattern topic's new match); rt:resubscribe() then subscribes to it. */
+static int l_rt_agent_reads(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    fs_agent *a = check_agent(L, rt, 2);
+    fs_topic *t = fs_lua_check_topic(L, rt, 3);
+    for (int i = 0; i < t->nsubs; i++)
+        if (t->subs[i] == a) return 0;
+    fs_agent **subs = realloc(t->subs, (size_t)(t->nsubs + 1) * sizeof *subs);
+    if (!subs) return luaL_error(L, "out of memory");
+    t->subs = subs;
+    t->subs[t->nsubs++] = a;
+    return 0;
 }
 
 static int l_rt_stream(lua_State *L)
@@ -599,6 +616,7 @@ const luaL_Reg fs_lua_runtime_methods[] = {
     {"agent", l_rt_agent},
     {"stream", l_rt_stream},
     {"resubscribe", l_rt_resubscribe},
+    {"agent_reads", l_rt_agent_reads},
     {"close_agent", l_rt_close_agent},
     {"spawn", l_rt_spawn},
     {"start", l_rt_start},

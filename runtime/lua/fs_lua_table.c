@@ -138,12 +138,17 @@ static int l_rt_table_stage(lua_State *L)
 
 struct scan_ud {
     lua_State *L;
-    lua_Integer n;
+    lua_Integer n, limit; /* limit 0: no limit */
+    const char *prefix;   /* NULL: no prefix */
+    size_t plen;
 };
 
+/* 1 stops the scan (the range ended): not an error. */
 static int scan_cb(void *ud, const void *k, size_t kl, const void *v, size_t vl)
 {
     struct scan_ud *s = ud;
+    if (s->prefix && (kl < s->plen || memcmp(k, s->prefix, s->plen) != 0)) return 1;
+    if (s->limit && s->n >= s->limit) return 1;
     lua_pushlstring(s->L, k, kl);
     lua_rawseti(s->L, -3, ++s->n);
     lua_pushlstring(s->L, v, vl);
@@ -151,25 +156,42 @@ static int scan_cb(void *ud, const void *k, size_t kl, const void *v, size_t vl)
     return 0;
 }
 
-static int push_scan(lua_State *L, fs_store *st, const char *what)
+static int push_scan(lua_State *L, fs_store *st, const char *what, const char *from, size_t flen,
+                     struct scan_ud *ud)
 {
     char err[256];
     lua_newtable(L);
     lua_newtable(L);
-    struct scan_ud ud = {L, 0};
-    if (st && fs_store_scan(st, scan_cb, &ud, err, sizeof err))
+    ud->L = L;
+    if (st && fs_store_scan_from(st, from, flen, scan_cb, ud, err, sizeof err) < 0)
         return luaL_error(L, "%s: %s", what, err);
     return 2;
 }
 
-/* rt:table_scan(id, p) -> {key_bytes...}, {value_bytes...} from LMDB */
+/* rt:table_scan(id, p[, from[, prefix[, limit]]]) -> {key_bytes...}, {value_bytes...}
+ * from LMDB, in key order: every entry, or those from the first key >= from
+ * that start with prefix, at most limit of them (a bounded step of a longer walk). */
 static int l_rt_table_scan(lua_State *L)
 {
     fs_rt *rt = fs_lua_check_rt(L, 1);
     fs_table *t = check_table(L, rt, 2);
     lua_Integer p = luaL_checkinteger(L, 3);
+    size_t flen = 0;
+    const char *from = luaL_optlstring(L, 4, NULL, &flen);
+    struct scan_ud ud = {NULL, 0, luaL_optinteger(L, 6, 0), NULL, 0};
+    ud.prefix = luaL_optlstring(L, 5, NULL, &ud.plen);
+    if (ud.limit < 0) return luaL_argerror(L, 6, "limit must be >= 0");
+    if (ud.prefix) {
+        /* Nothing before the prefix can match: start there at the earliest. */
+        int cmp = from ? memcmp(from, ud.prefix, flen < ud.plen ? flen : ud.plen) : -1;
+        if (cmp < 0 || (cmp == 0 && flen < ud.plen)) {
+            from = ud.prefix;
+            flen = ud.plen;
+        }
+    }
     fs_store *st = p >= 0 && p < t->partitions ? t->parts[p].store : NULL;
-    return push_scan(L, st, t->name);
+    /* from and prefix point into the arguments, which stay on the stack. */
+    return push_scan(L, st, t->name, from, flen, &ud);
 }
 
 /* core.store_scan(dir) -> keys, values, meta: reads a store offline (CLI). */
@@ -183,7 +205,8 @@ static int l_store_scan(lua_State *L)
         lua_pushstring(L, err);
         return 2;
     }
-    push_scan(L, st, dir);
+    struct scan_ud ud = {NULL, 0, 0, NULL, 0};
+    push_scan(L, st, dir, NULL, 0, &ud);
     int64_t v;
     int found;
     lua_newtable(L);

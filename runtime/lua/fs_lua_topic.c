@@ -102,6 +102,40 @@ static int l_rt_table_inputs(lua_State *L)
     return 0;
 }
 
+/* rt:broker_topics([wait_s]) -> {name = partitions}, number | nil, error:
+ * the broker's topics as the transport last listed them (pattern topics),
+ * and a request for the next listing; `number` grows with each new listing
+ * (0: none came yet). wait_s: how long to wait for a first listing (start-up
+ * only). A transport without a broker (the in-memory log) lists the topics
+ * the runtime knows. */
+static void add_listed(void *data, const char *name, int partitions)
+{
+    lua_State *L = data;
+    lua_pushinteger(L, partitions);
+    lua_setfield(L, -2, name);
+}
+
+static int l_rt_broker_topics(lua_State *L)
+{
+    fs_rt *rt = fs_lua_check_rt(L, 1);
+    int wait_ms = (int)(luaL_optnumber(L, 2, 0) * 1000);
+    lua_newtable(L);
+    if (!rt->tp || !rt->tp->ops->list_topics) {
+        for (int i = 0; i < rt->ntopics; i++) add_listed(L, rt->topics[i]->name, rt->topics[i]->partitions);
+        lua_pushinteger(L, 1);
+        return 2;
+    }
+    char err[512];
+    long n = rt->tp->ops->list_topics(rt->tp, wait_ms, add_listed, L, err, sizeof err);
+    if (n < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushinteger(L, n);
+    return 2;
+}
+
 /* One message to send, as read from a produce call's arguments. Its fields
  * are the transport's fs_msg's: key and value point into rt->kbuf/vbuf (valid
  * until the next produce), the headers are owned here until sent. */
@@ -371,6 +405,7 @@ const luaL_Reg fs_lua_topic_methods[] = {
     {"topic", l_rt_topic},
     {"resolve_topics", l_rt_resolve_topics},
     {"table_inputs", l_rt_table_inputs},
+    {"broker_topics", l_rt_broker_topics},
     {"assigned", l_rt_assigned},
     {"produce", l_rt_produce},
     {"produce_raw", l_rt_produce_raw},

@@ -34,7 +34,7 @@
 #define WINDOWS_MT "fstream.Windows"
 
 enum { UV_KB = 1, UV_KEYS = 2, UV_RT = 3 };
-enum { KIND_HOPPING = 0, KIND_SLIDING = 1, KIND_COMBINE = 2 };
+enum { KIND_HOPPING = 0, KIND_SLIDING = 1, KIND_COMBINE = 2, KIND_SESSION = 3 };
 
 typedef FS_VEC(int) slot_vec;
 
@@ -56,6 +56,7 @@ typedef struct {
     fs_co *waiter;         /* the closer task parked in wait, or NULL */
     int64_t interval_ms;   /* timer-driven passes are at least this far apart */
     int64_t last_pass;     /* loop clock of the last timer-driven pass */
+    int64_t idle_ms;       /* idle_close: a partition quiet this long follows the clock; 0: off */
 } win_ud;
 
 static win_ud *check_ud(lua_State *L)
@@ -162,6 +163,16 @@ static int64_t wall_ms(fs_rt *rt)
     return fs_rt_wall_ms(rt);
 }
 
+/* idle_close: the partition just had an event (or was taken): its quiet
+ * time starts now, from its current stream time. */
+static void quiet_from_now(win_ud *u, fs_rt *rt, fs_wpart *wp)
+{
+    if (!u->idle_ms || u->now_mode || !rt) return;
+    wp->has_quiet = 1;
+    wp->quiet_since = fs_loop_now(&rt->loop);
+    wp->quiet_time = wp->stream_time;
+}
+
 /* Loop time at which the closer should look again, or INT64_MAX (never,
  * until an event or a new window says otherwise). */
 static int64_t wake_at(win_ud *u, fs_rt *rt)
@@ -181,6 +192,13 @@ static int64_t wake_at(win_ud *u, fs_rt *rt)
             if (at < want) want = at;
         } else if (wp->has_time && wp->stream_time > due) {
             want = now;
+        } else if (u->idle_ms && wp->has_time && wp->has_quiet) {
+            /* Quiet for idle_ms, and stream time (quiet_time plus the time
+             * since) past `due`: whichever comes later. */
+            double ms = floor((due - wp->quiet_time) * 1000.0) + 1.0;
+            if (ms < (double)u->idle_ms) ms = (double)u->idle_ms;
+            int64_t at = ms > 9e15 ? INT64_MAX / 2 : wp->quiet_since + (int64_t)ms;
+            if (at < want) want = at;
         }
     }
     if (want == INT64_MAX) return want;
@@ -242,7 +260,8 @@ static int l_wait(lua_State *L)
 
 /* ---- building ---- */
 
-/* core.windows{partitions=, kind=, size=, step=, expires=, combine=, now=, interval=} */
+/* core.windows{partitions=, kind=, size=, step=, expires=, combine=, now=, interval=,
+ * idle_close=}; kind "session": size is the gap, windows have their own ends. */
 static int l_windows_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -264,18 +283,24 @@ static int l_windows_new(lua_State *L)
     int now_mode = lua_toboolean(L, -1);
     lua_getfield(L, 1, "interval");
     double interval = luaL_optnumber(L, -1, 1.0);
+    lua_getfield(L, 1, "idle_close");
+    double idle = luaL_optnumber(L, -1, 0.0);
     lua_settop(L, 1);
     luaL_argcheck(L, parts >= 1 && parts <= INT32_MAX, 1, "partitions out of range");
 
     win_ud *u = lua_newuserdatauv(L, sizeof *u, 3);
     memset(u, 0, sizeof *u);
     luaL_setmetatable(L, WINDOWS_MT);
-    u->kind = combine ? KIND_COMBINE : strcmp(kind, "sliding") == 0 ? KIND_SLIDING : KIND_HOPPING;
+    u->kind = combine && strcmp(kind, "session") != 0 ? KIND_COMBINE
+              : strcmp(kind, "sliding") == 0           ? KIND_SLIDING
+              : strcmp(kind, "session") == 0           ? KIND_SESSION
+                                                       : KIND_HOPPING;
+    u->idle_ms = idle > 0 && !now_mode ? (int64_t)llround(idle * 1000) : 0;
     u->now_mode = now_mode;
     u->size_int = size_int;
     u->step_int = step_int;
     u->interval_ms = interval > 0 ? (int64_t)llround(interval * 1000) : 0;
-    u->w = fs_windows_new((int32_t)parts, size, step, expires, combine);
+    u->w = fs_windows_new((int32_t)parts, size, step, expires, u->kind == KIND_COMBINE);
     if (!u->w) return luaL_error(L, "out of memory");
     lua_newtable(L);
     lua_setiuservalue(L, -2, UV_KB);
@@ -366,18 +391,20 @@ static fs_win *open_window(lua_State *L, win_ud *u, fs_wpart *wp, fs_wkey *k, si
     return win;
 }
 
-/* idx:hold(p [, keys [, stream_time [, closed_through]]]): an empty index
- * for partition p, filled from the partition's stored entry keys (from
- * rt:table_scan) and its stream time and last close pass (decoded by the
- * table). The runtime's own entries (keys starting with NUL) are skipped. */
+/* idx:hold(p [, keys [, stream_time [, closed_through [, ends]]]]): an
+ * empty index for partition p, filled from the partition's stored entry keys
+ * (from rt:table_scan) and its stream time and last close pass (decoded by
+ * the table). The runtime's own entries (keys starting with NUL) are skipped.
+ * Session windows take their end from `ends` (entry key -> end), or, when
+ * it has none for them, start + gap. */
 static int l_hold(lua_State *L)
 {
     win_ud *u = check_ud(L);
     int32_t p = check_part(L, 2);
-    lua_settop(L, 5);
-    lua_getiuservalue(L, 1, UV_KB);   /* 6 */
-    lua_getiuservalue(L, 1, UV_KEYS); /* 7 */
-    forget_ctx f = {L, u, 6, 7};
+    lua_settop(L, 6);
+    lua_getiuservalue(L, 1, UV_KB);   /* 7 */
+    lua_getiuservalue(L, 1, UV_KEYS); /* 8 */
+    forget_ctx f = {L, u, 7, 8};
     drop_pend_of(u, p);
     if (fs_windows_hold(u->w, p, forget_key, &f)) return luaL_error(L, "partition %d out of range", (int)p);
     fs_windows *w = u->w;
@@ -385,16 +412,18 @@ static int l_hold(lua_State *L)
     if (lua_isnumber(L, 4)) {
         wp->stream_time = lua_tonumber(L, 4);
         wp->has_time = 1;
+        quiet_from_now(u, ud_rt(L, 1), wp);
     }
     if (lua_isnumber(L, 5)) {
         wp->closed_through = lua_tonumber(L, 5);
         wp->has_closed_through = 1;
     }
+    int has_ends = lua_istable(L, 6);
     lua_Integer n = lua_istable(L, 3) ? luaL_len(L, 3) : 0;
     for (lua_Integer i = 1; i <= n; i++) {
-        lua_geti(L, 3, i); /* 8 */
+        lua_geti(L, 3, i); /* 9 */
         size_t kl;
-        const char *kb = lua_tolstring(L, 8, &kl);
+        const char *kb = lua_tolstring(L, 9, &kl);
         double num;
         int is_int;
         /* [key, start]: the start is the text after the last comma. */
@@ -406,31 +435,41 @@ static int l_hold(lua_State *L)
             }
         if (!comma || kb[0] != '[' || kb[kl - 1] != ']' ||
             !parse_num(comma + 1, (size_t)(kb + kl - 1 - comma - 1), &num, &is_int)) {
-            lua_settop(L, 7);
+            lua_settop(L, 8);
             continue;
         }
         const char *kj = kb + 1;
         size_t kjl = (size_t)(comma - kj);
         char err[160];
         if (fs_json_decode(L, kj, kjl, err, sizeof err)) { /* not a window's entry */
-            lua_settop(L, 7);
+            lua_settop(L, 8);
             continue;
         }
-        fs_wkey *k = key_for(L, u, wp, kj, kjl, 9, 7);
+        fs_wkey *k = key_for(L, u, wp, kj, kjl, 10, 8);
         size_t pos = fs_wkey_lower(k, num);
         if (pos < k->wins.len && k->wins.items[pos]->start == num) {
-            lua_settop(L, 7);
+            lua_settop(L, 8);
             continue;
         }
         double len = u->kind == KIND_COMBINE ? w->step : w->size;
         int len_int = u->kind == KIND_COMBINE ? u->step_int : u->size_int;
-        fs_win *win = fs_wpart_open(wp, k, pos, num, is_int, num + len, is_int && len_int, kb, kl);
+        double end = num + len;
+        int end_int = is_int && len_int;
+        if (u->kind == KIND_SESSION && has_ends) {
+            lua_pushvalue(L, 9);
+            if (lua_rawget(L, 6) == LUA_TNUMBER) {
+                end = lua_tonumber(L, -1);
+                end_int = lua_isinteger(L, -1);
+            }
+            lua_pop(L, 1);
+        }
+        fs_win *win = fs_wpart_open(wp, k, pos, num, is_int, end, end_int, kb, kl);
         if (!win) return luaL_error(L, "out of memory");
         win->slot = slot_take(L, &u->free_kb, &u->nkb);
-        lua_pushvalue(L, 8);
-        lua_rawseti(L, 6, win->slot);
+        lua_pushvalue(L, 9);
+        lua_rawseti(L, 7, win->slot);
         if (fs_wpart_confirm(w, wp, win)) return luaL_error(L, "out of memory");
-        lua_settop(L, 7);
+        lua_settop(L, 8);
     }
     /* Windows due before the restart close without waiting for an event. */
     notify(u, ud_rt(L, 1));
@@ -513,6 +552,7 @@ static int l_touch(lua_State *L)
             advanced = 1;
         }
         now = wp->stream_time;
+        if (u->idle_ms) quiet_from_now(u, ud_rt(L, 1), wp);
     }
     char err[160];
     fs_buf_reset(&u->key);
@@ -599,7 +639,8 @@ static int l_confirm(lua_State *L)
         if (u->pend.items[i].win != win || u->pend.items[i].p != p) continue;
         u->pend.items[i] = u->pend.items[--u->pend.len];
         if (fs_wpart_confirm(u->w, wp, win)) return luaL_error(L, "out of memory");
-        if (u->now_mode) notify(u, ud_rt(L, 1));
+        /* A parked closer may wait for nothing: this window can close on the clock. */
+        if (u->now_mode || u->idle_ms) notify(u, ud_rt(L, 1));
         break;
     }
     int due = is_due(u, wp);
@@ -748,6 +789,147 @@ static int l_closed_through(lua_State *L)
     return 0;
 }
 
+/* idx:idle_advance(p) -> stream time: with idle_close, a partition that has
+ * had no event for that long moves its stream time with the clock (the
+ * stream time of its last event plus the time since); nothing when it does
+ * not move. */
+static int l_idle_advance(lua_State *L)
+{
+    win_ud *u = check_ud(L);
+    fs_wpart *wp = fs_windows_part(u->w, check_part(L, 2));
+    fs_rt *rt = ud_rt(L, 1);
+    if (!wp || !rt || !u->idle_ms || !wp->has_time || !wp->has_quiet) return 0;
+    int64_t quiet = fs_loop_now(&rt->loop) - wp->quiet_since;
+    if (quiet < u->idle_ms) return 0;
+    double t = wp->quiet_time + (double)quiet / 1000.0;
+    if (!(t > wp->stream_time)) return 0;
+    wp->stream_time = t;
+    lua_pushnumber(L, t);
+    return 1;
+}
+
+/* ---- session windows ----
+ * A session is one window per run of a key's events closer than the gap
+ * (size): [first event, last event + gap). lua/fstream/session.lua decides
+ * merges; these calls find, move and drop sessions. Sessions are confirmed
+ * as soon as they are put (after their value is written). */
+
+/* The key (JSON of the value at idx) in partition wp, or NULL. */
+static fs_wkey *find_key(lua_State *L, win_ud *u, fs_wpart *wp, int idx)
+{
+    char err[160];
+    fs_buf_reset(&u->key);
+    if (fs_json_encode(L, idx, &u->key, err, sizeof err)) luaL_error(L, "%s", err);
+    int oom;
+    return fs_wpart_key(wp, u->key.data, u->key.len, fs_windows_hash(u->key.data, u->key.len), 0, &oom);
+}
+
+/* idx:session_touch(p, key, at, out) -> n, advanced, due: moves stream time
+ * to `at` when later (due: past a window's close); out[3i-2], out[3i-1], out[3i] = entry key, start, end of
+ * the n sessions of the key that an event at `at` joins (start - gap < at <
+ * end), oldest first. nil: p is not held. */
+static int l_session_touch(lua_State *L)
+{
+    win_ud *u = check_ud(L);
+    int32_t p = check_part(L, 2);
+    double at = luaL_checknumber(L, 4);
+    luaL_checktype(L, 5, LUA_TTABLE);
+    lua_settop(L, 5);
+    fs_wpart *wp = fs_windows_part(u->w, p);
+    if (!wp) return 0;
+    int advanced = 0;
+    if (!u->now_mode) {
+        if (!wp->has_time || at > wp->stream_time) {
+            wp->stream_time = at;
+            wp->has_time = 1;
+            advanced = 1;
+        }
+        if (u->idle_ms) quiet_from_now(u, ud_rt(L, 1), wp);
+    }
+    fs_wkey *k = find_key(L, u, wp, 3);
+    lua_getiuservalue(L, 1, UV_KB); /* 6 */
+    lua_Integer n = 0;
+    double gap = u->w->size;
+    for (size_t i = 0; k && i < k->wins.len; i++) {
+        fs_win *x = k->wins.items[i];
+        if (!(x->start - gap < at)) break;
+        if (!(at < x->end)) continue;
+        lua_rawgeti(L, 6, x->slot);
+        lua_rawseti(L, 5, 3 * n + 1);
+        push_num(L, x->start, x->start_int);
+        lua_rawseti(L, 5, 3 * n + 2);
+        push_num(L, x->end, x->end_int);
+        lua_rawseti(L, 5, 3 * n + 3);
+        n++;
+    }
+    int due = is_due(u, wp);
+    if (due) notify(u, ud_rt(L, 1));
+    lua_pushinteger(L, n);
+    lua_pushboolean(L, advanced);
+    lua_pushboolean(L, due);
+    return 3;
+}
+
+/* idx:session_put(p, key, start, end) -> entry key, due: the key's session
+ * starting at `start` now ends at `end` (opened when new). due: stream time
+ * passed a window's close. */
+static int l_session_put(lua_State *L)
+{
+    win_ud *u = check_ud(L);
+    int32_t p = check_part(L, 2);
+    double start = luaL_checknumber(L, 4), end = luaL_checknumber(L, 5);
+    int start_int = lua_isinteger(L, 4), end_int = lua_isinteger(L, 5);
+    lua_settop(L, 5);
+    fs_wpart *wp = fs_windows_part(u->w, p);
+    if (!wp) return 0;
+    lua_getiuservalue(L, 1, UV_KB);   /* 6 */
+    lua_getiuservalue(L, 1, UV_KEYS); /* 7 */
+    char err[160];
+    fs_buf_reset(&u->key);
+    if (fs_json_encode(L, 3, &u->key, err, sizeof err)) return luaL_error(L, "%s", err);
+    fs_wkey *k = key_for(L, u, wp, u->key.data, u->key.len, 3, 7);
+    size_t pos = fs_wkey_lower(k, start);
+    fs_win *win;
+    if (pos < k->wins.len && k->wins.items[pos]->start == start) {
+        win = k->wins.items[pos];
+        fs_wpart_set_end(wp, win, end, end_int);
+    } else {
+        make_kb(L, u, start, start_int);
+        win = fs_wpart_open(wp, k, pos, start, start_int, end, end_int, u->kb.data, u->kb.len);
+        if (!win) return luaL_error(L, "out of memory");
+        win->slot = slot_take(L, &u->free_kb, &u->nkb);
+        lua_pushlstring(L, u->kb.data, u->kb.len);
+        lua_rawseti(L, 6, win->slot);
+        if (fs_wpart_confirm(u->w, wp, win)) return luaL_error(L, "out of memory");
+    }
+    if (u->now_mode || u->idle_ms) notify(u, ud_rt(L, 1));
+    int due = is_due(u, wp);
+    if (due) notify(u, ud_rt(L, 1));
+    lua_rawgeti(L, 6, win->slot);
+    lua_pushboolean(L, due);
+    return 2;
+}
+
+/* idx:session_remove(p, key, start): the key's session starting at `start`
+ * leaves the index (merged into another). */
+static int l_session_remove(lua_State *L)
+{
+    win_ud *u = check_ud(L);
+    int32_t p = check_part(L, 2);
+    double start = luaL_checknumber(L, 4);
+    lua_settop(L, 4);
+    fs_wpart *wp = fs_windows_part(u->w, p);
+    if (!wp) return 0;
+    fs_wkey *k = find_key(L, u, wp, 3);
+    if (!k) return 0;
+    size_t pos = fs_wkey_lower(k, start);
+    if (pos >= k->wins.len || k->wins.items[pos]->start != start) return 0;
+    lua_getiuservalue(L, 1, UV_KB);   /* 5 */
+    lua_getiuservalue(L, 1, UV_KEYS); /* 6 */
+    remove_window(L, u, wp, k->wins.items[pos], 5, 6);
+    return 0;
+}
+
 /* ---- reads ---- */
 
 /* idx:key_windows(p, key) -> {{kb, start, end}...}: the key's open windows
@@ -846,6 +1028,10 @@ static const luaL_Reg windows_methods[] = {
     {"key_windows", l_key_windows},
     {"sliding_starts", l_sliding_starts},
     {"wait", l_wait},
+    {"idle_advance", l_idle_advance},
+    {"session_touch", l_session_touch},
+    {"session_put", l_session_put},
+    {"session_remove", l_session_remove},
     {NULL, NULL},
 };
 

@@ -202,6 +202,7 @@ struct fs_rt {
     int tfd, tail_pending;
     fs_io tio;
     int table_hook_ref;   /* fs_lua.c: the Lua function the table hook calls */
+    struct fs_replies *replies; /* fs_lua_ask.c: the reply reader of asks, or NULL */
     struct fs_tables_state *tables_state; /* fs_table.c: its hook, holds, replays */
 
     fs_sched sched; /* coroutines (fs_sched.h); its VM is L */
@@ -282,7 +283,7 @@ int fs_stream_open_remove(fs_stream *s, const fs_event *e);
 void fs_agent_close(fs_rt *rt, fs_agent *a);
 /* Frees an agent whose events nobody processed: they are released, not acknowledged. */
 void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L);
-void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take (stop) */
+void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take, and every park (stop) */
 
 /* fs_stream_cursor.c: acknowledges every event an agent has moved past (each
  * stream's cursor); called before offsets are snapshotted. */

@@ -261,6 +261,8 @@ void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L)
 
 void fs_wake_streams(fs_rt *rt)
 {
+    /* Parked coroutines (asks, channel readers) see the worker stopping too. */
+    fs_sched_unpark_all(&rt->sched);
     for (int i = 0; i < rt->nagents; i++) {
         fs_agent *a = rt->agents[i];
         for (int j = 0; j < a->nstreams; j++) {

@@ -239,6 +239,13 @@ int fs_store_meta_get(fs_store *s, const char *name, int64_t *value, int *found,
 int fs_store_scan(fs_store *s, int (*cb)(void *ud, const void *k, size_t kl, const void *v, size_t vl),
                   void *ud, char *err, size_t errlen)
 {
+    return fs_store_scan_from(s, NULL, 0, cb, ud, err, errlen);
+}
+
+int fs_store_scan_from(fs_store *s, const void *from, size_t flen,
+                       int (*cb)(void *ud, const void *k, size_t kl, const void *v, size_t vl),
+                       void *ud, char *err, size_t errlen)
+{
     MDB_txn *txn;
     MDB_cursor *cur;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -248,9 +255,10 @@ int fs_store_scan(fs_store *s, int (*cb)(void *ud, const void *k, size_t kl, con
         mdb_txn_abort(txn);
         return fail(err, errlen, "scan", rc);
     }
-    MDB_val k, v;
+    /* LMDB rejects an empty key: an empty `from` is the first entry. */
+    MDB_val k = {flen, (void *)from}, v;
     int stop = 0;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && !stop;
+    for (rc = mdb_cursor_get(cur, &k, &v, flen ? MDB_SET_RANGE : MDB_FIRST); rc == 0 && !stop;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
         stop = cb(ud, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
     mdb_cursor_close(cur);

@@ -64,6 +64,12 @@ int fs_store_meta_get(fs_store *s, const char *name, int64_t *value, int *found,
 int fs_store_scan(fs_store *s, int (*cb)(void *ud, const void *k, size_t kl, const void *v, size_t vl),
                   void *ud, char *err, size_t errlen);
 
+/* fs_store_scan from the first key >= from (flen 0: from the start); cb stops
+ * the scan where the caller's range ends (a prefix, a count). */
+int fs_store_scan_from(fs_store *s, const void *from, size_t flen,
+                       int (*cb)(void *ud, const void *k, size_t kl, const void *v, size_t vl),
+                       void *ud, char *err, size_t errlen);
+
 /* Copies the last entry (in key order) into k and v; *found is 0 when empty. */
 int fs_store_last(fs_store *s, fs_buf *k, fs_buf *v, int *found, char *err, size_t errlen);
 

@@ -264,6 +264,16 @@ int fs_wpart_confirm(fs_windows *w, fs_wpart *wp, fs_win *win)
     return 0;
 }
 
+void fs_wpart_set_end(fs_wpart *wp, fs_win *win, double end, int end_int)
+{
+    double old = win->end;
+    win->end = end;
+    win->end_int = (unsigned char)end_int;
+    if (!win->heap_idx) return;
+    if (end < old) sift_up(wp, win->heap_idx - 1);
+    else sift_down(wp, win->heap_idx - 1);
+}
+
 fs_wkey *fs_wpart_remove(fs_wpart *wp, fs_win *win)
 {
     fs_wkey *k = win->key;

@@ -61,6 +61,12 @@ struct fs_wpart {
     double stream_time;    /* the largest event time seen */
     double closed_through; /* combine: `now` of the last close pass */
     double next_due;       /* combine: the next window's end + expires */
+    /* idle_close: the caller's clock (ms) at the partition's last event (or
+     * when it was taken), and its stream time then; stream time may advance
+     * with that clock once the partition has been quiet long enough. */
+    int has_quiet;
+    int64_t quiet_since;
+    double quiet_time;
     fs_wkey **buckets;
     size_t nbuckets, nkeys, nwins;
     FS_VEC(fs_win *) heap; /* without combine: confirmed windows by (end, kb) */
@@ -96,6 +102,9 @@ fs_win *fs_wpart_open(fs_wpart *wp, fs_wkey *k, size_t pos, double start, int st
                       double end, int end_int, const char *kb, size_t kblen);
 /* The window's update finished: it takes part in closing. -1: out of memory. */
 int fs_wpart_confirm(fs_windows *w, fs_wpart *wp, fs_win *win);
+/* Moves win's end (a session window that grew), keeping the close heap in
+ * order. */
+void fs_wpart_set_end(fs_wpart *wp, fs_win *win, double end, int end_int);
 /* Removes and frees win. Returns its key when that key has no window left
  * (then still allocated: pass it to fs_wpart_drop_key after reading it). */
 fs_wkey *fs_wpart_remove(fs_wpart *wp, fs_win *win);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "fs_kafka.h"
+#include "fs_kafka_meta.h"
 #include "fs_kafka_txn.h"
 #include "fs_log.h"
 #include "fs_transport.h"
@@ -28,6 +29,19 @@
 /* ======================= the transport (layer 2) ======================= */
 
 #define FS_CONSUME_BATCH 1024
+/* The group consumer's prefetch (see fetch_kick): librdkafka stops fetching
+ * once its queue holds FS_FETCH_QUEUE_MSGS messages (queued.min.messages,
+ * counted over the whole consumer queue since every partition's queue is
+ * forwarded to it) or FS_FETCH_QUEUE_KB KiB; a Fetch response carries at most
+ * FS_FETCH_MAX_BYTES, so one response cannot overshoot much. The transport
+ * wakes the fetcher again once the worker has taken the queue down to
+ * FS_FETCH_KICK_MSGS. */
+#define FS_FETCH_QUEUE_MSGS 20000
+#define FS_FETCH_QUEUE_KB 16384
+#define FS_FETCH_MAX_BYTES 1048576
+#define FS_FETCH_KICK_MSGS 4096
+#define FS_STR_(x) #x
+#define FS_STR(x) FS_STR_(x)
 /* How long start-up may wait for the broker's metadata, and again for topics
  * it creates to appear in it (DESIGN: the loop never blocks; this runs before
  * the loop does, or while a reload has paused it). */
@@ -76,6 +90,11 @@ typedef struct fs_kafka {
     fs_io cio, pio, aio;
     int consume_pending, produce_pending, admin_pending;
     int fetching; /* the last poll was allowed to fetch */
+    /* fetch_kick: the fetcher is believed stopped at its queue threshold;
+     * the worker paused every partition (ops->pause(NULL)), or some. */
+    int fetch_full, paused_all, paused_some;
+    int64_t kicks;
+    double msg_bytes; /* running mean size of a consumed message (key + value) */
     int subscribed;
     FS_VEC(fs_topic *) topics; /* registered by resolve; the transport owns each t->tx */
     rd_kafka_topic_t *last_rkt;  /* consumer-side topic of the last fetched message */
@@ -129,6 +148,7 @@ typedef struct fs_kafka {
     int64_t recreate_deadline;
     void *recreate_ctx;
     FS_RING(struct fs_txn_note) notes; /* txn_done results to report from poll */
+    fs_meta *meta; /* the topic-listing thread, started by the first list_topics */
     FS_VEC(struct fs_cq *) cqs; /* committed-offsets questions, owned */
     fs_timer cq_timer;
     int64_t txn_commits, txn_aborts, txn_recreated;
@@ -464,7 +484,11 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
         conf_set(c, "enable.partition.eof", main_group ? "false" : "true", err, errlen) ||
         /* librdkafka prefetches up to 64 MiB by default; the worker queues its own
          * events too (max_queued), so 16 MiB keeps memory down without starving it. */
-        conf_set(c, "queued.max.messages.kbytes", "16384", err, errlen) ||
+        conf_set(c, "queued.max.messages.kbytes", FS_STR(FS_FETCH_QUEUE_KB), err, errlen) ||
+        /* The group's consumer: a small prefetch that fetch_kick keeps flowing.
+         * (Recovery and global-table consumers read to an end and stop.) */
+        (main_group && (conf_set(c, "queued.min.messages", FS_STR(FS_FETCH_QUEUE_MSGS), err, errlen) ||
+                        conf_set(c, "fetch.max.bytes", FS_STR(FS_FETCH_MAX_BYTES), err, errlen))) ||
         (main_group && (conf_set(c, "allow.auto.create.topics", "true", err, errlen) ||
                         conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
                         conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
@@ -1141,6 +1165,81 @@ static void drain(fs_kafka *k)
 
 static void txn_service(fs_kafka *k);
 
+/* librdkafka 2.0.2's fetcher stops asking for a partition once the consumer
+ * queue holds queued.min.messages (or queued.max.messages.kbytes), and looks
+ * again only when its broker thread wakes: for a response on its connection,
+ * an operation sent to that thread, or its 1 s idle timeout. While the worker
+ * drains a backlog nothing else wakes it, so each time the queue filled, the
+ * worker emptied it and then waited out the rest of that second with nothing
+ * to do (see BENCHMARKS.md, "Backlog drain"). Pausing and resuming does not
+ * wake it either (those operations are served by librdkafka's main thread,
+ * which only flags the partition). A seek to a concrete offset does: it
+ * wakes the partition's broker thread. So the fetcher is woken by seeking
+ * every assigned partition to where the worker has consumed to (the
+ * position: the offset after the last message taken from the queue), which
+ * fetches exactly what comes next. The seek drops whatever of that partition
+ * is still queued, so the queue is emptied first. */
+static int wake_fetcher(fs_kafka *k)
+{
+    rd_kafka_topic_partition_list_t *a = NULL, *l = NULL;
+    int rc = -1;
+    if (rd_kafka_assignment(k->consumer, &a) || !a) return -1;
+    if (rd_kafka_position(k->consumer, a)) goto out;
+    l = rd_kafka_topic_partition_list_new(a->cnt > 0 ? a->cnt : 1);
+    /* A partition nothing was taken from since its assignment (or the last
+     * seek) has no position; the broker thread woken for the others looks at
+     * it too. */
+    for (int i = 0; i < a->cnt; i++)
+        if (a->elems[i].offset >= 0)
+            rd_kafka_topic_partition_list_add(l, a->elems[i].topic, a->elems[i].partition)->offset =
+                a->elems[i].offset;
+    rc = 0;
+    if (l->cnt) {
+        /* timeout 0: asynchronous, nothing to wait for */
+        rd_kafka_error_t *e = rd_kafka_seek_partitions(k->consumer, l, 0);
+        if (e) {
+            rd_kafka_error_destroy(e);
+            rc = -1;
+        }
+    }
+out:
+    if (l) rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_topic_partition_list_destroy(a);
+    return rc;
+}
+
+static ssize_t consume_some(fs_kafka *k, int *handed);
+
+/* The fetcher stopped at its threshold and the queue is nearly empty: what is
+ * left goes to the worker (about FS_FETCH_KICK_MSGS, unless the fetcher was
+ * not stopped after all and more keeps coming), then the fetcher is woken.
+ * Returns the messages handed over. */
+static int fetch_kick(fs_kafka *k)
+{
+    int handed = 0;
+    ssize_t n;
+    do
+        n = consume_some(k, &handed);
+    while (n == FS_CONSUME_BATCH && handed < 2 * FS_FETCH_KICK_MSGS);
+    if (n < 0) return handed;
+    k->fetch_full = 0;
+    if (wake_fetcher(k)) {
+        fs_warn("could not wake the consumer's fetcher");
+        return handed;
+    }
+    k->kicks++;
+    fs_debug("woke the consumer's fetcher (%d messages were left)", handed);
+    return handed;
+}
+
+/* Is the fetcher stopped at its threshold? qlen: the consumer queue's length. */
+static void fetch_watch(fs_kafka *k, int qlen)
+{
+    if (qlen >= FS_FETCH_QUEUE_MSGS - FS_CONSUME_BATCH ||
+        (double)qlen * k->msg_bytes >= FS_FETCH_QUEUE_KB * 1024.0 * 0.9)
+        k->fetch_full = 1;
+}
+
 static int kafka_poll(fs_transport *tp, int fetch)
 {
     fs_kafka *k = kafka_of(tp);
@@ -1206,43 +1305,60 @@ static int kafka_poll(fs_transport *tp, int fetch)
     if (fetch && k->subscribed) {
         if (k->self_pending) self_reassign(k);
         if (k->consume_pending && !k->self_revoking) {
-            ssize_t n = rd_kafka_consume_batch_queue(k->cq, 0, k->msgs, FS_CONSUME_BATCH);
-            if (n < 0) {
-                fs_warn("consume failed: %s", rd_kafka_err2str(rd_kafka_last_error()));
-                n = 0;
-            }
-            k->consume_pending = n == FS_CONSUME_BATCH;
-            int m = 0;
-            for (ssize_t i = 0; i < n; i++) {
-                rd_kafka_message_t *msg = k->msgs[i];
-                if (msg->err) {
-                    if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                        fs_warn("consumer: %s%s%s", msg->rkt ? rd_kafka_topic_name(msg->rkt) : "",
-                                msg->rkt ? ": " : "", rd_kafka_message_errstr(msg));
-                    rd_kafka_message_destroy(msg);
-                    continue;
-                }
-                fs_topic *t = topic_of(k, msg->rkt);
-                if (!t) {
-                    rd_kafka_message_destroy(msg);
-                    continue;
-                }
-                k->fetched[m].topic = t;
-                k->fetched[m].m = msg;
-                k->fetched[m].ts = rd_kafka_message_timestamp(msg, NULL);
-                k->fetched[m].hdrs = NULL;
-                m++;
-            }
-            if (m && k->base.cb.messages) k->base.cb.messages(k->base.cb.data, k->fetched, m, 0);
-            else
-                for (int i = 0; i < m; i++) rd_kafka_message_destroy(k->fetched[i].m);
-            handed = m;
+            int qlen = rd_kafka_queue_length(k->cq);
+            fetch_watch(k, qlen);
+            if (consume_some(k, &handed) >= 0 && k->fetch_full && !k->paused_all &&
+                !k->paused_some && qlen - FS_CONSUME_BATCH <= FS_FETCH_KICK_MSGS)
+                handed += fetch_kick(k);
         }
     }
     k->base.pending = k->produce_pending || k->admin_pending || (k->consume_pending && fetch) ||
                       k->txn_pending || k->notes.len || k->dropped.len ||
                       (k->txn_dropping && k->overflow.len);
     return handed;
+}
+
+/* One batch from the consumer queue to the worker; adds the messages handed
+ * over to *handed. Returns what librdkafka gave (messages and errors), -1 if
+ * it failed (logged). */
+static ssize_t consume_some(fs_kafka *k, int *handed)
+{
+    ssize_t n = rd_kafka_consume_batch_queue(k->cq, 0, k->msgs, FS_CONSUME_BATCH);
+    if (n < 0) {
+        fs_warn("consume failed: %s", rd_kafka_err2str(rd_kafka_last_error()));
+        k->consume_pending = 0;
+        return -1;
+    }
+    k->consume_pending = n == FS_CONSUME_BATCH;
+    int m = 0;
+    size_t bytes = 0;
+    for (ssize_t i = 0; i < n; i++) {
+        rd_kafka_message_t *msg = k->msgs[i];
+        if (msg->err) {
+            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                fs_warn("consumer: %s%s%s", msg->rkt ? rd_kafka_topic_name(msg->rkt) : "",
+                        msg->rkt ? ": " : "", rd_kafka_message_errstr(msg));
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        fs_topic *t = topic_of(k, msg->rkt);
+        if (!t) {
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        bytes += msg->len + msg->key_len;
+        k->fetched[m].topic = t;
+        k->fetched[m].m = msg;
+        k->fetched[m].ts = rd_kafka_message_timestamp(msg, NULL);
+        k->fetched[m].hdrs = NULL;
+        m++;
+    }
+    if (m) k->msg_bytes += ((double)bytes / m - k->msg_bytes) * (m >= 64 ? 0.5 : m / 128.0);
+    if (m && k->base.cb.messages) k->base.cb.messages(k->base.cb.data, k->fetched, m, 0);
+    else
+        for (int i = 0; i < m; i++) rd_kafka_message_destroy(k->fetched[i].m);
+    *handed += m;
+    return n;
 }
 
 static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition, const void *key,
@@ -1453,14 +1569,28 @@ static int pause_resume(fs_kafka *k, const fs_tplist *parts, int pause)
     return e ? -1 : 0;
 }
 
+/* While the worker holds partitions paused nothing is fetched for them, and
+ * fetch_kick stays away; the resume wakes the fetcher itself. */
 static int kafka_pause(fs_transport *tp, const fs_tplist *parts)
 {
-    return pause_resume(kafka_of(tp), parts, 1);
+    fs_kafka *k = kafka_of(tp);
+    if (parts) k->paused_some = 1;
+    else k->paused_all = 1;
+    return pause_resume(k, parts, 1);
 }
 
 static int kafka_resume(fs_transport *tp, const fs_tplist *parts)
 {
-    return pause_resume(kafka_of(tp), parts, 0);
+    fs_kafka *k = kafka_of(tp);
+    if (!parts) k->paused_all = k->paused_some = 0;
+    int rc = pause_resume(k, parts, 0);
+    /* A resume alone reaches the fetcher at its next wake-up, up to 1 s
+     * later (see wake_fetcher); the pause dropped what was queued. */
+    if (!rc && !k->paused_all && !k->paused_some) {
+        k->fetch_full = 0;
+        wake_fetcher(k);
+    }
+    return rc;
 }
 
 static int kafka_seek(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen)
@@ -2051,6 +2181,8 @@ static void kafka_close(fs_transport *tp)
         k->job_busy = 0;
         job_release(&k->job); /* a commit that waited and never started */
     }
+    fs_meta_free(k->meta); /* it asks the consumer: before the consumer goes */
+    k->meta = NULL;
     if (k->consumer) rd_kafka_destroy(k->consumer);
     if (k->producer) {
         /* Sends waiting for a transaction that will not begin now are
@@ -2117,6 +2249,19 @@ int32_t fs_murmur2_partition(const void *key, size_t len, int32_t n)
     return rd_kafka_msg_partitioner_murmur2(NULL, key, len, n, NULL, NULL);
 }
 
+/* Pattern topics' listing (ops->list_topics): the metadata thread asks the
+ * consumer, the one handle that lives as long as the transport (the producer
+ * is replaced under exactly-once). */
+static long kafka_list_topics(fs_transport *tp, int wait_ms,
+                              void (*fn)(void *data, const char *name, int partitions), void *data,
+                              char *err, size_t errlen)
+{
+    fs_kafka *k = kafka_of(tp);
+    if (!k->meta && !(k->meta = fs_meta_new(k->consumer, FS_METADATA_MS, err, errlen))) return -1;
+    fs_meta_ask(k->meta);
+    return fs_meta_read(k->meta, wait_ms, fn, data, err, errlen);
+}
+
 static int64_t kafka_high_watermark(fs_transport *tp, const char *topic, int32_t partition)
 {
     fs_kafka *k = (fs_kafka *)tp;
@@ -2149,6 +2294,7 @@ static const fs_transport_ops kafka_ops = {
     .txn_commit = kafka_txn_commit,
     .txn_abort = kafka_txn_abort,
     .high_watermark = kafka_high_watermark,
+    .list_topics = kafka_list_topics,
 };
 
 /* Changelog recovery and global tables (the state layer) still read with

@@ -280,6 +280,17 @@ typedef struct fs_transport_ops {
      * the client from fetch answers: no I/O), or -1 when not known yet. NULL
      * in a transport without one (the in-memory log). Read by /metrics. */
     int64_t (*high_watermark)(fs_transport *tp, const char *topic, int32_t partition);
+
+    /* The broker's topics, for pattern topics: calls fn(data, name, partitions)
+     * for each topic of the newest listing the transport holds, and asks for
+     * the next one (made on a thread of the transport). Waits up to wait_ms
+     * for a first listing: start-up only; 0 anywhere else, the loop never
+     * blocks. Returns the listing's number (a higher one is newer), 0 when
+     * none came yet, -1 with a message in err when the last request failed.
+     * NULL in a transport without a broker (the in-memory log). */
+    long (*list_topics)(fs_transport *tp, int wait_ms,
+                        void (*fn)(void *data, const char *name, int partitions), void *data,
+                        char *err, size_t errlen);
 } fs_transport_ops;
 
 #define FS_COMMIT_SYNC 1

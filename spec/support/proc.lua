@@ -214,8 +214,12 @@ function proc.worker(app, env, broker, opts)
   end
   local vars = {}
   for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. proc.quote(v) end
-  local cmd = string.format("env %s FSTREAM_BROKER=kafka://%s %s worker %s/%s -l info",
-    table.concat(vars, " "), broker, proc.bin, proc.root .. "/spec/fixtures", app)
+  -- The store goes under spec/tmp (not the app's default ./<id>-data, which
+  -- is the directory the suite runs in); the same APP_ID finds it again.
+  local store = (opts and opts.store) or
+    string.format("lmdb://%s/%s-data", proc.tmp, env.APP_ID or app:gsub("%.lua$", ""))
+  local cmd = string.format("env %s FSTREAM_BROKER=kafka://%s %s worker %s/%s -l info --store %s",
+    table.concat(vars, " "), broker, proc.bin, proc.root .. "/spec/fixtures", app, proc.quote(store))
   return proc.spawn(cmd, "worker-" .. app:gsub("%.lua$", ""))
 end
 
