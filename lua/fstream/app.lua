@@ -459,7 +459,8 @@ function App:_guarantee(guarantee)
 end
 
 -- Starts the app on a runtime: `settings` = { broker=URL, test=bool, clock=epoch s (test only), store=URL,
--- guarantee=at_least_once|exactly_once (overrides the app's option) }.
+-- guarantee=at_least_once|exactly_once (overrides the app's option), instance_id=the group consumer's
+-- group.instance.id ("auto": host name and the data directory's slot) or nil }.
 -- fstream.testing (test) runs an app of either guarantee the same way: it
 -- tests the app's logic in memory, where nothing is durable or transactional.
 function App:_start(settings)
@@ -475,6 +476,7 @@ function App:_start(settings)
     agent_timeout = self.agent_timeout,
     processing_guarantee = guarantee,
     data_dir = self:data_dir(settings.store),
+    instance_id = settings.instance_id,
     -- A worker whose specs drive it from inside (rt:test_reset): the test runtime's methods.
     test_hooks = os.getenv("FSTREAM_TEST_HOOKS") == "1" or nil,
   }

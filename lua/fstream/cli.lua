@@ -25,10 +25,12 @@ cli.commands = {
     options = { LOGLEVEL, { long = "--broker", field = "broker" }, STORE,
       { long = "--reload", field = "reload", flag = true }, { long = "--guarantee", field = "guarantee" },
       { long = "--web-port", field = "web_port" }, { long = "--web-bind", field = "web_bind" },
-      { long = "--no-web", field = "no_web", flag = true } },
+      { long = "--no-web", field = "no_web", flag = true }, { long = "--workers", field = "workers" },
+      { long = "--worker-id", field = "worker_id" } },
     synopsis = "usage: fstream-lua worker APP.lua [-l debug|info|warn|error] [--broker URL] [--store URL]\n"
       .. "                          [--reload] [--guarantee at_least_once|exactly_once]\n"
-      .. "                          [--web-port N] [--web-bind ADDR] [--no-web]\n",
+      .. "                          [--web-port N] [--web-bind ADDR] [--no-web] [--workers N]\n"
+      .. "                          [--worker-id ID|auto]\n",
     details = "Runs the app's agents, tasks and timers until SIGTERM or SIGINT (a second one exits at once).\n"
       .. "  -l, --loglevel LEVEL  debug, info (default), warn or error\n"
       .. "  --broker URL          memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]; default\n"
@@ -41,7 +43,15 @@ cli.commands = {
       .. "                        free one when taken; 0: any free port)\n"
       .. "  --web-bind ADDR       its address (default 127.0.0.1; beyond loopback needs web.token\n"
       .. "                        or FSTREAM_WEB_TOKEN, or web.public = true)\n"
-      .. "  --no-web              no web server\n" },
+      .. "  --no-web              no web server\n"
+      .. "  --workers N           run N worker processes (1 to 256) in the app's consumer group under\n"
+      .. "                        a supervisor that passes signals on and restarts a crashed one;\n"
+      .. "                        worker i serves the web on --web-port + i - 1; needs a shared broker\n"
+      .. "                        (kafka://), not memory://\n"
+      .. "  --worker-id ID        a static group member (group.instance.id ID): restarted within the\n"
+      .. "                        session timeout (6 s), it gets its partitions back without a\n"
+      .. "                        rebalance; auto: host name and the data directory's slot; with\n"
+      .. "                        --workers, worker i gets ID-i (default auto; none: dynamic members)\n" },
   { name = "send", pos = { "app", "target" },
     options = { { long = "--key", short = "-k", field = "key" },
       { long = "--partition", short = "-p", field = "partition" },
@@ -195,6 +205,7 @@ function cli.parse(argv)
     i = i + 1
   end
   opts.args = args
+  cli.argv = argv -- the line as given: --workers passes it on (cli.workers)
   if npos < #c.pos then return nil, usage_error(c, "missing %s", POS_NAMES[c.pos[npos + 1]]) end
   if opts.loglevel and not pcall(core.set_log_level, opts.loglevel) then
     return nil, usage_error(c, "unknown log level '%s' (debug, info, warn or error)", opts.loglevel)
@@ -280,6 +291,8 @@ local function banner(app, rt, broker, opts)
   local lines = { string.format("fstream-lua %s worker (pid %s)", require("fstream").version, tostring(core.pid or "?")) }
   local function add(k, v) lines[#lines + 1] = string.format("  %-10s %s", k, v) end
   add("app", app.id)
+  local index = os.getenv("FSTREAM_WORKER_INDEX")
+  if index then add("worker", string.format("%s of %s (under a supervisor)", index, os.getenv("FSTREAM_WORKERS") or "?")) end
   local bootstrap, embedded = rt:broker()
   if embedded then
     add("broker", string.format("%s embedded, listening on %s (e.g. kcat -b %s -L)", broker, bootstrap, bootstrap))
@@ -336,7 +349,8 @@ function cli.worker(opts)
   -- The banner comes first: the info lines of the start (topics created,
   -- global tables recovered) are held back until it is out.
   core.log_hold(true)
-  local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store, guarantee = opts.guarantee })
+  local ok, rt = pcall(app._start, app, { broker = broker, store = opts.store, guarantee = opts.guarantee,
+    instance_id = opts.worker_id ~= "none" and opts.worker_id or nil })
   if not ok then
     core.log_hold(false)
     return start_failed(app, rt)
@@ -356,6 +370,70 @@ function cli.worker(opts)
     or "worker started")
   cli.running = app
   return 0, rt
+end
+
+-- The most workers one supervisor runs: more is a typo, not a plan (each is a
+-- process with its own librdkafka clients and tens of MiB).
+cli.MAX_WORKERS = 256
+
+-- `worker --workers N`: checks N and the app (loaded here once, so that a
+-- script that does not load fails before any worker starts), then answers
+-- each worker's command line (the words after the program's name: this line
+-- without --workers, with --web-port P + i - 1 for worker i), or nil and the
+-- exit code. main.c hands them to the supervisor (fs_supervise.c).
+function cli.workers(opts)
+  local c = find_command("worker")
+  local n = math.tointeger(tonumber(opts.workers))
+  if not n or n < 1 or n > cli.MAX_WORKERS then
+    return nil, usage_error(c, "--workers needs a count from 1 to %d, got '%s'", cli.MAX_WORKERS, opts.workers)
+  end
+  local port
+  if opts.web_port then
+    port = math.tointeger(tonumber(opts.web_port))
+    if not port or port < 0 or port + n - 1 > 65535 then
+      return nil, usage_error(c, "--web-port needs a port number (0 to %d with %d workers), got '%s'",
+        65536 - n, n, opts.web_port)
+    end
+  end
+  local app, code = load_app(opts.app)
+  if not app then return nil, code end
+  local broker, bad = checked_broker(app, opts)
+  if not broker then return nil, bad end
+  if broker:match("^memory://") then
+    return nil, fail(2, "--workers %d: %s runs its broker inside one worker process, where no other worker can "
+      .. "reach it; run the workers on a shared broker: --broker kafka://HOST:PORT (a Kafka cluster, or "
+      .. "`fstream-lua broker`)", n, broker)
+  end
+  local lines = {}
+  for i = 1, n do
+    local words, k = {}, 1
+    while k <= #cli.argv do
+      local a = cli.argv[k]
+      local o, val = nil, nil
+      if k > 1 and a:match("^%-[^%d]") then o, val = find_option(c, a) end
+      local takes = o and not o.flag and not val -- its value is the next word
+      if o and o.field == "workers" then
+        k = k + (takes and 2 or 1)
+      elseif o and o.field == "worker_id" then
+        k = k + (takes and 2 or 1)
+      elseif o and o.field == "web_port" then
+        words[#words + 1] = "--web-port=" .. (port == 0 and 0 or port + i - 1)
+        k = k + (takes and 2 or 1)
+      else
+        words[#words + 1] = a
+        if takes then words[#words + 1] = cli.argv[k + 1] end
+        k = k + (takes and 2 or 1)
+      end
+    end
+    -- Static members: a restarted worker gets its partitions back at once.
+    if opts.worker_id ~= "none" then
+      words[#words + 1] = "--worker-id=" .. (opts.worker_id and opts.worker_id ~= "auto"
+        and string.format("%s-%d", opts.worker_id, i) or "auto")
+    end
+    lines[i] = words
+  end
+  core.log("info", string.format("supervising %d workers of app %s on %s", n, app.id, broker))
+  return lines
 end
 
 function cli.stopped(rc)

@@ -11,6 +11,7 @@
 
 #include "fs_worker.h"
 #include "fs_reload.h"
+#include "fs_supervise.h"
 #include "fs_bundle.h"
 #include "fs_call.h"
 #include "fs_log.h"
@@ -102,6 +103,47 @@ static int cli_function(lua_State *L, const char *name)
     return 1;
 }
 
+/* Asks fstream.cli for the workers' command lines (it checks N and the app,
+ * and refuses memory://), then supervises them: the exit code. */
+static int supervise(lua_State *L, int opts_idx, char *argv0)
+{
+    fs_log_set_tag("supervisor");
+    if (!cli_function(L, "workers")) return 1;
+    lua_pushvalue(L, opts_idx);
+    if (fs_call(L, 1, 2, FS_CALL_TRACEBACK)) {
+        fprintf(stderr, "fstream-lua: internal error: %s\n", lua_tostring(L, -1));
+        return 1;
+    }
+    if (!lua_istable(L, -2)) return (int)luaL_optinteger(L, -1, 1);
+    lua_pop(L, 1);
+    int n = (int)luaL_len(L, -1);
+    /* Each argv's strings stay in the Lua state (the list is on its stack) for the call. */
+    char ***argvs = calloc((size_t)n, sizeof *argvs);
+    int ok = argvs != NULL;
+    for (int i = 0; i < n && ok; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        int words = (int)luaL_len(L, -1);
+        argvs[i] = calloc((size_t)words + 2, sizeof **argvs);
+        ok = argvs[i] != NULL;
+        if (ok) argvs[i][0] = argv0;
+        for (int j = 1; ok && j <= words; j++) {
+            lua_rawgeti(L, -1, j);
+            argvs[i][j] = (char *)lua_tostring(L, -1);
+            lua_pop(L, 1); /* the string stays referenced by the list */
+        }
+        lua_pop(L, 1);
+    }
+    int rc = 1;
+    if (ok) {
+        rc = fs_supervise(n, (char *const *const *)argvs);
+    } else {
+        fprintf(stderr, "fstream-lua: out of memory\n");
+    }
+    for (int i = 0; argvs && i < n; i++) free(argvs[i]);
+    free(argvs);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     /* librdkafka's threads inherit this mask: the watch thread and the loop's
@@ -136,6 +178,22 @@ int main(int argc, char **argv)
         goto done;
     }
     int cmd_idx = lua_gettop(L) - 1, opts_idx = cmd_idx + 1;
+
+    /* A worker under `--workers N`: tag its log lines with its index. */
+    const char *index = getenv("FSTREAM_WORKER_INDEX");
+    if (index && *index && strcmp(lua_tostring(L, cmd_idx), "worker") == 0) {
+        char tag[24];
+        snprintf(tag, sizeof tag, "w%.8s", index);
+        fs_log_set_tag(tag);
+    }
+    /* `worker --workers N`: this process becomes their supervisor. */
+    lua_getfield(L, opts_idx, "workers");
+    int supervised = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (supervised && strcmp(lua_tostring(L, cmd_idx), "worker") == 0) {
+        rc = supervise(L, opts_idx, argv[0]);
+        goto done;
+    }
 
     /* A worker takes SIGTERM/SIGINT on a thread of its own from now on, so that a
      * stop requested while it starts (recovering tables) is seen, and a second

@@ -59,6 +59,15 @@ static int hold(const char *line, size_t len)
     return kept;
 }
 
+/* "[w1] " or empty: told apart in the logs of several workers under one supervisor. */
+static char tag[40];
+
+void fs_log_set_tag(const char *t)
+{
+    if (!t || !*t) tag[0] = 0;
+    else snprintf(tag, sizeof tag, "[%.31s] ", t);
+}
+
 static const char *names[] = {"debug", "info", "warn", "error"};
 
 int fs_log_parse_level(const char *name)
@@ -78,8 +87,8 @@ void fs_log(int level, const char *fmt, ...)
     gettimeofday(&tv, NULL);
     localtime_r(&tv.tv_sec, &tm);
     int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof line - (size_t)n, ".%03d %-5s ", (int)(tv.tv_usec / 1000),
-                  names[level]);
+    n += snprintf(line + n, sizeof line - (size_t)n, ".%03d %s%-5s ", (int)(tv.tv_usec / 1000),
+                  tag, names[level]);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);

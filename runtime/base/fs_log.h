@@ -1,4 +1,5 @@
-/* fs_log: one-line log records on stderr, `YYYY-mm-ddTHH:MM:SS.mmm LEVEL message`.
+/* fs_log: one-line log records on stderr, `YYYY-mm-ddTHH:MM:SS.mmm [TAG] LEVEL message`
+ * (the tag only when set: a supervised worker's index, the supervisor).
  * Safe to call from librdkafka's threads (one fprintf per record). */
 #ifndef FS_LOG_H
 #define FS_LOG_H
@@ -16,6 +17,10 @@ void fs_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
  * logs (topics created, tables recovered) until its banner is out, so that
  * the banner is the first thing it prints. */
 void fs_log_hold(int on);
+/* Sets the tag every later record carries after its time ("w1" for worker 1 of
+ * `--workers N`, "supervisor"); NULL or "" for none. Call it before other
+ * threads log: the tag is not locked. Longer tags are cut at 31 bytes. */
+void fs_log_set_tag(const char *tag);
 
 #define fs_debug(...) (fs_log_level <= FS_LOG_DEBUG ? fs_log(FS_LOG_DEBUG, __VA_ARGS__) : (void)0)
 #define fs_info(...) fs_log(FS_LOG_INFO, __VA_ARGS__)

@@ -1,11 +1,14 @@
 #include "fs_store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define FS_STORE_INITIAL_MAP (64u << 20)
 
@@ -14,6 +17,7 @@ struct fs_store {
     MDB_dbi data, meta;
     size_t mapsize;
     char *path;
+    int lockfd; /* writers: owner.lock, flocked while open; -1 otherwise */
 };
 
 static int fail(char *err, size_t errlen, const char *what, int rc)
@@ -48,11 +52,36 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
         return -1;
     }
     fs_store *s = calloc(1, sizeof *s);
+    if (s) s->lockfd = -1;
     if (s) s->path = strdup(dir);
     if (!s || !s->path) {
         free(s);
         snprintf(err, errlen, "%s: out of memory", dir);
         return -1;
+    }
+    char file[4200];
+    if (!readonly) {
+        /* Before LMDB: the owner's writes must be over before anyone reads the
+         * offsets the files cover. flock (not fcntl) so that a second open in
+         * this process is refused too, and the kernel drops it with the process. */
+        if (snprintf(file, sizeof file, "%s/owner.lock", dir) >= (int)sizeof file) {
+            snprintf(err, errlen, "%s: path too long", dir);
+            fs_store_close(s);
+            return -1;
+        }
+        s->lockfd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (s->lockfd < 0) {
+            snprintf(err, errlen, "cannot open %s: %s", file, strerror(errno));
+            fs_store_close(s);
+            return -1;
+        }
+        if (flock(s->lockfd, LOCK_EX | LOCK_NB)) {
+            int busy = errno == EWOULDBLOCK;
+            if (busy) snprintf(err, errlen, "%s: in use by another worker (it holds %s)", dir, file);
+            else snprintf(err, errlen, "%s: cannot lock %s: %s", dir, file, strerror(errno));
+            fs_store_close(s);
+            return busy ? FS_STORE_BUSY : -1;
+        }
     }
     int rc = mdb_env_create(&s->env);
     if (rc) goto fail;
@@ -62,7 +91,6 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
     s->mapsize = FS_STORE_INITIAL_MAP;
     const char *env = getenv("FSTREAM_LMDB_MAP_SIZE");
     if (env && strtoull(env, NULL, 10) >= 65536) s->mapsize = (size_t)strtoull(env, NULL, 10);
-    char file[4200];
     if (snprintf(file, sizeof file, "%s/data.mdb", dir) >= (int)sizeof file) {
         snprintf(err, errlen, "%s: path too long", dir);
         fs_store_close(s);
@@ -96,6 +124,7 @@ void fs_store_close(fs_store *s)
 {
     if (!s) return;
     if (s->env) mdb_env_close(s->env);
+    if (s->lockfd >= 0) close(s->lockfd); /* after LMDB: its last writes are in */
     free(s->path);
     free(s);
 }

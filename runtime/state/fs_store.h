@@ -32,7 +32,14 @@ typedef struct fs_store_meta {
 } fs_store_meta;
 
 /* Opens (creating the directory and files as needed) the store in `dir`.
- * readonly: for offline readers (fstream-lua table); fails if it doesn't exist. */
+ * readonly: for offline readers (fstream-lua table); fails if it doesn't exist.
+ * A writer owns the store alone: it holds an exclusive flock on `dir`/owner.lock
+ * until fs_store_close (or its process dies, whatever the way). Several workers
+ * may share a data directory (`--workers N`); LMDB alone would let two of them
+ * write one partition's files in turn, each with its own idea of the offsets
+ * they cover. Returns FS_STORE_BUSY (err says so) while another open store,
+ * in this process or another, holds the lock. */
+#define FS_STORE_BUSY (-2)
 int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size_t errlen);
 void fs_store_close(fs_store *s);
 

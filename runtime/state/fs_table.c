@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fs_log.h"
@@ -304,6 +305,49 @@ static fs_recovery *recovery(fs_rt *rt)
     return st ? st->rec : NULL;
 }
 
+/* How long a partition's files may stay locked by another worker before this
+ * one gives up (fatal). Revocations close a table's files before the group
+ * hands their partition on, so a wait happens only when the previous owner
+ * lost the partition without knowing it yet (its session expired: stopped,
+ * swapped out) and still writes its last checkpoint. */
+#define FS_STORE_WAIT_MS 10000
+#define FS_GLOBAL_COPIES 64
+
+/* Opens the files of partition p of t in dir (`<table dir>/<p>`) for this
+ * worker alone (fs_store_open's lock). Workers sharing a data directory each
+ * own different partitions of a partitioned table: a lock held by another one
+ * is waited for (FS_STORE_WAIT_MS, blocking the loop: this is not the normal
+ * course). A global table's partitions are every worker's: the second worker
+ * on the directory keeps its own copy (`<p>/copy-N`), replayed from the
+ * changelog like any other. */
+static int open_owned(fs_table *t, int32_t p, char *dir, size_t dirsize, char *err, size_t errlen)
+{
+    fs_store **st = &t->parts[p].store;
+    int rc = fs_store_open(st, dir, 0, err, errlen);
+    if (rc != FS_STORE_BUSY) return rc;
+    if (t->global) {
+        size_t base = strlen(dir);
+        for (int k = 1; k < FS_GLOBAL_COPIES && rc == FS_STORE_BUSY; k++) {
+            if (snprintf(dir + base, dirsize - base, "/copy-%d", k) >= (int)(dirsize - base)) {
+                snprintf(err, errlen, "its directory's path is too long");
+                return -1;
+            }
+            rc = fs_store_open(st, dir, 0, err, errlen);
+        }
+        if (rc == 0) fs_debug("global table %s[%d]: another worker uses the files in %.*s; this one keeps its own in %s",
+                             t->name, (int)p, (int)base, dir, dir);
+        return rc;
+    }
+    fs_warn("table %s[%d]: %s; waiting up to %d s for it to close them", t->name, (int)p, err,
+            FS_STORE_WAIT_MS / 1000);
+    for (int waited = 0; rc == FS_STORE_BUSY && waited < FS_STORE_WAIT_MS; waited += 20) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+        rc = fs_store_open(st, dir, 0, err, errlen);
+    }
+    return rc;
+}
+
 /* Opens partition p of t and queues the replay of its changelog. */
 static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
 {
@@ -314,7 +358,7 @@ static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
     }
     fs_recovery *rec = recovery(rt);
     if (!rec) return -1;
-    if (fs_store_open(&t->parts[p].store, dir, 0, err, sizeof err)) {
+    if (open_owned(t, p, dir, sizeof dir, err, sizeof err)) {
         fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
         return -1;
     }

@@ -80,6 +80,7 @@ typedef struct fs_kafka {
     fs_transport base; /* first: fs_transport * and fs_kafka * convert */
     char *group;
     char *bootstrap;
+    char *instance_id; /* group.instance.id of the group consumer, or NULL */
     int embedded;         /* memory://: the mock cluster lives in this process */
     int no_create_topics; /* CreateTopics failed: the broker auto-creates (fstream-lua broker) */
     rd_kafka_t *consumer, *producer, *mock_host;
@@ -457,6 +458,8 @@ static int watch_queue(fs_loop *loop, rd_kafka_queue_t *q, int *fd, fs_io *io,
     return fs_io_add(loop, io, EPOLLIN);
 }
 
+static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, size_t errlen);
+
 /* A consumer of this worker's cluster. The group's own consumer (main) gets
  * the rebalance and commit callbacks; others (changelog recovery, global
  * tables) are assign-only and read committed data. */
@@ -490,7 +493,9 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
                         conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
                         conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
                         conf_set(c, "partition.assignment.strategy", "range,roundrobin", err,
-                                 errlen)))) {
+                                 errlen) ||
+                        (k->instance_id &&
+                         conf_set(c, "group.instance.id", k->instance_id, err, errlen))))) {
         rd_kafka_conf_destroy(c);
         return NULL;
     }
@@ -509,6 +514,18 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
     if (dbg && *dbg && conf_set(c, "debug", dbg, err, errlen)) {
         rd_kafka_conf_destroy(c);
         return NULL;
+    }
+    /* FSTREAM_KAFKA_CONSUMER="key=value,key=value": the group consumer's
+     * settings after the defaults (fetch.wait.max.ms, say, for bench/latency.sh). */
+    const char *env = main_group ? getenv("FSTREAM_KAFKA_CONSUMER") : NULL;
+    for (const char *s = env; s && *s;) {
+        const char *end = strchr(s, ',');
+        if (!end) end = s + strlen(s);
+        if (end > s && set_pair(c, s, (size_t)(end - s), err, errlen)) {
+            rd_kafka_conf_destroy(c);
+            return NULL;
+        }
+        s = *end ? end + 1 : end;
     }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, errlen);
     if (!rk) rd_kafka_conf_destroy(c);
@@ -642,7 +659,8 @@ static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, si
 }
 
 fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *group,
-                           const char *const *conf, char *err, size_t errlen)
+                           const char *const *conf, const char *instance_id, char *err,
+                           size_t errlen)
 {
     const char *servers;
     if (fs_broker_url_check(broker_url, &servers, err, errlen)) return NULL;
@@ -681,6 +699,8 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
         k->self_assign = 1;
     } else {
         k->bootstrap = strdup(servers);
+        /* memory:// has no group to rejoin: the worker assigns itself. */
+        if (instance_id && !(k->instance_id = strdup(instance_id))) goto oom;
     }
     if (!k->bootstrap) goto oom;
 
@@ -2217,6 +2237,7 @@ static void kafka_close(fs_transport *tp)
     free(k->fetched);
     free(k->msgs);
     free(k->bootstrap);
+    free(k->instance_id);
     free(k->group);
     free(k);
 }

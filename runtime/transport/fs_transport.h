@@ -325,10 +325,14 @@ struct fs_transport {
 /* librdkafka. broker_url: memory:// or kafka://HOST[:PORT],...; group: the
  * consumer group (and client.id). conf: extra producer settings "k=v",
  * NULL-terminated, or NULL; then those of $FSTREAM_KAFKA_PRODUCER
- * ("k=v,k=v", e.g. queue.buffering.max.messages=50). The transport registers
- * its wake-up fds on loop. NULL and a message on failure. */
+ * ("k=v,k=v", e.g. queue.buffering.max.messages=50). instance_id: the group
+ * consumer's group.instance.id (static membership: a member that comes back
+ * with it within the session timeout gets its partitions back without a
+ * rebalance), copied; NULL for none. The transport registers its wake-up fds
+ * on loop. NULL and a message on failure. */
 fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *group,
-                           const char *const *conf, char *err, size_t errlen);
+                           const char *const *conf, const char *instance_id, char *err,
+                           size_t errlen);
 /* The bootstrap servers the kafka transport talks to ("" for the in-memory log). */
 const char *fs_kafka_bootstrap(const fs_transport *tp);
 int fs_kafka_embedded(const fs_transport *tp); /* memory:// */

@@ -174,7 +174,10 @@ static int64_t wall_ms(void *data)
 
 /* ---- the worker's use of the transport ---- */
 
-int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen)
+static int eos_identity(fs_rt *rt, char *err, size_t errlen);
+
+int fs_rt_open_transport(fs_rt *rt, const char *broker, const char *instance_id, char *err,
+                         size_t errlen)
 {
     const char *bootstrap = NULL;
     if (broker && rt->eos && fs_broker_url_check(broker, &bootstrap, err, errlen) == 0 && !bootstrap) {
@@ -187,8 +190,20 @@ int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen
                  broker);
         return -1;
     }
-    fs_transport *tp = broker ? fs_kafka_new(&rt->loop, broker, rt->group, NULL, err, errlen)
+    /* "auto": stable across restarts in this data directory (the slot file's
+     * id), distinct for each worker running on it, and for each host. */
+    char auto_id[400];
+    if (broker && instance_id && strcmp(instance_id, "auto") == 0) {
+        if (!rt->txn_id && eos_identity(rt, err, errlen)) return -1;
+        char host[256];
+        if (gethostname(host, sizeof host)) snprintf(host, sizeof host, "localhost");
+        host[sizeof host - 1] = 0;
+        snprintf(auto_id, sizeof auto_id, "%s-%s", host, rt->txn_id + strlen(rt->group) + 1);
+        instance_id = auto_id;
+    }
+    fs_transport *tp = broker ? fs_kafka_new(&rt->loop, broker, rt->group, NULL, instance_id, err, errlen)
                               : fs_memlog_new(&rt->loop, wall_ms, rt);
+    if (tp && broker && instance_id) fs_info("static group member: group.instance.id %s", instance_id);
     if (!tp) {
         if (!broker) snprintf(err, errlen, "out of memory");
         return -1;

@@ -12,8 +12,12 @@
  * the transport itself). */
 /* Opens the worker's transport: librdkafka for broker (memory:// or
  * kafka://...), the in-memory log when broker is NULL. Registers the worker's
- * callbacks; sets rt->tp, rt->broker, rt->embedded. */
-int fs_rt_open_transport(fs_rt *rt, const char *broker, char *err, size_t errlen);
+ * callbacks; sets rt->tp, rt->broker, rt->embedded. instance_id: the group
+ * consumer's group.instance.id (static membership), NULL for none, "auto" for
+ * "<host name>-<slot id>" with the slot of the data directory that exactly-once
+ * uses too (taken here: it stays this process's). */
+int fs_rt_open_transport(fs_rt *rt, const char *broker, const char *instance_id, char *err,
+                         size_t errlen);
 /* Resolves the topics, holds what the worker holds from the start, runs the
  * agents' first steps and subscribes. */
 int fs_worker_start(fs_rt *rt, char *err, size_t errlen);

@@ -204,7 +204,7 @@ static probe *new_probe(const char *name, const char *url, fs_topic *t, const ch
     char err[512];
     if (!p) exit(2);
     p->name = name;
-    p->tp = fs_kafka_new(&loop, url, group, NULL, err, sizeof err);
+    p->tp = fs_kafka_new(&loop, url, group, NULL, NULL, err, sizeof err);
     if (!p->tp) {
         printf("FAIL %s cannot make the transport: %s\n", name, err);
         exit(1);
