@@ -26,6 +26,19 @@ describe("a channel", function()
     for i = 1, 50 do assert.are.equal(i, seen[i]) end
   end)
 
+  it("numbers its values from 1 with stream:enumerate(), as a topic's stream does", function()
+    local a = app("chenum")
+    local ch = a:channel()
+    local got = {}
+    a:agent("reader", ch, function(stream)
+      for i, v in stream:enumerate() do got[#got + 1] = i .. "=" .. v end
+    end)
+    t = fstream.testing(a)
+    for _, v in ipairs { "a", "b", "c" } do ch:send { value = v } end
+    t:run()
+    assert.are.same({ "1=a", "2=b", "3=c" }, got)
+  end)
+
   it("is an agent's sink: stream:yield sends to it, and nothing goes to Kafka", function()
     local a = app("ch2")
     local ch = a:channel { name = "doubled" }

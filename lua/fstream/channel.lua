@@ -205,16 +205,6 @@ function ChannelStream:events()
   end
 end
 
-function ChannelStream:enumerate()
-  local count = 0
-  return function()
-    local v = self()
-    if v == nil then return nil end
-    count = count + 1
-    return count, v
-  end
-end
-
 -- take(max, within): batches of up to max values; a shorter one once
 -- `within` seconds passed since its first value (as a topic's stream).
 function ChannelStream:take(max, within)
@@ -266,7 +256,7 @@ function ChannelStream:through() no_regroup(self) end
 
 do
   local Stream = require "fstream.stream"
-  for _, op in ipairs { "filter", "map", "echo" } do ChannelStream[op] = Stream[op] end
+  for _, op in ipairs { "filter", "map", "echo", "enumerate" } do ChannelStream[op] = Stream[op] end
 end
 
 Channel.ChannelStream = ChannelStream

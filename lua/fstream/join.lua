@@ -15,6 +15,7 @@
 -- table) until no event of the other side can match them any more.
 local core = require "fstream.core"
 local Table = require "fstream.table"
+local Heap = require "fstream.heap"
 
 local Join = {}
 
@@ -317,48 +318,13 @@ end
 -- checkpoint.
 local TIME_KEY = core.json.encode { ["$time"] = true }
 
--- A min-heap of buffered events' (time, join key), one per side and
--- partition: expiring looks at the events whose time has passed and nothing
--- else, whatever the number of keys. (A key may be in it several times; the
--- first of them to come out expires all of the key's events that are due.)
-local function heap_push(h, t, k)
-  local ts, ks = h.t, h.k
-  local i = h.n + 1
-  h.n = i
-  while i > 1 do
-    local up = i // 2
-    if ts[up] <= t then break end
-    ts[i], ks[i] = ts[up], ks[up]
-    i = up
-  end
-  ts[i], ks[i] = t, k
-end
-
-local function heap_pop(h)
-  local ts, ks, n = h.t, h.k, h.n
-  local top_k = ks[1]
-  local t, k = ts[n], ks[n]
-  ts[n], ks[n] = nil, nil
-  n = n - 1
-  h.n = n
-  if n > 0 then
-    local i = 1
-    while true do
-      local c = 2 * i
-      if c > n then break end
-      if c < n and ts[c + 1] < ts[c] then c = c + 1 end
-      if t <= ts[c] then break end
-      ts[i], ks[i] = ts[c], ks[c]
-      i = c
-    end
-    ts[i], ks[i] = t, k
-  end
-  return top_k
-end
-
 -- What the join knows of partition p: each side's time (the newest event time
 -- seen there) and each side's heap of buffered events. Built from the buffers
--- when the worker (re)takes p.
+-- when the worker (re)takes p. A side's heap holds its buffered events'
+-- (time, join key): expiring looks at the events whose time has passed and
+-- nothing else, whatever the number of keys. (A key may be in it several
+-- times; the first of them to come out expires all of the key's events that
+-- are due.)
 local function part_of(self, p)
   local b1, b2 = self.buffers[1], self.buffers[2]
   local P = self.parts[p]
@@ -367,14 +333,14 @@ local function part_of(self, p)
   local cell = type(saved) == "table" and { l = saved.l, r = saved.r } or {}
   P = {
     time = { cell.l or -math.huge, cell.r or -math.huge }, cell = cell,
-    heap = { { t = {}, k = {}, n = 0 }, { t = {}, k = {}, n = 0 } },
+    heap = { Heap.new(), Heap.new() },
     held1 = b1.parts[p], held2 = b2.parts[p],
   }
   for s, b in ipairs(self.buffers) do
     for kb, list in pairs(Table._scan(b, p)) do
       if kb ~= TIME_KEY then
         local k = b.decode_key(kb)
-        for _, e in ipairs(list) do heap_push(P.heap[s], e.t, k) end
+        for _, e in ipairs(list) do Heap.push(P.heap[s], e.t, k) end
       end
     end
   end
@@ -426,7 +392,7 @@ local function expire(self, P, s, limit)
   local h = P.heap[s]
   local ts = h.t
   while h.n > 0 and ts[1] < limit do
-    local k = heap_pop(h)
+    local k = Heap.pop(h)
     local list = buf[k]
     if list then
       local keep, dropped = {}, false
@@ -514,7 +480,7 @@ local function join_event(self, v)
     local list = buf[k] or {}
     list[#list + 1] = { t = ts, v = v, m = (s == 1 and left_join and matched) or nil }
     buf[k] = list
-    heap_push(P.heap[s], ts, k)
+    Heap.push(P.heap[s], ts, k)
   elseif s == 1 and left_join and not matched then
     emit(self, v, nil)
   end

@@ -15,6 +15,7 @@
 -- modules use (Table.state); `t:update(k, fn)` still calls the method, since
 -- only a method call finds the methods (see SELF_OP below).
 local core = require "fstream.core"
+local Heap = require "fstream.heap"
 
 local Table = {}
 local MISSING, TOMBSTONE = {}, {}
@@ -527,46 +528,10 @@ end
 local EXPIRE_BATCH = 1000
 Table.EXPIRE_BATCH = EXPIRE_BATCH
 
-local function heap_push(h, d, kb)
-  local n = h.n + 1
-  h.n = n
-  local ds, ks = h.d, h.k
-  while n > 1 do
-    local parent = n // 2
-    if ds[parent] <= d then break end
-    ds[n], ks[n] = ds[parent], ks[parent]
-    n = parent
-  end
-  ds[n], ks[n] = d, kb
-end
-
-local function heap_pop(h)
-  local ds, ks = h.d, h.k
-  local n = h.n
-  local kb = ks[1]
-  local d, k = ds[n], ks[n]
-  ds[n], ks[n] = nil, nil
-  n = n - 1
-  h.n = n
-  if n > 0 then
-    local i = 1
-    while true do
-      local c = 2 * i
-      if c > n then break end
-      if c < n and ds[c + 1] < ds[c] then c = c + 1 end
-      if ds[c] >= d then break end
-      ds[i], ks[i] = ds[c], ks[c]
-      i = c
-    end
-    ds[i], ks[i] = d, k
-  end
-  return kb
-end
-
 local function queue(self, part, kb, ms)
   if part.queued[kb] then return end
   part.queued[kb] = true
-  heap_push(part.heap, ms / 1000 + self.ttl, kb)
+  Heap.push(part.heap, ms / 1000 + self.ttl, kb)
 end
 
 local function stamp_of(vb)
@@ -576,7 +541,7 @@ Table.ttl_time = stamp_of
 
 function Table.ttl_hold(self, part)
   part.wtime, part.wprev = {}, {}
-  part.heap, part.queued = { n = 0, d = {}, k = {} }, {}
+  part.heap, part.queued = Heap.new(), {}
   part.walk = "" -- where the walk of LMDB goes on ("": from the start; nil: done)
 end
 
@@ -626,13 +591,13 @@ function Table._expire(self, now)
       end
     end
     local h, n = part.heap, 0
-    while h.n > 0 and h.d[1] <= now do
+    while h.n > 0 and h.t[1] <= now do
       if n == EXPIRE_BATCH then
         more = true
         break
       end
       n = n + 1
-      local kb = heap_pop(h)
+      local kb = Heap.pop(h)
       part.queued[kb] = nil
       local ms = last_write(self, p, part, kb)
       if ms then
