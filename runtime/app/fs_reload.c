@@ -354,7 +354,14 @@ static void remember(struct fs_reload *r, int ok, int64_t pause_ms, const char *
     e->at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     e->ok = ok;
     e->pause_ms = pause_ms;
-    snprintf(e->msg, sizeof e->msg, "%s", msg);
+    /* A long refusal (a traceback) is cut visibly here; the log has it whole. */
+    size_t n = strlen(msg);
+    if (n < sizeof e->msg) {
+        memcpy(e->msg, msg, n + 1);
+    } else {
+        memcpy(e->msg, msg, sizeof e->msg - 4);
+        memcpy(e->msg + sizeof e->msg - 4, "...", 4);
+    }
     if (ok) {
         r->reloads++;
         r->pause_ms_sum += pause_ms;

@@ -27,7 +27,7 @@ struct fs_reload_event {
     int64_t at_ms;    /* wall clock, ms since the epoch */
     int ok;           /* 0: the new version was refused, the old one runs on */
     int64_t pause_ms; /* events paused, drain to resume */
-    char msg[256];    /* the script (ok) or why it was refused */
+    char msg[256];    /* the script (ok) or why it was refused; a longer one ends in "..." */
 };
 /* The ring of the last reloads (event i of n at hist[i % FS_RELOAD_HIST])
  * and the counts; NULL when this worker cannot reload. */
