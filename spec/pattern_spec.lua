@@ -192,8 +192,8 @@ describe("a pattern topic on a running worker", function()
   it("reads topics created after the start, on a standalone broker (a consumer group)", function()
     local name, out = "pb-" .. uniq, "pb-out-" .. uniq
     local broker, addr = proc.broker({ out }, 3)
-    local w = proc.spawn(string.format("env APP_ID=pb-%s OUT=%s PATTERN=%s FSTREAM_BROKER=kafka://%s %s worker %s --no-web -l info",
-      uniq, out, q("^" .. name .. "-"), addr, bin, q(APP)), "worker-pattern-broker")
+    local w = proc.spawn(string.format("env APP_ID=pb-%s OUT=%s PATTERN=%s FSTREAM_BROKER=kafka://%s %s worker %s --no-web -l info --store lmdb://%s/pb-%s-data",
+      uniq, out, q("^" .. name .. "-"), addr, bin, q(APP), proc.tmp, uniq), "worker-pattern-broker")
     assert.truthy(w:wait_for("worker started", 30), w:output())
     late_topics_are_read(w, addr, name, out)
     assert.are.equal(0, w:stop())
