@@ -11,7 +11,7 @@ local proc = lib.proc
 local eos = require "spec.support.eos"
 
 local KAFKA_PORT = 19730
-local WORDS = 24
+local WORDS = 400 -- enough keys that a partition spans many pages (its root near the end of the file)
 local q = proc.quote
 
 local function sh(cmd)
