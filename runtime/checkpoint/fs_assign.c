@@ -281,6 +281,19 @@ static void assign_start(fs_assign *a, const fs_tplist *parts)
     a->asking = 1;
     /* Held until every recovery below is asked for: done may come at once. */
     a->holds = 1;
+    /* Partition numbers whose tables are held already (cooperative: a topic
+     * joined the subscription, and another table input of that number stays
+     * held): their tables are ready and keep what they cache. */
+    FS_VEC(int32_t) ready = {0};
+    for (int i = 0; i < a->parts.len; i++) {
+        int32_t n = a->parts.items[i].partition;
+        if (table_input(rt, &a->parts.items[i]) && tables_still_needed(rt, n, &a->parts) &&
+            fs_vec_push(&ready, n)) {
+            fs_vec_free(&ready);
+            fs_rt_fatal(rt, "out of memory taking an assignment");
+            return;
+        }
+    }
     for (int i = 0; i < a->parts.len; i++) {
         fs_part *p = part_of(rt, &a->parts.items[i]);
         if (p) fs_part_take(p);
@@ -296,6 +309,9 @@ static void assign_start(fs_assign *a, const fs_tplist *parts)
     for (int i = 0; i < a->parts.len && !a->failed; i++) {
         fs_tp *tp = &a->parts.items[i];
         if (!table_input(rt, tp)) continue; /* forwarders' inputs, the leader topic */
+        int is_ready = 0;
+        for (size_t j = 0; j < ready.len && !is_ready; j++) is_ready = ready.items[j] == tp->partition;
+        if (is_ready) continue;
         for (int j = 0; j < a->parts.len; j++)
             if (a->parts.items[j].partition == tp->partition && table_input(rt, &a->parts.items[j]))
                 fs_part_recover(part_of(rt, &a->parts.items[j]));
@@ -306,6 +322,7 @@ static void assign_start(fs_assign *a, const fs_tplist *parts)
             a->failed = 1;
         }
     }
+    fs_vec_free(&ready);
     a->holds--;
     assign_complete(a);
 }
@@ -319,7 +336,8 @@ static void assign_drop(fs_assign *a)
     for (int i = 0; i < a->parts.len; i++) {
         fs_tp *tp = &a->parts.items[i];
         fs_part *p = part_of(a->rt, tp);
-        if (table_input(a->rt, tp) && first_of_number(a->rt, &a->parts, i))
+        if (table_input(a->rt, tp) && first_of_number(a->rt, &a->parts, i) &&
+            !tables_still_needed(a->rt, tp->partition, &a->parts))
             fs_tables_release(a->rt, tp->partition);
         if (p) fs_part_revoke(p);
     }

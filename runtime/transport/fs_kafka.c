@@ -69,6 +69,13 @@ struct fs_cq {
     int waiting; /* for the retry timer, not in flight */
 };
 
+/* An offset commit held back while the group's join round runs (see
+ * group_joining). */
+struct fs_defer {
+    fs_tplist offsets;
+    void *ctx;
+};
+
 /* A txn_done to report from the next poll (decided on the loop's thread). */
 struct fs_txn_note {
     void *ctx;
@@ -153,6 +160,11 @@ typedef struct fs_kafka {
     FS_RING(struct fs_txn_note) notes; /* txn_done results to report from poll */
     fs_meta *meta; /* the topic-listing thread, started by the first list_topics */
     FS_VEC(struct fs_cq *) cqs; /* committed-offsets questions, owned */
+    /* The group consumer's JoinGroup round, seen by interceptors on
+     * librdkafka's broker threads (atomics, monotonic ms): sent at, and the
+     * SyncGroup answer that ends it received at. See group_joining. */
+    int64_t join_sent_ms, sync_done_ms;
+    FS_VEC(struct fs_defer) deferred; /* commits held back while the group joins, in order */
     fs_timer cq_timer;
     int64_t txn_commits, txn_aborts, txn_recreated;
 } fs_kafka;
@@ -367,6 +379,7 @@ static void serve_producer(fs_kafka *k, int wait_ms)
 
 static int kafka_assign(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen);
 static int kafka_unassign(fs_transport *tp, const fs_tplist *parts);
+static void defer_flush(fs_kafka *k);
 
 /* librdkafka list <-> project list, at rebalances and commits only. */
 static int from_rd(fs_tplist *out, const rd_kafka_topic_partition_list_t *l)
@@ -431,7 +444,6 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             fs_warn("incremental assign: %s", rd_kafka_error_string(e));
             rd_kafka_error_destroy(e);
         }
-        if (!parts || parts->cnt == 0) return; /* nothing moved to this member */
     }
     fs_tplist l = {0};
     if (from_rd(&l, parts)) {
@@ -501,6 +513,71 @@ static int watch_queue(fs_loop *loop, rd_kafka_queue_t *q, int *fd, fs_io *io,
 
 static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, size_t errlen);
 
+/* ---- the join round (cooperative rebalances) ----
+ * Under the cooperative protocol a member keeps its partitions, and goes on
+ * committing their offsets, while the group rebalances. But the coordinator
+ * answers one request of a connection at a time, in order: an OffsetCommit
+ * sent after this member's JoinGroup waits until the join round is over, and
+ * is then refused with ILLEGAL_GENERATION (the round made a new generation),
+ * which librdkafka 2.0.2 takes for a lost assignment: it revokes every
+ * partition as lost and rejoins (librdkafka issue 4059, fixed in later
+ * versions). So commits wait while this member's JoinGroup is unanswered by
+ * the SyncGroup that ends the round. librdkafka tells no one when it joins;
+ * its interceptors see every request it sends and every response it gets. */
+static int64_t mono_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define FS_APIKEY_JOINGROUP 11
+#define FS_APIKEY_SYNCGROUP 14
+#define FS_APIKEY_LEAVEGROUP 13
+/* A round that shows no end this long after its JoinGroup (an error made
+ * librdkafka start over later, say) no longer holds commits back. */
+#define FS_JOIN_HOLD_MS 10000
+
+static rd_kafka_resp_err_t join_sent(rd_kafka_t *rk, int sockfd, const char *brokername, int32_t brokerid,
+                                     int16_t api, int16_t ver, int32_t corrid, size_t size, void *opaque)
+{
+    fs_kafka *k = opaque;
+    (void)rk, (void)sockfd, (void)brokername, (void)brokerid, (void)ver, (void)corrid, (void)size;
+    if (api == FS_APIKEY_JOINGROUP) __atomic_store_n(&k->join_sent_ms, mono_now_ms(), __ATOMIC_RELEASE);
+    else if (api == FS_APIKEY_LEAVEGROUP) __atomic_store_n(&k->sync_done_ms, mono_now_ms(), __ATOMIC_RELEASE);
+    return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+static rd_kafka_resp_err_t sync_received(rd_kafka_t *rk, int sockfd, const char *brokername,
+                                         int32_t brokerid, int16_t api, int16_t ver, int32_t corrid,
+                                         size_t size, int64_t rtt, rd_kafka_resp_err_t err, void *opaque)
+{
+    fs_kafka *k = opaque;
+    (void)rk, (void)sockfd, (void)brokername, (void)brokerid, (void)ver, (void)corrid, (void)size, (void)rtt,
+        (void)err;
+    if (api == FS_APIKEY_SYNCGROUP) __atomic_store_n(&k->sync_done_ms, mono_now_ms(), __ATOMIC_RELEASE);
+    return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+static rd_kafka_resp_err_t join_watch_new(rd_kafka_t *rk, const rd_kafka_conf_t *conf, void *opaque,
+                                          char *errstr, size_t errlen)
+{
+    (void)conf, (void)errstr, (void)errlen;
+    rd_kafka_resp_err_t e = rd_kafka_interceptor_add_on_request_sent(rk, "fstream-join", join_sent, opaque);
+    if (!e) e = rd_kafka_interceptor_add_on_response_received(rk, "fstream-join", sync_received, opaque);
+    return e;
+}
+
+/* This member's join round runs (cooperative only: an eager member revokes
+ * everything before it joins, so it has nothing to commit meanwhile). */
+static int group_joining(fs_kafka *k)
+{
+    if (!k->base.cooperative || k->self_assign) return 0;
+    int64_t sent = __atomic_load_n(&k->join_sent_ms, __ATOMIC_ACQUIRE);
+    int64_t done = __atomic_load_n(&k->sync_done_ms, __ATOMIC_ACQUIRE);
+    return sent > done && mono_now_ms() - sent < FS_JOIN_HOLD_MS;
+}
+
 /* A consumer of this worker's cluster. The group's own consumer (main) gets
  * the rebalance and commit callbacks; others (changelog recovery, global
  * tables) are assign-only and read committed data. */
@@ -514,6 +591,11 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
     if (main_group) {
         rd_kafka_conf_set_rebalance_cb(c, kafka_rebalance);
         rd_kafka_conf_set_offset_commit_cb(c, kafka_commit_cb);
+        if (rd_kafka_conf_interceptor_add_on_new(c, "fstream-join", join_watch_new, k)) {
+            snprintf(err, errlen, "could not watch the consumer group's joins");
+            rd_kafka_conf_destroy(c);
+            return NULL;
+        }
     }
     if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
         conf_set(c, "group.id", group, err, errlen) ||
@@ -1357,6 +1439,7 @@ static void fetch_watch(fs_kafka *k, int qlen)
 static int kafka_poll(fs_transport *tp, int fetch)
 {
     fs_kafka *k = kafka_of(tp);
+    if (k->deferred.len && !group_joining(k)) defer_flush(k);
     if (fetch && !k->fetching) k->consume_pending = 1; /* fetching restarts: look at once */
     k->fetching = fetch;
     if (k->produce_pending) {
@@ -1800,9 +1883,33 @@ static int kafka_seek(fs_transport *tp, const fs_tplist *parts, char *err, size_
     return rc;
 }
 
+/* The commits held back during a join round, in order, once it is over. */
+static void defer_flush(fs_kafka *k)
+{
+    for (size_t i = 0; i < k->deferred.len; i++) {
+        struct fs_defer *d = &k->deferred.items[i];
+        rd_kafka_topic_partition_list_t *l = to_rd(&d->offsets);
+        rd_kafka_resp_err_t e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, d->ctx);
+        rd_kafka_topic_partition_list_destroy(l);
+        if (e && k->base.cb.commit_done) k->base.cb.commit_done(k->base.cb.data, d->ctx, &d->offsets, e);
+        fs_tplist_free(&d->offsets);
+    }
+    k->deferred.len = 0;
+}
+
 static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, void *ctx)
 {
     fs_kafka *k = kafka_of(tp);
+    if (!(flags & FS_COMMIT_SYNC) && (k->deferred.len || group_joining(k))) {
+        struct fs_defer d = {{0}, ctx};
+        if (fs_tplist_copy(&d.offsets, offsets) || fs_vec_push(&k->deferred, d)) {
+            fs_tplist_free(&d.offsets);
+            return -1;
+        }
+        /* The round ends with a rebalance callback, which wakes the loop. */
+        fs_debug("offset commit held back while the group's join round runs");
+        return 0;
+    }
     rd_kafka_topic_partition_list_t *l = to_rd(offsets);
     rd_kafka_resp_err_t e;
     if (flags & FS_COMMIT_SYNC) {
@@ -2025,6 +2132,16 @@ static void start_abort(fs_kafka *k, void *ctx)
 
 static void start_commit(fs_kafka *k)
 {
+    if (group_joining(k)) return; /* (see group_joining) txn_service starts it after the round */
+    /* The generation the offsets are sent with is the one of now (KIP-447):
+     * a commit held back by a join round must not carry the round's old one. */
+    if (k->job.cgmd) {
+        rd_kafka_consumer_group_metadata_t *now = rd_kafka_consumer_group_metadata(k->consumer);
+        if (now) {
+            rd_kafka_consumer_group_metadata_destroy(k->job.cgmd);
+            k->job.cgmd = now;
+        }
+    }
     k->commit_waiting = 0;
     job_start(k, k->job_ctx);
 }
@@ -2337,6 +2454,7 @@ static void kafka_close(fs_transport *tp)
     fs_kafka *k = kafka_of(tp);
     if (!k) return;
     tp->closing = 1;
+    if (k->consumer && k->deferred.len) defer_flush(k);
     if (k->consumer) {
         /* A self-assigned worker never joined, so closing revokes nothing:
          * report the revocation leaving the group would (last table writes,
@@ -2404,6 +2522,8 @@ static void kafka_close(fs_transport *tp)
     fs_timer_stop(tp->loop, &k->cq_timer);
     while (k->cqs.len) cq_free(k, k->cqs.items[k->cqs.len - 1]);
     fs_vec_free(&k->cqs);
+    for (size_t i = 0; i < k->deferred.len; i++) fs_tplist_free(&k->deferred.items[i].offsets);
+    fs_vec_free(&k->deferred);
     if (k->tfd >= 0) fs_io_del(tp->loop, &k->tio), close(k->tfd);
     for (size_t i = 0; i < k->pconf.len; i++) free(k->pconf.items[i]);
     fs_vec_free(&k->pconf);
