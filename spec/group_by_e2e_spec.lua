@@ -29,7 +29,6 @@ local function two_runs(name, late)
     Orders.wait_sum(dump, n, w, 90)
     proc.sleep(1) -- anything beyond n would show now
     assert.are.equal(0, w:stop(), w:output())
-    io.stderr:write("DEBUGLOG\n" .. w:output() .. "\n")
     return w:output()
   end
 

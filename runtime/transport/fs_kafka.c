@@ -380,6 +380,7 @@ static void serve_producer(fs_kafka *k, int wait_ms)
 static int kafka_assign(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen);
 static int kafka_unassign(fs_transport *tp, const fs_tplist *parts);
 static void defer_flush(fs_kafka *k);
+static int wake_fetcher(fs_kafka *k);
 
 /* librdkafka list <-> project list, at rebalances and commits only. */
 static int from_rd(fs_tplist *out, const rd_kafka_topic_partition_list_t *l)
@@ -444,6 +445,9 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             fs_warn("incremental assign: %s", rd_kafka_error_string(e));
             rd_kafka_error_destroy(e);
         }
+        /* The resume alone reaches the fetcher at its next wake-up, up to
+         * 1 s later (see wake_fetcher); the pause dropped what was queued. */
+        else if (!k->paused_all && !k->paused_some) wake_fetcher(k);
     }
     fs_tplist l = {0};
     if (from_rd(&l, parts)) {
@@ -1804,6 +1808,11 @@ static int kafka_unassign(fs_transport *tp, const fs_tplist *parts)
     if (e) {
         fs_warn("incremental unassign of %d partitions failed: %s", l->cnt, rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
+    } else if (!k->self_assign && !k->paused_all && !k->paused_some) {
+        /* librdkafka paused the fetchers of the partitions kept while it
+         * waited for this answer, and resumes them now: wake them (see
+         * wake_fetcher; the pause dropped what was queued). */
+        wake_fetcher(k);
     }
     if (have) rd_kafka_topic_partition_list_destroy(have);
     rd_kafka_topic_partition_list_destroy(l);
