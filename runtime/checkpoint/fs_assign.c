@@ -18,8 +18,9 @@ enum { R_NONE = 0, R_FENCE, R_CHECKPOINT, R_CHECKPOINTING, R_RELEASE };
 /* Steps of a reset (see fs_assign_reset). */
 enum { X_NONE = 0, X_ABORT, X_ABORTING, X_FENCE, X_CLEAR };
 
-/* What the transport reported (or a reset asked) while another change was in progress. */
-enum { C_REVOKE = 0, C_ASSIGN = 1, C_RESET = 2 };
+/* What the transport reported (or a reset asked) while another change was in progress.
+ * C_LOST: a revocation of a lost assignment (at-least-once, see fs_assign_on_revoked). */
+enum { C_REVOKE = 0, C_ASSIGN = 1, C_RESET = 2, C_LOST = 3 };
 struct change {
     int assign; /* C_* */
     fs_tplist parts;
@@ -43,6 +44,7 @@ struct fs_assign {
     int asked;
     /* the revocation in progress */
     int revoke_step;
+    int revoke_lost; /* it releases a lost assignment: checkpoints are blocked until then */
     fs_tplist revoke;
     int64_t revoke_deadline;
     FS_VEC(struct change) queue;
@@ -131,7 +133,7 @@ static int first_of_number(fs_rt *rt, const fs_tplist *l, int i)
 }
 
 static void next_change(fs_assign *a);
-static void revoke_start(fs_assign *a, const fs_tplist *parts);
+static void revoke_start(fs_assign *a, const fs_tplist *parts, int lost);
 static void reset_start(fs_assign *a, const char *what, const char *why);
 
 /* ---- assignment ---- */
@@ -308,6 +310,10 @@ static void revoke_release(fs_assign *a)
     }
     fs_tplist_free(&a->revoke);
     a->revoke_step = R_NONE;
+    if (a->revoke_lost) {
+        a->revoke_lost = 0;
+        if (a->reset_step == X_NONE) fs_ckpt_block(a->ck, 0); /* a reset unblocks by itself */
+    }
     a->tp->ops->unassign(a->tp);
     fs_info("revocation done");
     next_change(a);
@@ -354,7 +360,7 @@ static int revoke_advance(fs_assign *a)
     }
 }
 
-static void revoke_start(fs_assign *a, const fs_tplist *parts)
+static void revoke_start(fs_assign *a, const fs_tplist *parts, int lost)
 {
     fs_rt *rt = a->rt;
     /* Agents may be in the middle of an event of these partitions (a table
@@ -363,6 +369,7 @@ static void revoke_start(fs_assign *a, const fs_tplist *parts)
      * holds the rebalance until unassign — while a fence stops agents from
      * starting further events of these partitions. */
     fs_info("revoking %d partitions: %s", parts->len, names_of(a, parts));
+    a->revoke_lost = lost; /* its checkpoint is refused (blocked): released without one */
     fs_tplist_free(&a->revoke);
     if (fs_tplist_copy(&a->revoke, parts)) {
         fs_rt_fatal(rt, "out of memory revoking partitions");
@@ -383,14 +390,33 @@ static void revoke_start(fs_assign *a, const fs_tplist *parts)
 
 void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts)
 {
+    /* At-least-once, the assignment lost (the session expired while the
+     * broker was out of reach): another member owns these partitions and has
+     * written their tables' changelogs since. A checkpoint now would write
+     * this worker's older values after those (and store them locally with a
+     * changelog position past the new owner's records): nothing of theirs is
+     * checkpointed any more. The transport discarded what it had not
+     * delivered; the running checkpoint is abandoned, and none starts until
+     * the revocation released the tables without writing. Their input since
+     * the last commit is the next owner's to process again. (Exactly-once
+     * aborts the open transaction instead: kafka_rebalance, txn_lost.) */
+    int lost = a->tp->lost && !fs_ckpt_transactional(a->ck);
+    if (lost) {
+        fs_warn("assignment lost (the group's session expired; another member may hold the %d "
+                "partitions): releasing them without a checkpoint, their input since the last "
+                "commit is processed again by the next owner",
+                parts->len);
+        fs_ckpt_abandon(a->ck);
+        fs_ckpt_block(a->ck, 1);
+    }
     if (fs_assign_busy(a)) {
-        struct change c = {C_REVOKE, {0}, NULL};
+        struct change c = {lost ? C_LOST : C_REVOKE, {0}, NULL};
         if (fs_tplist_copy(&c.parts, parts) || fs_vec_push(&a->queue, c)) {
             fs_tplist_free(&c.parts);
             fs_rt_fatal(a->rt, "out of memory revoking partitions");
         }
     } else {
-        revoke_start(a, parts);
+        revoke_start(a, parts, lost);
     }
     /* Closing: the transport waits for the answer inside this call. */
     if (a->rt->closing || a->tp->closing) fs_assign_finish(a, 35000);
@@ -403,7 +429,7 @@ static void next_change(fs_assign *a)
         fs_vec_remove(&a->queue, 0);
         if (c.assign == C_ASSIGN) assign_start(a, &c.parts);
         else if (c.assign == C_RESET) reset_start(a, c.why, c.why + strlen(c.why) + 1);
-        else revoke_start(a, &c.parts);
+        else revoke_start(a, &c.parts, c.assign == C_LOST);
         fs_tplist_free(&c.parts);
         free(c.why);
     }
@@ -595,7 +621,7 @@ void fs_assign_finish(fs_assign *a, int64_t max_ms)
             if (!a->queue.len) break;
             struct change c = a->queue.items[0];
             fs_vec_remove(&a->queue, 0);
-            if (c.assign == C_REVOKE) revoke_start(a, &c.parts);
+            if (c.assign == C_REVOKE || c.assign == C_LOST) revoke_start(a, &c.parts, c.assign == C_LOST);
             fs_tplist_free(&c.parts);
             free(c.why);
             continue;

@@ -267,6 +267,9 @@ static void report_dr(fs_kafka *k, const rd_kafka_message_t *m)
             k->txn_send_failed = 1;
         }
         k->txn_doomed = 1;
+    } else if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+               m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+        r.aborted = 1; /* purge_lost: discarded, not failed */
     }
     if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
 }
@@ -396,6 +399,24 @@ static void kafka_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     fs_tplist_free(&l);
 }
 
+/* At-least-once, the assignment lost: what the producer has not delivered
+ * yet came from partitions another member may own by now. Written later, a
+ * table's changelog record would land after that member's newer ones and
+ * take the table back to this worker's stale value. Every undelivered send
+ * is discarded (reported aborted: its input was not committed, the next
+ * owner processes it again). Bytes already handed to the socket may still
+ * arrive; only exactly-once fences those. */
+static void purge_lost(fs_kafka *k)
+{
+    if (!k->producer || k->txn) return;
+    int64_t n = k->inflight + (int64_t)k->overflow.len;
+    rd_kafka_purge(k->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+                                    RD_KAFKA_PURGE_F_NON_BLOCKING);
+    drop_overflow(k);
+    k->produce_pending = k->base.pending = 1;
+    if (n) fs_warn("assignment lost: %lld undelivered sends discarded", (long long)n);
+}
+
 static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                             rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -425,8 +446,11 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                         "them): the open transaction will be aborted, not committed");
             k->txn_lost = 1;
         }
+        k->base.lost = rd_kafka_assignment_lost(rk);
+        if (k->base.lost) purge_lost(k);
         if (k->base.cb.revoked) k->base.cb.revoked(k->base.cb.data, &l);
         else rd_kafka_assign(rk, NULL);
+        k->base.lost = 0;
     }
     fs_tplist_free(&l);
 }
@@ -1251,6 +1275,7 @@ static int kafka_poll(fs_transport *tp, int fetch)
     }
     if (k->overflow.len) drain(k);
     if (k->txn) txn_service(k);
+    else if (k->dropped.len) report_dropped(k); /* purge_lost's */
     if (k->admin_pending) {
         k->admin_pending = 0;
         rd_kafka_event_t *ev;

@@ -312,6 +312,10 @@ struct fs_transport {
     /* ops->close runs: a revocation reported now (cb.revoked) must be
      * answered before the callback returns — no agent will run again. */
     int closing;
+    /* The revocation cb.revoked reports (set for the call only) is a lost
+     * assignment: the group's session expired and another member may hold
+     * the partitions already. (kafka: rd_kafka_assignment_lost.) */
+    int lost;
     /* Messages waiting in the overflow queue because the client's own queue
      * is full (librdkafka's queue.buffering.max.messages). They are handed to
      * the client in order as delivery reports make room; the upper layer
