@@ -1360,7 +1360,18 @@ static ssize_t consume_some(fs_kafka *k, int *handed)
     for (ssize_t i = 0; i < n; i++) {
         rd_kafka_message_t *msg = k->msgs[i];
         if (msg->err) {
-            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            if (msg->err == RD_KAFKA_RESP_ERR__FATAL) {
+                /* The group consumer's fatal errors come here, not to error_cb
+                 * (its main queue is forwarded to this one): e.g. a static
+                 * member fenced by a request of its own sent before a network
+                 * partition and delivered after it. The consumer never fetches
+                 * again: the worker must stop, not sit there. */
+                char buf[512];
+                rd_kafka_fatal_error(k->consumer, buf, sizeof buf);
+                if (k->base.cb.error)
+                    k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FATAL, buf, 1);
+                else fs_error("kafka fatal error: %s", buf);
+            } else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 fs_warn("consumer: %s%s%s", msg->rkt ? rd_kafka_topic_name(msg->rkt) : "",
                         msg->rkt ? ": " : "", rd_kafka_message_errstr(msg));
             rd_kafka_message_destroy(msg);
