@@ -9,12 +9,15 @@
  * worker/fs_worker.c. */
 #include <ctype.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -188,6 +191,29 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         return;
     }
     fs_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
+}
+
+/* The producer's and the group consumer's connections give up on data the
+ * broker has not acknowledged for this long (TCP_USER_TIMEOUT), well inside
+ * the group's session timeout (6 s). A worker cut off from the broker by the
+ * network has requests sitting in its sockets' send queues — changelog
+ * records, heartbeats with its member id — which the kernel would deliver
+ * when the network comes back, after the group handed its partitions on:
+ * records landing behind the next owner's, a heartbeat that fences the
+ * static member's new incarnation. Aborted instead; librdkafka retries on a
+ * new connection what it still holds (the producer is idempotent), and a
+ * lost assignment purges that (purge_lost). */
+#define FS_TCP_USER_TIMEOUT_MS 3000
+
+static int socket_cb(int domain, int type, int protocol, void *opaque)
+{
+    (void)opaque;
+    int s = socket(domain, type | SOCK_CLOEXEC, protocol);
+    unsigned int ms = FS_TCP_USER_TIMEOUT_MS;
+    /* Not fatal where unsupported: only the partition case gets worse. */
+    if (s >= 0 && type == SOCK_STREAM)
+        (void)setsockopt(s, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+    return s;
 }
 
 static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
@@ -495,6 +521,7 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
     rd_kafka_conf_set_log_cb(c, log_cb);
     rd_kafka_conf_set_error_cb(c, error_cb);
     if (main_group) {
+        rd_kafka_conf_set_socket_cb(c, socket_cb);
         rd_kafka_conf_set_rebalance_cb(c, kafka_rebalance);
         rd_kafka_conf_set_offset_commit_cb(c, kafka_commit_cb);
     }
@@ -639,6 +666,7 @@ static rd_kafka_t *new_producer(fs_kafka *k, const char *txn_id, char *err, size
     rd_kafka_conf_set_opaque(c, k);
     rd_kafka_conf_set_log_cb(c, log_cb);
     rd_kafka_conf_set_events(c, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR);
+    rd_kafka_conf_set_socket_cb(c, socket_cb);
     if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
         conf_set(c, "client.id", k->group, err, errlen) ||
         conf_set(c, "linger.ms", "5", err, errlen) ||
