@@ -410,6 +410,9 @@ static void revoke_release(fs_assign *a)
     fs_tplist_free(&a->revoke);
     a->revoke_step = R_NONE;
     a->revoke_some = a->revoke_lost = 0;
+    /* At-least-once: checkpoints were blocked while the lost partitions went
+     * (fs_assign_on_revoked); a reset unblocks them by itself. */
+    if (lost && !fs_ckpt_transactional(a->ck) && a->reset_step == X_NONE) fs_ckpt_block(a->ck, 0);
     fs_info("revocation done");
     /* Exactly-once: the open transaction holds what was done for the lost
      * partitions (a zombie's outputs): it is aborted, and what stays held is
@@ -478,15 +481,12 @@ static void revoke_start(fs_assign *a, const fs_tplist *parts, int lost)
         for (int j = 0; j < rt->topics[i]->nparts && !a->revoke_some; j++)
             a->revoke_some = fs_part_held(rt->topics[i]->parts[j]) &&
                              !fs_tplist_find(parts, rt->topics[i]->name, j);
+    /* Lost: released without a checkpoint (revoke_advance); nothing of them
+     * is committed or written. */
     a->revoke_lost = lost;
-    if (lost)
-        fs_warn("lost %d partitions (the group's session expired; another member holds them now): "
-                "their offsets are not committed and their tables' partitions are closed without "
-                "writing: %s",
-                parts->len, names_of(a, parts));
-    else
-        fs_info("revoking %d partitions%s: %s", parts->len,
-                a->revoke_some ? " (incremental: the others keep going)" : "", names_of(a, parts));
+    fs_info("revoking %d partitions%s: %s", parts->len,
+            lost ? " (lost)" : a->revoke_some ? " (incremental: the others keep going)" : "",
+            names_of(a, parts));
     fs_tplist_free(&a->revoke);
     if (fs_tplist_copy(&a->revoke, parts)) {
         fs_rt_fatal(rt, "out of memory revoking partitions");
@@ -507,6 +507,27 @@ static void revoke_start(fs_assign *a, const fs_tplist *parts, int lost)
 
 void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts, int lost)
 {
+    /* At-least-once, the assignment lost (the session expired while the
+     * broker was out of reach): another member owns these partitions and has
+     * written their tables' changelogs since. A checkpoint now would write
+     * this worker's older values after those (and store them locally with a
+     * changelog position past the new owner's records): nothing of theirs is
+     * checkpointed any more. The transport discarded what it had not
+     * delivered; the running checkpoint is abandoned, and none starts until
+     * the revocation released the tables without writing. Their input since
+     * the last commit is the next owner's to process again. Exactly-once:
+     * the open transaction holds what was done for them; the revocation
+     * releases them without a checkpoint too, and a reset aborts it after
+     * (revoke_release; the transport refuses to commit it meanwhile:
+     * kafka_rebalance, txn_lost). */
+    if (lost && !fs_ckpt_transactional(a->ck)) {
+        fs_warn("assignment lost (the group's session expired; another member may hold the %d "
+                "partitions): releasing them without a checkpoint, their input since the last "
+                "commit is processed again by the next owner",
+                parts->len);
+        fs_ckpt_abandon(a->ck);
+        fs_ckpt_block(a->ck, 1);
+    }
     if (fs_assign_busy(a)) {
         struct change c = {C_REVOKE, lost, {0}, NULL};
         if (fs_tplist_copy(&c.parts, parts) || fs_vec_push(&a->queue, c)) {

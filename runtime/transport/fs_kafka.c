@@ -9,12 +9,15 @@
  * worker/fs_worker.c. */
 #include <ctype.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -205,6 +208,29 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     fs_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
 }
 
+/* The producer's and the group consumer's connections give up on data the
+ * broker has not acknowledged for this long (TCP_USER_TIMEOUT), well inside
+ * the group's session timeout (6 s). A worker cut off from the broker by the
+ * network has requests sitting in its sockets' send queues — changelog
+ * records, heartbeats with its member id — which the kernel would deliver
+ * when the network comes back, after the group handed its partitions on:
+ * records landing behind the next owner's, a heartbeat that fences the
+ * static member's new incarnation. Aborted instead; librdkafka retries on a
+ * new connection what it still holds (the producer is idempotent), and a
+ * lost assignment purges that (purge_lost). */
+#define FS_TCP_USER_TIMEOUT_MS 3000
+
+static int socket_cb(int domain, int type, int protocol, void *opaque)
+{
+    (void)opaque;
+    int s = socket(domain, type | SOCK_CLOEXEC, protocol);
+    unsigned int ms = FS_TCP_USER_TIMEOUT_MS;
+    /* Not fatal where unsupported: only the partition case gets worse. */
+    if (s >= 0 && type == SOCK_STREAM)
+        (void)setsockopt(s, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+    return s;
+}
+
 static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
 {
     if (rd_kafka_conf_set(c, k, v, err, errlen) != RD_KAFKA_CONF_OK) return -1;
@@ -282,6 +308,9 @@ static void report_dr(fs_kafka *k, const rd_kafka_message_t *m)
             k->txn_send_failed = 1;
         }
         k->txn_doomed = 1;
+    } else if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+               m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+        r.aborted = 1; /* purge_lost: discarded, not failed */
     }
     if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
 }
@@ -416,6 +445,24 @@ static void kafka_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     fs_tplist_free(&l);
 }
 
+/* At-least-once, the assignment lost: what the producer has not delivered
+ * yet came from partitions another member may own by now. Written later, a
+ * table's changelog record would land after that member's newer ones and
+ * take the table back to this worker's stale value. Every undelivered send
+ * is discarded (reported aborted: its input was not committed, the next
+ * owner processes it again). Bytes already handed to the socket may still
+ * arrive; only exactly-once fences those. */
+static void purge_lost(fs_kafka *k)
+{
+    if (!k->producer || k->txn) return;
+    int64_t n = k->inflight + (int64_t)k->overflow.len;
+    rd_kafka_purge(k->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+                                    RD_KAFKA_PURGE_F_NON_BLOCKING);
+    drop_overflow(k);
+    k->produce_pending = k->base.pending = 1;
+    if (n) fs_warn("assignment lost: %lld undelivered sends discarded", (long long)n);
+}
+
 /* The protocol of the rebalance being reported: the group's (librdkafka
  * knows it once the group chose an assignor), or, for memory://'s
  * self-assignment (which never joins), the configured assignor's. */
@@ -482,6 +529,7 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         fs_debug("rebalance (%s): %d partitions %s", coop ? "cooperative" : "eager", l.len,
                  lost ? "lost" : "revoked");
+        if (lost) purge_lost(k);
         if (k->base.cb.revoked) k->base.cb.revoked(k->base.cb.data, &l, lost);
         else kafka_unassign(&k->base, &l);
     }
@@ -593,6 +641,7 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
     rd_kafka_conf_set_log_cb(c, log_cb);
     rd_kafka_conf_set_error_cb(c, error_cb);
     if (main_group) {
+        rd_kafka_conf_set_socket_cb(c, socket_cb);
         rd_kafka_conf_set_rebalance_cb(c, kafka_rebalance);
         rd_kafka_conf_set_offset_commit_cb(c, kafka_commit_cb);
         if (rd_kafka_conf_interceptor_add_on_new(c, "fstream-join", join_watch_new, k)) {
@@ -779,6 +828,7 @@ static rd_kafka_t *new_producer(fs_kafka *k, const char *txn_id, char *err, size
     rd_kafka_conf_set_opaque(c, k);
     rd_kafka_conf_set_log_cb(c, log_cb);
     rd_kafka_conf_set_events(c, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR);
+    rd_kafka_conf_set_socket_cb(c, socket_cb);
     if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
         conf_set(c, "client.id", k->group, err, errlen) ||
         conf_set(c, "linger.ms", "5", err, errlen) ||
@@ -1457,6 +1507,7 @@ static int kafka_poll(fs_transport *tp, int fetch)
     }
     if (k->overflow.len) drain(k);
     if (k->txn) txn_service(k);
+    else if (k->dropped.len) report_dropped(k); /* purge_lost's */
     if (k->admin_pending) {
         k->admin_pending = 0;
         rd_kafka_event_t *ev;
@@ -1542,7 +1593,18 @@ static ssize_t consume_some(fs_kafka *k, int *handed)
     for (ssize_t i = 0; i < n; i++) {
         rd_kafka_message_t *msg = k->msgs[i];
         if (msg->err) {
-            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            if (msg->err == RD_KAFKA_RESP_ERR__FATAL) {
+                /* The group consumer's fatal errors come here, not to error_cb
+                 * (its main queue is forwarded to this one): e.g. a static
+                 * member fenced by a request of its own sent before a network
+                 * partition and delivered after it. The consumer never fetches
+                 * again: the worker must stop, not sit there. */
+                char buf[512];
+                rd_kafka_fatal_error(k->consumer, buf, sizeof buf);
+                if (k->base.cb.error)
+                    k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FATAL, buf, 1);
+                else fs_error("kafka fatal error: %s", buf);
+            } else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 fs_warn("consumer: %s%s%s", msg->rkt ? rd_kafka_topic_name(msg->rkt) : "",
                         msg->rkt ? ": " : "", rd_kafka_message_errstr(msg));
             rd_kafka_message_destroy(msg);
