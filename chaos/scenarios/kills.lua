@@ -1,0 +1,301 @@
+-- Scenario 1 of RELIABILITY.md: worker kills.
+--
+-- One worker runs spec/fixtures/eos_all.lua, which holds the three jobs the
+-- scenario beats on at once: a stateless relay (IN -> OUT), a word count
+-- (table word_counts) and windowed counts (tumbling and hopping windows,
+-- closed windows to CLOSED). An external producer (spec/support/eos.lua)
+-- sends numbered messages the whole time. The worker is a static group
+-- member (--worker-id, as a user would run it) and is killed with SIGKILL
+-- again and again, and started again at once on the same store, the way a
+-- supervisor or systemd restarts it. Each kill lands at a moment chosen by a
+-- seeded random generator (CHAOS_SEED replays a run), in one of four phases:
+--
+--   start       0.1-2 s after the process started: before it joined the
+--               group, while it initialises its transactional producer, or
+--               while it recovers its tables;
+--   recovery    0-0.5 s after it logged its assignment (table recovery);
+--   checkpoint  while a checkpoint is in flight: the broker is frozen
+--               (SIGSTOP) longer than a commit interval, so the checkpoint
+--               that started cannot finish, and the worker is killed then;
+--   steady      0.3-2.8 s after it processed events again.
+--
+-- At the end the producer stops, the last worker drains and stops, and the
+-- outcome is read from the broker with kcat (read_committed) and from the
+-- store with `fstream-lua table` (offline): every input in OUT (lost = 0;
+-- copies beyond one are duplicates), the word counts equal to the input's
+-- (under at-least-once: never short, and how many extra), every due window
+-- closed, none short; under exactly-once no window closed twice or wrong.
+--
+-- Recovery time of a kill: from the kill (wall clock just before SIGKILL) to
+-- the restarted worker's first checkpoint that commits input offsets (its
+-- debug log line's millisecond timestamp): the first events processed again
+-- are at most one commit interval before that line. A kill whose restarted
+-- worker is killed again before it processed anything is not measured.
+local lib = require "chaos.lib"
+local proc = require "spec.support.proc"
+local eos = require "spec.support.eos"
+
+local q = proc.quote
+local WORDS = 16
+local RATE = 200 -- messages/s from the producer
+local PHASES = { "start", "recovery", "checkpoint", "steady" }
+
+-- A seeded generator of its own (xorshift), so that a run is replayed by its
+-- seed whatever else calls math.random.
+local function generator(seed)
+  local s = seed & 0xffffffff
+  if s == 0 then s = 0x9e3779b9 end
+  return function()
+    s = s ~ ((s << 13) & 0xffffffff)
+    s = s ~ (s >> 17)
+    s = s ~ ((s << 5) & 0xffffffff)
+    return s / 4294967296.0
+  end
+end
+
+-- The kill phases in a seeded order: every phase once per block of four.
+local function phase_plan(rnd, n)
+  local plan = {}
+  while #plan < n do
+    local block = { table.unpack(PHASES) }
+    for i = #block, 2, -1 do
+      local j = 1 + math.floor(rnd() * i)
+      block[i], block[j] = block[j], block[i]
+    end
+    for _, ph in ipairs(block) do if #plan < n then plan[#plan + 1] = ph end end
+  end
+  return plan
+end
+
+-- Seconds since the epoch of a log line's timestamp (local time, like the log).
+local function log_time(stamp)
+  local Y, M, D, h, m, s, ms = stamp:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)$")
+  return os.time { year = tonumber(Y), month = tonumber(M), day = tonumber(D), hour = tonumber(h),
+    min = tonumber(m), sec = tonumber(s) } + tonumber(ms) / 1000
+end
+
+local STAMP = "(%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d)"
+-- The first checkpoint that committed input offsets: events were processed.
+local PROCESSED = {
+  exactly_once = STAMP .. " debug checkpoint transaction committed in %d+ ms %([1-9]%d* offsets",
+  at_least_once = STAMP .. " debug committing [1-9]%d* partition offsets",
+}
+
+local function first_processed(w, guarantee)
+  local stamp = w:output():match(PROCESSED[guarantee])
+  return stamp and log_time(stamp)
+end
+
+-- Polls until the worker processed events (time of it), it exited, or timeout.
+local function wait_processed(w, guarantee, timeout)
+  local deadline = os.time() + timeout
+  repeat
+    local t = first_processed(w, guarantee)
+    if t then return t end
+    if not w:alive() then return nil, "exited" end
+    proc.sleep(0.1)
+  until os.time() > deadline
+  return nil, "timeout"
+end
+
+local function tail(w) return (w:output():sub(-2500):gsub("\n", "\n    ")) end
+
+-- Checks every job's outcome; returns the three rows' figures.
+local function check(ctx, addr, env, store, guarantee)
+  local exact = guarantee == "exactly_once"
+  local inputs = eos.inputs(addr, env.IN)
+  local res = { messages = #inputs }
+
+  -- Stateless relay: every number once in OUT.
+  local r = eos.compare(inputs, eos.output_counts(addr, env.OUT))
+  res.relay = { lost = #r.missing, dups = r.dups, unknown = r.unknown, text = eos.describe(r) }
+
+  -- Word count: the changelog (read_committed) and the table CLI on the store.
+  local expected = eos.word_counts(inputs)
+  local function short_extra(got)
+    local short, extra = 0, 0
+    for w, n in pairs(expected) do
+      local g = got[w] or 0
+      if g < n then short = short + n - g else extra = extra + g - n end
+    end
+    for w, g in pairs(got) do if expected[w] == nil then extra = extra + g end end
+    return short, extra
+  end
+  local cl = eos.changelog_counts(addr, env.changelog)
+  local tb = eos.table_counts(env, store)
+  local cs, ce = short_extra(cl)
+  local ts, te = short_extra(tb)
+  res.count = { lost = math.max(cs, ts), extra = math.max(ce, te),
+    text = string.format("changelog: %d short, %d extra; table CLI: %d short, %d extra%s", cs, ce, ts, te,
+      (cs + ce + ts + te > 0) and ("; " .. tostring(eos.diff_counts(expected, tb))) or "") }
+
+  -- Windows: every due one closed; none short; under exactly-once none twice
+  -- or above its count (check_windows counts both as wrong or twice).
+  local closed = eos.closed(addr, env.CLOSED)
+  local wr = eos.check_windows(inputs, closed)
+  local exp = eos.windows_expected(inputs)
+  local short, above = 0, 0
+  for _, c in ipairs(closed) do
+    local e = exp[c.key]
+    if e and c.count < e then short = short + 1 elseif e and c.count > e then above = above + 1 end
+  end
+  res.windows = { lost = wr.missing + short, dups = wr.dups, above = above, unknown = wr.unknown, due = wr.due,
+    text = eos.describe_windows(wr) .. string.format(" (%d short, %d above)", short, above) }
+  ctx.log("%s: %d inputs; relay: %s; word count: %s; windows: %s", guarantee, #inputs, res.relay.text,
+    res.count.text, res.windows.text)
+  res.ok_relay = res.relay.lost == 0 and res.relay.unknown == 0 and (not exact or res.relay.dups == 0)
+  res.ok_count = res.count.lost == 0 and (not exact or res.count.extra == 0)
+  res.ok_windows = res.windows.lost == 0 and res.windows.due > 0 and
+    (not exact or (res.windows.dups == 0 and above == 0 and wr.wrong == 0 and wr.unknown == 0))
+  return res
+end
+
+-- One kill loop: `kills` kills of a static member under `guarantee` against
+-- the broker at addr; freeze/thaw stop and continue the broker process.
+local function kill_loop(ctx, o)
+  local guarantee, addr = o.guarantee, o.addr
+  local env = eos.names("kills")
+  env.GUARANTEE = guarantee
+  -- As eos_spec: a shorter commit interval than at-least-once's default keeps
+  -- the replays (duplicates) few and the recovery measurement close.
+  if guarantee ~= "exactly_once" then env.COMMIT_INTERVAL = "0.5" end
+  local store = string.format("%s/%s-store", ctx.tmp, env.APP_ID)
+  local wid = "kills-" .. o.variant_tag .. "-" .. guarantee
+  local rnd = generator(o.seed)
+  local plan = phase_plan(rnd, o.kills)
+  if o.create then o.create(env) end
+
+  local nworkers = 0
+  local function spawn()
+    nworkers = nworkers + 1
+    return ctx.track(proc.spawn(string.format("env %s %s worker %s --broker kafka://%s --store lmdb://%s "
+      .. "--worker-id %s --no-web -l debug", eos.envs(env), proc.bin, q(eos.fixture), addr, q(store), q(wid)),
+      "kills-worker"))
+  end
+
+  local w = spawn()
+  assert(w:wait_for("assigned %d+ partitions", 90), "the worker was never assigned:\n    " .. tail(w))
+  local base = (os.time() - 60) * 100
+  local prod = eos.producer(addr, env.IN, 1, 100000000, RATE, WORDS, base)
+  ctx.defer(function() proc.write(prod.stop_file, ""); if prod:alive() then prod:signal("KILL") end end)
+  assert(wait_processed(w, guarantee, 60), "the worker processed nothing:\n    " .. tail(w))
+
+  local recovery, unmeasured, counts, failure = {}, 0, {}, nil
+  local prev_kill
+  for k = 1, o.kills do
+    local phase = plan[k]
+    counts[phase] = (counts[phase] or 0) + 1
+    if phase == "start" then
+      proc.sleep(string.format("%.2f", 0.1 + rnd() * 1.9))
+    elseif phase == "recovery" then
+      if not w:wait_for("assigned %d+ partitions", 90) then
+        failure = string.format("kill %d: restarted worker never assigned (hang?)", k)
+        break
+      end
+      proc.sleep(string.format("%.2f", rnd() * 0.5))
+    else
+      local t, why2 = wait_processed(w, guarantee, 90)
+      if not t then
+        failure = string.format("kill %d: the restarted worker %s before processing anything", k,
+          why2 == "exited" and "exited" or "processed nothing for 90 s (hang)")
+        break
+      end
+      proc.sleep(string.format("%.2f", 0.3 + rnd() * 2.5))
+    end
+    if phase == "checkpoint" then
+      -- Longer than a commit interval: a checkpoint starts and cannot finish.
+      o.freeze()
+      proc.sleep(guarantee == "exactly_once" and 0.4 or 0.8)
+    end
+    if not w:alive() then
+      if phase == "checkpoint" then o.thaw() end
+      failure = string.format("kill %d: the worker exited by itself (rc %s)", k, tostring(w:wait(1)))
+      break
+    end
+    local t_kill = lib.now()
+    w:signal("KILL")
+    local rc = w:wait(15)
+    if phase == "checkpoint" then o.thaw() end
+    if rc ~= 137 then
+      failure = string.format("kill %d: the worker ended with %s, not 137", k, tostring(rc))
+      break
+    end
+    if prev_kill then
+      local t = first_processed(w, guarantee)
+      if t and t < t_kill then recovery[#recovery + 1] = t - prev_kill else unmeasured = unmeasured + 1 end
+    end
+    ctx.log("%s kill %d/%d (%s)%s", guarantee, k, o.kills, phase,
+      prev_kill and recovery[#recovery] and string.format(", previous recovery %.2f s", recovery[#recovery]) or "")
+    prev_kill = t_kill
+    w = spawn()
+  end
+  local logs = {}
+  if not failure then
+    local t = wait_processed(w, guarantee, 90)
+    if not t then failure = "the last restart processed nothing for 90 s (hang)"
+    elseif prev_kill then recovery[#recovery + 1] = t - prev_kill end
+  end
+  proc.write(prod.stop_file, "")
+  if prod:wait(60) ~= 0 then failure = failure or ("the producer did not end: " .. prod:output()) end
+  if not failure then
+    local inputs = eos.inputs(addr, env.IN)
+    local ok, status = eos.wait_drained(addr, env, inputs, 120, { w })
+    if not ok then failure = "not drained after 120 s (hang or loss): " .. status end
+  end
+  local rc = w:stop(60)
+  if not failure and rc ~= 0 then failure = "the last worker did not stop cleanly: rc " .. tostring(rc) end
+  if failure then logs[#logs + 1] = tail(w) end
+
+  local res = check(ctx, addr, env, store, guarantee)
+  local phases = {}
+  for _, ph in ipairs(PHASES) do phases[#phases + 1] = string.format("%s %d", ph, counts[ph] or 0) end
+  local common = string.format("seed %d; kills: %s; recovery measured for %d (%d killed again first); %d workers",
+    o.seed, table.concat(phases, ", "), #recovery, unmeasured, nworkers)
+  if failure then
+    ctx.log("%s: FAILED: %s\n    %s", guarantee, failure, table.concat(logs, "\n"))
+    common = "FAILED: " .. failure .. "; " .. common
+  end
+  local exact = guarantee == "exactly_once"
+  ctx.row { variant = o.variant .. ": stateless relay", guarantee = guarantee, reps = o.kills,
+    messages = res.messages, lost = res.relay.lost, duplicated = res.relay.dups, recovery = recovery,
+    ok = not failure and res.ok_relay,
+    note = (res.relay.unknown > 0 and (res.relay.unknown .. " unknown outputs; ") or "") .. common }
+  ctx.row { variant = o.variant .. ": word count", guarantee = guarantee, reps = o.kills,
+    messages = res.messages, lost = res.count.lost, duplicated = res.count.extra, recovery = recovery,
+    ok = not failure and res.ok_count,
+    note = (exact and "table (changelog and table CLI) equal to the input's counts: " or
+      "table never short; duplicated = counts above the input's: ") .. (res.count.lost + res.count.extra == 0
+      and "yes" or res.count.text) }
+  ctx.row { variant = o.variant .. ": windows", guarantee = guarantee, reps = o.kills,
+    messages = res.messages, lost = res.windows.lost, duplicated = res.windows.dups, recovery = recovery,
+    ok = not failure and res.ok_windows,
+    note = string.format("%d windows due; lost = never closed or short; duplicated = closed twice; %d above "
+      .. "their count; %d unknown", res.windows.due, res.windows.above, res.windows.unknown) }
+end
+
+return {
+  name = "kills",
+  title = "kill -9 a static-member worker at random moments (start, recovery, checkpoint, steady) during a "
+    .. "relay, a word count and windows; CHAOS_SEED replays",
+  order = 1,
+  quick_in_suite = true,
+  run = function(ctx)
+    local seed = tonumber(os.getenv("CHAOS_SEED") or "") or (os.time() % 1000000)
+    ctx.log("seed %d (CHAOS_SEED=%d replays the kill moments)", seed, seed)
+    local kills = ctx.reps(50, 4)
+    local addr, kdir = ctx.kafka(19700)
+    local kpid
+    local function broker_pid()
+      kpid = kpid or tonumber(proc.read(kdir .. "/kafka.pid") or "")
+      return assert(kpid, "no pid file for Kafka")
+    end
+    local frozen = false
+    local function freeze() os.execute("kill -STOP " .. broker_pid()); frozen = true end
+    local function thaw() os.execute("kill -CONT " .. broker_pid()); frozen = false end
+    ctx.defer(function() if frozen then thaw() end end)
+    for i, g in ipairs(ctx.guarantees) do
+      kill_loop(ctx, { variant = "real Kafka", variant_tag = "kafka", guarantee = g, addr = addr, kills = kills,
+        seed = seed + i - 1, freeze = freeze, thaw = thaw })
+    end
+  end,
+}
