@@ -75,22 +75,27 @@ local function log_time(stamp)
 end
 
 local STAMP = "(%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d)"
--- The first checkpoint that committed input offsets: events were processed.
+-- The first checkpoint that committed input offsets (a transaction's, or
+-- at-least-once's offset commit): events were processed.
 local PROCESSED = {
-  exactly_once = STAMP .. " debug checkpoint transaction committed in %d+ ms %([1-9]%d* offsets",
-  at_least_once = STAMP .. " debug committing [1-9]%d* partition offsets",
+  STAMP .. " debug checkpoint transaction committed in %d+ ms %([1-9]%d* offsets",
+  STAMP .. " debug committing [1-9]%d* partition offsets",
 }
 
-local function first_processed(w, guarantee)
-  local stamp = w:output():match(PROCESSED[guarantee])
-  return stamp and log_time(stamp)
+local function first_processed(w)
+  local log, first = w:output(), nil
+  for _, pattern in ipairs(PROCESSED) do
+    local stamp = log:match(pattern)
+    if stamp and (not first or log_time(stamp) < first) then first = log_time(stamp) end
+  end
+  return first
 end
 
 -- Polls until the worker processed events (time of it), it exited, or timeout.
-local function wait_processed(w, guarantee, timeout)
+local function wait_processed(w, timeout)
   local deadline = os.time() + timeout
   repeat
-    local t = first_processed(w, guarantee)
+    local t = first_processed(w)
     if t then return t end
     if not w:alive() then return nil, "exited" end
     proc.sleep(0.1)
@@ -150,10 +155,11 @@ local function check(ctx, addr, env, store, guarantee)
   return res
 end
 
--- One kill loop: `kills` kills of a static member under `guarantee` against
--- the broker at addr; freeze/thaw stop and continue the broker process.
+-- One kill loop: `kills` kills of a static member under `guarantee`;
+-- o.broker(env) gives the broker's address, o.freeze/o.thaw stop and continue
+-- its process.
 local function kill_loop(ctx, o)
-  local guarantee, addr = o.guarantee, o.addr
+  local guarantee = o.guarantee
   local env = eos.names("kills")
   env.GUARANTEE = guarantee
   -- As eos_spec: a shorter commit interval than at-least-once's default keeps
@@ -163,7 +169,7 @@ local function kill_loop(ctx, o)
   local wid = "kills-" .. o.variant_tag .. "-" .. guarantee
   local rnd = generator(o.seed)
   local plan = phase_plan(rnd, o.kills)
-  if o.create then o.create(env) end
+  local addr = o.broker(env)
 
   local nworkers = 0
   local function spawn()
@@ -178,7 +184,7 @@ local function kill_loop(ctx, o)
   local base = (os.time() - 60) * 100
   local prod = eos.producer(addr, env.IN, 1, 100000000, RATE, WORDS, base)
   ctx.defer(function() proc.write(prod.stop_file, ""); if prod:alive() then prod:signal("KILL") end end)
-  assert(wait_processed(w, guarantee, 60), "the worker processed nothing:\n    " .. tail(w))
+  assert(wait_processed(w, 60), "the worker processed nothing:\n    " .. tail(w))
 
   local recovery, unmeasured, counts, failure = {}, 0, {}, nil
   local prev_kill
@@ -194,7 +200,7 @@ local function kill_loop(ctx, o)
       end
       proc.sleep(string.format("%.2f", rnd() * 0.5))
     else
-      local t, why2 = wait_processed(w, guarantee, 90)
+      local t, why2 = wait_processed(w, 90)
       if not t then
         failure = string.format("kill %d: the restarted worker %s before processing anything", k,
           why2 == "exited" and "exited" or "processed nothing for 90 s (hang)")
@@ -220,18 +226,24 @@ local function kill_loop(ctx, o)
       failure = string.format("kill %d: the worker ended with %s, not 137", k, tostring(rc))
       break
     end
+    local measured = ""
     if prev_kill then
-      local t = first_processed(w, guarantee)
-      if t and t < t_kill then recovery[#recovery + 1] = t - prev_kill else unmeasured = unmeasured + 1 end
+      local t = first_processed(w)
+      if t and t < t_kill then
+        recovery[#recovery + 1] = t - prev_kill
+        measured = string.format(", recovery from the previous one %.2f s", t - prev_kill)
+      else
+        unmeasured = unmeasured + 1
+        measured = ", killed before it processed anything"
+      end
     end
-    ctx.log("%s kill %d/%d (%s)%s", guarantee, k, o.kills, phase,
-      prev_kill and recovery[#recovery] and string.format(", previous recovery %.2f s", recovery[#recovery]) or "")
+    ctx.log("%s %s kill %d/%d (%s)%s", o.variant, guarantee, k, o.kills, phase, measured)
     prev_kill = t_kill
     w = spawn()
   end
   local logs = {}
   if not failure then
-    local t = wait_processed(w, guarantee, 90)
+    local t = wait_processed(w, 90)
     if not t then failure = "the last restart processed nothing for 90 s (hang)"
     elseif prev_kill then recovery[#recovery + 1] = t - prev_kill end
   end
@@ -284,18 +296,38 @@ return {
     ctx.log("seed %d (CHAOS_SEED=%d replays the kill moments)", seed, seed)
     local kills = ctx.reps(50, 4)
     local addr, kdir = ctx.kafka(19700)
-    local kpid
-    local function broker_pid()
-      kpid = kpid or tonumber(proc.read(kdir .. "/kafka.pid") or "")
-      return assert(kpid, "no pid file for Kafka")
+    local kpid = assert(tonumber(proc.read(kdir .. "/kafka.pid") or ""), "no pid file for Kafka")
+    -- SIGSTOP/SIGCONT of a broker process; a frozen one is thawed at the end whatever happens.
+    local function freezer(pid)
+      local frozen = false
+      ctx.defer(function() if frozen then os.execute("kill -CONT " .. pid) end end)
+      return function() os.execute("kill -STOP " .. pid); frozen = true end,
+        function() os.execute("kill -CONT " .. pid); frozen = false end
     end
-    local frozen = false
-    local function freeze() os.execute("kill -STOP " .. broker_pid()); frozen = true end
-    local function thaw() os.execute("kill -CONT " .. broker_pid()); frozen = false end
-    ctx.defer(function() if frozen then thaw() end end)
+    local kfreeze, kthaw = freezer(kpid)
     for i, g in ipairs(ctx.guarantees) do
-      kill_loop(ctx, { variant = "real Kafka", variant_tag = "kafka", guarantee = g, addr = addr, kills = kills,
-        seed = seed + i - 1, freeze = freeze, thaw = thaw })
+      kill_loop(ctx, { variant = "real Kafka", variant_tag = "kafka", guarantee = g, kills = kills,
+        seed = seed + i - 1, broker = function() return addr end, freeze = kfreeze, thaw = kthaw })
+    end
+    -- At-least-once on the standalone embedded broker too (exactly-once needs
+    -- real Kafka): full runs only, to keep the suite's quick run short.
+    local alo = false
+    for _, g in ipairs(ctx.guarantees) do alo = alo or g == "at_least_once" end
+    if alo and not ctx.quick then
+      local o = { variant = "embedded broker", variant_tag = "embedded", guarantee = "at_least_once", kills = kills,
+        seed = seed + 7 }
+      function o.broker(env)
+        -- It cannot create topics: every topic of the app is made at its start.
+        local topics = { env.IN, env.OUT, env.CLOSED, env.APP_ID .. "-__workers" }
+        for _, t in ipairs { "word_counts", "tumbling", "hopping" } do
+          topics[#topics + 1] = env.APP_ID .. "-" .. t .. "-changelog"
+        end
+        local b, baddr = proc.broker(topics, 4)
+        ctx.track(b)
+        o.freeze, o.thaw = freezer(b.pid)
+        return baddr
+      end
+      kill_loop(ctx, o)
     end
   end,
 }
