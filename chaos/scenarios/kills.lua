@@ -105,8 +105,20 @@ end
 
 local function tail(w) return (w:output():sub(-2500):gsub("\n", "\n    ")) end
 
--- Checks every job's outcome; returns the three rows' figures.
-local function check(ctx, addr, env, store, guarantee)
+-- The input partitions a worker held last, from its log ("assigned N
+-- partitions: IN[0] IN[2]"): partition -> true.
+local function owned(log, topic)
+  local last
+  for line in log:gmatch("assigned %d+ partitions: [^\n]*") do last = line end
+  local parts = {}
+  for p in (last or ""):gmatch("%[(%d+)%]") do parts[tonumber(p)] = true end
+  return parts
+end
+
+-- Checks every job's outcome; returns the three rows' figures. stores: list
+-- of {dir, log}: the table CLI reads each store's rows of the partitions its
+-- worker held last (log nil: all of them).
+local function check(ctx, addr, env, stores, guarantee)
   local exact = guarantee == "exactly_once"
   local inputs = eos.inputs(addr, env.IN)
   local res = { messages = #inputs }
@@ -127,7 +139,15 @@ local function check(ctx, addr, env, store, guarantee)
     return short, extra
   end
   local cl = eos.changelog_counts(addr, env.changelog)
-  local tb = eos.table_counts(env, store)
+  local tb = {}
+  local part_of = {}
+  for _, e in ipairs(inputs) do part_of[e.w] = e.p end
+  for _, st in ipairs(stores) do
+    local mine = st.log and owned(st.log, env.IN)
+    for w, n in pairs(eos.table_counts(env, st.dir)) do
+      if not mine or mine[part_of[w]] then tb[w] = n end
+    end
+  end
   local cs, ce = short_extra(cl)
   local ts, te = short_extra(tb)
   res.count = { lost = math.max(cs, ts), extra = math.max(ce, te),
@@ -167,24 +187,35 @@ local function kill_loop(ctx, o)
   if guarantee ~= "exactly_once" then env.COMMIT_INTERVAL = "0.5" end
   local store = string.format("%s/%s-store", ctx.tmp, env.APP_ID)
   local wid = "kills-" .. o.variant_tag .. "-" .. guarantee
+  local other_store, other_wid = store .. "-b", wid .. "-b"
   local rnd = generator(o.seed)
   local plan = phase_plan(rnd, o.kills)
   local addr = o.broker(env)
 
   local nworkers = 0
-  local function spawn()
+  local function spawn(dir, id)
     nworkers = nworkers + 1
     return ctx.track(proc.spawn(string.format("env %s %s worker %s --broker kafka://%s --store lmdb://%s "
-      .. "--worker-id %s --no-web -l debug", eos.envs(env), proc.bin, q(eos.fixture), addr, q(store), q(wid)),
-      "kills-worker"))
+      .. "--worker-id %s --no-web -l debug", eos.envs(env), proc.bin, q(eos.fixture), addr, q(dir or store),
+      q(id or wid)), "kills-worker"))
   end
 
   local w = spawn()
+  -- The pair: a second worker that is never killed shares the partitions.
+  local survivor, survivor_revokes
+  if o.pair then
+    assert(w:wait_for("assigned %d+ partitions", 90), "the worker was never assigned:\n    " .. tail(w))
+    survivor = spawn(other_store, other_wid)
+    assert(survivor:wait_for("assigned [123] partitions", 90), "the second worker got no share:\n    " .. tail(survivor))
+    proc.sleep(1)
+  end
   assert(w:wait_for("assigned %d+ partitions", 90), "the worker was never assigned:\n    " .. tail(w))
   local base = (os.time() - 60) * 100
   local prod = eos.producer(addr, env.IN, 1, 100000000, RATE, WORDS, base)
   ctx.defer(function() proc.write(prod.stop_file, ""); if prod:alive() then prod:signal("KILL") end end)
   assert(wait_processed(w, 60), "the worker processed nothing:\n    " .. tail(w))
+  local function revokes(p) local _, n = p:output():gsub("revoking %d+ partitions", ""); return n end
+  if survivor then survivor_revokes = revokes(survivor) end
 
   local recovery, unmeasured, counts, failure = {}, 0, {}, nil
   local prev_kill
@@ -251,18 +282,32 @@ local function kill_loop(ctx, o)
   if prod:wait(60) ~= 0 then failure = failure or ("the producer did not end: " .. prod:output()) end
   if not failure then
     local inputs = eos.inputs(addr, env.IN)
-    local ok, status = eos.wait_drained(addr, env, inputs, 120, { w })
+    local ok, status = eos.wait_drained(addr, env, inputs, 120, { w, survivor })
     if not ok then failure = "not drained after 120 s (hang or loss): " .. status end
+  end
+  local survivor_note = ""
+  local stores = { { dir = store } }
+  if survivor then
+    -- Partitions moved while the kills went on: the survivor gave some up.
+    local moved = revokes(survivor) - survivor_revokes
+    survivor_note = string.format("; the survivor had %d revocations during the kills", moved)
+    if not survivor:alive() then failure = failure or "the survivor exited" end
+    stores = { { dir = store, log = w:output() }, { dir = other_store, log = survivor:output() } }
   end
   local rc = w:stop(60)
   if not failure and rc ~= 0 then failure = "the last worker did not stop cleanly: rc " .. tostring(rc) end
+  if survivor then
+    local src = survivor:stop(60)
+    if not failure and src ~= 0 then failure = "the survivor did not stop cleanly: rc " .. tostring(src) end
+    stores[1].log, stores[2].log = w:output(), survivor:output()
+  end
   if failure then logs[#logs + 1] = tail(w) end
 
-  local res = check(ctx, addr, env, store, guarantee)
+  local res = check(ctx, addr, env, stores, guarantee)
   local phases = {}
   for _, ph in ipairs(PHASES) do phases[#phases + 1] = string.format("%s %d", ph, counts[ph] or 0) end
-  local common = string.format("seed %d; kills: %s; recovery measured for %d (%d killed again first); %d workers",
-    o.seed, table.concat(phases, ", "), #recovery, unmeasured, nworkers)
+  local common = string.format("seed %d; kills: %s; recovery measured for %d (%d killed again first); %d workers%s",
+    o.seed, table.concat(phases, ", "), #recovery, unmeasured, nworkers, survivor_note)
   if failure then
     ctx.log("%s: FAILED: %s\n    %s", guarantee, failure, table.concat(logs, "\n"))
     common = "FAILED: " .. failure .. "; " .. common
@@ -308,6 +353,15 @@ return {
     for i, g in ipairs(ctx.guarantees) do
       kill_loop(ctx, { variant = "real Kafka", variant_tag = "kafka", guarantee = g, kills = kills,
         seed = seed + i - 1, broker = function() return addr end, freeze = kfreeze, thaw = kthaw })
+    end
+    -- Two static members, one of them killed again and again: the other
+    -- keeps its partitions (full runs only).
+    if not ctx.quick then
+      for i, g in ipairs(ctx.guarantees) do
+        kill_loop(ctx, { variant = "real Kafka, 2 workers, 1 killed", variant_tag = "pair", guarantee = g,
+          kills = ctx.reps(20, 2), seed = seed + 10 + i, pair = true, broker = function() return addr end,
+          freeze = kfreeze, thaw = kthaw })
+      end
     end
     -- At-least-once on the standalone embedded broker too (exactly-once needs
     -- real Kafka): full runs only, to keep the suite's quick run short.
