@@ -139,3 +139,26 @@ describe("max_memory in a worker", function()
     assert.are.equal(2, n, log)
   end)
 end)
+
+describe("max_memory and a value too big for it", function()
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  it("goes through on_error (dlq); the events taken with it are processed, none lost", function()
+    local a = fstream.app("mm-big", { topic_partitions = 1, max_memory = headroom(8) })
+    local src = a:topic("src", { value_serializer = "raw" })
+    local seen = {}
+    a:agent("reader", src, function(stream)
+      for v in stream do seen[#seen + 1] = #v < 10 and v or ("<" .. #v .. " bytes>") end
+    end, { on_error = "dlq" })
+    t = fstream.testing(a)
+    -- One batch: "a" is decoded, the 12 MiB value cannot be, "b" and "c" wait.
+    for _, v in ipairs { "a", string.rep("z", 12 * 1048576), "b", "c" } do t:send(src, v) end
+    local log = capture_stderr(function() t:run() end)
+    assert.are.same({ "a", "b", "c" }, seen)
+    local dead = t:outputs(a.agents.reader.dlq)
+    assert.are.equal(1, #dead)
+    assert.are.equal(12 * 1048576, #dead[1])
+    assert.matches("agent reader: src%[0%]@1 sent to mm%-big%-reader%-dlq: not enough memory: the Lua state reached max_memory", log)
+  end)
+end)

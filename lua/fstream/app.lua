@@ -15,6 +15,7 @@ App.DEFAULT_COMMIT_INTERVAL = { at_least_once = 2.8, exactly_once = 0.1 }
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
   max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true, max_memory = true,
+  max_queued_bytes = true,
   web = true, -- {port =, bind =, token =, public =} or false: fstream/web.lua reads it
 }
 
@@ -77,6 +78,15 @@ function App.new(id, opts, level)
         id, type(opts.max_memory) == "string" and "'" .. opts.max_memory .. "'" or tostring(opts.max_memory)), level)
     end
   end
+  -- Back-pressure in bytes: fetching pauses while the events waiting for
+  -- agents hold this many bytes of keys and values (default 64 MiB).
+  local mqb = opts.max_queued_bytes
+  if mqb ~= nil then
+    mqb = App.parse_bytes(mqb)
+    if not mqb then
+      error(string.format("app '%s': max_queued_bytes must be a positive number of bytes or a size like \"64MiB\"", id), level)
+    end
+  end
   return setmetatable({
     id = id,
     broker = opts.broker or "kafka://localhost:9092",
@@ -90,6 +100,7 @@ function App.new(id, opts, level)
     table_cleanup_interval = tci,
     agent_timeout = atime,
     max_memory = maxmem,
+    max_queued_bytes = mqb,
     web = opts.web,
     topics = {}, topic_list = {},
     tables = {}, table_list = {},   -- tables' states (Table.state), not the objects the app holds
@@ -502,6 +513,7 @@ function App:_start(settings)
     max_queued = self.max_queued,
     agent_timeout = self.agent_timeout,
     max_memory = self.max_memory,
+    max_queued_bytes = self.max_queued_bytes,
     processing_guarantee = guarantee,
     data_dir = self:data_dir(settings.store),
     instance_id = settings.instance_id,
@@ -530,7 +542,7 @@ function App:_take_over(handle, store)
   -- transactional producer stay); an interval the app does not set stays too.
   local rt = core.adopt(handle, { commit_interval = self.commit_interval_set and self.commit_interval or nil,
     max_queued = self.max_queued, agent_timeout = self.agent_timeout,
-    max_memory = self.max_memory or 0 })
+    max_memory = self.max_memory or 0, max_queued_bytes = self.max_queued_bytes })
   local running = rt:guarantee()
   if self.processing_guarantee ~= running and self.guarantee_set then
     core.log("warn", string.format("reload: processing_guarantee %s takes effect when the worker restarts; "

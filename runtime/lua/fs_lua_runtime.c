@@ -75,6 +75,8 @@ static int l_core_new(lua_State *L)
     double ci = luaL_optnumber(L, -1, 2.8);
     lua_getfield(L, 1, "max_queued");
     lua_Integer maxq = luaL_optinteger(L, -1, 20000);
+    lua_getfield(L, 1, "max_queued_bytes");
+    lua_Integer maxqb = luaL_optinteger(L, -1, 64 << 20);
     /* fstream.testing's fake clock: the epoch time it starts at (default now). */
     lua_getfield(L, 1, "clock");
     int has_clock = !lua_isnil(L, -1);
@@ -116,6 +118,7 @@ static int l_core_new(lua_State *L)
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
     rt->max_queued = maxq;
+    rt->max_queued_bytes = maxqb;
     if (fs_loop_init(&rt->loop, test)) {
         free(rt->group);
         free(rt->data_dir);
@@ -166,7 +169,9 @@ static int l_core_adopt(lua_State *L)
         if (lua_isinteger(L, -1)) rt->max_queued = lua_tointeger(L, -1);
         lua_getfield(L, 2, "agent_timeout");
         if (lua_isnumber(L, -1)) rt->sched.agent_timeout_ms = agent_timeout_ms(lua_tonumber(L, -1));
-        lua_pop(L, 3);
+        lua_getfield(L, 2, "max_queued_bytes");
+        if (lua_isinteger(L, -1)) rt->max_queued_bytes = lua_tointeger(L, -1);
+        lua_pop(L, 4);
         set_max_memory(L, 2); /* the new version's, on the new state */
     }
     return 1;
@@ -530,6 +535,7 @@ static int l_rt_stats(lua_State *L)
     STAT("events_in", rt->events_in);
     STAT("events_acked", rt->events_acked);
     STAT("queued", rt->queued);
+    STAT("queued_bytes", rt->queued_bytes);
     STAT("commits", rt->commits);
     STAT("decode_errors", rt->decode_errors);
     STAT("delivery_errors", rt->delivery_errors);
