@@ -10,8 +10,9 @@
 --   - the log: no partition assigned or revoked after the first assignment
 --     (the consumer keeps polling while fetching is paused);
 --   - the consumer lag the worker reports (fstream_partition_lag on /metrics,
---     summed over partitions) against the lag seen from outside: the input's
---     end offsets (kcat -Q) minus the outputs (kcat, read_committed).
+--     summed over partitions) against the broker's end offsets of the input
+--     (kcat -Q) minus the offsets the worker committed (also on /metrics; the
+--     final count checks them: nothing committed that was not processed).
 -- Then the input stops, FAST appears (the agent runs at full speed), and every
 -- input must come out (lost / duplicated), the reported lag back to 0.
 -- Both guarantees run at the same time, each its own worker, topics and
@@ -53,23 +54,29 @@ local function rss_kb(pid)
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
--- The lag the worker reports: fstream_partition_lag summed, and how many partitions.
+-- The lag the worker reports on /metrics (fstream_partition_lag, summed over
+-- partitions) and its committed offsets per partition.
 local function reported_lag(web)
   local out, rc = proc.run("curl -s --max-time 3 " .. q(web .. "/metrics"))
   if rc ~= 0 then return nil end
-  local sum, n = 0, 0
-  for v in out:gmatch('\nfstream_partition_lag{[^}]*} ([%d%.]+)') do sum = sum + tonumber(v); n = n + 1 end
-  return n > 0 and math.floor(sum) or nil, n
+  local sum, n, committed = 0, 0, {}
+  for p, v in out:gmatch('\nfstream_partition_lag{[^}]*partition="(%d+)"[^}]*} ([%d%.]+)') do
+    sum = sum + tonumber(v); n = n + 1
+  end
+  for p, v in out:gmatch('\nfstream_partition_committed_offset{[^}]*partition="(%d+)"[^}]*} (%-?[%d%.]+)') do
+    committed[tonumber(p)] = math.max(tonumber(v), 0)
+  end
+  return n > 0 and math.floor(sum) or nil, committed
 end
 
--- The input's end offsets summed (kcat -Q), i.e. what was written so far.
+-- The input's end offsets per partition (kcat -Q): what was written so far.
 local function end_offsets(addr, topic)
   local args = {}
   for p = 0, 3 do args[#args + 1] = "-t " .. q(topic .. ":" .. p .. ":-1") end
   local out = proc.run(string.format("kcat -Q -b %s %s", addr, table.concat(args, " ")))
-  local n = 0
-  for off in out:gmatch("offset (%d+)") do n = n + tonumber(off) end
-  return n
+  local ends = {}
+  for p, off in out:gmatch("%[(%d+)%]%s+offset (%d+)") do ends[tonumber(p)] = tonumber(off) end
+  return ends
 end
 
 local function count_lines(s, pattern) return select(2, s:gsub(pattern, "")) end
@@ -117,13 +124,14 @@ return {
       if lib.now() >= next_lag then
         next_lag = next_lag + (ctx.quick and 10 or 30)
         for _, r in ipairs(runs) do
-          local rep = reported_lag(r.web)
-          local written = end_offsets(addr, r.env.IN)
-          local outs = 0
-          for _, c in pairs(eos.output_counts(addr, r.env.OUT)) do outs = outs + c end
-          r.lags[#r.lags + 1] = { t = lib.now() - t0, reported = rep, seen = written - outs }
-          ctx.log("%s at %.0f s: lag reported %s, seen from outside %d (written %d, out %d), RSS %d kB", r.g,
-            lib.now() - t0, tostring(rep), written - outs, written, outs, r.rss[#r.rss] or -1)
+          -- The lag from outside: the broker's end offsets (kcat) minus the
+          -- offsets the worker's group committed (the final count checks those).
+          local rep, committed = reported_lag(r.web)
+          local ends, seen = end_offsets(addr, r.env.IN), 0
+          for p, e in pairs(ends) do seen = seen + e - (committed[p] or 0) end
+          r.lags[#r.lags + 1] = { t = lib.now() - t0, reported = rep, seen = seen }
+          ctx.log("%s at %.0f s: lag reported %s, end offsets minus committed %d, RSS %d kB", r.g,
+            lib.now() - t0, tostring(rep), seen, r.rss[#r.rss] or -1)
         end
       end
       proc.sleep(every)
@@ -161,16 +169,15 @@ return {
       local after = r.log_slow:sub(r.log_at_start + 1)
       local rebalances = count_lines(after, "assigned %d+ partitions") + count_lines(after, "revoking %d+ partitions")
         + count_lines(after, "partitions revoked") + count_lines(after, "assignment lost")
-      -- Lag: reported throughout, and close to what is seen from outside
-      -- (it counts from the committed offset, so it may be ahead by a
-      -- commit interval's events; the producer's batch in flight the other way).
+      -- Lag: reported throughout, and close to the broker's end offsets
+      -- (the two are read a moment apart: a second of input may differ).
       local lag_ok, worst = #r.lags > 0, 0
       for _, l in ipairs(r.lags) do
         if not l.reported then lag_ok = false
         else
-          local off = math.abs(l.reported - l.seen) - (RATE + 100)
-          if off > 0 and off > 0.1 * l.seen then lag_ok = false end
-          worst = math.max(worst, math.abs(l.reported - l.seen))
+          local off = math.abs(l.reported - l.seen)
+          if off > RATE + 100 and off > 0.1 * l.seen then lag_ok = false end
+          worst = math.max(worst, off)
         end
       end
       local last = r.lags[#r.lags] or {}
@@ -179,7 +186,7 @@ return {
       ctx.row { variant = string.format("agent at %d msg/s, input %d msg/s, %d s", RATE // 10, RATE, slow_s),
         guarantee = r.g, reps = 1, messages = #inputs, lost = #res.missing, duplicated = res.dups, recovery = "—", ok = ok,
         note = string.format("RSS %d -> %d MiB (first/second half peak, %d samples)%s; %d rebalances; lag reported %s "
-          .. "vs %d seen from outside at %.0f s (worst gap %d), %s after the drain; worker %s",
+          .. "vs %d from the broker's end offsets at %.0f s (worst gap %d), %s after the drain; worker %s",
           first // 1024, second // 1024, n, flat and "" or " NOT FLAT", rebalances, tostring(last.reported),
           last.seen or -1, last.t or 0, worst, tostring(final_lag),
           alive and (stopped and "lived" or "bad stop") or "EXITED") }
