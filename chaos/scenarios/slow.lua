@@ -1,9 +1,9 @@
 -- Scenario 7, slow agent: an agent 10x slower than its input.
 --
--- The external numbered producer (spec/support/eos.lua) writes RATE msg/s; the
--- relay agent sleeps 1 / (RATE / 10) s per event while the file FAST does not
--- exist, so it takes a tenth of what comes in, for SLOW seconds (full run 10
--- minutes, quick 1 minute). Meanwhile, sampled every 2 s (1 s quick):
+-- The external numbered producer (spec/support/eos.lua) writes about 150
+-- msg/s; the relay agent sleeps PAUSE s per event while the file FAST does not
+-- exist, so it takes about a tenth of what comes in (both rates are measured
+-- and reported), for 10 minutes (quick: 1 minute). Meanwhile, sampled every 2 s (1 s quick):
 --   - the worker's RSS: flat once its queue reached max_queued (2,000 here,
 --     so that happens within seconds): the second half's peak may not pass
 --     the first half's by more than 4 MiB;
@@ -23,7 +23,8 @@ local eos = require "spec.support.eos"
 local q = proc.quote
 
 local PORT = 19750
-local RATE = 200
+local RATE = 200   -- asked of the producer (it reaches about 150 msg/s: kcat batches and sleeps)
+local PAUSE = 0.07 -- the agent's sleep per event: about 14 msg/s, a tenth of the input
 
 local APP = [[
 local fstream = require "fstream"
@@ -84,7 +85,7 @@ local function count_lines(s, pattern) return select(2, s:gsub(pattern, "")) end
 local function start(ctx, addr, app, g)
   local tag = g:sub(1, 3) .. "-" .. os.time()
   local r = { g = g, env = { APP_ID = "slow-" .. tag, IN = "slow-in-" .. tag, OUT = "slow-out-" .. tag, GUARANTEE = g,
-    PAUSE = tostring(10 / RATE), FAST = ctx.tmp .. "/fast-" .. tag } }
+    PAUSE = tostring(PAUSE), FAST = ctx.tmp .. "/fast-" .. tag } }
   local vars = {}
   for k, v in pairs(r.env) do vars[#vars + 1] = k .. "=" .. q(v) end
   r.w = ctx.track(proc.spawn(string.format("env %s %s worker %s --broker kafka://%s --store lmdb://%s --web-port 0 -l info",
@@ -129,7 +130,9 @@ return {
           local rep, committed = reported_lag(r.web)
           local ends, seen = end_offsets(addr, r.env.IN), 0
           for p, e in pairs(ends) do seen = seen + e - (committed[p] or 0) end
-          r.lags[#r.lags + 1] = { t = lib.now() - t0, reported = rep, seen = seen }
+          local written = 0
+          for _, e in pairs(ends) do written = written + e end
+          r.lags[#r.lags + 1] = { t = lib.now() - t0, reported = rep, seen = seen, written = written }
           ctx.log("%s at %.0f s: lag reported %s, end offsets minus committed %d, RSS %d kB", r.g,
             lib.now() - t0, tostring(rep), seen, r.rss[#r.rss] or -1)
         end
@@ -169,25 +172,30 @@ return {
       local after = r.log_slow:sub(r.log_at_start + 1)
       local rebalances = count_lines(after, "assigned %d+ partitions") + count_lines(after, "revoking %d+ partitions")
         + count_lines(after, "partitions revoked") + count_lines(after, "assignment lost")
-      -- Lag: reported throughout, and close to the broker's end offsets
-      -- (the two are read a moment apart: a second of input may differ).
+      -- Lag: reported throughout, and close to the broker's end offsets.
+      -- While fetching is paused the worker asks for them every 5 s, so it
+      -- may be up to 5 s of input behind, plus a second between the reads.
       local lag_ok, worst = #r.lags > 0, 0
       for _, l in ipairs(r.lags) do
         if not l.reported then lag_ok = false
         else
           local off = math.abs(l.reported - l.seen)
-          if off > RATE + 100 and off > 0.1 * l.seen then lag_ok = false end
+          if off > 6 * RATE then lag_ok = false end
           worst = math.max(worst, off)
         end
       end
       local last = r.lags[#r.lags] or {}
+      local first_l = r.lags[1] or {}
+      local span = (last.t or 0) - (first_l.t or 0)
+      local in_rate = span > 0 and (last.written - first_l.written) / span or 0
+      local agent_rate = span > 0 and ((last.written - last.seen) - (first_l.written - first_l.seen)) / span or 0
       local ok = alive and stopped and #res.missing == 0 and flat and rebalances == 0 and lag_ok and final_lag == 0
         and not (r.g == "exactly_once" and res.dups > 0)
-      ctx.row { variant = string.format("agent at %d msg/s, input %d msg/s, %d s", RATE // 10, RATE, slow_s),
+      ctx.row { variant = string.format("agent 10x slower than its input for %d s", slow_s),
         guarantee = r.g, reps = 1, messages = #inputs, lost = #res.missing, duplicated = res.dups, recovery = "—", ok = ok,
-        note = string.format("RSS %d -> %d MiB (first/second half peak, %d samples)%s; %d rebalances; lag reported %s "
+        note = string.format("input %.0f msg/s, agent %.1f msg/s; RSS %d -> %d MiB (first/second half peak, %d samples)%s; %d rebalances; lag reported %s "
           .. "vs %d from the broker's end offsets at %.0f s (worst gap %d), %s after the drain; worker %s",
-          first // 1024, second // 1024, n, flat and "" or " NOT FLAT", rebalances, tostring(last.reported),
+          in_rate, agent_rate, first // 1024, second // 1024, n, flat and "" or " NOT FLAT", rebalances, tostring(last.reported),
           last.seen or -1, last.t or 0, worst, tostring(final_lag),
           alive and (stopped and "lived" or "bad stop") or "EXITED") }
       if not ok then ctx.log("%s: %s\n%s", r.g, eos.describe(res), r.w:output():sub(-3000)) end
