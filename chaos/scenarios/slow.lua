@@ -23,8 +23,8 @@ local eos = require "spec.support.eos"
 local q = proc.quote
 
 local PORT = 19750
-local RATE = 200   -- asked of the producer (it reaches about 150 msg/s: kcat batches and sleeps)
-local PAUSE = 0.07 -- the agent's sleep per event: about 14 msg/s, a tenth of the input
+local RATE = 300   -- asked of the producer (it reaches 100-200 msg/s: kcat batches and sleeps)
+local PAUSE = 0.07 -- the agent's sleep per event: about 14 msg/s, a tenth of the input or less
 
 local APP = [[
 local fstream = require "fstream"
