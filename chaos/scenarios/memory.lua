@@ -34,6 +34,9 @@ local APP = [[
 local fstream = require "fstream"
 local app = fstream.app(os.getenv("APP_ID"), {
   topic_partitions = 4, processing_guarantee = os.getenv("GUARANTEE"), commit_interval = 0.5,
+  -- A loaded machine may take more than the default 10 s to fill 64 MiB:
+  -- the limit, not the timeout, is what this checks.
+  agent_timeout = 60,
   max_memory = os.getenv("MAX_MEMORY"), max_queued_bytes = os.getenv("MAX_QUEUED_BYTES"),
 })
 local mode = os.getenv("MODE")

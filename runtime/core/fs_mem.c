@@ -12,6 +12,7 @@ typedef struct fs_mem {
     size_t used;           /* bytes the state holds: Lua's own total, kept here too */
     size_t limit;          /* SIZE_MAX: none */
     unsigned long refused; /* allocations refused because of the limit */
+    int retrying;          /* the last growth was refused: the next one is Lua's retry */
     lua_Alloc prev;        /* a state made elsewhere: its allocator, which we wrap */
     void *prev_ud;
     int owned;             /* made by fs_mem_newstate: freed by fs_mem_close */
@@ -32,10 +33,21 @@ static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         free(ptr);
         return NULL;
     }
-    /* Lua requires that shrinking never fails: only growth is refused. */
-    if (nsize > old && fs_mem_guard && m->used + (nsize - old) > m->limit) {
-        m->refused++;
-        return NULL;
+    /* Lua requires that shrinking never fails: only growth is refused. A
+     * refusal makes Lua collect all garbage and ask again; that retry must
+     * leave 1/16 of the limit free. Otherwise a coroutine whose live data
+     * nearly fills the limit goes on, each allocation past it costing a
+     * full collection of everything the state holds that frees a little
+     * garbage: a runaway agent then fails after 4x as many full
+     * collections (56 instead of 14 for three 64 MiB hogs). */
+    if (nsize > old) {
+        size_t cap = m->retrying ? m->limit - m->limit / 16 : m->limit;
+        m->retrying = 0;
+        if (fs_mem_guard && m->used + (nsize - old) > cap) {
+            m->refused++;
+            m->retrying = 1;
+            return NULL;
+        }
     }
     void *p = m->prev ? m->prev(m->prev_ud, ptr, osize, nsize) : realloc(ptr, nsize);
     if (p) m->used += nsize - old; /* wraps around for a shrink: still exact */
