@@ -249,6 +249,7 @@ void fs_agent_release_held(fs_rt *rt, fs_agent *a)
         a->qhead = (a->qhead + 1) % a->qcap;
         a->qlen--;
         rt->queued--;
+        rt->queued_bytes -= fs_event_bytes(e);
         fs_event_release(rt, e);
     }
     for (int i = 0; i < a->nstreams; i++) {
