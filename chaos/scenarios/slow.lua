@@ -1,6 +1,6 @@
 -- Scenario 7, slow agent: an agent 10x slower than its input.
 --
--- The external numbered producer (spec/support/eos.lua) writes about 150
+-- The external numbered producer (spec/support/eos.lua) writes 100-200
 -- msg/s; the relay agent sleeps PAUSE s per event while the file FAST does not
 -- exist, so it takes about a tenth of what comes in (both rates are measured
 -- and reported), for 10 minutes (quick: 1 minute). Meanwhile, sampled every 2 s (1 s quick):
