@@ -403,6 +403,14 @@ function Agent:_bad_event(ev)
   end
 end
 
+-- Lua's "not enough memory" when the app sets max_memory: the allocator
+-- refused to go past it (runtime/core/fs_mem.h), so say so and give the limit.
+function Agent.memory_error(app, err)
+  if err ~= "not enough memory" or not app.max_memory then return err end
+  return string.format("not enough memory: the Lua state reached max_memory (%d bytes, %.1f MiB)",
+    app.max_memory, app.max_memory / 1048576)
+end
+
 -- An instance runs the agent's function on `stream`; with `forward`, it runs
 -- that instead: the forwarder of an in-agent group_by (see _regroup).
 function Agent:_start_instance(stream, delay, forward)
@@ -430,6 +438,12 @@ function Agent:_start_instance(stream, delay, forward)
       end
       return
     end
+    local merr = Agent.memory_error(self.app, err)
+    -- skip logs nothing, but a memory limit hit is the operator's business.
+    if merr ~= err and self.on_error == "skip" then
+      core.log("warn", string.format("agent %s failed: %s; skipped (on_error = skip)", self.name, merr))
+    end
+    err = merr
     local orig = stream
     stream = cur
     local pos, npos = stream.cs:cursor()
@@ -521,6 +535,7 @@ function Agent:_start_channel_instance(rt, stream, delay)
       end
       return
     end
+    err = Agent.memory_error(self.app, err)
     self.errors_by_policy[self.on_error] = (self.errors_by_policy[self.on_error] or 0) + 1
     self.last_error = { message = tostring(err), traceback = traceback, time = rt:now() }
     local msg = string.format("agent %s failed: %s (a value of channel %s)\n%s", self.name, tostring(err),

@@ -14,7 +14,8 @@ App.DEFAULT_COMMIT_INTERVAL = { at_least_once = 2.8, exactly_once = 0.1 }
 
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
-  max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true,
+  max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true, max_memory = true,
+  max_queued_bytes = true,
   web = true, -- {port =, bind =, token =, public =} or false: fstream/web.lua reads it
   partition_assignor = true,
 }
@@ -32,6 +33,22 @@ local function check_assignor(v, where)
       type(v) == "string" and "'" .. v .. "'" or tostring(v)), 0)
   end
   return v
+end
+
+-- max_memory: bytes, as a number or a string with a unit ("256MiB", "1.5 GB",
+-- "512k"): K/M/G and KiB/MiB/GiB count in 1024s, KB/MB/GB in 1000s.
+local UNITS = { [""] = 1, b = 1, k = 1024, kib = 1024, kb = 1000, m = 1024 ^ 2, mib = 1024 ^ 2, mb = 1000 ^ 2,
+  g = 1024 ^ 3, gib = 1024 ^ 3, gb = 1000 ^ 3 }
+
+function App.parse_bytes(v)
+  if math.type(v) == "integer" then return v > 0 and v or nil end
+  if type(v) == "number" then return v >= 1 and v < 2 ^ 62 and math.floor(v) or nil end
+  if type(v) ~= "string" then return nil end
+  local num, unit = v:match("^%s*(%d+%.?%d*)%s*(%a*)%s*$")
+  local mult = unit and UNITS[unit:lower()]
+  if not mult then return nil end
+  local n = math.floor(tonumber(num) * mult)
+  return n >= 1 and n < 2 ^ 62 and n or nil
 end
 
 function App.new(id, opts, level)
@@ -71,6 +88,25 @@ function App.new(id, opts, level)
     local ok, err = pcall(check_assignor, opts.partition_assignor, "app '" .. id .. "'")
     if not ok then error(err, level) end
   end
+  -- The Lua state's memory: an agent, task or timer that allocates past it
+  -- fails with "not enough memory" (its on_error policy applies).
+  local maxmem = opts.max_memory
+  if maxmem ~= nil then
+    maxmem = App.parse_bytes(maxmem)
+    if not maxmem then
+      error(string.format("app '%s': max_memory must be a positive number of bytes or a size like \"256MiB\" (got %s)",
+        id, type(opts.max_memory) == "string" and "'" .. opts.max_memory .. "'" or tostring(opts.max_memory)), level)
+    end
+  end
+  -- Back-pressure in bytes: fetching pauses while the events waiting for
+  -- agents hold this many bytes of keys and values (default 64 MiB).
+  local mqb = opts.max_queued_bytes
+  if mqb ~= nil then
+    mqb = App.parse_bytes(mqb)
+    if not mqb then
+      error(string.format("app '%s': max_queued_bytes must be a positive number of bytes or a size like \"64MiB\"", id), level)
+    end
+  end
   return setmetatable({
     id = id,
     broker = opts.broker or "kafka://localhost:9092",
@@ -84,6 +120,8 @@ function App.new(id, opts, level)
     table_cleanup_interval = tci,
     agent_timeout = atime,
     partition_assignor = opts.partition_assignor or "auto",
+    max_memory = maxmem,
+    max_queued_bytes = mqb,
     web = opts.web,
     topics = {}, topic_list = {},
     tables = {}, table_list = {},   -- tables' states (Table.state), not the objects the app holds
@@ -528,6 +566,8 @@ function App:_start(settings)
     commit_interval = self.commit_interval,
     max_queued = self.max_queued,
     agent_timeout = self.agent_timeout,
+    max_memory = self.max_memory,
+    max_queued_bytes = self.max_queued_bytes,
     processing_guarantee = guarantee,
     data_dir = self:data_dir(settings.store),
     instance_id = settings.instance_id,
@@ -556,7 +596,8 @@ function App:_take_over(handle, store)
   -- The guarantee is the running worker's (its checkpoint strategy and
   -- transactional producer stay); an interval the app does not set stays too.
   local rt = core.adopt(handle, { commit_interval = self.commit_interval_set and self.commit_interval or nil,
-    max_queued = self.max_queued, agent_timeout = self.agent_timeout })
+    max_queued = self.max_queued, agent_timeout = self.agent_timeout,
+    max_memory = self.max_memory or 0, max_queued_bytes = self.max_queued_bytes })
   local running = rt:guarantee()
   if self.processing_guarantee ~= running and self.guarantee_set then
     core.log("warn", string.format("reload: processing_guarantee %s takes effect when the worker restarts; "

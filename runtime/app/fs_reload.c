@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "fs_worker.h"
+#include "fs_mem.h"
 #include "fs_reload.h"
 #include "fs_call.h"
 #include "fs_assign.h"
@@ -258,7 +259,7 @@ static void drop_next(struct fs_reload *r)
 {
     if (r->next) {
         fs_unref(r->next, r->next_app); /* counted: released before its state goes */
-        lua_close(r->next);
+        fs_mem_close(r->next);
     }
     r->next = NULL;
     r->next_app = LUA_NOREF;
@@ -342,7 +343,7 @@ static lua_State *load_next(fs_rt *rt, int *app_ref, char *err, size_t errlen)
         }
     }
     snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object is not a string)");
-    lua_close(L);
+    fs_mem_close(L);
     return NULL;
 }
 
@@ -453,7 +454,7 @@ static void swap(fs_rt *rt)
     rt->table_hook_ref = 0;
     if (rt->ud) ((rt_ud *)rt->ud)->rt = NULL;
     rt->ud = NULL;
-    lua_close(old);
+    fs_mem_close(old);
     int64_t t_closed = mono_ms();
 
     /* The new version adopts the runtime and declares itself again. */

@@ -16,6 +16,7 @@
 #include "fs_call.h"
 #include "fs_log.h"
 #include "fs_lua.h"
+#include "fs_mem.h"
 
 int luaopen_fstream_core(lua_State *L);
 
@@ -79,7 +80,8 @@ static lua_State *run_worker(fs_rt *rt, int *code_out)
  * first, and each version a reload loads (fs_reload.c). */
 static lua_State *host_state(void)
 {
-    lua_State *L = luaL_newstate();
+    /* Counting allocator: max_memory (fs_mem.h) is set once the app is loaded. */
+    lua_State *L = fs_mem_newstate();
     if (!L) return NULL;
     luaL_openlibs(L);
     /* Agents create many short-lived tables (decoded values, messages): the
@@ -217,6 +219,6 @@ int main(int argc, char **argv)
     }
 done:
     fflush(stdout);
-    lua_close(L);
+    fs_mem_close(L);
     return rc;
 }

@@ -15,6 +15,7 @@
 
 #include "fs_call.h"
 #include "fs_log.h"
+#include "fs_mem.h"
 #include "fs_sched.h"
 
 /* Runaway coroutines. A count hook set on every coroutine would cost every
@@ -390,7 +391,12 @@ static void resume_one(fs_sched *s, fs_co *co)
     atomic_fetch_add(&run_seq, 1);
     innermost = co->L;
     running = co;
+    /* max_memory holds inside the coroutine only (fs_mem.h): what follows
+     * (its traceback, on_exit) runs unprotected or must not fail. */
+    int outer_guard = fs_mem_guard;
+    fs_mem_guard = 1;
     int st = lua_resume(co->L, s->L, nargs, &nres);
+    fs_mem_guard = outer_guard;
     running = outer_running;
     innermost = outer_innermost;
     atomic_store(&run_due, outer_due);

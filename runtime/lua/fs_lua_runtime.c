@@ -17,6 +17,7 @@
 #include "fs_checkpoint.h"
 #include "fs_log.h"
 #include "fs_lua.h"
+#include "fs_mem.h"
 #include "fs_worker.h"
 #include "fs_table.h"
 
@@ -44,6 +45,23 @@ static int sched_poll(void *data)
     return sched_stop_over(data);
 }
 
+/* The app's max_memory (bytes, nil or 0: none) on L's state; raises when the
+ * state already holds more, where every agent would fail at once. */
+static void set_max_memory(lua_State *L, int opts_idx)
+{
+    lua_getfield(L, opts_idx, "max_memory");
+    lua_Integer max = luaL_optinteger(L, -1, 0);
+    lua_pop(L, 1);
+    if (max < 0) luaL_error(L, "max_memory must be a positive number of bytes");
+    if (max > 0) {
+        lua_gc(L, LUA_GCCOLLECT);
+        lua_Integer used = (lua_Integer)lua_gc(L, LUA_GCCOUNT) * 1024 + lua_gc(L, LUA_GCCOUNTB);
+        if (used >= max)
+            luaL_error(L, "max_memory (%I bytes) is below what the Lua state holds already (%I bytes)", max, used);
+    }
+    if (fs_mem_set_limit(L, (size_t)max)) luaL_error(L, "out of memory");
+}
+
 static int l_core_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -57,6 +75,8 @@ static int l_core_new(lua_State *L)
     double ci = luaL_optnumber(L, -1, 2.8);
     lua_getfield(L, 1, "max_queued");
     lua_Integer maxq = luaL_optinteger(L, -1, 20000);
+    lua_getfield(L, 1, "max_queued_bytes");
+    lua_Integer maxqb = luaL_optinteger(L, -1, 64 << 20);
     /* fstream.testing's fake clock: the epoch time it starts at (default now). */
     lua_getfield(L, 1, "clock");
     int has_clock = !lua_isnil(L, -1);
@@ -76,6 +96,7 @@ static int l_core_new(lua_State *L)
     const char *instance_id = luaL_optstring(L, -1, NULL);
     lua_getfield(L, 1, "partition_assignor");
     const char *assignor = luaL_optstring(L, -1, NULL);
+    set_max_memory(L, 1);
 
     rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->rt = NULL;
@@ -99,6 +120,7 @@ static int l_core_new(lua_State *L)
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
     rt->max_queued = maxq;
+    rt->max_queued_bytes = maxqb;
     if (fs_loop_init(&rt->loop, test)) {
         free(rt->group);
         free(rt->data_dir);
@@ -149,7 +171,10 @@ static int l_core_adopt(lua_State *L)
         if (lua_isinteger(L, -1)) rt->max_queued = lua_tointeger(L, -1);
         lua_getfield(L, 2, "agent_timeout");
         if (lua_isnumber(L, -1)) rt->sched.agent_timeout_ms = agent_timeout_ms(lua_tonumber(L, -1));
-        lua_pop(L, 3);
+        lua_getfield(L, 2, "max_queued_bytes");
+        if (lua_isinteger(L, -1)) rt->max_queued_bytes = lua_tointeger(L, -1);
+        lua_pop(L, 4);
+        set_max_memory(L, 2); /* the new version's, on the new state */
     }
     return 1;
 }
@@ -202,6 +227,8 @@ int fs_lua_rt_close(lua_State *L)
         fs_rt *rt = u->rt;
         u->rt = NULL;
         rt_free(rt);
+        /* The limit was the app's: the state may outlive it (fstream.testing). */
+        fs_mem_set_limit(L, 0);
     }
     return 0;
 }
@@ -510,6 +537,7 @@ static int l_rt_stats(lua_State *L)
     STAT("events_in", rt->events_in);
     STAT("events_acked", rt->events_acked);
     STAT("queued", rt->queued);
+    STAT("queued_bytes", rt->queued_bytes);
     STAT("commits", rt->commits);
     STAT("decode_errors", rt->decode_errors);
     STAT("delivery_errors", rt->delivery_errors);
@@ -524,6 +552,15 @@ static int l_rt_stats(lua_State *L)
     STAT("resets", rt->resets);
     STAT("txn_last_ms", rt->txn_last_ms);
     STAT("commit_interval_ms", rt->commit_interval_ms);
+    {
+        size_t used, limit;
+        unsigned long refused;
+        if (fs_mem_get(L, &used, &limit, &refused)) {
+            STAT("lua_memory", used);
+            STAT("max_memory", limit);
+            STAT("memory_refused", refused);
+        }
+    }
 #undef STAT
     lua_newtable(L);
     for (int i = 0; i < rt->ntopics; i++) {

@@ -17,6 +17,11 @@
 #include "fs_rt.h"
 
 #define FS_MAX_TAKE 4096
+/* The payload bytes one fill of an iterating stream brings into the Lua state
+ * (at least one event): a batch of 1 MiB messages would otherwise be
+ * decoded a thousand at a time, past any max_memory. take(n) batches get
+ * their n values as asked. */
+#define FS_TAKE_BYTES (1 << 20)
 
 rd_kafka_headers_t *fs_lua_event_headers(fs_event *e)
 {
@@ -85,6 +90,8 @@ static int fill(lua_State *L, stream_ud *u)
     fs_rt *rt = u->rt;
     lua_Integer max = luaL_checkinteger(L, TK_MAX);
     int mode = (int)luaL_checkinteger(L, TK_MODE);
+    int capped = luaL_optinteger(L, TK_WANT, 1) <= 1; /* an iteration, not take(n) */
+    size_t bytes = 0;
     const int buf = TK_BUF;
     if (max < 1) max = 1;
     if (max > FS_MAX_TAKE) max = FS_MAX_TAKE;
@@ -96,11 +103,13 @@ static int fill(lua_State *L, stream_ud *u)
     }
     char err[256];
     lua_Integer n = 0;
-    while (n < max && a->qlen) {
+    while (n < max && a->qlen && !(capped && bytes >= FS_TAKE_BYTES)) {
         fs_event *e = a->q[a->qhead];
         a->qhead = (a->qhead + 1) % a->qcap;
         a->qlen--;
         rt->queued--;
+        rt->queued_bytes -= fs_event_bytes(e);
+        bytes += fs_event_bytes(e);
         s->taken[s->ntaken++] = e;
         if (s->manual && fs_stream_open_add(s, e)) return luaL_error(L, "out of memory");
         fs_topic *t = e->part->topic;
@@ -154,6 +163,47 @@ static int fill(lua_State *L, stream_ud *u)
     return 1;
 }
 
+static int fill_entry(lua_State *L)
+{
+    return fill(L, check_stream(L, 1));
+}
+
+/* fill under a protected call. An error while it decodes (Lua's "not enough
+ * memory" under max_memory, an interrupt) would otherwise leave the events it
+ * had taken unseen in the taken list, and the restarted agent's next take
+ * would acknowledge them: lost. So the event being decoded when it failed
+ * becomes the event in hand (the agent's on_error policy deals with it: it
+ * is the one that did not fit), and those taken before it go back to the
+ * head of the agent's queue, to be taken again. */
+static int fill_protected(lua_State *L, stream_ud *u)
+{
+    fs_stream *s = u->s;
+    fs_agent *a = s->agent;
+    size_t from = s->ntaken;
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, fill_entry);
+    for (int i = 1; i <= TK_BUF; i++) lua_pushvalue(L, i);
+    if (lua_pcall(L, TK_BUF, LUA_MULTRET, 0) == LUA_OK) return lua_gettop(L) - top;
+    if (s->ntaken > from) {
+        fs_event *failed = s->taken[--s->ntaken];
+        while (s->ntaken > from) {
+            fs_event *e = s->taken[--s->ntaken];
+            if (s->manual) fs_stream_open_remove(s, e);
+            /* Taken from this queue just now: there is room at its head. */
+            a->qhead = (a->qhead + a->qcap - 1) % a->qcap;
+            a->q[a->qhead] = e;
+            a->qlen++;
+            u->rt->queued++;
+            u->rt->queued_bytes += fs_event_bytes(e);
+        }
+        s->taken[s->ntaken++] = failed;
+        if (s->nacked > from) s->nacked = from;
+        s->mode = (int)luaL_checkinteger(L, TK_MODE);
+        s->nbuf = s->pos = s->ntaken; /* the cursor on it: the event in hand */
+    }
+    return lua_error(L);
+}
+
 /* The wait of a take: cleared if the coroutine dies first. */
 static void take_cancel(fs_co *co)
 {
@@ -190,7 +240,7 @@ static int take_k(lua_State *L, int status, lua_KContext ctx)
     int timed_out = timeout >= 0 && co && lua_toboolean(L, TK_ARMED) && !fs_timer_active(&co->timer);
     if ((lua_Integer)s->agent->qlen >= want || (s->agent->qlen && (stopping || timed_out))) {
         if (co) fs_timer_stop(&u->rt->loop, &co->timer);
-        return fill(L, u);
+        return fill_protected(L, u);
     }
     if (stopping) {
         lua_pushnil(L);

@@ -232,6 +232,8 @@ struct fs_rt {
     fs_timer commit_timer;
     int64_t queued;        /* events waiting in agent queues */
     int64_t max_queued;    /* stop fetching above this (back-pressure) */
+    int64_t queued_bytes;  /* their keys' and values' bytes */
+    int64_t max_queued_bytes; /* stop fetching above this too (max_queued_bytes) */
     int64_t commits, events_in, events_acked, decode_errors, delivery_errors;
     int64_t changelog_records, lmdb_writes, recovered_records;
     int best_effort; /* the send being made is a dead letter (see dr_cb) */
@@ -274,6 +276,11 @@ void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int
                  rd_kafka_headers_t *hdrs);
 void fs_batch_done(fs_batch *b); /* dispatch finished adding to b */
 void fs_event_ack(fs_rt *rt, fs_event *e);
+/* What an event counts for in queued_bytes: its key and value. */
+static inline int64_t fs_event_bytes(const fs_event *e)
+{
+    return (int64_t)(e->m->len + e->m->key_len);
+}
 void fs_event_release(fs_rt *rt, fs_event *e);
 void fs_stream_ack_taken(fs_rt *rt, fs_stream *s);
 /* noack streams: acknowledges one event handed out earlier; -1 if unknown. */

@@ -43,8 +43,9 @@ void fs_part_drop_queued(fs_rt *rt, fs_part *p)
         for (size_t j = 0; j < a->qlen; j++) {
             fs_event *e = a->q[(a->qhead + j) % a->qcap];
             if (e->part == p) {
-                fs_event_release(rt, e);
                 rt->queued--;
+                rt->queued_bytes -= fs_event_bytes(e);
+                fs_event_release(rt, e);
             } else {
                 a->q[(a->qhead + kept) % a->qcap] = e;
                 kept++;
@@ -105,6 +106,7 @@ static void agent_push(fs_rt *rt, fs_agent *a, fs_event *e)
     a->q[(a->qhead + a->qlen) % a->qcap] = e;
     a->qlen++;
     rt->queued++;
+    rt->queued_bytes += fs_event_bytes(e);
     for (int i = 0; i < a->nstreams; i++) {
         fs_stream *s = a->streams[i];
         if (s->waiter) {
@@ -223,6 +225,7 @@ void fs_agent_close(fs_rt *rt, fs_agent *a)
         a->qhead = (a->qhead + 1) % a->qcap;
         a->qlen--;
         rt->queued--;
+        rt->queued_bytes -= fs_event_bytes(e);
         fs_event_ack(rt, e);
     }
     for (int i = 0; i < a->nstreams; i++) {
@@ -246,6 +249,7 @@ void fs_agent_release_held(fs_rt *rt, fs_agent *a)
         a->qhead = (a->qhead + 1) % a->qcap;
         a->qlen--;
         rt->queued--;
+        rt->queued_bytes -= fs_event_bytes(e);
         fs_event_release(rt, e);
     }
     for (int i = 0; i < a->nstreams; i++) {
@@ -266,6 +270,7 @@ void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L)
         a->qhead = (a->qhead + 1) % a->qcap;
         a->qlen--;
         rt->queued--;
+        rt->queued_bytes -= fs_event_bytes(e);
         fs_event_release(rt, e);
     }
     for (int i = 0; i < a->nstreams; i++) {

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "fs_kafka.h"
+#include "fs_kafka_lag.h"
 #include "fs_kafka_meta.h"
 #include "fs_kafka_txn.h"
 #include "fs_log.h"
@@ -49,6 +50,9 @@
  * it creates to appear in it (DESIGN: the loop never blocks; this runs before
  * the loop does, or while a reload has paused it). */
 #define FS_METADATA_MS 10000
+/* How often the end offsets of the assignment are asked for the lag (while
+ * fetching runs, Fetch responses bring them too). */
+#define FS_LAG_INTERVAL_MS 5000
 
 /* A message that did not fit in librdkafka's queue (QUEUE_FULL): copied here,
  * handed over in order as delivery reports make room. */
@@ -98,6 +102,7 @@ typedef struct fs_kafka {
     rd_kafka_t *consumer, *producer, *mock_host;
     struct rd_kafka_mock_cluster_s *mock;
     rd_kafka_queue_t *cq, *pq, *aq; /* consumer, producer (delivery reports), admin results */
+    fs_lag *lag; /* end offsets asked every FS_LAG_INTERVAL_MS (fs_kafka_lag.h) */
     int cfd, pfd, afd;
     fs_io cio, pio, aio;
     int consume_pending, produce_pending, admin_pending;
@@ -951,6 +956,9 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
     /* Until a group chose its protocol, the configured one says what to expect. */
     k->base.cooperative = k->coop_conf;
     rd_kafka_poll_set_consumer(k->consumer);
+    /* Without it, the lag reported while fetching is paused stands still. */
+    k->lag = fs_lag_new(k->consumer, FS_LAG_INTERVAL_MS, 2000);
+    if (!k->lag) fs_warn("cannot start the end-offset thread: the lag is known from fetches only");
     k->cq = rd_kafka_queue_get_consumer(k->consumer);
     k->pq = rd_kafka_queue_get_main(k->producer);
     k->aq = rd_kafka_queue_new(k->consumer);
@@ -2539,6 +2547,8 @@ static void kafka_close(fs_transport *tp)
         if (k->self_assign && !k->self_revoking && !rd_kafka_assignment(k->consumer, &a) && a && a->cnt)
             kafka_rebalance(k->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, k);
         if (a) rd_kafka_topic_partition_list_destroy(a);
+        fs_lag_free(k->lag); /* it asks the consumer: before the consumer closes */
+        k->lag = NULL;
         if (k->cq) rd_kafka_queue_destroy(k->cq);
         k->cq = NULL;
         rd_kafka_consumer_close(k->consumer); /* leaves the group */
@@ -2647,8 +2657,11 @@ static int64_t kafka_high_watermark(fs_transport *tp, const char *topic, int32_t
 {
     fs_kafka *k = (fs_kafka *)tp;
     int64_t lo = -1, hi = -1;
-    if (!k->consumer || rd_kafka_get_watermark_offsets(k->consumer, topic, partition, &lo, &hi)) return -1;
-    return hi;
+    if (!k->consumer) return -1;
+    if (rd_kafka_get_watermark_offsets(k->consumer, topic, partition, &lo, &hi)) hi = -1;
+    /* The newer of the two: the fetched one stands still while fetching is paused. */
+    int64_t asked = fs_lag_end(k->lag, topic, partition);
+    return asked > hi ? asked : hi;
 }
 
 static const fs_transport_ops kafka_ops = {

@@ -403,19 +403,23 @@ int fs_worker_start(fs_rt *rt, char *err, size_t errlen)
     return 0;
 }
 
-/* Stop fetching above max_queued events waiting for agents, or when the
- * producer's overflow queue holds as many messages; resume below half. */
+/* Stop fetching above max_queued events (or max_queued_bytes of their keys
+ * and values) waiting for agents, or when the producer's overflow queue holds
+ * max_queued messages; resume below half. The bytes bound is what keeps a
+ * flood of big messages from filling memory: max_queued alone lets 20,000
+ * events of 1 MiB wait. */
 static void back_pressure(fs_rt *rt)
 {
     int64_t backlog = rt->tp->backlog;
-    int over = rt->queued >= rt->max_queued || backlog >= rt->max_queued;
-    int under = rt->queued < rt->max_queued / 2 && backlog < rt->max_queued / 2;
+    int64_t maxb = rt->max_queued_bytes > 0 ? rt->max_queued_bytes : INT64_MAX;
+    int over = rt->queued >= rt->max_queued || backlog >= rt->max_queued || rt->queued_bytes >= maxb;
+    int under = rt->queued < rt->max_queued / 2 && backlog < rt->max_queued / 2 && rt->queued_bytes < maxb / 2;
     if (over != rt->paused && (over || under)) {
         if (over) rt->tp->ops->pause(rt->tp, NULL);
         else rt->tp->ops->resume(rt->tp, NULL);
         rt->paused = over;
-        fs_debug("%s fetching (%lld events queued, %lld sends waiting)", over ? "paused" : "resumed",
-                 (long long)rt->queued, (long long)backlog);
+        fs_debug("%s fetching (%lld events of %lld bytes queued, %lld sends waiting)", over ? "paused" : "resumed",
+                 (long long)rt->queued, (long long)rt->queued_bytes, (long long)backlog);
     }
 }
 
