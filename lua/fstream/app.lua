@@ -15,6 +15,7 @@ App.DEFAULT_COMMIT_INTERVAL = { at_least_once = 2.8, exactly_once = 0.1 }
 local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
   max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true,
+  standby_replicas = true,
   web = true, -- {port =, bind =, token =, public =} or false: fstream/web.lua reads it
 }
 
@@ -51,8 +52,13 @@ function App.new(id, opts, level)
   -- interrupted with an error (math.huge: never).
   local atime = opts.agent_timeout or 10
   if type(atime) ~= "number" or not (atime > 0) then error("agent_timeout must be a positive number of seconds", level) end
+  -- Standby replicas: how many other workers keep a warm copy of each table
+  -- partition (fs_standby.c; the group's membership decides which).
+  local sr = opts.standby_replicas or 0
+  if math.type(sr) ~= "integer" or sr < 0 then error("standby_replicas must be a non-negative integer", level) end
   return setmetatable({
     id = id,
+    standby_replicas = sr,
     broker = opts.broker or "kafka://localhost:9092",
     topic_partitions = tp,
     commit_interval = ci or App.DEFAULT_COMMIT_INTERVAL[pg],
@@ -474,6 +480,7 @@ function App:_start(settings)
     commit_interval = self.commit_interval,
     max_queued = self.max_queued,
     agent_timeout = self.agent_timeout,
+    standby_replicas = self.standby_replicas,
     processing_guarantee = guarantee,
     data_dir = self:data_dir(settings.store),
     instance_id = settings.instance_id,

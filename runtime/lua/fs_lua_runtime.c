@@ -74,6 +74,8 @@ static int l_core_new(lua_State *L)
     int test_hooks = test || lua_toboolean(L, -1);
     lua_getfield(L, 1, "instance_id");
     const char *instance_id = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 1, "standby_replicas");
+    lua_Integer standbys = luaL_optinteger(L, -1, 0);
 
     rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->rt = NULL;
@@ -97,6 +99,7 @@ static int l_core_new(lua_State *L)
     rt->commit_interval_ms = (int64_t)(ci * 1000);
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
     rt->max_queued = maxq;
+    rt->standby_replicas = standbys > 0 ? (standbys > 64 ? 64 : (int)standbys) : 0;
     if (fs_loop_init(&rt->loop, test)) {
         free(rt->group);
         free(rt->data_dir);

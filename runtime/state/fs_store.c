@@ -18,6 +18,7 @@ struct fs_store {
     size_t mapsize;
     char *path;
     int lockfd; /* writers: owner.lock, flocked while open; -1 otherwise */
+    int standby; /* a standby copy: owner.lock flocked only during each write */
 };
 
 static int fail(char *err, size_t errlen, const char *what, int rc)
@@ -39,7 +40,21 @@ static int mkdirs(const char *path)
     return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
 }
 
+static int open_store(fs_store **out, const char *dir, int readonly, int standby, char *err,
+                      size_t errlen);
+
 int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size_t errlen)
+{
+    return open_store(out, dir, readonly, 0, err, errlen);
+}
+
+int fs_store_open_standby(fs_store **out, const char *dir, char *err, size_t errlen)
+{
+    return open_store(out, dir, 0, 1, err, errlen);
+}
+
+static int open_store(fs_store **out, const char *dir, int readonly, int standby, char *err,
+                      size_t errlen)
 {
     *out = NULL;
     struct stat st;
@@ -52,7 +67,7 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
         return -1;
     }
     fs_store *s = calloc(1, sizeof *s);
-    if (s) s->lockfd = -1;
+    if (s) s->lockfd = -1, s->standby = standby;
     if (s) s->path = strdup(dir);
     if (!s || !s->path) {
         free(s);
@@ -112,6 +127,8 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
     }
     rc = mdb_txn_commit(txn);
     if (rc) goto fail;
+    /* A standby lets go at once: an owner may come any time (fs_store_write). */
+    if (standby) flock(s->lockfd, LOCK_UN);
     *out = s;
     return 0;
 fail:
@@ -183,8 +200,25 @@ static int write_once(fs_store *s, const fs_store_op *ops, size_t nops, const fs
     return mdb_txn_commit(txn);
 }
 
+static int write_locked(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
+                        size_t nmeta, int sync, char *err, size_t errlen);
+
 int fs_store_write(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
                    size_t nmeta, int sync, char *err, size_t errlen)
+{
+    if (s->standby && flock(s->lockfd, LOCK_EX | LOCK_NB)) {
+        int busy = errno == EWOULDBLOCK;
+        snprintf(err, errlen, "%s: %s", s->path,
+                 busy ? "an owner holds it now" : strerror(errno));
+        return busy ? FS_STORE_BUSY : -1;
+    }
+    int rc = write_locked(s, ops, nops, meta, nmeta, sync, err, errlen);
+    if (s->standby) flock(s->lockfd, LOCK_UN);
+    return rc;
+}
+
+static int write_locked(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
+                        size_t nmeta, int sync, char *err, size_t errlen)
 {
     mdb_env_set_flags(s->env, MDB_NOSYNC, !sync);
     for (;;) {
