@@ -19,6 +19,7 @@ struct fs_store {
     char *path;
     int lockfd; /* writers: owner.lock, flocked while open; -1 otherwise */
     int standby; /* a standby copy: owner.lock flocked only during each write */
+    int copyfd;  /* a standby copy: standby.lock, flocked while open (one copy per directory) */
 };
 
 static int fail(char *err, size_t errlen, const char *what, int rc)
@@ -67,7 +68,7 @@ static int open_store(fs_store **out, const char *dir, int readonly, int standby
         return -1;
     }
     fs_store *s = calloc(1, sizeof *s);
-    if (s) s->lockfd = -1, s->standby = standby;
+    if (s) s->lockfd = s->copyfd = -1, s->standby = standby;
     if (s) s->path = strdup(dir);
     if (!s || !s->path) {
         free(s);
@@ -75,6 +76,24 @@ static int open_store(fs_store **out, const char *dir, int readonly, int standby
         return -1;
     }
     char file[4200];
+    if (standby) {
+        /* Two workers sharing a data directory may both keep a copy of a
+         * partition: each writing the same files from its own position in the
+         * changelog would mix old values into new ones. The first one keeps
+         * the copy; the other finds these files busy (they are its copy too). */
+        if (snprintf(file, sizeof file, "%s/standby.lock", dir) >= (int)sizeof file) {
+            snprintf(err, errlen, "%s: path too long", dir);
+            fs_store_close(s);
+            return -1;
+        }
+        s->copyfd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (s->copyfd < 0 || flock(s->copyfd, LOCK_EX | LOCK_NB)) {
+            int busy = s->copyfd >= 0 && errno == EWOULDBLOCK;
+            snprintf(err, errlen, "%s: %s", file, busy ? "another worker keeps this copy" : strerror(errno));
+            fs_store_close(s);
+            return busy ? FS_STORE_BUSY : -1;
+        }
+    }
     if (!readonly) {
         /* Before LMDB: the owner's writes must be over before anyone reads the
          * offsets the files cover. flock (not fcntl) so that a second open in
@@ -142,6 +161,7 @@ void fs_store_close(fs_store *s)
     if (!s) return;
     if (s->env) mdb_env_close(s->env);
     if (s->lockfd >= 0) close(s->lockfd); /* after LMDB: its last writes are in */
+    if (s->copyfd >= 0) close(s->copyfd);
     free(s->path);
     free(s);
 }

@@ -46,7 +46,9 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
  * owner.lock: it takes it around each fs_store_write only, which then
  * returns FS_STORE_BUSY when an owner holds it (a worker sharing the data
  * directory took the partition: the copy must let go). The open itself is
- * FS_STORE_BUSY while an owner holds the lock. */
+ * FS_STORE_BUSY while an owner holds the lock, or while another copy of the
+ * same files is open (it holds `dir`/standby.lock for its life: one writer
+ * of a copy at a time). */
 int fs_store_open_standby(fs_store **out, const char *dir, char *err, size_t errlen);
 void fs_store_close(fs_store *s);
 

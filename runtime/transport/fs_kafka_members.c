@@ -106,9 +106,15 @@ static int describe(fs_members *m, fs_group_view *v, char *err, size_t errlen)
     for (int i = 0; gl && i < gl->group_cnt; i++)
         if (strcmp(gl->groups[i].group, m->group) == 0) g = &gl->groups[i];
     int rc = 0;
-    if (!g || g->err) {
-        snprintf(err, errlen, "describing group %s failed: %s", m->group,
-                 g ? rd_kafka_err2str(g->err) : "not found");
+    if (!g) {
+        /* Not there yet (before the first join): a description with no member. */
+        v->self = strdup("");
+        v->state = strdup("Empty");
+        if (!v->self || !v->state) goto oom;
+        goto out;
+    }
+    if (g->err) {
+        snprintf(err, errlen, "describing group %s failed: %s", m->group, rd_kafka_err2str(g->err));
         rc = -1;
         goto out;
     }
