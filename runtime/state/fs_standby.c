@@ -133,6 +133,9 @@ static void sync_copies(fs_standby *s)
                 continue;
             }
             if (found) c.next = v;
+            if (fs_store_damage(c.store))
+                fs_warn("standby of table %s[%d]: damaged local state: %s; the copy starts over from "
+                        "the changelog", t->name, (int)p, fs_store_damage(c.store));
             if (fs_vec_push(&s->copies, c)) {
                 fs_store_close(c.store);
                 fs_rt_fatal(rt, "standby replicas: out of memory");

@@ -366,6 +366,10 @@ static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
         fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
         return -1;
     }
+    const char *damage = fs_store_damage(t->parts[p].store);
+    if (damage)
+        fs_warn("table %s[%d]: local state in %s was damaged (%s); rebuilding it from changelog %s",
+                t->name, (int)p, dir, damage, t->changelog->name);
     t->parts[p].cl_next = -1;
     if (fs_recovery_add(rec, t, p)) {
         fs_rt_fatal(rt, "table %s[%d]: out of memory", t->name, (int)p);
