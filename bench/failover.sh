@@ -82,7 +82,9 @@ for rep in $(seq 1 "$REPS"); do
 		FEEDS+=($!)
 	done
 	sleep 10
-	P=$(grep "info  assigned" "$WORK/a.log" | tail -1 | grep -o "$IN\[[01]\]" | head -1 | grep -o '[01]\]' | tr -d ']')
+	# a's partition: the one b was not given (b, which joined second, is
+	# assigned only what it gets, eagerly or incrementally).
+	if grep "info  assigned" "$WORK/b.log" | tail -1 | grep -q "$IN\[0\]"; then P=1; else P=0; fi
 	SURV=b
 	SEEN=$(wc -l <"$WORK/$SURV.log") # the survivor's log after the kill tells what it replayed
 	KILLED=$(date +%s.%N)
