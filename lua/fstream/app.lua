@@ -16,6 +16,7 @@ local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
   max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true, max_memory = true,
   max_queued_bytes = true,
+  standby_replicas = true,
   web = true, -- {port =, bind =, token =, public =} or false: fstream/web.lua reads it
   partition_assignor = true,
 }
@@ -84,6 +85,10 @@ function App.new(id, opts, level)
   -- interrupted with an error (math.huge: never).
   local atime = opts.agent_timeout or 10
   if type(atime) ~= "number" or not (atime > 0) then error("agent_timeout must be a positive number of seconds", level) end
+  -- Standby replicas: how many other workers keep a warm copy of each table
+  -- partition (fs_standby.c; the group's membership decides which).
+  local sr = opts.standby_replicas or 0
+  if math.type(sr) ~= "integer" or sr < 0 then error("standby_replicas must be a non-negative integer", level) end
   if opts.partition_assignor ~= nil and not App.ASSIGNORS[opts.partition_assignor] then
     local ok, err = pcall(check_assignor, opts.partition_assignor, "app '" .. id .. "'")
     if not ok then error(err, level) end
@@ -109,6 +114,7 @@ function App.new(id, opts, level)
   end
   return setmetatable({
     id = id,
+    standby_replicas = sr,
     broker = opts.broker or "kafka://localhost:9092",
     topic_partitions = tp,
     commit_interval = ci or App.DEFAULT_COMMIT_INTERVAL[pg],
@@ -568,6 +574,7 @@ function App:_start(settings)
     agent_timeout = self.agent_timeout,
     max_memory = self.max_memory,
     max_queued_bytes = self.max_queued_bytes,
+    standby_replicas = self.standby_replicas,
     processing_guarantee = guarantee,
     data_dir = self:data_dir(settings.store),
     instance_id = settings.instance_id,

@@ -94,6 +94,8 @@ static int l_core_new(lua_State *L)
     int test_hooks = test || lua_toboolean(L, -1);
     lua_getfield(L, 1, "instance_id");
     const char *instance_id = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 1, "standby_replicas");
+    lua_Integer standbys = luaL_optinteger(L, -1, 0);
     lua_getfield(L, 1, "partition_assignor");
     const char *assignor = luaL_optstring(L, -1, NULL);
     set_max_memory(L, 1);
@@ -121,6 +123,7 @@ static int l_core_new(lua_State *L)
     if (rt->commit_interval_ms < 10) rt->commit_interval_ms = 10;
     rt->max_queued = maxq;
     rt->max_queued_bytes = maxqb;
+    rt->standby_replicas = standbys > 0 ? (standbys > 64 ? 64 : (int)standbys) : 0;
     if (fs_loop_init(&rt->loop, test)) {
         free(rt->group);
         free(rt->data_dir);

@@ -204,6 +204,8 @@ struct fs_rt {
     int table_hook_ref;   /* fs_lua.c: the Lua function the table hook calls */
     struct fs_replies *replies; /* fs_lua_ask.c: the reply reader of asks, or NULL */
     struct fs_tables_state *tables_state; /* fs_table.c: its hook, holds, replays */
+    int standby_replicas;       /* the app's standby_replicas (0: none) */
+    struct fs_standby *standby; /* fs_standby.c: the standby copies this worker keeps, or NULL */
 
     fs_sched sched; /* coroutines (fs_sched.h); its VM is L */
 

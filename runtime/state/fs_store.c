@@ -20,6 +20,8 @@ struct fs_store {
     size_t mapsize;
     char *path;
     int lockfd; /* writers: owner.lock, flocked while open; -1 otherwise */
+    int standby; /* a standby copy: owner.lock flocked only during each write */
+    int copyfd;  /* a standby copy: standby.lock, flocked while open (one copy per directory) */
     char damage[4600]; /* what fs_store_open found damaged and moved aside; "" if nothing */
 };
 
@@ -204,7 +206,21 @@ static int move_aside(const char *dir, char *aside, size_t asidelen, char *err, 
     return 0;
 }
 
+static int open_store(fs_store **out, const char *dir, int readonly, int standby, char *err,
+                      size_t errlen);
+
 int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size_t errlen)
+{
+    return open_store(out, dir, readonly, 0, err, errlen);
+}
+
+int fs_store_open_standby(fs_store **out, const char *dir, char *err, size_t errlen)
+{
+    return open_store(out, dir, 0, 1, err, errlen);
+}
+
+static int open_store(fs_store **out, const char *dir, int readonly, int standby, char *err,
+                      size_t errlen)
 {
     *out = NULL;
     struct stat st;
@@ -217,7 +233,7 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
         return -1;
     }
     fs_store *s = calloc(1, sizeof *s);
-    if (s) s->lockfd = -1;
+    if (s) s->lockfd = s->copyfd = -1, s->standby = standby;
     if (s) s->path = strdup(dir);
     if (!s || !s->path) {
         free(s);
@@ -226,6 +242,24 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
     }
     char file[4200], why[300];
     int opened_before = 0; /* LMDB had files here: a data.mdb missing now was lost */
+    if (standby) {
+        /* Two workers sharing a data directory may both keep a copy of a
+         * partition: each writing the same files from its own position in the
+         * changelog would mix old values into new ones. The first one keeps
+         * the copy; the other finds these files busy (they are its copy too). */
+        if (snprintf(file, sizeof file, "%s/standby.lock", dir) >= (int)sizeof file) {
+            snprintf(err, errlen, "%s: path too long", dir);
+            fs_store_close(s);
+            return -1;
+        }
+        s->copyfd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (s->copyfd < 0 || flock(s->copyfd, LOCK_EX | LOCK_NB)) {
+            int busy = s->copyfd >= 0 && errno == EWOULDBLOCK;
+            snprintf(err, errlen, "%s: %s", file, busy ? "another worker keeps this copy" : strerror(errno));
+            fs_store_close(s);
+            return busy ? FS_STORE_BUSY : -1;
+        }
+    }
     if (!readonly) {
         /* Before LMDB: the owner's writes must be over before anyone reads the
          * offsets the files cover. flock (not fcntl) so that a second open in
@@ -288,6 +322,8 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
         fs_store_close(s);
         return -1;
     }
+    /* A standby lets go at once: an owner may come any time (fs_store_write). */
+    if (standby) flock(s->lockfd, LOCK_UN);
     *out = s;
     return 0;
 }
@@ -302,6 +338,7 @@ void fs_store_close(fs_store *s)
     if (!s) return;
     if (s->env) mdb_env_close(s->env);
     if (s->lockfd >= 0) close(s->lockfd); /* after LMDB: its last writes are in */
+    if (s->copyfd >= 0) close(s->copyfd);
     free(s->path);
     free(s);
 }
@@ -360,8 +397,24 @@ static int write_once(fs_store *s, const fs_store_op *ops, size_t nops, const fs
     return mdb_txn_commit(txn);
 }
 
+static int write_locked(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
+                        size_t nmeta, int sync, char *err, size_t errlen);
+
 int fs_store_write(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
                    size_t nmeta, int sync, char *err, size_t errlen)
+{
+    if (s->standby && flock(s->lockfd, LOCK_EX | LOCK_NB)) {
+        int busy = errno == EWOULDBLOCK;
+        snprintf(err, errlen, "%s: %s", s->path, busy ? "an owner holds it now" : strerror(errno));
+        return busy ? FS_STORE_BUSY : -1;
+    }
+    int rc = write_locked(s, ops, nops, meta, nmeta, sync, err, errlen);
+    if (s->standby) flock(s->lockfd, LOCK_UN);
+    return rc;
+}
+
+static int write_locked(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
+                        size_t nmeta, int sync, char *err, size_t errlen)
 {
     mdb_env_set_flags(s->env, MDB_NOSYNC, !sync);
     for (;;) {

@@ -42,6 +42,15 @@ typedef struct fs_store_meta {
  * in this process or another, holds the lock. */
 #define FS_STORE_BUSY (-2)
 int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size_t errlen);
+/* A standby copy (fs_standby): the same files as an owner's, written from the
+ * changelog while another worker owns the partition. It never keeps
+ * owner.lock: it takes it around each fs_store_write only, which then
+ * returns FS_STORE_BUSY when an owner holds it (a worker sharing the data
+ * directory took the partition: the copy must let go). The open itself is
+ * FS_STORE_BUSY while an owner holds the lock, or while another copy of the
+ * same files is open (it holds `dir`/standby.lock for its life: one writer
+ * of a copy at a time). */
+int fs_store_open_standby(fs_store **out, const char *dir, char *err, size_t errlen);
 void fs_store_close(fs_store *s);
 
 /* Damaged files (truncated, a bad header, data.mdb gone or empty) are found

@@ -20,6 +20,7 @@
 #include "fs_log.h"
 #include "fs_kafka.h"
 #include "fs_recovery.h"
+#include "fs_standby.h"
 #include "fs_store.h"
 #include "fs_vec.h"
 
@@ -379,6 +380,9 @@ static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
     }
     fs_recovery *rec = recovery(rt);
     if (!rec) return -1;
+    /* A standby copy of it lets go: its files become the owner's, and the
+     * replay starts from the changelog offset the copy reached. */
+    if (!t->global) fs_standby_drop(rt, p);
     if (open_owned(t, p, dir, sizeof dir, err, sizeof err)) {
         fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
         return -1;

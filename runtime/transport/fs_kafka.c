@@ -2710,3 +2710,9 @@ int fs_kafka_watch_queue(fs_loop *loop, rd_kafka_queue_t *q, int *fd, fs_io *io,
 {
     return watch_queue(loop, q, fd, io, cb, data);
 }
+
+rd_kafka_t *fs_kafka_group_consumer(fs_transport *tp)
+{
+    fs_kafka *k = kafka_of(tp);
+    return k && !k->self_assign ? k->consumer : NULL;
+}

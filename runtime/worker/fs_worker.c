@@ -21,6 +21,7 @@
 #include "fs_kafka.h"
 #include "fs_log.h"
 #include "fs_rt.h"
+#include "fs_standby.h"
 #include "fs_table.h"
 #include "fs_transport.h"
 #include "fs_worker.h"
@@ -400,6 +401,10 @@ int fs_worker_start(fs_rt *rt, char *err, size_t errlen)
     if (fs_worker_open_topics(rt, err, errlen)) return -1;
     if (rt->tp->ops->subscribe(rt->tp, err, errlen) < 0) return -1;
     rt->subscribed = 1;
+    if (fs_standby_start(rt)) {
+        snprintf(err, errlen, "%s", rt->fatal_msg);
+        return -1;
+    }
     return 0;
 }
 
@@ -461,6 +466,7 @@ int fs_worker_rebind(fs_rt *rt, char *err, size_t errlen)
 
 void fs_worker_close(fs_rt *rt)
 {
+    fs_standby_free(rt); /* its describing thread uses the group's consumer */
     fs_tables_stop_recovery(rt); /* before the embedded cluster it talks to goes away */
     if (rt->tail) {
         if (rt->tq) rd_kafka_queue_destroy(rt->tq);
