@@ -7,12 +7,12 @@
 -- worker's stale value — and the table went back (RELIABILITY.md, "3.
 -- Network partition between hosts").
 --
--- Real Kafka on FSTREAM_TEST_LOST_PORT (default 19720, the controller takes
+-- Real Kafka on FSTREAM_TEST_LOST_PORT (default 19724, the controller takes
 -- the next), data in spec/tmp/kafka-lost.
 local proc = require "spec.support.proc"
 local eos = require "spec.support.eos"
 
-local port = os.getenv("FSTREAM_TEST_LOST_PORT") or "19720"
+local port = os.getenv("FSTREAM_TEST_LOST_PORT") or "19724"
 local dir = proc.tmp .. "/kafka-lost"
 local WORDS = 47
 
