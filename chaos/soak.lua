@@ -96,7 +96,7 @@ end
 
 -- Packed counters, 4 bits per number (up to 15), 15 per Lua integer: the soak's
 -- millions of numbers fit in a few MiB where a table per number would take a GiB.
-local function counter()
+function soak.counter()
   local c = {}
   return {
     get = function(n) local w = c[n // 15]; return w and (w >> (4 * (n % 15))) & 15 or 0 end,
@@ -114,11 +114,47 @@ local function count_mod(x, W, k)
   return (x - k) // W - (0 - k) // W
 end
 
+-- The windows the soak's input makes, by arithmetic rather than from a table
+-- per input: numbers 1..max_n all sent, number n has word k = n % words and
+-- event time base + 2n cs, word k's messages go to partition wpart[k], and
+-- part_max[p] is the highest number in partition p (its stream time).
+-- expected(k, s): the count of word k's window starting at s (cs), either
+-- kind (both are SIZE long). each_due(fn): fn(kind, k, s) for every window
+-- that must have closed: it holds input and ended at least one window size
+-- before its partition's stream time (eos.check_windows' rule).
+function soak.windows_model(words, base, max_n, wpart, part_max)
+  local m = {}
+  function m.expected(k, s)
+    local lo = math.max(1, -((base - s) // 2)) -- ceil((s - base) / 2)
+    local hi = math.min(max_n, (s + SIZE - base - 1) // 2)
+    if hi < lo then return 0 end
+    return count_mod(hi, words, k) - count_mod(lo - 1, words, k)
+  end
+  function m.each_due(fn)
+    for k = 0, words - 1 do
+      local p = wpart[k]
+      if p then
+        local stream = base + 2 * part_max[p]
+        local first = base + 2 * (k == 0 and words or k)
+        for _, kind in ipairs { "t", "h" } do
+          local step = kind == "t" and SIZE or STEP
+          local s = first - first % step - (kind == "h" and STEP or 0)
+          while s + 2 * SIZE <= stream do
+            if m.expected(k, s) > 0 then fn(kind, k, s) end
+            s = s + step
+          end
+        end
+      end
+    end
+  end
+  return m
+end
+
 -- Every check on the final topics, streaming (kcat read_committed, line by line).
 function soak.check(addr, env, app_path, store, words, base)
   local r = { notes = {} }
   -- Inputs: numbers present (twice is the harness's bug), their words' partitions.
-  local seen_in = counter()
+  local seen_in = soak.counter()
   local inputs, max_n, dup_in = 0, 0, 0
   local wpart, part_max = {}, {}
   local per_word = {}
@@ -142,7 +178,7 @@ function soak.check(addr, env, app_path, store, words, base)
   r.messages, r.max_n, r.dup_inputs = inputs, max_n, dup_in
   r.contiguous = dup_in == 0 and inputs == max_n
   -- The relay's output: every input number exactly once.
-  local out = counter()
+  local out = soak.counter()
   local unknown = 0
   f = io.popen(string.format(
     "kcat -C -b %s -t %s -X isolation.level=read_committed -o beginning -e -q -f '%%s\\n' 2>/dev/null", addr,
@@ -191,12 +227,8 @@ function soak.check(addr, env, app_path, store, words, base)
     r.notes[#r.notes + 1] = "inputs not contiguous: window check skipped"
     return r
   end
-  local function expected(k, s)
-    local lo = math.max(1, -((base - s) // 2)) -- ceil((s - base) / 2)
-    local hi = math.min(max_n, (s + SIZE - base - 1) // 2)
-    if hi < lo then return 0 end
-    return count_mod(hi, words, k) - count_mod(lo - 1, words, k)
-  end
+  local model = soak.windows_model(words, base, max_n, wpart, part_max)
+  local expected = model.expected
   local closed = {}
   local wr = r.windows
   f = io.popen(string.format(
@@ -218,24 +250,10 @@ function soak.check(addr, env, app_path, store, words, base)
     end
   end
   f:close()
-  for k = 0, words - 1 do
-    local p = wpart[k]
-    if p then
-      local stream = base + 2 * part_max[p]
-      local first = base + 2 * (k == 0 and words or k)
-      for _, kind in ipairs { "t", "h" } do
-        local step = kind == "t" and SIZE or STEP
-        local s = first - first % step - (kind == "h" and STEP or 0)
-        while s + 2 * SIZE <= stream do
-          if expected(k, s) > 0 then
-            wr.due = wr.due + 1
-            if not closed[kind .. "|w" .. k .. "|" .. s] then wr.missing = wr.missing + 1 end
-          end
-          s = s + step
-        end
-      end
-    end
-  end
+  model.each_due(function(kind, k, s)
+    wr.due = wr.due + 1
+    if not closed[kind .. "|w" .. k .. "|" .. s] then wr.missing = wr.missing + 1 end
+  end)
   return r
 end
 
