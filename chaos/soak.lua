@@ -116,17 +116,21 @@ end
 
 -- The windows the soak's input makes, by arithmetic rather than from a table
 -- per input: numbers 1..max_n all sent, number n has word k = n % words and
--- event time base + 2n cs, word k's messages go to partition wpart[k], and
+-- event time cs(n) = base + (a * n) // d centiseconds (the soak's producer:
+-- a = 100, d = its rate), word k's messages go to partition wpart[k], and
 -- part_max[p] is the highest number in partition p (its stream time).
 -- expected(k, s): the count of word k's window starting at s (cs), either
 -- kind (both are SIZE long). each_due(fn): fn(kind, k, s) for every window
 -- that must have closed: it holds input and ended at least one window size
 -- before its partition's stream time (eos.check_windows' rule).
-function soak.windows_model(words, base, max_n, wpart, part_max)
+function soak.windows_model(words, base, a, d, max_n, wpart, part_max)
   local m = {}
+  local function cs(n) return base + (a * n) // d end
+  -- The first n with cs(n) >= t: a * n >= (t - base) * d.
+  local function first_at(t) return -((-(t - base) * d) // a) end
   function m.expected(k, s)
-    local lo = math.max(1, -((base - s) // 2)) -- ceil((s - base) / 2)
-    local hi = math.min(max_n, (s + SIZE - base - 1) // 2)
+    local lo = math.max(1, first_at(s))
+    local hi = math.min(max_n, first_at(s + SIZE) - 1)
     if hi < lo then return 0 end
     return count_mod(hi, words, k) - count_mod(lo - 1, words, k)
   end
@@ -134,8 +138,8 @@ function soak.windows_model(words, base, max_n, wpart, part_max)
     for k = 0, words - 1 do
       local p = wpart[k]
       if p then
-        local stream = base + 2 * part_max[p]
-        local first = base + 2 * (k == 0 and words or k)
+        local stream = cs(part_max[p])
+        local first = cs(k == 0 and words or k)
         for _, kind in ipairs { "t", "h" } do
           local step = kind == "t" and SIZE or STEP
           local s = first - first % step - (kind == "h" and STEP or 0)
@@ -151,7 +155,7 @@ function soak.windows_model(words, base, max_n, wpart, part_max)
 end
 
 -- Every check on the final topics, streaming (kcat read_committed, line by line).
-function soak.check(addr, env, app_path, store, words, base)
+function soak.check(addr, env, app_path, store, words, base, rate)
   local r = { notes = {} }
   -- Inputs: numbers present (twice is the harness's bug), their words' partitions.
   local seen_in = soak.counter()
@@ -227,7 +231,7 @@ function soak.check(addr, env, app_path, store, words, base)
     r.notes[#r.notes + 1] = "inputs not contiguous: window check skipped"
     return r
   end
-  local model = soak.windows_model(words, base, max_n, wpart, part_max)
+  local model = soak.windows_model(words, base, 100, rate, max_n, wpart, part_max)
   local expected = model.expected
   local closed = {}
   local wr = r.windows
@@ -370,7 +374,6 @@ function soak.run_one(ctx, P)
   local duration = P.minutes * 60
   local next_kill, next_reload, next_sample = P.kill_every, P.reload_every / 2, 0
   local recoveries, kills, reloads_written = {}, 0, 0
-  local pending_recovery -- time of the kill whose worker has not processed yet
 
   local function sample(t)
     local rss, fds = proc_stats(w.pid)
@@ -381,10 +384,6 @@ function soak.run_one(ctx, P)
     local s = { t = t, pid = w.pid, rss_kb = rss, fds = fds, refs = m.refs, lua_mem = m.lua_mem, lag = m.lag,
       processed = m.processed, produced = ends[env.IN], relayed = ends[env.OUT], generation = gen }
     samples[#samples + 1] = s
-    if pending_recovery and (m.processed or 0) > 0 then
-      recoveries[#recoveries + 1] = t - pending_recovery
-      pending_recovery = nil
-    end
     return s
   end
 
@@ -398,10 +397,20 @@ function soak.run_one(ctx, P)
       kills = kills + 1
       events[#events + 1] = { t = now() - t0, kind = "kill", detail = "pid " .. w.pid }
       ctx.log("%s: kill -9 %d (%d)", g, w.pid, kills)
+      local killed_at = now()
       proc.sleep(0.5) -- what the supervisor of --workers waits before a restart
-      pending_recovery = t
       w = start_worker()
       events[#events + 1] = { t = now() - t0, kind = "restart", detail = "pid " .. w.pid }
+      -- Recovery: from the kill to the new worker's first processed event,
+      -- polled every 0.2 s (the samples wait meanwhile; the producer does not).
+      repeat
+        local m = metrics(w.web)
+        if m and (m.processed or 0) > 0 then
+          recoveries[#recoveries + 1] = now() - killed_at
+          break
+        end
+        proc.sleep(0.2)
+      until now() - killed_at > 90 or not w:alive()
     elseif t >= next_reload then
       next_reload = next_reload + P.reload_every
       generation = generation + 1
@@ -453,7 +462,13 @@ function soak.run_one(ctx, P)
   end
 
   ctx.log("%s: checking (inputs, relay output, table, windows)", g)
-  local c = soak.check(addr, env, app_path, store, P.words, base)
+  local ok_check, c = pcall(soak.check, addr, env, app_path, store, P.words, base, P.rate)
+  if not ok_check then
+    ctx.log("%s: the check failed: %s", g, tostring(c))
+    c = { notes = { "the check failed: " .. tostring(c) }, messages = 0, lost = 0, duplicated = 0, unknown = 1,
+      first_lost = {}, changelog_under = 1, changelog_over = 0, windows = { closed = 0, due = 0, missing = 1,
+      twice = 0, under = 0, over = 0, unknown = 0 } }
+  end
 
   -- Figures over the run: start = first minute's samples, end = the last sample
   -- before the producer stopped; slope over the second half of the run.

@@ -28,7 +28,7 @@ gen() {
 		if ((due >= n)); then
 			echo $((due + 1)) >"$PROGRESS"
 			for ((; n <= due; n++)); do
-				t=$((BASE + 2 * n))
+				t=$((BASE + 100 * n / RATE))
 				k=$((n % WORDS))
 				printf 'w%d\t{"n":%d,"w":"w%d","ts":%d.%02d}\n' "$k" "$n" "$k" $((t / 100)) $((t % 100)) || return 1
 			done

@@ -8,36 +8,40 @@ local svgplot = require "chaos.svgplot"
 local eos = require "spec.support.eos"
 
 describe("soak", function()
-  it("computes the same windows, counts and due set as eos.check_windows", function()
-    local words, base, n_max = 16, 178000000, 3000
-    local parts = { [0] = 2, 1, 3, 0, 2, 2, 1, 0, 3, 3, 1, 0, 2, 1, 0, 3 }
-    local inputs, wpart, part_max = {}, {}, {}
-    for n = 1, n_max do
-      local k = n % words
-      inputs[#inputs + 1] = { n = n, w = "w" .. k, cs = base + 2 * n, p = parts[k] }
-      wpart[k] = parts[k]
-      if (part_max[parts[k]] or 0) < n then part_max[parts[k]] = n end
-    end
-    local exp = eos.windows_expected(inputs)
-    local model = soak.windows_model(words, base, n_max, wpart, part_max)
-    local checked = 0
-    for key, count in pairs(exp) do
-      local k, s = key:match("^%a|w(%d+)|(%d+)$")
-      assert.are.equal(count, model.expected(tonumber(k), tonumber(s)), key)
-      checked = checked + 1
-    end
-    assert.is_true(checked > 100)
-    -- Every window the model says is due: closing exactly those passes eos' check.
-    local closed = {}
-    model.each_due(function(kind, k, s)
-      closed[#closed + 1] = { key = kind .. "|w" .. k .. "|" .. s, count = model.expected(k, s) }
-    end)
-    local r = eos.check_windows(inputs, closed)
-    assert.are.same({ 0, 0, 0, 0 }, { r.missing, r.wrong, r.unknown, r.dups }, eos.describe_windows(r))
-    assert.are.equal(r.due, #closed)
-    -- A window with no input of that word counts 0 (the soak calls a closed one "unknown").
-    assert.are.equal(0, model.expected(3, base + 2 * n_max + 5000))
-  end)
+  -- The soak's producer: event time base + (100 n) // rate cs; eos_producer.sh: base + 2n.
+  for _, c in ipairs { { a = 2, d = 1, n = 3000 }, { a = 100, d = 500, n = 30000 } } do
+    it(string.format("computes the same windows, counts and due set as eos.check_windows (cs = base + %dn/%d)", c.a, c.d),
+      function()
+        local words, base, n_max = 16, 178000000, c.n
+        local parts = { [0] = 2, 1, 3, 0, 2, 2, 1, 0, 3, 3, 1, 0, 2, 1, 0, 3 }
+        local inputs, wpart, part_max = {}, {}, {}
+        for n = 1, n_max do
+          local k = n % words
+          inputs[#inputs + 1] = { n = n, w = "w" .. k, cs = base + (c.a * n) // c.d, p = parts[k] }
+          wpart[k] = parts[k]
+          if (part_max[parts[k]] or 0) < n then part_max[parts[k]] = n end
+        end
+        local exp = eos.windows_expected(inputs)
+        local model = soak.windows_model(words, base, c.a, c.d, n_max, wpart, part_max)
+        local checked = 0
+        for key, count in pairs(exp) do
+          local k, s = key:match("^%a|w(%d+)|(%d+)$")
+          assert.are.equal(count, model.expected(tonumber(k), tonumber(s)), key)
+          checked = checked + 1
+        end
+        assert.is_true(checked > 100)
+        -- Every window the model says is due: closing exactly those passes eos' check.
+        local closed = {}
+        model.each_due(function(kind, k, s)
+          closed[#closed + 1] = { key = kind .. "|w" .. k .. "|" .. s, count = model.expected(k, s) }
+        end)
+        local r = eos.check_windows(inputs, closed)
+        assert.are.same({ 0, 0, 0, 0 }, { r.missing, r.wrong, r.unknown, r.dups }, eos.describe_windows(r))
+        assert.are.equal(r.due, #closed)
+        -- A window with no input counts 0 (the soak calls a closed one "unknown").
+        assert.are.equal(0, model.expected(3, base + (c.a * n_max) // c.d + 5000))
+      end)
+  end
 
   it("counts up to 15 per number in packed counters", function()
     local c = soak.counter()
