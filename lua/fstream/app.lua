@@ -466,6 +466,7 @@ end
 function App:_start(settings)
   if self.rt then error("app '" .. self.id .. "' is already running", 2) end
   local guarantee = self:_guarantee(settings.guarantee)
+  self.instance_id = settings.instance_id -- (fstream.ask: a static member's reply topic)
   local rt = core.new {
     group = self.id,
     broker = settings.broker or self.broker,

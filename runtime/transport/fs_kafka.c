@@ -839,6 +839,11 @@ static void create_missing(fs_kafka *k, fs_topic **miss, int n)
         }
         /* Changelogs keep the latest value per key: compaction, as Kafka Streams does. */
         if (FS_TXT(miss[i])->compact) rd_kafka_NewTopic_set_config(nt[cnt], "cleanup.policy", "compact");
+        if (FS_TXT(miss[i])->retention_ms > 0) {
+            char ms[24];
+            snprintf(ms, sizeof ms, "%lld", FS_TXT(miss[i])->retention_ms);
+            rd_kafka_NewTopic_set_config(nt[cnt], "retention.ms", ms);
+        }
         cnt++;
     }
     if (!cnt) {

@@ -55,6 +55,7 @@ struct fs_memlog;
         int partitions; /* the broker's count once resolved; before, the count to create */ \
         int resolved;   /* partitions is the broker's (ops->resolve) */                     \
         int compact;    /* created with cleanup.policy=compact (a changelog) */              \
+        long long retention_ms; /* > 0: created with that retention.ms (reply topics) */    \
         void *tx;       /* the transport's own handle, owned and freed by it */              \
     }
 typedef struct fs_txtopic FS_TXTOPIC_MEMBERS fs_txtopic;
