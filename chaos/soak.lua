@@ -261,6 +261,34 @@ function soak.check(addr, env, app_path, store, words, base, rate)
   return r
 end
 
+-- What each hot reload changed: for every reload, the last sample before it
+-- and the first one at least `settle` s after it in the same process (no kill
+-- between). Kills restart the process, so a leak per reload shows here rather
+-- than in the slope across lives. Returns {n, refs = {sum, max}, fds = ..., rss_kb = ...}.
+function soak.reload_deltas(samples, events, settle)
+  settle = settle or 10
+  local r = { n = 0, refs = { sum = 0, max = 0 }, fds = { sum = 0, max = 0 }, rss_kb = { sum = 0, max = 0 } }
+  for _, e in ipairs(events) do
+    if e.kind == "reload" then
+      local before, after
+      for _, s in ipairs(samples) do
+        if s.t < e.t then before = s
+        elseif s.t >= e.t + settle then after = s; break end
+      end
+      if before and after and before.pid == after.pid and before.refs and after.refs and before.fds and after.fds then
+        r.n = r.n + 1
+        for _, k in ipairs { "refs", "fds", "rss_kb" } do
+          local d = (after[k] or 0) - (before[k] or 0)
+          r[k].sum = r[k].sum + d
+          if math.abs(d) > math.abs(r[k].max) then r[k].max = d end
+        end
+      end
+    end
+  end
+  for _, k in ipairs { "refs", "fds", "rss_kb" } do r[k].mean = r.n > 0 and r[k].sum / r.n or 0 end
+  return r
+end
+
 -- The plot of a run's samples and events: a point per sample, a gap where the
 -- worker was down (a new pid), kills and reloads as vertical lines.
 function soak.plot(samples, events, info)
@@ -324,6 +352,10 @@ function soak.replot(dir)
   end
   local info = json.decode(proc.read(dir .. "/plot.json") or "{}") or {}
   proc.write(dir .. "/soak.svg", soak.plot(samples, events, info))
+  local rd = soak.reload_deltas(samples, events)
+  io.write(string.format("per reload (%d measured): refs %+.2f on average (max %+d), fds %+.2f (max %+d), RSS %+.1f MiB (max %+.1f)\n",
+    rd.n, rd.refs.mean, rd.refs.max, rd.fds.mean, rd.fds.max, rd.rss_kb.mean / 1024, rd.rss_kb.max / 1024))
+  return samples, events
 end
 
 local function fmt_mib(kb) return kb and string.format("%.1f", kb / 1024) or "—" end
@@ -509,7 +541,11 @@ function soak.run_one(ctx, P)
   local limits = { rss = 0.10 * median(rss), fds = math.max(6, 0.10 * median(fds)),
     refs = math.max(6, 0.10 * median(refs)) }
   for k, v in pairs(slopes) do flat[k] = math.abs(v) <= limits[k] end
-  local all_flat = flat.rss and flat.fds and flat.refs
+  -- And per reload (kills reset the process every few reloads): on average
+  -- no reference and no fd more after a reload than before it.
+  local rd = soak.reload_deltas(samples, events)
+  flat.reload = rd.refs.mean <= 0.5 and rd.fds.mean <= 0.5
+  local all_flat = flat.rss and flat.fds and flat.refs and flat.reload
 
   -- Files: samples.csv, events.csv, soak.svg, summary.md.
   local csv = { "t_s,pid,rss_kib,fds,lua_refs,lua_mem_bytes,lag,processed,produced,relayed,generation" }
@@ -560,9 +596,12 @@ function soak.run_one(ctx, P)
       tostring(st.fds.min), tostring(st.fds.max), slope_txt("fds", "fds")),
     string.format("- registry refs start %s, end %s, min %s, max %s; slope %s", tostring(st.refs.start),
       tostring(st.refs["end"]), tostring(st.refs.min), tostring(st.refs.max), slope_txt("refs", "refs")),
+    string.format("- per reload (%d measured, last sample before vs first 10 s after, same process): refs %+.2f on average (max %+d), fds %+.2f (max %+d), RSS %+.1f MiB (max %+.1f): %s",
+      rd.n, rd.refs.mean, rd.refs.max, rd.fds.mean, rd.fds.max, rd.rss_kb.mean / 1024, rd.rss_kb.max / 1024,
+      flat.reload and "flat" or "RISING"),
     string.format("- lag max %d messages; drain after the producer stopped %.0f s (%s)", max_lag, drain_s,
       drained and "lag 0" or "NOT drained in 600 s"),
-    "- flat = over the second half, the least-squares slope is at most 10% of the median level per hour (fds, refs: at least 6/h allowed)",
+    "- flat = over the second half, the least-squares slope is at most 10% of the median level per hour (fds, refs: at least 6/h allowed), and a reload adds at most 0.5 refs and 0.5 fds on average",
   }
   for _, n in ipairs(c.notes) do lines[#lines + 1] = "- " .. n end
   proc.write(P.out .. "/summary.md", table.concat(lines, "\n") .. "\n")
