@@ -305,6 +305,8 @@ function soak.plot(samples, events, info)
   for _, e in ipairs(events) do
     if e.kind == "kill" then
       markers[#markers + 1] = { x = e.t / 60, color = "#d62728", width = 1.5, label = "kill -9 + restart" }
+    elseif e.kind == "died" then
+      markers[#markers + 1] = { x = e.t / 60, color = "#ff7f0e", width = 2.5, label = "worker exited by itself" }
     elseif e.kind == "reload" then
       markers[#markers + 1] = { x = e.t / 60, color = "#1f77b4", dash = true, label = "hot reload" }
     end
@@ -358,6 +360,16 @@ function soak.replot(dir)
   return samples, events
 end
 
+-- The last line a worker logged at level error (why it exited), or "?".
+local function last_error(log)
+  local last = "?"
+  for line in log:gmatch("[^\n]+") do
+    local m = line:match("^%S+ error%s+(.*)$")
+    if m then last = m end
+  end
+  return last
+end
+
 local function fmt_mib(kb) return kb and string.format("%.1f", kb / 1024) or "—" end
 
 -- One soak under one guarantee. P: minutes, rate, kill_every, reload_every,
@@ -405,7 +417,7 @@ function soak.run_one(ctx, P)
   local t0 = now()
   local duration = P.minutes * 60
   local next_kill, next_reload, next_sample = P.kill_every, P.reload_every / 2, 0
-  local recoveries, kills, reloads_written = {}, 0, 0
+  local recoveries, kills, reloads_written, died = {}, 0, 0, {}
 
   local function sample(t)
     local rss, fds = proc_stats(w.pid)
@@ -449,6 +461,16 @@ function soak.run_one(ctx, P)
       write_app(app_path, generation)
       reloads_written = reloads_written + 1
       events[#events + 1] = { t = t, kind = "reload", detail = "generation " .. generation }
+    elseif t >= next_sample and not w:alive() then
+      -- Exited by itself (not killed by us): logged, counted, restarted as
+      -- a supervisor would; the figure fails.
+      died[#died + 1] = string.format("pid %d exit %s at %.0f s: %s", w.pid, tostring(w:wait(1)), t,
+        last_error(w:output()):sub(1, 240))
+      events[#events + 1] = { t = t, kind = "died", detail = died[#died] }
+      ctx.log("%s: the worker exited by itself: %s", g, died[#died])
+      proc.sleep(0.5)
+      w = start_worker()
+      events[#events + 1] = { t = now() - t0, kind = "restart", detail = "pid " .. w.pid }
     elseif t >= next_sample then
       next_sample = next_sample + P.sample_every
       local s = sample(t)
@@ -491,6 +513,7 @@ function soak.run_one(ctx, P)
       pauses[#pauses + 1] = tonumber(ms)
     end
     for _ in text:gmatch("reload of [^\n]- failed") do reload_failed = reload_failed + 1 end
+    for _ in text:gmatch("reload: the new version could not take over") do reload_failed = reload_failed + 1 end
   end
 
   ctx.log("%s: checking (inputs, relay output, table, windows)", g)
@@ -603,13 +626,14 @@ function soak.run_one(ctx, P)
       drained and "lag 0" or "NOT drained in 600 s"),
     "- flat = over the second half, the least-squares slope is at most 10% of the median level per hour (fds, refs: at least 6/h allowed), and a reload adds at most 0.5 refs and 0.5 fds on average",
   }
+  for _, d in ipairs(died) do lines[#lines + 1] = "- the worker exited by itself: " .. d end
   for _, n in ipairs(c.notes) do lines[#lines + 1] = "- " .. n end
   proc.write(P.out .. "/summary.md", table.concat(lines, "\n") .. "\n")
   io.stderr:write(table.concat(lines, "\n"), "\n")
 
   local lost_total = c.lost + (c.table_under or 0) + wr.missing + wr.under
   local ok = drained and c.lost == 0 and wr.missing == 0 and wr.under == 0 and (c.table_under or 1) == 0
-    and c.changelog_under == 0 and all_flat and reload_failed == 0 and c.unknown == 0
+    and c.changelog_under == 0 and all_flat and reload_failed == 0 and c.unknown == 0 and #died == 0
   if g == "exactly_once" then
     ok = ok and c.duplicated == 0 and wr.twice == 0 and wr.over == 0 and c.table_over == 0 and c.changelog_over == 0
   end
@@ -617,8 +641,9 @@ function soak.run_one(ctx, P)
     variant = string.format("%g min, %g msg/s, kill/%gs, reload/%gs", P.minutes, P.rate, P.kill_every, P.reload_every),
     guarantee = g, reps = kills, messages = c.messages, lost = c.lost, duplicated = c.duplicated,
     recovery = recoveries, ok = ok,
-    note = string.format("%d reloads (%d failed); RSS %s→%s MiB (max %s), fds %s→%s, refs %s→%s; slope/h RSS %s, fds %s, refs %s%s; lag max %d; table %s/%s, windows %d missing %d twice%s",
-      reloaded, reload_failed, fmt_mib(st.rss.start), fmt_mib(st.rss["end"]), fmt_mib(st.rss.max),
+    note = string.format("%s%d reloads (%d failed); RSS %s→%s MiB (max %s), fds %s→%s, refs %s→%s; slope/h RSS %s, fds %s, refs %s%s; lag max %d; table %s/%s, windows %d missing %d twice%s",
+      #died > 0 and string.format("worker exited by itself %d times; ", #died) or "", reloaded, reload_failed,
+      fmt_mib(st.rss.start), fmt_mib(st.rss["end"]), fmt_mib(st.rss.max),
       tostring(st.fds.start), tostring(st.fds["end"]), tostring(st.refs.start), tostring(st.refs["end"]),
       slopes.rss and string.format("%+.1f MiB", slopes.rss) or "—", slopes.fds and string.format("%+.1f", slopes.fds) or "—",
       slopes.refs and string.format("%+.1f", slopes.refs) or "—", all_flat and " (flat)" or " (NOT flat)", max_lag,
