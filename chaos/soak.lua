@@ -63,6 +63,8 @@ end
 local function proc_stats(pid)
   local out = proc.run(string.format("grep VmRSS /proc/%d/status; ls /proc/%d/fd | wc -l", pid, pid))
   local rss = tonumber(out:match("VmRSS:%s*(%d+)"))
+  -- A process that is gone has no VmRSS, and its fd count reads 0: neither is a sample.
+  if not rss then return nil, nil end
   local fds = tonumber(out:match("\n%s*(%d+)%s*$"))
   return rss, fds
 end
