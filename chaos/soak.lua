@@ -565,7 +565,9 @@ function soak.run_one(ctx, P)
   local flat = {}
   local limits = { rss = 0.10 * median(rss), fds = math.max(6, 0.10 * median(fds)),
     refs = math.max(6, 0.10 * median(refs)) }
-  for k, v in pairs(slopes) do flat[k] = math.abs(v) <= limits[k] end
+  -- Only an upward trend is a leak; a falling one (a run that ends low in
+  -- its saw-tooth) is not.
+  for k, v in pairs(slopes) do flat[k] = v <= limits[k] end
   -- And per reload (kills reset the process every few reloads): on average
   -- no reference and no fd more after a reload than before it.
   local rd = soak.reload_deltas(samples, events)
