@@ -14,6 +14,9 @@
  *   broker-errors B API COUNT CODE [MS]   the same on broker B only, each
  *                                  answer delayed MS
  *   clear API                      forget the cluster's pending errors of API
+ *                                  (not those of broker-errors)
+ *   pending B API                  how many broker-errors of API broker B has
+ *                                  still to answer with
  *   topic-error TOPIC CODE         metadata reports TOPIC with CODE (0: none)
  *   leader TOPIC P B               broker B leads TOPIC's partition P
  * API is a request name (Produce, Fetch, OffsetCommit, JoinGroup, ...) or its
@@ -199,6 +202,13 @@ static int control(rd_kafka_mock_cluster_t *mc, int brokers, char *line, char *o
         API(av[1]);
         rd_kafka_mock_clear_request_errors(mc, key);
         snprintf(out, outlen, "no more %s errors pending", api_name(key));
+    } else if (strcmp(cmd, "pending") == 0) {
+        NEED(3, "pending BROKER API");
+        BROKER(av[1]);
+        API(av[2]);
+        size_t n = 0;
+        e = rd_kafka_mock_broker_error_stack_cnt(mc, (int32_t)b, key, &n);
+        if (!e) snprintf(out, outlen, "%zu %s errors pending on broker %ld", n, api_name(key), b);
     } else if (strcmp(cmd, "topic-error") == 0) {
         NEED(3, "topic-error TOPIC CODE");
         CODE(av[2]);
@@ -215,7 +225,8 @@ static int control(rd_kafka_mock_cluster_t *mc, int brokers, char *line, char *o
         if (!e) snprintf(out, outlen, "broker %ld leads %s[%ld]", b, av[1], part);
     } else {
         snprintf(out, outlen,
-                 "unknown command (down, up, rtt, errors, broker-errors, clear, topic-error, leader)");
+                 "unknown command (down, up, rtt, errors, broker-errors, clear, pending, topic-error, "
+                 "leader)");
         return -1;
     }
 #undef NEED
