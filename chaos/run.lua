@@ -15,7 +15,7 @@ while i <= #arg do
   local a = arg[i]
   if a == "--quick" then opts.quick = true
   elseif a == "--reps" then i = i + 1; opts.reps = assert(tonumber(arg[i]), "--reps needs a number")
-  elseif a == "--guarantee" then i = i + 1; opts.guarantees = { assert(arg[i], "--guarantee needs a value") }
+  elseif a == "--guarantee" then i = i + 1; opts.guarantees = { (assert(arg[i], "--guarantee needs a value")) }
   elseif a == "--list" then opts.list = true
   elseif a == "-h" or a == "--help" then
     io.write("usage: scripts/chaos [--quick] [--reps N] [--guarantee G] [--list] [SCENARIO...]\n")

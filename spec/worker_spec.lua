@@ -118,6 +118,33 @@ describe("stopping a worker", function()
     assert.are.equal(128 + 15, w:wait(10))
     assert.matches("second Terminated: exiting at once without committing", w:output())
   end)
+
+  it("an agent still mid-event at the 30 s stop deadline: the worker exits at once, the event stays uncommitted", function()
+    -- librdkafka's consumer cannot be destroyed while the killed agent still
+    -- holds a fetched message: the stop used to hang until its 75 s hard limit.
+    local broker, addr = proc.broker({}, 1)
+    local app = "stuck-" .. uniq
+    local store = proc.tmp .. "/" .. app .. "-data"
+    local function start(slow)
+      return proc.spawn(string.format("env APP_ID=%s IN=stuck-in-%s SLOW=%s %s worker %s/slow.lua --broker kafka://%s --store lmdb://%s",
+        app, uniq, slow, bin, fixtures, addr, proc.quote(store)), "worker-stuck")
+    end
+    proc.create_topics(addr, "stuck-in-" .. uniq)
+    local w = start(1000)
+    assert.truthy(w:wait_for("assigned %d+ partitions", 30), w:output())
+    proc.produce_lines(addr, "stuck-in-" .. uniq, { "x" })
+    assert.truthy(w:wait_for("holding x", 30), w:output())
+    w:signal("TERM")
+    local rc = w:wait(60)
+    assert.are.equal(0, rc, w:output())
+    assert.matches("1 agent coroutines still busy after 30 s", w:output())
+    assert.not_matches("the stop did not finish", w:output())
+    -- The event it never finished is processed again by the next worker.
+    local w2 = start(0)
+    assert.truthy(w2:wait_for("holding x", 30), w2:output())
+    assert.are.equal(0, w2:stop())
+    broker:stop()
+  end)
 end)
 
 describe("a worker on the embedded broker (memory://)", function()

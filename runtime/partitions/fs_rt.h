@@ -281,6 +281,8 @@ int fs_stream_ack_event(fs_rt *rt, fs_stream *s, fs_event *e);
 int fs_stream_open_add(fs_stream *s, fs_event *e);
 int fs_stream_open_remove(fs_stream *s, const fs_event *e);
 void fs_agent_close(fs_rt *rt, fs_agent *a);
+/* At a stop past its deadline: lets go of the events the agent still holds, unacknowledged. */
+void fs_agent_release_held(fs_rt *rt, fs_agent *a);
 /* Frees an agent whose events nobody processed: they are released, not acknowledged. */
 void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L);
 void fs_wake_streams(fs_rt *rt); /* wakes every stream waiting in take, and every park (stop) */

@@ -234,6 +234,31 @@ void fs_agent_close(fs_rt *rt, fs_agent *a)
     }
 }
 
+/* A stop whose deadline passed with this agent still mid-event: what it holds
+ * (queued, taken by the coroutine that was killed, noack events never
+ * acknowledged) is let go without an acknowledgement, so those offsets stay
+ * uncommitted for the next owner, and the consumer can be destroyed (librdkafka
+ * waits for every message it handed out before its threads end). */
+void fs_agent_release_held(fs_rt *rt, fs_agent *a)
+{
+    while (a->qlen) {
+        fs_event *e = a->q[a->qhead];
+        a->qhead = (a->qhead + 1) % a->qcap;
+        a->qlen--;
+        rt->queued--;
+        fs_event_release(rt, e);
+    }
+    for (int i = 0; i < a->nstreams; i++) {
+        fs_stream *s = a->streams[i];
+        if (!s->manual)
+            for (size_t k = s->nacked; k < s->ntaken; k++) fs_event_release(rt, s->taken[k]);
+        s->ntaken = s->nacked = 0;
+        s->pos = s->nbuf = 0;
+        for (size_t k = 0; k < s->nopen; k++) fs_event_release(rt, s->open[k]);
+        s->nopen = 0;
+    }
+}
+
 void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L)
 {
     while (a->qlen) {

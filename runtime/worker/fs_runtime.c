@@ -108,7 +108,10 @@ static void finish(fs_rt *rt)
     rt->closing = 1;
     /* A revocation waiting for agents goes on now: none will run again. */
     fs_assign_finish(rt->assign, FS_CKPT_WAIT_MS);
+    int stuck = rt->sched.nlive_agents; /* past the stop deadline, or a fatal error */
     fs_sched_kill_all(&rt->sched); /* cancels HTTP requests still in flight */
+    if (stuck)
+        for (int i = 0; i < rt->nagents; i++) fs_agent_release_held(rt, rt->agents[i]);
     if (rt->on_close.fn) rt->on_close.fn(rt->on_close.data);
     int synced = 0;
     if (rt->fatal) {
