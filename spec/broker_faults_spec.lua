@@ -74,6 +74,31 @@ describe("fstream-lua broker --control", function()
     assert.matches("exists and is not a FIFO", out)
   end)
 
+  -- Found by chaos/scenarios/broker.lua: after a Produce answered with
+  -- TOPIC_AUTHORIZATION_FAILED librdkafka holds the topic in error, and the
+  -- stop's checkpoint sends the table's records (which carry a header) there
+  -- again. librdkafka 2.0.2's produceva freed such a message's headers twice
+  -- when it refused it, and the worker died of SIGSEGV instead of exiting 1.
+  it("exits 1, naming the changelog, when the broker refuses a table's record for good", function()
+    local b, addr, fifo = broker("authz")
+    local uniq = os.time() .. "-" .. math.random(1e6)
+    local env = { APP_ID = "authz-" .. uniq, IN = "authz-in-" .. uniq }
+    local w = proc.worker("wordcount.lua", env, addr, { store = "lmdb://" .. proc.tmp .. "/" .. env.APP_ID })
+    assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
+    proc.sleep(1)
+    -- Frozen while the input goes in: its next Produce request is the
+    -- table's next checkpoint, and the injected error meets that one.
+    w:signal("STOP")
+    proc.produce_lines(addr, env.IN, { "a", "b", "c", "d", "e", "f", "g", "h" })
+    assert.are.equal("info", (command(b, fifo, "broker-errors 1 Produce 1 TOPIC_AUTHORIZATION_FAILED")))
+    w:signal("CONT")
+    local rc = w:wait(60)
+    assert.are.equal(1, rc, w:output())
+    assert.matches("delivery to authz%-[%d%-]+%-word_counts%-changelog failed: Broker: Topic authorization failed",
+      w:output())
+    b:stop(10)
+  end)
+
   -- Found by chaos/scenarios/broker.lua: the failed delivery stops the worker
   -- without committing, but its stop's checkpoint still writes the tables'
   -- changelog records, whose headers name input offsets past the events of
@@ -96,6 +121,7 @@ describe("fstream-lua broker --control", function()
     assert.matches("delivery to " .. env.OUT:gsub("%p", "%%%0") .. " failed: Broker: Invalid message", w:output())
     local lost_first = #eos.compare(eos.inputs(addr, env.IN), eos.output_counts(addr, env.OUT)).missing
     assert.is_true(lost_first > 0, "the failed request carried no output")
+    env.COMMIT_INTERVAL = "0.5"
     w = eos.worker(env, addr, store, "worker-again")
     local inputs = eos.inputs(addr, env.IN)
     local ok, status = eos.wait_drained(addr, env, inputs, 60, { w })

@@ -279,6 +279,11 @@ local function embedded_case(ctx, c)
     outcome = "retried"
     notes[#notes + 1] = string.format("retried to success, drained %.1f s after the fault", took)
     if #said > 0 and c.kind == "fatal" then notes[#notes + 1] = "logged: " .. said[1]:sub(1, 160) end
+  elseif rc and rc > 128 then
+    ok = false
+    outcome = "crashed"
+    notes[#notes + 1] = string.format("the worker crashed (exit %d: signal %d); %s", rc, rc - 128,
+      (said[#said] or ""):gsub("^%S+%s+", ""):sub(1, 200))
   elseif #said > 0 and (not alive and rc ~= 0 or alive) then
     outcome = "reported"
     notes[#notes + 1] = string.format("reported (%s): %s", alive and "worker serving on" or ("exit " .. tostring(rc)),
