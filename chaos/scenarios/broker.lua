@@ -75,17 +75,18 @@ local function broker_pid(dir)
   return pid
 end
 
--- The highest number among the last messages of each partition (read_committed).
+-- The highest number among the last messages of each partition
+-- (read_committed). A count and a time limit: with the producer still
+-- writing, kcat -e alone may chase the end for minutes.
 local function tail_max(addr, topic, pattern)
-  local out = proc.run(string.format(
-    "kcat -C -b %s -t %s -X isolation.level=read_committed -o -30 -e -q -f '%%s\\n' 2>/dev/null", addr, q(topic)))
+  local out = proc.run(string.format("timeout 10 kcat -C -b %s -t %s -X isolation.level=read_committed "
+    .. "-o -30 -c 60 -e -q -f '%%s\\n' 2>/dev/null", addr, q(topic)))
   local m = -1
   for n in out:gmatch(pattern) do m = math.max(m, tonumber(n)) end
   return m
 end
 
-local function kill_restart(ctx, guarantee, reps)
-  local addr, dir = ctx.kafka(PORT)
+local function kill_restart(ctx, addr, dir, guarantee, reps)
   local env = app_env("bk-" .. guarantee:sub(1, 1), guarantee)
   local store = string.format("%s/%s", ctx.tmp, env.APP_ID)
   local w = ctx.track(eos.worker(env, addr, store, "worker-broker"))
@@ -138,7 +139,6 @@ local function kill_restart(ctx, guarantee, reps)
     note = #notes > 0 and table.concat(notes, "; ") or string.format("%d due windows checked", v.windows_due),
   }
   if #recovery < reps or not drained or rc ~= 0 then row.ok = false end
-  proc.kafka_stop(dir)
 end
 
 -- ---- part 2: the embedded broker's fault injection -------------------------
@@ -149,16 +149,16 @@ end
 -- input while the worker runs, "start" = before the worker starts (group
 -- requests happen at the join). quick: part of the quick run.
 local CASES = {
-  { api = "Produce", n = 5, code = "NOT_LEADER_FOR_PARTITION", kind = "retriable", quick = true },
+  { api = "Produce", n = 5, code = "NOT_LEADER_FOR_PARTITION", kind = "retriable" },
   { api = "Produce", n = 5, code = "REQUEST_TIMED_OUT", kind = "retriable" },
   { api = "Produce", n = 1, code = "TOPIC_AUTHORIZATION_FAILED", kind = "fatal", quick = true },
   { api = "Produce", n = 1, code = "MSG_SIZE_TOO_LARGE", kind = "fatal" },
   { api = "Produce", n = 1, code = "INVALID_RECORD", kind = "fatal" },
-  { api = "Produce", n = 1, code = "INVALID_MSG", kind = "fatal", label = "CORRUPT_MESSAGE" },
+  { api = "Produce", n = 1, code = "INVALID_MSG", kind = "fatal", label = "CORRUPT_MESSAGE", quick = true },
   { api = "Fetch", n = 5, code = "NOT_LEADER_FOR_PARTITION", kind = "retriable" },
   { api = "Fetch", n = 5, code = "REQUEST_TIMED_OUT", kind = "retriable" },
   { api = "Fetch", n = 1, code = "TOPIC_AUTHORIZATION_FAILED", kind = "fatal" },
-  { api = "OffsetCommit", n = 5, code = "COORDINATOR_NOT_AVAILABLE", kind = "retriable", quick = true },
+  { api = "OffsetCommit", n = 5, code = "COORDINATOR_NOT_AVAILABLE", kind = "retriable" },
   { api = "OffsetCommit", n = 5, code = "REQUEST_TIMED_OUT", kind = "retriable" },
   { api = "OffsetCommit", n = 1, code = "UNKNOWN_MEMBER_ID", kind = "fatal" },
   { api = "OffsetCommit", n = 1, code = "GROUP_AUTHORIZATION_FAILED", kind = "fatal" },
@@ -335,7 +335,13 @@ local function run(ctx)
   math.randomseed(os.time())
   local part = os.getenv("CHAOS_BROKER_PART")
   if part ~= "2" then
-    for _, g in ipairs(ctx.guarantees) do kill_restart(ctx, g, ctx.reps(5, 1)) end
+    -- Quick (the suite's run): one kill, under exactly-once only unless
+    -- --guarantee says otherwise (at-least-once has the embedded cases), to
+    -- stay near two minutes; each kill costs the broker's restart.
+    local gs = ctx.guarantees
+    if ctx.quick and #gs > 1 then gs = { "exactly_once" } end
+    local addr, dir = ctx.kafka(PORT)
+    for _, g in ipairs(gs) do kill_restart(ctx, addr, dir, g, ctx.reps(5, 1)) end
   end
   if part ~= "1" then
     local only = os.getenv("CHAOS_BROKER_CASES")
