@@ -382,18 +382,7 @@ static int note_input(struct task *k, const rd_kafka_message_t *m)
 }
 
 /* The replay reached the changelog's end: the input offsets the replayed
- * state reflects (never moving one back), then the sync.
- *
- * Exactly-once only. There a changelog record is read only once its
- * transaction committed, and with it every other output of its events and
- * their input offsets. Under at-least-once a changelog record is on the broker
- * as soon as it is delivered, whether or not the other outputs of the same
- * checkpoint were: an agent's send that failed for good (the worker stopped
- * without committing) or was still in flight at a kill. Resuming after the
- * header's offset would skip those events, and their lost outputs with them.
- * So at-least-once resumes at the committed offset (or LMDB's own, written only
- * once every send of its checkpoint was delivered), and the replayed tables
- * count the events after it again, as at-least-once allows. */
+ * state reflects (never moving one back), then the sync. */
 static void complete(fs_recovery *r, struct task *k)
 {
     fs_table *t = k->t;
@@ -402,7 +391,7 @@ static void complete(fs_recovery *r, struct task *k)
     FS_VEC(fs_store_meta) meta = {0};
     fs_buf names = {0};
     int rc = 0;
-    for (size_t i = 0; r->rt->eos && i < k->inputs.len && rc == 0; i++) {
+    for (size_t i = 0; i < k->inputs.len && rc == 0; i++) {
         int64_t have;
         int found;
         size_t at = names.len;
