@@ -71,7 +71,9 @@ end
 
 local function broker_pid(dir)
   local pid = tonumber((proc.read(dir .. "/kafka.pid") or ""):match("%d+"))
-  assert(pid and os.execute("kill -0 " .. pid .. " 2>/dev/null"), "no running broker in " .. dir)
+  -- PIDs are reused quickly on a busy machine: only the JVM of this dir.
+  local cmd = pid and proc.read("/proc/" .. pid .. "/cmdline") or ""
+  assert(cmd:find("kafka.Kafka", 1, true) and cmd:find(dir, 1, true), "no running broker in " .. dir)
   return pid
 end
 
