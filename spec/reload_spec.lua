@@ -129,8 +129,9 @@ local function rewrite_five_times(addr, tag)
       assert.truthy(wait_occurrences(w, "reloaded [^\n]*app%.lua in %d+ ms", reloads, 30), w:output())
     end
     if k == 4 then
-      -- The new topic is read once the group has rebalanced onto it.
-      assert.truthy(wait_occurrences(w, "assigned 8 partitions", 1, 30), w:output())
+      -- The new topic is read once the group has rebalanced onto it (eager:
+      -- every partition again; cooperative, the default: the new ones).
+      assert.truthy(wait_occurrences(w, "assigned [48] partitions", 2, 30), w:output())
       proc.produce_lines(addr, env.SIDE, { "s1", "s2", "s3" })
     end
   end

@@ -16,7 +16,23 @@ local OPTIONS = {
   broker = true, topic_partitions = true, commit_interval = true, processing_guarantee = true,
   max_queued = true, store = true, table_cleanup_interval = true, agent_timeout = true,
   web = true, -- {port =, bind =, token =, public =} or false: fstream/web.lua reads it
+  partition_assignor = true,
 }
+
+-- partition_assignor: how the group's members share partitions. "auto" picks
+-- cooperative-sticky unless the app's tables need co-partitioned topics (see
+-- App:_assignor); the others are librdkafka's assignors of that name.
+App.ASSIGNORS = { auto = true, ["cooperative-sticky"] = true, range = true, roundrobin = true,
+  ["range,roundrobin"] = true }
+
+local function check_assignor(v, where)
+  if not App.ASSIGNORS[v] then
+    error(string.format("%s: partition_assignor must be \"auto\", \"cooperative-sticky\", \"range\", "
+      .. "\"roundrobin\" or \"range,roundrobin\", got %s", where,
+      type(v) == "string" and "'" .. v .. "'" or tostring(v)), 0)
+  end
+  return v
+end
 
 function App.new(id, opts, level)
   level = level or 2
@@ -51,6 +67,10 @@ function App.new(id, opts, level)
   -- interrupted with an error (math.huge: never).
   local atime = opts.agent_timeout or 10
   if type(atime) ~= "number" or not (atime > 0) then error("agent_timeout must be a positive number of seconds", level) end
+  if opts.partition_assignor ~= nil and not App.ASSIGNORS[opts.partition_assignor] then
+    local ok, err = pcall(check_assignor, opts.partition_assignor, "app '" .. id .. "'")
+    if not ok then error(err, level) end
+  end
   return setmetatable({
     id = id,
     broker = opts.broker or "kafka://localhost:9092",
@@ -63,6 +83,7 @@ function App.new(id, opts, level)
     store = store,
     table_cleanup_interval = tci,
     agent_timeout = atime,
+    partition_assignor = opts.partition_assignor or "auto",
     web = opts.web,
     topics = {}, topic_list = {},
     tables = {}, table_list = {},   -- tables' states (Table.state), not the objects the app holds
@@ -458,6 +479,38 @@ function App:_guarantee(guarantee)
   return self.processing_guarantee
 end
 
+-- The group consumer's assignor: $FSTREAM_PARTITION_ASSIGNOR, else the app's
+-- partition_assignor. "auto" is cooperative-sticky (a rebalance moves only the
+-- partitions that change hands; the others keep going), unless more than one
+-- topic the agents read writes partitioned tables, or a topic pattern does:
+-- tables follow partition numbers, so those topics must be co-partitioned
+-- (partition p of each on one worker), which range assignment keeps and
+-- cooperative-sticky does not.
+function App:_assignor()
+  local env = os.getenv("FSTREAM_PARTITION_ASSIGNOR")
+  local v = check_assignor(env ~= nil and env ~= "" and env or self.partition_assignor,
+    env ~= nil and env ~= "" and "FSTREAM_PARTITION_ASSIGNOR" or "app '" .. self.id .. "'")
+  if v ~= "auto" then return v end
+  local partitioned = false
+  for _, tb in ipairs(self.table_list) do partitioned = partitioned or not tb.global end
+  if not partitioned then return "cooperative-sticky" end
+  local changelogs, inputs, n, why = {}, {}, 0, nil
+  for _, tb in ipairs(self.table_list) do changelogs[tb.changelog] = true end
+  for _, a in ipairs(self.agent_list) do
+    if not a.no_tables then
+      if a.patterns and #a.patterns > 0 then why = "agent " .. a.name .. " reads a topic pattern" end
+      for _, t in ipairs(a.topics) do
+        if not inputs[t] and not changelogs[t] then inputs[t] = true; n = n + 1 end
+      end
+    end
+  end
+  if n > 1 then why = string.format("%d topics write its tables", n) end
+  if not why then return "cooperative-sticky" end
+  core.log("info", string.format("partition assignor: range, not cooperative-sticky (%s: they must be "
+    .. "co-partitioned, which range assignment keeps); set partition_assignor to choose", why))
+  return "range"
+end
+
 -- Starts the app on a runtime: `settings` = { broker=URL, test=bool, clock=epoch s (test only), store=URL,
 -- guarantee=at_least_once|exactly_once (overrides the app's option), instance_id=the group consumer's
 -- group.instance.id ("auto": host name and the data directory's slot) or nil }.
@@ -466,6 +519,7 @@ end
 function App:_start(settings)
   if self.rt then error("app '" .. self.id .. "' is already running", 2) end
   local guarantee = self:_guarantee(settings.guarantee)
+  self.instance_id = settings.instance_id -- (fstream.ask: a static member's reply topic)
   local rt = core.new {
     group = self.id,
     broker = settings.broker or self.broker,
@@ -477,6 +531,7 @@ function App:_start(settings)
     processing_guarantee = guarantee,
     data_dir = self:data_dir(settings.store),
     instance_id = settings.instance_id,
+    partition_assignor = self:_assignor(),
     -- A worker whose specs drive it from inside (rt:test_reset): the test runtime's methods.
     test_hooks = os.getenv("FSTREAM_TEST_HOOKS") == "1" or nil,
   }

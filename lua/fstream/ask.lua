@@ -22,6 +22,9 @@ Ask.H_REPLY_TO, Ask.H_ID, Ask.H_ERROR = H_REPLY_TO, H_ID, H_ERROR
 -- the same topic with the same reader.
 local CARRY = "ask/reply-topic"
 local DEFAULT_TIMEOUT = 30
+-- Reply topics are created keeping a day of replies (as Faust's reply_expires):
+-- a reply is read within an ask's timeout or never.
+local REPLY_RETENTION = 86400
 local SWEEP_EVERY = 256 -- asks between sweeps of asks nobody waits for any more
 
 local function random48()
@@ -109,7 +112,7 @@ local function declare(app, rt, id, at_run_time)
   app.topics[name] = topic
   s.topic = topic
   s.targets[name] = topic
-  topic.id = rt:topic(name, topic.key_codec, topic.value_codec, 1, false, true)
+  topic.id = rt:topic(name, topic.key_codec, topic.value_codec, 1, false, true, REPLY_RETENTION)
   topic.partitions = rt:resolve_topics({ topic.id }, { 1 })[1]
   if rt:replies_open(topic.id) then
     local task = { fn = reader_task(app, rt, name), name = "reply reader", restart = true }
@@ -148,9 +151,22 @@ function Ask.bind(app, rt)
   if id then declare(app, rt, math.tointeger(id) or id, false) end
 end
 
+-- A static member (--worker-id) gets the same reply topic at every start, so
+-- restarts do not leave a topic behind each; other workers get a new one.
+local function member_id(app)
+  local who = app.instance_id
+  if not who then return random48() end
+  local h = 0xcbf29ce484222325 -- FNV-1a, 64 bits, cut to 48
+  for i = 1, #app.id + 1 + #who do
+    local b = i <= #app.id and app.id:byte(i) or i == #app.id + 1 and 47 or who:byte(i - #app.id - 1)
+    h = (h ~ b) * 0x100000001b3
+  end
+  return h & 0xffffffffffff
+end
+
 local function reply_topic(app)
   local s = state(app)
-  return s.topic or declare(app, app.rt, random48(), true)
+  return s.topic or declare(app, app.rt, member_id(app), true)
 end
 
 -- The topic a reply goes to: this worker's own, or another worker's, known to
@@ -162,7 +178,7 @@ local function target(app, name)
   local Topic = require "fstream.topic"
   t = Topic.new(app, name, { value_serializer = "json", partitions = 1 }, 1)
   local rt = app.rt
-  t.id = rt:topic(name, t.key_codec, t.value_codec, 1, false, true)
+  t.id = rt:topic(name, t.key_codec, t.value_codec, 1, false, true, REPLY_RETENTION)
   t.partitions = rt:resolve_topics({ t.id }, { 1 })[1]
   s.targets[name] = t
   return t

@@ -584,12 +584,16 @@ end
 
 -- Calls fn(key, value, partition) for each entry of a table in the local LMDB
 -- files (`want`: only this encoded key), one partition's scan in memory at a
--- time; windowed tables' own keys are skipped. Returns how many it found.
+-- time; windowed tables' own keys are skipped. Returns how many it found, and
+-- the errors of partitions it could not read (damaged files), nil if none.
 local function each_entry(t, dir, want, fn)
-  local found = 0
+  local found, errs = 0, nil
   for _, p in ipairs(local_partitions(dir, t)) do
     local keys, values = core.store_scan(string.format("%s/%s/%d", dir, t.name, p))
-    if keys and t.offline_rows then
+    if not keys then
+      errs = errs or {}
+      errs[#errs + 1] = values -- the error
+    elseif t.offline_rows then
       -- A set table: one entry per key, its members as a list.
       for _, r in ipairs(t.offline_rows(t, keys, values)) do
         if not want or r.kb == want then
@@ -597,7 +601,7 @@ local function each_entry(t, dir, want, fn)
           fn(r.key, r.value, p)
         end
       end
-    elseif keys then
+    else
       for i = 1, #keys do
         -- In a windowed table, keys starting with a NUL byte are the runtime's own
         -- (stream time); other tables have none (a raw key may start with one).
@@ -608,7 +612,7 @@ local function each_entry(t, dir, want, fn)
       end
     end
   end
-  return found
+  return found, errs
 end
 
 -- Reads a table's local LMDB files offline: one JSON line per entry.
@@ -626,9 +630,11 @@ function cli.table(opts)
     if t.key_serializer == "json" then k = core.json.decode(k) or k end
     want = t.encode_key(k)
   end
-  local found = each_entry(t, app:data_dir(opts.store), want, function(k, v, p)
+  local found, errs = each_entry(t, app:data_dir(opts.store), want, function(k, v, p)
     io.write(core.json.encode { key = k, value = v, partition = p }, "\n")
   end)
+  -- What could be read is printed; a partition that could not be is an error, not a silent gap.
+  if errs then return fail(1, "%s", table.concat(errs, "\nfstream-lua: ")) end
   if want and found == 0 then return fail(1, "key %s is not in the local partitions of %s", opts.key, name) end
   return 0
 end

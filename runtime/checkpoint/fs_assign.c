@@ -22,6 +22,7 @@ enum { X_NONE = 0, X_ABORT, X_ABORTING, X_FENCE, X_CLEAR };
 enum { C_REVOKE = 0, C_ASSIGN = 1, C_RESET = 2 };
 struct change {
     int assign; /* C_* */
+    int lost;   /* C_REVOKE: the partitions were lost */
     fs_tplist parts;
     char *why; /* C_RESET: "what\0why" */
 };
@@ -44,6 +45,8 @@ struct fs_assign {
     /* the revocation in progress */
     int revoke_step;
     fs_tplist revoke;
+    int revoke_some; /* other partitions stay held (cooperative): they keep being fetched */
+    int revoke_lost; /* lost: no checkpoint, nothing of them written */
     int64_t revoke_deadline;
     FS_VEC(struct change) queue;
     fs_buf names;
@@ -93,6 +96,11 @@ int fs_assign_revoking(const fs_assign *a)
     return a && (a->revoke_step != R_NONE || a->reset_step != X_NONE);
 }
 
+int fs_assign_stops_fetching(const fs_assign *a)
+{
+    return a && ((a->revoke_step != R_NONE && !a->revoke_some) || a->reset_step != X_NONE);
+}
+
 /* "topic[p] topic[p] ..." for the logs, in a buffer that grows. */
 static const char *names_of(fs_assign *a, const fs_tplist *l)
 {
@@ -130,8 +138,57 @@ static int first_of_number(fs_rt *rt, const fs_tplist *l, int i)
     return 1;
 }
 
+/* Partition number p of the tables stays needed: some table input's
+ * partition p is held and not in `going`. */
+static int tables_still_needed(fs_rt *rt, int32_t p, const fs_tplist *going)
+{
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        if (!t->table_input || p >= t->nparts || !fs_part_held(t->parts[p])) continue;
+        if (!fs_tplist_find(going, t->name, p)) return 1;
+    }
+    return 0;
+}
+
+/* Tables follow partition numbers, so every topic that writes them must be
+ * co-partitioned: partition p of each on one worker. Range assignment keeps
+ * that (equal partition counts); cooperative-sticky balances partitions one by
+ * one and does not. Returns the first table input whose partition p this
+ * worker would hold without another table input's partition p, or NULL. */
+/* Some agent reads t now (it is in the subscription). */
+static int topic_read(const fs_topic *t)
+{
+    for (int i = 0; i < t->nsubs; i++)
+        if (!t->subs[i]->closed) return 1;
+    return 0;
+}
+
+static const char *copartition_broken(fs_rt *rt, const fs_tplist *adding, int32_t *pp, const char **other)
+{
+    int partitioned = 0;
+    for (int i = 0; i < rt->ntables && !partitioned; i++) partitioned = !rt->tables[i]->global;
+    if (!partitioned) return NULL;
+    for (int i = 0; i < rt->ntopics; i++) {
+        fs_topic *t = rt->topics[i];
+        if (!t->table_input || !topic_read(t)) continue;
+        for (int32_t p = 0; p < t->nparts; p++) {
+            int has = fs_part_held(t->parts[p]) || fs_tplist_find(adding, t->name, p);
+            for (int j = 0; has && j < rt->ntopics; j++) {
+                fs_topic *u = rt->topics[j];
+                if (u == t || !u->table_input || !topic_read(u) || p >= u->nparts) continue;
+                if (!fs_part_held(u->parts[p]) && !fs_tplist_find(adding, u->name, p)) {
+                    *pp = p;
+                    *other = u->name;
+                    return t->name;
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
 static void next_change(fs_assign *a);
-static void revoke_start(fs_assign *a, const fs_tplist *parts);
+static void revoke_start(fs_assign *a, const fs_tplist *parts, int lost);
 static void reset_start(fs_assign *a, const char *what, const char *why);
 
 /* ---- assignment ---- */
@@ -146,7 +203,10 @@ static void assign_complete(fs_assign *a)
         fs_topic *t = fs_topic_find(rt, tp->topic);
         fs_part *p = t ? fs_part_get(t, tp->partition) : NULL;
         int64_t committed = tp->offset >= 0 ? tp->offset : -1;
-        tp->offset = FS_OFFSET_INVALID; /* the transport starts from the committed one */
+        /* The transport starts from the committed one. Cooperative: said
+         * explicitly, so that a partition still in the consumer's assignment
+         * (a reset) restarts there with a seek. */
+        tp->offset = a->tp->cooperative && committed >= 0 ? committed : FS_OFFSET_INVALID;
         /* LMDB may be ahead of the commit (killed between the two): resume there. */
         int64_t stored = t ? fs_tables_resume_offset(rt, t->name, tp->partition, committed) : -1;
         if (stored > committed) {
@@ -158,7 +218,9 @@ static void assign_complete(fs_assign *a)
         if (p) fs_part_activate(p, committed);
     }
     char err[256];
-    rt->paused = 0; /* a new assignment starts unpaused (back-pressure) */
+    /* An eager assignment replaces the whole, unpaused (back-pressure); a
+     * cooperative one joins the rest, and the transport pauses it with them. */
+    if (!a->tp->cooperative) rt->paused = 0;
     if (a->tp->ops->assign(a->tp, &a->parts, err, sizeof err))
         fs_rt_fatal(rt, "could not start fetching the assigned partitions: %s", err);
     a->assigning = 0;
@@ -199,12 +261,39 @@ static void assign_start(fs_assign *a, const fs_tplist *parts)
         fs_rt_fatal(rt, "out of memory taking an assignment");
         return;
     }
-    fs_info("assigned %d partitions: %s", parts->len, names_of(a, parts));
+    fs_info("assigned %d partitions%s: %s", parts->len, a->tp->cooperative ? " (incremental)" : "",
+            names_of(a, parts));
+    if (a->tp->cooperative && !rt->embedded) {
+        int32_t p = 0;
+        const char *other = NULL, *t = copartition_broken(rt, parts, &p, &other);
+        if (t) {
+            fs_rt_fatal(rt,
+                        "the cooperative-sticky assignor gave this worker %s[%d] without %s[%d], but both "
+                        "write the app's tables, which follow partition numbers: run every worker of "
+                        "the group with partition_assignor = \"range\" (it keeps co-partitioned topics "
+                        "together)",
+                        t, (int)p, other, (int)p);
+            return;
+        }
+    }
     a->assigning = 1;
     a->failed = 0;
     a->asking = 1;
     /* Held until every recovery below is asked for: done may come at once. */
     a->holds = 1;
+    /* Partition numbers whose tables are held already (cooperative: a topic
+     * joined the subscription, and another table input of that number stays
+     * held): their tables are ready and keep what they cache. */
+    FS_VEC(int32_t) ready = {0};
+    for (int i = 0; i < a->parts.len; i++) {
+        int32_t n = a->parts.items[i].partition;
+        if (table_input(rt, &a->parts.items[i]) && tables_still_needed(rt, n, &a->parts) &&
+            fs_vec_push(&ready, n)) {
+            fs_vec_free(&ready);
+            fs_rt_fatal(rt, "out of memory taking an assignment");
+            return;
+        }
+    }
     for (int i = 0; i < a->parts.len; i++) {
         fs_part *p = part_of(rt, &a->parts.items[i]);
         if (p) fs_part_take(p);
@@ -220,6 +309,9 @@ static void assign_start(fs_assign *a, const fs_tplist *parts)
     for (int i = 0; i < a->parts.len && !a->failed; i++) {
         fs_tp *tp = &a->parts.items[i];
         if (!table_input(rt, tp)) continue; /* forwarders' inputs, the leader topic */
+        int is_ready = 0;
+        for (size_t j = 0; j < ready.len && !is_ready; j++) is_ready = ready.items[j] == tp->partition;
+        if (is_ready) continue;
         for (int j = 0; j < a->parts.len; j++)
             if (a->parts.items[j].partition == tp->partition && table_input(rt, &a->parts.items[j]))
                 fs_part_recover(part_of(rt, &a->parts.items[j]));
@@ -230,6 +322,7 @@ static void assign_start(fs_assign *a, const fs_tplist *parts)
             a->failed = 1;
         }
     }
+    fs_vec_free(&ready);
     a->holds--;
     assign_complete(a);
 }
@@ -243,7 +336,8 @@ static void assign_drop(fs_assign *a)
     for (int i = 0; i < a->parts.len; i++) {
         fs_tp *tp = &a->parts.items[i];
         fs_part *p = part_of(a->rt, tp);
-        if (table_input(a->rt, tp) && first_of_number(a->rt, &a->parts, i))
+        if (table_input(a->rt, tp) && first_of_number(a->rt, &a->parts, i) &&
+            !tables_still_needed(a->rt, tp->partition, &a->parts))
             fs_tables_release(a->rt, tp->partition);
         if (p) fs_part_revoke(p);
     }
@@ -261,13 +355,14 @@ void fs_assign_on_assigned(fs_assign *a, const fs_tplist *parts)
         }
         return;
     }
-    /* A new assignment replaces one still waiting for its offsets or tables
-     * (memory://'s self-assignment when the subscription changes meanwhile):
-     * the transport was not answered yet, so nothing of the old one fetched. */
-    if (a->assigning && a->revoke_step == R_NONE && !a->queue.len) assign_drop(a);
+    /* An eager assignment replaces one still waiting for its offsets or
+     * tables (memory://'s self-assignment when the subscription changes
+     * meanwhile): the transport was not answered yet, so nothing of the old
+     * one fetched. A cooperative one adds to it: it waits its turn. */
+    if (!a->tp->cooperative && a->assigning && a->revoke_step == R_NONE && !a->queue.len) assign_drop(a);
     /* An empty assignment is answered too (the group waits for it). */
     if (fs_assign_busy(a)) {
-        struct change c = {C_ASSIGN, {0}, NULL};
+        struct change c = {C_ASSIGN, 0, {0}, NULL};
         if (fs_tplist_copy(&c.parts, parts) || fs_vec_push(&a->queue, c)) {
             fs_tplist_free(&c.parts);
             fs_rt_fatal(a->rt, "out of memory taking an assignment");
@@ -299,17 +394,32 @@ static void revoke_release(fs_assign *a)
         fs_tp *tp = &a->revoke.items[i];
         int seen = 0; /* tables are released once per partition number */
         for (int j = 0; j < i; j++) seen |= a->revoke.items[j].partition == tp->partition;
-        if (!seen) fs_tables_release(rt, tp->partition);
-        fs_part *p = part_of(rt, tp);
+        /* ...and only when no table input of that number stays (a
+         * cooperative revocation of a forwarder's input partition, say). */
+        if (!seen && !tables_still_needed(rt, tp->partition, &a->revoke)) fs_tables_release(rt, tp->partition);
+    }
+    for (int i = 0; i < a->revoke.len; i++) {
+        fs_part *p = part_of(rt, &a->revoke.items[i]);
         if (p) {
             fs_part_drop_queued(rt, p);
             fs_part_revoke(p);
         }
     }
+    int lost = a->revoke_lost;
+    a->tp->ops->unassign(a->tp, &a->revoke);
     fs_tplist_free(&a->revoke);
     a->revoke_step = R_NONE;
-    a->tp->ops->unassign(a->tp);
+    a->revoke_some = a->revoke_lost = 0;
+    /* At-least-once: checkpoints were blocked while the lost partitions went
+     * (fs_assign_on_revoked); a reset unblocks them by itself. */
+    if (lost && !fs_ckpt_transactional(a->ck) && a->reset_step == X_NONE) fs_ckpt_block(a->ck, 0);
     fs_info("revocation done");
+    /* Exactly-once: the open transaction holds what was done for the lost
+     * partitions (a zombie's outputs): it is aborted, and what stays held is
+     * reset to its last commit. */
+    if (lost && fs_ckpt_transactional(a->ck) && !rt->closing && !rt->fatal)
+        fs_assign_reset(a, "partitions lost",
+                        "the group's session expired and another member holds them now");
     next_change(a);
 }
 
@@ -330,7 +440,11 @@ static int revoke_advance(fs_assign *a)
                     "anyway (those events will be processed again by the next owner)");
         }
         fs_ckpt_fence(a->ck, 0); /* drops what agents had not started */
-        a->revoke_step = R_CHECKPOINT;
+        a->revoke_step = a->revoke_lost ? R_RELEASE : R_CHECKPOINT;
+        if (a->revoke_lost) {
+            revoke_release(a);
+            return 0;
+        }
         /* fall through */
     case R_CHECKPOINT:
         a->revoke_step = R_CHECKPOINTING;
@@ -354,7 +468,7 @@ static int revoke_advance(fs_assign *a)
     }
 }
 
-static void revoke_start(fs_assign *a, const fs_tplist *parts)
+static void revoke_start(fs_assign *a, const fs_tplist *parts, int lost)
 {
     fs_rt *rt = a->rt;
     /* Agents may be in the middle of an event of these partitions (a table
@@ -362,11 +476,21 @@ static void revoke_start(fs_assign *a, const fs_tplist *parts)
      * when the next owner replays it, so the revocation waits — the transport
      * holds the rebalance until unassign — while a fence stops agents from
      * starting further events of these partitions. */
-    fs_info("revoking %d partitions: %s", parts->len, names_of(a, parts));
+    a->revoke_some = 0;
+    for (int i = 0; i < rt->ntopics && !a->revoke_some; i++)
+        for (int j = 0; j < rt->topics[i]->nparts && !a->revoke_some; j++)
+            a->revoke_some = fs_part_held(rt->topics[i]->parts[j]) &&
+                             !fs_tplist_find(parts, rt->topics[i]->name, j);
+    /* Lost: released without a checkpoint (revoke_advance); nothing of them
+     * is committed or written. */
+    a->revoke_lost = lost;
+    fs_info("revoking %d partitions%s: %s", parts->len,
+            lost ? " (lost)" : a->revoke_some ? " (incremental: the others keep going)" : "",
+            names_of(a, parts));
     fs_tplist_free(&a->revoke);
     if (fs_tplist_copy(&a->revoke, parts)) {
         fs_rt_fatal(rt, "out of memory revoking partitions");
-        a->tp->ops->unassign(a->tp);
+        a->tp->ops->unassign(a->tp, parts);
         return;
     }
     a->revoke_deadline = fs_loop_now(&rt->loop) + FS_REVOKE_WAIT_MS;
@@ -381,16 +505,37 @@ static void revoke_start(fs_assign *a, const fs_tplist *parts)
     revoke_advance(a);
 }
 
-void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts)
+void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts, int lost)
 {
+    /* At-least-once, the assignment lost (the session expired while the
+     * broker was out of reach): another member owns these partitions and has
+     * written their tables' changelogs since. A checkpoint now would write
+     * this worker's older values after those (and store them locally with a
+     * changelog position past the new owner's records): nothing of theirs is
+     * checkpointed any more. The transport discarded what it had not
+     * delivered; the running checkpoint is abandoned, and none starts until
+     * the revocation released the tables without writing. Their input since
+     * the last commit is the next owner's to process again. Exactly-once:
+     * the open transaction holds what was done for them; the revocation
+     * releases them without a checkpoint too, and a reset aborts it after
+     * (revoke_release; the transport refuses to commit it meanwhile:
+     * kafka_rebalance, txn_lost). */
+    if (lost && !fs_ckpt_transactional(a->ck)) {
+        fs_warn("assignment lost (the group's session expired; another member may hold the %d "
+                "partitions): releasing them without a checkpoint, their input since the last "
+                "commit is processed again by the next owner",
+                parts->len);
+        fs_ckpt_abandon(a->ck);
+        fs_ckpt_block(a->ck, 1);
+    }
     if (fs_assign_busy(a)) {
-        struct change c = {C_REVOKE, {0}, NULL};
+        struct change c = {C_REVOKE, lost, {0}, NULL};
         if (fs_tplist_copy(&c.parts, parts) || fs_vec_push(&a->queue, c)) {
             fs_tplist_free(&c.parts);
             fs_rt_fatal(a->rt, "out of memory revoking partitions");
         }
     } else {
-        revoke_start(a, parts);
+        revoke_start(a, parts, lost);
     }
     /* Closing: the transport waits for the answer inside this call. */
     if (a->rt->closing || a->tp->closing) fs_assign_finish(a, 35000);
@@ -403,7 +548,7 @@ static void next_change(fs_assign *a)
         fs_vec_remove(&a->queue, 0);
         if (c.assign == C_ASSIGN) assign_start(a, &c.parts);
         else if (c.assign == C_RESET) reset_start(a, c.why, c.why + strlen(c.why) + 1);
-        else revoke_start(a, &c.parts);
+        else revoke_start(a, &c.parts, c.lost);
         fs_tplist_free(&c.parts);
         free(c.why);
     }
@@ -548,7 +693,7 @@ void fs_assign_reset(fs_assign *a, const char *what, const char *why)
     fs_ckpt_hold(a->ck, 1); /* at once: nothing more goes into the doomed transaction */
     if (fs_assign_busy(a)) {
         size_t lw = strlen(what), ly = strlen(why);
-        struct change c = {C_RESET, {0}, malloc(lw + ly + 2)};
+        struct change c = {C_RESET, 0, {0}, malloc(lw + ly + 2)};
         if (c.why) {
             memcpy(c.why, what, lw + 1);
             memcpy(c.why + lw + 1, why, ly + 1);
@@ -595,7 +740,7 @@ void fs_assign_finish(fs_assign *a, int64_t max_ms)
             if (!a->queue.len) break;
             struct change c = a->queue.items[0];
             fs_vec_remove(&a->queue, 0);
-            if (c.assign == C_REVOKE) revoke_start(a, &c.parts);
+            if (c.assign == C_REVOKE) revoke_start(a, &c.parts, c.lost);
             fs_tplist_free(&c.parts);
             free(c.why);
             continue;

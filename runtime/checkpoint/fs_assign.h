@@ -25,6 +25,19 @@
  * A revocation that arrives while an assignment is in progress (or the other
  * way round) waits for it to finish: the transport sees one answer at a time.
  *
+ * Eager and cooperative rebalances take the same steps (fs_transport.cooperative):
+ * an eager one revokes everything, then assigns the new whole; a cooperative
+ * one revokes or assigns only the partitions that change hands, and the
+ * others keep being fetched and processed through it — the fence, the wait
+ * and the table release touch only the revoked partitions (a table partition
+ * goes when no input partition of its number stays), and the checkpoint
+ * commits only their offsets (exactly-once: the one transaction, which holds
+ * every partition's outputs, commits them all, as a periodic one would).
+ * Lost partitions (the session expired; fs_transport_cb.revoked's lost) are
+ * let go of without a checkpoint: their offsets are not committed and their
+ * tables' partitions are closed without writing; under exactly-once the open
+ * transaction, which holds what was done for them, is aborted by a reset.
+ *
  * Ownership: an fs_assign belongs to its runtime (fs_rt.assign) and lives as
  * long as it; it points to the runtime, its transport and its checkpoint,
  * which outlive it. Partition lists given to it are copied. */
@@ -45,7 +58,7 @@ void fs_assign_free(fs_assign *a);
 /* Transport callbacks (fs_transport_cb.assigned/.revoked/.committed), routed
  * here by the worker. */
 void fs_assign_on_assigned(fs_assign *a, const fs_tplist *parts);
-void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts);
+void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts, int lost);
 void fs_assign_on_committed(fs_assign *a, void *ctx, const fs_tplist *offsets, int err);
 
 /* Queues a reset of every held partition to its last committed state (after
@@ -63,9 +76,12 @@ void fs_assign_reset(fs_assign *a, const char *what, const char *why);
 void fs_assign_poll(fs_assign *a);
 /* An assignment or revocation is in progress (a reload waits for it). */
 int fs_assign_busy(const fs_assign *a);
-/* A revocation or reset waits for agents: the loop should look again soon
- * (and fetches nothing meanwhile). */
+/* A revocation or reset waits for agents: the loop should look again soon. */
 int fs_assign_revoking(const fs_assign *a);
+/* Nothing may be fetched now: a reset, or a revocation of every partition
+ * held (their events are stale). A revocation of some (cooperative) lets the
+ * others be fetched. */
+int fs_assign_stops_fetching(const fs_assign *a);
 /* The worker is closing: no agent runs again. Completes a revocation in
  * progress at once, waiting on the transport at most max_ms; an assignment
  * still recovering is dropped. */

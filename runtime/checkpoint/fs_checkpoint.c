@@ -341,6 +341,16 @@ static void end(fs_ckpt *ck, int rc)
     if (done) done(data, rc);
 }
 
+void fs_ckpt_abandon(fs_ckpt *ck)
+{
+    if (ck->phase == IDLE) return;
+    fs_warn("the %s checkpoint is abandoned: nothing of it is stored or committed",
+            occasions[ck->occasion].name);
+    ck->drain_all = 1; /* the next one waits for the discarded sends' reports */
+    snprintf(ck->why, sizeof ck->why, "abandoned (assignment lost)");
+    end(ck, -1);
+}
+
 static int in_scope(fs_ckpt *ck, const fs_part *p)
 {
     /* A transaction covers every partition's outputs: it commits every

@@ -138,6 +138,9 @@ int fs_ckpt_abort_txn(fs_ckpt *ck, void (*done)(void *data, int result, const ch
 int fs_ckpt_reopen(fs_ckpt *ck, char *err, size_t errlen);
 /* A checkpoint may not start (-1) while on (a reset in progress). */
 void fs_ckpt_block(fs_ckpt *ck, int on);
+/* Ends the running checkpoint, if any, as failed without persisting or
+ * committing anything (its sends were discarded: a lost assignment). */
+void fs_ckpt_abandon(fs_ckpt *ck);
 /* A send of the open transaction failed (not aborted): the transaction cannot
  * commit; the checkpoint that covers it fails (and resets). */
 void fs_ckpt_send_failed(fs_ckpt *ck, const char *topic, const char *why);

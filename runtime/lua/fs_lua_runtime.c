@@ -74,6 +74,8 @@ static int l_core_new(lua_State *L)
     int test_hooks = test || lua_toboolean(L, -1);
     lua_getfield(L, 1, "instance_id");
     const char *instance_id = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 1, "partition_assignor");
+    const char *assignor = luaL_optstring(L, -1, NULL);
 
     rt_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->rt = NULL;
@@ -115,11 +117,11 @@ static int l_core_new(lua_State *L)
         gettimeofday(&tv, NULL);
         rt->wall_offset_ms = has_clock ? (int64_t)llround(clock * 1000.0)
                                        : (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-        if (fs_rt_open_transport(rt, NULL, NULL, NULL, 0)) return luaL_error(L, "out of memory");
+        if (fs_rt_open_transport(rt, NULL, NULL, NULL, NULL, 0)) return luaL_error(L, "out of memory");
         return 1;
     }
     char err[512];
-    if (fs_rt_open_transport(rt, broker, instance_id, err, sizeof err)) return luaL_error(L, "%s", err);
+    if (fs_rt_open_transport(rt, broker, instance_id, assignor, err, sizeof err)) return luaL_error(L, "%s", err);
     return 1;
 }
 

@@ -22,6 +22,7 @@ static int l_rt_topic(lua_State *L)
     int parts = (int)luaL_optinteger(L, 5, 8);
     int compact = lua_toboolean(L, 6); /* a changelog: created with cleanup.policy=compact */
     int at_run_time = lua_toboolean(L, 7);
+    lua_Number retention = luaL_optnumber(L, 8, 0); /* seconds; created with retention.ms */
     fs_topic *t = fs_topic_find(rt, name);
     if (t) {
         if (rt->rebinding) { /* a reloaded version may read it differently */
@@ -48,6 +49,7 @@ static int l_rt_topic(lua_State *L)
     t->value_codec = vc;
     t->partitions = parts > 0 ? parts : 1;
     t->compact = compact;
+    t->retention_ms = retention > 0 && retention < 9e15 ? (long long)(retention * 1000) : 0;
     rt->topics[rt->ntopics++] = t;
     lua_pushinteger(L, t->id + 1);
     return 1;

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FS_STORE_INITIAL_MAP (64u << 20)
@@ -18,6 +20,7 @@ struct fs_store {
     size_t mapsize;
     char *path;
     int lockfd; /* writers: owner.lock, flocked while open; -1 otherwise */
+    char damage[4600]; /* what fs_store_open found damaged and moved aside; "" if nothing */
 };
 
 static int fail(char *err, size_t errlen, const char *what, int rc)
@@ -37,6 +40,168 @@ static int mkdirs(const char *path)
         *p = '/';
     }
     return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+/* LMDB's answers that mean the files are not what LMDB wrote (rather than
+ * "cannot open": permissions, no memory, no space). */
+static int damaged_rc(int rc)
+{
+    return rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED ||
+           rc == MDB_PAGE_NOTFOUND || rc == MDB_PANIC || rc == MDB_INCOMPATIBLE || rc == MDB_BAD_DBI;
+}
+
+/* Free bytes for an unprivileged writer on the file system holding path. */
+static unsigned long long free_bytes(const char *path)
+{
+    struct statvfs v;
+    if (statvfs(path, &v)) return ~0ull;
+    return (unsigned long long)v.f_bavail * v.f_frsize;
+}
+
+/* Below this, a failed write is put down to a full file system: LMDB reports
+ * a short pwrite (what a full disk gives) as EIO, not ENOSPC. */
+#define FS_STORE_LOW_SPACE (1u << 20)
+
+/* err = "PATH/data.mdb: WHAT: why", where why says "no space left on device"
+ * when that is what happened (LMDB's EIO for a short write included). */
+static int fail_at(const fs_store *s, char *err, size_t errlen, const char *what, int rc)
+{
+    if (!err) return -1;
+    unsigned long long left = free_bytes(s->path);
+    int full = rc == ENOSPC || rc == EDQUOT || (rc == EIO && left < FS_STORE_LOW_SPACE);
+    if (full)
+        snprintf(err, errlen, "%s/data.mdb: %s: no space left on device (%llu KiB free on its file system)",
+                 s->path, what, left == ~0ull ? 0ull : left / 1024);
+    else
+        snprintf(err, errlen, "%s/data.mdb: %s: %s", s->path, what, mdb_strerror(rc));
+    return -1;
+}
+
+/* LMDB maps lock.mdb shared and writes it through the map: on a file system
+ * that is full, touching a page of it that has no block yet kills the process
+ * with SIGBUS. Its blocks are reserved here first, where a full disk is an
+ * error (ENOSPC) with a message. 8 KiB is the size LMDB gives it (126 readers). */
+#define FS_STORE_LOCK_SIZE 8192
+
+static int reserve_lock(const char *dir, int readonly, char *err, size_t errlen)
+{
+    char file[4200];
+    if (snprintf(file, sizeof file, "%s/lock.mdb", dir) >= (int)sizeof file) {
+        snprintf(err, errlen, "%s: path too long", dir);
+        return -1;
+    }
+    int fd = open(file, readonly ? O_RDWR | O_CLOEXEC : O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return 0; /* LMDB says why, or (readonly) opens it its own way */
+    struct stat st;
+    off_t len = fstat(fd, &st) == 0 && st.st_size > FS_STORE_LOCK_SIZE ? st.st_size : FS_STORE_LOCK_SIZE;
+    int rc = posix_fallocate(fd, 0, len);
+    close(fd);
+    if (rc == ENOSPC || rc == EDQUOT) {
+        snprintf(err, errlen, "%s: cannot reserve %s: no space left on device (%llu KiB free on its file system)",
+                 dir, file, free_bytes(dir) / 1024);
+        return -1;
+    }
+    return 0; /* another failure (a file system without fallocate): LMDB goes on as before */
+}
+
+/* Opens the LMDB environment of s in dir. Returns 0, an LMDB or errno code,
+ * with *damage set when the files are damaged (what was found in why). */
+static int open_env(fs_store *s, const char *dir, int readonly, int *damage, char *why, size_t whylen)
+{
+    char file[4200];
+    struct stat st;
+    *damage = 0;
+    int rc = mdb_env_create(&s->env);
+    if (rc) return rc;
+    mdb_env_set_maxdbs(s->env, 2);
+    /* The initial map (FSTREAM_LMDB_MAP_SIZE bytes overrides 64 MiB) only reserves
+     * address space; an existing, bigger file keeps its size. */
+    s->mapsize = FS_STORE_INITIAL_MAP;
+    const char *env = getenv("FSTREAM_LMDB_MAP_SIZE");
+    if (env && strtoull(env, NULL, 10) >= 65536) s->mapsize = (size_t)strtoull(env, NULL, 10);
+    if (snprintf(file, sizeof file, "%s/data.mdb", dir) >= (int)sizeof file) return ENAMETOOLONG;
+    int have = stat(file, &st) == 0;
+    if (have && st.st_size == 0) {
+        /* LMDB would take an empty file for a new environment. */
+        *damage = 1;
+        snprintf(why, whylen, "data.mdb is empty");
+        return MDB_INVALID;
+    }
+    if (have && (size_t)st.st_size > s->mapsize) s->mapsize = (size_t)st.st_size;
+    mdb_env_set_mapsize(s->env, s->mapsize);
+    /* NOTLS: transactions are not tied to threads (one loop thread anyway). */
+    rc = mdb_env_open(s->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0644);
+    if (rc) {
+        if (damaged_rc(rc)) {
+            *damage = 1;
+            snprintf(why, whylen, "LMDB cannot open it: %s", mdb_strerror(rc));
+        }
+        return rc;
+    }
+    if (have) {
+        /* A file shorter than its last page (truncated, a copy cut short) is
+         * read through the map: LMDB would die with SIGBUS on the missing pages. */
+        MDB_envinfo info;
+        MDB_stat ms;
+        if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &ms) == 0 &&
+            stat(file, &st) == 0 &&
+            (unsigned long long)st.st_size < ((unsigned long long)info.me_last_pgno + 1) * ms.ms_psize) {
+            *damage = 1;
+            snprintf(why, whylen, "data.mdb is %lld bytes but its pages reach %llu", (long long)st.st_size,
+                     ((unsigned long long)info.me_last_pgno + 1) * ms.ms_psize);
+            return MDB_CORRUPTED;
+        }
+    }
+    MDB_txn *txn;
+    rc = mdb_txn_begin(s->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
+    if (rc) goto out;
+    rc = mdb_dbi_open(txn, "data", readonly ? 0 : MDB_CREATE, &s->data);
+    if (!rc) rc = mdb_dbi_open(txn, "meta", readonly ? 0 : MDB_CREATE, &s->meta);
+    if (rc) {
+        mdb_txn_abort(txn);
+        goto out;
+    }
+    rc = mdb_txn_commit(txn);
+out:
+    if (rc && damaged_rc(rc)) {
+        *damage = 1;
+        snprintf(why, whylen, "LMDB cannot read it: %s", mdb_strerror(rc));
+    }
+    return rc;
+}
+
+/* Moves the damaged data.mdb and lock.mdb of dir into dir/damaged-<UTC time>/
+ * (kept for the user); aside gets that directory. */
+static int move_aside(const char *dir, char *aside, size_t asidelen, char *err, size_t errlen)
+{
+    char stamp[32], from[4200], to[4300];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    for (int n = 0;; n++) {
+        int len = n ? snprintf(aside, asidelen, "%s/damaged-%s-%d", dir, stamp, n)
+                    : snprintf(aside, asidelen, "%s/damaged-%s", dir, stamp);
+        if (len >= (int)asidelen) {
+            snprintf(err, errlen, "%s: path too long", dir);
+            return -1;
+        }
+        if (mkdir(aside, 0755) == 0) break;
+        if (errno != EEXIST || n > 100) {
+            snprintf(err, errlen, "cannot create %s: %s", aside, strerror(errno));
+            return -1;
+        }
+    }
+    static const char *const files[] = {"data.mdb", "lock.mdb"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(from, sizeof from, "%s/%s", dir, files[i]);
+        snprintf(to, sizeof to, "%s/%s", aside, files[i]);
+        if (rename(from, to) && errno != ENOENT) {
+            snprintf(err, errlen, "cannot move %s to %s: %s", from, aside, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
 }
 
 int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size_t errlen)
@@ -59,7 +224,8 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
         snprintf(err, errlen, "%s: out of memory", dir);
         return -1;
     }
-    char file[4200];
+    char file[4200], why[300];
+    int opened_before = 0; /* LMDB had files here: a data.mdb missing now was lost */
     if (!readonly) {
         /* Before LMDB: the owner's writes must be over before anyone reads the
          * offsets the files cover. flock (not fcntl) so that a second open in
@@ -82,42 +248,53 @@ int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size
             fs_store_close(s);
             return busy ? FS_STORE_BUSY : -1;
         }
+        char data[4200];
+        snprintf(file, sizeof file, "%s/lock.mdb", dir);
+        snprintf(data, sizeof data, "%s/data.mdb", dir);
+        opened_before = stat(file, &st) == 0 && stat(data, &st) != 0;
     }
-    int rc = mdb_env_create(&s->env);
-    if (rc) goto fail;
-    mdb_env_set_maxdbs(s->env, 2);
-    /* The initial map (FSTREAM_LMDB_MAP_SIZE bytes overrides 64 MiB) only reserves
-     * address space; an existing, bigger file keeps its size. */
-    s->mapsize = FS_STORE_INITIAL_MAP;
-    const char *env = getenv("FSTREAM_LMDB_MAP_SIZE");
-    if (env && strtoull(env, NULL, 10) >= 65536) s->mapsize = (size_t)strtoull(env, NULL, 10);
-    if (snprintf(file, sizeof file, "%s/data.mdb", dir) >= (int)sizeof file) {
-        snprintf(err, errlen, "%s: path too long", dir);
+    if (reserve_lock(dir, readonly, err, errlen)) {
         fs_store_close(s);
         return -1;
     }
-    if (stat(file, &st) == 0 && (size_t)st.st_size > s->mapsize) s->mapsize = (size_t)st.st_size;
-    mdb_env_set_mapsize(s->env, s->mapsize);
-    /* NOTLS: transactions are not tied to threads (one loop thread anyway). */
-    rc = mdb_env_open(s->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0644);
-    if (rc) goto fail;
-    MDB_txn *txn;
-    rc = mdb_txn_begin(s->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
-    if (rc) goto fail;
-    rc = mdb_dbi_open(txn, "data", readonly ? 0 : MDB_CREATE, &s->data);
-    if (!rc) rc = mdb_dbi_open(txn, "meta", readonly ? 0 : MDB_CREATE, &s->meta);
-    if (rc) {
-        mdb_txn_abort(txn);
-        goto fail;
+    int damage;
+    int rc = open_env(s, dir, readonly, &damage, why, sizeof why);
+    if (rc == 0 && opened_before) {
+        /* Nothing to move aside: the replay refills the new, empty file. */
+        snprintf(s->damage, sizeof s->damage, "data.mdb was missing (lock.mdb was there)");
+    } else if (damage && !readonly) {
+        /* A worker rebuilds the partition from its changelog: the files go
+         * aside (the user may want them), new ones take their place. */
+        char aside[4200];
+        mdb_env_close(s->env);
+        s->env = NULL;
+        if (move_aside(dir, aside, sizeof aside, err, errlen)) {
+            fs_store_close(s);
+            return -1;
+        }
+        snprintf(s->damage, sizeof s->damage, "%s; moved to %s", why, aside);
+        if (reserve_lock(dir, 0, err, errlen)) {
+            fs_store_close(s);
+            return -1;
+        }
+        rc = open_env(s, dir, 0, &damage, why, sizeof why);
     }
-    rc = mdb_txn_commit(txn);
-    if (rc) goto fail;
+    if (rc) {
+        if (damage)
+            snprintf(err, errlen, "%s: damaged local state: %s (a worker moves it aside and rebuilds it "
+                                  "from the changelog when it takes the partition)", dir, why);
+        else
+            fail_at(s, err, errlen, "cannot open it", rc);
+        fs_store_close(s);
+        return -1;
+    }
     *out = s;
     return 0;
-fail:
-    fail(err, errlen, dir, rc);
-    fs_store_close(s);
-    return -1;
+}
+
+const char *fs_store_damage(const fs_store *s)
+{
+    return s->damage[0] ? s->damage : NULL;
 }
 
 void fs_store_close(fs_store *s)
@@ -190,11 +367,17 @@ int fs_store_write(fs_store *s, const fs_store_op *ops, size_t nops, const fs_st
     for (;;) {
         int rc = write_once(s, ops, nops, meta, nmeta);
         if (rc == 0) break;
-        if (rc != MDB_MAP_FULL) return fail(err, errlen, "write", rc);
+        if (rc != MDB_MAP_FULL) {
+            if (!sync) mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
+            return fail_at(s, err, errlen, "write", rc);
+        }
         /* No transaction is open now, so the map may grow. */
         s->mapsize *= 2;
         rc = mdb_env_set_mapsize(s->env, s->mapsize);
-        if (rc) return fail(err, errlen, "grow map", rc);
+        if (rc) {
+            if (!sync) mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
+            return fail_at(s, err, errlen, "grow map", rc);
+        }
     }
     if (!sync) mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
     return 0;
@@ -210,8 +393,9 @@ int fs_store_clear(fs_store *s, char *err, size_t errlen)
         return fail(err, errlen, "clear", rc);
     }
     rc = mdb_txn_commit(txn);
-    if (rc) return fail(err, errlen, "clear", rc);
-    return mdb_env_sync(s->env, 1) ? fail(err, errlen, "clear: sync", EIO) : 0;
+    if (rc) return fail_at(s, err, errlen, "clear", rc);
+    rc = mdb_env_sync(s->env, 1);
+    return rc ? fail_at(s, err, errlen, "clear: sync", rc) : 0;
 }
 
 int fs_store_sync(fs_store *s)

@@ -4,7 +4,8 @@
  * (name -> int64: the changelog offset the data covers, the input offsets it
  * reflects). A batch of writes and the meta values that describe it commit in
  * one write transaction, so data and offsets never disagree. The map grows
- * (doubling) when full instead of failing with MDB_MAP_FULL.
+ * (doubling) when full instead of failing with MDB_MAP_FULL; a file system
+ * that is full is an error (errors name the store's data.mdb).
  *
  * Lifetimes: values returned by fs_store_get are copied into the caller's
  * buffer before the read transaction ends; no transaction is held between
@@ -42,6 +43,14 @@ typedef struct fs_store_meta {
 #define FS_STORE_BUSY (-2)
 int fs_store_open(fs_store **out, const char *dir, int readonly, char *err, size_t errlen);
 void fs_store_close(fs_store *s);
+
+/* Damaged files (truncated, a bad header, data.mdb gone or empty) are found
+ * at open: a reader fails with "damaged local state"; a writer moves them to
+ * `dir`/damaged-<UTC time>/ and opens new, empty ones, which the caller fills
+ * from the changelog. Then this says what was found and where the files went
+ * (valid while s is open); NULL when nothing was wrong. A failed write says
+ * "no space left on device" when the disk is full, with the file's path. */
+const char *fs_store_damage(const fs_store *s);
 
 /* Looks key up; on a hit copies the value into out (reset first) and sets *found. */
 int fs_store_get(fs_store *s, const void *key, size_t klen, fs_buf *out, int *found, char *err,

@@ -68,15 +68,20 @@ static int call_hook(fs_rt *rt, const char *event, int32_t p, int tid, const fs_
 
 #define IN_HEADER "fstream-in"
 
-/* Calls fn for every input topic whose partition p this worker holds, with the
- * offset the state staged now reflects (the checkpoint's snapshot, or now). */
-static int each_input(fs_rt *rt, int32_t p, int use_snap,
+enum { IN_NOW, IN_SNAP, IN_DELIVERED };
+
+/* Calls fn for every input topic whose partition p this worker holds, with an
+ * offset: the one the state staged now reflects (IN_NOW), the checkpoint's
+ * snapshot (IN_SNAP), or the last checkpoint's whose messages were all
+ * delivered (IN_DELIVERED: the committed one, or the one being committed). */
+static int each_input(fs_rt *rt, int32_t p, int which,
                       int (*fn)(void *ud, const char *topic, int64_t off), void *ud)
 {
     for (int i = 0; i < rt->ntopics; i++) {
         fs_topic *t = rt->topics[i];
         if (!t->table_input || p >= t->nparts || !fs_part_consuming(t->parts[p])) continue;
-        int64_t off = use_snap ? t->parts[p]->snap : fs_part_committable(t->parts[p]);
+        fs_part *ip = t->parts[p];
+        int64_t off = which == IN_SNAP ? ip->snap : which == IN_DELIVERED ? ip->committed : fs_part_committable(ip);
         if (off >= 0 && fn(ud, t->name, off)) return -1;
     }
     return 0;
@@ -90,25 +95,41 @@ static int add_hdr(void *ud, const char *topic, int64_t off)
     return fs_buf_add(b, topic, strlen(topic)) || fs_buf_add(b, num, (size_t)m);
 }
 
-int fs_tables_flush(fs_rt *rt, int force)
+/* Every held partition's in_hdr: "topic@offset;..." with each_input's offsets. */
+static int set_headers(fs_rt *rt, int which)
 {
-    if (!rt->ntables) return 0;
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
         for (int p = 0; p < t->partitions; p++)
             if (t->parts[p].store) {
-                /* "topic@offset;...": what the state staged now reflects. */
                 fs_buf *h = &t->parts[p].in_hdr;
                 fs_buf_reset(h);
-                if (each_input(rt, p, 0, add_hdr, h) || fs_buf_addc(h, 0)) {
+                if (each_input(rt, p, which, add_hdr, h) || fs_buf_addc(h, 0)) {
                     fs_rt_fatal(rt, "table %s[%d]: out of memory", t->name, p);
                     return -1;
                 }
                 h->len--; /* the NUL stays behind the text */
             }
     }
+    return 0;
+}
+
+int fs_tables_flush(fs_rt *rt, int force)
+{
+    if (!rt->ntables) return 0;
+    /* Whoever replays a record resumes the input at its header's offsets.
+     * Under exactly-once a record is seen only with its transaction, which
+     * commits those offsets: it says what the state reflects now. Under
+     * at-least-once it reaches the broker before the checkpoint's other
+     * messages (the agents' outputs) are delivered, and a worker killed in
+     * between loses them: the header must not go past the last checkpoint
+     * whose messages were all delivered. */
+    if (set_headers(rt, rt->eos ? IN_NOW : IN_DELIVERED)) return -1;
     if (call_hook(rt, "flush", -1, 0, NULL, 0)) return -1;
     if (!force) return 0;
+    /* A revocation or a stop: the next owner resumes exactly where this one
+     * stopped (its checkpoint waits for every message, then for the commit). */
+    if (!rt->eos && set_headers(rt, IN_NOW)) return -1;
     char err[512];
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
@@ -210,7 +231,7 @@ int fs_tables_write(fs_rt *rt, int use_snap)
             }
             st->meta.len = 0;
             fs_buf_reset(&st->names);
-            int rc = each_input(rt, p, use_snap, add_meta, st);
+            int rc = each_input(rt, p, use_snap ? IN_SNAP : IN_NOW, add_meta, st);
             const char *nm = st->names.data;
             for (size_t j = 0; j < st->meta.len; j++, nm += strlen(nm) + 1) st->meta.items[j].name = nm;
             if (!rc && tp->cl_next >= 0 && !t->global) { /* the tail owns a global table's */
@@ -362,6 +383,10 @@ static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
         fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
         return -1;
     }
+    const char *damage = fs_store_damage(t->parts[p].store);
+    if (damage)
+        fs_warn("table %s[%d]: local state in %s was damaged (%s); rebuilding it from changelog %s",
+                t->name, (int)p, dir, damage, t->changelog->name);
     t->parts[p].cl_next = -1;
     if (fs_recovery_add(rec, t, p)) {
         fs_rt_fatal(rt, "table %s[%d]: out of memory", t->name, (int)p);

@@ -9,12 +9,15 @@
  * worker/fs_worker.c. */
 #include <ctype.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,6 +72,13 @@ struct fs_cq {
     int waiting; /* for the retry timer, not in flight */
 };
 
+/* An offset commit held back while the group's join round runs (see
+ * group_joining). */
+struct fs_defer {
+    fs_tplist offsets;
+    void *ctx;
+};
+
 /* A txn_done to report from the next poll (decided on the loop's thread). */
 struct fs_txn_note {
     void *ctx;
@@ -81,6 +91,8 @@ typedef struct fs_kafka {
     char *group;
     char *bootstrap;
     char *instance_id; /* group.instance.id of the group consumer, or NULL */
+    char *assignor;    /* partition.assignment.strategy of the group consumer */
+    int coop_conf;     /* ...as the consumer took it, is the cooperative-sticky one */
     int embedded;         /* memory://: the mock cluster lives in this process */
     int no_create_topics; /* CreateTopics failed: the broker auto-creates (fstream-lua broker) */
     rd_kafka_t *consumer, *producer, *mock_host;
@@ -113,6 +125,7 @@ typedef struct fs_kafka {
     int self_has_subs;
     int self_pending;  /* the subscription changed: reassign once nothing is revoking */
     int self_revoking; /* cb.revoked was reported; waiting for unassign */
+    fs_tplist self_owned; /* what the "group" gave: reported assigned, not revoked since */
     /* The producer's settings beyond the defaults: the caller's "k=v" then
      * FSTREAM_KAFKA_PRODUCER's, kept to make the producer again (txn_init,
      * fencing). */
@@ -150,6 +163,11 @@ typedef struct fs_kafka {
     FS_RING(struct fs_txn_note) notes; /* txn_done results to report from poll */
     fs_meta *meta; /* the topic-listing thread, started by the first list_topics */
     FS_VEC(struct fs_cq *) cqs; /* committed-offsets questions, owned */
+    /* The group consumer's JoinGroup round, seen by interceptors on
+     * librdkafka's broker threads (atomics, monotonic ms): sent at, and the
+     * SyncGroup answer that ends it received at. See group_joining. */
+    int64_t join_sent_ms, sync_done_ms;
+    FS_VEC(struct fs_defer) deferred; /* commits held back while the group joins, in order */
     fs_timer cq_timer;
     int64_t txn_commits, txn_aborts, txn_recreated;
 } fs_kafka;
@@ -188,6 +206,29 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         return;
     }
     fs_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
+}
+
+/* The producer's and the group consumer's connections give up on data the
+ * broker has not acknowledged for this long (TCP_USER_TIMEOUT), well inside
+ * the group's session timeout (6 s). A worker cut off from the broker by the
+ * network has requests sitting in its sockets' send queues — changelog
+ * records, heartbeats with its member id — which the kernel would deliver
+ * when the network comes back, after the group handed its partitions on:
+ * records landing behind the next owner's, a heartbeat that fences the
+ * static member's new incarnation. Aborted instead; librdkafka retries on a
+ * new connection what it still holds (the producer is idempotent), and a
+ * lost assignment purges that (purge_lost). */
+#define FS_TCP_USER_TIMEOUT_MS 3000
+
+static int socket_cb(int domain, int type, int protocol, void *opaque)
+{
+    (void)opaque;
+    int s = socket(domain, type | SOCK_CLOEXEC, protocol);
+    unsigned int ms = FS_TCP_USER_TIMEOUT_MS;
+    /* Not fatal where unsupported: only the partition case gets worse. */
+    if (s >= 0 && type == SOCK_STREAM)
+        (void)setsockopt(s, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+    return s;
 }
 
 static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
@@ -267,6 +308,9 @@ static void report_dr(fs_kafka *k, const rd_kafka_message_t *m)
             k->txn_send_failed = 1;
         }
         k->txn_doomed = 1;
+    } else if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+               m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+        r.aborted = 1; /* purge_lost: discarded, not failed */
     }
     if (k->base.cb.delivered) k->base.cb.delivered(k->base.cb.data, &r);
 }
@@ -362,6 +406,11 @@ static void serve_producer(fs_kafka *k, int wait_ms)
     }
 }
 
+static int kafka_assign(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen);
+static int kafka_unassign(fs_transport *tp, const fs_tplist *parts);
+static void defer_flush(fs_kafka *k);
+static int wake_fetcher(fs_kafka *k);
+
 /* librdkafka list <-> project list, at rebalances and commits only. */
 static int from_rd(fs_tplist *out, const rd_kafka_topic_partition_list_t *l)
 {
@@ -396,37 +445,93 @@ static void kafka_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     fs_tplist_free(&l);
 }
 
+/* At-least-once, the assignment lost: what the producer has not delivered
+ * yet came from partitions another member may own by now. Written later, a
+ * table's changelog record would land after that member's newer ones and
+ * take the table back to this worker's stale value. Every undelivered send
+ * is discarded (reported aborted: its input was not committed, the next
+ * owner processes it again). Bytes already handed to the socket may still
+ * arrive; only exactly-once fences those. */
+static void purge_lost(fs_kafka *k)
+{
+    if (!k->producer || k->txn) return;
+    int64_t n = k->inflight + (int64_t)k->overflow.len;
+    rd_kafka_purge(k->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+                                    RD_KAFKA_PURGE_F_NON_BLOCKING);
+    drop_overflow(k);
+    k->produce_pending = k->base.pending = 1;
+    if (n) fs_warn("assignment lost: %lld undelivered sends discarded", (long long)n);
+}
+
+/* The protocol of the rebalance being reported: the group's (librdkafka
+ * knows it once the group chose an assignor), or, for memory://'s
+ * self-assignment (which never joins), the configured assignor's. */
+static int rebalance_cooperative(fs_kafka *k, rd_kafka_t *rk)
+{
+    if (k->self_assign) return k->coop_conf;
+    return strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+}
+
 static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                             rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     fs_kafka *k = opaque;
+    int coop = rebalance_cooperative(k, rk);
+    k->base.cooperative = coop;
+    if (coop && !k->self_assign && err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* librdkafka pauses the fetchers of the whole assignment until the
+         * application answers (incremental_assign): answered at once with
+         * nothing, the partitions kept go on fetching, and the added ones
+         * join the assignment later, through ops->assign, once the worker
+         * knows where each resumes and recovered its tables (an
+         * incremental_assign outside the callback is allowed). */
+        rd_kafka_topic_partition_list_t *none = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, none);
+        rd_kafka_topic_partition_list_destroy(none);
+        if (e) {
+            fs_warn("incremental assign: %s", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        }
+        /* The resume alone reaches the fetcher at its next wake-up, up to
+         * 1 s later (see wake_fetcher); the pause dropped what was queued. */
+        else if (!k->paused_all && !k->paused_some) wake_fetcher(k);
+    }
     fs_tplist l = {0};
     if (from_rd(&l, parts)) {
         /* Cannot tell the worker: let librdkafka's default handling keep the group going. */
         fs_tplist_free(&l);
         if (k->base.cb.error) k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FAIL,
                                                "out of memory during a rebalance", 1);
-        rd_kafka_assign(rk, err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? parts : NULL);
+        rd_kafka_error_t *e = NULL;
+        if (!coop) rd_kafka_assign(rk, err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? parts : NULL);
+        else if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) e = rd_kafka_incremental_assign(rk, parts);
+        else e = rd_kafka_incremental_unassign(rk, parts);
+        if (e) rd_kafka_error_destroy(e);
         return;
     }
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        fs_debug("rebalance (%s): %d partitions assigned", coop ? "cooperative" : "eager", l.len);
         if (k->base.cb.assigned) k->base.cb.assigned(k->base.cb.data, &l);
-        else rd_kafka_assign(rk, parts);
+        else kafka_assign(&k->base, &l, NULL, 0);
     } else {
         /* Lost, not revoked (the session expired: the group gave them to
          * another member already). librdkafka has reset its member id, and
          * a TxnOffsetCommit with no member and no generation is not checked
          * by the broker (KIP-447 fences only a stale generation): the
          * transaction is refused here until it is aborted (txn_commit says
-         * FS_TXN_FENCED). */
-        if (k->txn && rd_kafka_assignment_lost(rk)) {
+         * FS_TXN_FENCED). The worker commits no offset of them either. */
+        int lost = !k->self_assign && rd_kafka_assignment_lost(rk);
+        if (k->txn && lost) {
             if (!k->txn_lost)
                 fs_warn("partitions lost (the group's session expired, another member may hold "
                         "them): the open transaction will be aborted, not committed");
             k->txn_lost = 1;
         }
-        if (k->base.cb.revoked) k->base.cb.revoked(k->base.cb.data, &l);
-        else rd_kafka_assign(rk, NULL);
+        fs_debug("rebalance (%s): %d partitions %s", coop ? "cooperative" : "eager", l.len,
+                 lost ? "lost" : "revoked");
+        if (lost) purge_lost(k);
+        if (k->base.cb.revoked) k->base.cb.revoked(k->base.cb.data, &l, lost);
+        else kafka_unassign(&k->base, &l);
     }
     fs_tplist_free(&l);
 }
@@ -460,6 +565,71 @@ static int watch_queue(fs_loop *loop, rd_kafka_queue_t *q, int *fd, fs_io *io,
 
 static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, size_t errlen);
 
+/* ---- the join round (cooperative rebalances) ----
+ * Under the cooperative protocol a member keeps its partitions, and goes on
+ * committing their offsets, while the group rebalances. But the coordinator
+ * answers one request of a connection at a time, in order: an OffsetCommit
+ * sent after this member's JoinGroup waits until the join round is over, and
+ * is then refused with ILLEGAL_GENERATION (the round made a new generation),
+ * which librdkafka 2.0.2 takes for a lost assignment: it revokes every
+ * partition as lost and rejoins (librdkafka issue 4059, fixed in later
+ * versions). So commits wait while this member's JoinGroup is unanswered by
+ * the SyncGroup that ends the round. librdkafka tells no one when it joins;
+ * its interceptors see every request it sends and every response it gets. */
+static int64_t mono_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define FS_APIKEY_JOINGROUP 11
+#define FS_APIKEY_SYNCGROUP 14
+#define FS_APIKEY_LEAVEGROUP 13
+/* A round that shows no end this long after its JoinGroup (an error made
+ * librdkafka start over later, say) no longer holds commits back. */
+#define FS_JOIN_HOLD_MS 10000
+
+static rd_kafka_resp_err_t join_sent(rd_kafka_t *rk, int sockfd, const char *brokername, int32_t brokerid,
+                                     int16_t api, int16_t ver, int32_t corrid, size_t size, void *opaque)
+{
+    fs_kafka *k = opaque;
+    (void)rk, (void)sockfd, (void)brokername, (void)brokerid, (void)ver, (void)corrid, (void)size;
+    if (api == FS_APIKEY_JOINGROUP) __atomic_store_n(&k->join_sent_ms, mono_now_ms(), __ATOMIC_RELEASE);
+    else if (api == FS_APIKEY_LEAVEGROUP) __atomic_store_n(&k->sync_done_ms, mono_now_ms(), __ATOMIC_RELEASE);
+    return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+static rd_kafka_resp_err_t sync_received(rd_kafka_t *rk, int sockfd, const char *brokername,
+                                         int32_t brokerid, int16_t api, int16_t ver, int32_t corrid,
+                                         size_t size, int64_t rtt, rd_kafka_resp_err_t err, void *opaque)
+{
+    fs_kafka *k = opaque;
+    (void)rk, (void)sockfd, (void)brokername, (void)brokerid, (void)ver, (void)corrid, (void)size, (void)rtt,
+        (void)err;
+    if (api == FS_APIKEY_SYNCGROUP) __atomic_store_n(&k->sync_done_ms, mono_now_ms(), __ATOMIC_RELEASE);
+    return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+static rd_kafka_resp_err_t join_watch_new(rd_kafka_t *rk, const rd_kafka_conf_t *conf, void *opaque,
+                                          char *errstr, size_t errlen)
+{
+    (void)conf, (void)errstr, (void)errlen;
+    rd_kafka_resp_err_t e = rd_kafka_interceptor_add_on_request_sent(rk, "fstream-join", join_sent, opaque);
+    if (!e) e = rd_kafka_interceptor_add_on_response_received(rk, "fstream-join", sync_received, opaque);
+    return e;
+}
+
+/* This member's join round runs (cooperative only: an eager member revokes
+ * everything before it joins, so it has nothing to commit meanwhile). */
+static int group_joining(fs_kafka *k)
+{
+    if (!k->base.cooperative || k->self_assign) return 0;
+    int64_t sent = __atomic_load_n(&k->join_sent_ms, __ATOMIC_ACQUIRE);
+    int64_t done = __atomic_load_n(&k->sync_done_ms, __ATOMIC_ACQUIRE);
+    return sent > done && mono_now_ms() - sent < FS_JOIN_HOLD_MS;
+}
+
 /* A consumer of this worker's cluster. The group's own consumer (main) gets
  * the rebalance and commit callbacks; others (changelog recovery, global
  * tables) are assign-only and read committed data. */
@@ -471,8 +641,14 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
     rd_kafka_conf_set_log_cb(c, log_cb);
     rd_kafka_conf_set_error_cb(c, error_cb);
     if (main_group) {
+        rd_kafka_conf_set_socket_cb(c, socket_cb);
         rd_kafka_conf_set_rebalance_cb(c, kafka_rebalance);
         rd_kafka_conf_set_offset_commit_cb(c, kafka_commit_cb);
+        if (rd_kafka_conf_interceptor_add_on_new(c, "fstream-join", join_watch_new, k)) {
+            snprintf(err, errlen, "could not watch the consumer group's joins");
+            rd_kafka_conf_destroy(c);
+            return NULL;
+        }
     }
     if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
         conf_set(c, "group.id", group, err, errlen) ||
@@ -492,8 +668,7 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
         (main_group && (conf_set(c, "allow.auto.create.topics", "true", err, errlen) ||
                         conf_set(c, "session.timeout.ms", "6000", err, errlen) ||
                         conf_set(c, "heartbeat.interval.ms", "1500", err, errlen) ||
-                        conf_set(c, "partition.assignment.strategy", "range,roundrobin", err,
-                                 errlen) ||
+                        conf_set(c, "partition.assignment.strategy", k->assignor, err, errlen) ||
                         (k->instance_id &&
                          conf_set(c, "group.instance.id", k->instance_id, err, errlen))))) {
         rd_kafka_conf_destroy(c);
@@ -527,9 +702,47 @@ static rd_kafka_t *new_consumer(fs_kafka *k, const char *group, int main_group, 
         }
         s = *end ? end + 1 : end;
     }
+    if (main_group) {
+        /* What the consumer runs with (FSTREAM_KAFKA_CONSUMER may have set it). */
+        char v[256];
+        size_t vlen = sizeof v;
+        k->coop_conf = rd_kafka_conf_get(c, "partition.assignment.strategy", v, &vlen) == RD_KAFKA_CONF_OK &&
+                       strstr(v, "cooperative") != NULL;
+    }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, errlen);
     if (!rk) rd_kafka_conf_destroy(c);
     return rk;
+}
+
+int fs_kafka_assignor_check(const char *assignor, char *err, size_t errlen)
+{
+    int coop = 0, eager = 0;
+    for (const char *s = assignor; s && *s;) {
+        const char *end = strchr(s, ',');
+        size_t n = end ? (size_t)(end - s) : strlen(s);
+        if (n == 18 && strncmp(s, "cooperative-sticky", n) == 0) coop = 1;
+        else if ((n == 5 && strncmp(s, "range", n) == 0) || (n == 10 && strncmp(s, "roundrobin", n) == 0))
+            eager = 1;
+        else {
+            snprintf(err, errlen,
+                     "unknown partition assignor '%.*s' (cooperative-sticky, range or roundrobin)",
+                     (int)n, s);
+            return -1;
+        }
+        s = end ? end + 1 : s + n;
+    }
+    if (!coop && !eager) {
+        snprintf(err, errlen, "no partition assignor given (cooperative-sticky, range or roundrobin)");
+        return -1;
+    }
+    if (coop && eager) {
+        snprintf(err, errlen,
+                 "partition assignor '%s' mixes cooperative-sticky with eager assignors (librdkafka "
+                 "takes one protocol): choose cooperative-sticky, or range/roundrobin",
+                 assignor);
+        return -1;
+    }
+    return 0;
 }
 
 #define URL_FORMS "memory:// or kafka://HOST[:PORT][,HOST[:PORT]...]"
@@ -615,6 +828,7 @@ static rd_kafka_t *new_producer(fs_kafka *k, const char *txn_id, char *err, size
     rd_kafka_conf_set_opaque(c, k);
     rd_kafka_conf_set_log_cb(c, log_cb);
     rd_kafka_conf_set_events(c, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR);
+    rd_kafka_conf_set_socket_cb(c, socket_cb);
     if (conf_set(c, "bootstrap.servers", k->bootstrap, err, errlen) ||
         conf_set(c, "client.id", k->group, err, errlen) ||
         conf_set(c, "linger.ms", "5", err, errlen) ||
@@ -659,11 +873,13 @@ static int set_pair(rd_kafka_conf_t *c, const char *s, size_t len, char *err, si
 }
 
 fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *group,
-                           const char *const *conf, const char *instance_id, char *err,
-                           size_t errlen)
+                           const char *const *conf, const char *instance_id,
+                           const char *assignor, char *err, size_t errlen)
 {
     const char *servers;
     if (fs_broker_url_check(broker_url, &servers, err, errlen)) return NULL;
+    if (!assignor) assignor = "cooperative-sticky";
+    if (fs_kafka_assignor_check(assignor, err, errlen)) return NULL;
     fs_kafka *k = calloc(1, sizeof *k);
     if (!k) {
         snprintf(err, errlen, "out of memory");
@@ -676,10 +892,11 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
     k->cq_timer.cb = cq_timer_cb;
     k->cq_timer.data = k;
     k->group = strdup(group);
+    k->assignor = strdup(assignor);
     k->fetched = malloc(FS_CONSUME_BATCH * sizeof *k->fetched);
     k->msgs = malloc(FS_CONSUME_BATCH * sizeof *k->msgs);
     rd_kafka_conf_t *c = NULL;
-    if (!k->group || !k->fetched || !k->msgs) goto oom;
+    if (!k->group || !k->assignor || !k->fetched || !k->msgs) goto oom;
     if (!servers) {
         c = rd_kafka_conf_new();
         rd_kafka_conf_set_log_cb(c, log_cb);
@@ -731,6 +948,8 @@ fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *gr
 
     k->consumer = new_consumer(k, k->group, 1, err, errlen);
     if (!k->consumer) goto fail;
+    /* Until a group chose its protocol, the configured one says what to expect. */
+    k->base.cooperative = k->coop_conf;
     rd_kafka_poll_set_consumer(k->consumer);
     k->cq = rd_kafka_queue_get_consumer(k->consumer);
     k->pq = rd_kafka_queue_get_main(k->producer);
@@ -839,6 +1058,11 @@ static void create_missing(fs_kafka *k, fs_topic **miss, int n)
         }
         /* Changelogs keep the latest value per key: compaction, as Kafka Streams does. */
         if (FS_TXT(miss[i])->compact) rd_kafka_NewTopic_set_config(nt[cnt], "cleanup.policy", "compact");
+        if (FS_TXT(miss[i])->retention_ms > 0) {
+            char ms[24];
+            snprintf(ms, sizeof ms, "%lld", FS_TXT(miss[i])->retention_ms);
+            rd_kafka_NewTopic_set_config(nt[cnt], "retention.ms", ms);
+        }
         cnt++;
     }
     if (!cnt) {
@@ -1057,7 +1281,8 @@ static int kafka_subscribe(fs_transport *tp, char *err, size_t errlen)
  * JoinGroup's would be, so tables, recovery, resume offsets and leadership
  * work unchanged. Offsets still go to the embedded broker's coordinator: it
  * takes commits from a consumer that never joined (no group exists, so no
- * member or generation is checked), as Kafka does for a simple consumer. */
+ * member or generation is checked), as Kafka does for a simple consumer.
+ * Cooperative: only what the worker does not own yet is reported. */
 static void self_assign_now(fs_kafka *k)
 {
     fs_tplist l = {0};
@@ -1065,15 +1290,19 @@ static void self_assign_now(fs_kafka *k)
         fs_topic *t = NULL;
         for (size_t j = 0; j < k->topics.len && !t; j++)
             if (strcmp(FS_TXT(k->topics.items[j])->name, k->self_subs.items[i]) == 0) t = k->topics.items[j];
-        for (int p = 0; t && p < FS_TXT(t)->partitions; p++)
-            if (!fs_tplist_add(&l, FS_TXT(t)->name, p, FS_OFFSET_INVALID)) {
+        for (int p = 0; t && p < FS_TXT(t)->partitions; p++) {
+            if (fs_tplist_find(&k->self_owned, FS_TXT(t)->name, p)) continue;
+            if (!fs_tplist_add(&l, FS_TXT(t)->name, p, FS_OFFSET_INVALID) ||
+                !fs_tplist_add(&k->self_owned, FS_TXT(t)->name, p, FS_OFFSET_INVALID)) {
                 fs_tplist_free(&l);
                 if (k->base.cb.error)
                     k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FAIL,
                                      "out of memory assigning partitions", 1);
                 return;
             }
+        }
     }
+    if (!l.len && k->self_owned.len) return; /* nothing new (cooperative) */
     fs_info("memory://: sole member of group %s, assigning itself %d partitions (no JoinGroup)",
             k->group, l.len);
     /* A subscription makes the consumer ask for its topics' metadata; an
@@ -1083,29 +1312,55 @@ static void self_assign_now(fs_kafka *k)
     const struct rd_kafka_metadata *md = NULL;
     if (l.len && !rd_kafka_metadata(k->consumer, 1, NULL, &md, FS_METADATA_MS) && md)
         rd_kafka_metadata_destroy(md);
+    k->base.cooperative = k->coop_conf;
     if (l.len && k->base.cb.assigned) k->base.cb.assigned(k->base.cb.data, &l);
     fs_tplist_free(&l);
 }
 
-/* A new self-assigned subscription: revoke everything held (eager, as the
- * group's range/roundrobin protocol is), then assign the new set once the
- * worker answered the revocation (unassign). */
+/* The owned partitions a self-assigned subscription no longer covers
+ * (cooperative), or all of them (eager), moved out of self_owned into out. */
+static int self_leaving(fs_kafka *k, fs_tplist *out)
+{
+    fs_tplist keep = {0};
+    for (int i = 0; i < k->self_owned.len; i++) {
+        fs_tp *o = &k->self_owned.items[i];
+        int stays = 0;
+        for (size_t j = 0; k->coop_conf && j < k->self_subs.len && !stays; j++)
+            stays = strcmp(o->topic, k->self_subs.items[j]) == 0;
+        if (!fs_tplist_add(stays ? &keep : out, o->topic, o->partition, FS_OFFSET_INVALID)) {
+            fs_tplist_free(&keep);
+            return -1;
+        }
+    }
+    fs_tplist_free(&k->self_owned);
+    k->self_owned = keep;
+    return 0;
+}
+
+/* A new self-assigned subscription. Eager (as the group's range/roundrobin
+ * protocol is): revoke everything held, then assign the new set once the
+ * worker answered the revocation (unassign). Cooperative: revoke only the
+ * partitions of topics that left the subscription, then assign only those of
+ * topics that joined it; the others keep going. */
 static void self_reassign(fs_kafka *k)
 {
-    rd_kafka_topic_partition_list_t *a = NULL;
-    if (rd_kafka_assignment(k->consumer, &a) || !a) return;
-    int held = a->cnt;
-    if (held && !k->self_revoking) {
-        k->self_revoking = 1;
-        kafka_rebalance(k->consumer, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, a, k);
-        rd_kafka_topic_partition_list_destroy(a);
-        a = NULL;
-        if (rd_kafka_assignment(k->consumer, &a) || !a) return;
-        held = a->cnt;
+    if (k->self_revoking) return; /* the worker still lets go of them */
+    fs_tplist gone = {0};
+    if (self_leaving(k, &gone)) {
+        fs_tplist_free(&gone);
+        if (k->base.cb.error)
+            k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FAIL, "out of memory revoking partitions", 1);
+        return;
     }
-    rd_kafka_topic_partition_list_destroy(a);
-    if (held) return; /* the worker still lets go of them */
-    k->self_revoking = 0;
+    if (gone.len) {
+        k->self_revoking = 1;
+        k->base.cooperative = k->coop_conf;
+        if (k->base.cb.revoked) k->base.cb.revoked(k->base.cb.data, &gone, 0);
+        else kafka_unassign(&k->base, &gone);
+        fs_tplist_free(&gone);
+        if (k->self_revoking) return;
+    }
+    fs_tplist_free(&gone);
     k->self_pending = 0;
     self_assign_now(k);
 }
@@ -1243,6 +1498,7 @@ static void fetch_watch(fs_kafka *k, int qlen)
 static int kafka_poll(fs_transport *tp, int fetch)
 {
     fs_kafka *k = kafka_of(tp);
+    if (k->deferred.len && !group_joining(k)) defer_flush(k);
     if (fetch && !k->fetching) k->consume_pending = 1; /* fetching restarts: look at once */
     k->fetching = fetch;
     if (k->produce_pending) {
@@ -1251,6 +1507,7 @@ static int kafka_poll(fs_transport *tp, int fetch)
     }
     if (k->overflow.len) drain(k);
     if (k->txn) txn_service(k);
+    else if (k->dropped.len) report_dropped(k); /* purge_lost's */
     if (k->admin_pending) {
         k->admin_pending = 0;
         rd_kafka_event_t *ev;
@@ -1304,7 +1561,8 @@ static int kafka_poll(fs_transport *tp, int fetch)
     int handed = 0;
     if (fetch && k->subscribed) {
         if (k->self_pending) self_reassign(k);
-        if (k->consume_pending && !k->self_revoking) {
+        /* (Cooperative: the partitions kept are still taken while some go.) */
+        if (k->consume_pending && !(k->self_revoking && !k->coop_conf)) {
             int qlen = rd_kafka_queue_length(k->cq);
             fetch_watch(k, qlen);
             if (consume_some(k, &handed) >= 0 && k->fetch_full && !k->paused_all &&
@@ -1335,7 +1593,18 @@ static ssize_t consume_some(fs_kafka *k, int *handed)
     for (ssize_t i = 0; i < n; i++) {
         rd_kafka_message_t *msg = k->msgs[i];
         if (msg->err) {
-            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            if (msg->err == RD_KAFKA_RESP_ERR__FATAL) {
+                /* The group consumer's fatal errors come here, not to error_cb
+                 * (its main queue is forwarded to this one): e.g. a static
+                 * member fenced by a request of its own sent before a network
+                 * partition and delivered after it. The consumer never fetches
+                 * again: the worker must stop, not sit there. */
+                char buf[512];
+                rd_kafka_fatal_error(k->consumer, buf, sizeof buf);
+                if (k->base.cb.error)
+                    k->base.cb.error(k->base.cb.data, RD_KAFKA_RESP_ERR__FATAL, buf, 1);
+                else fs_error("kafka fatal error: %s", buf);
+            } else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 fs_warn("consumer: %s%s%s", msg->rkt ? rd_kafka_topic_name(msg->rkt) : "",
                         msg->rkt ? ": " : "", rd_kafka_message_errstr(msg));
             rd_kafka_message_destroy(msg);
@@ -1525,17 +1794,67 @@ static int64_t kafka_flush(fs_transport *tp, int timeout_ms)
     return kafka_undelivered(tp);
 }
 
+/* Cooperative: adds parts to the assignment. A partition already in it (the
+ * reset starts its partitions again at their committed offsets) restarts
+ * there: by a seek when the offset is known, which leaves the group's
+ * assignment alone even while a revocation waits for its answer; else by
+ * unassigning and assigning it again. */
+static int assign_incremental(fs_kafka *k, const fs_tplist *parts, char *err, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *have = NULL;
+    if (rd_kafka_assignment(k->consumer, &have) || !have) {
+        snprintf(err, errlen, "assign failed: the consumer's assignment is unknown");
+        return -1;
+    }
+    rd_kafka_topic_partition_list_t *add = rd_kafka_topic_partition_list_new(parts->len ? parts->len : 1);
+    rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new(parts->len ? parts->len : 1);
+    rd_kafka_topic_partition_list_t *again = rd_kafka_topic_partition_list_new(parts->len ? parts->len : 1);
+    for (int i = 0; i < parts->len; i++) {
+        const fs_tp *tp = &parts->items[i];
+        rd_kafka_topic_partition_list_t *to = add;
+        if (rd_kafka_topic_partition_list_find(have, tp->topic, tp->partition)) to = tp->offset >= 0 ? seek : again;
+        rd_kafka_topic_partition_list_add(to, tp->topic, tp->partition)->offset = tp->offset;
+        if (to == again) rd_kafka_topic_partition_list_add(add, tp->topic, tp->partition)->offset = tp->offset;
+    }
+    rd_kafka_error_t *e = NULL;
+    if (again->cnt) e = rd_kafka_incremental_unassign(k->consumer, again);
+    if (!e && add->cnt) e = rd_kafka_incremental_assign(k->consumer, add);
+    if (!e && seek->cnt) e = rd_kafka_seek_partitions(k->consumer, seek, 0); /* asynchronous */
+    int rc = 0;
+    if (e) {
+        snprintf(err, errlen, "incremental assign failed: %s", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        rc = -1;
+    } else {
+        /* librdkafka keeps a partition's pause flag across unassign/assign:
+         * the added ones take the whole assignment's state. */
+        rd_kafka_topic_partition_list_t *all = to_rd(parts);
+        if (k->paused_all) rd_kafka_pause_partitions(k->consumer, all);
+        else rd_kafka_resume_partitions(k->consumer, all);
+        rd_kafka_topic_partition_list_destroy(all);
+    }
+    rd_kafka_topic_partition_list_destroy(have);
+    rd_kafka_topic_partition_list_destroy(add);
+    rd_kafka_topic_partition_list_destroy(seek);
+    rd_kafka_topic_partition_list_destroy(again);
+    return rc;
+}
+
 static int kafka_assign(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen)
 {
     fs_kafka *k = kafka_of(tp);
+    char ebuf[256];
+    if (!err) err = ebuf, errlen = sizeof ebuf;
+    k->consume_pending = 1;
+    k->base.pending = 1;
+    if (k->base.cooperative) return assign_incremental(k, parts, err, errlen);
     rd_kafka_topic_partition_list_t *l = to_rd(parts);
     rd_kafka_resp_err_t e = rd_kafka_assign(k->consumer, l);
     /* librdkafka keeps a partition's pause flag across unassign/assign: a new
      * assignment starts fetching everything it holds. */
     if (!e) rd_kafka_resume_partitions(k->consumer, l);
+    if (!e) k->paused_all = k->paused_some = 0;
     rd_kafka_topic_partition_list_destroy(l);
-    k->consume_pending = 1;
-    k->base.pending = 1;
     if (e) {
         snprintf(err, errlen, "assign failed: %s", rd_kafka_err2str(e));
         return -1;
@@ -1543,12 +1862,35 @@ static int kafka_assign(fs_transport *tp, const fs_tplist *parts, char *err, siz
     return 0;
 }
 
-static int kafka_unassign(fs_transport *tp)
+static int kafka_unassign(fs_transport *tp, const fs_tplist *parts)
 {
     fs_kafka *k = kafka_of(tp);
     k->consume_pending = 1;
     k->base.pending = 1;
-    return rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+    k->self_revoking = 0;
+    if (!k->base.cooperative) return rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+    /* Only what is in the consumer's assignment: a partition the group gave
+     * and took back before the worker started fetching it never joined it.
+     * The answer is due even when nothing is left (the group waits for it). */
+    rd_kafka_topic_partition_list_t *have = NULL, *l = rd_kafka_topic_partition_list_new(
+                                                       parts && parts->len ? parts->len : 1);
+    if (rd_kafka_assignment(k->consumer, &have) || !have) have = NULL;
+    for (int i = 0; parts && have && i < parts->len; i++)
+        if (rd_kafka_topic_partition_list_find(have, parts->items[i].topic, parts->items[i].partition))
+            rd_kafka_topic_partition_list_add(l, parts->items[i].topic, parts->items[i].partition);
+    rd_kafka_error_t *e = rd_kafka_incremental_unassign(k->consumer, l);
+    if (e) {
+        fs_warn("incremental unassign of %d partitions failed: %s", l->cnt, rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    } else if (!k->self_assign && !k->paused_all && !k->paused_some) {
+        /* librdkafka paused the fetchers of the partitions kept while it
+         * waited for this answer, and resumes them now: wake them (see
+         * wake_fetcher; the pause dropped what was queued). */
+        wake_fetcher(k);
+    }
+    if (have) rd_kafka_topic_partition_list_destroy(have);
+    rd_kafka_topic_partition_list_destroy(l);
+    return e ? -1 : 0;
 }
 
 static int kafka_assignment(fs_transport *tp, fs_tplist *out)
@@ -1624,9 +1966,33 @@ static int kafka_seek(fs_transport *tp, const fs_tplist *parts, char *err, size_
     return rc;
 }
 
+/* The commits held back during a join round, in order, once it is over. */
+static void defer_flush(fs_kafka *k)
+{
+    for (size_t i = 0; i < k->deferred.len; i++) {
+        struct fs_defer *d = &k->deferred.items[i];
+        rd_kafka_topic_partition_list_t *l = to_rd(&d->offsets);
+        rd_kafka_resp_err_t e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, d->ctx);
+        rd_kafka_topic_partition_list_destroy(l);
+        if (e && k->base.cb.commit_done) k->base.cb.commit_done(k->base.cb.data, d->ctx, &d->offsets, e);
+        fs_tplist_free(&d->offsets);
+    }
+    k->deferred.len = 0;
+}
+
 static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, void *ctx)
 {
     fs_kafka *k = kafka_of(tp);
+    if (!(flags & FS_COMMIT_SYNC) && (k->deferred.len || group_joining(k))) {
+        struct fs_defer d = {{0}, ctx};
+        if (fs_tplist_copy(&d.offsets, offsets) || fs_vec_push(&k->deferred, d)) {
+            fs_tplist_free(&d.offsets);
+            return -1;
+        }
+        /* The round ends with a rebalance callback, which wakes the loop. */
+        fs_debug("offset commit held back while the group's join round runs");
+        return 0;
+    }
     rd_kafka_topic_partition_list_t *l = to_rd(offsets);
     rd_kafka_resp_err_t e;
     if (flags & FS_COMMIT_SYNC) {
@@ -1849,6 +2215,16 @@ static void start_abort(fs_kafka *k, void *ctx)
 
 static void start_commit(fs_kafka *k)
 {
+    if (group_joining(k)) return; /* (see group_joining) txn_service starts it after the round */
+    /* The generation the offsets are sent with is the one of now (KIP-447):
+     * a commit held back by a join round must not carry the round's old one. */
+    if (k->job.cgmd) {
+        rd_kafka_consumer_group_metadata_t *now = rd_kafka_consumer_group_metadata(k->consumer);
+        if (now) {
+            rd_kafka_consumer_group_metadata_destroy(k->job.cgmd);
+            k->job.cgmd = now;
+        }
+    }
     k->commit_waiting = 0;
     job_start(k, k->job_ctx);
 }
@@ -2161,6 +2537,7 @@ static void kafka_close(fs_transport *tp)
     fs_kafka *k = kafka_of(tp);
     if (!k) return;
     tp->closing = 1;
+    if (k->consumer && k->deferred.len) defer_flush(k);
     if (k->consumer) {
         /* A self-assigned worker never joined, so closing revokes nothing:
          * report the revocation leaving the group would (last table writes,
@@ -2228,6 +2605,8 @@ static void kafka_close(fs_transport *tp)
     fs_timer_stop(tp->loop, &k->cq_timer);
     while (k->cqs.len) cq_free(k, k->cqs.items[k->cqs.len - 1]);
     fs_vec_free(&k->cqs);
+    for (size_t i = 0; i < k->deferred.len; i++) fs_tplist_free(&k->deferred.items[i].offsets);
+    fs_vec_free(&k->deferred);
     if (k->tfd >= 0) fs_io_del(tp->loop, &k->tio), close(k->tfd);
     for (size_t i = 0; i < k->pconf.len; i++) free(k->pconf.items[i]);
     fs_vec_free(&k->pconf);
@@ -2239,12 +2618,14 @@ static void kafka_close(fs_transport *tp)
     if (k->afd >= 0) fs_io_del(tp->loop, &k->aio), close(k->afd);
     self_subs_clear(k);
     fs_vec_free(&k->self_subs);
+    fs_tplist_free(&k->self_owned);
     fs_vec_free(&k->topics);
     fs_vec_free(&k->vus);
     free(k->fetched);
     free(k->msgs);
     free(k->bootstrap);
     free(k->instance_id);
+    free(k->assignor);
     free(k->group);
     free(k);
 }

@@ -296,9 +296,9 @@ static int memlog_assign(fs_transport *tp, const fs_tplist *parts, char *err, si
     return 0;
 }
 
-static int memlog_nop(fs_transport *tp)
+static int memlog_unassign(fs_transport *tp, const fs_tplist *parts)
 {
-    (void)tp;
+    (void)tp, (void)parts;
     return 0;
 }
 
@@ -383,7 +383,7 @@ static const fs_transport_ops memlog_ops = {
     .undelivered = memlog_undelivered,
     .flush = memlog_flush,
     .assign = memlog_assign,
-    .unassign = memlog_nop,
+    .unassign = memlog_unassign,
     .assignment = memlog_assignment,
     .pause = memlog_pause,
     .resume = memlog_pause,

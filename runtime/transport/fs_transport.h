@@ -55,6 +55,7 @@ struct fs_memlog;
         int partitions; /* the broker's count once resolved; before, the count to create */ \
         int resolved;   /* partitions is the broker's (ops->resolve) */                     \
         int compact;    /* created with cleanup.policy=compact (a changelog) */              \
+        long long retention_ms; /* > 0: created with that retention.ms (reply topics) */    \
         void *tx;       /* the transport's own handle, owned and freed by it */              \
     }
 typedef struct fs_txtopic FS_TXTOPIC_MEMBERS fs_txtopic;
@@ -153,12 +154,18 @@ typedef struct fs_transport_cb {
     void (*delivered)(void *data, const fs_report *r);
     /* The transport gives the worker these partitions. The upper layer answers
      * with ops->assign (a list with start offsets) — at once or later, e.g.
-     * after ops->committed answered; until then nothing is fetched. */
+     * after ops->committed answered; until then nothing of them is fetched.
+     * fs_transport.cooperative says whether they add to what the worker holds
+     * (the others keep being fetched) or are all it holds (eager: everything
+     * was revoked before). */
     void (*assigned)(void *data, const fs_tplist *parts);
     /* The transport takes these partitions away. The upper layer answers with
-     * ops->unassign once it let go of them (agents finished, offsets committed);
-     * fetching stays stopped until then. */
-    void (*revoked)(void *data, const fs_tplist *parts);
+     * ops->unassign(parts) once it let go of them (agents finished, offsets
+     * committed); fetching of them stays stopped until then (eager: of every
+     * partition, all being revoked; cooperative: the others go on). lost: the
+     * group gave them to another member already (this member's session
+     * expired): their offsets must not be committed. */
+    void (*revoked)(void *data, const fs_tplist *parts, int lost);
     /* ops->commit finished. ctx: what commit was given. offsets: with per-partition err. */
     void (*commit_done)(void *data, void *ctx, const fs_tplist *offsets, int err);
     /* ops->committed answered: offsets hold the committed offset of each partition
@@ -227,9 +234,13 @@ typedef struct fs_transport_ops {
      * the loop's form; > 0 only at close). Returns undelivered(). */
     int64_t (*flush)(fs_transport *tp, int timeout_ms);
     /* Starts fetching these partitions at their offsets (FS_OFFSET_INVALID:
-     * the committed one, else the beginning). Replaces the assignment. */
+     * the committed one, else the beginning). Eager: replaces the assignment.
+     * Cooperative: adds them to it; one already in it restarts at its offset
+     * (the reset); they take the pause of the whole assignment (pause(NULL)). */
     int (*assign)(fs_transport *tp, const fs_tplist *parts, char *err, size_t errlen);
-    int (*unassign)(fs_transport *tp); /* completes a revocation */
+    /* Completes a revocation: parts is the list cb.revoked reported. Eager:
+     * unassigns everything; cooperative: only those. */
+    int (*unassign)(fs_transport *tp, const fs_tplist *parts);
     /* The current assignment (into an empty list). */
     int (*assignment)(fs_transport *tp, fs_tplist *out);
     /* Stops / restarts fetching (NULL: the whole assignment). A new
@@ -306,6 +317,13 @@ struct fs_transport {
     /* This worker holds every partition of every topic, always (the in-memory
      * log). memory:// self-assignment is 0: it still revokes on resubscribe. */
     int holds_all;
+    /* Assignments and revocations are incremental (the group's cooperative
+     * protocol, KIP-429, or memory://'s self-assignment with the
+     * cooperative-sticky assignor configured): cb.assigned adds partitions,
+     * cb.revoked takes some away, and the others keep being fetched and
+     * processed meanwhile. 0: eager (a rebalance revokes everything, then
+     * assigns the new whole). Set by the implementation before it reports. */
+    int cooperative;
     /* poll has work now (a wake-up fd fired, more fetched messages wait): the
      * loop must not sleep. Set by the implementation only. */
     int pending;
@@ -328,11 +346,17 @@ struct fs_transport {
  * ("k=v,k=v", e.g. queue.buffering.max.messages=50). instance_id: the group
  * consumer's group.instance.id (static membership: a member that comes back
  * with it within the session timeout gets its partitions back without a
- * rebalance), copied; NULL for none. The transport registers its wake-up fds
- * on loop. NULL and a message on failure. */
+ * rebalance), copied; NULL for none. assignor: the group consumer's
+ * partition.assignment.strategy ("cooperative-sticky", "range",
+ * "roundrobin", or an eager pair "range,roundrobin"); NULL:
+ * cooperative-sticky. The transport registers its wake-up fds on loop. NULL
+ * and a message on failure. */
 fs_transport *fs_kafka_new(fs_loop *loop, const char *broker_url, const char *group,
-                           const char *const *conf, const char *instance_id, char *err,
-                           size_t errlen);
+                           const char *const *conf, const char *instance_id,
+                           const char *assignor, char *err, size_t errlen);
+/* Checks an assignor name for fs_kafka_new: -1 and a message when unknown,
+ * or when it mixes the cooperative protocol with the eager ones. */
+int fs_kafka_assignor_check(const char *assignor, char *err, size_t errlen);
 /* The bootstrap servers the kafka transport talks to ("" for the in-memory log). */
 const char *fs_kafka_bootstrap(const fs_transport *tp);
 int fs_kafka_embedded(const fs_transport *tp); /* memory:// */

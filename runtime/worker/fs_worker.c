@@ -130,9 +130,9 @@ static void on_assigned(void *data, const fs_tplist *l)
     fs_assign_on_assigned(((fs_rt *)data)->assign, l);
 }
 
-static void on_revoked(void *data, const fs_tplist *l)
+static void on_revoked(void *data, const fs_tplist *l, int lost)
 {
-    fs_assign_on_revoked(((fs_rt *)data)->assign, l);
+    fs_assign_on_revoked(((fs_rt *)data)->assign, l, lost);
 }
 
 static void on_commit_done(void *data, void *ctx, const fs_tplist *offsets, int err)
@@ -176,8 +176,8 @@ static int64_t wall_ms(void *data)
 
 static int eos_identity(fs_rt *rt, char *err, size_t errlen);
 
-int fs_rt_open_transport(fs_rt *rt, const char *broker, const char *instance_id, char *err,
-                         size_t errlen)
+int fs_rt_open_transport(fs_rt *rt, const char *broker, const char *instance_id,
+                         const char *assignor, char *err, size_t errlen)
 {
     const char *bootstrap = NULL;
     if (broker && rt->eos && fs_broker_url_check(broker, &bootstrap, err, errlen) == 0 && !bootstrap) {
@@ -201,9 +201,13 @@ int fs_rt_open_transport(fs_rt *rt, const char *broker, const char *instance_id,
         snprintf(auto_id, sizeof auto_id, "%s-%s", host, rt->txn_id + strlen(rt->group) + 1);
         instance_id = auto_id;
     }
-    fs_transport *tp = broker ? fs_kafka_new(&rt->loop, broker, rt->group, NULL, instance_id, err, errlen)
+    fs_transport *tp = broker ? fs_kafka_new(&rt->loop, broker, rt->group, NULL, instance_id, assignor, err,
+                                           errlen)
                               : fs_memlog_new(&rt->loop, wall_ms, rt);
     if (tp && broker && instance_id) fs_info("static group member: group.instance.id %s", instance_id);
+    if (tp && broker && !fs_kafka_embedded(tp))
+        fs_info("partition assignor: %s (%s rebalances)", assignor ? assignor : "cooperative-sticky",
+                tp->cooperative ? "incremental" : "eager");
     if (!tp) {
         if (!broker) snprintf(err, errlen, "out of memory");
         return -1;
@@ -418,8 +422,9 @@ static void back_pressure(fs_rt *rt)
 int fs_worker_poll(fs_rt *rt)
 {
     if (rt->tail_pending) fs_tables_tail_poll(rt);
-    /* No fetching while partitions are let go of: their events are stale. */
-    int fetch = !fs_assign_revoking(rt->assign) && rt->subscribed && !rt->stopping && !rt->draining;
+    /* No fetching while every partition is let go of (their events are
+     * stale); a cooperative revocation of some lets the others go on. */
+    int fetch = !fs_assign_stops_fetching(rt->assign) && rt->subscribed && !rt->stopping && !rt->draining;
     /* Back-pressure pauses fetching, but the queue is still served: rebalances
      * and commit results arrive on it, and a worker that stops reading it would
      * never answer a rebalance. */

@@ -15,9 +15,10 @@
  * callbacks; sets rt->tp, rt->broker, rt->embedded. instance_id: the group
  * consumer's group.instance.id (static membership), NULL for none, "auto" for
  * "<host name>-<slot id>" with the slot of the data directory that exactly-once
- * uses too (taken here: it stays this process's). */
-int fs_rt_open_transport(fs_rt *rt, const char *broker, const char *instance_id, char *err,
-                         size_t errlen);
+ * uses too (taken here: it stays this process's). assignor: the group
+ * consumer's partition assignor (fs_kafka_new), NULL for the default. */
+int fs_rt_open_transport(fs_rt *rt, const char *broker, const char *instance_id,
+                         const char *assignor, char *err, size_t errlen);
 /* Resolves the topics, holds what the worker holds from the start, runs the
  * agents' first steps and subscribes. */
 int fs_worker_start(fs_rt *rt, char *err, size_t errlen);
