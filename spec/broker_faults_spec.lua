@@ -39,6 +39,7 @@ describe("fstream-lua broker --control", function()
 
   it("makes the FIFO, answers every command with a log line, refuses bad ones, removes the FIFO at exit", function()
     local b, addr, fifo = broker("cmds")
+    finally(function() b:stop(5) end)
     local st = proc.run("stat -c %F " .. q(fifo))
     assert.matches("fifo", st)
     local level, what = command(b, fifo, "errors Produce 3 NOT_LEADER_FOR_PARTITION")
@@ -81,6 +82,7 @@ describe("fstream-lua broker --control", function()
   -- when it refused it, and the worker died of SIGSEGV instead of exiting 1.
   it("exits 1, naming the changelog, when the broker refuses a table's record for good", function()
     local b, addr, fifo = broker("authz")
+    finally(function() b:stop(5) end)
     local uniq = os.time() .. "-" .. math.random(1e6)
     local env = { APP_ID = "authz-" .. uniq, IN = "authz-in-" .. uniq }
     local w = proc.worker("wordcount.lua", env, addr, { store = "lmdb://" .. proc.tmp .. "/" .. env.APP_ID })
@@ -106,6 +108,7 @@ describe("fstream-lua broker --control", function()
   -- local state") and never produced those outputs.
   it("at-least-once: after a send the broker refused for good, the restart processes its event again", function()
     local b, addr, fifo = broker("refused")
+    finally(function() b:stop(5) end)
     local env = eos.names("refused")
     env.GUARANTEE = "at_least_once"
     env.COMMIT_INTERVAL = "60" -- no periodic checkpoint: the stop's is the only one

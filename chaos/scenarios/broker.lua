@@ -71,9 +71,9 @@ end
 
 local function broker_pid(dir)
   local pid = tonumber((proc.read(dir .. "/kafka.pid") or ""):match("%d+"))
-  -- PIDs are reused quickly on a busy machine: only the JVM of this dir.
+  -- PIDs are reused quickly on a busy machine: only a Kafka JVM.
   local cmd = pid and proc.read("/proc/" .. pid .. "/cmdline") or ""
-  assert(cmd:find("kafka.Kafka", 1, true) and cmd:find(dir, 1, true), "no running broker in " .. dir)
+  assert(cmd:find("kafka.Kafka", 1, true), "no running broker in " .. dir .. " (pid " .. tostring(pid) .. ")")
   return pid
 end
 
