@@ -84,14 +84,32 @@ cli.commands = {
       .. "worker rebuilds the tables from them.\n" .. STORE_HELP },
   { name = "broker", pos = {},
     options = { { long = "--brokers", field = "brokers" }, { long = "--partitions", field = "partitions" },
-      { long = "--topic", field = "topics", list = true }, { long = "--address-file", field = "address_file" } },
-    synopsis = "usage: fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file FILE]\n",
+      { long = "--topic", field = "topics", list = true }, { long = "--address-file", field = "address_file" },
+      { long = "--control", field = "control" } },
+    synopsis = "usage: fstream-lua broker [--brokers N] [--partitions N] [--topic NAME]... [--address-file FILE]\n"
+      .. "                          [--control FIFO]\n",
     details = "Runs an embedded Kafka broker (in memory) until SIGTERM or SIGINT; workers reach it\n"
       .. "as kafka://ADDRESS, the address it prints.\n"
       .. "  --brokers N           brokers in the cluster, 1 to 16 (default 1)\n"
       .. "  --partitions N        partitions of the topics named with --topic (default 8)\n"
       .. "  --topic NAME          create this topic at start (repeatable)\n"
-      .. "  --address-file FILE   write the address to FILE once listening\n" },
+      .. "  --address-file FILE   write the address to FILE once listening\n"
+      .. "  --control FIFO        fault injection: run the commands written to FIFO (made if\n"
+      .. "                        missing), one per line, each answered by a log line:\n"
+      .. "      down B | up B                 broker B (1..N) drops its connections and refuses\n"
+      .. "                                    new ones | accepts them again\n"
+      .. "      rtt B MS                      broker B answers every request MS ms late\n"
+      .. "      errors API COUNT CODE         the next COUNT requests of type API fail with CODE\n"
+      .. "      broker-errors B API COUNT CODE [MS]   the same on broker B, answered MS ms late\n"
+      .. "      clear API                     drop the pending errors of API (not broker-errors)\n"
+      .. "      pending B API                 log how many broker-errors of API B still holds\n"
+      .. "      topic-error TOPIC CODE        metadata reports TOPIC with CODE (0: none)\n"
+      .. "      leader TOPIC P B              broker B leads partition P of TOPIC\n"
+      .. "    API: Produce, Fetch, ListOffsets, Metadata, OffsetCommit, OffsetFetch,\n"
+      .. "    FindCoordinator, JoinGroup, Heartbeat, LeaveGroup, SyncGroup, InitProducerId, ...\n"
+      .. "    or a number; CODE: a Kafka error name (NOT_LEADER_FOR_PARTITION,\n"
+      .. "    REQUEST_TIMED_OUT, TOPIC_AUTHORIZATION_FAILED, _TRANSPORT: drop the connection)\n"
+      .. "    or a number. Example: echo 'errors Produce 3 NOT_LEADER_FOR_PARTITION' > FIFO\n" },
 }
 
 -- What a positional word is called in "missing ..." messages.
@@ -650,7 +668,8 @@ function cli.broker(opts)
   if opts.partitions then p = math.tointeger(tonumber(opts.partitions)) end
   if not (n and n >= 1 and n <= 16) then return fail(2, "--brokers needs a number from 1 to 16, got '%s'", opts.brokers) end
   if not (p and p >= 1) then return fail(2, "--partitions needs a count (1, 2, ...), got '%s'", opts.partitions) end
-  core.run_broker { brokers = n, address_file = opts.address_file, partitions = p, topics = opts.topics }
+  core.run_broker { brokers = n, address_file = opts.address_file, control = opts.control, partitions = p,
+    topics = opts.topics }
   return 0
 end
 

@@ -627,6 +627,13 @@ int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
     fs_rt *rt = ck->rt;
     if (ck->phase != IDLE) return 1;
     if (ck->blocked) return -1; /* a failed transaction waits for its reset */
+    /* The worker stops without committing (a send failed for good, say): no
+     * checkpoint may begin either. Its stage would write the tables'
+     * changelog records, whose headers name the input offsets they reflect,
+     * and the next owner's replay resumes there — past the events whose sends
+     * were lost (at-least-once: their changelog records are read as soon as
+     * they are delivered). */
+    if (rt->fatal) return -1;
     const struct occasion *o = &occasions[occasion];
     if (!ck->tp->durable && !o->stage_volatile) {
         if (done) done(data, 0);

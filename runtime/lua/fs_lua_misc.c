@@ -106,7 +106,7 @@ static int l_log_enabled(lua_State *L)
     return 1;
 }
 
-/* core.run_broker{brokers=N, address_file=F, partitions=P, topics={name...}} */
+/* core.run_broker{brokers=N, address_file=F, control=FIFO, partitions=P, topics={name...}} */
 static int l_run_broker(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -115,6 +115,8 @@ static int l_run_broker(lua_State *L)
     o.brokers = (int)luaL_optinteger(L, -1, 1);
     lua_getfield(L, 1, "address_file");
     o.address_file = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 1, "control");
+    o.control = luaL_optstring(L, -1, NULL);
     lua_getfield(L, 1, "partitions");
     o.partitions = (int)luaL_optinteger(L, -1, 8);
     lua_getfield(L, 1, "topics"); /* stays on the stack: it keeps the names alive */

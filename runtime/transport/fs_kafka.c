@@ -1643,11 +1643,23 @@ static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition,
                                     const fs_header *hs, int nh, rd_kafka_headers_t *hdrs,
                                     int64_t ts, void *opaque)
 {
-    size_t need = 7 + (size_t)nh + (hdrs ? 1 : 0);
-    if (fs_vec_reserve(&k->vus, need)) return RD_KAFKA_RESP_ERR__FAIL;
+    if (fs_vec_reserve(&k->vus, 8)) return RD_KAFKA_RESP_ERR__FAIL;
     char oerr[256];
     /* A recreated producer (fencing) opens its topic handles again lazily. */
     if (!FS_TXT(t)->tx && open_topic(k, t, oerr, sizeof oerr)) return RD_KAFKA_RESP_ERR__FAIL;
+    /* The headers go as one list of ours, never as RD_KAFKA_VTYPE_HEADER
+     * entries: when librdkafka 2.0.2's produceva fails in the partitioner (a
+     * topic in error, e.g. after TOPIC_AUTHORIZATION_FAILED), it frees the list
+     * it built from those entries twice and the worker crashes. A list given
+     * with RD_KAFKA_VTYPE_HEADERS stays ours on failure (freed below) and is
+     * librdkafka's on success. */
+    rd_kafka_headers_t *own = NULL;
+    if (nh > 0 && !hdrs) {
+        own = rd_kafka_headers_new((size_t)nh);
+        for (int i = 0; i < nh; i++)
+            rd_kafka_header_add(own, hs[i].name, -1, hs[i].value, hs[i].value ? (ssize_t)hs[i].len : 0);
+        hdrs = own;
+    }
     rd_kafka_vu_t *v = k->vus.items;
     size_t n = 0;
     v[n].vtype = RD_KAFKA_VTYPE_RKT, v[n++].u.rkt = FS_TXT(t)->tx;
@@ -1657,18 +1669,13 @@ static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition,
     v[n].vtype = RD_KAFKA_VTYPE_KEY, v[n].u.mem.ptr = (void *)key, v[n++].u.mem.size = klen;
     v[n].vtype = RD_KAFKA_VTYPE_TIMESTAMP, v[n++].u.i64 = ts;
     v[n].vtype = RD_KAFKA_VTYPE_OPAQUE, v[n++].u.ptr = opaque;
-    for (int i = 0; i < nh; i++) {
-        v[n].vtype = RD_KAFKA_VTYPE_HEADER;
-        v[n].u.header.name = hs[i].name;
-        v[n].u.header.val = hs[i].value;
-        v[n++].u.header.size = hs[i].value ? (ssize_t)hs[i].len : 0;
-    }
     if (hdrs) v[n].vtype = RD_KAFKA_VTYPE_HEADERS, v[n++].u.headers = hdrs;
     rd_kafka_error_t *e = rd_kafka_produceva(k->producer, v, n);
     if (!e) {
         k->inflight++;
         return RD_KAFKA_RESP_ERR_NO_ERROR;
     }
+    if (own) rd_kafka_headers_destroy(own);
     rd_kafka_resp_err_t code = rd_kafka_error_code(e);
     rd_kafka_error_destroy(e);
     return code;
