@@ -1,7 +1,7 @@
 -- Rebalances on a real Apache Kafka broker: a third worker joins a group of
 -- two while an external producer keeps sending numbered events
 -- (spec/fixtures/eos_all.lua: a relay, a word-count table, windows). With the
--- cooperative-sticky assignor (the default) only the partitions that move are
+-- cooperative-sticky assignor (asked for with FSTREAM_PARTITION_ASSIGNOR; the default for apps without partitioned tables) only the partitions that move are
 -- revoked, and the workers keep processing the others through the rebalance;
 -- with partition_assignor = "range" every partition is revoked and assigned
 -- again. Either way an independent reader (kcat, read_committed) finds every
@@ -115,7 +115,7 @@ describe("rebalances on real Kafka", function()
       local env = eos.names("coop")
       env.GUARANTEE = guarantee
       if guarantee == "at_least_once" then env.COMMIT_INTERVAL = "0.5" end
-      local logs = three_workers(addr, env, nil)
+      local logs = three_workers(addr, env, "cooperative-sticky")
       assert.matches("partition assignor: cooperative%-sticky %(incremental rebalances%)", logs[1])
       -- Before the stops: a and b gave up some partitions each and kept the
       -- others (a revocation of only some: "the others keep going"); c was

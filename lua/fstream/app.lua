@@ -525,11 +525,13 @@ end
 
 -- The group consumer's assignor: $FSTREAM_PARTITION_ASSIGNOR, else the app's
 -- partition_assignor. "auto" is cooperative-sticky (a rebalance moves only the
--- partitions that change hands; the others keep going), unless more than one
--- topic the agents read writes partitioned tables, or a topic pattern does:
--- tables follow partition numbers, so those topics must be co-partitioned
--- (partition p of each on one worker), which range assignment keeps and
--- cooperative-sticky does not.
+-- partitions that change hands; the others keep going) for an app without
+-- partitioned tables, and range for one with them: tables follow partition
+-- numbers, so every topic that writes them must be co-partitioned (partition
+-- p of each on one worker), which range assignment keeps and cooperative-sticky
+-- does not — and a group_by inside an agent adds such a topic (its
+-- repartition topic) only once the agent runs, too late to choose. An app
+-- whose tables are written from one topic can ask for cooperative-sticky.
 function App:_assignor()
   local env = os.getenv("FSTREAM_PARTITION_ASSIGNOR")
   local v = check_assignor(env ~= nil and env ~= "" and env or self.partition_assignor,
@@ -538,20 +540,8 @@ function App:_assignor()
   local partitioned = false
   for _, tb in ipairs(self.table_list) do partitioned = partitioned or not tb.global end
   if not partitioned then return "cooperative-sticky" end
-  local changelogs, inputs, n, why = {}, {}, 0, nil
-  for _, tb in ipairs(self.table_list) do changelogs[tb.changelog] = true end
-  for _, a in ipairs(self.agent_list) do
-    if not a.no_tables then
-      if a.patterns and #a.patterns > 0 then why = "agent " .. a.name .. " reads a topic pattern" end
-      for _, t in ipairs(a.topics) do
-        if not inputs[t] and not changelogs[t] then inputs[t] = true; n = n + 1 end
-      end
-    end
-  end
-  if n > 1 then why = string.format("%d topics write its tables", n) end
-  if not why then return "cooperative-sticky" end
-  core.log("info", string.format("partition assignor: range, not cooperative-sticky (%s: they must be "
-    .. "co-partitioned, which range assignment keeps); set partition_assignor to choose", why))
+  core.log("info", "partition assignor: range, not cooperative-sticky (the app has partitioned tables, "
+    .. "whose input topics must stay co-partitioned); set partition_assignor to choose")
   return "range"
 end
 

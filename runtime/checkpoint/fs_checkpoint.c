@@ -30,6 +30,7 @@ struct fs_ckpt {
     fs_tplist only;    /* the partitions whose offsets it commits, when has_only */
     fs_tplist offsets; /* the commit in flight */
     int blocking;      /* driven by fs_ckpt_drain: the loop does not turn */
+    int staged_sent;   /* at-least-once: the tables' records went out after the epoch's messages */
     void (*done)(void *data, int rc);
     void *data;
     /* A checkpoint gave up before its sends were delivered: the next one
@@ -572,6 +573,29 @@ void fs_ckpt_on_commit_done(fs_ckpt *ck, void *ctx, const fs_tplist *offsets, in
                     (int)offsets->items[i].partition, ck->tp->ops->strerror(offsets->items[i].err));
 }
 
+/* At-least-once, once the epoch's messages are delivered: the tables'
+ * changelog records staged for this checkpoint go out, counted in its epoch so
+ * the deliver step waits for them too (fs_table_stage says why they wait).
+ * Returns 1 while there is more to wait for (or the checkpoint ended). */
+static int delivering(fs_ckpt *ck);
+static int send_staged(fs_ckpt *ck)
+{
+    fs_rt *rt = ck->rt;
+    char err[256];
+    ck->staged_sent = 1;
+    int epoch = rt->epoch;
+    rt->epoch = ck->epoch;
+    int n = fs_tables_send_staged(rt, err, sizeof err);
+    rt->epoch = epoch;
+    if (n < 0) {
+        snprintf(ck->why, sizeof ck->why, "sending the tables' changelog records failed: %s", err);
+        fs_error("%s", ck->why);
+        end(ck, -1);
+        return 1;
+    }
+    return n > 0 && delivering(ck);
+}
+
 /* The deliver step; returns 1 while it must wait. */
 static int delivering(fs_ckpt *ck)
 {
@@ -615,6 +639,7 @@ void fs_ckpt_poll(fs_ckpt *ck)
     }
     if (ck->phase == DELIVER) {
         if (delivering(ck)) return;
+        if (!ck->s->transactional && !ck->staged_sent && send_staged(ck) != 0) return;
         ck->phase = COMMIT;
         settle(ck);
     }
@@ -652,6 +677,7 @@ int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
     ck->done = done;
     ck->data = data;
     ck->why[0] = 0;
+    ck->staged_sent = 0;
     ck->t_start = mono_ns();
     if (ck->s->transactional) {
         /* Quiesce first: agents stop at their next event boundary. */

@@ -166,6 +166,37 @@ int fs_tables_flush(fs_rt *rt, int force)
     return 0;
 }
 
+/* Staged entry j of partition p to the changelog. Each record says which
+ * input it reflects: whoever replays the changelog resumes the input there,
+ * even if the offset commit never happened. */
+static int send_op(fs_rt *rt, fs_table *t, int32_t p, size_t j, char *err, size_t errlen)
+{
+    struct fs_tpart *tp = &t->parts[p];
+    const struct fs_staged *op = &tp->ops.items[j];
+    rd_kafka_headers_t *h = NULL;
+    if (tp->in_hdr.len) {
+        h = rd_kafka_headers_new(1);
+        rd_kafka_header_add(h, IN_HEADER, -1, tp->in_hdr.data, (ssize_t)tp->in_hdr.len);
+    }
+    return fs_produce(rt, t->changelog, p, tp->arena.data + op->koff, op->klen,
+                      op->del ? NULL : tp->arena.data + op->voff, op->vlen, h, 0, NULL, err, errlen);
+}
+
+int fs_tables_send_staged(fs_rt *rt, char *err, size_t errlen)
+{
+    int n = 0;
+    for (int i = 0; i < rt->ntables; i++) {
+        fs_table *t = rt->tables[i];
+        for (int32_t p = 0; p < t->partitions; p++) {
+            struct fs_tpart *tp = &t->parts[p];
+            if (!tp->store) continue;
+            for (; tp->sent < tp->ops.len; tp->sent++, n++)
+                if (send_op(rt, t, p, tp->sent, err, errlen)) return -1;
+        }
+    }
+    return n;
+}
+
 int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, const void *v,
                    size_t vl, char *err, size_t errlen)
 {
@@ -183,15 +214,15 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
     op->voff = tp->arena.len;
     op->vlen = v ? vl : 0;
     if (v && fs_buf_add(&tp->arena, v, vl)) goto oom;
-    /* Each record says which input it reflects: whoever replays the changelog
-     * resumes the input there, even if the offset commit never happened. */
-    rd_kafka_headers_t *h = NULL;
-    if (tp->in_hdr.len) {
-        h = rd_kafka_headers_new(1);
-        rd_kafka_header_add(h, IN_HEADER, -1, tp->in_hdr.data, (ssize_t)tp->in_hdr.len);
-    }
-    if (fs_produce(rt, t->changelog, p, k, kl, v, vl, h, 0, NULL, err, errlen)) return -1;
+    /* Under exactly-once the record goes into the open transaction now. Under
+     * at-least-once the checkpoint sends it (fs_tables_send_staged) once the
+     * messages of the events it reflects are delivered: a changelog record
+     * that reached the broker before them would, after a crash, make a replay
+     * skip what they did — a window deleted as closed whose close message
+     * never arrived is never closed again. */
+    if (rt->eos && send_op(rt, t, p, tp->ops.len, err, errlen)) return -1;
     tp->ops.len++;
+    if (rt->eos) tp->sent = tp->ops.len;
     if (!fs_table_internal(t)) rt->changelog_records++;
     return 0;
 oom:
@@ -247,7 +278,7 @@ int fs_tables_write(fs_rt *rt, int use_snap)
                 return -1;
             }
             if (!fs_table_internal(t)) rt->lmdb_writes += (int64_t)tp->ops.len;
-            tp->ops.len = 0;
+            tp->ops.len = tp->sent = 0;
             fs_buf_reset(&tp->arena);
         }
     }
@@ -608,7 +639,7 @@ void fs_tables_release(fs_rt *rt, int32_t p)
         if (p < 0 || p >= t->partitions || !t->parts[p].store || t->global) continue;
         fs_store_close(t->parts[p].store);
         t->parts[p].store = NULL;
-        t->parts[p].ops.len = 0;
+        t->parts[p].ops.len = t->parts[p].sent = 0;
         fs_buf_reset(&t->parts[p].arena);
         any |= t->parts[p].hooked;
         t->parts[p].hooked = 0;
@@ -623,7 +654,7 @@ void fs_tables_forget_global(fs_rt *rt)
         if (!t->global) continue;
         for (int32_t p = 0; p < t->partitions; p++) {
             struct fs_tpart *tp = &t->parts[p];
-            tp->ops.len = 0;
+            tp->ops.len = tp->sent = 0;
             fs_buf_reset(&tp->arena);
             if (!tp->store) continue;
             /* The Lua side starts over from LMDB: its caches held the writes being undone. */

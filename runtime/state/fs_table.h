@@ -47,6 +47,8 @@ void fs_tables_release(fs_rt *rt, int32_t p);
  * revocation or shutdown: the next owner must resume exactly there). */
 int fs_tables_flush(fs_rt *rt, int force);
 int fs_tables_write(fs_rt *rt, int use_snap); /* staged entries -> LMDB with offsets */
+/* At-least-once: the staged entries not sent yet -> their changelogs; how many, or -1. */
+int fs_tables_send_staged(fs_rt *rt, char *err, size_t errlen);
 /* Where input partition p of topic resumes, given the group's committed
  * offset (-1: none): the least of what its tables applied (see fs_table.c). */
 int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p, int64_t committed);

@@ -33,6 +33,7 @@ struct fs_table {
         struct fs_store *store; /* open while this worker holds the partition */
         fs_buf arena;           /* staged keys and values */
         FS_VEC(struct fs_staged) ops;
+        size_t sent;     /* ops[0..sent) went to the changelog (fs_tables_send_staged) */
         int64_t cl_next; /* changelog offset after the last delivered staged record */
         fs_buf in_hdr;   /* "topic@offset;..." input offsets this flush reflects, NUL-ended */
         int hooked;      /* the hook was told "hold" (recovery over), not "release" yet */
