@@ -45,6 +45,15 @@ local function fmt_recovery(r)
   return string.format("%.1f / %.1f", lib.median(r), max)
 end
 
+-- A process's resident memory in KiB (VmRSS), or nil once it is gone.
+function lib.rss_kb(pid)
+  local f = io.open("/proc/" .. pid .. "/status")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match("VmRSS:%s*(%d+)"))
+end
+
 function lib.now() -- wall clock with sub-second resolution
   local out = sh("date +%s.%N")
   return tonumber(out:match("[%d%.]+"))

@@ -68,13 +68,7 @@ else -- flood: values "N <padding>", one agent slower than the producer
 end
 ]]
 
-local function rss_kb(pid)
-  local f = io.open("/proc/" .. pid .. "/status")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s*(%d+)"))
-end
+local rss_kb = lib.rss_kb
 
 local function mib(kb) return string.format("%.0f MiB", kb / 1024) end
 

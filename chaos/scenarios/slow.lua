@@ -47,13 +47,7 @@ app:agent("relay", input, function(stream)
 end)
 ]]
 
-local function rss_kb(pid)
-  local f = io.open("/proc/" .. pid .. "/status")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s*(%d+)"))
-end
+local rss_kb = lib.rss_kb
 
 -- The lag the worker reports on /metrics (fstream_partition_lag, summed over
 -- partitions) and its committed offsets per partition.

@@ -237,9 +237,9 @@ void fs_agent_close(fs_rt *rt, fs_agent *a)
     }
 }
 
-/* A stop whose deadline passed with this agent still mid-event: what it holds
- * (queued, taken by the coroutine that was killed, noack events never
- * acknowledged) is let go without an acknowledgement, so those offsets stay
+/* A stop whose deadline passed with this agent still mid-event (or an agent
+ * freed unfinished): what it holds (queued, taken by the coroutine that was
+ * killed, noack events never acknowledged) is let go without an acknowledgement, so those offsets stay
  * uncommitted for the next owner, and the consumer can be destroyed (librdkafka
  * waits for every message it handed out before its threads end). */
 void fs_agent_release_held(fs_rt *rt, fs_agent *a)
@@ -265,19 +265,9 @@ void fs_agent_release_held(fs_rt *rt, fs_agent *a)
 
 void fs_agent_free(fs_rt *rt, fs_agent *a, lua_State *L)
 {
-    while (a->qlen) {
-        fs_event *e = a->q[a->qhead];
-        a->qhead = (a->qhead + 1) % a->qcap;
-        a->qlen--;
-        rt->queued--;
-        rt->queued_bytes -= fs_event_bytes(e);
-        fs_event_release(rt, e);
-    }
+    fs_agent_release_held(rt, a);
     for (int i = 0; i < a->nstreams; i++) {
         fs_stream *s = a->streams[i];
-        if (!s->manual)
-            for (size_t k = s->nacked; k < s->ntaken; k++) fs_event_release(rt, s->taken[k]);
-        for (size_t k = 0; k < s->nopen; k++) fs_event_release(rt, s->open[k]);
         fs_unref(L, s->lua_ref);
         free(s->open);
         free(s->taken);
