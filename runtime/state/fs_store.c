@@ -235,12 +235,19 @@ int fs_store_open_standby(fs_store **out, const char *dir, char *err, size_t err
  * then its dynamic mmap threshold rises above 2 MiB, and each later list comes
  * from the heap, where calloc must clear it: 2 MiB resident per environment
  * that a reopen (FS_STORE_DIRTY_KEEP) would add. A fixed threshold keeps such
- * blocks in their own maps, which free() also hands straight back. */
+ * blocks in their own maps, which free() also hands straight back. Fixing it
+ * also fixes the heap's trim threshold, which glibc would otherwise raise with
+ * it: set to twice the map threshold as glibc does, so that freeing at the top
+ * of the heap does not shrink and regrow it all the time (a checkpoint's
+ * malloc_trim gives the rest back). */
 static void fix_mmap_threshold(void)
 {
-#ifdef M_MMAP_THRESHOLD
+#if defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
     static int done;
-    if (!done) mallopt(M_MMAP_THRESHOLD, 2 << 20);
+    if (!done) {
+        mallopt(M_MMAP_THRESHOLD, 2 << 20);
+        mallopt(M_TRIM_THRESHOLD, 4 << 20);
+    }
     done = 1;
 #endif
 }
