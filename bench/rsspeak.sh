@@ -3,7 +3,7 @@
 #
 # The peak of a process's memory other than file pages, which VmHWM cannot
 # give: VmHWM counts LMDB's mapped file pages (RssFile) too. Waits for the
-# newest process whose command line matches PATTERN (pgrep -f), samples
+# fstream-lua process whose command line matches PATTERN (pgrep -f), samples
 # RssAnon + RssShmem from /proc/PID/status every INTERVAL_S (default 0.02)
 # until it exits, then prints one line: pid, the peak (KiB), the second after
 # the first sample it came at, and the last VmHWM seen (KiB).
@@ -14,8 +14,11 @@ set -euo pipefail
 PATTERN=$1 IV=${2:-0.02}
 PID=
 while [[ -z $PID ]]; do
-	PID=$(pgrep -n -f -- "$PATTERN" || true)
-	[[ -n $PID ]] || sleep 0.1
+	# The worker itself, not a shell or env(1) on the way to it.
+	for p in $(pgrep -f -- "$PATTERN" || true); do
+		[[ $(cat "/proc/$p/comm" 2>/dev/null) == fstream-lua ]] && PID=$p
+	done
+	[[ -n $PID ]] || sleep 0.05
 done
 T0=$(date +%s.%N) PEAK=0 AT=0 HWM=0
 while [[ -r /proc/$PID/status ]]; do
