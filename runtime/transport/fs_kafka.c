@@ -168,6 +168,8 @@ typedef struct fs_kafka {
                             epoch: its sequence number is a gap only a new epoch closes */
     int txn_lost;     /* the group took our partitions away (session lost) since the last
                          txn_abort: what is open holds a zombie's outputs */
+    int txn_lost_sends; /* ...while sends were outstanding, since the last producer epoch: the
+                           abort's purge may leave a sequence gap only a new epoch closes */
     int64_t txn_quota;
     FS_RING(fs_report) dropped; /* aborted sends to report (with their err) */
     fs_txn_thread *txth;
@@ -693,6 +695,14 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 fs_warn("partitions lost (the group's session expired, another member may hold "
                         "them): the open transaction will be aborted, not committed");
             k->txn_lost = 1;
+            /* Cut off from the broker, the producer may hold requests that
+             * were built (sequence numbers given) and never answered. The
+             * abort purges them from its queues, and librdkafka 2.0.2 then
+             * counts their sequence numbers as acknowledged while the broker
+             * never saw them: the next transaction's first send to such a
+             * partition fails for good ("rewound sequence number", fatal).
+             * The abort makes a new producer instead (job_ended). */
+            if (k->inflight) k->txn_lost_sends = 1;
         }
         fs_debug("rebalance (%s): %d partitions %s", coop ? "cooperative" : "eager", l.len,
                  lost ? "lost" : "revoked");
@@ -1840,7 +1850,12 @@ static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition,
         return RD_KAFKA_RESP_ERR_NO_ERROR;
     }
     if (own) rd_kafka_headers_destroy(own);
-    rd_kafka_resp_err_t code = rd_kafka_error_code(e);
+    /* A producer that failed for good refuses every send with its fatal
+     * error's own code (OUT_OF_ORDER_SEQUENCE_NUMBER, say): __FATAL to the
+     * callers, for whom it is not the message's fault (a transaction fails
+     * with it, and the abort makes a new producer). */
+    rd_kafka_resp_err_t code =
+        rd_kafka_error_is_fatal(e) ? RD_KAFKA_RESP_ERR__FATAL : rd_kafka_error_code(e);
     rd_kafka_error_destroy(e);
     return code;
 }
@@ -1926,7 +1941,10 @@ static int kafka_produce(fs_transport *tp, const fs_msg *m, fs_sendctx ctx, fs_r
         return 0;
     }
     if (e) {
-        snprintf(err, errlen, "cannot send to %s: %s", FS_TXT(m->topic)->name, rd_kafka_err2str(e));
+        char why[256] = "";
+        if (e == RD_KAFKA_RESP_ERR__FATAL) rd_kafka_fatal_error(k->producer, why, sizeof why);
+        snprintf(err, errlen, "cannot send to %s: %s", FS_TXT(m->topic)->name,
+                 why[0] ? why : rd_kafka_err2str(e));
         return -1;
     }
     return 0;
@@ -2432,14 +2450,19 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
         txn_note(k, ctx, j->result, "%s", j->msg);
         break;
     case FS_TXN_JOB_ABORT:
-        if (j->result == FS_TXN_OK && k->txn_send_failed) {
+        if (j->result == FS_TXN_OK && (k->txn_send_failed || k->txn_lost_sends)) {
             /* librdkafka 2.0.2 keeps the failed send's sequence number: the
              * next transaction's first send to that partition would fail
              * (OUT_OF_ORDER_SEQUENCE_NUMBER) until an epoch bump. A new
-             * producer starts a new epoch at once. */
+             * producer starts a new epoch at once. The same after a lost
+             * assignment with sends outstanding (kafka_rebalance). */
             k->txn_begun = 0;
-            begin_recreate(k, ctx, "a send failed in the aborted transaction (a sequence gap "
-                                   "only a new producer epoch closes)");
+            begin_recreate(k, ctx, k->txn_send_failed
+                                       ? "a send failed in the aborted transaction (a sequence gap "
+                                         "only a new producer epoch closes)"
+                                       : "the assignment was lost with sends outstanding (the abort's "
+                                         "purge may leave a sequence gap only a new producer epoch "
+                                         "closes)");
         } else if (j->result == FS_TXN_OK) {
             k->txn_begun = 0;
             k->txn_doomed = 0;
@@ -2463,6 +2486,7 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_aborts++;
             k->txn_recreated++;
             k->txn_send_failed = 0;
+            k->txn_lost_sends = 0;
             fs_info("transactional producer %s recreated (%lld ms); the fenced one's "
                     "transaction is aborted", k->txn_id, (long long)j->ms);
             txn_note(k, ctx, FS_TXN_OK, "aborted (producer recreated)");
