@@ -262,12 +262,14 @@ local function run_guarantee(ctx, guarantee, cuts)
   for _, r in ipairs(restarts) do notes[#notes + 1] = r end
   for k = 1, 2 do
     local log = ws[k]:output()
-    local lostp = select(2, log:gsub("partitions lost", "")) + select(2, log:gsub("assignment lost %(", ""))
+    -- One line per lost assignment: the transport's under exactly-once, fs_assign's under at-least-once.
+    local lostp = select(2, log:gsub("warn  partitions lost", "")) + select(2, log:gsub("assignment lost %(", ""))
     local timedout = select(2, log:gsub("producer flush timed out during rebalance", ""))
     local fenced = select(2, log:gsub("this worker was fenced", ""))
-    local renewed = select(2, log:gsub("a new producer takes over", ""))
+    local renewed = select(2, log:gsub("a new producer takes over", "")) +
+      select(2, log:gsub("transactional producer %S+ recreated", ""))
     if lostp + timedout + fenced + renewed > 0 then
-      notes[#notes + 1] = string.format("%s log: %d 'partitions lost', %d flush timeouts, %d fenced, " ..
+      notes[#notes + 1] = string.format("%s log: %d lost assignments, %d flush timeouts, %d fenced, " ..
         "%d new producers", HOSTS[k].name, lostp, timedout, fenced, renewed)
     end
   end
