@@ -28,6 +28,10 @@ describe("--workers N on a standalone embedded broker", function()
 
   it("shares the topic's partitions between two workers, relays every event once, and stops both on SIGTERM", function()
     local env = { APP_ID = "wk1-" .. uniq, IN = "wk1-in-" .. uniq, OUT = "wk1-out-" .. uniq }
+    -- spec/support/close_guard.c reports a call into the consumer after the
+    -- close's unassign: librdkafka 2.0.2 may drop its request for good (one
+    -- stop in 15 to 30 of these workers hung there on a loaded machine).
+    env.LD_PRELOAD = (os.getenv("FSTREAM_BUILD") or (proc.root .. "/build")) .. "/close_guard.so"
     proc.create_topics(addr, env.IN, env.OUT)
     local store = proc.tmp .. "/wk1-" .. uniq
     local s = supervisor("relay.lua", 2, env, addr, store)
@@ -43,6 +47,7 @@ describe("--workers N on a standalone embedded broker", function()
     assert.are.equal(0, s:wait(40), s:output())
     local out = s:output()
     assert.matches("%[supervisor%] info  every worker stopped %(exit 0%)", out)
+    assert.not_matches("close_guard", out)
     -- Both did part of the work, and together all of it, once.
     local n1 = tonumber(out:match("%[w1%] info  tables: %d+ changelog records and %d+ LMDB writes for (%d+) events"))
     local n2 = tonumber(out:match("%[w2%] info  tables: %d+ changelog records and %d+ LMDB writes for (%d+) events"))

@@ -130,6 +130,9 @@ typedef struct fs_kafka {
     int self_has_subs;
     int self_pending;  /* the subscription changed: reassign once nothing is revoking */
     int self_revoking; /* cb.revoked was reported; waiting for unassign */
+    /* The consumer's close got the worker's answer to its revocation: no
+     * request goes to the group's consumer any more (see kafka_unassign). */
+    int close_answered;
     fs_tplist self_owned; /* what the "group" gave: reported assigned, not revoked since */
     /* The producer's settings beyond the defaults: the caller's "k=v" then
      * FSTREAM_KAFKA_PRODUCER's, kept to make the producer again (txn_init,
@@ -483,6 +486,22 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     fs_kafka *k = opaque;
     int coop = rebalance_cooperative(k, rk);
     k->base.cooperative = coop;
+    if (k->base.closing && err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* A join round that ended while the consumer closes (a worker
+         * stopped as it joined): the worker is leaving, so the partitions are
+         * not taken (tables recovering after the transport is gone, nothing
+         * to revoke them later). Answered with nothing, so that the close
+         * goes on; the group gives them to another member once this one is
+         * gone. Nothing else is asked of the consumer (see kafka_unassign). */
+        rd_kafka_error_t *e = NULL;
+        rd_kafka_topic_partition_list_t *none = rd_kafka_topic_partition_list_new(1);
+        if (coop) e = rd_kafka_incremental_assign(rk, none);
+        else rd_kafka_assign(rk, NULL);
+        rd_kafka_topic_partition_list_destroy(none);
+        if (e) rd_kafka_error_destroy(e);
+        fs_info("assigned %d partitions while stopping: not taken", parts ? parts->cnt : 0);
+        return;
+    }
     if (coop && !k->self_assign && err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         /* librdkafka pauses the fetchers of the whole assignment until the
          * application answers (incremental_assign): answered at once with
@@ -1876,7 +1895,14 @@ static int kafka_unassign(fs_transport *tp, const fs_tplist *parts)
     k->consume_pending = 1;
     k->base.pending = 1;
     k->self_revoking = 0;
-    if (!k->base.cooperative) return rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+    /* Closing, the consumer has its answer already (a revocation queued
+     * behind the close's own): nothing is left to let go of. */
+    if (k->close_answered) return 0;
+    if (!k->base.cooperative) {
+        int rc = rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+        k->close_answered = tp->closing && !k->self_assign;
+        return rc;
+    }
     /* Only what is in the consumer's assignment: a partition the group gave
      * and took back before the worker started fetching it never joined it.
      * The answer is due even when nothing is left (the group waits for it). */
@@ -1887,10 +1913,20 @@ static int kafka_unassign(fs_transport *tp, const fs_tplist *parts)
         if (rd_kafka_topic_partition_list_find(have, parts->items[i].topic, parts->items[i].partition))
             rd_kafka_topic_partition_list_add(l, parts->items[i].topic, parts->items[i].partition);
     rd_kafka_error_t *e = rd_kafka_incremental_unassign(k->consumer, l);
+    /* Inside rd_kafka_consumer_close, this answer lets librdkafka 2.0.2
+     * finish the group: once its partitions have stopped, its main thread
+     * purges the queue that serves the group's requests, and a request
+     * waiting there then never gets its answer. Those requests wait without
+     * a timeout (rd_kafka_assignment, assign, commit): a call made now can
+     * hang the stop for good, depending on which thread runs first (a
+     * worker of spec/workers_spec.lua did, after "revoking 2 partitions").
+     * So after it nothing asks the group's consumer anything; nothing
+     * fetches any more either. */
+    k->close_answered = tp->closing && !k->self_assign;
     if (e) {
         fs_warn("incremental unassign of %d partitions failed: %s", l->cnt, rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
-    } else if (!k->self_assign && !k->paused_all && !k->paused_some) {
+    } else if (!k->self_assign && !k->paused_all && !k->paused_some && !tp->closing) {
         /* librdkafka paused the fetchers of the partitions kept while it
          * waited for this answer, and resumes them now: wake them (see
          * wake_fetcher; the pause dropped what was queued). */
@@ -1990,9 +2026,13 @@ static void defer_flush(fs_kafka *k)
 {
     for (size_t i = 0; i < k->deferred.len; i++) {
         struct fs_defer *d = &k->deferred.items[i];
-        rd_kafka_topic_partition_list_t *l = to_rd(&d->offsets);
-        rd_kafka_resp_err_t e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, d->ctx);
-        rd_kafka_topic_partition_list_destroy(l);
+        /* (Its answer could be lost: see kafka_unassign.) */
+        rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__DESTROY;
+        if (!k->close_answered) {
+            rd_kafka_topic_partition_list_t *l = to_rd(&d->offsets);
+            e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, d->ctx);
+            rd_kafka_topic_partition_list_destroy(l);
+        }
         if (e && k->base.cb.commit_done) k->base.cb.commit_done(k->base.cb.data, d->ctx, &d->offsets, e);
         fs_tplist_free(&d->offsets);
     }
@@ -2002,6 +2042,8 @@ static void defer_flush(fs_kafka *k)
 static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, void *ctx)
 {
     fs_kafka *k = kafka_of(tp);
+    /* Its request could wait for good (see kafka_unassign). */
+    if (k->close_answered) return -1;
     if (!(flags & FS_COMMIT_SYNC) && (k->deferred.len || group_joining(k))) {
         struct fs_defer d = {{0}, ctx};
         if (fs_tplist_copy(&d.offsets, offsets) || fs_vec_push(&k->deferred, d)) {
