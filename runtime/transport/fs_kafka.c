@@ -133,6 +133,7 @@ typedef struct fs_kafka {
     /* The consumer's close got the worker's answer to its revocation: no
      * request goes to the group's consumer any more (see kafka_unassign). */
     int close_answered;
+    int protocol_known; /* base.cooperative was learnt from the group */
     fs_tplist self_owned; /* what the "group" gave: reported assigned, not revoked since */
     /* The producer's settings beyond the defaults: the caller's "k=v" then
      * FSTREAM_KAFKA_PRODUCER's, kept to make the producer again (txn_init,
@@ -477,7 +478,16 @@ static void purge_lost(fs_kafka *k)
 static int rebalance_cooperative(fs_kafka *k, rd_kafka_t *rk)
 {
     if (k->self_assign) return k->coop_conf;
-    return strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    /* rd_kafka_rebalance_protocol is a request to the group, answered NULL
+     * once the group is gone (a revocation reported after the close's
+     * answer: a SIGSEGV in strcmp before), and one that could wait for good
+     * (see kafka_unassign). Closing, the protocol is the last one reported
+     * (or the configured one's, if none was). */
+    if (k->base.closing) return k->protocol_known ? k->base.cooperative : k->coop_conf;
+    const char *p = rd_kafka_rebalance_protocol(rk);
+    if (!p) return k->protocol_known ? k->base.cooperative : k->coop_conf;
+    k->protocol_known = 1;
+    return strcmp(p, "COOPERATIVE") == 0;
 }
 
 static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -495,8 +505,13 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * gone. Nothing else is asked of the consumer (see kafka_unassign). */
         rd_kafka_error_t *e = NULL;
         rd_kafka_topic_partition_list_t *none = rd_kafka_topic_partition_list_new(1);
-        if (coop) e = rd_kafka_incremental_assign(rk, none);
-        else rd_kafka_assign(rk, NULL);
+        if (!k->close_answered) {
+            /* Closing, librdkafka takes any assign for the unassign that lets
+             * the group end: the close's answer (see kafka_unassign). */
+            if (coop) e = rd_kafka_incremental_assign(rk, none);
+            else rd_kafka_assign(rk, NULL);
+            k->close_answered = 1;
+        }
         rd_kafka_topic_partition_list_destroy(none);
         if (e) rd_kafka_error_destroy(e);
         fs_info("assigned %d partitions while stopping: not taken", parts ? parts->cnt : 0);
@@ -2039,6 +2054,11 @@ static void defer_flush(fs_kafka *k)
     k->deferred.len = 0;
 }
 
+/* The longest a synchronous commit (the stop's) waits for its answer: a
+ * broker that answers at all does so in milliseconds, and the stop's whole
+ * bound must hold (see FS_STOP_CLOSE_MS in fs_runtime.c). */
+#define FS_COMMIT_SYNC_MS 5000
+
 static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, void *ctx)
 {
     fs_kafka *k = kafka_of(tp);
@@ -2057,7 +2077,24 @@ static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, v
     rd_kafka_topic_partition_list_t *l = to_rd(offsets);
     rd_kafka_resp_err_t e;
     if (flags & FS_COMMIT_SYNC) {
-        e = rd_kafka_commit(k->consumer, l, 0);
+        /* rd_kafka_commit(.., 0) waits for the answer without a timeout: a
+         * broker that stopped answering would hold the stop past its bound.
+         * The same request, answered on a queue of its own, is waited for
+         * FS_COMMIT_SYNC_MS at most (the queue is reference-counted: a late
+         * answer finds it still there). */
+        rd_kafka_queue_t *q = rd_kafka_queue_new(k->consumer);
+        e = rd_kafka_commit_queue(k->consumer, l, q, NULL, NULL);
+        if (!e) {
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, FS_COMMIT_SYNC_MS);
+            if (!ev) {
+                fs_warn("offset commit not answered in %d s; giving up on it", FS_COMMIT_SYNC_MS / 1000);
+                e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+            } else {
+                e = rd_kafka_event_error(ev);
+                rd_kafka_event_destroy(ev);
+            }
+        }
+        rd_kafka_queue_destroy(q);
     } else {
         /* The result comes back on the admin queue, with ctx as its opaque. */
         e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, ctx);
@@ -2279,7 +2316,7 @@ static void start_commit(fs_kafka *k)
     if (group_joining(k)) return; /* (see group_joining) txn_service starts it after the round */
     /* The generation the offsets are sent with is the one of now (KIP-447):
      * a commit held back by a join round must not carry the round's old one. */
-    if (k->job.cgmd) {
+    if (k->job.cgmd && !k->close_answered) { /* (see kafka_unassign) */
         rd_kafka_consumer_group_metadata_t *now = rd_kafka_consumer_group_metadata(k->consumer);
         if (now) {
             rd_kafka_consumer_group_metadata_destroy(k->job.cgmd);
@@ -2540,6 +2577,13 @@ static int kafka_txn_commit(fs_transport *tp, const fs_tplist *offsets, void *ct
     if (k->txn_doomed) {
         txn_note(k, ctx, FS_TXN_ABORTABLE,
                  "a send of this transaction failed (see the warnings before): it must be aborted");
+        return 0;
+    }
+    if (k->close_answered && offsets && offsets->len) {
+        /* Its group metadata would be asked of a consumer whose group may be
+         * gone, and the request could wait for good (see kafka_unassign). */
+        txn_note(k, ctx, FS_TXN_ABORTABLE,
+                 "the group's consumer has closed: offsets can no longer be committed");
         return 0;
     }
     memset(&k->job, 0, sizeof k->job);
