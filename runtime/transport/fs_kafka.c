@@ -148,6 +148,10 @@ typedef struct fs_kafka {
     int self_has_subs;
     int self_pending;  /* the subscription changed: reassign once nothing is revoking */
     int self_revoking; /* cb.revoked was reported; waiting for unassign */
+    /* The consumer's close got the worker's answer to its revocation: no
+     * request goes to the group's consumer any more (see kafka_unassign). */
+    int close_answered;
+    int protocol_known; /* base.cooperative was learnt from the group */
     fs_tplist self_owned; /* what the "group" gave: reported assigned, not revoked since */
     /* The producer's settings beyond the defaults: the caller's "k=v" then
      * FSTREAM_KAFKA_PRODUCER's, kept to make the producer again (txn_init,
@@ -638,7 +642,16 @@ static void retired_free(fs_kafka *k)
 static int rebalance_cooperative(fs_kafka *k, rd_kafka_t *rk)
 {
     if (k->self_assign) return k->coop_conf;
-    return strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    /* rd_kafka_rebalance_protocol is a request to the group, answered NULL
+     * once the group is gone (a revocation reported after the close's
+     * answer: a SIGSEGV in strcmp before), and one that could wait for good
+     * (see kafka_unassign). Closing, the protocol is the last one reported
+     * (or the configured one's, if none was). */
+    if (k->base.closing) return k->protocol_known ? k->base.cooperative : k->coop_conf;
+    const char *p = rd_kafka_rebalance_protocol(rk);
+    if (!p) return k->protocol_known ? k->base.cooperative : k->coop_conf;
+    k->protocol_known = 1;
+    return strcmp(p, "COOPERATIVE") == 0;
 }
 
 static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -647,6 +660,27 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     fs_kafka *k = opaque;
     int coop = rebalance_cooperative(k, rk);
     k->base.cooperative = coop;
+    if (k->base.closing && err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* A join round that ended while the consumer closes (a worker
+         * stopped as it joined): the worker is leaving, so the partitions are
+         * not taken (tables recovering after the transport is gone, nothing
+         * to revoke them later). Answered with nothing, so that the close
+         * goes on; the group gives them to another member once this one is
+         * gone. Nothing else is asked of the consumer (see kafka_unassign). */
+        rd_kafka_error_t *e = NULL;
+        rd_kafka_topic_partition_list_t *none = rd_kafka_topic_partition_list_new(1);
+        if (!k->close_answered) {
+            /* Closing, librdkafka takes any assign for the unassign that lets
+             * the group end: the close's answer (see kafka_unassign). */
+            if (coop) e = rd_kafka_incremental_assign(rk, none);
+            else rd_kafka_assign(rk, NULL);
+            k->close_answered = 1;
+        }
+        rd_kafka_topic_partition_list_destroy(none);
+        if (e) rd_kafka_error_destroy(e);
+        fs_info("assigned %d partitions while stopping: not taken", parts ? parts->cnt : 0);
+        return;
+    }
     if (coop && !k->self_assign && err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         /* librdkafka pauses the fetchers of the whole assignment until the
          * application answers (incremental_assign): answered at once with
@@ -2058,7 +2092,14 @@ static int kafka_unassign(fs_transport *tp, const fs_tplist *parts)
     k->consume_pending = 1;
     k->base.pending = 1;
     k->self_revoking = 0;
-    if (!k->base.cooperative) return rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+    /* Closing, the consumer has its answer already (a revocation queued
+     * behind the close's own): nothing is left to let go of. */
+    if (k->close_answered) return 0;
+    if (!k->base.cooperative) {
+        int rc = rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+        k->close_answered = tp->closing && !k->self_assign;
+        return rc;
+    }
     /* Only what is in the consumer's assignment: a partition the group gave
      * and took back before the worker started fetching it never joined it.
      * The answer is due even when nothing is left (the group waits for it). */
@@ -2069,10 +2110,20 @@ static int kafka_unassign(fs_transport *tp, const fs_tplist *parts)
         if (rd_kafka_topic_partition_list_find(have, parts->items[i].topic, parts->items[i].partition))
             rd_kafka_topic_partition_list_add(l, parts->items[i].topic, parts->items[i].partition);
     rd_kafka_error_t *e = rd_kafka_incremental_unassign(k->consumer, l);
+    /* Inside rd_kafka_consumer_close, this answer lets librdkafka 2.0.2
+     * finish the group: once its partitions have stopped, its main thread
+     * purges the queue that serves the group's requests, and a request
+     * waiting there then never gets its answer. Those requests wait without
+     * a timeout (rd_kafka_assignment, assign, commit): a call made now can
+     * hang the stop for good, depending on which thread runs first (a
+     * worker of spec/workers_spec.lua did, after "revoking 2 partitions").
+     * So after it nothing asks the group's consumer anything; nothing
+     * fetches any more either. */
+    k->close_answered = tp->closing && !k->self_assign;
     if (e) {
         fs_warn("incremental unassign of %d partitions failed: %s", l->cnt, rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
-    } else if (!k->self_assign && !k->paused_all && !k->paused_some) {
+    } else if (!k->self_assign && !k->paused_all && !k->paused_some && !tp->closing) {
         /* librdkafka paused the fetchers of the partitions kept while it
          * waited for this answer, and resumes them now: wake them (see
          * wake_fetcher; the pause dropped what was queued). */
@@ -2172,18 +2223,29 @@ static void defer_flush(fs_kafka *k)
 {
     for (size_t i = 0; i < k->deferred.len; i++) {
         struct fs_defer *d = &k->deferred.items[i];
-        rd_kafka_topic_partition_list_t *l = to_rd(&d->offsets);
-        rd_kafka_resp_err_t e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, d->ctx);
-        rd_kafka_topic_partition_list_destroy(l);
+        /* (Its answer could be lost: see kafka_unassign.) */
+        rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__DESTROY;
+        if (!k->close_answered) {
+            rd_kafka_topic_partition_list_t *l = to_rd(&d->offsets);
+            e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, d->ctx);
+            rd_kafka_topic_partition_list_destroy(l);
+        }
         if (e && k->base.cb.commit_done) k->base.cb.commit_done(k->base.cb.data, d->ctx, &d->offsets, e);
         fs_tplist_free(&d->offsets);
     }
     k->deferred.len = 0;
 }
 
+/* The longest a synchronous commit (the stop's) waits for its answer: a
+ * broker that answers at all does so in milliseconds, and the stop's whole
+ * bound must hold (see FS_STOP_CLOSE_MS in fs_runtime.c). */
+#define FS_COMMIT_SYNC_MS 5000
+
 static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, void *ctx)
 {
     fs_kafka *k = kafka_of(tp);
+    /* Its request could wait for good (see kafka_unassign). */
+    if (k->close_answered) return -1;
     if (!(flags & FS_COMMIT_SYNC) && (k->deferred.len || group_joining(k))) {
         struct fs_defer d = {{0}, ctx};
         if (fs_tplist_copy(&d.offsets, offsets) || fs_vec_push(&k->deferred, d)) {
@@ -2197,7 +2259,24 @@ static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, v
     rd_kafka_topic_partition_list_t *l = to_rd(offsets);
     rd_kafka_resp_err_t e;
     if (flags & FS_COMMIT_SYNC) {
-        e = rd_kafka_commit(k->consumer, l, 0);
+        /* rd_kafka_commit(.., 0) waits for the answer without a timeout: a
+         * broker that stopped answering would hold the stop past its bound.
+         * The same request, answered on a queue of its own, is waited for
+         * FS_COMMIT_SYNC_MS at most (the queue is reference-counted: a late
+         * answer finds it still there). */
+        rd_kafka_queue_t *q = rd_kafka_queue_new(k->consumer);
+        e = rd_kafka_commit_queue(k->consumer, l, q, NULL, NULL);
+        if (!e) {
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, FS_COMMIT_SYNC_MS);
+            if (!ev) {
+                fs_warn("offset commit not answered in %d s; giving up on it", FS_COMMIT_SYNC_MS / 1000);
+                e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+            } else {
+                e = rd_kafka_event_error(ev);
+                rd_kafka_event_destroy(ev);
+            }
+        }
+        rd_kafka_queue_destroy(q);
     } else {
         /* The result comes back on the admin queue, with ctx as its opaque. */
         e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, ctx);
@@ -2415,7 +2494,7 @@ static void start_commit(fs_kafka *k)
     if (group_joining(k)) return; /* (see group_joining) txn_service starts it after the round */
     /* The generation the offsets are sent with is the one of now (KIP-447):
      * a commit held back by a join round must not carry the round's old one. */
-    if (k->job.cgmd) {
+    if (k->job.cgmd && !k->close_answered) { /* (see kafka_unassign) */
         rd_kafka_consumer_group_metadata_t *now = rd_kafka_consumer_group_metadata(k->consumer);
         if (now) {
             rd_kafka_consumer_group_metadata_destroy(k->job.cgmd);
@@ -2678,6 +2757,13 @@ static int kafka_txn_commit(fs_transport *tp, const fs_tplist *offsets, void *ct
     if (k->txn_doomed) {
         txn_note(k, ctx, FS_TXN_ABORTABLE,
                  "a send of this transaction failed (see the warnings before): it must be aborted");
+        return 0;
+    }
+    if (k->close_answered && offsets && offsets->len) {
+        /* Its group metadata would be asked of a consumer whose group may be
+         * gone, and the request could wait for good (see kafka_unassign). */
+        txn_note(k, ctx, FS_TXN_ABORTABLE,
+                 "the group's consumer has closed: offsets can no longer be committed");
         return 0;
     }
     memset(&k->job, 0, sizeof k->job);
