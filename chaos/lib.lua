@@ -125,6 +125,15 @@ local function context(s, opts)
     ctx.defer(function() proc.kafka_stop(dir) end)
     return addr, dir
   end
+  -- The broker for guarantee g: a real Kafka on `port` for exactly-once (the
+  -- embedded broker refuses transactions), else an embedded one (fstream-lua
+  -- broker, 4 partitions a topic) killed at the end. Returns its address.
+  function ctx.broker_for(g, port)
+    if g == "exactly_once" then return (ctx.kafka(port)) end
+    local b, addr = proc.broker({}, 4)
+    ctx.track(b)
+    return addr
+  end
   -- A process started with proc.spawn, killed at the end if still running.
   function ctx.track(p)
     ctx.defer(function() if p:alive() then p:signal("CONT"); p:signal("KILL") end end)

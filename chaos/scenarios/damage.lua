@@ -7,7 +7,6 @@
 --   -> start the worker (recovery: until it has caught up) -> stop it ->
 --   check outputs (kcat, read_committed), the changelog and the table CLI.
 local lib = require "chaos.lib"
-local proc = lib.proc
 local eos = require "spec.support.eos"
 local damage = require "spec.support.damage"
 
@@ -93,15 +92,7 @@ return {
     local damages = {}
     for _, d in ipairs(DAMAGES) do if d.quick or not ctx.quick then damages[#damages + 1] = d end end
     for _, g in ipairs(ctx.guarantees) do
-      local addr
-      if g == "exactly_once" then
-        addr = ctx.kafka(KAFKA_PORT) -- the embedded broker refuses transactions
-      else
-        local b
-        b, addr = proc.broker({}, 4)
-        ctx.track(b)
-      end
-      run_guarantee(ctx, g, addr, damages)
+      run_guarantee(ctx, g, ctx.broker_for(g, KAFKA_PORT), damages)
     end
   end,
 }

@@ -133,15 +133,7 @@ return {
       return
     end
     for _, g in ipairs(ctx.guarantees) do
-      local addr
-      if g == "exactly_once" then
-        addr = ctx.kafka(KAFKA_PORT) -- the embedded broker refuses transactions
-      else
-        local b
-        b, addr = proc.broker({}, 4)
-        ctx.track(b)
-      end
-      run_guarantee(ctx, g, addr)
+      run_guarantee(ctx, g, ctx.broker_for(g, KAFKA_PORT))
     end
   end,
 }
