@@ -59,6 +59,40 @@ function lib.now() -- wall clock with sub-second resolution
   return tonumber(out:match("[%d%.]+"))
 end
 
+-- The word count of spec/fixtures/eos_all.lua read back after a run and held
+-- against its input (kcat read_committed): every number in the relay output,
+-- the counts in the changelog and in the table CLI (store). strict
+-- (exactly-once): a count too high is as wrong as one too low. Returns the
+-- number of inputs, lost (numbers missing plus counts short; 1 for counts
+-- only too high), duplicated outputs, and notes saying what differed.
+function lib.check_counts(addr, env, store, strict)
+  local eos = require "spec.support.eos"
+  local inputs = eos.inputs(addr, env.IN)
+  local r = eos.compare(inputs, eos.output_counts(addr, env.OUT))
+  local expected = eos.word_counts(inputs)
+  local notes, lost = {}, #r.missing
+  if #r.missing > 0 or r.unknown > 0 then notes[#notes + 1] = "output: " .. eos.describe(r) end
+  local function counts(what, got)
+    local short, over = 0, 0
+    for k, v in pairs(expected) do
+      local g = got[k] or 0
+      if g < v then short = short + v - g elseif g > v then over = over + 1 end
+    end
+    for k in pairs(got) do if not expected[k] then over = over + 1 end end
+    lost = lost + short
+    if short > 0 or (strict and over > 0) then
+      notes[#notes + 1] = string.format("%s: %d counts short, %d keys over: %s", what, short, over,
+        tostring(eos.diff_counts(expected, got)):sub(1, 200))
+      if strict and short == 0 then lost = lost + 1 end
+    end
+  end
+  counts("changelog", eos.changelog_counts(addr, env.changelog))
+  local ok, t = pcall(eos.table_counts, env, store)
+  if ok then counts("table CLI", t)
+  else lost = lost + 1; notes[#notes + 1] = "table CLI failed: " .. tostring(t):sub(1, 300) end
+  return #inputs, lost, r.dups, notes
+end
+
 -- A context for one run of scenario s.
 local function context(s, opts)
   local ctx = { name = s.name, quick = opts.quick or false, reps_opt = opts.reps,
@@ -90,6 +124,15 @@ local function context(s, opts)
     assert(rc == 0 and addr, "real Kafka did not start: " .. tostring(out))
     ctx.defer(function() proc.kafka_stop(dir) end)
     return addr, dir
+  end
+  -- The broker for guarantee g: a real Kafka on `port` for exactly-once (the
+  -- embedded broker refuses transactions), else an embedded one (fstream-lua
+  -- broker, 4 partitions a topic) killed at the end. Returns its address.
+  function ctx.broker_for(g, port)
+    if g == "exactly_once" then return (ctx.kafka(port)) end
+    local b, addr = proc.broker({}, 4)
+    ctx.track(b)
+    return addr
   end
   -- A process started with proc.spawn, killed at the end if still running.
   function ctx.track(p)

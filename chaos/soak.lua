@@ -96,6 +96,85 @@ function soak.slope(xs, ys)
   return (n * sxy - sx * sy) / (n * sxx - sx * sx)
 end
 
+-- Theil-Sen slope: the median of the slopes between every two points (nil
+-- with fewer than 3). Unlike least squares, a few points off the line (up to
+-- about a quarter of them) do not tilt it.
+function soak.median_slope(xs, ys)
+  local ss = {}
+  for i = 1, #xs do
+    for j = i + 1, #xs do
+      if ys[i] and ys[j] and xs[j] ~= xs[i] then ss[#ss + 1] = (ys[j] - ys[i]) / (xs[j] - xs[i]) end
+    end
+  end
+  if #xs < 3 or #ss == 0 then return nil end
+  table.sort(ss)
+  local m = #ss // 2
+  return #ss % 2 == 1 and ss[m + 1] or (ss[m] + ss[m + 1]) / 2
+end
+
+-- The floor of a saw-tooth and its trend: the samples from `from` to `to` s
+-- (each at least `settle` s into its process's life: a process starting is
+-- not its level) cut into intervals of `interval` s, the minimum of key in
+-- each, and the Theil-Sen slope of those minima per hour. RSS peaks follow
+-- the lag (events fetched and not yet processed), not time, so a slope over
+-- every sample depends on where the run ends in the saw-tooth, and a lag
+-- burst longer than an interval lifts a few minima; a leak lifts them all.
+-- Returns the slope (nil with fewer than 3 intervals) and the list of
+-- {t_h, min}.
+function soak.floor_slope(samples, key, from, to, interval, settle)
+  local born, mins = {}, {}
+  for _, s in ipairs(samples) do
+    if s.pid and not born[s.pid] then born[s.pid] = s.t end
+    local v = s[key]
+    if v and s.t >= from and s.t <= to and s.t - (born[s.pid] or s.t) >= settle then
+      local i = (s.t - from) // interval
+      if not mins[i] or v < mins[i] then mins[i] = v end
+    end
+  end
+  local xs, ys, pts = {}, {}, {}
+  for i, v in pairs(mins) do pts[#pts + 1] = { (from + (i + 0.5) * interval) / 3600, v } end
+  table.sort(pts, function(a, b) return a[1] < b[1] end)
+  for k, p in ipairs(pts) do xs[k], ys[k] = p[1], p[2] end
+  return soak.median_slope(xs, ys), pts
+end
+
+-- Whether RSS, fds and registry refs stayed flat over a run whose producer
+-- ran `duration` s. Over the second half: RSS by the trend of its floor
+-- (soak.floor_slope: per-minute minima, Theil-Sen), fds and refs (flat lines, no
+-- saw-tooth) by the slope over all samples; each at most 10 % of its median
+-- level per hour (fds, refs: at least 6/h, one per kill or reload would
+-- show). And per reload (soak.reload_deltas): on average at most 0.5 refs
+-- and 0.5 fds more. Only a rise is a leak; a fall is flat.
+function soak.trends(samples, events, duration)
+  local half = duration / 2
+  local xs, rss, fds, refs = {}, {}, {}, {}
+  for _, s in ipairs(samples) do
+    if s.t >= half and s.t <= duration then
+      xs[#xs + 1] = s.t / 3600
+      rss[#xs], fds[#xs], refs[#xs] = s.rss_kb and s.rss_kb / 1024, s.fds, s.refs
+    end
+  end
+  local function median(list)
+    local v = {}
+    for i = 1, #xs do if list[i] then v[#v + 1] = list[i] end end
+    table.sort(v)
+    return v[(#v + 1) // 2] or 0
+  end
+  -- Per-minute minima (shorter runs: six intervals at least).
+  local floor = soak.floor_slope(samples, "rss_kb", half, duration, math.min(60, half / 6), 20)
+  local t = {
+    slopes = { rss = floor and floor / 1024, fds = soak.slope(xs, fds), refs = soak.slope(xs, refs) },
+    rss_all = soak.slope(xs, rss), -- every sample's slope, for comparison (not judged)
+    limits = { rss = 0.10 * median(rss), fds = math.max(6, 0.10 * median(fds)), refs = math.max(6, 0.10 * median(refs)) },
+    flat = {},
+  }
+  for k, v in pairs(t.slopes) do t.flat[k] = v == nil or v <= t.limits[k] end
+  t.reload = soak.reload_deltas(samples, events)
+  t.flat.reload = t.reload.refs.mean <= 0.5 and t.reload.fds.mean <= 0.5
+  t.all_flat = t.flat.rss and t.flat.fds and t.flat.refs and t.flat.reload
+  return t
+end
+
 -- Packed counters, 4 bits per number (up to 15), 15 per Lua integer: the soak's
 -- millions of numbers fit in a few MiB where a table per number would take a GiB.
 function soak.counter()
@@ -359,6 +438,12 @@ function soak.replot(dir)
   local rd = soak.reload_deltas(samples, events)
   io.write(string.format("per reload (%d measured): refs %+.2f on average (max %+d), fds %+.2f (max %+d), RSS %+.1f MiB (max %+.1f)\n",
     rd.n, rd.refs.mean, rd.refs.max, rd.fds.mean, rd.fds.max, rd.rss_kb.mean / 1024, rd.rss_kb.max / 1024))
+  if info.duration then
+    local tr = soak.trends(samples, events, info.duration)
+    local function f(k) return tr.slopes[k] and string.format("%+.2f/h (limit %.1f)", tr.slopes[k], tr.limits[k]) or "—" end
+    io.write(string.format("second half: RSS floor %s MiB, every sample %s MiB/h; fds %s, refs %s: %s\n", f("rss"),
+      tr.rss_all and string.format("%+.2f", tr.rss_all) or "—", f("fds"), f("refs"), tr.all_flat and "flat" or "NOT flat"))
+  end
   return samples, events
 end
 
@@ -527,9 +612,8 @@ function soak.run_one(ctx, P)
       twice = 0, under = 0, over = 0, unknown = 0 } }
   end
 
-  -- Figures over the run: start = first minute's samples, end = the last sample
-  -- before the producer stopped; slope over the second half of the run.
-  local xs, rss, fds, refs = {}, {}, {}, {}
+  -- Figures over the run: start = first minute's samples, end = the last
+  -- sample before the producer stopped; trends by soak.trends.
   local st = { rss = {}, fds = {}, refs = {} }
   local max_lag = 0
   for _, s in ipairs(samples) do
@@ -546,33 +630,10 @@ function soak.run_one(ctx, P)
           a.min = math.min(a.min or v, v)
         end
       end
-      if s.t >= duration / 2 then
-        xs[#xs + 1] = s.t / 3600
-        rss[#xs], fds[#xs], refs[#xs] = s.rss_kb and s.rss_kb / 1024, s.fds, s.refs
-      end
     end
   end
-  local function median(list)
-    local v = {}
-    for i = 1, #xs do if list[i] then v[#v + 1] = list[i] end end
-    table.sort(v)
-    return v[(#v + 1) // 2] or 0
-  end
-  local slopes = { rss = soak.slope(xs, rss), fds = soak.slope(xs, fds), refs = soak.slope(xs, refs) }
-  -- Flat: over the second half, the fitted trend moves less than 10% of the
-  -- median level per hour (and for fds/refs less than 6 per hour: one per
-  -- kill or per reload would show).
-  local flat = {}
-  local limits = { rss = 0.10 * median(rss), fds = math.max(6, 0.10 * median(fds)),
-    refs = math.max(6, 0.10 * median(refs)) }
-  -- Only an upward trend is a leak; a falling one (a run that ends low in
-  -- its saw-tooth) is not.
-  for k, v in pairs(slopes) do flat[k] = v <= limits[k] end
-  -- And per reload (kills reset the process every few reloads): on average
-  -- no reference and no fd more after a reload than before it.
-  local rd = soak.reload_deltas(samples, events)
-  flat.reload = rd.refs.mean <= 0.5 and rd.fds.mean <= 0.5
-  local all_flat = flat.rss and flat.fds and flat.refs and flat.reload
+  local tr = soak.trends(samples, events, duration)
+  local slopes, limits, flat, rd, all_flat = tr.slopes, tr.limits, tr.flat, tr.reload, tr.all_flat
 
   -- Files: samples.csv, events.csv, soak.svg, summary.md.
   local csv = { "t_s,pid,rss_kib,fds,lua_refs,lua_mem_bytes,lag,processed,produced,relayed,generation" }
@@ -618,7 +679,8 @@ function soak.run_one(ctx, P)
     string.format("- windows: %d due, %d closed, %d missing, %d closed twice, %d below, %d above, %d unknown", wr.due,
       wr.closed, wr.missing, wr.twice, wr.under, wr.over, wr.unknown),
     string.format("- RSS MiB start %s, end %s, min %s, max %s; slope over the second half %s", fmt_mib(st.rss.start),
-      fmt_mib(st.rss["end"]), fmt_mib(st.rss.min), fmt_mib(st.rss.max), slope_txt("rss", "MiB")),
+      fmt_mib(st.rss["end"]), fmt_mib(st.rss.min), fmt_mib(st.rss.max),
+      slope_txt("rss", "MiB") .. (tr.rss_all and string.format(" of the per-minute minima (every sample: %+.1f MiB/h)", tr.rss_all) or "")),
     string.format("- fds start %s, end %s, min %s, max %s; slope %s", tostring(st.fds.start), tostring(st.fds["end"]),
       tostring(st.fds.min), tostring(st.fds.max), slope_txt("fds", "fds")),
     string.format("- registry refs start %s, end %s, min %s, max %s; slope %s", tostring(st.refs.start),
@@ -628,7 +690,7 @@ function soak.run_one(ctx, P)
       flat.reload and "flat" or "RISING"),
     string.format("- lag max %d messages; drain after the producer stopped %.0f s (%s)", max_lag, drain_s,
       drained and "lag 0" or "NOT drained in 600 s"),
-    "- flat = over the second half, the least-squares slope is at most 10% of the median level per hour (fds, refs: at least 6/h allowed), and a reload adds at most 0.5 refs and 0.5 fds on average",
+    "- flat = over the second half, the least-squares slope (RSS: the Theil-Sen slope of its per-minute minima, each process's first 20 s left out) is at most 10% of the median level per hour (fds, refs: at least 6/h allowed), and a reload adds at most 0.5 refs and 0.5 fds on average",
   }
   for _, d in ipairs(died) do lines[#lines + 1] = "- the worker exited by itself: " .. d end
   for _, n in ipairs(c.notes) do lines[#lines + 1] = "- " .. n end
@@ -645,7 +707,7 @@ function soak.run_one(ctx, P)
     variant = string.format("%g min, %g msg/s, kill/%gs, reload/%gs", P.minutes, P.rate, P.kill_every, P.reload_every),
     guarantee = g, reps = kills, messages = c.messages, lost = c.lost, duplicated = c.duplicated,
     recovery = recoveries, ok = ok,
-    note = string.format("%s%d reloads (%d failed); RSS %s→%s MiB (max %s), fds %s→%s, refs %s→%s; slope/h RSS %s, fds %s, refs %s%s; lag max %d; table %s/%s, windows %d missing %d twice%s",
+    note = string.format("%s%d reloads (%d failed); RSS %s→%s MiB (max %s), fds %s→%s, refs %s→%s; slope/h RSS floor %s, fds %s, refs %s%s; lag max %d; table %s/%s, windows %d missing %d twice%s",
       #died > 0 and string.format("worker exited by itself %d times; ", #died) or "", reloaded, reload_failed,
       fmt_mib(st.rss.start), fmt_mib(st.rss["end"]), fmt_mib(st.rss.max),
       tostring(st.fds.start), tostring(st.fds["end"]), tostring(st.refs.start), tostring(st.refs["end"]),

@@ -11,12 +11,7 @@ local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 
 describe("ask under exactly_once on Kafka", function()
   local addr
-  setup(function()
-    local rc, out
-    rc, out, addr = proc.kafka_start(port, dir)
-    assert(rc == 0 and addr, out)
-  end)
-  teardown(function() proc.kafka_stop(dir) end)
+  proc.kafka_for(port, dir, function(a) addr = a end)
 
   it("two workers answer each other's asks and joins, replies read committed", function()
     local id = "askeos-" .. uniq

@@ -17,7 +17,7 @@ local function assignor(app, env)
     if k == "FSTREAM_PARTITION_ASSIGNOR" then return env end
     return getenv(k)
   end
-  local ok, v = pcall(app._assignor, app)
+  local ok, v = pcall(app._assignor, app, true)
   os.getenv = getenv
   if not ok then error(v, 0) end
   return v
@@ -70,5 +70,29 @@ describe("partition_assignor", function()
     assert.are.equal("range", assignor(app))
     assert.are.equal("cooperative-sticky", assignor(app, "cooperative-sticky"))
     assert.are.equal("roundrobin", assignor(app, "roundrobin"))
+  end)
+
+  it("says why it chose range at info level for a worker on a broker, at debug level under fstream.testing and memory://", function()
+    local core = require "fstream.core"
+    local log = core.log
+    local lines = {}
+    core.log = function(level, msg) lines[#lines + 1] = level .. " " .. tostring(msg) end
+    local ok, err = pcall(function()
+      local wc = fstream.app(id("pa-log"), {})
+      local counts = wc:table("counts", { default = 0 })
+      wc:agent("count", wc:topic("words"), function(stream) for w in stream do counts[w] = counts[w] + 1 end end)
+      local t = fstream.testing(wc)
+      t:close()
+      assert.are.equal("range", wc:_assignor(false))
+    end)
+    core.log = log
+    assert(ok, err)
+    local said = {}
+    for _, l in ipairs(lines) do
+      local level = l:match("^(%a+) partition assignor: range, not cooperative%-sticky")
+      if level then said[#said + 1] = level end
+    end
+    -- fstream.testing's start: debug; the worker's (not quiet): info.
+    assert.are.same({ "debug", "info" }, said)
   end)
 end)

@@ -38,14 +38,7 @@ end
 
 describe("exactly-once on a real Kafka broker, with aborted transactions", function()
   local addr
-  setup(function()
-    local rc, out
-    rc, out, addr = proc.kafka_start(port, dir)
-    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
-  end)
-  teardown(function()
-    proc.kafka_stop(dir)
-  end)
+  proc.kafka_for(port, dir, function(a) addr = a end)
 
   -- Runs the word count over the corpus until its table holds every word,
   -- stops it, and checks the tables and the committed outputs; returns the log.

@@ -13,12 +13,7 @@ local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 
 describe("stream-stream join under exactly-once on real Kafka", function()
   local addr
-  setup(function()
-    local rc, out
-    rc, out, addr = proc.kafka_start(port, dir)
-    assert(rc == 0 and addr, "Kafka did not start: " .. tostring(out))
-  end)
-  teardown(function() proc.kafka_stop(dir) end)
+  proc.kafka_for(port, dir, function(a) addr = a end)
 
   it("has every pair exactly once in the committed output after kill -9 of the worker, twice", function()
     local env = { APP_ID = "jx-" .. uniq, LEFT = "jx-l-" .. uniq, RIGHT = "jx-r-" .. uniq, OUT = "jx-out-" .. uniq }

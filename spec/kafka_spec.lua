@@ -8,14 +8,7 @@ local dir = proc.tmp .. "/kafka"
 
 describe("a worker on a real Kafka broker", function()
   local addr
-  setup(function()
-    local rc, out
-    rc, out, addr = proc.kafka_start(port, dir)
-    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
-  end)
-  teardown(function()
-    proc.kafka_stop(dir)
-  end)
+  proc.kafka_for(port, dir, function(a) addr = a end)
 
   it("creates its topics, processes 10,000 messages, and resumes after a clean stop", function()
     local env = { APP_ID = "kafka-relay-" .. uniq, IN = "kin-" .. uniq, OUT = "kout-" .. uniq }
@@ -70,14 +63,7 @@ end)
 describe("a table on a real Kafka broker", function()
   local wc = require "spec.support.wordcount"
   local addr
-  setup(function()
-    local rc, out
-    rc, out, addr = proc.kafka_start(port, dir)
-    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
-  end)
-  teardown(function()
-    proc.kafka_stop(dir)
-  end)
+  proc.kafka_for(port, dir, function(a) addr = a end)
 
   it("counts exactly, keeps a compacted changelog, and rebuilds from it", function()
     local env = { APP_ID = "kwc-" .. uniq, IN = "kwc-in-" .. uniq }

@@ -55,6 +55,35 @@ describe("soak", function()
     assert.are.equal(2, soak.slope({ 0, 1, 2, 3 }, { 1, 3, 5, 7 }))
     assert.is_nil(soak.slope({ 0, 1 }, { 1, 2 }))
     assert.are.equal(0, soak.slope({ 0, 1, 2, 3 }, { 5, nil, 5, 5 }))
+    -- Theil-Sen: one point off the line does not move it.
+    assert.are.equal(2, soak.median_slope({ 0, 1, 2, 3, 4 }, { 1, 3, 5, 7, 30 }))
+    assert.is_nil(soak.median_slope({ 0, 1 }, { 1, 2 }))
+  end)
+
+  -- 30 min, a sample every 5 s, a new process every 180 s: RSS starts each
+  -- life at 14 MiB, settles at 18 and rises with a lag burst in the last life.
+  local function saw(leak_per_hour)
+    local samples = {}
+    for t = 0, 1800, 5 do
+      local life = t // 180
+      local age = t - life * 180
+      local rss = (age < 10 and 14 or 18) + leak_per_hour * t / 3600
+      if t >= 1700 then rss = rss + (t - 1700) / 10 end -- the lag burst: +10 MiB at the end
+      samples[#samples + 1] = { t = t, pid = 100 + life, rss_kb = rss * 1024, fds = 110, refs = 23 }
+    end
+    return samples
+  end
+
+  it("judges RSS by the trend of its per-minute floor, not by where the run ends in its saw-tooth", function()
+    local flat = soak.trends(saw(0), {}, 1800)
+    assert.is_true(flat.rss_all > 0.10 * 18, "every sample's slope would call it rising")
+    assert.is_true(math.abs(flat.slopes.rss) < 0.01)
+    assert.is_true(flat.all_flat)
+    -- A leak of 4 MiB/h lifts the floor: not flat (limit: 10 % of the median level per hour).
+    local leak = soak.trends(saw(4), {}, 1800)
+    assert.is_true(math.abs(leak.slopes.rss - 4) < 0.01, tostring(leak.slopes.rss))
+    assert.is_false(leak.flat.rss)
+    assert.is_false(leak.all_flat)
   end)
 
   it("plots a gap where the worker was down and marks kills and reloads", function()

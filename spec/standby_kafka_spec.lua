@@ -96,14 +96,7 @@ end
 describe("standby replicas on a real Kafka broker", function()
   local addr
   local spawned = {}
-  setup(function()
-    local rc, out
-    rc, out, addr = proc.kafka_start(port, dir)
-    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
-  end)
-  teardown(function()
-    proc.kafka_stop(dir)
-  end)
+  proc.kafka_for(port, dir, function(a) addr = a end)
   after_each(function()
     for _, w in ipairs(spawned) do if w:alive() then w:signal("KILL") end end
     spawned = {}

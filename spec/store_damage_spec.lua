@@ -7,26 +7,11 @@
 local proc = require "spec.support.proc"
 local eos = require "spec.support.eos"
 local core = require "fstream.core"
+local damage = require "spec.support.damage"
 
 local q = proc.quote
-local WORDS = 8
-
-local function sh(cmd)
-  local out, rc = proc.run(cmd)
-  assert(rc == 0, cmd .. ": " .. out)
-  return out
-end
-
-local function size(path)
-  local out, rc = proc.run("stat -c %s " .. q(path))
-  return rc == 0 and tonumber(out:match("%d+")) or nil
-end
-
-local DAMAGES = {
-  { "truncated to half", function(f) sh(string.format("truncate -s %d %s", size(f) // 2, q(f))) end },
-  { "header page zeroed", function(f) sh("dd if=/dev/zero of=" .. q(f) .. " bs=4096 count=1 conv=notrunc 2>&1") end },
-  { "emptied", function(f) sh("truncate -s 0 " .. q(f)) end },
-}
+local sh, size = damage.sh, damage.size
+local DAMAGES = { "data.mdb truncated to half", "header page zeroed", "data.mdb emptied" }
 
 describe("damaged LMDB files of a table partition", function()
   local broker, addr, env, pristine, inputs, part
@@ -47,11 +32,7 @@ describe("damaged LMDB files of a table partition", function()
     inputs = eos.inputs(addr, env.IN)
     assert(eos.wait_drained(addr, env, inputs, 60, { w }))
     assert.are.equal(0, w:stop())
-    local best = -1
-    for i = 0, 3 do
-      local s = size(string.format("%s/word_counts/%d/data.mdb", pristine, i)) or 0
-      if s > best then part, best = i, s end
-    end
+    part = damage.fullest(pristine)
   end)
 
   teardown(function()
@@ -59,17 +40,17 @@ describe("damaged LMDB files of a table partition", function()
     if broker then broker:signal("KILL") end
   end)
 
-  local function damaged_copy(name, fn)
+  local function damaged_copy(name, kind)
     local store = root .. "/" .. name:gsub("%W", "-")
     sh(string.format("rm -rf %s && cp -a %s %s", q(store), q(pristine), q(store)))
     local dir = string.format("%s/word_counts/%d", store, part)
-    fn(dir .. "/data.mdb")
+    damage.fn[kind](dir)
     return store, dir
   end
 
   for _, d in ipairs(DAMAGES) do
-    it("data.mdb " .. d[1] .. ": the table CLI's reader refuses it, naming it", function()
-      local store, dir = damaged_copy("ro-" .. d[1], d[2])
+    it(d .. ": the table CLI's reader refuses it, naming it", function()
+      local store, dir = damaged_copy("ro-" .. d, d)
       -- In a child process: a SIGBUS must fail the spec, not end busted.
       local out, rc = proc.run(string.format("env %s %s table %s word_counts --store lmdb://%s",
         eos.envs(env), proc.bin, q(eos.fixture), q(store)))
@@ -84,8 +65,8 @@ describe("damaged LMDB files of a table partition", function()
   end
 
   for _, d in ipairs(DAMAGES) do
-    it("data.mdb " .. d[1] .. ": a worker moves it aside and rebuilds the partition from its changelog", function()
-      local store, dir = damaged_copy("rw-" .. d[1], d[2])
+    it(d .. ": a worker moves it aside and rebuilds the partition from its changelog", function()
+      local store, dir = damaged_copy("rw-" .. d, d)
       local w = eos.worker(env, addr, store)
       assert(w:wait_for("recovered table word_counts%[" .. part .. "%]", 60), w:output())
       assert.are.equal(0, w:stop())
@@ -99,7 +80,7 @@ describe("damaged LMDB files of a table partition", function()
   end
 
   it("data.mdb deleted (lock.mdb left): the worker says so and rebuilds", function()
-    local store, dir = damaged_copy("rw-deleted", function(f) os.remove(f) end)
+    local store, dir = damaged_copy("rw-deleted", "data.mdb deleted")
     local w = eos.worker(env, addr, store)
     assert(w:wait_for("recovered table word_counts%[" .. part .. "%]", 60), w:output())
     assert.are.equal(0, w:stop())

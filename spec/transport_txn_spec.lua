@@ -40,15 +40,7 @@ end
 
 describe("the kafka transport's transactions", function()
   local addr, url
-  setup(function()
-    local rc, out
-    rc, out, addr = proc.kafka_start(port, dir)
-    assert(rc == 0 and addr, "could not start Kafka:\n" .. out)
-    url = "kafka://" .. addr
-  end)
-  teardown(function()
-    proc.kafka_stop(dir)
-  end)
+  proc.kafka_for(port, dir, function(a) addr, url = a, "kafka://" .. a end)
 
   it("commits a transaction: its sends become visible, the ones after txn_seal wait for the next one", function()
     local topic = "txn-commit-" .. uniq

@@ -7,86 +7,26 @@
 --   -> start the worker (recovery: until it has caught up) -> stop it ->
 --   check outputs (kcat, read_committed), the changelog and the table CLI.
 local lib = require "chaos.lib"
-local proc = lib.proc
 local eos = require "spec.support.eos"
+local damage = require "spec.support.damage"
 
 local KAFKA_PORT = 19730
 local WORDS = 400 -- enough keys that a partition spans many pages (its root near the end of the file)
-local q = proc.quote
 
-local function sh(cmd)
-  local out, rc = proc.run(cmd)
-  assert(rc == 0, cmd .. ": " .. out)
-  return out
-end
-
-local function size(path)
-  local out, rc = proc.run("stat -c %s " .. q(path))
-  return rc == 0 and tonumber(out:match("%d+")) or nil
-end
-
--- The damages. detect: the worker must say so (some leave nothing to see:
--- a lost lock.mdb is recreated by LMDB and costs nothing; with both files
--- gone the partition looks new and is replayed whole anyway).
+-- The damages (spec/support/damage.lua does them). detect: the worker must
+-- say so (some leave nothing to see: a lost lock.mdb is recreated by LMDB and
+-- costs nothing; with both files gone the partition looks new and is
+-- replayed whole anyway). moved: the damaged files must be kept aside.
 local DAMAGES = {
-  { name = "data.mdb truncated to half", quick = true, detect = true, moved = true,
-    fn = function(d) sh(string.format("truncate -s %d %s", size(d .. "/data.mdb") // 2, q(d .. "/data.mdb"))) end },
-  { name = "header page zeroed", quick = true, detect = true, moved = true,
-    fn = function(d) sh("dd if=/dev/zero of=" .. q(d .. "/data.mdb") .. " bs=4096 count=1 conv=notrunc 2>&1") end },
-  { name = "data.mdb deleted", quick = true, detect = true,
-    fn = function(d) sh("rm " .. q(d .. "/data.mdb")) end },
-  { name = "data.mdb emptied", detect = true, moved = true,
-    fn = function(d) sh("truncate -s 0 " .. q(d .. "/data.mdb")) end },
-  { name = "both meta pages zeroed", detect = true, moved = true,
-    fn = function(d) sh("dd if=/dev/zero of=" .. q(d .. "/data.mdb") .. " bs=4096 count=2 conv=notrunc 2>&1") end },
-  { name = "lock.mdb deleted", detect = false,
-    fn = function(d) sh("rm " .. q(d .. "/lock.mdb")) end },
-  { name = "lock.mdb garbage", detect = false,
-    fn = function(d) sh("head -c 8192 /dev/urandom > " .. q(d .. "/lock.mdb")) end },
-  { name = "both deleted", detect = false,
-    fn = function(d) sh("rm " .. q(d .. "/data.mdb") .. " " .. q(d .. "/lock.mdb")) end },
+  { name = "data.mdb truncated to half", quick = true, detect = true, moved = true },
+  { name = "header page zeroed", quick = true, detect = true, moved = true },
+  { name = "data.mdb deleted", quick = true, detect = true },
+  { name = "data.mdb emptied", detect = true, moved = true },
+  { name = "both meta pages zeroed", detect = true, moved = true },
+  { name = "lock.mdb deleted", detect = false },
+  { name = "lock.mdb garbage", detect = false },
+  { name = "both deleted", detect = false },
 }
-
--- The partition of word_counts with the most keys (the damage must hurt).
-local function fullest(store)
-  local best, bsize = 0, -1
-  for p = 0, 3 do
-    local s = size(string.format("%s/word_counts/%d/data.mdb", store, p)) or 0
-    if s > bsize then best, bsize = p, s end
-  end
-  return best
-end
-
--- Checks everything read back against the input; returns lost, dups, notes.
-local function check(addr, env, store, strict)
-  local inputs = eos.inputs(addr, env.IN)
-  local r = eos.compare(inputs, eos.output_counts(addr, env.OUT))
-  local expected = eos.word_counts(inputs)
-  local notes, lost = {}, #r.missing
-  if #r.missing > 0 or r.unknown > 0 then notes[#notes + 1] = "output: " .. eos.describe(r) end
-  local function counts(what, got)
-    if strict then
-      local d = eos.diff_counts(expected, got)
-      if d then
-        notes[#notes + 1] = what .. ": " .. d
-        for k, v in pairs(expected) do if (got[k] or 0) < v then lost = lost + v - (got[k] or 0) end end
-        if lost == 0 then lost = 1 end -- too many counts: as wrong as too few here
-      end
-    else
-      for k, v in pairs(expected) do
-        if (got[k] or 0) < v then
-          lost = lost + v - (got[k] or 0)
-          notes[#notes + 1] = string.format("%s: %s has %s, expected at least %d", what, k, tostring(got[k]), v)
-        end
-      end
-    end
-  end
-  counts("changelog", eos.changelog_counts(addr, env.changelog))
-  local ok, t = pcall(eos.table_counts, env, store)
-  if ok then counts("table CLI", t)
-  else lost = lost + 1; notes[#notes + 1] = "table CLI failed: " .. tostring(t):sub(1, 300) end
-  return #inputs, lost, r.dups, notes
-end
 
 local function run_guarantee(ctx, g, addr, damages)
   local env = eos.names("damage")
@@ -120,20 +60,20 @@ local function run_guarantee(ctx, g, addr, damages)
   assert(eos.wait_drained(addr, env, eos.inputs(addr, env.IN), 120, { w0 }), "round 0 did not drain")
   assert(w0:stop() == 0, "round 0: " .. w0:output():sub(-2000))
   for _, d in ipairs(damages) do
-    local p = fullest(store)
+    local p = damage.fullest(store)
     local dir = string.format("%s/word_counts/%d", store, p)
     ctx.log("%s: %s in %s", g, d.name, dir)
-    d.fn(dir)
+    damage.fn[d.name](dir)
     produce()
     local w, ran, secs, why = round()
     local log = w:output()
-    local n, lost, dups, notes = check(addr, env, store, g == "exactly_once")
+    local n, lost, dups, notes = lib.check_counts(addr, env, store, g == "exactly_once")
     if not ran then notes[#notes + 1] = why end
     local warned = log:find("table word_counts[" .. p .. "]: local state in " .. dir .. " was damaged", 1, true)
     if d.detect and not warned then notes[#notes + 1] = "no warning naming " .. dir end
     if d.moved then
       local aside = log:match("moved to (" .. dir:gsub("%p", "%%%0") .. "/damaged%-[%w%-]+)")
-      if not aside or not size(aside .. "/data.mdb") then notes[#notes + 1] = "the damaged data.mdb was not kept" end
+      if not aside or not damage.size(aside .. "/data.mdb") then notes[#notes + 1] = "the damaged data.mdb was not kept" end
     end
     local rebuilt = log:match("recovered table word_counts%[" .. p .. "%]: (%d+) records")
     ctx.row { variant = d.name, guarantee = g, reps = 1, messages = n, lost = lost, duplicated = dups,
@@ -152,15 +92,7 @@ return {
     local damages = {}
     for _, d in ipairs(DAMAGES) do if d.quick or not ctx.quick then damages[#damages + 1] = d end end
     for _, g in ipairs(ctx.guarantees) do
-      local addr
-      if g == "exactly_once" then
-        addr = ctx.kafka(KAFKA_PORT) -- the embedded broker refuses transactions
-      else
-        local b
-        b, addr = proc.broker({}, 4)
-        ctx.track(b)
-      end
-      run_guarantee(ctx, g, addr, damages)
+      run_guarantee(ctx, g, ctx.broker_for(g, KAFKA_PORT), damages)
     end
   end,
 }

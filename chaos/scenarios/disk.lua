@@ -39,33 +39,6 @@ local function expect_no_space(w, path, timeout)
   return rc, nil, line
 end
 
-local function check(addr, env, store, strict)
-  local inputs = eos.inputs(addr, env.IN)
-  local r = eos.compare(inputs, eos.output_counts(addr, env.OUT))
-  local expected = eos.word_counts(inputs)
-  local notes, lost = {}, #r.missing
-  if #r.missing > 0 or r.unknown > 0 then notes[#notes + 1] = "output: " .. eos.describe(r) end
-  local function counts(what, got)
-    local short, over = 0, 0
-    for k, v in pairs(expected) do
-      local g = got[k] or 0
-      if g < v then short = short + v - g elseif g > v then over = over + 1 end
-    end
-    for k in pairs(got) do if not expected[k] then over = over + 1 end end
-    lost = lost + short
-    if short > 0 or (strict and over > 0) then
-      notes[#notes + 1] = string.format("%s: %d counts short, %d keys over: %s", what, short, over,
-        tostring(eos.diff_counts(expected, got)):sub(1, 200))
-      if strict and short == 0 then lost = lost + 1 end
-    end
-  end
-  counts("changelog", eos.changelog_counts(addr, env.changelog))
-  local ok, t = pcall(eos.table_counts, env, store)
-  if ok then counts("table CLI", t)
-  else lost = lost + 1; notes[#notes + 1] = "table CLI failed: " .. tostring(t):sub(1, 300) end
-  return #inputs, lost, r.dups, notes
-end
-
 -- One repetition: a new app, store and tmpfs. Returns what it saw.
 local function run_once(ctx, g, addr, rep)
   local mnt = string.format("%s/mnt-%s-%d", ctx.tmp, g, rep)
@@ -115,7 +88,7 @@ local function run_once(ctx, g, addr, rep)
   if not drained then notes[#notes + 1] = "not drained after the disk had space again: " .. status end
   local rc3 = w3:stop()
   if rc3 ~= 0 then notes[#notes + 1] = "exit " .. tostring(rc3) .. " after the disk had space again: " .. w3:output():sub(-300) end
-  local n, lost, dups, cnotes = check(addr, env, store, g == "exactly_once")
+  local n, lost, dups, cnotes = lib.check_counts(addr, env, store, g == "exactly_once")
   for _, c in ipairs(cnotes) do notes[#notes + 1] = c end
   local _, urc = proc.run("umount " .. q(mnt)) -- its defer finds it unmounted
   if urc ~= 0 then proc.run("umount -l " .. q(mnt)) end
@@ -160,15 +133,7 @@ return {
       return
     end
     for _, g in ipairs(ctx.guarantees) do
-      local addr
-      if g == "exactly_once" then
-        addr = ctx.kafka(KAFKA_PORT) -- the embedded broker refuses transactions
-      else
-        local b
-        b, addr = proc.broker({}, 4)
-        ctx.track(b)
-      end
-      run_guarantee(ctx, g, addr)
+      run_guarantee(ctx, g, ctx.broker_for(g, KAFKA_PORT))
     end
   end,
 }

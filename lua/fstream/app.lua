@@ -532,7 +532,9 @@ end
 -- does not — and a group_by inside an agent adds such a topic (its
 -- repartition topic) only once the agent runs, too late to choose. An app
 -- whose tables are written from one topic can ask for cooperative-sticky.
-function App:_assignor()
+-- quiet: the choice is logged at debug level only (fstream.testing's
+-- in-memory log and memory://, which assign partitions without a group).
+function App:_assignor(quiet)
   local env = os.getenv("FSTREAM_PARTITION_ASSIGNOR")
   local v = check_assignor(env ~= nil and env ~= "" and env or self.partition_assignor,
     env ~= nil and env ~= "" and "FSTREAM_PARTITION_ASSIGNOR" or "app '" .. self.id .. "'")
@@ -540,7 +542,7 @@ function App:_assignor()
   local partitioned = false
   for _, tb in ipairs(self.table_list) do partitioned = partitioned or not tb.global end
   if not partitioned then return "cooperative-sticky" end
-  core.log("info", "partition assignor: range, not cooperative-sticky (the app has partitioned tables, "
+  core.log(quiet and "debug" or "info", "partition assignor: range, not cooperative-sticky (the app has partitioned tables, "
     .. "whose input topics must stay co-partitioned); set partition_assignor to choose")
   return "range"
 end
@@ -554,9 +556,10 @@ function App:_start(settings)
   if self.rt then error("app '" .. self.id .. "' is already running", 2) end
   local guarantee = self:_guarantee(settings.guarantee)
   self.instance_id = settings.instance_id -- (fstream.ask: a static member's reply topic)
+  local broker = settings.broker or self.broker
   local rt = core.new {
     group = self.id,
-    broker = settings.broker or self.broker,
+    broker = broker,
     test = settings.test,
     clock = settings.clock,
     commit_interval = self.commit_interval,
@@ -568,7 +571,7 @@ function App:_start(settings)
     processing_guarantee = guarantee,
     data_dir = self:data_dir(settings.store),
     instance_id = settings.instance_id,
-    partition_assignor = self:_assignor(),
+    partition_assignor = self:_assignor(settings.test or tostring(broker):match("^memory:") ~= nil),
     -- A worker whose specs drive it from inside (rt:test_reset): the test runtime's methods.
     test_hooks = os.getenv("FSTREAM_TEST_HOOKS") == "1" or nil,
   }

@@ -1,7 +1,8 @@
 /* fs_kafka_members: the group-describing thread (see fs_kafka_members.h). */
 #include "fs_kafka_members.h"
 
-#include <pthread.h>
+#include "fs_bgthread.h"
+
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,10 +12,14 @@ struct fs_members {
     rd_kafka_t *rk, *consumer;
     char *group;
     int timeout_ms;
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t wake;
-    int asked, busy, stop;
+    fs_bgthread *th;
+    /* The request's answer, touched by the thread only (work, then publish). */
+    struct {
+        fs_group_view view;
+        int rc;
+        char err[256];
+    } got;
+    /* Under th's mutex: */
     fs_group_view view; /* the newest description, handed over by fs_members_read */
     int have;
     long number;
@@ -146,33 +151,25 @@ out:
     return rc;
 }
 
-static void *run(void *arg)
+static void work(void *data)
 {
-    fs_members *m = arg;
-    pthread_mutex_lock(&m->mu);
-    for (;;) {
-        while (!m->asked && !m->stop) pthread_cond_wait(&m->wake, &m->mu);
-        if (m->stop) break;
-        m->asked = 0;
-        m->busy = 1;
-        pthread_mutex_unlock(&m->mu);
-        fs_group_view v;
-        char err[256];
-        int rc = describe(m, &v, err, sizeof err);
-        pthread_mutex_lock(&m->mu);
-        m->busy = 0;
-        if (rc) {
-            snprintf(m->err, sizeof m->err, "%s", err);
-        } else {
-            fs_group_view_free(&m->view);
-            m->view = v;
-            m->have = 1;
-            m->number++;
-            m->err[0] = '\0';
-        }
+    fs_members *m = data;
+    m->got.rc = describe(m, &m->got.view, m->got.err, sizeof m->got.err);
+}
+
+static void publish(void *data)
+{
+    fs_members *m = data;
+    if (m->got.rc) {
+        snprintf(m->err, sizeof m->err, "%s", m->got.err);
+        return;
     }
-    pthread_mutex_unlock(&m->mu);
-    return NULL;
+    fs_group_view_free(&m->view);
+    m->view = m->got.view;
+    memset(&m->got.view, 0, sizeof m->got.view);
+    m->have = 1;
+    m->number++;
+    m->err[0] = '\0';
 }
 
 fs_members *fs_members_new(rd_kafka_t *rk, rd_kafka_t *consumer, const char *group,
@@ -188,13 +185,7 @@ fs_members *fs_members_new(rd_kafka_t *rk, rd_kafka_t *consumer, const char *gro
     m->rk = rk;
     m->consumer = consumer;
     m->timeout_ms = timeout_ms;
-    pthread_mutex_init(&m->mu, NULL);
-    pthread_cond_init(&m->wake, NULL);
-    int e = pthread_create(&m->th, NULL, run, m);
-    if (e) {
-        snprintf(err, errlen, "cannot start the group-describing thread: %s", strerror(e));
-        pthread_cond_destroy(&m->wake);
-        pthread_mutex_destroy(&m->mu);
+    if (!(m->th = fs_bgthread_start("group-describing", 0, work, publish, m, err, errlen))) {
         free(m->group);
         free(m);
         return NULL;
@@ -202,19 +193,11 @@ fs_members *fs_members_new(rd_kafka_t *rk, rd_kafka_t *consumer, const char *gro
     return m;
 }
 
-void fs_members_ask(fs_members *m)
-{
-    pthread_mutex_lock(&m->mu);
-    if (!m->busy && !m->asked) {
-        m->asked = 1;
-        pthread_cond_signal(&m->wake);
-    }
-    pthread_mutex_unlock(&m->mu);
-}
+void fs_members_ask(fs_members *m) { fs_bgthread_ask(m->th); }
 
 long fs_members_read(fs_members *m, long seen, fs_group_view *out, char *err, size_t errlen)
 {
-    pthread_mutex_lock(&m->mu);
+    fs_bgthread_lock(m->th);
     long rc = m->number;
     if (m->err[0]) {
         snprintf(err, errlen, "%s", m->err);
@@ -226,21 +209,15 @@ long fs_members_read(fs_members *m, long seen, fs_group_view *out, char *err, si
     } else {
         rc = seen;
     }
-    pthread_mutex_unlock(&m->mu);
+    fs_bgthread_unlock(m->th);
     return rc;
 }
 
 void fs_members_free(fs_members *m)
 {
     if (!m) return;
-    pthread_mutex_lock(&m->mu);
-    m->stop = 1;
-    pthread_cond_broadcast(&m->wake);
-    pthread_mutex_unlock(&m->mu);
-    pthread_join(m->th, NULL);
+    fs_bgthread_stop(m->th);
     fs_group_view_free(&m->view);
-    pthread_cond_destroy(&m->wake);
-    pthread_mutex_destroy(&m->mu);
     free(m->group);
     free(m);
 }

@@ -2,22 +2,26 @@
  * fs_kafka_meta.h). Started by the first list_topics, stopped at close. */
 #include "fs_kafka_meta.h"
 
-#include <errno.h>
-#include <pthread.h>
+#include "fs_bgthread.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 struct fs_meta {
     rd_kafka_t *rk;
     int timeout_ms;
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t wake; /* the thread waits here for asked or stop */
-    pthread_cond_t done; /* a reader waiting for a first listing waits here */
-    int asked, busy, stop;
-    /* The newest listing: n names (one allocation each) and their partition counts. */
+    fs_bgthread *th;
+    /* The request's answer, touched by the thread only (work, then publish). */
+    struct {
+        char **names;
+        int *parts;
+        int n;
+        rd_kafka_resp_err_t e;
+        int nomem;
+    } got;
+    /* Under th's mutex: the newest listing, n names (one allocation each)
+     * and their partition counts. */
     char **names;
     int *parts;
     int n;
@@ -52,45 +56,37 @@ static void free_listing(char **names, int n)
     free(names);
 }
 
-static void *run(void *arg)
+static void work(void *data)
 {
-    fs_meta *m = arg;
-    pthread_mutex_lock(&m->mu);
-    for (;;) {
-        while (!m->asked && !m->stop) pthread_cond_wait(&m->wake, &m->mu);
-        if (m->stop) break;
-        m->asked = 0;
-        m->busy = 1;
-        pthread_mutex_unlock(&m->mu);
-
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t e = rd_kafka_metadata(m->rk, 1, NULL, &md, m->timeout_ms);
-        char **names = NULL;
-        int *parts = NULL, n = 0, nomem = 0;
-        if (!e && md) {
-            n = md->topic_cnt;
-            nomem = copy_listing(md, &names, &parts) != 0;
-        }
-        if (md) rd_kafka_metadata_destroy(md);
-
-        pthread_mutex_lock(&m->mu);
-        m->busy = 0;
-        if (e || nomem) {
-            snprintf(m->err, sizeof m->err, "listing the broker's topics failed: %s",
-                     e ? rd_kafka_err2str(e) : "out of memory");
-        } else {
-            free_listing(m->names, m->n);
-            free(m->parts);
-            m->names = names;
-            m->parts = parts;
-            m->n = n;
-            m->number++;
-            m->err[0] = '\0';
-        }
-        pthread_cond_broadcast(&m->done);
+    fs_meta *m = data;
+    const struct rd_kafka_metadata *md = NULL;
+    m->got.e = rd_kafka_metadata(m->rk, 1, NULL, &md, m->timeout_ms);
+    m->got.names = NULL;
+    m->got.parts = NULL;
+    m->got.n = 0;
+    m->got.nomem = 0;
+    if (!m->got.e && md) {
+        m->got.n = md->topic_cnt;
+        m->got.nomem = copy_listing(md, &m->got.names, &m->got.parts) != 0;
     }
-    pthread_mutex_unlock(&m->mu);
-    return NULL;
+    if (md) rd_kafka_metadata_destroy(md);
+}
+
+static void publish(void *data)
+{
+    fs_meta *m = data;
+    if (m->got.e || m->got.nomem) {
+        snprintf(m->err, sizeof m->err, "listing the broker's topics failed: %s",
+                 m->got.e ? rd_kafka_err2str(m->got.e) : "out of memory");
+        return;
+    }
+    free_listing(m->names, m->n);
+    free(m->parts);
+    m->names = m->got.names;
+    m->parts = m->got.parts;
+    m->n = m->got.n;
+    m->number++;
+    m->err[0] = '\0';
 }
 
 fs_meta *fs_meta_new(rd_kafka_t *rk, int timeout_ms, char *err, size_t errlen)
@@ -102,43 +98,24 @@ fs_meta *fs_meta_new(rd_kafka_t *rk, int timeout_ms, char *err, size_t errlen)
     }
     m->rk = rk;
     m->timeout_ms = timeout_ms;
-    pthread_mutex_init(&m->mu, NULL);
-    pthread_cond_init(&m->wake, NULL);
-    pthread_cond_init(&m->done, NULL);
-    int e = pthread_create(&m->th, NULL, run, m);
-    if (e) {
-        snprintf(err, errlen, "cannot start the topic-listing thread: %s", strerror(e));
-        pthread_cond_destroy(&m->done);
-        pthread_cond_destroy(&m->wake);
-        pthread_mutex_destroy(&m->mu);
+    if (!(m->th = fs_bgthread_start("topic-listing", 0, work, publish, m, err, errlen))) {
         free(m);
         return NULL;
     }
     return m;
 }
 
-void fs_meta_ask(fs_meta *m)
-{
-    pthread_mutex_lock(&m->mu);
-    if (!m->busy && !m->asked) {
-        m->asked = 1;
-        pthread_cond_signal(&m->wake);
-    }
-    pthread_mutex_unlock(&m->mu);
-}
+void fs_meta_ask(fs_meta *m) { fs_bgthread_ask(m->th); }
 
 long fs_meta_read(fs_meta *m, int wait_ms, void (*fn)(void *data, const char *name, int partitions),
                   void *data, char *err, size_t errlen)
 {
-    pthread_mutex_lock(&m->mu);
+    fs_bgthread_lock(m->th);
     if (wait_ms > 0 && m->number == 0 && !m->err[0]) {
         struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += wait_ms / 1000;
-        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
-        while (m->number == 0 && !m->err[0] && !m->stop)
-            if (pthread_cond_timedwait(&m->done, &m->mu, &until) == ETIMEDOUT) break;
+        fs_bgthread_deadline(&until, wait_ms);
+        while (m->number == 0 && !m->err[0])
+            if (fs_bgthread_wait(m->th, &until)) break;
     }
     /* fn runs on a copy, outside the mutex: it may raise (a Lua error) and
      * must not leave the mutex locked behind it. */
@@ -167,7 +144,7 @@ long fs_meta_read(fs_meta *m, int wait_ms, void (*fn)(void *data, const char *na
             snprintf(err, errlen, "out of memory");
         }
     }
-    pthread_mutex_unlock(&m->mu);
+    fs_bgthread_unlock(m->th);
     for (int i = 0; i < n; i++) fn(data, names[i], parts[i]);
     free_listing(names, n);
     free(parts);
@@ -177,15 +154,8 @@ long fs_meta_read(fs_meta *m, int wait_ms, void (*fn)(void *data, const char *na
 void fs_meta_free(fs_meta *m)
 {
     if (!m) return;
-    pthread_mutex_lock(&m->mu);
-    m->stop = 1;
-    pthread_cond_broadcast(&m->wake);
-    pthread_mutex_unlock(&m->mu);
-    pthread_join(m->th, NULL);
+    fs_bgthread_stop(m->th);
     free_listing(m->names, m->n);
     free(m->parts);
-    pthread_cond_destroy(&m->done);
-    pthread_cond_destroy(&m->wake);
-    pthread_mutex_destroy(&m->mu);
     free(m);
 }

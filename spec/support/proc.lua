@@ -126,6 +126,20 @@ function proc.kafka_stop(dir)
   return rc, out
 end
 
+-- Inside a describe block: a real Kafka on port (data in dir) for the block's
+-- tests, started in its setup (started(addr) then gets the address) and
+-- stopped in its teardown.
+function proc.kafka_for(port, dir, started)
+  -- busted's setup and teardown are globals of the spec file, not of modules.
+  local busted = require "busted"
+  busted.setup(function()
+    local rc, out, addr = proc.kafka_start(port, dir)
+    assert(rc == 0 and addr, "could not start Kafka on port " .. tostring(port) .. ":\n" .. tostring(out))
+    started(addr)
+  end)
+  busted.teardown(function() proc.kafka_stop(dir) end)
+end
+
 -- A standalone embedded broker (fstream-lua broker); returns proc, address.
 function proc.broker(topics, partitions)
   local addr_file = string.format("%s/broker-%d-%d.addr", proc.tmp, os.time(), seq + 1)
