@@ -59,6 +59,14 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
     if (rc < 0) return -1;
     t->produced++;
     rt->epoch_sends++;
+    rt->epoch_bytes += (int64_t)(klen + vlen);
+    /* Exactly-once: a transaction takes in no more than its broker can deliver
+     * before the checkpoint's deadline (fs_checkpoint.c sets the bound). */
+    if (rt->txn_cap_sends && !rt->txn_full &&
+        (rt->epoch_sends >= rt->txn_cap_sends || rt->epoch_bytes >= rt->txn_cap_bytes)) {
+        rt->txn_full = 1;
+        fs_hold_agents(rt, 1);
+    }
     if (rc == 0) {
         rt->inflight[rt->epoch & 1]++;
     } else if (w) { /* delivered already */
