@@ -217,8 +217,9 @@ struct fs_rt {
     int64_t epoch_bytes; /* their keys' and values' bytes */
     /* Exactly-once: how much the open transaction may take in (set by the
      * checkpoint, fs_checkpoint.c; 0: no bound). The send that reaches either
-     * bound sets txn_full and the hold: agents stop at their next event
-     * boundary until a checkpoint seals the transaction (its stage clears both). */
+     * bound sets txn_full: no new event is handed to agents (fs_worker_poll;
+     * they finish those they have) until a checkpoint seals the transaction
+     * (its stage clears txn_full; fs_ckpt_poll starts one at once). */
     int64_t txn_cap_sends, txn_cap_bytes;
     int txn_full;
     /* Exactly-once (processing_guarantee): the checkpoint strategy is the

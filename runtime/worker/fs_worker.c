@@ -434,6 +434,8 @@ int fs_worker_poll(fs_rt *rt)
     /* No fetching while every partition is let go of (their events are
      * stale); a cooperative revocation of some lets the others go on. */
     int fetch = !fs_assign_stops_fetching(rt->assign) && rt->subscribed && !rt->stopping && !rt->draining;
+    /* Exactly-once: the open transaction took in what it may (fs_send.c). */
+    if (rt->txn_full) fetch = 0;
     /* Back-pressure pauses fetching, but the queue is still served: rebalances
      * and commit results arrive on it, and a worker that stops reading it would
      * never answer a rebalance. */
