@@ -382,7 +382,13 @@ int fs_ckpt_reopen(fs_ckpt *ck, char *err, size_t errlen)
     ck->blocked = 0;
     if (!ck->s->transactional) return 0;
     /* The aborted transaction's sends are gone: the next one starts empty
-     * (and takes in again: the reset releases the hold). */
+     * (and takes in again). Their counts too: the abort reported every send
+     * it could, but a producer recreated after a long outage drops those
+     * librdkafka never reported (fs_kafka.c, recreate), and a count left
+     * above zero kept drain_all waiting at every later checkpoint, which
+     * then failed at its deadline, reset, and failed again, for ever. */
+    ck->rt->inflight[0] = ck->rt->inflight[1] = 0;
+    ck->drain_all = 0;
     ck->rt->epoch_sends = 0;
     ck->rt->epoch_bytes = 0;
     ck->rt->txn_full = 0;

@@ -151,7 +151,9 @@ int fs_ckpt_transactional(const fs_ckpt *ck);
  * called), -1 could not start (msg in err). */
 int fs_ckpt_abort_txn(fs_ckpt *ck, void (*done)(void *data, int result, const char *msg), void *data,
                       char *err, size_t errlen);
-/* Opens the next transaction after a reset and unblocks checkpoints. -1 with a message. */
+/* Opens the next transaction after a reset and unblocks checkpoints; the
+ * aborted transaction's counts (sends, bytes, undelivered) start again at
+ * zero. -1 with a message. */
 int fs_ckpt_reopen(fs_ckpt *ck, char *err, size_t errlen);
 /* A checkpoint may not start (-1) while on (a reset in progress). */
 void fs_ckpt_block(fs_ckpt *ck, int on);

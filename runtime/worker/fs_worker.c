@@ -89,7 +89,8 @@ static void on_delivered(void *data, const fs_report *r)
 {
     fs_rt *rt = data;
     fs_waiter *w = r->ctx.waiter;
-    rt->inflight[r->ctx.epoch & 1]--;
+    /* (Not below zero: an exactly-once reset counts the aborted sends gone.) */
+    if (rt->inflight[r->ctx.epoch & 1] > 0) rt->inflight[r->ctx.epoch & 1]--;
     fs_topic *t = r->topic;
     if (t && t->table && !r->err && r->partition < t->table->partitions &&
         r->offset + 1 > t->table->parts[r->partition].cl_next)
