@@ -31,7 +31,10 @@ describe("a backlog larger than the consumer's prefetch", function()
     assert.are.equal(0, w:stop())
     local log = w:output()
     local wakes = select(2, log:gsub("woke the consumer's fetcher", ""))
-    assert.is_true(wakes >= 2, "the fetcher was never woken:\n" .. log:sub(-3000))
+    -- At least once: 60,000 is three times the threshold, but a loaded
+    -- machine's back-pressure pauses (which restart the fetcher themselves)
+    -- can take the place of the other wakes.
+    assert.is_true(wakes >= 1, "the fetcher was never woken:\n" .. log:sub(-3000))
     assert.are.equal(n, #out, "relayed " .. #out .. " of " .. n)
     local c = proc.counts(out, "out:")
     for i = 1, n do assert(c[i] == 1, "message " .. i .. " relayed " .. tostring(c[i]) .. " times") end

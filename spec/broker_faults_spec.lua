@@ -84,7 +84,8 @@ describe("fstream-lua broker --control", function()
     local b, addr, fifo = broker("authz")
     finally(function() b:stop(5) end)
     local uniq = os.time() .. "-" .. math.random(1e6)
-    local env = { APP_ID = "authz-" .. uniq, IN = "authz-in-" .. uniq }
+    -- No web: its __workers table's announcements would be Produce requests too.
+    local env = { APP_ID = "authz-" .. uniq, IN = "authz-in-" .. uniq, WEB = "off" }
     local w = proc.worker("wordcount.lua", env, addr, { store = "lmdb://" .. proc.tmp .. "/" .. env.APP_ID })
     assert.truthy(w:wait_for("assigned %d+ partitions", 60), w:output())
     proc.sleep(1)

@@ -31,6 +31,14 @@ struct hold {
     void *data;
 };
 
+/* A partition's files another worker still holds (fs_store_open's lock):
+ * the open is tried again from a timer until `until` (loop clock). */
+struct lockwait {
+    fs_table *t;
+    int32_t p;
+    int64_t since, until;
+};
+
 /* The table layer's own state (rt->tables_state), created with the first need
  * and freed by fs_tables_close. */
 struct fs_tables_state {
@@ -38,6 +46,8 @@ struct fs_tables_state {
     void *hook_data;
     fs_recovery *rec;
     FS_VEC(struct hold) holds;
+    FS_VEC(struct lockwait) waits; /* partitions whose files another worker holds */
+    fs_timer wait_timer;           /* retries their opens */
     FS_VEC(fs_store_meta) meta; /* fs_tables_write's scratch */
     fs_buf names;               /* the meta entries' names, NUL-ended, in order */
 };
@@ -316,13 +326,14 @@ int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p, int64_t
 /* ---- holding partitions: open, replay, then tell the hook ---- */
 
 static void complete_holds(fs_rt *rt, int32_t p, int rc);
+static int p_ready(const struct fs_tables_state *st, int32_t p);
 
 /* A replay ended (fs_recovery's callback). */
 static void replayed(void *data, fs_table *t, int32_t p, int rc)
 {
     fs_rt *rt = data;
     (void)t;
-    if (rc || !fs_recovery_pending(rt->tables_state->rec, NULL, p)) complete_holds(rt, p, rc);
+    if (rc || p_ready(rt->tables_state, p)) complete_holds(rt, p, rc);
 }
 
 /* Every hold of p is over: rc 0 once no replay of p is left (the hook is told
@@ -362,72 +373,150 @@ static fs_recovery *recovery(fs_rt *rt)
  * one gives up (fatal). Revocations close a table's files before the group
  * hands their partition on, so a wait happens only when the previous owner
  * lost the partition without knowing it yet (its session expired: stopped,
- * swapped out) and still writes its last checkpoint. */
+ * swapped out) and still writes its last checkpoint. The loop goes on
+ * meanwhile (signals, the web, the partitions already held): the open is
+ * tried again every FS_STORE_RETRY_MS from a timer. */
 #define FS_STORE_WAIT_MS 10000
+#define FS_STORE_RETRY_MS 20
 #define FS_GLOBAL_COPIES 64
+
+static int dir_of(const fs_table *t, int32_t p, char *dir, size_t dirsize)
+{
+    return snprintf(dir, dirsize, "%s/%d", t->dir, (int)p) >= (int)dirsize ? -1 : 0;
+}
 
 /* Opens the files of partition p of t in dir (`<table dir>/<p>`) for this
  * worker alone (fs_store_open's lock). Workers sharing a data directory each
- * own different partitions of a partitioned table: a lock held by another one
- * is waited for (FS_STORE_WAIT_MS, blocking the loop: this is not the normal
- * course). A global table's partitions are every worker's: the second worker
- * on the directory keeps its own copy (`<p>/copy-N`), replayed from the
- * changelog like any other. */
+ * own different partitions of a partitioned table: FS_STORE_BUSY when
+ * another one holds them (the caller waits, see lock_retry). A global
+ * table's partitions are every worker's: the second worker on the directory
+ * keeps its own copy (`<p>/copy-N`), replayed from the changelog like any
+ * other. */
 static int open_owned(fs_table *t, int32_t p, char *dir, size_t dirsize, char *err, size_t errlen)
 {
     fs_store **st = &t->parts[p].store;
     int rc = fs_store_open(st, dir, 0, err, errlen);
-    if (rc != FS_STORE_BUSY) return rc;
-    if (t->global) {
-        size_t base = strlen(dir);
-        for (int k = 1; k < FS_GLOBAL_COPIES && rc == FS_STORE_BUSY; k++) {
-            if (snprintf(dir + base, dirsize - base, "/copy-%d", k) >= (int)(dirsize - base)) {
-                snprintf(err, errlen, "its directory's path is too long");
-                return -1;
-            }
-            rc = fs_store_open(st, dir, 0, err, errlen);
+    if (rc != FS_STORE_BUSY || !t->global) return rc;
+    size_t base = strlen(dir);
+    for (int k = 1; k < FS_GLOBAL_COPIES && rc == FS_STORE_BUSY; k++) {
+        if (snprintf(dir + base, dirsize - base, "/copy-%d", k) >= (int)(dirsize - base)) {
+            snprintf(err, errlen, "its directory's path is too long");
+            return -1;
         }
-        if (rc == 0) fs_debug("global table %s[%d]: another worker uses the files in %.*s; this one keeps its own in %s",
-                             t->name, (int)p, (int)base, dir, dir);
-        return rc;
-    }
-    fs_warn("table %s[%d]: %s; waiting up to %d s for it to close them", t->name, (int)p, err,
-            FS_STORE_WAIT_MS / 1000);
-    for (int waited = 0; rc == FS_STORE_BUSY && waited < FS_STORE_WAIT_MS; waited += 20) {
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
         rc = fs_store_open(st, dir, 0, err, errlen);
     }
+    if (rc == 0) fs_debug("global table %s[%d]: another worker uses the files in %.*s; this one keeps its own in %s",
+                         t->name, (int)p, (int)base, dir, dir);
     return rc;
 }
 
-/* Opens partition p of t and queues the replay of its changelog. */
-static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
+/* Partition p's files are open: queues the replay of its changelog. */
+static int recover_opened(fs_rt *rt, fs_table *t, int32_t p, const char *dir)
 {
-    char err[512], dir[4200];
-    if (snprintf(dir, sizeof dir, "%s/%d", t->dir, (int)p) >= (int)sizeof dir) {
-        fs_rt_fatal(rt, "table %s[%d]: its directory's path is too long (%s)", t->name, (int)p, t->dir);
-        return -1;
-    }
-    fs_recovery *rec = recovery(rt);
-    if (!rec) return -1;
-    /* A standby copy of it lets go: its files become the owner's, and the
-     * replay starts from the changelog offset the copy reached. */
-    if (!t->global) fs_standby_drop(rt, p);
-    if (open_owned(t, p, dir, sizeof dir, err, sizeof err)) {
-        fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
-        return -1;
-    }
     const char *damage = fs_store_damage(t->parts[p].store);
     if (damage)
         fs_warn("table %s[%d]: local state in %s was damaged (%s); rebuilding it from changelog %s",
                 t->name, (int)p, dir, damage, t->changelog->name);
     t->parts[p].cl_next = -1;
+    fs_recovery *rec = recovery(rt);
+    if (!rec) return -1;
     if (fs_recovery_add(rec, t, p)) {
         fs_rt_fatal(rt, "table %s[%d]: out of memory", t->name, (int)p);
         return -1;
     }
     return 0;
+}
+
+static int table_waiting(const struct fs_tables_state *st, const fs_table *t, int32_t p)
+{
+    for (size_t i = 0; st && i < st->waits.len; i++)
+        if (st->waits.items[i].p == p && st->waits.items[i].t == t) return 1;
+    return 0;
+}
+
+static int lock_waiting(const struct fs_tables_state *st, int32_t p)
+{
+    for (size_t i = 0; st && i < st->waits.len; i++)
+        if (st->waits.items[i].p == p) return 1;
+    return 0;
+}
+
+/* Nothing of p is left to open or replay: its holds are answered. */
+static int p_ready(const struct fs_tables_state *st, int32_t p)
+{
+    return !lock_waiting(st, p) && !fs_recovery_pending(st->rec, NULL, p);
+}
+
+/* The timer of the lock waits: each is tried once; one that opened goes on
+ * to its replay, one past its deadline is fatal. Holds answered here may
+ * hold or release again (changing the list): the pass stops there and the
+ * timer comes back at once for the rest. */
+static void lock_retry(fs_timer *tm)
+{
+    fs_rt *rt = tm->data;
+    struct fs_tables_state *st = rt->tables_state;
+    int64_t now = fs_loop_now(&rt->loop);
+    for (size_t i = 0; i < st->waits.len; i++) {
+        struct lockwait w = st->waits.items[i];
+        char err[512], dir[4200];
+        (void)dir_of(w.t, w.p, dir, sizeof dir); /* it fitted when the wait began */
+        int rc = fs_store_open(&w.t->parts[w.p].store, dir, 0, err, sizeof err);
+        if (rc == FS_STORE_BUSY && now < w.until) continue;
+        fs_vec_remove(&st->waits, i);
+        if (rc == 0) {
+            fs_info("table %s[%d]: the other worker let go of its files after %.1f s", w.t->name, (int)w.p,
+                    (double)(now - w.since) / 1000.0);
+            rc = recover_opened(rt, w.t, w.p, dir);
+        } else if (rc == FS_STORE_BUSY) {
+            fs_rt_fatal(rt, "table %s[%d]: %s, still after %d s: is another worker on this data directory "
+                        "stuck or stopped (SIGSTOP)? It must stop or let go of the partition first",
+                        w.t->name, (int)w.p, err, FS_STORE_WAIT_MS / 1000);
+        } else {
+            fs_rt_fatal(rt, "table %s[%d]: %s", w.t->name, (int)w.p, err);
+        }
+        if (rc) complete_holds(rt, w.p, -1);
+        else if (p_ready(st, w.p)) complete_holds(rt, w.p, 0);
+        else continue; /* its replay answers */
+        if (rt->tables_state && rt->tables_state->waits.len) fs_timer_start(&rt->loop, tm, 0);
+        return;
+    }
+    if (st->waits.len) fs_timer_start(&rt->loop, tm, FS_STORE_RETRY_MS);
+}
+
+/* Opens partition p of t and queues the replay of its changelog, or the wait
+ * for another worker to let go of its files. */
+static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
+{
+    char err[512], dir[4200];
+    if (dir_of(t, p, dir, sizeof dir)) {
+        fs_rt_fatal(rt, "table %s[%d]: its directory's path is too long (%s)", t->name, (int)p, t->dir);
+        return -1;
+    }
+    struct fs_tables_state *st = state(rt);
+    if (!st || !recovery(rt)) return -1;
+    /* A standby copy of it lets go: its files become the owner's, and the
+     * replay starts from the changelog offset the copy reached. */
+    if (!t->global) fs_standby_drop(rt, p);
+    int rc = open_owned(t, p, dir, sizeof dir, err, sizeof err);
+    if (rc == FS_STORE_BUSY) {
+        int64_t now = fs_loop_now(&rt->loop);
+        struct lockwait w = {t, p, now, now + FS_STORE_WAIT_MS};
+        if (fs_vec_push(&st->waits, w)) {
+            fs_rt_fatal(rt, "table %s[%d]: out of memory", t->name, (int)p);
+            return -1;
+        }
+        fs_warn("table %s[%d]: %s; waiting up to %d s for it to close them", t->name, (int)p, err,
+                FS_STORE_WAIT_MS / 1000);
+        st->wait_timer.cb = lock_retry;
+        st->wait_timer.data = rt;
+        if (!fs_timer_active(&st->wait_timer)) fs_timer_start(&rt->loop, &st->wait_timer, FS_STORE_RETRY_MS);
+        return 0;
+    }
+    if (rc) {
+        fs_rt_fatal(rt, "table %s[%d]: %s", t->name, (int)p, err);
+        return -1;
+    }
+    return recover_opened(rt, t, p, dir);
 }
 
 /* Opens partition p of every partitioned table that does not have it open yet
@@ -446,6 +535,7 @@ static int open_missing(fs_rt *rt, int32_t p)
         }
         if (p < 0 || p >= t->partitions || t->parts[p].store || t->global) continue;
         if (rt->tables_in_lua) continue; /* fstream.testing keeps tables in Lua only */
+        if (table_waiting(rt->tables_state, t, p)) continue;
         if (open_and_recover(rt, t, p)) return -1;
     }
     return 0;
@@ -467,7 +557,7 @@ int fs_tables_hold(fs_rt *rt, int32_t p, void (*done)(void *data, int32_t p, int
         fs_rt_fatal(rt, "tables: out of memory");
         return -1;
     }
-    if (!fs_recovery_pending(st->rec, NULL, p)) complete_holds(rt, p, 0);
+    if (p_ready(st, p)) complete_holds(rt, p, 0);
     return 0;
 }
 
@@ -632,6 +722,9 @@ void fs_tables_release(fs_rt *rt, int32_t p)
         for (size_t i = 0; i < st->holds.len;)
             if (st->holds.items[i].p == p) fs_vec_remove(&st->holds, i);
             else i++;
+        for (size_t i = 0; i < st->waits.len;)
+            if (st->waits.items[i].p == p) fs_vec_remove(&st->waits, i);
+            else i++;
     }
     int any = 0;
     for (int i = 0; i < rt->ntables; i++) {
@@ -686,6 +779,8 @@ void fs_tables_close(fs_rt *rt)
     rt->ntables = 0;
     struct fs_tables_state *st = rt->tables_state;
     if (st) {
+        fs_timer_stop(&rt->loop, &st->wait_timer);
+        fs_vec_free(&st->waits);
         fs_vec_free(&st->holds);
         fs_vec_free(&st->meta);
         fs_buf_free(&st->names);
