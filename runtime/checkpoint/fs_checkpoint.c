@@ -173,12 +173,6 @@ static void record(fs_ckpt *ck, int occasion, int64_t d, int failed)
 /* ---- exactly-once: how much a transaction takes in ----
  * (fs_checkpoint.h, FS_CKPT_TXN_MAX_SENDS, says why the bound adapts.) */
 
-void fs_ckpt_txn_caps(const fs_ckpt *ck, int64_t *sends, int64_t *bytes)
-{
-    *sends = ck->cap_sends;
-    *bytes = ck->cap_bytes;
-}
-
 static int64_t clamp(int64_t v, int64_t lo, int64_t hi)
 {
     return v < lo ? lo : v > hi ? hi : v;
@@ -191,13 +185,14 @@ static void set_caps(fs_ckpt *ck, int64_t n, int64_t b, const char *why)
     n = clamp(n, FS_CKPT_TXN_MIN_SENDS, FS_CKPT_TXN_MAX_SENDS);
     b = clamp(b, FS_CKPT_TXN_MIN_BYTES, FS_CKPT_TXN_MAX_BYTES);
     if (n == ck->cap_sends && b == ck->cap_bytes) return;
-    if (why) ck->steady_sends = 2 * n;
-    if (why)
+    if (why) {
+        ck->steady_sends = 2 * n;
         fs_info("exactly-once: %s; a transaction now takes in at most %lld messages or %lld KiB",
                 why, (long long)n, (long long)(b / 1024));
-    else
+    } else {
         fs_debug("exactly-once: a transaction now takes in at most %lld messages or %lld KiB",
                  (long long)n, (long long)(b / 1024));
+    }
     ck->cap_sends = ck->rt->txn_cap_sends = n;
     ck->cap_bytes = ck->rt->txn_cap_bytes = b;
 }

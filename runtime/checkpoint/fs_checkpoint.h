@@ -94,9 +94,9 @@ extern const fs_ckpt_strategy fs_ckpt_exactly_once;
 #define FS_CKPT_TXN_DELIVER_MS 10000
 
 /* Exactly-once: what one transaction may take in, in sends and in their keys'
- * and values' bytes (fs_rt.txn_cap_sends/_bytes; the send that reaches a
- * bound holds agents until the next checkpoint seals the transaction, and one
- * starts at once). A transaction must deliver within FS_CKPT_TXN_DELIVER_MS,
+ * and values' bytes (fs_rt.txn_cap_sends/_bytes; after the send that
+ * reaches a bound no new event is handed to agents until the next checkpoint
+ * seals the transaction, and one starts at once). A transaction must deliver within FS_CKPT_TXN_DELIVER_MS,
  * and librdkafka times its messages out at transaction.timeout.ms (the same
  * 10 s), so no deadline can grow past what a slow broker delivers in that
  * time: the bound adapts instead. It starts at the maximum; a failed
@@ -195,8 +195,6 @@ typedef struct fs_ckpt_stats {
 /* The statistics of an occasion (fs_ckpt_occasion), and its name. */
 const fs_ckpt_stats *fs_ckpt_stats_of(const fs_ckpt *ck, int occasion);
 const char *fs_ckpt_occasion_name(int occasion);
-/* Exactly-once: the open transaction's current bounds (0 when there are none). */
-void fs_ckpt_txn_caps(const fs_ckpt *ck, int64_t *sends, int64_t *bytes);
 /* Advances the running checkpoint; the loop calls it on every turn. */
 void fs_ckpt_poll(fs_ckpt *ck);
 /* Drives the running checkpoint to its end, waiting on the transport (at most
