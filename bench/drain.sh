@@ -22,6 +22,8 @@
 #   BENCH_LOG              keep the worker's log in this file (with -l $BENCH_LOG_LEVEL,
 #                          default warn)
 #   BENCH_BROKER_PID       the broker's pid: its CPU is not counted in others_pct
+#   BENCH_PERF             record the program with `perf record -g` into this file
+#                          (BENCH_PERF_ARGS: more perf options, default -F 1999)
 #
 # others_pct: the machine's CPU used meanwhile by everything else (other
 # processes, and the broker unless BENCH_BROKER_PID), in % of the whole
@@ -57,6 +59,12 @@ else
 	(cd "$WORK" && BENCH_APP=$GROUP BENCH_IN=$IN BENCH_OUT=$OUT exec "$BIN" worker "${args[@]}") >"$LOG" 2>&1 &
 fi
 P=$!
+PERF=
+if [[ -n ${BENCH_PERF:-} ]]; then
+	# shellcheck disable=SC2086 # the options are words
+	perf record ${BENCH_PERF_ARGS:--F 1999} -g -o "$BENCH_PERF" -p "$P" >"$WORK/perf.out" 2>&1 &
+	PERF=$!
+fi
 # CPU and peak memory are read while the program runs (the ceiling exits by
 # itself, taking its /proc entry along): the last sample before it ends.
 TICKS=0 HWM=0
@@ -77,6 +85,10 @@ if t=$(awk '{print $14 + $15}' "/proc/$P/stat" 2>/dev/null) && h=$(awk '/VmHWM/ 
 fi
 M1=$(busy_total) B1=0
 [[ -n ${BENCH_BROKER_PID:-} ]] && B1=$(pticks "$BENCH_BROKER_PID")
+if [[ -n $PERF ]]; then
+	kill -INT "$PERF" 2>/dev/null || true
+	wait "$PERF" || true
+fi
 kill -TERM "$P" 2>/dev/null || true
 wait "$P" || true
 OTHERS=$(awk -v a="$M0" -v b="$M1" -v p="$TICKS" -v k="$((B1 - B0))" 'BEGIN {

@@ -52,8 +52,13 @@ local rss_kb = lib.rss_kb
 -- The lag the worker reports on /metrics (fstream_partition_lag, summed over
 -- partitions) and its committed offsets per partition.
 local function reported_lag(web)
-  local out, rc = proc.run("curl -s --max-time 3 " .. q(web .. "/metrics"))
-  if rc ~= 0 then return nil end
+  -- A loaded machine may be slow to answer: three tries before "unanswered".
+  local out, rc
+  for _ = 1, 3 do
+    out, rc = proc.run("curl -s --max-time 5 " .. q(web .. "/metrics"))
+    if rc == 0 then break end
+  end
+  if rc ~= 0 then return nil, {} end
   local sum, n, committed = 0, 0, {}
   for p, v in out:gmatch('\nfstream_partition_lag{[^}]*partition="(%d+)"[^}]*} ([%d%.]+)') do
     sum = sum + tonumber(v); n = n + 1
@@ -110,7 +115,9 @@ return {
       r.log_at_start = #r.w:output()
     end
     local t0 = lib.now()
-    local next_lag = t0
+    -- The first reading once the worker's end-offset thread (every 5 s) had
+    -- its first answer.
+    local next_lag = t0 + 6
     while lib.now() - t0 < slow_s do
       for _, r in ipairs(runs) do
         local kb = rss_kb(r.pid)

@@ -12,6 +12,10 @@
 #include "fs_vec.h"
 
 #define FS_REVOKE_WAIT_MS 10000
+/* The most the revocation reported by the transport's close may wait on the
+ * transport for its checkpoint (whose deliveries have 30 s), unless the stop
+ * has less time left (fs_assign_close_by). */
+#define FS_CLOSE_REVOKE_MS 35000
 
 /* Steps of a revocation. */
 enum { R_NONE = 0, R_FENCE, R_CHECKPOINT, R_CHECKPOINTING, R_RELEASE };
@@ -56,6 +60,7 @@ struct fs_assign {
     char reset_what[64];  /* what failed (a checkpoint's occasion, "a test") */
     char reset_why[400];  /* why */
     int64_t reset_deadline;
+    int64_t close_by; /* loop clock: the stop must be over by then (0: not set) */
 };
 
 static void ckpt_failed(void *data, const char *what, const char *why);
@@ -538,7 +543,19 @@ void fs_assign_on_revoked(fs_assign *a, const fs_tplist *parts, int lost)
         revoke_start(a, parts, lost);
     }
     /* Closing: the transport waits for the answer inside this call. */
-    if (a->rt->closing || a->tp->closing) fs_assign_finish(a, 35000);
+    if (a->rt->closing || a->tp->closing) {
+        int64_t max = FS_CLOSE_REVOKE_MS;
+        if (a->close_by) {
+            int64_t left = a->close_by - fs_loop_now(&a->rt->loop);
+            if (left < max) max = left > 0 ? left : 0;
+        }
+        fs_assign_finish(a, max);
+    }
+}
+
+void fs_assign_close_by(fs_assign *a, int64_t until)
+{
+    a->close_by = until;
 }
 
 static void next_change(fs_assign *a)
@@ -747,8 +764,15 @@ void fs_assign_finish(fs_assign *a, int64_t max_ms)
         }
         a->revoke_deadline = 0;
         if (!revoke_advance(a)) continue;
-        /* Waiting for a checkpoint (the running periodic one, or its own). */
+        /* Waiting for a checkpoint (the running periodic one, or its own):
+         * at most until the stop's time is up, then it is given up (the
+         * drain says so) and the partitions go without it. */
         int64_t left = until - fs_loop_now(&rt->loop);
+        if (left <= 0)
+            fs_warn("stopping: no time left for the checkpoint of the %d revoked partitions; "
+                    "releasing them without it (their input since the last commit is processed "
+                    "again)",
+                    a->revoke.len);
         fs_ckpt_drain(a->ck, left > 0 ? left : 0);
         if (a->revoke_step == R_CHECKPOINTING) a->revoke_step = R_RELEASE;
     }

@@ -86,5 +86,8 @@ int fs_assign_stops_fetching(const fs_assign *a);
  * progress at once, waiting on the transport at most max_ms; an assignment
  * still recovering is dropped. */
 void fs_assign_finish(fs_assign *a, int64_t max_ms);
+/* The stop must be over by `until` (loop clock): the revocation the
+ * transport reports while it closes waits at most until then too. */
+void fs_assign_close_by(fs_assign *a, int64_t until);
 
 #endif

@@ -14,11 +14,6 @@
 #include "fs_log.h"
 #include "fs_sched.h"
 
-/* After the first SIGTERM/SIGINT the whole stop — agents (FS_STOP_TIMEOUT_MS),
- * final delivery and commit, leaving the group — must be over within this, or
- * the watch thread ends the process (exit code 1, nothing more committed). */
-#define FS_STOP_HARD_LIMIT_S 75
-
 /* The watch thread. In a worker, SIGTERM and SIGINT are blocked in every
  * thread (main.c, before librdkafka starts its own) and this thread takes them
  * with sigtimedwait. It never touches the runtime: it counts, wakes the loop
@@ -35,6 +30,7 @@ static struct {
     atomic_int received; /* SIGTERM/SIGINT so far */
     atomic_int last;     /* the last one's number */
     atomic_int stopping; /* the worker stops already: any signal exits at once */
+    _Atomic(const char *) step; /* what the stop does now (fs_signals_stop_step) */
     int handled;         /* loop side: signals already turned into a stop */
     void (*on_stop)(void *data, const char *why);
     void *on_stop_data;
@@ -71,9 +67,10 @@ static void *watch_thread(void *arg)
             continue;
         }
         if (stop_at && now - stop_at > FS_STOP_HARD_LIMIT_S * 1000) {
-            fs_error("the stop did not finish within %d s: exiting now, without committing what "
-                     "is not committed yet",
-                     FS_STOP_HARD_LIMIT_S);
+            const char *step = atomic_load(&sigs.step);
+            fs_error("the stop did not finish within %d s (it was %s): exiting now, without "
+                     "committing what is not committed yet",
+                     FS_STOP_HARD_LIMIT_S, step ? step : "waiting for agents");
             _exit(1);
         }
         fs_sched_watch(now, stop_at ? stop_at + FS_STOP_TIMEOUT_MS : 0, 0);
@@ -161,6 +158,11 @@ void fs_signals_poll(void)
 void fs_signals_stopping(void)
 {
     atomic_store(&sigs.stopping, 1);
+}
+
+void fs_signals_stop_step(const char *what)
+{
+    atomic_store(&sigs.step, what);
 }
 
 int fs_signals_fd(void)

@@ -16,6 +16,10 @@
 
 /* How long agents may take to finish after a stop is requested. */
 #define FS_STOP_TIMEOUT_MS 30000
+/* After the first SIGTERM/SIGINT the whole stop — agents (FS_STOP_TIMEOUT_MS),
+ * final delivery and commit, leaving the group — must be over within this, or
+ * the watch thread ends the process (exit code 1, nothing more committed). */
+#define FS_STOP_HARD_LIMIT_S 75
 
 /* Once per process, before the worker connects: SIGTERM/SIGINT blocked in
  * every thread (main.c) go to the watch thread. */
@@ -30,5 +34,8 @@ void fs_signals_on_stop(void (*fn)(void *data, const char *why), void *data);
 void fs_signals_poll(void);     /* a signal not yet told: tell it now */
 void fs_signals_stopping(void); /* the worker stops: a further signal exits at once */
 int fs_signals_fd(void);        /* readable when a signal came; -1 without the thread */
+/* What the stop is doing (a string that lives as long as the process): the
+ * watch thread names it if the stop overruns FS_STOP_HARD_LIMIT_S. */
+void fs_signals_stop_step(const char *what);
 
 #endif

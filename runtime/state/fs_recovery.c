@@ -28,7 +28,13 @@
 #define WM_TIMEOUT_MS 1000
 #define WM_RETRY_MS 200
 #define WM_TRIES 400
-#define IDLE_MS 30000
+/* A replay that receives nothing: warned about every IDLE_WARN_MS, fatal
+ * after IDLE_MS. A broker restarted under the worker (a replay started or
+ * restarted while it was down, an exactly-once reset's, say) takes tens of
+ * seconds to lead its partitions again on a loaded machine: the bound is the
+ * one Kafka Streams gives a task that cannot progress (task.timeout.ms). */
+#define IDLE_MS 300000
+#define IDLE_WARN_MS 30000
 #define LOG_EVERY_MS 2000
 
 #define IN_HEADER "fstream-in"
@@ -52,7 +58,7 @@ struct task {
     int64_t qlo, qhi;
     rd_kafka_resp_err_t qerr;
     int64_t start, hi, next, done;
-    int64_t t0, last_log, last_data; /* monotonic ms */
+    int64_t t0, last_log, last_data, last_warn; /* monotonic ms */
     FS_VEC(in_offset) inputs;
 };
 
@@ -313,7 +319,7 @@ static void begin_replay(fs_recovery *r, struct task *k, int64_t lo, int64_t hi)
         return;
     }
     k->state = T_REPLAY;
-    k->t0 = k->last_log = k->last_data = now_ms(r);
+    k->t0 = k->last_log = k->last_data = k->last_warn = now_ms(r);
     fs_timer_start(&r->rt->loop, &r->work, 0);
 }
 
@@ -516,7 +522,7 @@ static void replay_step(fs_recovery *r, struct task *k)
         k->next = next;
         k->done += (int64_t)nops;
         if (!fs_table_internal(k->t)) rt->recovered_records += (int64_t)nops;
-        k->last_data = now_ms(r);
+        k->last_data = k->last_warn = now_ms(r);
     }
     /* Ends either way: the next record to read is the end asked for (a
      * changelog without transactions), or the consumer reached the end. */
@@ -647,10 +653,17 @@ static void check(fs_recovery *r)
     if (now - k->last_data > IDLE_MS) {
         char what[64];
         snprintf(what, sizeof what, "%lld of %lld", (long long)k->next, (long long)k->hi);
-        fs_rt_fatal(rt, "table %s[%d]: changelog %s stopped at %s", k->t->name, (int)k->p,
-                    k->t->changelog->name, what);
+        fs_rt_fatal(rt, "table %s[%d]: changelog %s stopped at %s: nothing received for %d s",
+                    k->t->name, (int)k->p, k->t->changelog->name, what, IDLE_MS / 1000);
         finish(r, k, -1);
         return;
+    }
+    if (now - k->last_warn >= IDLE_WARN_MS) {
+        k->last_warn = now;
+        fs_warn("recovering table %s[%d]: nothing received from changelog %s for %lld s (at offset "
+                "%lld of %lld; is the broker reachable?); giving up after %d s",
+                k->t->name, (int)k->p, k->t->changelog->name, (long long)((now - k->last_data) / 1000),
+                (long long)k->next, (long long)k->hi, IDLE_MS / 1000);
     }
     if (now - k->last_log >= LOG_EVERY_MS) {
         int64_t total = k->hi - k->start;

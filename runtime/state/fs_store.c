@@ -1,8 +1,10 @@
 #include "fs_store.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,8 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "fs_log.h"
 
 #define FS_STORE_INITIAL_MAP (64u << 20)
 
@@ -28,6 +32,13 @@ struct fs_store {
 static int fail(char *err, size_t errlen, const char *what, int rc)
 {
     if (err) snprintf(err, errlen, "%s: %s", what, mdb_strerror(rc));
+    return -1;
+}
+
+/* A store whose environment could not be opened again (reopen_env). */
+static int no_env(const fs_store *s, char *err, size_t errlen)
+{
+    if (err) snprintf(err, errlen, "%s/data.mdb: not open (a reopen failed)", s->path);
     return -1;
 }
 
@@ -219,10 +230,33 @@ int fs_store_open_standby(fs_store **out, const char *dir, char *err, size_t err
     return open_store(out, dir, 0, 1, err, errlen);
 }
 
+/* LMDB callocs a 2 MiB dirty-page list per writable environment. glibc serves
+ * it from a fresh mmap (untouched, zero for free) until the first one is freed;
+ * then its dynamic mmap threshold rises above 2 MiB, and each later list comes
+ * from the heap, where calloc must clear it: 2 MiB resident per environment
+ * that a reopen (FS_STORE_DIRTY_KEEP) would add. A fixed threshold keeps such
+ * blocks in their own maps, which free() also hands straight back. Fixing it
+ * also fixes the heap's trim threshold, which glibc would otherwise raise with
+ * it: set to twice the map threshold as glibc does, so that freeing at the top
+ * of the heap does not shrink and regrow it all the time (a checkpoint's
+ * malloc_trim gives the rest back). */
+static void fix_mmap_threshold(void)
+{
+#if defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
+    static int done;
+    if (!done) {
+        mallopt(M_MMAP_THRESHOLD, 2 << 20);
+        mallopt(M_TRIM_THRESHOLD, 4 << 20);
+    }
+    done = 1;
+#endif
+}
+
 static int open_store(fs_store **out, const char *dir, int readonly, int standby, char *err,
                       size_t errlen)
 {
     *out = NULL;
+    if (!readonly) fix_mmap_threshold();
     struct stat st;
     if (readonly && stat(dir, &st)) {
         snprintf(err, errlen, "%s: no such store", dir);
@@ -351,6 +385,7 @@ const char *fs_store_path(const fs_store *s)
 int fs_store_get(fs_store *s, const void *key, size_t klen, fs_buf *out, int *found, char *err,
                  size_t errlen)
 {
+    if (!s->env) return no_env(s, err, errlen);
     MDB_txn *txn;
     *found = 0;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -369,8 +404,42 @@ int fs_store_get(fs_store *s, const void *key, size_t klen, fs_buf *out, int *fo
     return rc ? fail(err, errlen, "read", rc) : 0;
 }
 
+/* Pages a write transaction may dirty, at most, in one database: each op
+ * copies the pages on its path from the root (depth), and no more pages than
+ * the tree has after the writes (plus the ones it freed, which the free list
+ * counts). */
+static size_t dirty_bound(MDB_txn *txn, MDB_dbi dbi, size_t nops)
+{
+    MDB_stat st;
+    if (mdb_stat(txn, dbi, &st)) return 0;
+    size_t pages = st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+    size_t depth = st.ms_depth ? st.ms_depth : 1;
+    return nops < pages / depth ? nops * depth : pages;
+}
+
+/* The LMDB library keeps every page buffer a write transaction dirtied on a
+ * list of its environment, for reuse, until the environment closes: one
+ * transaction that rewrote 5,000 pages of a partition keeps 20 MiB of malloc'd
+ * memory for the life of the worker. Past this many pages the store reopens
+ * its environment after the commit, which frees them (a reopen costs well under
+ * a millisecond; a checkpoint of a partition's usual few hundred keys never
+ * reaches it). */
+#define FS_STORE_DIRTY_KEEP (1u << 20)
+
+/* FS_STORE_DIRTY_KEEP, or FSTREAM_LMDB_DIRTY_KEEP bytes (read once). */
+static size_t dirty_keep(void)
+{
+    static size_t keep;
+    if (!keep) {
+        const char *env = getenv("FSTREAM_LMDB_DIRTY_KEEP");
+        unsigned long long v = env ? strtoull(env, NULL, 10) : 0;
+        keep = v >= 4096 ? (size_t)v : FS_STORE_DIRTY_KEEP;
+    }
+    return keep;
+}
+
 static int write_once(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
-                      size_t nmeta)
+                      size_t nmeta, int *reopen)
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -394,7 +463,36 @@ static int write_once(fs_store *s, const fs_store_op *ops, size_t nops, const fs
         mdb_txn_abort(txn);
         return rc;
     }
+    size_t keep = dirty_keep();
+    MDB_stat ms;
+    /* Small writes (the usual checkpoint) skip the stat calls: a tree of depth 4
+     * holds millions of keys. */
+    if ((nops + nmeta) * 4 * 4096 > keep && mdb_env_stat(s->env, &ms) == 0) {
+        size_t pages = dirty_bound(txn, s->data, nops) + dirty_bound(txn, s->meta, nmeta) +
+                       dirty_bound(txn, 0, (size_t)-1); /* the free list: all of it */
+        if (pages * ms.ms_psize > keep) *reopen = (int)(pages < INT_MAX ? pages : INT_MAX);
+    }
     return mdb_txn_commit(txn);
+}
+
+/* Closes and opens s's environment again (see FS_STORE_DIRTY_KEEP). No
+ * transaction is open, and owner.lock stays held: nobody else may write
+ * meanwhile. On failure s has no environment left and every later call fails. */
+static int reopen_env(fs_store *s, char *err, size_t errlen)
+{
+    char why[300];
+    int damage;
+    mdb_env_close(s->env);
+    s->env = NULL;
+    int rc = open_env(s, s->path, 0, &damage, why, sizeof why);
+    if (rc == 0) return 0;
+    if (s->env) mdb_env_close(s->env);
+    s->env = NULL;
+    if (damage) {
+        snprintf(err, errlen, "%s/data.mdb: reopen after a large write: %s", s->path, why);
+        return -1;
+    }
+    return fail_at(s, err, errlen, "reopen after a large write", rc);
 }
 
 static int write_locked(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
@@ -416,9 +514,11 @@ int fs_store_write(fs_store *s, const fs_store_op *ops, size_t nops, const fs_st
 static int write_locked(fs_store *s, const fs_store_op *ops, size_t nops, const fs_store_meta *meta,
                         size_t nmeta, int sync, char *err, size_t errlen)
 {
+    int reopen = 0;
+    if (!s->env) return no_env(s, err, errlen);
     mdb_env_set_flags(s->env, MDB_NOSYNC, !sync);
     for (;;) {
-        int rc = write_once(s, ops, nops, meta, nmeta);
+        int rc = write_once(s, ops, nops, meta, nmeta, &reopen);
         if (rc == 0) break;
         if (rc != MDB_MAP_FULL) {
             if (!sync) mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
@@ -433,11 +533,15 @@ static int write_locked(fs_store *s, const fs_store_op *ops, size_t nops, const 
         }
     }
     if (!sync) mdb_env_set_flags(s->env, MDB_NOSYNC, 0);
-    return 0;
+    if (!reopen) return 0;
+    fs_debug("store %s: reopening it after a write of %zu keys (up to %d pages): frees LMDB's page buffers",
+             s->path, nops, reopen);
+    return reopen_env(s, err, errlen);
 }
 
 int fs_store_clear(fs_store *s, char *err, size_t errlen)
 {
+    if (!s->env) return no_env(s, err, errlen);
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc) return fail(err, errlen, "clear", rc);
@@ -453,12 +557,14 @@ int fs_store_clear(fs_store *s, char *err, size_t errlen)
 
 int fs_store_sync(fs_store *s)
 {
+    if (!s->env) return EBADF;
     return mdb_env_sync(s->env, 1);
 }
 
 int fs_store_meta_get(fs_store *s, const char *name, int64_t *value, int *found, char *err,
                       size_t errlen)
 {
+    if (!s->env) return no_env(s, err, errlen);
     MDB_txn *txn;
     *found = 0;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -483,6 +589,7 @@ int fs_store_scan_from(fs_store *s, const void *from, size_t flen,
                        int (*cb)(void *ud, const void *k, size_t kl, const void *v, size_t vl),
                        void *ud, char *err, size_t errlen)
 {
+    if (!s->env) return no_env(s, err, errlen);
     MDB_txn *txn;
     MDB_cursor *cur;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -506,6 +613,7 @@ int fs_store_scan_from(fs_store *s, const void *from, size_t flen,
 
 int fs_store_last(fs_store *s, fs_buf *k, fs_buf *v, int *found, char *err, size_t errlen)
 {
+    if (!s->env) return no_env(s, err, errlen);
     MDB_txn *txn;
     MDB_cursor *cur;
     *found = 0;
@@ -535,7 +643,7 @@ size_t fs_store_count(fs_store *s)
 {
     MDB_txn *txn;
     MDB_stat st;
-    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) return 0;
+    if (!s->env || mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) return 0;
     size_t n = mdb_stat(txn, s->data, &st) ? 0 : st.ms_entries;
     mdb_txn_abort(txn);
     return n;

@@ -5,7 +5,9 @@
  * reflects). A batch of writes and the meta values that describe it commit in
  * one write transaction, so data and offsets never disagree. The map grows
  * (doubling) when full instead of failing with MDB_MAP_FULL; a file system
- * that is full is an error (errors name the store's data.mdb).
+ * that is full is an error (errors name the store's data.mdb). A write that
+ * may have changed more than 1 MiB of pages reopens the environment after its
+ * commit (LMDB frees the page buffers a transaction used only then).
  *
  * Lifetimes: values returned by fs_store_get are copied into the caller's
  * buffer before the read transaction ends; no transaction is held between

@@ -52,6 +52,9 @@ struct fs_tables_state {
     fs_buf names;               /* the meta entries' names, NUL-ended, in order */
 };
 
+/* Staging capacity (bytes, per partition) kept from one checkpoint to the next. */
+#define FS_STAGE_KEEP (256u << 10)
+
 static struct fs_tables_state *state(fs_rt *rt)
 {
     if (!rt->tables_state) rt->tables_state = calloc(1, sizeof *rt->tables_state);
@@ -290,6 +293,10 @@ int fs_tables_write(fs_rt *rt, int use_snap)
             if (!fs_table_internal(t)) rt->lmdb_writes += (int64_t)tp->ops.len;
             tp->ops.len = tp->sent = 0;
             fs_buf_reset(&tp->arena);
+            /* A burst of distinct keys grows the staging to megabytes that
+             * the usual checkpoint never needs again: let them go. */
+            if (tp->arena.cap > FS_STAGE_KEEP) fs_buf_free(&tp->arena);
+            if (tp->ops.cap * sizeof *tp->ops.items > FS_STAGE_KEEP) fs_vec_free(&tp->ops);
         }
     }
     return 0;

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,6 +84,22 @@ struct fs_defer {
     void *ctx;
 };
 
+/* A producer replaced after a lost assignment (at-least-once, see
+ * replace_producer): its queue is served until the report of every send the
+ * purge discarded came back (the checkpoints count them), then a thread of
+ * its own destroys it (rd_kafka_destroy joins librdkafka's threads: not on
+ * the loop). */
+struct fs_retired {
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *q; /* NULL once every report came back */
+    int64_t left;        /* reports still to come */
+    int64_t since;       /* monotonic ms of the replacement */
+    int warned;
+    pthread_t th;
+    int started; /* th runs (or ran) rd_kafka_destroy */
+    int done;    /* atomic: th is over */
+};
+
 /* A txn_done to report from the next poll (decided on the loop's thread). */
 struct fs_txn_note {
     void *ctx;
@@ -120,7 +137,8 @@ typedef struct fs_kafka {
     rd_kafka_message_t **msgs;
     FS_RING(struct fs_overflow) overflow;
     int draining;              /* drain() runs (it is re-entered from delivery reports) */
-    int64_t inflight;          /* accepted by librdkafka, not yet reported */
+    int64_t inflight;          /* accepted by librdkafka (the producer or a retired one), not yet reported */
+    FS_VEC(struct fs_retired *) retired; /* producers replaced after a lost assignment */
     FS_VEC(rd_kafka_vu_t) vus; /* produceva scratch */
     /* memory:// — the worker owns its embedded broker, so it is the only
      * member of its group and assigns itself every partition of its
@@ -130,6 +148,10 @@ typedef struct fs_kafka {
     int self_has_subs;
     int self_pending;  /* the subscription changed: reassign once nothing is revoking */
     int self_revoking; /* cb.revoked was reported; waiting for unassign */
+    /* The consumer's close got the worker's answer to its revocation: no
+     * request goes to the group's consumer any more (see kafka_unassign). */
+    int close_answered;
+    int protocol_known; /* base.cooperative was learnt from the group */
     fs_tplist self_owned; /* what the "group" gave: reported assigned, not revoked since */
     /* The producer's settings beyond the defaults: the caller's "k=v" then
      * FSTREAM_KAFKA_PRODUCER's, kept to make the producer again (txn_init,
@@ -150,6 +172,8 @@ typedef struct fs_kafka {
                             epoch: its sequence number is a gap only a new epoch closes */
     int txn_lost;     /* the group took our partitions away (session lost) since the last
                          txn_abort: what is open holds a zombie's outputs */
+    int txn_lost_sends; /* ...while sends were outstanding, since the last producer epoch: the
+                           abort's purge may leave a sequence gap only a new epoch closes */
     int64_t txn_quota;
     FS_RING(fs_report) dropped; /* aborted sends to report (with their err) */
     fs_txn_thread *txth;
@@ -388,9 +412,12 @@ static void producer_error(fs_kafka *k, rd_kafka_event_t *ev)
  * loop's thread (the event API: librdkafka never calls back on a thread of
  * its own, nor on the transaction thread inside commit_transaction's flush).
  * wait_ms > 0: waits that long for the first event (close only). */
+static void serve_retired(fs_kafka *k);
+
 static void serve_producer(fs_kafka *k, int wait_ms)
 {
     rd_kafka_event_t *ev;
+    if (k->retired.len) serve_retired(k);
     while (k->pq && (ev = rd_kafka_queue_poll(k->pq, wait_ms))) {
         wait_ms = 0;
         switch (rd_kafka_event_type(ev)) {
@@ -456,16 +483,157 @@ static void kafka_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
  * take the table back to this worker's stale value. Every undelivered send
  * is discarded (reported aborted: its input was not committed, the next
  * owner processes it again). Bytes already handed to the socket may still
- * arrive; only exactly-once fences those. */
+ * arrive; only exactly-once fences those. The purged producer then gives way
+ * to a new one (replace_producer). */
+static void replace_producer(fs_kafka *k);
+
 static void purge_lost(fs_kafka *k)
 {
     if (!k->producer || k->txn) return;
     int64_t n = k->inflight + (int64_t)k->overflow.len;
+    int in_librdkafka = k->inflight > 0;
     rd_kafka_purge(k->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
                                     RD_KAFKA_PURGE_F_NON_BLOCKING);
     drop_overflow(k);
     k->produce_pending = k->base.pending = 1;
     if (n) fs_warn("assignment lost: %lld undelivered sends discarded", (long long)n);
+    if (in_librdkafka) replace_producer(k);
+}
+
+/* Closes the topic handles made on the producer (they are opened again on
+ * the next send, on whatever producer is k->producer then). */
+static void close_topic_handles(fs_kafka *k)
+{
+    for (size_t i = 0; i < k->topics.len; i++)
+        if (FS_TXT(k->topics.items[i])->tx) {
+            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
+            FS_TXT(k->topics.items[i])->tx = NULL;
+        }
+}
+
+static rd_kafka_t *new_producer(fs_kafka *k, const char *txn_id, char *err, size_t errlen);
+static int64_t mono_ms(void);
+
+/* After purge_lost the idempotent producer cannot go on. librdkafka 2.0.2
+ * counts a purged request's sequence numbers as acknowledged (a purge fails
+ * the request with __PURGE_QUEUE or __PURGE_INFLIGHT, and a failed request
+ * moves the partition's next expected sequence past it), while the broker
+ * may never have received it: the next request to that partition carries a
+ * sequence the broker does not expect, which librdkafka takes for a
+ * "sequence desynchronization" and makes the producer fail for good (the
+ * worker would stop at the heal). Only a new producer id starts the
+ * sequences again, and a non-transactional producer gets one only from a new
+ * producer (its own epoch bump is internal to librdkafka: message timeouts,
+ * never a purge). So a new producer takes over at once: later sends go to
+ * it, and the old one is retired — its queue served for the purge's reports
+ * (serve_retired), then destroyed off the loop. Exactly-once has its own
+ * way (the transaction's abort, a new producer when fenced). */
+static void replace_producer(fs_kafka *k)
+{
+    char err[512];
+    rd_kafka_t *nw = new_producer(k, NULL, err, sizeof err);
+    struct fs_retired *r = nw ? calloc(1, sizeof *r) : NULL;
+    rd_kafka_queue_t *q = nw ? rd_kafka_queue_get_main(nw) : NULL;
+    if (!nw || !r || !q || fs_vec_push(&k->retired, r)) {
+        fs_error("assignment lost: cannot make a new producer (%s); the purged one goes on and may "
+                 "fail for good at its next send to a partition it had sends in flight for",
+                 nw ? "out of memory" : err);
+        free(r);
+        if (q) rd_kafka_queue_destroy(q);
+        if (nw) rd_kafka_destroy(nw);
+        return;
+    }
+    r->rk = k->producer;
+    r->q = k->pq; /* keeps waking the loop through the producer's eventfd */
+    r->left = k->inflight;
+    r->since = mono_ms();
+    close_topic_handles(k);
+    k->producer = nw;
+    k->pq = q;
+    static const char one[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    rd_kafka_queue_io_event_enable(k->pq, k->pfd, one, sizeof one);
+    fs_info("assignment lost: a new producer takes over (the purged one's sequence numbers are no "
+            "longer the broker's); %lld reports of the purged sends to come",
+            (long long)r->left);
+}
+
+static void *retired_destroy(void *arg)
+{
+    struct fs_retired *r = arg;
+    rd_kafka_destroy(r->rk);
+    fs_debug("the producer replaced after a lost assignment is destroyed");
+    __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* A retired producer whose reports have not all come back this long after
+ * the purge is worth a warning (they come as soon as librdkafka's threads ran
+ * the purge: milliseconds). It is kept until they do. */
+#define FS_RETIRED_WARN_MS 10000
+
+/* Serves the retired producers: their delivery reports (the purged sends',
+ * reported aborted), then, once every report is in, their destruction on a
+ * thread, and the thread's end. */
+static void serve_retired(fs_kafka *k)
+{
+    for (size_t i = 0; i < k->retired.len;) {
+        struct fs_retired *r = k->retired.items[i];
+        rd_kafka_event_t *ev;
+        while (r->q && (ev = rd_kafka_queue_poll(r->q, 0))) {
+            if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_DR) {
+                const rd_kafka_message_t *m;
+                while ((m = rd_kafka_event_message_next(ev))) {
+                    report_dr(k, m);
+                    r->left--;
+                }
+            } else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_ERROR) {
+                /* It sends nothing more: its errors (even a fatal one) no longer matter. */
+                fs_debug("retired producer: %s", rd_kafka_event_error_string(ev));
+            }
+            rd_kafka_event_destroy(ev);
+        }
+        if (r->q && r->left > 0 && !r->warned && mono_ms() - r->since > FS_RETIRED_WARN_MS) {
+            r->warned = 1;
+            fs_warn("the producer replaced after a lost assignment still owes %lld delivery reports "
+                    "after %d s",
+                    (long long)r->left, FS_RETIRED_WARN_MS / 1000);
+        }
+        if (r->q && r->left <= 0) {
+            rd_kafka_queue_io_event_enable(r->q, -1, NULL, 0);
+            rd_kafka_queue_destroy(r->q);
+            r->q = NULL;
+            r->started = pthread_create(&r->th, NULL, retired_destroy, r) == 0;
+            if (!r->started) { /* no thread: the loop waits for librdkafka's this once */
+                rd_kafka_destroy(r->rk);
+                r->done = 1;
+            }
+        }
+        if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+            if (r->started) pthread_join(r->th, NULL);
+            free(r);
+            fs_vec_remove(&k->retired, i);
+            continue;
+        }
+        i++;
+    }
+}
+
+/* Close: what is left of the retired producers goes now (their reports were
+ * waited for by the close's flush, or never come). */
+static void retired_free(fs_kafka *k)
+{
+    for (size_t i = 0; i < k->retired.len; i++) {
+        struct fs_retired *r = k->retired.items[i];
+        if (r->q) {
+            rd_kafka_queue_io_event_enable(r->q, -1, NULL, 0);
+            rd_kafka_queue_destroy(r->q);
+            rd_kafka_destroy(r->rk);
+        } else if (r->started) {
+            pthread_join(r->th, NULL);
+        }
+        free(r);
+    }
+    fs_vec_free(&k->retired);
 }
 
 /* The protocol of the rebalance being reported: the group's (librdkafka
@@ -474,7 +642,16 @@ static void purge_lost(fs_kafka *k)
 static int rebalance_cooperative(fs_kafka *k, rd_kafka_t *rk)
 {
     if (k->self_assign) return k->coop_conf;
-    return strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    /* rd_kafka_rebalance_protocol is a request to the group, answered NULL
+     * once the group is gone (a revocation reported after the close's
+     * answer: a SIGSEGV in strcmp before), and one that could wait for good
+     * (see kafka_unassign). Closing, the protocol is the last one reported
+     * (or the configured one's, if none was). */
+    if (k->base.closing) return k->protocol_known ? k->base.cooperative : k->coop_conf;
+    const char *p = rd_kafka_rebalance_protocol(rk);
+    if (!p) return k->protocol_known ? k->base.cooperative : k->coop_conf;
+    k->protocol_known = 1;
+    return strcmp(p, "COOPERATIVE") == 0;
 }
 
 static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -483,6 +660,27 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     fs_kafka *k = opaque;
     int coop = rebalance_cooperative(k, rk);
     k->base.cooperative = coop;
+    if (k->base.closing && err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* A join round that ended while the consumer closes (a worker
+         * stopped as it joined): the worker is leaving, so the partitions are
+         * not taken (tables recovering after the transport is gone, nothing
+         * to revoke them later). Answered with nothing, so that the close
+         * goes on; the group gives them to another member once this one is
+         * gone. Nothing else is asked of the consumer (see kafka_unassign). */
+        rd_kafka_error_t *e = NULL;
+        rd_kafka_topic_partition_list_t *none = rd_kafka_topic_partition_list_new(1);
+        if (!k->close_answered) {
+            /* Closing, librdkafka takes any assign for the unassign that lets
+             * the group end: the close's answer (see kafka_unassign). */
+            if (coop) e = rd_kafka_incremental_assign(rk, none);
+            else rd_kafka_assign(rk, NULL);
+            k->close_answered = 1;
+        }
+        rd_kafka_topic_partition_list_destroy(none);
+        if (e) rd_kafka_error_destroy(e);
+        fs_info("assigned %d partitions while stopping: not taken", parts ? parts->cnt : 0);
+        return;
+    }
     if (coop && !k->self_assign && err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         /* librdkafka pauses the fetchers of the whole assignment until the
          * application answers (incremental_assign): answered at once with
@@ -531,6 +729,14 @@ static void kafka_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 fs_warn("partitions lost (the group's session expired, another member may hold "
                         "them): the open transaction will be aborted, not committed");
             k->txn_lost = 1;
+            /* Cut off from the broker, the producer may hold requests that
+             * were built (sequence numbers given) and never answered. The
+             * abort purges them from its queues, and librdkafka 2.0.2 then
+             * counts their sequence numbers as acknowledged while the broker
+             * never saw them: the next transaction's first send to such a
+             * partition fails for good ("rewound sequence number", fatal).
+             * The abort makes a new producer instead (job_ended). */
+            if (k->inflight) k->txn_lost_sends = 1;
         }
         fs_debug("rebalance (%s): %d partitions %s", coop ? "cooperative" : "eager", l.len,
                  lost ? "lost" : "revoked");
@@ -1512,6 +1718,8 @@ static int kafka_poll(fs_transport *tp, int fetch)
     if (k->produce_pending) {
         k->produce_pending = 0;
         serve_producer(k, 0);
+    } else if (k->retired.len) {
+        serve_retired(k);
     }
     if (k->overflow.len) drain(k);
     if (k->txn) txn_service(k);
@@ -1676,7 +1884,12 @@ static rd_kafka_resp_err_t send_one(fs_kafka *k, fs_topic *t, int32_t partition,
         return RD_KAFKA_RESP_ERR_NO_ERROR;
     }
     if (own) rd_kafka_headers_destroy(own);
-    rd_kafka_resp_err_t code = rd_kafka_error_code(e);
+    /* A producer that failed for good refuses every send with its fatal
+     * error's own code (OUT_OF_ORDER_SEQUENCE_NUMBER, say): __FATAL to the
+     * callers, for whom it is not the message's fault (a transaction fails
+     * with it, and the abort makes a new producer). */
+    rd_kafka_resp_err_t code =
+        rd_kafka_error_is_fatal(e) ? RD_KAFKA_RESP_ERR__FATAL : rd_kafka_error_code(e);
     rd_kafka_error_destroy(e);
     return code;
 }
@@ -1762,7 +1975,10 @@ static int kafka_produce(fs_transport *tp, const fs_msg *m, fs_sendctx ctx, fs_r
         return 0;
     }
     if (e) {
-        snprintf(err, errlen, "cannot send to %s: %s", FS_TXT(m->topic)->name, rd_kafka_err2str(e));
+        char why[256] = "";
+        if (e == RD_KAFKA_RESP_ERR__FATAL) rd_kafka_fatal_error(k->producer, why, sizeof why);
+        snprintf(err, errlen, "cannot send to %s: %s", FS_TXT(m->topic)->name,
+                 why[0] ? why : rd_kafka_err2str(e));
         return -1;
     }
     return 0;
@@ -1876,7 +2092,14 @@ static int kafka_unassign(fs_transport *tp, const fs_tplist *parts)
     k->consume_pending = 1;
     k->base.pending = 1;
     k->self_revoking = 0;
-    if (!k->base.cooperative) return rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+    /* Closing, the consumer has its answer already (a revocation queued
+     * behind the close's own): nothing is left to let go of. */
+    if (k->close_answered) return 0;
+    if (!k->base.cooperative) {
+        int rc = rd_kafka_assign(k->consumer, NULL) ? -1 : 0;
+        k->close_answered = tp->closing && !k->self_assign;
+        return rc;
+    }
     /* Only what is in the consumer's assignment: a partition the group gave
      * and took back before the worker started fetching it never joined it.
      * The answer is due even when nothing is left (the group waits for it). */
@@ -1887,10 +2110,20 @@ static int kafka_unassign(fs_transport *tp, const fs_tplist *parts)
         if (rd_kafka_topic_partition_list_find(have, parts->items[i].topic, parts->items[i].partition))
             rd_kafka_topic_partition_list_add(l, parts->items[i].topic, parts->items[i].partition);
     rd_kafka_error_t *e = rd_kafka_incremental_unassign(k->consumer, l);
+    /* Inside rd_kafka_consumer_close, this answer lets librdkafka 2.0.2
+     * finish the group: once its partitions have stopped, its main thread
+     * purges the queue that serves the group's requests, and a request
+     * waiting there then never gets its answer. Those requests wait without
+     * a timeout (rd_kafka_assignment, assign, commit): a call made now can
+     * hang the stop for good, depending on which thread runs first (a
+     * worker of spec/workers_spec.lua did, after "revoking 2 partitions").
+     * So after it nothing asks the group's consumer anything; nothing
+     * fetches any more either. */
+    k->close_answered = tp->closing && !k->self_assign;
     if (e) {
         fs_warn("incremental unassign of %d partitions failed: %s", l->cnt, rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
-    } else if (!k->self_assign && !k->paused_all && !k->paused_some) {
+    } else if (!k->self_assign && !k->paused_all && !k->paused_some && !tp->closing) {
         /* librdkafka paused the fetchers of the partitions kept while it
          * waited for this answer, and resumes them now: wake them (see
          * wake_fetcher; the pause dropped what was queued). */
@@ -1990,18 +2223,29 @@ static void defer_flush(fs_kafka *k)
 {
     for (size_t i = 0; i < k->deferred.len; i++) {
         struct fs_defer *d = &k->deferred.items[i];
-        rd_kafka_topic_partition_list_t *l = to_rd(&d->offsets);
-        rd_kafka_resp_err_t e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, d->ctx);
-        rd_kafka_topic_partition_list_destroy(l);
+        /* (Its answer could be lost: see kafka_unassign.) */
+        rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__DESTROY;
+        if (!k->close_answered) {
+            rd_kafka_topic_partition_list_t *l = to_rd(&d->offsets);
+            e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, d->ctx);
+            rd_kafka_topic_partition_list_destroy(l);
+        }
         if (e && k->base.cb.commit_done) k->base.cb.commit_done(k->base.cb.data, d->ctx, &d->offsets, e);
         fs_tplist_free(&d->offsets);
     }
     k->deferred.len = 0;
 }
 
+/* The longest a synchronous commit (the stop's) waits for its answer: a
+ * broker that answers at all does so in milliseconds, and the stop's whole
+ * bound must hold (see FS_STOP_CLOSE_MS in fs_runtime.c). */
+#define FS_COMMIT_SYNC_MS 5000
+
 static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, void *ctx)
 {
     fs_kafka *k = kafka_of(tp);
+    /* Its request could wait for good (see kafka_unassign). */
+    if (k->close_answered) return -1;
     if (!(flags & FS_COMMIT_SYNC) && (k->deferred.len || group_joining(k))) {
         struct fs_defer d = {{0}, ctx};
         if (fs_tplist_copy(&d.offsets, offsets) || fs_vec_push(&k->deferred, d)) {
@@ -2015,7 +2259,24 @@ static int kafka_commit(fs_transport *tp, const fs_tplist *offsets, int flags, v
     rd_kafka_topic_partition_list_t *l = to_rd(offsets);
     rd_kafka_resp_err_t e;
     if (flags & FS_COMMIT_SYNC) {
-        e = rd_kafka_commit(k->consumer, l, 0);
+        /* rd_kafka_commit(.., 0) waits for the answer without a timeout: a
+         * broker that stopped answering would hold the stop past its bound.
+         * The same request, answered on a queue of its own, is waited for
+         * FS_COMMIT_SYNC_MS at most (the queue is reference-counted: a late
+         * answer finds it still there). */
+        rd_kafka_queue_t *q = rd_kafka_queue_new(k->consumer);
+        e = rd_kafka_commit_queue(k->consumer, l, q, NULL, NULL);
+        if (!e) {
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, FS_COMMIT_SYNC_MS);
+            if (!ev) {
+                fs_warn("offset commit not answered in %d s; giving up on it", FS_COMMIT_SYNC_MS / 1000);
+                e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+            } else {
+                e = rd_kafka_event_error(ev);
+                rd_kafka_event_destroy(ev);
+            }
+        }
+        rd_kafka_queue_destroy(q);
     } else {
         /* The result comes back on the admin queue, with ctx as its opaque. */
         e = rd_kafka_commit_queue(k->consumer, l, k->aq, NULL, ctx);
@@ -2192,11 +2453,7 @@ static void recreate(fs_kafka *k)
         txn_note(k, ctx, FS_TXN_FATAL, "cannot recreate the fenced producer: %s", err);
         return;
     }
-    for (size_t i = 0; i < k->topics.len; i++)
-        if (FS_TXT(k->topics.items[i])->tx) {
-            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
-            FS_TXT(k->topics.items[i])->tx = NULL;
-        }
+    close_topic_handles(k);
     rd_kafka_queue_io_event_enable(k->pq, -1, NULL, 0);
     rd_kafka_queue_destroy(k->pq);
     rd_kafka_t *old = k->producer;
@@ -2237,7 +2494,7 @@ static void start_commit(fs_kafka *k)
     if (group_joining(k)) return; /* (see group_joining) txn_service starts it after the round */
     /* The generation the offsets are sent with is the one of now (KIP-447):
      * a commit held back by a join round must not carry the round's old one. */
-    if (k->job.cgmd) {
+    if (k->job.cgmd && !k->close_answered) { /* (see kafka_unassign) */
         rd_kafka_consumer_group_metadata_t *now = rd_kafka_consumer_group_metadata(k->consumer);
         if (now) {
             rd_kafka_consumer_group_metadata_destroy(k->job.cgmd);
@@ -2272,14 +2529,19 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
         txn_note(k, ctx, j->result, "%s", j->msg);
         break;
     case FS_TXN_JOB_ABORT:
-        if (j->result == FS_TXN_OK && k->txn_send_failed) {
+        if (j->result == FS_TXN_OK && (k->txn_send_failed || k->txn_lost_sends)) {
             /* librdkafka 2.0.2 keeps the failed send's sequence number: the
              * next transaction's first send to that partition would fail
              * (OUT_OF_ORDER_SEQUENCE_NUMBER) until an epoch bump. A new
-             * producer starts a new epoch at once. */
+             * producer starts a new epoch at once. The same after a lost
+             * assignment with sends outstanding (kafka_rebalance). */
             k->txn_begun = 0;
-            begin_recreate(k, ctx, "a send failed in the aborted transaction (a sequence gap "
-                                   "only a new producer epoch closes)");
+            begin_recreate(k, ctx, k->txn_send_failed
+                                       ? "a send failed in the aborted transaction (a sequence gap "
+                                         "only a new producer epoch closes)"
+                                       : "the assignment was lost with sends outstanding (the abort's "
+                                         "purge may leave a sequence gap only a new producer epoch "
+                                         "closes)");
         } else if (j->result == FS_TXN_OK) {
             k->txn_begun = 0;
             k->txn_doomed = 0;
@@ -2303,6 +2565,7 @@ static void job_ended(fs_kafka *k, fs_txn_job *j)
             k->txn_aborts++;
             k->txn_recreated++;
             k->txn_send_failed = 0;
+            k->txn_lost_sends = 0;
             fs_info("transactional producer %s recreated (%lld ms); the fenced one's "
                     "transaction is aborted", k->txn_id, (long long)j->ms);
             txn_note(k, ctx, FS_TXN_OK, "aborted (producer recreated)");
@@ -2418,11 +2681,7 @@ static int kafka_txn_init(fs_transport *tp, const char *id, char *err, size_t er
     /* The non-transactional producer made at start (resolve used it) goes:
      * whatever it still has is delivered first, then its topic handles. */
     kafka_flush(tp, 5000);
-    for (size_t i = 0; i < k->topics.len; i++)
-        if (FS_TXT(k->topics.items[i])->tx) {
-            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
-            FS_TXT(k->topics.items[i])->tx = NULL;
-        }
+    close_topic_handles(k);
     rd_kafka_queue_io_event_enable(k->pq, -1, NULL, 0);
     rd_kafka_queue_destroy(k->pq);
     rd_kafka_destroy(k->producer);
@@ -2498,6 +2757,13 @@ static int kafka_txn_commit(fs_transport *tp, const fs_tplist *offsets, void *ct
     if (k->txn_doomed) {
         txn_note(k, ctx, FS_TXN_ABORTABLE,
                  "a send of this transaction failed (see the warnings before): it must be aborted");
+        return 0;
+    }
+    if (k->close_answered && offsets && offsets->len) {
+        /* Its group metadata would be asked of a consumer whose group may be
+         * gone, and the request could wait for good (see kafka_unassign). */
+        txn_note(k, ctx, FS_TXN_ABORTABLE,
+                 "the group's consumer has closed: offsets can no longer be committed");
         return 0;
     }
     memset(&k->job, 0, sizeof k->job);
@@ -2614,11 +2880,8 @@ static void kafka_close(fs_transport *tp)
             rd_kafka_queue_destroy(k->pq);
         }
     }
-    for (size_t i = 0; i < k->topics.len; i++)
-        if (FS_TXT(k->topics.items[i])->tx) {
-            rd_kafka_topic_destroy(FS_TXT(k->topics.items[i])->tx);
-            FS_TXT(k->topics.items[i])->tx = NULL;
-        }
+    retired_free(k);
+    close_topic_handles(k);
     if (k->producer) rd_kafka_destroy(k->producer);
     fs_ring_free(&k->overflow);
     fs_ring_free(&k->dropped);

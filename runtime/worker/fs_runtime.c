@@ -25,6 +25,14 @@
 /* How long the stop may wait on the transport for each of: a revocation's
  * checkpoint, the final checkpoint (their deliveries have 30 s each). */
 #define FS_CKPT_WAIT_MS 35000
+/* The whole stop is over within FS_STOP_HARD_LIMIT_S of the signal, or the
+ * watch thread ends the process without a word about what was left. So the
+ * stop's waits share what is left of that, less this much kept for what can
+ * still block after them: a transaction call already running on the
+ * transport's thread (10 s), or a synchronous commit's answer (5 s), then
+ * the producer's last flush (5 s). A step that overruns gives up, says what
+ * it gave up on, and the stop still ends by itself. */
+#define FS_STOP_CLOSE_MS 20000
 
 static void stop_on_signal(void *data, const char *why)
 {
@@ -46,6 +54,7 @@ void fs_rt_request_stop(fs_rt *rt, const char *why)
     rt->stopping = 1;
     fs_signals_stopping();
     rt->stop_deadline = fs_loop_now(&rt->loop) + FS_STOP_TIMEOUT_MS;
+    fs_signals_stop_step("waiting for agents to finish their events");
     fs_info("stopping (%s): finishing in-flight events", why);
     fs_wake_streams(rt);
 }
@@ -103,11 +112,26 @@ static int setup_signals(fs_rt *rt)
     return fs_io_add(&rt->loop, &rt->sio, EPOLLIN);
 }
 
+/* At most `cap` ms, and no later than `until`. */
+static int64_t wait_ms(fs_rt *rt, int64_t until, int64_t cap)
+{
+    int64_t left = until - fs_loop_now(&rt->loop);
+    return left < 0 ? 0 : left < cap ? left : cap;
+}
+
 static void finish(fs_rt *rt)
 {
     rt->closing = 1;
+    /* From the signal (its time: the agents' deadline less their share), or
+     * from now (a fatal error, which no signal bounds). */
+    int64_t now = fs_loop_now(&rt->loop);
+    int64_t from = rt->stopping ? rt->stop_deadline - FS_STOP_TIMEOUT_MS : now;
+    int64_t until = from + FS_STOP_HARD_LIMIT_S * 1000 - FS_STOP_CLOSE_MS;
+    if (until < now) until = now;
+    fs_assign_close_by(rt->assign, until);
     /* A revocation waiting for agents goes on now: none will run again. */
-    fs_assign_finish(rt->assign, FS_CKPT_WAIT_MS);
+    fs_signals_stop_step("finishing a revocation");
+    fs_assign_finish(rt->assign, wait_ms(rt, until, FS_CKPT_WAIT_MS));
     int stuck = rt->sched.nlive_agents; /* past the stop deadline, or a fatal error */
     fs_sched_kill_all(&rt->sched); /* cancels HTTP requests still in flight */
     if (stuck)
@@ -117,12 +141,19 @@ static void finish(fs_rt *rt)
     if (rt->fatal) {
         fs_error("%s", rt->fatal_msg);
         rt->exit_code = 1;
-    } else if (fs_ckpt_run(rt->ckpt, FS_CKPT_STOP, FS_CKPT_WAIT_MS) == 0) {
-        fs_info("final checkpoint done: offsets committed");
-        synced = 1;
     } else {
-        rt->exit_code = 1;
+        fs_signals_stop_step("in the final checkpoint");
+        if (fs_ckpt_run(rt->ckpt, FS_CKPT_STOP, wait_ms(rt, until, FS_CKPT_WAIT_MS)) == 0) {
+            fs_info("final checkpoint done: offsets committed");
+            synced = 1;
+        } else {
+            rt->exit_code = 1;
+        }
     }
+    /* Leaving the group: the transport reports the revocation (bounded by
+     * `until`, see fs_assign_close_by), then the last deliveries. */
+    fs_signals_stop_step("closing the broker's clients (the last revocation, leaving the group, "
+                         "the last deliveries)");
     fs_worker_close(rt);
     /* Only now: leaving the group revokes the partitions, and the revocation
      * writes each table partition's changelog once more. */
