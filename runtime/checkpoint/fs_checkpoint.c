@@ -40,6 +40,12 @@ struct fs_ckpt {
     /* exactly-once */
     int64_t quiesce_deadline; /* loop clock: agents must be at a boundary by then */
     int64_t sends;            /* sends of the epoch the running checkpoint covers */
+    int64_t bytes;            /* their keys' and values' bytes */
+    int staged;               /* the running checkpoint staged (sends, bytes, t_stage are its) */
+    int full;                 /* its transaction reached a bound while taking in */
+    int64_t t_stage;          /* loop clock at its stage */
+    int64_t cap_sends, cap_bytes; /* the bounds of a transaction (fs_rt.txn_cap_*) */
+    int64_t steady_sends;         /* twice the bound the last shrink set: growth slows above */
     int64_t t_commit;         /* monotonic ms when txn_commit was called */
     int blocked;              /* a failed transaction waits for its reset */
     int doomed;               /* a send of the open transaction failed */
@@ -162,6 +168,77 @@ static void record(fs_ckpt *ck, int occasion, int64_t d, int failed)
     st->count++;
     st->ns_sum += d;
     if (failed) st->failed++;
+}
+
+/* ---- exactly-once: how much a transaction takes in ----
+ * (fs_checkpoint.h, FS_CKPT_TXN_MAX_SENDS, says why the bound adapts.) */
+
+static int64_t clamp(int64_t v, int64_t lo, int64_t hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* The bounds of the next transactions: n sends, b bytes (clamped). why: what
+ * made them shrink, logged; growing is only worth a debug line. */
+static void set_caps(fs_ckpt *ck, int64_t n, int64_t b, const char *why)
+{
+    n = clamp(n, FS_CKPT_TXN_MIN_SENDS, FS_CKPT_TXN_MAX_SENDS);
+    b = clamp(b, FS_CKPT_TXN_MIN_BYTES, FS_CKPT_TXN_MAX_BYTES);
+    if (n == ck->cap_sends && b == ck->cap_bytes) return;
+    if (why) {
+        ck->steady_sends = 2 * n;
+        fs_info("exactly-once: %s; a transaction now takes in at most %lld messages or %lld KiB",
+                why, (long long)n, (long long)(b / 1024));
+    } else {
+        fs_debug("exactly-once: a transaction now takes in at most %lld messages or %lld KiB",
+                 (long long)n, (long long)(b / 1024));
+    }
+    ck->cap_sends = ck->rt->txn_cap_sends = n;
+    ck->cap_bytes = ck->rt->txn_cap_bytes = b;
+}
+
+/* The running checkpoint's transaction failed after its stage. Whatever the
+ * cause, what it delivered within the deadline is what the broker can take
+ * in that time now: the next transactions take a quarter of it, so that they
+ * deliver in about a quarter of the deadline. Without this, a backlog (after
+ * a broker outage, on a loaded machine) went whole into every transaction
+ * after the reset, missed the deadline every time, and nothing progressed. */
+static void caps_after_failure(fs_ckpt *ck)
+{
+    if (!ck->cap_sends || !ck->staged) return;
+    int64_t left = ck->rt->inflight[ck->epoch & 1];
+    int64_t delivered = ck->sends > left ? ck->sends - left : 0;
+    int64_t b = ck->sends ? (int64_t)((double)ck->bytes * (double)delivered / (double)ck->sends) : 0;
+    char why[160];
+    snprintf(why, sizeof why, "the failed transaction delivered %lld of its %lld messages",
+             (long long)delivered, (long long)ck->sends);
+    set_caps(ck, delivered / 4, b / 4, why);
+}
+
+/* The running checkpoint's transaction committed, `took` ms after its stage
+ * (delivery and commit). Slower than half the deadline: the next ones take
+ * what would have taken a quarter of it, before one fails. Fast and limited
+ * by the bound: twice as much. */
+static void caps_after_commit(fs_ckpt *ck)
+{
+    if (!ck->cap_sends || !ck->staged) return;
+    int64_t took = fs_loop_now(&ck->rt->loop) - ck->t_stage;
+    const int64_t d = FS_CKPT_TXN_DELIVER_MS;
+    if (took > d / 2 && ck->sends > 0) {
+        double f = (double)(d / 4) / (double)took;
+        int64_t n = (int64_t)((double)ck->sends * f), b = (int64_t)((double)ck->bytes * f);
+        char why[160];
+        snprintf(why, sizeof why, "a transaction of %lld messages took %lld ms to deliver and commit",
+                 (long long)ck->sends, (long long)took);
+        set_caps(ck, n < ck->cap_sends ? n : ck->cap_sends, b < ck->cap_bytes ? b : ck->cap_bytes, why);
+    } else if (ck->full && took < d / 4) {
+        /* Doubling up to twice what the last shrink found deliverable (a
+         * small transaction goes through faster than its share of a slow
+         * broker's rate), a quarter more each time above it. */
+        int up = ck->cap_sends < ck->steady_sends;
+        set_caps(ck, up ? ck->cap_sends * 2 : ck->cap_sends + ck->cap_sends / 4,
+                 up ? ck->cap_bytes * 2 : ck->cap_bytes + ck->cap_bytes / 4, NULL);
+    }
 }
 
 /* ---- the at-least-once strategy ---- */
@@ -299,6 +376,17 @@ int fs_ckpt_reopen(fs_ckpt *ck, char *err, size_t errlen)
     ck->doomed = 0;
     ck->blocked = 0;
     if (!ck->s->transactional) return 0;
+    /* The aborted transaction's sends are gone: the next one starts empty
+     * (and takes in again). Their counts too: the abort reported every send
+     * it could, but a producer recreated after a long outage drops those
+     * librdkafka never reported (fs_kafka.c, recreate), and a count left
+     * above zero kept drain_all waiting at every later checkpoint, which
+     * then failed at its deadline, reset, and failed again, for ever. */
+    ck->rt->inflight[0] = ck->rt->inflight[1] = 0;
+    ck->drain_all = 0;
+    ck->rt->epoch_sends = 0;
+    ck->rt->epoch_bytes = 0;
+    ck->rt->txn_full = 0;
     return ck->s->reopen(ck, err, errlen);
 }
 
@@ -311,6 +399,13 @@ fs_ckpt *fs_ckpt_new(fs_rt *rt, fs_transport *tp, const fs_ckpt_strategy *s)
     ck->rt = rt;
     ck->tp = tp;
     ck->s = s;
+    /* (fstream.testing's in-memory log delivers at once: nothing to bound.) */
+    if (s->transactional && tp->durable) {
+        ck->cap_sends = FS_CKPT_TXN_MAX_SENDS;
+        ck->cap_bytes = FS_CKPT_TXN_MAX_BYTES;
+        rt->txn_cap_sends = ck->cap_sends;
+        rt->txn_cap_bytes = ck->cap_bytes;
+    }
     return ck;
 }
 
@@ -331,6 +426,8 @@ static void end(fs_ckpt *ck, int rc)
     ck->phase = IDLE;
     ck->done = NULL;
     record(ck, occasion, mono_ns() - ck->t_start, rc < 0);
+    if (rc < 0 && ck->s->transactional && !ck->rt->fatal && !ck->rt->closing) caps_after_failure(ck);
+    ck->staged = 0;
     fs_tplist_free(&ck->only);
     fs_tplist_free(&ck->offsets);
     ck->has_only = 0;
@@ -375,11 +472,18 @@ static int stage(fs_ckpt *ck)
     ck->epoch = rt->epoch;
     rt->epoch++;
     ck->sends = rt->epoch_sends;
+    ck->bytes = rt->epoch_bytes;
+    ck->full = rt->txn_full;
     rt->epoch_sends = 0;
+    rt->epoch_bytes = 0;
+    rt->txn_full = 0;
+    ck->staged = 1;
     if (ck->s->transactional) {
-        /* Later sends belong to the next transaction; agents go on now. */
+        /* Later sends belong to the next transaction; agents go on now (also
+         * those the bound on this one's intake held). */
         ck->s->seal(ck);
-        ck->deadline = fs_loop_now(&rt->loop) + FS_CKPT_TXN_DELIVER_MS;
+        ck->t_stage = fs_loop_now(&rt->loop);
+        ck->deadline = ck->t_stage + FS_CKPT_TXN_DELIVER_MS;
         fs_ckpt_hold(ck, 0);
     }
     return 0;
@@ -390,8 +494,8 @@ static void report_undelivered(fs_ckpt *ck)
     long long n = (long long)ck->tp->ops->undelivered(ck->tp);
     long long ms = (long long)occasions[ck->occasion].deliver_ms;
     if (ck->s->transactional) {
-        snprintf(ck->why, sizeof ck->why, "%lld messages of the transaction were not delivered in %d ms",
-                 n, FS_CKPT_TXN_DELIVER_MS);
+        snprintf(ck->why, sizeof ck->why, "%lld of the transaction's %lld messages were not delivered in %d ms",
+                 (long long)ck->rt->inflight[ck->epoch & 1], (long long)ck->sends, FS_CKPT_TXN_DELIVER_MS);
         return;
     }
     switch (ck->occasion) {
@@ -464,6 +568,7 @@ static void txn_committed(fs_ckpt *ck)
     }
     rt->txn_commits++;
     rt->txn_last_ms = ms;
+    caps_after_commit(ck);
     fs_debug("checkpoint transaction committed in %lld ms (%d offsets, %lld messages)", (long long)ms,
              ck->offsets.len, (long long)ck->sends);
     int rc = ck->s->persist && ck->s->persist(ck) ? -1 : 0;
@@ -615,7 +720,15 @@ static int delivering(fs_ckpt *ck)
 
 void fs_ckpt_poll(fs_ckpt *ck)
 {
-    if (ck->phase == IDLE) return;
+    if (ck->phase == IDLE) {
+        /* The open transaction is full and agents wait: seal it now rather
+         * than at the next commit interval (not from a blocking drain, which
+         * runs its own checkpoint; nor while a reload drains or a reset runs). */
+        fs_rt *rt = ck->rt;
+        if (rt->txn_full && !ck->blocking && !ck->blocked && !rt->draining && !rt->fatal)
+            fs_ckpt_start(ck, FS_CKPT_PERIODIC, NULL, NULL, NULL);
+        return;
+    }
     if (ck->rt->fatal) { /* the worker stops; nothing more is committed */
         end(ck, -1);
         return;

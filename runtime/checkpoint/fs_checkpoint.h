@@ -93,6 +93,23 @@ extern const fs_ckpt_strategy fs_ckpt_exactly_once;
 #define FS_CKPT_QUIESCE_MS 5000
 #define FS_CKPT_TXN_DELIVER_MS 10000
 
+/* Exactly-once: what one transaction may take in, in sends and in their keys'
+ * and values' bytes (fs_rt.txn_cap_sends/_bytes; after the send that
+ * reaches a bound no new event is handed to agents until the next checkpoint
+ * seals the transaction, and one starts at once). A transaction must deliver within FS_CKPT_TXN_DELIVER_MS,
+ * and librdkafka times its messages out at transaction.timeout.ms (the same
+ * 10 s), so no deadline can grow past what a slow broker delivers in that
+ * time: the bound adapts instead. It starts at the maximum; a failed
+ * transaction sets it to a quarter of what that one delivered; a committed
+ * one whose delivery and commit took more than half the deadline sets it to
+ * what would have taken a quarter of it; a committed one that reached the
+ * bound and took less than a quarter of the deadline doubles it (up to twice
+ * what the last shrink set; a quarter more each time above). */
+#define FS_CKPT_TXN_MIN_SENDS 100
+#define FS_CKPT_TXN_MAX_SENDS 100000
+#define FS_CKPT_TXN_MIN_BYTES (64 * 1024)
+#define FS_CKPT_TXN_MAX_BYTES (64 * 1024 * 1024)
+
 fs_ckpt *fs_ckpt_new(fs_rt *rt, fs_transport *tp, const fs_ckpt_strategy *s);
 void fs_ckpt_free(fs_ckpt *ck);
 
@@ -134,7 +151,9 @@ int fs_ckpt_transactional(const fs_ckpt *ck);
  * called), -1 could not start (msg in err). */
 int fs_ckpt_abort_txn(fs_ckpt *ck, void (*done)(void *data, int result, const char *msg), void *data,
                       char *err, size_t errlen);
-/* Opens the next transaction after a reset and unblocks checkpoints. -1 with a message. */
+/* Opens the next transaction after a reset and unblocks checkpoints; the
+ * aborted transaction's counts (sends, bytes, undelivered) start again at
+ * zero. -1 with a message. */
 int fs_ckpt_reopen(fs_ckpt *ck, char *err, size_t errlen);
 /* A checkpoint may not start (-1) while on (a reset in progress). */
 void fs_ckpt_block(fs_ckpt *ck, int on);

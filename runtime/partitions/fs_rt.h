@@ -214,6 +214,14 @@ struct fs_rt {
     int64_t inflight[2]; /* undelivered messages per epoch parity */
     int64_t epoch_sends; /* sends of the current epoch (a checkpoint with none and no offset to
                             commit needs no transaction) */
+    int64_t epoch_bytes; /* their keys' and values' bytes */
+    /* Exactly-once: how much the open transaction may take in (set by the
+     * checkpoint, fs_checkpoint.c; 0: no bound). The send that reaches either
+     * bound sets txn_full: no new event is handed to agents (fs_worker_poll;
+     * they finish those they have) until a checkpoint seals the transaction
+     * (its stage clears txn_full; fs_ckpt_poll starts one at once). */
+    int64_t txn_cap_sends, txn_cap_bytes;
+    int txn_full;
     /* Exactly-once (processing_guarantee): the checkpoint strategy is the
      * transactional one; txn_id is "<group>-<slot id>" (slot_fd: the flock'ed
      * slot file under <data_dir>/.eos, held for the process's life). */

@@ -59,6 +59,17 @@ int fs_produce(fs_rt *rt, fs_topic *t, int32_t partition, const void *key, size_
     if (rc < 0) return -1;
     t->produced++;
     rt->epoch_sends++;
+    rt->epoch_bytes += (int64_t)(klen + vlen);
+    /* Exactly-once: a transaction takes in no more than its broker can deliver
+     * before the checkpoint's deadline (fs_checkpoint.c sets the bound).
+     * The worker then hands agents no new events (fs_worker_poll) until a
+     * checkpoint seals the transaction; they finish those they have, all
+     * the same ones. (Stopping the sender at once would leave it ahead of the
+     * agents that had not run yet, and the transaction would hold its
+     * outputs of events whose offsets it does not commit.) */
+    if (rt->txn_cap_sends && !rt->txn_full &&
+        (rt->epoch_sends >= rt->txn_cap_sends || rt->epoch_bytes >= rt->txn_cap_bytes))
+        rt->txn_full = 1;
     if (rc == 0) {
         rt->inflight[rt->epoch & 1]++;
     } else if (w) { /* delivered already */

@@ -89,7 +89,8 @@ static void on_delivered(void *data, const fs_report *r)
 {
     fs_rt *rt = data;
     fs_waiter *w = r->ctx.waiter;
-    rt->inflight[r->ctx.epoch & 1]--;
+    /* (Not below zero: an exactly-once reset counts the aborted sends gone.) */
+    if (rt->inflight[r->ctx.epoch & 1] > 0) rt->inflight[r->ctx.epoch & 1]--;
     fs_topic *t = r->topic;
     if (t && t->table && !r->err && r->partition < t->table->partitions &&
         r->offset + 1 > t->table->parts[r->partition].cl_next)
@@ -434,6 +435,8 @@ int fs_worker_poll(fs_rt *rt)
     /* No fetching while every partition is let go of (their events are
      * stale); a cooperative revocation of some lets the others go on. */
     int fetch = !fs_assign_stops_fetching(rt->assign) && rt->subscribed && !rt->stopping && !rt->draining;
+    /* Exactly-once: the open transaction took in what it may (fs_send.c). */
+    if (rt->txn_full) fetch = 0;
     /* Back-pressure pauses fetching, but the queue is still served: rebalances
      * and commit results arrive on it, and a worker that stops reading it would
      * never answer a rebalance. */
