@@ -505,7 +505,9 @@ static int open_and_recover(fs_rt *rt, fs_table *t, int32_t p)
      * replay starts from the changelog offset the copy reached. */
     if (!t->global) fs_standby_drop(rt, p);
     int rc = open_owned(t, p, dir, sizeof dir, err, sizeof err);
-    if (rc == FS_STORE_BUSY) {
+    /* A global table busy in all its copies is fatal below: lock_retry
+     * retries only an owner's own directory. */
+    if (rc == FS_STORE_BUSY && !t->global) {
         int64_t now = fs_loop_now(&rt->loop);
         struct lockwait w = {t, p, now, now + FS_STORE_WAIT_MS};
         if (fs_vec_push(&st->waits, w)) {
