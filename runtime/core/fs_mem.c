@@ -436,3 +436,11 @@ int fs_mem_get(lua_State *L, size_t *used, size_t *limit, unsigned long *refused
     *refused = m->refused;
     return 1;
 }
+
+int fs_mem_pool_get(lua_State *L, size_t *held)
+{
+    fs_mem *m = counter(L);
+    if (!m || !m->pool.base) return 0;
+    *held = (m->pool.nused + m->pool.nempty) * SLAB_SIZE;
+    return 1;
+}
