@@ -456,15 +456,18 @@ end
 -- Anything else takes the general path (read/write, windows).
 function object_mt(self)
   local parts, writers = self.parts, self.writers
-  -- Writes that need nothing per key but the record cache (no type checks, no ttl, ...).
-  local plain_write = not self.check_key and not self.check_value and not self.global and not self.ttl
+  -- Whether its partitions can be Lua-keyed (a window, configured later, is
+  -- looked at per access), so that other tables do not pay for the look.
+  local lkable = not self.global and not self.ttl and self.key_serializer == "json"
+  -- Writes that need nothing per key but the record cache (no type checks).
+  local plain_write = lkable and not self.check_key and not self.check_value
   local last_s, last_cs, last_pf, last_writer
   return {
     __name = "fstream.Table",
     __index = function(_, k)
       local m = METHODS[k]
       if m and index_op() == SELF_OP then return m end
-      local s = streams_by_co[running()]
+      local s = lkable and not self.window and streams_by_co[running()]
       if s then
         if s ~= last_s then last_s, last_cs, last_pf = s, s.cs, s.cs.partition end
         local p = last_pf(last_cs)
@@ -490,7 +493,7 @@ function object_mt(self)
       return v
     end,
     __newindex = function(_, k, v)
-      if plain_write then
+      if plain_write and not self.window then
         local s = streams_by_co[running()]
         if s then
           if s ~= last_s then last_s, last_cs, last_pf = s, s.cs, s.cs.partition end
