@@ -131,6 +131,40 @@ describe("fstream json", function()
             assert.equals("1e+300", json.encode(1e300))
             assert.equals("0.30000000000000004", json.encode(0.1 + 0.2))
         end)
+
+        -- Floats of at most 15 significant digits are formatted without
+        -- double-conversion (fs_dtoa.cc): the same text, every layout.
+        it("writes short decimals digit for digit, in plain notation from 1e-6 to 1e21", function()
+            local cases = {
+                { 406.27 * 68.75, "27931.0625" }, { 27931.0625, "27931.0625" }, { -5.5, "-5.5" },
+                { 0.000123, "0.000123" }, { 0.00001, "0.00001" }, { 0.000012345, "0.000012345" },
+                { 1e-6, "0.000001" }, { 1e-7, "1e-7" }, { 123456.789, "123456.789" },
+                { 1e14, "100000000000000.0" }, { 123456789012345.0, "123456789012345.0" },
+                { 999999999999999.0, "999999999999999.0" }, { 99999999999999.9, "99999999999999.9" },
+                { 1e15, "1000000000000000.0" }, { 1234567890123456.0, "1234567890123456.0" },
+                { 1e20, "100000000000000000000.0" }, { 1e21, "1e+21" }, { 2.5e-5, "0.000025" },
+                { 1.5, "1.5" }, { -0.25, "-0.25" }, { 10.0, "10.0" }, { 120.5, "120.5" },
+                { 1 / 3, "0.3333333333333333" }, { 2 / 3, "0.6666666666666666" },
+                { 4.35, "4.35" }, { 0.1 * 3, "0.30000000000000004" }, { 0.000011, "0.000011" },
+            }
+            for _, c in ipairs(cases) do
+                assert.equals(c[2], json.encode(c[1]), ("%.17g"):format(c[1]))
+                assert.equals(c[1], json.decode(c[2]))
+            end
+            -- products and sums of cents, the usual source: shortest text that reads back
+            math.randomseed(7)
+            for _ = 1, 20000 do
+                local x = math.random(0, 99999) / 100 * (math.random(1, 9999) / 100)
+                if math.random(2) == 1 then x = -x + math.random(0, 999) / 10 end
+                local s = json.encode(x)
+                assert.equals(x, tonumber(s), s)
+                -- nothing shorter reads back: one significant digit fewer does not
+                local sig = s:gsub("^%-", ""):gsub("e.*$", ""):gsub("%.", ""):gsub("^0+", ""):gsub("0+$", "")
+                if #sig > 1 then
+                    assert.is_not.equal(x, tonumber(("%." .. (#sig - 1) .. "g"):format(x)), s)
+                end
+            end
+        end)
     end)
 
     describe("strings", function()
@@ -263,6 +297,38 @@ describe("fstream json", function()
             local text = json.encode(deep(500))
             assert.equals(("["):rep(499) .. "{}" .. ("]"):rep(499), text)
             assert.matches("deeper than 512", encode_error(deep(600)))
+        end)
+    end)
+
+    -- Object keys go through a cache of recent keys compared by bytes
+    -- (fs_json.c, dec_key): whatever it holds, every key decodes as written.
+    describe("object keys", function()
+        it("decodes keys that share their first bytes, their length or a cache slot", function()
+            local keys = { "", "a", "ab", "abcdefg", "abcdefgh", "abcdefgi", "abcdefgh1", "abcdefgh2",
+                           "abcdefghijklmnop", "abcdefghijklmnoq", "bbcdefghijklmnop", ("k"):rep(40),
+                           ("k"):rep(39) .. "j", ("k"):rep(41), ("k"):rep(100), [[\u00e9t\u00e9]], [[a\"b]], "é",
+                           [[x\ny]], "id", "account_id", "amount", "price", "note" }
+            for i = 1, 600 do keys[#keys + 1] = "key" .. i end -- more keys than the cache has slots
+            for round = 1, 3 do
+                for _, shift in ipairs { 0, 1, 7 } do
+                    local parts, want = {}, {}
+                    for i = 1, #keys do
+                        local k = keys[(i + shift - 1) % #keys + 1]
+                        parts[#parts + 1] = ('"%s":%d'):format(k, i)
+                        want[json.decode('"' .. k .. '"')] = i
+                    end
+                    local got = json.decode("{" .. table.concat(parts, ",") .. "}")
+                    local ok, why = same(want, got)
+                    assert(ok, why)
+                    collectgarbage() -- cached keys must outlive the values that used them
+                end
+            end
+            -- one key per message, message after message (a cached key each time after the first)
+            for i = 1, 2000 do
+                local k = keys[i % #keys + 1]
+                local got = json.decode(('{"%s":[%d]}'):format(k, i))
+                assert.equals(i, got[json.decode('"' .. k .. '"')][1])
+            end
         end)
     end)
 

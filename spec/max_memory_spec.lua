@@ -166,3 +166,45 @@ describe("max_memory and a value too big for it", function()
     assert.are.equal(0, st.queued_bytes)
   end)
 end)
+
+describe("the Lua state's small-block pool (runtime/core/fs_mem.c)", function()
+  -- scripts/test --asan leaves the pool out, so that ASan sees every block.
+  local asan = (os.getenv("LD_PRELOAD") or ""):find("libasan", 1, true) ~= nil
+  local t
+  after_each(function() if t then t:close(); t = nil end end)
+
+  local function rss()
+    local f = assert(io.open("/proc/self/statm"))
+    local pages = tonumber(f:read("*a"):match("^%d+%s+(%d+)"))
+    f:close()
+    return pages * 4096
+  end
+
+  it("holds the state's small blocks and gives a slab's memory back once the collector empties it", function()
+    -- max_memory wraps this (busted's) state's allocator: the pool serves it from then on
+    local a = fstream.app("mm-pool", { topic_partitions = 1, max_memory = headroom(512) })
+    a:agent("x", a:topic("src"), function(stream) for _ in stream do end end)
+    t = fstream.testing(a)
+    if asan then
+      assert.is_nil(t.rt:stats().lua_pool_bytes)
+      return
+    end
+    collectgarbage(); collectgarbage()
+    local before = t.rt:stats().lua_pool_bytes
+    assert.is_number(before)
+    local junk = {}
+    for i = 1, 200000 do junk[i] = { i, tostring(i) } end -- ~20 MB of tables, array parts, strings
+    local full, rss_full = t.rt:stats().lua_pool_bytes, rss()
+    assert.is_true(full > before + 12 * 1048576, string.format("%d -> %d", before, full))
+    junk = nil
+    collectgarbage(); collectgarbage()
+    local after, rss_after = t.rt:stats().lua_pool_bytes, rss()
+    -- what stays: the slabs the state uses and an eighth of that kept for reuse
+    assert.is_true(after < before + 2 * 1048576, string.format("%d -> %d -> %d", before, full, after))
+    assert.is_true(rss_after < rss_full - 10 * 1048576, string.format("RSS %d -> %d", rss_full, rss_after))
+    -- and the pool serves again what it gave back
+    local again = {}
+    for i = 1, 1000 do again[i] = { i } end
+    for i = 1, 1000 do assert.are.equal(i, again[i][1]) end
+  end)
+end)

@@ -85,11 +85,20 @@ static const double pow10_exact[] = {
     1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 };
 
+/* Registry keys by address (a lookup by name goes through Lua's string cache
+ * and strcmp at every encode and decode). */
+static char array_mt_key, key_cache_key;
+
 /* Creates the array metatable on first use, so the C API works even when
- * luaopen_fstream_json never ran in this state. */
+ * luaopen_fstream_json never ran in this state; it is also registered under
+ * its name, for luaL_checkudata-style lookups. */
 static void push_array_mt(lua_State *L)
 {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &array_mt_key) == LUA_TTABLE) return;
+    lua_pop(L, 1);
     luaL_newmetatable(L, JSON_ARRAY_MT);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &array_mt_key);
 }
 
 /* Length of the well-formed UTF-8 sequence at p (2..4 bytes), or 0 for stray
@@ -123,10 +132,25 @@ static inline size_t utf8_len(const unsigned char *p, const unsigned char *end)
 /* Skips bytes that go through a string unchanged (plain ASCII and valid UTF-8).
  * Stops at end, '"', '\\', a control character, or a byte >= 0x80 that does
  * not start a valid sequence. */
+/* Whether any of the 8 bytes at p is one str_special marks: a zero byte of
+ * v ^ '"', of v ^ '\\', a byte below 0x20, or one with its high bit set. The
+ * usual word tricks: a flagged byte may be a false one only above a true one,
+ * which is all "any" needs. */
+static inline int word_special(const unsigned char *p)
+{
+    const uint64_t ones = UINT64_C(0x0101010101010101), highs = UINT64_C(0x8080808080808080);
+    uint64_t v, q, b;
+    memcpy(&v, p, 8);
+    q = v ^ (ones * '"');
+    b = v ^ (ones * '\\');
+    return (((q - ones) & ~q) | ((b - ones) & ~b) | ((v - ones * 0x20) & ~v) | v) & highs ? 1 : 0;
+}
+
 static inline const unsigned char *scan_run(const unsigned char *p, const unsigned char *end)
 {
     for (;;) {
         size_t n;
+        while (end - p >= 8 && !word_special(p)) p += 8;
         while (p < end && !str_special[*p]) p++;
         if (p == end || *p < 0x80) return p;
         if ((n = utf8_len(p, end)) == 0) return p;
@@ -136,14 +160,33 @@ static inline const unsigned char *scan_run(const unsigned char *p, const unsign
 
 /* ---------------------------------------------------------------- decoder */
 
+/* Object keys recently decoded in this state, so that the same keys message
+ * after message are not hashed and looked up in Lua's string table each time
+ * (internshrstr was 5 % of a stateless worker): a direct-mapped table of
+ * JSON_KEY_SLOTS strings, compared by bytes (their first 8 and their length
+ * first), kept alive as the user values of the userdata that holds their
+ * addresses; one more user value holds the array metatable, so that a decode
+ * makes one registry lookup. Keys longer than JSON_KEY_CACHED bytes or with
+ * escapes are not cached. */
+#define JSON_KEY_SLOTS 128
+#define JSON_KEY_CACHED 40
+#define JSON_KEY_MT (JSON_KEY_SLOTS + 1) /* the user value holding the array metatable */
+
+typedef struct key_cache {
+    uint64_t head[JSON_KEY_SLOTS]; /* the first 8 bytes, zero-padded */
+    uint32_t len[JSON_KEY_SLOTS];  /* 0: empty slot (the empty key is not cached) */
+    const char *s[JSON_KEY_SLOTS];
+} key_cache;
+
 typedef struct json_dec {
     lua_State *L;
+    key_cache *kc;
+    int kci; /* stack index of the key cache's userdata */
     const unsigned char *p; /* next byte to read */
     const unsigned char *start;
     const unsigned char *end;
     char *err;
     size_t errlen;
-    int mt; /* stack index of the array metatable, fetched once per decode */
     int depth;
     int big; /* FS_JSON_BIG_*: what an integer beyond int64 becomes */
 } json_dec;
@@ -291,6 +334,71 @@ static int dec_string(json_dec *d)
     return dec_string_slow(d, run, p);
 }
 
+/* The first min(n, 8) bytes at p (1 <= n, p + n < end) as an integer, the
+ * others zero: one load where 8 bytes can be read. */
+static inline uint64_t key_head(const unsigned char *p, size_t n, const unsigned char *end)
+{
+    uint64_t v = 0;
+    if (end - p >= 8) {
+        memcpy(&v, p, 8);
+        if (n < 8) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            v &= ~(uint64_t)0 << (8 * (8 - n));
+#else
+            v &= ((uint64_t)1 << (8 * n)) - 1;
+#endif
+        }
+    } else {
+        memcpy(&v, p, n); /* n < 8 here */
+    }
+    return v;
+}
+
+/* An object key: like dec_string, through the key cache when it is short
+ * and has no escapes. */
+static int dec_key(json_dec *d)
+{
+    const unsigned char *run = d->p + 1, *p = scan_run(run, d->end);
+    size_t n = (size_t)(p - run);
+    if (p < d->end && *p == '"' && n - 1 < JSON_KEY_CACHED) {
+        key_cache *kc = d->kc;
+        uint64_t head = key_head(run, n, d->end), tail = 0, x;
+        unsigned h;
+        if (n > 8) memcpy(&tail, run + n - 8, 8);
+        x = (head ^ (tail * UINT64_C(0x9E3779B97F4A7C15)) ^ n) * UINT64_C(0xD6E8FEB86659FD93);
+        h = (unsigned)(x >> 57) & (JSON_KEY_SLOTS - 1);
+        d->p = p + 1;
+        if (kc->head[h] == head && kc->len[h] == n &&
+            (n <= 8 || memcmp(kc->s[h] + 8, run + 8, n - 8) == 0)) {
+            lua_getiuservalue(d->L, d->kci, (int)h + 1);
+            return 0;
+        }
+        kc->s[h] = lua_pushlstring(d->L, (const char *)run, n);
+        kc->head[h] = head;
+        kc->len[h] = (uint32_t)n;
+        lua_pushvalue(d->L, -1);
+        lua_setiuservalue(d->L, d->kci, (int)h + 1);
+        return 0;
+    }
+    return dec_string(d);
+}
+
+/* Pushes this state's key cache (created on first use) and returns it. */
+static key_cache *push_key_cache(lua_State *L)
+{
+    key_cache *kc;
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_cache_key) == LUA_TUSERDATA)
+        return (key_cache *)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    kc = (key_cache *)lua_newuserdatauv(L, sizeof *kc, JSON_KEY_MT);
+    memset(kc, 0, sizeof *kc);
+    push_array_mt(L);
+    lua_setiuservalue(L, -2, JSON_KEY_MT);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_cache_key);
+    return kc;
+}
+
 /* Numbers whose digits fit in a uint64 are converted here; everything else
  * (more than 19 digits, big exponents, int64 overflow) goes through Lua's own
  * strtod-based conversion, which also copes with a non-"C" LC_NUMERIC. */
@@ -392,7 +500,7 @@ static int dec_array(json_dec *d)
     if (++d->depth > JSON_MAX_DEPTH) return dec_fail(d, d->p, "nesting deeper than 512");
     if (!lua_checkstack(L, 4)) return dec_fail(d, d->p, "Lua stack exhausted");
     lua_createtable(L, JSON_ARRAY_PRESIZE, 0);
-    lua_pushvalue(L, d->mt);
+    lua_getiuservalue(L, d->kci, JSON_KEY_MT);
     lua_setmetatable(L, -2);
     d->p = skip_ws(d->p + 1, d->end);
     if (d->p < d->end && *d->p == ']') {
@@ -433,7 +541,7 @@ static int dec_object(json_dec *d)
     for (;;) {
         int r;
         if (d->p == d->end || *d->p != '"') return dec_unexpected(d, d->p, "expected a string key");
-        if (dec_string(d) < 0) return -1;
+        if (dec_key(d) < 0) return -1;
         d->p = skip_ws(d->p, d->end);
         if (d->p == d->end || *d->p != ':') return dec_unexpected(d, d->p, "expected ':'");
         d->p = skip_ws(d->p + 1, d->end);
@@ -514,8 +622,8 @@ int fs_json_decode_big(lua_State *L, const char *s, size_t len, int big, char *e
     d.depth = 0;
     d.big = big;
     if (!lua_checkstack(L, 4)) return dec_fail(&d, d.p, "Lua stack exhausted");
-    push_array_mt(L);
-    d.mt = lua_gettop(L);
+    d.kc = push_key_cache(L);
+    d.kci = lua_gettop(L);
     d.p = skip_ws(d.p, d.end);
     if (dec_value(&d) < 0) goto fail;
     d.p = skip_ws(d.p, d.end);
@@ -523,7 +631,7 @@ int fs_json_decode_big(lua_State *L, const char *s, size_t len, int big, char *e
         dec_fail(&d, d.p, "unexpected data after the value");
         goto fail;
     }
-    lua_remove(L, d.mt);
+    lua_remove(L, d.kci);
     return 0;
 fail:
     lua_settop(L, top);
@@ -549,7 +657,8 @@ typedef struct json_enc {
     fs_buf *b;
     char *err;
     size_t errlen;
-    int mt; /* stack index of the array metatable */
+    int mt;     /* stack index of the array metatable (fetched on first need) */
+    int mt_set; /* ... and whether it is there yet */
     int scratch; /* stack index holding e->keys once it outgrows inline_keys (a
                     userdata: the GC frees it even when a memory error unwinds) */
     int depth;
@@ -935,6 +1044,12 @@ static int enc_table(json_enc *e, int idx)
         return enc_fail(e, "cannot encode: nesting deeper than 512 (or a cycle)");
     if (!lua_checkstack(L, 8)) return enc_fail(e, "cannot encode: Lua stack exhausted");
     if (lua_getmetatable(L, idx)) {
+        if (!e->mt_set) {
+            /* the first metatable of this encode: fetch the array one */
+            push_array_mt(L);
+            lua_replace(L, e->mt);
+            e->mt_set = 1;
+        }
         if (lua_rawequal(L, -1, e->mt)) {
             isarray = 1;
         } else {
@@ -1020,8 +1135,9 @@ int fs_json_encode(lua_State *L, int idx, fs_buf *b, char *err, size_t errlen)
     e.capkeys = JSON_INLINE_KEYS;
     idx = lua_absindex(L, idx);
     if (!lua_checkstack(L, 4)) return enc_fail(&e, "cannot encode: Lua stack exhausted");
-    push_array_mt(L);
+    lua_pushnil(L); /* the array metatable once a table with a metatable needs it */
     e.mt = lua_gettop(L);
+    e.mt_set = 0;
     lua_pushnil(L);
     e.scratch = lua_gettop(L);
     rc = enc_value(&e, idx);

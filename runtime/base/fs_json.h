@@ -63,7 +63,12 @@
  *
  * Never raises a Lua error except memory errors (then the stack is unwound by
  * whoever catches them). Needs up to 2 stack slots per nesting level; grows the
- * stack itself with lua_checkstack. */
+ * stack itself with lua_checkstack.
+ *
+ * Object keys of up to 40 bytes without escapes are looked up in a cache of
+ * the state's last keys (128 slots, in the registry) before Lua's string
+ * table, so the keys of a stream of similar messages are not hashed and
+ * interned again each time; the cache keeps those strings alive. */
 int fs_json_decode(lua_State *L, const char *s, size_t len, char *err, size_t errlen);
 
 /* What an integer beyond int64 decodes to (see the value mapping above). */

@@ -14,7 +14,12 @@
  * max_queued_bytes), not by this. The limit is therefore a bound on what agent
  * code can make the state allocate, not on the process's RSS.
  *
- * Counting costs one add per allocation (and one compare when a block grows). */
+ * Counting costs one add per allocation (and one compare when a block grows).
+ *
+ * Blocks up to 512 bytes come from a pool of the state's own (fs_mem.c: size
+ * classes in 16 KiB slabs, no locks since a state belongs to one thread),
+ * which gives a slab's pages back once its last block is freed and the
+ * state's empty slabs pass an eighth of those in use. */
 #ifndef FS_MEM_H
 #define FS_MEM_H
 
@@ -39,5 +44,11 @@ int fs_mem_set_limit(lua_State *L, size_t limit);
 /* What L's state holds now and its limit (0: none), and how many allocations
  * were refused; 0 when the state's allocator is not counting. */
 int fs_mem_get(lua_State *L, size_t *used, size_t *limit, unsigned long *refused);
+
+/* The bytes L's small-block pool holds (its slabs in use and the empty ones
+ * it keeps; a returned slab costs nothing) into *held; 0 when the state has
+ * no pool (not counting, the pool's address range could not be reserved, or
+ * an AddressSanitizer build, which leaves the pool out). */
+int fs_mem_pool_get(lua_State *L, size_t *held);
 
 #endif

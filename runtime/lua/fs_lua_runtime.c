@@ -563,6 +563,7 @@ static int l_rt_stats(lua_State *L)
             STAT("max_memory", limit);
             STAT("memory_refused", refused);
         }
+        if (fs_mem_pool_get(L, &used)) STAT("lua_pool_bytes", used);
     }
 #undef STAT
     lua_newtable(L);
