@@ -23,10 +23,23 @@
  * their n values as asked. */
 #define FS_TAKE_BYTES (1 << 20)
 
+/* What e->hdrs holds for a consumed message found to have no headers.
+ * librdkafka keeps the headers it parsed with the message, but not that there
+ * were none: each rd_kafka_message_headers() on such a message builds and
+ * frees a parse buffer again (an event's send, its events-mode table and a
+ * forwarder's origin would each pay it). Only librdkafka's messages (not
+ * owned, whose e->hdrs is never destroyed) get the mark. */
+static char no_headers;
+#define NO_HEADERS ((rd_kafka_headers_t *)&no_headers)
+
 rd_kafka_headers_t *fs_lua_event_headers(fs_event *e)
 {
     rd_kafka_headers_t *h = e->hdrs;
-    if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) h = NULL;
+    if (h == NO_HEADERS) return NULL;
+    if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) {
+        e->hdrs = NO_HEADERS;
+        h = NULL;
+    }
     return h;
 }
 
@@ -44,10 +57,14 @@ static void push_headers(lua_State *L, fs_event *e)
     }
 }
 
-
+/* The stream methods' upvalue 1 is the metatable: the check costs no
+ * registry lookup by name (some run per event: cursor, meta, origin). */
 static stream_ud *check_stream(lua_State *L, int idx)
 {
-    stream_ud *u = luaL_checkudata(L, idx, STREAM_MT);
+    stream_ud *u = lua_touserdata(L, idx);
+    if (!u || !lua_getmetatable(L, idx) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typeerror(L, idx, STREAM_MT);
+    lua_pop(L, 1);
     if (!u->owner || !u->owner->rt) luaL_error(L, "runtime is closed");
     return u;
 }
@@ -165,7 +182,7 @@ static int fill(lua_State *L, stream_ud *u)
 
 static int fill_entry(lua_State *L)
 {
-    return fill(L, check_stream(L, 1));
+    return fill(L, lua_touserdata(L, 1)); /* (fill_protected's call: the stream's) */
 }
 
 /* fill under a protected call. An error while it decodes (Lua's "not enough
@@ -685,7 +702,9 @@ static const luaL_Reg stream_methods[] = {
 void fs_lua_open_stream(lua_State *L)
 {
     luaL_newmetatable(L, STREAM_MT);
-    luaL_newlib(L, stream_methods);
+    lua_newtable(L);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, stream_methods, 1);
     lua_pushvalue(L, -2);
     lua_pushcclosure(L, l_stream_next, 1);
     lua_setfield(L, -2, "next");

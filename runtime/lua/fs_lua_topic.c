@@ -222,15 +222,19 @@ static int send_msg(fs_rt *rt, out_msg *m, int best_effort, fs_waiter *w, char *
     return rc;
 }
 
-static int produce(lua_State *L, int raw, int best_effort)
+static int produce_to(lua_State *L, fs_rt *rt, int raw, int best_effort)
 {
-    fs_rt *rt = fs_lua_check_rt(L, 1);
     out_msg m;
     char err[256];
     read_msg(L, rt, raw, &m);
     if (!raw) m.hdrs = trace(L, m.hdrs);
     if (send_msg(rt, &m, best_effort, NULL, err, sizeof err)) return luaL_error(L, "%s", err);
     return 0;
+}
+
+static int produce(lua_State *L, int raw, int best_effort)
+{
+    return produce_to(L, fs_lua_check_rt(L, 1), raw, best_effort);
 }
 
 /* rt:produce(tid, key, value, partition, headers, timestamp): encoded by the topic's codecs. */
@@ -268,7 +272,8 @@ static int topic_send(lua_State *L)
     if (lua_rawget(L, 3) != LUA_TUSERDATA || !lua_getmetatable(L, 4)) goto slow; /* 4: app.rt, 5: its metatable */
     if (!lua_rawequal(L, 5, lua_upvalueindex(SU_MT)) && !lua_rawequal(L, 5, lua_upvalueindex(SU_TEST_MT)))
         goto slow;
-    if (!((rt_ud *)lua_touserdata(L, 4))->rt) goto slow;
+    fs_rt *rt = ((rt_ud *)lua_touserdata(L, 4))->rt;
+    if (!rt) goto slow;
     lua_pushvalue(L, lua_upvalueindex(SU_ID));
     if (lua_rawget(L, 1) != LUA_TNUMBER || !lua_isinteger(L, 6)) goto slow; /* 6: self.id */
     for (int f = 0; f < 5; f++) { /* 7..11: msg.key, value, partition, headers, timestamp */
@@ -283,7 +288,7 @@ static int topic_send(lua_State *L)
     lua_copy(L, 6, 2);
     for (int f = 0; f < 5; f++) lua_copy(L, 7 + f, 3 + f);
     lua_settop(L, 7);
-    return produce(L, 0, 0);
+    return produce_to(L, rt, 0, 0);
 slow:
     lua_settop(L, 2);
     lua_pushvalue(L, lua_upvalueindex(SU_LUA));
