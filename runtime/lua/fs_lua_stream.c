@@ -520,6 +520,7 @@ static int iter_hold_k(lua_State *L, int status, lua_KContext ctx)
     (void)status;
     stream_ud *u = lua_touserdata(L, lua_upvalueindex(1));
     fs_co *co = fs_co_current(L);
+    lua_settop(L, 0); /* (what the resume passed: the results are counted from an empty stack) */
     if (co && u->s->waiter == co) u->s->waiter = NULL;
     if (!u->owner->rt) return luaL_error(L, "runtime is closed");
     if (u->rt->hold && hold_here(L, u, ctx, iter_hold_k) >= 0) return 0; /* not reached: it yields */
