@@ -96,11 +96,56 @@ describe("a table", function()
     t:send(src, { value = "a", partition = 3 })
     t:send(src, { value = "b", partition = 1 })
     t:run()
+    -- (The record cache keeps string keys under the Lua string: see table.lua.)
     local parts = require("fstream.table").state(tb).parts
-    local json = require("fstream.core").json
-    assert.are.equal(3, parts[3].cache[json.encode("a")])
-    assert.are.equal(1, parts[1].cache[json.encode("b")])
-    assert.is_nil(parts[0].cache[json.encode("a")])
+    assert.are.equal(3, parts[3].lw.a)
+    assert.are.equal(1, parts[1].lw.b)
+    assert.is_nil(parts[0].lw.a)
+    assert.is_nil(next(parts[3].cache))
+  end)
+
+  it("keeps a string key apart from a number with the same text, through writes, deletes and items", function()
+    -- String keys live in the record cache under the Lua string, others under
+    -- their JSON bytes (table.lua): "1" and 1 are two keys, as in LMDB.
+    local a = app("mixed")
+    local src = a:topic("src")
+    local tb = a:table("m", { default = 0 })
+    a:agent("w", src, function(stream)
+      for ev in stream:events() do
+        local v = ev.value
+        if v.op == "add" then tb[v.k] = tb[v.k] + v.n
+        elseif v.op == "del" then tb[v.k] = nil
+        elseif v.op == "update" then tb:update(v.k, function(x) return x * 10 end) end
+      end
+    end)
+    t = fstream.testing(a)
+    local function send(v) t:send(src, { value = v, partition = 2 }) end
+    send { op = "add", k = "1", n = 5 }
+    send { op = "add", k = 1, n = 7 }
+    send { op = "add", k = "x", n = 1 }
+    send { op = "add", k = 1.5, n = 2 }
+    send { op = "update", k = "1" }
+    send { op = "update", k = 1 }
+    t:run()
+    assert.are.equal(50, tb["1"])
+    assert.are.equal(70, tb[1])
+    assert.are.equal(2, tb[1.5])
+    local seen = {}
+    for k, v in tb:items() do seen[#seen + 1] = math.type(k) and string.format("%s:%s", math.type(k), v)
+      or string.format("%q:%s", k, v) end
+    table.sort(seen)
+    assert.are.same({ '"1":50', '"x":1', "float:2", "integer:70" }, seen)
+    send { op = "del", k = "1" }
+    send { op = "add", k = "x", n = 1 }
+    t:run()
+    assert.are.equal(0, tb["1"])       -- deleted: the default
+    assert.is_nil(tb:get("1"))
+    assert.are.equal(70, tb[1])        -- the number key is untouched
+    assert.are.equal(2, tb.x)
+    seen = {}
+    for k in tb:items() do seen[#seen + 1] = tostring(k) .. "/" .. type(k) end
+    table.sort(seen)
+    assert.are.same({ "1.5/number", "1/number", "x/string" }, seen)
   end)
 
   it("refuses a write outside an agent's event with a clear error", function()

@@ -6,6 +6,8 @@ local Agent = require "fstream.agent"
 local Table = require "fstream.table"
 
 local App = {}
+-- Table entries staged by checkpoints after which the collector runs (see the table hook).
+local BIG_FLUSH = 20000
 App.__index = App
 
 App.GUARANTEES = { at_least_once = true, exactly_once = true }
@@ -664,19 +666,36 @@ function App:_bind(rt, store)
   end
   if #self.table_list > 0 then
     local tables = self.table_list
+    self.staged_since_gc = 0
     rt:table_hook(function(event, p, tid, keys)
       local busy = false
       if event == "flush" then
         for _, t in ipairs(tables) do
           for _, part in pairs(t.parts) do
-            if next(part.dirty) or next(part.prev) then busy = true end
+            if Table.busy(part) then busy = true end
           end
         end
       end
-      for _, t in ipairs(tables) do Table._on(t, event, p, tid, keys) end
+      for _, t in ipairs(tables) do
+        local staged = Table._on(t, event, p, tid, keys) -- (a flush: how many entries)
+        if staged then self.staged_since_gc = self.staged_since_gc + staged end
+      end
       -- An idle worker allocates nothing, so the collector would never run: free
       -- what the last burst left (record-cache entries) at a quiet checkpoint.
-      if event == "flush" and not busy then collectgarbage("collect") end
+      -- Each checkpoint also turns the record cache it replaces into garbage
+      -- that has grown old, which the generational collector's minor steps
+      -- leave until the heap has doubled: during a burst of new keys, that is
+      -- the peak (BENCHMARKS.md, issue 14). Once checkpoints have staged
+      -- BIG_FLUSH entries since the last collection, one runs after the flush.
+      if event == "flush" and (not busy or self.staged_since_gc >= BIG_FLUSH) then
+        local before, staged = collectgarbage("count"), self.staged_since_gc
+        collectgarbage("collect")
+        self.staged_since_gc = 0
+        if busy then
+          core.log("debug", string.format("checkpoints staged %d table entries: Lua heap collected, %.1f -> %.1f MiB",
+            staged, before / 1024, collectgarbage("count") / 1024))
+        end
+      end
     end)
   end
   for _, a in ipairs(self.agent_list) do a:_start(rt) end

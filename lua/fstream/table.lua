@@ -7,7 +7,23 @@
 -- hot key costs one LMDB write and one changelog record per checkpoint, not
 -- one per event. At a checkpoint the dirty entries are encoded and staged
 -- (produced to the changelog now, written to LMDB once delivered); they stay
--- readable from `prev` until then.
+-- readable from the previous generation until the next checkpoint.
+--
+-- Each held partition has one (`part`), in one of two shapes:
+-- * Lua-keyed (`part.lw` set: a partitioned table with JSON keys, neither
+--   windowed nor ttl nor a set table — the usual `t[k] = t[k] + 1` table):
+--   string keys are kept under the Lua string itself, with no key bytes:
+--     lw[k]     written since the last checkpoint (TOMBSTONE: deleted): the dirty entries
+--     lr[k]     read from LMDB since then (MISSING: not there); dropped once k is written
+--     lprev[k]  the last checkpoint's lw, until the next one
+--   A key is encoded only to read LMDB and at the checkpoint. One hash entry
+--   per key instead of four and a key string (the burst peak, BENCHMARKS.md
+--   issue 14). Other keys (numbers, ...) go by key bytes, as below: a JSON
+--   string's bytes start with '"', no other value's do, so the two never meet.
+-- * By key bytes kb (every other table; windows, set tables and sessions use
+--   cache/dirty directly):
+--     cache[kb] value (read or written), dirty[kb] = true once written,
+--     prev[kb] the last checkpoint's dirty values, kbs[k] = kb (string keys).
 --
 -- The object app:table() returns is an empty proxy: every key, whatever its
 -- name, is an entry of the table. Its own state (name, partitions, caches,
@@ -32,6 +48,7 @@ local METHODS = {}
 
 -- The stream whose event the running coroutine is processing (set by agents).
 Table.streams_by_co = setmetatable({}, { __mode = "k" })
+local streams_by_co, running = Table.streams_by_co, coroutine.running
 
 -- big: what a JSON integer beyond 64 bits decodes to (see Topic's big_integers).
 local function codec(ser, big)
@@ -122,6 +139,7 @@ function Table.new(app, name, opts, level, global)
   end
   local self = {
     app = app, name = name, ttl = ttl, default = opts.default, partitions = partitions, global = global or false,
+    default_fn = type(opts.default) == "function",
     declared_partitions = opts.partitions,
     on_window_close = opts.on_window_close, on_late = opts.on_late,
     key_serializer = opts.key_serializer or "json",
@@ -190,16 +208,15 @@ function Table.type_checker(name, what, ty, level)
 end
 
 local function default_of(self)
-  local d = self.default
-  if type(d) == "function" then return d() end
-  return d
+  if self.default_fn then return self.default() end
+  return self.default
 end
 Table.default_of = default_of
 
 -- Partition of the event being processed by the running agent, if any.
 -- The C side answers from the stream's cursor (`t[k] = t[k] + 1` asks twice).
 local function event_partition()
-  local s = Table.streams_by_co[coroutine.running()]
+  local s = streams_by_co[running()]
   if s then return s.cs:partition() end
 end
 
@@ -229,6 +246,45 @@ local function lookup(self, p, part, kb)
   return v
 end
 
+-- A string key of a Lua-keyed partition (see the top): its value or MISSING.
+local function lk_lookup(self, p, part, k)
+  local v = part.lw[k]
+  if v == nil then
+    local lr = part.lr
+    v = lr[k]
+    if v == nil then
+      v = part.lprev[k]
+      if v == nil then
+        local vb = self.app.rt:table_get(self.id, p, self.encode_key(k))
+        if vb then v = self.decode_value(vb) else v = MISSING end
+        lr[k] = v
+      end
+    end
+  end
+  if v == TOMBSTONE then return MISSING end
+  return v
+end
+
+-- v: the value or TOMBSTONE.
+local function lk_put(part, k, v)
+  part.lw[k] = v
+  local lr = part.lr
+  if lr[k] ~= nil then lr[k] = nil end
+end
+
+-- The Lua string key whose bytes are kb, when a Lua-keyed partition keeps kb under it.
+local function lk_key(self, kb)
+  if kb:byte(1) ~= 34 then return nil end -- '"': a JSON string
+  local ok, k = pcall(self.decode_key, kb)
+  if ok and type(k) == "string" then return k end
+end
+
+-- Key k (a Lua key) of held partition p: its value or MISSING.
+local function get_in(self, p, part, k)
+  if part.lw and type(k) == "string" then return lk_lookup(self, p, part, k) end
+  return lookup(self, p, part, key_of(self, part, k))
+end
+
 local function held(self, p)
   local part = self.parts[p]
   if not part then
@@ -247,13 +303,16 @@ local function read(self, k)
     return lookup(self, p, held(self, p), kb)
   end
   local p = event_partition()
-  if p then
-    local part = held(self, p)
-    return lookup(self, p, part, key_of(self, part, k))
-  end
-  local kb = self.encode_key(k)
+  if p then return get_in(self, p, held(self, p), k) end
+  local kb
   for q, part in pairs(self.parts) do
-    local v = lookup(self, q, part, kb)
+    local v
+    if part.lw and type(k) == "string" then
+      v = lk_lookup(self, q, part, k)
+    else
+      kb = kb or self.encode_key(k)
+      v = lookup(self, q, part, kb)
+    end
     if v ~= MISSING then return v end
   end
   return MISSING
@@ -271,15 +330,17 @@ local function write(self, k, v)
     p = event_partition()
   end
   -- Which agents write the table, learned as they do (/topology).
-  local s = Table.streams_by_co[coroutine.running()]
+  local s = streams_by_co[running()]
   if s then self.writers[s.agent] = true end
   if not p then
     error(string.format("table '%s': writes must happen while an agent processes an event "
       .. "(a write goes to that event's partition)", self.name), 3)
   end
   local part = held(self, p)
+  if v == nil then v = TOMBSTONE end
+  if part.lw and type(k) == "string" then return lk_put(part, k, v) end
   local kb = key_of(self, part, k)
-  part.cache[kb] = v == nil and TOMBSTONE or v
+  part.cache[kb] = v
   part.dirty[kb] = true
   if self.ttl then Table.ttl_written(self, part, kb) end
 end
@@ -292,16 +353,21 @@ Table.MISSING, Table.TOMBSTONE = MISSING, TOMBSTONE
 function Table._lookup(self, p, kb)
   local part = self.parts[p]
   if not part then return nil end
-  local v = lookup(self, p, part, kb)
+  local k = part.lw and lk_key(self, kb)
+  local v
+  if k then v = lk_lookup(self, p, part, k) else v = lookup(self, p, part, kb) end
   if v == MISSING then return nil end
   return v
 end
 
 function Table._put(self, p, kb, v)
-  local s = Table.streams_by_co[coroutine.running()]
+  local s = streams_by_co[running()]
   if s then self.writers[s.agent] = true end
   local part = held(self, p)
-  part.cache[kb] = v == nil and TOMBSTONE or v
+  if v == nil then v = TOMBSTONE end
+  local k = part.lw and lk_key(self, kb)
+  if k then return lk_put(part, k, v) end
+  part.cache[kb] = v
   part.dirty[kb] = true
   if self.ttl then Table.ttl_written(self, part, kb) end
 end
@@ -317,10 +383,23 @@ function Table._scan(self, p)
   for kb, v in pairs(part.cache) do
     if v ~= MISSING then merged[kb] = v end
   end
+  if part.lw then -- (lr holds what LMDB has)
+    local enc = self.encode_key
+    for k, v in pairs(part.lprev) do merged[enc(k)] = v end
+    for k, v in pairs(part.lw) do merged[enc(k)] = v end
+  end
   for kb, v in pairs(merged) do
     if v == TOMBSTONE then merged[kb] = nil end
   end
   return merged
+end
+
+-- Whether partition part has entries written and not yet in LMDB (this
+-- checkpoint's or the last one's).
+function Table.busy(part)
+  if next(part.dirty) or next(part.prev) then return true end
+  local lw = part.lw
+  return lw ~= nil and (next(lw) ~= nil or next(part.lprev) ~= nil)
 end
 
 Table.event_partition = event_partition
@@ -351,22 +430,16 @@ function METHODS.delete(self, k) write(state_of(self), k, nil) end
 -- time) are left out; a table that is not windowed has none.
 function METHODS.items(self)
   self = state_of(self)
-  local rt = self.app.rt
   local windowed = self.window ~= nil
   local merged = {}
-  for p, part in pairs(self.parts) do
-    local keys, values = rt:table_scan(self.id, p)
-    for i = 1, #keys do merged[keys[i]] = self.decode_value(values[i]) end
-    for kb, v in pairs(part.prev) do merged[kb] = v end
-    for kb, v in pairs(part.cache) do
-      if v ~= MISSING then merged[kb] = v end
-    end
+  for p in pairs(self.parts) do
+    for kb, v in pairs(Table._scan(self, p)) do merged[kb] = v end
   end
   local kb, v
   return function()
     repeat
       kb, v = next(merged, kb)
-    until kb == nil or (v ~= TOMBSTONE and not (windowed and kb:byte(1) == 0))
+    until kb == nil or not (windowed and kb:byte(1) == 0)
     if kb == nil then return nil end
     return self.decode_key(kb), v
   end
@@ -374,12 +447,45 @@ end
 
 -- The object's metatable: its metamethods hold the state as an upvalue, so
 -- `t[k] = t[k] + 1` costs what it did when the state was on the object.
+--
+-- Both start with the usual case, an agent's access to a string key of a
+-- Lua-keyed partition (see the top; it is never windowed): the stream of the
+-- running coroutine gives the partition, and the key is one lookup in lw when
+-- the event already wrote it. The last stream seen, its C cursor and the
+-- cursor's partition method are kept, so that each access costs one C call.
+-- Anything else takes the general path (read/write, windows).
 function object_mt(self)
+  local parts, writers = self.parts, self.writers
+  -- Whether its partitions can be Lua-keyed (a window, configured later, is
+  -- looked at per access), so that other tables do not pay for the look.
+  local lkable = not self.global and not self.ttl and self.key_serializer == "json"
+  -- Writes that need nothing per key but the record cache (no type checks).
+  local plain_write = lkable and not self.check_key and not self.check_value
+  local last_s, last_cs, last_pf, last_writer
   return {
     __name = "fstream.Table",
     __index = function(_, k)
       local m = METHODS[k]
       if m and index_op() == SELF_OP then return m end
+      local s = lkable and not self.window and streams_by_co[running()]
+      if s then
+        if s ~= last_s then last_s, last_cs, last_pf = s, s.cs, s.cs.partition end
+        local p = last_pf(last_cs)
+        local part = p and parts[p]
+        local lw = part and part.lw
+        if lw then
+          local v = lw[k]
+          if v == nil then
+            if type(k) == "string" then v = lk_lookup(self, p, part, k) end
+          elseif v == TOMBSTONE then
+            v = MISSING
+          end
+          if v ~= nil then
+            if v == MISSING then return default_of(self) end
+            return v
+          end
+        end
+      end
       local w = self.window
       if w then return w:set_for(self, k) end
       local v = read(self, k)
@@ -387,6 +493,27 @@ function object_mt(self)
       return v
     end,
     __newindex = function(_, k, v)
+      if plain_write and not self.window then
+        local s = streams_by_co[running()]
+        if s then
+          if s ~= last_s then last_s, last_cs, last_pf = s, s.cs, s.cs.partition end
+          local p = last_pf(last_cs)
+          local part = p and parts[p]
+          local lw = part and part.lw
+          if lw and (lw[k] ~= nil or type(k) == "string") then
+            -- Which agents write the table (/topology): once per stream.
+            if s ~= last_writer then
+              writers[s.agent] = true
+              last_writer = s
+            end
+            if v == nil then v = TOMBSTONE end
+            lw[k] = v
+            local lr = part.lr
+            if lr[k] ~= nil then lr[k] = nil end
+            return
+          end
+        end
+      end
       local w = self.window
       if w then return w:assign(self, k, v) end
       write(self, k, v)
@@ -415,8 +542,8 @@ function METHODS.relative_to_field(self, field, opts)
   return self
 end
 
--- Checkpoint hook (on the state): "flush" stages dirty entries; "hold"/"release"
--- follow the partitions this worker is assigned.
+-- Checkpoint hook (on the state): "flush" stages dirty entries (and returns
+-- how many); "hold"/"release" follow the partitions this worker is assigned.
 function Table._on(self, event, p, tid, keys)
   -- Partition moves (tid 0) concern partitioned tables; global tables get their own.
   if event ~= "flush" and (tid == 0) == self.global then return end
@@ -427,11 +554,23 @@ function Table._on(self, event, p, tid, keys)
     local part = self.parts[p]
     if part then
       for _, kb in ipairs(keys) do
-        if not part.dirty[kb] and part.prev[kb] == nil then part.cache[kb] = nil end
+        local k = part.lw and lk_key(self, kb)
+        if k then
+          if part.lw[k] == nil and part.lprev[k] == nil then part.lr[k] = nil end
+        elseif not part.dirty[kb] and part.prev[kb] == nil then
+          part.cache[kb] = nil
+        end
       end
     end
   elseif event == "hold" then
-    self.parts[p] = { cache = {}, prev = {}, dirty = {}, kbs = {} }
+    local part = { cache = {}, prev = {}, dirty = {}, kbs = {} }
+    -- Lua-keyed (see the top): what reads and writes the cache by key bytes
+    -- itself (windows, set tables) or keeps per-key state by them (ttl), and
+    -- keys that are not JSON (a raw "1" and 1 are one key) stay by key bytes.
+    if not (self.global or self.window or self.ttl or self.set) and self.key_serializer == "json" then
+      part.lw, part.lr, part.lprev = {}, {}, {}
+    end
+    self.parts[p] = part
     if self.ttl then Table.ttl_hold(self, self.parts[p]) end
     local w = self.window
     if w then w:hold(self, p) end
@@ -442,7 +581,24 @@ function Table._on(self, event, p, tid, keys)
   elseif event == "flush" then
     local rt = self.app.rt
     local ttl, rotate = self.ttl, self.rotate
+    local n = 0
     for q, part in pairs(self.parts) do
+      local lw = part.lw
+      if lw then
+        local id, enc_k, enc_v = self.id, self.encode_key, self.encode_value
+        for k, v in pairs(lw) do
+          rt:table_stage(id, q, enc_k(k), v ~= TOMBSTONE and enc_v(v) or nil)
+          n = n + 1
+        end
+        -- This checkpoint's writes stay readable until the next one (LMDB
+        -- has them once delivered); what was read is read again from LMDB.
+        if next(lw) then
+          part.lprev, part.lw = lw, {}
+        elseif next(part.lprev) then
+          part.lprev = {}
+        end
+        if next(part.lr) then part.lr = {} end
+      end
       local staged = next(part.dirty) ~= nil
       if staged then
         local prev = {}
@@ -455,6 +611,7 @@ function Table._on(self, event, p, tid, keys)
           end
           rt:table_stage(self.id, q, kb, vb)
           prev[kb] = v
+          n = n + 1
         end
         part.prev, part.dirty = prev, {}
       else
@@ -464,6 +621,7 @@ function Table._on(self, event, p, tid, keys)
       if ttl then part.wprev, part.wtime = staged and part.wtime or {}, {} end
       if rotate then rotate(part, staged) end
     end
+    return n
   end
 end
 

@@ -31,6 +31,9 @@ struct fs_ckpt {
     fs_tplist offsets; /* the commit in flight */
     int blocking;      /* driven by fs_ckpt_drain: the loop does not turn */
     int staged_sent;   /* at-least-once: the tables' records went out after the epoch's messages */
+    int staged_begun;  /* ... some of them (fs_tables_send_bound() in flight at a time) */
+    int64_t staged_n;  /* how many went out, in how many rounds (the debug log) */
+    int staged_rounds;
     void (*done)(void *data, int rc);
     void *data;
     /* A checkpoint gave up before its sends were delivered: the next one
@@ -687,10 +690,13 @@ static int send_staged(fs_ckpt *ck)
 {
     fs_rt *rt = ck->rt;
     char err[256];
-    ck->staged_sent = 1;
-    int epoch = rt->epoch;
+    ck->staged_begun = 1;
+    /* Once the epoch's messages are delivered its count holds only these records. */
+    int64_t room = fs_tables_send_bound() - rt->inflight[ck->epoch & 1];
+    if (room <= 0) return 1;
+    int epoch = rt->epoch, more;
     rt->epoch = ck->epoch;
-    int n = fs_tables_send_staged(rt, err, sizeof err);
+    int n = fs_tables_send_staged(rt, room, &more, err, sizeof err);
     rt->epoch = epoch;
     if (n < 0) {
         snprintf(ck->why, sizeof ck->why, "sending the tables' changelog records failed: %s", err);
@@ -698,7 +704,13 @@ static int send_staged(fs_ckpt *ck)
         end(ck, -1);
         return 1;
     }
-    return n > 0 && delivering(ck);
+    ck->staged_n += n;
+    ck->staged_rounds += n > 0;
+    ck->staged_sent = !more;
+    if (!more && ck->staged_rounds > 1)
+        fs_debug("changelog records: %lld sent in %d rounds (at most %lld in flight)", (long long)ck->staged_n,
+                 ck->staged_rounds, (long long)fs_tables_send_bound());
+    return more || (n > 0 && delivering(ck));
 }
 
 /* The deliver step; returns 1 while it must wait. */
@@ -751,8 +763,10 @@ void fs_ckpt_poll(fs_ckpt *ck)
         }
     }
     if (ck->phase == DELIVER) {
+        /* The records the in-flight bound held back go out as earlier ones are delivered. */
+        if (ck->staged_begun && !ck->staged_sent && send_staged(ck) != 0) return;
         if (delivering(ck)) return;
-        if (!ck->s->transactional && !ck->staged_sent && send_staged(ck) != 0) return;
+        if (!ck->s->transactional && !ck->staged_begun && send_staged(ck) != 0) return;
         ck->phase = COMMIT;
         settle(ck);
     }
@@ -790,7 +804,8 @@ int fs_ckpt_start(fs_ckpt *ck, int occasion, const fs_tplist *only,
     ck->done = done;
     ck->data = data;
     ck->why[0] = 0;
-    ck->staged_sent = 0;
+    ck->staged_sent = ck->staged_begun = ck->staged_rounds = 0;
+    ck->staged_n = 0;
     ck->t_start = mono_ns();
     if (ck->s->transactional) {
         /* Quiesce first: agents stop at their next event boundary. */

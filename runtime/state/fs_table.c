@@ -158,13 +158,14 @@ int fs_tables_flush(fs_rt *rt, int force)
                 struct fs_staged *op = &tp->ops.items[tp->ops.len - 1];
                 fs_buf_reset(&rt->kbuf);
                 fs_buf_reset(&rt->vbuf);
-                if (fs_buf_add(&rt->kbuf, tp->arena.data + op->koff, op->klen) ||
-                    (!op->del && fs_buf_add(&rt->vbuf, tp->arena.data + op->voff, op->vlen))) {
+                const char *v = FS_STAGED_VAL(tp, op);
+                if (fs_buf_add(&rt->kbuf, FS_STAGED_KEY(tp, op), op->klen) ||
+                    (v && fs_buf_add(&rt->vbuf, v, op->vlen))) {
                     fs_warn("table %s[%d]: out of memory", t->name, p);
                     continue;
                 }
                 if (fs_table_stage(rt, t, p, rt->kbuf.data, rt->kbuf.len,
-                                   op->del ? NULL : (rt->vbuf.data ? rt->vbuf.data : ""), rt->vbuf.len,
+                                   !v ? NULL : (rt->vbuf.data ? rt->vbuf.data : ""), rt->vbuf.len,
                                    err, sizeof err))
                     fs_warn("table %s[%d]: %s", t->name, p, err);
                 continue;
@@ -191,20 +192,37 @@ static int send_op(fs_rt *rt, fs_table *t, int32_t p, size_t j, char *err, size_
         h = rd_kafka_headers_new(1);
         rd_kafka_header_add(h, IN_HEADER, -1, tp->in_hdr.data, (ssize_t)tp->in_hdr.len);
     }
-    return fs_produce(rt, t->changelog, p, tp->arena.data + op->koff, op->klen,
-                      op->del ? NULL : tp->arena.data + op->voff, op->vlen, h, 0, NULL, err, errlen);
+    return fs_produce(rt, t->changelog, p, FS_STAGED_KEY(tp, op), op->klen, FS_STAGED_VAL(tp, op),
+                      FS_STAGED_VLEN(op), h, 0, NULL, err, errlen);
 }
 
-int fs_tables_send_staged(fs_rt *rt, char *err, size_t errlen)
+int64_t fs_tables_send_bound(void)
+{
+    static int64_t bound;
+    if (!bound) {
+        const char *env = getenv("FSTREAM_CHANGELOG_INFLIGHT");
+        long long v = env ? strtoll(env, NULL, 10) : 0;
+        bound = v > 0 ? (int64_t)v : FS_TABLES_SEND_INFLIGHT;
+    }
+    return bound;
+}
+
+int fs_tables_send_staged(fs_rt *rt, int64_t max, int *more, char *err, size_t errlen)
 {
     int n = 0;
+    *more = 0;
     for (int i = 0; i < rt->ntables; i++) {
         fs_table *t = rt->tables[i];
         for (int32_t p = 0; p < t->partitions; p++) {
             struct fs_tpart *tp = &t->parts[p];
             if (!tp->store) continue;
-            for (; tp->sent < tp->ops.len; tp->sent++, n++)
+            for (; tp->sent < tp->ops.len; tp->sent++, n++) {
+                if (n >= max) {
+                    *more = 1;
+                    return n;
+                }
                 if (send_op(rt, t, p, tp->sent, err, errlen)) return -1;
+            }
         }
     }
     return n;
@@ -218,15 +236,16 @@ int fs_table_stage(fs_rt *rt, fs_table *t, int32_t p, const void *k, size_t kl, 
         return -1;
     }
     struct fs_tpart *tp = &t->parts[p];
+    if (kl >= FS_STAGED_DEL || (v && vl >= FS_STAGED_DEL)) {
+        snprintf(err, errlen, "table %s: an entry of %zu + %zu bytes is too large", t->name, kl, vl);
+        return -1;
+    }
     if (fs_vec_reserve(&tp->ops, tp->ops.len + 1)) goto oom;
     struct fs_staged *op = &tp->ops.items[tp->ops.len];
-    op->koff = tp->arena.len;
-    op->klen = kl;
-    if (fs_buf_add(&tp->arena, k, kl)) goto oom;
-    op->del = v == NULL;
-    op->voff = tp->arena.len;
-    op->vlen = v ? vl : 0;
-    if (v && fs_buf_add(&tp->arena, v, vl)) goto oom;
+    op->off = tp->arena.len;
+    op->klen = (uint32_t)kl;
+    op->vlen = v ? (uint32_t)vl : FS_STAGED_DEL;
+    if (fs_buf_add(&tp->arena, k, kl) || (v && fs_buf_add(&tp->arena, v, vl))) goto oom;
     /* Under exactly-once the record goes into the open transaction now. Under
      * at-least-once the checkpoint sends it (fs_tables_send_staged) once the
      * messages of the events it reflects are delivered: a changelog record
@@ -269,10 +288,10 @@ int fs_tables_write(fs_rt *rt, int use_snap)
             }
             for (size_t j = 0; j < tp->ops.len; j++) {
                 struct fs_staged *s = &tp->ops.items[j];
-                ops[j].key = tp->arena.data + s->koff;
+                ops[j].key = FS_STAGED_KEY(tp, s);
                 ops[j].klen = s->klen;
-                ops[j].val = s->del ? NULL : tp->arena.data + s->voff;
-                ops[j].vlen = s->vlen;
+                ops[j].val = FS_STAGED_VAL(tp, s);
+                ops[j].vlen = FS_STAGED_VLEN(s);
             }
             st->meta.len = 0;
             fs_buf_reset(&st->names);

@@ -47,8 +47,16 @@ void fs_tables_release(fs_rt *rt, int32_t p);
  * revocation or shutdown: the next owner must resume exactly there). */
 int fs_tables_flush(fs_rt *rt, int force);
 int fs_tables_write(fs_rt *rt, int use_snap); /* staged entries -> LMDB with offsets */
-/* At-least-once: the staged entries not sent yet -> their changelogs; how many, or -1. */
-int fs_tables_send_staged(fs_rt *rt, char *err, size_t errlen);
+/* At-least-once: at most max of the staged entries not sent yet -> their
+ * changelogs, in staging order; how many, or -1. *more: whether some are left. */
+int fs_tables_send_staged(fs_rt *rt, int64_t max, int *more, char *err, size_t errlen);
+/* How many of a checkpoint's changelog records may wait for delivery at once.
+ * librdkafka holds each one (message, copied key and value, the input-offsets
+ * header: ~ 400 bytes) until the broker acknowledges it: a burst of 200,000
+ * distinct keys sent in one go peaked at ~ 55 MB more (BENCHMARKS.md, issue 14). */
+#define FS_TABLES_SEND_INFLIGHT 16384
+/* FS_TABLES_SEND_INFLIGHT, or FSTREAM_CHANGELOG_INFLIGHT records (read once). */
+int64_t fs_tables_send_bound(void);
 /* Where input partition p of topic resumes, given the group's committed
  * offset (-1: none): the least of what its tables applied (see fs_table.c). */
 int64_t fs_tables_resume_offset(fs_rt *rt, const char *topic, int32_t p, int64_t committed);

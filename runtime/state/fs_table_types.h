@@ -14,11 +14,17 @@
 #include "fs_store.h"
 #include "fs_vec.h"
 
-/* A write staged by the running checkpoint: key and value in the partition's arena. */
+/* A write staged by the running checkpoint: key and value in the partition's
+ * arena, the value right after the key. 16 bytes: a burst of distinct keys
+ * stages one per key (BENCHMARKS.md, issue 14). */
 struct fs_staged {
-    size_t koff, klen, voff, vlen;
-    int del;
+    size_t off;          /* the key's */
+    uint32_t klen, vlen; /* vlen FS_STAGED_DEL: a delete */
 };
+#define FS_STAGED_DEL UINT32_MAX
+#define FS_STAGED_KEY(tp, op) ((tp)->arena.data + (op)->off)
+#define FS_STAGED_VAL(tp, op) ((op)->vlen == FS_STAGED_DEL ? NULL : (tp)->arena.data + (op)->off + (op)->klen)
+#define FS_STAGED_VLEN(op) ((op)->vlen == FS_STAGED_DEL ? 0 : (size_t)(op)->vlen)
 
 struct fs_table {
     fs_rt *rt;
