@@ -164,6 +164,36 @@ describe("an agent", function()
     assert.are.same({ { partition = 1, offset = 0 }, { partition = 1, offset = 1 } }, mds)
   end)
 
+  it("sends every field of the message, from a plain table or through its metatable; odd fields raise as before", function()
+    local a = app("sendfields")
+    local out = a:topic("out")
+    local got, errs = {}, {}
+    a:task(function()
+      out:send { key = "k1", value = { n = 1 }, partition = 2, headers = { h = "v" }, timestamp = 1700000000.5 }
+      out:send(setmetatable({}, { __index = { key = "k2", value = 2, partition = 3, timestamp = 1700000001 } }))
+      out:send { key = "k3", value = 3, partition = 1.0 } -- an integral float is a partition too
+      errs[1] = select(2, pcall(out.send, out, "not a table"))
+      errs[2] = select(2, pcall(out.send, out, { value = 4, partition = "x" }))
+      errs[3] = select(2, pcall(out.send, out, { value = 5, headers = "h" }))
+    end)
+    a:agent("read", out, function(s)
+      for ev in s:events() do
+        got[#got + 1] = { ev.key, ev.value, ev.partition, ev.headers.h, ev.timestamp }
+      end
+    end)
+    t = fstream.testing(a)
+    t:run()
+    table.sort(got, function(x, y) return x[1] < y[1] end)
+    assert.are.same({
+      { "k1", { n = 1 }, 2, "v", 1700000000.5 },
+      { "k2", 2, 3, nil, 1700000001 },
+      { "k3", 3, 1, nil, got[3][5] },
+    }, got)
+    assert.matches("out:send expects a table {key=, value=, headers=, partition=}", errs[1])
+    assert.matches("number expected, got string", errs[2])
+    assert.matches("table expected, got string", errs[3])
+  end)
+
   it("places keyed messages where Kafka's murmur2 partitioner does", function()
     local a = app("murmur")
     local out = a:topic("out", { partitions = 8 })

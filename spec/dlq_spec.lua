@@ -87,6 +87,33 @@ describe("on_error = retry", function()
     t:close()
   end)
 
+  it("a retried event in the middle of a batch waits out its backoff too (values and items)", function()
+    for _, mode in ipairs { "values", "items" } do
+      local a = fstream.app("retry3" .. mode, { topic_partitions = 1 })
+      local jobs = a:topic("jobs")
+      local done = {}
+      a:agent("work", jobs, function(s)
+        if mode == "values" then
+          for j in s do done[#done + 1] = j.id end
+        else
+          for _, j in s:items() do done[#done + 1] = j.id end
+        end
+      end, { on_error = { "retry", attempts = 3, backoff = 1.0 } })
+      local t = fstream.testing(a)
+      -- Three retries taken in one batch; the second is due in 2 s.
+      local retry = "retry3" .. mode .. "-work-retry"
+      local due = string.format("%.3f", t:now() + 2)
+      t:send(retry, { key = "a", value = { id = "first" } })
+      t:send(retry, { key = "a", value = { id = "second" }, headers = { ["fstream-not-before"] = due } })
+      t:send(retry, { key = "a", value = { id = "third" } })
+      t:run()
+      assert.are.same({ "first" }, done, mode)
+      t:advance(2.5)
+      assert.are.same({ "first", "second", "third" }, done, mode)
+      t:close()
+    end
+  end)
+
   it("sends an event that keeps failing to the DLQ after the last attempt", function()
     local a = fstream.app("retry2", { topic_partitions = 1 })
     local jobs = a:topic("jobs")

@@ -15,8 +15,10 @@ local MODE_VALUE, MODE_ITEMS, MODE_EVENTS = 0, 1, 2
 local BATCH = 256
 local cs_next -- the C streams' next(cs, mode), shared by all of them
 
+local slow_value, slow_items
+
 function Stream.new(agent, cstream)
-  local self = setmetatable({
+  local self = {
     agent = agent,
     cs = cstream,
     -- Instances of a concurrent agent share its input: each takes one event
@@ -24,10 +26,18 @@ function Stream.new(agent, cstream)
     batch = agent.concurrency > 1 and 1 or BATCH,
     buf = {},
     ended = false,
-  }, Stream)
+  }
   cs_next = cs_next or cstream.next
   cstream:bind(self.buf)
-  return self
+  -- `for v in stream do` and stream:items() iterate in C (cs:iterator), which
+  -- comes back here only to refill the buffer or for a retried event. The
+  -- value iterator is the stream's __call: a metatable of its own.
+  local retry = agent.retry_topic and assert(agent.retry_topic.id, "the retry topic is declared") or nil
+  self.iter_items = cstream:iterator(MODE_ITEMS, self, self.buf, slow_items, retry)
+  return setmetatable(self, {
+    __index = Stream, __name = Stream.__name, __tostring = Stream.__tostring,
+    __call = cstream:iterator(MODE_VALUE, self, self.buf, slow_value, retry),
+  })
 end
 
 -- The entry in hand (0: none yet).
@@ -116,40 +126,57 @@ function Stream:_fill(mode)
   end
 end
 
+-- Refills the buffer (in `mode`) and moves to its first entry; returns its
+-- index or nil when the stream ended.
+local function refill(self, mode)
+  local cs = self.cs
+  while true do
+    if not self:_fill(mode) then return nil end
+    local i = cs_next(cs, mode)
+    if i then return i end
+  end
+end
+
+-- A retried message waits out its backoff before the agent sees it again.
+local function retry_wait(self, i)
+  local raw = self.cs:raw(i)
+  local not_before = raw and raw.topic == self.agent.retry_topic.name and tonumber(raw.headers["fstream-not-before"])
+  if not_before then
+    local wait = not_before - self.agent.app.rt:now()
+    if wait > 0 then core.sleep(wait) end
+  end
+end
+
 -- Moves to the next entry of `mode`, refilling the buffer as needed; returns
 -- its index or nil when the stream ended. While a partition is being revoked,
 -- the C side's next first drops buffered events of that partition.
 local function advance(self, mode)
-  local cs = self.cs
-  local i = cs_next(cs, mode)
-  while not i do
-    if not self:_fill(mode) then return nil end
-    i = cs_next(cs, mode)
-  end
-  -- A retried message waits out its backoff before the agent sees it again.
-  if self.agent.retry_topic then
-    local raw = self.cs:raw(i)
-    local not_before = raw and raw.topic == self.agent.retry_topic.name and tonumber(raw.headers["fstream-not-before"])
-    if not_before then
-      local wait = not_before - self.agent.app.rt:now()
-      if wait > 0 then core.sleep(wait) end
-    end
-  end
+  local i = cs_next(self.cs, mode) or refill(self, mode)
+  if i and self.agent.retry_topic then retry_wait(self, i) end
   return i
 end
 
--- for value in stream do
-function Stream:__call()
-  local i = advance(self, MODE_VALUE)
-  if i then return self.buf[i] end
+-- What the C iterators leave to Lua: i = nil, the buffer is spent (refill
+-- and move on); otherwise entry i came from the retry topic.
+function slow_value(self, i)
+  i = i or refill(self, MODE_VALUE)
+  if not i then return nil end
+  if self.agent.retry_topic then retry_wait(self, i) end
+  return self.buf[i]
 end
+
+function slow_items(self, i)
+  i = i or refill(self, MODE_ITEMS)
+  if not i then return nil end
+  if self.agent.retry_topic then retry_wait(self, i) end
+  return self.buf[2 * i - 1], self.buf[2 * i]
+end
+
+-- for value in stream do: the stream's __call (Stream.new).
 
 -- for key, value in stream:items() do
 function Stream:items()
-  return function()
-    local i = advance(self, MODE_ITEMS)
-    if i then return self.buf[2 * i - 1], self.buf[2 * i] end
-  end
+  return self.iter_items
 end
 
 -- An event of a noack stream: ev:ack() when the agent is really done with it.

@@ -105,6 +105,8 @@ function Topic.new(app, name, opts, level)
   self.value_custom = type(self.value_serializer) == "table" and self.value_serializer or nil
   -- Does a decoded value need a pass in Lua (custom codec or a declared type)?
   self.post_decode = self.key_custom or self.value_custom or self.key_type or self.value_type
+  -- Without a custom serializer, sending is C's alone (Topic.c_send).
+  if not self.key_custom and not self.value_custom then self.send = Topic.c_send end
   return self
 end
 
@@ -145,6 +147,7 @@ function Topic.new_pattern(app, opts, level)
   end
   local self = Topic.new(app, pattern, rest, level)
   self.pattern, self.regex, self.refresh, self.partitions = pattern, re, refresh, nil
+  self.send = nil -- Pattern.send
   self.opts = rest -- what each match is declared with
   return setmetatable(self, Pattern)
 end
@@ -236,6 +239,14 @@ function Topic:send(msg)
   rt, key, value = prepare(self, msg, 3)
   rt:produce(self.id, key, value, msg.partition, msg.headers, msg.timestamp)
 end
+
+-- The send of topics without a custom serializer (Topic.new sets it as
+-- their own `send`): in C, the message's fields read without a Lua frame.
+-- What it does not expect comes here, one level further from the caller.
+Topic.c_send = core.topic_sender(function(self, msg)
+  local rt, key, value = prepare(self, msg, 4)
+  rt:produce(self.id, key, value, msg.partition, msg.headers, msg.timestamp)
+end)
 
 -- Yields until the broker acknowledged the message; returns {partition=, offset=}
 -- or nil, error.

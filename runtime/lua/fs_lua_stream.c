@@ -23,10 +23,23 @@
  * their n values as asked. */
 #define FS_TAKE_BYTES (1 << 20)
 
+/* What e->hdrs holds for a consumed message found to have no headers.
+ * librdkafka keeps the headers it parsed with the message, but not that there
+ * were none: each rd_kafka_message_headers() on such a message builds and
+ * frees a parse buffer again (an event's send, its events-mode table and a
+ * forwarder's origin would each pay it). Only librdkafka's messages (not
+ * owned, whose e->hdrs is never destroyed) get the mark. */
+static char no_headers;
+#define NO_HEADERS ((rd_kafka_headers_t *)&no_headers)
+
 rd_kafka_headers_t *fs_lua_event_headers(fs_event *e)
 {
     rd_kafka_headers_t *h = e->hdrs;
-    if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) h = NULL;
+    if (h == NO_HEADERS) return NULL;
+    if (!h && !e->batch->owned && rd_kafka_message_headers(e->m, &h)) {
+        e->hdrs = NO_HEADERS;
+        h = NULL;
+    }
     return h;
 }
 
@@ -44,10 +57,14 @@ static void push_headers(lua_State *L, fs_event *e)
     }
 }
 
-
+/* The stream methods' upvalue 1 is the metatable: the check costs no
+ * registry lookup by name (some run per event: cursor, meta, origin). */
 static stream_ud *check_stream(lua_State *L, int idx)
 {
-    stream_ud *u = luaL_checkudata(L, idx, STREAM_MT);
+    stream_ud *u = lua_touserdata(L, idx);
+    if (!u || !lua_getmetatable(L, idx) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typeerror(L, idx, STREAM_MT);
+    lua_pop(L, 1);
     if (!u->owner || !u->owner->rt) luaL_error(L, "runtime is closed");
     return u;
 }
@@ -165,7 +182,7 @@ static int fill(lua_State *L, stream_ud *u)
 
 static int fill_entry(lua_State *L)
 {
-    return fill(L, check_stream(L, 1));
+    return fill(L, lua_touserdata(L, 1)); /* (fill_protected's call: the stream's) */
 }
 
 /* fill under a protected call. An error while it decodes (Lua's "not enough
@@ -389,9 +406,10 @@ static int next_k(lua_State *L, int status, lua_KContext ctx);
 
 /* The hold is set: the event in hand is finished (acknowledged now, so the
  * checkpoint sees this stream at a boundary); wait until the hold is
- * released. Returns -1 when this thread cannot wait here (then the agent
- * goes on: only a coroutine of the scheduler can stop half-way). */
-static int hold_here(lua_State *L, stream_ud *u)
+ * released, then go on in k. Returns -1 when this thread cannot wait here
+ * (then the agent goes on: only a coroutine of the scheduler can stop
+ * half-way). */
+static int hold_here(lua_State *L, stream_ud *u, lua_KContext ctx, lua_KFunction k)
 {
     fs_stream *s = u->s;
     fs_rt *rt = u->rt;
@@ -404,18 +422,25 @@ static int hold_here(lua_State *L, stream_ud *u)
     s->held = 1;
     s->waiter = co;
     fs_sched_wait(co, FS_WAIT_TAKE, s, take_cancel);
-    return lua_yieldk(L, 0, (lua_KContext)u, next_k);
+    return lua_yieldk(L, 0, ctx, k);
 }
 
 /* The cursor's move itself, once no hold stops it; now: when the agent
  * moves onto the next event (its processing time starts there). */
-static int next_move(lua_State *L, stream_ud *u, int64_t now)
+static size_t cursor_move(lua_State *L, stream_ud *u, int mode, int64_t now)
 {
     fs_stream *s = u->s;
     if (s->fence) fs_stream_fence_step(u->rt, s, L);
-    if (s->pos >= s->nbuf || s->mode != (int)lua_tointeger(L, 2)) return 0;
+    if (s->pos >= s->nbuf || s->mode != mode) return 0;
     s->moved_ns = now;
-    lua_pushinteger(L, (lua_Integer)++s->pos);
+    return ++s->pos;
+}
+
+static int next_move(lua_State *L, stream_ud *u, int64_t now)
+{
+    size_t i = cursor_move(L, u, (int)lua_tointeger(L, 2), now);
+    if (!i) return 0;
+    lua_pushinteger(L, (lua_Integer)i);
     return 1;
 }
 
@@ -426,7 +451,7 @@ static int next_k(lua_State *L, int status, lua_KContext ctx)
     fs_co *co = fs_co_current(L);
     if (co && u->s->waiter == co) u->s->waiter = NULL;
     if (!u->owner->rt) return luaL_error(L, "runtime is closed");
-    if (u->rt->hold && hold_here(L, u) >= 0) return 0; /* not reached: hold_here yields */
+    if (u->rt->hold && hold_here(L, u, ctx, next_k) >= 0) return 0; /* not reached: it yields */
     return next_move(L, u, mono_ns());
 }
 
@@ -447,10 +472,103 @@ static int l_stream_next(lua_State *L)
     /* The per-event cost of the hold: this one test. */
     if (u->rt->hold) {
         lua_settop(L, 2);
-        int rc = hold_here(L, u);
+        int rc = hold_here(L, u, (lua_KContext)u, next_k);
         if (rc >= 0) return rc;
     }
     return next_move(L, u, now);
+}
+
+/* ---- the iterators: `for v in stream do` and `for k, v in stream:items() do` ----
+ * An agent's per-event call, in C: the cursor's move (as next does) and the
+ * entry's value (or key and value) out of the buffer, without a Lua frame.
+ * Lua's slow(stream, i) is called only when the buffer is spent or holds
+ * another mode's entries (i = nil: it refills, then moves on), or for an
+ * event of the agent's retry topic (i: it may wait out the retry's backoff
+ * first); what it returns is the iteration's result. Upvalues: 1 the C
+ * stream, 2 the Lua stream, 3 its buffer, 4 slow, 5 the retry topic (light
+ * userdata) or nil. The mode is the continuations' context. */
+static int iter_results(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L);
+}
+
+static int iter_step(lua_State *L, stream_ud *u, int mode, int64_t now)
+{
+    size_t i = cursor_move(L, u, mode, now);
+    if (i && (lua_isnil(L, lua_upvalueindex(5)) ||
+              u->s->taken[i - 1]->part->topic != lua_touserdata(L, lua_upvalueindex(5)))) {
+        if (mode == MODE_VALUE) {
+            lua_rawgeti(L, lua_upvalueindex(3), (lua_Integer)i);
+            return 1;
+        }
+        lua_rawgeti(L, lua_upvalueindex(3), 2 * (lua_Integer)i - 1);
+        lua_rawgeti(L, lua_upvalueindex(3), 2 * (lua_Integer)i);
+        return 2;
+    }
+    lua_pushvalue(L, lua_upvalueindex(4));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    if (i) lua_pushinteger(L, (lua_Integer)i);
+    else lua_pushnil(L);
+    lua_callk(L, 2, LUA_MULTRET, mode, iter_results);
+    return lua_gettop(L);
+}
+
+static int iter_hold_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    stream_ud *u = lua_touserdata(L, lua_upvalueindex(1));
+    fs_co *co = fs_co_current(L);
+    lua_settop(L, 0); /* (what the resume passed: the results are counted from an empty stack) */
+    if (co && u->s->waiter == co) u->s->waiter = NULL;
+    if (!u->owner->rt) return luaL_error(L, "runtime is closed");
+    if (u->rt->hold && hold_here(L, u, ctx, iter_hold_k) >= 0) return 0; /* not reached: it yields */
+    return iter_step(L, u, (int)ctx, mono_ns());
+}
+
+static int iterate(lua_State *L, int mode)
+{
+    stream_ud *u = lua_touserdata(L, lua_upvalueindex(1));
+    if (!u->owner->rt) return luaL_error(L, "runtime is closed");
+    lua_settop(L, 0); /* (the generic for's state and control) */
+    int64_t now = mono_ns();
+    if (u->s->moved_ns) event_done(u->s, now);
+    if (u->rt->hold) {
+        int rc = hold_here(L, u, mode, iter_hold_k);
+        if (rc >= 0) return rc;
+    }
+    return iter_step(L, u, mode, now);
+}
+
+static int l_iter_value(lua_State *L)
+{
+    return iterate(L, MODE_VALUE);
+}
+
+static int l_iter_items(lua_State *L)
+{
+    return iterate(L, MODE_ITEMS);
+}
+
+/* stream:iterator(mode, stream, buf, slow [, retry_tid]) -> the iterator of
+ * values (mode 0) or items (1) over the stream bound to buf. */
+static int l_stream_iterator(lua_State *L)
+{
+    stream_ud *u = check_stream(L, 1);
+    lua_Integer mode = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, mode == MODE_VALUE || mode == MODE_ITEMS, 2, "a value or items mode");
+    luaL_checktype(L, 3, LUA_TTABLE);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TFUNCTION);
+    lua_settop(L, 6);
+    if (!lua_isnil(L, 6)) {
+        lua_pushlightuserdata(L, fs_lua_check_topic(L, u->rt, 6));
+        lua_replace(L, 6);
+    }
+    lua_remove(L, 2);
+    lua_pushcclosure(L, mode == MODE_VALUE ? l_iter_value : l_iter_items, 5);
+    return 1;
 }
 
 /* stream:cursor() -> i, n, mode: the entry in hand (0: none), the entries in
@@ -567,6 +685,7 @@ static int l_stream_origin(lua_State *L)
 
 static const luaL_Reg stream_methods[] = {
     {"origin", l_stream_origin},
+    {"iterator", l_stream_iterator},
     {"take", l_stream_take},
     {"ack", l_stream_ack},
     {"bind", l_stream_bind},
@@ -584,7 +703,9 @@ static const luaL_Reg stream_methods[] = {
 void fs_lua_open_stream(lua_State *L)
 {
     luaL_newmetatable(L, STREAM_MT);
-    luaL_newlib(L, stream_methods);
+    lua_newtable(L);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, stream_methods, 1);
     lua_pushvalue(L, -2);
     lua_pushcclosure(L, l_stream_next, 1);
     lua_setfield(L, -2, "next");

@@ -222,9 +222,8 @@ static int send_msg(fs_rt *rt, out_msg *m, int best_effort, fs_waiter *w, char *
     return rc;
 }
 
-static int produce(lua_State *L, int raw, int best_effort)
+static int produce_to(lua_State *L, fs_rt *rt, int raw, int best_effort)
 {
-    fs_rt *rt = fs_lua_check_rt(L, 1);
     out_msg m;
     char err[256];
     read_msg(L, rt, raw, &m);
@@ -233,10 +232,82 @@ static int produce(lua_State *L, int raw, int best_effort)
     return 0;
 }
 
+static int produce(lua_State *L, int raw, int best_effort)
+{
+    return produce_to(L, fs_lua_check_rt(L, 1), raw, best_effort);
+}
+
 /* rt:produce(tid, key, value, partition, headers, timestamp): encoded by the topic's codecs. */
 static int l_rt_produce(lua_State *L)
 {
     return produce(L, 0, 0);
+}
+
+/* ---- topic:send(msg), the per-event send ----
+ * Topic.new makes this the own `send` of every topic without a custom
+ * serializer: Topic.send's work without its Lua frame. The topic's and the
+ * message's fields are read raw, with their names held as upvalues (no C
+ * string through Lua's string cache), and go to produce as rt:produce's
+ * arguments. Anything out of the ordinary — not a table, a message with a
+ * metatable, no running worker, a field of an unexpected type — goes to the
+ * Lua send (upvalue 1), which raises the errors Topic.send raises. */
+enum {
+    SU_LUA = 1,
+    SU_APP,
+    SU_RT,
+    SU_ID,
+    SU_KEY, /* then value, partition, headers, timestamp: msg's fields in produce's order */
+    SU_MT = SU_KEY + 5,
+    SU_TEST_MT,
+    SU_N = SU_TEST_MT
+};
+
+static int topic_send(lua_State *L)
+{
+    lua_settop(L, 2);
+    if (lua_type(L, 1) != LUA_TTABLE || lua_type(L, 2) != LUA_TTABLE || lua_getmetatable(L, 2)) goto slow;
+    lua_pushvalue(L, lua_upvalueindex(SU_APP));
+    if (lua_rawget(L, 1) != LUA_TTABLE) goto slow; /* 3: self.app */
+    lua_pushvalue(L, lua_upvalueindex(SU_RT));
+    if (lua_rawget(L, 3) != LUA_TUSERDATA || !lua_getmetatable(L, 4)) goto slow; /* 4: app.rt, 5: its metatable */
+    if (!lua_rawequal(L, 5, lua_upvalueindex(SU_MT)) && !lua_rawequal(L, 5, lua_upvalueindex(SU_TEST_MT)))
+        goto slow;
+    fs_rt *rt = ((rt_ud *)lua_touserdata(L, 4))->rt;
+    if (!rt) goto slow;
+    lua_pushvalue(L, lua_upvalueindex(SU_ID));
+    if (lua_rawget(L, 1) != LUA_TNUMBER || !lua_isinteger(L, 6)) goto slow; /* 6: self.id */
+    for (int f = 0; f < 5; f++) { /* 7..11: msg.key, value, partition, headers, timestamp */
+        lua_pushvalue(L, lua_upvalueindex(SU_KEY + f));
+        lua_rawget(L, 2);
+    }
+    if ((!lua_isnil(L, 9) && !lua_isinteger(L, 9)) || (!lua_isnil(L, 10) && !lua_istable(L, 10)) ||
+        (!lua_isnil(L, 11) && lua_type(L, 11) != LUA_TNUMBER))
+        goto slow;
+    /* rt:produce(id, key, value, partition, headers, timestamp)'s stack */
+    lua_copy(L, 4, 1);
+    lua_copy(L, 6, 2);
+    for (int f = 0; f < 5; f++) lua_copy(L, 7 + f, 3 + f);
+    lua_settop(L, 7);
+    return produce_to(L, rt, 0, 0);
+slow:
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(SU_LUA));
+    lua_insert(L, 1);
+    lua_call(L, 2, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* core.topic_sender(lua_send) -> the send of topics without a custom serializer. */
+static int l_topic_sender(lua_State *L)
+{
+    static const char *const names[] = {"app", "rt", "id", "key", "value", "partition", "headers", "timestamp"};
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_settop(L, 1);
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) lua_pushstring(L, names[i]);
+    luaL_getmetatable(L, RT_MT);
+    luaL_getmetatable(L, RT_TEST_MT);
+    lua_pushcclosure(L, topic_send, SU_N);
+    return 1;
 }
 
 /* rt:produce_raw(tid, key_bytes, value_bytes, partition, headers, timestamp):
@@ -425,5 +496,6 @@ const luaL_Reg fs_lua_topic_test_methods[] = {
 
 const luaL_Reg fs_lua_topic_funcs[] = {
     {"partition_for", l_partition_for},
+    {"topic_sender", l_topic_sender},
     {NULL, NULL},
 };
