@@ -9,12 +9,10 @@
 local proc = require "spec.support.proc"
 local wc = require "spec.support.wordcount"
 
-local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 
 local function worker(env, addr, store)
-  return proc.spawn(string.format("env %s FSTREAM_CHANGELOG_INFLIGHT=100 %s worker %s/wordcount.lua "
-    .. "--broker kafka://%s --store lmdb://%s -l debug", wc.settings(env), bin, fixtures, addr, store), "worker-bound")
+  return wc.worker(env, addr, store, { env = "FSTREAM_CHANGELOG_INFLIGHT=100", debug = true })
 end
 
 describe("a checkpoint with more changelog records than may be in flight", function()
@@ -25,12 +23,7 @@ describe("a checkpoint with more changelog records than may be in flight", funct
   it("sends them in rounds, every one reaches the changelog, and the Lua heap is collected after it", function()
     local env = { APP_ID = "bound-" .. uniq, IN = "bound-in-" .. uniq }
     local store = proc.tmp .. "/bound-store-" .. uniq
-    local lines, expected = {}, {}
-    for i = 1, 20000 do
-      local w = "key-" .. i
-      lines[#lines + 1] = w .. ":" .. w
-      expected[w] = 1
-    end
+    local lines, expected = wc.distinct(20000)
     proc.create_topics(addr, env.IN)
     proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
     local w = worker(env, addr, store)

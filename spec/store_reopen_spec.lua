@@ -6,12 +6,10 @@
 local proc = require "spec.support.proc"
 local wc = require "spec.support.wordcount"
 
-local bin, fixtures = proc.bin, proc.root .. "/spec/fixtures"
 local uniq = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 
 local function worker(env, addr, store)
-  return proc.spawn(string.format("env %s FSTREAM_LMDB_DIRTY_KEEP=16384 %s worker %s/wordcount.lua "
-    .. "--broker kafka://%s --store lmdb://%s -l debug", wc.settings(env), bin, fixtures, addr, store), "worker-reopen")
+  return wc.worker(env, addr, store, { env = "FSTREAM_LMDB_DIRTY_KEEP=16384", debug = true })
 end
 
 describe("a burst of distinct keys in one checkpoint", function()
@@ -22,12 +20,7 @@ describe("a burst of distinct keys in one checkpoint", function()
   it("reopens the partitions' stores and keeps every count exact", function()
     local env = { APP_ID = "reopen-" .. uniq, IN = "reopen-in-" .. uniq }
     local store = proc.tmp .. "/reopen-store-" .. uniq
-    local lines, expected = {}, {}
-    for i = 1, 8000 do
-      local w = "key-" .. i
-      lines[#lines + 1] = w .. ":" .. w
-      expected[w] = 1
-    end
+    local lines, expected = wc.distinct(8000)
     proc.create_topics(addr, env.IN)
     proc.produce_lines(addr, env.IN, lines, { key_delim = ":" })
     local w = worker(env, addr, store)

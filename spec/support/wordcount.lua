@@ -31,11 +31,26 @@ local function settings(env)
 end
 wc.settings = settings
 
--- opts.create = false: leave topic creation to the worker (real Kafka).
+-- opts.create = false: leave topic creation to the worker (real Kafka);
+-- opts.env: more environment ("NAME=value ..."); opts.debug: log at debug level.
 function wc.worker(env, addr, store, opts)
-  if not (opts and opts.create == false) then proc.create_topics(addr, env.IN) end
-  return proc.spawn(string.format("env %s THROTTLE=%s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s",
-    settings(env), env.THROTTLE or "0", bin, fixtures, addr, store), "worker-wc")
+  opts = opts or {}
+  if opts.create ~= false then proc.create_topics(addr, env.IN) end
+  return proc.spawn(string.format("env %s THROTTLE=%s %s %s worker %s/wordcount.lua --broker kafka://%s --store lmdb://%s%s",
+    settings(env), env.THROTTLE or "0", opts.env or "", bin, fixtures, addr, store, opts.debug and " -l debug" or ""),
+    "worker-wc")
+end
+
+-- n distinct words "key-1" .. "key-n", each keyed by itself ("key:word" lines
+-- for proc.produce_lines with key_delim ":"), and the counts they make.
+function wc.distinct(n)
+  local lines, expected = {}, {}
+  for i = 1, n do
+    local w = "key-" .. i
+    lines[#lines + 1] = w .. ":" .. w
+    expected[w] = 1
+  end
+  return lines, expected
 end
 
 -- The table as `fstream-lua table` prints it: word -> count (summed over stores).
