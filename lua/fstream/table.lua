@@ -246,6 +246,13 @@ local function lookup(self, p, part, kb)
   return v
 end
 
+-- Whether the table's own settings allow Lua-keyed partitions (see the top):
+-- partitioned, no ttl, JSON keys. A window or a set, set up after the table
+-- is made, rules them out too (looked at when a partition is held).
+local function lua_keyable(self)
+  return not self.global and not self.ttl and self.key_serializer == "json"
+end
+
 -- A string key of a Lua-keyed partition (see the top): its value or MISSING.
 local function lk_lookup(self, p, part, k)
   local v = part.lw[k]
@@ -458,7 +465,7 @@ function object_mt(self)
   local parts, writers = self.parts, self.writers
   -- Whether its partitions can be Lua-keyed (a window, configured later, is
   -- looked at per access), so that other tables do not pay for the look.
-  local lkable = not self.global and not self.ttl and self.key_serializer == "json"
+  local lkable = lua_keyable(self)
   -- Writes that need nothing per key but the record cache (no type checks).
   local plain_write = lkable and not self.check_key and not self.check_value
   local last_s, last_cs, last_pf, last_writer
@@ -567,7 +574,7 @@ function Table._on(self, event, p, tid, keys)
     -- Lua-keyed (see the top): what reads and writes the cache by key bytes
     -- itself (windows, set tables) or keeps per-key state by them (ttl), and
     -- keys that are not JSON (a raw "1" and 1 are one key) stay by key bytes.
-    if not (self.global or self.window or self.ttl or self.set) and self.key_serializer == "json" then
+    if lua_keyable(self) and not (self.window or self.set) then
       part.lw, part.lr, part.lprev = {}, {}, {}
     end
     self.parts[p] = part
