@@ -12,11 +12,16 @@
 using double_conversion::DoubleToStringConverter;
 using double_conversion::StringBuilder;
 
-// Every power of ten up to 1e22 is exact in a double.
-static const double pow10_exact[] = {
+extern "C" const double fs_pow10_exact[23] = {
     1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
     1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 };
+
+extern "C" const char fs_digit_pairs[201] = "0001020304050607080910111213141516171819"
+                                            "2021222324252627282930313233343536373839"
+                                            "4041424344454647484950515253545556575859"
+                                            "6061626364656667686970717273747576777879"
+                                            "8081828384858687888990919293949596979899";
 
 // Most floats an app writes came from short decimals (prices, amounts, their
 // products and sums): they have a shortest form of at most 15 significant
@@ -42,32 +47,15 @@ static int shortest15(double x, char *buf)
     int j = 14 - (e2 * 78913 >> 18); // 78913 / 2^18 ~ log10(2): floor(log10(2^e2))
     if (j < 0) j = 0;
     if (j > 19) j = 19;
-    while (j > 0 && a * pow10_exact[j] >= 1e15) j--;
-    while (j < 19 && a * pow10_exact[j + 1] < 1e15) j++;
-    double t = a * pow10_exact[j];
+    while (j > 0 && a * fs_pow10_exact[j] >= 1e15) j--;
+    while (j < 19 && a * fs_pow10_exact[j + 1] < 1e15) j++;
+    double t = a * fs_pow10_exact[j];
     // t < 2^50, a multiple of 1/8 or coarser: t + 0.5 is exact, and its
     // integer part is t rounded to nearest
     uint64_t m = (uint64_t)(t + 0.5);
-    if (m == 0 || m >= UINT64_C(1000000000000000) || (double)m / pow10_exact[j] != a) return 0;
-    // its digits, two at a time; the shortest form is them without the
-    // trailing zeros
-    static const char pairs[] = "0001020304050607080910111213141516171819"
-                                "2021222324252627282930313233343536373839"
-                                "4041424344454647484950515253545556575859"
-                                "6061626364656667686970717273747576777879"
-                                "8081828384858687888990919293949596979899";
-    char digits[16], *end = digits + sizeof digits, *q = end;
-    while (m >= 100) {
-        q -= 2;
-        std::memcpy(q, pairs + 2 * (m % 100), 2);
-        m /= 100;
-    }
-    if (m >= 10) {
-        q -= 2;
-        std::memcpy(q, pairs + 2 * m, 2);
-    } else {
-        *--q = (char)('0' + m);
-    }
+    if (m == 0 || m >= UINT64_C(1000000000000000) || (double)m / fs_pow10_exact[j] != a) return 0;
+    // its digits; the shortest form is them without the trailing zeros
+    char digits[16], *end = digits + sizeof digits, *q = fs_digits_back(m, end);
     int point = (int)(end - q) - j; // digits before the decimal point (<= 0: "0.00ddd")
     while (end[-1] == '0') end--;
     int n = (int)(end - q);

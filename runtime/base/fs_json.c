@@ -71,20 +71,6 @@ static const unsigned char str_special[256] = {
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
 
-/* Two decimal digits per lookup halves the divisions when formatting integers. */
-static const char digit_pairs[] = "0001020304050607080910111213141516171819"
-                                  "2021222324252627282930313233343536373839"
-                                  "4041424344454647484950515253545556575859"
-                                  "6061626364656667686970717273747576777879"
-                                  "8081828384858687888990919293949596979899";
-
-/* Every power of ten up to 1e22 is exact in a double, which is what makes the
- * fast float path below correctly rounded. */
-static const double pow10_exact[] = {
-    1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
-    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-};
-
 /* Registry keys by address (a lookup by name goes through Lua's string cache
  * and strcmp at every encode and decode). */
 static char array_mt_key, key_cache_key;
@@ -471,7 +457,7 @@ static int dec_number(json_dec *d)
         long e = ev - nfrac;
         if (e >= -22 && e <= 22) {
             double x = (double)m;
-            x = e < 0 ? x / pow10_exact[-e] : x * pow10_exact[e];
+            x = e < 0 ? x / fs_pow10_exact[-e] : x * fs_pow10_exact[e];
             lua_pushnumber(d->L, neg ? -x : x);
             return 0;
         }
@@ -657,8 +643,7 @@ typedef struct json_enc {
     fs_buf *b;
     char *err;
     size_t errlen;
-    int mt;     /* stack index of the array metatable (fetched on first need) */
-    int mt_set; /* ... and whether it is there yet */
+    int mt;     /* stack index of the array metatable (nil until first needed) */
     int scratch; /* stack index holding e->keys once it outgrows inline_keys (a
                     userdata: the GC frees it even when a memory error unwinds) */
     int depth;
@@ -698,21 +683,8 @@ static inline void enc_addc(json_enc *e, char c)
  * byte. At most 20 bytes. */
 static char *integer_text(lua_Integer v, char *end)
 {
-    char *p = end;
     /* unsigned negation is defined for LUA_MININTEGER, signed is not */
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-
-    while (u >= 100) {
-        p -= 2;
-        memcpy(p, digit_pairs + 2 * (u % 100), 2);
-        u /= 100;
-    }
-    if (u >= 10) {
-        p -= 2;
-        memcpy(p, digit_pairs + 2 * u, 2);
-    } else {
-        *--p = (char)('0' + u);
-    }
+    char *p = fs_digits_back(v < 0 ? 0 - (uint64_t)v : (uint64_t)v, end);
     if (v < 0) *--p = '-';
     return p;
 }
@@ -1044,11 +1016,10 @@ static int enc_table(json_enc *e, int idx)
         return enc_fail(e, "cannot encode: nesting deeper than 512 (or a cycle)");
     if (!lua_checkstack(L, 8)) return enc_fail(e, "cannot encode: Lua stack exhausted");
     if (lua_getmetatable(L, idx)) {
-        if (!e->mt_set) {
+        if (lua_isnil(L, e->mt)) {
             /* the first metatable of this encode: fetch the array one */
             push_array_mt(L);
             lua_replace(L, e->mt);
-            e->mt_set = 1;
         }
         if (lua_rawequal(L, -1, e->mt)) {
             isarray = 1;
@@ -1137,7 +1108,6 @@ int fs_json_encode(lua_State *L, int idx, fs_buf *b, char *err, size_t errlen)
     if (!lua_checkstack(L, 4)) return enc_fail(&e, "cannot encode: Lua stack exhausted");
     lua_pushnil(L); /* the array metatable once a table with a metatable needs it */
     e.mt = lua_gettop(L);
-    e.mt_set = 0;
     lua_pushnil(L);
     e.scratch = lua_gettop(L);
     rc = enc_value(&e, idx);
