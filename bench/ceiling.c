@@ -2,11 +2,13 @@
  * the number fstream-lua is compared against.
  *
  *   bench-ceiling -b BOOTSTRAP -i IN -o OUT -n COUNT [-g GROUP] [--timeout S]
- *                 [-X key=value ...]
+ *                 [--commit-every S] [-X key=value ...]
  *
  * "Honest" means it keeps the same delivery guarantee as the runtime: offsets
  * are committed only after the producer has flushed everything consumed before
- * them (at-least-once), at about the runtime's commit cadence. It does no
+ * them (at-least-once), at about the runtime's commit cadence (every 2.8 s, or
+ * every S seconds with --commit-every: a drain timed by committed offsets gives
+ * it the worker's commit_interval). It does no
  * decoding or encoding at all: payload and key are copied through as-is.
  *
  * -X sets a librdkafka property on both clients (librdkafka ignores, with a
@@ -33,7 +35,7 @@
 #include "common.h"
 
 #define BENCH_BATCH 10000
-#define BENCH_COMMIT_EVERY_S 2.8
+#define BENCH_COMMIT_EVERY_S 2.8 /* default of --commit-every */
 #define BENCH_MAX_X 64
 
 typedef struct bench_opts {
@@ -43,6 +45,7 @@ typedef struct bench_opts {
     const char *group;
     long long count;
     double timeout_s;
+    double commit_every_s;
     const char *x[BENCH_MAX_X];
     int nx;
 } bench_opts;
@@ -103,13 +106,16 @@ static int bench_checkpoint(rd_kafka_t *prod, rd_kafka_t *cons, bench_stats *st,
 static void bench_usage(FILE *f)
 {
     fprintf(f, "usage: bench-ceiling -b BOOTSTRAP -i IN -o OUT -n COUNT [-g GROUP] "
-               "[--timeout S] [-X key=value ...]\n");
+               "[--timeout S] [--commit-every S] [-X key=value ...]\n");
 }
 
 static int bench_parse(int argc, char **argv, bench_opts *o)
 {
     static const struct option longopts[] = {
-        {"timeout", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
+        {"timeout", required_argument, NULL, 'T'},
+        {"commit-every", required_argument, NULL, 'C'},
+        {"help", no_argument, NULL, 'h'},
+        {0, 0, 0, 0}};
     char *end;
     int c;
 
@@ -118,6 +124,7 @@ static int bench_parse(int argc, char **argv, bench_opts *o)
     o->group = "bench-ceiling";
     o->count = -1;
     o->timeout_s = 600.0;
+    o->commit_every_s = BENCH_COMMIT_EVERY_S;
     while ((c = getopt_long(argc, argv, "b:i:o:n:g:X:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'b':
@@ -140,6 +147,10 @@ static int bench_parse(int argc, char **argv, bench_opts *o)
         case 'T':
             o->timeout_s = strtod(optarg, &end);
             if (*end || !(o->timeout_s > 0)) return -1;
+            break;
+        case 'C':
+            o->commit_every_s = strtod(optarg, &end);
+            if (*end || !(o->commit_every_s > 0)) return -1;
             break;
         case 'X':
             if (o->nx == BENCH_MAX_X) return -1;
@@ -298,7 +309,7 @@ int main(int argc, char **argv)
         }
         if (bad) goto fail;
         rd_kafka_poll(prod, 0);
-        if (bench_now() - last_commit >= BENCH_COMMIT_EVERY_S) {
+        if (bench_now() - last_commit >= o.commit_every_s) {
             if (bench_checkpoint(prod, cons, &st, 1)) goto fail;
             last_commit = bench_now();
         }

@@ -21,7 +21,9 @@
 #   BENCH_WATCH            bench-watch binary (default build-rel/bench/bench-watch)
 #   BENCH_LOG              keep the worker's log in this file (with -l $BENCH_LOG_LEVEL,
 #                          default warn)
-#   BENCH_BROKER_PID       the broker's pid: its CPU is not counted in others_pct
+#   BENCH_BROKER_PID       the broker's pid: its CPU is not counted in others_pct, and is
+#                          printed as broker_cpu_s (over the whole drain, the watcher's
+#                          queries included)
 #   BENCH_PERF             record the program with `perf record -g` into this file
 #                          (BENCH_PERF_ARGS: more perf options, default -F 1999)
 #
@@ -40,7 +42,15 @@ trap 'rm -rf "$WORK"' EXIT
 OUT=drain-out-$LABEL-$$-$RANDOM
 GROUP=drain-$LABEL-$$-$RANDOM
 "$ROOT/scripts/kafka" create-topic "$OUT" 8 --port "${ADDR##*:}" >/dev/null 2>&1
-"$WATCH" -b "$ADDR" -t "$OUT" -n "$N" --timeout 300 --ready-file "$WORK/ready" >"$WORK/watch.json" 2>"$WORK/watch.err" &
+CLOCK=${BENCH_CLOCK:-output}
+WATCHED=(-t "$OUT")
+if [[ $CLOCK == committed ]]; then
+	WATCHED=(-t "$IN" -g "$GROUP")
+	export BENCH_COMMIT_INTERVAL=${BENCH_COMMIT_INTERVAL:-0.2}
+elif [[ $CLOCK != output ]]; then
+	echo "BENCH_CLOCK: output or committed" >&2; exit 2
+fi
+"$WATCH" -b "$ADDR" "${WATCHED[@]}" -n "$N" --timeout 300 --ready-file "$WORK/ready" >"$WORK/watch.json" 2>"$WORK/watch.err" &
 W=$!
 while [[ ! -f $WORK/ready ]]; do kill -0 "$W" 2>/dev/null || { cat "$WORK/watch.err" >&2; exit 1; }; sleep 0.05; done
 LOG=${BENCH_LOG:-$WORK/worker.log}
@@ -49,7 +59,9 @@ pticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 M0=$(busy_total) B0=0
 [[ -n ${BENCH_BROKER_PID:-} ]] && B0=$(pticks "$BENCH_BROKER_PID")
 if [[ $(basename "$BIN") == bench-ceiling ]]; then
-	"$BIN" -b "$ADDR" -i "$IN" -o "$OUT" -n "$N" -g "$GROUP" --timeout 300 >"$WORK/ceiling.out" 2>"$LOG" &
+	cargs=()
+	[[ $CLOCK == committed ]] && cargs=(--commit-every "$BENCH_COMMIT_INTERVAL")
+	"$BIN" -b "$ADDR" -i "$IN" -o "$OUT" -n "$N" -g "$GROUP" --timeout 300 "${cargs[@]}" >"$WORK/ceiling.out" 2>"$LOG" &
 else
 	script=$ROOT/bench/$APPNAME.lua
 	[[ -n ${BENCH_SCRIPT:-} ]] && script=$(realpath -- "$BENCH_SCRIPT")
@@ -70,6 +82,10 @@ fi
 TICKS=0 HWM=0
 while kill -0 "$W" 2>/dev/null; do
 	if ! kill -0 "$P" 2>/dev/null; then # gone before its last output: no result
+		# (The ceiling commits its last offsets just before it exits: the
+		# committed clock's watcher may need a poll or two more to see them.)
+		for _ in {1..40}; do kill -0 "$W" 2>/dev/null && sleep 0.05; done
+		kill -0 "$W" 2>/dev/null || break
 		kill -TERM "$W" 2>/dev/null || true
 		tail -n 5 "$LOG" >&2
 		break
@@ -95,5 +111,7 @@ OTHERS=$(awk -v a="$M0" -v b="$M1" -v p="$TICKS" -v k="$((B1 - B0))" 'BEGIN {
 	split(a, x, " "); split(b, y, " "); d = y[2] - x[2]
 	o = d > 0 ? 100 * (y[1] - x[1] - p - k) / d : 0
 	printf "%.0f", (o < 0 ? 0 : o) }')
-printf '%s %s cpu_s=%s peak_rss_kib=%s others_pct=%s\n' "$LABEL" "$(tr -d '\n' <"$WORK/watch.json")" \
-	"$(awk -v t="$TICKS" -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / h }')" "$HWM" "$OTHERS"
+BROKER=
+[[ -n ${BENCH_BROKER_PID:-} ]] && BROKER=" broker_cpu_s=$(awk -v t="$((B1 - B0))" -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / h }')"
+printf '%s %s cpu_s=%s peak_rss_kib=%s others_pct=%s%s\n' "$LABEL" "$(tr -d '\n' <"$WORK/watch.json")" \
+	"$(awk -v t="$TICKS" -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / h }')" "$HWM" "$OTHERS" "$BROKER"

@@ -1,7 +1,7 @@
 /* bench-watch: measures how fast a topic fills, from outside the program
  * being measured.
  *
- *   bench-watch -b BOOTSTRAP -t TOPIC -n COUNT [--timeout S] [--ready-file F]
+ *   bench-watch -b BOOTSTRAP -t TOPIC -n COUNT [-g GROUP] [--timeout S] [--ready-file F]
  *
  * The benchmark driver runs the ceiling and fstream-lua under this same
  * watcher, so both numbers come from one clock and one definition: the time
@@ -12,6 +12,13 @@
  * "Holds" is the sum of the partitions' high watermarks, polled every 20 ms,
  * so the resolution is 20 ms plus one ListOffsets round trip per partition.
  * COUNT is absolute: the driver gives the watcher a fresh topic.
+ *
+ * With -g, "holds" is instead the sum of consumer group GROUP's committed
+ * offsets on TOPIC (a partition without a commit counts 0): the clock of a job
+ * that produces nothing per message, such as a word count that only updates a
+ * table, and the definition of a drain as "until the group has committed
+ * every offset". The watcher's handle carries the group id only to ask for the
+ * group's offsets; it never subscribes, so it never joins the group.
  *
  * --ready-file is created once the partitions are known and the baseline is
  * taken, so the driver can start the measured program only after that.
@@ -46,6 +53,7 @@ typedef struct bench_opts {
     long long count;
     double timeout_s;
     const char *ready_file;
+    const char *group;
 } bench_opts;
 
 
@@ -76,11 +84,34 @@ fail:
     return cnt;
 }
 
-/* Sum of high watermarks, or -1 if any partition could not be queried. */
-static long long bench_sum(rd_kafka_t *rk, const char *topic, int parts)
+/* Sum of the group's committed offsets on the topic, or -1 if the query failed. */
+static long long bench_committed(rd_kafka_t *rk, const char *topic, int parts)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(parts);
+    if (!l) return -1;
+    for (int p = 0; p < parts; p++) rd_kafka_topic_partition_list_add(l, topic, p);
+    long long sum = -1;
+    if (!rd_kafka_committed(rk, l, BENCH_QUERY_TIMEOUT_MS)) {
+        sum = 0;
+        for (int i = 0; i < l->cnt; i++) {
+            if (l->elems[i].err) {
+                sum = -1;
+                break;
+            }
+            if (l->elems[i].offset > 0) sum += l->elems[i].offset;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    return sum;
+}
+
+/* Sum of high watermarks (or with -g of committed offsets), or -1 if any
+ * partition could not be queried. */
+static long long bench_sum(rd_kafka_t *rk, const char *topic, int parts, const char *group)
 {
     long long sum = 0;
     if (!rk || !topic || parts < 1) return -1;
+    if (group) return bench_committed(rk, topic, parts);
     for (int p = 0; p < parts; p++) {
         int64_t lo = 0, hi = 0;
         if (rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, BENCH_QUERY_TIMEOUT_MS))
@@ -92,7 +123,7 @@ static long long bench_sum(rd_kafka_t *rk, const char *topic, int parts)
 
 static void bench_usage(FILE *f)
 {
-    fprintf(f, "usage: bench-watch -b BOOTSTRAP -t TOPIC -n COUNT [--timeout S] "
+    fprintf(f, "usage: bench-watch -b BOOTSTRAP -t TOPIC -n COUNT [-g GROUP] [--timeout S] "
                "[--ready-file F]\n");
 }
 
@@ -107,7 +138,7 @@ static int bench_parse(int argc, char **argv, bench_opts *o)
 
     if (!o) return -1;
     *o = (bench_opts){.count = -1, .timeout_s = 300.0};
-    while ((c = getopt_long(argc, argv, "b:t:n:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "b:t:n:g:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'b':
             o->bootstrap = optarg;
@@ -126,6 +157,9 @@ static int bench_parse(int argc, char **argv, bench_opts *o)
             break;
         case 'R':
             o->ready_file = optarg;
+            break;
+        case 'g':
+            o->group = optarg;
             break;
         case 'h':
             bench_usage(stdout);
@@ -165,7 +199,9 @@ int main(int argc, char **argv)
     /* A consumer handle without a group: it never joins anything, and unlike
      * a producer handle its metadata requests never auto-create topics. */
     if (rd_kafka_conf_set(conf, "bootstrap.servers", o.bootstrap, err, sizeof err) ||
-        rd_kafka_conf_set(conf, "client.id", "bench-watch", err, sizeof err)) {
+        rd_kafka_conf_set(conf, "client.id", "bench-watch", err, sizeof err) ||
+        (o.group && (rd_kafka_conf_set(conf, "group.id", o.group, err, sizeof err) ||
+                     rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err)))) {
         fprintf(stderr, "bench-watch: config: %s\n", err);
         goto fail;
     }
@@ -191,7 +227,7 @@ int main(int argc, char **argv)
         nanosleep(&ts, NULL);
     }
     long long base = -1;
-    while ((base = bench_sum(rk, o.topic, parts)) < 0) {
+    while ((base = bench_sum(rk, o.topic, parts, o.group)) < 0) {
         if (bench_now() > deadline) {
             fprintf(stderr, "bench-watch: cannot read watermarks of %s\n", o.topic);
             rc = 3;
@@ -226,7 +262,7 @@ int main(int argc, char **argv)
             rc = 3;
             goto fail;
         }
-        long long s = bench_sum(rk, o.topic, parts);
+        long long s = bench_sum(rk, o.topic, parts, o.group);
         /* The moment of a sample is taken after its queries return, so a slow
          * round trip makes the interval later, never shorter than reality. */
         double at = bench_now() - t0;

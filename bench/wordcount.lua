@@ -14,6 +14,9 @@
 -- name), BENCH_IN, BENCH_OUT, BENCH_COMMIT_INTERVAL (seconds). The memory://
 -- broker only makes the file runnable on its own; scripts/bench passes
 -- --broker kafka://... and --store lmdb://... which override it.
+-- BENCH_WC_SEND=0 leaves the send out: the word count as issue 14 measured it
+-- (a table and its changelog, nothing produced per message), timed by the
+-- group's committed offsets instead (bench/drain.sh, BENCH_CLOCK=committed).
 -- BENCH_LUA_MEM=S logs the Lua heap (collectgarbage "count", garbage not yet
 -- swept included) every S seconds: the rss scenario's way to tell the Lua
 -- share of the worker's memory from the C side's without touching the runtime.
@@ -29,12 +32,20 @@ local words = app:topic(os.getenv("BENCH_IN") or "bench-words", { value_serializ
 local output = app:topic(os.getenv("BENCH_OUT") or "bench-word-counts")
 local counts = app:table("word_counts", { default = 0 })
 
-app:agent("count", words, function(stream)
-  for _, w in stream:items() do
-    counts[w] = counts[w] + 1
-    output:send { key = w, value = { word = w, count = counts[w] } }
-  end
-end)
+if os.getenv("BENCH_WC_SEND") == "0" then
+  app:agent("count", words, function(stream)
+    for _, w in stream:items() do
+      counts[w] = counts[w] + 1
+    end
+  end)
+else
+  app:agent("count", words, function(stream)
+    for _, w in stream:items() do
+      counts[w] = counts[w] + 1
+      output:send { key = w, value = { word = w, count = counts[w] } }
+    end
+  end)
+end
 
 local mem_every = tonumber(os.getenv("BENCH_LUA_MEM") or "")
 if mem_every then
