@@ -250,6 +250,59 @@ int fs_sched_busy(const fs_sched *s)
     return s->ready_head != NULL;
 }
 
+static const char *wait_what(const fs_co *co)
+{
+    if (co->state != FS_CO_WAITING) return co->state == FS_CO_READY ? "ready to run" : "running";
+    switch (co->wait) {
+    case FS_WAIT_SLEEP: return "in fstream.sleep";
+    case FS_WAIT_TAKE: return "waiting for events";
+    case FS_WAIT_DELIVERY: return "waiting for a delivery";
+    case FS_WAIT_YIELD: return "yielded";
+    case FS_WAIT_IO: return "waiting for I/O";
+    case FS_WAIT_PARK: return "waiting for a reply";
+    default: return "waiting";
+    }
+}
+
+/* The innermost frame of T in the app's own code: fstream's modules are
+ * loaded as "@lua/fstream/...", and C functions have no line. */
+static int app_frame(lua_State *T, lua_Debug *ar)
+{
+    int found = 0;
+    lua_Debug any;
+    for (int level = 0; lua_getstack(T, level, ar); level++) {
+        if (!lua_getinfo(T, "Sl", ar) || ar->currentline < 0) continue;
+        if (strncmp(ar->source, "@lua/fstream/", 13) != 0) return 1;
+        if (!found) any = *ar, found = 1;
+    }
+    if (found) *ar = any;
+    return found;
+}
+
+void fs_sched_describe(const fs_sched *s, int kind, int max, char *buf, size_t n)
+{
+    if (!n) return;
+    buf[0] = 0;
+    size_t len = 0;
+    int shown = 0, more = 0;
+    for (const fs_co *co = s->live; co; co = co->next) {
+        if (co->kind != kind || co->state == FS_CO_DEAD) continue;
+        if (shown == max) {
+            more++;
+            continue;
+        }
+        lua_Debug ar;
+        int w = app_frame(co->L, &ar)
+                    ? snprintf(buf + len, n - len, "%s%s:%d %s", shown ? ", " : "", ar.short_src,
+                               ar.currentline, wait_what(co))
+                    : snprintf(buf + len, n - len, "%s%s", shown ? ", " : "", wait_what(co));
+        if (w < 0 || (size_t)w >= n - len) return; /* full: what fits is written */
+        len += (size_t)w;
+        shown++;
+    }
+    if (more) snprintf(buf + len, n - len, " and %d more", more);
+}
+
 static void link_ready(fs_sched *s, fs_co *co)
 {
     co->ready_next = NULL;

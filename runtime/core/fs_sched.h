@@ -111,6 +111,11 @@ int fs_sched_spawn(fs_sched *s, struct fs_rt *rt, lua_State *L, int fn_idx, int 
 void fs_sched_ready(fs_co *co);
 int fs_sched_run_ready(fs_sched *s); /* resumes every ready coroutine once; returns count */
 int fs_sched_busy(const fs_sched *s); /* coroutines are ready to run */
+/* Where the live coroutines of `kind` (FS_KIND_AGENT, FS_KIND_TASK) are, for a
+ * log line: "app.lua:12 in fstream.sleep, app.lua:30 waiting for a delivery"
+ * (the innermost frame outside fstream's own modules; at most `max` of them,
+ * then "and N more"). Writes "" when there is none; always NUL-terminates. */
+void fs_sched_describe(const fs_sched *s, int kind, int max, char *buf, size_t n);
 void fs_sched_kill(fs_co *co);
 void fs_sched_kill_all(fs_sched *s);
 /* core.sleep: a pending sleep of ms on the coroutine's timer; ends in lua_yield. */

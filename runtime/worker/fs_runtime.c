@@ -224,8 +224,10 @@ int fs_rt_run(fs_rt *rt)
             if (rt->sched.nlive_agents == 0) {
                 finish(rt);
             } else if (fs_loop_now(&rt->loop) > rt->stop_deadline) {
-                fs_warn("%d agent coroutines still busy after %d s; committing what is finished",
-                        rt->sched.nlive_agents, FS_STOP_TIMEOUT_MS / 1000);
+                char where[512];
+                fs_sched_describe(&rt->sched, FS_KIND_AGENT, 4, where, sizeof where);
+                fs_warn("%d agent coroutines still busy after %d s (%s); committing what is finished",
+                        rt->sched.nlive_agents, FS_STOP_TIMEOUT_MS / 1000, where);
                 finish(rt);
             }
         }
