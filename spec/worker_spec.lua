@@ -100,6 +100,37 @@ describe("a worker on a standalone embedded broker", function()
     assert.are.same({ "42" }, sums)
     assert.are.equal(0, w:stop())
   end)
+
+  it("names the offsets the broker deleted before the worker read them, and goes on after them", function()
+    -- The embedded broker keeps about 5 MB per partition: 6 MB written while
+    -- no worker runs pushes out the oldest messages, the committed offset among them.
+    local env = { APP_ID = "gone-" .. uniq, IN = "gone-in-" .. uniq, OUT = "gone-out-" .. uniq, PARTITIONS = "1" }
+    local b1, a1 = proc.broker({ env.IN, env.OUT }, 1)
+    proc.produce_lines(a1, env.IN, { "first" })
+    local w = worker("relay.lua", env, a1)
+    assert.are.same({ "out:first" }, proc.wait_count(a1, env.OUT, 1, 30))
+    assert.are.equal(0, w:stop())
+    local lines = {}
+    for i = 1, 1000 do lines[i] = string.format("%05d", i) .. string.rep("x", 5995) end
+    proc.produce_lines(a1, env.IN, lines)
+    local w2 = worker("relay.lua", env, a1)
+    local pattern = "gone%-in%-[%d%-]+%[0%]: offsets 1 to (%d+) %((%d+) messages%) were deleted by the broker "
+      .. "before this worker read them: they are lost, and the partition goes on from (%d+)"
+    assert.truthy(w2:wait_for(pattern, 30), w2:output())
+    local last, n, from = w2:output():match(pattern)
+    last, n, from = tonumber(last), tonumber(n), tonumber(from)
+    assert.is_true(n >= 1 and n < 1000 and last == n and from == n + 1, w2:output())
+    -- Everything after the hole is relayed: the last input comes out.
+    for _ = 1, 300 do
+      local out = proc.consume_all(a1, env.OUT)
+      if out[#out] and out[#out]:sub(1, 9) == "out:01000" then break end
+      proc.sleep(0.1)
+    end
+    local out = proc.consume_all(a1, env.OUT)
+    assert.are.equal("out:01000", (out[#out] or ""):sub(1, 9), w2:output())
+    assert.are.equal(0, w2:stop())
+    b1:stop()
+  end)
 end)
 
 describe("stopping a worker", function()

@@ -138,11 +138,6 @@ void fs_dispatch(fs_rt *rt, fs_batch *b, rd_kafka_message_t *m, fs_topic *t, int
     fs_part *p = e->part;
     e->gen = p->gen;
     e->refs = nsubs;
-    if (p->delivered == 0 && p->committed >= 0 && m->offset > p->committed)
-        fs_warn("%s[%d]: resumed at offset %lld but the committed offset is %lld: up to %lld "
-                "messages are no longer on the broker (its log start moved)",
-                t->name, (int)p->id, (long long)m->offset, (long long)p->committed,
-                (long long)(m->offset - p->committed));
     t->consumed++;
     rt->events_in++;
     if (fs_part_track(p, m->offset, nsubs, &e->seq)) {

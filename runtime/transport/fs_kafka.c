@@ -214,6 +214,46 @@ static fs_kafka *kafka_of(fs_transport *tp)
     return tp && tp->ops == &kafka_ops ? (fs_kafka *)tp : NULL;
 }
 
+/* librdkafka warns "[thrd:T]: TOPIC [P]: offset reset (at offset N, broker B)
+ * to cached BEGINNING offset M: REASON" when the broker no longer has the
+ * offset a consumer fetches from: the messages N..M-1 were deleted unread (the
+ * topic's retention is shorter than the consumer's lag; the embedded broker
+ * keeps only about 5 MB per partition). That is data lost, at start-up (a
+ * committed offset the log has left behind) or while the worker runs behind;
+ * said again in the worker's words, as an error. Without a cached log start
+ * ("to BEGINNING", which librdkafka then asks the broker for) the end of the
+ * hole is not known yet. A partition without a committed offset starts
+ * through the same function without an offset and without this warning;
+ * auto.offset.reset is earliest, so the reset always goes to the oldest
+ * message left. */
+static void offset_reset_lost(const char *buf)
+{
+    if (!strncmp(buf, "[thrd:", 6)) {
+        const char *p = strstr(buf, "]: ");
+        if (!p) return;
+        buf = p + 3;
+    }
+    char topic[256];
+    int partition, broker, used = 0;
+    long long from, to;
+    if (sscanf(buf, "%255s [%d]: offset reset (at offset %lld, broker %d) to %n", topic, &partition,
+               &from, &broker, &used) < 4 || !used)
+        return;
+    const char *where = buf + used;
+    if (sscanf(where, "cached BEGINNING offset %lld", &to) == 1 && to > from)
+        fs_error("%s[%d]: offsets %lld to %lld (%lld messages) were deleted by the broker before "
+                 "this worker read them: they are lost, and the partition goes on from %lld (the "
+                 "topic's retention is shorter than the lag; the embedded broker keeps about 5 MB "
+                 "per partition)",
+                 topic, partition, from, to - 1, to - from, to);
+    else if (!strncmp(where, "BEGINNING:", 10))
+        fs_error("%s[%d]: offset %lld is no longer on the broker: the messages from it to the "
+                 "oldest one left were deleted before this worker read them and are lost (the "
+                 "topic's retention is shorter than the lag; the embedded broker keeps about 5 MB "
+                 "per partition)",
+                 topic, partition, from);
+}
+
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     (void)rk;
@@ -222,6 +262,7 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
     /* librdkafka is chatty at notice level about things the worker handles itself. */
     if (lv == FS_LOG_INFO) lv = FS_LOG_DEBUG;
     if (lv >= fs_log_level) fs_log(lv, "kafka %s: %s", fac, buf);
+    if (level <= 4 && !strcmp(fac, "OFFSET")) offset_reset_lost(buf);
 }
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
