@@ -32,20 +32,13 @@ local words = app:topic(os.getenv("BENCH_IN") or "bench-words", { value_serializ
 local output = app:topic(os.getenv("BENCH_OUT") or "bench-word-counts")
 local counts = app:table("word_counts", { default = 0 })
 
-if os.getenv("BENCH_WC_SEND") == "0" then
-  app:agent("count", words, function(stream)
-    for _, w in stream:items() do
-      counts[w] = counts[w] + 1
-    end
-  end)
-else
-  app:agent("count", words, function(stream)
-    for _, w in stream:items() do
-      counts[w] = counts[w] + 1
-      output:send { key = w, value = { word = w, count = counts[w] } }
-    end
-  end)
-end
+local send = os.getenv("BENCH_WC_SEND") ~= "0"
+app:agent("count", words, function(stream)
+  for _, w in stream:items() do
+    counts[w] = counts[w] + 1
+    if send then output:send { key = w, value = { word = w, count = counts[w] } } end
+  end
+end)
 
 local mem_every = tonumber(os.getenv("BENCH_LUA_MEM") or "")
 if mem_every then
