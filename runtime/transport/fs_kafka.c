@@ -220,9 +220,11 @@ static fs_kafka *kafka_of(fs_transport *tp)
  * topic's retention is shorter than the consumer's lag; the embedded broker
  * keeps only about 5 MB per partition). That is data lost, at start-up (a
  * committed offset the log has left behind) or while the worker runs behind;
- * said again in the worker's words, as an error. Without a cached log start
- * ("to BEGINNING", which librdkafka then asks the broker for) the end of the
- * hole is not known yet. A partition without a committed offset starts
+ * said again in the worker's words, as an error. The same reset follows an
+ * offset past the log's end (a topic recreated): then the cached start is
+ * not after N and nothing was lost, so nothing more is said. Without a cached
+ * log start ("to BEGINNING", which librdkafka then asks the broker for) the
+ * two cannot be told apart yet, and the error says so. A partition without a committed offset starts
  * through the same function without an offset and without this warning;
  * auto.offset.reset is earliest, so the reset always goes to the oldest
  * message left. */
@@ -247,11 +249,11 @@ static void offset_reset_lost(const char *buf)
                  "per partition)",
                  topic, partition, from, to - 1, to - from, to);
     else if (!strncmp(where, "BEGINNING:", 10))
-        fs_error("%s[%d]: offset %lld is no longer on the broker: the messages from it to the "
-                 "oldest one left were deleted before this worker read them and are lost (the "
-                 "topic's retention is shorter than the lag; the embedded broker keeps about 5 MB "
-                 "per partition)",
-                 topic, partition, from);
+        fs_error("%s[%d]: offset %lld is outside what the broker holds: the partition goes on "
+                 "from its oldest message, and if that is past %lld the messages in between were "
+                 "deleted before this worker read them and are lost (the topic's retention is "
+                 "shorter than the lag; the embedded broker keeps about 5 MB per partition)",
+                 topic, partition, from, from);
 }
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
